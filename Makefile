@@ -1,0 +1,93 @@
+# Makefile: builds libsvlm (CPU backend always, CUDA backend when nvcc is present), the programs
+# (train, export, generate, prepare), the tests and the benchmarks.
+# Sources are found by wildcard: a new .c file in a library folder or a tests/test_*.c needs no edit here.
+
+CC      ?= gcc
+NVCC    ?= nvcc
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+CFLAGS  += -std=gnu11 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(shell pkg-config --cflags cjson 2>/dev/null)
+LDLIBS  := -lopenblas -lcjson -lpng -ljpeg -lzstd -lpcre2-8 -lm -lpthread
+ASAN    := -fsanitize=address,undefined -fno-omit-frame-pointer
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+NVFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -I. --compiler-options -fPIC
+
+LIB_SRC  := $(wildcard common/*.c kernels/*.c kernels/cpu/*.c model/*.c data/*.c eval/*.c)
+LIB_OBJ  := $(patsubst %.c,build/obj/%.o,$(LIB_SRC))
+ASAN_OBJ := $(patsubst %.c,build/asan/%.o,$(LIB_SRC))
+CU_SRC   := $(wildcard kernels/cuda/*.cu)
+CU_OBJ   := $(patsubst %.cu,build/cuda/%.o,$(CU_SRC))
+PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c))
+TEST_SRC := $(wildcard tests/test_*.c)
+TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
+# tests that parse untrusted files also run under AddressSanitizer + UBSan
+ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c))
+
+HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
+ifeq ($(HAVE_NVCC),1)
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
+  PROG_CUDA := $(CU_OBJ)
+  PROG_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lcudnn -lstdc++
+else
+  PROG_CUDA := build/obj/kernels/cuda/cuda_stub.o
+  PROG_LIBS :=
+endif
+
+.PHONY: all test test-unit cuda-compile bench-cpu bench-data demo clean fixtures
+all: $(PROGS)
+
+build/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+build/asan/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASAN) -MMD -MP -c $< -o $@
+build/cuda/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+build/obj/kernels/cuda/cuda_stub.o: kernels/cuda/cuda_stub.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+build/libsvlm.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+build/libsvlm_asan.a: $(ASAN_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(PROGS): %: build/obj/%.o build/libsvlm.a $(PROG_CUDA)
+	$(CC) $(CFLAGS) $< build/libsvlm.a $(PROG_CUDA) -o $@ $(LDLIBS) $(PROG_LIBS)
+
+build/tests/test_%: build/obj/tests/test_%.o build/obj/tests/testlib.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ -o $@ -lcmocka $(LDLIBS)
+build/tests/asan_test_%: build/asan/tests/test_%.o build/asan/tests/testlib.o build/libsvlm_asan.a build/asan/kernels/cuda/cuda_stub.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASAN) $^ -o $@ -lcmocka $(LDLIBS)
+build/asan/kernels/cuda/cuda_stub.o: kernels/cuda/cuda_stub.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASAN) -c $< -o $@
+
+# every CUDA source must compile on machines without a GPU
+cuda-compile: $(CU_OBJ)
+ifneq ($(HAVE_NVCC),1)
+	@echo "cuda-compile: nvcc not found, CUDA sources not compiled"
+endif
+
+test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS)
+	@sh tests/run.sh $(TESTS) $(ASAN_TESTS)
+
+build/bench_cpu: build/obj/bench/bench_cpu.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+bench-cpu: build/bench_cpu
+	./build/bench_cpu
+
+# regenerates tests/fixtures (needs torch, transformers, peft: see README)
+fixtures:
+	python3 scripts/make_fixtures.py --out tests/fixtures
+
+clean:
+	rm -rf build $(PROGS)
+
+-include $(shell find build -name '*.d' 2>/dev/null)

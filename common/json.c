@@ -1,0 +1,100 @@
+// json.c: cJSON with file-and-offset error messages and typed field access (see json.h).
+#include "common/json.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+
+cJSON *json_parse(const char *text, size_t len, const char *what, char *err, size_t errlen) {
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    const char *bad = NULL;
+    if (!root) {
+        bad = end ? end : text;
+    } else {  // anything but whitespace after the value is an error too
+        for (const char *p = end; p < text + len; p++)
+            if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') { bad = p; break; }
+        if (bad) { cJSON_Delete(root); root = NULL; }
+    }
+    if (bad) {
+        size_t off = (size_t)(bad - text), line = 1, col = 1;
+        for (const char *p = text; p < bad; p++) {
+            if (*p == '\n') line++, col = 1;
+            else col++;
+        }
+        snprintf(err, errlen, "%s: malformed JSON at byte %zu (line %zu, column %zu)", what, off, line, col);
+    }
+    return root;
+}
+
+cJSON *json_load_file(const char *path) {
+    size_t len;
+    char *text = file_read_all(path, &len);
+    if (!text) fatal("%s: cannot read: %s", path, strerror(errno));
+    char err[1024];
+    cJSON *root = json_parse(text, len, path, err, sizeof err);
+    free(text);
+    if (!root) fatal("%s", err);
+    return root;
+}
+
+static const cJSON *lookup(const cJSON *obj, const char *key) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return (j && !cJSON_IsNull(j)) ? j : NULL;
+}
+
+static double get_num(const cJSON *j, const char *key, const char *path) {
+    if (!cJSON_IsNumber(j)) fatal("%s: key \"%s\" must be a number", path, key);
+    return j->valuedouble;
+}
+
+int json_get_int(const cJSON *obj, const char *key, const char *path) {
+    const cJSON *j = lookup(obj, key);
+    if (!j) fatal("%s: missing key \"%s\"", path, key);
+    return json_get_int_opt(obj, key, 0, path);
+}
+
+int json_get_int_opt(const cJSON *obj, const char *key, int def, const char *path) {
+    const cJSON *j = lookup(obj, key);
+    if (!j) return def;
+    double v = get_num(j, key, path);
+    if (v != floor(v) || v < -2147483648.0 || v > 2147483647.0)
+        fatal("%s: key \"%s\" must be an integer, got %g", path, key, v);
+    return (int)v;
+}
+
+double json_get_num(const cJSON *obj, const char *key, const char *path) {
+    const cJSON *j = lookup(obj, key);
+    if (!j) fatal("%s: missing key \"%s\"", path, key);
+    return get_num(j, key, path);
+}
+
+double json_get_num_opt(const cJSON *obj, const char *key, double def, const char *path) {
+    const cJSON *j = lookup(obj, key);
+    return j ? get_num(j, key, path) : def;
+}
+
+int json_get_bool_opt(const cJSON *obj, const char *key, int def, const char *path) {
+    const cJSON *j = lookup(obj, key);
+    if (!j) return def;
+    if (!cJSON_IsBool(j)) fatal("%s: key \"%s\" must be true or false", path, key);
+    return cJSON_IsTrue(j);
+}
+
+const char *json_get_str(const cJSON *obj, const char *key, const char *path) {
+    const cJSON *j = lookup(obj, key);
+    if (!j) fatal("%s: missing key \"%s\"", path, key);
+    if (!cJSON_IsString(j)) fatal("%s: key \"%s\" must be a string", path, key);
+    return j->valuestring;
+}
+
+const char *json_get_str_opt(const cJSON *obj, const char *key, const char *def, const char *path) {
+    const cJSON *j = lookup(obj, key);
+    if (!j) return def;
+    if (!cJSON_IsString(j)) fatal("%s: key \"%s\" must be a string", path, key);
+    return j->valuestring;
+}

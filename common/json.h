@@ -1,0 +1,21 @@
+// json.h: loading JSON files with errors that name the file and byte offset, and typed field
+// access whose errors name the file and the key (config.json, tokenizer.json, index files).
+#pragma once
+#include <cjson/cJSON.h>
+#include <stddef.h>
+
+// parses text (len bytes); NULL with "<what>: malformed JSON at byte N (line L, column C)" in err
+cJSON *json_parse(const char *text, size_t len, const char *what, char *err, size_t errlen);
+// reads and parses path; fatal() on a missing file or malformed JSON
+cJSON *json_load_file(const char *path);
+
+// Typed lookups. `path` names the file in error messages. The _opt forms return def when the key
+// is absent or null; the plain forms fatal() when it is absent. A present key of the wrong type
+// is always fatal.
+int json_get_int(const cJSON *obj, const char *key, const char *path);
+int json_get_int_opt(const cJSON *obj, const char *key, int def, const char *path);
+double json_get_num(const cJSON *obj, const char *key, const char *path);
+double json_get_num_opt(const cJSON *obj, const char *key, double def, const char *path);
+int json_get_bool_opt(const cJSON *obj, const char *key, int def, const char *path);
+const char *json_get_str(const cJSON *obj, const char *key, const char *path);
+const char *json_get_str_opt(const cJSON *obj, const char *key, const char *def, const char *path);

@@ -1,0 +1,46 @@
+// util.h: error reporting, checked allocation and small file helpers shared by every layer.
+// Two kinds of failure: fatal() for bad user input (one clean line naming the file and what is
+// wrong, exit 1) and CHECK() for broken invariants inside svlm (file, line and a hint).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// prints "svlm: error: <message>" on one line to stderr and exits with status 1
+__attribute__((noreturn, format(printf, 1, 2))) void fatal(const char *fmt, ...);
+// prints "svlm: warning: <message>" to stderr and carries on
+__attribute__((format(printf, 1, 2))) void warn(const char *fmt, ...);
+__attribute__((noreturn, format(printf, 4, 5))) void check_fail(const char *file, int line,
+                                                                const char *cond, const char *fmt, ...);
+
+// internal invariant: prints file, line, the failed condition and a hint, then exits
+#define CHECK(cond, ...) \
+    do { if (!(cond)) check_fail(__FILE__, __LINE__, #cond, __VA_ARGS__); } while (0)
+
+void *xmalloc(size_t n);   // never returns NULL; fatal() when memory runs out
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+
+// whole file into a NUL-terminated buffer; NULL with errno set when it cannot be read
+char *file_read_all(const char *path, size_t *len);
+int file_exists(const char *path);
+int dir_exists(const char *path);
+// dst = dir + "/" + name, fatal() if it does not fit
+void path_join(char *dst, size_t cap, const char *dir, const char *name);
+
+double time_now(void);  // monotonic seconds
+
+// number formats found in Hugging Face files
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);  // round to nearest even, NaN kept NaN
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+#ifdef __cplusplus
+}
+#endif

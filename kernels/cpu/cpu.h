@@ -1,0 +1,82 @@
+// cpu.h: internal declarations shared by the files of the CPU backend (fp32, OpenMP, CBLAS).
+// On the CPU act_t is float, so every act_t pointer of kernels.h is a float pointer here.
+//
+// Determinism: every op gives bit-identical results run after run at a fixed thread count (most
+// at any thread count). Loops are parallel only over independent outputs with schedule(static),
+// each output is summed in one fixed sequential order, and there are no float reductions or
+// atomics. Sums over rows into one parameter gradient are parallel over channels instead.
+#pragma once
+#include <stddef.h>
+
+#include "kernels/kernels.h"
+
+// channels handled by one task when a gradient is summed over rows: a cache-friendly run of columns
+#define CPU_COL_BLOCK 64
+
+// matmul.c
+void cpu_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N,
+                        int C, int OC, float alpha, int accumulate);
+void cpu_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout,
+                         const act_t *inp, const act_t *w, int N, int C, int OC, float alpha);
+
+// norm.c
+void cpu_layernorm_forward(act_t *out, float *mean, float *rstd, const act_t *inp,
+                           const act_t *w, const act_t *b, int N, int C, float eps);
+void cpu_layernorm_backward(act_t *dinp, float *dw, float *db, const act_t *dout,
+                            const act_t *inp, const act_t *w, const float *mean,
+                            const float *rstd, int N, int C);
+void cpu_rmsnorm_forward(act_t *out, float *rstd, const act_t *inp, const act_t *w, int N,
+                         int C, float eps);
+void cpu_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_t *inp,
+                          const act_t *w, const float *rstd, int N, int C);
+
+// rope.c
+void cpu_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int n_heads,
+                      int head_dim, float theta);
+void cpu_rope_backward(act_t *dinp, const act_t *dout, const int *pos, int N, int n_heads,
+                       int head_dim, float theta);
+
+// attention.c
+void cpu_attention_forward(act_t *out, float *lse, const act_t *q, const act_t *k,
+                           const act_t *v, const int *seg, int B, int T, int NH, int NKV,
+                           int HD, int causal);
+void cpu_attention_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout,
+                            const act_t *q, const act_t *k, const act_t *v, const act_t *out,
+                            const float *lse, const int *seg, int B, int T, int NH, int NKV,
+                            int HD, int causal);
+
+// pointwise.c
+void cpu_gelu_forward(act_t *out, const act_t *inp, size_t n);
+void cpu_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
+void cpu_quick_gelu_forward(act_t *out, const act_t *inp, size_t n);
+void cpu_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
+void cpu_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n);
+void cpu_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate,
+                         const act_t *up, size_t n);
+void cpu_add(act_t *out, const act_t *a, const act_t *b, size_t n);
+
+// grid.c
+void cpu_avgpool2x2_forward(act_t *out, const act_t *inp, int B, int H, int W, int C);
+void cpu_avgpool2x2_backward(act_t *dinp, const act_t *dout, int B, int H, int W, int C);
+void cpu_dwconv3x3_forward(act_t *out, const act_t *inp, const act_t *w, const act_t *bias,
+                           int B, int H, int W, int C);
+void cpu_dwconv3x3_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout,
+                            const act_t *inp, const act_t *w, int B, int H, int W, int C);
+void cpu_im2col_patches(act_t *out, const act_t *img, int B, int S, int P);
+void cpu_vit_embed(act_t *out, const act_t *patches, const act_t *cls, const act_t *pos, int B,
+                   int NP, int C);
+
+// rows.c
+void cpu_embedding_forward(act_t *out, const int *ids, const act_t *table, int N, int C, int V);
+void cpu_gather_rows(act_t *out, const act_t *inp, const int *idx, int M, int C);
+void cpu_scatter_rows(act_t *out, const act_t *inp, const int *idx, int M, int C);
+
+// loss.c
+void cpu_cross_entropy(float *losses, act_t *dlogits, const act_t *logits, const int *targets,
+                       int M, int V, float dscale);
+
+// adamw.c
+void cpu_adamw_update(float *p, const float *g, float *m, float *v, size_t n, double lr,
+                      double beta1, double beta2, double eps, double weight_decay, int t);
+double cpu_sum_squares(const float *x, size_t n);
+void cpu_scale_f32(float *x, float s, size_t n);

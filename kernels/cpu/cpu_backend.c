@@ -1,0 +1,97 @@
+// cpu_backend.c: the CPU backend's table of kernels (kernels_cpu) and its memory ops.
+// Backend memory is ordinary host memory, so uploads and downloads are copies.
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "kernels/cpu/cpu.h"
+
+static void *cpu_alloc(size_t bytes) {
+    // aligned_alloc wants a multiple of the alignment; 64 bytes is a cache line and an AVX-512 vector
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (rounded == 0) rounded = 64;
+    if (rounded < bytes) fatal("out of memory allocating %zu bytes on the CPU", bytes);
+    void *p = aligned_alloc(64, rounded);
+    if (!p) fatal("out of memory allocating %zu bytes on the CPU", bytes);
+    memset(p, 0, rounded);
+    return p;
+}
+
+static void cpu_free(void *p) { free(p); }
+
+static void cpu_zero(void *p, size_t bytes) {
+    if (bytes) memset(p, 0, bytes);
+}
+
+// copies that skip dst == src, which memcpy would not allow
+static void cpu_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) memcpy(dst, src, bytes);
+}
+
+// backend to backend; memmove so that even overlapping spans are safe
+static void cpu_copy_backend(void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) memmove(dst, src, bytes);
+}
+
+static void cpu_upload(void *dst, const void *host_src, size_t bytes) { cpu_copy(dst, host_src, bytes); }
+static void cpu_download(void *host_dst, const void *src, size_t bytes) { cpu_copy(host_dst, src, bytes); }
+static void cpu_upload_act(act_t *dst, const float *host_src, size_t n) {
+    cpu_copy(dst, host_src, n * sizeof(float));
+}
+static void cpu_download_act(float *host_dst, const act_t *src, size_t n) {
+    cpu_copy(host_dst, src, n * sizeof(float));
+}
+static void cpu_cast_to_act(act_t *dst, const float *src, size_t n) { cpu_copy(dst, src, n * sizeof(float)); }
+static void cpu_synchronize(void) {}
+
+static const Kernels cpu_kernels = {
+    .name = "cpu",
+    .act_bytes = sizeof(float),
+    .act_is_f32 = 1,
+    // 256 rows of a 152k vocabulary is 155 MB of logits: large enough to keep every core busy
+    .xent_chunk_rows = 256,
+
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .zero = cpu_zero,
+    .copy = cpu_copy_backend,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .upload_act = cpu_upload_act,
+    .download_act = cpu_download_act,
+    .cast_to_act = cpu_cast_to_act,
+    .synchronize = cpu_synchronize,
+
+    .matmul_forward = cpu_matmul_forward,
+    .matmul_backward = cpu_matmul_backward,
+    .layernorm_forward = cpu_layernorm_forward,
+    .layernorm_backward = cpu_layernorm_backward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_forward = cpu_rope_forward,
+    .rope_backward = cpu_rope_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .gelu_forward = cpu_gelu_forward,
+    .gelu_backward = cpu_gelu_backward,
+    .quick_gelu_forward = cpu_quick_gelu_forward,
+    .quick_gelu_backward = cpu_quick_gelu_backward,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .add = cpu_add,
+    .avgpool2x2_forward = cpu_avgpool2x2_forward,
+    .avgpool2x2_backward = cpu_avgpool2x2_backward,
+    .dwconv3x3_forward = cpu_dwconv3x3_forward,
+    .dwconv3x3_backward = cpu_dwconv3x3_backward,
+    .im2col_patches = cpu_im2col_patches,
+    .vit_embed = cpu_vit_embed,
+    .embedding_forward = cpu_embedding_forward,
+    .gather_rows = cpu_gather_rows,
+    .scatter_rows = cpu_scatter_rows,
+    .cross_entropy = cpu_cross_entropy,
+    .adamw_update = cpu_adamw_update,
+    .sum_squares = cpu_sum_squares,
+    .scale_f32 = cpu_scale_f32,
+};
+
+const Kernels *kernels_cpu(void) { return &cpu_kernels; }

@@ -1,0 +1,89 @@
+// pointwise.c: elementwise activations (GELU erf form, CLIP's quick_gelu, SwiGLU) and addition.
+// Each element is read before it is written, so an output may alias an input of the same op.
+#include <math.h>
+
+#include "kernels/cpu/cpu.h"
+
+#define SQRT1_2 0.70710678118654752440f
+#define INV_SQRT_2PI 0.39894228040143267794f
+#define QUICK_GELU_K 1.702f
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// torch.nn.GELU(): x * 0.5 * (1 + erf(x / sqrt(2)))
+void cpu_gelu_forward(act_t *out_, const act_t *inp_, size_t n) {
+    float *out = out_;
+    const float *inp = inp_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = x * 0.5f * (1.0f + erff(x * SQRT1_2));
+    }
+}
+
+// d/dx = Phi(x) + x phi(x), with Phi the normal cdf and phi its density
+void cpu_gelu_backward(act_t *dinp_, const act_t *dout_, const act_t *inp_, size_t n) {
+    float *dinp = dinp_;
+    const float *dout = dout_, *inp = inp_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * SQRT1_2));
+        float pdf = expf(-0.5f * x * x) * INV_SQRT_2PI;
+        dinp[i] = dout[i] * (cdf + x * pdf);
+    }
+}
+
+// CLIP's quick_gelu: x * sigmoid(1.702 x)
+void cpu_quick_gelu_forward(act_t *out_, const act_t *inp_, size_t n) {
+    float *out = out_;
+    const float *inp = inp_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = x * sigmoidf(QUICK_GELU_K * x);
+    }
+}
+
+void cpu_quick_gelu_backward(act_t *dinp_, const act_t *dout_, const act_t *inp_, size_t n) {
+    float *dinp = dinp_;
+    const float *dout = dout_, *inp = inp_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float s = sigmoidf(QUICK_GELU_K * x);
+        dinp[i] = dout[i] * (s + x * QUICK_GELU_K * s * (1.0f - s));
+    }
+}
+
+// out = silu(gate) * up, silu(x) = x / (1 + exp(-x)) as torch computes it
+void cpu_swiglu_forward(act_t *out_, const act_t *gate_, const act_t *up_, size_t n) {
+    float *out = out_;
+    const float *gate = gate_, *up = up_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// dgate = dout * up * silu'(gate) with silu'(x) = s (1 + x (1 - s)); dup = dout * silu(gate)
+void cpu_swiglu_backward(act_t *dgate_, act_t *dup_, const act_t *dout_, const act_t *gate_,
+                         const act_t *up_, size_t n) {
+    float *dgate = dgate_, *dup = dup_;
+    const float *dout = dout_, *gate = gate_, *up = up_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], u = up[i], d = dout[i];
+        float s = sigmoidf(g);
+        if (dgate) dgate[i] = d * u * (s * (1.0f + g * (1.0f - s)));
+        if (dup) dup[i] = d * (g * s);
+    }
+}
+
+void cpu_add(act_t *out_, const act_t *a_, const act_t *b_, size_t n) {
+    float *out = out_;
+    const float *a = a_, *b = b_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}

@@ -1,0 +1,49 @@
+// rope.c: rotary position embedding in the rotate-half form of Llama/Qwen2, forward and backward.
+// Frequencies and angles are computed in fp32 the way transformers' default rope does:
+// inv_freq = 1 / theta^(2i/head_dim) and angle = float(pos) * inv_freq, then cos and sin.
+#include <math.h>
+#include <stdlib.h>
+
+#include "common/util.h"
+#include "kernels/cpu/cpu.h"
+
+// rotates each pair (x[i], x[i+half]) of every head by angle * sign; sign -1 is the inverse
+// (and transposed) rotation that the backward needs. out may alias inp: a pair is read before
+// it is written.
+static void rope_rotate(float *out, const float *inp, const int *pos, int N, int n_heads,
+                        int head_dim, float theta, float sign) {
+    CHECK(head_dim % 2 == 0, "rope needs an even head_dim, got %d", head_dim);
+    int half = head_dim / 2;
+    int C = n_heads * head_dim;
+    float *inv_freq = xmalloc((size_t)(half > 0 ? half : 1) * sizeof(float));
+    // torch: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), every step in float32
+    for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float p = (float)pos[n];
+        for (int i = 0; i < half; i++) {
+            float angle = p * inv_freq[i];
+            float c = cosf(angle), s = sign * sinf(angle);
+            for (int h = 0; h < n_heads; h++) {
+                size_t o = (size_t)n * C + (size_t)h * head_dim + i;
+                float x1 = inp[o], x2 = inp[o + half];
+                // transformers: x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1)
+                out[o] = x1 * c - x2 * s;
+                out[o + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+    free(inv_freq);
+}
+
+void cpu_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int n_heads,
+                      int head_dim, float theta) {
+    // out, inp (N, n_heads * head_dim)
+    rope_rotate(out, inp, pos, N, n_heads, head_dim, theta, 1.0f);
+}
+
+void cpu_rope_backward(act_t *dinp, const act_t *dout, const int *pos, int N, int n_heads,
+                       int head_dim, float theta) {
+    // the rotation is orthogonal: its transpose is the rotation by -angle
+    rope_rotate(dinp, dout, pos, N, n_heads, head_dim, theta, -1.0f);
+}

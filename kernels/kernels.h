@@ -1,0 +1,158 @@
+// kernels.h: every op the model needs, forward and backward, as one table of functions per backend.
+// The model is written once against this table; kernels/cpu (fp32, OpenMP, CBLAS) and
+// kernels/cuda (bf16 activations, cuBLASLt, cuDNN) each fill it in.
+//
+// Types. `act_t` is the backend's element type for activations, frozen weights and the compute
+// copies of trainable weights: float on the CPU, bf16 on CUDA. Model code never dereferences it;
+// it offsets pointers with k->act_bytes (see act_at). Arguments typed `float *` are fp32 on every
+// backend: trainable master weights, their gradients, AdamW moments, norm statistics, losses.
+// Integer arrays (token ids, positions, segments, row indices) are int32 in backend memory.
+// All pointers are backend memory except where a comment says "host".
+//
+// Gradients. Parameter gradients (float *dw, *db) always accumulate (+=), so micro-batches add
+// up. Activation gradients are overwritten, except where an op is marked "(+=)": the matmul,
+// the norms and the depthwise conv accumulate into dinp because their input feeds several
+// consumers (q/k/v projections, residual stream). A NULL gradient pointer means "not needed".
+// Pointwise ops (gelu, quick_gelu, swiglu, add and their backwards) allow out to alias an input.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void act_t;
+
+typedef struct Kernels {
+    const char *name;     // "cpu" or "cuda"
+    size_t act_bytes;     // sizeof one act_t element: 4 on the CPU, 2 on CUDA
+    int act_is_f32;       // 1 when act_t is float, so trainable weights need no compute copy
+    int xent_chunk_rows;  // rows of logits the model materialises at a time in the loss
+
+    // ---- memory ----
+    void *(*alloc)(size_t bytes);  // zero-filled; fatal() when it does not fit
+    void (*free)(void *p);
+    void (*zero)(void *p, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);          // backend to backend
+    void (*upload)(void *dst, const void *host_src, size_t bytes);    // raw bytes
+    void (*download)(void *host_dst, const void *src, size_t bytes);  // raw bytes
+    void (*upload_act)(act_t *dst, const float *host_src, size_t n);  // host fp32 -> act_t
+    void (*download_act)(float *host_dst, const act_t *src, size_t n);
+    void (*cast_to_act)(act_t *dst, const float *src, size_t n);  // fp32 -> act_t, on the backend
+    void (*synchronize)(void);
+
+    // ---- linear layers ----
+    // out (N,OC) = alpha * inp (N,C) @ w (OC,C)^T + bias (OC) [+ out when accumulate]; bias may be NULL
+    void (*matmul_forward)(act_t *out, const act_t *inp, const act_t *w, const act_t *bias,
+                           int N, int C, int OC, float alpha, int accumulate);
+    // dinp (N,C) += alpha * dout (N,OC) @ w (OC,C); dw (OC,C) += alpha * dout^T @ inp;
+    // dbias (OC) += sum over rows of dout (not scaled by alpha)
+    void (*matmul_backward)(act_t *dinp, float *dw, float *dbias, const act_t *dout,
+                            const act_t *inp, const act_t *w, int N, int C, int OC, float alpha);
+
+    // ---- normalisation ----
+    // out (N,C) = (inp - mean) * rstd * w + b; mean, rstd (N) saved when not NULL
+    void (*layernorm_forward)(act_t *out, float *mean, float *rstd, const act_t *inp,
+                              const act_t *w, const act_t *b, int N, int C, float eps);
+    // dinp (+=), dw, db may be NULL
+    void (*layernorm_backward)(act_t *dinp, float *dw, float *db, const act_t *dout,
+                               const act_t *inp, const act_t *w, const float *mean,
+                               const float *rstd, int N, int C);
+    // out (N,C) = inp * rstd * w with rstd = 1/sqrt(mean(inp^2) + eps); rstd (N) saved when not NULL
+    void (*rmsnorm_forward)(act_t *out, float *rstd, const act_t *inp, const act_t *w, int N,
+                            int C, float eps);
+    // dinp (+=), dw may be NULL
+    void (*rmsnorm_backward)(act_t *dinp, float *dw, const act_t *dout, const act_t *inp,
+                             const act_t *w, const float *rstd, int N, int C);
+
+    // ---- rotary position embedding, rotate-half form (Llama/Qwen2) ----
+    // inp, out (N, n_heads*head_dim); pos (N) int; out may alias inp.
+    // For i < head_dim/2: angle = pos * theta^(-2i/head_dim) in fp32 as transformers computes it,
+    // out[i] = x[i] cos - x[i+h/2] sin, out[i+h/2] = x[i+h/2] cos + x[i] sin
+    void (*rope_forward)(act_t *out, const act_t *inp, const int *pos, int N, int n_heads,
+                         int head_dim, float theta);
+    // dinp = rotation by -angle of dout; dinp may alias dout
+    void (*rope_backward)(act_t *dinp, const act_t *dout, const int *pos, int N, int n_heads,
+                          int head_dim, float theta);
+
+    // ---- attention, softmax(q k^T / sqrt(HD)) v ----
+    // q, out (B,T,NH*HD); k, v (B,T,NKV*HD); query head h reads kv head h / (NH/NKV).
+    // Key j is visible to query i when (!causal || j <= i) and (seg == NULL || seg[b,i] == seg[b,j]);
+    // seg (B,T) int keeps packed samples apart. lse (B,NH,T) logsumexp saved when not NULL.
+    void (*attention_forward)(act_t *out, float *lse, const act_t *q, const act_t *k,
+                              const act_t *v, const int *seg, int B, int T, int NH, int NKV,
+                              int HD, int causal);
+    // dq, dk, dv overwritten; lse from the forward
+    void (*attention_backward)(act_t *dq, act_t *dk, act_t *dv, const act_t *dout,
+                               const act_t *q, const act_t *k, const act_t *v, const act_t *out,
+                               const float *lse, const int *seg, int B, int T, int NH, int NKV,
+                               int HD, int causal);
+
+    // ---- pointwise ----
+    void (*gelu_forward)(act_t *out, const act_t *inp, size_t n);  // erf form
+    void (*gelu_backward)(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
+    void (*quick_gelu_forward)(act_t *out, const act_t *inp, size_t n);  // x * sigmoid(1.702 x)
+    void (*quick_gelu_backward)(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
+    // out = silu(gate) * up
+    void (*swiglu_forward)(act_t *out, const act_t *gate, const act_t *up, size_t n);
+    void (*swiglu_backward)(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate,
+                            const act_t *up, size_t n);
+    // out = a + b; out may alias a or b
+    void (*add)(act_t *out, const act_t *a, const act_t *b, size_t n);
+
+    // ---- patch grids, token-major (B, H*W, C), token index y*W + x ----
+    // out (B, (H/2)*(W/2), C) = mean of each 2x2 block; H and W even
+    void (*avgpool2x2_forward)(act_t *out, const act_t *inp, int B, int H, int W, int C);
+    void (*avgpool2x2_backward)(act_t *dinp, const act_t *dout, int B, int H, int W, int C);
+    // depthwise 3x3 conv, stride 1, zero padding 1: out = conv(inp) + bias;
+    // w (C, 3, 3) as PyTorch stores Conv2d(C, C, 3, groups=C).weight; bias (C) may be NULL
+    void (*dwconv3x3_forward)(act_t *out, const act_t *inp, const act_t *w, const act_t *bias,
+                              int B, int H, int W, int C);
+    // dinp (+=), dw, dbias may be NULL
+    void (*dwconv3x3_backward)(act_t *dinp, float *dw, float *dbias, const act_t *dout,
+                               const act_t *inp, const act_t *w, int B, int H, int W, int C);
+
+    // ---- vision embeddings ----
+    // img (B, 3, S, S) -> out (B, NP, 3*P*P) with NP = (S/P)^2 patches in row-major order and
+    // columns ordered (channel, ky, kx) like a PyTorch Conv2d(3, C, P, stride=P) weight
+    void (*im2col_patches)(act_t *out, const act_t *img, int B, int S, int P);
+    // out (B, NP+1, C): row 0 = cls + pos[0], row 1+p = patches (B,NP,C)[p] + pos[1+p]
+    void (*vit_embed)(act_t *out, const act_t *patches, const act_t *cls, const act_t *pos,
+                      int B, int NP, int C);
+
+    // ---- rows ----
+    // out (N,C) row i = table (V,C) row ids[i]; rows with ids[i] < 0 are left untouched
+    void (*embedding_forward)(act_t *out, const int *ids, const act_t *table, int N, int C, int V);
+    // out (M,C) row i = inp row idx[i]
+    void (*gather_rows)(act_t *out, const act_t *inp, const int *idx, int M, int C);
+    // out row idx[i] = inp (M,C) row i; idx distinct
+    void (*scatter_rows)(act_t *out, const act_t *inp, const int *idx, int M, int C);
+
+    // ---- loss ----
+    // logits (M,V), targets (M) all in [0,V): losses (M) fp32 = logsumexp(row) - row[target];
+    // when dlogits != NULL it gets dscale * (softmax(row) - onehot(target)); may alias logits
+    void (*cross_entropy)(float *losses, act_t *dlogits, const act_t *logits, const int *targets,
+                          int M, int V, float dscale);
+
+    // ---- optimiser, all fp32 ----
+    // torch.optim.AdamW step t (1-based): p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    // p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+    void (*adamw_update)(float *p, const float *g, float *m, float *v, size_t n, double lr,
+                         double beta1, double beta2, double eps, double weight_decay, int t);
+    double (*sum_squares)(const float *x, size_t n);  // to the host; NaN when any x is NaN
+    void (*scale_f32)(float *x, float s, size_t n);
+} Kernels;
+
+const Kernels *kernels_cpu(void);
+// NULL when svlm was built without CUDA or no GPU is visible
+const Kernels *kernels_cuda(void);
+
+// pointer to element i of an act_t buffer
+static inline act_t *act_at(const struct Kernels *k, const act_t *p, size_t i) {
+    return (act_t *)((char *)p + i * k->act_bytes);
+}
+
+#ifdef __cplusplus
+}
+#endif

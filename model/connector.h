@@ -1,0 +1,46 @@
+// connector.h: the trainable bridge from vision features to LLM embeddings.
+//   ldp        (MobileVLM-V2 LDPv2): Linear(Cv,H), GELU, Linear(H,H), 2x2 average pool on the
+//              patch grid, depthwise 3x3 conv with bias + residual: grid^2/4 tokens per image
+//   mlp2x_gelu (LLaVA-1.5): Linear(Cv,H), GELU, Linear(H,H): grid^2 tokens per image
+// Tensor names follow the checkpoints of those projects (model.mm_projector.*).
+#pragma once
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "model/params.h"
+
+typedef enum { CONNECTOR_LDP, CONNECTOR_MLP2X_GELU } ConnectorType;
+
+typedef struct {
+    ConnectorType type;
+    const Kernels *k;
+    int in_dim, out_dim;  // Cv, H
+    int grid, n_in, n_out;  // input patch grid side, grid^2 tokens in, tokens out per image
+    int max_images;
+    ParamSet *ps;  // the trainable set the weights live in
+    int i_w1, i_b1, i_w2, i_b2, i_cw, i_cb;  // indices in ps (conv ones -1 for mlp2x_gelu)
+    // activations kept for the backward, (max_images, n_in, H) unless noted
+    act_t *h1;      // first linear, before GELU
+    act_t *g;       // GELU(h1)
+    act_t *h2;      // second linear
+    act_t *pooled;  // (max_images, n_out, H), ldp only
+    act_t *d1, *d2; // backward scratch
+} Connector;
+
+// "ldp" or "mlp2x_gelu"; fatal() naming the value otherwise
+ConnectorType connector_type_parse(const char *name);
+const char *connector_type_name(ConnectorType t);
+// fatal() when the vision encoder's patch grid does not suit the connector type
+void connector_check_grid(ConnectorType type, int grid);
+// declares the weights in ps (before params_alloc); fatal() when the grid does not suit the type
+void connector_declare(Connector *c, ParamSet *ps, ConnectorType type, int in_dim, int out_dim, int grid,
+                       int max_images);
+// after params_alloc: allocates activations
+void connector_setup(Connector *c);
+void connector_free(Connector *c);
+// PyTorch's default init (kaiming-uniform Linear and Conv2d weights, uniform biases), seeded
+void connector_init(Connector *c, uint64_t seed);
+// feats (B, n_in, Cv) -> out (B, n_out, H)
+void connector_forward(Connector *c, act_t *out, const act_t *feats, int B);
+// dout (B, n_out, H) -> weight gradients (+=) in ps->grad
+void connector_backward(Connector *c, const act_t *dout, const act_t *feats, int B);

@@ -1,0 +1,14 @@
+// hf_random.h: writes randomly initialised models as Hugging Face directories (config.json +
+// model.safetensors) that transformers loads as they are: the built-in tiny default model and
+// the benchmarks' reference-shaped models come from here.
+#pragma once
+#include <stdint.h>
+
+#include "model/llm.h"
+#include "model/vit.h"
+
+// CLIPVisionModel with every layer; weights N(0, 0.02), LayerNorms at weight 1, bias 0
+void hf_random_vision(const char *dir, const VitConfig *c, uint64_t seed);
+// Llama or Qwen2 (c->model_type) decoder; weights N(0, init_std), RMSNorm weights 1, biases 0;
+// c->tied decides whether lm_head.weight is written
+void hf_random_llm(const char *dir, const LlmConfig *c, float init_std, uint64_t seed);

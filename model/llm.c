@@ -1,0 +1,362 @@
+// llm.c: Llama-family decoder with LoRA: config, loading, forward, loss and backward (see llm.h).
+#include "model/llm.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/json.h"
+#include "common/rng.h"
+#include "common/util.h"
+
+const char *const proj_names[N_PROJ] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
+static int first_id(const cJSON *root, const char *key, const char *path) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (cJSON_IsArray(j)) j = cJSON_GetArrayItem(j, 0);
+    if (!j || cJSON_IsNull(j)) return -1;
+    if (!cJSON_IsNumber(j)) fatal("%s: key \"%s\" must be a token id", path, key);
+    return (int)j->valuedouble;
+}
+
+void llm_config_load(LlmConfig *c, const char *dir) {
+    memset(c, 0, sizeof *c);
+    char path[2048];
+    if (!dir_exists(dir)) fatal("%s: language model directory not found", dir);
+    path_join(path, sizeof path, dir, "config.json");
+    if (!file_exists(path)) fatal("%s: missing (language model directory needs a config.json)", path);
+    cJSON *root = json_load_file(path);
+    const char *mt = json_get_str(root, "model_type", path);
+    snprintf(c->model_type, sizeof c->model_type, "%s", mt);
+    int is_qwen2 = strcmp(mt, "qwen2") == 0, is_llama = strcmp(mt, "llama") == 0, is_mistral = strcmp(mt, "mistral") == 0;
+    if (!is_qwen2 && !is_llama && !is_mistral)
+        fatal("%s: model_type \"%s\" is not supported (llama, qwen2, mistral)", path, mt);
+    c->vocab = json_get_int(root, "vocab_size", path);
+    c->hidden = json_get_int(root, "hidden_size", path);
+    c->layers = json_get_int(root, "num_hidden_layers", path);
+    c->heads = json_get_int(root, "num_attention_heads", path);
+    c->kv_heads = json_get_int_opt(root, "num_key_value_heads", c->heads, path);
+    c->mlp = json_get_int(root, "intermediate_size", path);
+    c->max_pos = json_get_int_opt(root, "max_position_embeddings", 2048, path);
+    c->eps = (float)json_get_num_opt(root, "rms_norm_eps", 1e-6, path);
+    if (c->hidden <= 0 || c->layers <= 0 || c->heads <= 0 || c->kv_heads <= 0 || c->mlp <= 0 || c->vocab <= 0)
+        fatal("%s: sizes must be positive", path);
+    if (c->heads % c->kv_heads)
+        fatal("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->heads, c->kv_heads);
+    if (!cJSON_GetObjectItemCaseSensitive(root, "head_dim") && c->hidden % c->heads)
+        fatal("%s: hidden_size %d is not a multiple of num_attention_heads %d and head_dim is not given", path,
+              c->hidden, c->heads);
+    c->head_dim = json_get_int_opt(root, "head_dim", c->hidden / c->heads, path);
+    if (c->head_dim <= 0 || c->head_dim % 2) fatal("%s: head_dim %d must be even and positive", path, c->head_dim);
+    const char *act = json_get_str_opt(root, "hidden_act", "silu", path);
+    if (strcmp(act, "silu") != 0) fatal("%s: hidden_act \"%s\" is not supported (silu)", path, act);
+
+    // RoPE: transformers 5 keeps rope_theta in rope_parameters, older files at the top level
+    double theta = json_get_num_opt(root, "rope_theta", 10000.0, path);
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    const cJSON *rope_objs[2] = {rp, rs};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *o = rope_objs[i];
+        if (!o || cJSON_IsNull(o)) continue;
+        if (!cJSON_IsObject(o)) fatal("%s: \"%s\" must be an object", path, i ? "rope_scaling" : "rope_parameters");
+        theta = json_get_num_opt(o, "rope_theta", theta, path);
+        const char *type = json_get_str_opt(o, "rope_type", json_get_str_opt(o, "type", "default", path), path);
+        if (strcmp(type, "default") != 0)
+            fatal("%s: RoPE type \"%s\" is not supported (only the default rotary embedding)", path, type);
+    }
+    c->rope_theta = (float)theta;
+
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+    if (cJSON_IsArray(lt))
+        for (const cJSON *e = lt->child; e; e = e->next)
+            if (!cJSON_IsString(e) || strcmp(e->valuestring, "full_attention") != 0)
+                fatal("%s: layer_types holds \"%s\": only full attention is supported", path,
+                      cJSON_IsString(e) ? e->valuestring : "?");
+    if (is_qwen2) {  // Qwen2Attention: bias on q, k, v only
+        c->qkv_bias = 1;
+        if (json_get_bool_opt(root, "use_sliding_window", 0, path))
+            fatal("%s: use_sliding_window = true is not supported", path);
+    } else if (is_llama) {
+        c->qkv_bias = c->o_bias = json_get_bool_opt(root, "attention_bias", 0, path);
+        c->mlp_bias = json_get_bool_opt(root, "mlp_bias", 0, path);
+    }
+    c->tied = json_get_bool_opt(root, "tie_word_embeddings", -1, path);  // -1: decided by the files
+    c->bos_id = first_id(root, "bos_token_id", path);
+    c->eos_id = first_id(root, "eos_token_id", path);
+    cJSON_Delete(root);
+}
+
+int llm_declare(ParamSet *w, const LlmConfig *c, int *idx) {
+    int C = c->hidden, I = c->mlp, QD = c->heads * c->head_dim, KD = c->kv_heads * c->head_dim;
+    params_add(w, 2, (int64_t[]){c->vocab, C}, "model.embed_tokens.weight");
+    params_add(w, 1, (int64_t[]){C}, "model.norm.weight");
+    int i_head = c->tied ? -1 : params_add(w, 2, (int64_t[]){c->vocab, C}, "lm_head.weight");
+    const int outs[N_PROJ] = {QD, KD, KD, C, I, I, C}, ins[N_PROJ] = {C, C, C, QD, C, C, I};
+    const int bias[N_PROJ] = {c->qkv_bias, c->qkv_bias, c->qkv_bias, c->o_bias, c->mlp_bias, c->mlp_bias, c->mlp_bias};
+    for (int l = 0; l < c->layers; l++) {
+        int *li = idx + l * LLM_LAYER_TENSORS;
+        li[0] = params_add(w, 1, (int64_t[]){C}, "model.layers.%d.input_layernorm.weight", l);
+        li[1] = params_add(w, 1, (int64_t[]){C}, "model.layers.%d.post_attention_layernorm.weight", l);
+        for (int p = 0; p < N_PROJ; p++) {
+            const char *grp = p <= PROJ_O ? "self_attn" : "mlp";
+            li[2 + 2 * p] = params_add(w, 2, (int64_t[]){outs[p], ins[p]}, "model.layers.%d.%s.%s.weight", l, grp, proj_names[p]);
+            li[3 + 2 * p] = bias[p] ? params_add(w, 1, (int64_t[]){outs[p]}, "model.layers.%d.%s.%s.bias", l, grp, proj_names[p]) : -1;
+        }
+    }
+    return i_head;
+}
+
+void llm_load(Llm *m, const Kernels *k, const char *dir, const LoraConfig *lora, ParamSet *train) {
+    memset(m, 0, sizeof *m);
+    m->k = k;
+    m->train = train;
+    llm_config_load(&m->cfg, dir);
+    LlmConfig *c = &m->cfg;
+    if (lora && lora->r > 0) {
+        m->lora = *lora;
+        m->lora_scale = lora_scaling(lora);
+    }
+    HfWeights hw;
+    hf_weights_open(&hw, dir);
+    // tied when config.json says so (transformers then ignores any lm_head.weight), and when it
+    // is silent and the files hold no lm_head
+    int has_head = hf_weights_find(&hw, "lm_head.weight", NULL) != NULL;
+    if (c->tied < 0) c->tied = !has_head;
+    if (!c->tied && !has_head) fatal("%s: tie_word_embeddings is false but the weights have no lm_head.weight", dir);
+
+    ParamSet *w = &m->w;
+    params_init(w, k, 0);
+    int *idx = xmalloc((size_t)c->layers * LLM_LAYER_TENSORS * sizeof(int));
+    int i_head = llm_declare(w, c, idx);
+    params_alloc(w);
+    params_load_hf(w, &hw, "");
+    hf_weights_close(&hw);
+
+    int C = c->hidden, I = c->mlp, QD = c->heads * c->head_dim, KD = c->kv_heads * c->head_dim;
+    const int outs[N_PROJ] = {QD, KD, KD, C, I, I, C}, ins[N_PROJ] = {C, C, C, QD, C, C, I};
+    m->embed = params_act(w, 0);  // the order of llm_declare
+    m->norm = params_act(w, 1);
+    m->lm_head = c->tied ? m->embed : params_act(w, i_head);
+    m->layer = xcalloc(c->layers, sizeof(LlmLayer));
+    for (int l = 0; l < c->layers; l++) {
+        int *li = idx + l * LLM_LAYER_TENSORS;
+        LlmLayer *L = &m->layer[l];
+        L->ln1 = params_act(w, li[0]);
+        L->ln2 = params_act(w, li[1]);
+        for (int p = 0; p < N_PROJ; p++) {
+            LlmProj *pr = &L->p[p];
+            pr->w = params_act(w, li[2 + 2 * p]);
+            pr->b = li[3 + 2 * p] >= 0 ? params_act(w, li[3 + 2 * p]) : NULL;
+            pr->out = outs[p];
+            pr->in = ins[p];
+            pr->a = pr->bb = -1;
+            if (m->lora.r > 0 && (m->lora.targets & (1u << p))) {
+                const char *grp = p <= PROJ_O ? "self_attn" : "mlp";
+                int r = m->lora.r;
+                pr->a = params_add(train, 2, (int64_t[]){r, ins[p]}, "model.layers.%d.%s.%s.lora_A.weight", l, grp, proj_names[p]);
+                pr->bb = params_add(train, 2, (int64_t[]){outs[p], r}, "model.layers.%d.%s.%s.lora_B.weight", l, grp, proj_names[p]);
+            }
+        }
+    }
+    free(idx);
+}
+
+void llm_setup(Llm *m, int max_B, int max_T) {
+    const Kernels *k = m->k;
+    const LlmConfig *c = &m->cfg;
+    m->max_B = max_B;
+    m->max_T = max_T;
+    size_t N = (size_t)max_B * max_T, ab = k->act_bytes;
+    size_t C = c->hidden, I = c->mlp, QD = (size_t)c->heads * c->head_dim, KD = (size_t)c->kv_heads * c->head_dim;
+    size_t r = m->lora.r;
+    m->acts = xcalloc(c->layers, sizeof(LlmActs));
+    for (int l = 0; l < c->layers; l++) {
+        LlmActs *a = &m->acts[l];
+        a->x = k->alloc(N * C * ab);
+        a->ln1 = k->alloc(N * C * ab);
+        a->rstd1 = k->alloc(N * sizeof(float));
+        a->q = k->alloc(N * QD * ab);
+        a->k = k->alloc(N * KD * ab);
+        a->v = k->alloc(N * KD * ab);
+        a->att = k->alloc(N * QD * ab);
+        a->lse = k->alloc(N * c->heads * sizeof(float));
+        a->xmid = k->alloc(N * C * ab);
+        a->ln2 = k->alloc(N * C * ab);
+        a->rstd2 = k->alloc(N * sizeof(float));
+        a->gate = k->alloc(N * I * ab);
+        a->up = k->alloc(N * I * ab);
+        for (int p = 0; p < N_PROJ; p++)
+            if (m->layer[l].p[p].a >= 0) a->lora_h[p] = k->alloc(N * r * ab);
+    }
+    m->x_out = k->alloc(N * C * ab);
+    m->lnf = k->alloc(N * C * ab);
+    m->rstdf = k->alloc(N * sizeof(float));
+    m->dx = k->alloc(N * C * ab);
+    m->dln = k->alloc(N * C * ab);
+    m->dq = k->alloc(N * QD * ab);
+    m->dk = k->alloc(N * KD * ab);
+    m->dv = k->alloc(N * KD * ab);
+    m->datt = k->alloc(N * QD * ab);
+    m->dgate = k->alloc(N * I * ab);
+    m->dup = k->alloc(N * I * ab);
+    m->dact = k->alloc(N * I * ab);
+    m->dh = k->alloc(N * (r ? r : 1) * ab);
+    m->hid = k->alloc(N * C * ab);
+    m->dhid = k->alloc(N * C * ab);
+    m->logits = k->alloc((size_t)k->xent_chunk_rows * c->vocab * ab);
+    m->losses = k->alloc(N * sizeof(float));
+}
+
+void llm_free(Llm *m) {
+    const Kernels *k = m->k;
+    if (m->acts) {
+        for (int l = 0; l < m->cfg.layers; l++) {
+            LlmActs *a = &m->acts[l];
+            void *bufs[] = {a->x, a->ln1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->xmid, a->ln2, a->rstd2, a->gate, a->up};
+            for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
+            for (int p = 0; p < N_PROJ; p++)
+                if (a->lora_h[p]) k->free(a->lora_h[p]);
+        }
+        void *bufs[] = {m->x_out, m->lnf, m->rstdf, m->dx, m->dln, m->dq, m->dk, m->dv, m->datt, m->dgate,
+                        m->dup, m->dact, m->dh, m->hid, m->dhid, m->logits, m->losses};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
+        free(m->acts);
+    }
+    params_free(&m->w);
+    free(m->layer);
+    memset(m, 0, sizeof *m);
+}
+
+void llm_lora_init(Llm *m, uint64_t seed) {
+    Rng rng;
+    rng_init(&rng, seed);
+    for (int l = 0; l < m->cfg.layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            const LlmProj *pr = &m->layer[l].p[p];
+            if (pr->a < 0) continue;
+            size_t na = m->train->p[pr->a].numel, nb = m->train->p[pr->bb].numel;
+            float *host = xmalloc((na > nb ? na : nb) * sizeof(float));
+            float bound = 1.0f / sqrtf((float)pr->in);
+            for (size_t i = 0; i < na; i++) host[i] = (2.0f * rng_uniform(&rng) - 1.0f) * bound;
+            params_upload(m->train, pr->a, host);
+            memset(host, 0, nb * sizeof(float));
+            params_upload(m->train, pr->bb, host);
+            free(host);
+        }
+}
+
+void llm_embed(Llm *m, act_t *x0, const int *ids, int N) {
+    m->k->embedding_forward(x0, ids, m->embed, N, m->cfg.hidden, m->cfg.vocab);
+}
+
+// out (N, p->out) = inp @ W^T + b + scale * (inp @ A^T) @ B^T; h (N, r) keeps inp @ A^T
+static void proj_forward(const Llm *m, const LlmProj *p, act_t *out, const act_t *inp, act_t *h, int N) {
+    const Kernels *k = m->k;
+    k->matmul_forward(out, inp, p->w, p->b, N, p->in, p->out, 1.0f, 0);
+    if (p->a >= 0) {
+        int r = m->lora.r;
+        k->matmul_forward(h, inp, params_act(m->train, p->a), NULL, N, p->in, r, 1.0f, 0);
+        k->matmul_forward(out, h, params_act(m->train, p->bb), NULL, N, r, p->out, m->lora_scale, 1);
+    }
+}
+
+// dinp (+=) from dout through the frozen weight and the LoRA path; LoRA grads (+=)
+static void proj_backward(const Llm *m, const LlmProj *p, act_t *dinp, const act_t *dout, const act_t *inp,
+                          const act_t *h, int N) {
+    const Kernels *k = m->k;
+    k->matmul_backward(dinp, NULL, NULL, dout, inp, p->w, N, p->in, p->out, 1.0f);
+    if (p->a >= 0) {
+        int r = m->lora.r;
+        k->zero(m->dh, (size_t)N * r * k->act_bytes);
+        k->matmul_backward(m->dh, params_grad(m->train, p->bb), NULL, dout, h, params_act(m->train, p->bb), N, r,
+                           p->out, m->lora_scale);
+        k->matmul_backward(dinp, params_grad(m->train, p->a), NULL, m->dh, inp, params_act(m->train, p->a), N,
+                           p->in, r, 1.0f);
+    }
+}
+
+void llm_forward(Llm *m, int B, int T, const int *pos, const int *seg) {
+    const Kernels *k = m->k;
+    const LlmConfig *c = &m->cfg;
+    CHECK(B <= m->max_B && T <= m->max_T, "llm_forward with %dx%d, planned for %dx%d", B, T, m->max_B, m->max_T);
+    int N = B * T, C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
+    for (int l = 0; l < c->layers; l++) {
+        const LlmLayer *L = &m->layer[l];
+        LlmActs *a = &m->acts[l];
+        act_t *x_next = l + 1 < c->layers ? m->acts[l + 1].x : m->x_out;
+        k->rmsnorm_forward(a->ln1, a->rstd1, a->x, L->ln1, N, C, c->eps);
+        proj_forward(m, &L->p[PROJ_Q], a->q, a->ln1, a->lora_h[PROJ_Q], N);
+        proj_forward(m, &L->p[PROJ_K], a->k, a->ln1, a->lora_h[PROJ_K], N);
+        proj_forward(m, &L->p[PROJ_V], a->v, a->ln1, a->lora_h[PROJ_V], N);
+        k->rope_forward(a->q, a->q, pos, N, NH, HD, c->rope_theta);
+        k->rope_forward(a->k, a->k, pos, N, NKV, HD, c->rope_theta);
+        k->attention_forward(a->att, a->lse, a->q, a->k, a->v, seg, B, T, NH, NKV, HD, 1);
+        proj_forward(m, &L->p[PROJ_O], a->xmid, a->att, a->lora_h[PROJ_O], N);
+        k->add(a->xmid, a->xmid, a->x, (size_t)N * C);
+        k->rmsnorm_forward(a->ln2, a->rstd2, a->xmid, L->ln2, N, C, c->eps);
+        proj_forward(m, &L->p[PROJ_GATE], a->gate, a->ln2, a->lora_h[PROJ_GATE], N);
+        proj_forward(m, &L->p[PROJ_UP], a->up, a->ln2, a->lora_h[PROJ_UP], N);
+        k->swiglu_forward(m->dact, a->gate, a->up, (size_t)N * I);  // dact is scratch here
+        proj_forward(m, &L->p[PROJ_DOWN], x_next, m->dact, a->lora_h[PROJ_DOWN], N);
+        k->add(x_next, x_next, a->xmid, (size_t)N * C);
+    }
+    k->rmsnorm_forward(m->lnf, m->rstdf, m->x_out, m->norm, N, C, c->eps);
+}
+
+void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float grad_scale, int backward) {
+    const Kernels *k = m->k;
+    const LlmConfig *c = &m->cfg;
+    int C = c->hidden, V = c->vocab, R = k->xent_chunk_rows;
+    k->gather_rows(m->hid, m->lnf, idx, M, C);  // (M, C): only labelled rows meet the vocabulary
+    if (backward) k->zero(m->dhid, (size_t)M * C * k->act_bytes);
+    for (int r0 = 0; r0 < M; r0 += R) {
+        int n = M - r0 < R ? M - r0 : R;
+        const act_t *h = act_at(k, m->hid, (size_t)r0 * C);
+        k->matmul_forward(m->logits, h, m->lm_head, NULL, n, C, V, 1.0f, 0);
+        k->cross_entropy(m->losses + r0, backward ? m->logits : NULL, m->logits, targets + r0, n, V, grad_scale);
+        if (backward)
+            k->matmul_backward(act_at(k, m->dhid, (size_t)r0 * C), NULL, NULL, m->logits, h, m->lm_head, n, C, V, 1.0f);
+    }
+    if (!backward) return;
+    k->zero(m->dln, (size_t)N * C * k->act_bytes);
+    k->scatter_rows(m->dln, m->dhid, idx, M, C);
+    k->zero(m->dx, (size_t)N * C * k->act_bytes);
+    k->rmsnorm_backward(m->dx, NULL, m->dln, m->x_out, m->norm, m->rstdf, N, C);
+}
+
+void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg) {
+    const Kernels *k = m->k;
+    const LlmConfig *c = &m->cfg;
+    int N = B * T, C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
+    size_t ab = k->act_bytes;
+    for (int l = c->layers - 1; l >= 0; l--) {
+        const LlmLayer *L = &m->layer[l];
+        LlmActs *a = &m->acts[l];
+        // MLP block; dx = d(layer output) = d(xmid) through the residual
+        k->swiglu_forward(m->dact, a->gate, a->up, (size_t)N * I);  // recomputed, not stored
+        k->zero(m->dgate, (size_t)N * I * ab);                       // d(swiglu out)
+        proj_backward(m, &L->p[PROJ_DOWN], m->dgate, m->dx, m->dact, a->lora_h[PROJ_DOWN], N);
+        k->swiglu_backward(m->dgate, m->dup, m->dgate, a->gate, a->up, (size_t)N * I);
+        k->zero(m->dln, (size_t)N * C * ab);
+        proj_backward(m, &L->p[PROJ_GATE], m->dln, m->dgate, a->ln2, a->lora_h[PROJ_GATE], N);
+        proj_backward(m, &L->p[PROJ_UP], m->dln, m->dup, a->ln2, a->lora_h[PROJ_UP], N);
+        k->rmsnorm_backward(m->dx, NULL, m->dln, a->xmid, L->ln2, a->rstd2, N, C);
+        // attention block; dx = d(xmid) = d(layer input) through the residual
+        k->zero(m->datt, (size_t)N * NH * HD * ab);
+        proj_backward(m, &L->p[PROJ_O], m->datt, m->dx, a->att, a->lora_h[PROJ_O], N);
+        k->attention_backward(m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, seg, B, T, NH, NKV, HD, 1);
+        k->rope_backward(m->dq, m->dq, pos, N, NH, HD, c->rope_theta);
+        k->rope_backward(m->dk, m->dk, pos, N, NKV, HD, c->rope_theta);
+        k->zero(m->dln, (size_t)N * C * ab);
+        proj_backward(m, &L->p[PROJ_Q], m->dln, m->dq, a->ln1, a->lora_h[PROJ_Q], N);
+        proj_backward(m, &L->p[PROJ_K], m->dln, m->dk, a->ln1, a->lora_h[PROJ_K], N);
+        proj_backward(m, &L->p[PROJ_V], m->dln, m->dv, a->ln1, a->lora_h[PROJ_V], N);
+        k->rmsnorm_backward(m->dx, NULL, m->dln, a->x, L->ln1, a->rstd1, N, C);
+    }
+}
+
+void llm_logits(Llm *m, act_t *out, int N) {
+    m->k->matmul_forward(out, m->lnf, m->lm_head, NULL, N, m->cfg.hidden, m->cfg.vocab, 1.0f, 0);
+}

@@ -1,0 +1,110 @@
+// llm.h: the Llama-family decoder (Llama, Qwen2, Mistral layouts: RMSNorm, RoPE, GQA, SwiGLU,
+// optional q/k/v/o/MLP biases, tied or untied embeddings; every size from config.json) with
+// LoRA on any subset of q,k,v,o,gate,up,down. The base weights are frozen: the backward yields
+// LoRA gradients and the gradient at the input embeddings, never a frozen weight's gradient.
+#pragma once
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "model/params.h"
+
+enum { PROJ_Q, PROJ_K, PROJ_V, PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN, N_PROJ };
+extern const char *const proj_names[N_PROJ];  // "q_proj", ... "down_proj"
+
+typedef struct {
+    char model_type[32];
+    int vocab, hidden, layers, heads, kv_heads, head_dim, mlp, max_pos;
+    float eps, rope_theta;
+    int qkv_bias, o_bias, mlp_bias;
+    int tied;  // lm_head shares embed_tokens (-1 after llm_config_load when config.json is silent)
+    int bos_id, eos_id;  // -1 when config.json has none (eos: the first when it is a list)
+} LlmConfig;
+
+typedef struct {
+    int r;
+    float alpha;
+    int rslora;        // scaling alpha/sqrt(r) instead of alpha/r
+    unsigned targets;  // bit PROJ_* set: that projection carries LoRA
+    float dropout;
+} LoraConfig;
+
+float lora_scaling(const LoraConfig *l);
+// "q,k,v,o,gate,up,down", peft-style "q_proj,v_proj", or "all"; fatal() naming a bad entry
+unsigned lora_targets_parse(const char *list);
+// reads r, lora_alpha, use_rslora, lora_dropout and target_modules of a peft adapter directory
+void lora_config_load_peft(LoraConfig *l, const char *dir);
+
+typedef struct {
+    act_t *w, *b;   // frozen (out, in) weight and (out) bias or NULL
+    int out, in;
+    int a, bb;      // LoRA A (r, in) and B (out, r) in the trainable set; -1 without LoRA
+} LlmProj;
+
+typedef struct {
+    act_t *ln1, *ln2;
+    LlmProj p[N_PROJ];
+} LlmLayer;
+
+typedef struct {  // what one layer keeps for the backward, planned for max_B x max_T rows
+    act_t *x;           // (N, C) residual stream entering the layer
+    act_t *ln1;         // (N, C)
+    float *rstd1;       // (N)
+    act_t *q, *k, *v;   // (N, NH*HD), (N, NKV*HD) x2, after RoPE
+    act_t *att;         // (N, NH*HD)
+    float *lse;         // (B, NH, T)
+    act_t *xmid;        // (N, C) residual after attention
+    act_t *ln2;         // (N, C)
+    float *rstd2;       // (N)
+    act_t *gate, *up;   // (N, I)
+    act_t *lora_h[N_PROJ];  // (N, r): input @ A^T, kept for dB
+} LlmActs;
+
+typedef struct {
+    LlmConfig cfg;
+    LoraConfig lora;  // r == 0: no LoRA
+    float lora_scale;
+    const Kernels *k;
+    ParamSet w;       // frozen weights, HF names
+    ParamSet *train;  // the trainable set holding the LoRA tensors (shared with the connector)
+    act_t *embed, *norm, *lm_head;
+    LlmLayer *layer;
+    int max_B, max_T;
+    // training activations (allocated by llm_setup)
+    LlmActs *acts;      // one per layer
+    act_t *x_out;       // (N, C) residual after the last layer
+    act_t *lnf;         // (N, C) final norm output
+    float *rstdf;       // (N)
+    // backward and loss scratch
+    act_t *dx, *dln, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *dh;
+    act_t *hid, *dhid, *logits;  // (N, C), (N, C), (xent_chunk_rows, V)
+    float *losses;               // (N)
+} Llm;
+
+void llm_config_load(LlmConfig *c, const char *dir);
+// Declares the frozen weights under their HF names: embed_tokens (index 0), norm (1), lm_head
+// (returned; -1 when tied), then per layer LLM_LAYER_TENSORS indices into idx: the two norms,
+// then weight and bias (-1 when absent) of each projection in PROJ_* order. c->tied must be 0 or 1.
+#define LLM_LAYER_TENSORS (2 + 2 * N_PROJ)
+int llm_declare(ParamSet *w, const LlmConfig *c, int *idx);
+// Loads the frozen weights of dir and, when lora && lora->r > 0, declares the LoRA tensors in
+// train (peft names: model.layers.L.self_attn.q_proj.lora_A.weight ...). Call params_alloc(train)
+// afterwards and then llm_setup.
+void llm_load(Llm *m, const Kernels *k, const char *dir, const LoraConfig *lora, ParamSet *train);
+// allocates activations for micro-batches up to max_B x max_T
+void llm_setup(Llm *m, int max_B, int max_T);
+void llm_free(Llm *m);
+// peft's init: A kaiming-uniform (bound 1/sqrt(in)), B zero
+void llm_lora_init(Llm *m, uint64_t seed);
+
+// x0 (N, C) row i = embedding of ids[i]; rows with ids[i] < 0 untouched (image slots)
+void llm_embed(Llm *m, act_t *x0, const int *ids, int N);
+// runs the decoder on m->acts[0].x (B, T, C), filled by the caller; pos, seg (B, T) backend ints
+void llm_forward(Llm *m, int B, int T, const int *pos, const int *seg);
+// Loss at M labelled rows idx (into the N = B*T rows) with targets: per-row losses into
+// m->losses (fp32, backend; callers download them). With backward, d(sum of losses)*grad_scale
+// with respect to the last layer's output is left in m->dx, where llm_backward starts.
+void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float grad_scale, int backward);
+// from m->dx = d(final residual): LoRA gradients (+=) into train->grad, and d(x0) left in m->dx
+void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg);
+// logits (N, V) of every row after llm_forward (tests, evaluation)
+void llm_logits(Llm *m, act_t *out, int N);

@@ -1,0 +1,144 @@
+// params.c: named tensors in one buffer per set (see params.h).
+#include "model/params.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+
+void params_init(ParamSet *ps, const Kernels *k, int trainable) {
+    memset(ps, 0, sizeof *ps);
+    ps->k = k;
+    ps->trainable = trainable;
+}
+
+int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ...) {
+    CHECK(ps->data == NULL && ps->master == NULL, "params_add after params_alloc");
+    CHECK(ndim >= 1 && ndim <= 4, "ndim %d", ndim);
+    if (ps->n == ps->cap) {
+        ps->cap = ps->cap ? 2 * ps->cap : 64;
+        ps->p = xrealloc(ps->p, ps->cap * sizeof(Param));
+    }
+    Param *p = &ps->p[ps->n];
+    memset(p, 0, sizeof *p);
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(p->name, sizeof p->name, fmt, ap);
+    va_end(ap);
+    CHECK(len > 0 && len < PARAM_NAME_MAX, "parameter name too long");
+    p->ndim = ndim;
+    p->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        CHECK(shape[i] > 0, "tensor %s: dimension %d is %lld", p->name, i, (long long)shape[i]);
+        p->shape[i] = shape[i];
+        p->numel *= (size_t)shape[i];
+    }
+    size_t nl = strlen(p->name);
+    p->decay = !(nl >= 5 && strcmp(p->name + nl - 5, ".bias") == 0);
+    p->offset = ps->numel;
+    ps->numel += p->numel;
+    return ps->n++;
+}
+
+void params_alloc(ParamSet *ps) {
+    const Kernels *k = ps->k;
+    size_t n = ps->numel ? ps->numel : 1;
+    if (ps->trainable) {
+        ps->master = k->alloc(n * sizeof(float));
+        ps->grad = k->alloc(n * sizeof(float));
+        ps->m = k->alloc(n * sizeof(float));
+        ps->v = k->alloc(n * sizeof(float));
+        ps->data = k->act_is_f32 ? (act_t *)ps->master : k->alloc(n * k->act_bytes);
+    } else {
+        ps->data = k->alloc(n * k->act_bytes);
+    }
+}
+
+void params_free(ParamSet *ps) {
+    const Kernels *k = ps->k;
+    if (ps->trainable) {
+        if (ps->data != (act_t *)ps->master) k->free(ps->data);
+        k->free(ps->master);
+        k->free(ps->grad);
+        k->free(ps->m);
+        k->free(ps->v);
+    } else if (ps->data) {
+        k->free(ps->data);
+    }
+    free(ps->p);
+    memset(ps, 0, sizeof *ps);
+}
+
+int params_find(const ParamSet *ps, const char *name) {
+    for (int i = 0; i < ps->n; i++)
+        if (strcmp(ps->p[i].name, name) == 0) return i;
+    return -1;
+}
+
+act_t *params_act(const ParamSet *ps, int i) { return act_at(ps->k, ps->data, ps->p[i].offset); }
+float *params_master(const ParamSet *ps, int i) { return ps->master + ps->p[i].offset; }
+float *params_grad(const ParamSet *ps, int i) { return ps->grad + ps->p[i].offset; }
+
+void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix) {
+    size_t biggest = 1;
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i].numel > biggest) biggest = ps->p[i].numel;
+    float *host = xmalloc(biggest * sizeof(float));
+    char name[PARAM_NAME_MAX + 256];
+    for (int i = 0; i < ps->n; i++) {
+        snprintf(name, sizeof name, "%s%s", prefix, ps->p[i].name);
+        hf_weights_read(w, name, ps->p[i].ndim, ps->p[i].shape, host);
+        params_upload(ps, i, host);
+    }
+    free(host);
+}
+
+void params_sync(ParamSet *ps) {
+    if (ps->trainable && ps->data != (act_t *)ps->master) ps->k->cast_to_act(ps->data, ps->master, ps->numel);
+}
+
+void params_download(const ParamSet *ps, int i, float *host) {
+    if (ps->trainable) ps->k->download(host, params_master(ps, i), ps->p[i].numel * sizeof(float));
+    else ps->k->download_act(host, params_act(ps, i), ps->p[i].numel);
+}
+
+void params_upload(ParamSet *ps, int i, const float *host) {
+    if (ps->trainable) {
+        ps->k->upload(params_master(ps, i), host, ps->p[i].numel * sizeof(float));
+        if (ps->data != (act_t *)ps->master) ps->k->cast_to_act(params_act(ps, i), params_master(ps, i), ps->p[i].numel);
+    } else {
+        ps->k->upload_act(params_act(ps, i), host, ps->p[i].numel);
+    }
+}
+
+int params_load_file(ParamSet *ps, const char *path, const char *strip_prefix, int *unmatched) {
+    StFile f;
+    st_open_or_die(&f, path);
+    size_t plen = strlen(strip_prefix);
+    int loaded = 0, missed = 0;
+    for (int t = 0; t < f.n; t++) {
+        const StTensor *st = &f.tensors[t];
+        const char *name = st->name;
+        if (plen && strncmp(name, strip_prefix, plen) == 0) name += plen;
+        int i = params_find(ps, name);
+        if (i < 0) { missed++; continue; }
+        const Param *p = &ps->p[i];
+        int same = st->ndim == p->ndim;
+        for (int d = 0; same && d < p->ndim; d++) same = st->shape[d] == p->shape[d];
+        if (!same) {
+            char a[128], b[128];
+            fatal("%s: tensor %s has shape %s but the model expects %s", path, st->name,
+                  st_shape_str(st->ndim, st->shape, a, sizeof a), st_shape_str(p->ndim, p->shape, b, sizeof b));
+        }
+        float *host = xmalloc(p->numel * sizeof(float));
+        st_read_f32(&f, st, host);
+        params_upload(ps, i, host);
+        free(host);
+        loaded++;
+    }
+    st_close(&f);
+    if (unmatched) *unmatched = missed;
+    return loaded;
+}

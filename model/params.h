@@ -1,0 +1,56 @@
+// params.h: a set of named tensors living in one contiguous buffer (llm.c style), so loading,
+// gradients, AdamW, all-reduce and checkpoints each see one span. Frozen sets hold act_t
+// weights; the trainable set holds fp32 masters plus grads, AdamW moments and (on backends whose
+// act_t is not fp32) a compute copy.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "model/hf.h"
+
+#define PARAM_NAME_MAX 160
+
+typedef struct {
+    char name[PARAM_NAME_MAX];
+    int ndim;
+    int64_t shape[4];
+    size_t numel;
+    size_t offset;  // in elements from the start of the buffer
+    int decay;      // AdamW weight decay applies (not to biases)
+} Param;
+
+typedef struct {
+    const Kernels *k;
+    Param *p;
+    int n, cap;
+    size_t numel;
+    int trainable;
+    act_t *data;    // frozen: the weights. trainable: the compute copy (== master when act is fp32)
+    float *master;  // trainable only: fp32 weights, grads, AdamW m and v, all numel long
+    float *grad, *m, *v;
+} ParamSet;
+
+void params_init(ParamSet *ps, const Kernels *k, int trainable);
+// declares a tensor; returns its index. Shapes are as Hugging Face / PyTorch store them.
+int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void params_alloc(ParamSet *ps);  // allocates the buffers once every tensor is declared
+void params_free(ParamSet *ps);
+int params_find(const ParamSet *ps, const char *name);  // -1 when absent
+
+act_t *params_act(const ParamSet *ps, int i);  // compute copy / frozen weight
+float *params_master(const ParamSet *ps, int i);
+float *params_grad(const ParamSet *ps, int i);
+
+// frozen sets: reads every tensor from w under prefix + name, checking shapes
+void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix);
+// trainable sets: refreshes the compute copy after the masters changed
+void params_sync(ParamSet *ps);
+// host copies of one tensor's master (trainable) or weight (frozen)
+void params_download(const ParamSet *ps, int i, float *host);
+void params_upload(ParamSet *ps, int i, const float *host);
+// Loads every tensor of the safetensors file at path whose name, after removing strip_prefix
+// (may be ""), names a tensor of the set; fatal() on a shape mismatch. Returns how many it
+// loaded; *unmatched (if not NULL) gets the count of file tensors that matched nothing.
+int params_load_file(ParamSet *ps, const char *path, const char *strip_prefix, int *unmatched);

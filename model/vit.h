@@ -1,0 +1,42 @@
+// vit.h: the CLIP-style vision encoder, frozen and forward only: patch conv (no bias), CLS token,
+// learned positions, pre_layrnorm, pre-LN blocks. Its output is the hidden state after
+// `vision_layer` (HF hidden_states index, default -2) without post_layernorm, CLS dropped.
+#pragma once
+#include "kernels/kernels.h"
+#include "model/params.h"
+
+typedef struct {
+    int hidden, layers, heads, head_dim, mlp;
+    int image_size, patch, grid, n_patches;  // grid = image_size / patch, n_patches = grid^2
+    float eps;
+    int quick_gelu;  // 1: x*sigmoid(1.702x) (OpenAI CLIP), 0: erf GELU
+} VitConfig;
+
+typedef struct {
+    act_t *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
+    act_t *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+} VitLayer;
+
+typedef struct {
+    VitConfig cfg;
+    const Kernels *k;
+    int n_run;  // transformer layers run: enough to produce hidden_states[vision_layer]
+    ParamSet w;
+    act_t *patch_w, *cls, *pos, *pre_w, *pre_b;  // patch_w (C, 3*P*P)
+    VitLayer *layer;
+    int max_images;
+    // scratch, reused by every layer (nothing is kept for a backward pass)
+    act_t *cols, *x, *ln, *q, *kk, *v, *att, *h;
+    int *drop_cls;  // (max_images * n_patches) rows of x that are not CLS
+} Vit;
+
+// reads dir/config.json (CLIPVisionModel, or the vision_config of a full CLIPModel)
+void vit_config_load(VitConfig *c, const char *dir);
+// declares the weights of the embeddings and the first n_layers layers under their HF names
+// (without prefix), in the order vit_load binds them
+void vit_declare(ParamSet *w, const VitConfig *c, int n_layers);
+// loads the weights the first n_run layers need; vision_layer indexes HF's hidden_states
+void vit_load(Vit *v, const Kernels *k, const char *dir, int vision_layer, int max_images);
+void vit_free(Vit *v);
+// pixels (B, 3, S, S) normalised -> feats (B, n_patches, hidden); B <= max_images
+void vit_forward(Vit *v, act_t *feats, const act_t *pixels, int B);

@@ -1,0 +1,165 @@
+// vlm.c: joins vision encoder, connector and LLM into one trainable model (see vlm.h).
+#include "model/vlm.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+
+void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
+    memset(m, 0, sizeof *m);
+    m->k = k;
+    m->max_B = spec->max_B;
+    m->max_T = spec->max_T;
+    m->max_images = spec->max_images;
+    VitConfig vcfg;  // settle what the configs alone can refuse before loading any weight
+    vit_config_load(&vcfg, spec->vision_dir);
+    connector_check_grid(spec->connector, vcfg.grid);
+    vit_load(&m->vit, k, spec->vision_dir, spec->vision_layer, spec->max_images);
+    params_init(&m->train, k, 1);
+    llm_load(&m->llm, k, spec->llm_dir, &spec->lora, &m->train);
+    const VitConfig *vc = &m->vit.cfg;
+    connector_declare(&m->conn, &m->train, spec->connector, vc->hidden, m->llm.cfg.hidden, vc->grid, spec->max_images);
+    params_alloc(&m->train);
+    connector_setup(&m->conn);
+    llm_setup(&m->llm, spec->max_B, spec->max_T);
+    m->n_img_tokens = m->conn.n_out;
+
+    size_t I = spec->max_images, N = (size_t)spec->max_B * spec->max_T, ab = k->act_bytes;
+    size_t S = vc->image_size, H = m->llm.cfg.hidden;
+    m->pixels = k->alloc(I * 3 * S * S * ab);
+    m->feats = k->alloc(I * vc->n_patches * vc->hidden * ab);
+    m->img_emb = k->alloc(I * m->n_img_tokens * H * ab);
+    m->dimg = k->alloc(I * m->n_img_tokens * H * ab);
+    m->ids = k->alloc(N * sizeof(int));
+    m->pos = k->alloc(N * sizeof(int));
+    m->seg = k->alloc(N * sizeof(int));
+    m->lab_idx = k->alloc(N * sizeof(int));
+    m->lab_tgt = k->alloc(N * sizeof(int));
+    m->img_idx = k->alloc(I * m->n_img_tokens * sizeof(int));
+    m->h_ids = xmalloc(N * sizeof(int));
+    m->h_pos = xmalloc(N * sizeof(int));
+    m->h_idx = xmalloc(N * sizeof(int));
+    m->h_tgt = xmalloc(N * sizeof(int));
+    m->h_img_idx = xmalloc(I * m->n_img_tokens * sizeof(int));
+    m->h_losses = xmalloc(N * sizeof(float));
+    m->h_slot = xmalloc(N);
+}
+
+void vlm_free(Vlm *m) {
+    const Kernels *k = m->k;
+    void *bufs[] = {m->pixels, m->feats, m->img_emb, m->dimg, m->ids, m->pos, m->seg, m->lab_idx, m->lab_tgt, m->img_idx};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
+    free(m->h_ids);
+    free(m->h_pos);
+    free(m->h_idx);
+    free(m->h_tgt);
+    free(m->h_img_idx);
+    free(m->h_losses);
+    free(m->h_slot);
+    connector_free(&m->conn);
+    llm_free(&m->llm);
+    vit_free(&m->vit);
+    params_free(&m->train);
+    memset(m, 0, sizeof *m);
+}
+
+void vlm_init_trainable(Vlm *m, uint64_t seed) {
+    connector_init(&m->conn, seed);
+    llm_lora_init(&m->llm, seed ^ 0x5eed10a4ULL);
+}
+
+// checks the batch against the plan and uploads tokens, positions, segments and images;
+// leaves the labelled rows in h_idx/h_tgt and returns their count
+static int upload_batch(Vlm *m, const VlmBatch *b) {
+    const Kernels *k = m->k;
+    int B = b->B, T = b->T, N = B * T, V = m->llm.cfg.vocab, nt = m->n_img_tokens;
+    if (B < 1 || T < 1 || B > m->max_B || T > m->max_T)
+        fatal("batch of %d x %d tokens exceeds the planned %d x %d (batch_size x max_seq_len)", B, T, m->max_B, m->max_T);
+    if (b->n_img < 0 || b->n_img > m->max_images)
+        fatal("batch has %d images, more than the planned %d", b->n_img, m->max_images);
+    memset(m->h_slot, 0, (size_t)N);
+    for (int i = 0; i < b->n_img; i++) {
+        int r = b->img_row[i], s = b->img_start[i];
+        if (r < 0 || r >= B || s < 0 || s + nt > T)
+            fatal("image %d: slot at row %d position %d with %d tokens does not fit a %d x %d batch", i, r, s, nt, B, T);
+        for (int j = 0; j < nt; j++) {
+            if (m->h_slot[r * T + s + j]) fatal("image %d: its slot overlaps another image's", i);
+            m->h_slot[r * T + s + j] = 1;
+            m->h_img_idx[i * nt + j] = r * T + s + j;
+        }
+    }
+    int M = 0;
+    for (int i = 0; i < N; i++) {
+        m->h_ids[i] = m->h_slot[i] ? -1 : b->ids[i];  // -1: embedding row left for image features
+        if (!m->h_slot[i] && (b->ids[i] < 0 || b->ids[i] >= V))
+            fatal("token id %d at row %d position %d is outside the vocabulary (%d)", b->ids[i], i / T, i % T, V);
+        int t = b->targets[i];
+        if (t < -1 || t >= V) fatal("target id %d at row %d position %d is outside the vocabulary (%d)", t, i / T, i % T, V);
+        if (t >= 0) {
+            m->h_idx[M] = i;
+            m->h_tgt[M] = t;
+            M++;
+        }
+        m->h_pos[i] = b->pos ? b->pos[i] : i % T;
+    }
+    k->upload(m->ids, m->h_ids, (size_t)N * sizeof(int));
+    k->upload(m->pos, m->h_pos, (size_t)N * sizeof(int));
+    if (b->seg) k->upload(m->seg, b->seg, (size_t)N * sizeof(int));
+    k->upload(m->lab_idx, m->h_idx, (size_t)M * sizeof(int));
+    k->upload(m->lab_tgt, m->h_tgt, (size_t)M * sizeof(int));
+    if (b->n_img) {
+        const VitConfig *vc = &m->vit.cfg;
+        k->upload_act(m->pixels, b->pixels, (size_t)b->n_img * 3 * vc->image_size * vc->image_size);
+        k->upload(m->img_idx, m->h_img_idx, (size_t)b->n_img * nt * sizeof(int));
+    }
+    return M;
+}
+
+static void forward(Vlm *m, const VlmBatch *b) {
+    const Kernels *k = m->k;
+    int N = b->B * b->T, H = m->llm.cfg.hidden;
+    act_t *x0 = m->llm.acts[0].x;
+    llm_embed(&m->llm, x0, m->ids, N);
+    if (b->n_img) {
+        vit_forward(&m->vit, m->feats, m->pixels, b->n_img);
+        connector_forward(&m->conn, m->img_emb, m->feats, b->n_img);
+        k->scatter_rows(x0, m->img_emb, m->img_idx, b->n_img * m->n_img_tokens, H);
+    }
+    llm_forward(&m->llm, b->B, b->T, m->pos, b->seg ? m->seg : NULL);
+}
+
+double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_labelled) {
+    const Kernels *k = m->k;
+    int M = upload_batch(m, b);
+    if (n_labelled) *n_labelled = M;
+    if (M == 0) return 0.0;  // nothing to learn from: no forward needed
+    forward(m, b);
+    int backward = grad_scale != 0.0f;
+    int N = b->B * b->T;
+    llm_loss(&m->llm, N, m->lab_idx, m->lab_tgt, M, grad_scale, backward);
+    k->download(m->h_losses, m->llm.losses, (size_t)M * sizeof(float));
+    double sum = 0;
+    for (int i = 0; i < M; i++) sum += m->h_losses[i];
+    if (backward) {
+        int *seg = b->seg ? m->seg : NULL;
+        llm_backward(&m->llm, b->B, b->T, m->pos, seg);
+        if (b->n_img) {
+            int rows = b->n_img * m->n_img_tokens;
+            k->gather_rows(m->dimg, m->llm.dx, m->img_idx, rows, m->llm.cfg.hidden);
+            connector_backward(&m->conn, m->dimg, m->feats, b->n_img);
+        }
+    }
+    return sum;
+}
+
+void vlm_logits(Vlm *m, const VlmBatch *b, float *logits) {
+    const Kernels *k = m->k;
+    upload_batch(m, b);
+    forward(m, b);
+    size_t N = (size_t)b->B * b->T, V = m->llm.cfg.vocab;
+    act_t *out = k->alloc(N * V * k->act_bytes);
+    llm_logits(&m->llm, out, (int)N);
+    k->download_act(logits, out, N * V);
+    k->free(out);
+}

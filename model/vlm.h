@@ -1,0 +1,61 @@
+// vlm.h: the vision-language model: frozen vision encoder -> trainable connector -> LLM with
+// LoRA. Image features replace the embeddings of the image slot in each sample's tokens; the
+// loss is the mean over labelled positions (callers pass grad_scale = 1 / labelled count of the
+// whole optimizer step, so micro-batches and gradient accumulation add up exactly).
+#pragma once
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "model/connector.h"
+#include "model/llm.h"
+#include "model/params.h"
+#include "model/vit.h"
+
+typedef struct {
+    const char *vision_dir;
+    int vision_layer;  // index into HF hidden_states, default -2
+    const char *llm_dir;
+    ConnectorType connector;
+    LoraConfig lora;  // r = 0: no LoRA (stage 1)
+    int max_B, max_T, max_images;
+} VlmSpec;
+
+typedef struct {
+    int B, T;
+    const int *ids;      // (B, T) token ids; entries inside image slots are ignored
+    const int *targets;  // (B, T) the token each position predicts (the next one), -1 for no loss
+    const int *pos;      // (B, T) RoPE positions, NULL for 0..T-1 in every row
+    const int *seg;      // (B, T) packed-sample ids (attention stays inside one), NULL for none
+    int n_img;
+    const float *pixels;                // (n_img, 3, S, S) normalised
+    const int *img_row, *img_start;     // (n_img): the row and first position of each image slot
+} VlmBatch;
+
+typedef struct {
+    const Kernels *k;
+    Vit vit;
+    Connector conn;
+    Llm llm;
+    ParamSet train;    // connector + LoRA: everything the optimizer sees
+    int n_img_tokens;  // slot length per image
+    int max_B, max_T, max_images;
+    // backend buffers
+    act_t *pixels, *feats, *img_emb, *dimg;
+    int *ids, *pos, *seg, *lab_idx, *lab_tgt, *img_idx;
+    // host scratch
+    int *h_ids, *h_pos, *h_idx, *h_tgt, *h_img_idx;
+    float *h_losses;
+    char *h_slot;  // (N) 1 where a position belongs to an image slot
+} Vlm;
+
+void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec);
+void vlm_free(Vlm *m);
+// random init of the trainable part as LLaVA/peft start it: connector as PyTorch's defaults,
+// LoRA A kaiming-uniform and B zero
+void vlm_init_trainable(Vlm *m, uint64_t seed);
+// Forward (and backward when grad_scale != 0): returns the sum of the per-position losses and
+// their count in *n_labelled; gradients (+=) scaled by grad_scale go to m->train.grad.
+// Batches that break the model's limits (token ids, slot positions, sizes) are fatal().
+double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_labelled);
+// forward only, then logits (B, T, V) to the host
+void vlm_logits(Vlm *m, const VlmBatch *b, float *logits);

@@ -1,0 +1,423 @@
+// test_kernels_grad.c: finite-difference gradient checks of every CPU op with a backward, plus the
+// gradient semantics of kernels.h: "+=" where the interface says so (a second call adds the same
+// amount again on top of what the buffer held), overwrite everywhere else (a buffer full of NaN
+// must not leak into the result), and a NULL gradient pointer skips that gradient.
+//
+// Method: L = sum(out * R) with a fixed random R, accumulated in double. The backward gets
+// dout = R; central differences (L(x + h e_i) - L(x - h e_i)) / (actual step) are taken on every
+// input element. The forward runs in fp32, so L carries rounding noise of about 1e-7 * sum|out*R|,
+// which the division by 2h = 2e-2 turns into at most ~1e-5 of noise on each difference; the
+// truncation error is h^2 f''' / 6 ~ 2e-5 for these smooth ops. The measure
+// max|analytic - fd| / max|fd| comes out at 4e-7..4e-5 for a correct backward (the test prints
+// it); we allow 1e-3, well clear of that noise, while a wrong or missing term gives 1e-2..1.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "kernels/kernels.h"
+#include "tests/testlib.h"
+
+static const Kernels *K;
+static uint64_t seed = 0x9a7d5eedULL;
+
+#define FD_TOL 1e-3
+#define FD_H 1e-2
+
+static float *randv(size_t n, float lo, float hi) {
+    float *x = xmalloc((n ? n : 1) * sizeof(float));
+    test_fill_uniform(x, n, lo, hi, &seed);
+    return x;
+}
+static float *zerov(size_t n) { return xcalloc(n ? n : 1, sizeof(float)); }
+static float *nanv(size_t n) {
+    float *x = xmalloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+static float *copyv(const float *x, size_t n) {
+    float *y = xmalloc((n ? n : 1) * sizeof(float));
+    memcpy(y, x, n * sizeof(float));
+    return y;
+}
+
+static int setup(void **state) {
+    (void)state;
+    K = kernels_cpu();
+    return K ? 0 : -1;
+}
+
+// ---------------------------------------------------------------- the checker
+
+// An op under test: forward() computes out (out_n) from the inputs in[]; the loss is sum(out * R).
+typedef struct Problem Problem;
+struct Problem {
+    void (*forward)(Problem *p);
+    int n_in;
+    float *in[4];
+    size_t in_n[4];
+    const char *in_name[4];
+    float *out, *R;
+    size_t out_n;
+    // op arguments
+    int B, T, NH, NKV, HD, N, C, OC, H, W, causal, accumulate;
+    float alpha, eps, theta, dscale;
+    const int *ints;  // positions, segments or targets
+    float *aux;       // scratch the forward may use (statistics, lse)
+};
+
+static double loss_of(Problem *p) {
+    p->forward(p);
+    double L = 0;
+    for (size_t i = 0; i < p->out_n; i++) L += (double)p->out[i] * p->R[i];
+    return L;
+}
+
+// compares analytic, the gradient of L with respect to input `which`, with central differences
+// on every element
+static void check_grad(const char *op, Problem *p, int which, const float *analytic) {
+    float *x = p->in[which];
+    size_t n = p->in_n[which];
+    double max_diff = 0, max_fd = 0;
+    for (size_t i = 0; i < n; i++) {
+        float orig = x[i];
+        float up = (float)(orig + FD_H), down = (float)(orig - FD_H);
+        x[i] = up;
+        double lp = loss_of(p);
+        x[i] = down;
+        double lm = loss_of(p);
+        x[i] = orig;
+        // the step actually taken in fp32, not the nominal 2h
+        double fd = (lp - lm) / ((double)up - (double)down);
+        double diff = fabs(fd - analytic[i]);
+        if (diff > max_diff) max_diff = diff;
+        if (fabs(fd) > max_fd) max_fd = fabs(fd);
+    }
+    double e = max_fd > 0 ? max_diff / max_fd : max_diff;
+    print_message("    %-32s d%-6s fd rel err %.2e (tol %.0e, %zu elements)\n", op, p->in_name[which], e, FD_TOL, n);
+    if (!(e <= FD_TOL)) fail_msg("%s: gradient of %s differs from finite differences: %.3e", op, p->in_name[which], e);
+    if (max_fd == 0) fail_msg("%s: gradient of %s is identically zero, the check proves nothing", op, p->in_name[which]);
+}
+
+static void expect_close(const char *what, const float *a, const float *ref, size_t n, double tol) {
+    double e = rel_err(a, ref, n);
+    if (!(e <= tol)) fail_msg("%s: rel err %.3e > %.1e", what, e, tol);
+}
+
+static void expect_same_bits(const char *what, const float *a, const float *b, size_t n) {
+    if (memcmp(a, b, n * sizeof(float)) != 0) fail_msg("%s: results differ bitwise", what);
+}
+
+// base + 2 * g, computed in double and rounded: what two "+=" calls should leave behind
+static void expect_accumulated_twice(const char *what, const float *got, const float *base, const float *g, size_t n) {
+    float *want = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) want[i] = (float)((double)base[i] + 2.0 * g[i]);
+    // the two calls round differently from the double reference; 1e-6 of the largest value
+    expect_close(what, got, want, n, 1e-6);
+    free(want);
+}
+
+// ---------------------------------------------------------------- matmul
+
+static void fwd_matmul(Problem *p) {
+    // accumulate: out starts from a fixed value (aux), which must not change the gradients
+    if (p->accumulate) memcpy(p->out, p->aux, p->out_n * sizeof(float));
+    K->matmul_forward(p->out, p->in[0], p->in[1], p->n_in > 2 ? p->in[2] : NULL, p->N, p->C, p->OC, p->alpha,
+                      p->accumulate);
+}
+
+static void test_grad_matmul(void **state) {
+    (void)state;
+    for (int variant = 0; variant < 2; variant++) {
+        Problem p = {.forward = fwd_matmul, .N = 5, .C = 7, .OC = 3};
+        p.alpha = variant ? 0.7f : 1.0f;
+        p.accumulate = variant;
+        p.n_in = variant ? 3 : 2;  // with bias only in the second variant
+        size_t sz[3] = {(size_t)p.N * p.C, (size_t)p.OC * p.C, (size_t)p.OC};
+        const char *names[3] = {"inp", "w", "bias"};
+        for (int i = 0; i < p.n_in; i++) { p.in[i] = randv(sz[i], -1, 1); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
+        p.out_n = (size_t)p.N * p.OC;
+        p.out = zerov(p.out_n);
+        p.R = randv(p.out_n, -1, 1);
+        p.aux = randv(p.out_n, -1, 1);
+        float *base[3], *g[3];
+        for (int i = 0; i < 3; i++) { base[i] = randv(sz[i], -1, 1); g[i] = zerov(sz[i]); }
+        K->matmul_backward(g[0], g[1], variant ? g[2] : NULL, p.R, p.in[0], p.in[1], p.N, p.C, p.OC, p.alpha);
+        const char *op = variant ? "matmul alpha bias accumulate" : "matmul";
+        for (int i = 0; i < p.n_in; i++) check_grad(op, &p, i, g[i]);
+        // every gradient of the matmul accumulates, dbias without alpha
+        float *acc[3];
+        for (int i = 0; i < 3; i++) acc[i] = copyv(base[i], sz[i]);
+        for (int r = 0; r < 2; r++)
+            K->matmul_backward(acc[0], acc[1], variant ? acc[2] : NULL, p.R, p.in[0], p.in[1], p.N, p.C, p.OC, p.alpha);
+        expect_accumulated_twice("matmul dinp +=", acc[0], base[0], g[0], sz[0]);
+        expect_accumulated_twice("matmul dw +=", acc[1], base[1], g[1], sz[1]);
+        if (variant) expect_accumulated_twice("matmul dbias +=", acc[2], base[2], g[2], sz[2]);
+        else expect_same_bits("matmul dbias NULL untouched", acc[2], base[2], sz[2]);
+        // dbias is the plain column sum of dout
+        if (variant)
+            for (int o = 0; o < p.OC; o++) {
+                double s = 0;
+                for (int n = 0; n < p.N; n++) s += p.R[n * p.OC + o];
+                assert_true(fabs(g[2][o] - s) <= 1e-6);
+            }
+        // NULL dinp and dw leave their gradients alone and still give the others
+        float *dw_only = zerov(sz[1]);
+        K->matmul_backward(NULL, dw_only, NULL, p.R, p.in[0], p.in[1], p.N, p.C, p.OC, p.alpha);
+        expect_same_bits("matmul dw alone", dw_only, g[1], sz[1]);
+        for (int i = 0; i < 3; i++) { free(base[i]); free(g[i]); free(acc[i]); }
+        for (int i = 0; i < p.n_in; i++) free(p.in[i]);
+        free(dw_only); free(p.out); free(p.R); free(p.aux);
+    }
+}
+
+// ---------------------------------------------------------------- norms
+
+static void fwd_layernorm(Problem *p) {
+    K->layernorm_forward(p->out, NULL, NULL, p->in[0], p->in[1], p->in[2], p->N, p->C, p->eps);
+}
+
+static void test_grad_layernorm(void **state) {
+    (void)state;
+    Problem p = {.forward = fwd_layernorm, .N = 6, .C = 13, .eps = 1e-5f, .n_in = 3};
+    size_t sz[3] = {(size_t)p.N * p.C, (size_t)p.C, (size_t)p.C};
+    const char *names[3] = {"inp", "w", "b"};
+    for (int i = 0; i < 3; i++) { p.in[i] = randv(sz[i], -1, 1); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
+    p.out_n = sz[0];
+    p.out = zerov(p.out_n);
+    p.R = randv(p.out_n, -1, 1);
+    float *mean = zerov(p.N), *rstd = zerov(p.N);
+    K->layernorm_forward(p.out, mean, rstd, p.in[0], p.in[1], p.in[2], p.N, p.C, p.eps);
+    float *g[3], *base[3], *acc[3];
+    for (int i = 0; i < 3; i++) { g[i] = zerov(sz[i]); base[i] = randv(sz[i], -1, 1); acc[i] = copyv(base[i], sz[i]); }
+    K->layernorm_backward(g[0], g[1], g[2], p.R, p.in[0], p.in[1], mean, rstd, p.N, p.C);
+    for (int i = 0; i < 3; i++) check_grad("layernorm", &p, i, g[i]);
+    for (int r = 0; r < 2; r++) K->layernorm_backward(acc[0], acc[1], acc[2], p.R, p.in[0], p.in[1], mean, rstd, p.N, p.C);
+    expect_accumulated_twice("layernorm dinp +=", acc[0], base[0], g[0], sz[0]);
+    expect_accumulated_twice("layernorm dw +=", acc[1], base[1], g[1], sz[1]);
+    expect_accumulated_twice("layernorm db +=", acc[2], base[2], g[2], sz[2]);
+    float *dinp_only = zerov(sz[0]);
+    K->layernorm_backward(dinp_only, NULL, NULL, p.R, p.in[0], p.in[1], mean, rstd, p.N, p.C);
+    expect_same_bits("layernorm dinp alone", dinp_only, g[0], sz[0]);
+    for (int i = 0; i < 3; i++) { free(p.in[i]); free(g[i]); free(base[i]); free(acc[i]); }
+    free(p.out); free(p.R); free(mean); free(rstd); free(dinp_only);
+}
+
+static void fwd_rmsnorm(Problem *p) { K->rmsnorm_forward(p->out, NULL, p->in[0], p->in[1], p->N, p->C, p->eps); }
+
+static void test_grad_rmsnorm(void **state) {
+    (void)state;
+    Problem p = {.forward = fwd_rmsnorm, .N = 6, .C = 13, .eps = 1e-6f, .n_in = 2};
+    size_t sz[2] = {(size_t)p.N * p.C, (size_t)p.C};
+    const char *names[2] = {"inp", "w"};
+    for (int i = 0; i < 2; i++) { p.in[i] = randv(sz[i], -1, 1); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
+    p.out_n = sz[0];
+    p.out = zerov(p.out_n);
+    p.R = randv(p.out_n, -1, 1);
+    float *rstd = zerov(p.N);
+    K->rmsnorm_forward(p.out, rstd, p.in[0], p.in[1], p.N, p.C, p.eps);
+    float *g[2], *base[2], *acc[2];
+    for (int i = 0; i < 2; i++) { g[i] = zerov(sz[i]); base[i] = randv(sz[i], -1, 1); acc[i] = copyv(base[i], sz[i]); }
+    K->rmsnorm_backward(g[0], g[1], p.R, p.in[0], p.in[1], rstd, p.N, p.C);
+    for (int i = 0; i < 2; i++) check_grad("rmsnorm", &p, i, g[i]);
+    for (int r = 0; r < 2; r++) K->rmsnorm_backward(acc[0], acc[1], p.R, p.in[0], p.in[1], rstd, p.N, p.C);
+    expect_accumulated_twice("rmsnorm dinp +=", acc[0], base[0], g[0], sz[0]);
+    expect_accumulated_twice("rmsnorm dw +=", acc[1], base[1], g[1], sz[1]);
+    float *dw_only = zerov(sz[1]);
+    K->rmsnorm_backward(NULL, dw_only, p.R, p.in[0], p.in[1], rstd, p.N, p.C);
+    expect_same_bits("rmsnorm dw alone", dw_only, g[1], sz[1]);
+    for (int i = 0; i < 2; i++) { free(p.in[i]); free(g[i]); free(base[i]); free(acc[i]); }
+    free(p.out); free(p.R); free(rstd); free(dw_only);
+}
+
+// ---------------------------------------------------------------- rope
+
+static void fwd_rope(Problem *p) { K->rope_forward(p->out, p->in[0], p->ints, p->N, p->NH, p->HD, p->theta); }
+
+static void test_grad_rope(void **state) {
+    (void)state;
+    int pos[5] = {0, 3, 17, 1000, 5};
+    Problem p = {.forward = fwd_rope, .N = 5, .NH = 3, .HD = 6, .theta = 10000.0f, .ints = pos, .n_in = 1};
+    p.in_n[0] = p.out_n = (size_t)p.N * p.NH * p.HD;
+    p.in[0] = randv(p.in_n[0], -1, 1);
+    p.in_name[0] = "inp";
+    p.out = zerov(p.out_n);
+    p.R = randv(p.out_n, -1, 1);
+    float *g = nanv(p.out_n);  // overwritten
+    K->rope_backward(g, p.R, pos, p.N, p.NH, p.HD, p.theta);
+    check_grad("rope", &p, 0, g);
+    float *inplace = copyv(p.R, p.out_n);
+    K->rope_backward(inplace, inplace, pos, p.N, p.NH, p.HD, p.theta);
+    expect_same_bits("rope_backward in place", inplace, g, p.out_n);
+    free(p.in[0]); free(p.out); free(p.R); free(g); free(inplace);
+}
+
+// ---------------------------------------------------------------- attention
+
+static void fwd_attention(Problem *p) {
+    K->attention_forward(p->out, NULL, p->in[0], p->in[1], p->in[2], p->ints, p->B, p->T, p->NH, p->NKV, p->HD,
+                         p->causal);
+}
+
+static void test_grad_attention(void **state) {
+    (void)state;
+    int seg[14] = {0, 0, 0, 1, 1, 2, 2, 5, 5, 5, 5, 5, 9, 9};
+    // GQA with 3 query heads per kv head; HD 11 runs the 8-wide dot product and its tail
+    struct { int causal; const int *seg; int HD; const char *name; } modes[] = {
+        {1, NULL, 8, "attention causal"}, {0, NULL, 8, "attention full"}, {1, seg, 8, "attention causal+seg"},
+        {0, seg, 11, "attention full+seg HD=11"}};
+    for (int m = 0; m < 4; m++) {
+        Problem p = {.forward = fwd_attention, .B = 2, .T = 7, .NH = 6, .NKV = 2, .HD = modes[m].HD, .n_in = 3};
+        p.causal = modes[m].causal;
+        p.ints = modes[m].seg;
+        size_t nq = (size_t)p.B * p.T * p.NH * p.HD, nk = (size_t)p.B * p.T * p.NKV * p.HD;
+        size_t sz[3] = {nq, nk, nk};
+        const char *names[3] = {"q", "k", "v"};
+        for (int i = 0; i < 3; i++) { p.in[i] = randv(sz[i], -1.5f, 1.5f); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
+        p.out_n = nq;
+        p.out = zerov(nq);
+        p.R = randv(nq, -1, 1);
+        float *lse = zerov((size_t)p.B * p.NH * p.T);
+        K->attention_forward(p.out, lse, p.in[0], p.in[1], p.in[2], p.ints, p.B, p.T, p.NH, p.NKV, p.HD, p.causal);
+        float *out = copyv(p.out, nq);
+        // NaN-filled: dq, dk, dv are overwritten as a whole
+        float *g[3] = {nanv(nq), nanv(nk), nanv(nk)};
+        K->attention_backward(g[0], g[1], g[2], p.R, p.in[0], p.in[1], p.in[2], out, lse, p.ints, p.B, p.T, p.NH,
+                              p.NKV, p.HD, p.causal);
+        for (int i = 0; i < 3; i++) check_grad(modes[m].name, &p, i, g[i]);
+        // a NULL gradient skips that output and leaves the others as they were
+        float *dv_only = nanv(nk);
+        K->attention_backward(NULL, NULL, dv_only, p.R, p.in[0], p.in[1], p.in[2], out, lse, p.ints, p.B, p.T, p.NH,
+                              p.NKV, p.HD, p.causal);
+        expect_same_bits("attention dv alone", dv_only, g[2], nk);
+        for (int i = 0; i < 3; i++) { free(p.in[i]); free(g[i]); }
+        free(p.out); free(p.R); free(lse); free(out); free(dv_only);
+    }
+}
+
+// ---------------------------------------------------------------- pointwise
+
+static void fwd_gelu(Problem *p) { K->gelu_forward(p->out, p->in[0], p->out_n); }
+static void fwd_quick_gelu(Problem *p) { K->quick_gelu_forward(p->out, p->in[0], p->out_n); }
+static void fwd_swiglu(Problem *p) { K->swiglu_forward(p->out, p->in[0], p->in[1], p->out_n); }
+
+static void test_grad_pointwise(void **state) {
+    (void)state;
+    size_t n = 301;
+    for (int which = 0; which < 2; which++) {
+        Problem p = {.forward = which ? fwd_quick_gelu : fwd_gelu, .n_in = 1, .out_n = n};
+        p.in[0] = randv(n, -5, 5);
+        p.in_n[0] = n;
+        p.in_name[0] = "inp";
+        p.out = zerov(n);
+        p.R = randv(n, -1, 1);
+        float *g = nanv(n);
+        if (which) K->quick_gelu_backward(g, p.R, p.in[0], n);
+        else K->gelu_backward(g, p.R, p.in[0], n);
+        check_grad(which ? "quick_gelu" : "gelu", &p, 0, g);
+        free(p.in[0]); free(p.out); free(p.R); free(g);
+    }
+    Problem p = {.forward = fwd_swiglu, .n_in = 2, .out_n = n};
+    const char *names[2] = {"gate", "up"};
+    for (int i = 0; i < 2; i++) { p.in[i] = randv(n, -5, 5); p.in_n[i] = n; p.in_name[i] = names[i]; }
+    p.out = zerov(n);
+    p.R = randv(n, -1, 1);
+    float *g[2] = {nanv(n), nanv(n)};
+    K->swiglu_backward(g[0], g[1], p.R, p.in[0], p.in[1], n);
+    for (int i = 0; i < 2; i++) check_grad("swiglu", &p, i, g[i]);
+    float *dup_only = nanv(n);
+    K->swiglu_backward(NULL, dup_only, p.R, p.in[0], p.in[1], n);
+    expect_same_bits("swiglu dup alone", dup_only, g[1], n);
+    for (int i = 0; i < 2; i++) { free(p.in[i]); free(g[i]); }
+    free(p.out); free(p.R); free(dup_only);
+}
+
+// ---------------------------------------------------------------- grids
+
+static void fwd_avgpool(Problem *p) { K->avgpool2x2_forward(p->out, p->in[0], p->B, p->H, p->W, p->C); }
+
+static void test_grad_avgpool(void **state) {
+    (void)state;
+    Problem p = {.forward = fwd_avgpool, .B = 2, .H = 6, .W = 4, .C = 5, .n_in = 1};
+    p.in_n[0] = (size_t)p.B * p.H * p.W * p.C;
+    p.in[0] = randv(p.in_n[0], -1, 1);
+    p.in_name[0] = "inp";
+    p.out_n = p.in_n[0] / 4;
+    p.out = zerov(p.out_n);
+    p.R = randv(p.out_n, -1, 1);
+    float *g = nanv(p.in_n[0]);  // overwritten
+    K->avgpool2x2_backward(g, p.R, p.B, p.H, p.W, p.C);
+    check_grad("avgpool2x2", &p, 0, g);
+    free(p.in[0]); free(p.out); free(p.R); free(g);
+}
+
+static void fwd_dwconv(Problem *p) {
+    K->dwconv3x3_forward(p->out, p->in[0], p->in[1], p->in[2], p->B, p->H, p->W, p->C);
+}
+
+static void test_grad_dwconv(void **state) {
+    (void)state;
+    int dims[][4] = {{2, 6, 5, 7}, {1, 1, 2, 3}};
+    for (int s = 0; s < 2; s++) {
+        Problem p = {.forward = fwd_dwconv, .B = dims[s][0], .H = dims[s][1], .W = dims[s][2], .C = dims[s][3], .n_in = 3};
+        size_t n = (size_t)p.B * p.H * p.W * p.C;
+        size_t sz[3] = {n, (size_t)p.C * 9, (size_t)p.C};
+        const char *names[3] = {"inp", "w", "bias"};
+        for (int i = 0; i < 3; i++) { p.in[i] = randv(sz[i], -1, 1); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
+        p.out_n = n;
+        p.out = zerov(n);
+        p.R = randv(n, -1, 1);
+        float *g[3], *base[3], *acc[3];
+        for (int i = 0; i < 3; i++) { g[i] = zerov(sz[i]); base[i] = randv(sz[i], -1, 1); acc[i] = copyv(base[i], sz[i]); }
+        K->dwconv3x3_backward(g[0], g[1], g[2], p.R, p.in[0], p.in[1], p.B, p.H, p.W, p.C);
+        for (int i = 0; i < 3; i++) check_grad(s ? "dwconv3x3 1x2 grid" : "dwconv3x3", &p, i, g[i]);
+        for (int r = 0; r < 2; r++) K->dwconv3x3_backward(acc[0], acc[1], acc[2], p.R, p.in[0], p.in[1], p.B, p.H, p.W, p.C);
+        expect_accumulated_twice("dwconv dinp +=", acc[0], base[0], g[0], sz[0]);
+        expect_accumulated_twice("dwconv dw +=", acc[1], base[1], g[1], sz[1]);
+        expect_accumulated_twice("dwconv dbias +=", acc[2], base[2], g[2], sz[2]);
+        float *dw_only = zerov(sz[1]);
+        K->dwconv3x3_backward(NULL, dw_only, NULL, p.R, p.in[0], p.in[1], p.B, p.H, p.W, p.C);
+        expect_same_bits("dwconv dw alone", dw_only, g[1], sz[1]);
+        for (int i = 0; i < 3; i++) { free(p.in[i]); free(g[i]); free(base[i]); free(acc[i]); }
+        free(p.out); free(p.R); free(dw_only);
+    }
+}
+
+// ---------------------------------------------------------------- loss
+
+static void fwd_xent(Problem *p) { K->cross_entropy(p->out, NULL, p->in[0], p->ints, p->N, p->C, p->dscale); }
+
+static void test_grad_cross_entropy(void **state) {
+    (void)state;
+    int targets[4] = {0, 10, 4, 4};
+    Problem p = {.forward = fwd_xent, .N = 4, .C = 11, .dscale = 0.37f, .ints = targets, .n_in = 1};
+    p.in_n[0] = (size_t)p.N * p.C;
+    p.in[0] = randv(p.in_n[0], -3, 3);
+    p.in_name[0] = "logits";
+    p.out_n = p.N;
+    p.out = zerov(p.N);
+    // dlogits is dscale times the gradient of the summed losses: R = dscale everywhere
+    p.R = xmalloc(p.N * sizeof(float));
+    for (int i = 0; i < p.N; i++) p.R[i] = p.dscale;
+    float *g = nanv(p.in_n[0]);
+    K->cross_entropy(p.out, g, p.in[0], targets, p.N, p.C, p.dscale);
+    check_grad("cross_entropy", &p, 0, g);
+    // each row of the gradient sums to zero
+    for (int i = 0; i < p.N; i++) {
+        double s = 0;
+        for (int j = 0; j < p.C; j++) s += g[i * p.C + j];
+        assert_true(fabs(s) < 1e-6);
+    }
+    free(p.in[0]); free(p.out); free(p.R); free(g);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grad_matmul),      cmocka_unit_test(test_grad_layernorm),
+        cmocka_unit_test(test_grad_rmsnorm),     cmocka_unit_test(test_grad_rope),
+        cmocka_unit_test(test_grad_attention),   cmocka_unit_test(test_grad_pointwise),
+        cmocka_unit_test(test_grad_avgpool),     cmocka_unit_test(test_grad_dwconv),
+        cmocka_unit_test(test_grad_cross_entropy),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}

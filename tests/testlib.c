@@ -1,0 +1,118 @@
+// testlib.c: implementations of the shared test helpers (see testlib.h).
+#include "tests/testlib.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int run_child(void (*fn)(void *), void *arg, char *buf, size_t cap) {
+    int fds[2];
+    if (pipe(fds) != 0) { perror("pipe"); exit(3); }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); exit(3); }
+    if (pid == 0) {
+        // libgomp's worker threads do not survive fork(): a child that runs an OpenMP region
+        // with the parent's team size hangs, so it runs single-threaded
+        omp_set_num_threads(1);
+        close(fds[0]);
+        dup2(fds[1], 2);
+        close(fds[1]);
+        if (!freopen("/dev/null", "w", stdout)) _exit(4);
+        fn(arg);
+        exit(0);
+    }
+    close(fds[1]);
+    size_t len = 0;
+    char tmp[4096];
+    ssize_t r;
+    while ((r = read(fds[0], tmp, sizeof tmp)) > 0) {
+        size_t take = (size_t)r;
+        if (len + take >= cap) take = cap - 1 - len;
+        memcpy(buf + len, tmp, take);
+        len += take;
+    }
+    buf[len] = 0;
+    close(fds[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) return -WTERMSIG(status);
+    return WEXITSTATUS(status);
+}
+
+void expect_fatal_(const char *file, int line, void (*fn)(void *), void *arg, ...) {
+    static char buf[1 << 16];
+    int st = run_child(fn, arg, buf, sizeof buf);
+    if (st != 1) {
+        print_error("%s:%d: child exited with %d (want 1 from fatal); stderr:\n%s\n", file, line, st, buf);
+        fail();
+    }
+    size_t n = strlen(buf);
+    const char *nl = strchr(buf, '\n');
+    if (n == 0 || !nl || nl != buf + n - 1) {
+        print_error("%s:%d: want exactly one line on stderr, got:\n%s\n", file, line, buf);
+        fail();
+    }
+    printf("      -> %s", buf);  // the error line, for the log
+    va_list ap;
+    va_start(ap, arg);
+    const char *needle;
+    while ((needle = va_arg(ap, const char *)) != NULL) {
+        if (!strstr(buf, needle)) {
+            print_error("%s:%d: error line lacks \"%s\": %s", file, line, needle, buf);
+            va_end(ap);
+            fail();
+        }
+    }
+    va_end(ap);
+}
+
+uint64_t test_rand_u64(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+float test_rand_uniform(uint64_t *s) { return (float)((test_rand_u64(s) >> 40) * (1.0 / 16777216.0)); }
+
+void test_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *s) {
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * test_rand_uniform(s);
+}
+
+double rel_err(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)ref[i]);
+        if (isnan(d)) return NAN;  // so that any comparison against a tolerance fails
+        if (d > num) num = d;
+        if (fabs(ref[i]) > den) den = fabs(ref[i]);
+    }
+    return den > 0 ? num / den : num;
+}
+
+const char *fixture_path(const char *name) {
+    static char buf[8][1024];
+    static int i;
+    i = (i + 1) % 8;
+    snprintf(buf[i], sizeof buf[i], "tests/fixtures/%s", name);
+    return buf[i];
+}
+
+void make_temp_dir(char *out, size_t cap, const char *tag) {
+    mkdir("build", 0755);
+    mkdir("build/tmp", 0755);
+    snprintf(out, cap, "build/tmp/%s-%d", tag, (int)getpid());
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", out);
+    if (system(cmd) != 0) { fprintf(stderr, "cannot clear %s\n", out); exit(3); }
+    if (mkdir(out, 0755) != 0) { perror(out); exit(3); }
+}

@@ -1,0 +1,31 @@
+// testlib.h: helpers shared by the cmocka tests: running code that must fail cleanly in a child
+// process, random fills, error measures and fixture paths.
+#pragma once
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+// Runs fn(arg) in a forked child with stderr captured. Asserts that the child exited with status
+// 1 (fatal()), not by a signal or by returning, that stderr holds exactly one line, and that the
+// line contains every needle given (NULL-terminated list). Returns nothing; fails the test otherwise.
+void expect_fatal_(const char *file, int line, void (*fn)(void *), void *arg, ...);
+#define expect_fatal(fn, arg, ...) expect_fatal_(__FILE__, __LINE__, fn, arg, __VA_ARGS__, (const char *)0)
+
+// Runs fn(arg) in a forked child; returns its exit status (>= 0), or -signal when it was killed.
+// Captured stderr goes to buf (NUL-terminated, truncated to cap).
+int run_child(void (*fn)(void *), void *arg, char *buf, size_t cap);
+
+// xorshift64* generator so tests are reproducible everywhere
+uint64_t test_rand_u64(uint64_t *state);
+float test_rand_uniform(uint64_t *state);  // [0, 1)
+void test_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *state);
+
+// max |a - ref| / max |ref|: the relative error used throughout the tests
+double rel_err(const float *a, const float *ref, size_t n);
+
+// tests run from the repository root; this prefixes tests/fixtures/
+const char *fixture_path(const char *name);
+// a fresh empty directory under build/tmp for this test; returns its path (static buffer per call site not kept)
+void make_temp_dir(char *out, size_t cap, const char *tag);
