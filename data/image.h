@@ -1,0 +1,92 @@
+// image.h: decoding PNG and JPEG from memory into 8-bit RGB, and turning an RGB image into the
+// vision encoder's normalised input exactly as the reference Python pipeline does.
+//
+// Reference pipeline (LLaVA):  Image.open(f).convert("RGB")  ->  [expand2square]  ->
+//   CLIPImageProcessor.preprocess (transformers' PIL path: CLIPImageProcessorPil in 5.x,
+//   CLIPImageProcessor in 4.x): resize shortest edge to S with PIL BICUBIC, centre crop S x S,
+//   rescale 1/255, normalise with the model's mean/std.
+//
+// Decoding follows Pillow's convert("RGB") by default:
+//   - alpha is dropped, not composited (RGBA, grey+alpha, palette tRNS, grey/RGB tRNS);
+//   - 16-bit RGB / RGBA / grey+alpha samples keep their high byte; 16-bit grey is clipped
+//     (v > 255 -> 255), as Pillow's I;16 -> RGB conversion does;
+//   - 1/2/4-bit grey is scaled to 8 bits (x255, x85, x17); out-of-range palette indices are black;
+//   - gamma, sRGB, iCCP and EXIF orientation are ignored (convert() applies none of them);
+//   - JPEG: libjpeg-turbo default decode (islow IDCT, fancy upsampling), so pixels equal Pillow's;
+//     4-component JPEGs are read as Adobe (inverted) CMYK / YCCK and converted with Pillow's
+//     integer CMYK -> RGB formula.
+// Optionally (ImageDecodeOptions.composite_alpha) transparency is composited onto a background
+// colour with Pillow's alpha_composite arithmetic: this is what transformers 5.x's
+// convert_to_rgb does (onto white) when an image with alpha reaches the processor directly.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int w, h;
+    uint8_t *rgb;  // h rows of w pixels, 3 bytes each (R, G, B), no padding
+} Image;
+
+// image_decode return codes (0 is success); err always holds a short reason on failure
+enum {
+    IMAGE_ERR_FORMAT = -1,       // empty input or not a PNG/JPEG (the reason names what it looks like)
+    IMAGE_ERR_CORRUPT = -2,      // libpng / libjpeg rejected the data
+    IMAGE_ERR_TRUNCATED = -3,    // the data ends before the image does
+    IMAGE_ERR_TOO_LARGE = -4,    // dimensions over the configured limits (checked before allocating)
+    IMAGE_ERR_UNSUPPORTED = -5,  // valid but unsupported (GIF, WebP, BMP, 12-bit JPEG, ...)
+    IMAGE_ERR_NOMEM = -6,        // allocation failed
+};
+
+#define IMAGE_MAX_PIXELS_DEFAULT 89478485LL  // Pillow's Image.MAX_IMAGE_PIXELS
+#define IMAGE_MAX_SIDE_DEFAULT 32768
+
+typedef struct {
+    int64_t max_pixels;   // w * h above this is rejected; 0 = IMAGE_MAX_PIXELS_DEFAULT
+    int max_side;         // w or h above this is rejected; 0 = IMAGE_MAX_SIDE_DEFAULT
+    int composite_alpha;  // 0: drop alpha (Pillow convert("RGB"), LLaVA); 1: composite onto bg
+    uint8_t bg[3];        // background for composite_alpha (transformers uses 255, 255, 255)
+} ImageDecodeOptions;
+
+// Decodes a PNG or JPEG held in memory (format from the magic bytes) with default options.
+// Returns 0 and fills *out (free with image_free), or a negative IMAGE_ERR_* code with a short
+// reason in err (out is then {0, 0, NULL}). Never exits, never prints.
+int image_decode(const uint8_t *bytes, size_t n, Image *out, char *err, size_t errlen);
+int image_decode_ex(const uint8_t *bytes, size_t n, const ImageDecodeOptions *opt, Image *out,
+                    char *err, size_t errlen);
+void image_free(Image *img);
+
+// ---- resampling and preprocessing (data/resize.c) ----
+
+// Resizes with Pillow's BICUBIC filter (Image.resize(..., Image.BICUBIC), no reducing_gap):
+// bit-exact with Pillow 13's 8-bit output. Pillow 13 runs the vertical pass first when the
+// height shrinks by more than twice as many pixels as the width, Pillow <= 12 always ran the
+// horizontal pass first: for those sizes the two versions differ by a few levels, and svlm
+// follows 13. dst is allocated (image_free); w, h >= 1.
+void image_resize_bicubic(const Image *src, int w, int h, Image *dst);
+
+// Output size of transformers' get_resize_output_image_size(size=shortest, default_to_square=False):
+// the short side becomes `shortest`, the long side int(shortest * long / short) (truncated).
+void image_clip_resize_size(int w, int h, int shortest, int *out_w, int *out_h);
+
+// CLIP preprocessing into out (3, size, size), float32, channel-major: resize the shortest edge
+// to size (bicubic), centre crop size x size with offset (resized - size) // 2, x / 255, then
+// (x - mean) / std in float32, bit-exact with transformers' PIL path. pad_to_square first applies
+// LLaVA's expand2square with background int(mean[c] * 255), image centred at offset
+// (max - w) // 2 or (max - h) // 2. mean and std come from preprocessor_config.json.
+void image_preprocess_clip(const Image *img, int size, const float mean[3], const float std[3],
+                           int pad_to_square, float *out);
+
+// LLaVA's expand2square: a new max(w, h) square filled with bg, img pasted centred. dst allocated.
+void image_expand2square(const Image *img, const uint8_t bg[3], Image *dst);
+
+// (x / 255 - mean) / std for every pixel into out (3, h, w), with the float rounding of
+// transformers' rescale (float64 multiply, cast to float32) and normalize (float32).
+void image_normalize_chw(const Image *img, const float mean[3], const float std[3], float *out);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,496 @@
+// test_image.c: PNG / JPEG decoding and CLIP preprocessing against Pillow and transformers.
+// References come from scripts/make_image_fixtures.py (tests/fixtures/images/manifest.txt says
+// what each one is). Bad input of every kind must give an error code and a reason, never a
+// crash: those decodes run in a child process (run_child), so a signal fails the test, and the
+// whole program also runs under AddressSanitizer + UBSan (build/tests/asan_test_image).
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+#include "common/util.h"
+#include "data/image.h"
+#include "tests/testlib.h"
+
+static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+
+// ---------------------------------------------------------------- fixtures
+
+typedef struct {
+    uint8_t *bytes;
+    size_t n;
+} Blob;
+
+static Blob load_file(const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "images/%s", name);
+    Blob b;
+    b.bytes = (uint8_t *)file_read_all(fixture_path(path), &b.n);
+    if (!b.bytes) {
+        print_error("cannot read fixture %s (run scripts/make_image_fixtures.py)\n", fixture_path(path));
+        fail();
+    }
+    return b;
+}
+
+typedef struct {
+    int dtype, ndim;
+    uint32_t dims[4];
+    size_t count;
+    uint8_t *raw;  // owns the whole decompressed file
+    void *data;
+} Ref;
+
+// "SVRF" reference array (see scripts/make_image_fixtures.py), zstd-compressed on disk
+static Ref load_ref(const char *name) {
+    Blob z = load_file(name);
+    unsigned long long sz = ZSTD_getFrameContentSize(z.bytes, z.n);
+    assert_true(sz != ZSTD_CONTENTSIZE_ERROR && sz != ZSTD_CONTENTSIZE_UNKNOWN && sz >= 8);
+    Ref r = {0};
+    r.raw = xmalloc(sz);
+    size_t got = ZSTD_decompress(r.raw, sz, z.bytes, z.n);
+    assert_false(ZSTD_isError(got));
+    assert_int_equal(got, sz);
+    free(z.bytes);
+    assert_memory_equal(r.raw, "SVRF", 4);
+    r.dtype = r.raw[4];
+    r.ndim = r.raw[5];
+    assert_true(r.ndim >= 1 && r.ndim <= 4);
+    r.count = 1;
+    for (int i = 0; i < r.ndim; i++) {
+        memcpy(&r.dims[i], r.raw + 8 + 4 * i, 4);
+        r.count *= r.dims[i];
+    }
+    size_t esz = r.dtype == 1 ? 1 : 4;
+    assert_int_equal(8 + 4 * r.ndim + r.count * esz, sz);
+    r.data = r.raw + 8 + 4 * r.ndim;
+    return r;
+}
+
+#define MAX_LINES 512
+static char manifest_buf[1 << 16];
+static char *manifest_lines[MAX_LINES];
+static int manifest_n;
+
+static void load_manifest(void) {
+    if (manifest_n) return;
+    Blob m = load_file("manifest.txt");
+    assert_true(m.n < sizeof manifest_buf);
+    memcpy(manifest_buf, m.bytes, m.n);
+    manifest_buf[m.n] = 0;
+    free(m.bytes);
+    for (char *save = NULL, *line = strtok_r(manifest_buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] == '#' || line[0] == 0) continue;
+        assert_true(manifest_n < MAX_LINES);
+        manifest_lines[manifest_n++] = line;
+    }
+}
+
+// ---------------------------------------------------------------- decoding vs Pillow
+
+static int decode_file(const char *name, const ImageDecodeOptions *opt, Image *img) {
+    Blob b = load_file(name);
+    char err[256];
+    int rc = image_decode_ex(b.bytes, b.n, opt, img, err, sizeof err);
+    if (rc) print_error("%s: decode failed (%d): %s\n", name, rc, err);
+    free(b.bytes);
+    return rc;
+}
+
+// max |a - b| over the pixels of img vs an (h, w, 3) uint8 reference; -1 on shape mismatch
+static int pixel_maxdiff(const Image *img, const Ref *r, size_t *ndiff) {
+    *ndiff = 0;
+    if (r->dtype != 1 || r->ndim != 3 || r->dims[0] != (uint32_t)img->h || r->dims[1] != (uint32_t)img->w ||
+        r->dims[2] != 3)
+        return -1;
+    const uint8_t *ref = r->data;
+    int mx = 0;
+    for (size_t i = 0; i < r->count; i++) {
+        int d = abs((int)img->rgb[i] - (int)ref[i]);
+        if (d) (*ndiff)++;
+        if (d > mx) mx = d;
+    }
+    return mx;
+}
+
+static void check_decode_kind(const char *kind, const ImageDecodeOptions *opt) {
+    load_manifest();
+    int checked = 0, bad = 0;
+    for (int i = 0; i < manifest_n; i++) {
+        char k[16], file[128], ref[160];
+        if (sscanf(manifest_lines[i], "%15s %127s %159s", k, file, ref) != 3 || strcmp(k, kind) != 0) continue;
+        Image img;
+        if (decode_file(file, opt, &img) != 0) { bad++; continue; }
+        Ref r = load_ref(ref);
+        size_t ndiff;
+        int mx = pixel_maxdiff(&img, &r, &ndiff);
+        if (mx != 0) {
+            print_error("%s %s: %dx%d, max diff %d in %zu samples (-1: shape differs from %ux%u)\n", kind, file, img.w,
+                        img.h, mx, ndiff, r.dims[1], r.dims[0]);
+            bad++;
+        }
+        checked++;
+        free(r.raw);
+        image_free(&img);
+    }
+    print_message("%s: %d images equal Pillow's pixels exactly, %d differ\n", kind, checked - bad, bad);
+    assert_true(checked >= 1);
+    assert_int_equal(bad, 0);
+}
+
+// every PNG and JPEG fixture decodes to exactly Image.open(f).convert("RGB")
+static void test_decode_matches_pillow(void **state) {
+    (void)state;
+    check_decode_kind("decode", NULL);
+}
+
+// with composite_alpha on white: exactly transformers' convert_to_rgb (PIL alpha_composite)
+static void test_composite_matches_transformers(void **state) {
+    (void)state;
+    ImageDecodeOptions o = {.composite_alpha = 1, .bg = {255, 255, 255}};
+    check_decode_kind("composite", &o);
+}
+
+// image_resize_bicubic equals Pillow's Image.resize(..., BICUBIC) bit for bit
+static void test_resize_matches_pillow(void **state) {
+    (void)state;
+    load_manifest();
+    int checked = 0, bad = 0;
+    for (int i = 0; i < manifest_n; i++) {
+        char file[128], ref[160];
+        int w, h;
+        if (sscanf(manifest_lines[i], "resize %127s %d %d %159s", file, &w, &h, ref) != 4) continue;
+        Image img, out;
+        assert_int_equal(decode_file(file, NULL, &img), 0);
+        image_resize_bicubic(&img, w, h, &out);
+        Ref r = load_ref(ref);
+        size_t ndiff;
+        int mx = pixel_maxdiff(&out, &r, &ndiff);
+        if (mx != 0) print_error("resize %s -> %dx%d: max diff %d in %zu samples\n", file, w, h, mx, ndiff);
+        bad += mx != 0;
+        free(r.raw);
+        image_free(&img);
+        image_free(&out);
+        checked++;
+    }
+    print_message("resize: %d cases, %d equal Pillow exactly\n", checked, checked - bad);
+    assert_int_equal(bad, 0);
+    assert_true(checked >= 5);
+}
+
+// max |a - ref| over n floats (NaN if any value is NaN) and how many differ at all
+static double float_maxdiff(const float *a, const float *ref, size_t n, size_t *ndiff) {
+    double mx = 0;
+    int nan = 0;
+    *ndiff = 0;
+    for (size_t j = 0; j < n; j++) {
+        double d = fabs((double)a[j] - (double)ref[j]);
+        if (isnan(d)) nan = 1;
+        else if (d > mx) mx = d;
+        if (!(a[j] == ref[j])) (*ndiff)++;
+    }
+    return nan ? NAN : mx;
+}
+
+// image_preprocess_clip equals CLIPImageProcessorPil's pixel_values (plain and LLaVA pad mode)
+static void test_clip_matches_processor(void **state) {
+    (void)state;
+    load_manifest();
+    int checked = 0, bad = 0;
+    double worst = 0;
+    for (int i = 0; i < manifest_n; i++) {
+        char file[128], ref[160];
+        int size, pad;
+        if (sscanf(manifest_lines[i], "clip %127s %d %d %159s", file, &size, &pad, ref) != 4) continue;
+        Image img;
+        assert_int_equal(decode_file(file, NULL, &img), 0);
+        Ref r = load_ref(ref);
+        assert_int_equal(r.dtype, 2);
+        assert_int_equal(r.count, (size_t)3 * size * size);
+        float *out = xmalloc(sizeof(float) * r.count);
+        image_preprocess_clip(&img, size, CLIP_MEAN, CLIP_STD, pad, out);
+        size_t ndiff;
+        double mx = float_maxdiff(out, r.data, r.count, &ndiff);
+        if (ndiff) {
+            print_error("clip %s size %d pad %d: max abs diff %g, %zu of %zu values differ\n", file, size, pad, mx,
+                        ndiff, r.count);
+            bad++;
+        }
+        if (!(mx <= worst)) worst = mx;
+        if (img.w == size && img.h == size) {  // no resize, no crop: the normalisation alone
+            image_normalize_chw(&img, CLIP_MEAN, CLIP_STD, out);
+            float_maxdiff(out, r.data, r.count, &ndiff);
+            if (ndiff) print_error("image_normalize_chw %s: %zu values differ\n", file, ndiff);
+            bad += ndiff != 0;
+        }
+        free(out);
+        free(r.raw);
+        image_free(&img);
+        checked++;
+    }
+    // measured: bit-identical (uint8 resampling exact, normalisation with the same float ops)
+    print_message("clip: %d cases, max abs diff vs CLIPImageProcessorPil %g\n", checked, worst);
+    assert_true(checked >= 10);
+    assert_int_equal(bad, 0);
+}
+
+// output sizes and offsets of transformers / LLaVA, on known values
+static void test_geometry(void **state) {
+    (void)state;
+    int w, h;
+    image_clip_resize_size(640, 480, 336, &w, &h);
+    assert_true(w == 448 && h == 336);
+    image_clip_resize_size(480, 640, 336, &w, &h);
+    assert_true(w == 336 && h == 448);
+    image_clip_resize_size(37, 23, 336, &w, &h);  // 336 * 37 / 23 = 540.52 -> int() = 540
+    assert_true(w == 540 && h == 336);
+    image_clip_resize_size(500, 13, 336, &w, &h);  // 12923.07
+    assert_true(w == 12923 && h == 336);
+    image_clip_resize_size(7, 7, 336, &w, &h);
+    assert_true(w == 336 && h == 336);
+    image_clip_resize_size(1001, 1000, 336, &w, &h);  // 336.336 -> 336
+    assert_true(w == 336 && h == 336);
+
+    // expand2square: wide image pasted at (0, (w - h) // 2), tall at ((h - w) // 2, 0)
+    uint8_t px[5 * 2 * 3];
+    for (int i = 0; i < 30; i++) px[i] = (uint8_t)(i + 1);
+    Image wide = {5, 2, px}, sq;
+    const uint8_t bg[3] = {122, 116, 104};
+    image_expand2square(&wide, bg, &sq);
+    assert_true(sq.w == 5 && sq.h == 5);
+    assert_memory_equal(sq.rgb, bg, 3);                          // row 0 is background
+    assert_memory_equal(sq.rgb + 1 * 15, px, 15);                // rows 1, 2 are the image
+    assert_memory_equal(sq.rgb + 2 * 15, px + 15, 15);
+    assert_memory_equal(sq.rgb + 3 * 15 + 12, bg, 3);            // rows 3, 4 background
+    image_free(&sq);
+    Image tall = {2, 5, px};
+    image_expand2square(&tall, bg, &sq);
+    assert_true(sq.w == 5 && sq.h == 5);
+    assert_memory_equal(sq.rgb + 0 * 15, bg, 3);                 // column 0 background
+    assert_memory_equal(sq.rgb + 0 * 15 + 3, px, 6);             // columns 1, 2 image
+    assert_memory_equal(sq.rgb + 4 * 15 + 3, px + 4 * 6, 6);
+    assert_memory_equal(sq.rgb + 4 * 15 + 9, bg, 3);
+    image_free(&sq);
+}
+
+// ---------------------------------------------------------------- bad input
+
+static int child_failures;
+__attribute__((format(printf, 1, 2))) static void child_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    child_failures++;
+}
+
+// decodes and checks: want_rc 0 = any error (< 0); 1 = must succeed; other = that code exactly
+static int try_decode(const char *what, const uint8_t *p, size_t n, const ImageDecodeOptions *o, int want_rc,
+                      Image *out) {
+    char err[256];
+    memset(err, 'x', sizeof err);  // a reason must be written, NUL-terminated
+    Image img;
+    int rc = image_decode_ex(p, n, o, &img, err, sizeof err);
+    if (rc < 0) {
+        if (!memchr(err, 0, sizeof err) || strlen(err) == 0) child_fail("%s: error %d without a reason", what, rc);
+        if (img.rgb || img.w || img.h) child_fail("%s: error %d but the image is not empty", what, rc);
+    }
+    if (want_rc == 1 && rc != 0) child_fail("%s: want success, got %d (%s)", what, rc, err);
+    if (want_rc == 0 && rc >= 0) child_fail("%s: want an error, got success (%dx%d)", what, img.w, img.h);
+    if (want_rc < 0 && rc != want_rc) child_fail("%s: want code %d, got %d (%s)", what, want_rc, rc, rc ? err : "");
+    if (out) *out = img;
+    else image_free(&img);
+    return rc;
+}
+
+static void child_toolarge(void *arg) {
+    (void)arg;
+    load_manifest();
+    int n = 0;
+    for (int i = 0; i < manifest_n; i++) {
+        char file[128];
+        if (sscanf(manifest_lines[i], "toolarge %127s", file) != 1) continue;
+        Blob b = load_file(file);
+        char err[256];
+        Image img;
+        int rc = image_decode(b.bytes, b.n, &img, err, sizeof err);
+        if (rc != IMAGE_ERR_TOO_LARGE || !strstr(err, "too large")) child_fail("%s: got %d (%s)", file, rc, err);
+        free(b.bytes);
+        n++;
+    }
+    if (n < 3) child_fail("only %d toolarge fixtures", n);
+    // the limits are configurable
+    Blob b = load_file("photo_640x480.jpg");
+    ImageDecodeOptions o = {.max_pixels = 640 * 480 - 1};
+    try_decode("max_pixels 307199", b.bytes, b.n, &o, IMAGE_ERR_TOO_LARGE, NULL);
+    o = (ImageDecodeOptions){.max_pixels = 640 * 480};
+    try_decode("max_pixels 307200", b.bytes, b.n, &o, 1, NULL);
+    o = (ImageDecodeOptions){.max_side = 479};
+    try_decode("max_side 479", b.bytes, b.n, &o, IMAGE_ERR_TOO_LARGE, NULL);
+    free(b.bytes);
+    b = load_file("rgb_500x13.png");
+    o = (ImageDecodeOptions){.max_side = 499};
+    try_decode("png max_side 499", b.bytes, b.n, &o, IMAGE_ERR_TOO_LARGE, NULL);
+    free(b.bytes);
+    exit(child_failures ? 1 : 0);
+}
+
+// Pillow-truncated files: an error whenever Pillow raises; where Pillow still decodes (only the
+// trailing CRC / IEND missing), success must give the full image.
+static void child_truncated(void *arg) {
+    (void)arg;
+    load_manifest();
+    int n = 0, differ = 0;
+    for (int i = 0; i < manifest_n; i++) {
+        char file[128], verdict[16];
+        size_t cut;
+        if (sscanf(manifest_lines[i], "truncate %127s %zu %15s", file, &cut, verdict) != 3) continue;
+        Blob b = load_file(file);
+        Image full, img;
+        try_decode(file, b.bytes, b.n, NULL, 1, &full);
+        char what[200];
+        snprintf(what, sizeof what, "%s cut at %zu of %zu (Pillow: %s)", file, cut, b.n, verdict);
+        // a copy of exactly cut bytes, so that ASan sees any read past the end
+        uint8_t *p = xmalloc(cut ? cut : 1);
+        memcpy(p, b.bytes, cut);
+        int rc = try_decode(what, p, cut, NULL, strcmp(verdict, "error") == 0 ? 0 : 2, &img);
+        if (rc == 0) {
+            if (img.w != full.w || img.h != full.h || memcmp(img.rgb, full.rgb, (size_t)full.w * full.h * 3))
+                child_fail("%s: decoded to other pixels than the full file", what);
+        }
+        if ((rc == 0) != (strcmp(verdict, "ok") == 0)) {
+            differ++;
+            fprintf(stderr, "note: %s: svlm %s\n", what, rc == 0 ? "decodes" : "errors");
+        }
+        image_free(&img);
+        image_free(&full);
+        free(p);
+        free(b.bytes);
+        n++;
+    }
+    if (n < 20) child_fail("only %d truncate cases", n);
+    fprintf(stderr, "truncated: %d cases, %d where svlm and Pillow disagree\n", n, differ);
+    exit(child_failures ? 1 : 0);
+}
+
+// random bytes in the middle, zero bytes, foreign formats, a bare signature: never a crash
+static void child_corrupt(void *arg) {
+    (void)arg;
+    static const char *files[] = {"rgb_37x23.png", "interlaced_rgb_29x27.png", "pal_trns_31x19.png",
+                                  "grey16_19x13.png", "jpeg_420_37x23.jpg", "jpeg_prog_61x47.jpg",
+                                  "jpeg_cmyk_33x21.jpg", "jpeg_ycck_27x19.jpg", "photo_prog_200x150.jpg",
+                                  "jpeg_grey_45x29.jpg"};
+    uint64_t rng = 42;
+    int errors = 0, decoded = 0;
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        Blob b = load_file(files[f]);
+        uint8_t *p = xmalloc(b.n);
+        for (int trial = 0; trial < 40; trial++) {
+            memcpy(p, b.bytes, b.n);
+            // overwrite a run of random length at a random place past the signature
+            size_t at = 8 + test_rand_u64(&rng) % (b.n - 8);
+            size_t len = 1 + test_rand_u64(&rng) % (trial < 20 ? 4 : 64);
+            for (size_t k = at; k < at + len && k < b.n; k++) p[k] = (uint8_t)test_rand_u64(&rng);
+            char what[160];
+            snprintf(what, sizeof what, "%s corrupted at %zu+%zu", files[f], at, len);
+            Image img;
+            int rc = try_decode(what, p, b.n, NULL, 2, &img);  // 2: either outcome
+            if (rc == 0) {
+                decoded++;
+                if (img.w <= 0 || img.h <= 0 || !img.rgb) child_fail("%s: success with an empty image", what);
+            } else {
+                errors++;
+            }
+            image_free(&img);
+        }
+        free(p);
+        free(b.bytes);
+    }
+    fprintf(stderr, "corrupt: %d decoded (damaged pixels), %d rejected\n", decoded, errors);
+    // the rest: exact error codes
+    try_decode("zero bytes", (const uint8_t *)"", 0, NULL, IMAGE_ERR_FORMAT, NULL);
+    try_decode("NULL", NULL, 0, NULL, IMAGE_ERR_FORMAT, NULL);
+    try_decode("text", (const uint8_t *)"hello, world", 12, NULL, IMAGE_ERR_FORMAT, NULL);
+    try_decode("gif", (const uint8_t *)"GIF89a\x01\x00\x01\x00", 10, NULL, IMAGE_ERR_UNSUPPORTED, NULL);
+    try_decode("webp", (const uint8_t *)"RIFF\x10\x00\x00\x00WEBPVP8 ", 16, NULL, IMAGE_ERR_UNSUPPORTED, NULL);
+    try_decode("png signature only", (const uint8_t *)"\x89PNG\r\n\x1a\n", 8, NULL, IMAGE_ERR_TRUNCATED, NULL);
+    try_decode("jpeg SOI only", (const uint8_t *)"\xff\xd8\xff", 3, NULL, 0, NULL);
+    try_decode("one byte", (const uint8_t *)"\x89", 1, NULL, IMAGE_ERR_FORMAT, NULL);
+    // a PNG whose IHDR CRC is wrong, and one with a zero width
+    Blob b = load_file("rgb_37x23.png");
+    b.bytes[29] ^= 0xff;
+    try_decode("png bad IHDR crc", b.bytes, b.n, NULL, IMAGE_ERR_CORRUPT, NULL);
+    b.bytes[29] ^= 0xff;
+    memset(b.bytes + 16, 0, 4);
+    try_decode("png zero width", b.bytes, b.n, NULL, 0, NULL);
+    free(b.bytes);
+    // a JPEG whose SOF claims zero height (DNL style): rejected
+    b = load_file("jpeg_420_37x23.jpg");
+    for (size_t i = 0; i + 9 < b.n; i++)
+        if (b.bytes[i] == 0xff && b.bytes[i + 1] == 0xc0) { b.bytes[i + 5] = b.bytes[i + 6] = 0; break; }
+    try_decode("jpeg zero height", b.bytes, b.n, NULL, 0, NULL);
+    free(b.bytes);
+    exit(child_failures ? 1 : 0);
+}
+
+// the child must exit 0: not killed by a signal, no failed check, no sanitizer report
+static void run_and_expect(void (*fn)(void *), void *arg, const char *name) {
+    static char buf[1 << 16];
+    int st = run_child(fn, arg, buf, sizeof buf);
+    if (st != 0 || strstr(buf, "runtime error") || strstr(buf, "Sanitizer")) {
+        print_error("%s: child %s %d; stderr:\n%s\n", name, st < 0 ? "killed by signal" : "exited with", st < 0 ? -st : st,
+                    buf);
+        fail();
+    }
+    if (buf[0]) print_message("%s", buf);
+}
+
+static void test_huge_dimensions_rejected(void **state) {
+    (void)state;
+    run_and_expect(child_toolarge, NULL, "toolarge");
+}
+
+static void test_truncated_rejected(void **state) {
+    (void)state;
+    run_and_expect(child_truncated, NULL, "truncated");
+}
+
+static void test_corrupt_no_crash(void **state) {
+    (void)state;
+    run_and_expect(child_corrupt, NULL, "corrupt");
+}
+
+// a decode after failures still works (no state leaks between calls) and err may be NULL
+static void test_errors_leave_no_state(void **state) {
+    (void)state;
+    Blob good = load_file("jpeg_420_37x23.jpg");
+    Image img;
+    for (int i = 0; i < 3; i++) {
+        assert_true(image_decode(good.bytes, good.n / 2, &img, NULL, 0) < 0);
+        assert_null(img.rgb);
+        assert_int_equal(image_decode(good.bytes, good.n, &img, NULL, 0), 0);
+        assert_true(img.w == 37 && img.h == 23);
+        image_free(&img);
+        assert_null(img.rgb);
+    }
+    image_free(&img);  // twice is fine
+    free(good.bytes);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decode_matches_pillow),
+        cmocka_unit_test(test_composite_matches_transformers),
+        cmocka_unit_test(test_resize_matches_pillow),
+        cmocka_unit_test(test_clip_matches_processor),
+        cmocka_unit_test(test_geometry),
+        cmocka_unit_test(test_huge_dimensions_rejected),
+        cmocka_unit_test(test_truncated_rejected),
+        cmocka_unit_test(test_corrupt_no_crash),
+        cmocka_unit_test(test_errors_leave_no_state),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
