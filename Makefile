@@ -21,7 +21,7 @@ PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c))
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
 # tests that parse untrusted files also run under AddressSanitizer + UBSan
-ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c))
+ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c))
 
 HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
 ifeq ($(HAVE_NVCC),1)

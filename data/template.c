@@ -1,0 +1,502 @@
+// template.c: the chat templates of template.h.
+//
+// What each template renders (S(x) is special token x spliced in by id, [image] the image slot,
+// {..} labelled text, i.e. tokens that carry loss; everything else carries none):
+//
+//   plain        [bos] [image] {caption}{S(eos)}
+//                LLaVA's preprocess_plain: the human turn is replaced by the image alone (its
+//                text is dropped; no slot when it has no "<image>"), the caption is the gpt turn.
+//                LLaVA ends the caption with "\n" (conv_plain's sep); svlm ends it with the LLM's
+//                eos token instead, so a stage-1 model learns where a caption stops and
+//                generation can stop there. Exactly one human turn then one gpt turn (an optional
+//                leading system turn is ignored); anything else is TEMPLATE_ERR_ORDER.
+//   chatml       S(<|im_start|>)system\n{system}S(<|im_end|>)\n                 (when system != "")
+//                S(<|im_start|>)user\n{text}S(<|im_end|>)\n                     per human turn
+//                S(<|im_start|>)assistant\n{text S(<|im_end|>)}\n               per gpt turn
+//                default system "You are a helpful assistant." (Qwen2-Instruct's template);
+//                the prompt ends with S(<|im_start|>)assistant\n; stop token <|im_end|>.
+//   hyperclovax  as chatml, but a gpt turn is S(<|im_start|>)assistant\n{text S(<|im_end|>)
+//                S(<|endofturn|>)}\n; no system block by default (HyperCLOVAX's own template
+//                always writes one; svlm writes it only when a system prompt is given); stop
+//                token <|endofturn|>.
+//   vicuna_v1    [bos] {system}" " then per round "USER: {q} ASSISTANT:"{" "a S(eos)}
+//                i.e. LLaVA-1.5's conv_vicuna_v1.get_prompt() (sep " ", sep2 "</s>") with the
+//                LLM's eos token in place of "</s>" (byte-level BPE vocabularies may have no
+//                "</s>"). The space after "ASSISTANT:" is labelled with the answer: byte-level
+//                pre-tokenisers glue a space to the word after it, so " Hello" is one token and
+//                the model, prompted with "...ASSISTANT:", generates it. A trailing human turn is
+//                "USER: {q} " as in LLaVA. The prompt ends with "ASSISTANT:"; stop token eos.
+//                An empty system prompt drops the system text and its space.
+//   [bos]        plain and vicuna_v1 only (LLaVA's tokenizer_image_token keeps the tokenizer's
+//                bos): the token "<s>" when the tokenizer has it as a special token (Llama,
+//                Vicuna); nothing otherwise (Qwen2, HyperCLOVAX and other byte-level BPE
+//                vocabularies have no bos in their chat format). Llama-3's <|begin_of_text|> is
+//                not added.
+//
+// A system turn first in the conversation overrides the system prompt given to template_new.
+// Roles: human/user, gpt/assistant, system (first only); turns alternate starting with human.
+// Text is kept exactly as given (no strip). "<image>" stays where it stands; the text on each
+// side of it (newlines included) is tokenised separately.
+//
+// Encoding. A sample is built as a list of pieces: special token ids, text runs (each with its
+// label) and the image slot. A maximal run of text pieces between two specials or the slot is
+// joined and encoded once (allow_special = 0: special-token text typed by a user stays text)
+// when all its pieces share one label. When a loss boundary falls inside it, each part with one
+// label is encoded alone, and the concatenation must equal the encoding of the joined run;
+// otherwise the sample is refused with TEMPLATE_ERR_RETOKENIZE (the boundary falls inside a
+// token, e.g. a ChatML answer that starts with "\n": "assistant\n\n..." holds the token "\n\n").
+#include "data/template.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+
+#define IMAGE_TAG "<image>"
+#define IMAGE_TAG_LEN 7
+
+static const char *CHATML_SYSTEM = "You are a helpful assistant.";
+static const char *VICUNA_SYSTEM =
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.";
+// the end token taken when template_new gets eos_id = -1: the first of these the tokenizer has
+static const char *EOS_CANDIDATES[] = {"</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>"};
+
+struct Template {
+    TemplateKind kind;
+    const Tokenizer *tok;
+    char *system;  // NULL: the template's default
+    int eos, bos;  // bos -1: none
+    int im_start, im_end, endofturn;
+    int stop;
+};
+
+TemplateKind template_parse(const char *name) {
+    if (name && strcmp(name, "plain") == 0) return TEMPLATE_PLAIN;
+    if (name && strcmp(name, "chatml") == 0) return TEMPLATE_CHATML;
+    if (name && strcmp(name, "hyperclovax") == 0) return TEMPLATE_HYPERCLOVAX;
+    if (name && strcmp(name, "vicuna_v1") == 0) return TEMPLATE_VICUNA_V1;
+    fatal("unknown chat template \"%s\" (want plain, chatml, hyperclovax or vicuna_v1)", name ? name : "(null)");
+}
+
+const char *template_name(TemplateKind kind) {
+    switch (kind) {
+    case TEMPLATE_PLAIN: return "plain";
+    case TEMPLATE_CHATML: return "chatml";
+    case TEMPLATE_HYPERCLOVAX: return "hyperclovax";
+    case TEMPLATE_VICUNA_V1: return "vicuna_v1";
+    }
+    return "?";
+}
+
+static int need_token(const Tokenizer *tok, TemplateKind kind, const char *s) {
+    int id = tokenizer_token_id(tok, s);
+    if (id < 0) fatal("chat template %s needs the token %s, which the tokenizer lacks", template_name(kind), s);
+    return id;
+}
+
+Template *template_new(TemplateKind kind, const Tokenizer *tok, const char *system, int eos_id) {
+    CHECK(tok != NULL, "template_new needs a tokenizer");
+    if ((unsigned)kind > TEMPLATE_VICUNA_V1) fatal("unknown chat template kind %d", (int)kind);
+    Template *t = xcalloc(1, sizeof *t);
+    t->kind = kind;
+    t->tok = tok;
+    t->system = system ? xstrdup(system) : NULL;
+    t->eos = t->bos = t->im_start = t->im_end = t->endofturn = -1;
+    if (kind == TEMPLATE_PLAIN || kind == TEMPLATE_VICUNA_V1) {
+        if (eos_id >= 0) {
+            if (eos_id >= tokenizer_vocab_size(tok))
+                fatal("chat template %s: eos token id %d is not in the tokenizer (%d ids)", template_name(kind), eos_id,
+                      tokenizer_vocab_size(tok));
+            t->eos = eos_id;
+        } else {
+            for (size_t i = 0; i < sizeof EOS_CANDIDATES / sizeof *EOS_CANDIDATES && t->eos < 0; i++)
+                t->eos = tokenizer_token_id(tok, EOS_CANDIDATES[i]);
+            if (t->eos < 0)
+                fatal("chat template %s needs an end token: the tokenizer has none of </s> <|endoftext|> "
+                      "<|end_of_text|> <eos>; give the LLM's eos_token_id", template_name(kind));
+        }
+        int bos = tokenizer_token_id(tok, "<s>");
+        if (bos >= 0 && tokenizer_is_special(tok, bos)) t->bos = bos;
+        t->stop = t->eos;
+    } else {
+        t->im_start = need_token(tok, kind, "<|im_start|>");
+        t->im_end = need_token(tok, kind, "<|im_end|>");
+        t->stop = t->im_end;
+        if (kind == TEMPLATE_HYPERCLOVAX) t->stop = t->endofturn = need_token(tok, kind, "<|endofturn|>");
+    }
+    return t;
+}
+
+void template_free(Template *t) {
+    if (!t) return;
+    free(t->system);
+    free(t);
+}
+
+int template_stop_id(const Template *t) { return t->stop; }
+
+// ---------------------------------------------------------------------------------------------
+// pieces
+
+enum { P_TEXT, P_SPECIAL, P_IMAGE };
+
+typedef struct {
+    int kind;
+    int label;
+    int id;         // P_SPECIAL
+    const char *s;  // P_TEXT (not NUL-terminated)
+    size_t len;
+} Piece;
+
+typedef struct {
+    Piece *p;
+    int n, cap;
+} Pieces;
+
+static void push(Pieces *ps, Piece pc) {
+    if (pc.kind == P_TEXT && pc.len == 0) return;
+    if (ps->n == ps->cap) {
+        ps->cap = ps->cap ? 2 * ps->cap : 32;
+        ps->p = xrealloc(ps->p, (size_t)ps->cap * sizeof *ps->p);
+    }
+    ps->p[ps->n++] = pc;
+}
+
+static void text(Pieces *ps, const char *s, int label) {
+    push(ps, (Piece){P_TEXT, label, -1, s, strlen(s)});
+}
+
+static void special(Pieces *ps, int id, int label) { push(ps, (Piece){P_SPECIAL, label, id, NULL, 0}); }
+
+// turn text with its "<image>" (at most one, checked before) replaced by the slot
+static void content(Pieces *ps, const char *s, int label) {
+    const char *img = strstr(s, IMAGE_TAG);
+    if (!img) {
+        text(ps, s, label);
+        return;
+    }
+    push(ps, (Piece){P_TEXT, label, -1, s, (size_t)(img - s)});
+    push(ps, (Piece){P_IMAGE, 0, -1, NULL, 0});
+    text(ps, img + IMAGE_TAG_LEN, label);
+}
+
+static int count_images(const char *s) {
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, IMAGE_TAG)) != NULL; p += IMAGE_TAG_LEN) n++;
+    return n;
+}
+
+enum { R_HUMAN, R_GPT, R_SYSTEM };
+
+static int role_of(const char *r) {
+    if (!r) return -1;
+    if (strcmp(r, "human") == 0 || strcmp(r, "user") == 0) return R_HUMAN;
+    if (strcmp(r, "gpt") == 0 || strcmp(r, "assistant") == 0) return R_GPT;
+    if (strcmp(r, "system") == 0) return R_SYSTEM;
+    return -1;
+}
+
+static int refuse(int code, char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int refuse(int code, char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+// Checks the turns and builds the pieces. prompt: the turns end with a human turn and the
+// assistant's opening follows. Returns 0 or a TEMPLATE_ERR_* code.
+static int build(const Template *t, const Turn *turns, int n_turns, int prompt, Pieces *ps, char *err, size_t errlen) {
+    if (n_turns < 0 || (n_turns > 0 && !turns)) return refuse(TEMPLATE_ERR_NO_GPT, err, errlen, "no turns");
+    const char *system = t->system;
+    int first = 0;
+    for (int i = 0; i < n_turns; i++)
+        if (role_of(turns[i].role) < 0)
+            return refuse(TEMPLATE_ERR_BAD_ROLE, err, errlen, "turn %d has role \"%.40s\" (want human, gpt or system)", i,
+                          turns[i].role ? turns[i].role : "(null)");
+    if (n_turns > 0 && role_of(turns[0].role) == R_SYSTEM) {
+        system = turns[0].text ? turns[0].text : "";
+        first = 1;
+    }
+    // the system prompt the template writes: plain writes none
+    if (t->kind == TEMPLATE_PLAIN) system = NULL;
+    else if (!system) system = t->kind == TEMPLATE_CHATML ? CHATML_SYSTEM : t->kind == TEMPLATE_VICUNA_V1 ? VICUNA_SYSTEM : "";
+    int n_gpt = 0, images = system ? count_images(system) : 0;
+    for (int i = first; i < n_turns; i++) {
+        int want = (i - first) % 2 == 0 ? R_HUMAN : R_GPT;
+        int r = role_of(turns[i].role);
+        if (r != want)
+            return refuse(TEMPLATE_ERR_ORDER, err, errlen, "turn %d is %s where a %s turn belongs", i, turns[i].role,
+                          want == R_HUMAN ? "human" : "gpt");
+        n_gpt += r == R_GPT;
+        if (turns[i].text) images += count_images(turns[i].text);
+    }
+    int n_conv = n_turns - first;
+    if (prompt && (n_conv == 0 || role_of(turns[n_turns - 1].role) != R_HUMAN))
+        return refuse(TEMPLATE_ERR_ORDER, err, errlen, "a prompt must end with a human turn");
+    if (!prompt && n_gpt == 0) return refuse(TEMPLATE_ERR_NO_GPT, err, errlen, "no gpt turn");
+    if (images > 1) return refuse(TEMPLATE_ERR_IMAGES, err, errlen, "%d <image> placeholders (at most 1)", images);
+    if (t->kind == TEMPLATE_PLAIN && n_conv != (prompt ? 1 : 2))
+        return refuse(TEMPLATE_ERR_ORDER, err, errlen, "the plain template takes one human turn%s, not %d turns",
+                      prompt ? "" : " and one gpt turn (the caption)", n_conv);
+
+#define TXT(i) (turns[i].text ? turns[i].text : "")
+    switch (t->kind) {
+    case TEMPLATE_PLAIN:
+        if (t->bos >= 0) special(ps, t->bos, 0);
+        if (strstr(TXT(first), IMAGE_TAG)) push(ps, (Piece){P_IMAGE, 0, -1, NULL, 0});
+        if (!prompt) {
+            content(ps, TXT(first + 1), 1);
+            special(ps, t->eos, 1);
+        }
+        break;
+    case TEMPLATE_CHATML:
+    case TEMPLATE_HYPERCLOVAX:
+        if (system[0]) {
+            special(ps, t->im_start, 0);
+            text(ps, "system\n", 0);
+            content(ps, system, 0);
+            special(ps, t->im_end, 0);
+            text(ps, "\n", 0);
+        }
+        for (int i = first; i < n_turns; i++) {
+            special(ps, t->im_start, 0);
+            if (role_of(turns[i].role) == R_HUMAN) {
+                text(ps, "user\n", 0);
+                content(ps, TXT(i), 0);
+                special(ps, t->im_end, 0);
+            } else {
+                text(ps, "assistant\n", 0);
+                content(ps, TXT(i), 1);
+                special(ps, t->im_end, 1);
+                if (t->kind == TEMPLATE_HYPERCLOVAX) special(ps, t->endofturn, 1);
+            }
+            text(ps, "\n", 0);
+        }
+        if (prompt) {
+            special(ps, t->im_start, 0);
+            text(ps, "assistant\n", 0);
+        }
+        break;
+    case TEMPLATE_VICUNA_V1:
+        if (t->bos >= 0) special(ps, t->bos, 0);
+        if (system[0]) {
+            content(ps, system, 0);
+            text(ps, " ", 0);
+        }
+        for (int i = first; i < n_turns; i++) {
+            if (role_of(turns[i].role) == R_HUMAN) {
+                text(ps, "USER: ", 0);
+                content(ps, TXT(i), 0);
+                text(ps, " ", 0);
+            } else {
+                text(ps, "ASSISTANT:", 0);
+                text(ps, " ", 1);
+                content(ps, TXT(i), 1);
+                special(ps, t->eos, 1);
+            }
+        }
+        if (prompt) text(ps, "ASSISTANT:", 0);
+        break;
+    }
+#undef TXT
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// encoding
+
+typedef struct {
+    int *ids;
+    uint8_t *mask;
+    int n, cap;
+} Out;
+
+static void out_push(Out *o, int id, int label) {
+    if (o->n == o->cap) {
+        o->cap = o->cap ? 2 * o->cap : 256;
+        o->ids = xrealloc(o->ids, (size_t)o->cap * sizeof *o->ids);
+        o->mask = xrealloc(o->mask, (size_t)o->cap);
+    }
+    o->ids[o->n] = id;
+    o->mask[o->n++] = (uint8_t)label;
+}
+
+// appends up to max bytes of s to dst (of cap), escaping newlines, tabs and quotes, cut at a
+// UTF-8 character boundary
+static void snippet(char *dst, size_t cap, const char *s, size_t len, size_t max, int from_end) {
+    if (len > max) {
+        size_t start = from_end ? len - max : 0, end = from_end ? len : max;
+        if (from_end)
+            while (start < len && ((unsigned char)s[start] & 0xC0) == 0x80) start++;
+        else
+            while (end > 0 && ((unsigned char)s[end] & 0xC0) == 0x80) end--;
+        s += start;
+        len = end - start;
+    }
+    size_t n = strlen(dst);
+    for (size_t i = 0; i < len && n + 3 < cap; i++) {
+        char c = s[i];
+        if (c == '\n' || c == '\t' || c == '"' || c == '\\') {
+            dst[n++] = '\\';
+            dst[n++] = c == '\n' ? 'n' : c == '\t' ? 't' : c;
+        } else {
+            dst[n++] = c;
+        }
+    }
+    dst[n] = 0;
+}
+
+// Encodes the text pieces p[0..n) (one run between specials / the slot) into o. Returns 0, or
+// TEMPLATE_ERR_RETOKENIZE when the run holds a loss boundary that falls inside a token.
+static int encode_run(const Tokenizer *tok, const Piece *p, int n, Out *o, char *err, size_t errlen) {
+    size_t total = 0;
+    int uniform = 1;
+    for (int i = 0; i < n; i++) {
+        total += p[i].len;
+        uniform &= p[i].label == p[0].label;
+    }
+    char *joined = xmalloc(total + 1);
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(joined + at, p[i].s, p[i].len);
+        at += p[i].len;
+    }
+    joined[total] = 0;
+    int *whole;
+    int nw = tokenizer_encode(tok, joined, total, 0, &whole);
+    if (uniform) {
+        for (int i = 0; i < nw; i++) out_push(o, whole[i], p[0].label);
+        free(whole);
+        free(joined);
+        return 0;
+    }
+    // one label per part: encode the parts alone, compare with the whole run
+    int start = o->n, rc = 0;
+    size_t part_at = 0, bad_at = 0;
+    int k = 0;
+    for (int i = 0; i < n;) {
+        int j = i;
+        size_t len = 0;
+        while (j < n && p[j].label == p[i].label) len += p[j++].len;
+        int *ids;
+        int m = tokenizer_encode(tok, joined + part_at, len, 0, &ids);
+        for (int q = 0; q < m; q++) {
+            if (rc == 0 && (k >= nw || ids[q] != whole[k])) {
+                rc = TEMPLATE_ERR_RETOKENIZE;
+                // the boundary nearest the first differing token: before this part when the
+                // part's first token differs, else after it
+                bad_at = (q == 0 && part_at > 0) ? part_at : part_at + len;
+            }
+            k++;
+            out_push(o, ids[q], p[i].label);
+        }
+        free(ids);
+        part_at += len;
+        i = j;
+    }
+    if (rc == 0 && k != nw) {
+        rc = TEMPLATE_ERR_RETOKENIZE;
+        bad_at = total;
+    }
+    if (rc) {
+        o->n = start;
+        if (bad_at >= total && total > 0) {
+            // the differing token is past the end: report the last boundary
+            bad_at = 0;
+            size_t a = 0;
+            for (int i = 0; i + 1 < n; i++) {
+                a += p[i].len;
+                if (p[i + 1].label != p[i].label) bad_at = a;
+            }
+        }
+        char msg[160] = "a loss boundary falls inside a token: \"";
+        snippet(msg, sizeof msg, joined, bad_at, 24, 1);
+        snippet(msg, sizeof msg, "|", 1, 1, 0);
+        snippet(msg, sizeof msg, joined + bad_at, total - bad_at, 24, 0);
+        refuse(rc, err, errlen, "%s\" tokenises differently whole than split there", msg);
+    }
+    free(whole);
+    free(joined);
+    return rc;
+}
+
+static int encode_pieces(const Template *t, const Pieces *ps, Out *o, int *image_pos, char *err, size_t errlen) {
+    *image_pos = -1;
+    for (int i = 0; i < ps->n;) {
+        const Piece *p = &ps->p[i];
+        if (p->kind == P_SPECIAL) {
+            out_push(o, p->id, p->label);
+            i++;
+        } else if (p->kind == P_IMAGE) {
+            *image_pos = o->n;
+            i++;
+        } else {
+            int j = i;
+            while (j < ps->n && ps->p[j].kind == P_TEXT) j++;
+            int rc = encode_run(t->tok, p, j - i, o, err, errlen);
+            if (rc) return rc;
+            i = j;
+        }
+    }
+    return 0;
+}
+
+int template_encode(const Template *t, const Turn *turns, int n_turns, int **ids, uint8_t **mask, int *image_pos,
+                    char *err, size_t errlen) {
+    *ids = NULL;
+    *mask = NULL;
+    *image_pos = -1;
+    if (err && errlen) err[0] = 0;
+    Pieces ps = {0};
+    Out o = {0};
+    int rc = build(t, turns, n_turns, 0, &ps, err, errlen);
+    if (rc == 0) rc = encode_pieces(t, &ps, &o, image_pos, err, errlen);
+    if (rc == 0) {
+        int labelled = 0;
+        for (int i = 0; i < o.n; i++) labelled += o.mask[i];
+        if (labelled == 0) rc = refuse(TEMPLATE_ERR_EMPTY, err, errlen, "no token carries loss");
+    }
+    free(ps.p);
+    if (rc) {
+        free(o.ids);
+        free(o.mask);
+        *image_pos = -1;
+        return rc;
+    }
+    *ids = o.ids;
+    *mask = o.mask;
+    return o.n;
+}
+
+int template_encode_prompt(const Template *t, const Turn *turns, int n_turns, int **ids, int *image_pos, char *err,
+                           size_t errlen) {
+    *ids = NULL;
+    *image_pos = -1;
+    if (err && errlen) err[0] = 0;
+    Pieces ps = {0};
+    Out o = {0};
+    int rc = build(t, turns, n_turns, 1, &ps, err, errlen);
+    if (rc == 0) {
+        // a prompt carries no loss: every run is encoded whole
+        for (int i = 0; i < ps.n; i++) ps.p[i].label = 0;
+        rc = encode_pieces(t, &ps, &o, image_pos, err, errlen);
+    }
+    if (rc == 0 && o.n == 0 && *image_pos < 0)
+        rc = refuse(TEMPLATE_ERR_EMPTY, err, errlen, "the prompt is empty (the plain template needs an <image>)");
+    free(ps.p);
+    free(o.mask);
+    if (rc) {
+        free(o.ids);
+        *image_pos = -1;
+        return rc;
+    }
+    *ids = o.ids ? o.ids : xmalloc(sizeof(int));
+    return o.n;
+}

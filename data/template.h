@@ -1,0 +1,67 @@
+// template.h: chat templates that turn a LLaVA-style conversation into token ids and a loss
+// mask (1 where the model is trained to predict the token), with the image slot marked.
+//
+// Templates (exact text in template.c):
+//   plain        stage 1: [image] caption <end>; loss on the caption and the end token
+//   chatml       Qwen2: <|im_start|>system\n{system}<|im_end|>\n then per turn
+//                <|im_start|>{user|assistant}\n{text}<|im_end|>\n; loss on assistant text and its <|im_end|>
+//   hyperclovax  ChatML whose assistant turns end <|im_end|><|endofturn|>; loss on the text and both
+//   vicuna_v1    LLaVA-1.5: "{system} USER: {q} ASSISTANT: {a}<eos>USER: ..."; loss on the answer and <eos>
+// The "<image>" placeholder, in whatever turn it stands, becomes the image slot: ids hold no
+// token for it; *image_pos is the index in ids before which the slot's tokens are inserted when
+// the model's slot length is known (the loader does that). Text on each side of the slot is
+// tokenised separately, as LLaVA's tokenizer_image_token does.
+//
+// Every encoded sample is checked: the concatenation of its per-piece token ids must equal the
+// tokenisation of the whole rendered text (per side of the image slot), so that the loss mask
+// boundaries are the ones the model sees; otherwise the sample is refused (counted and skipped
+// by the caller, never trained with a wrong mask).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "data/tokenizer.h"
+
+typedef enum { TEMPLATE_PLAIN, TEMPLATE_CHATML, TEMPLATE_HYPERCLOVAX, TEMPLATE_VICUNA_V1 } TemplateKind;
+
+// why template_encode refused a sample (the caller counts these by reason)
+enum {
+    TEMPLATE_ERR_NO_GPT = -1,       // no assistant turn, so nothing to learn
+    TEMPLATE_ERR_BAD_ROLE = -2,     // a role other than human/user, gpt/assistant, system
+    TEMPLATE_ERR_ORDER = -3,        // turns do not alternate human, gpt (system only first)
+    TEMPLATE_ERR_IMAGES = -4,       // more than one <image> placeholder
+    TEMPLATE_ERR_RETOKENIZE = -5,   // per-piece ids differ from the whole text's ids
+    TEMPLATE_ERR_SPECIAL = -6,      // reserved: a missing special token is a fatal() in template_new
+    TEMPLATE_ERR_EMPTY = -7,        // no token carries loss (a prompt: no token and no image)
+};
+
+typedef struct {
+    const char *role;  // "human"/"user", "gpt"/"assistant", or "system"
+    const char *text;  // UTF-8
+} Turn;
+
+typedef struct Template Template;
+
+// "plain", "chatml", "hyperclovax" or "vicuna_v1"; fatal() naming the value otherwise
+TemplateKind template_parse(const char *name);
+const char *template_name(TemplateKind kind);
+// system: NULL for the template's default system prompt. eos_id: the LLM's end-of-sequence
+// token (used by plain and vicuna_v1; -1 to take the tokenizer's). fatal() when the tokenizer
+// lacks a token the template needs.
+Template *template_new(TemplateKind kind, const Tokenizer *tok, const char *system, int eos_id);
+void template_free(Template *t);
+
+// Encodes a whole conversation for training. Returns the token count (>= 1) with malloc'd
+// *ids and *mask (mask[i] = 1: ids[i] is a prediction target) and *image_pos (-1 when the
+// conversation has no <image>), or a TEMPLATE_ERR_* code with a short reason in err.
+int template_encode(const Template *t, const Turn *turns, int n_turns, int **ids, uint8_t **mask,
+                    int *image_pos, char *err, size_t errlen);
+// Encodes a prompt for generation: the turns (ending with a human turn) then the assistant's
+// opening, so that the model continues with the answer. Same outputs, without a mask (it would be
+// all zero); the count can be 0 when the prompt is the image slot alone (plain), and
+// TEMPLATE_ERR_ORDER when the turns do not end with a human turn. A prompt is exactly the
+// start of the training sample of the same turns followed by a gpt turn.
+int template_encode_prompt(const Template *t, const Turn *turns, int n_turns, int **ids, int *image_pos,
+                           char *err, size_t errlen);
+// the token that ends an assistant turn (generation stops there)
+int template_stop_id(const Template *t);
