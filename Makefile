@@ -12,7 +12,7 @@ ASAN    := -fsanitize=address,undefined -fno-omit-frame-pointer
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -I. --compiler-options -fPIC
 
-LIB_SRC  := $(wildcard common/*.c kernels/*.c kernels/cpu/*.c model/*.c data/*.c eval/*.c)
+LIB_SRC  := $(wildcard common/*.c kernels/*.c kernels/cpu/*.c model/*.c data/*.c eval/*.c trainer/*.c)
 LIB_OBJ  := $(patsubst %.c,build/obj/%.o,$(LIB_SRC))
 ASAN_OBJ := $(patsubst %.c,build/asan/%.o,$(LIB_SRC))
 CU_SRC   := $(wildcard kernels/cuda/*.cu)
@@ -82,6 +82,11 @@ build/bench_cpu: build/obj/bench/bench_cpu.o build/libsvlm.a build/obj/kernels/c
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 bench-cpu: build/bench_cpu
 	./build/bench_cpu
+
+build/bench_data: build/obj/bench/bench_data.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+bench-data: build/bench_data
+	./build/bench_data
 
 # regenerates tests/fixtures (needs torch, transformers, peft: see README)
 fixtures:

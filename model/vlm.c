@@ -131,6 +131,10 @@ static void forward(Vlm *m, const VlmBatch *b) {
 
 double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_labelled) {
     const Kernels *k = m->k;
+    if (b->B == 0) {  // every sample of the batch was dropped by the loader
+        if (n_labelled) *n_labelled = 0;
+        return 0.0;
+    }
     int M = upload_batch(m, b);
     if (n_labelled) *n_labelled = M;
     if (M == 0) return 0.0;  // nothing to learn from: no forward needed

@@ -1,0 +1,180 @@
+// bench_data.c: the data pipeline's two hot loops on one thread: tokenizer MB/s (encoding the
+// corpus in data/corpus/ paragraph by paragraph, as prepare encodes sample texts) and images/s
+// (a 640x480 JPEG decoded and turned into a normalised 336x336 CLIP tensor, as the loader does).
+// Then, when Python has tokenizers, Pillow and transformers, scripts/bench_data.py measures HF
+// `tokenizers` and Pillow + CLIPImageProcessor on the same inputs and prints the ratios.
+//
+//   build/bench_data [TOKENIZER_JSON]     (or SVLM_BENCH_TOKENIZER=...; default: the fixture
+//                                          tests/fixtures/tokenizer/qwen2.json, vocab 3000)
+#define _GNU_SOURCE  // memmem
+#include <glob.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <jpeglib.h>
+
+#include "common/rng.h"
+#include "common/util.h"
+#include "data/image.h"
+#include "data/tokenizer.h"
+
+#define OUT_DIR "build/bench/data"
+#define JPEG_PATH OUT_DIR "/photo_640x480.jpg"
+#define MIN_SECONDS 1.5
+
+typedef struct {
+    const char *p;
+    size_t n;
+} Text;
+
+// every data/corpus/*.txt split on "\n\n" (empty pieces dropped): scripts/bench_data.py splits
+// the same way
+static int load_texts(Text **out, char ***bufs_out, int *nbufs, size_t *bytes) {
+    glob_t g;
+    if (glob("data/corpus/*.txt", 0, NULL, &g) != 0) fatal("bench_data: no data/corpus/*.txt (run from the repository root)");
+    Text *t = NULL;
+    int n = 0, cap = 0;
+    char **bufs = xmalloc(g.gl_pathc * sizeof *bufs);
+    *bytes = 0;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        size_t len;
+        char *s = file_read_all(g.gl_pathv[i], &len);
+        if (!s) fatal("%s: cannot read", g.gl_pathv[i]);
+        bufs[i] = s;
+        for (size_t a = 0; a < len;) {
+            char *e = memmem(s + a, len - a, "\n\n", 2);
+            size_t b = e ? (size_t)(e - s) : len;
+            if (b > a) {
+                if (n == cap) t = xrealloc(t, (size_t)(cap = cap ? cap * 2 : 256) * sizeof *t);
+                t[n++] = (Text){s + a, b - a};
+                *bytes += b - a;
+            }
+            a = b + 2;
+        }
+    }
+    *nbufs = (int)g.gl_pathc;
+    globfree(&g);
+    *out = t;
+    *bufs_out = bufs;
+    return n;
+}
+
+// a photo-like 640x480 picture (smooth shapes, edges and noise), JPEG quality 90, 4:2:0
+static void write_jpeg(const char *path) {
+    const int W = 640, H = 480;
+    uint8_t *rgb = xmalloc((size_t)W * H * 3);
+    Rng r;
+    rng_init(&r, 7);
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            float fx = x / (float)W, fy = y / (float)H;
+            int disc = (x - 400) * (x - 400) + (y - 200) * (y - 200) < 90 * 90;
+            float v[3] = {200 * fx + 30 * (disc ? 1 : 0), 160 * fy + 40 * ((x / 40 + y / 40) & 1), 120 + 100 * fx * fy};
+            for (int c = 0; c < 3; c++) {
+                float n = (rng_uniform(&r) - 0.5f) * 24;
+                int q = (int)(v[c] + n);
+                rgb[((size_t)y * W + x) * 3 + c] = (uint8_t)(q < 0 ? 0 : q > 255 ? 255 : q);
+            }
+        }
+    FILE *f = fopen(path, "wb");
+    if (!f) fatal("%s: cannot create", path);
+    struct jpeg_compress_struct ci;
+    struct jpeg_error_mgr jerr;
+    ci.err = jpeg_std_error(&jerr);
+    jpeg_create_compress(&ci);
+    jpeg_stdio_dest(&ci, f);
+    ci.image_width = W;
+    ci.image_height = H;
+    ci.input_components = 3;
+    ci.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&ci);
+    jpeg_set_quality(&ci, 90, TRUE);
+    jpeg_start_compress(&ci, TRUE);
+    while (ci.next_scanline < ci.image_height) {
+        JSAMPROW row = rgb + (size_t)ci.next_scanline * W * 3;
+        jpeg_write_scanlines(&ci, &row, 1);
+    }
+    jpeg_finish_compress(&ci);
+    jpeg_destroy_compress(&ci);
+    fclose(f);
+    free(rgb);
+}
+
+int main(int argc, char **argv) {
+    const char *tok_path = argc > 1 ? argv[1] : getenv("SVLM_BENCH_TOKENIZER");
+    if (!tok_path || !tok_path[0]) tok_path = "tests/fixtures/tokenizer/qwen2.json";
+    mkdir("build", 0755);
+    mkdir("build/bench", 0755);
+    mkdir(OUT_DIR, 0755);
+
+    // ---- tokenizer
+    Tokenizer *tok = tokenizer_load(tok_path);
+    Text *texts;
+    char **bufs;
+    int nbufs;
+    size_t bytes;
+    int nt = load_texts(&texts, &bufs, &nbufs, &bytes);
+    long long ntok = 0;
+    for (int i = 0; i < nt; i++) {  // warm-up pass (fills the word cache, as a long run does)
+        int *ids;
+        ntok += tokenizer_encode(tok, texts[i].p, texts[i].n, 1, &ids);
+        free(ids);
+    }
+    int passes = 0;
+    double t0 = time_now(), el;
+    do {
+        for (int i = 0; i < nt; i++) {
+            int *ids;
+            tokenizer_encode(tok, texts[i].p, texts[i].n, 1, &ids);
+            free(ids);
+        }
+        passes++;
+    } while ((el = time_now() - t0) < MIN_SECONDS);
+    double tok_mbs = (double)bytes * passes / el / 1e6;
+    printf("bench-data: tokenizer %s (vocab %d): %d texts, %zu bytes, %lld tokens per pass\n", tok_path,
+           tokenizer_vocab_size(tok), nt, bytes, ntok);
+    printf("bench-data: svlm tokenizer: %.2f MB/s (one thread, %d passes)\n", tok_mbs, passes);
+    tokenizer_free(tok);
+    for (int i = 0; i < nbufs; i++) free(bufs[i]);
+    free(bufs);
+    free(texts);
+
+    // ---- images
+    write_jpeg(JPEG_PATH);
+    size_t jn;
+    uint8_t *jpg = (uint8_t *)file_read_all(JPEG_PATH, &jn);
+    if (!jpg) fatal("%s: cannot read", JPEG_PATH);
+    const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f}, std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+    float *out = xmalloc(3 * 336 * 336 * sizeof(float));
+    int n_img = 0;
+    t0 = time_now();
+    do {
+        Image im;
+        char err[128];
+        if (image_decode(jpg, jn, &im, err, sizeof err) != 0) fatal("%s: %s", JPEG_PATH, err);
+        image_preprocess_clip(&im, 336, mean, std, 0, out);
+        image_free(&im);
+        n_img++;
+    } while ((el = time_now() - t0) < MIN_SECONDS);
+    double img_s = n_img / el;
+    printf("bench-data: image %s (%zu bytes) -> 3x336x336 CLIP tensor\n", JPEG_PATH, jn);
+    printf("bench-data: svlm images: %.1f images/s (one thread, decode + resize + crop + normalise)\n", img_s);
+    free(out);
+    free(jpg);
+
+    // ---- the reference in Python, when it is there
+    if (system("python3 -c 'import tokenizers, PIL, transformers' >/dev/null 2>&1") != 0) {
+        printf("bench-data: note: python3 with tokenizers, Pillow and transformers not found: HF comparison skipped\n");
+        return 0;
+    }
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "python3 scripts/bench_data.py --tokenizer '%s' --image '%s' --svlm-tokenizer-mbs %.4f --svlm-images-per-s %.4f",
+             tok_path, JPEG_PATH, tok_mbs, img_s);
+    fflush(stdout);
+    int rc = system(cmd);
+    if (rc != 0) fprintf(stderr, "bench-data: scripts/bench_data.py failed (status %d)\n", rc);
+    return rc != 0;
+}

@@ -1,0 +1,395 @@
+// llava_json.c: streaming LLaVA JSON / JSONL reader (see llava_json.h).
+#include "data/llava_json.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "common/util.h"
+
+#define MAX_ELEMENT (256u << 20)  // a single sample larger than this is treated as a broken file
+
+struct LlavaReader {
+    char *path;
+    FILE *f;
+    int jsonl;
+    char *buf;
+    size_t cap, len, pos;  // valid bytes buf[0, len); buf[pos] is the next unconsumed byte
+    int64_t base;          // file offset of buf[0]
+    int64_t line;          // 1-based line of buf[pos]
+    int64_t line_start;    // file offset where that line starts
+    int eof;
+    int state;  // JSON list: 1 expect sample or ']', 2 expect ',' or ']', 3 expect sample, 4 closed
+    int64_t index;
+    int64_t file_size;
+};
+
+// reads more bytes, compacting the consumed prefix away; returns the shift applied to indices
+// into buf (subtract it) through *shift, and the number of new bytes (0 at end of file)
+static size_t more(LlavaReader *r, size_t *shift) {
+    *shift = 0;
+    if (r->eof) return 0;
+    if (r->pos > 0) {
+        memmove(r->buf, r->buf + r->pos, r->len - r->pos);
+        *shift = r->pos;
+        r->base += (int64_t)r->pos;
+        r->len -= r->pos;
+        r->pos = 0;
+    }
+    if (r->len == r->cap) {
+        if (r->cap >= MAX_ELEMENT + (1u << 20)) return 0;  // caller reports the over-long element
+        r->cap = r->cap * 2 < MAX_ELEMENT + (1u << 20) ? r->cap * 2 : MAX_ELEMENT + (1u << 20);
+        r->buf = xrealloc(r->buf, r->cap);
+    }
+    size_t n = fread(r->buf + r->len, 1, r->cap - r->len, r->f);
+    if (n == 0) {
+        if (ferror(r->f)) fatal("%s: read error at byte %" PRId64 ": %s", r->path, r->base + (int64_t)r->len, strerror(errno));
+        r->eof = 1;
+    }
+    r->len += n;
+    return n;
+}
+
+// consumes buf[pos, j), keeping the line count
+static void advance(LlavaReader *r, size_t j) {
+    const char *p = r->buf + r->pos, *end = r->buf + j;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl) break;
+        r->line++;
+        r->line_start = r->base + (nl - r->buf) + 1;
+        p = nl + 1;
+    }
+    r->pos = j;
+}
+
+// line and column of buf index k (k >= pos)
+static void where(const LlavaReader *r, size_t k, int64_t *line, int64_t *col) {
+    int64_t l = r->line, ls = r->line_start;
+    for (size_t i = r->pos; i < k && i < r->len; i++)
+        if (r->buf[i] == '\n') l++, ls = r->base + (int64_t)i + 1;
+    *line = l;
+    *col = r->base + (int64_t)k - ls + 1;
+}
+
+__attribute__((noreturn)) static void fatal_at(const LlavaReader *r, size_t k, const char *what) {
+    int64_t line, col;
+    where(r, k, &line, &col);
+    fatal("%s: malformed JSON at byte %" PRId64 " (line %" PRId64 ", column %" PRId64 ")%s", r->path,
+          r->base + (int64_t)k, line, col, what);
+}
+
+static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// skips whitespace; returns 0 at end of file
+static int skip_ws(LlavaReader *r) {
+    for (;;) {
+        size_t j = r->pos;
+        while (j < r->len && is_ws(r->buf[j])) j++;
+        advance(r, j);
+        if (r->pos < r->len) return 1;
+        size_t shift;
+        if (more(r, &shift) == 0) return 0;
+    }
+}
+
+static int ends_with_jsonl(const char *p) {
+    size_t n = strlen(p);
+    return n >= 6 && strcasecmp(p + n - 6, ".jsonl") == 0;
+}
+
+LlavaReader *llava_open(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) fatal("%s: cannot open data file: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) fatal("%s: not a regular file", path);
+    LlavaReader *r = xcalloc(1, sizeof *r);
+    r->path = xstrdup(path);
+    r->f = f;
+    r->jsonl = ends_with_jsonl(path);
+    r->cap = 1 << 20;
+    r->buf = xmalloc(r->cap);
+    r->line = 1;
+    r->file_size = st.st_size;
+    size_t shift;
+    while (r->len < 3 && more(r, &shift) > 0) {}
+    if (r->len >= 3 && memcmp(r->buf, "\xEF\xBB\xBF", 3) == 0) r->pos = 3;  // UTF-8 byte order mark
+    if (!r->jsonl) {
+        if (!skip_ws(r)) fatal("%s: empty file (expected a JSON list of samples)", path);
+        if (r->buf[r->pos] != '[') {
+            int64_t line, col;
+            where(r, r->pos, &line, &col);
+            fatal("%s: expected a JSON list of samples, found '%c' at byte %" PRId64
+                  " (line %" PRId64 "); for one object per line name the file .jsonl",
+                  path, r->buf[r->pos], r->base + (int64_t)r->pos, line);
+        }
+        advance(r, r->pos + 1);
+        r->state = 1;
+    }
+    return r;
+}
+
+void llava_close(LlavaReader *r) {
+    if (!r) return;
+    fclose(r->f);
+    free(r->buf);
+    free(r->path);
+    free(r);
+}
+
+int llava_is_jsonl(const LlavaReader *r) { return r->jsonl; }
+int64_t llava_bytes_read(const LlavaReader *r) { return r->base + (int64_t)r->pos; }
+int64_t llava_file_size(const LlavaReader *r) { return r->file_size; }
+
+void llava_sample_free(LlavaSample *s) {
+    if (s->root) cJSON_Delete(s->root);
+    free(s->turns);
+    memset(s, 0, sizeof *s);
+}
+
+static const cJSON *get(const cJSON *o, const char *k) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, k);
+    return (j && !cJSON_IsNull(j)) ? j : NULL;
+}
+
+static const char *type_name(const cJSON *j) {
+    if (cJSON_IsString(j)) return "a string";
+    if (cJSON_IsNumber(j)) return "a number";
+    if (cJSON_IsBool(j)) return "a boolean";
+    if (cJSON_IsArray(j)) return "a list";
+    if (cJSON_IsObject(j)) return "an object";
+    return "null";
+}
+
+// fills the sample's fields from s->root; sets s->skip on wrong types
+static void extract(LlavaSample *s) {
+    const cJSON *o = s->root;
+    s->id = "";
+    if (!cJSON_IsObject(o)) {
+        s->skip = LLAVA_SKIP_NOT_OBJECT;
+        snprintf(s->why, sizeof s->why, "the sample is %s, not an object", type_name(o));
+        return;
+    }
+    const cJSON *id = get(o, "id");
+    if (cJSON_IsString(id)) s->id = id->valuestring;
+    else if (cJSON_IsNumber(id)) {
+        double v = id->valuedouble;
+        if (v == floor(v) && fabs(v) < 9e15) snprintf(s->idbuf, sizeof s->idbuf, "%lld", (long long)v);
+        else snprintf(s->idbuf, sizeof s->idbuf, "%.17g", v);
+        s->id = s->idbuf;
+    }
+    const cJSON *img = get(o, "image");
+    if (img) {
+        if (cJSON_IsArray(img) && cJSON_GetArraySize(img) == 1 && cJSON_IsString(cJSON_GetArrayItem(img, 0)))
+            img = cJSON_GetArrayItem(img, 0);
+        if (!cJSON_IsString(img) || !img->valuestring[0]) {
+            s->skip = LLAVA_SKIP_BAD_IMAGE;
+            snprintf(s->why, sizeof s->why, "\"image\" is %s, not a file name", cJSON_IsString(img) ? "empty" : type_name(img));
+            return;
+        }
+        s->image = img->valuestring;
+    }
+    const cJSON *conv = get(o, "conversations");
+    if (!conv || !cJSON_IsArray(conv)) {
+        s->skip = LLAVA_SKIP_BAD_CONVERSATIONS;
+        snprintf(s->why, sizeof s->why, "\"conversations\" is %s, not a list", conv ? type_name(conv) : "missing");
+        return;
+    }
+    int n = cJSON_GetArraySize(conv);
+    s->turns = xcalloc((size_t)(n ? n : 1), sizeof *s->turns);
+    int t = 0;
+    for (const cJSON *c = conv->child; c; c = c->next, t++) {
+        const cJSON *from = cJSON_IsObject(c) ? get(c, "from") : NULL;
+        const cJSON *val = cJSON_IsObject(c) ? get(c, "value") : NULL;
+        if (cJSON_IsObject(c) && !from) from = get(c, "role");
+        if (cJSON_IsObject(c) && !val) val = get(c, "content");
+        if (!cJSON_IsString(from) || !cJSON_IsString(val)) {
+            s->skip = LLAVA_SKIP_BAD_CONVERSATIONS;
+            if (!cJSON_IsObject(c)) snprintf(s->why, sizeof s->why, "turn %d is %s, not an object", t + 1, type_name(c));
+            else if (!cJSON_IsString(from))
+                snprintf(s->why, sizeof s->why, "turn %d: \"from\" is %s, not a string", t + 1, from ? type_name(from) : "missing");
+            else
+                snprintf(s->why, sizeof s->why, "turn %d: \"value\" is %s, not a string", t + 1, val ? type_name(val) : "missing");
+            return;
+        }
+        s->turns[t].role = from->valuestring;
+        s->turns[t].text = val->valuestring;
+    }
+    s->n_turns = t;
+}
+
+static int next_jsonl(LlavaReader *r, LlavaSample *s) {
+    for (;;) {
+        if (r->pos == r->len) {
+            size_t shift;
+            if (more(r, &shift) == 0) return 0;
+        }
+        size_t from = r->pos, e;
+        for (;;) {
+            char *nl = memchr(r->buf + from, '\n', r->len - from);
+            if (nl) { e = (size_t)(nl - r->buf); break; }
+            from = r->len;
+            size_t shift;
+            size_t got = more(r, &shift);
+            from -= shift;
+            if (got == 0) {
+                if (r->len - r->pos > MAX_ELEMENT)
+                    fatal("%s: line %" PRId64 " is longer than %u MB", r->path, r->line, MAX_ELEMENT >> 20);
+                e = r->len;
+                break;
+            }
+        }
+        size_t b = r->pos;
+        while (b < e && is_ws(r->buf[b])) b++;
+        if (b == e) {  // blank line
+            advance(r, e < r->len ? e + 1 : e);
+            continue;
+        }
+        memset(s, 0, sizeof *s);
+        s->index = r->index++;
+        s->offset = r->base + (int64_t)r->pos;
+        s->line = r->line;
+        const char *end = NULL;
+        s->root = cJSON_ParseWithLengthOpts(r->buf + r->pos, e - r->pos, &end, 0);
+        const char *bad = NULL;
+        if (!s->root) bad = end ? end : r->buf + r->pos;
+        else {
+            for (const char *p = end; p < r->buf + e; p++)
+                if (!is_ws(*p)) { bad = p; break; }
+        }
+        if (bad) {
+            if (s->root) cJSON_Delete(s->root);
+            s->root = NULL;
+            s->id = "";
+            s->skip = LLAVA_SKIP_MALFORMED_LINE;
+            snprintf(s->why, sizeof s->why, "line %" PRId64 ": malformed JSON at column %lld", s->line,
+                     (long long)(bad - (r->buf + r->pos)) + 1);
+        } else {
+            extract(s);
+        }
+        advance(r, e < r->len ? e + 1 : e);
+        return 1;
+    }
+}
+
+// scans one JSON value starting at buf[pos]; returns the index one past its end
+static size_t scan_value(LlavaReader *r) {
+    size_t j = r->pos;
+    char c0 = r->buf[j];
+    int depth = 0, instr = 0, esc = 0;
+    int scalar = !(c0 == '{' || c0 == '[' || c0 == '"');
+    for (;;) {
+        if (j == r->len) {
+            size_t shift;
+            size_t got = more(r, &shift);
+            j -= shift;
+            if (got == 0) {
+                if (r->len - r->pos > MAX_ELEMENT) fatal_at(r, r->pos, ": a sample larger than 256 MB (unbalanced brackets?)");
+                if (scalar) return j;
+                fatal_at(r, r->len, ": the file ends inside a sample");
+            }
+        }
+        char c = r->buf[j];
+        if (scalar) {
+            if (c == ',' || c == ']' || c == '}' || is_ws(c)) return j;
+            j++;
+            continue;
+        }
+        j++;
+        if (instr) {
+            if (esc) esc = 0;
+            else if (c == '\\') esc = 1;
+            else if (c == '"') {
+                instr = 0;
+                if (depth == 0) return j;
+            }
+        } else if (c == '"') {
+            instr = 1;
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (--depth == 0) return j;
+            if (depth < 0) fatal_at(r, j - 1, "");
+        }
+    }
+}
+
+static int next_json(LlavaReader *r, LlavaSample *s) {
+    for (;;) {
+        if (!skip_ws(r)) {
+            if (r->state == 4) return 0;
+            fatal_at(r, r->len, ": the file ends before the list is closed");
+        }
+        char c = r->buf[r->pos];
+        switch (r->state) {
+        case 1:
+        case 3:
+            if (c == ']') {
+                if (r->state == 3) fatal_at(r, r->pos, ": ',' must be followed by a sample");
+                advance(r, r->pos + 1);
+                r->state = 4;
+                continue;
+            }
+            if (c == ',') fatal_at(r, r->pos, ": expected a sample");
+            break;
+        case 2:
+            if (c == ',') { advance(r, r->pos + 1); r->state = 3; continue; }
+            if (c == ']') { advance(r, r->pos + 1); r->state = 4; continue; }
+            fatal_at(r, r->pos, ": expected ',' or ']' after a sample");
+        default:
+            fatal_at(r, r->pos, ": data after the end of the list");
+        }
+        size_t e = scan_value(r);
+        memset(s, 0, sizeof *s);
+        s->index = r->index++;
+        s->offset = r->base + (int64_t)r->pos;
+        s->line = r->line;
+        const char *end = NULL;
+        s->root = cJSON_ParseWithLengthOpts(r->buf + r->pos, e - r->pos, &end, 0);
+        if (!s->root) fatal_at(r, end ? (size_t)(end - r->buf) : r->pos, "");
+        if (end < r->buf + e) {
+            const char *p = end;
+            while (p < r->buf + e && is_ws(*p)) p++;
+            if (p < r->buf + e) {
+                cJSON_Delete(s->root);
+                fatal_at(r, (size_t)(p - r->buf), "");
+            }
+        }
+        advance(r, e);
+        r->state = 2;
+        extract(s);
+        return 1;
+    }
+}
+
+int llava_next(LlavaReader *r, LlavaSample *s) { return r->jsonl ? next_jsonl(r, s) : next_json(r, s); }
+
+int64_t llava_count_samples(const char *path) {
+    if (!ends_with_jsonl(path)) return -1;
+    FILE *f = fopen(path, "rb");
+    if (!f) fatal("%s: cannot open data file: %s", path, strerror(errno));
+    char *buf = xmalloc(1 << 20);
+    int64_t n = 0;
+    int nonblank = 0;
+    size_t got;
+    while ((got = fread(buf, 1, 1 << 20, f)) > 0) {
+        for (size_t i = 0; i < got; i++) {
+            char c = buf[i];
+            if (c == '\n') {
+                n += nonblank;
+                nonblank = 0;
+            } else if (!is_ws(c)) {
+                nonblank = 1;
+            }
+        }
+    }
+    n += nonblank;
+    free(buf);
+    fclose(f);
+    return n;
+}

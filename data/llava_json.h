@@ -1,0 +1,57 @@
+// llava_json.h: streaming reader of LLaVA-format data with bounded memory (LLaVA-665k is ~1 GB).
+//
+// Formats, chosen by the file name:
+//   *.jsonl  one sample object per line; blank lines are ignored. A line that is not valid JSON is
+//            a counted skip (LLAVA_SKIP_MALFORMED_LINE) whose reason gives the line and column:
+//            lines are independent, so one bad line does not spoil the rest.
+//   other    a top-level JSON list of sample objects. The list is scanned element by element
+//            (strings, escapes and nesting tracked here, each element parsed with cJSON), so
+//            memory is bounded by the largest sample, not the file. Malformed JSON anywhere
+//            (including a missing ',' or ']', trailing garbage, or a file that ends early) is a
+//            fatal() error: "FILE: malformed JSON at byte N (line L, column C)".
+// A sample: {"id": string|number, "image": string (or a list of one string; absent/null: text
+// only), "conversations": [{"from": "human"|"gpt"|"system", "value": string}, ...]}. "role" and
+// "content" are accepted in place of "from" and "value". Unknown fields are ignored; wrong types
+// are counted skips with reasons (LLAVA_SKIP_*).
+#pragma once
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "data/template.h"
+
+enum {
+    LLAVA_OK = 0,
+    LLAVA_SKIP_MALFORMED_LINE = 1,  // JSONL only
+    LLAVA_SKIP_NOT_OBJECT,          // the list element or line is not a JSON object
+    LLAVA_SKIP_BAD_CONVERSATIONS,   // conversations missing, not a list, or a turn of wrong types
+    LLAVA_SKIP_BAD_IMAGE,           // image of the wrong type (not a string / list of one string)
+};
+
+typedef struct {
+    int64_t index;   // 0-based element (or non-blank line) number in the file
+    int64_t offset;  // byte offset in the file where it starts
+    int64_t line;    // 1-based line where it starts
+    int skip;        // LLAVA_OK or LLAVA_SKIP_*
+    char why[160];   // reason when skip != 0
+    cJSON *root;     // parsed element (owned), NULL when it did not parse
+    const char *id;  // "" when absent; points into root or idbuf
+    char idbuf[40];
+    const char *image;  // NULL: text-only sample
+    Turn *turns;        // malloc'd; role/text point into root
+    int n_turns;
+} LlavaSample;
+
+typedef struct LlavaReader LlavaReader;
+
+// fatal() naming the file when it cannot be opened, or when a JSON file is not a list
+LlavaReader *llava_open(const char *path);
+void llava_close(LlavaReader *r);
+int llava_is_jsonl(const LlavaReader *r);
+// Reads the next sample into *s (free with llava_sample_free). Returns 1, or 0 at the end.
+int llava_next(LlavaReader *r, LlavaSample *s);
+void llava_sample_free(LlavaSample *s);
+int64_t llava_bytes_read(const LlavaReader *r);  // progress: bytes consumed so far
+int64_t llava_file_size(const LlavaReader *r);
+// JSONL: number of non-blank lines (a quick pass over the file); -1 for a JSON list
+int64_t llava_count_samples(const char *path);

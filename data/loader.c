@@ -1,0 +1,444 @@
+// loader.c: training batches from prepared shards (see loader.h).
+//
+// What each micro-batch holds is decided in loader_next (on the caller's thread) from the
+// position alone: the epoch's permutation (seed, epoch), this rank's slice, batch_size samples.
+// The samples' work (read + decompress + checksum, image decode + CLIP preprocessing) goes to a
+// pool of `threads` workers up to `prefetch` micro-batches ahead; the worker that finishes the
+// last sample of a micro-batch lays it out (padding or packing). The layout depends only on the
+// samples and on which of them failed, never on timing, so batches are bit-identical for any
+// thread count. loader_seek drains the pool and discards everything prefetched.
+#include "data/loader.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/json.h"
+#include "common/rng.h"
+#include "common/util.h"
+#include "data/image.h"
+#include "data/shards.h"
+
+enum { SLOT_FREE, SLOT_FILLING, SLOT_READY, SLOT_HELD };
+
+typedef struct {
+    int64_t sample;  // index in the dataset
+    int ok;
+    int n_tokens, image_pos;
+    int *ids;        // max_seq_len entries (slot storage)
+    uint8_t *mask;
+} SampleOut;
+
+typedef struct {
+    int state;
+    int64_t seq, epoch;
+    LoaderPos end;  // where the batch after this one starts
+    int n, pending;
+    SampleOut *smp;
+    float *pix;  // batch_size images of 3*S*S
+    int *ids, *targets, *pos, *seg, *img_row, *img_start;
+    int *scratch;  // 4 x batch_size ints for assemble
+    LoaderBatch b;
+} Slot;
+
+typedef struct {
+    Slot *slot;
+    int k;
+} Task;
+
+struct Loader {
+    LoaderSpec spec;
+    Shards *sh;
+    int64_t N, per_rank;
+    uint32_t *perm;
+    int64_t perm_epoch;
+    LoaderPos plan, tell;
+    int nslots;
+    Slot *slots;
+    int64_t plan_seq, next_seq;
+    int held;
+    pthread_t *thr;
+    int nthr;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    Task *q;
+    int qcap, qhead, qcount;
+    int busy, stop;
+    uint8_t *warned;  // one bit per sample: already warned about
+    size_t img_floats;
+};
+
+static void warn_once(Loader *l, int64_t sample, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void warn_once(Loader *l, int64_t sample, const char *fmt, ...) {
+    pthread_mutex_lock(&l->mu);
+    int first = !(l->warned[sample >> 3] & (1u << (sample & 7)));
+    l->warned[sample >> 3] |= (uint8_t)(1u << (sample & 7));
+    pthread_mutex_unlock(&l->mu);
+    if (!first) return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    warn("%s", msg);
+}
+
+// ---------------------------------------------------------------- per-sample work (workers)
+
+static void do_sample(Loader *l, Slot *s, int k, ShardReadBuf *rb) {
+    SampleOut *o = &s->smp[k];
+    o->ok = 0;
+    ShardRecord rec;
+    char err[512];
+    if (shards_read(l->sh, o->sample, rb, &rec, err, sizeof err) != 0) {
+        warn_once(l, o->sample, "%s: %s; sample skipped", shards_dir(l->sh), err);
+        return;
+    }
+    memcpy(o->ids, rec.ids, (size_t)rec.n_tokens * sizeof(int));
+    memcpy(o->mask, rec.mask, (size_t)rec.n_tokens);
+    o->n_tokens = rec.n_tokens;
+    o->image_pos = rec.image_pos;
+    if (rec.image_pos >= 0) {
+        Image img;
+        char ierr[256];
+        if (image_decode(rec.image, rec.image_len, &img, ierr, sizeof ierr) != 0) {
+            warn_once(l, o->sample, "%s/shard-%05u.zst: sample %" PRId64 " (id \"%.*s\", image %.*s): %s; sample skipped",
+                      shards_dir(l->sh), shards_entry(l->sh, o->sample)->shard, o->sample, (int)rec.id_len, rec.id,
+                      (int)rec.image_name_len, rec.image_name, ierr);
+            return;
+        }
+        const LoaderSpec *sp = &l->spec;
+        image_preprocess_clip(&img, sp->image_size, sp->mean, sp->std, sp->pad_to_square, s->pix + (size_t)k * l->img_floats);
+        image_free(&img);
+    }
+    o->ok = 1;
+}
+
+// lays the finished samples of a slot out into its batch
+static void assemble(Loader *l, Slot *s) {
+    const LoaderSpec *sp = &l->spec;
+    const int IT = sp->image_tokens;
+    int *len = s->scratch, *row_of = len + sp->batch_size, *off_of = row_of + sp->batch_size;
+    int *last_off = off_of + sp->batch_size;  // per row: offset of its last sample
+    int B = 0, T = 0, cur = 0, kept = 0;
+    for (int k = 0; k < s->n; k++) {
+        SampleOut *o = &s->smp[k];
+        if (!o->ok) continue;
+        kept++;
+        len[k] = o->n_tokens + (o->image_pos >= 0 ? IT : 0);
+        if (!sp->packing || B == 0 || cur + len[k] > sp->max_seq_len) {  // next-fit, in permutation order
+            B++;
+            cur = 0;
+        }
+        row_of[k] = B - 1;
+        off_of[k] = cur;
+        last_off[B - 1] = cur;
+        cur += len[k];
+        if (cur > T) T = cur;
+    }
+    LoaderBatch *b = &s->b;
+    memset(b, 0, sizeof *b);
+    b->B = B;
+    b->T = T;
+    b->ids = s->ids;
+    b->targets = s->targets;
+    b->pos = s->pos;
+    b->seg = sp->packing ? s->seg : NULL;
+    b->pixels = s->pix;
+    b->img_row = s->img_row;
+    b->img_start = s->img_start;
+    b->n_samples = kept;
+    b->n_skipped = s->n - kept;
+    // padding: id 0, no target, segment -1, positions continuing those of the row's last sample
+    for (int r = 0; r < B; r++)
+        for (int t = 0; t < T; t++) {
+            size_t i = (size_t)r * T + t;
+            s->ids[i] = 0;
+            s->targets[i] = -1;
+            s->seg[i] = -1;
+            s->pos[i] = t - last_off[r];
+        }
+    int nimg = 0, labelled = 0, seg_in_row = 0, last_row = -1;
+    for (int k = 0; k < s->n; k++) {
+        SampleOut *o = &s->smp[k];
+        if (!o->ok) continue;
+        int r = row_of[k], off = off_of[k], L = len[k], ip = o->image_pos;
+        seg_in_row = r == last_row ? seg_in_row + 1 : 0;
+        last_row = r;
+        size_t base = (size_t)r * T + off;
+        int *ids = s->ids + base, *tg = s->targets + base, *ps = s->pos + base, *sg = s->seg + base;
+        // expanded token t: the image slot occupies [ip, ip + IT) when the sample has an image;
+        // targets[t] = ids[t + 1] when token t + 1 carries loss, inside the sample only
+        for (int t = 0; t < L; t++) {
+            int id = 0, m = 0;
+            if (ip < 0 || t < ip) id = o->ids[t], m = o->mask[t];
+            else if (t >= ip + IT) id = o->ids[t - IT], m = o->mask[t - IT];
+            ids[t] = id;
+            ps[t] = t;
+            sg[t] = seg_in_row;
+            if (t > 0 && m) {
+                tg[t - 1] = id;
+                labelled++;
+            }
+        }
+        if (ip >= 0) {
+            if (nimg != k)
+                memmove(s->pix + (size_t)nimg * l->img_floats, s->pix + (size_t)k * l->img_floats,
+                        l->img_floats * sizeof(float));
+            s->img_row[nimg] = r;
+            s->img_start[nimg] = off + ip;
+            nimg++;
+        }
+    }
+    b->n_img = nimg;
+    b->n_labelled = labelled;
+}
+
+static void *worker(void *arg) {
+    Loader *l = arg;
+    ShardReadBuf rb = {0};
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        while (!l->stop && l->qcount == 0) pthread_cond_wait(&l->cv_work, &l->mu);
+        if (l->stop) break;
+        Task t = l->q[l->qhead];
+        l->qhead = (l->qhead + 1) % l->qcap;
+        l->qcount--;
+        l->busy++;
+        pthread_mutex_unlock(&l->mu);
+        do_sample(l, t.slot, t.k, &rb);
+        pthread_mutex_lock(&l->mu);
+        if (--t.slot->pending == 0) {
+            pthread_mutex_unlock(&l->mu);
+            assemble(l, t.slot);
+            pthread_mutex_lock(&l->mu);
+            t.slot->state = SLOT_READY;
+        }
+        l->busy--;
+        pthread_cond_broadcast(&l->cv_done);
+    }
+    pthread_mutex_unlock(&l->mu);
+    shard_readbuf_free(&rb);
+    return NULL;
+}
+
+// ---------------------------------------------------------------- planning (caller's thread)
+
+static void ensure_perm(Loader *l, int64_t epoch) {
+    if (!l->spec.shuffle || l->perm_epoch == epoch) return;
+    for (int64_t i = 0; i < l->N; i++) l->perm[i] = (uint32_t)i;
+    Rng r;
+    rng_init(&r, l->spec.seed ^ (0x9E3779B97F4A7C15ULL * (uint64_t)(epoch + 1)));
+    for (int64_t i = l->N - 1; i > 0; i--) {
+        uint32_t j = rng_below(&r, (uint32_t)(i + 1));
+        uint32_t t = l->perm[i];
+        l->perm[i] = l->perm[j];
+        l->perm[j] = t;
+    }
+    l->perm_epoch = epoch;
+}
+
+static void plan_next(Loader *l) {
+    const LoaderSpec *sp = &l->spec;
+    LoaderPos p = l->plan;
+    if (p.index >= l->per_rank) p.epoch++, p.index = 0;
+    ensure_perm(l, p.epoch);
+    Slot *s = &l->slots[l->plan_seq % l->nslots];
+    CHECK(s->state == SLOT_FREE, "loader slot %lld still in use", (long long)(l->plan_seq % l->nslots));
+    int64_t n = l->per_rank - p.index;
+    if (n > sp->batch_size) n = sp->batch_size;
+    for (int k = 0; k < n; k++) {
+        int64_t j = (int64_t)sp->rank + (int64_t)sp->world * (p.index + k);
+        s->smp[k].sample = sp->shuffle ? (int64_t)l->perm[j] : j;
+        s->smp[k].ok = 0;
+    }
+    s->n = (int)n;
+    s->seq = l->plan_seq++;
+    s->epoch = p.epoch;
+    s->end = (LoaderPos){p.epoch, p.index + n};
+    if (s->end.index >= l->per_rank) s->end = (LoaderPos){p.epoch + 1, 0};
+    l->plan = s->end;
+    pthread_mutex_lock(&l->mu);
+    s->state = SLOT_FILLING;
+    s->pending = (int)n;
+    for (int k = 0; k < n; k++) {
+        l->q[(l->qhead + l->qcount) % l->qcap] = (Task){s, k};
+        l->qcount++;
+    }
+    pthread_cond_broadcast(&l->cv_work);
+    pthread_mutex_unlock(&l->mu);
+}
+
+// waits until no worker holds a task, dropping the queued ones; every slot becomes free
+static void drain(Loader *l) {
+    pthread_mutex_lock(&l->mu);
+    l->qcount = 0;
+    while (l->busy > 0) pthread_cond_wait(&l->cv_done, &l->mu);
+    for (int i = 0; i < l->nslots; i++) l->slots[i].state = SLOT_FREE;
+    pthread_mutex_unlock(&l->mu);
+    l->held = -1;
+}
+
+static void start_at(Loader *l, LoaderPos pos) {
+    l->plan = pos;
+    l->tell = pos;
+    l->next_seq = l->plan_seq;
+    for (int i = 0; i < l->spec.prefetch; i++) plan_next(l);
+}
+
+// ---------------------------------------------------------------- API
+
+static double meta_num(const Shards *sh, const char *key) {
+    char p[4096];
+    path_join(p, sizeof p, shards_dir(sh), "meta.json");
+    return json_get_num(shards_meta(sh), key, p);
+}
+
+Loader *loader_open(const LoaderSpec *spec) {
+    const LoaderSpec *sp = spec;
+    if (!sp->shard_dir) fatal("loader: no shard directory given");
+    if (sp->batch_size < 1) fatal("loader: batch_size must be >= 1, got %d", sp->batch_size);
+    if (sp->max_seq_len < 1) fatal("loader: max_seq_len must be >= 1, got %d", sp->max_seq_len);
+    if (sp->image_tokens < 1) fatal("loader: image_tokens must be >= 1, got %d", sp->image_tokens);
+    if (sp->image_size < 1 || sp->image_size > 8192) fatal("loader: image_size must be in 1..8192, got %d", sp->image_size);
+    if (sp->world < 1 || sp->rank < 0 || sp->rank >= sp->world)
+        fatal("loader: rank %d of world %d is not valid", sp->rank, sp->world);
+    for (int c = 0; c < 3; c++)
+        if (!(sp->std[c] != 0)) fatal("loader: image std[%d] must be non-zero", c);
+    Shards *sh = shards_open(sp->shard_dir);
+    Loader *l = xcalloc(1, sizeof *l);
+    l->spec = *sp;
+    if (l->spec.threads < 1) l->spec.threads = 1;
+    if (l->spec.prefetch < 1) l->spec.prefetch = 1;
+    l->sh = sh;
+    int it = (int)meta_num(sh, "image_tokens"), msl = (int)meta_num(sh, "max_seq_len");
+    if (it != sp->image_tokens)
+        fatal("%s: the shards were prepared with --image-tokens %d but the model's image slot has %d tokens; "
+              "re-run ./prepare with --image-tokens %d",
+              sp->shard_dir, it, sp->image_tokens, sp->image_tokens);
+    if (msl > sp->max_seq_len)
+        fatal("%s: the shards were prepared with --max-seq-len %d, longer than the run's max_seq_len %d; "
+              "re-run ./prepare with --max-seq-len %d",
+              sp->shard_dir, msl, sp->max_seq_len, sp->max_seq_len);
+    l->N = shards_count(sh);
+    for (int64_t i = 0; i < l->N; i++) {
+        const ShardEntry *e = shards_entry(sh, i);
+        int64_t L = (int64_t)e->n_tokens + (e->flags & SHARDS_FLAG_IMAGE ? sp->image_tokens : 0);
+        if (L > msl) fatal("%s: sample %" PRId64 " has %" PRId64 " tokens, over the prepared max_seq_len %d; re-run ./prepare",
+                           sp->shard_dir, i, L, msl);
+    }
+    if (l->N > (int64_t)UINT32_MAX) fatal("%s: %" PRId64 " samples: at most 2^32 - 1 supported", sp->shard_dir, l->N);
+    l->per_rank = l->N / sp->world;
+    if (l->per_rank == 0)
+        fatal("%s: %" PRId64 " samples is fewer than the %d ranks", sp->shard_dir, l->N, sp->world);
+    if (l->spec.shuffle) l->perm = xmalloc((size_t)l->N * sizeof *l->perm);
+    l->perm_epoch = -1;
+    l->warned = xcalloc((size_t)(l->N + 7) / 8, 1);
+    l->img_floats = (size_t)3 * sp->image_size * sp->image_size;
+    l->nslots = l->spec.prefetch + 1;
+    l->slots = xcalloc((size_t)l->nslots, sizeof *l->slots);
+    size_t bt = (size_t)sp->batch_size * sp->max_seq_len;
+    for (int i = 0; i < l->nslots; i++) {
+        Slot *s = &l->slots[i];
+        s->smp = xcalloc((size_t)sp->batch_size, sizeof *s->smp);
+        for (int k = 0; k < sp->batch_size; k++) {
+            s->smp[k].ids = xmalloc((size_t)sp->max_seq_len * sizeof(int));
+            s->smp[k].mask = xmalloc((size_t)sp->max_seq_len);
+        }
+        s->pix = xmalloc((size_t)sp->batch_size * l->img_floats * sizeof(float));
+        s->ids = xmalloc(bt * sizeof(int));
+        s->targets = xmalloc(bt * sizeof(int));
+        s->pos = xmalloc(bt * sizeof(int));
+        s->seg = xmalloc(bt * sizeof(int));
+        s->img_row = xmalloc((size_t)sp->batch_size * sizeof(int));
+        s->img_start = xmalloc((size_t)sp->batch_size * sizeof(int));
+        s->scratch = xmalloc((size_t)4 * sp->batch_size * sizeof(int));
+    }
+    l->qcap = l->nslots * sp->batch_size;
+    l->q = xmalloc((size_t)l->qcap * sizeof *l->q);
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv_work, NULL);
+    pthread_cond_init(&l->cv_done, NULL);
+    l->nthr = l->spec.threads;
+    l->thr = xmalloc((size_t)l->nthr * sizeof *l->thr);
+    for (int i = 0; i < l->nthr; i++)
+        if (pthread_create(&l->thr[i], NULL, worker, l) != 0) fatal("loader: cannot start a thread");
+    l->held = -1;
+    start_at(l, (LoaderPos){0, 0});
+    return l;
+}
+
+void loader_close(Loader *l) {
+    if (!l) return;
+    drain(l);
+    pthread_mutex_lock(&l->mu);
+    l->stop = 1;
+    pthread_cond_broadcast(&l->cv_work);
+    pthread_mutex_unlock(&l->mu);
+    for (int i = 0; i < l->nthr; i++) pthread_join(l->thr[i], NULL);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->cv_work);
+    pthread_cond_destroy(&l->cv_done);
+    for (int i = 0; i < l->nslots; i++) {
+        Slot *s = &l->slots[i];
+        for (int k = 0; k < l->spec.batch_size; k++) {
+            free(s->smp[k].ids);
+            free(s->smp[k].mask);
+        }
+        free(s->smp);
+        free(s->pix);
+        free(s->ids);
+        free(s->targets);
+        free(s->pos);
+        free(s->seg);
+        free(s->img_row);
+        free(s->img_start);
+        free(s->scratch);
+    }
+    free(l->slots);
+    free(l->q);
+    free(l->thr);
+    free(l->perm);
+    free(l->warned);
+    shards_close(l->sh);
+    free(l);
+}
+
+int64_t loader_samples(const Loader *l) { return l->N; }
+int64_t loader_samples_per_rank(const Loader *l) { return l->per_rank; }
+
+int64_t loader_next(Loader *l, LoaderBatch *b) {
+    if (l->held >= 0) {
+        pthread_mutex_lock(&l->mu);
+        l->slots[l->held].state = SLOT_FREE;
+        pthread_mutex_unlock(&l->mu);
+        l->held = -1;
+        plan_next(l);
+    }
+    int si = (int)(l->next_seq % l->nslots);
+    Slot *s = &l->slots[si];
+    pthread_mutex_lock(&l->mu);
+    while (s->state != SLOT_READY) pthread_cond_wait(&l->cv_done, &l->mu);
+    s->state = SLOT_HELD;
+    pthread_mutex_unlock(&l->mu);
+    CHECK(s->seq == l->next_seq, "loader slot holds batch %lld, want %lld", (long long)s->seq, (long long)l->next_seq);
+    l->held = si;
+    l->next_seq++;
+    l->tell = s->end;
+    *b = s->b;
+    return s->epoch;
+}
+
+LoaderPos loader_tell(const Loader *l) { return l->tell; }
+
+void loader_seek(Loader *l, LoaderPos pos) {
+    if (pos.epoch < 0 || pos.index < 0 || pos.index > l->per_rank)
+        fatal("loader: cannot seek to epoch %" PRId64 " index %" PRId64 ": this rank has %" PRId64
+              " samples per epoch (was the data or the number of ranks changed?)",
+              pos.epoch, pos.index, l->per_rank);
+    if (pos.index == l->per_rank) pos = (LoaderPos){pos.epoch + 1, 0};
+    drain(l);
+    start_at(l, pos);
+}

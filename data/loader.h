@@ -1,0 +1,58 @@
+// loader.h: training batches from prepared shards: seeded shuffling per epoch, a disjoint slice
+// per rank, padding to the longest sample (or packing several samples per row, attention kept
+// inside each), the image slot expanded to the model's length, images decoded and preprocessed
+// by a pool of threads ahead of the step, and an exact position to save and restore.
+#pragma once
+#include <stdint.h>
+
+typedef struct {
+    const char *shard_dir;  // written by ./prepare (data/prepare.h)
+    int batch_size;         // samples per micro-batch (rows when not packing)
+    int max_seq_len;        // tokens per row after expanding the image slot
+    int image_tokens;       // slot length per image (the connector's output tokens)
+    int image_size;         // S of the (3, S, S) model input
+    float mean[3], std[3];  // the vision model's normalisation (preprocessor_config.json)
+    int pad_to_square;      // LLaVA's image_aspect_ratio = pad
+    uint64_t seed;          // shuffling: the permutation of epoch e depends on (seed, e) only
+    int rank, world;        // this process takes every world-th sample of the permutation
+    int packing;            // 1: fill rows up to max_seq_len with several samples
+    int threads;            // image decoding threads (>= 1)
+    int prefetch;           // micro-batches prepared ahead (>= 1)
+    int shuffle;            // 0 for validation sets: file order
+} LoaderSpec;
+
+// One micro-batch, in the layout model/vlm.h's VlmBatch takes. Arrays stay valid until the
+// next loader_next (or loader_seek / loader_close) call. Padding: id 0, target -1, positions
+// continuing those of the row's last sample, seg -1. B is 0 (and T 0) in the rare micro-batch
+// whose every sample was dropped: a step with nothing to learn, kept so that ranks stay in step.
+typedef struct {
+    int B, T;
+    int *ids;      // (B, T)
+    int *targets;  // (B, T): the next token where it carries loss, else -1
+    int *pos;      // (B, T) position ids (restart at 0 for each packed sample)
+    int *seg;      // (B, T) sample index within the row; NULL unless packing
+    int n_img;
+    float *pixels;                // (n_img, 3, S, S)
+    int *img_row, *img_start;     // (n_img)
+    int n_samples;                // samples in this micro-batch
+    int n_labelled;               // positions with targets >= 0
+    int n_skipped;                // samples dropped while building it (bad image: counted, warned)
+} LoaderBatch;
+
+// where the next micro-batch starts: saved in checkpoints, restored by loader_seek
+typedef struct {
+    int64_t epoch;
+    int64_t index;  // position in this rank's slice of the epoch's permutation
+} LoaderPos;
+
+typedef struct Loader Loader;
+
+Loader *loader_open(const LoaderSpec *spec);  // fatal() naming the shard dir when unusable
+void loader_close(Loader *l);
+int64_t loader_samples(const Loader *l);           // samples in the whole dataset
+int64_t loader_samples_per_rank(const Loader *l);  // samples of one epoch this rank sees
+// Fills *b with the next micro-batch; at the end of an epoch it moves on to the next one.
+// Returns the epoch the batch belongs to.
+int64_t loader_next(Loader *l, LoaderBatch *b);
+LoaderPos loader_tell(const Loader *l);  // the position of the batch loader_next returns next
+void loader_seek(Loader *l, LoaderPos pos);

@@ -1,0 +1,696 @@
+// prepare.c: LLaVA JSON / JSONL -> shard directory (see prepare.h).
+//
+// The main thread reads and parses samples (so a malformed file stops with its byte offset at
+// once), hands them to the workers in chunks, and writes the finished chunks strictly in input
+// order; workers template and tokenise, read and check the image, cut to length and compress.
+#include "data/prepare.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/json.h"
+#include "common/util.h"
+#include "data/image.h"
+#include "data/llava_json.h"
+#include "data/shards.h"
+#include "data/template.h"
+#include "data/tokenizer.h"
+
+#define CHUNK 16                        // samples per work item
+#define MAX_IMAGE_FILE (64ll << 20)     // bigger image files are skipped as too large
+#define MAX_WARNINGS 20                 // per-sample skip warnings printed before going quiet
+
+static const char *skip_names[PREPARE_SKIP_COUNT] = {
+    "malformed_line", "not_object", "bad_conversations", "bad_image_field", "no_gpt_turn", "bad_role",
+    "bad_order", "multiple_images", "retokenize_mismatch", "missing_special_token", "empty",
+    "image_without_placeholder", "placeholder_without_image", "image_missing", "image_unreadable",
+    "image_corrupt", "image_unsupported", "image_too_large", "overlong",
+};
+
+const char *prepare_skip_name(int r) { return r >= 0 && r < PREPARE_SKIP_COUNT ? skip_names[r] : "?"; }
+
+void prepare_spec_defaults(PrepareSpec *s) {
+    memset(s, 0, sizeof *s);
+    s->max_seq_len = 2048;
+    s->image_tokens = 144;
+    s->level = 3;
+}
+
+// ---------------------------------------------------------------- removing unfinished output
+
+static char g_tmp_dir[PATH_MAX];  // the unfinished output of the running prepare, removed at exit
+static int g_atexit;
+
+// removes a directory that holds only prepare's own files; 0 when it is gone
+static int remove_prepared(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? 0 : -1;
+    struct dirent *e;
+    char p[PATH_MAX + 64];
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        size_t len = strlen(n);
+        int ours = !strcmp(n, "meta.json") || !strcmp(n, "index.bin") ||
+                   (!strncmp(n, "shard-", 6) && len > 4 && !strcmp(n + len - 4, ".zst"));
+        if (!ours) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, n);
+        unlink(p);
+    }
+    closedir(d);
+    return rmdir(dir);
+}
+
+static void cleanup_at_exit(void) {
+    if (g_tmp_dir[0]) {
+        remove_prepared(g_tmp_dir);
+        g_tmp_dir[0] = 0;
+    }
+}
+
+// removes "<out>.tmp-<pid>" directories left by prepare runs that were killed
+static void remove_stale_tmp(const char *out) {
+    char parent[PATH_MAX], base[PATH_MAX];
+    const char *slash = strrchr(out, '/');
+    if (slash) {
+        snprintf(parent, sizeof parent, "%.*s", (int)(slash - out), out);
+        if (!parent[0]) strcpy(parent, "/");
+        snprintf(base, sizeof base, "%s", slash + 1);
+    } else {
+        strcpy(parent, ".");
+        snprintf(base, sizeof base, "%s", out);
+    }
+    DIR *d = opendir(parent);
+    if (!d) return;
+    size_t bl = strlen(base);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, base, bl) != 0 || strncmp(e->d_name + bl, ".tmp-", 5) != 0) continue;
+        char *endp;
+        long pid = strtol(e->d_name + bl + 5, &endp, 10);
+        if (*endp || pid <= 0 || pid == getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;  // that run is still alive
+        char p[PATH_MAX * 2];
+        snprintf(p, sizeof p, "%s/%s", parent, e->d_name);
+        remove_prepared(p);
+    }
+    closedir(d);
+}
+
+// ---------------------------------------------------------------- settings
+
+int prepare_eos_id(const char *llm_dir, const Tokenizer *tok) {
+    const char *files[2] = {"config.json", "generation_config.json"};
+    for (int i = 0; i < 2; i++) {
+        char p[PATH_MAX];
+        path_join(p, sizeof p, llm_dir, files[i]);
+        if (!file_exists(p)) continue;
+        cJSON *c = json_load_file(p);
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(c, "eos_token_id");
+        if (cJSON_IsArray(e)) e = cJSON_GetArrayItem(e, 0);
+        int id = -1;
+        if (cJSON_IsNumber(e)) {
+            if (e->valuedouble < 0 || e->valuedouble != (int)e->valuedouble)
+                fatal("%s: eos_token_id must be a non-negative integer", p);
+            id = (int)e->valuedouble;
+        } else if (e && !cJSON_IsNull(e)) {
+            fatal("%s: eos_token_id must be an integer or a list of integers", p);
+        }
+        cJSON_Delete(c);
+        if (id >= 0) return id;
+    }
+    return tok ? tokenizer_token_id(tok, "<|endoftext|>") : -1;
+}
+
+typedef struct {
+    char data_real[PATH_MAX];
+    int64_t data_size, mtime_s, mtime_ns;
+    char image_real[PATH_MAX];  // "" when no folder
+    char tok_path[PATH_MAX];
+    uint64_t tok_hash;
+} Inputs;
+
+static void resolve_inputs(const PrepareSpec *s, Inputs *in) {
+    memset(in, 0, sizeof *in);
+    struct stat st;
+    if (stat(s->data, &st) != 0) fatal("%s: cannot open data file: %s", s->data, strerror(errno));
+    if (!S_ISREG(st.st_mode)) fatal("%s: not a regular file", s->data);
+    if (!realpath(s->data, in->data_real)) fatal("%s: %s", s->data, strerror(errno));
+    in->data_size = st.st_size;
+    in->mtime_s = st.st_mtim.tv_sec;
+    in->mtime_ns = st.st_mtim.tv_nsec;
+    if (s->image_folder) {
+        if (!dir_exists(s->image_folder)) fatal("%s: image folder not found", s->image_folder);
+        if (!realpath(s->image_folder, in->image_real)) fatal("%s: %s", s->image_folder, strerror(errno));
+    }
+    if (!dir_exists(s->llm_dir)) fatal("%s: LLM directory not found", s->llm_dir);
+    char tp[PATH_MAX];
+    path_join(tp, sizeof tp, s->llm_dir, "tokenizer.json");
+    if (!shards_hash_file(tp, &in->tok_hash) || !realpath(tp, in->tok_path))
+        fatal("%s: cannot read: %s (the LLM directory needs its tokenizer.json)", tp, strerror(errno));
+}
+
+static void check_spec(const PrepareSpec *s) {
+    if (!s->data) fatal("prepare: no data file given (--data FILE.json|FILE.jsonl)");
+    if (!s->llm_dir) fatal("prepare: no LLM directory given (--llm DIR with tokenizer.json)");
+    if (!s->template_name) fatal("prepare: no template given (--template plain|chatml|hyperclovax|vicuna_v1)");
+    if (!s->out_dir || !s->out_dir[0]) fatal("prepare: no output directory given (--out DIR)");
+    if (s->image_tokens < 1 || s->image_tokens > 65536)
+        fatal("prepare: image_tokens must be in 1..65536, got %d", s->image_tokens);
+    if (s->max_seq_len < 2 || s->max_seq_len > SHARDS_MAX_TOKENS)
+        fatal("prepare: max_seq_len must be in 2..%d, got %d", SHARDS_MAX_TOKENS, s->max_seq_len);
+    if (s->threads < 0 || s->threads > 1024) fatal("prepare: threads must be in 0..1024, got %d", s->threads);
+    if (s->level < 0 || s->level > 19) fatal("prepare: zstd level must be in 1..19, got %d", s->level);
+    size_t n = strlen(s->out_dir);
+    if (n + 32 >= PATH_MAX) fatal("%s: output path too long", s->out_dir);
+}
+
+// ---------------------------------------------------------------- per-sample work
+
+typedef struct {
+    int skip;  // -1: written; else PREPARE_SKIP_*
+    char why[512];
+    uint8_t *frame;
+    size_t frame_len;
+    ShardEntry e;
+    int64_t image_bytes;
+    int truncated;
+    int64_t index, line;  // of the sample in the data file (for warnings)
+} Result;
+
+typedef struct Chunk {
+    LlavaSample s[CHUNK];
+    Result r[CHUNK];
+    int n;
+    int done;
+    struct Chunk *next;  // submission order
+} Chunk;
+
+typedef struct {
+    const PrepareSpec *spec;
+    const Template *tmpl;
+    const char *image_folder;  // may be NULL
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    Chunk *head, *tail;  // queue of chunks in submission order
+    Chunk *next_todo;    // first chunk no worker has taken yet
+    int stop;
+} Pool;
+
+static int count_placeholders(const LlavaSample *s) {
+    int n = 0;
+    for (int t = 0; t < s->n_turns; t++)
+        for (const char *p = s->turns[t].text; (p = strstr(p, "<image>")); p += 7) n++;
+    return n;
+}
+
+static int template_reason(int code) {
+    switch (code) {
+    case TEMPLATE_ERR_NO_GPT: return PREPARE_SKIP_NO_GPT;
+    case TEMPLATE_ERR_BAD_ROLE: return PREPARE_SKIP_BAD_ROLE;
+    case TEMPLATE_ERR_ORDER: return PREPARE_SKIP_BAD_ORDER;
+    case TEMPLATE_ERR_IMAGES: return PREPARE_SKIP_MULTIPLE_IMAGES;
+    case TEMPLATE_ERR_RETOKENIZE: return PREPARE_SKIP_RETOKENIZE;
+    case TEMPLATE_ERR_SPECIAL: return PREPARE_SKIP_SPECIAL;
+    default: return PREPARE_SKIP_EMPTY;
+    }
+}
+
+static int image_reason(int code) {
+    switch (code) {
+    case IMAGE_ERR_TOO_LARGE:
+    case IMAGE_ERR_NOMEM: return PREPARE_SKIP_IMAGE_TOO_LARGE;
+    case IMAGE_ERR_UNSUPPORTED: return PREPARE_SKIP_IMAGE_UNSUPPORTED;
+    default: return PREPARE_SKIP_IMAGE_CORRUPT;
+    }
+}
+
+#define SKIP(reason, ...) do { r->skip = (reason); snprintf(r->why, sizeof r->why, __VA_ARGS__); goto out; } while (0)
+
+static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
+    const PrepareSpec *spec = p->spec;
+    int *ids = NULL;
+    uint8_t *mask = NULL, *img = NULL;
+    memset(r, 0, sizeof *r);
+    r->skip = -1;
+    r->index = s->index;
+    r->line = s->line;
+    if (s->skip) {
+        static const int map[] = {0, PREPARE_SKIP_MALFORMED_LINE, PREPARE_SKIP_NOT_OBJECT, PREPARE_SKIP_BAD_CONVERSATIONS,
+                                  PREPARE_SKIP_BAD_IMAGE_FIELD};
+        SKIP(map[s->skip], "%s", s->why);
+    }
+    int nph = count_placeholders(s);
+    if (s->image && nph == 0) SKIP(PREPARE_SKIP_IMAGE_NO_PLACEHOLDER, "has image \"%s\" but no <image> in its text", s->image);
+    if (!s->image && nph > 0) SKIP(PREPARE_SKIP_PLACEHOLDER_NO_IMAGE, "has <image> in its text but no \"image\"");
+    int image_pos = -1;
+    char err[200];
+    int n = template_encode(p->tmpl, s->turns, s->n_turns, &ids, &mask, &image_pos, err, sizeof err);
+    if (n < 0) {
+        ids = NULL, mask = NULL;
+        SKIP(template_reason(n), "%s", err);
+    }
+    size_t img_len = 0;
+    if (s->image) {
+        if (image_pos < 0) SKIP(PREPARE_SKIP_IMAGE_NO_PLACEHOLDER, "the template placed no image slot");
+        if (!p->image_folder)
+            fatal("%s: sample %" PRId64 " (line %" PRId64 ") has an image but no image folder was given (--image-folder DIR)",
+                  spec->data, s->index, s->line);
+        char path[PATH_MAX];
+        // as os.path.join: an absolute image path is taken as it is
+        if ((size_t)(s->image[0] == '/' ? snprintf(path, sizeof path, "%s", s->image)
+                                        : snprintf(path, sizeof path, "%s/%s", p->image_folder, s->image)) >= sizeof path)
+            SKIP(PREPARE_SKIP_IMAGE_MISSING, "image path too long: %s", s->image);
+        struct stat st;
+        if (stat(path, &st) != 0) {
+            if (errno == ENOENT || errno == ENOTDIR) SKIP(PREPARE_SKIP_IMAGE_MISSING, "image %.200s not found", path);
+            SKIP(PREPARE_SKIP_IMAGE_UNREADABLE, "image %.200s: %s", path, strerror(errno));
+        }
+        if (!S_ISREG(st.st_mode)) SKIP(PREPARE_SKIP_IMAGE_UNREADABLE, "image %.200s is not a regular file", path);
+        if (st.st_size > MAX_IMAGE_FILE)
+            SKIP(PREPARE_SKIP_IMAGE_TOO_LARGE, "image %.200s has %lld bytes (limit %lld)", path, (long long)st.st_size, MAX_IMAGE_FILE);
+        img = (uint8_t *)file_read_all(path, &img_len);
+        if (!img) SKIP(PREPARE_SKIP_IMAGE_UNREADABLE, "image %.200s: %s", path, strerror(errno));
+        Image im;
+        char ierr[200];
+        int rc = image_decode(img, img_len, &im, ierr, sizeof ierr);
+        if (rc != 0) SKIP(image_reason(rc), "image %.200s: %s", path, ierr);
+        image_free(&im);
+    }
+    int slot = s->image ? spec->image_tokens : 0;
+    if (n + slot > spec->max_seq_len) {
+        if (spec->overlong_skip)
+            SKIP(PREPARE_SKIP_OVERLONG, "%d tokens%s over max_seq_len %d", n + slot, slot ? " with the image slot" : "",
+                 spec->max_seq_len);
+        int keep = spec->max_seq_len - slot;
+        if (keep < 1 || (image_pos >= 0 && keep < image_pos))
+            SKIP(PREPARE_SKIP_OVERLONG, "%d tokens: the image slot does not fit in max_seq_len %d", n + slot, spec->max_seq_len);
+        n = keep;
+        r->truncated = 1;
+    }
+    int labelled = 0;
+    for (int i = 0; i < n; i++)
+        if (mask[i] && (i > 0 || image_pos == 0)) labelled++;
+    if (labelled == 0) {
+        if (r->truncated) SKIP(PREPARE_SKIP_OVERLONG, "no labelled token left after cutting to max_seq_len %d", spec->max_seq_len);
+        SKIP(PREPARE_SKIP_EMPTY, "no token carries loss");
+    }
+    ShardRecord rec = {
+        .n_tokens = n, .image_pos = image_pos, .ids = (const int32_t *)ids, .mask = mask,
+        .id = s->id, .id_len = (uint32_t)strlen(s->id),
+        .image_name = s->image, .image_name_len = s->image ? (uint32_t)strlen(s->image) : 0,
+        .image = img, .image_len = (uint32_t)img_len,
+    };
+    size_t raw_len;
+    uint8_t *raw = shards_record_pack(&rec, &raw_len);
+    r->frame = shards_compress(cctx, raw, raw_len, &r->frame_len);
+    free(raw);
+    r->e.flags = s->image ? SHARDS_FLAG_IMAGE : 0;
+    r->e.n_tokens = (uint32_t)n;
+    r->e.n_labelled = (uint32_t)labelled;
+    r->e.image_pos = image_pos;
+    r->image_bytes = (int64_t)img_len;
+out:
+    free(ids);
+    free(mask);
+    free(img);
+}
+
+static void *worker(void *arg) {
+    Pool *p = arg;
+    void *cctx = shards_cctx_new(p->spec->level ? p->spec->level : 3);
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->stop && !p->next_todo) pthread_cond_wait(&p->cv_work, &p->mu);
+        if (!p->next_todo) break;
+        Chunk *c = p->next_todo;
+        p->next_todo = c->next;
+        pthread_mutex_unlock(&p->mu);
+        for (int i = 0; i < c->n; i++) {
+            process(p, cctx, &c->s[i], &c->r[i]);
+            llava_sample_free(&c->s[i]);
+        }
+        pthread_mutex_lock(&p->mu);
+        c->done = 1;
+        pthread_cond_broadcast(&p->cv_done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    shards_cctx_free(cctx);
+    return NULL;
+}
+
+// ---------------------------------------------------------------- progress
+
+typedef struct {
+    int quiet, tty, printed;
+    double t0, last;
+    int64_t total;  // samples in a JSONL file, else -1
+} Progress;
+
+static void fmt_eta(char *b, size_t cap, double s) {
+    if (!(s >= 0) || s > 1e7) { snprintf(b, cap, "?"); return; }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(b, cap, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(b, cap, "%ld:%02ld", t / 60, t % 60);
+}
+
+static void progress(Progress *pg, const LlavaReader *rd, int64_t done, int final) {
+    if (pg->quiet) return;
+    double now = time_now();
+    if (!final && now - pg->last < (pg->tty ? 0.25 : 5.0)) return;
+    if (final && !pg->printed) return;
+    pg->last = now;
+    double el = now - pg->t0, rate = el > 0 ? done / el : 0;
+    double frac;
+    char count[64], eta[32];
+    if (pg->total >= 0) {
+        frac = pg->total ? (double)done / pg->total : 1;
+        snprintf(count, sizeof count, "%" PRId64 "/%" PRId64 " samples", done, pg->total);
+    } else {
+        int64_t fs = llava_file_size(rd);
+        frac = fs ? (double)llava_bytes_read(rd) / fs : 1;
+        snprintf(count, sizeof count, "%" PRId64 " samples", done);
+    }
+    fmt_eta(eta, sizeof eta, frac > 0 ? el * (1 - frac) / frac : -1);
+    fprintf(stderr, "%sprepare: %s (%.1f%%), %.0f samples/s, ETA %s%s", pg->tty ? "\r" : "", count, 100 * frac, rate, eta,
+            pg->tty ? "\033[K" : "\n");
+    if (final && pg->tty) fputc('\n', stderr);
+    fflush(stderr);
+    pg->printed = 1;
+}
+
+// ---------------------------------------------------------------- meta.json
+
+static void add_num(cJSON *o, const char *k, double v) { cJSON_AddItemToObject(o, k, cJSON_CreateNumber(v)); }
+
+static char *meta_text(const PrepareSpec *spec, const Inputs *in, const char *tmpl_name, int jsonl,
+                       const PrepareSummary *s, uint64_t index_hash) {
+    cJSON *m = cJSON_CreateObject();
+    char hex[24];
+    cJSON_AddStringToObject(m, "format", "svlm-shards");
+    add_num(m, "version", SHARDS_VERSION);
+    add_num(m, "samples", (double)s->samples);
+    add_num(m, "shards", s->shards);
+    add_num(m, "tokens", (double)s->tokens);
+    add_num(m, "labelled_tokens", (double)s->labelled);
+    add_num(m, "images", (double)s->images);
+    add_num(m, "image_bytes", (double)s->image_bytes);
+    add_num(m, "compressed_bytes", (double)s->shard_bytes);
+    add_num(m, "truncated", (double)s->truncated);
+    cJSON *src = cJSON_AddObjectToObject(m, "source");
+    cJSON_AddStringToObject(src, "path", in->data_real);
+    cJSON_AddStringToObject(src, "format", jsonl ? "jsonl" : "json");
+    add_num(src, "size", (double)in->data_size);
+    add_num(src, "mtime_s", (double)in->mtime_s);
+    add_num(src, "mtime_ns", (double)in->mtime_ns);
+    add_num(src, "samples_read", (double)s->samples_read);
+    if (in->image_real[0]) cJSON_AddStringToObject(m, "image_folder", in->image_real);
+    else cJSON_AddNullToObject(m, "image_folder");
+    cJSON *tk = cJSON_AddObjectToObject(m, "tokenizer");
+    cJSON_AddStringToObject(tk, "path", in->tok_path);
+    snprintf(hex, sizeof hex, "%016" PRIx64, in->tok_hash);
+    cJSON_AddStringToObject(tk, "fnv1a64", hex);
+    cJSON_AddStringToObject(m, "template", tmpl_name);
+    if (spec->system) cJSON_AddStringToObject(m, "system", spec->system);
+    else cJSON_AddNullToObject(m, "system");
+    add_num(m, "eos_id", s->eos_id);
+    add_num(m, "max_seq_len", spec->max_seq_len);
+    add_num(m, "image_tokens", spec->image_tokens);
+    cJSON_AddStringToObject(m, "overlong", spec->overlong_skip ? "skip" : "truncate");
+    cJSON *sk = cJSON_AddObjectToObject(m, "skipped");
+    for (int i = 0; i < PREPARE_SKIP_COUNT; i++) add_num(sk, skip_names[i], (double)s->skipped[i]);
+    add_num(m, "skipped_total", (double)s->skipped_total);
+    snprintf(hex, sizeof hex, "%016" PRIx64, index_hash);
+    cJSON_AddStringToObject(m, "index_fnv1a64", hex);
+    char *t = cJSON_Print(m);
+    cJSON_Delete(m);
+    return t;
+}
+
+static void write_file_or_die(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (!f) fatal("%s: cannot create: %s; the unfinished output is removed", path, strerror(errno));
+    size_t n = strlen(text);
+    if (fwrite(text, 1, n, f) != n || fputc('\n', f) == EOF || fflush(f) != 0 || fsync(fileno(f)) != 0) {
+        int e = errno;
+        fclose(f);
+        fatal("%s: write failed: %s; the unfinished output is removed", path, strerror(e ? e : EIO));
+    }
+    if (fclose(f) != 0) fatal("%s: write failed: %s; the unfinished output is removed", path, strerror(errno));
+}
+
+// ---------------------------------------------------------------- the run
+
+static int looks_prepared_or_empty(const char *dir) {
+    char p[PATH_MAX + 16];
+    snprintf(p, sizeof p, "%s/meta.json", dir);
+    if (file_exists(p)) return 1;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int empty = 1;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
+    closedir(d);
+    return empty;
+}
+
+void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
+    PrepareSpec spec = *spec_in;
+    if (!spec.level) spec.level = 3;
+    check_spec(&spec);
+    char out_dir[PATH_MAX];  // without trailing slashes, so that "<out>.tmp-PID" is a sibling
+    snprintf(out_dir, sizeof out_dir, "%s", spec.out_dir);
+    for (size_t n = strlen(out_dir); n > 1 && out_dir[n - 1] == '/'; n--) out_dir[n - 1] = 0;
+    spec.out_dir = out_dir;
+    double t0 = time_now();
+    TemplateKind kind = template_parse(spec.template_name);
+    Inputs in;
+    resolve_inputs(&spec, &in);
+    if (file_exists(spec.out_dir)) fatal("%s: exists and is a file, not a directory", spec.out_dir);
+    if (dir_exists(spec.out_dir) && !looks_prepared_or_empty(spec.out_dir))
+        fatal("%s: exists and is not a prepared data directory; choose another --out", spec.out_dir);
+
+    Tokenizer *tok = tokenizer_load(in.tok_path);
+    PrepareSummary S;
+    memset(&S, 0, sizeof S);
+    S.eos_id = prepare_eos_id(spec.llm_dir, tok);
+    Template *tmpl = template_new(kind, tok, spec.system, S.eos_id);
+
+    LlavaReader *rd = llava_open(spec.data);
+    int jsonl = llava_is_jsonl(rd);
+    remove_stale_tmp(spec.out_dir);
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%d", spec.out_dir, (int)getpid());
+    remove_prepared(tmp);
+    if (mkdir(tmp, 0755) != 0) fatal("%s: cannot create: %s", tmp, strerror(errno));
+    snprintf(g_tmp_dir, sizeof g_tmp_dir, "%s", tmp);
+    if (!g_atexit) {
+        atexit(cleanup_at_exit);
+        g_atexit = 1;
+    }
+    ShardWriter *w = shard_writer_open(tmp, spec.shard_bytes);
+
+    int nthreads = spec.threads;
+    if (nthreads <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        nthreads = c > 0 ? (int)c : 1;
+    }
+    Pool pool = {.spec = &spec, .tmpl = tmpl, .image_folder = in.image_real[0] ? in.image_real : NULL};
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv_work, NULL);
+    pthread_cond_init(&pool.cv_done, NULL);
+    pthread_t *th = xmalloc((size_t)nthreads * sizeof *th);
+    for (int i = 0; i < nthreads; i++)
+        if (pthread_create(&th[i], NULL, worker, &pool) != 0) fatal("prepare: cannot start a worker thread");
+
+    Progress pg = {.quiet = spec.quiet, .tty = isatty(2), .t0 = t0, .last = t0,
+                   .total = jsonl ? llava_count_samples(spec.data) : -1};
+    int max_inflight = 3 * nthreads + 2, inflight = 0, eof = 0, warned = 0;
+    int64_t done = 0;
+    for (;;) {
+        while (!eof && inflight < max_inflight) {
+            Chunk *c = xcalloc(1, sizeof *c);
+            while (c->n < CHUNK && llava_next(rd, &c->s[c->n])) c->n++;
+            if (c->n < CHUNK) eof = 1;
+            if (c->n == 0) { free(c); break; }
+            S.samples_read += c->n;
+            pthread_mutex_lock(&pool.mu);
+            if (pool.tail) pool.tail->next = c;
+            else pool.head = c;
+            pool.tail = c;
+            if (!pool.next_todo) pool.next_todo = c;
+            pthread_cond_signal(&pool.cv_work);
+            pthread_mutex_unlock(&pool.mu);
+            inflight++;
+        }
+        if (inflight == 0) break;
+        pthread_mutex_lock(&pool.mu);
+        Chunk *c = pool.head;
+        while (!c->done) pthread_cond_wait(&pool.cv_done, &pool.mu);
+        pool.head = c->next;
+        if (!pool.head) pool.tail = NULL;
+        pthread_mutex_unlock(&pool.mu);
+        inflight--;
+        for (int i = 0; i < c->n; i++) {
+            Result *r = &c->r[i];
+            if (r->skip >= 0) {
+                S.skipped[r->skip]++;
+                S.skipped_total++;
+                if (!spec.quiet && warned < MAX_WARNINGS) {
+                    warn("%s: sample %" PRId64 " (line %" PRId64 ") skipped (%s): %s%s", spec.data, r->index, r->line,
+                         skip_names[r->skip], r->why,
+                         ++warned == MAX_WARNINGS ? " [further skips are counted, not shown]" : "");
+                }
+                continue;
+            }
+            shard_writer_add(w, r->frame, r->frame_len, &r->e);
+            free(r->frame);
+            S.samples++;
+            S.tokens += r->e.n_tokens;
+            S.labelled += r->e.n_labelled;
+            S.images += (r->e.flags & SHARDS_FLAG_IMAGE) != 0;
+            S.image_bytes += r->image_bytes;
+            S.truncated += r->truncated;
+        }
+        done += c->n;
+        free(c);
+        progress(&pg, rd, done, 0);
+    }
+    progress(&pg, rd, done, 1);
+    pthread_mutex_lock(&pool.mu);
+    pool.stop = 1;
+    pthread_cond_broadcast(&pool.cv_work);
+    pthread_mutex_unlock(&pool.mu);
+    for (int i = 0; i < nthreads; i++) pthread_join(th[i], NULL);
+    free(th);
+    pthread_mutex_destroy(&pool.mu);
+    pthread_cond_destroy(&pool.cv_work);
+    pthread_cond_destroy(&pool.cv_done);
+    llava_close(rd);
+
+    if (S.samples == 0)
+        fatal("%s: no usable sample (%" PRId64 " read, %" PRId64 " skipped): nothing written", spec.data, S.samples_read,
+              S.skipped_total);
+    S.shard_bytes = shard_writer_bytes(w);
+    uint64_t ih;
+    S.shards = (int)shard_writer_finish(w, &ih);
+    char *meta = meta_text(&spec, &in, template_name(kind), jsonl, &S, ih);
+    char mp[PATH_MAX + 16];
+    snprintf(mp, sizeof mp, "%s/meta.json", tmp);
+    write_file_or_die(mp, meta);
+    free(meta);
+
+    // into place: an old prepared directory is moved aside first, then removed
+    if (dir_exists(spec.out_dir)) {
+        char old[PATH_MAX + 32];
+        snprintf(old, sizeof old, "%s.old-%d", spec.out_dir, (int)getpid());
+        if (rename(spec.out_dir, old) != 0) fatal("%s: cannot replace: %s", spec.out_dir, strerror(errno));
+        if (rename(tmp, spec.out_dir) != 0) {
+            int e = errno;
+            rename(old, spec.out_dir);
+            fatal("%s: cannot rename %s into place: %s", spec.out_dir, tmp, strerror(e));
+        }
+        if (remove_prepared(old) != 0) warn("%s: could not remove the previous output", old);
+    } else if (rename(tmp, spec.out_dir) != 0) {
+        fatal("%s: cannot rename %s into place: %s", spec.out_dir, tmp, strerror(errno));
+    }
+    g_tmp_dir[0] = 0;
+    template_free(tmpl);
+    tokenizer_free(tok);
+    S.seconds = time_now() - t0;
+    *out = S;
+}
+
+static void human_bytes(char *b, size_t cap, double n) {
+    const char *u[] = {"B", "KB", "MB", "GB", "TB"};
+    int i = 0;
+    while (n >= 1000 && i < 4) n /= 1000, i++;
+    snprintf(b, cap, i ? "%.1f %s" : "%.0f %s", n, u[i]);
+}
+
+void prepare_print_summary(const PrepareSpec *spec, const PrepareSummary *s, FILE *f) {
+    char b1[32], b2[32];
+    human_bytes(b1, sizeof b1, (double)s->shard_bytes);
+    human_bytes(b2, sizeof b2, (double)s->image_bytes);
+    fprintf(f, "prepare: wrote %" PRId64 " of %" PRId64 " samples to %s (%d shard%s, %s)\n", s->samples, s->samples_read,
+            spec->out_dir, s->shards, s->shards == 1 ? "" : "s", b1);
+    fprintf(f, "  tokens: %" PRId64 " (labelled %" PRId64 "), truncated samples: %" PRId64 "\n", s->tokens, s->labelled,
+            s->truncated);
+    fprintf(f, "  images: %" PRId64 " (%s of image data)\n", s->images, b2);
+    fprintf(f, "  skipped: %" PRId64, s->skipped_total);
+    int first = 1;
+    for (int i = 0; i < PREPARE_SKIP_COUNT; i++)
+        if (s->skipped[i]) {
+            fprintf(f, "%s%s %" PRId64, first ? " (" : ", ", skip_names[i], s->skipped[i]);
+            first = 0;
+        }
+    fprintf(f, "%s\n", first ? "" : ")");
+    fprintf(f, "  elapsed: %.2f s (%.0f samples/s)\n", s->seconds, s->seconds > 0 ? s->samples_read / s->seconds : 0.0);
+}
+
+// ---------------------------------------------------------------- reuse
+
+#define NOT_CURRENT(...) do { if (why) snprintf(why, whylen, __VA_ARGS__); cJSON_Delete(m); return 0; } while (0)
+
+int prepare_is_current(const char *out_dir, const PrepareSpec *spec, char *why, size_t whylen) {
+    cJSON *m = NULL;
+    char p[PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/meta.json", out_dir);
+    size_t len;
+    char *text = file_read_all(p, &len);
+    if (!text) NOT_CURRENT("%s: no meta.json", out_dir);
+    char err[512];
+    m = json_parse(text, len, p, err, sizeof err);
+    free(text);
+    if (!m) NOT_CURRENT("%s", err);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, "version");
+    if (!cJSON_IsNumber(v) || v->valueint != SHARDS_VERSION) NOT_CURRENT("%s: another shard format version", p);
+    Inputs in;
+    resolve_inputs(spec, &in);
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(m, "source");
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(src, "path");
+    if (!cJSON_IsString(sp) || strcmp(sp->valuestring, in.data_real)) NOT_CURRENT("made from another data file");
+#define NUM(o, k) (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(o, k)) ? cJSON_GetObjectItemCaseSensitive(o, k)->valuedouble : -1.0)
+    if (NUM(src, "size") != (double)in.data_size || NUM(src, "mtime_s") != (double)in.mtime_s ||
+        NUM(src, "mtime_ns") != (double)in.mtime_ns)
+        NOT_CURRENT("%s changed since it was prepared (size or modification time)", spec->data);
+    const cJSON *tk = cJSON_GetObjectItemCaseSensitive(m, "tokenizer");
+    const cJSON *th = cJSON_GetObjectItemCaseSensitive(tk, "fnv1a64");
+    char hex[24];
+    snprintf(hex, sizeof hex, "%016" PRIx64, in.tok_hash);
+    if (!cJSON_IsString(th) || strcmp(th->valuestring, hex)) NOT_CURRENT("%s differs from the one prepared with", in.tok_path);
+    const cJSON *tn = cJSON_GetObjectItemCaseSensitive(m, "template");
+    if (!cJSON_IsString(tn) || strcmp(tn->valuestring, template_name(template_parse(spec->template_name))))
+        NOT_CURRENT("prepared with template %s", cJSON_IsString(tn) ? tn->valuestring : "?");
+    const cJSON *sy = cJSON_GetObjectItemCaseSensitive(m, "system");
+    if (spec->system ? !(cJSON_IsString(sy) && !strcmp(sy->valuestring, spec->system)) : !cJSON_IsNull(sy))
+        NOT_CURRENT("prepared with another system prompt");
+    if (NUM(m, "max_seq_len") != spec->max_seq_len) NOT_CURRENT("prepared with max_seq_len %g", NUM(m, "max_seq_len"));
+    if (NUM(m, "image_tokens") != spec->image_tokens) NOT_CURRENT("prepared with image_tokens %g", NUM(m, "image_tokens"));
+    const cJSON *ol = cJSON_GetObjectItemCaseSensitive(m, "overlong");
+    if (!cJSON_IsString(ol) || strcmp(ol->valuestring, spec->overlong_skip ? "skip" : "truncate"))
+        NOT_CURRENT("prepared with another --overlong mode");
+    const cJSON *imf = cJSON_GetObjectItemCaseSensitive(m, "image_folder");
+    if (in.image_real[0] ? !(cJSON_IsString(imf) && !strcmp(imf->valuestring, in.image_real)) : !cJSON_IsNull(imf))
+        NOT_CURRENT("prepared with another image folder");
+    int eos = prepare_eos_id(spec->llm_dir, NULL);
+    if (eos >= 0 && NUM(m, "eos_id") != eos) NOT_CURRENT("prepared with eos id %g", NUM(m, "eos_id"));
+    snprintf(p, sizeof p, "%s/index.bin", out_dir);
+    if (!file_exists(p)) NOT_CURRENT("%s missing", p);
+    int ns = (int)NUM(m, "shards");
+    for (int i = 0; i < ns; i++) {
+        shards_shard_name(p, sizeof p, out_dir, (uint32_t)i);
+        if (!file_exists(p)) NOT_CURRENT("%s missing", p);
+    }
+#undef NUM
+    cJSON_Delete(m);
+    return 1;
+}

@@ -1,0 +1,86 @@
+// prepare.h: converting LLaVA JSON / JSONL data (data/llava_json.h) into a directory of shards
+// (data/shards.h) that the loader reads: each sample is templated and tokenised
+// (data/template.h), its image read and checked by decoding it (data/image.h), cut to the length
+// limit, compressed and written in input order by a pool of threads. The output is byte-identical
+// whatever the thread count. ./prepare runs it; ./train calls it when its shards are not current.
+//
+// Output is written to "<out>.tmp-<pid>" and renamed to <out> when complete, so a killed run
+// never leaves a directory that looks valid; on an error (bad JSON, disk full, ...) the unfinished
+// directory is removed before the fatal() error line. An existing <out> is replaced only when it
+// is a prepared directory (or empty).
+#pragma once
+#include <stdint.h>
+#include <stdio.h>
+
+// why a sample was skipped (counted per reason in the summary and in meta.json)
+enum {
+    PREPARE_SKIP_MALFORMED_LINE,      // JSONL: a line that is not valid JSON
+    PREPARE_SKIP_NOT_OBJECT,          // an element that is not a JSON object
+    PREPARE_SKIP_BAD_CONVERSATIONS,   // conversations missing / not a list / turns of wrong types
+    PREPARE_SKIP_BAD_IMAGE_FIELD,     // "image" not a file name
+    PREPARE_SKIP_NO_GPT,              // template: no assistant turn
+    PREPARE_SKIP_BAD_ROLE,            // template: unknown role
+    PREPARE_SKIP_BAD_ORDER,           // template: turns do not alternate
+    PREPARE_SKIP_MULTIPLE_IMAGES,     // template: more than one <image>
+    PREPARE_SKIP_RETOKENIZE,          // template: per-piece ids differ from the whole text's
+    PREPARE_SKIP_SPECIAL,             // template: a special token is missing
+    PREPARE_SKIP_EMPTY,               // template: no token carries loss
+    PREPARE_SKIP_IMAGE_NO_PLACEHOLDER,  // "image" given but no <image> in the text
+    PREPARE_SKIP_PLACEHOLDER_NO_IMAGE,  // <image> in the text but no "image"
+    PREPARE_SKIP_IMAGE_MISSING,       // the image file does not exist
+    PREPARE_SKIP_IMAGE_UNREADABLE,    // exists but cannot be read (permissions, a directory...)
+    PREPARE_SKIP_IMAGE_CORRUPT,       // not a PNG/JPEG, or libpng/libjpeg rejected it, or truncated
+    PREPARE_SKIP_IMAGE_UNSUPPORTED,   // a valid image in a format svlm does not decode
+    PREPARE_SKIP_IMAGE_TOO_LARGE,     // file over 64 MB or dimensions over the decoder's limits
+    PREPARE_SKIP_OVERLONG,            // over max_seq_len: --overlong skip, or nothing labelled left after the cut
+    PREPARE_SKIP_COUNT
+};
+const char *prepare_skip_name(int reason);  // "no_gpt_turn", "image_missing", ... (meta.json keys)
+
+typedef struct {
+    const char *data;          // LLaVA .json (a list) or .jsonl (one object per line)
+    const char *image_folder;  // image names are relative to it; NULL when no sample has an image
+    const char *llm_dir;       // tokenizer.json, config.json / generation_config.json (eos id)
+    const char *template_name; // "plain", "chatml", "hyperclovax", "vicuna_v1"
+    const char *out_dir;
+    const char *system;        // NULL: the template's default system prompt
+    int max_seq_len;           // tokens per sample with the image slot expanded (default 2048)
+    int image_tokens;          // image slot length (default 144: CLIP-L/14-336 + ldp; 576 for mlp2x_gelu)
+    int threads;               // 0: one per core
+    int overlong_skip;         // 0: cut text at the end (default), 1: skip over-long samples
+    int64_t shard_bytes;       // 0: 512 MiB per shard file
+    int level;                 // zstd level, 0: 3
+    int quiet;                 // no progress line and no per-sample warnings
+} PrepareSpec;
+
+void prepare_spec_defaults(PrepareSpec *s);  // zeroes s and sets the defaults above
+
+typedef struct {
+    int64_t samples_read;  // elements / non-blank lines in the data file
+    int64_t samples;       // written
+    int64_t tokens;        // text tokens written (the image slots not counted)
+    int64_t labelled;      // positions that carry loss (slots expanded)
+    int64_t images;
+    int64_t image_bytes;   // original image file bytes stored
+    int64_t truncated;     // samples cut to max_seq_len
+    int64_t skipped[PREPARE_SKIP_COUNT];
+    int64_t skipped_total;
+    int64_t shard_bytes;   // compressed bytes written
+    int shards;
+    int eos_id;
+    double seconds;
+} PrepareSummary;
+
+// Runs the whole conversion; fatal() with one line on bad input or a failed write.
+void prepare_run(const PrepareSpec *spec, PrepareSummary *out);
+void prepare_print_summary(const PrepareSpec *spec, const PrepareSummary *s, FILE *f);
+
+// 1 when out_dir holds complete shards made from the same data file (path, size and mtime), the
+// same tokenizer.json bytes (hash), template, system prompt, eos id, max_seq_len, image_tokens,
+// --overlong mode and image folder; else 0 with the first difference in why (may be NULL).
+int prepare_is_current(const char *out_dir, const PrepareSpec *spec, char *why, size_t whylen);
+
+// The LLM's end-of-sequence id: config.json eos_token_id (first if a list), else
+// generation_config.json's, else the tokenizer's <|endoftext|> (tok may be NULL: then -1).
+struct Tokenizer;
+int prepare_eos_id(const char *llm_dir, const struct Tokenizer *tok);

@@ -1,0 +1,96 @@
+// prepare.c: ./prepare converts LLaVA JSON / JSONL data into zstd shards for ./train
+// (the work is in data/prepare.c, which ./train calls too).
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "data/prepare.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: ./prepare --data FILE.json|FILE.jsonl --image-folder DIR --llm LLM_DIR --template NAME --out DIR\n"
+            "                 [--max-seq-len N] [--image-tokens N] [--threads N] [--overlong truncate|skip]\n"
+            "                 [--system TEXT] [--shard-size BYTES[K|M|G]] [--level N] [--quiet]\n"
+            "\n"
+            "  --data FILE          LLaVA data: a JSON list of samples, or JSONL (one object per line)\n"
+            "  --image-folder DIR   image file names in the data are relative to DIR (omit for text-only data)\n"
+            "  --llm DIR            the LLM's Hugging Face directory: tokenizer.json, config.json (eos id)\n"
+            "  --template NAME      plain (stage 1), chatml (Qwen2), hyperclovax, vicuna_v1\n"
+            "  --out DIR            output directory (written to DIR.tmp-PID, renamed when complete)\n"
+            "  --max-seq-len N      tokens per sample with the image slot expanded (default 2048)\n"
+            "  --image-tokens N     image slot length: 144 for CLIP-L/14-336 + ldp (default), 576 for mlp2x_gelu\n"
+            "  --threads N          worker threads (default: one per core); the output does not depend on it\n"
+            "  --overlong MODE      truncate (default: cut text at the end) or skip samples over max-seq-len\n"
+            "  --system TEXT        system prompt (default: the template's)\n"
+            "  --shard-size N       bytes per shard file (default 512M)\n"
+            "  --level N            zstd level (default 3)\n"
+            "  --quiet              no progress line and no per-sample warnings\n");
+}
+
+static int parse_int(const char *opt, const char *v, int lo, int hi) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < lo || x > hi) fatal("%s: expected an integer in %d..%d, got \"%s\"", opt, lo, hi, v);
+    return (int)x;
+}
+
+static int64_t parse_size(const char *opt, const char *v) {
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    double mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1024, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024 * 1024, end++;
+    if (errno || *end || end == v || x * mul < 1024 || x * mul > 4e12)
+        fatal("%s: expected a size such as 512M (at least 1K), got \"%s\"", opt, v);
+    return (int64_t)(x * mul);
+}
+
+int main(int argc, char **argv) {
+    PrepareSpec s;
+    prepare_spec_defaults(&s);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--quiet")) {
+            s.quiet = 1;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0) fatal("unexpected argument \"%s\" (see ./prepare --help)", a);
+        if (i + 1 >= argc) fatal("%s needs a value (see ./prepare --help)", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--data")) s.data = v;
+        else if (!strcmp(a, "--image-folder")) s.image_folder = v;
+        else if (!strcmp(a, "--llm")) s.llm_dir = v;
+        else if (!strcmp(a, "--template")) s.template_name = v;
+        else if (!strcmp(a, "--out")) s.out_dir = v;
+        else if (!strcmp(a, "--system")) s.system = v;
+        else if (!strcmp(a, "--max-seq-len")) s.max_seq_len = parse_int(a, v, 2, 1 << 24);
+        else if (!strcmp(a, "--image-tokens")) s.image_tokens = parse_int(a, v, 1, 65536);
+        else if (!strcmp(a, "--threads")) s.threads = parse_int(a, v, 1, 1024);
+        else if (!strcmp(a, "--level")) s.level = parse_int(a, v, 1, 19);
+        else if (!strcmp(a, "--shard-size")) s.shard_bytes = parse_size(a, v);
+        else if (!strcmp(a, "--overlong")) {
+            if (!strcmp(v, "truncate")) s.overlong_skip = 0;
+            else if (!strcmp(v, "skip")) s.overlong_skip = 1;
+            else fatal("--overlong: expected truncate or skip, got \"%s\"", v);
+        } else {
+            fatal("unknown option %s (see ./prepare --help)", a);
+        }
+    }
+    if (!s.data || !s.llm_dir || !s.template_name || !s.out_dir) {
+        usage(stderr);
+        fatal("--data, --llm, --template and --out are required");
+    }
+    PrepareSummary sum;
+    prepare_run(&s, &sum);
+    prepare_print_summary(&s, &sum, stdout);
+    return 0;
+}
