@@ -50,6 +50,33 @@ void vit_config_load(VitConfig *c, const char *dir) {
     cJSON_Delete(root);
 }
 
+void vit_image_stats(const char *dir, float mean[3], float std[3]) {
+    const float clip_mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+    const float clip_std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+    memcpy(mean, clip_mean, sizeof clip_mean);
+    memcpy(std, clip_std, sizeof clip_std);
+    char path[2048];
+    path_join(path, sizeof path, dir, "preprocessor_config.json");
+    if (!file_exists(path)) return;
+    cJSON *root = json_load_file(path);
+    const char *keys[2] = {"image_mean", "image_std"};
+    float *dst[2] = {mean, std};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
+        if (!a) continue;
+        if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != 3) fatal("%s: %s must be a list of 3 numbers", path, keys[k]);
+        for (int c = 0; c < 3; c++) {
+            const cJSON *e = cJSON_GetArrayItem(a, c);
+            if (!cJSON_IsNumber(e)) fatal("%s: %s must be a list of 3 numbers", path, keys[k]);
+            dst[k][c] = (float)e->valuedouble;
+        }
+        if (k == 1)
+            for (int c = 0; c < 3; c++)
+                if (!(std[c] > 0)) fatal("%s: image_std must be positive", path);
+    }
+    cJSON_Delete(root);
+}
+
 void vit_declare(ParamSet *w, const VitConfig *c, int n_layers) {
     int C = c->hidden, P = c->patch, I = c->mlp;
     params_add(w, 4, (int64_t[]){C, 3, P, P}, "embeddings.patch_embedding.weight");

@@ -32,6 +32,9 @@ typedef struct {
 
 // reads dir/config.json (CLIPVisionModel, or the vision_config of a full CLIPModel)
 void vit_config_load(VitConfig *c, const char *dir);
+// image_mean and image_std of dir/preprocessor_config.json (a CLIPImageProcessor file), or
+// OpenAI CLIP's when the file is absent; fatal() when it is malformed
+void vit_image_stats(const char *dir, float mean[3], float std[3]);
 // declares the weights of the embeddings and the first n_layers layers under their HF names
 // (without prefix), in the order vit_load binds them
 void vit_declare(ParamSet *w, const VitConfig *c, int n_layers);

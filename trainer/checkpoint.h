@@ -1,0 +1,42 @@
+// checkpoint.h: run checkpoints, written atomically so that a kill at any instant leaves the
+// previous one usable: out_dir/step_NNNNNNNN/ holds
+//   trainable.safetensors   connector and LoRA masters, fp32, svlm names
+//   optimizer.safetensors   AdamW moments as exp_avg.<name> and exp_avg_sq.<name>
+//   state.json              step, data position, RNG, world size, metrics length, model signature
+// It is written as step_NNNNNNNN.tmp/, every file fsynced, then renamed; the newest keep_last
+// complete checkpoints are kept.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/rng.h"
+#include "data/loader.h"
+#include "model/params.h"
+
+typedef struct {
+    int64_t step;           // optimizer steps completed
+    int64_t total_steps;
+    LoaderPos data;         // where the next micro-batch starts
+    Rng rng;
+    int world;
+    int64_t metrics_bytes;  // length of metrics.jsonl at this step (resume truncates to it)
+    int64_t skipped_steps;  // steps dropped by nan_policy = skip
+    int64_t tokens;         // labelled tokens trained on so far
+} TrainState;
+
+// Writes a checkpoint of step st->step. signature: one-line JSON describing the model shapes
+// (compared on resume). On any I/O failure the temporary directory is removed, the previous
+// checkpoints are left as they were, and the reason is returned in err (returns -1).
+int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *train, const char *signature,
+                    int keep_last, char *err, size_t errlen);
+// path of the newest complete checkpoint in out_dir; 0 when there is none
+int checkpoint_latest(const char *out_dir, char *path, size_t cap);
+// removes step_*.tmp leftovers of killed runs
+void checkpoint_clean_tmp(const char *out_dir);
+// Restores masters, moments and state from dir. A checkpoint whose signature differs from
+// signature is refused with a message naming what differs; a damaged file is a fatal() naming it.
+void checkpoint_load(const char *dir, TrainState *st, ParamSet *train, const char *signature);
+// Loads only the connector tensors (model.mm_projector.*) of a stage-1 run directory, a
+// checkpoint directory, an export directory or a .safetensors file; every connector tensor of
+// train must be found with the same shape. Returns the file it read.
+const char *checkpoint_load_connector(const char *from, ParamSet *train, char *used, size_t cap);

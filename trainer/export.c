@@ -1,0 +1,259 @@
+// export.c: LoRA merge into the base LLM, peft adapter, connector and svlm.json (see export.h).
+#include "trainer/export.h"
+
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/safetensors.h"
+#include "common/util.h"
+#include "model/connector.h"
+#include "model/hf.h"
+#include "model/llm.h"
+#include "model/vit.h"
+#include "trainer/checkpoint.h"
+#include "trainer/train_config.h"
+
+void export_resolve(const char *src, char *step_dir, char *run_dir, int cap) {
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/state.json", src);
+    if (file_exists(path)) {  // a checkpoint: its run directory is the parent
+        snprintf(step_dir, cap, "%s", src);
+        char tmp[PATH_MAX];
+        snprintf(tmp, sizeof tmp, "%s", src);
+        size_t n = strlen(tmp);
+        while (n > 1 && tmp[n - 1] == '/') tmp[--n] = 0;
+        snprintf(run_dir, cap, "%s", dirname(tmp));
+    } else {
+        if (!dir_exists(src)) fatal("%s: no such run or checkpoint directory", src);
+        snprintf(run_dir, cap, "%s", src);
+        if (!checkpoint_latest(src, step_dir, cap)) fatal("%s: no complete checkpoint (step_NNNNNNNN/ with state.json) in it", src);
+    }
+    snprintf(path, sizeof path, "%s/config.conf", run_dir);
+    if (!file_exists(path)) fatal("%s: missing (the run directory's resolved configuration)", path);
+}
+
+static void copy_file(const char *from, const char *to) {
+    size_t n;
+    char *data = file_read_all(from, &n);
+    if (!data) fatal("%s: cannot read: %s", from, strerror(errno));
+    FILE *f = fopen(to, "wb");
+    if (!f) fatal("%s: cannot create: %s", to, strerror(errno));
+    int ok = fwrite(data, 1, n, f) == n && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0 || !ok) fatal("%s: write failed: %s", to, strerror(errno));
+    free(data);
+}
+
+static void write_json(const char *path, cJSON *j) {
+    char *text = cJSON_Print(j);
+    FILE *f = fopen(path, "w");
+    if (!f) fatal("%s: cannot create: %s", path, strerror(errno));
+    int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF && fflush(f) == 0;
+    if (fclose(f) != 0 || !ok) fatal("%s: write failed: %s", path, strerror(errno));
+    free(text);
+}
+
+static void save_or_die(StWriter *w, const char *path) {
+    char err[2300];
+    if (st_writer_save(w, path, err, sizeof err) != 0) fatal("%s", err);
+}
+
+// removes a directory tree made by a previous export attempt
+static void remove_tree(const char *dir) {
+    char cmd[PATH_MAX * 2];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (strchr(dir, '\'') || system(cmd) != 0) fatal("%s: cannot remove", dir);
+}
+
+void export_run(const char *src, const char *out_dir) {
+    char step_dir[PATH_MAX], run_dir[PATH_MAX], path[PATH_MAX + 64], tmp[PATH_MAX + 16];
+    export_resolve(src, step_dir, run_dir, sizeof step_dir);
+    snprintf(path, sizeof path, "%s/config.conf", run_dir);
+    TrainConfig c;
+    train_config_load(&c, path, 0, NULL);
+
+    // the trainable tensors, named as in the checkpoint
+    StFile ck;
+    snprintf(path, sizeof path, "%s/trainable.safetensors", step_dir);
+    st_open_or_die(&ck, path);
+    LoraConfig lora = {0};
+    if (c.stage == 2)
+        lora = (LoraConfig){.r = c.lora_r, .alpha = (float)c.lora_alpha, .rslora = c.rslora,
+                            .targets = lora_targets_parse(c.lora_targets), .dropout = (float)c.lora_dropout};
+    float scale = lora_scaling(&lora);
+
+    snprintf(tmp, sizeof tmp, "%s.tmp", out_dir);
+    if (dir_exists(tmp)) remove_tree(tmp);
+    if (mkdir(tmp, 0755) != 0) fatal("%s: cannot create: %s", tmp, strerror(errno));
+    char llm_out[PATH_MAX + 32];
+    snprintf(llm_out, sizeof llm_out, "%s/llm", tmp);
+    if (mkdir(llm_out, 0755) != 0) fatal("%s: cannot create: %s", llm_out, strerror(errno));
+
+    // llm/: every base tensor, LoRA targets merged W += scale * B @ A in fp32, then stored in
+    // the tensor's own dtype (rounded to nearest even for bf16 / f16)
+    HfWeights hw;
+    hf_weights_open(&hw, c.llm);
+    StWriter *w = st_writer_new();
+    void **owned = xcalloc(hw.n + 1, sizeof(void *));
+    int merged = 0;
+    char name[512];
+    for (int i = 0; i < hw.n; i++) {
+        const StTensor *t = hw.tensors[i];
+        const StFile *f = &hw.files[hw.file_of[i]];
+        const char *dot = strrchr(t->name, '.');
+        const StTensor *A = NULL, *Bt = NULL;
+        if (lora.r > 0 && dot && !strcmp(dot, ".weight")) {
+            snprintf(name, sizeof name, "%.*s.lora_A.weight", (int)(dot - t->name), t->name);
+            A = st_find(&ck, name);
+            snprintf(name, sizeof name, "%.*s.lora_B.weight", (int)(dot - t->name), t->name);
+            Bt = st_find(&ck, name);
+        }
+        if (!A || !Bt) {  // untouched: the original bytes, straight from the mapped file
+            st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, st_data(f, t));
+            continue;
+        }
+        int out = (int)t->shape[0], in = (int)t->shape[1], r = (int)A->shape[0];
+        if (t->ndim != 2 || A->shape[1] != in || Bt->shape[0] != out || Bt->shape[1] != r || r != lora.r)
+            fatal("%s: LoRA tensors for %s do not match its shape", ck.path, t->name);
+        float *W = xmalloc((size_t)out * in * sizeof(float)), *a = xmalloc((size_t)r * in * sizeof(float));
+        float *b = xmalloc((size_t)out * r * sizeof(float));
+        st_read_f32(f, t, W);
+        st_read_f32(&ck, A, a);
+        st_read_f32(&ck, Bt, b);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r, scale, b, r, a, in, 1.0f, W, in);
+        size_t n = (size_t)out * in;
+        void *dst = W;
+        if (t->dtype == ST_BF16 || t->dtype == ST_F16) {
+            uint16_t *h = xmalloc(n * sizeof(uint16_t));
+            for (size_t j = 0; j < n; j++) h[j] = t->dtype == ST_BF16 ? f32_to_bf16(W[j]) : f32_to_f16(W[j]);
+            free(W);
+            dst = h;
+        } else if (t->dtype != ST_F32) {
+            fatal("%s: tensor %s has dtype %s: merging supports F32, BF16 and F16", f->path, t->name, st_dtype_name(t->dtype));
+        }
+        owned[i] = dst;
+        st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, dst);
+        free(a);
+        free(b);
+        merged++;
+    }
+    int expect = 0;
+    for (int i = 0; i < ck.n; i++) expect += strstr(ck.tensors[i].name, ".lora_A.weight") != NULL;
+    if (merged != expect) fatal("%s: %d LoRA pairs in the checkpoint but %d base weights found to merge them into", ck.path, expect, merged);
+    st_writer_meta(w, "format", "pt");
+    snprintf(path, sizeof path, "%s/model.safetensors", llm_out);
+    save_or_die(w, path);
+    st_writer_free(w);
+    for (int i = 0; i < hw.n; i++) free(owned[i]);
+    free(owned);
+    hf_weights_close(&hw);
+    const char *copies[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                            "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"};
+    char from[PATH_MAX + 64];
+    for (size_t i = 0; i < sizeof copies / sizeof copies[0]; i++) {
+        snprintf(from, sizeof from, "%s/%s", c.llm, copies[i]);
+        snprintf(path, sizeof path, "%s/%s", llm_out, copies[i]);
+        if (file_exists(from)) copy_file(from, path);
+    }
+
+    // adapter/: peft's layout, tensors as base_model.model.<name>
+    if (lora.r > 0) {
+        snprintf(path, sizeof path, "%s/adapter", tmp);
+        if (mkdir(path, 0755) != 0) fatal("%s: cannot create: %s", path, strerror(errno));
+        StWriter *aw = st_writer_new();
+        char **names = xcalloc(ck.n + 1, sizeof(char *));
+        for (int i = 0; i < ck.n; i++) {
+            const StTensor *t = &ck.tensors[i];
+            if (!strstr(t->name, ".lora_")) continue;
+            names[i] = xmalloc(strlen(t->name) + 32);
+            sprintf(names[i], "base_model.model.%s", t->name);
+            st_writer_add(aw, names[i], t->dtype, t->ndim, t->shape, st_data(&ck, t));
+        }
+        st_writer_meta(aw, "format", "pt");
+        snprintf(path, sizeof path, "%s/adapter/adapter_model.safetensors", tmp);
+        save_or_die(aw, path);
+        st_writer_free(aw);
+        for (int i = 0; i < ck.n; i++) free(names[i]);
+        free(names);
+        cJSON *j = cJSON_CreateObject();
+        char absllm[PATH_MAX];
+        cJSON_AddStringToObject(j, "base_model_name_or_path", realpath(c.llm, absllm) ? absllm : c.llm);
+        cJSON_AddStringToObject(j, "bias", "none");
+        cJSON_AddBoolToObject(j, "fan_in_fan_out", 0);
+        cJSON_AddBoolToObject(j, "inference_mode", 1);
+        cJSON_AddBoolToObject(j, "init_lora_weights", 1);
+        cJSON_AddNumberToObject(j, "lora_alpha", c.lora_alpha);
+        cJSON_AddNumberToObject(j, "lora_dropout", c.lora_dropout);
+        cJSON_AddNullToObject(j, "modules_to_save");
+        cJSON_AddStringToObject(j, "peft_type", "LORA");
+        cJSON_AddNumberToObject(j, "r", c.lora_r);
+        cJSON *tm = cJSON_AddArrayToObject(j, "target_modules");
+        for (int p = 0; p < N_PROJ; p++)
+            if (lora.targets & (1u << p)) cJSON_AddItemToArray(tm, cJSON_CreateString(proj_names[p]));
+        cJSON_AddStringToObject(j, "task_type", "CAUSAL_LM");
+        cJSON_AddBoolToObject(j, "use_rslora", c.rslora);
+        cJSON_AddBoolToObject(j, "use_dora", 0);
+        snprintf(path, sizeof path, "%s/adapter/adapter_config.json", tmp);
+        write_json(path, j);
+        cJSON_Delete(j);
+    }
+
+    // connector.safetensors
+    StWriter *cw = st_writer_new();
+    int n_conn = 0;
+    for (int i = 0; i < ck.n; i++) {
+        const StTensor *t = &ck.tensors[i];
+        if (strncmp(t->name, "model.mm_projector.", 19)) continue;
+        st_writer_add(cw, t->name, t->dtype, t->ndim, t->shape, st_data(&ck, t));
+        n_conn++;
+    }
+    if (!n_conn) fatal("%s: no connector tensors (model.mm_projector.*)", ck.path);
+    st_writer_meta(cw, "format", "pt");
+    st_writer_meta(cw, "connector", c.connector);
+    snprintf(path, sizeof path, "%s/connector.safetensors", tmp);
+    save_or_die(cw, path);
+    st_writer_free(cw);
+
+    // svlm.json: what ./generate needs besides the weights
+    VitConfig vc;
+    vit_config_load(&vc, c.vision);
+    float mean[3], std[3];
+    vit_image_stats(c.vision, mean, std);
+    ConnectorType ct = connector_type_parse(c.connector);
+    cJSON *j = cJSON_CreateObject();
+    char absvis[PATH_MAX];
+    cJSON_AddStringToObject(j, "format", "svlm-export-1");
+    cJSON_AddStringToObject(j, "vision", realpath(c.vision, absvis) ? absvis : c.vision);
+    cJSON_AddNumberToObject(j, "vision_layer", c.vision_layer);
+    cJSON_AddStringToObject(j, "connector", c.connector);
+    cJSON_AddNumberToObject(j, "image_size", vc.image_size);
+    cJSON_AddItemToObject(j, "image_mean", cJSON_CreateFloatArray(mean, 3));
+    cJSON_AddItemToObject(j, "image_std", cJSON_CreateFloatArray(std, 3));
+    cJSON_AddBoolToObject(j, "pad_to_square", !strcmp(c.image_aspect, "pad"));
+    cJSON_AddStringToObject(j, "template", c.template_);
+    if (strcmp(c.system, "default")) cJSON_AddStringToObject(j, "system", c.system);
+    else cJSON_AddNullToObject(j, "system");
+    cJSON_AddNumberToObject(j, "image_tokens", ct == CONNECTOR_LDP ? vc.n_patches / 4 : vc.n_patches);
+    cJSON_AddStringToObject(j, "llm", "llm");
+    cJSON_AddStringToObject(j, "checkpoint", step_dir);
+    snprintf(path, sizeof path, "%s/svlm.json", tmp);
+    write_json(path, j);
+    cJSON_Delete(j);
+    st_close(&ck);
+
+    if (dir_exists(out_dir)) {
+        snprintf(path, sizeof path, "%s/svlm.json", out_dir);
+        if (!file_exists(path)) fatal("%s exists and is not an svlm export: choose another output directory", out_dir);
+        remove_tree(out_dir);
+    }
+    if (rename(tmp, out_dir) != 0) fatal("%s: cannot rename to %s: %s", tmp, out_dir, strerror(errno));
+    printf("export: %s -> %s (llm/ with %d LoRA-merged weights%s, connector.safetensors, svlm.json)\n", step_dir,
+           out_dir, merged, lora.r > 0 ? ", adapter/" : "");
+}

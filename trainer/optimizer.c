@@ -1,0 +1,32 @@
+// optimizer.c: gradient clipping and AdamW over the trainable set (see optimizer.h).
+#include "trainer/optimizer.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "trainer/schedule.h"
+
+static int is_connector(const Param *p) { return strncmp(p->name, "model.mm_projector.", 19) == 0; }
+
+double optimizer_lr(const TrainConfig *c, const Param *p, int64_t step, int64_t total, int warmup) {
+    double peak = is_connector(p) && c->connector_lr > 0 ? c->connector_lr : c->lr;
+    return peak * schedule_factor((int)step, (int)total, warmup, c->min_lr / c->lr);
+}
+
+int optimizer_step(ParamSet *P, const TrainConfig *c, int64_t step, int64_t total, int warmup, int t, double *norm) {
+    const Kernels *k = P->k;
+    *norm = sqrt(k->sum_squares(P->grad, P->numel));
+    if (!isfinite(*norm)) return -1;
+    if (c->grad_clip > 0) {
+        double coef = c->grad_clip / (*norm + 1e-6);  // clip_grad_norm_'s coefficient, clamped to 1
+        if (coef < 1.0) k->scale_f32(P->grad, (float)coef, P->numel);
+    }
+    for (int i = 0; i < P->n; i++) {
+        const Param *p = &P->p[i];
+        k->adamw_update(P->master + p->offset, P->grad + p->offset, P->m + p->offset, P->v + p->offset, p->numel,
+                        optimizer_lr(c, p, step, total, warmup), c->adam_beta1, c->adam_beta2, c->adam_eps,
+                        p->decay ? c->weight_decay : 0.0, t);
+    }
+    params_sync(P);
+    return 0;
+}

@@ -1,0 +1,16 @@
+// optimizer.h: one optimizer update of the trainable set, as the HF Trainer does it:
+// torch.nn.utils.clip_grad_norm_ on the global norm, then torch.optim.AdamW per tensor with its
+// group's learning rate (connector or LoRA) times the cosine-with-warmup factor, weight decay on
+// everything but biases.
+#pragma once
+#include <stdint.h>
+
+#include "model/params.h"
+#include "trainer/train_config.h"
+
+// learning rate of tensor p at optimizer step `step` (0-based)
+double optimizer_lr(const TrainConfig *c, const Param *p, int64_t step, int64_t total, int warmup);
+// Clips the gradients in P->grad (norm before clipping returned in *norm) and applies AdamW
+// step t (1-based), then refreshes the compute copies. Returns 0, or -1 without touching the
+// weights when the gradient norm is not finite.
+int optimizer_step(ParamSet *P, const TrainConfig *c, int64_t step, int64_t total, int warmup, int t, double *norm);

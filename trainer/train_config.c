@@ -1,0 +1,131 @@
+// train_config.c: the table of ./train's keys and their checks (see train_config.h).
+#include "trainer/train_config.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "data/template.h"
+#include "model/connector.h"
+#include "model/llm.h"
+
+#define K(name, type, field, def, help) {name, type, offsetof(TrainConfig, field), sizeof(((TrainConfig *)0)->field), def, help}
+
+const CfgKey train_keys[] = {
+    K("stage", CFG_INT, stage, "1", "1: train the connector; 2: connector + LoRA"),
+    K("vision", CFG_STR, vision, "", "Hugging Face CLIP vision model directory"),
+    K("vision_layer", CFG_INT, vision_layer, "-2", "hidden_states index whose features feed the connector"),
+    K("llm", CFG_STR, llm, "", "Hugging Face language model directory (config.json, safetensors, tokenizer.json)"),
+    K("connector", CFG_STR, connector, "ldp", "ldp | mlp2x_gelu"),
+    K("template", CFG_STR, template_, "", "plain | chatml | hyperclovax | vicuna_v1 (empty: plain for stage 1, chatml for stage 2)"),
+    K("system", CFG_STR, system, "default", "system prompt; \"default\" for the template's own, \"\" for none"),
+    K("data", CFG_STR, data, "", "LLaVA JSON / JSONL file (prepared once into shards) or a shard directory"),
+    K("image_folder", CFG_STR, image_folder, "", "directory the data's image paths are relative to"),
+    K("val_data", CFG_STR, val_data, "", "validation data (JSON / JSONL or shards); empty: no validation"),
+    K("val_image_folder", CFG_STR, val_image_folder, "", "image folder of val_data (empty: image_folder)"),
+    K("data_cache", CFG_STR, data_cache, "", "where JSON data is prepared into shards (empty: out_dir/data)"),
+    K("image_aspect", CFG_STR, image_aspect, "pad", "pad (LLaVA-1.5: pad to a square with the mean colour) | crop (CLIP centre crop)"),
+    K("max_seq_len", CFG_INT, max_seq_len, "2048", "tokens per sample, image tokens included"),
+    K("packing", CFG_BOOL, packing, "false", "pack several samples per row (attention kept inside each)"),
+    K("batch_size", CFG_INT, batch_size, "16", "micro-batch per device"),
+    K("global_batch", CFG_INT, global_batch, "256", "samples per optimizer step; gradient accumulation makes up the difference"),
+    K("epochs", CFG_INT, epochs, "1", "passes over the data (when max_steps is 0)"),
+    K("max_steps", CFG_INT, max_steps, "0", "optimizer steps; 0: from epochs"),
+    K("lr", CFG_FLOAT, lr, "2e-4", "peak learning rate (LoRA; the connector too unless connector_lr is set)"),
+    K("connector_lr", CFG_FLOAT, connector_lr, "0", "peak learning rate of the connector; 0: lr"),
+    K("min_lr", CFG_FLOAT, min_lr, "0", "floor of the cosine decay (as a fraction of each group's peak: min_lr / lr)"),
+    K("warmup_ratio", CFG_FLOAT, warmup_ratio, "0.03", "linear warmup over ceil(steps * warmup_ratio) steps"),
+    K("weight_decay", CFG_FLOAT, weight_decay, "0", "AdamW decoupled weight decay (not on biases)"),
+    K("grad_clip", CFG_FLOAT, grad_clip, "1.0", "clip the global gradient norm to this; 0: no clipping"),
+    K("adam_beta1", CFG_FLOAT, adam_beta1, "0.9", "AdamW beta1"),
+    K("adam_beta2", CFG_FLOAT, adam_beta2, "0.999", "AdamW beta2"),
+    K("adam_eps", CFG_FLOAT, adam_eps, "1e-8", "AdamW epsilon"),
+    K("lora_r", CFG_INT, lora_r, "64", "LoRA rank (stage 2)"),
+    K("lora_alpha", CFG_FLOAT, lora_alpha, "16", "LoRA alpha: scaling alpha / r (rsLoRA: alpha / sqrt(r))"),
+    K("lora_targets", CFG_STR, lora_targets, "q,k,v,o,gate,up,down", "projections that get LoRA"),
+    K("lora_dropout", CFG_FLOAT, lora_dropout, "0", "dropout on LoRA's input (peft's lora_dropout)"),
+    K("rslora", CFG_BOOL, rslora, "false", "rank-stabilised LoRA scaling"),
+    K("init_from", CFG_STR, init_from, "", "stage 2: a stage-1 run or checkpoint directory (or connector.safetensors) to take the connector from"),
+    K("seed", CFG_U64, seed, "42", "initialisation and data order"),
+    K("out_dir", CFG_STR, out_dir, "checkpoints/run", "run directory: config.conf, metrics.jsonl, step_NNNNNNNN/"),
+    K("save_every", CFG_INT, save_every, "500", "checkpoint every this many steps (and at the end); 0: only at the end"),
+    K("keep_last", CFG_INT, keep_last, "2", "checkpoints kept (the newest)"),
+    K("eval_every", CFG_INT, eval_every, "0", "validation loss every this many steps (and at the end); 0: only at the end"),
+    K("log_every", CFG_INT, log_every, "1", "progress line and metrics.jsonl record every this many steps"),
+    K("resume", CFG_STR, resume, "auto", "auto: newest complete checkpoint in out_dir | never | a checkpoint directory"),
+    K("device", CFG_STR, device, "auto", "cpu | cuda | auto (cuda when a GPU is present)"),
+    K("threads", CFG_INT, threads, "0", "image decoding threads; 0: one per core"),
+    K("prefetch", CFG_INT, prefetch, "4", "micro-batches prepared ahead"),
+    K("nan_policy", CFG_STR, nan_policy, "stop", "stop | skip: what a non-finite loss or gradient does"),
+};
+const int n_train_keys = sizeof train_keys / sizeof train_keys[0];
+
+static void need(int ok, const char *key, const char *why) {
+    if (!ok) fatal("config: %s %s", key, why);
+}
+
+void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) {
+    memset(c, 0, sizeof *c);
+    if (path && !file_exists(path)) fatal("%s: config file not found", path);
+    config_parse(train_keys, n_train_keys, c, path, argc, argv);
+    need(c->stage == 1 || c->stage == 2, "stage", "must be 1 or 2");
+    need(c->vision[0], "vision", "is required (a CLIP vision model directory)");
+    need(c->llm[0], "llm", "is required (a language model directory)");
+    need(c->data[0], "data", "is required (LLaVA JSON / JSONL or a shard directory)");
+    connector_type_parse(c->connector);
+    if (!c->template_[0]) strcpy(c->template_, c->stage == 1 ? "plain" : "chatml");
+    template_parse(c->template_);
+    need(!strcmp(c->image_aspect, "pad") || !strcmp(c->image_aspect, "crop"), "image_aspect", "must be pad or crop");
+    need(c->max_seq_len >= 8, "max_seq_len", "must be at least 8");
+    need(c->batch_size >= 1, "batch_size", "must be at least 1");
+    need(c->global_batch >= c->batch_size, "global_batch", "must be at least batch_size");
+    need(c->epochs >= 1, "epochs", "must be at least 1");
+    need(c->max_steps >= 0, "max_steps", "must be 0 or more");
+    need(c->lr > 0, "lr", "must be positive");
+    need(c->connector_lr >= 0, "connector_lr", "must be 0 or more");
+    need(c->min_lr >= 0 && c->min_lr <= c->lr, "min_lr", "must be between 0 and lr");
+    need(c->warmup_ratio >= 0 && c->warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]");
+    need(c->weight_decay >= 0, "weight_decay", "must be 0 or more");
+    need(c->grad_clip >= 0, "grad_clip", "must be 0 or more");
+    need(c->adam_beta1 >= 0 && c->adam_beta1 < 1, "adam_beta1", "must be in [0, 1)");
+    need(c->adam_beta2 >= 0 && c->adam_beta2 < 1, "adam_beta2", "must be in [0, 1)");
+    need(c->adam_eps > 0, "adam_eps", "must be positive");
+    if (c->stage == 2) {
+        need(c->lora_r >= 1, "lora_r", "must be at least 1 in stage 2");
+        need(c->lora_alpha > 0, "lora_alpha", "must be positive");
+        lora_targets_parse(c->lora_targets);
+    }
+    need(c->lora_dropout >= 0 && c->lora_dropout < 1, "lora_dropout", "must be in [0, 1)");
+    need(c->lora_dropout == 0, "lora_dropout", "is not supported yet: set it to 0");
+    need(c->out_dir[0], "out_dir", "must not be empty");
+    need(c->save_every >= 0 && c->eval_every >= 0, "save_every/eval_every", "must be 0 or more");
+    need(c->keep_last >= 1, "keep_last", "must be at least 1");
+    need(c->log_every >= 1, "log_every", "must be at least 1");
+    need(!strcmp(c->device, "auto") || !strcmp(c->device, "cpu") || !strcmp(c->device, "cuda"), "device", "must be cpu, cuda or auto");
+    need(c->threads >= 0 && c->prefetch >= 1, "threads/prefetch", "threads >= 0, prefetch >= 1");
+    need(!strcmp(c->nan_policy, "stop") || !strcmp(c->nan_policy, "skip"), "nan_policy", "must be stop or skip");
+    if (c->stage == 1 && c->init_from[0]) warn("config: init_from is ignored in stage 1");
+    if (!c->data_cache[0]) path_join(c->data_cache, sizeof c->data_cache, c->out_dir, "data");
+    if (!c->val_image_folder[0]) strcpy(c->val_image_folder, c->image_folder);
+}
+
+void train_config_save(const TrainConfig *c, const char *path) {
+    char tmp[CFG_PATH + 16];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) fatal("%s: cannot create: %s", tmp, strerror(errno));
+    fprintf(f, "# resolved configuration of this run, written by ./train\n");
+    config_write(train_keys, n_train_keys, c, f);
+    int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) fatal("%s: write failed: %s", path, strerror(errno));
+}
+
+void train_config_print(const TrainConfig *c) {
+    printf("config:\n");
+    char buf[4200];
+    for (int i = 0; i < n_train_keys; i++)
+        printf("  %-16s %s\n", train_keys[i].key, config_value(train_keys, n_train_keys, c, train_keys[i].key, buf, sizeof buf));
+}

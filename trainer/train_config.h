@@ -1,0 +1,55 @@
+// train_config.h: every key ./train accepts, its default and its check. The resolved values are
+// printed at start and saved as out_dir/config.conf, which ./export and ./generate read back.
+#pragma once
+#include <stdint.h>
+
+#include "common/config.h"
+
+#define CFG_PATH 1024
+
+typedef struct {
+    int stage;
+    char vision[CFG_PATH];
+    int vision_layer;
+    char llm[CFG_PATH];
+    char connector[32];
+    char template_[32];
+    char system[2048];
+    char data[CFG_PATH];
+    char image_folder[CFG_PATH];
+    char val_data[CFG_PATH];
+    char val_image_folder[CFG_PATH];
+    char data_cache[CFG_PATH];
+    char image_aspect[16];
+    int max_seq_len;
+    int packing;
+    int batch_size;
+    int global_batch;
+    int epochs;
+    int max_steps;
+    double lr, connector_lr, min_lr, warmup_ratio, weight_decay, grad_clip;
+    double adam_beta1, adam_beta2, adam_eps;
+    int lora_r;
+    double lora_alpha;
+    char lora_targets[128];
+    double lora_dropout;
+    int rslora;
+    char init_from[CFG_PATH];
+    uint64_t seed;
+    char out_dir[CFG_PATH];
+    int save_every, keep_last, eval_every, log_every;
+    char resume[CFG_PATH];
+    char device[16];
+    int threads, prefetch;
+    char nan_policy[16];
+} TrainConfig;
+
+extern const CfgKey train_keys[];
+extern const int n_train_keys;
+
+// parses the config file and key=value overrides, fills defaults that depend on other keys
+// (template from stage), and checks every value; fatal() naming the key otherwise
+void train_config_load(TrainConfig *c, const char *path, int argc, char **argv);
+// out_dir/config.conf, written atomically
+void train_config_save(const TrainConfig *c, const char *path);
+void train_config_print(const TrainConfig *c);

@@ -1,0 +1,8 @@
+// trainer.h: one training run from a resolved configuration: data preparation (once), the
+// model, the optimizer loop with gradient accumulation, clipping and the cosine schedule,
+// validation, checkpoints, resume and preemption (SIGTERM / SIGINT save and exit 0).
+#pragma once
+#include "trainer/train_config.h"
+
+// returns the process exit status
+int trainer_run(const TrainConfig *cfg);
