@@ -88,6 +88,13 @@ typedef struct Kernels {
                                const act_t *q, const act_t *k, const act_t *v, const act_t *out,
                                const float *lse, const int *seg, int B, int T, int NH, int NKV,
                                int HD, int causal);
+    // inference over a KV cache, causal, forward only: q, out (B, Tq, NH*HD) hold the queries of
+    // positions Tk-Tq .. Tk-1; kc, vc (B, Tc, NKV*HD) the keys and values of positions 0 .. Tk-1
+    // (Tc >= Tk is the cache's capacity: batch b starts at row b*Tc, rows Tk.. are not read).
+    // Query i sees keys 0 .. Tk-Tq+i. Prefill is Tq = Tk, decoding one token Tq = 1, a chunk of
+    // a long prompt anything between. Rows equal attention_forward's (causal, seg NULL).
+    void (*attention_cached)(act_t *out, const act_t *q, const act_t *kc, const act_t *vc, int B,
+                             int Tq, int Tk, int Tc, int NH, int NKV, int HD);
 
     // ---- pointwise ----
     void (*gelu_forward)(act_t *out, const act_t *inp, size_t n);  // erf form

@@ -45,6 +45,10 @@ void cpu_attention_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout,
                             const float *lse, const int *seg, int B, int T, int NH, int NKV,
                             int HD, int causal);
 
+// attention_cached.c
+void cpu_attention_cached(act_t *out, const act_t *q, const act_t *kc, const act_t *vc, int B, int Tq,
+                          int Tk, int Tc, int NH, int NKV, int HD);
+
 // pointwise.c
 void cpu_gelu_forward(act_t *out, const act_t *inp, size_t n);
 void cpu_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);

@@ -72,6 +72,7 @@ static const Kernels cpu_kernels = {
     .rope_backward = cpu_rope_backward,
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
+    .attention_cached = cpu_attention_cached,
     .gelu_forward = cpu_gelu_forward,
     .gelu_backward = cpu_gelu_backward,
     .quick_gelu_forward = cpu_quick_gelu_forward,

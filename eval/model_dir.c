@@ -1,0 +1,274 @@
+// model_dir.c: export and run directories for generation (see model_dir.h).
+#include "eval/model_dir.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/json.h"
+#include "common/safetensors.h"
+#include "common/util.h"
+#include "data/image.h"
+#include "trainer/export.h"
+#include "trainer/train_config.h"
+
+static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+
+static void copy_str(char *dst, size_t cap, const char *src, const char *what) {
+    if (strlen(src) >= cap) fatal("%s: path too long (%zu bytes)", what, strlen(src));
+    memcpy(dst, src, strlen(src) + 1);
+}
+
+// a directory named in file: absolute as is; relative: under base first, then the current directory
+static void resolve_dir(char *out, size_t cap, const char *base, const char *p, const char *key, const char *file) {
+    if (!p[0]) fatal("%s: %s is empty", file, key);
+    char tmp[2 * MODEL_DIR_PATH];
+    if (p[0] != '/') {
+        path_join(tmp, sizeof tmp, base, p);
+        if (dir_exists(tmp)) {
+            copy_str(out, cap, tmp, file);
+            return;
+        }
+    }
+    if (dir_exists(p)) {
+        copy_str(out, cap, p, file);
+        return;
+    }
+    if (p[0] == '/') fatal("%s: %s directory %s not found", file, key, p);
+    fatal("%s: %s directory \"%s\" not found (neither under %s nor in the current directory)", file, key, p, base);
+}
+
+// three numbers (or one, for all channels); returns 0 when the key is absent or null
+static int read3(const cJSON *root, const char *key, float out[3], const char *path) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j || cJSON_IsNull(j)) return 0;
+    if (cJSON_IsNumber(j)) {
+        out[0] = out[1] = out[2] = (float)j->valuedouble;
+        return 1;
+    }
+    if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) != 3) fatal("%s: \"%s\" must be a list of 3 numbers", path, key);
+    for (int i = 0; i < 3; i++) {
+        const cJSON *e = cJSON_GetArrayItem(j, i);
+        if (!cJSON_IsNumber(e)) fatal("%s: \"%s\" must be a list of 3 numbers", path, key);
+        out[i] = (float)e->valuedouble;
+    }
+    return 1;
+}
+
+// an image size: a number, {"height": h, "width": w} (square only) or {"shortest_edge": s}
+static int read_size(const cJSON *j, const char *key, const char *path) {
+    if (cJSON_IsNumber(j)) return (int)j->valuedouble;
+    if (cJSON_IsObject(j)) {
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "height"), *w = cJSON_GetObjectItemCaseSensitive(j, "width");
+        const cJSON *se = cJSON_GetObjectItemCaseSensitive(j, "shortest_edge");
+        if (cJSON_IsNumber(h) && cJSON_IsNumber(w)) {
+            if (h->valuedouble != w->valuedouble)
+                fatal("%s: \"%s\" is %g x %g: only square inputs are supported", path, key, h->valuedouble, w->valuedouble);
+            return (int)h->valuedouble;
+        }
+        if (cJSON_IsNumber(se)) return (int)se->valuedouble;
+    }
+    fatal("%s: \"%s\" must be a number, {\"height\", \"width\"} or {\"shortest_edge\"}", path, key);
+}
+
+void vision_preprocess_config(const char *vision_dir, int model_image_size, int *size, float mean[3], float std[3]) {
+    memcpy(mean, CLIP_MEAN, sizeof CLIP_MEAN);
+    memcpy(std, CLIP_STD, sizeof CLIP_STD);
+    *size = model_image_size;
+    char path[2 * MODEL_DIR_PATH];
+    path_join(path, sizeof path, vision_dir, "preprocessor_config.json");
+    if (!file_exists(path)) return;
+    cJSON *root = json_load_file(path);
+    read3(root, "image_mean", mean, path);
+    read3(root, "image_std", std, path);
+    for (int i = 0; i < 3; i++)
+        if (!(std[i] > 0)) fatal("%s: image_std must be positive", path);
+    const cJSON *crop = cJSON_GetObjectItemCaseSensitive(root, "crop_size");
+    const cJSON *sz = cJSON_GetObjectItemCaseSensitive(root, "size");
+    int crop_px = crop && !cJSON_IsNull(crop) ? read_size(crop, "crop_size", path) : 0;
+    int size_px = sz && !cJSON_IsNull(sz) ? read_size(sz, "size", path) : 0;
+    int s = crop_px ? crop_px : size_px ? size_px : model_image_size;
+    if (crop_px && size_px && crop_px != size_px)
+        warn("%s: resizes to %d then crops %d; svlm resizes the shortest edge straight to %d", path, size_px, crop_px, s);
+    if (s != model_image_size)
+        fatal("%s: image size %d differs from the vision model's image_size %d", path, s, model_image_size);
+    *size = s;
+    cJSON_Delete(root);
+}
+
+static void resolve_export(ModelDirSpec *s, const char *dir) {
+    char path[2 * MODEL_DIR_PATH];
+    path_join(path, sizeof path, dir, "svlm.json");
+    cJSON *root = json_load_file(path);
+    s->is_export = 1;
+    resolve_dir(s->vision_dir, sizeof s->vision_dir, dir, json_get_str(root, "vision", path), "vision", path);
+    s->vision_layer = json_get_int_opt(root, "vision_layer", -2, path);
+    s->connector = connector_type_parse(json_get_str_opt(root, "connector", "ldp", path));
+    s->template_kind = template_parse(json_get_str_opt(root, "template", "chatml", path));
+    const cJSON *sys = cJSON_GetObjectItemCaseSensitive(root, "system");
+    if (sys && !cJSON_IsNull(sys)) {
+        if (!cJSON_IsString(sys)) fatal("%s: \"system\" must be a string or null", path);
+        copy_str(s->system, sizeof s->system, sys->valuestring, path);
+        s->has_system = 1;
+    }
+    s->image_size = json_get_int_opt(root, "image_size", 0, path);
+    int hm = read3(root, "image_mean", s->image_mean, path), hs = read3(root, "image_std", s->image_std, path);
+    if (hm != hs) fatal("%s: image_mean and image_std go together", path);
+    s->has_image_norm = hm;
+    for (int i = 0; hs && i < 3; i++)
+        if (!(s->image_std[i] > 0)) fatal("%s: image_std must be positive", path);
+    s->pad_to_square = json_get_bool_opt(root, "pad_to_square", 1, path);
+    s->image_tokens = json_get_int_opt(root, "image_tokens", 0, path);
+    const char *llm = json_get_str_opt(root, "llm", "llm", path);
+    char llm_path[2 * MODEL_DIR_PATH];
+    path_join(llm_path, sizeof llm_path, dir, llm);
+    if (llm[0] != '/' && !dir_exists(llm_path))
+        fatal("%s: missing (an export directory holds the LoRA-merged LLM there)", llm_path);
+    resolve_dir(s->llm_dir, sizeof s->llm_dir, dir, llm, "llm", path);
+    cJSON_Delete(root);
+    path_join(s->weights, sizeof s->weights, dir, "connector.safetensors");
+    if (!file_exists(s->weights)) fatal("%s: missing (an export directory holds the connector there)", s->weights);
+}
+
+static void resolve_run(ModelDirSpec *s, const char *dir) {
+    char run_dir[2 * MODEL_DIR_PATH], step[2 * MODEL_DIR_PATH], conf[2 * MODEL_DIR_PATH + 16];
+    export_resolve(dir, step, run_dir, sizeof step);  // the newest complete checkpoint, as ./export takes it
+    path_join(conf, sizeof conf, run_dir, "config.conf");
+    TrainConfig *tc = xcalloc(1, sizeof *tc);
+    train_config_load(tc, conf, 0, NULL);
+    s->is_export = 0;
+    resolve_dir(s->vision_dir, sizeof s->vision_dir, run_dir, tc->vision, "vision", conf);
+    resolve_dir(s->llm_dir, sizeof s->llm_dir, run_dir, tc->llm, "llm", conf);
+    s->vision_layer = tc->vision_layer;
+    s->connector = connector_type_parse(tc->connector);
+    s->template_kind = template_parse(tc->template_);
+    if (strcmp(tc->system, "default") != 0) {
+        copy_str(s->system, sizeof s->system, tc->system, conf);
+        s->has_system = 1;
+    }
+    s->pad_to_square = strcmp(tc->image_aspect, "pad") == 0;
+    if (tc->stage == 2) {
+        s->lora.r = tc->lora_r;
+        s->lora.alpha = (float)tc->lora_alpha;
+        s->lora.rslora = tc->rslora;
+        s->lora.targets = lora_targets_parse(tc->lora_targets);
+    }
+    free(tc);
+    path_join(s->weights, sizeof s->weights, step, "trainable.safetensors");
+    if (!file_exists(s->weights)) fatal("%s: missing (a checkpoint holds the connector and LoRA weights there)", s->weights);
+}
+
+void model_dir_resolve(ModelDirSpec *s, const char *dir) {
+    memset(s, 0, sizeof *s);
+    if (!dir_exists(dir)) fatal("%s: model directory not found", dir);
+    copy_str(s->dir, sizeof s->dir, dir, dir);
+    char p[2 * MODEL_DIR_PATH], q[2 * MODEL_DIR_PATH];
+    path_join(p, sizeof p, dir, "svlm.json");
+    if (file_exists(p)) {
+        resolve_export(s, dir);
+        return;
+    }
+    path_join(p, sizeof p, dir, "config.conf");
+    path_join(q, sizeof q, dir, "state.json");
+    if (!file_exists(p) && !file_exists(q))
+        fatal("%s: not a model directory (an export has svlm.json, a run directory config.conf and step_NNNNNNNN/)", dir);
+    resolve_run(s, dir);
+}
+
+// every trainable tensor of the model in the file, and nothing else
+static void check_weights_file(const ParamSet *train, const char *path) {
+    StFile f;
+    st_open_or_die(&f, path);
+    for (int i = 0; i < train->n; i++)
+        if (!st_find(&f, train->p[i].name))
+            fatal("%s: tensor %s missing (the model directory's settings do not match its weights)", path, train->p[i].name);
+    for (int t = 0; t < f.n; t++)
+        if (params_find(train, f.tensors[t].name) < 0)
+            fatal("%s: tensor %s is not part of the model (the model directory's settings do not match its weights)",
+                  path, f.tensors[t].name);
+    st_close(&f);
+}
+
+void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *system) {
+    memset(g, 0, sizeof *g);
+    ModelDirSpec *s = &g->spec;
+    model_dir_resolve(s, dir);
+    char tok_path[2 * MODEL_DIR_PATH];
+    path_join(tok_path, sizeof tok_path, s->llm_dir, "tokenizer.json");
+    if (!file_exists(tok_path)) fatal("%s: missing (the language model directory needs its tokenizer)", tok_path);
+
+    VlmSpec vs = {.vision_dir = s->vision_dir, .vision_layer = s->vision_layer, .llm_dir = s->llm_dir,
+                  .connector = s->connector, .lora = s->lora, .max_B = 1, .max_T = 1, .max_images = 1};
+    vlm_init(&g->vlm, k, &vs);
+    check_weights_file(&g->vlm.train, s->weights);
+    params_load_file(&g->vlm.train, s->weights, "", NULL);
+    if (s->image_tokens && s->image_tokens != g->vlm.n_img_tokens)
+        fatal("%s/svlm.json: image_tokens is %d but the %s connector on this vision model gives %d", s->dir,
+              s->image_tokens, connector_type_name(s->connector), g->vlm.n_img_tokens);
+
+    const VitConfig *vc = &g->vlm.vit.cfg;
+    vision_preprocess_config(s->vision_dir, vc->image_size, &g->image_size, g->mean, g->std);
+    if (s->image_size && s->image_size != vc->image_size)
+        fatal("%s/svlm.json: image_size is %d but the vision model takes %d", s->dir, s->image_size, vc->image_size);
+    if (s->has_image_norm) {
+        memcpy(g->mean, s->image_mean, sizeof g->mean);
+        memcpy(g->std, s->image_std, sizeof g->std);
+    }
+    g->pad_to_square = s->pad_to_square;
+
+    g->tok = tokenizer_load(tok_path);
+    const LlmConfig *lc = &g->vlm.llm.cfg;
+    if (tokenizer_vocab_size(g->tok) > lc->vocab)
+        fatal("%s: %d tokens but the language model has only %d embeddings", tok_path, tokenizer_vocab_size(g->tok), lc->vocab);
+    const char *sys = system ? system : s->has_system ? s->system : NULL;
+    g->tpl = template_new(s->template_kind, g->tok, sys, lc->eos_id);
+    g->stop_ids[g->n_stop++] = template_stop_id(g->tpl);
+    if (lc->eos_id >= 0 && lc->eos_id != g->stop_ids[0]) g->stop_ids[g->n_stop++] = lc->eos_id;
+}
+
+void gen_model_free(GenModel *g) {
+    if (g->tpl) template_free(g->tpl);
+    if (g->tok) tokenizer_free(g->tok);
+    vlm_free(&g->vlm);
+    memset(g, 0, sizeof *g);
+}
+
+void gen_model_image(const GenModel *g, const char *path, float *pixels) {
+    if (dir_exists(path)) fatal("%s: is a directory, not an image", path);
+    size_t len;
+    char *bytes = file_read_all(path, &len);
+    if (!bytes) fatal("%s: cannot read image: %s", path, strerror(errno));
+    Image img;
+    char err[256];
+    int rc = image_decode((const uint8_t *)bytes, len, &img, err, sizeof err);
+    free(bytes);
+    switch (rc) {
+    case 0: break;
+    case IMAGE_ERR_CORRUPT:
+    case IMAGE_ERR_TRUNCATED: fatal("%s: corrupt image: %s", path, err);
+    case IMAGE_ERR_FORMAT: fatal("%s: bad image: %s", path, err);
+    case IMAGE_ERR_TOO_LARGE: fatal("%s: image too large: %s", path, err);
+    default: fatal("%s: cannot decode image: %s", path, err);
+    }
+    image_preprocess_clip(&img, g->image_size, g->mean, g->std, g->pad_to_square, pixels);
+    image_free(&img);
+}
+
+int gen_model_prompt(const GenModel *g, const char *text, int with_image, int **ids, int *image_pos) {
+    int has_tag = strstr(text, "<image>") != NULL;
+    if (!with_image && has_tag) fatal("the prompt holds <image> but no image was given");
+    char *full = NULL;
+    if (with_image && !has_tag) {
+        full = xmalloc(strlen(text) + 9);
+        sprintf(full, "<image>\n%s", text);
+    }
+    Turn t = {"human", full ? full : text};
+    char err[256];
+    int n = template_encode_prompt(g->tpl, &t, 1, ids, image_pos, err, sizeof err);
+    free(full);
+    if (n < 0) fatal("prompt cannot be encoded with the %s template: %s", template_name(g->spec.template_kind), err);
+    CHECK(!with_image || *image_pos >= 0, "gen_model_prompt: the image slot was lost");
+    return n;
+}

@@ -1,0 +1,76 @@
+// model_dir.h: a trained model ready for generation, read from one of the two directories svlm
+// writes:
+//
+//   export dir  svlm.json  {"vision": "<CLIP vision dir>", "vision_layer": -2, "connector": "ldp",
+//                           "image_size": 336, "image_mean": [3], "image_std": [3],
+//                           "pad_to_square": true, "template": "chatml", "system": null | "...",
+//                           "image_tokens": 144, "llm": "llm"}   (./export writes it: trainer/export.c)
+//               llm/       Hugging Face LLM with LoRA merged (config.json, safetensors, tokenizer.json)
+//               connector.safetensors   model.mm_projector.*
+//   run dir     config.conf            ./train's resolved config (trainer/train_config.h)
+//               step_NNNNNNNN/         trainable.safetensors (connector + LoRA, svlm names) and
+//                                      state.json; the newest complete one is used, as ./export
+//                                      picks it (export_resolve). MODEL_DIR may also name one
+//                                      step directory of a run.
+//
+// Relative paths inside svlm.json / config.conf (vision, llm) are looked up relative to the
+// model directory first, then to the current directory. Image settings absent from svlm.json (and
+// always for a run dir) come from the vision dir's preprocessor_config.json, else OpenAI CLIP's
+// mean/std and the vision config's image_size. Every problem is a one-line fatal() naming the file.
+#pragma once
+#include "data/template.h"
+#include "data/tokenizer.h"
+#include "model/vlm.h"
+
+#define MODEL_DIR_PATH 1024
+
+// what a model directory says to load (model_dir_resolve): the one place that knows the formats
+typedef struct {
+    int is_export;                     // 1: export dir, 0: run dir
+    char dir[MODEL_DIR_PATH];
+    char vision_dir[MODEL_DIR_PATH];
+    char llm_dir[MODEL_DIR_PATH];
+    char weights[MODEL_DIR_PATH];      // connector.safetensors (export) or step_*/trainable.safetensors
+    int vision_layer;
+    ConnectorType connector;
+    LoraConfig lora;                   // r = 0: none (export dirs: merged into llm/)
+    TemplateKind template_kind;
+    int has_system;                    // 0: the template's default system prompt
+    char system[4096];
+    int image_size;                    // 0: from the vision dir
+    int has_image_norm;                // image_mean / image_std given
+    float image_mean[3], image_std[3];
+    int pad_to_square;
+    int image_tokens;                  // 0: not stated; else checked against the connector
+} ModelDirSpec;
+
+void model_dir_resolve(ModelDirSpec *s, const char *dir);
+
+typedef struct {
+    ModelDirSpec spec;
+    Vlm vlm;              // max_B 1, max_T 1, max_images 1: inference only
+    Tokenizer *tok;
+    Template *tpl;
+    int image_size;       // S of the (3, S, S) vision input
+    float mean[3], std[3];
+    int pad_to_square;
+    int stop_ids[2];      // the template's stop token, and the LLM's eos when it differs
+    int n_stop;
+} GenModel;
+
+// Resolves dir and loads everything: vision encoder, connector, LLM (+ LoRA), tokenizer,
+// template. system: NULL keeps the model's system prompt, else replaces it ("" for none).
+void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *system);
+void gen_model_free(GenModel *g);
+// Reads, decodes and preprocesses an image file into pixels (3, S, S); fatal() naming the file
+// when it cannot be read, is not a PNG/JPEG, or is corrupt.
+void gen_model_image(const GenModel *g, const char *path, float *pixels);
+// Encodes a one-turn prompt with the model's template. with_image: "<image>\n" is put before text
+// unless text already holds "<image>"; *image_pos gets the slot (-1 without image). Returns the
+// token count; *ids is malloc'd.
+int gen_model_prompt(const GenModel *g, const char *text, int with_image, int **ids, int *image_pos);
+
+// The vision input settings of a CLIP directory from its preprocessor_config.json (image_mean,
+// image_std; crop_size, else size, as an int or {"height", "width"} / {"shortest_edge"}), else
+// OpenAI CLIP's mean/std and model_image_size. fatal() when the size is not model_image_size.
+void vision_preprocess_config(const char *vision_dir, int model_image_size, int *size, float mean[3], float std[3]);

@@ -1,0 +1,295 @@
+// generate.c: KV-cached LLM forward, prefill with an image, sampling (see generate.h).
+#include "model/generate.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+
+void gen_init(Generator *g, Vlm *m, int max_len, int chunk) {
+    memset(g, 0, sizeof *g);
+    const Kernels *k = m->k;
+    const LlmConfig *c = &m->llm.cfg;
+    if (max_len < 1) fatal("generation cache of %d positions: need at least 1", max_len);
+    if (!k->attention_cached) fatal("the %s backend has no attention_cached kernel: generation needs it", k->name);
+    if (chunk <= 0) chunk = 512;
+    if (chunk > max_len) chunk = max_len;
+    g->m = m;
+    g->k = k;
+    g->max_len = max_len;
+    g->chunk = chunk;
+    size_t ab = k->act_bytes, C = c->hidden, I = c->mlp, QD = (size_t)c->heads * c->head_dim;
+    size_t KD = (size_t)c->kv_heads * c->head_dim, n = (size_t)chunk, r = m->llm.lora.r > 0 ? m->llm.lora.r : 1;
+    g->kc = xcalloc(c->layers, sizeof(act_t *));
+    g->vc = xcalloc(c->layers, sizeof(act_t *));
+    for (int l = 0; l < c->layers; l++) {
+        g->kc[l] = k->alloc((size_t)max_len * KD * ab);
+        g->vc[l] = k->alloc((size_t)max_len * KD * ab);
+    }
+    g->x = k->alloc(n * C * ab);
+    g->ln = k->alloc(n * C * ab);
+    g->tmp = k->alloc(n * C * ab);
+    g->q = k->alloc(n * QD * ab);
+    g->att = k->alloc(n * QD * ab);
+    g->kk = k->alloc(n * KD * ab);
+    g->v = k->alloc(n * KD * ab);
+    g->gate = k->alloc(n * I * ab);
+    g->up = k->alloc(n * I * ab);
+    g->lh = k->alloc(n * r * ab);
+    g->ids = k->alloc(n * sizeof(int));
+    g->pos = k->alloc(n * sizeof(int));
+    g->h_ids = xmalloc(n * sizeof(int));
+    g->h_pos = xmalloc(n * sizeof(int));
+    // the LLM's loss buffer (xent_chunk_rows x V, unused at inference) holds the logits
+    g->logits = m->llm.logits;
+    g->logit_rows = k->xent_chunk_rows;
+    CHECK(g->logits && g->logit_rows >= 1, "gen_init: the LLM has no logits buffer (llm_setup not run)");
+    g->h_logits = xmalloc((size_t)c->vocab * sizeof(float));
+}
+
+void gen_free(Generator *g) {
+    if (!g->m) return;
+    const Kernels *k = g->k;
+    for (int l = 0; l < g->m->llm.cfg.layers; l++) {
+        k->free(g->kc[l]);
+        k->free(g->vc[l]);
+    }
+    free(g->kc);
+    free(g->vc);
+    void *bufs[] = {g->x, g->ln, g->tmp, g->q, g->att, g->kk, g->v, g->gate, g->up, g->lh, g->ids, g->pos};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
+    free(g->h_ids);
+    free(g->h_pos);
+    free(g->h_logits);
+    memset(g, 0, sizeof *g);
+}
+
+void gen_reset(Generator *g) { g->len = 0; }
+
+// out (N, p->out) = inp @ W^T + b + scale * (inp @ A^T) @ B^T, as llm.c's proj_forward
+static void proj(const Generator *g, const LlmProj *p, act_t *out, const act_t *inp, int N) {
+    const Kernels *k = g->k;
+    const Llm *llm = &g->m->llm;
+    k->matmul_forward(out, inp, p->w, p->b, N, p->in, p->out, 1.0f, 0);
+    if (p->a >= 0) {
+        int r = llm->lora.r;
+        k->matmul_forward(g->lh, inp, params_act(llm->train, p->a), NULL, N, p->in, r, 1.0f, 0);
+        k->matmul_forward(out, g->lh, params_act(llm->train, p->bb), NULL, N, r, p->out, llm->lora_scale, 1);
+    }
+}
+
+// Runs the n rows of g->x (embeddings of positions len .. len+n-1) through the decoder, appending
+// their keys and values to the cache. Logits of the last row go to g->h_logits; of every row to
+// all_logits (host, (n, V)) when it is not NULL.
+static void forward_chunk(Generator *g, int n, float *all_logits) {
+    const Kernels *k = g->k;
+    const Llm *llm = &g->m->llm;
+    const LlmConfig *c = &llm->cfg;
+    int C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim, V = c->vocab;
+    size_t ab = k->act_bytes, KD = (size_t)NKV * HD;
+    CHECK(n >= 1 && n <= g->chunk && g->len + n <= g->max_len, "forward_chunk: %d rows at %d (chunk %d, cache %d)", n,
+          g->len, g->chunk, g->max_len);
+    for (int i = 0; i < n; i++) g->h_pos[i] = g->len + i;
+    k->upload(g->pos, g->h_pos, (size_t)n * sizeof(int));
+    for (int l = 0; l < c->layers; l++) {
+        const LlmLayer *L = &llm->layer[l];
+        k->rmsnorm_forward(g->ln, NULL, g->x, L->ln1, n, C, c->eps);
+        proj(g, &L->p[PROJ_Q], g->q, g->ln, n);
+        proj(g, &L->p[PROJ_K], g->kk, g->ln, n);
+        proj(g, &L->p[PROJ_V], g->v, g->ln, n);
+        k->rope_forward(g->q, g->q, g->pos, n, NH, HD, c->rope_theta);
+        k->rope_forward(g->kk, g->kk, g->pos, n, NKV, HD, c->rope_theta);
+        k->copy(act_at(k, g->kc[l], (size_t)g->len * KD), g->kk, (size_t)n * KD * ab);
+        k->copy(act_at(k, g->vc[l], (size_t)g->len * KD), g->v, (size_t)n * KD * ab);
+        k->attention_cached(g->att, g->q, g->kc[l], g->vc[l], 1, n, g->len + n, g->max_len, NH, NKV, HD);
+        proj(g, &L->p[PROJ_O], g->tmp, g->att, n);
+        k->add(g->x, g->x, g->tmp, (size_t)n * C);
+        k->rmsnorm_forward(g->ln, NULL, g->x, L->ln2, n, C, c->eps);
+        proj(g, &L->p[PROJ_GATE], g->gate, g->ln, n);
+        proj(g, &L->p[PROJ_UP], g->up, g->ln, n);
+        k->swiglu_forward(g->gate, g->gate, g->up, (size_t)n * I);
+        proj(g, &L->p[PROJ_DOWN], g->tmp, g->gate, n);
+        k->add(g->x, g->x, g->tmp, (size_t)n * C);
+    }
+    g->len += n;
+    if (all_logits) {
+        k->rmsnorm_forward(g->ln, NULL, g->x, llm->norm, n, C, c->eps);
+        for (int r0 = 0; r0 < n; r0 += g->logit_rows) {
+            int nr = n - r0 < g->logit_rows ? n - r0 : g->logit_rows;
+            k->matmul_forward(g->logits, act_at(k, g->ln, (size_t)r0 * C), llm->lm_head, NULL, nr, C, V, 1.0f, 0);
+            k->download_act(all_logits + (size_t)r0 * V, g->logits, (size_t)nr * V);
+        }
+        memcpy(g->h_logits, all_logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
+    } else {  // the vocabulary projection of the last row only
+        k->rmsnorm_forward(g->ln, NULL, act_at(k, g->x, (size_t)(n - 1) * C), llm->norm, 1, C, c->eps);
+        k->matmul_forward(g->logits, g->ln, llm->lm_head, NULL, 1, C, V, 1.0f, 0);
+        k->download_act(g->h_logits, g->logits, (size_t)V);
+    }
+}
+
+static void check_ids(const Generator *g, const int *ids, int n) {
+    int V = g->m->llm.cfg.vocab;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V) fatal("token id %d at prompt position %d is outside the vocabulary (%d)", ids[i], i, V);
+}
+
+const float *gen_prefill(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
+                         float *all_logits) {
+    Vlm *m = g->m;
+    const Kernels *k = g->k;
+    int C = m->llm.cfg.hidden, V = m->llm.cfg.vocab;
+    int nt = pixels ? m->n_img_tokens : 0, total = n_ids + nt;
+    if (pixels && (image_pos < 0 || image_pos > n_ids))
+        fatal("image slot before token %d of a %d-token prompt is out of range", image_pos, n_ids);
+    if (total < 1) fatal("empty prompt: no token and no image");
+    if (total > g->max_len)
+        fatal("prompt of %d positions (%d tokens + %d image tokens) does not fit the generation cache of %d positions",
+              total, n_ids, nt, g->max_len);
+    check_ids(g, ids, n_ids);
+    gen_reset(g);
+    g->t_image = 0;
+    if (pixels) {
+        CHECK(m->max_images >= 1, "gen_prefill with an image: the Vlm was loaded with max_images = 0");
+        double t0 = time_now();
+        const VitConfig *vc = &m->vit.cfg;
+        k->upload_act(m->pixels, pixels, (size_t)3 * vc->image_size * vc->image_size);
+        vit_forward(&m->vit, m->feats, m->pixels, 1);
+        connector_forward(&m->conn, m->img_emb, m->feats, 1);
+        k->synchronize();
+        g->t_image = time_now() - t0;
+    }
+    int slot0 = pixels ? image_pos : total, slot1 = slot0 + nt;  // image rows [slot0, slot1)
+    for (int s = 0; s < total; s += g->chunk) {
+        int n = total - s < g->chunk ? total - s : g->chunk;
+        for (int i = 0; i < n; i++) {
+            int p = s + i;
+            g->h_ids[i] = p < slot0 ? ids[p] : p < slot1 ? -1 : ids[p - nt];  // -1: left for the image
+        }
+        k->upload(g->ids, g->h_ids, (size_t)n * sizeof(int));
+        k->embedding_forward(g->x, g->ids, m->llm.embed, n, C, V);
+        int lo = slot0 > s ? slot0 : s, hi = slot1 < s + n ? slot1 : s + n;
+        if (lo < hi)
+            k->copy(act_at(k, g->x, (size_t)(lo - s) * C), act_at(k, m->img_emb, (size_t)(lo - slot0) * C),
+                    (size_t)(hi - lo) * C * k->act_bytes);
+        forward_chunk(g, n, all_logits ? all_logits + (size_t)s * V : NULL);
+    }
+    return g->h_logits;
+}
+
+const float *gen_extend(Generator *g, const int *ids, int n, float *all_logits) {
+    const Vlm *m = g->m;
+    int C = m->llm.cfg.hidden, V = m->llm.cfg.vocab;
+    CHECK(g->len >= 1, "gen_extend before gen_prefill");
+    if (n < 1) return g->h_logits;
+    if (g->len + n > g->max_len)
+        fatal("generation cache of %d positions is full (%d used, %d more asked)", g->max_len, g->len, n);
+    check_ids(g, ids, n);
+    for (int s = 0; s < n; s += g->chunk) {
+        int c = n - s < g->chunk ? n - s : g->chunk;
+        g->k->upload(g->ids, ids + s, (size_t)c * sizeof(int));
+        g->k->embedding_forward(g->x, g->ids, m->llm.embed, c, C, V);
+        forward_chunk(g, c, all_logits ? all_logits + (size_t)s * V : NULL);
+    }
+    return g->h_logits;
+}
+
+const float *gen_decode(Generator *g, int token) { return gen_extend(g, &token, 1, NULL); }
+
+// ---- sampling ----
+
+typedef struct {
+    double p;
+    int id;
+} Cand;
+
+static int cand_cmp(const void *a, const void *b) {
+    const Cand *x = a, *y = b;
+    if (x->p != y->p) return x->p > y->p ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+int gen_sample(const float *logits, int V, float temperature, float top_p, Rng *rng) {
+    int best = -1;
+    for (int i = 0; i < V; i++)
+        if (!isnan(logits[i]) && (best < 0 || logits[i] > logits[best])) best = i;
+    if (best < 0) return 0;  // every logit NaN: nothing to choose from
+    if (!(temperature > 0) || logits[best] == INFINITY) return best;
+    // softmax(logits / T) in double; -inf and NaN logits get probability 0
+    double mx = logits[best], total = 0;
+    Cand *c = xmalloc((size_t)V * sizeof(Cand));
+    int n = 0;
+    for (int i = 0; i < V; i++) {
+        if (isnan(logits[i]) || logits[i] == -INFINITY) continue;
+        double p = exp(((double)logits[i] - mx) / temperature);
+        if (p <= 0) continue;
+        c[n++] = (Cand){p, i};
+        total += p;
+    }
+    if (top_p > 0 && top_p < 1) {  // nucleus: the most likely tokens whose mass first reaches top_p
+        qsort(c, n, sizeof(Cand), cand_cmp);
+        double need = top_p * total, acc = 0;
+        int keep = 0;
+        while (keep < n && acc < need) acc += c[keep++].p;
+        n = keep > 0 ? keep : 1;
+        total = 0;
+        for (int i = 0; i < n; i++) total += c[i].p;
+    }
+    double u = rng_uniform_f64(rng) * total, acc = 0;
+    int pick = c[n - 1].id;  // rounding can leave u just above the last partial sum
+    for (int i = 0; i < n; i++) {
+        acc += c[i].p;
+        if (u < acc) {
+            pick = c[i].id;
+            break;
+        }
+    }
+    free(c);
+    return pick;
+}
+
+int gen_generate(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
+                 const GenOptions *o, int *out, GenStats *st) {
+    const Kernels *k = g->k;
+    int V = g->m->llm.cfg.vocab;
+    GenStats s = {0};
+    Rng rng;
+    rng_init(&rng, o->seed);
+    double t0 = time_now();
+    const float *logits = gen_prefill(g, ids, n_ids, pixels, image_pos, NULL);
+    s.n_prompt = g->len;
+    s.t_image = g->t_image;
+    int cap = o->max_new_tokens > 0 ? o->max_new_tokens : g->max_len;
+    int n = 0;
+    double t1 = 0;
+    for (;;) {
+        int tok = gen_sample(logits, V, o->temperature, o->top_p, &rng);
+        if (n == 0) {
+            s.t_prefill = time_now() - t0;
+            t1 = time_now();
+        }
+        int stop = 0;
+        for (int i = 0; i < o->n_stop; i++) stop |= tok == o->stop_ids[i];
+        if (stop) {
+            s.stop = GEN_STOP_ID;
+            break;
+        }
+        out[n++] = tok;
+        if (o->on_token) o->on_token(o->ctx, out, n);
+        if (n >= cap) {
+            s.stop = GEN_STOP_MAX_NEW;
+            break;
+        }
+        if (g->len >= g->max_len) {
+            s.stop = GEN_STOP_CACHE_FULL;
+            break;
+        }
+        logits = gen_decode(g, tok);
+        s.n_decode++;
+    }
+    k->synchronize();
+    s.t_decode = time_now() - t1;
+    s.n_new = n;
+    if (st) *st = s;
+    return n;
+}

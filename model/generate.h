@@ -1,0 +1,88 @@
+// generate.h: inference for a loaded Vlm: the LLM run over a KV cache (prefill of the prompt,
+// with one image's features spliced into its slot, then one token at a time), and sampling.
+//
+// The math is llm.c's forward exactly (RMSNorm, q/k/v projections + LoRA, RoPE at absolute
+// positions, attention, o projection, SwiGLU MLP, final norm), on the model's own weights: the
+// frozen ones and the LoRA tensors of the trainable set, unmerged. Each layer's keys (after RoPE)
+// and values are kept in a cache allocated once for max_len positions, so a new token costs one
+// row of work. The prompt runs in chunks of up to `chunk` positions (attention_cached covers
+// every chunk size), and the vocabulary projection is computed only where logits are asked for.
+// Batch size 1: one conversation per Generator.
+#pragma once
+#include <stdint.h>
+
+#include "common/rng.h"
+#include "kernels/kernels.h"
+#include "model/vlm.h"
+
+typedef struct {
+    Vlm *m;            // borrowed: vit, connector, LLM weights and the trainable set (LoRA)
+    const Kernels *k;
+    int max_len;       // cache capacity in positions (image tokens included)
+    int chunk;         // most positions one forward call runs
+    int len;           // positions in the cache
+    act_t **kc, **vc;  // per layer (max_len, NKV*HD): keys after RoPE, values
+    // scratch for one chunk of rows
+    act_t *x, *ln, *q, *kk, *v, *att, *tmp, *gate, *up, *lh;
+    int *ids, *pos;    // (chunk) backend ints
+    int *h_ids, *h_pos;
+    act_t *logits;     // (logit_rows, V) backend: the LLM's loss buffer m->llm.logits, reused
+    int logit_rows;    // xent_chunk_rows
+    float *h_logits;   // (V) host: logits of the newest position
+    double t_image;    // seconds the last prefill spent in the vision encoder and connector
+} Generator;
+
+// Caches for max_len positions and scratch for chunks of up to chunk positions (0: 512).
+// The Generator has its own buffers: a Vlm loaded with max_B 1, max_T 1 is enough, with
+// max_images >= 1 for image prompts. The backend must have attention_cached (fatal() otherwise).
+void gen_init(Generator *g, Vlm *m, int max_len, int chunk);
+void gen_free(Generator *g);
+void gen_reset(Generator *g);  // empties the cache (a new conversation)
+
+// Runs the prompt from an empty cache: ids (n_ids) and, when pixels (host, (3, S, S) normalised)
+// is not NULL, the image's n_img_tokens features inserted before ids[image_pos] (0 <= image_pos
+// <= n_ids). Returns the logits of the last position (host, V floats, valid until the next call);
+// all_logits (host, (n_prompt, V)), when not NULL, gets every prompt position's logits.
+// A prompt longer than max_len, or empty, is fatal().
+const float *gen_prefill(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
+                         float *all_logits);
+// Appends n tokens (positions len .. len+n-1) after a prefill; same outputs as gen_prefill for
+// those positions. fatal() when the cache cannot hold them.
+const float *gen_extend(Generator *g, const int *ids, int n, float *all_logits);
+// one token at position len: gen_extend(g, &token, 1, NULL)
+const float *gen_decode(Generator *g, int token);
+
+// Chooses the next token. temperature <= 0: greedy, the largest logit (ties: the lowest id; NaN
+// never wins). Otherwise softmax(logits / temperature), restricted when 0 < top_p < 1 to the
+// most likely tokens whose probabilities first reach top_p (ties in order of id), sampled with
+// one rng_uniform_f64 draw. Deterministic for a given rng state.
+int gen_sample(const float *logits, int V, float temperature, float top_p, Rng *rng);
+
+typedef struct {
+    int max_new_tokens;   // <= 0: until a stop id or the cache is full
+    float temperature;    // 0: greedy
+    float top_p;          // 1 (or 0): off
+    uint64_t seed;        // for temperature > 0
+    const int *stop_ids;  // generation ends at any of these (not included in the output)
+    int n_stop;
+    // called after each new token with all tokens so far (streaming); may be NULL
+    void (*on_token)(void *ctx, const int *tokens, int n);
+    void *ctx;
+} GenOptions;
+
+enum { GEN_STOP_ID = 1, GEN_STOP_MAX_NEW = 2, GEN_STOP_CACHE_FULL = 3 };
+
+typedef struct {
+    int n_prompt;       // positions prefilled (text and image tokens)
+    int n_new;          // tokens returned (without the stop token)
+    int n_decode;       // single-token forward passes run
+    int stop;           // GEN_STOP_*
+    double t_image;     // seconds in the vision encoder and connector (part of t_prefill)
+    double t_prefill;   // image + prompt forward + first sample
+    double t_decode;    // every later step
+} GenStats;
+
+// Prefills the prompt (as gen_prefill) and generates up to max_new_tokens tokens into out
+// (capacity max_new_tokens, or max_len when max_new_tokens <= 0). Returns the count.
+int gen_generate(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
+                 const GenOptions *o, int *out, GenStats *st);
