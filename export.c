@@ -3,9 +3,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "trainer/export.h"
 
 int main(int argc, char **argv) {
+    openmp_prefer_passive(argv);
     if (argc != 3 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         fprintf(stderr, "usage: ./export RUN_DIR_OR_STEP_DIR OUT_DIR\n"
                         "  writes OUT_DIR/llm (LoRA merged, loads in transformers), OUT_DIR/adapter (peft),\n"

@@ -68,6 +68,7 @@ static void stream_flush(Stream *s, const int *toks, int n, int final) {
 static void on_token(void *ctx, const int *toks, int n) { stream_flush(ctx, toks, n, 0); }
 
 int main(int argc, char **argv) {
+    openmp_prefer_passive(argv);
     const char *dir = NULL, *image = NULL, *prompt = NULL, *system = NULL, *device = "auto";
     int max_new = 256, max_len = 0;
     float temperature = 0, top_p = 1;

@@ -51,6 +51,7 @@ static int64_t parse_size(const char *opt, const char *v) {
 }
 
 int main(int argc, char **argv) {
+    openmp_prefer_passive(argv);
     PrepareSpec s;
     prepare_spec_defaults(&s);
     for (int i = 1; i < argc; i++) {

@@ -2,9 +2,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "trainer/trainer.h"
 
 int main(int argc, char **argv) {
+    openmp_prefer_passive(argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         fprintf(stderr,
                 "usage: ./train CONFIG [key=value ...]\n"

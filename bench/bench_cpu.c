@@ -37,6 +37,7 @@ static double step_flops(const Vlm *m, int B, int T, int n_img, int M) {
 }
 
 int main(int argc, char **argv) {
+    openmp_prefer_passive(argv);
     int steps = argc > 1 ? atoi(argv[1]) : 3;
     mkdir("build", 0755);
     mkdir("build/bench", 0755);

@@ -103,6 +103,7 @@ static void write_jpeg(const char *path) {
 }
 
 int main(int argc, char **argv) {
+    openmp_prefer_passive(argv);
     const char *tok_path = argc > 1 ? argv[1] : getenv("SVLM_BENCH_TOKENIZER");
     if (!tok_path || !tok_path[0]) tok_path = "tests/fixtures/tokenizer/qwen2.json";
     mkdir("build", 0755);

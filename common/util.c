@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void fatal(const char *fmt, ...) {
     va_list ap;
@@ -100,6 +101,12 @@ int dir_exists(const char *path) {
 void path_join(char *dst, size_t cap, const char *dir, const char *name) {
     int n = snprintf(dst, cap, "%s/%s", dir, name);
     if (n < 0 || (size_t)n >= cap) fatal("path too long: %s/%s", dir, name);
+}
+
+void openmp_prefer_passive(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);
 }
 
 double time_now(void) {

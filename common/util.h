@@ -35,6 +35,12 @@ void path_join(char *dst, size_t cap, const char *dir, const char *name);
 
 double time_now(void);  // monotonic seconds
 
+// Programs call this first in main. libgomp reads OMP_WAIT_POLICY once, when it loads, and its
+// default (workers spin after every parallel region) starves OpenBLAS's own threads and the
+// loader's: 10x slower steps on small models. Unless the user chose a policy, the program
+// re-executes itself with OMP_WAIT_POLICY=passive (and carries on as it is if that fails).
+void openmp_prefer_passive(char **argv);
+
 // number formats found in Hugging Face files
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);  // round to nearest even, NaN kept NaN

@@ -1,5 +1,7 @@
 #!/bin/sh
 # run.sh: runs every test program given, prints one line per program and a summary; exit 1 if any failed.
+# the same OpenMP wait policy the programs choose (common/util.h: openmp_prefer_passive)
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 pass=0; fail=0; ntests=0; failed=""
 mkdir -p build/test-logs
 for t in "$@"; do

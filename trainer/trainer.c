@@ -187,7 +187,10 @@ int trainer_run(const TrainConfig *c) {
     printf("svlm train: stage %d on %s, run directory %s\n", c->stage, k->name, c->out_dir);
     train_config_print(c);
 
-    // model shapes decide the image slot, which the prepared data depends on
+    // model shapes decide the image slot, which the prepared data depends on; both model
+    // directories are checked before any data is prepared
+    LlmConfig lcfg;
+    llm_config_load(&lcfg, c->llm);
     VitConfig vcfg;
     vit_config_load(&vcfg, c->vision);
     ConnectorType ct = connector_type_parse(c->connector);

@@ -1,0 +1,448 @@
+// test_train.c: ./train and ./export end to end on the synthetic data and tiny models of
+// ./synth: exact resume after SIGKILL at random instants and after SIGTERM, gradient
+// accumulation equal to one big batch, the merged export equal to the unmerged model, and every
+// kind of bad input (config, model directory, foreign or corrupt checkpoint, NaN loss, full disk).
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "data/loader.h"
+#include "eval/model_dir.h"
+#include "model/vlm.h"
+#include "tests/testlib.h"
+#include "trainer/checkpoint.h"
+#include "trainer/export.h"
+#include "trainer/optimizer.h"
+
+static char root[512];  // build/tmp/train-PID
+static char base_conf[600];
+
+// runs argv (NULL-terminated) with stdout/stderr into log; file size limit when fsize > 0;
+// returns the pid without waiting when nowait, else the exit status (-signal when killed)
+static int spawn(char *const argv[], const char *log, long fsize, int nowait) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) fail_msg("fork: %s", strerror(errno));
+    if (pid == 0) {
+        FILE *f = freopen(log, "a", stdout);
+        if (!f || dup2(fileno(stdout), 2) < 0) _exit(126);
+        if (fsize > 0) {
+            struct rlimit rl = {(rlim_t)fsize, (rlim_t)fsize};
+            setrlimit(RLIMIT_FSIZE, &rl);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    if (nowait) return pid;
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
+}
+
+static char *slurp(const char *path, size_t *n) {
+    char *s = file_read_all(path, n);
+    if (!s) fail_msg("%s: cannot read", path);
+    return s;
+}
+
+static int same_file(const char *a, const char *b) {
+    size_t na, nb;
+    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    int same = na == nb && memcmp(x, y, na) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+// ./train base.conf out_dir=<dir> extra...; returns the exit status
+static int train(const char *dir, const char *log, long fsize, const char *extra1, const char *extra2, const char *extra3) {
+    char out[700];
+    snprintf(out, sizeof out, "out_dir=%s", dir);
+    char *argv[8] = {"./train", base_conf, out, NULL, NULL, NULL, NULL, NULL};
+    int a = 3;
+    if (extra1) argv[a++] = (char *)extra1;
+    if (extra2) argv[a++] = (char *)extra2;
+    if (extra3) argv[a++] = (char *)extra3;
+    return spawn(argv, log, fsize, 0);
+}
+
+static int log_has(const char *log, const char *needle) {
+    size_t n;
+    char *s = slurp(log, &n);
+    int has = strstr(s, needle) != NULL;
+    if (!has) printf("    %s lacks \"%s\"; it holds:\n%s\n", log, needle, s);
+    free(s);
+    return has;
+}
+
+static void path(char *buf, size_t cap, const char *a, const char *b) { snprintf(buf, cap, "%s/%s", a, b); }
+
+// the three files a finished run must agree on, byte for byte
+static void expect_same_run(const char *a, const char *b, int step) {
+    char pa[900], pb[900], rel[64];
+    const char *files[3] = {"trainable.safetensors", "optimizer.safetensors", "state.json"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(rel, sizeof rel, "step_%08d/%s", step, files[i]);
+        path(pa, sizeof pa, a, rel);
+        path(pb, sizeof pb, b, rel);
+        if (!same_file(pa, pb)) fail_msg("%s and %s differ", pa, pb);
+    }
+    path(pa, sizeof pa, a, "metrics.jsonl");
+    path(pb, sizeof pb, b, "metrics.jsonl");
+    if (!same_file(pa, pb)) fail_msg("%s and %s differ", pa, pb);
+}
+
+static int setup(void **state) {
+    make_temp_dir(root, sizeof root, "train");
+    char synth_dir[600], log[600];
+    snprintf(synth_dir, sizeof synth_dir, "%s/synth", root);
+    snprintf(log, sizeof log, "%s/synth.log", root);
+    char *argv[] = {"./synth", synth_dir, "--train", "64", "--val", "16", "--heldout", "1", "--quiet", NULL};
+    if (spawn(argv, log, 0, 0) != 0) {
+        fprintf(stderr, "./synth failed, see %s\n", log);
+        return -1;
+    }
+    // stage 2 exercises everything: connector and LoRA, chatml, validation
+    snprintf(base_conf, sizeof base_conf, "%s/base.conf", root);
+    FILE *f = fopen(base_conf, "w");
+    fprintf(f,
+            "stage = 2\nvision = %s/models/vision\nllm = %s/models/llm\nconnector = ldp\n"
+            "data = %s/data/stage2_train.json\nimage_folder = %s/data/images\nval_data = %s/data/stage2_val.json\n"
+            "data_cache = %s/cache\nmax_seq_len = 96\nbatch_size = 4\nglobal_batch = 8\nmax_steps = 10\n"
+            "lr = 3e-3\nwarmup_ratio = 0.1\nlora_r = 4\nlora_alpha = 8\nsave_every = 2\nkeep_last = 2\n"
+            "eval_every = 5\nseed = 7\ndevice = cpu\nthreads = 2\n",
+            synth_dir, synth_dir, synth_dir, synth_dir, synth_dir, root);
+    fclose(f);
+    // prepares the shared data cache once
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/reference", root);
+    snprintf(log, sizeof log, "%s/reference.log", root);
+    if (train(dir, log, 0, NULL, NULL, NULL) != 0) {
+        fprintf(stderr, "reference run failed, see %s\n", log);
+        return -1;
+    }
+    return 0;
+}
+
+static void test_reference_run_learns(void **state) {
+    char p[700];
+    path(p, sizeof p, root, "reference/metrics.jsonl");
+    size_t n;
+    char *s = slurp(p, &n);
+    // validation at step 0 and at the end: the loss must have gone down
+    double first = NAN, last = NAN;
+    for (char *q = s; (q = strstr(q, "\"val_loss\": ")); q++) {
+        double v = atof(q + 12);
+        if (isnan(first)) first = v;
+        last = v;
+    }
+    free(s);
+    printf("    validation loss %.4f -> %.4f in 10 steps\n", first, last);
+    assert_true(first > 0 && last < first);
+    path(p, sizeof p, root, "reference/step_00000008");  // keep_last = 2: steps 8 and 10 remain
+    assert_true(dir_exists(p));
+    path(p, sizeof p, root, "reference/step_00000006");
+    assert_false(dir_exists(p));
+}
+
+static void test_resume_after_sigkill(void **state) {
+    char dir[600], log[600], ref[600];
+    snprintf(dir, sizeof dir, "%s/killed", root);
+    snprintf(log, sizeof log, "%s/killed.log", root);
+    snprintf(ref, sizeof ref, "%s/reference", root);
+    char out[700];
+    snprintf(out, sizeof out, "out_dir=%s", dir);
+    char *argv[] = {"./train", base_conf, out, NULL};
+    uint64_t rs = (uint64_t)time(NULL) | 1;
+    int kills = 0, done = 0;
+    for (int attempt = 0; attempt < 12 && !done; attempt++) {
+        pid_t pid = spawn(argv, log, 0, 1);
+        // a random instant between startup and a few steps in: model loading, a step, a checkpoint write
+        long us = 50000 + (long)(test_rand_u64(&rs) % 900000);
+        usleep(us);
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+            done = 1;
+            break;
+        }
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        if (WIFEXITED(st)) {  // finished just before the kill
+            assert_int_equal(WEXITSTATUS(st), 0);
+            done = 1;
+        } else {
+            kills++;
+        }
+    }
+    if (!done) {  // let it finish
+        int rc = spawn(argv, log, 0, 0);
+        assert_int_equal(rc, 0);
+    }
+    // the kills must have fallen mid-run: count the restarts that resumed from a checkpoint
+    size_t n;
+    char *text = slurp(log, &n);
+    int resumes = 0;
+    for (char *q = text; (q = strstr(q, "\nresume: ")); q++) resumes++;
+    free(text);
+    printf("    %d SIGKILLs at random instants, %d restarts resumed from a checkpoint\n", kills, resumes);
+    assert_true(kills >= 3);
+    assert_true(resumes >= 2);
+    expect_same_run(ref, dir, 10);
+}
+
+static void test_resume_after_sigterm(void **state) {
+    char dir[600], log[600], ref[600];
+    snprintf(dir, sizeof dir, "%s/terminated", root);
+    snprintf(log, sizeof log, "%s/terminated.log", root);
+    snprintf(ref, sizeof ref, "%s/reference", root);
+    char out[700];
+    snprintf(out, sizeof out, "out_dir=%s", dir);
+    char *argv[] = {"./train", base_conf, out, "save_every=100", NULL};  // only SIGTERM saves mid-run
+    int terms = 0;
+    for (int attempt = 0; attempt < 20; attempt++) {
+        pid_t pid = spawn(argv, log, 0, 1);
+        usleep(attempt == 0 ? 1200000 : 700000);
+        kill(pid, SIGTERM);
+        int st;
+        waitpid(pid, &st, 0);
+        assert_true(WIFEXITED(st));
+        assert_int_equal(WEXITSTATUS(st), 0);  // preemption is a clean exit
+        char p[700];
+        path(p, sizeof p, dir, "step_00000010/state.json");
+        if (file_exists(p)) break;
+        terms++;
+    }
+    assert_true(log_has(log, "received SIGTERM: checkpoint step_"));
+    printf("    %d SIGTERMs, each saved a checkpoint and exited 0\n", terms);
+    assert_true(terms >= 1);
+    // save_every differs from the reference run, so the checkpoints kept differ; the end agrees
+    expect_same_run(ref, dir, 10);
+}
+
+// batch_size 2 x 4 accumulation against batch_size 8 x 1 on the same 8 samples
+static void test_gradient_accumulation(void **state) {
+    char vision[600], llm[600], shards[600];
+    snprintf(vision, sizeof vision, "%s/synth/models/vision", root);
+    snprintf(llm, sizeof llm, "%s/synth/models/llm", root);
+    snprintf(shards, sizeof shards, "%s/cache/train", root);
+    VitConfig vc;
+    vit_config_load(&vc, vision);
+    VlmSpec spec = {.vision_dir = vision, .vision_layer = -2, .llm_dir = llm, .connector = CONNECTOR_LDP,
+                    .lora = {.r = 4, .alpha = 8, .targets = 0x7f}, .max_B = 8, .max_T = 96, .max_images = 8};
+    Vlm m;
+    vlm_init(&m, kernels_cpu(), &spec);
+    vlm_init_trainable(&m, 3);
+    // LoRA B starts at zero; make it non-zero so every path carries gradient
+    float *b = m.train.master;
+    uint64_t rs = 99;
+    for (size_t i = 0; i < m.train.numel; i++) b[i] += 0.01f * (test_rand_uniform(&rs) - 0.5f);
+    params_sync(&m.train);
+    size_t n = m.train.numel;
+    float *grad[2];
+    double loss[2];
+    int sizes[2] = {8, 2};
+    for (int c = 0; c < 2; c++) {
+        LoaderSpec ls = {.shard_dir = shards, .batch_size = sizes[c], .max_seq_len = 96, .image_tokens = m.n_img_tokens,
+                         .image_size = vc.image_size, .pad_to_square = 1, .seed = 5, .world = 1, .threads = 2,
+                         .prefetch = 2, .shuffle = 1};
+        vit_image_stats(vision, ls.mean, ls.std);
+        Loader *l = loader_open(&ls);
+        memset(m.train.grad, 0, n * sizeof(float));
+        double sum = 0;
+        int lab_total = 0;
+        for (int a = 0; a < 8 / sizes[c]; a++) {
+            LoaderBatch lb;
+            loader_next(l, &lb);
+            VlmBatch vb = {.B = lb.B, .T = lb.T, .ids = lb.ids, .targets = lb.targets, .pos = lb.pos, .seg = lb.seg,
+                           .n_img = lb.n_img, .pixels = lb.pixels, .img_row = lb.img_row, .img_start = lb.img_start};
+            int lab;
+            sum += vlm_forward_backward(&m, &vb, 1.0f, &lab);
+            lab_total += lab;
+        }
+        loader_close(l);
+        m.k->scale_f32(m.train.grad, 1.0f / lab_total, n);
+        grad[c] = xmalloc(n * sizeof(float));
+        memcpy(grad[c], m.train.grad, n * sizeof(float));
+        loss[c] = sum / lab_total;
+    }
+    double eg = rel_err(grad[1], grad[0], n), el = fabs(loss[1] - loss[0]) / loss[0];
+    printf("    loss %.7f vs %.7f (rel %.1e), gradients rel err %.2e\n", loss[1], loss[0], el, eg);
+    assert_true(el < 1e-6);
+    assert_true(eg < 1e-5);
+    // and the update they give
+    TrainConfig c = {.lr = 1e-3, .grad_clip = 1.0, .adam_beta1 = 0.9, .adam_beta2 = 0.999, .adam_eps = 1e-8};
+    float *after[2], *w0 = xmalloc(n * sizeof(float));
+    memcpy(w0, m.train.master, n * sizeof(float));
+    for (int k = 0; k < 2; k++) {
+        memcpy(m.train.master, w0, n * sizeof(float));
+        for (size_t i = 0; i < n; i++) m.train.m[i] = 0, m.train.v[i] = 1e-6f;
+        memcpy(m.train.grad, grad[k], n * sizeof(float));
+        double norm;
+        assert_int_equal(optimizer_step(&m.train, &c, 5, 10, 0, 10, &norm), 0);
+        after[k] = xmalloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) after[k][i] = m.train.master[i] - w0[i];
+    }
+    // With the moments of a run under way (Adam's very first step is lr * sign(g) wherever |g|
+    // is near eps, which would magnify rounding) the update is a smooth function of the gradient,
+    // but Adam normalises each element: an entry 1e-3 of the largest gradient moves as much as
+    // the largest, so its own relative rounding (~1e-7 / 1e-3) shows in the max-norm comparison.
+    double eu = rel_err(after[1], after[0], n);
+    printf("    update rel err %.2e\n", eu);
+    assert_true(eu < 1e-4);
+    for (int k = 0; k < 2; k++) free(grad[k]), free(after[k]);
+    free(w0);
+    vlm_free(&m);
+}
+
+// a model directory (run or export) as a VLM planned for one row of T tokens
+static void open_model_dir(Vlm *m, ModelDirSpec *d, const char *dir, int T) {
+    model_dir_resolve(d, dir);
+    VlmSpec s = {.vision_dir = d->vision_dir, .vision_layer = d->vision_layer, .llm_dir = d->llm_dir,
+                 .connector = d->connector, .lora = d->lora, .max_B = 1, .max_T = T, .max_images = 1};
+    vlm_init(m, kernels_cpu(), &s);
+    int unmatched;
+    int n = params_load_file(&m->train, d->weights, "", &unmatched);
+    assert_int_equal(n, m->train.n);
+    assert_int_equal(unmatched, 0);
+}
+
+static void test_export_matches_unmerged(void **state) {
+    char run[600], out[600], p[700];
+    snprintf(run, sizeof run, "%s/reference", root);
+    snprintf(out, sizeof out, "%s/export", root);
+    export_run(run, out);
+    const char *files[4] = {"llm/model.safetensors", "llm/tokenizer.json", "adapter/adapter_config.json", "connector.safetensors"};
+    for (int i = 0; i < 4; i++) {
+        path(p, sizeof p, out, files[i]);
+        assert_true(file_exists(p));
+    }
+    enum { T = 24 };
+    Vlm a, b;
+    ModelDirSpec da, db;
+    open_model_dir(&a, &da, run, T);
+    open_model_dir(&b, &db, out, T);
+    assert_true(da.lora.r == 4 && db.lora.r == 0);  // the export's LoRA lives in llm/'s weights
+    int ids[T], tgt[T], row = 0, start = 2;
+    for (int i = 0; i < T; i++) ids[i] = 3 + (i * 7) % 200, tgt[i] = -1;
+    size_t np = 3 * (size_t)a.vit.cfg.image_size * a.vit.cfg.image_size;
+    float *pix = xmalloc(np * sizeof(float));
+    uint64_t rs = 11;
+    test_fill_uniform(pix, np, -1.5f, 1.5f, &rs);
+    VlmBatch vb = {.B = 1, .T = T, .ids = ids, .targets = tgt, .n_img = 1, .pixels = pix, .img_row = &row, .img_start = &start};
+    size_t V = a.llm.cfg.vocab;
+    float *la = xmalloc(T * V * sizeof(float)), *lb = xmalloc(T * V * sizeof(float));
+    vlm_logits(&a, &vb, la);
+    vlm_logits(&b, &vb, lb);
+    double e = rel_err(lb, la, T * V);
+    printf("    merged export vs unmerged LoRA: logits rel err %.2e\n", e);
+    assert_true(e < 1e-5);
+    free(la);
+    free(lb);
+    free(pix);
+    vlm_free(&a);
+    vlm_free(&b);
+}
+
+static void test_bad_config(void **state) {
+    char log[600], dir[600];
+    snprintf(log, sizeof log, "%s/badconf.log", root);
+    snprintf(dir, sizeof dir, "%s/badconf", root);
+    assert_int_equal(train(dir, log, 0, "learning_rate=1e-3", NULL, NULL), 1);
+    assert_true(log_has(log, "unknown key \"learning_rate\""));
+    assert_int_equal(train(dir, log, 0, "lr=fast", NULL, NULL), 1);
+    assert_true(log_has(log, "lr = \"fast\" is not a number"));
+    assert_int_equal(train(dir, log, 0, "connector=qformer", NULL, NULL), 1);
+    assert_true(log_has(log, "connector \"qformer\" is not known"));
+    assert_int_equal(train(dir, log, 0, "llm=/nonexistent/llm", NULL, NULL), 1);
+    assert_true(log_has(log, "/nonexistent/llm: language model directory not found"));
+    assert_int_equal(train(dir, log, 0, "vision=/nonexistent/clip", NULL, NULL), 1);
+    assert_true(log_has(log, "/nonexistent/clip: vision model directory not found"));
+    char *argv[] = {"./train", "/nonexistent.conf", NULL};
+    assert_int_equal(spawn(argv, log, 0, 0), 1);
+    assert_true(log_has(log, "/nonexistent.conf: config file not found"));
+}
+
+static void test_foreign_and_corrupt_checkpoints(void **state) {
+    char dir[600], log[600], p[700];
+    snprintf(dir, sizeof dir, "%s/foreign", root);
+    snprintf(log, sizeof log, "%s/foreign.log", root);
+    assert_int_equal(train(dir, log, 0, "max_steps=2", NULL, NULL), 0);
+    // another LoRA rank: the checkpoint's tensors mean something else
+    assert_int_equal(train(dir, log, 0, "max_steps=4", "lora_r=8", NULL), 1);
+    assert_true(log_has(log, "checkpoint is from another configuration"));
+    assert_true(log_has(log, "lora.r: checkpoint 4, this run 8"));
+    assert_int_equal(train(dir, log, 0, "max_steps=4", "connector=mlp2x_gelu", NULL), 1);
+    assert_true(log_has(log, "connector: checkpoint \"ldp\", this run \"mlp2x_gelu\""));
+    // a damaged file in the newest checkpoint
+    path(p, sizeof p, dir, "step_00000002/trainable.safetensors");
+    assert_int_equal(truncate(p, 100), 0);
+    assert_int_equal(train(dir, log, 0, "max_steps=4", NULL, NULL), 1);
+    assert_true(log_has(log, "step_00000002/trainable.safetensors"));
+    // resume = never on a directory with checkpoints is refused, not overwritten
+    assert_int_equal(train(dir, log, 0, "resume=never", NULL, NULL), 1);
+    assert_true(log_has(log, "resume = never but"));
+}
+
+static void test_nan_loss(void **state) {
+    char dir[600], log[600], p[700];
+    snprintf(dir, sizeof dir, "%s/nan", root);
+    snprintf(log, sizeof log, "%s/nan.log", root);
+    // an absurd learning rate blows the weights up after the first update
+    assert_int_equal(train(dir, log, 0, "lr=1e30", "warmup_ratio=0", NULL), 1);
+    assert_true(log_has(log, "non-finite loss or gradient"));
+    assert_true(log_has(log, "nan_policy = skip"));
+    snprintf(dir, sizeof dir, "%s/nan_skip", root);
+    assert_int_equal(train(dir, log, 0, "lr=1e30", "warmup_ratio=0", "nan_policy=skip"), 0);
+    assert_true(log_has(log, "update skipped"));
+    path(p, sizeof p, dir, "metrics.jsonl");
+    assert_true(log_has(p, "\"skipped_steps\": 9"));
+}
+
+static void test_disk_full_during_checkpoint(void **state) {
+    char dir[600], log[600], p[700], before[700];
+    snprintf(dir, sizeof dir, "%s/diskfull", root);
+    snprintf(log, sizeof log, "%s/diskfull.log", root);
+    assert_int_equal(train(dir, log, 0, "max_steps=2", NULL, NULL), 0);
+    path(p, sizeof p, dir, "step_00000002/trainable.safetensors");
+    snprintf(before, sizeof before, "%s/trainable.before", root);
+    char *argv[] = {"/bin/cp", p, before, NULL};
+    assert_int_equal(spawn(argv, log, 0, 0), 0);
+    // files may not grow past 20 KB: the logs fit, the next checkpoint's tensors do not
+    assert_int_equal(train(dir, log, 20000, "max_steps=4", NULL, NULL), 1);
+    assert_true(log_has(log, "checkpoint of step 4 failed"));
+    assert_true(log_has(log, "the previous checkpoint is intact"));
+    assert_true(same_file(p, before));
+    path(p, sizeof p, dir, "step_00000004.tmp");
+    assert_false(dir_exists(p));
+    path(p, sizeof p, dir, "step_00000004");
+    assert_false(dir_exists(p));
+    // and the run resumes from it once there is room again
+    assert_int_equal(train(dir, log, 0, "max_steps=4", NULL, NULL), 0);
+    path(p, sizeof p, dir, "step_00000004/state.json");
+    assert_true(file_exists(p));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reference_run_learns),
+        cmocka_unit_test(test_resume_after_sigkill),
+        cmocka_unit_test(test_resume_after_sigterm),
+        cmocka_unit_test(test_gradient_accumulation),
+        cmocka_unit_test(test_export_matches_unmerged),
+        cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_foreign_and_corrupt_checkpoints),
+        cmocka_unit_test(test_nan_loss),
+        cmocka_unit_test(test_disk_full_during_checkpoint),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
