@@ -9,7 +9,7 @@ CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=gnu11 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(shell pkg-config --cflags cjson 2>/dev/null)
 LDLIBS  := -lopenblas -lcjson -lpng -ljpeg -lzstd -lpcre2-8 -lm -lpthread
 ASAN    := -fsanitize=address,undefined -fno-omit-frame-pointer
-CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 NVFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -I. --compiler-options -fPIC
 
 LIB_SRC  := $(wildcard common/*.c kernels/*.c kernels/cpu/*.c model/*.c data/*.c eval/*.c trainer/*.c)
@@ -17,14 +17,14 @@ LIB_OBJ  := $(patsubst %.c,build/obj/%.o,$(LIB_SRC))
 ASAN_OBJ := $(patsubst %.c,build/asan/%.o,$(LIB_SRC))
 CU_SRC   := $(wildcard kernels/cuda/*.cu)
 CU_OBJ   := $(patsubst %.cu,build/cuda/%.o,$(CU_SRC))
-PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c))
+PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c synth.c))
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
 # tests that parse untrusted files also run under AddressSanitizer + UBSan
 ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c))
 
 HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
-ifeq ($(HAVE_NVCC),1)
+ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1),11)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
   PROG_CUDA := $(CU_OBJ)
   PROG_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lcudnn -lstdc++
@@ -33,7 +33,7 @@ else
   PROG_LIBS :=
 endif
 
-.PHONY: all test test-unit cuda-compile bench-cpu bench-data demo clean fixtures
+.PHONY: all test test-unit cuda-compile test-gpu test-gpu-emu clean-emu bench-cpu bench-data demo clean fixtures
 all: $(PROGS)
 
 build/obj/%.o: %.c
@@ -57,7 +57,7 @@ build/libsvlm_asan.a: $(ASAN_OBJ)
 	ar rcs $@ $^
 
 $(PROGS): %: build/obj/%.o build/libsvlm.a $(PROG_CUDA)
-	$(CC) $(CFLAGS) $< build/libsvlm.a $(PROG_CUDA) -o $@ $(LDLIBS) $(PROG_LIBS)
+	$(CC) $(CFLAGS) $< $(PROG_CUDA) build/libsvlm.a -o $@ $(LDLIBS) $(PROG_LIBS)
 
 build/tests/test_%: build/obj/tests/test_%.o build/obj/tests/testlib.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
 	@mkdir -p $(dir $@)
@@ -91,6 +91,39 @@ bench-data: build/bench_data
 # regenerates tests/fixtures (needs torch, transformers, peft: see README)
 fixtures:
 	python3 scripts/make_fixtures.py --out tests/fixtures
+
+# GPU tests: every CUDA op against the CPU backend, then the HF fixtures through the whole model
+# on kernels_cuda(). Needs a CUDA device (exits 77, reported as skipped, without one); never part
+# of `make test`. `make test-gpu-emu` runs the same program on a CPU emulation of the CUDA kernels
+# (tests/gpu/emu, small shapes only), which needs no GPU and no nvcc.
+$(CU_OBJ): kernels/cuda/common.cuh
+build/tests/gpu/test_gpu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(CU_OBJ) build/libsvlm.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ -o $@ -lcmocka $(LDLIBS) $(PROG_LIBS)
+test-gpu: build/tests/gpu/test_gpu
+	@./build/tests/gpu/test_gpu; rc=$$?; \
+	if [ $$rc -eq 77 ]; then echo "test-gpu: skipped (no CUDA device)"; exit 0; fi; exit $$rc
+
+EMU_OBJ := $(patsubst kernels/cuda/%.cu,build/emu/%.o,$(CU_SRC)) build/emu/emu_runtime.o
+EMU_FLAGS := -std=c++17 -O2 -g -ffp-contract=off -DSVLM_CUDA_EMU -I. -Wall -Wextra -Wno-unused-parameter
+# EMU_SAN=1: the emulated kernels under AddressSanitizer + UBSan (out-of-bounds device accesses);
+# run `make clean-emu` when switching
+EMU_SAN_OPTS := -fsanitize=address,undefined -fno-omit-frame-pointer
+EMU_SAN_FLAGS := $(if $(EMU_SAN),$(EMU_SAN_OPTS))
+EMU_FLAGS += $(EMU_SAN_FLAGS)
+build/emu/%.o: kernels/cuda/%.cu kernels/cuda/common.cuh tests/gpu/emu/cuda_emu.h
+	@mkdir -p $(dir $@)
+	$(CXX) -x c++ $(EMU_FLAGS) -c $< -o $@
+build/emu/emu_runtime.o: tests/gpu/emu/emu_runtime.cpp tests/gpu/emu/cuda_emu.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_FLAGS) -c $< -o $@
+build/tests/gpu/test_gpu_emu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(EMU_OBJ) build/libsvlm.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ -lcmocka $(LDLIBS) -lstdc++
+test-gpu-emu: build/tests/gpu/test_gpu_emu
+	./build/tests/gpu/test_gpu_emu
+clean-emu:
+	rm -rf build/emu build/tests/gpu/test_gpu_emu
 
 clean:
 	rm -rf build $(PROGS)

@@ -37,8 +37,10 @@ int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ..
     }
     size_t nl = strlen(p->name);
     p->decay = !(nl >= 5 && strcmp(p->name + nl - 5, ".bias") == 0);
-    p->offset = ps->numel;
-    ps->numel += p->numel;
+    // every tensor starts 16-byte aligned (8 elements of bf16), which cuBLASLt's fast kernels
+    // require; the few padding elements are zero and stay zero (no gradient reaches them)
+    p->offset = (ps->numel + 7) & ~(size_t)7;
+    ps->numel = p->offset + p->numel;
     return ps->n++;
 }
 

@@ -1,0 +1,215 @@
+// cuda_backend.cu: the CUDA backend's table (kernels_cuda), its one-time setup (device, stream,
+// cuBLASLt), error reporting, scratch buffers and the memory ops. Returns NULL, and never
+// crashes, on a machine without a CUDA driver or device.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/common.cuh"
+
+static cudaStream_t g_stream;
+static int g_device, g_num_sms;
+static void *g_scratch[N_SCRATCH];
+static size_t g_scratch_bytes[N_SCRATCH];
+
+cudaStream_t cuda_stream(void) { return g_stream; }
+int cuda_num_sms(void) { return g_num_sms; }
+
+void cuda_check_fail(int err, const char *file, int line, const char *expr) {
+    cudaError_t e = (cudaError_t)err;
+    check_fail(file, line, expr,
+               "CUDA error %d (%s: %s). Errors inside a kernel surface at a later call: rerun with "
+               "CUDA_LAUNCH_BLOCKING=1 to find the kernel, and compute-sanitizer for bad accesses",
+               err, cudaGetErrorName(e), cudaGetErrorString(e));
+}
+
+void *cuda_scratch(int slot, size_t bytes) {
+    CHECK(slot >= 0 && slot < N_SCRATCH, "scratch slot %d", slot);
+    if (bytes > g_scratch_bytes[slot]) {
+        // kernels still queued may use the old buffer
+        cudaCheck(cudaStreamSynchronize(g_stream));
+        if (g_scratch[slot]) cudaCheck(cudaFree(g_scratch[slot]));
+        size_t want = bytes + bytes / 4 + 256;
+        if (cudaMalloc(&g_scratch[slot], want) != cudaSuccess) {
+            size_t free_b = 0, total = 0;
+            cudaGetLastError();
+            cudaMemGetInfo(&free_b, &total);
+            fatal("out of GPU memory: a scratch buffer of %zu bytes does not fit (%zu of %zu bytes free); "
+                  "lower batch_size", want, free_b, total);
+        }
+        g_scratch_bytes[slot] = want;
+    }
+    return g_scratch[slot];
+}
+
+// ---------------------------------------------------------------- memory
+
+static void *cuda_alloc(size_t bytes) {
+    size_t want = bytes ? bytes : 256;  // a unique, freeable pointer even for 0 bytes
+    void *p = NULL;
+    if (cudaMalloc(&p, want) != cudaSuccess) {
+        size_t free_b = 0, total = 0;
+        cudaGetLastError();  // clear the error so later calls do not report it
+        cudaMemGetInfo(&free_b, &total);
+        fatal("out of GPU memory: asked for %zu bytes, %zu of %zu bytes free; lower batch_size (or max_seq_len)",
+              bytes, free_b, total);
+    }
+    cudaCheck(cudaMemsetAsync(p, 0, want, g_stream));
+    return p;
+}
+
+static void cuda_free(void *p) {
+    if (p) cudaCheck(cudaFree(p));
+}
+
+static void cuda_zero(void *p, size_t bytes) {
+    if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, g_stream));
+}
+
+static void cuda_copy(void *dst, const void *src, size_t bytes) {
+    if (!bytes || dst == src) return;
+    uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
+    CHECK(d + bytes <= s || s + bytes <= d, "copy between overlapping spans is not supported on CUDA");
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream));
+}
+
+static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
+    if (!bytes) return;
+    cudaCheck(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, g_stream));
+    cudaCheck(cudaStreamSynchronize(g_stream));  // the host buffer may change once we return
+}
+
+static void cuda_download(void *host_dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    cudaCheck(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, g_stream));
+    cudaCheck(cudaStreamSynchronize(g_stream));
+}
+
+// fp32 host <-> bf16 device through a pinned staging buffer, converted on the host with the
+// same rounding as common/util.c (nearest even, NaN kept)
+#define STAGE_ELEMS ((size_t)1 << 22)  // 8 MB of bf16
+static uint16_t *g_stage;
+
+static void cuda_upload_act(act_t *dst, const float *host_src, size_t n) {
+    uint16_t *d = (uint16_t *)dst;
+    for (size_t i0 = 0; i0 < n; i0 += STAGE_ELEMS) {
+        size_t m = n - i0 < STAGE_ELEMS ? n - i0 : STAGE_ELEMS;
+        for (size_t i = 0; i < m; i++) g_stage[i] = f32_to_bf16(host_src[i0 + i]);
+        cudaCheck(cudaMemcpyAsync(d + i0, g_stage, m * sizeof(uint16_t), cudaMemcpyHostToDevice, g_stream));
+        cudaCheck(cudaStreamSynchronize(g_stream));  // before the staging buffer is refilled
+    }
+}
+
+static void cuda_download_act(float *host_dst, const act_t *src, size_t n) {
+    const uint16_t *s = (const uint16_t *)src;
+    for (size_t i0 = 0; i0 < n; i0 += STAGE_ELEMS) {
+        size_t m = n - i0 < STAGE_ELEMS ? n - i0 : STAGE_ELEMS;
+        cudaCheck(cudaMemcpyAsync(g_stage, s + i0, m * sizeof(uint16_t), cudaMemcpyDeviceToHost, g_stream));
+        cudaCheck(cudaStreamSynchronize(g_stream));
+        for (size_t i = 0; i < m; i++) host_dst[i0 + i] = bf16_to_f32(g_stage[i]);
+    }
+}
+
+static void cuda_synchronize(void) { cudaCheck(cudaStreamSynchronize(g_stream)); }
+
+// ---------------------------------------------------------------- setup
+
+__global__ void probe_kernel(int *p) { p[threadIdx.x] = (int)threadIdx.x; }
+
+static Kernels g_kernels = {
+    .name = "cuda",
+    .act_bytes = 2,
+    .act_is_f32 = 0,
+    // 1024 rows x 151936 vocabulary x 2 bytes = 311 MB of logits per chunk
+    .xent_chunk_rows = 1024,
+
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .zero = cuda_zero,
+    .copy = cuda_copy,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .upload_act = cuda_upload_act,
+    .download_act = cuda_download_act,
+    .cast_to_act = cuda_cast_to_act,
+    .synchronize = cuda_synchronize,
+
+    .matmul_forward = cuda_matmul_forward,
+    .matmul_backward = cuda_matmul_backward,
+    .layernorm_forward = cuda_layernorm_forward,
+    .layernorm_backward = cuda_layernorm_backward,
+    .rmsnorm_forward = cuda_rmsnorm_forward,
+    .rmsnorm_backward = cuda_rmsnorm_backward,
+    .rope_forward = cuda_rope_forward,
+    .rope_backward = cuda_rope_backward,
+    .attention_forward = cuda_attention_forward,
+    .attention_backward = cuda_attention_backward,
+    .attention_cached = cuda_attention_cached,
+    .gelu_forward = cuda_gelu_forward,
+    .gelu_backward = cuda_gelu_backward,
+    .quick_gelu_forward = cuda_quick_gelu_forward,
+    .quick_gelu_backward = cuda_quick_gelu_backward,
+    .swiglu_forward = cuda_swiglu_forward,
+    .swiglu_backward = cuda_swiglu_backward,
+    .add = cuda_add,
+    .avgpool2x2_forward = cuda_avgpool2x2_forward,
+    .avgpool2x2_backward = cuda_avgpool2x2_backward,
+    .dwconv3x3_forward = cuda_dwconv3x3_forward,
+    .dwconv3x3_backward = cuda_dwconv3x3_backward,
+    .im2col_patches = cuda_im2col_patches,
+    .vit_embed = cuda_vit_embed,
+    .embedding_forward = cuda_embedding_forward,
+    .gather_rows = cuda_gather_rows,
+    .scatter_rows = cuda_scatter_rows,
+    .cross_entropy = cuda_cross_entropy,
+    .adamw_update = cuda_adamw_update,
+    .sum_squares = cuda_sum_squares,
+    .scale_f32 = cuda_scale_f32,
+};
+
+static void setup(void) {
+    cudaCheck(cudaGetDevice(&g_device));  // the current device: cudaSetDevice before the first call picks another
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, g_device));
+    if (prop.major < 8)
+        fatal("CUDA device %d (%s) has compute capability %d.%d: svlm needs 8.0 or newer (bf16)", g_device,
+              prop.name, prop.major, prop.minor);
+    g_num_sms = prop.multiProcessorCount;
+    cudaCheck(cudaStreamCreate(&g_stream));
+    // a kernel launch proves the binary carries code for this GPU
+    int *probe;
+    cudaCheck(cudaMalloc(&probe, 32 * sizeof(int)));
+    LAUNCH(1, 32, probe_kernel)(probe);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) e = cudaStreamSynchronize(g_stream);
+    if (e != cudaSuccess)
+        fatal("CUDA device %d (%s, sm_%d%d) cannot run svlm's kernels: %s. svlm was built for the "
+              "architectures in CUDA_ARCH (Makefile); rebuild with e.g. CUDA_ARCH=\"-gencode arch=compute_%d%d,code=sm_%d%d\"",
+              g_device, prop.name, prop.major, prop.minor, cudaGetErrorString(e), prop.major, prop.minor,
+              prop.major, prop.minor);
+    cudaCheck(cudaFree(probe));
+    if (cudaMallocHost((void **)&g_stage, STAGE_ELEMS * sizeof(uint16_t)) != cudaSuccess) {
+        cudaGetLastError();
+        g_stage = (uint16_t *)xmalloc(STAGE_ELEMS * sizeof(uint16_t));  // pageable works too, slower
+    }
+    cuda_matmul_init();
+#ifdef SVLM_CUDA_EMU
+    g_kernels.name = "cuda-emu";
+#endif
+}
+
+extern "C" const Kernels *kernels_cuda(void) {
+    static int state;  // 0 not tried, 1 ready, -1 no device
+    if (state == 0) {
+        int n = 0;
+        cudaError_t e = cudaGetDeviceCount(&n);
+        if (e != cudaSuccess || n <= 0) {
+            cudaGetLastError();  // no driver or no device: not an error, just no CUDA backend
+            state = -1;
+        } else {
+            setup();
+            state = 1;
+        }
+    }
+    return state == 1 ? &g_kernels : NULL;
+}

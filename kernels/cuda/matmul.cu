@@ -1,0 +1,294 @@
+// matmul.cu: the linear layer on cuBLASLt: bf16 inputs, fp32 accumulation (CUBLAS_COMPUTE_32F),
+// bf16 output for activations and fp32 output for weight gradients (+=, beta = 1).
+//
+// Row-major <-> column-major: cuBLAS sees a row-major (R, C) matrix as a column-major (C, R) one,
+// so each product is written for the transposes (llm.c's trick):
+//   forward  out (N,OC) = inp @ w^T    ->  D (OC,N) = op_T(w: C x OC) * (inp: C x N)
+//   dinp     (N,C)   += dout @ w       ->  D (C,N)  = (w: C x OC) * (dout: OC x N)
+//   dw       (OC,C)  += dout^T @ inp   ->  D (C,OC) = (inp: C x N) * op_T(dout: OC x N)
+// The bias rides in the epilogue (CUBLASLT_EPILOGUE_BIAS adds bias[m] to row m of the
+// column-major D, i.e. to each column of out); dbias is a deterministic column sum (colsum.cu).
+//
+// Each distinct problem (shape, transposes, types, pointer alignment, epilogue) gets its
+// cuBLASLt descriptors and the heuristic's first algorithm once; the plan is cached, so a run
+// always uses the same algorithm for the same shape (determinism, and resume gives the same
+// bits). Split-K is excluded (CUBLASLT_REDUCTION_SCHEME_NONE) unless SVLM_CUBLASLT_SPLITK=1.
+// Where cuBLASLt has no algorithm (odd leading dimensions such as LoRA rank 3), or with
+// SVLM_MATMUL_FALLBACK=1, a simple tiled kernel computes the same column-major GEMM.
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/common.cuh"
+
+#ifndef SVLM_CUDA_EMU
+#include <cublasLt.h>
+#endif
+
+// one GEMM in cuBLAS (column-major) terms: D (m,n) = alpha op(A) op(B) + beta D + bias[m]
+typedef struct {
+    int transa, transb, m, n, k;
+    const bf16 *A;
+    int lda;
+    const bf16 *B;
+    int ldb;
+    void *D;
+    int ldd;
+    int d_f32;        // D is fp32 (weight gradients), else bf16
+    const bf16 *bias; // (m) or NULL
+    float alpha, beta;
+} Gemm;
+
+// ---------------------------------------------------------------- reference kernel (fallback)
+
+#define FB_T 32
+// block (32, 8): thread (tx, ty) computes D[m0 + tx, n0 + ty + 8r] for r < 4, summing k in order
+template <typename OutT>
+__global__ void __launch_bounds__(256) gemm_fallback_kernel(Gemm g) {
+    __shared__ float As[FB_T][FB_T + 1];  // [kk][i]
+    __shared__ float Bs[FB_T][FB_T + 1];  // [kk][j]
+    int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 32 + tx;
+    int m0 = blockIdx.x * FB_T, n0 = blockIdx.y * FB_T;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int k0 = 0; k0 < g.k; k0 += FB_T) {
+        for (int e = tid; e < FB_T * FB_T; e += 256) {
+            int a = e % FB_T, b = e / FB_T;
+            // A: element (row i, col kk) of op(A); load with the contiguous index fastest
+            int i = g.transa ? m0 + b : m0 + a, kk = g.transa ? k0 + a : k0 + b;
+            float va = 0.0f;
+            if (i < g.m && kk < g.k)
+                va = bf2f(g.transa ? g.A[(size_t)i * g.lda + kk] : g.A[(size_t)kk * g.lda + i]);
+            As[kk - k0][i - m0] = va;
+            int j = g.transb ? n0 + a : n0 + b, kb = g.transb ? k0 + b : k0 + a;
+            float vb = 0.0f;
+            if (j < g.n && kb < g.k)
+                vb = bf2f(g.transb ? g.B[(size_t)kb * g.ldb + j] : g.B[(size_t)j * g.ldb + kb]);
+            Bs[kb - k0][j - n0] = vb;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < FB_T; kk++) {
+            float a = As[kk][tx];
+            for (int r = 0; r < 4; r++) acc[r] += a * Bs[kk][ty + 8 * r];
+        }
+        __syncthreads();
+    }
+    int i = m0 + tx;
+    if (i >= g.m) return;
+    for (int r = 0; r < 4; r++) {
+        int j = n0 + ty + 8 * r;
+        if (j >= g.n) continue;
+        OutT *d = (OutT *)g.D + (size_t)j * g.ldd + i;
+        float v = g.alpha * acc[r];
+        if (g.beta != 0.0f) {
+            float old;
+            if constexpr (sizeof(OutT) == 4) old = *(const float *)d;
+            else old = bf2f(*(const bf16 *)d);
+            v += g.beta * old;
+        }
+        if (g.bias) v += bf2f(g.bias[i]);
+        if constexpr (sizeof(OutT) == 4) *(float *)d = v;
+        else *(bf16 *)d = f2bf(v);
+    }
+}
+
+static void gemm_fallback(const Gemm *g) {
+    dim3 grid(ceil_div_u(g->m, FB_T), ceil_div_u(g->n, FB_T)), block(32, 8);
+    CHECK(grid.y <= 65535, "fallback GEMM with n = %d is too large", g->n);
+    if (g->d_f32) LAUNCH(grid, block, gemm_fallback_kernel<float>)(*g);
+    else LAUNCH(grid, block, gemm_fallback_kernel<bf16>)(*g);
+    cudaCheckLaunch();
+}
+
+// out (rows, cols) += bias (cols), for a bias the epilogue could not take
+__global__ void add_bias_kernel(bf16 *out, const bf16 *bias, int rows, int cols) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)rows * cols) return;
+    out[i] = f2bf(bf2f(out[i]) + bf2f(bias[i % cols]));
+}
+
+// ---------------------------------------------------------------- cuBLASLt
+
+static int g_force_fallback;
+
+#ifndef SVLM_CUDA_EMU
+static cublasLtHandle_t g_lt;
+static void *g_workspace;
+static const size_t WORKSPACE_BYTES = (size_t)32 << 20;  // what cuBLAS recommends for Hopper
+static uint32_t g_reduction_mask = CUBLASLT_REDUCTION_SCHEME_NONE;
+
+static void cublas_check_fail(cublasStatus_t s, const char *file, int line, const char *expr) {
+    check_fail(file, line, expr,
+               "cuBLAS error %d (%s). Set SVLM_MATMUL_FALLBACK=1 to run every matmul on svlm's own "
+               "kernel and see whether cuBLASLt is the cause",
+               (int)s, cublasGetStatusString(s));
+}
+#define cublasCheck(call)                                                       \
+    do {                                                                        \
+        cublasStatus_t s_ = (call);                                             \
+        if (s_ != CUBLAS_STATUS_SUCCESS) cublas_check_fail(s_, __FILE__, __LINE__, #call); \
+    } while (0)
+
+typedef struct {
+    int transa, transb, m, n, k, lda, ldb, ldd, d_f32, bias;
+    uint32_t align_a, align_b, align_d;
+} PlanKey;
+
+typedef struct {
+    PlanKey key;
+    int ok;  // 0: cuBLASLt has no algorithm, use the fallback
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo;
+} Plan;
+
+#define MAX_PLANS 1024
+static Plan *g_plans;
+static int g_n_plans;
+
+// largest power of two dividing the address, at most 256 (what the heuristic may assume)
+static uint32_t alignment_of(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    uint32_t al = 256;
+    while (al > 1 && (a & (al - 1))) al >>= 1;
+    return al;
+}
+
+static Plan *plan_for(const Gemm *g) {
+    PlanKey key;
+    memset(&key, 0, sizeof key);  // padding too, so memcmp compares keys
+    key.transa = g->transa; key.transb = g->transb;
+    key.m = g->m; key.n = g->n; key.k = g->k;
+    key.lda = g->lda; key.ldb = g->ldb; key.ldd = g->ldd;
+    key.d_f32 = g->d_f32;
+    key.bias = g->bias != NULL;
+    key.align_a = alignment_of(g->A);
+    key.align_b = alignment_of(g->B);
+    key.align_d = alignment_of(g->D);
+    for (int i = 0; i < g_n_plans; i++)
+        if (memcmp(&g_plans[i].key, &key, sizeof key) == 0) return &g_plans[i];
+    CHECK(g_n_plans < MAX_PLANS, "more than %d distinct matmul shapes", MAX_PLANS);
+    Plan *p = &g_plans[g_n_plans++];
+    memset(p, 0, sizeof *p);
+    p->key = key;
+
+    cublasOperation_t ta = g->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g->transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cudaDataType_t dt = g->d_f32 ? CUDA_R_32F : CUDA_R_16BF;
+    cublasCheck(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    if (g->bias) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType_t bt = CUDA_R_16BF;
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
+                                                   sizeof g->bias));
+    }
+    // stored shapes, before op(): A is (k, m) when transposed, B is (n, k) when transposed
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, g->transa ? g->k : g->m, g->transa ? g->m : g->k, g->lda));
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, g->transb ? g->n : g->k, g->transb ? g->k : g->n, g->ldb));
+    cublasCheck(cublasLtMatrixLayoutCreate(&p->d, dt, g->m, g->n, g->ldd));
+
+    cublasLtMatmulPreference_t pref;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t ws = WORKSPACE_BYTES;
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                     &g_reduction_mask, sizeof g_reduction_mask));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.align_a, sizeof key.align_a));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.align_b, sizeof key.align_b));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.align_d, sizeof key.align_d));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align_d, sizeof key.align_d));
+    cublasLtMatmulHeuristicResult_t res;
+    memset(&res, 0, sizeof res);
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, p->desc, p->a, p->b, p->d, p->d, pref, 1, &res, &found);
+    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+    p->ok = st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS &&
+            res.workspaceSize <= WORKSPACE_BYTES;
+    if (p->ok) p->algo = res.algo;
+    if (getenv("SVLM_MATMUL_VERBOSE"))
+        fprintf(stderr, "svlm: matmul plan m=%d n=%d k=%d op=%c%c ld=%d,%d,%d %s%s align=%u,%u,%u: %s\n", g->m,
+                g->n, g->k, g->transa ? 'T' : 'N', g->transb ? 'T' : 'N', g->lda, g->ldb, g->ldd,
+                g->d_f32 ? "f32" : "bf16", g->bias ? " bias" : "", key.align_a, key.align_b, key.align_d,
+                p->ok ? "cuBLASLt" : "fallback kernel");
+    return p;
+}
+#endif
+
+void cuda_matmul_init(void) {
+    const char *f = getenv("SVLM_MATMUL_FALLBACK");
+    g_force_fallback = f && *f && strcmp(f, "0") != 0;
+#ifndef SVLM_CUDA_EMU
+    cublasCheck(cublasLtCreate(&g_lt));
+    cudaCheck(cudaMalloc(&g_workspace, WORKSPACE_BYTES));
+    g_plans = (Plan *)xcalloc(MAX_PLANS, sizeof(Plan));
+    const char *s = getenv("SVLM_CUBLASLT_SPLITK");
+    if (s && *s && strcmp(s, "0") != 0) g_reduction_mask = CUBLASLT_REDUCTION_SCHEME_MASK;
+#endif
+}
+
+static void gemm(const Gemm *g) {
+    if (g->m <= 0 || g->n <= 0) return;
+    if (g->k <= 0 || g_force_fallback) {
+        gemm_fallback(g);
+        return;
+    }
+#ifdef SVLM_CUDA_EMU
+    gemm_fallback(g);
+#else
+    Gemm gg = *g;
+    // the epilogue takes only a bias as aligned as the matrices; otherwise a kernel adds it
+    const bf16 *late_bias = NULL;
+    if (gg.bias && ((uintptr_t)gg.bias & 15)) {
+        late_bias = gg.bias;
+        gg.bias = NULL;
+    }
+    Plan *p = plan_for(&gg);
+    if (!p->ok) {
+        gemm_fallback(g);
+        return;
+    }
+    if (gg.bias)
+        cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &gg.bias, sizeof gg.bias));
+    cublasStatus_t st = cublasLtMatmul(g_lt, p->desc, &gg.alpha, gg.A, p->a, gg.B, p->b, &gg.beta, gg.D, p->d, gg.D,
+                                       p->d, &p->algo, g_workspace, WORKSPACE_BYTES, cuda_stream());
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+        // an algorithm the heuristic offered but that refuses the call: this shape runs on the
+        // fallback kernel from now on (nothing was written, so running it now is exact)
+        warn("cuBLASLt refused a matmul (m=%d n=%d k=%d, %s); using svlm's own kernel for this shape", gg.m, gg.n,
+             gg.k, cublasGetStatusString(st));
+        p->ok = 0;
+        gemm_fallback(g);
+        return;
+    }
+    cublasCheck(st);
+    if (late_bias) {
+        size_t total = (size_t)gg.m * gg.n;
+        LAUNCH(ceil_div_u(total, 256), 256, add_bias_kernel)((bf16 *)gg.D, late_bias, gg.n, gg.m);
+        cudaCheckLaunch();
+    }
+#endif
+}
+
+void cuda_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N, int C,
+                         int OC, float alpha, int accumulate) {
+    if (N <= 0 || OC <= 0) return;
+    Gemm g = {1, 0, OC, N, C, (const bf16 *)w, C, (const bf16 *)inp, C, out, OC, 0, (const bf16 *)bias,
+              alpha, accumulate ? 1.0f : 0.0f};
+    if (C <= 0) g.lda = g.ldb = 1;
+    gemm(&g);
+}
+
+void cuda_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                          const act_t *w, int N, int C, int OC, float alpha) {
+    if (N <= 0 || OC <= 0) return;
+    if (dinp && C > 0) {
+        Gemm g = {0, 0, C, N, OC, (const bf16 *)w, C, (const bf16 *)dout, OC, dinp, C, 0, NULL, alpha, 1.0f};
+        gemm(&g);
+    }
+    if (dw && C > 0) {
+        Gemm g = {0, 1, C, OC, N, (const bf16 *)inp, C, (const bf16 *)dout, OC, dw, C, 1, NULL, alpha, 1.0f};
+        gemm(&g);
+    }
+    if (dbias) cuda_colsum_bias(dbias, (const bf16 *)dout, N, OC);
+}

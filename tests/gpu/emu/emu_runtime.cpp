@@ -1,0 +1,216 @@
+// emu_runtime.cpp: the fiber scheduler and runtime API of the CUDA emulator (see cuda_emu.h).
+#include <ucontext.h>
+
+#include <vector>
+
+#include "tests/gpu/emu/cuda_emu.h"
+
+enum { F_RUN, F_BAR, F_WBAR, F_DONE };
+
+struct EmuFiber {
+    ucontext_t ctx;
+    uint3 tid;
+    int linear, state;
+    char *stack;
+};
+
+EmuFiber *emu_cur;
+uint3 emu_block_idx;
+dim3 emu_block_dim, emu_grid_dim;
+
+static ucontext_t g_sched;
+static std::vector<EmuFiber> g_fibers;
+static const std::function<void()> *g_body;
+static uint64_t g_slots[32][32];  // [warp][lane] shuffle values
+static cudaError_t g_last_error;
+static const size_t STACK_BYTES = 256 << 10;
+static char *g_stacks[1024];  // kept for the life of the process (a plain array: LeakSanitizer sees them)
+
+uint3 &emu_thread_idx(void) { return emu_cur->tid; }
+int emu_lane(void) { return emu_cur->linear % 32; }
+
+static void yield_to_scheduler(int state) {
+    emu_cur->state = state;
+    swapcontext(&emu_cur->ctx, &g_sched);
+}
+
+void __syncthreads(void) { yield_to_scheduler(F_BAR); }
+void __syncwarp(unsigned mask) {
+    (void)mask;
+    yield_to_scheduler(F_WBAR);
+}
+
+uint64_t emu_warp_exchange(uint64_t v, int src) {
+    int lane = emu_cur->linear % 32, warp = emu_cur->linear / 32;
+    g_slots[warp][lane] = v;
+    yield_to_scheduler(F_WBAR);
+    int src_linear = warp * 32 + src;
+    if (src_linear >= (int)g_fibers.size() || g_fibers[src_linear].state == F_DONE) {
+        fprintf(stderr, "cuda-emu: thread %d shuffles with lane %d, which has exited or does not exist\n",
+                emu_cur->linear, src);
+        abort();
+    }
+    uint64_t r = g_slots[warp][src];
+    yield_to_scheduler(F_WBAR);  // every lane reads before any lane writes its slot again
+    return r;
+}
+
+static void fiber_entry(void) {
+    (*g_body)();
+    emu_cur->state = F_DONE;  // returning resumes uc_link, the scheduler
+}
+
+void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
+    size_t nthreads = (size_t)block.x * block.y * block.z;
+    if (nthreads == 0 || nthreads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
+        grid.z > 65535 || block.z > 64) {
+        emu_set_error(cudaErrorInvalidConfiguration);
+        return;
+    }
+    if (g_fibers.size() < 1024) {
+        g_fibers.resize(1024);
+        for (size_t i = 0; i < 1024; i++) {
+            if (!g_stacks[i]) g_stacks[i] = (char *)malloc(STACK_BYTES);
+            g_fibers[i].stack = g_stacks[i];
+        }
+    }
+    g_body = &body;
+    emu_grid_dim = grid;
+    emu_block_dim = block;
+    std::vector<EmuFiber *> fs(nthreads);
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                emu_block_idx = uint3{bx, by, bz};
+                for (size_t t = 0; t < nthreads; t++) {
+                    EmuFiber *f = &g_fibers[t];
+                    f->linear = (int)t;
+                    f->tid = uint3{(unsigned)(t % block.x), (unsigned)(t / block.x % block.y),
+                                   (unsigned)(t / ((size_t)block.x * block.y))};
+                    f->state = F_RUN;
+                    getcontext(&f->ctx);
+                    f->ctx.uc_stack.ss_sp = f->stack;
+                    f->ctx.uc_stack.ss_size = STACK_BYTES;
+                    f->ctx.uc_link = &g_sched;
+                    makecontext(&f->ctx, fiber_entry, 0);
+                    fs[t] = f;
+                }
+                for (;;) {
+                    for (size_t t = 0; t < nthreads; t++) {
+                        if (fs[t]->state != F_RUN) continue;
+                        emu_cur = fs[t];
+                        swapcontext(&g_sched, &fs[t]->ctx);
+                    }
+                    // every thread waits at a barrier or is done: release what can be released
+                    int released = 0, alive = 0, at_bar = 0;
+                    for (size_t w = 0; w * 32 < nthreads; w++) {
+                        size_t t1 = (w + 1) * 32 < nthreads ? (w + 1) * 32 : nthreads;
+                        int wbar = 0, other = 0;
+                        for (size_t t = w * 32; t < t1; t++) {
+                            if (fs[t]->state == F_WBAR) wbar++;
+                            else if (fs[t]->state != F_DONE) other++;
+                        }
+                        if (wbar && !other) {
+                            for (size_t t = w * 32; t < t1; t++)
+                                if (fs[t]->state == F_WBAR) fs[t]->state = F_RUN;
+                            released = 1;
+                        }
+                    }
+                    if (released) continue;
+                    for (size_t t = 0; t < nthreads; t++) {
+                        if (fs[t]->state != F_DONE) alive++;
+                        if (fs[t]->state == F_BAR) at_bar++;
+                    }
+                    if (alive == 0) break;
+                    if (at_bar == alive) {
+                        for (size_t t = 0; t < nthreads; t++)
+                            if (fs[t]->state == F_BAR) fs[t]->state = F_RUN;
+                        continue;
+                    }
+                    fprintf(stderr, "cuda-emu: deadlock in block (%u,%u,%u): %d threads alive, %d at "
+                            "__syncthreads, the rest at warp barriers that part of their warp never reaches\n",
+                            bx, by, bz, alive, at_bar);
+                    abort();
+                }
+            }
+    emu_cur = NULL;
+}
+
+// ---------------------------------------------------------------- runtime API
+
+cudaError_t emu_set_error(cudaError_t e) {
+    if (g_last_error == cudaSuccess) g_last_error = e;
+    return e;
+}
+cudaError_t cudaGetLastError(void) {
+    cudaError_t e = g_last_error;
+    g_last_error = cudaSuccess;
+    return e;
+}
+const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    default: return "cudaErrorUnknown";
+    }
+}
+const char *cudaGetErrorString(cudaError_t e) { return cudaGetErrorName(e); }
+cudaError_t cudaGetDeviceCount(int *n) {
+    const char *off = getenv("SVLM_EMU_NO_DEVICE");  // to test the no-device path
+    *n = off && *off ? 0 : 1;
+    return *n ? cudaSuccess : cudaErrorNoDevice;
+}
+cudaError_t cudaGetDevice(int *d) {
+    *d = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
+    (void)d;
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "svlm CUDA emulator");
+    p->major = 9;
+    p->minor = 0;
+    p->multiProcessorCount = 4;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamCreate(cudaStream_t *s) {
+    *s = NULL;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    (void)s;
+    return cudaSuccess;
+}
+// exactly n bytes (16-byte aligned, as malloc gives), so that AddressSanitizer sees a kernel that
+// reads or writes past the end of a buffer (build with EMU_SAN=1)
+cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = malloc(n ? n : 1);
+    if (!*p) return emu_set_error(cudaErrorMemoryAllocation);
+    memset(*p, 0xA5, n);  // garbage, as cudaMalloc gives
+    return cudaSuccess;
+}
+cudaError_t cudaFree(void *p) {
+    free(p);
+    return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
+cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
+    (void)s;
+    memset(p, v, n);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cudaStream_t s) {
+    (void)kind;
+    (void)s;
+    memmove(dst, src, n);
+    return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total) {
+    *free_b = (size_t)1 << 30;
+    *total = (size_t)1 << 34;
+    return cudaSuccess;
+}
