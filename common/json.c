@@ -98,3 +98,19 @@ const char *json_get_str_opt(const cJSON *obj, const char *key, const char *def,
     if (!cJSON_IsString(j)) fatal("%s: key \"%s\" must be a string", path, key);
     return j->valuestring;
 }
+
+int json_get_float3(const cJSON *root, const char *key, float out[3], const char *path) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j || cJSON_IsNull(j)) return 0;
+    if (cJSON_IsNumber(j)) {
+        out[0] = out[1] = out[2] = (float)j->valuedouble;
+        return 1;
+    }
+    if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) != 3) fatal("%s: \"%s\" must be a list of 3 numbers", path, key);
+    for (int i = 0; i < 3; i++) {
+        const cJSON *e = cJSON_GetArrayItem(j, i);
+        if (!cJSON_IsNumber(e)) fatal("%s: \"%s\" must be a list of 3 numbers", path, key);
+        out[i] = (float)e->valuedouble;
+    }
+    return 1;
+}

@@ -19,3 +19,5 @@ double json_get_num_opt(const cJSON *obj, const char *key, double def, const cha
 int json_get_bool_opt(const cJSON *obj, const char *key, int def, const char *path);
 const char *json_get_str(const cJSON *obj, const char *key, const char *path);
 const char *json_get_str_opt(const cJSON *obj, const char *key, const char *def, const char *path);
+// three numbers (or one number for all three) into out; 0 when the key is absent or null
+int json_get_float3(const cJSON *obj, const char *key, float out[3], const char *path);

@@ -13,8 +13,6 @@
 #include "trainer/export.h"
 #include "trainer/train_config.h"
 
-static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
-static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
 static void copy_str(char *dst, size_t cap, const char *src, const char *what) {
     if (strlen(src) >= cap) fatal("%s: path too long (%zu bytes)", what, strlen(src));
@@ -40,63 +38,8 @@ static void resolve_dir(char *out, size_t cap, const char *base, const char *p, 
     fatal("%s: %s directory \"%s\" not found (neither under %s nor in the current directory)", file, key, p, base);
 }
 
-// three numbers (or one, for all channels); returns 0 when the key is absent or null
-static int read3(const cJSON *root, const char *key, float out[3], const char *path) {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!j || cJSON_IsNull(j)) return 0;
-    if (cJSON_IsNumber(j)) {
-        out[0] = out[1] = out[2] = (float)j->valuedouble;
-        return 1;
-    }
-    if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) != 3) fatal("%s: \"%s\" must be a list of 3 numbers", path, key);
-    for (int i = 0; i < 3; i++) {
-        const cJSON *e = cJSON_GetArrayItem(j, i);
-        if (!cJSON_IsNumber(e)) fatal("%s: \"%s\" must be a list of 3 numbers", path, key);
-        out[i] = (float)e->valuedouble;
-    }
-    return 1;
-}
 
-// an image size: a number, {"height": h, "width": w} (square only) or {"shortest_edge": s}
-static int read_size(const cJSON *j, const char *key, const char *path) {
-    if (cJSON_IsNumber(j)) return (int)j->valuedouble;
-    if (cJSON_IsObject(j)) {
-        const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "height"), *w = cJSON_GetObjectItemCaseSensitive(j, "width");
-        const cJSON *se = cJSON_GetObjectItemCaseSensitive(j, "shortest_edge");
-        if (cJSON_IsNumber(h) && cJSON_IsNumber(w)) {
-            if (h->valuedouble != w->valuedouble)
-                fatal("%s: \"%s\" is %g x %g: only square inputs are supported", path, key, h->valuedouble, w->valuedouble);
-            return (int)h->valuedouble;
-        }
-        if (cJSON_IsNumber(se)) return (int)se->valuedouble;
-    }
-    fatal("%s: \"%s\" must be a number, {\"height\", \"width\"} or {\"shortest_edge\"}", path, key);
-}
 
-void vision_preprocess_config(const char *vision_dir, int model_image_size, int *size, float mean[3], float std[3]) {
-    memcpy(mean, CLIP_MEAN, sizeof CLIP_MEAN);
-    memcpy(std, CLIP_STD, sizeof CLIP_STD);
-    *size = model_image_size;
-    char path[2 * MODEL_DIR_PATH];
-    path_join(path, sizeof path, vision_dir, "preprocessor_config.json");
-    if (!file_exists(path)) return;
-    cJSON *root = json_load_file(path);
-    read3(root, "image_mean", mean, path);
-    read3(root, "image_std", std, path);
-    for (int i = 0; i < 3; i++)
-        if (!(std[i] > 0)) fatal("%s: image_std must be positive", path);
-    const cJSON *crop = cJSON_GetObjectItemCaseSensitive(root, "crop_size");
-    const cJSON *sz = cJSON_GetObjectItemCaseSensitive(root, "size");
-    int crop_px = crop && !cJSON_IsNull(crop) ? read_size(crop, "crop_size", path) : 0;
-    int size_px = sz && !cJSON_IsNull(sz) ? read_size(sz, "size", path) : 0;
-    int s = crop_px ? crop_px : size_px ? size_px : model_image_size;
-    if (crop_px && size_px && crop_px != size_px)
-        warn("%s: resizes to %d then crops %d; svlm resizes the shortest edge straight to %d", path, size_px, crop_px, s);
-    if (s != model_image_size)
-        fatal("%s: image size %d differs from the vision model's image_size %d", path, s, model_image_size);
-    *size = s;
-    cJSON_Delete(root);
-}
 
 static void resolve_export(ModelDirSpec *s, const char *dir) {
     char path[2 * MODEL_DIR_PATH];
@@ -114,7 +57,7 @@ static void resolve_export(ModelDirSpec *s, const char *dir) {
         s->has_system = 1;
     }
     s->image_size = json_get_int_opt(root, "image_size", 0, path);
-    int hm = read3(root, "image_mean", s->image_mean, path), hs = read3(root, "image_std", s->image_std, path);
+    int hm = json_get_float3(root, "image_mean", s->image_mean, path), hs = json_get_float3(root, "image_std", s->image_std, path);
     if (hm != hs) fatal("%s: image_mean and image_std go together", path);
     s->has_image_norm = hm;
     for (int i = 0; hs && i < 3; i++)
@@ -209,7 +152,7 @@ void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *
               s->image_tokens, connector_type_name(s->connector), g->vlm.n_img_tokens);
 
     const VitConfig *vc = &g->vlm.vit.cfg;
-    vision_preprocess_config(s->vision_dir, vc->image_size, &g->image_size, g->mean, g->std);
+    vit_preprocess_config(s->vision_dir, vc->image_size, &g->image_size, g->mean, g->std);
     if (s->image_size && s->image_size != vc->image_size)
         fatal("%s/svlm.json: image_size is %d but the vision model takes %d", s->dir, s->image_size, vc->image_size);
     if (s->has_image_norm) {

@@ -70,7 +70,3 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels);
 // token count; *ids is malloc'd.
 int gen_model_prompt(const GenModel *g, const char *text, int with_image, int **ids, int *image_pos);
 
-// The vision input settings of a CLIP directory from its preprocessor_config.json (image_mean,
-// image_std; crop_size, else size, as an int or {"height", "width"} / {"shortest_edge"}), else
-// OpenAI CLIP's mean/std and model_image_size. fatal() when the size is not model_image_size.
-void vision_preprocess_config(const char *vision_dir, int model_image_size, int *size, float mean[3], float std[3]);

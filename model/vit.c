@@ -50,30 +50,48 @@ void vit_config_load(VitConfig *c, const char *dir) {
     cJSON_Delete(root);
 }
 
-void vit_image_stats(const char *dir, float mean[3], float std[3]) {
-    const float clip_mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
-    const float clip_std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
-    memcpy(mean, clip_mean, sizeof clip_mean);
-    memcpy(std, clip_std, sizeof clip_std);
+
+static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+
+// an image size: a number, {"height": h, "width": w} (square only) or {"shortest_edge": s}
+static int read_size(const cJSON *j, const char *key, const char *path) {
+    if (cJSON_IsNumber(j)) return (int)j->valuedouble;
+    if (cJSON_IsObject(j)) {
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "height"), *w = cJSON_GetObjectItemCaseSensitive(j, "width");
+        const cJSON *se = cJSON_GetObjectItemCaseSensitive(j, "shortest_edge");
+        if (cJSON_IsNumber(h) && cJSON_IsNumber(w)) {
+            if (h->valuedouble != w->valuedouble)
+                fatal("%s: \"%s\" is %g x %g: only square inputs are supported", path, key, h->valuedouble, w->valuedouble);
+            return (int)h->valuedouble;
+        }
+        if (cJSON_IsNumber(se)) return (int)se->valuedouble;
+    }
+    fatal("%s: \"%s\" must be a number, {\"height\", \"width\"} or {\"shortest_edge\"}", path, key);
+}
+
+void vit_preprocess_config(const char *vision_dir, int model_image_size, int *size, float mean[3], float std[3]) {
+    memcpy(mean, CLIP_MEAN, sizeof CLIP_MEAN);
+    memcpy(std, CLIP_STD, sizeof CLIP_STD);
+    *size = model_image_size;
     char path[2048];
-    path_join(path, sizeof path, dir, "preprocessor_config.json");
+    path_join(path, sizeof path, vision_dir, "preprocessor_config.json");
     if (!file_exists(path)) return;
     cJSON *root = json_load_file(path);
-    const char *keys[2] = {"image_mean", "image_std"};
-    float *dst[2] = {mean, std};
-    for (int k = 0; k < 2; k++) {
-        const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
-        if (!a) continue;
-        if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != 3) fatal("%s: %s must be a list of 3 numbers", path, keys[k]);
-        for (int c = 0; c < 3; c++) {
-            const cJSON *e = cJSON_GetArrayItem(a, c);
-            if (!cJSON_IsNumber(e)) fatal("%s: %s must be a list of 3 numbers", path, keys[k]);
-            dst[k][c] = (float)e->valuedouble;
-        }
-        if (k == 1)
-            for (int c = 0; c < 3; c++)
-                if (!(std[c] > 0)) fatal("%s: image_std must be positive", path);
-    }
+    json_get_float3(root, "image_mean", mean, path);
+    json_get_float3(root, "image_std", std, path);
+    for (int i = 0; i < 3; i++)
+        if (!(std[i] > 0)) fatal("%s: image_std must be positive", path);
+    const cJSON *crop = cJSON_GetObjectItemCaseSensitive(root, "crop_size");
+    const cJSON *sz = cJSON_GetObjectItemCaseSensitive(root, "size");
+    int crop_px = crop && !cJSON_IsNull(crop) ? read_size(crop, "crop_size", path) : 0;
+    int size_px = sz && !cJSON_IsNull(sz) ? read_size(sz, "size", path) : 0;
+    int s = crop_px ? crop_px : size_px ? size_px : model_image_size;
+    if (crop_px && size_px && crop_px != size_px)
+        warn("%s: resizes to %d then crops %d; svlm resizes the shortest edge straight to %d", path, size_px, crop_px, s);
+    if (s != model_image_size)
+        fatal("%s: image size %d differs from the vision model's image_size %d", path, s, model_image_size);
+    *size = s;
     cJSON_Delete(root);
 }
 

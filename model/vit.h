@@ -32,9 +32,10 @@ typedef struct {
 
 // reads dir/config.json (CLIPVisionModel, or the vision_config of a full CLIPModel)
 void vit_config_load(VitConfig *c, const char *dir);
-// image_mean and image_std of dir/preprocessor_config.json (a CLIPImageProcessor file), or
-// OpenAI CLIP's when the file is absent; fatal() when it is malformed
-void vit_image_stats(const char *dir, float mean[3], float std[3]);
+// The vision input settings of a CLIP directory from its preprocessor_config.json (image_mean,
+// image_std; crop_size, else size, as an int or {"height", "width"} / {"shortest_edge"}), else
+// OpenAI CLIP's mean/std and model_image_size. fatal() when the size is not model_image_size.
+void vit_preprocess_config(const char *dir, int model_image_size, int *size, float mean[3], float std[3]);
 // declares the weights of the embeddings and the first n_layers layers under their HF names
 // (without prefix), in the order vit_load binds them
 void vit_declare(ParamSet *w, const VitConfig *c, int n_layers);

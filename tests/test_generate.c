@@ -572,7 +572,7 @@ static void preprocess_fatal(void *arg) {
     const PreArg *a = arg;
     int s;
     float mean[3], std[3];
-    vision_preprocess_config(a->dir, a->size, &s, mean, std);
+    vit_preprocess_config(a->dir, a->size, &s, mean, std);
 }
 
 static void test_preprocessor_config(void **state) {
@@ -582,25 +582,25 @@ static void test_preprocessor_config(void **state) {
     int s;
     float mean[3], std[3];
     // no file: OpenAI CLIP's normalisation and the model's size
-    vision_preprocess_config(dir, 336, &s, mean, std);
+    vit_preprocess_config(dir, 336, &s, mean, std);
     assert_int_equal(s, 336);
     assert_true(mean[0] == 0.48145466f && std[2] == 0.27577711f);
     // CLIPImageProcessor as saved by transformers: dict forms
     write_file(p, "{\"crop_size\": {\"height\": 336, \"width\": 336}, \"size\": {\"shortest_edge\": 336},"
                   " \"image_mean\": [0.5, 0.25, 0.125], \"image_std\": [0.5, 0.5, 0.25]}");
-    vision_preprocess_config(dir, 336, &s, mean, std);
+    vit_preprocess_config(dir, 336, &s, mean, std);
     assert_int_equal(s, 336);
     assert_true(mean[0] == 0.5f && mean[1] == 0.25f && mean[2] == 0.125f && std[2] == 0.25f);
     // plain ints (older files), and size alone
     write_file(p, "{\"crop_size\": 224, \"size\": 224, \"image_mean\": [0.1, 0.2, 0.3], \"image_std\": [1, 1, 1]}");
-    vision_preprocess_config(dir, 224, &s, mean, std);
+    vit_preprocess_config(dir, 224, &s, mean, std);
     assert_int_equal(s, 224);
     assert_true(mean[2] == 0.3f && std[0] == 1.0f);
     write_file(p, "{\"size\": {\"shortest_edge\": 224}}");
-    vision_preprocess_config(dir, 224, &s, mean, std);
+    vit_preprocess_config(dir, 224, &s, mean, std);
     assert_int_equal(s, 224);
     write_file(p, "{\"size\": {\"height\": 384, \"width\": 384}, \"image_mean\": [0.5, 0.5, 0.5], \"image_std\": [0.5, 0.5, 0.5]}");
-    vision_preprocess_config(dir, 384, &s, mean, std);  // SigLIP-style
+    vit_preprocess_config(dir, 384, &s, mean, std);  // SigLIP-style
     assert_int_equal(s, 384);
     // refused: a size the model does not take, non-square, a bad std
     PreArg a = {dir, 336};

@@ -225,7 +225,8 @@ void export_run(const char *src, const char *out_dir) {
     VitConfig vc;
     vit_config_load(&vc, c.vision);
     float mean[3], std[3];
-    vit_image_stats(c.vision, mean, std);
+    int size;
+    vit_preprocess_config(c.vision, vc.image_size, &size, mean, std);
     ConnectorType ct = connector_type_parse(c.connector);
     cJSON *j = cJSON_CreateObject();
     char absvis[PATH_MAX];

@@ -221,7 +221,7 @@ int trainer_run(const TrainConfig *c) {
                      .pad_to_square = !strcmp(c->image_aspect, "pad"), .seed = c->seed, .rank = 0, .world = world,
                      .packing = c->packing, .threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
                      .prefetch = c->prefetch, .shuffle = 1};
-    vit_image_stats(c->vision, ls.mean, ls.std);
+    vit_preprocess_config(c->vision, vcfg.image_size, &ls.image_size, ls.mean, ls.std);
     Loader *train = loader_open(&ls);
     Loader *val = NULL;
     if (val_shards[0]) {
