@@ -21,7 +21,7 @@ PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c synth.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
 # tests that parse untrusted files also run under AddressSanitizer + UBSan
-ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c))
+ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c tests/test_synth.c))
 
 HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
 ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1),11)
@@ -33,13 +33,16 @@ else
   PROG_LIBS :=
 endif
 
-.PHONY: all test test-unit cuda-compile test-gpu test-gpu-emu clean-emu bench-cpu bench-data demo clean fixtures
+deps:
+	@sh scripts/install_deps.sh
+
+.PHONY: deps all test test-unit cuda-compile test-gpu test-gpu-emu clean-emu bench-cpu bench-data demo clean fixtures
 all: $(PROGS)
 
-build/obj/%.o: %.c
+build/obj/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
-build/asan/%.o: %.c
+build/asan/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASAN) -MMD -MP -c $< -o $@
 build/cuda/%.o: %.cu
@@ -87,6 +90,16 @@ build/bench_data: build/obj/bench/bench_data.o build/libsvlm.a build/obj/kernels
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 bench-data: build/bench_data
 	./build/bench_data
+
+# the built-in default: synthetic data and tiny random models, both stages, export, generation
+demo: $(PROGS)
+	rm -rf demo/runs demo/export
+	./synth demo
+	./train configs/tiny_stage1.conf
+	./train configs/tiny_stage2.conf
+	./export demo/runs/stage2 demo/export
+	@echo "held-out image demo/data/heldout_1.png; true answer: $$(grep -o '"Where is the cross?", *"answer": *"[^"]*"' demo/data/heldout.json | sed 's/.*"answer": *//')"
+	./generate demo/export --image demo/data/heldout_1.png --prompt "Where is the cross?"
 
 # regenerates tests/fixtures (needs torch, transformers, peft: see README)
 fixtures:
