@@ -22,9 +22,9 @@ __attribute__((noreturn, format(printf, 4, 5))) void check_fail(const char *file
     do { if (!(cond)) check_fail(__FILE__, __LINE__, #cond, __VA_ARGS__); } while (0)
 
 // never return NULL: fatal() when memory runs out
-__attribute__((returns_nonnull, malloc)) void *xmalloc(size_t n);
-__attribute__((returns_nonnull, malloc)) void *xcalloc(size_t count, size_t size);
-__attribute__((returns_nonnull)) void *xrealloc(void *p, size_t n);
+__attribute__((returns_nonnull, malloc, alloc_size(1))) void *xmalloc(size_t n);
+__attribute__((returns_nonnull, malloc, alloc_size(1, 2))) void *xcalloc(size_t count, size_t size);
+__attribute__((returns_nonnull, alloc_size(2))) void *xrealloc(void *p, size_t n);
 __attribute__((returns_nonnull, malloc)) char *xstrdup(const char *s);
 
 // whole file into a NUL-terminated buffer; NULL with errno set when it cannot be read
