@@ -204,10 +204,9 @@ int gen_model_prompt(const GenModel *g, const char *text, int with_image, int **
     if (!with_image && has_tag) fatal("the prompt holds <image> but no image was given");
     char *full = NULL;
     if (with_image && !has_tag) {
-        size_t n = strlen(text);
-        full = xmalloc(n + 9);
-        memcpy(full, "<image>\n", 8);
-        memcpy(full + 8, text, n + 1);
+        size_t n = strlen(text) + 9;
+        full = xmalloc(n);
+        snprintf(full, n, "<image>\n%s", text);
     }
     Turn t = {"human", full ? full : text};
     char err[256];
