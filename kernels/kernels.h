@@ -24,6 +24,23 @@ extern "C" {
 
 typedef void act_t;
 
+#ifdef __CUDACC__
+#define KERNELS_HD __host__ __device__
+#else
+#define KERNELS_HD
+#endif
+
+// The dropout mask as a pure function of (seed, element index), shared by every backend so
+// masks agree across backends and can be regenerated in the backward instead of stored:
+// element i is kept when this uniform [0, 1) draw is >= p (splitmix64 of seed and index).
+static inline KERNELS_HD float dropout_uniform(uint64_t seed, uint64_t i) {
+    uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
 typedef struct Kernels {
     const char *name;     // "cpu" or "cuda"
     size_t act_bytes;     // sizeof one act_t element: 4 on the CPU, 2 on CUDA
@@ -107,6 +124,9 @@ typedef struct Kernels {
                             const act_t *up, size_t n);
     // out = a + b; out may alias a or b
     void (*add)(act_t *out, const act_t *a, const act_t *b, size_t n);
+    // inverted dropout: out[i] = inp[i] / (1 - p) where dropout_uniform(seed, i) >= p, else 0.
+    // The mask depends on (seed, i) only: the backward is the same call on the gradient.
+    void (*dropout)(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed);
 
     // ---- patch grids, token-major (B, H*W, C), token index y*W + x ----
     // out (B, (H/2)*(W/2), C) = mean of each 2x2 block; H and W even

@@ -67,16 +67,9 @@ void gen_free(Generator *g) {
 
 void gen_reset(Generator *g) { g->len = 0; }
 
-// out (N, p->out) = inp @ W^T + b + scale * (inp @ A^T) @ B^T, as llm.c's proj_forward
+// one projection with its LoRA (never dropout: the model is not training)
 static void proj(const Generator *g, const LlmProj *p, act_t *out, const act_t *inp, int N) {
-    const Kernels *k = g->k;
-    const Llm *llm = &g->m->llm;
-    k->matmul_forward(out, inp, p->w, p->b, N, p->in, p->out, 1.0f, 0);
-    if (p->a >= 0) {
-        int r = llm->lora.r;
-        k->matmul_forward(g->lh, inp, params_act(llm->train, p->a), NULL, N, p->in, r, 1.0f, 0);
-        k->matmul_forward(out, g->lh, params_act(llm->train, p->bb), NULL, N, r, p->out, llm->lora_scale, 1);
-    }
+    llm_proj_forward(&g->m->llm, p, out, inp, g->lh, N, 0);
 }
 
 // Runs the n rows of g->x (embeddings of positions len .. len+n-1) through the decoder, appending

@@ -203,6 +203,12 @@ void llm_setup(Llm *m, int max_B, int max_T) {
     m->dup = k->alloc(N * I * ab);
     m->dact = k->alloc(N * I * ab);
     m->dh = k->alloc(N * (r ? r : 1) * ab);
+    if (m->lora.dropout > 0) {  // the dropped LoRA input and its gradient, for the widest input
+        size_t widest = C > QD ? C : QD;
+        if (I > widest) widest = I;
+        m->xdrop = k->alloc(N * widest * ab);
+        m->dxdrop = k->alloc(N * widest * ab);
+    }
     m->hid = k->alloc(N * C * ab);
     m->dhid = k->alloc(N * C * ab);
     m->logits = k->alloc((size_t)k->xent_chunk_rows * c->vocab * ab);
@@ -220,8 +226,9 @@ void llm_free(Llm *m) {
                 if (a->lora_h[p]) k->free(a->lora_h[p]);
         }
         void *bufs[] = {m->x_out, m->lnf, m->rstdf, m->dx, m->dln, m->dq, m->dk, m->dv, m->datt, m->dgate,
-                        m->dup, m->dact, m->dh, m->hid, m->dhid, m->logits, m->losses};
-        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
+                        m->dup, m->dact, m->dh, m->hid, m->dhid, m->logits, m->losses, m->xdrop, m->dxdrop};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            if (bufs[i]) k->free(bufs[i]);
         free(m->acts);
     }
     params_free(&m->w);
@@ -251,29 +258,52 @@ void llm_embed(Llm *m, act_t *x0, const int *ids, int N) {
     m->k->embedding_forward(x0, ids, m->embed, N, m->cfg.hidden, m->cfg.vocab);
 }
 
-// out (N, p->out) = inp @ W^T + b + scale * (inp @ A^T) @ B^T; h (N, r) keeps inp @ A^T
-static void proj_forward(const Llm *m, const LlmProj *p, act_t *out, const act_t *inp, act_t *h, int N) {
+// the dropout seed of one LoRA input: its own mask per (micro-batch, layer, projection), as peft
+// has one nn.Dropout per adapted Linear
+static uint64_t lora_seed(const Llm *m, int layer, int proj) {
+    return m->dropout_seed ^ ((uint64_t)(layer * N_PROJ + proj + 1) * 0xd1b54a32d192ed03ULL);
+}
+
+static int dropout_on(const Llm *m) { return m->training && m->lora.dropout > 0.0f; }
+
+void llm_proj_forward(const Llm *m, const LlmProj *p, act_t *out, const act_t *inp, act_t *h, int N, uint64_t seed) {
     const Kernels *k = m->k;
     k->matmul_forward(out, inp, p->w, p->b, N, p->in, p->out, 1.0f, 0);
     if (p->a >= 0) {
         int r = m->lora.r;
-        k->matmul_forward(h, inp, params_act(m->train, p->a), NULL, N, p->in, r, 1.0f, 0);
+        const act_t *x = inp;
+        if (dropout_on(m)) {  // peft: lora_B(lora_A(dropout(x))) * scaling
+            k->dropout(m->xdrop, inp, (size_t)N * p->in, m->lora.dropout, seed);
+            x = m->xdrop;
+        }
+        k->matmul_forward(h, x, params_act(m->train, p->a), NULL, N, p->in, r, 1.0f, 0);
         k->matmul_forward(out, h, params_act(m->train, p->bb), NULL, N, r, p->out, m->lora_scale, 1);
     }
 }
 
-// dinp (+=) from dout through the frozen weight and the LoRA path; LoRA grads (+=)
+// dinp (+=) from dout through the frozen weight and the LoRA path; LoRA grads (+=). With dropout
+// the mask is regenerated from its seed rather than stored.
 static void proj_backward(const Llm *m, const LlmProj *p, act_t *dinp, const act_t *dout, const act_t *inp,
-                          const act_t *h, int N) {
+                          const act_t *h, int N, uint64_t seed) {
     const Kernels *k = m->k;
     k->matmul_backward(dinp, NULL, NULL, dout, inp, p->w, N, p->in, p->out, 1.0f);
     if (p->a >= 0) {
         int r = m->lora.r;
+        size_t nx = (size_t)N * p->in;
         k->zero(m->dh, (size_t)N * r * k->act_bytes);
         k->matmul_backward(m->dh, params_grad(m->train, p->bb), NULL, dout, h, params_act(m->train, p->bb), N, r,
                            p->out, m->lora_scale);
-        k->matmul_backward(dinp, params_grad(m->train, p->a), NULL, m->dh, inp, params_act(m->train, p->a), N,
-                           p->in, r, 1.0f);
+        if (!dropout_on(m)) {
+            k->matmul_backward(dinp, params_grad(m->train, p->a), NULL, m->dh, inp, params_act(m->train, p->a), N,
+                               p->in, r, 1.0f);
+            return;
+        }
+        k->dropout(m->xdrop, inp, nx, m->lora.dropout, seed);
+        k->zero(m->dxdrop, nx * k->act_bytes);
+        k->matmul_backward(m->dxdrop, params_grad(m->train, p->a), NULL, m->dh, m->xdrop, params_act(m->train, p->a),
+                           N, p->in, r, 1.0f);
+        k->dropout(m->dxdrop, m->dxdrop, nx, m->lora.dropout, seed);
+        k->add(dinp, dinp, m->dxdrop, nx);
     }
 }
 
@@ -287,19 +317,19 @@ void llm_forward(Llm *m, int B, int T, const int *pos, const int *seg) {
         LlmActs *a = &m->acts[l];
         act_t *x_next = l + 1 < c->layers ? m->acts[l + 1].x : m->x_out;
         k->rmsnorm_forward(a->ln1, a->rstd1, a->x, L->ln1, N, C, c->eps);
-        proj_forward(m, &L->p[PROJ_Q], a->q, a->ln1, a->lora_h[PROJ_Q], N);
-        proj_forward(m, &L->p[PROJ_K], a->k, a->ln1, a->lora_h[PROJ_K], N);
-        proj_forward(m, &L->p[PROJ_V], a->v, a->ln1, a->lora_h[PROJ_V], N);
+        llm_proj_forward(m, &L->p[PROJ_Q], a->q, a->ln1, a->lora_h[PROJ_Q], N, lora_seed(m, l, PROJ_Q));
+        llm_proj_forward(m, &L->p[PROJ_K], a->k, a->ln1, a->lora_h[PROJ_K], N, lora_seed(m, l, PROJ_K));
+        llm_proj_forward(m, &L->p[PROJ_V], a->v, a->ln1, a->lora_h[PROJ_V], N, lora_seed(m, l, PROJ_V));
         k->rope_forward(a->q, a->q, pos, N, NH, HD, c->rope_theta);
         k->rope_forward(a->k, a->k, pos, N, NKV, HD, c->rope_theta);
         k->attention_forward(a->att, a->lse, a->q, a->k, a->v, seg, B, T, NH, NKV, HD, 1);
-        proj_forward(m, &L->p[PROJ_O], a->xmid, a->att, a->lora_h[PROJ_O], N);
+        llm_proj_forward(m, &L->p[PROJ_O], a->xmid, a->att, a->lora_h[PROJ_O], N, lora_seed(m, l, PROJ_O));
         k->add(a->xmid, a->xmid, a->x, (size_t)N * C);
         k->rmsnorm_forward(a->ln2, a->rstd2, a->xmid, L->ln2, N, C, c->eps);
-        proj_forward(m, &L->p[PROJ_GATE], a->gate, a->ln2, a->lora_h[PROJ_GATE], N);
-        proj_forward(m, &L->p[PROJ_UP], a->up, a->ln2, a->lora_h[PROJ_UP], N);
+        llm_proj_forward(m, &L->p[PROJ_GATE], a->gate, a->ln2, a->lora_h[PROJ_GATE], N, lora_seed(m, l, PROJ_GATE));
+        llm_proj_forward(m, &L->p[PROJ_UP], a->up, a->ln2, a->lora_h[PROJ_UP], N, lora_seed(m, l, PROJ_UP));
         k->swiglu_forward(m->dact, a->gate, a->up, (size_t)N * I);  // dact is scratch here
-        proj_forward(m, &L->p[PROJ_DOWN], x_next, m->dact, a->lora_h[PROJ_DOWN], N);
+        llm_proj_forward(m, &L->p[PROJ_DOWN], x_next, m->dact, a->lora_h[PROJ_DOWN], N, lora_seed(m, l, PROJ_DOWN));
         k->add(x_next, x_next, a->xmid, (size_t)N * C);
     }
     k->rmsnorm_forward(m->lnf, m->rstdf, m->x_out, m->norm, N, C, c->eps);
@@ -337,22 +367,22 @@ void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg) {
         // MLP block; dx = d(layer output) = d(xmid) through the residual
         k->swiglu_forward(m->dact, a->gate, a->up, (size_t)N * I);  // recomputed, not stored
         k->zero(m->dgate, (size_t)N * I * ab);                       // d(swiglu out)
-        proj_backward(m, &L->p[PROJ_DOWN], m->dgate, m->dx, m->dact, a->lora_h[PROJ_DOWN], N);
+        proj_backward(m, &L->p[PROJ_DOWN], m->dgate, m->dx, m->dact, a->lora_h[PROJ_DOWN], N, lora_seed(m, l, PROJ_DOWN));
         k->swiglu_backward(m->dgate, m->dup, m->dgate, a->gate, a->up, (size_t)N * I);
         k->zero(m->dln, (size_t)N * C * ab);
-        proj_backward(m, &L->p[PROJ_GATE], m->dln, m->dgate, a->ln2, a->lora_h[PROJ_GATE], N);
-        proj_backward(m, &L->p[PROJ_UP], m->dln, m->dup, a->ln2, a->lora_h[PROJ_UP], N);
+        proj_backward(m, &L->p[PROJ_GATE], m->dln, m->dgate, a->ln2, a->lora_h[PROJ_GATE], N, lora_seed(m, l, PROJ_GATE));
+        proj_backward(m, &L->p[PROJ_UP], m->dln, m->dup, a->ln2, a->lora_h[PROJ_UP], N, lora_seed(m, l, PROJ_UP));
         k->rmsnorm_backward(m->dx, NULL, m->dln, a->xmid, L->ln2, a->rstd2, N, C);
         // attention block; dx = d(xmid) = d(layer input) through the residual
         k->zero(m->datt, (size_t)N * NH * HD * ab);
-        proj_backward(m, &L->p[PROJ_O], m->datt, m->dx, a->att, a->lora_h[PROJ_O], N);
+        proj_backward(m, &L->p[PROJ_O], m->datt, m->dx, a->att, a->lora_h[PROJ_O], N, lora_seed(m, l, PROJ_O));
         k->attention_backward(m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, seg, B, T, NH, NKV, HD, 1);
         k->rope_backward(m->dq, m->dq, pos, N, NH, HD, c->rope_theta);
         k->rope_backward(m->dk, m->dk, pos, N, NKV, HD, c->rope_theta);
         k->zero(m->dln, (size_t)N * C * ab);
-        proj_backward(m, &L->p[PROJ_Q], m->dln, m->dq, a->ln1, a->lora_h[PROJ_Q], N);
-        proj_backward(m, &L->p[PROJ_K], m->dln, m->dk, a->ln1, a->lora_h[PROJ_K], N);
-        proj_backward(m, &L->p[PROJ_V], m->dln, m->dv, a->ln1, a->lora_h[PROJ_V], N);
+        proj_backward(m, &L->p[PROJ_Q], m->dln, m->dq, a->ln1, a->lora_h[PROJ_Q], N, lora_seed(m, l, PROJ_Q));
+        proj_backward(m, &L->p[PROJ_K], m->dln, m->dk, a->ln1, a->lora_h[PROJ_K], N, lora_seed(m, l, PROJ_K));
+        proj_backward(m, &L->p[PROJ_V], m->dln, m->dv, a->ln1, a->lora_h[PROJ_V], N, lora_seed(m, l, PROJ_V));
         k->rmsnorm_backward(m->dx, NULL, m->dln, a->x, L->ln1, a->rstd1, N, C);
     }
 }

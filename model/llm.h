@@ -78,6 +78,10 @@ typedef struct {
     act_t *dx, *dln, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *dh;
     act_t *hid, *dhid, *logits;  // (N, C), (N, C), (xent_chunk_rows, V)
     float *losses;               // (N)
+    // LoRA dropout: on only while training; masks come from dropout_seed (kernels.h dropout)
+    int training;
+    uint64_t dropout_seed;
+    act_t *xdrop, *dxdrop;       // (N, widest projection input), allocated when lora.dropout > 0
 } Llm;
 
 void llm_config_load(LlmConfig *c, const char *dir);
@@ -96,6 +100,9 @@ void llm_free(Llm *m);
 // peft's init: A kaiming-uniform (bound 1/sqrt(in)), B zero
 void llm_lora_init(Llm *m, uint64_t seed);
 
+// out (N, p->out) = inp @ W^T + b + scale * (dropout(inp) @ A^T) @ B^T; h (N, r) keeps the
+// LoRA hidden for dB. Dropout applies only while m->training (seed: that input's mask).
+void llm_proj_forward(const Llm *m, const LlmProj *p, act_t *out, const act_t *inp, act_t *h, int N, uint64_t seed);
 // x0 (N, C) row i = embedding of ids[i]; rows with ids[i] < 0 untouched (image slots)
 void llm_embed(Llm *m, act_t *x0, const int *ids, int N);
 // runs the decoder on m->acts[0].x (B, T, C), filled by the caller; pos, seg (B, T) backend ints

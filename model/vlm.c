@@ -69,6 +69,11 @@ void vlm_init_trainable(Vlm *m, uint64_t seed) {
     llm_lora_init(&m->llm, seed ^ 0x5eed10a4ULL);
 }
 
+void vlm_set_training(Vlm *m, int training, uint64_t seed) {
+    m->llm.training = training;
+    m->llm.dropout_seed = seed;
+}
+
 // checks the batch against the plan and uploads tokens, positions, segments and images;
 // leaves the labelled rows in h_idx/h_tgt and returns their count
 static int upload_batch(Vlm *m, const VlmBatch *b) {

@@ -53,6 +53,9 @@ void vlm_free(Vlm *m);
 // random init of the trainable part as LLaVA/peft start it: connector as PyTorch's defaults,
 // LoRA A kaiming-uniform and B zero
 void vlm_init_trainable(Vlm *m, uint64_t seed);
+// training switches LoRA dropout on (when lora.dropout > 0) with masks derived from seed: the
+// trainer gives each micro-batch its own seed, a function of the step, so resume replays them
+void vlm_set_training(Vlm *m, int training, uint64_t seed);
 // Forward (and backward when grad_scale != 0): returns the sum of the per-position losses and
 // their count in *n_labelled; gradients (+=) scaled by grad_scale go to m->train.grad.
 // Batches that break the model's limits (token ids, slot positions, sizes) are fatal().

@@ -39,60 +39,9 @@ static const FixtureModel QWEN2_LORA = {"vlm_qwen2_ldp.safetensors", "qwen2", "l
 static const FixtureModel QWEN2_STAGE1 = {"vlm_qwen2_ldp_stage1.safetensors", "qwen2", "ldp_qwen2.safetensors", NULL, CONNECTOR_LDP};
 static const FixtureModel LLAMA_RSLORA = {"vlm_llama_mlp2x.safetensors", "llama", "mlp2x_llama.safetensors", "llama_lora", CONNECTOR_MLP2X_GELU};
 
-typedef struct {
-    StFile f;
-    int B, T, V, S;
-    int *ids, *img_row, *img_start;
-    float *pixels, *logits;  // HF's logits (B, T, V)
-} Fixture;
-
-static void *read_tensor(const StFile *f, const char *name, int is_int) {
-    const StTensor *t = st_find(f, name);
-    if (!t) fail_msg("%s: fixture tensor %s missing", f->path, name);
-    void *x = xmalloc(st_numel(t) * 4 + 4);
-    if (is_int) st_read_i32(f, t, x);
-    else st_read_f32(f, t, x);
-    return x;
-}
-
-static void fixture_open(Fixture *fx, const char *name) {
-    st_open_or_die(&fx->f, fixture_path(name));
-    const StTensor *ids = st_find(&fx->f, "input_ids"), *lg = st_find(&fx->f, "logits");
-    fx->B = (int)ids->shape[0];
-    fx->T = (int)ids->shape[1];
-    fx->V = (int)lg->shape[2];
-    fx->S = (int)st_find(&fx->f, "pixel_values")->shape[2];
-    fx->ids = read_tensor(&fx->f, "input_ids", 1);
-    fx->img_row = read_tensor(&fx->f, "img_row", 1);
-    fx->img_start = read_tensor(&fx->f, "img_start", 1);
-    fx->pixels = read_tensor(&fx->f, "pixel_values", 0);
-    fx->logits = read_tensor(&fx->f, "logits", 0);
-}
-
-static void fixture_close(Fixture *fx) {
-    free(fx->ids);
-    free(fx->img_row);
-    free(fx->img_start);
-    free(fx->pixels);
-    free(fx->logits);
-    st_close(&fx->f);
-}
-
 // the fixture's model, for single sequences of up to max_T positions
 static void model_open(Vlm *m, const FixtureModel *fm, int max_T) {
-    VlmSpec spec = {.vision_dir = fixture_path("clip"), .vision_layer = -2, .llm_dir = fixture_path(fm->llm),
-                    .connector = fm->ct, .max_B = 1, .max_T = max_T, .max_images = 1};
-    if (fm->lora) lora_config_load_peft(&spec.lora, fixture_path(fm->lora));
-    vlm_init(m, kernels_cpu(), &spec);
-    int unmatched;
-    params_load_file(&m->train, fixture_path(fm->conn_file), "", &unmatched);
-    assert_int_equal(unmatched, 0);
-    if (fm->lora) {
-        char path[512];
-        snprintf(path, sizeof path, "%s/adapter_model.safetensors", fixture_path(fm->lora));
-        params_load_file(&m->train, path, "base_model.model.", &unmatched);
-        assert_int_equal(unmatched, 0);
-    }
+    fixture_model_open(m, kernels_cpu(), fm->llm, fm->ct, fm->conn_file, fm->lora, 1, max_T, 1, 0.0f);
 }
 
 // One sequence: T token ids (values inside the image slot ignored), the image (3, S, S) at
@@ -125,7 +74,7 @@ static void expect_close(const char *what, const float *got, const float *want, 
 // Row `row` of the fixture: its first P positions are the prompt (the whole image slot among
 // them, when the row has one), the rest is decoded one token at a time. Checks the prefill and
 // decode logits against vlm_logits and transformers, for several prefill chunk sizes.
-static void check_row(Vlm *m, const Fixture *fx, const char *name, int row, int P, int chunk, int T) {
+static void check_row(Vlm *m, const VlmFixture *fx, const char *name, int row, int P, int chunk, int T) {
     int nt = m->n_img_tokens, V = fx->V;
     int img = -1;
     for (int i = 0; i < 2; i++)
@@ -161,7 +110,9 @@ static void check_row(Vlm *m, const Fixture *fx, const char *name, int row, int 
         if (!(e < TOL)) fail_msg("%s row %d position %d: rel err %.3e", name, row, t, e);
     }
     snprintf(what, sizeof what, "%s row %d: cached logits vs transformers", name, row);
-    expect_close(what, got, fx->logits + (size_t)row * fx->T * V, (size_t)T * V, 1e-4);
+    float *hf = fixture_f32(&fx->f, "logits", NULL);
+    expect_close(what, got, hf + (size_t)row * fx->T * V, (size_t)T * V, 1e-4);
+    free(hf);
     gen_free(&g);
     free(got);
     free(pids);
@@ -169,8 +120,8 @@ static void check_row(Vlm *m, const Fixture *fx, const char *name, int row, int 
 }
 
 static void check_fixture(const FixtureModel *fm) {
-    Fixture fx;
-    fixture_open(&fx, fm->file);
+    VlmFixture fx;
+    vlm_fixture_open(&fx, fm->file);
     Vlm m;
     model_open(&m, fm, fx.T);
     int nt = m.n_img_tokens, T = fx.T;
@@ -184,7 +135,7 @@ static void check_fixture(const FixtureModel *fm) {
     check_row(&m, &fx, fm->file, 2, 3, 0, T);
     check_row(&m, &fx, fm->file, 2, 1, 2, T);
     vlm_free(&m);
-    fixture_close(&fx);
+    vlm_fixture_close(&fx);
 }
 
 static void test_cached_logits_qwen2_lora(void **state) { check_fixture(&QWEN2_LORA); }
@@ -194,8 +145,8 @@ static void test_cached_logits_llama_rslora(void **state) { check_fixture(&LLAMA
 // ---------------------------------------------------------------- greedy == full recompute
 
 static void check_greedy(const FixtureModel *fm, int row, int P, int steps) {
-    Fixture fx;
-    fixture_open(&fx, fm->file);
+    VlmFixture fx;
+    vlm_fixture_open(&fx, fm->file);
     Vlm m;
     model_open(&m, fm, P + steps);
     int nt = m.n_img_tokens, V = fx.V, img = row < 2 ? row : -1;
@@ -236,7 +187,7 @@ static void check_greedy(const FixtureModel *fm, int row, int P, int steps) {
     free(want);
     free(full);
     free(got);
-    fixture_close(&fx);
+    vlm_fixture_close(&fx);
 }
 
 static void test_greedy_equals_full_recompute(void **state) {
@@ -278,8 +229,8 @@ static void test_sample_unit(void **state) {
 }
 
 static void test_sampling_reproducible(void **state) {
-    Fixture fx;
-    fixture_open(&fx, QWEN2_LORA.file);
+    VlmFixture fx;
+    vlm_fixture_open(&fx, QWEN2_LORA.file);
     Vlm m;
     model_open(&m, &QWEN2_LORA, 1);
     Generator g;
@@ -306,14 +257,14 @@ static void test_sampling_reproducible(void **state) {
     assert_memory_equal(a, b, sizeof a);
     gen_free(&g);
     vlm_free(&m);
-    fixture_close(&fx);
+    vlm_fixture_close(&fx);
 }
 
 // ---------------------------------------------------------------- stopping
 
 static void test_stop_and_limits(void **state) {
-    Fixture fx;
-    fixture_open(&fx, QWEN2_LORA.file);
+    VlmFixture fx;
+    vlm_fixture_open(&fx, QWEN2_LORA.file);
     Vlm m;
     model_open(&m, &QWEN2_LORA, 1);
     int P = 2 + m.n_img_tokens;
@@ -353,7 +304,7 @@ static void test_stop_and_limits(void **state) {
     assert_memory_equal(out, base, 3 * sizeof(int));
     gen_free(&g);
     vlm_free(&m);
-    fixture_close(&fx);
+    vlm_fixture_close(&fx);
 }
 
 // ---------------------------------------------------------------- model directories
@@ -727,10 +678,10 @@ static void test_errors(void **state) {
     expect_fatal(load_image, &ia, "missing.png", "cannot read image");
 
     // prompts: longer than the cache; an <image> tag without an image
-    Fixture fx;
-    fixture_open(&fx, QWEN2_LORA.file);
+    VlmFixture fx;
+    vlm_fixture_open(&fx, QWEN2_LORA.file);
     expect_fatal(prompt_too_long, fx.pixels, "13 positions", "does not fit", "12");
-    fixture_close(&fx);
+    vlm_fixture_close(&fx);
     expect_fatal(image_without_image, good, "<image>", "no image");
 }
 

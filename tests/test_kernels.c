@@ -74,7 +74,7 @@ static void test_table_and_memory(void **state) {
     SLOT(avgpool2x2_forward); SLOT(avgpool2x2_backward); SLOT(dwconv3x3_forward);
     SLOT(dwconv3x3_backward); SLOT(im2col_patches); SLOT(vit_embed); SLOT(embedding_forward);
     SLOT(gather_rows); SLOT(scatter_rows); SLOT(cross_entropy); SLOT(adamw_update);
-    SLOT(sum_squares); SLOT(scale_f32);
+    SLOT(sum_squares); SLOT(scale_f32); SLOT(dropout); SLOT(attention_cached);
 #undef SLOT
 
     size_t sizes[] = {1, 3, 64, 1000, 4099};
@@ -369,6 +369,35 @@ static void test_pointwise_forward(void **state) {
 }
 
 // ---------------------------------------------------------------- grids
+
+// inverted dropout: the kept fraction, the scaling, a mask that is a function of (seed, index),
+// in-place use, and the backward being the same call on the gradient
+static void test_dropout(void **state) {
+    size_t n = 200003;
+    float *x = randv(n, 0.5f, 2.0f), *y = zerov(n), *y2 = zerov(n), *g = randv(n, -1, 1), *dg = zerov(n);
+    float p = 0.3f, scale = 1.0f / (1.0f - p);
+    K->dropout(y, x, n, p, 42);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        int keep = dropout_uniform(42, i) >= p;
+        kept += keep;
+        assert_true(y[i] == (keep ? x[i] * scale : 0.0f));
+    }
+    double frac = (double)kept / n;
+    printf("    kept %.4f (want %.2f)\n", frac, 1 - p);
+    assert_true(fabs(frac - (1 - p)) < 0.005);  // 0.005 is about 5 standard deviations at this n
+    K->dropout(y2, x, n, p, 43);
+    assert_true(memcmp(y, y2, n * sizeof(float)) != 0);  // another seed, another mask
+    memcpy(y2, x, n * sizeof(float));
+    K->dropout(y2, y2, n, p, 42);
+    assert_memory_equal(y, y2, n * sizeof(float));
+    // L = sum(dropout(x) * g): dL/dx = dropout(g)
+    K->dropout(dg, g, n, p, 42);
+    for (size_t i = 0; i < n; i++) assert_true(dg[i] == (y[i] != 0.0f ? g[i] * scale : 0.0f));
+    K->dropout(y2, x, n, 0.0f, 42);
+    assert_memory_equal(y2, x, n * sizeof(float));  // p = 0: identity
+    free(x), free(y), free(y2), free(g), free(dg);
+}
 
 static void test_avgpool_forward(void **state) {
     (void)state;
@@ -715,6 +744,7 @@ int main(void) {
         cmocka_unit_test(test_rope_forward),
         cmocka_unit_test(test_attention_forward),
         cmocka_unit_test(test_pointwise_forward),
+        cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_avgpool_forward),
         cmocka_unit_test(test_dwconv_forward),
         cmocka_unit_test(test_im2col_and_vit_embed),

@@ -142,7 +142,7 @@ static int setup(void **state) {
             "stage = 2\nvision = %s/models/vision\nllm = %s/models/llm\nconnector = ldp\n"
             "data = %s/data/stage2_train.json\nimage_folder = %s/data/images\nval_data = %s/data/stage2_val.json\n"
             "data_cache = %s/cache\nmax_seq_len = 96\nbatch_size = 4\nglobal_batch = 8\nmax_steps = 10\n"
-            "lr = 3e-3\nwarmup_ratio = 0.1\nlora_r = 4\nlora_alpha = 8\nsave_every = 2\nkeep_last = 2\n"
+            "lr = 3e-3\nwarmup_ratio = 0.1\nlora_r = 4\nlora_alpha = 8\nlora_dropout = 0.05\nsave_every = 2\nkeep_last = 2\n"
             "eval_every = 5\nseed = 7\ndevice = cpu\nthreads = 2\n",
             synth_dir, synth_dir, synth_dir, synth_dir, synth_dir, root);
     fclose(f);

@@ -10,6 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/util.h"
+
 int run_child(void (*fn)(void *), void *arg, char *buf, size_t cap) {
     int fds[2];
     if (pipe(fds) != 0) { perror("pipe"); exit(3); }
@@ -115,4 +117,78 @@ void make_temp_dir(char *out, size_t cap, const char *tag) {
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", out);
     if (system(cmd) != 0) { fprintf(stderr, "cannot clear %s\n", out); exit(3); }
     if (mkdir(out, 0755) != 0) { perror(out); exit(3); }
+}
+
+float *fixture_f32(const StFile *f, const char *name, size_t *n) {
+    const StTensor *t = st_find(f, name);
+    if (!t) fail_msg("%s: fixture tensor %s missing", f->path, name);
+    float *x = xmalloc(st_numel(t) * sizeof(float) + 1);
+    st_read_f32(f, t, x);
+    if (n) *n = (size_t)st_numel(t);
+    return x;
+}
+
+int *fixture_i32(const StFile *f, const char *name) {
+    const StTensor *t = st_find(f, name);
+    if (!t) fail_msg("%s: fixture tensor %s missing", f->path, name);
+    int *x = xmalloc(st_numel(t) * sizeof(int) + 1);
+    st_read_i32(f, t, x);
+    return x;
+}
+
+void vlm_fixture_open(VlmFixture *fx, const char *name) {
+    memset(fx, 0, sizeof *fx);
+    st_open_or_die(&fx->f, fixture_path(name));
+    const StTensor *ids = st_find(&fx->f, "input_ids"), *lg = st_find(&fx->f, "logits");
+    const StTensor *px = st_find(&fx->f, "pixel_values"), *rows = st_find(&fx->f, "img_row");
+    if (!ids || !lg || !px || !rows) fail_msg("%s: not a VLM fixture", fx->f.path);
+    fx->B = (int)ids->shape[0];
+    fx->T = (int)ids->shape[1];
+    fx->V = (int)lg->shape[2];
+    fx->S = (int)px->shape[2];
+    fx->n_img = (int)rows->shape[0];
+    fx->ids = fixture_i32(&fx->f, "input_ids");
+    fx->labels = fixture_i32(&fx->f, "labels");
+    fx->img_row = fixture_i32(&fx->f, "img_row");
+    fx->img_start = fixture_i32(&fx->f, "img_start");
+    fx->pixels = fixture_f32(&fx->f, "pixel_values", NULL);
+    int N = fx->B * fx->T;  // HF scores logits[t] against labels[t+1]
+    fx->targets = xmalloc(N * sizeof(int));
+    for (int b = 0; b < fx->B; b++)
+        for (int t = 0; t < fx->T; t++) {
+            int l = t + 1 < fx->T ? fx->labels[b * fx->T + t + 1] : -100;
+            fx->targets[b * fx->T + t] = l == -100 ? -1 : l;
+        }
+    fx->batch = (VlmBatch){.B = fx->B, .T = fx->T, .ids = fx->ids, .targets = fx->targets, .n_img = fx->n_img,
+                           .pixels = fx->pixels, .img_row = fx->img_row, .img_start = fx->img_start};
+}
+
+void vlm_fixture_close(VlmFixture *fx) {
+    free(fx->ids);
+    free(fx->labels);
+    free(fx->targets);
+    free(fx->img_row);
+    free(fx->img_start);
+    free(fx->pixels);
+    st_close(&fx->f);
+}
+
+void fixture_model_open(Vlm *m, const Kernels *k, const char *llm, ConnectorType ct, const char *conn_file,
+                        const char *lora_dir, int max_B, int max_T, int max_images, float lora_dropout) {
+    VlmSpec spec = {.vision_dir = fixture_path("clip"), .vision_layer = -2, .llm_dir = fixture_path(llm),
+                    .connector = ct, .max_B = max_B, .max_T = max_T, .max_images = max_images};
+    if (lora_dir) lora_config_load_peft(&spec.lora, fixture_path(lora_dir));
+    spec.lora.dropout = lora_dropout;
+    vlm_init(m, k, &spec);
+    int unmatched;
+    int n = params_load_file(&m->train, fixture_path(conn_file), "", &unmatched);
+    assert_int_equal(n, ct == CONNECTOR_LDP ? 6 : 4);
+    assert_int_equal(unmatched, 0);
+    if (lora_dir) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", fixture_path(lora_dir));
+        n = params_load_file(&m->train, path, "base_model.model.", &unmatched);
+        assert_int_equal(n, 28);
+        assert_int_equal(unmatched, 0);
+    }
 }

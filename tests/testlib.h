@@ -29,3 +29,26 @@ double rel_err(const float *a, const float *ref, size_t n);
 const char *fixture_path(const char *name);
 // a fresh empty directory under build/tmp for this test; returns its path (static buffer per call site not kept)
 void make_temp_dir(char *out, size_t cap, const char *tag);
+
+// ---- the Hugging Face parity fixtures of scripts/make_fixtures.py (tests/fixtures/README.md) ----
+#include "common/safetensors.h"
+#include "model/vlm.h"
+
+typedef struct {
+    StFile f;
+    int B, T, V, S, n_img;
+    int *ids, *labels, *img_row, *img_start;
+    int *targets;   // labels shifted as HF scores them: targets[t] = labels[t+1], -1 for none
+    float *pixels;  // (n_img, 3, S, S)
+    VlmBatch batch;
+} VlmFixture;
+
+// tensor `name` of f as fp32 / int32 (malloc'd); fails the test when absent; *n gets its size
+float *fixture_f32(const StFile *f, const char *name, size_t *n);
+int *fixture_i32(const StFile *f, const char *name);
+void vlm_fixture_open(VlmFixture *fx, const char *name);
+void vlm_fixture_close(VlmFixture *fx);
+// Builds the fixtures' VLM (clip + llm + connector [+ peft adapter lora_dir]) on backend k for
+// batches up to max_B x max_T with max_images, and loads the connector and adapter weights.
+void fixture_model_open(Vlm *m, const Kernels *k, const char *llm, ConnectorType ct, const char *conn_file,
+                        const char *lora_dir, int max_B, int max_T, int max_images, float lora_dropout);

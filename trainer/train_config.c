@@ -99,7 +99,6 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
         lora_targets_parse(c->lora_targets);
     }
     need(c->lora_dropout >= 0 && c->lora_dropout < 1, "lora_dropout", "must be in [0, 1)");
-    need(c->lora_dropout == 0, "lora_dropout", "is not supported yet: set it to 0");
     need(c->out_dir[0], "out_dir", "must not be empty");
     need(c->save_every >= 0 && c->eval_every >= 0, "save_every/eval_every", "must be 0 or more");
     need(c->keep_last >= 1, "keep_last", "must be at least 1");

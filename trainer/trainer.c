@@ -133,6 +133,7 @@ static VlmBatch to_vlm_batch(const LoaderBatch *b) {
 
 // mean loss over the whole validation set (this rank's slice), in file order
 static double evaluate(Vlm *m, Loader *val, int64_t *count) {
+    vlm_set_training(m, 0, 0);
     loader_seek(val, (LoaderPos){0, 0});
     int64_t n = loader_samples_per_rank(val), done = 0, tokens = 0;
     double sum = 0;
@@ -309,6 +310,7 @@ int trainer_run(const TrainConfig *c) {
         int64_t n_lab = 0, n_tok = 0, epoch = 0;
         for (int a = 0; a < accum; a++) {
             epoch = loader_next(train, &lb);
+            vlm_set_training(&m, 1, c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)step * 4096 + (uint64_t)a);
             VlmBatch vb = to_vlm_batch(&lb);
             int lab;
             loss_sum += vlm_forward_backward(&m, &vb, 1.0f, &lab);

@@ -58,6 +58,7 @@ void cpu_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n
 void cpu_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate,
                          const act_t *up, size_t n);
 void cpu_add(act_t *out, const act_t *a, const act_t *b, size_t n);
+void cpu_dropout(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed);
 
 // grid.c
 void cpu_avgpool2x2_forward(act_t *out, const act_t *inp, int B, int H, int W, int C);

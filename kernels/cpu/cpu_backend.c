@@ -80,6 +80,7 @@ static const Kernels cpu_kernels = {
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
     .add = cpu_add,
+    .dropout = cpu_dropout,
     .avgpool2x2_forward = cpu_avgpool2x2_forward,
     .avgpool2x2_backward = cpu_avgpool2x2_backward,
     .dwconv3x3_forward = cpu_dwconv3x3_forward,

@@ -87,3 +87,11 @@ void cpu_add(act_t *out_, const act_t *a_, const act_t *b_, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
+
+void cpu_dropout(act_t *out_, const act_t *inp_, size_t n, float p, uint64_t seed) {
+    float *out = out_;
+    const float *inp = inp_;
+    float scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = dropout_uniform(seed, i) >= p ? inp[i] * scale : 0.0f;
+}

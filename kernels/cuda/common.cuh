@@ -182,6 +182,7 @@ void cuda_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t 
 void cuda_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up,
                           size_t n);
 void cuda_add(act_t *out, const act_t *a, const act_t *b, size_t n);
+void cuda_dropout(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed);
 void cuda_cast_to_act(act_t *dst, const float *src, size_t n);
 // grid.cu
 void cuda_avgpool2x2_forward(act_t *out, const act_t *inp, int B, int H, int W, int C);

@@ -152,6 +152,7 @@ static Kernels g_kernels = {
     .swiglu_forward = cuda_swiglu_forward,
     .swiglu_backward = cuda_swiglu_backward,
     .add = cuda_add,
+    .dropout = cuda_dropout,
     .avgpool2x2_forward = cuda_avgpool2x2_forward,
     .avgpool2x2_backward = cuda_avgpool2x2_backward,
     .dwconv3x3_forward = cuda_dwconv3x3_forward,

@@ -89,6 +89,17 @@ void cuda_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act
 }
 void cuda_add(act_t *out, const act_t *a, const act_t *b, size_t n) { pointwise<OP_ADD>(out, NULL, a, b, NULL, n); }
 
+__global__ void dropout_kernel(bf16 *out, const bf16 *inp, size_t n, float p, float scale, uint64_t seed) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f2bf(dropout_uniform(seed, i) >= p ? bf2f(inp[i]) * scale : 0.0f);
+}
+
+void cuda_dropout(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed) {
+    if (n == 0) return;
+    LAUNCH(ceil_div_u(n, 256), 256, dropout_kernel)((bf16 *)out, (const bf16 *)inp, n, p, 1.0f / (1.0f - p), seed);
+    cudaCheckLaunch();
+}
+
 __global__ void cast_to_act_kernel(bf16 *dst, const float *src, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dst[i] = f2bf(src[i]);

@@ -585,6 +585,8 @@ static void test_pointwise(void **state) {
             snprintf(what, sizeof what, "swiglu_backward dup n=%zu", n);
             expect_act(what, p1, r1, n, TOL_BF16);
             ONE("add", C->add(r0, a, b, n), G->add(p0, pa, pb, n), r0, p0);
+            ONE("dropout p=0.3", C->dropout(r0, a, n, 0.3f, 12345), G->dropout(p0, pa, n, 0.3f, 12345), r0, p0);
+            ONE("dropout in place", C->dropout(r0, a, n, 0.1f, 7), (G->upload_act(p0, a, n), G->dropout(p0, p0, n, 0.1f, 7)), r0, p0);
             // aliasing, as the model uses it: out = first input
             ONE("gelu_forward in place", C->gelu_forward(r0, a, n), (G->upload_act(p0, a, n), G->gelu_forward(p0, p0, n)), r0, p0);
             ONE("add in place", C->add(r0, a, b, n), (G->upload_act(p0, a, n), G->add(p0, p0, pb, n)), r0, p0);
@@ -924,6 +926,10 @@ SIM_BINARY(gelu_backward)
 SIM_BINARY(quick_gelu_backward)
 SIM_BINARY(swiglu_forward)
 SIM_BINARY(add)
+static void sim_dropout(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed) {
+    C->dropout(out, inp, n, p, seed);
+    round_bf16(out, n);
+}
 static void sim_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up,
                                 size_t n) {
     C->swiglu_backward(dgate, dup, dout, gate, up, n);
@@ -981,6 +987,7 @@ static const Kernels *bf16_sim(void) {
     sim.swiglu_forward = sim_swiglu_forward;
     sim.swiglu_backward = sim_swiglu_backward;
     sim.add = sim_add;
+    sim.dropout = sim_dropout;
     sim.avgpool2x2_forward = sim_avgpool2x2_forward;
     sim.avgpool2x2_backward = sim_avgpool2x2_backward;
     sim.dwconv3x3_forward = sim_dwconv3x3_forward;
@@ -992,77 +999,9 @@ static const Kernels *bf16_sim(void) {
 
 // ---------------------------------------------------------------- part 2: the whole model
 
-typedef struct {
-    StFile f;
-    int B, T, V, n_img;
-    int *ids, *labels, *targets, *img_row, *img_start;
-    float *pixels;
-    VlmBatch batch;
-} Fixture;
-
-static float *read_f32(const StFile *f, const char *name, size_t *n) {
-    const StTensor *t = st_find(f, name);
-    if (!t) fail_msg("%s: fixture tensor %s missing", f->path, name);
-    float *x = xmalloc(st_numel(t) * sizeof(float) + 1);
-    st_read_f32(f, t, x);
-    if (n) *n = (size_t)st_numel(t);
-    return x;
-}
-
-static int *read_i32(const StFile *f, const char *name) {
-    const StTensor *t = st_find(f, name);
-    if (!t) fail_msg("%s: fixture tensor %s missing", f->path, name);
-    int *x = xmalloc(st_numel(t) * sizeof(int) + 1);
-    st_read_i32(f, t, x);
-    return x;
-}
-
-static void fixture_open(Fixture *fx, const char *name) {
-    st_open_or_die(&fx->f, fixture_path(name));
-    const StTensor *ids = st_find(&fx->f, "input_ids");
-    const StTensor *lg = st_find(&fx->f, "logits");
-    fx->B = (int)ids->shape[0];
-    fx->T = (int)ids->shape[1];
-    fx->V = (int)lg->shape[2];
-    fx->n_img = (int)st_find(&fx->f, "img_row")->shape[0];
-    fx->ids = read_i32(&fx->f, "input_ids");
-    fx->labels = read_i32(&fx->f, "labels");
-    fx->img_row = read_i32(&fx->f, "img_row");
-    fx->img_start = read_i32(&fx->f, "img_start");
-    fx->pixels = read_f32(&fx->f, "pixel_values", NULL);
-    int N = fx->B * fx->T;  // HF scores logits[t] against labels[t+1]
-    fx->targets = xmalloc(N * sizeof(int));
-    for (int b = 0; b < fx->B; b++)
-        for (int t = 0; t < fx->T; t++) {
-            int l = t + 1 < fx->T ? fx->labels[b * fx->T + t + 1] : -100;
-            fx->targets[b * fx->T + t] = l == -100 ? -1 : l;
-        }
-    fx->batch = (VlmBatch){.B = fx->B, .T = fx->T, .ids = fx->ids, .targets = fx->targets, .n_img = fx->n_img,
-                           .pixels = fx->pixels, .img_row = fx->img_row, .img_start = fx->img_start};
-}
-
-static void fixture_close(Fixture *fx) {
-    free(fx->ids); free(fx->labels); free(fx->targets); free(fx->img_row); free(fx->img_start); free(fx->pixels);
-    st_close(&fx->f);
-}
-
-static void model_open(Vlm *m, const Kernels *k, const Fixture *fx, const char *llm, ConnectorType ct,
+static void model_open(Vlm *m, const Kernels *k, const VlmFixture *fx, const char *llm, ConnectorType ct,
                        const char *conn_file, const char *lora_dir) {
-    VlmSpec spec = {.vision_dir = fixture_path("clip"), .vision_layer = -2, .llm_dir = fixture_path(llm),
-                    .connector = ct, .max_B = fx->B, .max_T = fx->T, .max_images = fx->n_img};
-    if (lora_dir) lora_config_load_peft(&spec.lora, fixture_path(lora_dir));
-    vlm_init(m, k, &spec);
-    int unmatched;
-    int n = params_load_file(&m->train, fixture_path(conn_file), "", &unmatched);
-    assert_int_equal(n, ct == CONNECTOR_LDP ? 6 : 4);
-    assert_int_equal(unmatched, 0);
-    if (lora_dir) {
-        char path[512];
-        snprintf(path, sizeof path, "%s/adapter_model.safetensors", fixture_path(lora_dir));
-        n = params_load_file(&m->train, path, "base_model.model.", &unmatched);
-        assert_int_equal(n, 28);
-        assert_int_equal(unmatched, 0);
-    }
+    fixture_model_open(m, k, llm, ct, conn_file, lora_dir, fx->B, fx->T, fx->n_img, 0.0f);
 }
 
 // first estimates, to be confirmed on a GPU; a check passes when the CUDA error is within this or
@@ -1083,13 +1022,13 @@ typedef struct {
 } ModelErr;
 
 // errors of one backend's model against the fixture's fp32 references
-static void run_vlm(ModelErr *e, const Kernels *k, Fixture *fx, const char *llm, ConnectorType ct,
+static void run_vlm(ModelErr *e, const Kernels *k, VlmFixture *fx, const char *llm, ConnectorType ct,
                     const char *conn_file, const char *lora_dir) {
     memset(e, 0, sizeof *e);
     Vlm m;
     model_open(&m, k, fx, llm, ct, conn_file, lora_dir);
     size_t n;
-    float *want = read_f32(&fx->f, "vision_features", &n);
+    float *want = fixture_f32(&fx->f, "vision_features", &n);
     float *got = xmalloc(n * sizeof(float));
     Vit *v = &m.vit;
     k->upload_act(m.pixels, fx->pixels, (size_t)fx->n_img * 3 * v->cfg.image_size * v->cfg.image_size);
@@ -1098,13 +1037,13 @@ static void run_vlm(ModelErr *e, const Kernels *k, Fixture *fx, const char *llm,
     e->feats = rel_err(got, want, n);
     free(want); free(got);
 
-    want = read_f32(&fx->f, "logits", &n);
+    want = fixture_f32(&fx->f, "logits", &n);
     got = xmalloc(n * sizeof(float));
     vlm_logits(&m, &fx->batch, got);
     e->logits = rel_err(got, want, n);
     free(want); free(got);
 
-    want = read_f32(&fx->f, "connector_out", &n);
+    want = fixture_f32(&fx->f, "connector_out", &n);
     got = xmalloc(n * sizeof(float));
     k->download_act(got, m.img_emb, n);
     e->conn = rel_err(got, want, n);
@@ -1125,7 +1064,7 @@ static void run_vlm(ModelErr *e, const Kernels *k, Fixture *fx, const char *llm,
     }
     e->deterministic = memcmp(&sums[0], &sums[1], sizeof(double)) == 0 && memcmp(grads[0], grads[1], ng * sizeof(float)) == 0;
     e->loss_value = (float)(sums[0] / M);
-    float *want_loss = read_f32(&fx->f, "loss", NULL);
+    float *want_loss = fixture_f32(&fx->f, "loss", NULL);
     e->loss = rel_err(&e->loss_value, want_loss, 1);
     free(want_loss);
     for (int t = 0; t < fx->f.n; t++) {
@@ -1134,7 +1073,7 @@ static void run_vlm(ModelErr *e, const Kernels *k, Fixture *fx, const char *llm,
         int i = params_find(&m.train, name + 5);
         if (i < 0) fail_msg("%s: the model has no trainable tensor %s", fx->f.path, name + 5);
         CHECK(e->n_grads < MAX_GRADS, "more than %d gradients", MAX_GRADS);
-        want = read_f32(&fx->f, name, &n);
+        want = fixture_f32(&fx->f, name, &n);
         assert_int_equal(n, m.train.p[i].numel);
         e->grad[e->n_grads] = rel_err(grads[0] + m.train.p[i].offset, want, n);
         e->grad_name[e->n_grads] = name + 5;  // lives as long as the fixture
@@ -1156,8 +1095,8 @@ static int model_check(const char *fixture, const char *what, double cuda, doubl
 }
 
 static void check_vlm(const char *fixture, const char *llm, ConnectorType ct, const char *conn_file, const char *lora_dir) {
-    Fixture fx;
-    fixture_open(&fx, fixture);
+    VlmFixture fx;
+    vlm_fixture_open(&fx, fixture);
     ModelErr eg, es;
     run_vlm(&es, bf16_sim(), &fx, llm, ct, conn_file, lora_dir);
     run_vlm(&eg, G, &fx, llm, ct, conn_file, lora_dir);
@@ -1177,7 +1116,7 @@ static void check_vlm(const char *fixture, const char *llm, ConnectorType ct, co
     }
     printf("    %-34s %-34s %s\n", fixture, "forward+backward twice", eg.deterministic ? "bit-identical" : "DIFFERENT FAIL");
     ok &= eg.deterministic;
-    fixture_close(&fx);
+    vlm_fixture_close(&fx);
     if (!ok) fail_msg("%s: the CUDA model is outside its tolerances (see the lines marked FAIL)", fixture);
 }
 
