@@ -98,6 +98,19 @@ int dir_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+void make_dirs(const char *path) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) fatal("path too long: %s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create directory: %s", buf, strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create directory: %s", path, strerror(errno));
+    if (!dir_exists(buf)) fatal("%s: exists and is not a directory", path);
+}
+
 void path_join(char *dst, size_t cap, const char *dir, const char *name) {
     int n = snprintf(dst, cap, "%s/%s", dir, name);
     if (n < 0 || (size_t)n >= cap) fatal("path too long: %s/%s", dir, name);

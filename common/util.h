@@ -31,6 +31,8 @@ __attribute__((returns_nonnull, malloc)) char *xstrdup(const char *s);
 char *file_read_all(const char *path, size_t *len);
 int file_exists(const char *path);
 int dir_exists(const char *path);
+// mkdir -p: path and its missing parents; fatal() naming the path when it cannot
+void make_dirs(const char *path);
 // dst = dir + "/" + name, fatal() if it does not fit
 void path_join(char *dst, size_t cap, const char *dir, const char *name);
 

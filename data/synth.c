@@ -603,10 +603,6 @@ static void write_models(const char *models_dir, int vocab, uint64_t seed, Synth
 // ---------------------------------------------------------------------------------------------
 // the dataset
 
-static void make_dir(const char *dir) {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create directory: %s", dir, strerror(errno));
-}
-
 static void write_sample(FILE *f, int *first, const char *id, const char *image, const Conv *c) {
     fputs(*first ? "  {\"id\": " : ",\n  {\"id\": ", f);
     *first = 0;
@@ -754,11 +750,11 @@ void synth_run(const SynthSpec *spec, SynthSummary *sum) {
     path_join(images, sizeof images, data, "images");
     path_join(models, sizeof models, spec->out_dir, "models");
     path_join(llm, sizeof llm, models, "llm");
-    make_dir(spec->out_dir);
-    make_dir(data);
-    make_dir(images);
-    make_dir(models);
-    make_dir(llm);
+    make_dirs(spec->out_dir);
+    make_dirs(data);
+    make_dirs(images);
+    make_dirs(models);
+    make_dirs(llm);
 
     path_join(path, sizeof path, llm, "tokenizer.json");
     sum->vocab = synth_write_tokenizer(path);

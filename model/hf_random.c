@@ -46,12 +46,8 @@ static void fill_and_save(ParamSet *ps, const char *dir, float std, uint64_t see
     st_writer_free(w);
 }
 
-static void make_dir(const char *dir) {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create directory: %s", dir, strerror(errno));
-}
-
 void hf_random_vision(const char *dir, const VitConfig *c, uint64_t seed) {
-    make_dir(dir);
+    make_dirs(dir);
     cJSON *j = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString("CLIPVisionModel"));
@@ -84,7 +80,7 @@ void hf_random_vision(const char *dir, const VitConfig *c, uint64_t seed) {
 }
 
 void hf_random_llm(const char *dir, const LlmConfig *c, float init_std, uint64_t seed) {
-    make_dir(dir);
+    make_dirs(dir);
     int qwen2 = strcmp(c->model_type, "qwen2") == 0;
     CHECK(qwen2 || strcmp(c->model_type, "llama") == 0, "model_type %s", c->model_type);
     CHECK(c->tied == 0 || c->tied == 1, "tied must be decided");
