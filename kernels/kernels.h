@@ -58,6 +58,8 @@ typedef struct Kernels {
     void (*download_act)(float *host_dst, const act_t *src, size_t n);
     void (*cast_to_act)(act_t *dst, const float *src, size_t n);  // fp32 -> act_t, on the backend
     void (*synchronize)(void);
+    // bytes held now and at most so far through alloc and the backend's own scratch buffers
+    void (*memory)(size_t *in_use, size_t *peak);
 
     // ---- linear layers ----
     // out (N,OC) = alpha * inp (N,C) @ w (OC,C)^T + bias (OC) [+ out when accumulate]; bias may be NULL

@@ -66,7 +66,7 @@ static void test_table_and_memory(void **state) {
     // every slot filled
 #define SLOT(f) assert_non_null(K->f)
     SLOT(alloc); SLOT(free); SLOT(zero); SLOT(copy); SLOT(upload); SLOT(download); SLOT(upload_act);
-    SLOT(download_act); SLOT(cast_to_act); SLOT(synchronize); SLOT(matmul_forward);
+    SLOT(download_act); SLOT(cast_to_act); SLOT(synchronize); SLOT(memory); SLOT(matmul_forward);
     SLOT(matmul_backward); SLOT(layernorm_forward); SLOT(layernorm_backward); SLOT(rmsnorm_forward);
     SLOT(rmsnorm_backward); SLOT(rope_forward); SLOT(rope_backward); SLOT(attention_forward);
     SLOT(attention_backward); SLOT(gelu_forward); SLOT(gelu_backward); SLOT(quick_gelu_forward);
@@ -76,6 +76,15 @@ static void test_table_and_memory(void **state) {
     SLOT(gather_rows); SLOT(scatter_rows); SLOT(cross_entropy); SLOT(adamw_update);
     SLOT(sum_squares); SLOT(scale_f32); SLOT(dropout); SLOT(attention_cached);
 #undef SLOT
+
+    size_t used0, peak0, used1, peak1;
+    K->memory(&used0, &peak0);
+    void *big = K->alloc(1 << 20);
+    K->memory(&used1, &peak1);
+    assert_true(used1 >= used0 + (1 << 20) && peak1 >= used1);  // accounted while held
+    K->free(big);
+    K->memory(&used1, NULL);
+    assert_int_equal(used1, used0);  // and given back
 
     size_t sizes[] = {1, 3, 64, 1000, 4099};
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {

@@ -221,6 +221,10 @@ int trainer_run(const TrainConfig *c) {
         val = loader_open(&vs);
     }
 
+    size_t mem_now, mem_peak;
+    k->memory(&mem_now, &mem_peak);
+    printf("memory: %.2f GiB held on %s after setup (weights, trainable state, activations for %d x %d tokens)\n",
+           mem_now / 1073741824.0, k->name, c->batch_size, c->max_seq_len);
     int per_step = c->batch_size * world;
     if (c->global_batch % per_step)
         fatal("config: global_batch %d is not a multiple of batch_size x processes (%d x %d)", c->global_batch, c->batch_size, world);

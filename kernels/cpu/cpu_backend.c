@@ -1,10 +1,18 @@
 // cpu_backend.c: the CPU backend's table of kernels (kernels_cpu) and its memory ops.
 // Backend memory is ordinary host memory, so uploads and downloads are copies.
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/util.h"
 #include "kernels/cpu/cpu.h"
+
+static size_t g_in_use, g_peak;  // allocation happens on the main thread only
+
+static void cpu_memory(size_t *in_use, size_t *peak) {
+    if (in_use) *in_use = g_in_use;
+    if (peak) *peak = g_peak;
+}
 
 static void *cpu_alloc(size_t bytes) {
     // aligned_alloc wants a multiple of the alignment; 64 bytes is a cache line and an AVX-512 vector
@@ -14,10 +22,15 @@ static void *cpu_alloc(size_t bytes) {
     void *p = aligned_alloc(64, rounded);
     if (!p) fatal("out of memory allocating %zu bytes on the CPU", bytes);
     memset(p, 0, rounded);
+    g_in_use += malloc_usable_size(p);
+    if (g_in_use > g_peak) g_peak = g_in_use;
     return p;
 }
 
-static void cpu_free(void *p) { free(p); }
+static void cpu_free(void *p) {
+    if (p) g_in_use -= malloc_usable_size(p);
+    free(p);
+}
 
 static void cpu_zero(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
@@ -61,6 +74,7 @@ static const Kernels cpu_kernels = {
     .download_act = cpu_download_act,
     .cast_to_act = cpu_cast_to_act,
     .synchronize = cpu_synchronize,
+    .memory = cpu_memory,
 
     .matmul_forward = cpu_matmul_forward,
     .matmul_backward = cpu_matmul_backward,

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unordered_map>
+
 #include "kernels/cuda/common.cuh"
 
 static cudaStream_t g_stream;
@@ -23,12 +25,37 @@ void cuda_check_fail(int err, const char *file, int line, const char *expr) {
                err, cudaGetErrorName(e), cudaGetErrorString(e));
 }
 
+// bytes held through cuda_alloc and the scratch slots (allocation is single-threaded)
+static std::unordered_map<void *, size_t> g_sizes;
+static size_t g_in_use, g_peak;
+
+static void track(void *p, size_t bytes) {
+    g_sizes[p] = bytes;
+    g_in_use += bytes;
+    if (g_in_use > g_peak) g_peak = g_in_use;
+}
+
+static void untrack(void *p) {
+    auto it = g_sizes.find(p);
+    if (it == g_sizes.end()) return;
+    g_in_use -= it->second;
+    g_sizes.erase(it);
+}
+
+static void cuda_memory(size_t *in_use, size_t *peak) {
+    if (in_use) *in_use = g_in_use;
+    if (peak) *peak = g_peak;
+}
+
 void *cuda_scratch(int slot, size_t bytes) {
     CHECK(slot >= 0 && slot < N_SCRATCH, "scratch slot %d", slot);
     if (bytes > g_scratch_bytes[slot]) {
         // kernels still queued may use the old buffer
         cudaCheck(cudaStreamSynchronize(g_stream));
-        if (g_scratch[slot]) cudaCheck(cudaFree(g_scratch[slot]));
+        if (g_scratch[slot]) {
+            untrack(g_scratch[slot]);
+            cudaCheck(cudaFree(g_scratch[slot]));
+        }
         size_t want = bytes + bytes / 4 + 256;
         if (cudaMalloc(&g_scratch[slot], want) != cudaSuccess) {
             size_t free_b = 0, total = 0;
@@ -38,6 +65,7 @@ void *cuda_scratch(int slot, size_t bytes) {
                   "lower batch_size", want, free_b, total);
         }
         g_scratch_bytes[slot] = want;
+        track(g_scratch[slot], want);
     }
     return g_scratch[slot];
 }
@@ -55,11 +83,14 @@ static void *cuda_alloc(size_t bytes) {
               bytes, free_b, total);
     }
     cudaCheck(cudaMemsetAsync(p, 0, want, g_stream));
+    track(p, want);
     return p;
 }
 
 static void cuda_free(void *p) {
-    if (p) cudaCheck(cudaFree(p));
+    if (!p) return;
+    untrack(p);
+    cudaCheck(cudaFree(p));
 }
 
 static void cuda_zero(void *p, size_t bytes) {
@@ -133,6 +164,7 @@ static Kernels g_kernels = {
     .download_act = cuda_download_act,
     .cast_to_act = cuda_cast_to_act,
     .synchronize = cuda_synchronize,
+    .memory = cuda_memory,
 
     .matmul_forward = cuda_matmul_forward,
     .matmul_backward = cuda_matmul_backward,
