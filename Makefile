@@ -37,7 +37,7 @@ endif
 deps:
 	@sh scripts/install_deps.sh
 
-.PHONY: deps all test test-unit cuda-compile test-gpu test-gpu-emu clean-emu bench-cpu bench-data demo clean fixtures
+.PHONY: deps all test test-unit cuda-compile test-gpu test-gpu-emu clean-emu bench bench-cpu bench-data demo clean fixtures
 all: $(PROGS)
 
 build/obj/%.o: %.c | deps
@@ -82,10 +82,48 @@ endif
 test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS)
 	@sh tests/run.sh $(TESTS) $(ASAN_TESTS)
 
-build/bench_cpu: build/obj/bench/bench_cpu.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
-bench-cpu: build/bench_cpu
-	./build/bench_cpu
+# bench_step: one training step timed on either backend (bench/bench_step.c --help); linked like
+# the programs, so it has the CUDA backend whenever nvcc is present
+build/bench_step: build/obj/bench/bench_step.o build/libsvlm.a $(PROG_CUDA)
+	$(CC) $(CFLAGS) $< $(PROG_CUDA) build/libsvlm.a -o $@ $(LDLIBS) $(PROG_LIBS)
+bench-cpu: build/bench_step
+	./build/bench_step --device cpu --preset mid --stage 2
+
+# The GPU benchmark of issue 5: the reference recipe's shapes (CLIP ViT-L/14-336, ldp, Qwen2-0.5B,
+# LoRA r 64 in stage 2), micro-batch 16, stage 1 then stage 2, svlm and then PyTorch
+# (scripts/bench_torch.py: transformers + peft, bf16 autocast, SDPA) on the same batch and weights,
+# then a comparison table. Everything it prints is also in $(BENCH_DIR)/bench.log; the batches,
+# JSON results and random models (about 3.2 GB, written once) stay in $(BENCH_DIR).
+# Without a GPU it says so and does nothing.
+BENCH_DIR   ?= build/bench/reference
+BENCH_STEPS ?= 10
+BENCH_ARGS  ?=
+BENCH_TORCH_ARGS ?=
+PYTHON      ?= python3
+bench:
+	@if ! command -v nvidia-smi >/dev/null 2>&1 && [ ! -e /dev/nvidia0 ]; then \
+	  echo "bench: no NVIDIA GPU on this machine (no nvidia-smi, no /dev/nvidia0): nothing run. make bench-cpu times the CPU backend."; exit 0; fi; \
+	if [ "$(HAVE_NVCC)" != 1 ]; then \
+	  echo "bench: nvcc not found, so svlm has no CUDA backend here: nothing run"; exit 0; fi; \
+	$(MAKE) --no-print-directory build/bench_step || exit 1; \
+	if ! ./build/bench_step --device cuda --probe >/dev/null; then \
+	  echo "bench: no usable CUDA device (kernels_cuda() found none): nothing run. make bench-cpu times the CPU backend."; exit 0; fi; \
+	export PYTHONUNBUFFERED=1; d=$(BENCH_DIR); mkdir -p $$d; log=$$d/bench.log; : > $$log; \
+	run() { echo "+ $$*" | tee -a $$log; { "$$@"; echo $$? > $$d/.rc; } 2>&1 | tee -a $$log; return $$(cat $$d/.rc); }; \
+	{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader; \
+	  echo "svlm $$(git rev-parse --short HEAD 2>/dev/null) $$(git status --short 2>/dev/null | wc -l) files changed"; } 2>&1 | tee -a $$log; \
+	for s in 1 2; do \
+	  rm -f $$d/batch_stage$$s.safetensors $$d/svlm_stage$$s.json $$d/torch_stage$$s.json; \
+	  run ./build/bench_step --device cuda --preset reference --stage $$s --steps $(BENCH_STEPS) --models $$d \
+	    --save-batch $$d/batch_stage$$s.safetensors --result $$d/svlm_stage$$s.json $(BENCH_ARGS) \
+	    || echo "bench: svlm stage $$s FAILED" | tee -a $$log; \
+	  if [ -f $$d/batch_stage$$s.safetensors ]; then \
+	    run $(PYTHON) scripts/bench_torch.py --batch $$d/batch_stage$$s.safetensors --device cuda --steps $(BENCH_STEPS) \
+	      --result $$d/torch_stage$$s.json $(BENCH_TORCH_ARGS) || echo "bench: torch stage $$s FAILED" | tee -a $$log; \
+	  fi; \
+	done; \
+	run $(PYTHON) scripts/bench_torch.py --table $$d/svlm_stage1.json $$d/torch_stage1.json $$d/svlm_stage2.json $$d/torch_stage2.json; \
+	echo "bench: everything above is in $$log"
 
 build/bench_data: build/obj/bench/bench_data.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
@@ -137,7 +175,12 @@ build/tests/gpu/test_gpu_emu: build/obj/tests/gpu/test_gpu.o build/obj/tests/tes
 test-gpu-emu: build/tests/gpu/test_gpu_emu
 	./build/tests/gpu/test_gpu_emu
 clean-emu:
-	rm -rf build/emu build/tests/gpu/test_gpu_emu
+	rm -rf build/emu build/tests/gpu/test_gpu_emu build/bench_step_emu
+
+# the same program on the CPU emulation of the CUDA kernels (tests/gpu/emu): checks bench_step's
+# CUDA path (bf16 buffers, memory accounting) without a GPU, e.g. --device cuda --preset tiny
+build/bench_step_emu: build/obj/bench/bench_step.o $(EMU_OBJ) build/libsvlm.a
+	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ $(LDLIBS) -lstdc++
 
 clean:
 	rm -rf build $(PROGS)

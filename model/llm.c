@@ -74,6 +74,7 @@ void llm_config_load(LlmConfig *c, const char *dir) {
             if (!cJSON_IsString(e) || strcmp(e->valuestring, "full_attention") != 0)
                 fatal("%s: layer_types holds \"%s\": only full attention is supported", path,
                       cJSON_IsString(e) ? e->valuestring : "?");
+    if (is_mistral) c->sliding_window = json_get_int_opt(root, "sliding_window", 0, path);
     if (is_qwen2) {  // Qwen2Attention: bias on q, k, v only
         c->qkv_bias = 1;
         if (json_get_bool_opt(root, "use_sliding_window", 0, path))

@@ -18,6 +18,7 @@ typedef struct {
     int qkv_bias, o_bias, mlp_bias;
     int tied;  // lm_head shares embed_tokens (-1 after llm_config_load when config.json is silent)
     int bos_id, eos_id;  // -1 when config.json has none (eos: the first when it is a list)
+    int sliding_window;  // Mistral: attention window; 0 when none (svlm attends to everything)
 } LlmConfig;
 
 typedef struct {

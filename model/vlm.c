@@ -18,6 +18,9 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     vit_load(&m->vit, k, spec->vision_dir, spec->vision_layer, spec->max_images);
     params_init(&m->train, k, 1);
     llm_load(&m->llm, k, spec->llm_dir, &spec->lora, &m->train);
+    if (m->llm.cfg.sliding_window > 0 && spec->max_T > m->llm.cfg.sliding_window)
+        fatal("%s: sliding_window %d is shorter than max_seq_len %d; svlm has no sliding-window attention, "
+              "so set max_seq_len <= %d", spec->llm_dir, m->llm.cfg.sliding_window, spec->max_T, m->llm.cfg.sliding_window);
     const VitConfig *vc = &m->vit.cfg;
     connector_declare(&m->conn, &m->train, spec->connector, vc->hidden, m->llm.cfg.hidden, vc->grid, spec->max_images);
     params_alloc(&m->train);

@@ -1,7 +1,8 @@
 // vlm.h: the vision-language model: frozen vision encoder -> trainable connector -> LLM with
 // LoRA. Image features replace the embeddings of the image slot in each sample's tokens; the
-// loss is the mean over labelled positions (callers pass grad_scale = 1 / labelled count of the
-// whole optimizer step, so micro-batches and gradient accumulation add up exactly).
+// loss is the mean over labelled positions: vlm_forward_backward returns the sum of the
+// per-position losses and their count, and the trainer divides the accumulated gradients by the
+// labelled count of the whole optimizer step, so micro-batches and accumulation add up exactly.
 #pragma once
 #include <stdint.h>
 

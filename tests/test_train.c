@@ -344,8 +344,10 @@ static void open_model_dir(Vlm *m, ModelDirSpec *d, const char *dir, int T) {
 static void test_export_matches_unmerged(void **state) {
     char run[600], out[600], p[700];
     snprintf(run, sizeof run, "%s/reference", root);
-    snprintf(out, sizeof out, "%s/export", root);
+    snprintf(out, sizeof out, "%s/export/", root);  // a trailing slash, twice: the second replaces the first
     export_run(run, out);
+    export_run(run, out);
+    out[strlen(out) - 1] = 0;
     const char *files[4] = {"llm/model.safetensors", "llm/tokenizer.json", "adapter/adapter_config.json", "connector.safetensors"};
     for (int i = 0; i < 4; i++) {
         path(p, sizeof p, out, files[i]);
@@ -376,6 +378,32 @@ static void test_export_matches_unmerged(void **state) {
     free(pix);
     vlm_free(&a);
     vlm_free(&b);
+}
+
+// resuming from an older checkpoint replaces the history after it (moved aside, not mixed in)
+static void test_resume_from_older_checkpoint(void **state) {
+    char dir[600], log[600], p[700], ref[700], ck[700];
+    snprintf(dir, sizeof dir, "%s/older", root);
+    snprintf(log, sizeof log, "%s/older.log", root);
+    assert_int_equal(train(dir, log, 0, "keep_last=10", NULL, NULL), 0);
+    path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
+    snprintf(ref, sizeof ref, "%s/older_step10.safetensors", root);
+    char *cp[] = {"/bin/cp", p, ref, NULL};
+    assert_int_equal(spawn(cp, log, 0, 0), 0);
+    // the same configuration from step 4: the run is deterministic, so step 10 comes out the same
+    snprintf(ck, sizeof ck, "resume=%s/step_00000004", dir);
+    assert_int_equal(train(dir, log, 0, "keep_last=10", ck, NULL), 0);
+    assert_true(log_has(log, "3 later checkpoint(s)"));
+    path(p, sizeof p, dir, "abandoned_step_00000010_0/state.json");
+    assert_true(file_exists(p));
+    path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
+    assert_true(same_file(p, ref));
+    path(p, sizeof p, dir, "step_00000006/state.json");  // rewritten by the resumed run, not kept from before
+    assert_true(file_exists(p));
+    path(p, sizeof p, dir, "metrics.jsonl");
+    char refm[700];
+    path(refm, sizeof refm, root, "reference/metrics.jsonl");
+    assert_true(same_file(p, refm));
 }
 
 static void test_bad_config(void **state) {
@@ -431,6 +459,11 @@ static void test_nan_loss(void **state) {
     assert_true(log_has(log, "update skipped"));
     path(p, sizeof p, dir, "metrics.jsonl");
     assert_true(log_has(p, "\"skipped_steps\": 9"));
+    assert_true(log_has(p, "\"loss\": null"));  // JSON has no NaN: the file stays parseable
+    size_t n;
+    char *text = slurp(p, &n);
+    assert_null(strstr(text, "nan"));
+    free(text);
 }
 
 static void test_disk_full_during_checkpoint(void **state) {
@@ -464,6 +497,7 @@ int main(void) {
         cmocka_unit_test(test_resume_after_sigterm),
         cmocka_unit_test(test_gradient_accumulation),
         cmocka_unit_test(test_export_matches_unmerged),
+        cmocka_unit_test(test_resume_from_older_checkpoint),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_foreign_and_corrupt_checkpoints),
         cmocka_unit_test(test_nan_loss),

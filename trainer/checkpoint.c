@@ -94,6 +94,24 @@ void checkpoint_clean_tmp(const char *out_dir) {
     closedir(d);
 }
 
+int checkpoint_set_aside_after(const char *out_dir, int64_t step) {
+    int64_t *steps;
+    int n = list_checkpoints(out_dir, &steps), moved = 0;
+    char from[2048], to[2100];
+    for (int i = 0; i < n; i++) {
+        if (steps[i] <= step) continue;
+        snprintf(from, sizeof from, "%s/step_%08" PRId64, out_dir, steps[i]);
+        for (int k = 0;; k++) {  // never overwrite an earlier set-aside copy
+            snprintf(to, sizeof to, "%s/abandoned_step_%08" PRId64 "_%d", out_dir, steps[i], k);
+            if (!dir_exists(to)) break;
+        }
+        if (rename(from, to) != 0) fatal("%s: cannot move aside to %s: %s", from, to, strerror(errno));
+        moved++;
+    }
+    free(steps);
+    return moved;
+}
+
 int checkpoint_latest(const char *out_dir, char *path, size_t cap) {
     int64_t *steps;
     int n = list_checkpoints(out_dir, &steps);
@@ -127,6 +145,7 @@ static cJSON *state_json(const TrainState *st, const char *signature) {
     cJSON_AddNumberToObject(j, "metrics_bytes", (double)st->metrics_bytes);
     cJSON_AddNumberToObject(j, "skipped_steps", (double)st->skipped_steps);
     cJSON_AddNumberToObject(j, "tokens", (double)st->tokens);
+    cJSON_AddStringToObject(j, "data", st->data_desc);
     cJSON *sig = cJSON_Parse(signature);
     CHECK(sig, "signature is not JSON: %s", signature);
     cJSON_AddItemToObject(j, "model", sig);
@@ -206,8 +225,11 @@ int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *t
     int64_t *steps;
     int n = list_checkpoints(out_dir, &steps);
     for (int i = 0; i + keep_last < n; i++) {
+        // renamed first: a kill while deleting leaves a .tmp that the next start removes, never
+        // a step directory with state.json but missing tensors
         snprintf(dir, sizeof dir, "%s/step_%08" PRId64, out_dir, steps[i]);
-        remove_dir(dir);
+        snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+        if (rename(dir, tmp) == 0) remove_dir(tmp);
     }
     free(steps);
     return 0;
@@ -292,6 +314,7 @@ void checkpoint_load(const char *dir, TrainState *st, ParamSet *train, const cha
     st->metrics_bytes = get_i64(j, "metrics_bytes", path);
     st->skipped_steps = get_i64(j, "skipped_steps", path);
     st->tokens = get_i64(j, "tokens", path);
+    snprintf(st->data_desc, sizeof st->data_desc, "%s", json_get_str_opt(j, "data", "", path));
     const cJSON *rng = cJSON_GetObjectItemCaseSensitive(j, "rng");
     if (!cJSON_IsArray(rng) || cJSON_GetArraySize(rng) != 4) fatal("%s: \"rng\" must hold 4 values", path);
     for (int i = 0; i < 4; i++) {
@@ -305,7 +328,7 @@ void checkpoint_load(const char *dir, TrainState *st, ParamSet *train, const cha
     cJSON_Delete(j);
 
     size_t bytes = train->numel * sizeof(float);
-    float *host = xmalloc(bytes ? bytes : 4);
+    float *host = xcalloc(1, bytes ? bytes : 4);  // alignment padding between tensors stays zero
     const Kernels *k = train->k;
     snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
     read_span(path, train, "", host);

@@ -22,6 +22,7 @@ typedef struct {
     int64_t metrics_bytes;  // length of metrics.jsonl at this step (resume truncates to it)
     int64_t skipped_steps;  // steps dropped by nan_policy = skip
     int64_t tokens;         // labelled tokens trained on so far
+    char data_desc[256];    // the settings that order the data (seed, batch sizes...), compared on resume
 } TrainState;
 
 // Writes a checkpoint of step st->step. signature: one-line JSON describing the model shapes
@@ -31,6 +32,9 @@ int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *t
                     int keep_last, char *err, size_t errlen);
 // path of the newest complete checkpoint in out_dir; 0 when there is none
 int checkpoint_latest(const char *out_dir, char *path, size_t cap);
+// Renames the complete checkpoints after `step` to abandoned_step_N_K (kept, never listed):
+// a run resumed from an older checkpoint replaces the history that followed it. Returns how many.
+int checkpoint_set_aside_after(const char *out_dir, int64_t step);
 // removes step_*.tmp leftovers of killed runs
 void checkpoint_clean_tmp(const char *out_dir);
 // Restores masters, moments and state from dir. A checkpoint whose signature differs from

@@ -72,8 +72,14 @@ static void remove_tree(const char *dir) {
     if (strchr(dir, '\'') || system(cmd) != 0) fatal("%s: cannot remove", dir);
 }
 
-void export_run(const char *src, const char *out_dir) {
-    char step_dir[PATH_MAX], run_dir[PATH_MAX], path[PATH_MAX + 64], tmp[PATH_MAX + 16];
+void export_run(const char *src, const char *out_arg) {
+    char step_dir[PATH_MAX], run_dir[PATH_MAX], path[PATH_MAX + 64], tmp[PATH_MAX + 16], old[PATH_MAX + 16];
+    char out_dir[PATH_MAX];  // without trailing slashes: "out/" must give "out.tmp", not "out/.tmp"
+    snprintf(out_dir, sizeof out_dir, "%s", out_arg);
+    for (size_t n = strlen(out_dir); n > 1 && out_dir[n - 1] == '/'; n--) out_dir[n - 1] = 0;
+    snprintf(path, sizeof path, "%s/svlm.json", out_dir);
+    if (dir_exists(out_dir) && !file_exists(path))
+        fatal("%s exists and is not an svlm export: choose another output directory", out_dir);
     export_resolve(src, step_dir, run_dir, sizeof step_dir);
     snprintf(path, sizeof path, "%s/config.conf", run_dir);
     TrainConfig c;
@@ -249,12 +255,15 @@ void export_run(const char *src, const char *out_dir) {
     cJSON_Delete(j);
     st_close(&ck);
 
-    if (dir_exists(out_dir)) {
-        snprintf(path, sizeof path, "%s/svlm.json", out_dir);
-        if (!file_exists(path)) fatal("%s exists and is not an svlm export: choose another output directory", out_dir);
-        remove_tree(out_dir);
+    // the old export is replaced only once the new one is complete, and kept until it is in place
+    snprintf(old, sizeof old, "%s.old", out_dir);
+    int had_old = dir_exists(out_dir);
+    if (had_old) {
+        if (dir_exists(old)) remove_tree(old);
+        if (rename(out_dir, old) != 0) fatal("%s: cannot rename to %s: %s", out_dir, old, strerror(errno));
     }
     if (rename(tmp, out_dir) != 0) fatal("%s: cannot rename to %s: %s", tmp, out_dir, strerror(errno));
+    if (had_old) remove_tree(old);
     printf("export: %s -> %s (llm/ with %d LoRA-merged weights%s, connector.safetensors, svlm.json)\n", step_dir,
            out_dir, merged, lora.r > 0 ? ", adapter/" : "");
 }

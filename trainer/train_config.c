@@ -2,6 +2,8 @@
 #include "trainer/train_config.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -67,6 +69,26 @@ static void need(int ok, const char *key, const char *why) {
     if (!ok) fatal("config: %s %s", key, why);
 }
 
+int train_world_size(void) {
+    const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS", "WORLD_SIZE"};
+    for (int i = 0; i < 4; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*end || n < 1 || n > 65536) fatal("environment: %s = \"%s\" is not a process count", vars[i], v);
+            return (int)n;
+        }
+    }
+    return 1;
+}
+
+// absolute form of a path that exists (config.conf must work from any directory); else as given
+static void absolute(char *p, size_t cap) {
+    char buf[PATH_MAX];
+    if (p[0] && realpath(p, buf) && strlen(buf) < cap) strcpy(p, buf);
+}
+
 void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) {
     memset(c, 0, sizeof *c);
     if (path && !file_exists(path)) fatal("%s: config file not found", path);
@@ -107,8 +129,21 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     need(c->threads >= 0 && c->prefetch >= 1, "threads/prefetch", "threads >= 0, prefetch >= 1");
     need(!strcmp(c->nan_policy, "stop") || !strcmp(c->nan_policy, "skip"), "nan_policy", "must be stop or skip");
     if (c->stage == 1 && c->init_from[0]) warn("config: init_from is ignored in stage 1");
-    if (!c->data_cache[0]) path_join(c->data_cache, sizeof c->data_cache, c->out_dir, "data");
+    if (c->stage == 2 && c->init_from[0] && !file_exists(c->init_from) && !dir_exists(c->init_from))
+        fatal("config: init_from = %s: no such file or directory", c->init_from);
+    int world = train_world_size();
+    if (c->global_batch % (c->batch_size * world))
+        fatal("config: global_batch %d is not a multiple of batch_size x processes (%d x %d)", c->global_batch,
+              c->batch_size, world);
+    char *paths[] = {c->vision, c->llm, c->data, c->image_folder, c->val_data, c->val_image_folder, c->init_from, c->out_dir};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) absolute(paths[i], CFG_PATH);
     if (!c->val_image_folder[0]) strcpy(c->val_image_folder, c->image_folder);
+    if (!c->data_cache[0]) {
+        char buf[CFG_PATH + 8];
+        path_join(buf, sizeof buf, c->out_dir, "data");
+        if (strlen(buf) >= CFG_PATH) fatal("config: out_dir is too long");
+        strcpy(c->data_cache, buf);
+    }
 }
 
 void train_config_save(const TrainConfig *c, const char *path) {

@@ -53,3 +53,5 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv);
 // out_dir/config.conf, written atomically
 void train_config_save(const TrainConfig *c, const char *path);
 void train_config_print(const TrainConfig *c);
+// processes launched together (mpirun / srun / torchrun-style environment), 1 when alone
+int train_world_size(void);

@@ -114,6 +114,13 @@ static void fmt_duration(double s, char *buf, size_t cap) {
     else snprintf(buf, cap, "%lds", t);
 }
 
+// a JSON number, or null where the value is not finite (JSON has no NaN)
+static const char *jnum(double v, char *buf) {
+    if (!isfinite(v)) return "null";
+    snprintf(buf, 32, "%.9g", v);
+    return buf;
+}
+
 static VlmBatch to_vlm_batch(const LoaderBatch *b) {
     return (VlmBatch){.B = b->B, .T = b->T, .ids = b->ids, .targets = b->targets, .pos = b->pos, .seg = b->seg,
                       .n_img = b->n_img, .pixels = b->pixels, .img_row = b->img_row, .img_start = b->img_start};
@@ -143,8 +150,14 @@ static double evaluate(Vlm *m, Loader *val, int64_t *count) {
 static FILE *open_log(const char *out_dir, const char *name, int64_t keep_bytes) {
     char path[CFG_PATH + 32];
     snprintf(path, sizeof path, "%s/%s", out_dir, name);
-    if (keep_bytes >= 0 && keep_bytes != INT64_MAX && file_exists(path) && truncate(path, keep_bytes) != 0)
-        fatal("%s: cannot truncate: %s", path, strerror(errno));
+    struct stat sb;
+    if (keep_bytes >= 0 && keep_bytes != INT64_MAX && stat(path, &sb) == 0) {
+        if (sb.st_size < keep_bytes)  // lost lines are not made up: keep what is there
+            warn("%s: shorter (%lld bytes) than at the checkpoint (%lld): earlier records are missing", path,
+                 (long long)sb.st_size, (long long)keep_bytes);
+        else if (truncate(path, keep_bytes) != 0)
+            fatal("%s: cannot truncate: %s", path, strerror(errno));
+    }
     FILE *f = fopen(path, keep_bytes >= 0 ? "a" : "w");
     if (!f) fatal("%s: cannot open: %s", path, strerror(errno));
     return f;
@@ -168,8 +181,7 @@ int trainer_run(const TrainConfig *c) {
         if (!k && !strcmp(c->device, "cuda")) fatal("device = cuda but no CUDA device is available (or svlm was built without nvcc)");
         if (!k) k = kernels_cpu();
     }
-    const char *ws = getenv("OMPI_COMM_WORLD_SIZE") ? getenv("OMPI_COMM_WORLD_SIZE") : getenv("WORLD_SIZE");
-    int world = ws ? atoi(ws) : 1;
+    int world = train_world_size();
     if (world > 1) fatal("%d processes were launched, but multi-process training is not available yet in this build", world);
     make_dirs(c->out_dir);
     checkpoint_clean_tmp(c->out_dir);
@@ -225,9 +237,7 @@ int trainer_run(const TrainConfig *c) {
     k->memory(&mem_now, &mem_peak);
     printf("memory: %.2f GiB held on %s after setup (weights, trainable state, activations for %d x %d tokens)\n",
            mem_now / 1073741824.0, k->name, c->batch_size, c->max_seq_len);
-    int per_step = c->batch_size * world;
-    if (c->global_batch % per_step)
-        fatal("config: global_batch %d is not a multiple of batch_size x processes (%d x %d)", c->global_batch, c->batch_size, world);
+    int per_step = c->batch_size * world;  // global_batch is a multiple (train_config_load)
     int accum = c->global_batch / per_step;
     int64_t steps_per_epoch = loader_samples_per_rank(train) / ((int64_t)c->batch_size * accum);
     if (c->packing && c->max_steps == 0) fatal("config: with packing = true, set max_steps (steps per epoch vary)");
@@ -243,6 +253,11 @@ int trainer_run(const TrainConfig *c) {
 
     char *signature = model_signature(c, &m);
     TrainState st = {.total_steps = total, .world = world};
+    // what decides the order of the data: a resume with other values cannot replay the run
+    char data_desc[sizeof st.data_desc];
+    snprintf(data_desc, sizeof data_desc, "seed %" PRIu64 ", batch_size %d, global_batch %d, max_seq_len %d, packing %d",
+             c->seed, c->batch_size, c->global_batch, c->max_seq_len, c->packing);
+    memcpy(st.data_desc, data_desc, sizeof data_desc);
     char ckpt[CFG_PATH + 32];
     int resumed = 0;
     if (!strcmp(c->resume, "never")) {
@@ -260,7 +275,14 @@ int trainer_run(const TrainConfig *c) {
         if (st.world != world) fatal("%s: saved with %d processes, this run has %d (the data order would differ)", ckpt, st.world, world);
         if (st.total_steps != total)
             warn("%s: the run was planned for %" PRId64 " steps, now %" PRId64 ": the schedule changes", ckpt, st.total_steps, total);
+        if (st.step > total)
+            fatal("%s: the checkpoint is at step %" PRId64 ", past this run's %" PRId64 " steps (max_steps / epochs)", ckpt, st.step, total);
         st.total_steps = total;
+        if (strcmp(st.data_desc, data_desc))
+            warn("%s: saved with %s, this run has %s: training continues but no longer replays an uninterrupted run",
+                 ckpt, st.data_desc[0] ? st.data_desc : "(no record)", data_desc);
+        int moved = checkpoint_set_aside_after(c->out_dir, st.step);
+        if (moved) printf("resume: %d later checkpoint(s) of %s moved aside as abandoned_step_*\n", moved, c->out_dir);
         loader_seek(train, st.data);
         printf("resume: %s (step %" PRId64 ")\n", ckpt, st.step);
     } else {
@@ -286,7 +308,8 @@ int trainer_run(const TrainConfig *c) {
         int64_t vt;
         first_val = evaluate(&m, val, &vt);
         printf("step 0/%" PRId64 " | validation loss %.4f over %" PRId64 " tokens\n", total, first_val, vt);
-        fprintf(metrics, "{\"step\": 0, \"val_loss\": %.9g, \"val_tokens\": %" PRId64 "}\n", first_val, vt);
+        char nb[32];
+        fprintf(metrics, "{\"step\": 0, \"val_loss\": %s, \"val_tokens\": %" PRId64 "}\n", jnum(first_val, nb), vt);
         fflush(metrics);
     }
 
@@ -340,26 +363,30 @@ int trainer_run(const TrainConfig *c) {
             printf("step %" PRId64 "/%" PRId64 " | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | %s elapsed | ETA %s\n",
                    st.step, total, loss, c->lr * factor, norm, tps, el, eta);
             fflush(stdout);
-            fprintf(metrics, "{\"step\": %" PRId64 ", \"epoch\": %" PRId64 ", \"loss\": %.9g, \"lr\": %.9g, \"connector_lr\": %.9g, "
-                    "\"grad_norm\": %.9g, \"labelled\": %" PRId64 ", \"skipped_steps\": %" PRId64 "}\n",
-                    st.step, epoch, loss, c->lr * factor, conn_lr * factor, norm, n_lab, st.skipped_steps);
+            char b1[32], b2[32];
+            fprintf(metrics, "{\"step\": %" PRId64 ", \"epoch\": %" PRId64 ", \"loss\": %s, \"lr\": %.9g, \"connector_lr\": %.9g, "
+                    "\"grad_norm\": %s, \"labelled\": %" PRId64 ", \"skipped_steps\": %" PRId64 "}\n",
+                    st.step, epoch, jnum(loss, b1), c->lr * factor, conn_lr * factor, jnum(norm, b2), n_lab, st.skipped_steps);
             fprintf(timing, "{\"step\": %" PRId64 ", \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n", st.step, tps, now - t_start);
             fflush(metrics);
             fflush(timing);
             tokens_window = 0;
             t_window = now;
         }
-        if (val && ((c->eval_every && st.step % c->eval_every == 0) || last)) {
+        // a preempted job saves first: its grace period may be shorter than a validation pass
+        if (val && !g_stop_signal && ((c->eval_every && st.step % c->eval_every == 0) || last)) {
             int64_t vt;
+            char nb[32];
             double vl = evaluate(&m, val, &vt);
             last_val = vl;
             printf("step %" PRId64 "/%" PRId64 " | validation loss %.4f over %" PRId64 " tokens\n", st.step, total, vl, vt);
-            fprintf(metrics, "{\"step\": %" PRId64 ", \"val_loss\": %.9g, \"val_tokens\": %" PRId64 "}\n", st.step, vl, vt);
+            fprintf(metrics, "{\"step\": %" PRId64 ", \"val_loss\": %s, \"val_tokens\": %" PRId64 "}\n", st.step, jnum(vl, nb), vt);
             fflush(metrics);
         }
         int stop = g_stop_signal != 0;
         if ((c->save_every && st.step % c->save_every == 0) || last || stop) {
-            if (fsync(fileno(metrics)) != 0) fatal("%s/metrics.jsonl: fsync failed: %s", c->out_dir, strerror(errno));
+            if (fflush(metrics) != 0 || ferror(metrics) || fsync(fileno(metrics)) != 0)
+                fatal("%s/metrics.jsonl: write failed: %s; the previous checkpoint is intact", c->out_dir, strerror(errno));
             st.metrics_bytes = ftell(metrics);
             char err[2300];
             if (checkpoint_save(c->out_dir, &st, P, signature, c->keep_last, err, sizeof err) != 0) {
@@ -370,8 +397,9 @@ int trainer_run(const TrainConfig *c) {
             }
         }
         if (stop) {
-            printf("received %s: checkpoint step_%08" PRId64 " saved in %s; run the same command to resume\n",
-                   g_stop_signal == SIGTERM ? "SIGTERM" : "SIGINT", st.step, c->out_dir);
+            printf("received %s: checkpoint step_%08" PRId64 " saved in %s; run %s to resume\n",
+                   g_stop_signal == SIGTERM ? "SIGTERM" : "SIGINT", st.step, c->out_dir,
+                   strcmp(c->resume, "auto") ? "the same command with resume=auto" : "the same command");
             break;
         }
     }
