@@ -4,14 +4,25 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+// fatal() and check_fail() may be reached from several threads at once (a data worker and the
+// main thread on the same bad input); exit() must run once, so later callers wait for it
+static atomic_int g_dying;
+
+static void die_once(void) {
+    if (atomic_exchange(&g_dying, 1))
+        for (;;) pause();
+}
+
 void fatal(const char *fmt, ...) {
     va_list ap;
+    die_once();
     fflush(stdout);
     fputs("svlm: error: ", stderr);
     va_start(ap, fmt);
@@ -33,6 +44,7 @@ void warn(const char *fmt, ...) {
 
 void check_fail(const char *file, int line, const char *cond, const char *fmt, ...) {
     va_list ap;
+    die_once();
     fflush(stdout);
     fprintf(stderr, "svlm: internal check failed at %s:%d: %s\n  hint: ", file, line, cond);
     va_start(ap, fmt);

@@ -10,7 +10,8 @@
 extern "C" {
 #endif
 
-// prints "svlm: error: <message>" on one line to stderr and exits with status 1
+// prints "svlm: error: <message>" on one line to stderr and exits with status 1; safe to reach
+// from several threads at once (one reports and exits, the others wait)
 __attribute__((noreturn, format(printf, 1, 2))) void fatal(const char *fmt, ...);
 // prints "svlm: warning: <message>" to stderr and carries on
 __attribute__((format(printf, 1, 2))) void warn(const char *fmt, ...);

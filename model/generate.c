@@ -219,6 +219,10 @@ int gen_sample(const float *logits, int V, float temperature, float top_p, Rng *
         c[n++] = (Cand){p, i};
         total += p;
     }
+    if (n == 0) {  // every logit -inf: no distribution to sample, the first candidate it is
+        free(c);
+        return best;
+    }
     if (top_p > 0 && top_p < 1) {  // nucleus: the most likely tokens whose mass first reaches top_p
         qsort(c, n, sizeof(Cand), cand_cmp);
         double need = top_p * total, acc = 0;

@@ -1,6 +1,7 @@
 // vit.c: CLIP vision encoder forward (see vit.h). Layer-by-layer with shared scratch buffers.
 #include "model/vit.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,7 +89,20 @@ void vit_preprocess_config(const char *vision_dir, int model_image_size, int *si
     int size_px = sz && !cJSON_IsNull(sz) ? read_size(sz, "size", path) : 0;
     int s = crop_px ? crop_px : size_px ? size_px : model_image_size;
     if (crop_px && size_px && crop_px != size_px)
-        warn("%s: resizes to %d then crops %d; svlm resizes the shortest edge straight to %d", path, size_px, crop_px, s);
+        fatal("%s: resizes to %d then crops %d; svlm's CLIP preprocessing resizes the shortest edge to the crop "
+              "size (CLIP configs have them equal)", path, size_px, crop_px);
+    // svlm reproduces CLIPImageProcessor exactly: refuse settings it would otherwise ignore
+    const char *type = json_get_str_opt(root, "image_processor_type",
+                                        json_get_str_opt(root, "feature_extractor_type", NULL, path), path);
+    if (type && strncmp(type, "CLIP", 4) != 0)
+        fatal("%s: image processor \"%s\" is not supported (CLIPImageProcessor only)", path, type);
+    if (json_get_int_opt(root, "resample", 3, path) != 3)
+        fatal("%s: resample = %d: svlm resizes with bicubic (3) only", path, json_get_int_opt(root, "resample", 3, path));
+    const char *flags[4] = {"do_resize", "do_center_crop", "do_rescale", "do_normalize"};
+    for (int i = 0; i < 4; i++)
+        if (!json_get_bool_opt(root, flags[i], 1, path)) fatal("%s: %s = false is not supported", path, flags[i]);
+    double rescale = json_get_num_opt(root, "rescale_factor", 1.0 / 255.0, path);
+    if (fabs(rescale * 255.0 - 1.0) > 1e-6) fatal("%s: rescale_factor %g is not supported (1/255)", path, rescale);
     if (s != model_image_size)
         fatal("%s: image size %d differs from the vision model's image_size %d", path, s, model_image_size);
     *size = s;

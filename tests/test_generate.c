@@ -207,6 +207,9 @@ static void test_sample_unit(void **state) {
     float b[3] = {NAN, -INFINITY, -3.0f};
     assert_int_equal(gen_sample(b, 3, 0.0f, 1.0f, &rng), 2);
     assert_int_equal(gen_sample(b, 3, 1.0f, 1.0f, &rng), 2);  // the only finite one
+    const float all_neg_inf[3] = {-INFINITY, -INFINITY, -INFINITY};  // nothing to sample: no read past the candidates
+    assert_int_equal(gen_sample(all_neg_inf, 3, 1.0f, 1.0f, &rng), 0);
+    assert_int_equal(gen_sample(all_neg_inf, 3, 1.0f, 0.5f, &rng), 0);
     // temperature 1: frequencies follow softmax; top-p keeps the most likely tokens first
     float l[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
     const float top_ps[3] = {1.0f, 0.7f, 0.5f};
@@ -563,6 +566,17 @@ static void test_preprocessor_config(void **state) {
     expect_fatal(preprocess_fatal, &a, "preprocessor_config.json", "image_std");
     write_file(p, "{\"image_mean\": [0.5, 0.5]}");
     expect_fatal(preprocess_fatal, &a, "preprocessor_config.json", "image_mean", "3 numbers");
+    // refused: settings CLIP preprocessing would otherwise silently ignore
+    write_file(p, "{\"size\": {\"shortest_edge\": 384}, \"crop_size\": 336}");
+    expect_fatal(preprocess_fatal, &a, "preprocessor_config.json", "resizes to 384 then crops 336");
+    write_file(p, "{\"image_processor_type\": \"SiglipImageProcessor\"}");
+    expect_fatal(preprocess_fatal, &a, "SiglipImageProcessor", "not supported");
+    write_file(p, "{\"resample\": 2}");
+    expect_fatal(preprocess_fatal, &a, "resample = 2");
+    write_file(p, "{\"do_center_crop\": false}");
+    expect_fatal(preprocess_fatal, &a, "do_center_crop = false");
+    write_file(p, "{\"rescale_factor\": 0.5}");
+    expect_fatal(preprocess_fatal, &a, "rescale_factor");
 }
 
 // ---------------------------------------------------------------- errors

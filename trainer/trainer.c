@@ -255,8 +255,9 @@ int trainer_run(const TrainConfig *c) {
     TrainState st = {.total_steps = total, .world = world};
     // what decides the order of the data: a resume with other values cannot replay the run
     char data_desc[sizeof st.data_desc];
-    snprintf(data_desc, sizeof data_desc, "seed %" PRIu64 ", batch_size %d, global_batch %d, max_seq_len %d, packing %d",
-             c->seed, c->batch_size, c->global_batch, c->max_seq_len, c->packing);
+    snprintf(data_desc, sizeof data_desc,
+             "%" PRId64 " samples, seed %" PRIu64 ", batch_size %d, global_batch %d, max_seq_len %d, packing %d",
+             loader_samples(train), c->seed, c->batch_size, c->global_batch, c->max_seq_len, c->packing);
     memcpy(st.data_desc, data_desc, sizeof data_desc);
     char ckpt[CFG_PATH + 32];
     int resumed = 0;
