@@ -6,8 +6,9 @@ CC      ?= gcc
 NVCC    ?= nvcc
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
+# CFLAGS and LDFLAGS may add -I / -L paths for libraries outside the system ones
 CFLAGS  += -std=gnu11 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(shell pkg-config --cflags cjson 2>/dev/null)
-LDLIBS  := -lopenblas -lcjson -lpng -ljpeg -lzstd -lpcre2-8 -lm -lpthread
+LDLIBS  := $(LDFLAGS) -lopenblas -lcjson -lpng -ljpeg -lzstd -lpcre2-8 -lm -lpthread
 # GCC's flow warnings misfire on sanitizer-instrumented code, so the ASan build leaves them to the normal one
 ASAN    := -fsanitize=address,undefined -fno-omit-frame-pointer -Wno-array-bounds -Wno-format-overflow
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
@@ -28,7 +29,7 @@ HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
 ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1),11)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
   PROG_CUDA := $(CU_OBJ)
-  PROG_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lcudnn -lstdc++
+  PROG_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
 else
   PROG_CUDA := build/obj/kernels/cuda/cuda_stub.o
   PROG_LIBS :=
@@ -74,7 +75,7 @@ build/asan/kernels/cuda/cuda_stub.o: kernels/cuda/cuda_stub.c
 	$(CC) $(CFLAGS) $(ASAN) -c $< -o $@
 
 # every CUDA source must compile on machines without a GPU
-cuda-compile: $(CU_OBJ)
+cuda-compile: $(if $(HAVE_NVCC),$(CU_OBJ))
 ifneq ($(HAVE_NVCC),1)
 	@echo "cuda-compile: nvcc not found, CUDA sources not compiled"
 endif
@@ -84,8 +85,9 @@ test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS)
 
 # bench_step: one training step timed on either backend (bench/bench_step.c --help); linked like
 # the programs, so it has the CUDA backend whenever nvcc is present
+# (with CUDA it records where libcudart/libcublasLt were found, in case ld.so does not look there)
 build/bench_step: build/obj/bench/bench_step.o build/libsvlm.a $(PROG_CUDA)
-	$(CC) $(CFLAGS) $< $(PROG_CUDA) build/libsvlm.a -o $@ $(LDLIBS) $(PROG_LIBS)
+	$(CC) $(CFLAGS) $< $(PROG_CUDA) build/libsvlm.a -o $@ $(LDLIBS) $(PROG_LIBS) $(if $(PROG_LIBS),-Wl$(comma)-rpath$(comma)$(CUDA_HOME)/lib64)
 bench-cpu: build/bench_step
 	./build/bench_step --device cpu --preset mid --stage 2
 
@@ -95,35 +97,41 @@ bench-cpu: build/bench_step
 # then a comparison table. Everything it prints is also in $(BENCH_DIR)/bench.log; the batches,
 # JSON results and random models (about 3.2 GB, written once) stay in $(BENCH_DIR).
 # Without a GPU it says so and does nothing.
-BENCH_DIR   ?= build/bench/reference
+BENCH_PRESET ?= reference
+BENCH_DIR   ?= build/bench/$(BENCH_PRESET)
 BENCH_STEPS ?= 10
+BENCH_BIN   ?= build/bench_step
 BENCH_ARGS  ?=
 BENCH_TORCH_ARGS ?=
 PYTHON      ?= python3
+BENCH_BUILD ?= 1
+comma := ,
 bench:
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && [ ! -e /dev/nvidia0 ]; then \
 	  echo "bench: no NVIDIA GPU on this machine (no nvidia-smi, no /dev/nvidia0): nothing run. make bench-cpu times the CPU backend."; exit 0; fi; \
-	if [ "$(HAVE_NVCC)" != 1 ]; then \
+	if [ "$(HAVE_NVCC)" != 1 ] && [ "$(BENCH_BUILD)" = 1 ]; then \
 	  echo "bench: nvcc not found, so svlm has no CUDA backend here: nothing run"; exit 0; fi; \
-	$(MAKE) --no-print-directory build/bench_step || exit 1; \
-	if ! ./build/bench_step --device cuda --probe >/dev/null; then \
+	if [ "$(BENCH_BUILD)" = 1 ]; then $(MAKE) --no-print-directory $(BENCH_BIN) || exit 1; fi; \
+	./$(BENCH_BIN) --device cuda --probe >/dev/null; rc=$$?; \
+	if [ $$rc = 77 ]; then \
 	  echo "bench: no usable CUDA device (kernels_cuda() found none): nothing run. make bench-cpu times the CPU backend."; exit 0; fi; \
-	export PYTHONUNBUFFERED=1; d=$(BENCH_DIR); mkdir -p $$d; log=$$d/bench.log; : > $$log; \
+	if [ $$rc != 0 ]; then echo "bench: ./$(BENCH_BIN) --probe failed (exit $$rc)"; exit 1; fi; \
+	export PYTHONUNBUFFERED=1; fail=0; d=$(BENCH_DIR); mkdir -p $$d; log=$$d/bench.log; : > $$log; \
 	run() { echo "+ $$*" | tee -a $$log; { "$$@"; echo $$? > $$d/.rc; } 2>&1 | tee -a $$log; return $$(cat $$d/.rc); }; \
 	{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader; \
 	  echo "svlm $$(git rev-parse --short HEAD 2>/dev/null) $$(git status --short 2>/dev/null | wc -l) files changed"; } 2>&1 | tee -a $$log; \
 	for s in 1 2; do \
 	  rm -f $$d/batch_stage$$s.safetensors $$d/svlm_stage$$s.json $$d/torch_stage$$s.json; \
-	  run ./build/bench_step --device cuda --preset reference --stage $$s --steps $(BENCH_STEPS) --models $$d \
+	  run ./$(BENCH_BIN) --device cuda --preset $(BENCH_PRESET) --stage $$s --steps $(BENCH_STEPS) --models $$d \
 	    --save-batch $$d/batch_stage$$s.safetensors --result $$d/svlm_stage$$s.json $(BENCH_ARGS) \
-	    || echo "bench: svlm stage $$s FAILED" | tee -a $$log; \
+	    || { fail=1; echo "bench: svlm stage $$s FAILED" | tee -a $$log; }; \
 	  if [ -f $$d/batch_stage$$s.safetensors ]; then \
 	    run $(PYTHON) scripts/bench_torch.py --batch $$d/batch_stage$$s.safetensors --device cuda --steps $(BENCH_STEPS) \
-	      --result $$d/torch_stage$$s.json $(BENCH_TORCH_ARGS) || echo "bench: torch stage $$s FAILED" | tee -a $$log; \
+	      --result $$d/torch_stage$$s.json $(BENCH_TORCH_ARGS) || { fail=1; echo "bench: torch stage $$s FAILED" | tee -a $$log; }; \
 	  fi; \
 	done; \
 	run $(PYTHON) scripts/bench_torch.py --table $$d/svlm_stage1.json $$d/torch_stage1.json $$d/svlm_stage2.json $$d/torch_stage2.json; \
-	echo "bench: everything above is in $$log"
+	echo "bench: everything above is in $$log"; exit $$fail
 
 build/bench_data: build/obj/bench/bench_data.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
