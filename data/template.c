@@ -8,8 +8,10 @@
 //                text is dropped; no slot when it has no "<image>"), the caption is the gpt turn.
 //                LLaVA ends the caption with "\n" (conv_plain's sep); svlm ends it with the LLM's
 //                eos token instead, so a stage-1 model learns where a caption stops and
-//                generation can stop there. Exactly one human turn then one gpt turn (an optional
-//                leading system turn is ignored); anything else is TEMPLATE_ERR_ORDER.
+//                generation can stop there. Exactly one human turn then one gpt turn after the
+//                rules below (a leading system turn is ignored, a leading gpt turn dropped: LLaVA's
+//                preprocess_plain asserts two turns instead); anything else is TEMPLATE_ERR_ORDER.
+//                A caption that holds "<image>" is rewritten like any other turn (see Text).
 //   chatml       S(<|im_start|>)system\n{system}S(<|im_end|>)\n                 (when system != "")
 //                S(<|im_start|>)user\n{text}S(<|im_end|>)\n                     per human turn
 //                S(<|im_start|>)assistant\n{text S(<|im_end|>)}\n               per gpt turn
@@ -33,10 +35,31 @@
 //                vocabularies have no bos in their chat format). Llama-3's <|begin_of_text|> is
 //                not added.
 //
-// A system turn first in the conversation overrides the system prompt given to template_new.
-// Roles: human/user, gpt/assistant, system (first only); turns alternate starting with human.
-// Text is kept exactly as given (no strip). "<image>" stays where it stands; the text on each
-// side of it (newlines included) is tokenised separately.
+// Turns, in this order (the first rule that refuses decides the code):
+//   1. every role must be human/user, gpt/assistant or system (else TEMPLATE_ERR_BAD_ROLE);
+//   2. a system turn first in the conversation is the system prompt (svlm's convention; it
+//      overrides template_new's) and is taken out of the turns;
+//   3. then, when the first remaining turn is a gpt turn, it is dropped, once, with whatever
+//      it holds (an "<image>" in it too), as LLaVA's preprocess_v1/_mpt/_llama_2 do ("Skip
+//      the first one if it is not from human");
+//   4. the rest must alternate human, gpt starting with human (a system turn anywhere else:
+//      TEMPLATE_ERR_ORDER); a prompt must end with a human turn (TEMPLATE_ERR_ORDER); a training
+//      sample needs a gpt turn (TEMPLATE_ERR_NO_GPT);
+//   5. TEMPLATE_ERR_IMAGES: a system turn that holds "<image>" (template_new refuses such a
+//      system prompt with fatal()), more than one "<image>" in the kept turns, or a turn whose
+//      "<image>" removal joins its neighbours into another "<image>" (e.g. "<ima<image>ge>":
+//      LLaVA would make two slots of it; not checked in plain's human turn, which LLaVA
+//      replaces by the slot alone);
+//   6. plain: exactly one human turn then one gpt turn (TEMPLATE_ERR_ORDER).
+// Text. A turn without "<image>" is kept exactly as given (no strip). A turn that holds it (human
+// or gpt; plain's human turn aside) is rewritten as LLaVA's preprocess_multimodal does:
+//     v = v.replace("<image>", "").strip(); v = "<image>" + "\n" + v; v = v.strip()
+// with Python's str.strip(): the whitespace of str.isspace() (U+0009-000D, U+001C-001F, U+0020,
+// U+0085, U+00A0, U+1680, U+2000-200A, U+2028, U+2029, U+202F, U+205F, U+3000). So the slot
+// opens its turn, followed by "\n" and the rest of the text stripped ("a <image> b" gives
+// [image]"\na  b"); a turn that is only "<image>" and whitespace becomes the slot alone. The
+// text after the slot is tokenised apart from the text before it, as LLaVA's
+// tokenizer_image_token does.
 //
 // Encoding. A sample is built as a list of pieces: special token ids, text runs (each with its
 // label) and the image slot. A maximal run of text pieces between two specials or the slot is
@@ -100,6 +123,9 @@ static int need_token(const Tokenizer *tok, TemplateKind kind, const char *s) {
 Template *template_new(TemplateKind kind, const Tokenizer *tok, const char *system, int eos_id) {
     CHECK(tok != NULL, "template_new needs a tokenizer");
     if ((unsigned)kind > TEMPLATE_VICUNA_V1) fatal("unknown chat template kind %d", (int)kind);
+    if (system && strstr(system, IMAGE_TAG))
+        fatal("chat template %s: the system prompt holds \"<image>\" (the image slot goes in a human turn)",
+              template_name(kind));
     Template *t = xcalloc(1, sizeof *t);
     t->kind = kind;
     t->tok = tok;
@@ -171,16 +197,71 @@ static void text(Pieces *ps, const char *s, int label) {
 
 static void special(Pieces *ps, int id, int label) { push(ps, (Piece){P_SPECIAL, label, id, NULL, 0}); }
 
-// turn text with its "<image>" (at most one, checked before) replaced by the slot
+// Length of the whitespace character (Python's str.isspace(), see the top of this file) that
+// starts s[0..len), 0 when there is none; and of the one that ends it.
+static size_t space_at(const unsigned char *s, size_t len) {
+    if (len >= 1 && ((s[0] >= 0x09 && s[0] <= 0x0D) || (s[0] >= 0x1C && s[0] <= 0x20))) return 1;
+    if (len >= 2 && s[0] == 0xC2 && (s[1] == 0x85 || s[1] == 0xA0)) return 2;
+    if (len >= 3) {
+        unsigned c = (unsigned)s[0] << 16 | (unsigned)s[1] << 8 | s[2];
+        if (c == 0xE19A80 || (c >= 0xE28080 && c <= 0xE2808A) || c == 0xE280A8 || c == 0xE280A9 || c == 0xE280AF ||
+            c == 0xE2819F || c == 0xE38080)
+            return 3;
+    }
+    return 0;
+}
+
+static size_t space_before(const unsigned char *s, size_t len) {
+    for (size_t k = 1; k <= 3 && k <= len; k++) {
+        size_t m = space_at(s + len - k, k);
+        if (m == k) return k;
+    }
+    return 0;
+}
+
+// the text of a turn holding "<image>" once, as LLaVA's preprocess_multimodal leaves it: the tag
+// removed, then the joined text stripped; *a/*na is the part before the tag, *b/*nb the part after
+static void strip_around_image(const char *s, const char *img, const char **a, size_t *na, const char **b,
+                               size_t *nb) {
+    const unsigned char *pa = (const unsigned char *)s, *pb = (const unsigned char *)img + IMAGE_TAG_LEN;
+    size_t la = (size_t)(img - s), lb = strlen((const char *)pb), k;
+    while ((k = space_at(pa, la)) > 0) pa += k, la -= k;
+    if (la == 0)
+        while ((k = space_at(pb, lb)) > 0) pb += k, lb -= k;
+    while ((k = space_before(pb, lb)) > 0) lb -= k;
+    if (lb == 0)
+        while ((k = space_before(pa, la)) > 0) la -= k;
+    *a = (const char *)pa, *na = la, *b = (const char *)pb, *nb = lb;
+}
+
+// 1 when removing the "<image>" at img joins the text on each side into another "<image>"
+static int image_rejoined(const char *s, const char *img) {
+    char buf[2 * IMAGE_TAG_LEN];
+    size_t la = (size_t)(img - s), lb = strlen(img + IMAGE_TAG_LEN);
+    size_t ka = la < IMAGE_TAG_LEN - 1 ? la : IMAGE_TAG_LEN - 1, kb = lb < IMAGE_TAG_LEN - 1 ? lb : IMAGE_TAG_LEN - 1;
+    memcpy(buf, img - ka, ka);
+    memcpy(buf + ka, img + IMAGE_TAG_LEN, kb);
+    buf[ka + kb] = 0;
+    return strstr(buf, IMAGE_TAG) != NULL;
+}
+
+// a turn's text: kept exactly when it has no "<image>"; otherwise the slot, then "\n" and the
+// stripped rest when there is any (LLaVA's preprocess_multimodal; at most one "<image>", checked
+// before)
 static void content(Pieces *ps, const char *s, int label) {
     const char *img = strstr(s, IMAGE_TAG);
     if (!img) {
         text(ps, s, label);
         return;
     }
-    push(ps, (Piece){P_TEXT, label, -1, s, (size_t)(img - s)});
+    const char *a, *b;
+    size_t na, nb;
+    strip_around_image(s, img, &a, &na, &b, &nb);
     push(ps, (Piece){P_IMAGE, 0, -1, NULL, 0});
-    text(ps, img + IMAGE_TAG_LEN, label);
+    if (na + nb == 0) return;
+    text(ps, "\n", label);
+    push(ps, (Piece){P_TEXT, label, -1, a, na});
+    push(ps, (Piece){P_TEXT, label, -1, b, nb});
 }
 
 static int count_images(const char *s) {
@@ -220,14 +301,14 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
         if (role_of(turns[i].role) < 0)
             return refuse(TEMPLATE_ERR_BAD_ROLE, err, errlen, "turn %d has role \"%.40s\" (want human, gpt or system)", i,
                           turns[i].role ? turns[i].role : "(null)");
-    if (n_turns > 0 && role_of(turns[0].role) == R_SYSTEM) {
+    int system_turn = n_turns > 0 && role_of(turns[0].role) == R_SYSTEM;
+    if (system_turn) {
         system = turns[0].text ? turns[0].text : "";
         first = 1;
     }
-    // the system prompt the template writes: plain writes none
-    if (t->kind == TEMPLATE_PLAIN) system = NULL;
-    else if (!system) system = t->kind == TEMPLATE_CHATML ? CHATML_SYSTEM : t->kind == TEMPLATE_VICUNA_V1 ? VICUNA_SYSTEM : "";
-    int n_gpt = 0, images = system ? count_images(system) : 0;
+    // LLaVA skips the first turn when it is not from the human (once)
+    if (first < n_turns && role_of(turns[first].role) == R_GPT) first++;
+    int n_gpt = 0;
     for (int i = first; i < n_turns; i++) {
         int want = (i - first) % 2 == 0 ? R_HUMAN : R_GPT;
         int r = role_of(turns[i].role);
@@ -235,16 +316,28 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
             return refuse(TEMPLATE_ERR_ORDER, err, errlen, "turn %d is %s where a %s turn belongs", i, turns[i].role,
                           want == R_HUMAN ? "human" : "gpt");
         n_gpt += r == R_GPT;
-        if (turns[i].text) images += count_images(turns[i].text);
     }
     int n_conv = n_turns - first;
     if (prompt && (n_conv == 0 || role_of(turns[n_turns - 1].role) != R_HUMAN))
         return refuse(TEMPLATE_ERR_ORDER, err, errlen, "a prompt must end with a human turn");
     if (!prompt && n_gpt == 0) return refuse(TEMPLATE_ERR_NO_GPT, err, errlen, "no gpt turn");
+    if (system_turn && strstr(system, IMAGE_TAG))
+        return refuse(TEMPLATE_ERR_IMAGES, err, errlen, "the system turn holds <image>");
+    int images = 0;
+    for (int i = first; i < n_turns; i++) images += turns[i].text ? count_images(turns[i].text) : 0;
     if (images > 1) return refuse(TEMPLATE_ERR_IMAGES, err, errlen, "%d <image> placeholders (at most 1)", images);
+    for (int i = first; i < n_turns && images; i++) {
+        const char *img = turns[i].text ? strstr(turns[i].text, IMAGE_TAG) : NULL;
+        if (img && !(t->kind == TEMPLATE_PLAIN && i == first) && image_rejoined(turns[i].text, img))
+            return refuse(TEMPLATE_ERR_IMAGES, err, errlen,
+                          "turn %d: removing its <image> leaves another <image> (LLaVA would make two slots)", i);
+    }
     if (t->kind == TEMPLATE_PLAIN && n_conv != (prompt ? 1 : 2))
         return refuse(TEMPLATE_ERR_ORDER, err, errlen, "the plain template takes one human turn%s, not %d turns",
                       prompt ? "" : " and one gpt turn (the caption)", n_conv);
+    // the system prompt the template writes: plain writes none
+    if (t->kind == TEMPLATE_PLAIN) system = NULL;
+    else if (!system) system = t->kind == TEMPLATE_CHATML ? CHATML_SYSTEM : t->kind == TEMPLATE_VICUNA_V1 ? VICUNA_SYSTEM : "";
 
 #define TXT(i) (turns[i].text ? turns[i].text : "")
     switch (t->kind) {
@@ -261,7 +354,7 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
         if (system[0]) {
             special(ps, t->im_start, 0);
             text(ps, "system\n", 0);
-            content(ps, system, 0);
+            text(ps, system, 0);
             special(ps, t->im_end, 0);
             text(ps, "\n", 0);
         }
@@ -287,7 +380,7 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
     case TEMPLATE_VICUNA_V1:
         if (t->bos >= 0) special(ps, t->bos, 0);
         if (system[0]) {
-            content(ps, system, 0);
+            text(ps, system, 0);
             text(ps, " ", 0);
         }
         for (int i = first; i < n_turns; i++) {

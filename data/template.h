@@ -7,10 +7,18 @@
 //                <|im_start|>{user|assistant}\n{text}<|im_end|>\n; loss on assistant text and its <|im_end|>
 //   hyperclovax  ChatML whose assistant turns end <|im_end|><|endofturn|>; loss on the text and both
 //   vicuna_v1    LLaVA-1.5: "{system} USER: {q} ASSISTANT: {a}<eos>USER: ..."; loss on the answer and <eos>
-// The "<image>" placeholder, in whatever turn it stands, becomes the image slot: ids hold no
-// token for it; *image_pos is the index in ids before which the slot's tokens are inserted when
-// the model's slot length is known (the loader does that). Text on each side of the slot is
-// tokenised separately, as LLaVA's tokenizer_image_token does.
+// Turns are taken as LLaVA's preprocess_* take them (rules, in order, in template.c): a first
+// system turn is the system prompt (svlm's convention); then a first gpt turn is dropped, once
+// (LLaVA: "Skip the first one if it is not from human"); the rest alternates human, gpt.
+// The "<image>" placeholder (at most one in the kept turns; none in a system prompt) becomes the
+// image slot, placed as LLaVA's preprocess_multimodal places it: the turn that holds it becomes
+//     "<image>" + "\n" + (its text with "<image>" removed).strip()
+// ("<image>" alone when that is empty; strip() is Python's, Unicode whitespace included), so the
+// slot always opens its turn; plain's human turn is the slot alone (LLaVA's preprocess_plain).
+// A turn without "<image>" is kept exactly. ids hold no token for the slot; *image_pos is the
+// index in ids before which the slot's tokens are inserted when the model's slot length is known
+// (the loader does that). Text on each side of the slot is tokenised separately, as LLaVA's
+// tokenizer_image_token does.
 //
 // Every encoded sample is checked: the concatenation of its per-piece token ids must equal the
 // tokenisation of the whole rendered text (per side of the image slot), so that the loss mask
@@ -29,7 +37,7 @@ enum {
     TEMPLATE_ERR_NO_GPT = -1,       // no assistant turn, so nothing to learn
     TEMPLATE_ERR_BAD_ROLE = -2,     // a role other than human/user, gpt/assistant, system
     TEMPLATE_ERR_ORDER = -3,        // turns do not alternate human, gpt (system only first)
-    TEMPLATE_ERR_IMAGES = -4,       // more than one <image> placeholder
+    TEMPLATE_ERR_IMAGES = -4,       // two <image> (one re-formed by removing it counts), or one in a system turn
     TEMPLATE_ERR_RETOKENIZE = -5,   // per-piece ids differ from the whole text's ids
     TEMPLATE_ERR_SPECIAL = -6,      // reserved: a missing special token is a fatal() in template_new
     TEMPLATE_ERR_EMPTY = -7,        // no token carries loss (a prompt: no token and no image)
@@ -47,7 +55,7 @@ TemplateKind template_parse(const char *name);
 const char *template_name(TemplateKind kind);
 // system: NULL for the template's default system prompt. eos_id: the LLM's end-of-sequence
 // token (used by plain and vicuna_v1; -1 to take the tokenizer's). fatal() when the tokenizer
-// lacks a token the template needs.
+// lacks a token the template needs, or when system holds "<image>".
 Template *template_new(TemplateKind kind, const Tokenizer *tok, const char *system, int eos_id);
 void template_free(Template *t);
 

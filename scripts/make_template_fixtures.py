@@ -14,9 +14,19 @@ Needs only the Hugging Face `tokenizers` package (tested with 0.23). Writes:
   expected.json   for every (conversation, template) pair: the rendered text, the token ids, the
                   loss mask (a string of 0/1) and image_pos, or the error the C code must return;
                   and for every template the generation prompt of conversations ending in a
-                  human turn.
+                  human turn. Each conversation also lists "answers": the text of each gpt turn
+                  that is kept, as rewritten, with the slot left out (what its loss covers); and
+                  "python_whitespace" lists the code points str.strip() removes.
 
 The reference is written independently of the C code's piece lists:
+  0. the turns are taken as LLaVA takes them (llava/train/train.py): a first system turn is the
+     system prompt (svlm's convention); then a first gpt turn is dropped, once (preprocess_v1:
+     "Skip the first one if it is not from human"); every other turn that holds "<image>" goes
+     through LLaVA's preprocess_multimodal code, copied verbatim (llava_multimodal below: the tag
+     removed, Python's own str.strip(), the tag put first followed by "\n"), except plain's human
+     turn, which preprocess_plain replaces by "<image>" alone. svlm's own refusals: more than one
+     "<image>" in the kept turns (counted before the rewrite), one in the system turn, or a
+     rewritten turn that holds two (the removal joined "<ima" and "ge>");
   1. each template is rendered as ONE string by plain string formatting (special tokens written
      as their text, the image as "<image>"), recording three kinds of character spans: the
      labelled spans (assistant text and its end token(s), or plain's caption and end token), the
@@ -132,6 +142,75 @@ CONVERSATIONS = [
         ("human", "<image>\nList two fruits."),
         ("gpt", "\n1. Apple\n2. Mango"),
     ]),
+    # LLaVA's preprocess_multimodal: the slot goes first in its turn, then "\n" and the rest
+    # stripped with Python's str.strip() (Unicode whitespace: U+3000, U+00A0, U+2003, U+0085 ...)
+    ("image_spaces", [
+        ("human", "  \n <image> \n What is in this photo?  \n\t"),
+        ("gpt", "A bus stop."),
+    ]),
+    ("image_unicode_space", [
+        ("human", "\u3000Hãy mô tả bức ảnh này.\u00a0<image>\u3000\u2003\u0085\u2028\u1680\u001f"),
+        ("gpt", "Một con chó trên bãi biển."),
+    ]),
+    ("image_inner_unicode_space", [
+        ("human", "사진\u3000<image>\u00a0설명"),
+        ("gpt", "고양이입니다."),
+    ]),
+    # not whitespace for str.isspace(): zero-width space, Mongolian vowel separator, BOM
+    ("image_not_space", [
+        ("human", "\u200b<image>\u180e What is this?\ufeff"),
+        ("gpt", "A sign."),
+    ]),
+    ("image_alone", [
+        ("human", "<image>"),
+        ("gpt", "A red bus on a wet street."),
+    ]),
+    ("image_space_only", [
+        ("human", " \u00a0<image>\u3000\n"),
+        ("gpt", "Two children play football in a park."),
+    ]),
+    # removing the tag joins "<ima" and "ge>" into a second "<image>": LLaVA would make two
+    # slots (refused), except in plain, whose human turn becomes the slot alone
+    ("image_rejoined", [
+        ("human", "<ima<image>ge> What is this?"),
+        ("gpt", "A tag."),
+    ]),
+    # a gpt turn holding the image is rewritten too (preprocess_multimodal rewrites every turn)
+    ("image_in_answer", [
+        ("human", "Show me the picture again."),
+        ("gpt", "Here it is: <image> "),
+    ]),
+    # LLaVA drops a first turn that is not from the human, once
+    ("gpt_first", [
+        ("gpt", "Hi! Send me a picture."),
+        ("human", "What animal is this? <image>"),
+        ("gpt", "A dog."),
+    ]),
+    ("system_then_gpt_first", [
+        ("system", "Be brief."),
+        ("gpt", "Hello."),
+        ("human", "Describe.\n<image>"),
+        ("gpt", "A cat on a sofa."),
+        ("human", "Its colour?"),
+        ("gpt", "Grey."),
+    ]),
+    # the dropped turn takes its "<image>" with it: no slot
+    ("gpt_first_image", [
+        ("gpt", "<image>\nLook at this."),
+        ("human", "What is it?"),
+        ("gpt", "A cat."),
+    ]),
+    ("gpt_first_twice", [
+        ("gpt", "Hello."),
+        ("gpt", "Hello again."),
+        ("human", "<image>\nHi."),
+        ("gpt", "A cat."),
+    ]),
+    ("system_image", [
+        ("system", "Look at <image> carefully."),
+        ("human", "What is it?"),
+        ("gpt", "A cat."),
+    ]),
 ]
 
 # conversations ending in a human turn: generation prompts
@@ -144,6 +223,8 @@ PROMPTS = [
         ("human", "Ảnh này chụp gì?\n<image>"),
     ]),
     ("prompt_text", [("human", "이 사진에 무엇이 있나요?")]),
+    ("prompt_image_end", [("human", "What is this?\u3000<image>\n")]),
+    ("prompt_gpt_first", [("gpt", "Hello! Send a photo."), ("human", " <image> Describe it.")]),
 ]
 
 TEMPLATES = ["plain", "chatml", "hyperclovax", "vicuna_v1"]
@@ -181,15 +262,39 @@ class Render:
             self.labelled.append((a, len(self.s)))
 
 
-def check_turns(turns, prompt, template):
-    """LLaVA-style validation: roles, alternation starting with human, at most one image."""
+def llava_multimodal(value):
+    """LLaVA's preprocess_multimodal on one turn (llava/train/train.py), verbatim."""
+    if IMAGE in value:
+        value = value.replace(IMAGE, '').strip()
+        value = IMAGE + '\n' + value
+        value = value.strip()
+    return value
+
+
+def kept_turns(turns):
+    """(system or None, the turns LLaVA keeps): a first system turn is svlm's system prompt, then
+    a first turn that is not from the human is skipped, once, as LLaVA's preprocess_v1 does."""
     system = None
     if turns and turns[0][0] == "system":
         system = turns[0][1]
         turns = turns[1:]
-    for i, (role, _) in enumerate(turns):
+    if turns and turns[0][0] in GPT:
+        turns = turns[1:]
+    return system, turns
+
+
+def answers_of(turns):
+    """the text of each kept gpt turn as rewritten, without the slot: what its loss covers"""
+    return [llava_multimodal(t).replace(IMAGE, "") for r, t in kept_turns(turns)[1] if r in GPT]
+
+
+def check_turns(turns, prompt, template):
+    """Validation in the C code's order: roles, alternation starting with human, a gpt turn,
+    images; then the turns rewritten as LLaVA rewrites them."""
+    for role, _ in turns:
         if role not in HUMAN | GPT | {"system"}:
             raise Refused("bad_role")
+    system, turns = kept_turns(turns)
     for i, (role, _) in enumerate(turns):
         if role not in (HUMAN if i % 2 == 0 else GPT):
             raise Refused("order")
@@ -197,11 +302,23 @@ def check_turns(turns, prompt, template):
         raise Refused("order")
     if not prompt and not any(r in GPT for r, _ in turns):
         raise Refused("no_gpt")
+    if system is not None and IMAGE in system:
+        raise Refused("images")
+    if sum(t.count(IMAGE) for _, t in turns) > 1:
+        raise Refused("images")
+    out = []
+    for i, (role, text) in enumerate(turns):
+        if template == "plain" and i == 0:
+            # preprocess_plain: the human turn becomes "<image>" (nothing when it has none)
+            out.append((role, IMAGE if IMAGE in text else ""))
+            continue
+        text = llava_multimodal(text)
+        if text.count(IMAGE) > 1:
+            raise Refused("images")
+        out.append((role, text))
     if template == "plain":
         system = None  # plain writes no system prompt
-    if sum(t.count(IMAGE) for _, t in turns) + (system or "").count(IMAGE) > 1:
-        raise Refused("images")
-    return system, turns
+    return system, out
 
 
 def render(template, turns, eos_tok, has_bos, prompt=False):
@@ -214,8 +331,7 @@ def render(template, turns, eos_tok, has_bos, prompt=False):
             raise Refused("order")
         if has_bos:
             r.special("<s>")
-        if IMAGE in turns[0][1]:
-            r.text(IMAGE)
+        r.text(turns[0][1])
         if not prompt:
             r.text(turns[1][1], label=True)
             r.special(eos_tok, label=True)
@@ -366,7 +482,8 @@ def reference(tok, plain, template, turns, eos_tok, has_bos, prompt):
     for (a, b), m in zip(offs, mask):
         if m:
             covered |= set(range(a, b))
-    assert covered == set(c for la, lb in r.labelled for c in range(la, lb)), (template, r.s)
+    slot = set(range(*r.image)) if r.image else set()
+    assert covered == set(c for la, lb in r.labelled for c in range(la, lb)) - slot, (template, r.s)
     return {"text": r.s, "ids": ids, "mask": "".join(map(str, mask)), "image_pos": image_pos}
 
 
@@ -409,10 +526,13 @@ def main():
         "tokenizer": "tokenizer.json",
         "eos": eos_tok, "eos_id": tok.token_to_id(eos_tok),
         "chatml_system": CHATML_SYSTEM, "vicuna_system": VICUNA_SYSTEM,
+        # what str.strip() removes (this Python's str.isspace()), for the C test's own checks
+        "python_whitespace": [c for c in range(0x110000) if chr(c).isspace()],
         "conversations": [], "prompts": [],
     }
     for name, turns in CONVERSATIONS:
-        c = {"name": name, "turns": [{"from": a, "value": b} for a, b in turns], "expect": {}}
+        c = {"name": name, "turns": [{"from": a, "value": b} for a, b in turns], "answers": answers_of(turns),
+             "expect": {}}
         for t in TEMPLATES:
             c["expect"][t] = reference(tok, plain, t, turns, eos_tok, has_bos, prompt=False)
         out["conversations"].append(c)

@@ -1,6 +1,8 @@
 // test_template.c: data/template.c against the reference that scripts/make_template_fixtures.py
 // renders in Python with `tokenizers` (tests/fixtures/templates), the loss mask turn by turn,
-// prompts against training samples, every refusal code, bos/eos handling and clean failures.
+// prompts against training samples, every refusal code, LLaVA's turn rules (the "<image>" rewrite
+// of preprocess_multimodal, with Python's whitespace; a leading gpt turn dropped), bos/eos
+// handling and clean failures.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,27 +128,45 @@ static char *labelled_text(const Template *t, TemplateKind kind, const char *ans
     return s;
 }
 
-// Mask coverage: the labelled tokens form one contiguous run per gpt turn, in order, and each
-// run decodes to exactly that turn's text plus its end token(s); nothing else is labelled.
-static void check_coverage(const char *where, const Template *t, TemplateKind kind, const Turn *turns, int n_turns,
-                           const int *ids, const uint8_t *mask, int n) {
-    int g = 0;  // next gpt turn
+// Mask coverage: the labelled tokens form one contiguous run per kept gpt turn, in order, and
+// each run decodes to exactly that turn's answer (its text as rewritten, without the slot) plus
+// its end token(s); nothing else is labelled.
+static void check_coverage(const char *where, const Template *t, TemplateKind kind, const char *const *answers,
+                           int n_answers, const int *ids, const uint8_t *mask, int n) {
+    int g = 0;  // next answer
     for (int i = 0; i < n;) {
         if (!mask[i]) { i++; continue; }
         int j = i;
         while (j < n && mask[j]) j++;
-        while (g < n_turns && strcmp(turns[g].role, "gpt") != 0 && strcmp(turns[g].role, "assistant") != 0) g++;
-        if (g == n_turns) fail_msg("%s: labelled tokens [%d, %d) belong to no gpt turn", where, i, j);
-        char *want = labelled_text(t, kind, turns[g].text);
+        if (g == n_answers) fail_msg("%s: labelled tokens [%d, %d) belong to no gpt turn", where, i, j);
+        char *want = labelled_text(t, kind, answers[g]);
         char w[256];
-        snprintf(w, sizeof w, "%s: labelled run [%d, %d) of turn %d", where, i, j, g);
+        snprintf(w, sizeof w, "%s: labelled run [%d, %d) of answer %d", where, i, j, g);
         check_decode(w, ids, i, j, want);
         free(want);
         g++;
         i = j;
     }
-    while (g < n_turns && strcmp(turns[g].role, "gpt") != 0 && strcmp(turns[g].role, "assistant") != 0) g++;
-    if (g != n_turns) fail_msg("%s: gpt turn %d has no labelled tokens", where, g);
+    if (g != n_answers) fail_msg("%s: answer %d has no labelled tokens", where, g);
+}
+
+// the fixture's answers of a conversation (pointers into the JSON); caller frees the array
+static const char **answers_of(const cJSON *conv, int *n) {
+    const cJSON *arr = item(conv, "answers");
+    *n = cJSON_GetArraySize(arr);
+    const char **a = calloc((size_t)*n + 1, sizeof *a);
+    for (int i = 0; i < *n; i++) a[i] = cJSON_GetArrayItem(arr, i)->valuestring;
+    return a;
+}
+
+static int is_gpt(const char *role) { return strcmp(role, "gpt") == 0 || strcmp(role, "assistant") == 0; }
+
+// the first turn template_encode keeps: after a leading system turn, then a leading gpt turn
+static int first_kept(const Turn *turns, int n) {
+    int f = 0;
+    if (f < n && strcmp(turns[f].role, "system") == 0) f++;
+    if (f < n && is_gpt(turns[f].role)) f++;
+    return f;
 }
 
 // the rendered text of the fixture split at "<image>" equals the decode of each side
@@ -168,8 +188,9 @@ static void test_fixture_conversations(void **state) {
     const cJSON *conv;
     int n_ok = 0, n_err = 0;
     cJSON_ArrayForEach(conv, item(g_expected, "conversations")) {
-        int n_turns;
+        int n_turns, n_answers;
         Turn *turns = turns_of(conv, &n_turns);
+        const char **answers = answers_of(conv, &n_answers);
         for (int k = 0; k < N_KINDS; k++) {
             Template *t = template_new(KINDS[k], g_tok, NULL, -1);
             const cJSON *e = item(item(conv, "expect"), template_name(KINDS[k]));
@@ -194,7 +215,7 @@ static void test_fixture_conversations(void **state) {
                 check_mask(where, mask, n, item(e, "mask")->valuestring);
                 assert_int_equal(image_pos, item(e, "image_pos")->valueint);
                 check_text(where, item(e, "text")->valuestring, ids, n, image_pos);
-                check_coverage(where, t, KINDS[k], turns, n_turns, ids, mask, n);
+                check_coverage(where, t, KINDS[k], answers, n_answers, ids, mask, n);
                 n_ok++;
             }
             free(ids);
@@ -202,9 +223,10 @@ static void test_fixture_conversations(void **state) {
             template_free(t);
         }
         free(turns);
+        free(answers);
     }
-    assert_true(n_ok >= 30);
-    assert_true(n_err >= 5);
+    assert_true(n_ok >= 70);
+    assert_true(n_err >= 15);
 }
 
 static void test_fixture_prompts(void **state) {
@@ -238,9 +260,10 @@ static void test_fixture_prompts(void **state) {
     }
 }
 
-// The prompt of a conversation cut before any gpt turn is exactly the start of the training
+// The prompt of a conversation cut before any kept gpt turn is exactly the start of the training
 // sample, and the next token is the first labelled one: what the model is trained to continue
-// is what generation gives it.
+// is what generation gives it. The prompt holds the slot when one of its kept turns holds the
+// image (the slot of a gpt turn comes after the prompt even when nothing lies between).
 static void test_prompt_is_prefix(void **state) {
     const cJSON *conv;
     cJSON_ArrayForEach(conv, item(g_expected, "conversations")) {
@@ -253,15 +276,22 @@ static void test_prompt_is_prefix(void **state) {
             char err[256];
             int n = template_encode(t, turns, n_turns, &ids, &mask, &image_pos, err, sizeof err);
             if (n < 0) { template_free(t); continue; }
-            for (int cut = 1; cut < n_turns; cut++) {
-                if (strcmp(turns[cut].role, "gpt") != 0 && strcmp(turns[cut].role, "assistant") != 0) continue;
+            int kept = first_kept(turns, n_turns), with_image = 0;
+            for (int cut = kept + 1; cut < n_turns; cut++) {
+                with_image |= strstr(turns[cut - 1].text, "<image>") != NULL;
+                if (!is_gpt(turns[cut].role)) continue;
                 int *p, ppos;
                 int np = template_encode_prompt(t, turns, cut, &p, &ppos, err, sizeof err);
+                if (np == TEMPLATE_ERR_EMPTY && KINDS[k] == TEMPLATE_PLAIN && !with_image) {
+                    assert_int_equal(mask[0], 1);  // plain: a caption after nothing (its slot, if any, is its own)
+                    continue;
+                }
                 if (np < 0) fail_msg("%s / %s: prompt of %d turns refused: %s", item(conv, "name")->valuestring,
                                      template_name(KINDS[k]), cut, err);
                 assert_true(np < n);
                 assert_memory_equal(p, ids, (size_t)np * sizeof(int));
-                assert_int_equal(ppos, image_pos >= 0 && image_pos <= np ? image_pos : -1);
+                assert_int_equal(ppos, with_image ? image_pos : -1);
+                if (with_image) assert_true(image_pos <= np);
                 assert_int_equal(mask[np], 1);
                 if (np > 0) assert_int_equal(mask[np - 1], 0);
                 free(p);
@@ -317,9 +347,15 @@ static void test_errors(void **state) {
     expect_all(bad2, 2, TEMPLATE_ERR_BAD_ROLE, TEMPLATE_ERR_BAD_ROLE);
     Turn bad3[] = {{NULL, "Hi"}, {"gpt", "Hello"}};
     expect_all(bad3, 2, TEMPLATE_ERR_BAD_ROLE, TEMPLATE_ERR_BAD_ROLE);
-    // order: gpt first (LLaVA data sometimes), two humans, system not first, gpt twice
-    Turn ord1[] = {{"gpt", "Hello"}, {"human", "<image>\nHi"}, {"gpt", "A cat."}};
-    expect_all(ord1, 3, TEMPLATE_ERR_ORDER, TEMPLATE_ERR_ORDER);
+    // order: two gpt turns first (LLaVA drops only one), a system turn after the dropped gpt
+    // turn, two humans, system not first, gpt twice; a gpt turn alone is dropped, leaving none
+    Turn ord1[] = {{"gpt", "Hello"}, {"gpt", "again"}, {"human", "<image>\nHi"}, {"gpt", "A cat."}};
+    expect_all(ord1, 4, TEMPLATE_ERR_ORDER, TEMPLATE_ERR_ORDER);
+    Turn ord1b[] = {{"gpt", "Hello"}, {"system", "Be brief."}, {"human", "<image>\nHi"}, {"gpt", "A cat."}};
+    expect_all(ord1b, 4, TEMPLATE_ERR_ORDER, TEMPLATE_ERR_ORDER);
+    Turn only_gpt[] = {{"system", "Be brief."}, {"gpt", "Hello"}};
+    expect_all(only_gpt + 1, 1, TEMPLATE_ERR_NO_GPT, TEMPLATE_ERR_NO_GPT);
+    expect_all(only_gpt, 2, TEMPLATE_ERR_NO_GPT, TEMPLATE_ERR_NO_GPT);
     Turn ord2[] = {{"human", "Hi"}, {"human", "<image>"}, {"gpt", "A cat."}};
     expect_all(ord2, 3, TEMPLATE_ERR_ORDER, TEMPLATE_ERR_ORDER);
     Turn ord3[] = {{"human", "Hi"}, {"system", "Be brief."}, {"gpt", "A cat."}};
@@ -329,14 +365,29 @@ static void test_errors(void **state) {
     // a trailing human turn is kept (unlabelled); plain takes exactly one human and one gpt turn
     Turn trailing[] = {{"human", "<image>\nHi"}, {"gpt", "A cat."}, {"human", "Thanks"}};
     expect_all(trailing, 3, 0, TEMPLATE_ERR_ORDER);
-    // images: two in a turn, two across turns, one in the system turn and one in a human turn
+    // images: two in a turn, two across turns, one in the system turn (with or without one in a
+    // human turn; plain too, though it writes no system prompt), one in an answer and one in a
+    // question; a dropped leading gpt turn's image does not count
     Turn img1[] = {{"human", "<image> and <image>"}, {"gpt", "Two cats."}};
     expect_all(img1, 2, TEMPLATE_ERR_IMAGES, TEMPLATE_ERR_IMAGES);
     Turn img2[] = {{"human", "<image>\nHi"}, {"gpt", "A cat."}, {"human", "<image>"}, {"gpt", "A dog."}};
     expect_all(img2, 4, TEMPLATE_ERR_IMAGES, TEMPLATE_ERR_IMAGES);
     Turn img3[] = {{"system", "<image>"}, {"human", "<image>"}, {"gpt", "A dog."}};
-    // plain ignores the system turn, so one image remains
-    expect_all(img3, 3, TEMPLATE_ERR_IMAGES, 0);
+    expect_all(img3, 3, TEMPLATE_ERR_IMAGES, TEMPLATE_ERR_IMAGES);
+    Turn img3b[] = {{"system", "Look at <image>."}, {"human", "What is it?"}, {"gpt", "A dog."}};
+    expect_all(img3b, 3, TEMPLATE_ERR_IMAGES, TEMPLATE_ERR_IMAGES);
+    Turn img3c[] = {{"human", "<image>"}, {"gpt", "A dog, <image>"}};
+    expect_all(img3c, 2, TEMPLATE_ERR_IMAGES, TEMPLATE_ERR_IMAGES);
+    Turn img3d[] = {{"gpt", "<image>"}, {"human", "<image>\nHi"}, {"gpt", "A dog."}};
+    expect_all(img3d, 3, 0, 0);
+    // removing the tag joins "<ima" and "ge>" into another "<image>" (LLaVA: two slots); plain's
+    // human turn becomes the slot alone, so it is fine there, but not in plain's caption
+    Turn img5[] = {{"human", "<ima<image>ge> Hi"}, {"gpt", "A dog."}};
+    expect_all(img5, 2, TEMPLATE_ERR_IMAGES, 0);
+    Turn img5b[] = {{"human", "Hi"}, {"gpt", "<ima<image>ge>"}};
+    expect_all(img5b, 2, TEMPLATE_ERR_IMAGES, TEMPLATE_ERR_IMAGES);
+    Turn img5c[] = {{"human", "<ima <image> ge>"}, {"gpt", "A dog."}};
+    expect_all(img5c, 2, 0, 0);
     // "<image" and "image>" are not placeholders
     Turn img4[] = {{"human", "<image>\n<imag> <image <Image> image>"}, {"gpt", "<image"}};
     expect_all(img4, 2, 0, 0);
@@ -390,6 +441,10 @@ static void test_errors(void **state) {
     assert_non_null(ids);
     assert_int_equal(pos, 0);
     free(ids);
+    // a prompt of a gpt turn alone: dropped, so it does not end with a human turn
+    Turn gpt_only[] = {{"gpt", "Hello"}};
+    assert_int_equal(template_encode_prompt(t, gpt_only, 1, &ids, &pos, err, sizeof err), TEMPLATE_ERR_ORDER);
+    assert_null(ids);
     template_free(t);
 }
 
@@ -412,7 +467,8 @@ static void test_specials_in_content(void **state) {
     assert_int_equal(c_start, 2);  // user, assistant (no system block by default)
     assert_int_equal(c_end, 2);
     assert_int_equal(c_eot, 1);
-    check_coverage("specials in content", t, TEMPLATE_HYPERCLOVAX, turns, 2, ids, mask, n);
+    const char *answers[] = {turns[1].text};
+    check_coverage("specials in content", t, TEMPLATE_HYPERCLOVAX, answers, 1, ids, mask, n);
     free(ids);
     free(mask);
     template_free(t);
@@ -485,6 +541,140 @@ static void test_system_prompts(void **state) {
         template_free(t1);
         template_free(t2);
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// LLaVA's turn rules, checked by equivalence: a conversation encodes exactly as the one LLaVA
+// turns it into (ids, mask and image_pos), for every template
+
+static void expect_same(TemplateKind kind, const Turn *a, int na, const Turn *b, int nb, int prompt, const char *what) {
+    Template *t = template_new(kind, g_tok, NULL, -1);
+    int *ia, *ib, pa, pb;
+    uint8_t *ma = NULL, *mb = NULL;
+    char err[256];
+    int ra = prompt ? template_encode_prompt(t, a, na, &ia, &pa, err, sizeof err)
+                    : template_encode(t, a, na, &ia, &ma, &pa, err, sizeof err);
+    if (ra < 0) fail_msg("%s / %s: refused: %s", what, template_name(kind), err);
+    int rb = prompt ? template_encode_prompt(t, b, nb, &ib, &pb, err, sizeof err)
+                    : template_encode(t, b, nb, &ib, &mb, &pb, err, sizeof err);
+    if (rb < 0) fail_msg("%s / %s: the rewritten conversation is refused: %s", what, template_name(kind), err);
+    int same = ra == rb && pa == pb && memcmp(ia, ib, (size_t)ra * sizeof(int)) == 0 &&
+               (prompt || memcmp(ma, mb, (size_t)ra) == 0);
+    if (!same) {
+        print_error("%s / %s: image_pos %d vs %d\n", what, template_name(kind), pa, pb);
+        print_ids("got ", ia, ra);
+        print_ids("want", ib, rb);
+        fail_msg("%s / %s: encodes differently from its rewrite", what, template_name(kind));
+    }
+    free(ia), free(ib), free(ma), free(mb);
+    template_free(t);
+}
+
+#define SAME(a, b, prompt, what, all)                                                                           \
+    for (int k_ = 0; k_ < N_KINDS; k_++)                                                                        \
+        if ((all) || KINDS[k_] != TEMPLATE_PLAIN)                                                                \
+            expect_same(KINDS[k_], a, (int)(sizeof a / sizeof *a), b, (int)(sizeof b / sizeof *b), prompt, what)
+
+static void test_llava_rules(void **state) {
+    // preprocess_multimodal: the tag removed, the text stripped, the tag first then "\n"
+    Turn mid[] = {{"human", "Look at this <image> and tell me."}, {"gpt", "A cat."}};
+    Turn mid_r[] = {{"human", "<image>\nLook at this  and tell me."}, {"gpt", "A cat."}};
+    SAME(mid, mid_r, 0, "image in the middle", 1);
+    Turn end[] = {{"human", "Describe this.\n<image>"}, {"gpt", "A cat."}};
+    Turn end_r[] = {{"human", "<image>\nDescribe this."}, {"gpt", "A cat."}};
+    SAME(end, end_r, 0, "image at the end", 1);
+    Turn ws[] = {{"human", " \t\n<image>\n\n  Hi there \n"}, {"gpt", "A cat."}};
+    Turn ws_r[] = {{"human", "<image>\nHi there"}, {"gpt", "A cat."}};
+    SAME(ws, ws_r, 0, "spaces and newlines around the image", 1);
+    Turn alone[] = {{"human", " \n<image>\t "}, {"gpt", "A cat."}};
+    Turn alone_r[] = {{"human", "<image>"}, {"gpt", "A cat."}};
+    SAME(alone, alone_r, 0, "the image alone", 1);
+    // the first "\n" is the rewrite's: a turn already in LLaVA's form is unchanged
+    Turn canon[] = {{"human", "<image>\nHi"}, {"gpt", "A cat."}};
+    Turn canon2[] = {{"human", "<image>\n\nHi"}, {"gpt", "A cat."}};
+    SAME(canon2, canon, 0, "one newline after the image", 1);
+    // a gpt turn is rewritten too; turns without the tag are kept exactly
+    Turn ans[] = {{"human", " Show it. "}, {"gpt", "Here: <image> "}};
+    Turn ans_r[] = {{"human", " Show it. "}, {"gpt", "<image>\nHere:"}};
+    SAME(ans, ans_r, 0, "image in an answer", 1);
+    // prompts follow the same rewrite (generation's "<image>\n" + question is already in form)
+    Turn q[] = {{"human", "What is this?\u3000<image>\n"}};
+    Turn q_r[] = {{"human", "<image>\nWhat is this?"}};
+    SAME(q, q_r, 1, "prompt", 1);
+    Turn q0[] = {{"human", "<image>\n"}};
+    Turn q0_r[] = {{"human", "<image>"}};
+    SAME(q0, q0_r, 1, "prompt of the image alone", 1);
+
+    // a leading gpt turn is dropped, once, after a leading system turn
+    Turn g1[] = {{"gpt", "Hello! <image>"}, {"human", "<image>\nHi"}, {"gpt", "A cat."}};
+    SAME(g1, canon, 0, "leading gpt turn", 1);
+    Turn g2[] = {{"system", "Be brief."}, {"gpt", "Hello!"}, {"human", "<image>\nHi"}, {"gpt", "A cat."}};
+    Turn g2_r[] = {{"system", "Be brief."}, {"human", "<image>\nHi"}, {"gpt", "A cat."}};
+    SAME(g2, g2_r, 0, "system turn then a gpt turn", 1);
+    Turn g3[] = {{"gpt", "<image>\nLook."}, {"human", "What is it?"}, {"gpt", "A cat."},
+                 {"human", "Sure?"}, {"gpt", "Yes."}};
+    Turn g3_r[] = {{"human", "What is it?"}, {"gpt", "A cat."}, {"human", "Sure?"}, {"gpt", "Yes."}};
+    SAME(g3, g3_r, 0, "dropped gpt turn with the image", 0);
+    Turn gp[] = {{"gpt", "Hello!"}, {"human", "<image> Hi"}};
+    Turn gp_r[] = {{"human", "<image>\nHi"}};
+    SAME(gp, gp_r, 1, "prompt after a leading gpt turn", 1);
+
+    // Python's str.strip(): exactly the code points of str.isspace() (from the fixture), here
+    // around the image and the text; every other code point below U+3100 (and a few above) stays
+    const cJSON *wsl = item(g_expected, "python_whitespace");
+    static uint8_t is_ws[0x110000];
+    const cJSON *c;
+    int n_ws = 0;
+    cJSON_ArrayForEach(c, wsl) {
+        is_ws[c->valueint] = 1;
+        n_ws++;
+    }
+    assert_true(n_ws >= 25 && is_ws[0x3000] && is_ws[0xA0] && is_ws[0x85] && !is_ws[0x200B] && !is_ws[0x180E]);
+    Template *t = template_new(TEMPLATE_CHATML, g_tok, NULL, -1);
+    static const unsigned extra[] = {0x3164, 0xFEFF, 0xFFA0, 0x1D159, 0xE0020};
+    int checked = 0, stripped = 0;
+    for (unsigned i = 0; i < 0x3100 + sizeof extra / sizeof *extra; i++) {
+        unsigned cp = i < 0x3100 ? i : extra[i - 0x3100];
+        if (cp == 0 || (cp >= 0xD800 && cp <= 0xDFFF)) continue;
+        char u[5] = {0};
+        if (cp < 0x80) u[0] = (char)cp;
+        else if (cp < 0x800) u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3F));
+        else if (cp < 0x10000)
+            u[0] = (char)(0xE0 | cp >> 12), u[1] = (char)(0x80 | (cp >> 6 & 0x3F)), u[2] = (char)(0x80 | (cp & 0x3F));
+        else
+            u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | (cp >> 12 & 0x3F)),
+            u[2] = (char)(0x80 | (cp >> 6 & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F));
+        char a[64], b[64];
+        snprintf(a, sizeof a, "%s<image>%sHi%s%s", u, u, u, u);
+        // LLaVA: ("%s%sHi%s%s").strip() after the tag and "\n"
+        if (is_ws[cp]) snprintf(b, sizeof b, "<image>\nHi");
+        else snprintf(b, sizeof b, "<image>\n%s%sHi%s%s", u, u, u, u);
+        Turn ta[] = {{"human", a}, {"gpt", "Yes."}}, tb[] = {{"human", b}, {"gpt", "Yes."}};
+        int *ia, *ib, pa, pb;
+        uint8_t *ma, *mb;
+        char err[256];
+        int ra = template_encode(t, ta, 2, &ia, &ma, &pa, err, sizeof err);
+        int rb = template_encode(t, tb, 2, &ib, &mb, &pb, err, sizeof err);
+        if (ra < 0 || ra != rb || pa != pb || memcmp(ia, ib, (size_t)ra * sizeof(int)) != 0)
+            fail_msg("U+%04X (%s by str.strip()): %d tokens, want %d", cp, is_ws[cp] ? "removed" : "kept", ra, rb);
+        free(ia), free(ib), free(ma), free(mb);
+        checked++;
+        stripped += is_ws[cp];
+    }
+    assert_int_equal(stripped, n_ws);  // every whitespace code point of Python lies below U+3100
+    assert_true(checked > 12000);
+    // invalid UTF-8 next to the tag is not whitespace (and is read within bounds)
+    const char *bad[] = {"\xE3\x80<image>\xC2", "\xC2<image>\xE3\x80", "<image>\xE2\x80", "\x80\x80<image>\xA0"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        Turn tb[] = {{"human", bad[i]}, {"gpt", "Yes."}};
+        int *ids, pos;
+        uint8_t *mask;
+        char err[256];
+        assert_true(template_encode(t, tb, 2, &ids, &mask, &pos, err, sizeof err) > 0);
+        assert_int_equal(pos, 23);  // after "<|im_start|>user\n" of the default ChatML prompt
+        free(ids), free(mask);
+    }
+    template_free(t);
 }
 
 // eos: explicit id, and stop tokens
@@ -632,13 +822,15 @@ typedef struct {
     const char *path;
     TemplateKind kind;
     int eos_id;
-    const char *name;
+    const char *system;
 } NewArgs;
+
+static Tokenizer *volatile g_child_tok;  // kept (volatile) where LeakSanitizer sees it when fatal() exits
 
 static void new_child(void *arg) {
     NewArgs *a = arg;
-    Tokenizer *t = tokenizer_load(a->path);
-    template_new(a->kind, t, NULL, a->eos_id);
+    g_child_tok = tokenizer_load(a->path);
+    template_new(a->kind, g_child_tok, a->system, a->eos_id);
 }
 
 static void parse_child(void *arg) { template_parse(arg); }
@@ -667,6 +859,11 @@ static void test_template_new_fatal(void **state) {
     // an eos id past the vocabulary
     NewArgs d = {fixture_path("templates/tokenizer.json"), TEMPLATE_PLAIN, 1 << 20, NULL};
     expect_fatal(new_child, &d, "plain", "1048576");
+    // a system prompt that holds "<image>", whatever the template (plain writes none)
+    for (int k = 0; k < N_KINDS; k++) {
+        NewArgs e = {fixture_path("templates/tokenizer.json"), KINDS[k], -1, "Look at <image> first."};
+        expect_fatal(new_child, &e, template_name(KINDS[k]), "system prompt", "<image>");
+    }
     // unknown template names
     expect_fatal(parse_child, "llama3", "unknown chat template", "llama3", "vicuna_v1");
     expect_fatal(parse_child, "ChatML", "ChatML");
@@ -741,6 +938,7 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_specials_in_content),
         cmocka_unit_test(test_system_prompts),
+        cmocka_unit_test(test_llava_rules),
         cmocka_unit_test(test_eos_and_stop),
         cmocka_unit_test(test_llama_bos),
         cmocka_unit_test(test_template_new_fatal),
