@@ -18,7 +18,7 @@ static void usage(FILE *f) {
             "  --image-folder DIR   image file names in the data are relative to DIR (omit for text-only data)\n"
             "  --llm DIR            the LLM's Hugging Face directory: tokenizer.json, config.json (eos id)\n"
             "  --template NAME      plain (stage 1), chatml (Qwen2), hyperclovax, vicuna_v1\n"
-            "  --out DIR            output directory (written to DIR.tmp-PID, renamed when complete)\n"
+            "  --out DIR            output directory (written to DIR.tmp-HOST-PID, renamed when complete)\n"
             "  --max-seq-len N      tokens per sample with the image slot expanded (default 2048)\n"
             "  --image-tokens N     image slot length: 144 for CLIP-L/14-336 + ldp (default), 576 for mlp2x_gelu\n"
             "  --threads N          worker threads (default: one per core); the output does not depend on it\n"

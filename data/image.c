@@ -32,7 +32,7 @@ __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errl
 
 static int check_dims(uint64_t w, uint64_t h, const ImageDecodeOptions *o, char *err, size_t errlen) {
     int64_t max_pixels = o->max_pixels > 0 ? o->max_pixels : IMAGE_MAX_PIXELS_DEFAULT;
-    uint64_t max_side = o->max_side > 0 ? (uint64_t)o->max_side : IMAGE_MAX_SIDE_DEFAULT;
+    uint64_t max_side = o->max_side > 0 ? (uint64_t)o->max_side : UINT64_MAX;
     if (w == 0 || h == 0) {
         set_err(err, errlen, "image has zero size (%llux%llu)", (unsigned long long)w, (unsigned long long)h);
         return IMAGE_ERR_CORRUPT;

@@ -41,12 +41,14 @@ enum {
     IMAGE_ERR_NOMEM = -6,        // allocation failed
 };
 
-#define IMAGE_MAX_PIXELS_DEFAULT 89478485LL  // Pillow's Image.MAX_IMAGE_PIXELS
-#define IMAGE_MAX_SIDE_DEFAULT 32768
+// Pillow's Image.open: above Image.MAX_IMAGE_PIXELS (89,478,485) pixels it only warns, above twice
+// that it raises DecompressionBombError. The default refuses what Pillow refuses and nothing else.
+#define IMAGE_MAX_PIXELS_DEFAULT (2 * 89478485LL)
 
+// Limits are checked from the header, before anything proportional to the image is allocated.
 typedef struct {
     int64_t max_pixels;   // w * h above this is rejected; 0 = IMAGE_MAX_PIXELS_DEFAULT
-    int max_side;         // w or h above this is rejected; 0 = IMAGE_MAX_SIDE_DEFAULT
+    int max_side;         // w or h above this is rejected; 0 = no side limit (Pillow has none)
     int composite_alpha;  // 0: drop alpha (Pillow convert("RGB"), LLaVA); 1: composite onto bg
     uint8_t bg[3];        // background for composite_alpha (transformers uses 255, 255, 255)
 } ImageDecodeOptions;
@@ -70,15 +72,25 @@ void image_resize_bicubic(const Image *src, int w, int h, Image *dst);
 
 // Output size of transformers' get_resize_output_image_size(size=shortest, default_to_square=False):
 // the short side becomes `shortest`, the long side int(shortest * long / short) (truncated).
-void image_clip_resize_size(int w, int h, int shortest, int *out_w, int *out_h);
+// 64-bit: for a very thin image the long side passes INT_MAX (only a crop of it is computed).
+void image_clip_resize_size(int w, int h, int shortest, int64_t *out_w, int64_t *out_h);
 
 // CLIP preprocessing into out (3, size, size), float32, channel-major: resize the shortest edge
 // to size (bicubic), centre crop size x size with offset (resized - size) // 2, x / 255, then
 // (x - mean) / std in float32, bit-exact with transformers' PIL path. pad_to_square first applies
 // LLaVA's expand2square with background int(mean[c] * 255), image centred at offset
 // (max - w) // 2 or (max - h) // 2. mean and std come from preprocessor_config.json.
+// Memory is bounded whatever the aspect ratio: only the part of the resized image the crop keeps
+// is computed, and the padded square is never built (its background rows and columns are
+// constant: their contribution to each output pixel is summed once; same bits as the square).
 void image_preprocess_clip(const Image *img, int size, const float mean[3], const float std[3],
                            int pad_to_square, float *out);
+
+// image_expand2square(img, bg) resized to size x size with BICUBIC, as image_resize_bicubic of
+// the square would (bit-exact), into dst (size * size * 3 bytes), without building the square:
+// memory stays bounded for any aspect ratio. chunk_bytes: scratch per chunk of work (0: 32 MB;
+// a smaller value only cuts the work into more chunks, same output).
+void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *dst, size_t chunk_bytes);
 
 // LLaVA's expand2square: a new max(w, h) square filled with bg, img pasted centred. dst allocated.
 void image_expand2square(const Image *img, const uint8_t bg[3], Image *dst);

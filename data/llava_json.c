@@ -223,6 +223,120 @@ static void extract(LlavaSample *s) {
     s->n_turns = t;
 }
 
+// ---------------------------------------------------------------- strings C cannot hold
+
+enum { ESC_NUL = 1, ESC_LONE = 2 };
+
+static int hex4(const char *p) {
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+// Looks at every \u escape of p[0, n) (a whole element or line): returns the ESC_* kinds found,
+// with the offset of the first of each in *nul_at / *lone_at. Every backslash of valid JSON
+// starts an escape inside a string, so strings need no tracking (for invalid JSON the answer
+// does not matter: cJSON's verdict decides). With patch set (p writable), the escapes of that
+// kind are rewritten in place: \u0000 -> \u0001, a lone surrogate -> \ufffd.
+static int walk_escapes(char *p, size_t n, int patch, size_t *nul_at, size_t *lone_at) {
+    int found = 0;
+    for (size_t i = 0; i < n;) {
+        char *b = memchr(p + i, '\\', n - i);
+        if (!b) break;
+        i = (size_t)(b - p);
+        if (i + 6 > n || p[i + 1] != 'u') {
+            i += 2;
+            continue;
+        }
+        int cp = hex4(p + i + 2);
+        if (cp == 0) {
+            if (!(found & ESC_NUL)) *nul_at = i;
+            found |= ESC_NUL;
+            if (patch == ESC_NUL) p[i + 5] = '1';
+        } else if (cp >= 0xD800 && cp <= 0xDFFF) {
+            int lo = cp <= 0xDBFF && i + 12 <= n && p[i + 6] == '\\' && p[i + 7] == 'u' ? hex4(p + i + 8) : -1;
+            if (lo >= 0xDC00 && lo <= 0xDFFF) {  // a pair: one code point
+                i += 12;
+                continue;
+            }
+            if (!(found & ESC_LONE)) *lone_at = i;
+            found |= ESC_LONE;
+            if (patch == ESC_LONE) memcpy(p + i + 2, "fffd", 4);
+        }
+        i += 6;
+    }
+    return found;
+}
+
+// cJSON refused text[0, n): 1 when lone surrogate escapes are all that is wrong with it (it
+// parses with them replaced), *lone_at then the offset of the first. 0 otherwise, with *fault_at
+// the offset of what is wrong once lone surrogates are set aside (where cJSON stopped when it
+// has none).
+static int only_lone_surrogates(const char *text, size_t n, size_t *lone_at, size_t *fault_at) {
+    size_t nul_at;
+    if (!(walk_escapes((char *)text, n, 0, &nul_at, lone_at) & ESC_LONE)) return 0;
+    char *c = xmalloc(n ? n : 1);
+    memcpy(c, text, n);
+    walk_escapes(c, n, ESC_LONE, &nul_at, lone_at);
+    const char *end = NULL;
+    cJSON *t = cJSON_ParseWithLengthOpts(c, n, &end, 0);
+    int ok = t != NULL;
+    const char *q = end;
+    while (ok && q < c + n && is_ws(*q)) q++;
+    if (ok && q < c + n) ok = 0;
+    if (!ok) *fault_at = end && end >= c && q <= c + n ? (size_t)((t ? q : end) - c) : 0;
+    cJSON_Delete(t);
+    free(c);
+    return ok;
+}
+
+static void set_lone_surrogate(LlavaSample *s, const char *text, size_t at) {
+    s->root = NULL;
+    s->id = "";
+    s->skip = LLAVA_SKIP_BAD_STRING;
+    snprintf(s->why, sizeof s->why,
+             "a lone UTF-16 surrogate escape \"\\u%.4s\" at byte %" PRId64 ": valid JSON, but UTF-8 cannot hold it", text + at + 2,
+             s->offset + (int64_t)at);
+}
+
+// s parsed from text[0, n) and extracted: when a \u0000 escape lies in a string the sample uses
+// or in the key naming it (cJSON's NUL-terminated strings cut both short), the sample becomes a
+// LLAVA_SKIP_BAD_STRING. Found by parsing again with \u0001 in its place and comparing the
+// fields: a NUL elsewhere changes none of them.
+static void check_nuls(LlavaSample *s, const char *text, size_t n) {
+    size_t nul_at, lone_at;
+    if (!(walk_escapes((char *)text, n, 0, &nul_at, &lone_at) & ESC_NUL)) return;
+    char *c = xmalloc(n);
+    memcpy(c, text, n);
+    walk_escapes(c, n, ESC_NUL, &nul_at, &lone_at);
+    LlavaSample t;
+    memset(&t, 0, sizeof t);
+    t.root = cJSON_ParseWithLengthOpts(c, n, NULL, 0);
+    free(c);
+    if (!t.root) return;  // cannot happen: only escapes' digits changed
+    extract(&t);
+    char what[48] = "";
+    if (t.skip != s->skip || t.n_turns != s->n_turns) snprintf(what, sizeof what, "a field it uses");
+    else if (!s->skip) {
+        if (strcmp(t.id, s->id)) snprintf(what, sizeof what, "its id");
+        else if (!t.image != !s->image || (t.image && strcmp(t.image, s->image))) snprintf(what, sizeof what, "its image");
+        for (int k = 0; !what[0] && k < s->n_turns; k++) {
+            if (strcmp(t.turns[k].role, s->turns[k].role)) snprintf(what, sizeof what, "turn %d's role", k + 1);
+            else if (strcmp(t.turns[k].text, s->turns[k].text)) snprintf(what, sizeof what, "turn %d's text", k + 1);
+        }
+    }
+    llava_sample_free(&t);
+    if (!what[0]) return;
+    s->skip = LLAVA_SKIP_BAD_STRING;
+    snprintf(s->why, sizeof s->why, "a NUL character (\"\\u0000\", the first at byte %" PRId64 ") in %s or its key, where a C string ends",
+             s->offset + (int64_t)nul_at, what);
+}
+
 static int next_jsonl(LlavaReader *r, LlavaSample *s) {
     for (;;) {
         if (r->pos == r->len) {
@@ -262,15 +376,20 @@ static int next_jsonl(LlavaReader *r, LlavaSample *s) {
             for (const char *p = end; p < r->buf + e; p++)
                 if (!is_ws(*p)) { bad = p; break; }
         }
-        if (bad) {
+        size_t lone_at, fault_at = SIZE_MAX;
+        if (bad && !s->root && only_lone_surrogates(r->buf + r->pos, e - r->pos, &lone_at, &fault_at)) {
+            set_lone_surrogate(s, r->buf + r->pos, lone_at);
+        } else if (bad) {
             if (s->root) cJSON_Delete(s->root);
             s->root = NULL;
             s->id = "";
             s->skip = LLAVA_SKIP_MALFORMED_LINE;
+            if (fault_at != SIZE_MAX) bad = r->buf + r->pos + fault_at;  // past lone surrogates
             snprintf(s->why, sizeof s->why, "line %" PRId64 ": malformed JSON at column %lld", s->line,
                      (long long)(bad - (r->buf + r->pos)) + 1);
         } else {
             extract(s);
+            check_nuls(s, r->buf + r->pos, e - r->pos);
         }
         advance(r, e < r->len ? e + 1 : e);
         return 1;
@@ -351,7 +470,16 @@ static int next_json(LlavaReader *r, LlavaSample *s) {
         s->line = r->line;
         const char *end = NULL;
         s->root = cJSON_ParseWithLengthOpts(r->buf + r->pos, e - r->pos, &end, 0);
-        if (!s->root) fatal_at(r, end ? (size_t)(end - r->buf) : r->pos, "");
+        if (!s->root) {
+            // valid JSON that cJSON refuses (Python's json reads it): a counted skip
+            size_t lone_at, fault_at = SIZE_MAX;
+            if (!only_lone_surrogates(r->buf + r->pos, e - r->pos, &lone_at, &fault_at))
+                fatal_at(r, fault_at != SIZE_MAX ? r->pos + fault_at : end ? (size_t)(end - r->buf) : r->pos, "");
+            set_lone_surrogate(s, r->buf + r->pos, lone_at);
+            advance(r, e);
+            r->state = 2;
+            return 1;
+        }
         if (end < r->buf + e) {
             const char *p = end;
             while (p < r->buf + e && is_ws(*p)) p++;
@@ -360,9 +488,10 @@ static int next_json(LlavaReader *r, LlavaSample *s) {
                 fatal_at(r, (size_t)(p - r->buf), "");
             }
         }
+        extract(s);
+        check_nuls(s, r->buf + r->pos, e - r->pos);
         advance(r, e);
         r->state = 2;
-        extract(s);
         return 1;
     }
 }

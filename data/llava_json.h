@@ -9,6 +9,11 @@
 //            memory is bounded by the largest sample, not the file. Malformed JSON anywhere
 //            (including a missing ',' or ']', trailing garbage, or a file that ends early) is a
 //            fatal() error: "FILE: malformed JSON at byte N (line L, column C)".
+// Strings: a lone UTF-16 surrogate escape ("\ud800" without its pair) is valid JSON that Python's
+// json accepts but UTF-8 cannot hold: the sample is a counted skip (LLAVA_SKIP_BAD_STRING), in
+// both formats, with the escape's byte offset. So is a "\u0000" escape in a string the sample
+// uses (id, image, a turn's role or text, or the keys naming them): a C string would end there.
+// A NUL in a field svlm ignores does not matter.
 // A sample: {"id": string|number, "image": string (or a list of one string; absent/null: text
 // only), "conversations": [{"from": "human"|"gpt"|"system", "value": string}, ...]}. "role" and
 // "content" are accepted in place of "from" and "value". Unknown fields are ignored; wrong types
@@ -26,6 +31,7 @@ enum {
     LLAVA_SKIP_NOT_OBJECT,          // the list element or line is not a JSON object
     LLAVA_SKIP_BAD_CONVERSATIONS,   // conversations missing, not a list, or a turn of wrong types
     LLAVA_SKIP_BAD_IMAGE,           // image of the wrong type (not a string / list of one string)
+    LLAVA_SKIP_BAD_STRING,          // valid JSON that C strings cannot hold (see below)
 };
 
 typedef struct {

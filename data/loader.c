@@ -7,6 +7,9 @@
 // last sample of a micro-batch lays it out (padding or packing). The layout depends only on the
 // samples and on which of them failed, never on timing, so batches are bit-identical for any
 // thread count. loader_seek drains the pool and discards everything prefetched.
+// Workers never call fatal() on bad data: a record that fails its checks or an image that does
+// not decode is warned about once and counted (n_skipped); preprocessing's memory is bounded for
+// any aspect ratio the decoder accepts (data/resize.c), so no image can exhaust it.
 #include "data/loader.h"
 
 #include <inttypes.h>

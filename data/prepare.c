@@ -26,10 +26,12 @@
 
 #define CHUNK 16                        // samples per work item
 #define MAX_IMAGE_FILE (64ll << 20)     // bigger image files are skipped as too large
+_Static_assert(MAX_IMAGE_FILE <= SHARDS_MAX_IMAGE_BYTES, "the reader must accept every image prepare writes");
+_Static_assert(PATH_MAX <= SHARDS_MAX_NAME_BYTES, "the reader must accept every image name prepare writes");
 #define MAX_WARNINGS 20                 // per-sample skip warnings printed before going quiet
 
 static const char *skip_names[PREPARE_SKIP_COUNT] = {
-    "malformed_line", "not_object", "bad_conversations", "bad_image_field", "no_gpt_turn", "bad_role",
+    "malformed_line", "not_object", "bad_conversations", "bad_image_field", "bad_string", "id_too_long", "no_gpt_turn", "bad_role",
     "bad_order", "multiple_images", "retokenize_mismatch", "missing_special_token", "empty",
     "image_without_placeholder", "placeholder_without_image", "image_missing", "image_unreadable",
     "image_corrupt", "image_unsupported", "image_too_large", "overlong",
@@ -75,9 +77,29 @@ static void cleanup_at_exit(void) {
     }
 }
 
-// removes "<out>.tmp-<pid>" directories left by prepare runs that were killed
+// This host's name as it appears in the temporary names: the characters a file name may hold
+// unchanged ([A-Za-z0-9._-]), anything else as '_', at most 64 of them ("unknown" without one).
+void prepare_host_tag(char *dst, size_t cap) {
+    char h[256];
+    if (gethostname(h, sizeof h) != 0) h[0] = 0;
+    h[sizeof h - 1] = 0;
+    size_t n = 0;
+    for (const char *p = h; *p && n < 64 && n + 1 < cap; p++, n++) {
+        char c = *p;
+        dst[n] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'
+                     ? c
+                     : '_';
+    }
+    if (cap) dst[n < cap ? n : cap - 1] = 0;
+    if (n == 0 && cap) snprintf(dst, cap, "unknown");
+}
+
+// Removes "<out>.tmp-<host>-<pid>" and "<out>.old-<host>-<pid>" directories that prepare runs on
+// this host left behind when they were killed (their process is gone). Names from other hosts
+// are left alone: on shared storage their runs may still be going, and kill() cannot tell (it
+// sees this host's processes only).
 static void remove_stale_tmp(const char *out) {
-    char parent[PATH_MAX], base[PATH_MAX];
+    char parent[PATH_MAX], base[PATH_MAX], host[80];
     const char *slash = strrchr(out, '/');
     if (slash) {
         snprintf(parent, sizeof parent, "%.*s", (int)(slash - out), out);
@@ -87,15 +109,22 @@ static void remove_stale_tmp(const char *out) {
         strcpy(parent, ".");
         snprintf(base, sizeof base, "%s", out);
     }
+    prepare_host_tag(host, sizeof host);
     DIR *d = opendir(parent);
     if (!d) return;
-    size_t bl = strlen(base);
+    size_t bl = strlen(base), hl = strlen(host);
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (strncmp(e->d_name, base, bl) != 0 || strncmp(e->d_name + bl, ".tmp-", 5) != 0) continue;
+        const char *n = e->d_name;
+        if (strncmp(n, base, bl) != 0 || (strncmp(n + bl, ".tmp-", 5) != 0 && strncmp(n + bl, ".old-", 5) != 0)) continue;
+        n += bl + 5;
+        if (strncmp(n, host, hl) != 0 || n[hl] != '-') continue;  // another host's (or an old-style name)
+        n += hl + 1;
+        if (*n < '0' || *n > '9') continue;
         char *endp;
-        long pid = strtol(e->d_name + bl + 5, &endp, 10);
-        if (*endp || pid <= 0 || pid == getpid()) continue;
+        errno = 0;
+        long pid = strtol(n, &endp, 10);
+        if (*endp || errno || pid <= 0 || pid > INT_MAX || pid == getpid()) continue;
         if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;  // that run is still alive
         char p[PATH_MAX * 2];
         snprintf(p, sizeof p, "%s/%s", parent, e->d_name);
@@ -169,7 +198,7 @@ static void check_spec(const PrepareSpec *s) {
     if (s->threads < 0 || s->threads > 1024) fatal("prepare: threads must be in 0..1024, got %d", s->threads);
     if (s->level < 0 || s->level > 19) fatal("prepare: zstd level must be in 1..19, got %d", s->level);
     size_t n = strlen(s->out_dir);
-    if (n + 32 >= PATH_MAX) fatal("%s: output path too long", s->out_dir);
+    if (n + 128 >= PATH_MAX) fatal("%s: output path too long", s->out_dir);
 }
 
 // ---------------------------------------------------------------- per-sample work
@@ -244,9 +273,13 @@ static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
     r->line = s->line;
     if (s->skip) {
         static const int map[] = {0, PREPARE_SKIP_MALFORMED_LINE, PREPARE_SKIP_NOT_OBJECT, PREPARE_SKIP_BAD_CONVERSATIONS,
-                                  PREPARE_SKIP_BAD_IMAGE_FIELD};
+                                  PREPARE_SKIP_BAD_IMAGE_FIELD, PREPARE_SKIP_BAD_STRING};
+        _Static_assert(sizeof map / sizeof *map == LLAVA_SKIP_BAD_STRING + 1, "a PREPARE_SKIP_* for every LLAVA_SKIP_*");
         SKIP(map[s->skip], "%s", s->why);
     }
+    size_t id_len = strlen(s->id);
+    if (id_len > SHARDS_MAX_ID_BYTES)  // shards_record_parse would refuse the record
+        SKIP(PREPARE_SKIP_ID_TOO_LONG, "its id has %zu bytes (at most %u)", id_len, SHARDS_MAX_ID_BYTES);
     int nph = count_placeholders(s);
     if (s->image && nph == 0) SKIP(PREPARE_SKIP_IMAGE_NO_PLACEHOLDER, "has image \"%s\" but no <image> in its text", s->image);
     if (!s->image && nph > 0) SKIP(PREPARE_SKIP_PLACEHOLDER_NO_IMAGE, "has <image> in its text but no \"image\"");
@@ -260,9 +293,9 @@ static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
     size_t img_len = 0;
     if (s->image) {
         if (image_pos < 0) SKIP(PREPARE_SKIP_IMAGE_NO_PLACEHOLDER, "the template placed no image slot");
-        if (!p->image_folder)
-            fatal("%s: sample %" PRId64 " (line %" PRId64 ") has an image but no image folder was given (--image-folder DIR)",
-                  spec->data, s->index, s->line);
+        // prepare_run checks this on its thread before handing the sample out (a worker never
+        // calls fatal()); counted here only in case that check is ever bypassed
+        if (!p->image_folder) SKIP(PREPARE_SKIP_IMAGE_MISSING, "no image folder given for image %.200s", s->image);
         char path[PATH_MAX];
         // as os.path.join: an absolute image path is taken as it is
         if ((size_t)(s->image[0] == '/' ? snprintf(path, sizeof path, "%s", s->image)
@@ -304,7 +337,7 @@ static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
     }
     ShardRecord rec = {
         .n_tokens = n, .image_pos = image_pos, .ids = (const int32_t *)ids, .mask = mask,
-        .id = s->id, .id_len = (uint32_t)strlen(s->id),
+        .id = s->id, .id_len = (uint32_t)id_len,
         .image_name = s->image, .image_name_len = s->image ? (uint32_t)strlen(s->image) : 0,
         .image = img, .image_len = (uint32_t)img_len,
     };
@@ -344,6 +377,18 @@ static void *worker(void *arg) {
     pthread_mutex_unlock(&p->mu);
     shards_cctx_free(cctx);
     return NULL;
+}
+
+// Stops the workers and waits for them: each finishes the chunk it holds, chunks nobody has taken
+// are dropped (the normal end has none left). Called before a fatal() on the main thread too, so
+// that the process exits with no worker running.
+static void pool_stop(Pool *p, pthread_t *th, int nthreads) {
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    p->next_todo = NULL;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < nthreads; i++) pthread_join(th[i], NULL);
 }
 
 // ---------------------------------------------------------------- progress
@@ -466,7 +511,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
     PrepareSpec spec = *spec_in;
     if (!spec.level) spec.level = 3;
     check_spec(&spec);
-    char out_dir[PATH_MAX];  // without trailing slashes, so that "<out>.tmp-PID" is a sibling
+    char out_dir[PATH_MAX];  // without trailing slashes, so that "<out>.tmp-HOST-PID" is a sibling
     snprintf(out_dir, sizeof out_dir, "%s", spec.out_dir);
     for (size_t n = strlen(out_dir); n > 1 && out_dir[n - 1] == '/'; n--) out_dir[n - 1] = 0;
     spec.out_dir = out_dir;
@@ -488,7 +533,9 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
     int jsonl = llava_is_jsonl(rd);
     remove_stale_tmp(spec.out_dir);
     char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s.tmp-%d", spec.out_dir, (int)getpid());
+    char host[80];
+    prepare_host_tag(host, sizeof host);
+    snprintf(tmp, sizeof tmp, "%s.tmp-%s-%d", spec.out_dir, host, (int)getpid());
     remove_prepared(tmp);
     if (mkdir(tmp, 0755) != 0) fatal("%s: cannot create: %s", tmp, strerror(errno));
     snprintf(g_tmp_dir, sizeof g_tmp_dir, "%s", tmp);
@@ -518,7 +565,17 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
     for (;;) {
         while (!eof && inflight < max_inflight) {
             Chunk *c = xcalloc(1, sizeof *c);
-            while (c->n < CHUNK && llava_next(rd, &c->s[c->n])) c->n++;
+            while (c->n < CHUNK && llava_next(rd, &c->s[c->n])) {
+                const LlavaSample *ls = &c->s[c->n];
+                if (!ls->skip && ls->image && !pool.image_folder) {
+                    // checked here, on the reading thread, so that no worker ever calls fatal()
+                    pool_stop(&pool, th, nthreads);
+                    fatal("%s: sample %" PRId64 " (line %" PRId64 ") has an image (\"%.200s\") but no image folder was given "
+                          "(--image-folder DIR)",
+                          spec.data, ls->index, ls->line, ls->image);
+                }
+                c->n++;
+            }
             if (c->n < CHUNK) eof = 1;
             if (c->n == 0) { free(c); break; }
             S.samples_read += c->n;
@@ -565,11 +622,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
         progress(&pg, rd, done, 0);
     }
     progress(&pg, rd, done, 1);
-    pthread_mutex_lock(&pool.mu);
-    pool.stop = 1;
-    pthread_cond_broadcast(&pool.cv_work);
-    pthread_mutex_unlock(&pool.mu);
-    for (int i = 0; i < nthreads; i++) pthread_join(th[i], NULL);
+    pool_stop(&pool, th, nthreads);
     free(th);
     pthread_mutex_destroy(&pool.mu);
     pthread_cond_destroy(&pool.cv_work);
@@ -590,8 +643,8 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
 
     // into place: an old prepared directory is moved aside first, then removed
     if (dir_exists(spec.out_dir)) {
-        char old[PATH_MAX + 32];
-        snprintf(old, sizeof old, "%s.old-%d", spec.out_dir, (int)getpid());
+        char old[PATH_MAX + 128];
+        snprintf(old, sizeof old, "%s.old-%s-%d", spec.out_dir, host, (int)getpid());
         if (rename(spec.out_dir, old) != 0) fatal("%s: cannot replace: %s", spec.out_dir, strerror(errno));
         if (rename(tmp, spec.out_dir) != 0) {
             int e = errno;

@@ -4,11 +4,19 @@
 // limit, compressed and written in input order by a pool of threads. The output is byte-identical
 // whatever the thread count. ./prepare runs it; ./train calls it when its shards are not current.
 //
-// Output is written to "<out>.tmp-<pid>" and renamed to <out> when complete, so a killed run
-// never leaves a directory that looks valid; on an error (bad JSON, disk full, ...) the unfinished
-// directory is removed before the fatal() error line. An existing <out> is replaced only when it
-// is a prepared directory (or empty).
+// Output is written to "<out>.tmp-<host>-<pid>" and renamed to <out> when complete, so a killed
+// run never leaves a directory that looks valid; on an error (bad JSON, disk full, ...) the
+// unfinished directory is removed before the fatal() error line. An existing <out> is replaced
+// only when it is a prepared directory (or empty): moved to "<out>.old-<host>-<pid>", then
+// removed. Leftovers of killed runs are removed by the next run on the same host once their
+// process is gone; those of other hosts (shared storage) are never touched.
+//
+// Errors are fatal() on the calling thread (bad settings, unreadable inputs, malformed JSON, data
+// with images but no image folder, write errors); what is wrong with one sample is a counted skip
+// in the workers. (Left in the workers: running out of memory, and a PCRE2 failure inside the
+// tokenizer's pre-tokenizer regex, which has no error return; no input is known to cause one.)
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -18,6 +26,8 @@ enum {
     PREPARE_SKIP_NOT_OBJECT,          // an element that is not a JSON object
     PREPARE_SKIP_BAD_CONVERSATIONS,   // conversations missing / not a list / turns of wrong types
     PREPARE_SKIP_BAD_IMAGE_FIELD,     // "image" not a file name
+    PREPARE_SKIP_BAD_STRING,          // a string C cannot hold: lone UTF-16 surrogate, or a NUL (\u0000) in a field used
+    PREPARE_SKIP_ID_TOO_LONG,         // "id" over SHARDS_MAX_ID_BYTES
     PREPARE_SKIP_NO_GPT,              // template: no assistant turn
     PREPARE_SKIP_BAD_ROLE,            // template: unknown role
     PREPARE_SKIP_BAD_ORDER,           // template: turns do not alternate
@@ -36,6 +46,9 @@ enum {
     PREPARE_SKIP_COUNT
 };
 const char *prepare_skip_name(int reason);  // "no_gpt_turn", "image_missing", ... (meta.json keys)
+
+// This host's name as the temporary names hold it ([A-Za-z0-9._-], anything else as '_').
+void prepare_host_tag(char *dst, size_t cap);
 
 typedef struct {
     const char *data;          // LLaVA .json (a list) or .jsonl (one object per line)

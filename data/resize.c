@@ -8,7 +8,9 @@
 // accumulated in int32 from 1 << 21 (rounding), and clipped to uint8 after each pass. Every
 // step is done in the same order with the same types, so the output is bit-identical.
 // Only the part of the resized image that survives the centre crop is computed: each output
-// pixel depends only on the input and its own coefficients, so this changes no value.
+// pixel depends only on the input and its own coefficients, so this changes no value. LLaVA's pad
+// mode resizes its square without building it (image_pad_resize): the background's share of each
+// sum is added in one product, integer arithmetic that gives the same bits.
 #include "data/image.h"
 
 #include <math.h>
@@ -39,55 +41,115 @@ NO_FMA static inline double bicubic_filter(double x) {
 }
 
 typedef struct {
-    int ksize;      // coefficients per output pixel (Pillow's ksize)
+    int ksize;      // coefficients per output pixel (Pillow's ksize); the stride of kk when off is NULL
     int *bounds;    // per output pixel of the window: first input index, number of taps
-    int32_t *kk;    // fixed-point coefficients, ksize per output pixel of the window
+    int32_t *kk;    // fixed-point coefficients
+    size_t *off;    // NULL: output i's taps at kk + i * ksize; else at kk + off[i] (packed tables)
 } Coeffs;
 
-// Pillow's precompute_coeffs + normalize_coeffs_8bpc for outputs [o0, o0 + n) of an
-// in_size -> out_size resize (box 0..in_size).
-NO_FMA static void coeffs_make(int in_size, int out_size, int o0, int n, Coeffs *c) {
-    const float in0 = 0.0f, in1 = (float)in_size;
-    double scale, filterscale;
-    filterscale = scale = (double)(in1 - in0) / out_size;
-    if (filterscale < 1.0) filterscale = 1.0;
-    const double support = 2.0 * filterscale;
-    const int ksize = (int)ceil(support) * 2 + 1;
-    c->ksize = ksize;
+static inline const int32_t *coeffs_of(const Coeffs *c, int i) {
+    return c->kk + (c->off ? c->off[i] : (size_t)i * c->ksize);
+}
+
+// One in_size -> out_size resize (box 0..in_size) as Pillow's precompute_coeffs sets it up.
+typedef struct {
+    int in_size;
+    int64_t out_size;
+    double scale, filterscale, support;
+    int ksize;
+} Resampler;
+
+NO_FMA static void resampler_init(Resampler *r, int in_size, int64_t out_size) {
+    const float in0 = 0.0f, in1 = (float)in_size;  // Pillow's box is float
+    r->in_size = in_size;
+    r->out_size = out_size;
+    r->filterscale = r->scale = (double)(in1 - in0) / (double)out_size;
+    if (r->filterscale < 1.0) r->filterscale = 1.0;
+    r->support = 2.0 * r->filterscale;
+    r->ksize = (int)ceil(r->support) * 2 + 1;
+}
+
+// Pillow's precompute_coeffs + normalize_coeffs_8bpc for output xx: the window's first input
+// index in *xmin, its fixed-point coefficients in kq (ksize of them, zero past the window),
+// k a scratch of ksize doubles. Returns the number of taps (Pillow's xmax).
+NO_FMA static int coeff_one(const Resampler *r, int64_t xx, double *k, int32_t *kq, int *xmin_out) {
+    const float in0 = 0.0f;
+    const double center = in0 + ((double)xx + 0.5) * r->scale;
+    double ww = 0.0;
+    const double ss = 1.0 / r->filterscale;
+    int xmin = (int)(center - r->support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = (int)(center + r->support + 0.5);
+    if (xmax > r->in_size) xmax = r->in_size;
+    xmax -= xmin;
+    int x;
+    for (x = 0; x < xmax; x++) {
+        double w = bicubic_filter((x + xmin - center + 0.5) * ss);
+        k[x] = w;
+        ww += w;
+    }
+    for (x = 0; x < xmax; x++)
+        if (ww != 0.0) k[x] /= ww;
+    for (; x < r->ksize; x++) k[x] = 0;
+    for (x = 0; x < r->ksize; x++)
+        kq[x] = k[x] < 0 ? (int)(-0.5 + k[x] * (1 << PRECISION_BITS)) : (int)(0.5 + k[x] * (1 << PRECISION_BITS));
+    *xmin_out = xmin;
+    return xmax;
+}
+
+// The coefficients of outputs [o0, o0 + n), ksize per output.
+static void coeffs_make(const Resampler *r, int64_t o0, int n, Coeffs *c) {
+    c->ksize = r->ksize;
+    c->off = NULL;
     c->bounds = xmalloc(sizeof(int) * 2 * (size_t)n);
-    c->kk = xmalloc(sizeof(int32_t) * (size_t)ksize * n);
-    double *k = xmalloc(sizeof(double) * (size_t)ksize);
+    c->kk = xmalloc(sizeof(int32_t) * (size_t)r->ksize * n);
+    double *k = xmalloc(sizeof(double) * (size_t)r->ksize);
+    for (int i = 0; i < n; i++)
+        c->bounds[2 * i + 1] = coeff_one(r, o0 + i, k, c->kk + (size_t)i * r->ksize, &c->bounds[2 * i]);
+    free(k);
+}
+
+// The coefficients of all outputs restricted to the input band [a, b): per output the taps inside
+// the band (bounds clipped to it, packed: memory ~ the band's taps, not the window's), ksum[i] the
+// sum of all its taps and kbg[i] the sum of those outside the band. The window of every output is
+// computed tap by tap (Pillow normalises each over all of them).
+static void coeffs_band(const Resampler *r, int a, int b, Coeffs *c, int32_t *ksum, int32_t *kbg) {
+    const int n = (int)r->out_size;
+    c->ksize = 0;
+    c->bounds = xmalloc(sizeof(int) * 2 * (size_t)n);
+    c->off = xmalloc(sizeof(size_t) * (size_t)n);
+    size_t cap = 1024, used = 0;
+    c->kk = xmalloc(sizeof(int32_t) * cap);
+    double *k = xmalloc(sizeof(double) * (size_t)r->ksize);
+    int32_t *kq = xmalloc(sizeof(int32_t) * (size_t)r->ksize);
     for (int i = 0; i < n; i++) {
-        const int xx = o0 + i;
-        const double center = in0 + (xx + 0.5) * scale;
-        double ww = 0.0;
-        const double ss = 1.0 / filterscale;
-        int xmin = (int)(center - support + 0.5);
-        if (xmin < 0) xmin = 0;
-        int xmax = (int)(center + support + 0.5);
-        if (xmax > in_size) xmax = in_size;
-        xmax -= xmin;
-        int x;
-        for (x = 0; x < xmax; x++) {
-            double w = bicubic_filter((x + xmin - center + 0.5) * ss);
-            k[x] = w;
-            ww += w;
+        int xmin, cnt = coeff_one(r, i, k, kq, &xmin);
+        int lo = xmin > a ? xmin : a, hi = xmin + cnt < b ? xmin + cnt : b;
+        if (lo > b) lo = b;
+        if (hi < lo) hi = lo;
+        int32_t all = 0, band = 0;
+        for (int x = 0; x < cnt; x++) all += kq[x];
+        if (used + (size_t)(hi - lo) > cap) {
+            while (used + (size_t)(hi - lo) > cap) cap *= 2;
+            c->kk = xrealloc(c->kk, sizeof(int32_t) * cap);
         }
-        for (x = 0; x < xmax; x++)
-            if (ww != 0.0) k[x] /= ww;
-        for (; x < ksize; x++) k[x] = 0;
-        int32_t *kq = c->kk + (size_t)i * ksize;
-        for (x = 0; x < ksize; x++)
-            kq[x] = k[x] < 0 ? (int)(-0.5 + k[x] * (1 << PRECISION_BITS)) : (int)(0.5 + k[x] * (1 << PRECISION_BITS));
-        c->bounds[2 * i] = xmin;
-        c->bounds[2 * i + 1] = xmax;
+        for (int x = lo; x < hi; x++) band += c->kk[used + (size_t)(x - lo)] = kq[x - xmin];
+        c->bounds[2 * i] = lo;
+        c->bounds[2 * i + 1] = hi - lo;
+        c->off[i] = used;
+        used += (size_t)(hi - lo);
+        if (hi - lo > c->ksize) c->ksize = hi - lo;
+        ksum[i] = all;
+        kbg[i] = all - band;
     }
     free(k);
+    free(kq);
 }
 
 static void coeffs_free(Coeffs *c) {
     free(c->bounds);
     free(c->kk);
+    free(c->off);
 }
 
 
@@ -112,8 +174,11 @@ static inline uint8_t clip_acc(int32_t a) {
 // Horizontal pass over up to HB rows at once. The rows' pixels in [xfirst, xlast) are first
 // transposed into tb (pixel x of row r at ((x - xfirst) * HB + r) * 3), so that each output
 // column is a sum over contiguous vectors of HB * 3 lanes. src: pixel 0 is input column xshift.
+// init: NULL (Pillow's rounding term 1 << 21), or per output column and channel the value the
+// sum starts from (the rounding term plus the background taps' share, see pad_resize).
 SIMD_CLONES static void hpass_block(const uint8_t *src, size_t sstride, int nrows, int xshift, int xfirst, int xlast,
-                                    const Coeffs *c, int n, uint8_t *dst, size_t dstride, uint8_t *restrict tb) {
+                                    const Coeffs *c, int n, const int32_t *init, uint8_t *dst, size_t dstride,
+                                    uint8_t *restrict tb) {
     for (int r = 0; r < nrows; r++) {
         const uint8_t *row = src + r * sstride + (size_t)(xfirst - xshift) * 3;
         for (int x = 0; x < xlast - xfirst; x++) {
@@ -123,14 +188,17 @@ SIMD_CLONES static void hpass_block(const uint8_t *src, size_t sstride, int nrow
             t[2] = row[3 * x + 2];
         }
     }
-    const int ksize = c->ksize;
+    int32_t start[HB * 3];
+    for (int l = 0; l < HB * 3; l++) start[l] = 1 << (PRECISION_BITS - 1);
     for (int i = 0; i < n; i++) {
         const int xmin = c->bounds[2 * i] - xfirst, xmax = c->bounds[2 * i + 1];
-        const int32_t *k = c->kk + (size_t)i * ksize;
+        const int32_t *k = coeffs_of(c, i);
         int32_t acc[HB * 3];
         uint8_t o[HB * 3];
+        if (init)
+            for (int l = 0; l < HB * 3; l++) start[l] = init[3 * i + l % 3];
 #pragma omp simd
-        for (int l = 0; l < HB * 3; l++) acc[l] = 1 << (PRECISION_BITS - 1);
+        for (int l = 0; l < HB * 3; l++) acc[l] = start[l];
         for (int x = 0; x < xmax; x++) {
             const uint8_t *restrict t = tb + (size_t)(xmin + x) * HB * 3;
             const int32_t kx = k[x];
@@ -149,27 +217,33 @@ SIMD_CLONES static void hpass_block(const uint8_t *src, size_t sstride, int nrow
 }
 
 // Horizontal pass of rows [0, nrows) of src (stride sstride) into dst (n pixels a row).
-static void hpass(const uint8_t *src, size_t sstride, int nrows, int xshift, const Coeffs *c, int n, uint8_t *dst,
-                  size_t dstride) {
+static void hpass(const uint8_t *src, size_t sstride, int nrows, int xshift, const Coeffs *c, int n, const int32_t *init,
+                  uint8_t *dst, size_t dstride) {
     // input columns the outputs use (bounds grow with the output index)
     const int xfirst = c->bounds[0], xlast = c->bounds[2 * (n - 1)] + c->bounds[2 * (n - 1) + 1];
-    uint8_t *tb = xcalloc((size_t)(xlast - xfirst) * HB * 3, 1);
+    uint8_t *tb = xcalloc((size_t)(xlast - xfirst) * HB * 3 + 1, 1);
     for (int r = 0; r < nrows; r += HB)
-        hpass_block(src + r * sstride, sstride, nrows - r < HB ? nrows - r : HB, xshift, xfirst, xlast, c, n,
+        hpass_block(src + r * sstride, sstride, nrows - r < HB ? nrows - r : HB, xshift, xfirst, xlast, c, n, init,
                     dst + r * dstride, dstride, tb);
     free(tb);
 }
 
 // Vertical pass for one output row: taps over rows [ymin, ymin + ymax) of base, len bytes,
-// VB bytes at a time with the accumulators kept in registers.
+// VB bytes at a time with the accumulators kept in registers. init: NULL (1 << 21), or the
+// value each of the len sums starts from.
 SIMD_CLONES static void vpass_row(const uint8_t *base, size_t stride, int ymin, int ymax, const int32_t *k,
-                                  uint8_t *restrict dst, int len) {
+                                  const int32_t *init, uint8_t *restrict dst, int len) {
     const uint8_t *rows = base + (size_t)ymin * stride;
     int i = 0;
     for (; i + VB <= len; i += VB) {
         int32_t acc[VB];
+        if (init) {
 #pragma omp simd
-        for (int l = 0; l < VB; l++) acc[l] = 1 << (PRECISION_BITS - 1);
+            for (int l = 0; l < VB; l++) acc[l] = init[i + l];
+        } else {
+#pragma omp simd
+            for (int l = 0; l < VB; l++) acc[l] = 1 << (PRECISION_BITS - 1);
+        }
         for (int y = 0; y < ymax; y++) {
             const uint8_t *restrict row = rows + (size_t)y * stride + i;
             const int32_t ky = k[y];
@@ -180,7 +254,7 @@ SIMD_CLONES static void vpass_row(const uint8_t *base, size_t stride, int ymin, 
         for (int l = 0; l < VB; l++) dst[i + l] = clip_acc(acc[l]);
     }
     for (; i < len; i++) {
-        int32_t a = 1 << (PRECISION_BITS - 1);
+        int32_t a = init ? init[i] : 1 << (PRECISION_BITS - 1);
         for (int y = 0; y < ymax; y++) a += rows[(size_t)y * stride + i] * k[y];
         dst[i] = clip_acc(a);
     }
@@ -189,42 +263,51 @@ SIMD_CLONES static void vpass_row(const uint8_t *base, size_t stride, int ymin, 
 // The window [x0, x0 + cw) x [y0, y0 + ch) of src resized to ow x oh, into dst (cw x ch RGB).
 // Pass order as Pillow 13's ImagingResampleInner: horizontal first, unless the height shrinks by
 // more than twice as many pixels as the width does (Pillow <= 12: always horizontal first).
-static void resize_window(const Image *src, int ow, int oh, int x0, int y0, int cw, int ch, uint8_t *dst) {
+// ow, oh, x0, y0 are 64-bit: a very thin image's resized long side may pass INT_MAX.
+static void resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, int64_t y0, int cw, int ch, uint8_t *dst) {
     const int need_h = ow != src->w, need_v = oh != src->h;
-    const int dh = src->h - oh, dw = src->w - ow;
+    const int64_t dh = src->h - oh, dw = src->w - ow;
     const int h_first = !(dh > 0 && dh > dw * 2);
     const size_t sstride = (size_t)src->w * 3;
     Coeffs cv = {0}, chz = {0};
-    if (need_v) coeffs_make(src->h, oh, y0, ch, &cv);
-    if (need_h) coeffs_make(src->w, ow, x0, cw, &chz);
+    Resampler rv, rh;
+    if (need_v) {
+        resampler_init(&rv, src->h, oh);
+        coeffs_make(&rv, y0, ch, &cv);
+    }
+    if (need_h) {
+        resampler_init(&rh, src->w, ow);
+        coeffs_make(&rh, x0, cw, &chz);
+    }
     uint8_t *tmp = NULL;
     if (!need_h && !need_v) {
-        for (int i = 0; i < ch; i++) memcpy(dst + (size_t)i * cw * 3, src->rgb + (y0 + i) * sstride + x0 * 3, (size_t)cw * 3);
+        for (int i = 0; i < ch; i++)
+            memcpy(dst + (size_t)i * cw * 3, src->rgb + (size_t)(y0 + i) * sstride + (size_t)x0 * 3, (size_t)cw * 3);
     } else if (h_first) {
         // source rows the window needs (bounds grow with the output index)
-        int yfirst = y0, ylast = y0 + ch;
+        int yfirst = (int)y0, ylast = (int)y0 + ch;  // no vertical pass: y0 + ch <= src->h
         if (need_v) {
             yfirst = cv.bounds[0];
             ylast = cv.bounds[2 * (ch - 1)] + cv.bounds[2 * (ch - 1) + 1];
         }
-        const uint8_t *t = src->rgb + (size_t)x0 * 3;  // no horizontal pass: the source columns
+        const uint8_t *t = src->rgb + (need_h ? 0 : (size_t)x0 * 3);  // no horizontal pass: the source columns
         size_t tstride = sstride;
         int toff = yfirst;  // index of source row yfirst in t
         if (need_h) {
             uint8_t *out = need_v ? (tmp = xmalloc((size_t)(ylast - yfirst) * cw * 3)) : dst;
-            hpass(src->rgb + yfirst * sstride, sstride, ylast - yfirst, 0, &chz, cw, out, (size_t)cw * 3);
+            hpass(src->rgb + yfirst * sstride, sstride, ylast - yfirst, 0, &chz, cw, NULL, out, (size_t)cw * 3);
             t = out;
             tstride = (size_t)cw * 3;
             toff = 0;
         }
         if (need_v) {
             for (int i = 0; i < ch; i++)
-                vpass_row(t, tstride, cv.bounds[2 * i] - yfirst + toff, cv.bounds[2 * i + 1], cv.kk + (size_t)i * cv.ksize,
+                vpass_row(t, tstride, cv.bounds[2 * i] - yfirst + toff, cv.bounds[2 * i + 1], coeffs_of(&cv, i), NULL,
                           dst + (size_t)i * cw * 3, cw * 3);
         }
     } else {
         // vertical first (need_v is true here), over the source columns the window needs
-        int xfirst = x0, xlast = x0 + cw;
+        int xfirst = (int)x0, xlast = (int)x0 + cw;  // no horizontal pass: x0 + cw <= src->w
         if (need_h) {
             xfirst = chz.bounds[0];
             xlast = chz.bounds[2 * (cw - 1)] + chz.bounds[2 * (cw - 1) + 1];
@@ -232,13 +315,135 @@ static void resize_window(const Image *src, int ow, int oh, int x0, int y0, int 
         const int tw = xlast - xfirst;
         uint8_t *out = need_h ? (tmp = xmalloc((size_t)ch * tw * 3)) : dst;
         for (int i = 0; i < ch; i++)
-            vpass_row(src->rgb + (size_t)xfirst * 3, sstride, cv.bounds[2 * i], cv.bounds[2 * i + 1],
-                      cv.kk + (size_t)i * cv.ksize, out + (size_t)i * tw * 3, tw * 3);
-        if (need_h) hpass(tmp, (size_t)tw * 3, ch, xfirst, &chz, cw, dst, (size_t)cw * 3);
+            vpass_row(src->rgb + (size_t)xfirst * 3, sstride, cv.bounds[2 * i], cv.bounds[2 * i + 1], coeffs_of(&cv, i), NULL,
+                      out + (size_t)i * tw * 3, tw * 3);
+        if (need_h) hpass(tmp, (size_t)tw * 3, ch, xfirst, &chz, cw, NULL, dst, (size_t)cw * 3);
     }
     free(tmp);
     if (need_v) coeffs_free(&cv);
     if (need_h) coeffs_free(&chz);
+}
+
+// LLaVA's expand2square(img, bg) resized to size x size, into dst (size * size * 3), without
+// building the square. The square (side s) is resized in both directions by the same s -> size
+// resampler, horizontal pass first (Pillow 13's rule for equal shrinks; Pillow <= 12 always).
+// The image covers input band [q, q + m0) of the short direction and the whole long one; the
+// rest is background, constant. A background pixel's share of a sum is bg * its coefficient,
+// so the background taps of an output add bg * kbg (kbg: the sum of their fixed-point
+// coefficients) to the start value: integer sums, exactly what Pillow's tap-by-tap loop gives
+// (no partial sum comes near int32's range). Hence:
+//   - a background row's first pass is hbg[j] = clip(2^21 + bg * ksum[j]), one row for all;
+//   - wide (w >= h): first pass over the h image rows only; an output row's background rows
+//     enter through 2^21 + hbg * kbg[i];
+//   - tall: the first pass gives hbg[j] in every row for the columns whose window misses the
+//     image ("pure" columns), so those outputs are clip(2^21 + hbg[j] * ksum[i]); the others are
+//     computed from the image columns with 2^21 + bg * kbg[j] as start value.
+// Memory: the short direction's band coefficients (~5 per image pixel of a line) and chunks of
+// bounded size (chunk_bytes of first-pass rows, chunk_bytes / 32 of the long direction's
+// coefficients), whatever the aspect ratio (a 1 x 10^8 image pads to a 10^8-sided square).
+void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *dst, size_t chunk_bytes) {
+    CHECK(img && img->rgb && img->w > 0 && img->h > 0 && size > 0, "image_pad_resize: bad image %dx%d or size %d",
+          img ? img->w : 0, img ? img->h : 0, size);
+    if (chunk_bytes == 0) chunk_bytes = (size_t)32 << 20;
+    const double rows_budget = (double)chunk_bytes;
+    const int coef_budget = chunk_bytes / 32 > (1u << 30) ? 1 << 30 : (int)(chunk_bytes / 32);
+    const int w = img->w, h = img->h, wide = w >= h;
+    const int s = wide ? w : h;
+    const int ox = (s - w) / 2, oy = (s - h) / 2;  // paste offset, as image_expand2square
+    const size_t rowb = (size_t)size * 3;
+    if (s == size) {  // no resampling: the square itself
+        for (int y = 0; y < size; y++) {
+            uint8_t *row = dst + (size_t)y * rowb;
+            for (int x = 0; x < size; x++) memcpy(row + 3 * x, bg, 3);
+            if (y >= oy && y < oy + h) memcpy(row + 3 * (size_t)ox, img->rgb + (size_t)(y - oy) * w * 3, (size_t)w * 3);
+        }
+        return;
+    }
+    Resampler R;
+    resampler_init(&R, s, size);
+    const int q = wide ? oy : ox, m0 = wide ? h : w;  // the short direction's image band
+    int32_t *ksum = xmalloc(sizeof(int32_t) * (size_t)size), *kbg = xmalloc(sizeof(int32_t) * (size_t)size);
+    Coeffs sb;  // short direction, band taps only
+    coeffs_band(&R, q, q + m0, &sb, ksum, kbg);
+    int32_t *hbg = xmalloc(sizeof(int32_t) * rowb);  // first pass of a background row
+    for (int j = 0; j < size; j++)
+        for (int c = 0; c < 3; c++) hbg[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + bg[c] * ksum[j]);
+    int32_t *init = xmalloc(sizeof(int32_t) * rowb);
+    if (wide) {
+        // first pass: the image rows, all columns (long direction: its coefficients in chunks)
+        uint8_t *H = xmalloc((size_t)h * rowb);
+        int nc = coef_budget / R.ksize;
+        nc = nc < 1 ? 1 : nc > size ? size : nc;
+        for (int j0 = 0; j0 < size; j0 += nc) {
+            int n = size - j0 < nc ? size - j0 : nc;
+            Coeffs hc;
+            coeffs_make(&R, j0, n, &hc);
+            hpass(img->rgb, (size_t)w * 3, h, 0, &hc, n, NULL, H + (size_t)j0 * 3, rowb);
+            coeffs_free(&hc);
+        }
+        // second pass: the image rows' taps, the background rows' share in the start value
+        for (int i = 0; i < size; i++) {
+            for (size_t l = 0; l < rowb; l++) init[l] = (1 << (PRECISION_BITS - 1)) + hbg[l] * kbg[i];
+            vpass_row(H, rowb, sb.bounds[2 * i] - oy, sb.bounds[2 * i + 1], coeffs_of(&sb, i), init, dst + (size_t)i * rowb,
+                      (int)rowb);
+        }
+        free(H);
+    } else {
+        // columns [jl, jh) have image columns in their window, the others are pure background
+        int jl = 0, jh = size;
+        while (jl < size && sb.bounds[2 * jl + 1] == 0) jl++;
+        while (jh > jl && sb.bounds[2 * (jh - 1) + 1] == 0) jh--;
+        const int m = jh - jl;
+        Coeffs view = {sb.ksize, sb.bounds + 2 * jl, sb.kk, sb.off + jl};
+        for (int j = jl; j < jh; j++)
+            for (int c = 0; c < 3; c++) init[3 * (j - jl) + c] = (1 << (PRECISION_BITS - 1)) + bg[c] * kbg[j];
+        // output rows in chunks: the long direction's coefficients and the first-pass rows they
+        // need (about n * scale + ksize of them) stay within the budgets
+        int n_max = coef_budget / R.ksize;
+        double per_row = R.scale > 1 ? R.scale : 1;
+        double fit = (rows_budget / ((double)(m > 0 ? m : 1) * 3) - R.ksize) / per_row;
+        if (fit < n_max) n_max = fit < 1 ? 1 : (int)fit;
+        if (n_max < 1) n_max = 1;
+        if (n_max > size) n_max = size;
+        uint8_t *H = NULL;
+        size_t hcap = 0;
+        for (int i0 = 0; i0 < size; i0 += n_max) {
+            int n = size - i0 < n_max ? size - i0 : n_max;
+            Coeffs vc;
+            coeffs_make(&R, i0, n, &vc);
+            const int ya = vc.bounds[0], yb = vc.bounds[2 * (n - 1)] + vc.bounds[2 * (n - 1) + 1];
+            size_t need = (size_t)(yb - ya) * m * 3;
+            if (m > 0) {
+                if (need > hcap) {
+                    free(H);
+                    H = xmalloc(need);
+                    hcap = need;
+                }
+                hpass(img->rgb + (size_t)ya * w * 3, (size_t)w * 3, yb - ya, ox, &view, m, init, H, (size_t)m * 3);
+            }
+            for (int i = 0; i < n; i++) {
+                uint8_t *row = dst + (size_t)(i0 + i) * rowb;
+                const int32_t kv = ksum[i0 + i];  // the same resampler: output row i0 + i's tap sum
+                for (int j = 0; j < size; j++) {
+                    if (j == jl && m > 0) {
+                        j = jh - 1;
+                        continue;
+                    }
+                    for (int c = 0; c < 3; c++) row[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + hbg[3 * j + c] * kv);
+                }
+                if (m > 0)
+                    vpass_row(H, (size_t)m * 3, vc.bounds[2 * i] - ya, vc.bounds[2 * i + 1], coeffs_of(&vc, i), NULL,
+                              row + (size_t)jl * 3, m * 3);
+            }
+            coeffs_free(&vc);
+        }
+        free(H);
+    }
+    free(init);
+    free(hbg);
+    free(ksum);
+    free(kbg);
+    coeffs_free(&sb);
 }
 
 void image_resize_bicubic(const Image *src, int w, int h, Image *dst) {
@@ -250,11 +455,12 @@ void image_resize_bicubic(const Image *src, int w, int h, Image *dst) {
     resize_window(src, w, h, 0, 0, w, h, dst->rgb);
 }
 
-void image_clip_resize_size(int w, int h, int shortest, int *out_w, int *out_h) {
+void image_clip_resize_size(int w, int h, int shortest, int64_t *out_w, int64_t *out_h) {
     // transformers: short, long = (w, h) if w <= h else (h, w); new_long = int(size * long / short)
-    // (Python true division of integers: correctly rounded, as the double division here)
+    // (Python true division of integers: correctly rounded, as the double division here; the
+    // product is exact below 2^53)
     int sh = w <= h ? w : h, lo = w <= h ? h : w;
-    int new_long = (int)((double)shortest * lo / sh);
+    int64_t new_long = (int64_t)((double)shortest * lo / sh);
     if (w <= h) { *out_w = shortest; *out_h = new_long; }
     else { *out_w = new_long; *out_h = shortest; }
 }
@@ -307,27 +513,24 @@ void image_preprocess_clip(const Image *img, int size, const float mean[3], cons
                            float *out) {
     CHECK(img && img->rgb && img->w > 0 && img->h > 0 && size > 0, "image_preprocess_clip: bad image %dx%d or size %d",
           img ? img->w : 0, img ? img->h : 0, size);
-    Image sq = {0};
-    const Image *src = img;
+    uint8_t *crop = xmalloc((size_t)size * size * 3);
     if (pad_to_square && img->w != img->h) {
-        // LLaVA: tuple(int(x * 255) for x in image_mean)
+        // LLaVA: tuple(int(x * 255) for x in image_mean); the square's resize to size x size
+        // needs no crop
         uint8_t bg[3];
         for (int c = 0; c < 3; c++) {
             double v = (double)mean[c] * 255.0;
             bg[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : (int)v);
         }
-        image_expand2square(img, bg, &sq);
-        src = &sq;
+        image_pad_resize(img, bg, size, crop, 0);
+    } else {
+        int64_t rw, rh;
+        image_clip_resize_size(img->w, img->h, size, &rw, &rh);
+        // centre crop: top = (h - size) // 2, left = (w - size) // 2 (both >= 0 here)
+        resize_window(img, rw, rh, (rw - size) / 2, (rh - size) / 2, size, size, crop);
     }
-    int rw, rh;
-    image_clip_resize_size(src->w, src->h, size, &rw, &rh);
-    // centre crop: top = (h - size) // 2, left = (w - size) // 2 (both >= 0 here)
-    const int x0 = (rw - size) / 2, y0 = (rh - size) / 2;
-    uint8_t *crop = xmalloc((size_t)size * size * 3);
-    resize_window(src, rw, rh, x0, y0, size, size, crop);
     float lut[3][256];
     make_lut(mean, std, lut);
     rgb_to_chw(crop, (size_t)size * size, lut, out);
     free(crop);
-    image_free(&sq);
 }

@@ -85,8 +85,9 @@ int shards_record_parse(const uint8_t *buf, size_t len, ShardRecord *r, char *er
     int32_t ipos = (int32_t)get32(buf + 8);
     uint32_t id_len = get32(buf + 12), name_len = get32(buf + 16), img_len = get32(buf + 20);
     if (n == 0 || n > SHARDS_MAX_TOKENS || ipos < -1 || ipos > (int64_t)n || img_len > SHARDS_MAX_IMAGE_BYTES ||
-        id_len > (1u << 20) || name_len > (1u << 20)) {
-        snprintf(err, errlen, "record header out of range (tokens %u, image_pos %d)", n, ipos);
+        id_len > SHARDS_MAX_ID_BYTES || name_len > SHARDS_MAX_NAME_BYTES) {
+        snprintf(err, errlen, "record header out of range (tokens %u, image_pos %d, id %u bytes, image name %u bytes, image %u bytes)",
+                 n, ipos, id_len, name_len, img_len);
         return -1;
     }
     uint64_t want = (uint64_t)SHARDS_RECORD_HEADER_BYTES + (uint64_t)n * 5 + id_len + name_len + img_len;
@@ -433,7 +434,8 @@ int shards_read(const Shards *s, int64_t i, ShardReadBuf *b, ShardRecord *rec, c
     }
     unsigned long long cs = ZSTD_getFrameContentSize(b->cbuf, e->csize);
     size_t fsz = ZSTD_findFrameCompressedSize(b->cbuf, e->csize);
-    uint64_t maxlen = SHARDS_RECORD_HEADER_BYTES + (uint64_t)e->n_tokens * 5 + (3u << 20) + SHARDS_MAX_IMAGE_BYTES;
+    uint64_t maxlen = SHARDS_RECORD_HEADER_BYTES + (uint64_t)e->n_tokens * 5 + SHARDS_MAX_ID_BYTES + SHARDS_MAX_NAME_BYTES +
+                      SHARDS_MAX_IMAGE_BYTES;
     if (cs == ZSTD_CONTENTSIZE_ERROR || cs == ZSTD_CONTENTSIZE_UNKNOWN || cs > maxlen || ZSTD_isError(fsz) ||
         fsz != e->csize) {
         snprintf(err, errlen, "%s: sample %lld: corrupt zstd frame header", sn, (long long)i);

@@ -33,8 +33,12 @@
 #define SHARDS_INDEX_HEADER_BYTES 32
 #define SHARDS_ENTRY_BYTES 32
 #define SHARDS_RECORD_HEADER_BYTES 24
-#define SHARDS_MAX_TOKENS (1 << 24)     // sanity bound on one record
+// Bounds on one record, shared by the writer (./prepare skips a sample over them) and the reader
+// (shards_record_parse refuses a record over them)
+#define SHARDS_MAX_TOKENS (1 << 24)
 #define SHARDS_MAX_IMAGE_BYTES (256u << 20)
+#define SHARDS_MAX_ID_BYTES (1u << 20)    // the sample id
+#define SHARDS_MAX_NAME_BYTES (1u << 20)  // the image file name
 
 typedef struct {
     uint32_t shard;

@@ -8,6 +8,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pcre2.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -579,7 +580,12 @@ static void load_decoder(Tokenizer *t, const cJSON *d) {
 
 static int rows_grow(Tokenizer *t, int id) { return id + 1 > t->n_rows ? id + 1 : t->n_rows; }
 
-static void load_model(Tokenizer *t, const cJSON *model) {
+// Ids past this many rows beyond the vocab's entries and the added tokens are refused: real
+// tokenizers number their tokens densely, and every id sizes the id -> token tables (one absurd
+// id in a damaged file would otherwise ask for gigabytes).
+#define ID_MARGIN 65536
+
+static void load_model(Tokenizer *t, const cJSON *model, int n_added_listed) {
     const char *path = t->path;
     if (!cJSON_IsObject(model)) fatal("%s: no \"model\" object", path);
     const char *type = type_of(model);
@@ -600,11 +606,16 @@ static void load_model(Tokenizer *t, const cJSON *model) {
     strmap_init(&t->vocab, (size_t)n);
     char *a = t->vocab_arena;
     int max_id = -1;
+    const int64_t id_cap = (int64_t)n + n_added_listed + ID_MARGIN;
     cJSON_ArrayForEach(x, vocab) {
         size_t len = strlen(x->string);
         memcpy(a, x->string, len + 1);
         char e[200];
         int id = get_id(path, x, "vocab entry");
+        if (id >= id_cap)
+            fatal("%s: vocab token \"%s\" has id %d, beyond what %d vocab entries and %d added tokens can use (ids up to "
+                  "%" PRId64 "): a damaged tokenizer.json?",
+                  path, esc(a, e, sizeof e), id, n, n_added_listed, id_cap - 1);
         if (!strmap_put(&t->vocab, a, len, id)) fatal("%s: vocab has token \"%s\" twice", path, esc(a, e, sizeof e));
         if (id > max_id) max_id = id;
         a += len + 1;
@@ -766,8 +777,9 @@ Tokenizer *tokenizer_load(const char *path) {
     Tokenizer *t = xcalloc(1, sizeof *t);
     t->path = xstrdup(path);
     init_byte_map(t);
-    load_model(t, cJSON_GetObjectItemCaseSensitive(root, "model"));
-    load_added(t, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"));
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+    load_model(t, cJSON_GetObjectItemCaseSensitive(root, "model"), cJSON_IsArray(added) ? cJSON_GetArraySize(added) : 0);
+    load_added(t, added);
     load_normalizer(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"));
     load_pretokenizer(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"));
     load_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"));

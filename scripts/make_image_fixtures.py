@@ -9,8 +9,9 @@ JPEG is written by a tiny libjpeg program, Pillow cannot write YCCK) and the zst
 Writes into --out:
   *.png, *.jpg        test images (PNG: every colour type and bit depth, tRNS, interlaced,
                       odd sizes; JPEG: baseline 4:2:0 / 4:2:2 / 4:4:4, progressive, grey, CMYK,
-                      YCCK, odd sizes, a 640x480 photo-like image), and four headers that claim
-                      huge dimensions
+                      YCCK, odd sizes, a 640x480 photo-like image, elongated ones, a side past
+                      32768), headers that claim huge dimensions (five over Pillow's
+                      DecompressionBombError limit, one between its warning and error limits)
   *.ref.zst           reference arrays, zstd-compressed, each an uncompressed "SVRF" file:
                         bytes 0..3  "SVRF"
                         byte  4     dtype: 1 = uint8, 2 = float32 (little-endian)
@@ -22,6 +23,10 @@ Writes into --out:
 References:
   decode      Image.open(f).convert("RGB") as (h, w, 3) uint8: Pillow's decode and mode
               conversion, what LLaVA feeds the processor
+  size        the same decodes, of its width and height only (elongated plain RGB images,
+              whose pixel reference would outweigh the PNG)
+  bombwarn    a header between Pillow's DecompressionBombWarning and DecompressionBombError
+              limits: Pillow's size check lets it through, so must svlm's
   composite   transformers' convert_to_rgb(Image.open(f), return_numpy=True): alpha composited on
               white with PIL.Image.alpha_composite (transformers 5.x processors do this)
   clip        CLIPImageProcessorPil(size={"shortest_edge": S}, crop_size=S x S) with OpenAI CLIP
@@ -129,7 +134,7 @@ def png_from_samples(samples, depth, ctype, extra=b"", interlace=False):
 # ------------------------------------------------------------------------------------------
 # content
 
-def smooth(w, h, seed):
+def smooth(w, h, seed, noise=3):
     """gradients, a disc, a hard diagonal edge and a stripe pattern: resampling sees every case"""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -143,7 +148,7 @@ def smooth(w, h, seed):
     b[edge] = 255 - b[edge]
     stripes = ((x.astype(int) // 2) % 2 == 0) & (y < h * 0.25)
     g[stripes] = 0
-    img = np.stack([r, g, b], -1) + rng.normal(0, 3, (h, w, 3))
+    img = np.stack([r, g, b], -1) + rng.normal(0, noise, (h, w, 3))
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
@@ -226,6 +231,11 @@ def build_images(tmp):
     imgs["rgb_13x500.png"] = pil_bytes(Image.fromarray(smooth(13, 500, 3)), "PNG")
     imgs["rgb_64x64.png"] = pil_bytes(Image.fromarray(smooth(64, 64, 4)), "PNG")
     imgs["rgb_60x200.png"] = pil_bytes(Image.fromarray(smooth(60, 200, 24)), "PNG")
+    # elongated (LLaVA's pad mode turns them into a square of the long side; no noise: small files)
+    imgs["rgb_2000x9.png"] = pil_bytes(Image.fromarray(smooth(2000, 9, 25, noise=0)), "PNG")
+    imgs["rgb_11x1500.png"] = pil_bytes(Image.fromarray(smooth(11, 1500, 26, noise=0)), "PNG")
+    # a side past 32768 (Pillow has no side limit)
+    imgs["rgb_40000x2.png"] = pil_bytes(Image.fromarray(smooth(40000, 2, 27, noise=0)), "PNG")
     rgba = np.concatenate([smooth(40, 30, 5), rng.integers(0, 256, (30, 40, 1), dtype=np.uint8)], -1)
     rgba[0, :, 3] = 0
     rgba[1, :, 3] = 255
@@ -296,6 +306,14 @@ def build_images(tmp):
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # sides fine, 4e8 pixels too many
     imgs["huge_20000x20000.png"] = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
                                     + png_chunk(b"IDAT", zlib.compress(b"\x00" * 3000)) + png_chunk(b"IEND", b""))
+    # one pixel over Pillow's DecompressionBombError limit (2 * MAX_IMAGE_PIXELS), and one between
+    # its warning (1x) and error (2x) limits, whose data then ends early
+    ihdr = struct.pack(">IIBBBBB", 1, 2 * Image.MAX_IMAGE_PIXELS + 1, 8, 2, 0, 0, 0)
+    imgs["huge_1x178956971.png"] = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+                                    + png_chunk(b"IDAT", zlib.compress(b"\x00" * 3000)) + png_chunk(b"IEND", b""))
+    ihdr = struct.pack(">IIBBBBB", 13000, 13000, 8, 2, 0, 0, 0)
+    imgs["bomb_warn_13000x13000.png"] = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+                                         + png_chunk(b"IDAT", zlib.compress(b"\x00" * 3000)) + png_chunk(b"IEND", b""))
     j = bytearray(imgs["jpeg_420_37x23.jpg"])
     sof = j.find(b"\xff\xc0")
     j[sof + 5:sof + 9] = struct.pack(">HH", 65500, 65500)
@@ -330,6 +348,10 @@ CLIP_CASES = [  # (image, size, pad)
     ("photo_640x480.jpg", 24, 1), ("photo_prog_200x150.jpg", 24, 0), ("greya_20x21.png", 24, 0),
     ("photo_640x480.jpg", 336, 0), ("photo_640x480.jpg", 336, 1),
     ("rgb_60x200.png", 24, 0), ("rgb_60x200.png", 24, 1), ("rgb_37x23.png", 336, 0), ("rgb_500x13.png", 336, 1), ("rgb_13x500.png", 336, 0),
+    # pad mode: upscaling (the square's side below SIZE), no resampling (side == SIZE), elongated
+    ("rgb_37x23.png", 64, 1), ("rgb_60x200.png", 336, 1), ("rgb_37x23.png", 37, 1),
+    ("rgb_2000x9.png", 24, 1), ("rgb_2000x9.png", 336, 1), ("rgb_2000x9.png", 24, 0),
+    ("rgb_11x1500.png", 24, 1), ("rgb_11x1500.png", 336, 1), ("rgb_11x1500.png", 24, 0),
 ]
 
 
@@ -343,6 +365,9 @@ RESIZE_CASES = [  # (image, w, h): up, down, mixed, same size, to one pixel
         ["rgb_64x64.png", "rgb_37x23.png", "rgb_60x200.png"] * 8,
         np.random.default_rng(7).integers(1, 64, (24, 2)))
 ]
+
+# images listed with their size only: a pixel reference would be larger than the PNG
+SIZE_ONLY = {"rgb_2000x9.png", "rgb_11x1500.png", "rgb_40000x2.png"}
 
 TRUNCATE_FILES = [
     "rgb_37x23.png", "interlaced_rgb_29x27.png", "grey16_19x13.png", "pal_trns_31x19.png", "rgba_40x30.png",
@@ -369,15 +394,26 @@ def main():
         "# image fixtures for tests/test_image.c, written by scripts/make_image_fixtures.py",
         f"# Pillow {Image.__version__}, transformers {transformers.__version__}, processor {ClipPil.__name__}",
         "# decode FILE REF            Image.open(FILE).convert('RGB') == REF (h, w, 3) uint8",
+        "# size FILE W H              Image.open(FILE).convert('RGB') works and is W x H",
         "# composite FILE REF         transformers convert_to_rgb (alpha over white) == REF",
         "# clip FILE SIZE PAD REF     processor output (3, SIZE, SIZE) float32, PAD: LLaVA expand2square",
         "# toolarge FILE              Pillow refuses it (DecompressionBombError); svlm: IMAGE_ERR_TOO_LARGE",
+        "# bombwarn FILE              Pillow only warns (DecompressionBombWarning): svlm's size check passes",
+        "#                            (the data ends early: an error, but not IMAGE_ERR_TOO_LARGE)",
         "# resize FILE W H REF        Image.open(FILE).convert('RGB').resize((W, H), Image.BICUBIC) == REF",
         "# truncate FILE N ok|error   Pillow on the first N bytes: decodes (the full image) or raises",
     ]
     for name, data in imgs.items():
         with open(os.path.join(args.out, name), "wb") as f:
             f.write(data)
+        if name.startswith("bomb_warn_"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                im = Image.open(io.BytesIO(data))  # the size check is in open()
+            assert any(issubclass(c.category, Image.DecompressionBombWarning) for c in caught), name
+            assert im.size[0] * im.size[1] <= 2 * Image.MAX_IMAGE_PIXELS
+            lines.append(f"bombwarn {name}")
+            continue
         if name.startswith("huge_"):
             try:
                 Image.open(io.BytesIO(data)).convert("RGB")
@@ -389,6 +425,9 @@ def main():
         im = Image.open(io.BytesIO(data))
         mode = im.mode
         rgb = np.array(im.convert("RGB"))
+        if name in SIZE_ONLY:  # plain 8-bit RGB, the decoder's pixels are checked elsewhere
+            lines.append(f"size {name} {im.size[0]} {im.size[1]}")
+            continue
         ref = name.rsplit(".", 1)[0] + ".rgb.ref.zst"
         write_ref(os.path.join(args.out, ref), rgb)
         lines.append(f"decode {name} {ref}  # Pillow mode {mode}")

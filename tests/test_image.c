@@ -146,6 +146,24 @@ static void test_decode_matches_pillow(void **state) {
     check_decode_kind("decode", NULL);
 }
 
+// images Pillow opens whatever their aspect ratio: no side limit (a side of 40000 included)
+static void test_decode_sizes(void **state) {
+    (void)state;
+    load_manifest();
+    int n = 0;
+    for (int i = 0; i < manifest_n; i++) {
+        char file[128];
+        int w, h;
+        if (sscanf(manifest_lines[i], "size %127s %d %d", file, &w, &h) != 3) continue;
+        Image img;
+        assert_int_equal(decode_file(file, NULL, &img), 0);
+        if (img.w != w || img.h != h) fail_msg("%s: %dx%d, Pillow %dx%d", file, img.w, img.h, w, h);
+        image_free(&img);
+        n++;
+    }
+    assert_true(n >= 3);
+}
+
 // with composite_alpha on white: exactly transformers' convert_to_rgb (PIL alpha_composite)
 static void test_composite_matches_transformers(void **state) {
     (void)state;
@@ -239,7 +257,7 @@ static void test_clip_matches_processor(void **state) {
 // output sizes and offsets of transformers / LLaVA, on known values
 static void test_geometry(void **state) {
     (void)state;
-    int w, h;
+    int64_t w, h;
     image_clip_resize_size(640, 480, 336, &w, &h);
     assert_true(w == 448 && h == 336);
     image_clip_resize_size(480, 640, 336, &w, &h);
@@ -252,6 +270,8 @@ static void test_geometry(void **state) {
     assert_true(w == 336 && h == 336);
     image_clip_resize_size(1001, 1000, 336, &w, &h);  // 336.336 -> 336
     assert_true(w == 336 && h == 336);
+    image_clip_resize_size(1, 100000000, 336, &w, &h);  // past INT_MAX: 33,600,000,000
+    assert_true(w == 336 && h == 33600000000LL);
 
     // expand2square: wide image pasted at (0, (w - h) // 2), tall at ((h - w) // 2, 0)
     uint8_t px[5 * 2 * 3];
@@ -273,6 +293,69 @@ static void test_geometry(void **state) {
     assert_memory_equal(sq.rgb + 4 * 15 + 3, px + 4 * 6, 6);
     assert_memory_equal(sq.rgb + 4 * 15 + 9, bg, 3);
     image_free(&sq);
+}
+
+// ---------------------------------------------------------------- LLaVA's pad mode without the square
+
+static uint64_t g_rng = 12345;
+static int rnd(int lo, int hi) { return lo + (int)(test_rand_u64(&g_rng) % (uint64_t)(hi - lo + 1)); }
+
+// an image of random pixels, with runs of the background colour (the background's share of a
+// sum is where the virtual square could go wrong)
+static Image random_image(int w, int h, const uint8_t bg[3]) {
+    Image img = {w, h, xmalloc((size_t)w * h * 3)};
+    for (size_t i = 0; i < (size_t)w * h; i++) {
+        uint64_t r = test_rand_u64(&g_rng);
+        if (r % 4 == 0) memcpy(img.rgb + 3 * i, bg, 3);
+        else for (int c = 0; c < 3; c++) img.rgb[3 * i + c] = (uint8_t)(r >> (8 * (c + 1)));
+    }
+    return img;
+}
+
+// image_pad_resize equals the square built and resized (image_expand2square + image_resize_bicubic,
+// both checked against Pillow), for wide, tall, thin, near-square, upscaled (side < size) and
+// same-size shapes; with the default chunks and with tiny ones (one row or column per chunk)
+static void test_pad_virtual_matches_square(void **state) {
+    (void)state;
+    int cases = 0;
+    for (int trial = 0; trial < 160; trial++) {
+        int w, h, size;
+        switch (trial % 6) {
+        case 0: w = rnd(1, 60), h = rnd(1, 60), size = rnd(1, 48); break;          // small, any ratio
+        case 1: w = rnd(1, 3), h = rnd(200, 2500), size = rnd(1, 40); break;       // thin and tall
+        case 2: w = rnd(200, 2500), h = rnd(1, 3), size = rnd(1, 40); break;       // thin and wide
+        case 3: w = rnd(100, 400), h = w + rnd(-3, 3), size = rnd(2, 60); break;   // near square
+        case 4: w = rnd(5, 90), h = rnd(5, 90), size = rnd(60, 130); break;        // upscaled
+        default: w = rnd(1, 40), h = rnd(1, 40), size = w > h ? w : h; break;      // side == size
+        }
+        if (w < 1) w = 1;
+        if (h < 1) h = 1;
+        if (trial == 7) w = 1, h = 2999, size = 336;  // LLaVA's size, a one-pixel strip
+        if (trial == 8) w = 2999, h = 1, size = 336;
+        uint8_t bg[3] = {(uint8_t)rnd(0, 255), (uint8_t)rnd(0, 255), (uint8_t)rnd(0, 255)};
+        Image img = random_image(w, h, bg), sq, ref;
+        image_expand2square(&img, bg, &sq);
+        image_resize_bicubic(&sq, size, size, &ref);
+        size_t nb = (size_t)size * size * 3;
+        uint8_t *out = xmalloc(nb);
+        const size_t chunks[2] = {0, (size_t)rnd(1, 4096)};
+        for (int k = 0; k < 2; k++) {
+            memset(out, 0xA5, nb);
+            image_pad_resize(&img, bg, size, out, chunks[k]);
+            if (memcmp(out, ref.rgb, nb) != 0) {
+                size_t i = 0;
+                while (out[i] == ref.rgb[i]) i++;
+                fail_msg("%dx%d -> %d (chunk %zu, bg %d,%d,%d): byte %zu (pixel %zu, %zu) is %d, the square gives %d", w,
+                         h, size, chunks[k], bg[0], bg[1], bg[2], i, i / 3 % size, i / 3 / size, out[i], ref.rgb[i]);
+            }
+        }
+        free(out);
+        image_free(&img);
+        image_free(&sq);
+        image_free(&ref);
+        cases++;
+    }
+    print_message("pad: %d shapes, the virtual square equals the square built and resized\n", cases);
 }
 
 // ---------------------------------------------------------------- bad input
@@ -321,7 +404,23 @@ static void child_toolarge(void *arg) {
         free(b.bytes);
         n++;
     }
-    if (n < 3) child_fail("only %d toolarge fixtures", n);
+    if (n < 5) child_fail("only %d toolarge fixtures", n);
+    // between Pillow's warning (1x MAX_IMAGE_PIXELS) and error (2x) limits: the size check passes
+    // (what fails then is the missing data)
+    n = 0;
+    for (int i = 0; i < manifest_n; i++) {
+        char file[128];
+        if (sscanf(manifest_lines[i], "bombwarn %127s", file) != 1) continue;
+        Blob b = load_file(file);
+        try_decode(file, b.bytes, b.n, NULL, 0, NULL);
+        char err[256];
+        Image img;
+        int rc = image_decode(b.bytes, b.n, &img, err, sizeof err);
+        if (rc == IMAGE_ERR_TOO_LARGE) child_fail("%s: refused as too large (%s); Pillow only warns", file, err);
+        free(b.bytes);
+        n++;
+    }
+    if (n < 1) child_fail("no bombwarn fixture");
     // the limits are configurable
     Blob b = load_file("photo_640x480.jpg");
     ImageDecodeOptions o = {.max_pixels = 640 * 480 - 1};
@@ -448,6 +547,63 @@ static void run_and_expect(void (*fn)(void *), void *arg, const char *name) {
     if (buf[0]) print_message("%s", buf);
 }
 
+// a "Vm...:" line of /proc/self/status in kB, -1 when unavailable
+static long proc_status_kb(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long v = -1;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl) && line[kl] == ':') v = strtol(line + kl + 1, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+// What the old pad path did: a 1 x 2,000,000 image became a 2,000,000^2 square (12 TB). Now each
+// thin image is preprocessed within a bounded amount of memory: the peak RSS (VmHWM, reset
+// through /proc/self/clear_refs where the kernel allows) is checked when not under
+// AddressSanitizer, whose quarantine holds freed memory.
+static void child_thin_pad(void *arg) {
+    (void)arg;
+    static const int shapes[][2] = {{1, 2000000}, {2000000, 1}, {3, 700001}, {700001, 2}};
+    FILE *cr = fopen("/proc/self/clear_refs", "w");
+    int reset = cr && fputs("5", cr) >= 0;
+    if (cr && fclose(cr) != 0) reset = 0;
+    long before = proc_status_kb("VmRSS");
+    float *out = xmalloc(sizeof(float) * 3 * 336 * 336);
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        const uint8_t bg[3] = {122, 116, 104};
+        Image img = random_image(shapes[k][0], shapes[k][1], bg);
+        double t0 = time_now();
+        image_preprocess_clip(&img, 336, CLIP_MEAN, CLIP_STD, 1, out);
+        for (int i = 0; i < 3 * 336 * 336; i++)
+            if (!isfinite(out[i])) {
+                child_fail("%dx%d: value %d is not finite", img.w, img.h, i);
+                break;
+            }
+        fprintf(stderr, "pad %dx%d -> 336: %.2f s\n", img.w, img.h, time_now() - t0);
+        image_free(&img);
+    }
+    free(out);
+    long peak = proc_status_kb("VmHWM");
+    if (!reset || before < 0 || peak < 0) {
+        fprintf(stderr, "thin images padded (peak RSS not measurable here)\n");
+    } else {
+        long grew_mb = (peak - before) / 1024;
+        fprintf(stderr, "thin images padded: peak RSS %ld MB above the start\n", grew_mb);
+#if !defined(__SANITIZE_ADDRESS__)
+        if (grew_mb > 160) child_fail("peak RSS grew by %ld MB (want < 160: 6 MB images, 32 MB chunks)", grew_mb);
+#endif
+    }
+    exit(child_failures ? 1 : 0);
+}
+
+static void test_pad_thin_images_bounded(void **state) {
+    (void)state;
+    run_and_expect(child_thin_pad, NULL, "thin pad");
+}
+
 static void test_huge_dimensions_rejected(void **state) {
     (void)state;
     run_and_expect(child_toolarge, NULL, "toolarge");
@@ -483,10 +639,13 @@ static void test_errors_leave_no_state(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode_matches_pillow),
+        cmocka_unit_test(test_decode_sizes),
         cmocka_unit_test(test_composite_matches_transformers),
         cmocka_unit_test(test_resize_matches_pillow),
         cmocka_unit_test(test_clip_matches_processor),
         cmocka_unit_test(test_geometry),
+        cmocka_unit_test(test_pad_virtual_matches_square),
+        cmocka_unit_test(test_pad_thin_images_bounded),
         cmocka_unit_test(test_huge_dimensions_rejected),
         cmocka_unit_test(test_truncated_rejected),
         cmocka_unit_test(test_corrupt_no_crash),

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -206,6 +207,79 @@ static void test_reader_tricky_json(void **state) {
     llava_close(r);
 }
 
+// valid JSON that a C string cannot hold: lone surrogates (Python's json reads them) and NULs in
+// the fields used are counted skips naming the byte; a NUL elsewhere, and surrogate pairs, are fine
+static void test_reader_bad_strings(void **state) {
+    char d[512], p[600];
+    make_temp_dir(d, sizeof d, "badstr");
+#define TURNS(q, a) "\"conversations\": [{\"from\": \"human\", \"value\": \"" q "\"}, {\"from\": \"gpt\", \"value\": \"" a "\"}]"
+    static const char *elems[] = {
+        "{\"id\": \"lone\", " TURNS("a \\ud800 b", "x") "}",                  // lone high surrogate
+        "{\"id\": \"pair\", " TURNS("\\ud83d\\ude00", "x") "}",             // a pair: U+1F600
+        "{\"id\": \"lowfirst\", " TURNS("\\udc00\\ud800", "x") "}",          // low then high: two lone ones
+        "{\"id\": \"esc\", " TURNS("\\\\ud800", "x") "}",                    // an escaped backslash, then text
+        "{\"id\": \"nul\", " TURNS("before\\u0000after", "x") "}",           // NUL in a turn's text
+        "{\"id\": \"nulkey\", \"conversations\": [{\"from\\u0000\": \"human\", \"from\": \"human\", \"value\": \"q\"}, "
+        "{\"from\": \"gpt\", \"value\": \"a\"}]}",                           // NUL in a key, the same value either way
+        "{\"id\": \"nulother\", \"note\": \"x\\u0000y\", " TURNS("q", "a") "}",  // NUL in an unused field
+        "{\"id\": \"i\\u0000d\", " TURNS("q", "a") "}",                       // NUL in the id
+        "{\"id\": \"nulrole\", \"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, "
+        "{\"from\": \"gpt\\u0000\", \"value\": \"a\"}]}",                 // NUL in a role
+        "{\"id\": \"nulkey2\", \"conversations\": [{\"from\\u0000\": \"robot\", \"from\": \"human\", \"value\": \"q\"}, "
+        "{\"from\": \"gpt\", \"value\": \"a\"}]}",                           // NUL in a key: cut, it names "from"
+    };
+    // skip reason (0: kept) and the text that follows the reported byte offset
+    static const struct { int skip; const char *at; } want[] = {
+        {LLAVA_SKIP_BAD_STRING, "\\ud800 b"}, {0, NULL}, {LLAVA_SKIP_BAD_STRING, "\\udc00"}, {0, NULL},
+        {LLAVA_SKIP_BAD_STRING, "\\u0000after"}, {0, NULL}, {0, NULL}, {LLAVA_SKIP_BAD_STRING, "\\u0000d"},
+        {LLAVA_SKIP_BAD_STRING, "\\u0000\", \"value\": \"a\""}, {LLAVA_SKIP_BAD_STRING, "\\u0000\": \"robot"},
+    };
+    const int n = (int)(sizeof elems / sizeof *elems);
+    for (int jsonl = 0; jsonl < 2; jsonl++) {
+        char *text = xmalloc(1 << 14), *q = text;
+        size_t start[16];
+        if (!jsonl) q += sprintf(q, "[\n");
+        for (int i = 0; i < n; i++) {
+            start[i] = (size_t)(q - text);
+            q += sprintf(q, "%s%s\n", elems[i], !jsonl && i + 1 < n ? "," : "");
+        }
+        if (!jsonl) q += sprintf(q, "]\n");
+        snprintf(p, sizeof p, "%s/t.%s", d, jsonl ? "jsonl" : "json");
+        write_text(p, text);
+        LlavaReader *r = llava_open(p);
+        LlavaSample smp;
+        for (int i = 0; i < n; i++) {
+            assert_int_equal(llava_next(r, &smp), 1);
+            if (smp.skip != want[i].skip) fail_msg("%s element %d: skip %d (%s), want %d", p, i, smp.skip, smp.why, want[i].skip);
+            if (want[i].at) {
+                size_t off = (size_t)(strstr(text + start[i], want[i].at) - text);
+                char b[48];
+                snprintf(b, sizeof b, "at byte %zu", off);
+                if (!strstr(smp.why, b)) fail_msg("%s element %d: reason \"%s\" lacks \"%s\"", p, i, smp.why, b);
+            }
+            if (i == 1) assert_string_equal(smp.turns[0].text, "\xf0\x9f\x98\x80");
+            if (i == 3) assert_string_equal(smp.turns[0].text, "\\ud800");
+            if (i == 5) assert_string_equal(smp.turns[0].role, "human");
+            llava_sample_free(&smp);
+        }
+        assert_int_equal(llava_next(r, &smp), 0);
+        llava_close(r);
+        free(text);
+    }
+    // the skip reason reaches prepare's counts
+    char out[600];
+    snprintf(p, sizeof p, "%s/t.json", d);
+    snprintf(out, sizeof out, "%s/out", d);
+    PrepareSpec sp;
+    spec_for(&sp, p, out);
+    PrepareSummary sum;
+    prepare_run(&sp, &sum);
+    assert_int_equal(sum.skipped[PREPARE_SKIP_BAD_STRING], 6);
+    assert_int_equal(meta_int(out, "bad_string", "skipped"), 6);
+    assert_int_equal(sum.samples, 4);
+#undef TURNS
+}
+
 typedef struct {
     const char *path;
 } PathArg;
@@ -230,6 +304,7 @@ static void test_reader_malformed_offsets(void **state) {
         {"[{\"id\": \"a\"}, {\"id\": \"b\", \"c\": [1, 2}]", "}]", "line 1"},            // mismatched bracket
         {"[{\"id\": \"a\"},\n{\"id\": \"b\", \"c\": \"unterminated}]\n", NULL, "line 3"},  // ends inside a sample
         {"[{\"id\": tru}]", "tru}]", "line 1"},                                       // at the bad value
+        {"[{\"id\": \"\\ud800\", \"x\" 1}]", "1}]", "line 1"},                         // a lone surrogate and a fault
     };
     char d[512], p[600];
     make_temp_dir(d, sizeof d, "malformed");
@@ -668,6 +743,127 @@ static void test_prepare_bad_inputs_fatal(void **state) {
     expect_fatal(prepare_fn, &a, "not a prepared data directory");
 }
 
+// Data with images and no --image-folder: one fatal line from the reading thread, naming the data
+// file and the first such sample, whatever the thread count. (It used to come from every worker at
+// once: exit() from several threads, a crash in most runs with 16 threads.) Run many times, so
+// that a crash or a second error line would show.
+static void test_prepare_images_without_folder_fatal(void **state) {
+    char d[512], p[600], out[600];
+    make_temp_dir(d, sizeof d, "no-folder");
+    snprintf(p, sizeof p, "%s/img.json", d);
+    snprintf(out, sizeof out, "%s/out", d);
+    char *text = xmalloc(1 << 20), *q = text;
+    q += sprintf(q, "[\n" GOOD_SAMPLE ",\n");
+    for (int i = 0; i < 600; i++)
+        q += sprintf(q, "{\"id\": \"s%d\", \"image\": \"a.jpg\", \"conversations\": [{\"from\": \"human\", \"value\": "
+                        "\"<image>\\nHi\"}, {\"from\": \"gpt\", \"value\": \"Hello.\"}]}%s\n", i, i + 1 < 600 ? "," : "");
+    q += sprintf(q, "]\n");
+    write_text(p, text);
+    free(text);
+    SpecArg a;
+    spec_for(&a.spec, p, out);
+    a.spec.image_folder = NULL;
+    a.spec.threads = 16;
+    for (int run = 0; run < 12; run++) expect_fatal(prepare_fn, &a, "img.json", "sample 1 (line 3)", "a.jpg", "--image-folder");
+    assert_no_output(out);
+    // text-only data needs no folder
+    PrepareSummary sum;
+    snprintf(p, sizeof p, "%s/text.json", d);
+    write_text(p, "[" GOOD_SAMPLE "]");
+    spec_for(&a.spec, p, out);
+    a.spec.image_folder = NULL;
+    prepare_run(&a.spec, &sum);
+    assert_int_equal(sum.samples, 1);
+}
+
+// an id over SHARDS_MAX_ID_BYTES (which the reader refuses) is a counted skip; one at the limit
+// is written and reads back
+static void test_prepare_id_limit(void **state) {
+    char d[512], p[600], out[600];
+    make_temp_dir(d, sizeof d, "idlimit");
+    snprintf(p, sizeof p, "%s/ids.jsonl", d);
+    snprintf(out, sizeof out, "%s/out", d);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    for (int k = 0; k < 2; k++) {
+        fputs("{\"id\": \"", f);
+        for (uint32_t i = 0; i < SHARDS_MAX_ID_BYTES + (uint32_t)k; i++) fputc('a' + i % 26, f);
+        fputs("\", \"conversations\": [{\"from\": \"human\", \"value\": \"Hi\"}, {\"from\": \"gpt\", \"value\": \"Hello.\"}]}\n", f);
+    }
+    fclose(f);
+    PrepareSpec sp;
+    spec_for(&sp, p, out);
+    PrepareSummary sum;
+    prepare_run(&sp, &sum);
+    assert_int_equal(sum.samples, 1);
+    assert_int_equal(sum.skipped[PREPARE_SKIP_ID_TOO_LONG], 1);
+    assert_int_equal(meta_int(out, "id_too_long", "skipped"), 1);
+    Shards *sh = shards_open(out);
+    ShardReadBuf rb = {0};
+    ShardRecord r;
+    char err[256];
+    assert_int_equal(shards_read(sh, 0, &rb, &r, err, sizeof err), 0);
+    assert_int_equal(r.id_len, SHARDS_MAX_ID_BYTES);
+    shard_readbuf_free(&rb);
+    shards_close(sh);
+    // the parser's limits are the header's
+    uint8_t ids[4] = {0}, mask[1] = {1};
+    char *big = xmalloc(SHARDS_MAX_ID_BYTES + 1);
+    memset(big, 'x', SHARDS_MAX_ID_BYTES + 1);
+    for (int which = 0; which < 2; which++)
+        for (uint32_t extra = 0; extra < 2; extra++) {
+            uint32_t len = (which ? SHARDS_MAX_NAME_BYTES : SHARDS_MAX_ID_BYTES) + extra;
+            ShardRecord w = {.n_tokens = 1, .image_pos = -1, .ids = (const int32_t *)ids, .mask = mask, .id = big,
+                             .id_len = which ? 1 : len, .image_name = big, .image_name_len = which ? len : 0};
+            size_t n;
+            uint8_t *raw = shards_record_pack(&w, &n);
+            assert_int_equal(shards_record_parse(raw, n, &r, err, sizeof err), extra ? -1 : 0);
+            free(raw);
+        }
+    free(big);
+}
+
+// dead runs' "<out>.tmp-HOST-PID" / "<out>.old-HOST-PID" of this host are removed; another host's
+// (shared storage: its run may be alive, kill() cannot tell) and live runs' are kept
+static void test_prepare_stale_tmp_by_host(void **state) {
+    char d[512], out[600], host[80], p[1024];
+    make_temp_dir(d, sizeof d, "stale");
+    snprintf(out, sizeof out, "%s/out", d);
+    prepare_host_tag(host, sizeof host);
+    assert_true(host[0] != 0);
+    for (const char *c = host; *c; c++) assert_non_null(strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", *c));
+    pid_t dead = fork();  // a pid that no process has any more
+    if (dead == 0) _exit(0);
+    assert_true(dead > 0);
+    waitpid(dead, NULL, 0);
+    char other[100];
+    snprintf(other, sizeof other, "not-%s", host);
+    const struct { const char *kind, *host; int pid; int removed; } dirs[] = {
+        {"tmp", host, (int)dead, 1}, {"old", host, (int)dead, 1}, {"tmp", other, (int)dead, 0},
+        {"old", other, (int)dead, 0}, {"tmp", host, (int)getppid(), 0},
+    };
+    const int nd = (int)(sizeof dirs / sizeof *dirs);
+    for (int i = 0; i < nd; i++) {
+        snprintf(p, sizeof p, "%s.%s-%s-%d", out, dirs[i].kind, dirs[i].host, dirs[i].pid);
+        assert_int_equal(mkdir(p, 0755), 0);
+        strcat(p, "/meta.json");
+        write_text(p, "{}");
+    }
+    PrepareSummary sum;
+    run_prepare(FIX "/train.json", out, 2, &sum);
+    for (int i = 0; i < nd; i++) {
+        snprintf(p, sizeof p, "%s.%s-%s-%d", out, dirs[i].kind, dirs[i].host, dirs[i].pid);
+        if (dir_exists(p) == dirs[i].removed) fail_msg("%s: %s", p, dirs[i].removed ? "not removed" : "removed");
+        if (!dirs[i].removed) {
+            char m[1100];
+            snprintf(m, sizeof m, "%s/meta.json", p);
+            unlink(m);
+            rmdir(p);
+        }
+    }
+    assert_no_leftovers(out);
+}
+
 static void disk_full_fn(void *arg) {
     struct rlimit rl = {3000, 3000};  // files may not grow past 3000 bytes: writes fail with EFBIG
     signal(SIGXFSZ, SIG_IGN);
@@ -996,6 +1192,44 @@ static void test_loader_bad_image_dropped(void **state) {
     loader_close(l);
 }
 
+// An image with a side past 32768 (Pillow has no side limit, so LLaVA trains on it) is decoded, and
+// in pad mode becomes a 40000-sided square without a 4.8 GB buffer: the batch holds it, equal to
+// image_preprocess_clip of the decoded image
+static void test_loader_thin_image(void **state) {
+    char d[512], dir[600];
+    make_temp_dir(d, sizeof d, "thin");
+    snprintf(dir, sizeof dir, "%s/s", d);
+    HandRec r = HAND3[1];
+    r.image = "../../images/rgb_40000x2.png";  // tests/fixtures/images
+    write_hand_shards(dir, &r, 1, 3, 8, 0);
+    size_t n;
+    uint8_t *bytes = read_bytes("tests/fixtures/images/rgb_40000x2.png", &n);
+    Image im;
+    char err[128];
+    assert_int_equal(image_decode(bytes, n, &im, err, sizeof err), 0);
+    float *want = xmalloc(3 * 10 * 10 * sizeof(float));
+    for (int pad = 0; pad < 2; pad++) {
+        LoaderSpec s = loader_spec(dir);
+        s.image_tokens = 3;
+        s.max_seq_len = 8;
+        s.batch_size = 1;
+        s.shuffle = 0;
+        s.image_size = 10;
+        s.pad_to_square = pad;
+        Loader *l = loader_open(&s);
+        LoaderBatch b;
+        loader_next(l, &b);
+        assert_int_equal(b.n_skipped, 0);
+        assert_int_equal(b.n_img, 1);
+        image_preprocess_clip(&im, 10, s.mean, s.std, pad, want);
+        assert_memory_equal(want, b.pixels, 3 * 10 * 10 * sizeof(float));
+        loader_close(l);
+    }
+    image_free(&im);
+    free(want);
+    free(bytes);
+}
+
 // N text samples whose first token tells the sample index
 static void write_numbered(const char *dir, int n, int64_t shard_bytes) {
     HandRec *r = xcalloc((size_t)n, sizeof *r);
@@ -1238,6 +1472,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reader_tricky_json),
         cmocka_unit_test(test_reader_malformed_offsets),
+        cmocka_unit_test(test_reader_bad_strings),
         cmocka_unit_test(test_prepare_malformed_json_fatal),
         cmocka_unit_test(test_jsonl_malformed_line_skipped),
         cmocka_unit_test(test_prepare_counts),
@@ -1251,12 +1486,16 @@ int main(void) {
         cmocka_unit_test(test_skip_placeholder_mismatch),
         cmocka_unit_test(test_overlong),
         cmocka_unit_test(test_prepare_bad_inputs_fatal),
+        cmocka_unit_test(test_prepare_images_without_folder_fatal),
+        cmocka_unit_test(test_prepare_id_limit),
+        cmocka_unit_test(test_prepare_stale_tmp_by_host),
         cmocka_unit_test(test_prepare_write_failure),
         cmocka_unit_test(test_truncated_shard_fatal),
         cmocka_unit_test(test_index_damage_fatal),
         cmocka_unit_test(test_corrupt_record_skipped),
         cmocka_unit_test(test_loader_layout_by_hand),
         cmocka_unit_test(test_loader_bad_image_dropped),
+        cmocka_unit_test(test_loader_thin_image),
         cmocka_unit_test(test_loader_permutation_and_ranks),
         cmocka_unit_test(test_loader_packing_boundaries),
         cmocka_unit_test(test_loader_determinism_threads),

@@ -472,6 +472,19 @@ static void test_bad_files(void **state) {
     expect_fatal(load_only, (void *)p, p, "unk_token \"<unk>\" is not in the vocab");
     p = write_tmp("ctrl.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a \\n\"]}}");
     expect_fatal(load_only, (void *)p, p, "unknown token \"\\x0A\"");  // escaped: still one line
+    // an absurd id would size the id tables (about 30 bytes per id: 60 GB here): refused, naming
+    // the token; ids stay below the vocab entries + added tokens + 65536
+    p = write_tmp("hugeid.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":2000000000},\"merges\":[]}}");
+    expect_fatal(load_only, (void *)p, p, "vocab token \"b\" has id 2000000000", "damaged");
+    p = write_tmp("capid.json", "{\"added_tokens\":[{\"id\":2,\"content\":\"<s>\"}],"
+                                "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":65539},\"merges\":[]}}");
+    expect_fatal(load_only, (void *)p, p, "vocab token \"b\" has id 65539", "ids up to 65538");
+    p = write_tmp("maxid.json", "{\"added_tokens\":[{\"id\":2,\"content\":\"<s>\"}],"
+                                "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":65538},\"merges\":[]}}");
+    Tokenizer *t = tokenizer_load(p);  // the largest id allowed (sparse vocabularies load)
+    assert_int_equal(tokenizer_vocab_size(t), 65539);
+    assert_int_equal(tokenizer_token_id(t, "b"), 65538);
+    tokenizer_free(t);
 }
 
 // a minimal file without a ByteLevel stage: chars are the symbols, unk and no decoder; the added
