@@ -9,17 +9,6 @@
 #include "common/util.h"
 #include "kernels/cpu/cpu.h"
 
-// eight partial sums combined in a fixed tree: the compiler can vectorise it without
-// -ffast-math, and the result does not depend on anything but the inputs
-static inline float dotf(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int d = 0;
-    for (; d + 8 <= n; d += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[d + l] * b[d + l];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; d < n; d++) s += a[d] * b[d];
-    return s;
-}
 
 static inline int visible(const int *seg_b, int causal, int i, int j) {
     return (!causal || j <= i) && (!seg_b || seg_b[i] == seg_b[j]);

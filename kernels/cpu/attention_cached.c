@@ -8,16 +8,6 @@
 #include "common/util.h"
 #include "kernels/cpu/cpu.h"
 
-// attention.c's dotf: eight partial sums combined in a fixed tree
-static inline float dotf(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int d = 0;
-    for (; d + 8 <= n; d += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[d + l] * b[d + l];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; d < n; d++) s += a[d] * b[d];
-    return s;
-}
 
 void cpu_attention_cached(act_t *out_, const act_t *q_, const act_t *kc_, const act_t *vc_, int B, int Tq,
                           int Tk, int Tc, int NH, int NKV, int HD) {
