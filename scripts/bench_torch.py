@@ -102,36 +102,10 @@ def table(paths):
 # the model
 
 
-def build_ldp(nn, torch):
-    class _Mlp(nn.Module):          # names: mlp.0, mlp.2
-        def __init__(self, cv, h):
-            super().__init__()
-            self.mlp = nn.Sequential(nn.Linear(cv, h), nn.GELU(), nn.Linear(h, h))
-
-    class _Peg(nn.Module):          # names: peg.0
-        def __init__(self, h):
-            super().__init__()
-            self.peg = nn.Sequential(nn.Conv2d(h, h, 3, stride=1, padding=1, groups=h, bias=True))
-
-    class LDP(nn.Module):
-        """MobileVLM-V2 LDPNetV2Projector: MLP, 2x2 average pool, depthwise 3x3 conv + residual
-        (scripts/make_fixtures.py's definition)."""
-
-        def __init__(self, cv, h):
-            super().__init__()
-            self.mlp = _Mlp(cv, h)
-            self.pool = nn.AvgPool2d(2)
-            self.peg = _Peg(h)
-
-        def forward(self, x):                              # x (B, N, Cv), N = g*g, index y*g + x
-            x = self.mlp.mlp(x)                            # (B, N, H)
-            b, n, h = x.shape
-            g = int(round(math.sqrt(n)))
-            x = x.transpose(1, 2).reshape(b, h, g, g)      # (B, H, g, g)
-            x = self.pool(x)                               # (B, H, g/2, g/2)
-            x = self.peg.peg(x) + x
-            return x.flatten(2).transpose(1, 2)            # (B, (g/2)^2, H), index y*(g/2) + x
-
+def load_ldp():
+    """The LDP connector class the parity fixtures use (scripts/make_fixtures.py), one definition."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_fixtures import LDP
     return LDP
 
 
@@ -220,7 +194,7 @@ def main():
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()  # dropout is 0 everywhere: train() changes nothing but the flag, as in the Trainer
 
-    LDP = build_ldp(nn, torch)
+    LDP = load_ldp()
     conn = LDP(clip.config.hidden_size, llm.config.hidden_size).to(dev)  # fp32 master weights
 
     # the initial trainable tensors bench_step used, under svlm's names
