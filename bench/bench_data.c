@@ -13,7 +13,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <jpeglib.h>
 
 #include "common/rng.h"
 #include "common/util.h"
@@ -78,27 +77,7 @@ static void write_jpeg(const char *path) {
                 rgb[((size_t)y * W + x) * 3 + c] = (uint8_t)(q < 0 ? 0 : q > 255 ? 255 : q);
             }
         }
-    FILE *f = fopen(path, "wb");
-    if (!f) fatal("%s: cannot create", path);
-    struct jpeg_compress_struct ci;
-    struct jpeg_error_mgr jerr;
-    ci.err = jpeg_std_error(&jerr);
-    jpeg_create_compress(&ci);
-    jpeg_stdio_dest(&ci, f);
-    ci.image_width = W;
-    ci.image_height = H;
-    ci.input_components = 3;
-    ci.in_color_space = JCS_RGB;
-    jpeg_set_defaults(&ci);
-    jpeg_set_quality(&ci, 90, TRUE);
-    jpeg_start_compress(&ci, TRUE);
-    while (ci.next_scanline < ci.image_height) {
-        JSAMPROW row = rgb + (size_t)ci.next_scanline * W * 3;
-        jpeg_write_scanlines(&ci, &row, 1);
-    }
-    jpeg_finish_compress(&ci);
-    jpeg_destroy_compress(&ci);
-    fclose(f);
+    image_write_jpeg(path, rgb, W, H, 90, 0);
     free(rgb);
 }
 

@@ -5,6 +5,7 @@
 // allocated, by us or by the libraries.
 #include "data/image.h"
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>  // before jpeglib.h, which uses FILE
@@ -14,6 +15,8 @@
 #include <jerror.h>
 #include <jpeglib.h>
 #include <png.h>
+
+#include "common/util.h"
 
 void image_free(Image *img) {
     if (!img) return;
@@ -431,4 +434,45 @@ int image_decode_ex(const uint8_t *bytes, size_t n, const ImageDecodeOptions *op
 
 int image_decode(const uint8_t *bytes, size_t n, Image *out, char *err, size_t errlen) {
     return image_decode_ex(bytes, n, NULL, out, err, errlen);
+}
+
+// ---- writing (synthetic data, benchmarks) ----
+
+typedef struct {
+    struct jpeg_error_mgr mgr;
+    const char *path;
+} JpegWriteErr;
+
+static void jpeg_write_error(j_common_ptr c) {
+    char msg[JMSG_LENGTH_MAX];
+    c->err->format_message(c, msg);
+    fatal("%s: libjpeg: %s", ((JpegWriteErr *)c->err)->path, msg);
+}
+
+void image_write_jpeg(const char *path, const uint8_t *rgb, int w, int h, int quality, int full_chroma) {
+    FILE *f = fopen(path, "wb");
+    if (!f) fatal("%s: cannot create: %s", path, strerror(errno));
+    struct jpeg_compress_struct c;
+    JpegWriteErr e;
+    c.err = jpeg_std_error(&e.mgr);
+    e.mgr.error_exit = jpeg_write_error;
+    e.path = path;
+    jpeg_create_compress(&c);
+    jpeg_stdio_dest(&c, f);
+    c.image_width = (JDIMENSION)w;
+    c.image_height = (JDIMENSION)h;
+    c.input_components = 3;
+    c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, quality, TRUE);
+    if (full_chroma) c.comp_info[0].h_samp_factor = c.comp_info[0].v_samp_factor = 1;
+    jpeg_start_compress(&c, TRUE);
+    while (c.next_scanline < c.image_height) {
+        JSAMPROW row = (JSAMPROW)(rgb + (size_t)3 * w * c.next_scanline);
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) fatal("%s: write failed: %s", path, strerror(errno));
 }

@@ -61,6 +61,11 @@ int image_decode_ex(const uint8_t *bytes, size_t n, const ImageDecodeOptions *op
                     char *err, size_t errlen);
 void image_free(Image *img);
 
+// Writes rgb (h rows of w RGB pixels) as a baseline JPEG with libjpeg's defaults at `quality`;
+// full_chroma keeps colour at full resolution (4:4:4) instead of 4:2:0. fatal() naming path on
+// any failure (synthetic data and benchmarks write images; training only reads them).
+void image_write_jpeg(const char *path, const uint8_t *rgb, int w, int h, int quality, int full_chroma);
+
 // ---- resampling and preprocessing (data/resize.c) ----
 
 // Resizes with Pillow's BICUBIC filter (Image.resize(..., Image.BICUBIC), no reducing_gap):

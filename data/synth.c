@@ -3,17 +3,16 @@
 
 #include <errno.h>
 #include <math.h>
-#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include <jpeglib.h>
 #include <png.h>
 
 #include "common/rng.h"
 #include "common/util.h"
+#include "data/image.h"
 #include "data/tokenizer.h"
 #include "model/hf_random.h"
 
@@ -466,42 +465,8 @@ static void write_png(const char *path, const uint8_t *rgb) {
     close_w(f, path);
 }
 
-typedef struct {
-    struct jpeg_error_mgr mgr;
-    const char *path;
-} JpegErr;
-
-static void jpeg_error_fn(j_common_ptr c) {
-    char msg[JMSG_LENGTH_MAX];
-    c->err->format_message(c, msg);
-    fatal("%s: libjpeg: %s", ((JpegErr *)c->err)->path, msg);
-}
-
-static void write_jpeg(const char *path, const uint8_t *rgb) {
-    FILE *f = open_w(path);
-    struct jpeg_compress_struct c;
-    JpegErr e;
-    c.err = jpeg_std_error(&e.mgr);
-    e.mgr.error_exit = jpeg_error_fn;
-    e.path = path;
-    jpeg_create_compress(&c);
-    jpeg_stdio_dest(&c, f);
-    c.image_width = S;
-    c.image_height = S;
-    c.input_components = 3;
-    c.in_color_space = JCS_RGB;
-    jpeg_set_defaults(&c);
-    jpeg_set_quality(&c, 92, TRUE);
-    c.comp_info[0].h_samp_factor = c.comp_info[0].v_samp_factor = 1;  // 4:4:4: tiny shapes keep their colour edges
-    jpeg_start_compress(&c, TRUE);
-    while (c.next_scanline < c.image_height) {
-        JSAMPROW row = (JSAMPROW)(rgb + 3 * S * c.next_scanline);
-        jpeg_write_scanlines(&c, &row, 1);
-    }
-    jpeg_finish_compress(&c);
-    jpeg_destroy_compress(&c);
-    close_w(f, path);
-}
+// 4:4:4 so that tiny shapes keep their colour edges
+static void write_jpeg(const char *path, const uint8_t *rgb) { image_write_jpeg(path, rgb, S, S, 92, 1); }
 
 // ---------------------------------------------------------------------------------------------
 // models
