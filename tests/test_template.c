@@ -21,15 +21,7 @@ static const TemplateKind KINDS[] = {TEMPLATE_PLAIN, TEMPLATE_CHATML, TEMPLATE_H
 #define N_KINDS 4
 
 static int setup(void **state) {
-    size_t n;
-    char *text = file_read_all(fixture_path("templates/expected.json"), &n);
-    if (!text) {
-        fprintf(stderr, "cannot read %s (run from the repository root)\n", fixture_path("templates/expected.json"));
-        return -1;
-    }
-    g_expected = cJSON_ParseWithLength(text, n);
-    free(text);
-    if (!g_expected) return -1;
+    g_expected = fixture_json("templates/expected.json");
     g_tok = tokenizer_load(fixture_path("templates/tokenizer.json"));
     return 0;
 }
@@ -40,21 +32,15 @@ static int teardown(void **state) {
     return 0;
 }
 
-static const cJSON *item(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!v) fail_msg("fixture lacks \"%s\"", k);
-    return v;
-}
-
 // the turns of a fixture conversation (pointers into the JSON); caller frees the array
 static Turn *turns_of(const cJSON *conv, int *n) {
-    const cJSON *arr = item(conv, "turns");
+    const cJSON *arr = fixture_item(conv, "turns");
     *n = cJSON_GetArraySize(arr);
     Turn *t = calloc((size_t)*n + 1, sizeof *t);
     for (int i = 0; i < *n; i++) {
         const cJSON *x = cJSON_GetArrayItem(arr, i);
-        t[i].role = item(x, "from")->valuestring;
-        t[i].text = item(x, "value")->valuestring;
+        t[i].role = fixture_item(x, "from")->valuestring;
+        t[i].text = fixture_item(x, "value")->valuestring;
     }
     return t;
 }
@@ -152,7 +138,7 @@ static void check_coverage(const char *where, const Template *t, TemplateKind ki
 
 // the fixture's answers of a conversation (pointers into the JSON); caller frees the array
 static const char **answers_of(const cJSON *conv, int *n) {
-    const cJSON *arr = item(conv, "answers");
+    const cJSON *arr = fixture_item(conv, "answers");
     *n = cJSON_GetArraySize(arr);
     const char **a = calloc((size_t)*n + 1, sizeof *a);
     for (int i = 0; i < *n; i++) a[i] = cJSON_GetArrayItem(arr, i)->valuestring;
@@ -184,18 +170,18 @@ static void check_text(const char *where, const char *text, const int *ids, int 
 }
 
 static void test_fixture_conversations(void **state) {
-    assert_int_equal(tokenizer_token_id(g_tok, item(g_expected, "eos")->valuestring), item(g_expected, "eos_id")->valueint);
+    assert_int_equal(tokenizer_token_id(g_tok, fixture_item(g_expected, "eos")->valuestring), fixture_item(g_expected, "eos_id")->valueint);
     const cJSON *conv;
     int n_ok = 0, n_err = 0;
-    cJSON_ArrayForEach(conv, item(g_expected, "conversations")) {
+    cJSON_ArrayForEach(conv, fixture_item(g_expected, "conversations")) {
         int n_turns, n_answers;
         Turn *turns = turns_of(conv, &n_turns);
         const char **answers = answers_of(conv, &n_answers);
         for (int k = 0; k < N_KINDS; k++) {
             Template *t = template_new(KINDS[k], g_tok, NULL, -1);
-            const cJSON *e = item(item(conv, "expect"), template_name(KINDS[k]));
+            const cJSON *e = fixture_item(fixture_item(conv, "expect"), template_name(KINDS[k]));
             char where[128], err[256];
-            snprintf(where, sizeof where, "%s / %s", item(conv, "name")->valuestring, template_name(KINDS[k]));
+            snprintf(where, sizeof where, "%s / %s", fixture_item(conv, "name")->valuestring, template_name(KINDS[k]));
             int *ids;
             uint8_t *mask;
             int image_pos;
@@ -211,10 +197,10 @@ static void test_fixture_conversations(void **state) {
                 n_err++;
             } else {
                 if (n < 0) fail_msg("%s: refused with %d: %s", where, n, err);
-                check_ids(where, ids, n, item(e, "ids"));
-                check_mask(where, mask, n, item(e, "mask")->valuestring);
-                assert_int_equal(image_pos, item(e, "image_pos")->valueint);
-                check_text(where, item(e, "text")->valuestring, ids, n, image_pos);
+                check_ids(where, ids, n, fixture_item(e, "ids"));
+                check_mask(where, mask, n, fixture_item(e, "mask")->valuestring);
+                assert_int_equal(image_pos, fixture_item(e, "image_pos")->valueint);
+                check_text(where, fixture_item(e, "text")->valuestring, ids, n, image_pos);
                 check_coverage(where, t, KINDS[k], answers, n_answers, ids, mask, n);
                 n_ok++;
             }
@@ -231,14 +217,14 @@ static void test_fixture_conversations(void **state) {
 
 static void test_fixture_prompts(void **state) {
     const cJSON *conv;
-    cJSON_ArrayForEach(conv, item(g_expected, "prompts")) {
+    cJSON_ArrayForEach(conv, fixture_item(g_expected, "prompts")) {
         int n_turns;
         Turn *turns = turns_of(conv, &n_turns);
         for (int k = 0; k < N_KINDS; k++) {
             Template *t = template_new(KINDS[k], g_tok, NULL, -1);
-            const cJSON *e = item(item(conv, "expect"), template_name(KINDS[k]));
+            const cJSON *e = fixture_item(fixture_item(conv, "expect"), template_name(KINDS[k]));
             char where[128], err[256];
-            snprintf(where, sizeof where, "prompt %s / %s", item(conv, "name")->valuestring, template_name(KINDS[k]));
+            snprintf(where, sizeof where, "prompt %s / %s", fixture_item(conv, "name")->valuestring, template_name(KINDS[k]));
             int *ids, image_pos;
             int n = template_encode_prompt(t, turns, n_turns, &ids, &image_pos, err, sizeof err);
             const cJSON *want_err = cJSON_GetObjectItemCaseSensitive(e, "error");
@@ -249,9 +235,9 @@ static void test_fixture_prompts(void **state) {
             } else {
                 if (n < 0) fail_msg("%s: refused with %d: %s", where, n, err);
                 assert_non_null(ids);
-                check_ids(where, ids, n, item(e, "ids"));
-                assert_int_equal(image_pos, item(e, "image_pos")->valueint);
-                check_text(where, item(e, "text")->valuestring, ids, n, image_pos);
+                check_ids(where, ids, n, fixture_item(e, "ids"));
+                assert_int_equal(image_pos, fixture_item(e, "image_pos")->valueint);
+                check_text(where, fixture_item(e, "text")->valuestring, ids, n, image_pos);
             }
             free(ids);
             template_free(t);
@@ -266,7 +252,7 @@ static void test_fixture_prompts(void **state) {
 // image (the slot of a gpt turn comes after the prompt even when nothing lies between).
 static void test_prompt_is_prefix(void **state) {
     const cJSON *conv;
-    cJSON_ArrayForEach(conv, item(g_expected, "conversations")) {
+    cJSON_ArrayForEach(conv, fixture_item(g_expected, "conversations")) {
         int n_turns;
         Turn *turns = turns_of(conv, &n_turns);
         for (int k = 0; k < N_KINDS; k++) {
@@ -286,7 +272,7 @@ static void test_prompt_is_prefix(void **state) {
                     assert_int_equal(mask[0], 1);  // plain: a caption after nothing (its slot, if any, is its own)
                     continue;
                 }
-                if (np < 0) fail_msg("%s / %s: prompt of %d turns refused: %s", item(conv, "name")->valuestring,
+                if (np < 0) fail_msg("%s / %s: prompt of %d turns refused: %s", fixture_item(conv, "name")->valuestring,
                                      template_name(KINDS[k]), cut, err);
                 assert_true(np < n);
                 assert_memory_equal(p, ids, (size_t)np * sizeof(int));
@@ -525,10 +511,10 @@ static void test_system_prompts(void **state) {
         case TEMPLATE_PLAIN: snprintf(want, sizeof want, "%s", ""); break;
         case TEMPLATE_CHATML:
             snprintf(want, sizeof want, "<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\n",
-                     item(g_expected, "chatml_system")->valuestring);
+                     fixture_item(g_expected, "chatml_system")->valuestring);
             break;
         case TEMPLATE_HYPERCLOVAX: snprintf(want, sizeof want, "<|im_start|>user\n"); break;
-        case TEMPLATE_VICUNA_V1: snprintf(want, sizeof want, "%s USER: ", item(g_expected, "vicuna_system")->valuestring); break;
+        case TEMPLATE_VICUNA_V1: snprintf(want, sizeof want, "%s USER: ", fixture_item(g_expected, "vicuna_system")->valuestring); break;
         }
         assert_string_equal(d, want);
         assert_true(ne > 0);
@@ -621,7 +607,7 @@ static void test_llava_rules(void **state) {
 
     // Python's str.strip(): exactly the code points of str.isspace() (from the fixture), here
     // around the image and the text; every other code point below U+3100 (and a few above) stays
-    const cJSON *wsl = item(g_expected, "python_whitespace");
+    const cJSON *wsl = fixture_item(g_expected, "python_whitespace");
     static uint8_t is_ws[0x110000];
     const cJSON *c;
     int n_ws = 0;
@@ -764,14 +750,14 @@ static void test_llama_bos(void **state) {
     Tokenizer *lt = tokenizer_load(path);
     int bos = tokenizer_token_id(lt, "<s>"), eos = tokenizer_token_id(lt, "</s>");
     assert_true(bos >= 0 && eos >= 0 && tokenizer_is_special(lt, bos));
-    int old_eos = item(g_expected, "eos_id")->valueint;
+    int old_eos = fixture_item(g_expected, "eos_id")->valueint;
     const cJSON *conv;
     int checked = 0;
-    cJSON_ArrayForEach(conv, item(g_expected, "conversations")) {
+    cJSON_ArrayForEach(conv, fixture_item(g_expected, "conversations")) {
         int n_turns;
         Turn *turns = turns_of(conv, &n_turns);
         for (int k = 0; k < N_KINDS; k++) {
-            const cJSON *e = item(item(conv, "expect"), template_name(KINDS[k]));
+            const cJSON *e = fixture_item(fixture_item(conv, "expect"), template_name(KINDS[k]));
             if (cJSON_GetObjectItemCaseSensitive(e, "error")) continue;
             Template *t = template_new(KINDS[k], lt, NULL, -1);
             int llava = KINDS[k] == TEMPLATE_PLAIN || KINDS[k] == TEMPLATE_VICUNA_V1;
@@ -780,8 +766,8 @@ static void test_llama_bos(void **state) {
             uint8_t *mask;
             char err[256];
             int n = template_encode(t, turns, n_turns, &ids, &mask, &pos, err, sizeof err);
-            const cJSON *want = item(e, "ids");
-            const char *wmask = item(e, "mask")->valuestring;
+            const cJSON *want = fixture_item(e, "ids");
+            const char *wmask = fixture_item(e, "mask")->valuestring;
             int m = cJSON_GetArraySize(want), off = llava ? 1 : 0;
             assert_int_equal(n, m + off);
             if (llava) {
@@ -794,7 +780,7 @@ static void test_llama_bos(void **state) {
                 assert_int_equal(ids[i + off], w);
                 assert_int_equal(mask[i + off], wmask[i] - '0');
             }
-            int wpos = item(e, "image_pos")->valueint;
+            int wpos = fixture_item(e, "image_pos")->valueint;
             assert_int_equal(pos, wpos < 0 ? -1 : wpos + off);
             free(ids);
             free(mask);
@@ -901,7 +887,7 @@ static void *thread_fn(void *p) {
 
 static void test_threads(void **state) {
     Template *t = template_new(TEMPLATE_CHATML, g_tok, NULL, -1);
-    const cJSON *convs = item(g_expected, "conversations");
+    const cJSON *convs = fixture_item(g_expected, "conversations");
     int nc = cJSON_GetArraySize(convs);
     ThreadArg args[8];
     Turn *tv[8];

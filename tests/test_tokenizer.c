@@ -14,35 +14,21 @@
 #include "tests/testlib.h"
 
 static cJSON *g_expected;
-static char *g_expected_text;
 
 static int setup(void **state) {
-    size_t n;
-    g_expected_text = file_read_all(fixture_path("tokenizer/expected.json"), &n);
-    if (!g_expected_text) {
-        fprintf(stderr, "cannot read %s (run from the repository root)\n", fixture_path("tokenizer/expected.json"));
-        return -1;
-    }
-    g_expected = cJSON_ParseWithLength(g_expected_text, n);
-    return g_expected ? 0 : -1;
+    g_expected = fixture_json("tokenizer/expected.json");
+    return 0;
 }
 
 static int teardown(void **state) {
     cJSON_Delete(g_expected);
-    free(g_expected_text);
     return 0;
-}
-
-static const cJSON *item(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!v) fail_msg("fixture lacks \"%s\"", k);
-    return v;
 }
 
 static const cJSON *tok_fixture(const char *name) {
     const cJSON *t;
-    cJSON_ArrayForEach(t, item(g_expected, "tokenizers")) {
-        if (strcmp(item(t, "name")->valuestring, name) == 0) return t;
+    cJSON_ArrayForEach(t, fixture_item(g_expected, "tokenizers")) {
+        if (strcmp(fixture_item(t, "name")->valuestring, name) == 0) return t;
     }
     fail_msg("no tokenizer %s in expected.json", name);
     return NULL;
@@ -50,7 +36,7 @@ static const cJSON *tok_fixture(const char *name) {
 
 static Tokenizer *load_fixture(const cJSON *tf) {
     char path[512];
-    snprintf(path, sizeof path, "tokenizer/%s", item(tf, "file")->valuestring);
+    snprintf(path, sizeof path, "tokenizer/%s", fixture_item(tf, "file")->valuestring);
     return tokenizer_load(fixture_path(path));
 }
 
@@ -102,8 +88,8 @@ static char *want_str(const cJSON *c, const char *key, size_t *len) {
     snprintf(hk, sizeof hk, "%s_hex", key);
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(c, hk);
     if (!h) {
-        *len = strlen(item(c, key)->valuestring);
-        return xstrdup(item(c, key)->valuestring);
+        *len = strlen(fixture_item(c, key)->valuestring);
+        return xstrdup(fixture_item(c, key)->valuestring);
     }
     const char *x = h->valuestring;
     *len = strlen(x) / 2;
@@ -135,30 +121,30 @@ static int *ids_of(const cJSON *arr, int *n) {
 static void parity(const char *name) {
     const cJSON *tf = tok_fixture(name);
     Tokenizer *t = load_fixture(tf);
-    int nfc = cJSON_IsTrue(item(tf, "nfc"));
-    assert_int_equal(tokenizer_vocab_size(t), item(tf, "vocab_size")->valueint);
-    assert_string_equal(tokenizer_post_processor(t), item(tf, "post_processor")->valuestring);
+    int nfc = cJSON_IsTrue(fixture_item(tf, "nfc"));
+    assert_int_equal(tokenizer_vocab_size(t), fixture_item(tf, "vocab_size")->valueint);
+    assert_string_equal(tokenizer_post_processor(t), fixture_item(tf, "post_processor")->valuestring);
 
     // held-out texts
-    const cJSON *texts = item(g_expected, "texts");
-    const cJSON *cases = item(tf, "cases");
+    const cJSON *texts = fixture_item(g_expected, "texts");
+    const cJSON *cases = fixture_item(tf, "cases");
     assert_int_equal(cJSON_GetArraySize(texts), cJSON_GetArraySize(cases));
     for (int i = 0; i < cJSON_GetArraySize(texts); i++) {
         const char *text = cJSON_GetArrayItem(texts, i)->valuestring;
         const cJSON *c = cJSON_GetArrayItem(cases, i);
         int *ids, *plain;
         int n = tokenizer_encode(t, text, strlen(text), 1, &ids);
-        check_ids(name, "encode", text, ids, n, item(c, "ids"));
+        check_ids(name, "encode", text, ids, n, fixture_item(c, "ids"));
         int np = tokenizer_encode(t, text, strlen(text), 0, &plain);
-        check_ids(name, "encode (specials as text)", text, plain, np, item(c, "ids_plain"));
+        check_ids(name, "encode (specials as text)", text, plain, np, fixture_item(c, "ids_plain"));
         size_t len;
         char *d = tokenizer_decode(t, ids, n, 0, &len);
-        check_str(name, "decode", d, len, item(c, "decoded")->valuestring);
+        check_str(name, "decode", d, len, fixture_item(c, "decoded")->valuestring);
         free(d);
         d = tokenizer_decode(t, ids, n, 1, &len);
-        check_str(name, "decode skip_special", d, len, item(c, "decoded_skip")->valuestring);
+        check_str(name, "decode skip_special", d, len, fixture_item(c, "decoded_skip")->valuestring);
         free(d);
-        if (cJSON_IsTrue(item(c, "roundtrip"))) {
+        if (cJSON_IsTrue(fixture_item(c, "roundtrip"))) {
             // decode(encode(text)) gives the text back, NFC'd where the tokenizer normalises
             char *want = NULL;
             size_t cap = 0, wl = strlen(text);
@@ -179,8 +165,8 @@ static void parity(const char *name) {
     }
 
     // random strings: counts and hashes
-    const cJSON *rtexts = item(g_expected, "random_texts");
-    const cJSON *rand = item(tf, "random");
+    const cJSON *rtexts = fixture_item(g_expected, "random_texts");
+    const cJSON *rand = fixture_item(tf, "random");
     for (int i = 0; i < cJSON_GetArraySize(rtexts); i++) {
         const char *text = cJSON_GetArrayItem(rtexts, i)->valuestring;
         const cJSON *r = cJSON_GetArrayItem(rand, i);
@@ -200,25 +186,25 @@ static void parity(const char *name) {
 
     // whole corpus files
     const cJSON *cf;
-    cJSON_ArrayForEach(cf, item(tf, "corpus")) {
+    cJSON_ArrayForEach(cf, fixture_item(tf, "corpus")) {
         size_t len;
-        char *text = file_read_all(item(cf, "file")->valuestring, &len);
+        char *text = file_read_all(fixture_item(cf, "file")->valuestring, &len);
         assert_non_null(text);
         int *ids;
         int n = tokenizer_encode(t, text, len, 1, &ids);
         char hex[32];
         snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fnv1a64(ids, n));
-        if (n != item(cf, "n")->valueint || strcmp(hex, item(cf, "hash")->valuestring))
-            fail_msg("%s: corpus file %s: %d ids hash %s, want %d ids hash %s", name, item(cf, "file")->valuestring, n, hex,
-                     item(cf, "n")->valueint, item(cf, "hash")->valuestring);
+        if (n != fixture_item(cf, "n")->valueint || strcmp(hex, fixture_item(cf, "hash")->valuestring))
+            fail_msg("%s: corpus file %s: %d ids hash %s, want %d ids hash %s", name, fixture_item(cf, "file")->valuestring, n, hex,
+                     fixture_item(cf, "n")->valueint, fixture_item(cf, "hash")->valuestring);
         free(ids);
         free(text);
     }
 
     // decode of arbitrary id sequences
-    cJSON_ArrayForEach(cf, item(tf, "decode")) {
+    cJSON_ArrayForEach(cf, fixture_item(tf, "decode")) {
         int n;
-        int *ids = ids_of(item(cf, "ids"), &n);
+        int *ids = ids_of(fixture_item(cf, "ids"), &n);
         size_t len, wl;
         char *d = tokenizer_decode(t, ids, n, 0, &len);
         char *w = want_str(cf, "decoded", &wl);
@@ -234,13 +220,13 @@ static void parity(const char *name) {
     }
 
     // token <-> id
-    cJSON_ArrayForEach(cf, item(tf, "token_ids")) {
+    cJSON_ArrayForEach(cf, fixture_item(tf, "token_ids")) {
         const char *tok = cJSON_GetArrayItem(cf, 0)->valuestring;
         int id = cJSON_GetArrayItem(cf, 1)->valueint;
         assert_int_equal(tokenizer_token_id(t, tok), id);
         if (id >= 0) assert_string_equal(tokenizer_id_to_token(t, id), tok);
     }
-    cJSON_ArrayForEach(cf, item(tf, "special_ids")) assert_true(tokenizer_is_special(t, cf->valueint));
+    cJSON_ArrayForEach(cf, fixture_item(tf, "special_ids")) assert_true(tokenizer_is_special(t, cf->valueint));
     assert_false(tokenizer_is_special(t, 0));
     assert_null(tokenizer_id_to_token(t, -1));
     assert_null(tokenizer_id_to_token(t, tokenizer_vocab_size(t)));
@@ -384,10 +370,10 @@ static void test_threads(void **state) {
     char *texts[NT] = {0};
     pthread_t th[NT];
     int k = 0;
-    cJSON_ArrayForEach(cf, item(tf, "corpus")) {
+    cJSON_ArrayForEach(cf, fixture_item(tf, "corpus")) {
         if (k >= NT) break;
         size_t len;
-        texts[k] = file_read_all(item(cf, "file")->valuestring, &len);
+        texts[k] = file_read_all(fixture_item(cf, "file")->valuestring, &len);
         assert_non_null(texts[k]);
         jobs[k] = (Job){t, texts[k], len, 0, 0};
         k++;
@@ -395,12 +381,12 @@ static void test_threads(void **state) {
     for (int i = 0; i < k; i++) pthread_create(&th[i], NULL, encode_job, &jobs[i]);
     for (int i = 0; i < k; i++) pthread_join(th[i], NULL);
     k = 0;
-    cJSON_ArrayForEach(cf, item(tf, "corpus")) {
+    cJSON_ArrayForEach(cf, fixture_item(tf, "corpus")) {
         if (k >= NT) break;
         char hex[32];
         snprintf(hex, sizeof hex, "%016llx", (unsigned long long)jobs[k].hash);
-        assert_int_equal(jobs[k].n, item(cf, "n")->valueint);
-        assert_string_equal(hex, item(cf, "hash")->valuestring);
+        assert_int_equal(jobs[k].n, fixture_item(cf, "n")->valueint);
+        assert_string_equal(hex, fixture_item(cf, "hash")->valuestring);
         free(texts[k]);
         k++;
     }

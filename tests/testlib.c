@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/json.h"
 #include "common/util.h"
 
 int run_child(void (*fn)(void *), void *arg, char *buf, size_t cap) {
@@ -191,4 +192,12 @@ void fixture_model_open(Vlm *m, const Kernels *k, const char *llm, ConnectorType
         assert_int_equal(n, 28);
         assert_int_equal(unmatched, 0);
     }
+}
+
+cJSON *fixture_json(const char *name) { return json_load_file(fixture_path(name)); }
+
+const cJSON *fixture_item(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v) fail_msg("fixture lacks \"%s\"", k);
+    return v;
 }

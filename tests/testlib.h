@@ -43,6 +43,12 @@ typedef struct {
     VlmBatch batch;
 } VlmFixture;
 
+// a JSON fixture file (tests/fixtures/<name>), parsed; fatal() naming it when unreadable
+#include <cjson/cJSON.h>
+cJSON *fixture_json(const char *name);
+// member k of a fixture object; fails the test when absent
+const cJSON *fixture_item(const cJSON *o, const char *k);
+
 // tensor `name` of f as fp32 / int32 (malloc'd); fails the test when absent; *n gets its size
 float *fixture_f32(const StFile *f, const char *name, size_t *n);
 int *fixture_i32(const StFile *f, const char *name);
