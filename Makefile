@@ -38,7 +38,7 @@ endif
 deps:
 	@sh scripts/install_deps.sh
 
-.PHONY: deps all test test-unit cuda-compile test-gpu test-gpu-emu clean-emu bench bench-cpu bench-data demo clean fixtures
+.PHONY: deps all test test-unit cuda-compile test-gpu test-gpu-emu test-train-emu clean-emu bench bench-cpu bench-data demo clean fixtures
 all: $(PROGS)
 
 build/obj/%.o: %.c | deps
@@ -160,9 +160,11 @@ $(CU_OBJ): kernels/cuda/common.cuh
 build/tests/gpu/test_gpu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(CU_OBJ) build/libsvlm.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ -o $@ -lcmocka $(LDLIBS) $(PROG_LIBS)
-test-gpu: build/tests/gpu/test_gpu
+# then ./train on the GPU: learning, kill-and-resume bit-identical, the memory plan (tests/test_train.c)
+test-gpu: build/tests/gpu/test_gpu build/tests/test_train $(PROGS)
 	@./build/tests/gpu/test_gpu; rc=$$?; \
-	if [ $$rc -eq 77 ]; then echo "test-gpu: skipped (no CUDA device)"; exit 0; fi; exit $$rc
+	if [ $$rc -eq 77 ]; then echo "test-gpu: skipped (no CUDA device)"; exit 0; fi; [ $$rc -eq 0 ] || exit $$rc; \
+	SVLM_TEST_DEVICE=cuda ./build/tests/test_train
 
 EMU_OBJ := $(patsubst kernels/cuda/%.cu,build/emu/%.o,$(CU_SRC)) build/emu/emu_runtime.o
 EMU_FLAGS := -std=c++17 -O2 -g -ffp-contract=off -DSVLM_CUDA_EMU -I. -Wall -Wextra -Wno-unused-parameter
@@ -183,7 +185,14 @@ build/tests/gpu/test_gpu_emu: build/obj/tests/gpu/test_gpu.o build/obj/tests/tes
 test-gpu-emu: build/tests/gpu/test_gpu_emu
 	./build/tests/gpu/test_gpu_emu
 clean-emu:
-	rm -rf build/emu build/tests/gpu/test_gpu_emu build/bench_step_emu
+	rm -rf build/emu build/tests/gpu/test_gpu_emu build/bench_step_emu build/train_emu
+
+# ./train on the emulated kernels (device = cuda runs them): `make test-train-emu` runs the GPU part
+# of tests/test_train.c with it (kill-and-resume on the CUDA code path; slow: about 15 minutes)
+build/train_emu: build/obj/train.o $(EMU_OBJ) build/libsvlm.a
+	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ $(LDLIBS) -lstdc++
+test-train-emu: build/train_emu build/tests/test_train $(PROGS)
+	SVLM_TEST_DEVICE=cuda SVLM_TEST_TRAIN=build/train_emu ./build/tests/test_train
 
 # the same program on the CPU emulation of the CUDA kernels (tests/gpu/emu): checks bench_step's
 # CUDA path (bf16 buffers, memory accounting) without a GPU, e.g. --device cuda --preset tiny

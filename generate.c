@@ -101,11 +101,6 @@ int main(int argc, char **argv) {
         k = kernels_cpu();
     } else if (!strcmp(device, "cuda") || !strcmp(device, "auto")) {
         k = kernels_cuda();
-        if (k && !k->attention_cached) {
-            if (!strcmp(device, "cuda")) fatal("--device cuda: the CUDA backend has no attention_cached kernel yet");
-            warn("the CUDA backend has no attention_cached kernel yet: generating on the CPU");
-            k = NULL;
-        }
         if (!k && !strcmp(device, "cuda")) fatal("--device cuda: no CUDA device is available (or svlm was built without nvcc)");
         if (!k) k = kernels_cpu();
     } else {

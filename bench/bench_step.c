@@ -18,7 +18,9 @@
 #include "common/rng.h"
 #include "common/safetensors.h"
 #include "common/util.h"
+#include "common/config.h"
 #include "model/hf_random.h"
+#include "model/memplan.h"
 #include "model/vlm.h"
 #include "trainer/optimizer.h"
 
@@ -206,12 +208,6 @@ static Flops step_flops(const Vlm *m, int B, const int *len, int n_img, int64_t 
 
 // ---------------------------------------------------------------- files
 
-static const char *fmt_bytes(double b, char *buf, size_t cap) {
-    if (b >= 1024.0 * 1024 * 1024) snprintf(buf, cap, "%.2f GiB", b / (1024.0 * 1024 * 1024));
-    else snprintf(buf, cap, "%.1f MiB", b / (1024.0 * 1024));
-    return buf;
-}
-
 static void config_signature(const Preset *p, char *buf, size_t cap) {
     const VitConfig *v = &p->vc;
     const LlmConfig *l = &p->lc;
@@ -351,13 +347,16 @@ static void usage(void) {
            "  --peak-tflops X        the device's dense bf16 peak for MFU (default 989: H100/H200 SXM)\n"
            "  --lora-b-std X         LoRA B drawn N(0, X) instead of peft's zeros (parity checks: LoRA then shapes the loss)\n"
            "  --phases N             after the timed steps, N steps split into synchronised stages (default 3; 0: none)\n"
-           "  --probe                exit 0 when the device is usable, 77 when it is not\n");
+           "  --probe                exit 0 when the device is usable, 77 when it is not\n"
+           "  --plan-only            print the memory plan and the largest micro-batch that fits, then exit\n"
+           "  --budget SIZE          the memory the plan may use (e.g. 80GiB; default: free on the device)\n");
 }
 
 int main(int argc, char **argv) {
     openmp_prefer_passive(argv);
     const char *device = "cpu", *preset_name = "mid", *models = NULL, *save = NULL, *result = NULL;
-    int stage = 2, B = 0, steps = -1, warmup = 2, n_phase = 3, probe = 0;
+    int stage = 2, B = 0, steps = -1, warmup = 2, n_phase = 3, probe = 0, plan_only = 0;
+    size_t budget = 0;
     uint64_t seed = 1234;
     double peak_tflops = 989, lora_b_std = 0;
     for (int i = 1; i < argc; i++) {
@@ -365,6 +364,10 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage();
             return 0;
+        }
+        if (!strcmp(a, "--plan-only")) {
+            plan_only = 1;
+            continue;
         }
         if (!strcmp(a, "--probe")) {
             probe = 1;
@@ -378,6 +381,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--models")) models = v;
         else if (!strcmp(a, "--save-batch")) save = v;
         else if (!strcmp(a, "--result")) result = v;
+        else if (!strcmp(a, "--budget")) {
+            if (!config_parse_size(v, &budget) || !budget) fatal("--budget %s: not a size (e.g. 80GiB)", v);
+        }
         else if (!strcmp(a, "--stage") || !strcmp(a, "--batch") || !strcmp(a, "--steps") || !strcmp(a, "--warmup") ||
                  !strcmp(a, "--phases") || !strcmp(a, "--seed")) {
             errno = 0;
@@ -431,8 +437,24 @@ int main(int argc, char **argv) {
     VlmSpec spec = {.vision_dir = vdir, .vision_layer = -2, .llm_dir = ldir, .connector = CONNECTOR_LDP,
                     .lora = {.r = stage == 2 ? p->lora_r : 0, .alpha = p->lora_alpha, .targets = 0x7f},
                     .max_B = B, .max_T = bt.T, .max_images = bt.n_img};
+    // the memory plan, checked against what setup and the steps then hold
+    MemPlan plan;
+    vlm_plan(&plan, k, &spec);
+    size_t dev_free, dev_total;
+    k->available(&dev_free, &dev_total);
+    if (!budget) budget = dev_free;
+    memplan_print(&plan, &spec, k->name, budget, budget == dev_free ? "free on the device" : "--budget");
+    int largest = vlm_plan_largest_batch(k, &spec, budget, 4096);
+    printf("  largest micro-batch that fits: %d (rows of %d tokens, %d image per row)\n", largest, bt.T,
+           bt.n_img / B);
+    if (plan_only) return 0;
+    size_t mem_base;
+    k->memory(&mem_base, NULL);
     Vlm m;
     vlm_init(&m, k, &spec);
+    KernelsWork work;
+    vlm_work(&m, &work);
+    k->workspace_reserve(&work);
     CHECK(m.n_img_tokens == slot, "slot %d vs %d", m.n_img_tokens, slot);
     vlm_init_trainable(&m, seed);
     if (lora_b_std > 0) {  // LoRA B from N(0, std): the forward then depends on LoRA
@@ -579,7 +601,10 @@ int main(int argc, char **argv) {
     }
     double mean = total / steps;
     size_t in_use = 0, peak = 0;
-    if (k->memory) k->memory(&in_use, &peak);
+    k->memory(&in_use, &peak);
+    printf("bench: memory plan %zu bytes; held after setup and %d steps %zu, peak %zu (from %zu before setup)%s\n",
+           plan.total, n_total, in_use - mem_base, peak - mem_base, mem_base,
+           peak - mem_base == plan.total ? "" : ": NOT THE PLAN");
 
     double ph_best[N_PH];
     for (int i = 0; i < N_PH; i++) ph_best[i] = 1e30;

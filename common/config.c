@@ -196,3 +196,24 @@ void config_write(const CfgKey *keys, int n, const void *dst, void *fp) {
         fprintf(f, "%*s# %s\n", 1, "", keys[i].help);
     }
 }
+
+int config_parse_size(const char *s, size_t *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !(v >= 0)) return 0;
+    while (*end == ' ') end++;
+    static const struct { const char *unit; double mult; } units[] = {
+        {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+        {"K", 1024.0}, {"M", 1048576.0}, {"G", 1073741824.0}, {"T", 1099511627776.0},
+        {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
+    };
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(end, units[i].unit)) continue;
+        double b = v * units[i].mult;
+        if (b >= 1.8e19) return 0;
+        *out = (size_t)b;
+        return 1;
+    }
+    return 0;
+}

@@ -21,5 +21,8 @@ typedef struct {
 void config_parse(const CfgKey *keys, int n, void *dst, const char *path, int argc, char **argv);
 // writes every key = value (with its help as a comment) to f
 void config_write(const CfgKey *keys, int n, const void *dst, void *f);
+// a size such as 70GiB, 500MB, 1.5T or 123456 (bytes): B, KB/MB/GB/TB (powers of 1000) or
+// K/M/G/T with or without iB (powers of 1024). 1 and *out on success, 0 when s is not a size.
+int config_parse_size(const char *s, size_t *out);
 // the value of key as text (for comparisons and messages); buf of cap bytes
 const char *config_value(const CfgKey *keys, int n, const void *dst, const char *key, char *buf, size_t cap);

@@ -195,3 +195,11 @@ uint16_t f32_to_f16(float f) {
     if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;  // nearest even; may carry into exp
     return sign | (uint16_t)h;
 }
+
+const char *fmt_bytes(double b, char *buf, size_t cap) {
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (b >= 1024.0 && i < 4) b /= 1024.0, i++;
+    snprintf(buf, cap, i == 0 ? "%.0f %s" : i < 3 ? "%.1f %s" : "%.2f %s", b, u[i]);
+    return buf;
+}

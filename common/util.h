@@ -44,6 +44,8 @@ double time_now(void);  // monotonic seconds
 // loader's: 10x slower steps on small models. Unless the user chose a policy, the program
 // re-executes itself with OMP_WAIT_POLICY=passive (and carries on as it is if that fails).
 void openmp_prefer_passive(char **argv);
+// bytes in binary units for messages ("512 B", "20.4 MiB", "1.53 GiB"); returns buf
+const char *fmt_bytes(double bytes, char *buf, size_t cap);
 
 // number formats found in Hugging Face files
 float bf16_to_f32(uint16_t h);

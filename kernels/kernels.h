@@ -41,11 +41,22 @@ static inline KERNELS_HD float dropout_uniform(uint64_t seed, uint64_t i) {
     return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
+// The largest shapes a model calls the ops with, as far as they decide the backend's scratch
+// memory (the memory plan): sums over rows (bias, norm and conv weight gradients) and the
+// attention backward.
+typedef struct {
+    size_t rows;  // the most rows of any op (B*T of the LLM, images * tokens of the vision side)
+    int width;    // the widest row whose column sums are taken
+    int attn_B, attn_T, attn_NH, attn_NKV, attn_HD;  // attention_backward's largest call; B 0: none
+} KernelsWork;
+
 typedef struct Kernels {
     const char *name;     // "cpu" or "cuda"
+    int dry_run;          // the planning table (kernels_dry_run): allocates and computes nothing
     size_t act_bytes;     // sizeof one act_t element: 4 on the CPU, 2 on CUDA
     int act_is_f32;       // 1 when act_t is float, so trainable weights need no compute copy
     int xent_chunk_rows;  // rows of logits the model materialises at a time in the loss
+    size_t alloc_granule; // blocks may take up to a multiple of this (the plan's slack)
 
     // ---- memory ----
     void *(*alloc)(size_t bytes);  // zero-filled; fatal() when it does not fit
@@ -60,6 +71,13 @@ typedef struct Kernels {
     void (*synchronize)(void);
     // bytes held now and at most so far through alloc and the backend's own scratch buffers
     void (*memory)(size_t *in_use, size_t *peak);
+    // bytes this process may still allocate: free device memory on CUDA, MemAvailable on the CPU
+    void (*available)(size_t *free_bytes, size_t *total_bytes);
+    // scratch the ops take at most for a model of these shapes (fixed buffers such as cuBLASLt's
+    // workspace included), and the same allocated now, at exactly that size, so no op allocates
+    // later; both count in memory()
+    size_t (*workspace_bytes)(const KernelsWork *w);
+    void (*workspace_reserve)(const KernelsWork *w);
 
     // ---- linear layers ----
     // out (N,OC) = alpha * inp (N,C) @ w (OC,C)^T + bias (OC) [+ out when accumulate]; bias may be NULL
@@ -176,6 +194,14 @@ typedef struct Kernels {
 const Kernels *kernels_cpu(void);
 // NULL when svlm was built without CUDA or no GPU is visible
 const Kernels *kernels_cuda(void);
+// A table for planning memory on `target` without touching it: alloc returns addresses that
+// must not be dereferenced and counts the bytes (kernels_dry_run_bytes), the other memory ops do
+// nothing, and the compute ops are NULL. act_bytes and the scratch sizing are target's. Setup
+// code run on it (vlm_init) reads configs and file headers but no weight data.
+const Kernels *kernels_dry_run(const Kernels *target);
+size_t kernels_dry_run_bytes(void);   // allocated through the dry-run table since it was made
+size_t kernels_dry_run_allocs(void);  // and in how many blocks
+size_t kernels_dry_run_slack(void);   // what rounding each block up to alloc_granule adds
 
 // pointer to element i of an act_t buffer
 static inline act_t *act_at(const struct Kernels *k, const act_t *p, size_t i) {

@@ -22,7 +22,8 @@ void hf_weights_close(HfWeights *w);
 // NULL when absent; *file set to the file holding it
 const StTensor *hf_weights_find(const HfWeights *w, const char *name, const StFile **file);
 // reads tensor `name` into dst as fp32 after checking its shape against (ndim, shape):
-// fatal() naming the file and tensor when it is missing or its shape differs
+// fatal() naming the file and tensor when it is missing or its shape differs; dst NULL: the
+// checks only (the memory plan's dry run)
 void hf_weights_read(const HfWeights *w, const char *name, int ndim, const int64_t *shape, float *dst);
 // the first tensor name ending in suffix, or NULL (finds prefixes such as "vision_model.")
 const char *hf_weights_find_suffix(const HfWeights *w, const char *suffix);

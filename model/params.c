@@ -44,6 +44,12 @@ int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ..
     return ps->n++;
 }
 
+size_t params_bytes(const ParamSet *ps) {
+    size_t n = ps->numel ? ps->numel : 1;
+    if (!ps->trainable) return n * ps->k->act_bytes;
+    return n * (4 * sizeof(float) + (ps->k->act_is_f32 ? 0 : ps->k->act_bytes));
+}
+
 void params_alloc(ParamSet *ps) {
     const Kernels *k = ps->k;
     size_t n = ps->numel ? ps->numel : 1;
@@ -87,12 +93,13 @@ void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix) {
     size_t biggest = 1;
     for (int i = 0; i < ps->n; i++)
         if (ps->p[i].numel > biggest) biggest = ps->p[i].numel;
-    float *host = xmalloc(biggest * sizeof(float));
+    // a dry run (the memory plan) checks names and shapes but reads no data
+    float *host = ps->k->dry_run ? NULL : xmalloc(biggest * sizeof(float));
     char name[PARAM_NAME_MAX + 256];
     for (int i = 0; i < ps->n; i++) {
         snprintf(name, sizeof name, "%s%s", prefix, ps->p[i].name);
         hf_weights_read(w, name, ps->p[i].ndim, ps->p[i].shape, host);
-        params_upload(ps, i, host);
+        if (host) params_upload(ps, i, host);
     }
     free(host);
 }

@@ -36,6 +36,7 @@ void params_init(ParamSet *ps, const Kernels *k, int trainable);
 int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void params_alloc(ParamSet *ps);  // allocates the buffers once every tensor is declared
+size_t params_bytes(const ParamSet *ps);  // what params_alloc allocates on the backend
 void params_free(ParamSet *ps);
 int params_find(const ParamSet *ps, const char *name);  // -1 when absent
 

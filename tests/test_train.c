@@ -2,6 +2,9 @@
 // ./synth: exact resume after SIGKILL at random instants and after SIGTERM, gradient
 // accumulation equal to one big batch, the merged export equal to the unmerged model, and every
 // kind of bad input (config, model directory, foreign or corrupt checkpoint, NaN loss, full disk).
+// SVLM_TEST_DEVICE=cuda (make test-gpu) runs the device-independent part on the GPU: learning,
+// the resumes (bit-identical there too) and the memory plan; SVLM_TEST_TRAIN names another
+// ./train binary (the emulated CUDA build, build/train_emu).
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -25,6 +28,7 @@
 
 static char root[512];  // build/tmp/train-PID
 static char base_conf[600];
+static const char *device = "cpu", *train_bin = "./train";
 
 // runs argv (NULL-terminated) with stdout/stderr into log; file size limit when fsize > 0;
 // returns the pid without waiting when nowait, else the exit status (-signal when killed)
@@ -67,7 +71,7 @@ static int same_file(const char *a, const char *b) {
 static int train(const char *dir, const char *log, long fsize, const char *extra1, const char *extra2, const char *extra3) {
     char out[700];
     snprintf(out, sizeof out, "out_dir=%s", dir);
-    char *argv[8] = {"./train", base_conf, out, NULL, NULL, NULL, NULL, NULL};
+    char *argv[8] = {(char *)train_bin, base_conf, out, NULL, NULL, NULL, NULL, NULL};
     int a = 3;
     if (extra1) argv[a++] = (char *)extra1;
     if (extra2) argv[a++] = (char *)extra2;
@@ -100,8 +104,12 @@ static int count_steps(const char *log) {
 // Waits until the log shows `more` progress lines beyond `before`, or the process exits (then
 // returns 1 with its status in *st). Keyed on progress, not on time, so a slow machine still
 // gets its kills in the middle of training rather than all during start-up.
+static double step_s = 0.15;  // seconds per step of the reference run (setup)
+static double reference_step_seconds(void);
+
 static int wait_progress(pid_t pid, const char *log, int before, int more, int *st) {
-    for (int i = 0; i < 12000; i++) {  // 2 minutes at most
+    int polls = (int)((120 + 4 * more * step_s) * 100);  // 2 minutes plus the steps' time at most
+    for (int i = 0; i < polls; i++) {
         if (waitpid(pid, st, WNOHANG) == pid) return 1;
         if (count_steps(log) >= before + more) return 0;
         usleep(10000);
@@ -143,8 +151,8 @@ static int setup(void **state) {
             "data = %s/data/stage2_train.json\nimage_folder = %s/data/images\nval_data = %s/data/stage2_val.json\n"
             "data_cache = %s/cache\nmax_seq_len = 96\nbatch_size = 4\nglobal_batch = 8\nmax_steps = 10\n"
             "lr = 3e-3\nwarmup_ratio = 0.1\nlora_r = 4\nlora_alpha = 8\nlora_dropout = 0.05\nsave_every = 2\nkeep_last = 2\n"
-            "eval_every = 5\nseed = 7\ndevice = cpu\nthreads = 2\n",
-            synth_dir, synth_dir, synth_dir, synth_dir, synth_dir, root);
+            "eval_every = 5\nseed = 7\ndevice = %s\nthreads = 2\n",
+            synth_dir, synth_dir, synth_dir, synth_dir, synth_dir, root, device);
     fclose(f);
     // prepares the shared data cache once
     char dir[600];
@@ -154,6 +162,7 @@ static int setup(void **state) {
         fprintf(stderr, "reference run failed, see %s\n", log);
         return -1;
     }
+    step_s = reference_step_seconds();
     return 0;
 }
 
@@ -178,6 +187,23 @@ static void test_reference_run_learns(void **state) {
     assert_false(dir_exists(p));
 }
 
+// seconds per step of the reference run (its timing.jsonl), so kills land anywhere in a step
+// whatever the backend's speed (the emulated CUDA kernels take seconds per step)
+static double reference_step_seconds(void) {
+    char p[700];
+    path(p, sizeof p, root, "reference/timing.jsonl");
+    size_t n;
+    char *s = slurp(p, &n);
+    double first = -1, last = -1;
+    int count = 0;
+    for (char *q = s; (q = strstr(q, "\"elapsed_s\": ")); q++, count++) {
+        last = atof(q + 13);
+        if (first < 0) first = last;
+    }
+    free(s);
+    return count > 1 ? (last - first) / (count - 1) : 0.15;
+}
+
 static void test_resume_after_sigkill(void **state) {
     char dir[600], log[600], ref[600];
     snprintf(dir, sizeof dir, "%s/killed", root);
@@ -185,16 +211,17 @@ static void test_resume_after_sigkill(void **state) {
     snprintf(ref, sizeof ref, "%s/reference", root);
     char out[700];
     snprintf(out, sizeof out, "out_dir=%s", dir);
-    char *argv[] = {"./train", base_conf, out, NULL};
+    char *argv[] = {(char *)train_bin, base_conf, out, NULL};
     uint64_t rs = (uint64_t)time(NULL) | 1;
     int kills = 0, done = 0;
-    for (int attempt = 0; attempt < 40 && !done; attempt++) {
+    useconds_t step_us = (useconds_t)(step_s * 1e6) + 1;
+    for (int attempt = 0; attempt < 60 && !done; attempt++) {
         int before = count_steps(log), st;
         pid_t pid = spawn(argv, log, 0, 1);
-        // a random instant: after 0-2 more steps, then up to 150 ms into the next step, which
-        // may be loading, a forward/backward, validation or a checkpoint being written
+        // a random instant: after 0-2 more steps, then up to one step's time into the next
+        // step, which may be loading, a forward/backward, validation or a checkpoint being written
         if (wait_progress(pid, log, before, (int)(test_rand_u64(&rs) % 3), &st) == 0) {
-            usleep((useconds_t)(test_rand_u64(&rs) % 150000));
+            usleep((useconds_t)(test_rand_u64(&rs) % step_us));
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
         }
@@ -225,7 +252,7 @@ static void test_resume_after_sigterm(void **state) {
     snprintf(ref, sizeof ref, "%s/reference", root);
     char out[700];
     snprintf(out, sizeof out, "out_dir=%s", dir);
-    char *argv[] = {"./train", base_conf, out, "save_every=100", NULL};  // only SIGTERM saves mid-run
+    char *argv[] = {(char *)train_bin, base_conf, out, "save_every=100", NULL};  // only SIGTERM saves mid-run
     int terms = 0, done = 0;
     for (int attempt = 0; attempt < 20 && !done; attempt++) {
         int before = count_steps(log), st;
@@ -490,7 +517,58 @@ static void test_disk_full_during_checkpoint(void **state) {
     assert_true(file_exists(p));
 }
 
+// The plan printed at start is what setup holds, to the byte; a memory_limit below it stops the
+// run before anything is allocated, naming the largest micro-batch that fits.
+static void test_memory_plan(void **state) {
+    char log[600], dir[600], arg[64];
+    snprintf(log, sizeof log, "%s/reference.log", root);
+    size_t n;
+    char *s = slurp(log, &n);
+    const char *q = strstr(s, "\nmemory: ");  // "memory: N bytes held on DEVICE after setup (the plan: M)"
+    assert_non_null(q);
+    assert_non_null(strstr(q, " after setup (the plan: "));
+    unsigned long long held = strtoull(q + 9, NULL, 10), plan = strtoull(strstr(q, "the plan: ") + 10, NULL, 10);
+    printf("    setup held %llu bytes, the plan said %llu\n", held, plan);
+    assert_true(held > 0);
+    assert_int_equal(held, plan);
+    assert_non_null(strstr(s, "largest micro-batch that fits: "));
+    free(s);
+
+    snprintf(log, sizeof log, "%s/memlimit.log", root);
+    snprintf(dir, sizeof dir, "%s/memlimit", root);
+    snprintf(arg, sizeof arg, "memory_limit=%llu", plan / 2);
+    assert_int_equal(train(dir, log, 0, arg, NULL, NULL), 1);
+    assert_true(log_has(log, "memory plan: batch_size 4 x max_seq_len 96 needs "));
+    s = slurp(log, &n);
+    q = strstr(s, "the largest micro-batch that fits is ");
+    assert_non_null(q);
+    int largest = atoi(q + 37), set = atoi(strstr(q, "set batch_size = ") + 17);
+    printf("    memory_limit %llu: largest %d, suggested batch_size %d\n", plan / 2, largest, set);
+    assert_true(largest >= 1 && largest < 4 && set >= 1 && set <= largest && 8 % set == 0);
+    free(s);
+    char p[700];
+    path(p, sizeof p, dir, "step_00000002");
+    assert_false(dir_exists(p));
+    assert_int_equal(train(dir, log, 0, "memory_limit=1KB", NULL, NULL), 1);
+    assert_true(log_has(log, "even batch_size 1 x max_seq_len 96 needs more than the 1000 B available (memory_limit = 1KB)"));
+    assert_int_equal(train(dir, log, 0, "memory_limit=lots", NULL, NULL), 1);
+    assert_true(log_has(log, "memory_limit = \"lots\" is not a size"));
+}
+
 int main(void) {
+    const char *d = getenv("SVLM_TEST_DEVICE"), *t = getenv("SVLM_TEST_TRAIN");
+    if (d && *d) device = d;
+    if (t && *t) train_bin = t;
+    if (strcmp(device, "cpu")) {  // bf16 on the GPU: the fp32 tolerances of the other tests do not apply
+        const struct CMUnitTest gpu_tests[] = {
+            cmocka_unit_test(test_reference_run_learns),
+            cmocka_unit_test(test_resume_after_sigkill),
+            cmocka_unit_test(test_resume_after_sigterm),
+            cmocka_unit_test(test_resume_from_older_checkpoint),
+            cmocka_unit_test(test_memory_plan),
+        };
+        return cmocka_run_group_tests(gpu_tests, setup, NULL);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference_run_learns),
         cmocka_unit_test(test_resume_after_sigkill),
@@ -499,6 +577,7 @@ int main(void) {
         cmocka_unit_test(test_export_matches_unmerged),
         cmocka_unit_test(test_resume_from_older_checkpoint),
         cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_memory_plan),
         cmocka_unit_test(test_foreign_and_corrupt_checkpoints),
         cmocka_unit_test(test_nan_loss),
         cmocka_unit_test(test_disk_full_during_checkpoint),

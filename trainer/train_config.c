@@ -59,6 +59,7 @@ const CfgKey train_keys[] = {
     K("log_every", CFG_INT, log_every, "1", "progress line and metrics.jsonl record every this many steps"),
     K("resume", CFG_STR, resume, "auto", "auto: newest complete checkpoint in out_dir | never | a checkpoint directory"),
     K("device", CFG_STR, device, "auto", "cpu | cuda | auto (cuda when a GPU is present)"),
+    K("memory_limit", CFG_STR, memory_limit, "auto", "device memory the model may plan for (e.g. 60GiB); auto: what is free at start"),
     K("threads", CFG_INT, threads, "0", "image decoding threads; 0: one per core"),
     K("prefetch", CFG_INT, prefetch, "4", "micro-batches prepared ahead"),
     K("nan_policy", CFG_STR, nan_policy, "stop", "stop | skip: what a non-finite loss or gradient does"),
@@ -126,6 +127,9 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     need(c->keep_last >= 1, "keep_last", "must be at least 1");
     need(c->log_every >= 1, "log_every", "must be at least 1");
     need(!strcmp(c->device, "auto") || !strcmp(c->device, "cpu") || !strcmp(c->device, "cuda"), "device", "must be cpu, cuda or auto");
+    c->memory_limit_bytes = 0;
+    if (strcmp(c->memory_limit, "auto") && (!config_parse_size(c->memory_limit, &c->memory_limit_bytes) || !c->memory_limit_bytes))
+        fatal("config: memory_limit = \"%s\" is not a size (e.g. 60GiB, 500MB) or auto", c->memory_limit);
     need(c->threads >= 0 && c->prefetch >= 1, "threads/prefetch", "threads >= 0, prefetch >= 1");
     need(!strcmp(c->nan_policy, "stop") || !strcmp(c->nan_policy, "skip"), "nan_policy", "must be stop or skip");
     if (c->stage == 1 && c->init_from[0]) warn("config: init_from is ignored in stage 1");

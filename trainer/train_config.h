@@ -40,6 +40,8 @@ typedef struct {
     int save_every, keep_last, eval_every, log_every;
     char resume[CFG_PATH];
     char device[16];
+    char memory_limit[32];
+    size_t memory_limit_bytes;  // from memory_limit; 0: auto
     int threads, prefetch;
     char nan_policy[16];
 } TrainConfig;

@@ -16,6 +16,7 @@
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/template.h"
+#include "model/memplan.h"
 #include "model/vlm.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
@@ -163,6 +164,45 @@ static FILE *open_log(const char *out_dir, const char *name, int64_t keep_bytes)
     return f;
 }
 
+static size_t g_plan_total;
+
+// The memory plan, before anything is allocated: printed, and fatal with the largest micro-batch
+// that fits when the configured one does not.
+static void plan_memory(const TrainConfig *c, const Kernels *k, const VlmSpec *spec, int world) {
+    MemPlan p;
+    vlm_plan(&p, k, spec);
+    g_plan_total = p.total;
+    size_t free_b, total_b, budget;
+    k->available(&free_b, &total_b);
+    char what[128], b[4][32];
+    if (c->memory_limit_bytes) {
+        budget = c->memory_limit_bytes;
+        snprintf(what, sizeof what, "memory_limit = %s", c->memory_limit);
+    } else {
+        budget = free_b;
+        snprintf(what, sizeof what, "free on %s at start, of %s", k->name, fmt_bytes(total_b, b[0], 32));
+    }
+    memplan_print(&p, spec, k->name, budget, what);
+    // micro-batches beyond 4096 rows or 2^27 tokens are not searched (int token indices)
+    int cap = (int)(((size_t)1 << 27) / (size_t)c->max_seq_len);
+    if (cap > 4096) cap = 4096;
+    int largest = vlm_plan_largest_batch(k, spec, budget, cap);
+    if (p.total + p.margin <= budget) {
+        printf("  largest micro-batch that fits: %d%s (batch_size is %d)\n", largest, largest == cap ? " or more" : "",
+               c->batch_size);
+        return;
+    }
+    if (largest == 0)
+        fatal("memory plan: even batch_size 1 x max_seq_len %d needs more than the %s available (%s): lower "
+              "max_seq_len or use a device with more memory", c->max_seq_len, fmt_bytes(budget, b[0], 32), what);
+    int per_rank = c->global_batch / world, fit = largest;  // a divisor of per_rank keeps global_batch exact
+    while (fit > 1 && per_rank % fit) fit--;
+    fatal("memory plan: batch_size %d x max_seq_len %d needs %s (+ up to %s allocation slack) on %s, more than the "
+          "%s available (%s); the largest micro-batch that fits is %d: set batch_size = %d (global_batch %d "
+          "stays, through gradient accumulation)", c->batch_size, c->max_seq_len, fmt_bytes(p.total, b[0], 32),
+          fmt_bytes(p.margin, b[1], 32), k->name, fmt_bytes(budget, b[2], 32), what, largest, fit, c->global_batch);
+}
+
 int trainer_run(const TrainConfig *c) {
     double t_start = time_now();
     struct sigaction sa;
@@ -197,18 +237,24 @@ int trainer_run(const TrainConfig *c) {
     ConnectorType ct = connector_type_parse(c->connector);
     connector_check_grid(ct, vcfg.grid);
     int image_tokens = ct == CONNECTOR_LDP ? vcfg.n_patches / 4 : vcfg.n_patches;
-    char train_shards[CFG_PATH + 64], val_shards[CFG_PATH + 64] = "";
-    resolve_data(c, c->data, c->image_folder, "train", image_tokens, train_shards, sizeof train_shards);
-    if (c->val_data[0]) resolve_data(c, c->val_data, c->val_image_folder, "val", image_tokens, val_shards, sizeof val_shards);
-
     VlmSpec spec = {.vision_dir = c->vision, .vision_layer = c->vision_layer, .llm_dir = c->llm, .connector = ct,
                     .max_B = c->batch_size, .max_T = c->max_seq_len, .max_images = c->batch_size};
     if (c->packing) spec.max_images = c->batch_size * (c->max_seq_len / (image_tokens + 1) > 1 ? c->max_seq_len / (image_tokens + 1) : 1);
     if (c->stage == 2)
         spec.lora = (LoraConfig){.r = c->lora_r, .alpha = (float)c->lora_alpha, .rslora = c->rslora,
                                  .targets = lora_targets_parse(c->lora_targets), .dropout = (float)c->lora_dropout};
+    plan_memory(c, k, &spec, world);
+    char train_shards[CFG_PATH + 64], val_shards[CFG_PATH + 64] = "";
+    resolve_data(c, c->data, c->image_folder, "train", image_tokens, train_shards, sizeof train_shards);
+    if (c->val_data[0]) resolve_data(c, c->val_data, c->val_image_folder, "val", image_tokens, val_shards, sizeof val_shards);
+
+    size_t mem_base;
+    k->memory(&mem_base, NULL);
     Vlm m;
     vlm_init(&m, k, &spec);
+    KernelsWork work;
+    vlm_work(&m, &work);
+    k->workspace_reserve(&work);
     CHECK(m.n_img_tokens == image_tokens, "image slot %d vs %d", m.n_img_tokens, image_tokens);
     size_t n_conn = 0, n_lora = 0;
     for (int i = 0; i < m.train.n; i++)
@@ -233,10 +279,9 @@ int trainer_run(const TrainConfig *c) {
         val = loader_open(&vs);
     }
 
-    size_t mem_now, mem_peak;
-    k->memory(&mem_now, &mem_peak);
-    printf("memory: %.2f GiB held on %s after setup (weights, trainable state, activations for %d x %d tokens)\n",
-           mem_now / 1073741824.0, k->name, c->batch_size, c->max_seq_len);
+    size_t mem_now;
+    k->memory(&mem_now, NULL);
+    printf("memory: %zu bytes held on %s after setup (the plan: %zu)\n", mem_now - mem_base, k->name, g_plan_total);
     int per_step = c->batch_size * world;  // global_batch is a multiple (train_config_load)
     int accum = c->global_batch / per_step;
     int64_t steps_per_epoch = loader_samples_per_rank(train) / ((int64_t)c->batch_size * accum);

@@ -1,13 +1,18 @@
 // cpu_backend.c: the CPU backend's table of kernels (kernels_cpu) and its memory ops.
 // Backend memory is ordinary host memory, so uploads and downloads are copies.
-#include <malloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "kernels/cpu/cpu.h"
 
-static size_t g_in_use, g_peak;  // allocation happens on the main thread only
+// bytes asked of cpu_alloc, held now and at most; allocation happens on the main thread only.
+// The requested size sits in a header in front of each block, so cpu_free can subtract it and
+// memory() counts exactly what the memory plan's dry run counts.
+static size_t g_in_use, g_peak;
+#define CPU_HEADER 64  // keeps the block 64-byte aligned
 
 static void cpu_memory(size_t *in_use, size_t *peak) {
     if (in_use) *in_use = g_in_use;
@@ -16,21 +21,49 @@ static void cpu_memory(size_t *in_use, size_t *peak) {
 
 static void *cpu_alloc(size_t bytes) {
     // aligned_alloc wants a multiple of the alignment; 64 bytes is a cache line and an AVX-512 vector
-    size_t rounded = (bytes + 63) / 64 * 64;
-    if (rounded == 0) rounded = 64;
+    size_t rounded = (bytes + 63) / 64 * 64 + CPU_HEADER;
     if (rounded < bytes) fatal("out of memory allocating %zu bytes on the CPU", bytes);
-    void *p = aligned_alloc(64, rounded);
+    char *p = aligned_alloc(64, rounded);
     if (!p) fatal("out of memory allocating %zu bytes on the CPU", bytes);
     memset(p, 0, rounded);
-    g_in_use += malloc_usable_size(p);
+    memcpy(p, &bytes, sizeof bytes);
+    g_in_use += bytes;
     if (g_in_use > g_peak) g_peak = g_in_use;
-    return p;
+    return p + CPU_HEADER;
 }
 
 static void cpu_free(void *p) {
-    if (p) g_in_use -= malloc_usable_size(p);
-    free(p);
+    if (!p) return;
+    char *block = (char *)p - CPU_HEADER;
+    size_t bytes;
+    memcpy(&bytes, block, sizeof bytes);
+    g_in_use -= bytes;
+    free(block);
 }
+
+// MemAvailable of /proc/meminfo (what the kernel can give without swapping), else free pages
+static void cpu_available(size_t *free_bytes, size_t *total_bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t avail = (size_t)sysconf(_SC_AVPHYS_PAGES) * page, total = (size_t)sysconf(_SC_PHYS_PAGES) * page;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) avail = (size_t)kb * 1024;
+        fclose(f);
+    }
+    if (free_bytes) *free_bytes = avail;
+    if (total_bytes) *total_bytes = total;
+}
+
+// the CPU ops take their few temporaries from malloc per call (at most one fp32 value per
+// attention row); nothing is reserved
+static size_t cpu_workspace_bytes(const KernelsWork *w) {
+    (void)w;
+    return 0;
+}
+static void cpu_workspace_reserve(const KernelsWork *w) { (void)w; }
 
 static void cpu_zero(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
@@ -63,6 +96,7 @@ static const Kernels cpu_kernels = {
     .act_is_f32 = 1,
     // 256 rows of a 152k vocabulary is 155 MB of logits: large enough to keep every core busy
     .xent_chunk_rows = 256,
+    .alloc_granule = 64 + CPU_HEADER,
 
     .alloc = cpu_alloc,
     .free = cpu_free,
@@ -75,6 +109,9 @@ static const Kernels cpu_kernels = {
     .cast_to_act = cpu_cast_to_act,
     .synchronize = cpu_synchronize,
     .memory = cpu_memory,
+    .available = cpu_available,
+    .workspace_bytes = cpu_workspace_bytes,
+    .workspace_reserve = cpu_workspace_reserve,
 
     .matmul_forward = cpu_matmul_forward,
     .matmul_backward = cpu_matmul_backward,

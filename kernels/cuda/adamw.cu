@@ -72,6 +72,8 @@ __global__ void __launch_bounds__(SUMSQ_THREADS) sumsq_final_kernel(double *out,
     if (threadIdx.x == 0) *out = s;
 }
 
+size_t cuda_sum_squares_scratch(void) { return (SUMSQ_BLOCKS + 1) * sizeof(double); }
+
 double cuda_sum_squares(const float *x, size_t n) {
     if (n == 0) return 0.0;
     double *buf = (double *)cuda_scratch(SCRATCH_SUMSQ, (SUMSQ_BLOCKS + 1) * sizeof(double));

@@ -1,5 +1,10 @@
 // attention.cu: softmax(q k^T / sqrt(HD)) v with grouped-query heads, causal and segment masks,
-// flash-attention style: nothing of size T x T is ever stored. Plain fp32 FMA (no tensor cores yet).
+// flash-attention style: nothing of size T x T is ever stored. The kernels here use plain fp32 FMA;
+// attention_forward and attention_backward run on tensor cores instead (attention_tc.cu) when
+// HD % 16 == 0 and HD <= 128 and the buffers are 16-byte aligned, unless the environment variable
+// SVLM_ATTN=fma (read once) or cuda_attention_set_path (for the tests) asks for these kernels.
+// Other head dims and attention_cached (decoding, memory-bound) always run here. The backward's
+// row dots D and its group sum of the dk/dv partials are shared by both paths, as is the scratch.
 //
 // Tiling (all three kernels): a block of 4 warps owns a tile of 32 rows (query rows in the forward
 // and dq kernels, key rows in the dk/dv kernel), 8 per warp, and walks the other side in tiles
@@ -23,6 +28,8 @@
 // the heads of each kv group in head order. Every output element is written by one thread that
 // sums in a fixed order, so there are no atomics and the results are bit-reproducible.
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cuda/common.cuh"
 
@@ -379,6 +386,39 @@ __global__ void attn_group_sum_kernel(bfraw *dk, bfraw *dv, const float *pk, con
 
 // ---------------------------------------------------------------- host side
 
+// attention_tc.cu
+int attn_tc_supported(int HD);
+void attn_tc_forward(act_t *out, float *lse, const act_t *q, const act_t *k, const act_t *v, const int *seg, int B,
+                     int T, int NH, int NKV, int HD, int causal);
+void attn_tc_backward(act_t *dq, float *pk, float *pv, const act_t *dout, const act_t *q, const act_t *k,
+                      const act_t *v, const float *lse, const float *D, const int *seg, int B, int T, int NH,
+                      int NKV, int HD, int causal);
+
+// 1: every attention on the FMA kernels; -1: not read from SVLM_ATTN yet
+static int g_fma_only = -1;
+
+static int fma_only(void) {
+    if (g_fma_only < 0) {
+        const char *e = getenv("SVLM_ATTN");
+        CHECK(!e || !*e || strcmp(e, "fma") == 0 || strcmp(e, "tc") == 0,
+              "SVLM_ATTN=%s: expected fma (the FMA kernels only) or tc (tensor cores where they apply, the default)", e);
+        g_fma_only = e && strcmp(e, "fma") == 0;
+    }
+    return g_fma_only;
+}
+
+// the tests' switch between the paths (SVLM_ATTN=fma for a whole run): 1 = FMA kernels only,
+// 0 = tensor cores where they apply; returns the previous setting
+extern "C" int cuda_attention_set_path(int fma) {
+    int old = fma_only();
+    g_fma_only = fma != 0;
+    return old;
+}
+
+static int use_tc(int HD, const void *a, const void *b, const void *c, const void *d) {
+    return !fma_only() && attn_tc_supported(HD) && aligned16(a) && aligned16(b) && aligned16(c) && aligned16(d);
+}
+
 static int dims_per_lane(int HD) {
     CHECK(HD > 0 && HD <= 128, "attention on CUDA supports head_dim 1..128, got %d", HD);
     return (HD + 31) / 32;
@@ -410,7 +450,8 @@ void cuda_attention_forward(act_t *out, float *lse, const act_t *q, const act_t 
                             const int *seg, int B, int T, int NH, int NKV, int HD, int causal) {
     if (B <= 0 || T <= 0 || NH <= 0) return;
     check_shape(B, T, NH, NKV);
-    forward(out, lse, q, k, v, seg, B, T, T, T, NH, NKV, HD, causal);
+    if (use_tc(HD, out, q, k, v)) attn_tc_forward(out, lse, q, k, v, seg, B, T, NH, NKV, HD, causal);
+    else forward(out, lse, q, k, v, seg, B, T, T, T, NH, NKV, HD, causal);
 }
 
 void cuda_attention_cached(act_t *out, const act_t *q, const act_t *kc, const act_t *vc, int B, int Tq, int Tk,
@@ -421,6 +462,13 @@ void cuda_attention_cached(act_t *out, const act_t *q, const act_t *kc, const ac
     forward(out, NULL, q, kc, vc, NULL, B, Tq, Tk, Tc, NH, NKV, HD, 1);
 }
 
+size_t cuda_attention_backward_scratch(int slot, int B, int T, int NH, int NKV, int HD) {
+    size_t rows = (size_t)B * T * NH;
+    if (slot == SCRATCH_ATTN) return rows * sizeof(float);
+    if (slot == SCRATCH_REDUCE) return 2 * rows * HD * sizeof(float);
+    return 0;
+}
+
 void cuda_attention_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, const act_t *q,
                              const act_t *k, const act_t *v, const act_t *out, const float *lse,
                              const int *seg, int B, int T, int NH, int NKV, int HD, int causal) {
@@ -429,10 +477,25 @@ void cuda_attention_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout,
     int ndl = dims_per_lane(HD);
     float scale = 1.0f / sqrtf((float)HD);
     size_t rows = (size_t)B * T * NH;
+    // both paths: D (B,NH,T) in SCRATCH_ATTN, the dk and dv partials (B,T,NH,HD) in SCRATCH_REDUCE
     float *D = (float *)cuda_scratch(SCRATCH_ATTN, rows * sizeof(float));
     const bfraw *dO = (const bfraw *)dout, *qq = (const bfraw *)q, *kk = (const bfraw *)k, *vv = (const bfraw *)v;
     LAUNCH(ceil_div_u(rows, 8), 256, attn_rowdot_kernel)(D, dO, (const bfraw *)out, B, T, NH, HD);
     cudaCheckLaunch();
+    if (use_tc(HD, q, k, v, dout) && aligned16(dq)) {  // dq NULL is aligned
+        float *a = NULL, *c = NULL;
+        if (dk || dv) {
+            a = (float *)cuda_scratch(SCRATCH_REDUCE, 2 * rows * HD * sizeof(float));
+            c = a + rows * HD;
+        }
+        attn_tc_backward(dq, a, c, dout, q, k, v, lse, D, seg, B, T, NH, NKV, HD, causal);
+        if (a) {
+            size_t n = (size_t)B * T * NKV * HD;
+            LAUNCH(ceil_div_u(n, 256), 256, attn_group_sum_kernel)((bfraw *)dk, (bfraw *)dv, a, c, n, NH, NKV, HD, scale);
+            cudaCheckLaunch();
+        }
+        return;
+    }
     if (dq) {
         dim3 grid(ceil_div_u(T, AT_ROWS), NH, B);
         bfraw *o = (bfraw *)dq;

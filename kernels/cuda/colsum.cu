@@ -84,6 +84,13 @@ static void colsum(float *dst0, float *dst1, const bf16 *dout, const bf16 *inp, 
     cudaCheckLaunch();
 }
 
+// nchunks grows with N up to CS_MAX_CHUNKS; layer norms keep two sums per chunk
+size_t cuda_colsum_scratch_max(size_t rows, int width) {
+    if (rows == 0 || width <= 0) return 0;
+    size_t nchunks = rows > (size_t)CS_MAX_CHUNKS * 32 ? CS_MAX_CHUNKS : (rows + 31) / 32;
+    return 2 * nchunks * (size_t)width * sizeof(float);
+}
+
 void cuda_colsum_bias(float *dbias, const bf16 *dout, int N, int C) {
     colsum<CS_BIAS>(dbias, NULL, dout, NULL, NULL, NULL, N, C);
 }

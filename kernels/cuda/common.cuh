@@ -52,6 +52,16 @@ int cuda_num_sms(void);
 // contents are undefined. Ops use it within one call only (stream order keeps users apart).
 enum { SCRATCH_REDUCE, SCRATCH_REDUCE2, SCRATCH_ATTN, SCRATCH_SUMSQ, N_SCRATCH };
 void *cuda_scratch(int slot, size_t bytes);
+// counts a block allocated outside cuda_alloc (cuBLASLt's workspace) in memory()
+void cuda_track(void *p, size_t bytes);
+// the most each scratch user asks for at these shapes (the memory plan): column sums over `rows`
+// rows of `width` columns, the depthwise conv's weight gradient, sum_squares
+size_t cuda_colsum_scratch_max(size_t rows, int width);
+size_t cuda_dwconv_scratch_max(size_t rows, int width);
+size_t cuda_sum_squares_scratch(void);
+// what cuda_attention_backward asks of scratch slot `slot` at this shape (the memory plan); keep
+// it equal to the cuda_scratch calls there
+size_t cuda_attention_backward_scratch(int slot, int B, int T, int NH, int NKV, int HD);
 
 #ifdef SVLM_CUDA_EMU
 #define LAUNCH(grid, block, ...) emu_launcher(grid, block, __VA_ARGS__)

@@ -29,7 +29,7 @@ void cuda_check_fail(int err, const char *file, int line, const char *expr) {
 static std::unordered_map<void *, size_t> g_sizes;
 static size_t g_in_use, g_peak;
 
-static void track(void *p, size_t bytes) {
+void cuda_track(void *p, size_t bytes) {
     g_sizes[p] = bytes;
     g_in_use += bytes;
     if (g_in_use > g_peak) g_peak = g_in_use;
@@ -65,9 +65,63 @@ void *cuda_scratch(int slot, size_t bytes) {
                   "lower batch_size", want, free_b, total);
         }
         g_scratch_bytes[slot] = want;
-        track(g_scratch[slot], want);
+        cuda_track(g_scratch[slot], want);
     }
     return g_scratch[slot];
+}
+
+// ---------------------------------------------------------------- memory plan
+
+// The scratch each slot needs for a model of shapes w: the maximum over the ops that use it.
+static void scratch_plan(const KernelsWork *w, size_t need[N_SCRATCH]) {
+    for (int s = 0; s < N_SCRATCH; s++) need[s] = 0;
+    size_t sums = cuda_colsum_scratch_max(w->rows, w->width), conv = cuda_dwconv_scratch_max(w->rows, w->width);
+    need[SCRATCH_REDUCE] = sums > conv ? sums : conv;
+    if (w->attn_B > 0) {
+        for (int s = 0; s < N_SCRATCH; s++) {
+            size_t a = cuda_attention_backward_scratch(s, w->attn_B, w->attn_T, w->attn_NH, w->attn_NKV, w->attn_HD);
+            if (a > need[s]) need[s] = a;
+        }
+    }
+    need[SCRATCH_SUMSQ] = cuda_sum_squares_scratch();
+}
+
+static size_t cuda_workspace_bytes(const KernelsWork *w) {
+    size_t need[N_SCRATCH], total = 0;
+    scratch_plan(w, need);
+    for (int s = 0; s < N_SCRATCH; s++) total += need[s];
+    return total;
+}
+
+static void cuda_workspace_reserve(const KernelsWork *w) {
+    size_t need[N_SCRATCH];
+    scratch_plan(w, need);
+    cudaCheck(cudaStreamSynchronize(g_stream));  // queued kernels may still use the old buffers
+    for (int s = 0; s < N_SCRATCH; s++) {
+        if (g_scratch[s]) {
+            untrack(g_scratch[s]);
+            cudaCheck(cudaFree(g_scratch[s]));
+            g_scratch[s] = NULL;
+            g_scratch_bytes[s] = 0;
+        }
+        if (need[s] == 0) continue;
+        if (cudaMalloc(&g_scratch[s], need[s]) != cudaSuccess) {
+            size_t free_b = 0, total = 0;
+            cudaGetLastError();
+            cudaMemGetInfo(&free_b, &total);
+            fatal("out of GPU memory: the ops' scratch of %zu bytes does not fit (%zu of %zu bytes free); "
+                  "lower batch_size", need[s], free_b, total);
+        }
+        g_scratch_bytes[s] = need[s];
+        cuda_track(g_scratch[s], need[s]);
+    }
+}
+
+static void cuda_available(size_t *free_bytes, size_t *total_bytes) {
+    size_t f = 0, t = 0;
+    cudaCheck(cudaMemGetInfo(&f, &t));
+    if (free_bytes) *free_bytes = f;
+    if (total_bytes) *total_bytes = t;
 }
 
 // ---------------------------------------------------------------- memory
@@ -83,7 +137,7 @@ static void *cuda_alloc(size_t bytes) {
               bytes, free_b, total);
     }
     cudaCheck(cudaMemsetAsync(p, 0, want, g_stream));
-    track(p, want);
+    cuda_track(p, bytes);  // what was asked, as the memory plan counts it
     return p;
 }
 
@@ -149,10 +203,12 @@ __global__ void probe_kernel(int *p) { p[threadIdx.x] = (int)threadIdx.x; }
 
 static Kernels g_kernels = {
     .name = "cuda",
+    .dry_run = 0,
     .act_bytes = 2,
     .act_is_f32 = 0,
     // 1024 rows x 151936 vocabulary x 2 bytes = 311 MB of logits per chunk
     .xent_chunk_rows = 1024,
+    .alloc_granule = (size_t)2 << 20,  // cudaMalloc rounds large blocks up to 2 MiB pages
 
     .alloc = cuda_alloc,
     .free = cuda_free,
@@ -165,6 +221,9 @@ static Kernels g_kernels = {
     .cast_to_act = cuda_cast_to_act,
     .synchronize = cuda_synchronize,
     .memory = cuda_memory,
+    .available = cuda_available,
+    .workspace_bytes = cuda_workspace_bytes,
+    .workspace_reserve = cuda_workspace_reserve,
 
     .matmul_forward = cuda_matmul_forward,
     .matmul_backward = cuda_matmul_backward,

@@ -148,6 +148,13 @@ void cuda_dwconv3x3_forward(act_t *out, const act_t *inp, const act_t *w, const 
     cudaCheckLaunch();
 }
 
+// as cuda_dwconv3x3_backward sizes its partials: chunks of at least 32 tokens, at most DW_MAX_CHUNKS
+size_t cuda_dwconv_scratch_max(size_t rows, int width) {
+    if (rows == 0 || width <= 0) return 0;
+    size_t nchunks = rows > (size_t)DW_MAX_CHUNKS * 32 ? DW_MAX_CHUNKS : (rows + 31) / 32;
+    return 10 * nchunks * (size_t)width * sizeof(float);
+}
+
 void cuda_dwconv3x3_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
                              const act_t *w, int B, int H, int W, int C) {
     size_t n = (size_t)B * H * W * C;

@@ -140,9 +140,33 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } Plan;
 
-#define MAX_PLANS 1024
+// Plans by shape in an open-addressing table. Batches padded to their longest row give a new N
+// for most steps, so the table fills up in long runs: it is then emptied and refilled (planning
+// a shape costs one heuristic query, tens of microseconds).
+#define MAX_PLANS 512
+#define PLAN_SLOTS 1024  // a power of two, twice MAX_PLANS so probes stay short
 static Plan *g_plans;
 static int g_n_plans;
+static int16_t *g_slot;  // (PLAN_SLOTS) index into g_plans, -1 when empty
+
+static uint32_t key_hash(const PlanKey *k) {
+    const unsigned char *b = (const unsigned char *)k;
+    uint32_t h = 2166136261u;  // FNV-1a
+    for (size_t i = 0; i < sizeof *k; i++) h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
+static void plans_clear(void) {
+    for (int i = 0; i < g_n_plans; i++) {
+        Plan *p = &g_plans[i];
+        cublasCheck(cublasLtMatrixLayoutDestroy(p->a));
+        cublasCheck(cublasLtMatrixLayoutDestroy(p->b));
+        cublasCheck(cublasLtMatrixLayoutDestroy(p->d));
+        cublasCheck(cublasLtMatmulDescDestroy(p->desc));
+    }
+    g_n_plans = 0;
+    for (int i = 0; i < PLAN_SLOTS; i++) g_slot[i] = -1;
+}
 
 // largest power of two dividing the address, at most 256 (what the heuristic may assume)
 static uint32_t alignment_of(const void *p) {
@@ -163,9 +187,14 @@ static Plan *plan_for(const Gemm *g) {
     key.align_a = alignment_of(g->A);
     key.align_b = alignment_of(g->B);
     key.align_d = alignment_of(g->D);
-    for (int i = 0; i < g_n_plans; i++)
-        if (memcmp(&g_plans[i].key, &key, sizeof key) == 0) return &g_plans[i];
-    CHECK(g_n_plans < MAX_PLANS, "more than %d distinct matmul shapes", MAX_PLANS);
+    uint32_t h = key_hash(&key) & (PLAN_SLOTS - 1);
+    for (; g_slot[h] >= 0; h = (h + 1) & (PLAN_SLOTS - 1))
+        if (memcmp(&g_plans[g_slot[h]].key, &key, sizeof key) == 0) return &g_plans[g_slot[h]];
+    if (g_n_plans == MAX_PLANS) {  // full: start over (the queued matmuls hold no reference to a plan)
+        plans_clear();
+        h = key_hash(&key) & (PLAN_SLOTS - 1);
+    }
+    g_slot[h] = (int16_t)g_n_plans;
     Plan *p = &g_plans[g_n_plans++];
     memset(p, 0, sizeof *p);
     p->key = key;
@@ -221,7 +250,10 @@ void cuda_matmul_init(void) {
 #ifndef SVLM_CUDA_EMU
     cublasCheck(cublasLtCreate(&g_lt));
     cudaCheck(cudaMalloc(&g_workspace, WORKSPACE_BYTES));
+    cuda_track(g_workspace, WORKSPACE_BYTES);
     g_plans = (Plan *)xcalloc(MAX_PLANS, sizeof(Plan));
+    g_slot = (int16_t *)xmalloc(PLAN_SLOTS * sizeof(int16_t));
+    for (int i = 0; i < PLAN_SLOTS; i++) g_slot[i] = -1;
     const char *s = getenv("SVLM_CUBLASLT_SPLITK");
     if (s && *s && strcmp(s, "0") != 0) g_reduction_mask = CUBLASLT_REDUCTION_SCHEME_MASK;
 #endif

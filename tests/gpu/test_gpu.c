@@ -10,7 +10,8 @@
 // (weight gradients, norm statistics, lse, losses) within 1e-3 (only summation order differs);
 // the fp32 optimizer ops (AdamW, sum_squares, scale) within 1e-4. Shapes: odd small ones like the
 // CPU tests, plus realistic ones (LLM and ViT sizes) that are skipped on the emulator. Every
-// backward op also runs twice and must give the same bytes (determinism).
+// backward op also runs twice and must give the same bytes (determinism). Attention is checked on
+// both of the backend's paths (tensor cores, FMA kernels) wherever the head dim allows both.
 //
 // Part 2, model: the fixtures of tests/test_model_parity.c through vlm_* with kernels_cuda(), and
 // through a bf16 model of the CPU backend (every act output rounded to bf16) that shows how far
@@ -26,6 +27,7 @@
 #include "common/safetensors.h"
 #include "common/util.h"
 #include "kernels/kernels.h"
+#include "model/memplan.h"
 #include "model/vlm.h"
 #include "tests/testlib.h"
 
@@ -446,16 +448,30 @@ static void test_rope(void **state) {
 
 // ---------------------------------------------------------------- attention
 
+// kernels/cuda/attention.cu: which kernels attention_forward/backward run on. 1 = the FMA kernels
+// only (what SVLM_ATTN=fma does for a whole run), 0 = tensor cores where the head dim allows
+// (HD % 16 == 0, HD <= 128); returns the previous setting
+int cuda_attention_set_path(int fma);
+
 typedef struct {
     int B, T, NH, NKV, HD, causal, seg, big, backward;
 } AttShape;
 
+// the tensor-core path works in 64-row blocks, 16 rows per warp, and key tiles of 64 (HD <= 64) or
+// 32 (HD up to 128): T below, at and past those sizes; HD 16..128 (48 and 80 leave fragments of
+// the widest tile unused); HD not a multiple of 16 runs on the FMA kernels only
 static const AttShape att_shapes[] = {
-    {2, 7, 4, 2, 8, 1, 0, 0, 1},      {1, 33, 3, 1, 12, 0, 0, 0, 1},    {2, 40, 6, 2, 8, 1, 1, 0, 1},
-    {1, 65, 2, 2, 40, 0, 1, 0, 1},    {2, 37, 4, 1, 96, 1, 0, 0, 1},    {1, 37, 2, 2, 128, 0, 0, 0, 1},
-    {3, 23, 6, 2, 8, 1, 0, 0, 1},     {2, 37, 5, 5, 8, 0, 0, 0, 1},     {1, 70, 4, 2, 64, 1, 1, 0, 1},
-    {2, 1024, 14, 2, 64, 1, 0, 1, 1}, {2, 577, 16, 16, 64, 0, 0, 1, 0}, {1, 2048, 14, 2, 64, 1, 1, 1, 1},
+    {2, 7, 4, 2, 8, 1, 0, 0, 1},       {1, 33, 3, 1, 12, 0, 0, 0, 1},    {2, 40, 6, 2, 8, 1, 1, 0, 1},
+    {1, 65, 2, 2, 40, 0, 1, 0, 1},     {2, 37, 4, 1, 96, 1, 0, 0, 1},    {1, 37, 2, 2, 128, 0, 0, 0, 1},
+    {3, 23, 6, 2, 8, 1, 0, 0, 1},      {2, 37, 5, 5, 8, 0, 0, 0, 1},     {1, 70, 4, 2, 64, 1, 1, 0, 1},
+    {1, 1, 2, 1, 16, 1, 0, 0, 1},      {2, 1, 4, 4, 64, 0, 0, 0, 1},     {1, 130, 14, 2, 64, 1, 1, 0, 1},
+    {2, 77, 4, 4, 16, 0, 1, 0, 1},     {1, 128, 2, 1, 64, 1, 0, 0, 1},   {1, 100, 4, 2, 128, 1, 1, 0, 1},
+    {1, 50, 2, 1, 48, 1, 0, 0, 1},     {2, 45, 3, 3, 80, 0, 0, 0, 1},    {1, 66, 14, 2, 32, 0, 0, 0, 1},
+    {2, 1024, 14, 2, 64, 1, 0, 1, 1},  {2, 577, 16, 16, 64, 0, 0, 1, 0}, {1, 2048, 14, 2, 64, 1, 1, 1, 1},
+    {2, 768, 14, 2, 128, 1, 1, 1, 1},
 };
+
+static int att_has_tc(int HD) { return HD % 16 == 0 && HD <= 128; }
 
 static void test_attention(void **state) {
     (void)state;
@@ -475,53 +491,75 @@ static void test_attention(void **state) {
         }
         float *out = zeros(nq), *lse = zeros(nl);
         C->attention_forward(out, lse, q, k, v, seg, B, T, NH, NKV, HD, a->causal);
+        // the backward's reference: both backends get the same out (rounded to bf16) and lse, from
+        // the CPU forward
+        float *outr = NULL, *dout = NULL, *dq = NULL, *dk = NULL, *dv = NULL;
+        if (a->backward) {
+            outr = xmalloc(nq * sizeof(float));
+            for (size_t i = 0; i < nq; i++) outr[i] = bfr(out[i]);
+            dout = rnd(nq, -1, 1);
+            dq = zeros(nq), dk = zeros(nk), dv = zeros(nk);
+            C->attention_backward(dq, dk, dv, dout, q, k, v, outr, lse, seg, B, T, NH, NKV, HD, a->causal);
+        }
         void *gq = up_act(q, nq), *gk = up_act(k, nk), *gv = up_act(v, nk), *go = G->alloc(nq * 2);
         float *gl = G->alloc(nl * 4);
         int *gs = seg ? up_int(seg, (size_t)B * T) : NULL;
-        G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
-        char what[160];
-        snprintf(what, sizeof what, "attention_forward B%d T%d NH%d NKV%d HD%d%s%s out", B, T, NH, NKV, HD,
-                 a->causal ? " causal" : "", seg ? " seg" : "");
-        expect_act(what, go, out, nq, TOL_BF16);
-        snprintf(what, sizeof what, "attention_forward B%d T%d NH%d NKV%d HD%d lse", B, T, NH, NKV, HD);
-        expect_f32(what, gl, lse, nl, TOL_F32_FROM_BF16);
-        // lse NULL is allowed
-        G->attention_forward(go, NULL, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
-        expect_act("attention_forward without lse", go, out, nq, TOL_BF16);
 
-        if (a->backward) {
-            // both backends get the same out (rounded to bf16) and lse, from the CPU forward
-            for (size_t i = 0; i < nq; i++) out[i] = bfr(out[i]);
-            float *dout = rnd(nq, -1, 1);
-            float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
-            C->attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, NH, NKV, HD, a->causal);
-            void *gdo = up_act(dout, nq), *gout = up_act(out, nq);
-            void *gdq = G->alloc(nq * 2), *gdk = G->alloc(nk * 2), *gdv = G->alloc(nk * 2);
-            G->upload(gl, lse, nl * 4);
-            void *r[2][3];
-            for (int rep = 0; rep < 2; rep++) {
-                G->zero(gdq, nq * 2);  // overwritten, whatever they held
-                G->attention_backward(gdq, gdk, gdv, gdo, gq, gk, gv, gout, gl, gs, B, T, NH, NKV, HD, a->causal);
-                r[rep][0] = down_raw(gdq, nq * 2);
-                r[rep][1] = down_raw(gdk, nk * 2);
-                r[rep][2] = down_raw(gdv, nk * 2);
+        // every shape on the FMA kernels, and on tensor cores where the head dim allows
+        void *tc_out = NULL;  // the tensor-core forward's bytes
+        for (int path = att_has_tc(HD) ? 0 : 1; path < 2; path++) {
+            int prev = cuda_attention_set_path(path);
+            const char *pn = path ? "fma" : "tc";
+            char what[160];
+            G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
+            if (!path) tc_out = down_raw(go, nq * 2);
+            // the paths round differently (P is bf16 on tensor cores), so with enough keys their
+            // bytes differ: identical bytes would mean the switch did not take
+            if (path && tc_out && T >= 16) {
+                void *fma_out = down_raw(go, nq * 2);
+                if (memcmp(tc_out, fma_out, nq * 2) == 0) fail_msg("attention: tc and fma paths gave the same bytes");
+                free(fma_out);
             }
-            snprintf(what, sizeof what, "attention_backward B%d T%d NH%d NKV%d HD%d dq", B, T, NH, NKV, HD);
-            expect_act(what, gdq, dq, nq, TOL_BF16);
-            snprintf(what, sizeof what, "attention_backward B%d T%d NH%d NKV%d HD%d dk", B, T, NH, NKV, HD);
-            expect_act(what, gdk, dk, nk, TOL_BF16);
-            snprintf(what, sizeof what, "attention_backward B%d T%d NH%d NKV%d HD%d dv", B, T, NH, NKV, HD);
-            expect_act(what, gdv, dv, nk, TOL_BF16);
-            snprintf(what, sizeof what, "attention_backward B%d T%d NH%d NKV%d HD%d twice", B, T, NH, NKV, HD);
-            expect_same_bytes(what, r[0][0], r[1][0], nq * 2);
-            expect_same_bytes(what, r[0][1], r[1][1], nk * 2);
-            expect_same_bytes(what, r[0][2], r[1][2], nk * 2);
-            for (int rep = 0; rep < 2; rep++)
-                for (int j = 0; j < 3; j++) free(r[rep][j]);
-            free(dout); free(dq); free(dk); free(dv);
-            G->free(gdo); G->free(gout); G->free(gdq); G->free(gdk); G->free(gdv);
+            snprintf(what, sizeof what, "attention_forward %s B%d T%d NH%d NKV%d HD%d%s%s out", pn, B, T, NH, NKV, HD,
+                     a->causal ? " causal" : "", seg ? " seg" : "");
+            expect_act(what, go, out, nq, TOL_BF16);
+            snprintf(what, sizeof what, "attention_forward %s B%d T%d NH%d NKV%d HD%d lse", pn, B, T, NH, NKV, HD);
+            expect_f32(what, gl, lse, nl, TOL_F32_FROM_BF16);
+            // lse NULL is allowed
+            G->attention_forward(go, NULL, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
+            snprintf(what, sizeof what, "attention_forward %s without lse", pn);
+            expect_act(what, go, out, nq, TOL_BF16);
+
+            if (a->backward) {
+                void *gdo = up_act(dout, nq), *gout = up_act(outr, nq);
+                void *gdq = G->alloc(nq * 2), *gdk = G->alloc(nk * 2), *gdv = G->alloc(nk * 2);
+                G->upload(gl, lse, nl * 4);
+                void *r[2][3];
+                for (int rep = 0; rep < 2; rep++) {
+                    G->zero(gdq, nq * 2);  // overwritten, whatever they held
+                    G->attention_backward(gdq, gdk, gdv, gdo, gq, gk, gv, gout, gl, gs, B, T, NH, NKV, HD, a->causal);
+                    r[rep][0] = down_raw(gdq, nq * 2);
+                    r[rep][1] = down_raw(gdk, nk * 2);
+                    r[rep][2] = down_raw(gdv, nk * 2);
+                }
+                snprintf(what, sizeof what, "attention_backward %s B%d T%d NH%d NKV%d HD%d dq", pn, B, T, NH, NKV, HD);
+                expect_act(what, gdq, dq, nq, TOL_BF16);
+                snprintf(what, sizeof what, "attention_backward %s B%d T%d NH%d NKV%d HD%d dk", pn, B, T, NH, NKV, HD);
+                expect_act(what, gdk, dk, nk, TOL_BF16);
+                snprintf(what, sizeof what, "attention_backward %s B%d T%d NH%d NKV%d HD%d dv", pn, B, T, NH, NKV, HD);
+                expect_act(what, gdv, dv, nk, TOL_BF16);
+                snprintf(what, sizeof what, "attention_backward %s B%d T%d NH%d NKV%d HD%d twice", pn, B, T, NH, NKV, HD);
+                expect_same_bytes(what, r[0][0], r[1][0], nq * 2);
+                expect_same_bytes(what, r[0][1], r[1][1], nk * 2);
+                expect_same_bytes(what, r[0][2], r[1][2], nk * 2);
+                for (int rep = 0; rep < 2; rep++)
+                    for (int j = 0; j < 3; j++) free(r[rep][j]);
+                G->free(gdo); G->free(gout); G->free(gdq); G->free(gdk); G->free(gdv);
+            }
+            cuda_attention_set_path(prev);
         }
         free(q); free(k); free(v); free(seg); free(out); free(lse);
+        free(outr); free(dout); free(dq); free(dk); free(dv); free(tc_out);
         G->free(gq); G->free(gk); G->free(gv); G->free(go); G->free(gl);
         if (gs) G->free(gs);
     }
@@ -1172,8 +1210,14 @@ static void bench(void) {
         }
         G->free(inp); G->free(w); G->free(out); G->free(dinp); G->free(dw);
     }
-    // attention: the LLM (causal, GQA) and the ViT (full)
-    const AttShape at[] = {{2, 1024, 14, 2, 64, 1, 0, 1, 1}, {1, 4096, 14, 2, 64, 1, 0, 1, 1}, {16, 577, 16, 16, 64, 0, 0, 1, 0}};
+    // attention: the LLM (Qwen2-0.5B: causal, GQA 14/2; micro-batch 16 x 768 and longer rows) and
+    // the ViT (CLIP-L/14-336: 577 tokens, full, forward only), on tensor cores ("tc") and on the
+    // FMA kernels ("fma", as SVLM_ATTN=fma). FLOPs count the 4 T^2 HD per head of the forward's two
+    // products (half of it under a causal mask) and 2.5x that for the backward's five.
+    const AttShape at[] = {{16, 768, 14, 2, 64, 1, 0, 1, 1},
+                           {2, 1024, 14, 2, 64, 1, 0, 1, 1},
+                           {1, 4096, 14, 2, 64, 1, 0, 1, 1},
+                           {16, 577, 16, 16, 64, 0, 0, 1, 0}};
     for (size_t s = 0; s < sizeof at / sizeof *at; s++) {
         const AttShape *a = &at[s];
         size_t nq = (size_t)a->B * a->T * a->NH * a->HD, nk = (size_t)a->B * a->T * a->NKV * a->HD;
@@ -1184,13 +1228,19 @@ static void bench(void) {
         G->copy(v, q, nk * 2);
         float *lse = G->alloc((size_t)a->B * a->NH * a->T * 4);
         double flop = 4.0 * a->B * a->NH * (double)a->T * a->T * a->HD * (a->causal ? 0.5 : 1.0);
-        TIME_MS(ms, G->attention_forward(o, lse, q, k, v, NULL, a->B, a->T, a->NH, a->NKV, a->HD, a->causal));
-        printf("  attention fwd   B%-2d T%-5d NH%-2d NKV%-2d HD%d%s  %8.3f ms  %6.1f TFLOP/s\n", a->B, a->T, a->NH, a->NKV,
-               a->HD, a->causal ? " causal" : "", ms, flop / ms / 1e9);
-        if (a->backward) {
-            TIME_MS(ms, G->attention_backward(dq, dk, dv, o, q, k, v, o, lse, NULL, a->B, a->T, a->NH, a->NKV, a->HD, a->causal));
-            printf("  attention bwd   B%-2d T%-5d NH%-2d NKV%-2d HD%d%s  %8.3f ms  %6.1f TFLOP/s\n", a->B, a->T, a->NH,
-                   a->NKV, a->HD, a->causal ? " causal" : "", ms, 2.5 * flop / ms / 1e9);
+        for (int path = 0; path < 2; path++) {
+            int prev = cuda_attention_set_path(path);
+            const char *pn = path ? "fma" : "tc ";
+            TIME_MS(ms, G->attention_forward(o, lse, q, k, v, NULL, a->B, a->T, a->NH, a->NKV, a->HD, a->causal));
+            printf("  attention fwd %s B%-2d T%-5d NH%-2d NKV%-2d HD%d%s  %8.3f ms  %6.1f TFLOP/s\n", pn, a->B, a->T,
+                   a->NH, a->NKV, a->HD, a->causal ? " causal" : "", ms, flop / ms / 1e9);
+            if (a->backward) {
+                TIME_MS(ms, G->attention_backward(dq, dk, dv, o, q, k, v, o, lse, NULL, a->B, a->T, a->NH, a->NKV, a->HD,
+                                                  a->causal));
+                printf("  attention bwd %s B%-2d T%-5d NH%-2d NKV%-2d HD%d%s  %8.3f ms  %6.1f TFLOP/s\n", pn, a->B, a->T,
+                       a->NH, a->NKV, a->HD, a->causal ? " causal" : "", ms, 2.5 * flop / ms / 1e9);
+            }
+            cuda_attention_set_path(prev);
         }
         free(qh);
         G->free(q); G->free(k); G->free(v); G->free(o); G->free(dq); G->free(dk); G->free(dv); G->free(lse);
@@ -1223,6 +1273,83 @@ static void bench(void) {
     }
 }
 
+// ---------------------------------------------------------------- memory plan and plan cache
+
+// The memory plan on the CUDA backend (bf16 buffers, the ops' scratch): vlm_init plus
+// workspace_reserve hold exactly the plan, and training steps allocate nothing more (a scratch
+// buffer that had to grow would show as a rise of in_use).
+static void test_memory_plan(void **state) {
+    (void)state;
+    KernelsWork none;
+    memset(&none, 0, sizeof none);
+    G->workspace_reserve(&none);  // drops the scratch the op tests grew
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_qwen2_ldp.safetensors");
+    VlmSpec spec = {.vision_dir = fixture_path("clip"), .vision_layer = -2, .llm_dir = fixture_path("qwen2"),
+                    .connector = CONNECTOR_LDP, .max_B = fx.B, .max_T = fx.T, .max_images = fx.n_img};
+    char vdir[512], ldir[512];
+    snprintf(vdir, sizeof vdir, "%s", spec.vision_dir);
+    snprintf(ldir, sizeof ldir, "%s", spec.llm_dir);
+    spec.vision_dir = vdir;
+    spec.llm_dir = ldir;
+    lora_config_load_peft(&spec.lora, fixture_path("qwen2_lora"));
+    size_t base, after;
+    G->memory(&base, NULL);
+    base -= G->workspace_bytes(&none);  // the fixed scratch (sum_squares) stays reserved: it is in the plan
+    MemPlan plan;
+    vlm_plan(&plan, G, &spec);
+    G->memory(&after, NULL);
+    assert_int_equal(after, base + G->workspace_bytes(&none));
+    Vlm m;
+    vlm_init(&m, G, &spec);
+    KernelsWork w;
+    vlm_work(&m, &w);
+    G->workspace_reserve(&w);
+    G->memory(&after, NULL);
+    printf("    plan %zu bytes (workspace %zu), held after setup %zu\n", plan.total, plan.workspace, after - base);
+    assert_int_equal(after - base, plan.total);
+    vlm_init_trainable(&m, 5);
+    for (int rep = 0; rep < 2; rep++) {
+        vlm_forward_backward(&m, &fx.batch, 1.0f, NULL);
+        double ss = G->sum_squares(m.train.grad, m.train.numel);
+        assert_true(isfinite(ss));
+    }
+    G->synchronize();
+    G->memory(&after, NULL);
+    printf("    held after 2 forward+backward steps %zu\n", after - base);
+    assert_int_equal(after - base, plan.total);
+    vlm_free(&m);
+    vlm_fixture_close(&fx);
+}
+
+// More distinct matmul shapes than the cuBLASLt plan table holds (batches padded to their
+// longest row give a new N most steps): the table empties and refills, results stay right.
+static void test_matmul_many_shapes(void **state) {
+    (void)state;
+    int Cc = 24, OC = 40, nshapes = emu ? 40 : 700;
+    float *inp = rnd((size_t)nshapes * Cc, -1, 1), *w = rnd((size_t)OC * Cc, -1, 1), *bias = rnd(OC, -1, 1);
+    void *di = up_act(inp, (size_t)nshapes * Cc), *dw = up_act(w, (size_t)OC * Cc), *db = up_act(bias, OC);
+    void *dout = G->alloc((size_t)nshapes * OC * G->act_bytes);
+    float *ref = zeros((size_t)nshapes * OC);
+    double worst = 0;
+    for (int N = 1; N <= nshapes; N++) {
+        C->matmul_forward(ref, inp, w, bias, N, Cc, OC, 1.0f, 0);
+        G->matmul_forward(dout, di, dw, db, N, Cc, OC, 1.0f, 0);
+        if (N % 50 == 0 || N == nshapes) {
+            float *got = down_act(dout, (size_t)N * OC);
+            double e = rel_err(got, ref, (size_t)N * OC);
+            if (e > worst) worst = e;
+            free(got);
+        }
+    }
+    char what[96];
+    snprintf(what, sizeof what, "matmul_forward N=1..%d (%d shapes)", nshapes, nshapes);
+    printf("    %-60s rel err %.2e (tol %.0e)\n", what, worst, TOL_BF16);
+    assert_true(worst <= TOL_BF16);
+    free(inp); free(w); free(bias); free(ref);
+    G->free(di); G->free(dw); G->free(db); G->free(dout);
+}
+
 int main(int argc, char **argv) {
     if (!kernels_cuda()) {
         printf("test_gpu: no CUDA device (kernels_cuda() returned NULL): skipped\n");
@@ -1246,11 +1373,13 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_model_qwen2_ldp_lora),
         cmocka_unit_test(test_model_qwen2_ldp_stage1),
         cmocka_unit_test(test_model_llama_mlp2x_rslora),
+        cmocka_unit_test(test_memory_plan),
     };
     const struct CMUnitTest ops[] = {
         cmocka_unit_test(test_table_and_memory),
         cmocka_unit_test(test_matmul_forward),
         cmocka_unit_test(test_matmul_backward),
+        cmocka_unit_test(test_matmul_many_shapes),
         cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope),

@@ -21,7 +21,13 @@ dim3 emu_block_dim, emu_grid_dim;
 static ucontext_t g_sched;
 static std::vector<EmuFiber> g_fibers;
 static const std::function<void()> *g_body;
+static size_t g_nthreads;  // of the block that runs
 static uint64_t g_slots[32][32];  // [warp][lane] shuffle values
+// [warp][lane] which warp barrier the lane waits at: a plain __syncwarp, a shuffle, or the token of
+// a wmma collective (whose other lanes must wait at the same one)
+static uint64_t g_site[32][32];
+enum { SITE_SYNCWARP = 1, SITE_SHUFFLE = 2 };
+static float g_warp_buf[32][256];  // per-warp buffer of the wmma emulation
 static cudaError_t g_last_error;
 static const size_t STACK_BYTES = 256 << 10;
 static char *g_stacks[1024];  // kept for the life of the process (a plain array: LeakSanitizer sees them)
@@ -37,12 +43,14 @@ static void yield_to_scheduler(int state) {
 void __syncthreads(void) { yield_to_scheduler(F_BAR); }
 void __syncwarp(unsigned mask) {
     (void)mask;
+    g_site[emu_cur->linear / 32][emu_cur->linear % 32] = SITE_SYNCWARP;
     yield_to_scheduler(F_WBAR);
 }
 
 uint64_t emu_warp_exchange(uint64_t v, int src) {
     int lane = emu_cur->linear % 32, warp = emu_cur->linear / 32;
     g_slots[warp][lane] = v;
+    g_site[warp][lane] = SITE_SHUFFLE;
     yield_to_scheduler(F_WBAR);
     int src_linear = warp * 32 + src;
     if (src_linear >= (int)g_fibers.size() || g_fibers[src_linear].state == F_DONE) {
@@ -54,6 +62,28 @@ uint64_t emu_warp_exchange(uint64_t v, int src) {
     yield_to_scheduler(F_WBAR);  // every lane reads before any lane writes its slot again
     return r;
 }
+
+void emu_warp_collective_begin(uint64_t token, const char *what) {
+    int lane = emu_cur->linear % 32, warp = emu_cur->linear / 32;
+    if ((size_t)(warp + 1) * 32 > g_nthreads) {
+        fprintf(stderr, "cuda-emu: wmma %s in a warp of fewer than 32 threads (block of %zu)\n", what, g_nthreads);
+        abort();
+    }
+    g_site[warp][lane] = token;
+    yield_to_scheduler(F_WBAR);
+    for (int l = 0; l < 32; l++) {
+        const EmuFiber *f = &g_fibers[warp * 32 + l];
+        if (f->state == F_DONE || g_site[warp][l] != token) {
+            fprintf(stderr, "cuda-emu: wmma %s by thread %d is not warp-uniform: lane %d %s\n", what, emu_cur->linear,
+                    l, f->state == F_DONE ? "has exited" : "waits at another warp barrier or with other arguments");
+            abort();
+        }
+    }
+}
+void emu_warp_collective_end(void) {
+    yield_to_scheduler(F_WBAR);  // the site stays: lanes still checking read it
+}
+float *emu_warp_buffer(void) { return g_warp_buf[emu_cur->linear / 32]; }
 
 static void fiber_entry(void) {
     (*g_body)();
@@ -75,6 +105,7 @@ void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
         }
     }
     g_body = &body;
+    g_nthreads = nthreads;
     emu_grid_dim = grid;
     emu_block_dim = block;
     std::vector<EmuFiber *> fs(nthreads);

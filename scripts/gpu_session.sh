@@ -1,0 +1,50 @@
+#!/bin/sh
+# gpu_session.sh: what a lent GPU machine should run, split into calls that fit the device tool's
+# 10-minute limit, every log written to $OUT (the device keeps nothing). Here, first:
+#     sh scripts/gpu_deps.sh download                  # the C libraries as .debs (ignored folder)
+# then one device call per phase, each with carry = [".debs"]:
+#     sh scripts/gpu_session.sh check   # build; test-gpu: ops, HF fixtures, ./train learning,
+#                                       # kill-and-resume, memory plan; op timings   (~5 min)
+#     sh scripts/gpu_session.sh bench   # make bench: svlm vs PyTorch at the reference shapes,
+#                                       # stages 1 and 2; the memory plan there; stage 2 on the FMA
+#                                       # attention (~8 min)
+# Each step runs under its own timeout so a hang still leaves the earlier logs. Exit status: the
+# number of steps that failed.
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-build/gpu-session}"
+mkdir -p "$OUT"
+eval "$(sh scripts/gpu_deps.sh unpack)" || exit 1
+failed=0
+step() {  # step NAME SECONDS command...: runs it, log in $OUT/NAME.log, one summary line
+    name=$1 secs=$2
+    shift 2
+    start=$(date +%s)
+    timeout "$secs" sh -c "$*" > "$OUT/$name.log" 2>&1
+    rc=$?
+    echo "gpu_session: $name: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.log"
+    [ $rc -eq 0 ] || { failed=$((failed + 1)); tail -30 "$OUT/$name.log"; }
+}
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader;
+  nvcc --version | tail -2; echo "svlm $(git rev-parse --short HEAD 2>/dev/null)"; } > "$OUT/machine.log" 2>&1
+cat "$OUT/machine.log"
+case "${1:-}" in
+check)
+    step build 240 "make -j16 all build/tests/gpu/test_gpu build/tests/test_train build/bench_step"
+    step test-gpu-model 120 "./build/tests/gpu/test_gpu model"
+    step test-gpu-ops 120 "./build/tests/gpu/test_gpu ops"
+    step test-train-cuda 240 "SVLM_TEST_DEVICE=cuda ./build/tests/test_train"
+    step op-timings 60 "./build/tests/gpu/test_gpu bench"
+    ;;
+bench)
+    step bench 480 "make -j16 bench"
+    cp build/bench/reference/*.json "$OUT/" 2>/dev/null
+    step plan-reference 60 "./build/bench_step --device cuda --preset reference --stage 2 --plan-only --models build/bench/reference"
+    step bench-attn-fma 100 "SVLM_ATTN=fma ./build/bench_step --device cuda --preset reference --stage 2 --steps 5 --models build/bench/reference"
+    ;;
+*)
+    echo "usage: sh scripts/gpu_session.sh check | bench" >&2
+    exit 2
+    ;;
+esac
+exit $failed
