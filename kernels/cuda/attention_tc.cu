@@ -62,6 +62,24 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragBr
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBt;  // B[k][n] = p[n*ldm + k]: tile^T
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
 
+// S[:, 16 n .. 16 n + 15] (16 rows, fp32, row stride SSTR) = a (the warp's 16 rows of nf x 16
+// dims, as fragments) times the transpose of tile rows 16 n .. 16 n + 15 (row stride DSTR), for
+// the 16-column subtiles n in [n0, n1): scores, and dP against V or dout, all take this form
+template <int NF, int DSTR, int SSTR>
+__device__ __forceinline__ void tc_rows_by_tile_t(float *S, const FragA *a, const bf16 *tile, int n0, int n1, int nf) {
+    for (int n = n0; n < n1; n++) {
+        FragC acc;
+        wmma::fill_fragment(acc, 0.0f);
+        TC_UNROLL for (int f = 0; f < NF; f++) {
+            if (f >= nf) break;
+            FragBt bt;
+            wmma::load_matrix_sync(bt, tile + n * 16 * DSTR + f * 16, DSTR);
+            wmma::mma_sync(acc, a[f], bt, acc);
+        }
+        wmma::store_matrix_sync(S + n * 16, acc, SSTR, wmma::mem_row_major);
+    }
+}
+
 // Shapes by the largest head dim of an instantiation: MAXD 64 or 128.
 template <int MAXD>
 struct TcCfg {
@@ -160,17 +178,7 @@ __global__ void __launch_bounds__(TC_THREADS) attn_tc_forward_kernel(bf16 *out, 
         int ns = tc_subtiles_upto(klast, k0, NSUB);  // subtiles past ns are masked for every row here
 
         // S = Q K^T, 16 keys at a time
-        for (int n = 0; n < ns; n++) {
-            FragC acc;
-            wmma::fill_fragment(acc, 0.0f);
-            TC_UNROLL for (int f = 0; f < NF; f++) {
-                if (f >= nf) break;
-                FragBt kf;
-                wmma::load_matrix_sync(kf, Ks + n * 16 * DSTR + f * 16, DSTR);
-                wmma::mma_sync(acc, qa[f], kf, acc);
-            }
-            wmma::store_matrix_sync(S + n * 16, acc, SSTR, wmma::mem_row_major);
-        }
+        tc_rows_by_tile_t<NF, DSTR, SSTR>(S, qa, Ks, 0, ns, nf);
         __syncwarp();
 
         // online softmax over this lane's HC columns of row i (columns past ns hold stale values,
@@ -303,17 +311,7 @@ __global__ void __launch_bounds__(TC_THREADS) attn_tc_dq_kernel(bf16 *dq, const 
         __syncthreads();
         int ns = tc_subtiles_upto(klast, k0, NSUB);
 
-        for (int n = 0; n < ns; n++) {  // S = Q K^T
-            FragC acc;
-            wmma::fill_fragment(acc, 0.0f);
-            TC_UNROLL for (int f = 0; f < NF; f++) {
-                if (f >= nf) break;
-                FragBt kf;
-                wmma::load_matrix_sync(kf, Ks + n * 16 * DSTR + f * 16, DSTR);
-                wmma::mma_sync(acc, qa[f], kf, acc);
-            }
-            wmma::store_matrix_sync(S + n * 16, acc, SSTR, wmma::mem_row_major);
-        }
+        tc_rows_by_tile_t<NF, DSTR, SSTR>(S, qa, Ks, 0, ns, nf);  // S = Q K^T
         __syncwarp();
         float p[HC];
         TC_UNROLL for (int c = 0; c < HC; c += 4) tc_ld4(p + c, S + r * SSTR + hf * HC + c);
@@ -325,17 +323,7 @@ __global__ void __launch_bounds__(TC_THREADS) attn_tc_dq_kernel(bf16 *dq, const 
             p[c] = vis ? exp2f(p[c] * sl2 - L2) : 0.0f;
         }
         __syncwarp();  // scores read: the buffer takes dP
-        for (int n = 0; n < ns; n++) {  // dP = dout V^T
-            FragC acc;
-            wmma::fill_fragment(acc, 0.0f);
-            TC_UNROLL for (int f = 0; f < NF; f++) {
-                if (f >= nf) break;
-                FragBt vf;
-                wmma::load_matrix_sync(vf, Vs + n * 16 * DSTR + f * 16, DSTR);
-                wmma::mma_sync(acc, oa[f], vf, acc);
-            }
-            wmma::store_matrix_sync(S + n * 16, acc, SSTR, wmma::mem_row_major);
-        }
+        tc_rows_by_tile_t<NF, DSTR, SSTR>(S, oa, Vs, 0, ns, nf);  // dP = dout V^T
         __syncwarp();
         float dp[HC];
         TC_UNROLL for (int c = 0; c < HC; c += 4) tc_ld4(dp + c, S + r * SSTR + hf * HC + c);
@@ -442,17 +430,7 @@ __global__ void __launch_bounds__(TC_THREADS) attn_tc_dkdv_kernel(float *pk, flo
         int ms = 0, me = w0 >= T ? 0 : tc_subtiles_upto(T - 1, q0, NSUB);
         if (causal && w0 > q0 + 15) ms = min(me, (w0 - q0 - 15 + 15) / 16);
 
-        for (int n = ms; n < me; n++) {  // S^T = K Q^T
-            FragC acc;
-            wmma::fill_fragment(acc, 0.0f);
-            TC_UNROLL for (int f = 0; f < NF; f++) {
-                if (f >= nf) break;
-                FragBt qf;
-                wmma::load_matrix_sync(qf, Qs + n * 16 * DSTR + f * 16, DSTR);
-                wmma::mma_sync(acc, ka[f], qf, acc);
-            }
-            wmma::store_matrix_sync(S + n * 16, acc, SSTR, wmma::mem_row_major);
-        }
+        tc_rows_by_tile_t<NF, DSTR, SSTR>(S, ka, Qs, ms, me, nf);  // S^T = K Q^T
         __syncwarp();
         float p[HC];
         TC_UNROLL for (int c = 0; c < HC; c += 4) tc_ld4(p + c, S + r * SSTR + hf * HC + c);
@@ -464,17 +442,7 @@ __global__ void __launch_bounds__(TC_THREADS) attn_tc_dkdv_kernel(float *pk, flo
             p[c] = vis ? exp2f(p[c] * sl2 - Ls[col]) : 0.0f;
         }
         __syncwarp();
-        for (int n = ms; n < me; n++) {  // dP^T = V dout^T
-            FragC acc;
-            wmma::fill_fragment(acc, 0.0f);
-            TC_UNROLL for (int f = 0; f < NF; f++) {
-                if (f >= nf) break;
-                FragBt of;
-                wmma::load_matrix_sync(of, dOs + n * 16 * DSTR + f * 16, DSTR);
-                wmma::mma_sync(acc, va[f], of, acc);
-            }
-            wmma::store_matrix_sync(S + n * 16, acc, SSTR, wmma::mem_row_major);
-        }
+        tc_rows_by_tile_t<NF, DSTR, SSTR>(S, va, dOs, ms, me, nf);  // dP^T = V dout^T
         __syncwarp();
         float ds[HC];
         TC_UNROLL for (int c = 0; c < HC; c += 4) tc_ld4(ds + c, S + r * SSTR + hf * HC + c);
