@@ -451,10 +451,7 @@ int main(int argc, char **argv) {
     size_t mem_base;
     k->memory(&mem_base, NULL);
     Vlm m;
-    vlm_init(&m, k, &spec);
-    KernelsWork work;
-    vlm_work(&m, &work);
-    k->workspace_reserve(&work);
+    vlm_init_reserved(&m, k, &spec);
     CHECK(m.n_img_tokens == slot, "slot %d vs %d", m.n_img_tokens, slot);
     vlm_init_trainable(&m, seed);
     if (lora_b_std > 0) {  // LoRA B from N(0, std): the forward then depends on LoRA

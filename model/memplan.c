@@ -11,7 +11,8 @@
 
 static int max_i(int a, int b) { return a > b ? a : b; }
 
-void vlm_work(const Vlm *m, KernelsWork *w) {
+// the shapes that decide the ops' scratch for this model
+static void vlm_work(const Vlm *m, KernelsWork *w) {
     const LlmConfig *lc = &m->llm.cfg;
     const VitConfig *vc = &m->vit.cfg;
     size_t llm_rows = (size_t)m->max_B * m->max_T;
@@ -48,6 +49,13 @@ void vlm_plan(MemPlan *p, const Kernels *k, const VlmSpec *spec) {
     p->n_blocks = kernels_dry_run_allocs();
     p->margin = kernels_dry_run_slack() + N_WORKSPACE_BLOCKS * k->alloc_granule;
     vlm_free(&m);
+}
+
+void vlm_init_reserved(Vlm *m, const Kernels *k, const VlmSpec *spec) {
+    vlm_init(m, k, spec);
+    KernelsWork w;
+    vlm_work(m, &w);
+    k->workspace_reserve(&w);
 }
 
 static int fits(const Kernels *k, const VlmSpec *spec, int B, size_t budget) {

@@ -22,9 +22,10 @@ typedef struct {
                          // alloc_granule)
 } MemPlan;
 
-// the shapes that decide the ops' scratch for this model (for workspace_bytes / workspace_reserve)
-void vlm_work(const Vlm *m, KernelsWork *w);
 void vlm_plan(MemPlan *p, const Kernels *k, const VlmSpec *spec);
+// vlm_init, then the ops' scratch for the model's shapes reserved (workspace_reserve): what the
+// backend then holds beyond what it held before is exactly the plan's total
+void vlm_init_reserved(Vlm *m, const Kernels *k, const VlmSpec *spec);
 // The largest micro-batch max_B whose plan (total + margin) fits in budget bytes, with
 // max_images scaled along (spec's images per row, max_images / max_B); 0 when not even 1 fits.
 // Searches up to max_B_cap.

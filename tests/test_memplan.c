@@ -24,25 +24,15 @@ static const Case cases[] = {
 };
 
 static VlmSpec case_spec(const Case *c) {
-    VlmSpec s = {.vision_dir = fixture_path("clip"), .vision_layer = -2, .llm_dir = fixture_path(c->llm),
-                 .connector = c->ct, .max_B = c->B, .max_T = c->T, .max_images = c->images};
-    if (c->lora_dir) lora_config_load_peft(&s.lora, fixture_path(c->lora_dir));
-    s.lora.dropout = c->dropout;
-    return s;
+    return fixture_vlm_spec(c->llm, c->ct, c->lora_dir, c->B, c->T, c->images, c->dropout);
 }
 
-// The plan is what vlm_init and workspace_reserve then hold, to the byte, and its parts add up.
+// The plan is what vlm_init_reserved then holds, to the byte, and its parts add up.
 static void test_plan_equals_setup(void **state) {
     (void)state;
     const Kernels *k = kernels_cpu();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         VlmSpec spec = case_spec(&cases[i]);
-        // fixture_path reuses 8 static buffers: keep copies
-        char vdir[512], ldir[512];
-        snprintf(vdir, sizeof vdir, "%s", spec.vision_dir);
-        snprintf(ldir, sizeof ldir, "%s", spec.llm_dir);
-        spec.vision_dir = vdir;
-        spec.llm_dir = ldir;
         size_t before, after;
         k->memory(&before, NULL);
         MemPlan p;
@@ -53,10 +43,7 @@ static void test_plan_equals_setup(void **state) {
         assert_int_equal(p.total, p.frozen_vision + p.frozen_llm + p.trainable + p.activations + p.workspace);
 
         Vlm m;
-        vlm_init(&m, k, &spec);
-        KernelsWork w;
-        vlm_work(&m, &w);
-        k->workspace_reserve(&w);
+        vlm_init_reserved(&m, k, &spec);
         k->memory(&after, NULL);
         printf("    case %zu: plan %zu bytes (frozen %zu + %zu, trainable %zu, activations %zu, workspace %zu), "
                "setup holds %zu\n", i, p.total, p.frozen_vision, p.frozen_llm, p.trainable, p.activations, p.workspace,

@@ -101,12 +101,28 @@ static int count_steps(const char *log) {
     return k;
 }
 
+// seconds per step of the reference run (its timing.jsonl), so kills land anywhere in a step
+// whatever the backend's speed (the emulated CUDA kernels take seconds per step)
+static double reference_step_seconds(void) {
+    char p[700];
+    path(p, sizeof p, root, "reference/timing.jsonl");
+    size_t n;
+    char *s = slurp(p, &n);
+    double first = -1, last = -1;
+    int count = 0;
+    for (char *q = s; (q = strstr(q, "\"elapsed_s\": ")); q++, count++) {
+        last = atof(q + 13);
+        if (first < 0) first = last;
+    }
+    free(s);
+    return count > 1 ? (last - first) / (count - 1) : 0.15;
+}
+
+static double step_s = 0.15;  // seconds per step of the reference run (setup)
+
 // Waits until the log shows `more` progress lines beyond `before`, or the process exits (then
 // returns 1 with its status in *st). Keyed on progress, not on time, so a slow machine still
 // gets its kills in the middle of training rather than all during start-up.
-static double step_s = 0.15;  // seconds per step of the reference run (setup)
-static double reference_step_seconds(void);
-
 static int wait_progress(pid_t pid, const char *log, int before, int more, int *st) {
     int polls = (int)((120 + 4 * more * step_s) * 100);  // 2 minutes plus the steps' time at most
     for (int i = 0; i < polls; i++) {
@@ -185,23 +201,6 @@ static void test_reference_run_learns(void **state) {
     assert_true(dir_exists(p));
     path(p, sizeof p, root, "reference/step_00000006");
     assert_false(dir_exists(p));
-}
-
-// seconds per step of the reference run (its timing.jsonl), so kills land anywhere in a step
-// whatever the backend's speed (the emulated CUDA kernels take seconds per step)
-static double reference_step_seconds(void) {
-    char p[700];
-    path(p, sizeof p, root, "reference/timing.jsonl");
-    size_t n;
-    char *s = slurp(p, &n);
-    double first = -1, last = -1;
-    int count = 0;
-    for (char *q = s; (q = strstr(q, "\"elapsed_s\": ")); q++, count++) {
-        last = atof(q + 13);
-        if (first < 0) first = last;
-    }
-    free(s);
-    return count > 1 ? (last - first) / (count - 1) : 0.15;
 }
 
 static void test_resume_after_sigkill(void **state) {

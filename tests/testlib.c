@@ -174,12 +174,21 @@ void vlm_fixture_close(VlmFixture *fx) {
     st_close(&fx->f);
 }
 
-void fixture_model_open(Vlm *m, const Kernels *k, const char *llm, ConnectorType ct, const char *conn_file,
-                        const char *lora_dir, int max_B, int max_T, int max_images, float lora_dropout) {
-    VlmSpec spec = {.vision_dir = fixture_path("clip"), .vision_layer = -2, .llm_dir = fixture_path(llm),
-                    .connector = ct, .max_B = max_B, .max_T = max_T, .max_images = max_images};
+VlmSpec fixture_vlm_spec(const char *llm, ConnectorType ct, const char *lora_dir, int max_B, int max_T,
+                         int max_images, float lora_dropout) {
+    static char vdir[1024], ldir[1024];  // fixture_path's buffers are reused after 8 calls
+    snprintf(vdir, sizeof vdir, "%s", fixture_path("clip"));
+    snprintf(ldir, sizeof ldir, "%s", fixture_path(llm));
+    VlmSpec spec = {.vision_dir = vdir, .vision_layer = -2, .llm_dir = ldir, .connector = ct, .max_B = max_B,
+                    .max_T = max_T, .max_images = max_images};
     if (lora_dir) lora_config_load_peft(&spec.lora, fixture_path(lora_dir));
     spec.lora.dropout = lora_dropout;
+    return spec;
+}
+
+void fixture_model_open(Vlm *m, const Kernels *k, const char *llm, ConnectorType ct, const char *conn_file,
+                        const char *lora_dir, int max_B, int max_T, int max_images, float lora_dropout) {
+    VlmSpec spec = fixture_vlm_spec(llm, ct, lora_dir, max_B, max_T, max_images, lora_dropout);
     vlm_init(m, k, &spec);
     int unmatched;
     int n = params_load_file(&m->train, fixture_path(conn_file), "", &unmatched);

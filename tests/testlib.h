@@ -54,6 +54,10 @@ float *fixture_f32(const StFile *f, const char *name, size_t *n);
 int *fixture_i32(const StFile *f, const char *name);
 void vlm_fixture_open(VlmFixture *fx, const char *name);
 void vlm_fixture_close(VlmFixture *fx);
+// The spec of the fixtures' VLM: clip + llm + connector [+ peft adapter lora_dir's LoRA config],
+// for batches up to max_B x max_T with max_images. Its paths stay valid until the next call.
+VlmSpec fixture_vlm_spec(const char *llm, ConnectorType ct, const char *lora_dir, int max_B, int max_T,
+                         int max_images, float lora_dropout);
 // Builds the fixtures' VLM (clip + llm + connector [+ peft adapter lora_dir]) on backend k for
 // batches up to max_B x max_T with max_images, and loads the connector and adapter weights.
 void fixture_model_open(Vlm *m, const Kernels *k, const char *llm, ConnectorType ct, const char *conn_file,

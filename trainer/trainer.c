@@ -164,14 +164,11 @@ static FILE *open_log(const char *out_dir, const char *name, int64_t keep_bytes)
     return f;
 }
 
-static size_t g_plan_total;
-
 // The memory plan, before anything is allocated: printed, and fatal with the largest micro-batch
-// that fits when the configured one does not.
-static void plan_memory(const TrainConfig *c, const Kernels *k, const VlmSpec *spec, int world) {
+// that fits when the configured one does not. Returns its total.
+static size_t plan_memory(const TrainConfig *c, const Kernels *k, const VlmSpec *spec, int world) {
     MemPlan p;
     vlm_plan(&p, k, spec);
-    g_plan_total = p.total;
     size_t free_b, total_b, budget;
     k->available(&free_b, &total_b);
     char what[128], b[4][32];
@@ -190,7 +187,7 @@ static void plan_memory(const TrainConfig *c, const Kernels *k, const VlmSpec *s
     if (p.total + p.margin <= budget) {
         printf("  largest micro-batch that fits: %d%s (batch_size is %d)\n", largest, largest == cap ? " or more" : "",
                c->batch_size);
-        return;
+        return p.total;
     }
     if (largest == 0)
         fatal("memory plan: even batch_size 1 x max_seq_len %d needs more than the %s available (%s): lower "
@@ -243,7 +240,7 @@ int trainer_run(const TrainConfig *c) {
     if (c->stage == 2)
         spec.lora = (LoraConfig){.r = c->lora_r, .alpha = (float)c->lora_alpha, .rslora = c->rslora,
                                  .targets = lora_targets_parse(c->lora_targets), .dropout = (float)c->lora_dropout};
-    plan_memory(c, k, &spec, world);
+    size_t plan_total = plan_memory(c, k, &spec, world);
     char train_shards[CFG_PATH + 64], val_shards[CFG_PATH + 64] = "";
     resolve_data(c, c->data, c->image_folder, "train", image_tokens, train_shards, sizeof train_shards);
     if (c->val_data[0]) resolve_data(c, c->val_data, c->val_image_folder, "val", image_tokens, val_shards, sizeof val_shards);
@@ -251,10 +248,7 @@ int trainer_run(const TrainConfig *c) {
     size_t mem_base;
     k->memory(&mem_base, NULL);
     Vlm m;
-    vlm_init(&m, k, &spec);
-    KernelsWork work;
-    vlm_work(&m, &work);
-    k->workspace_reserve(&work);
+    vlm_init_reserved(&m, k, &spec);
     CHECK(m.n_img_tokens == image_tokens, "image slot %d vs %d", m.n_img_tokens, image_tokens);
     size_t n_conn = 0, n_lora = 0;
     for (int i = 0; i < m.train.n; i++)
@@ -281,7 +275,7 @@ int trainer_run(const TrainConfig *c) {
 
     size_t mem_now;
     k->memory(&mem_now, NULL);
-    printf("memory: %zu bytes held on %s after setup (the plan: %zu)\n", mem_now - mem_base, k->name, g_plan_total);
+    printf("memory: %zu bytes held on %s after setup (the plan: %zu)\n", mem_now - mem_base, k->name, plan_total);
     int per_step = c->batch_size * world;  // global_batch is a multiple (train_config_load)
     int accum = c->global_batch / per_step;
     int64_t steps_per_epoch = loader_samples_per_rank(train) / ((int64_t)c->batch_size * accum);

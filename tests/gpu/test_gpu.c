@@ -1275,8 +1275,8 @@ static void bench(void) {
 
 // ---------------------------------------------------------------- memory plan and plan cache
 
-// The memory plan on the CUDA backend (bf16 buffers, the ops' scratch): vlm_init plus
-// workspace_reserve hold exactly the plan, and training steps allocate nothing more (a scratch
+// The memory plan on the CUDA backend (bf16 buffers, the ops' scratch): vlm_init_reserved holds
+// exactly the plan, and training steps allocate nothing more (a scratch
 // buffer that had to grow would show as a rise of in_use).
 static void test_memory_plan(void **state) {
     (void)state;
@@ -1285,14 +1285,7 @@ static void test_memory_plan(void **state) {
     G->workspace_reserve(&none);  // drops the scratch the op tests grew
     VlmFixture fx;
     vlm_fixture_open(&fx, "vlm_qwen2_ldp.safetensors");
-    VlmSpec spec = {.vision_dir = fixture_path("clip"), .vision_layer = -2, .llm_dir = fixture_path("qwen2"),
-                    .connector = CONNECTOR_LDP, .max_B = fx.B, .max_T = fx.T, .max_images = fx.n_img};
-    char vdir[512], ldir[512];
-    snprintf(vdir, sizeof vdir, "%s", spec.vision_dir);
-    snprintf(ldir, sizeof ldir, "%s", spec.llm_dir);
-    spec.vision_dir = vdir;
-    spec.llm_dir = ldir;
-    lora_config_load_peft(&spec.lora, fixture_path("qwen2_lora"));
+    VlmSpec spec = fixture_vlm_spec("qwen2", CONNECTOR_LDP, "qwen2_lora", fx.B, fx.T, fx.n_img, 0.0f);
     size_t base, after;
     G->memory(&base, NULL);
     base -= G->workspace_bytes(&none);  // the fixed scratch (sum_squares) stays reserved: it is in the plan
@@ -1301,10 +1294,7 @@ static void test_memory_plan(void **state) {
     G->memory(&after, NULL);
     assert_int_equal(after, base + G->workspace_bytes(&none));
     Vlm m;
-    vlm_init(&m, G, &spec);
-    KernelsWork w;
-    vlm_work(&m, &w);
-    G->workspace_reserve(&w);
+    vlm_init_reserved(&m, G, &spec);
     G->memory(&after, NULL);
     printf("    plan %zu bytes (workspace %zu), held after setup %zu\n", plan.total, plan.workspace, after - base);
     assert_int_equal(after - base, plan.total);
