@@ -537,13 +537,20 @@ static void test_memory_plan(void **state) {
     snprintf(dir, sizeof dir, "%s/memlimit", root);
     snprintf(arg, sizeof arg, "memory_limit=%llu", plan / 2);
     assert_int_equal(train(dir, log, 0, arg, NULL, NULL), 1);
-    assert_true(log_has(log, "memory plan: batch_size 4 x max_seq_len 96 needs "));
     s = slurp(log, &n);
     q = strstr(s, "the largest micro-batch that fits is ");
-    assert_non_null(q);
-    int largest = atoi(q + 37), set = atoi(strstr(q, "set batch_size = ") + 17);
-    printf("    memory_limit %llu: largest %d, suggested batch_size %d\n", plan / 2, largest, set);
-    assert_true(largest >= 1 && largest < 4 && set >= 1 && set <= largest && 8 % set == 0);
+    if (!q && strcmp(device, "cpu")) {
+        // CUDA counts up to 2 MiB of rounding per block: for these tiny models that slack is
+        // most of the need, and a micro-batch of 1 does not fit half the plan either
+        printf("    memory_limit %llu: not even batch_size 1 fits\n", plan / 2);
+        assert_true(log_has(log, "memory plan: even batch_size 1 x max_seq_len 96 needs more than"));
+    } else {
+        assert_true(log_has(log, "memory plan: batch_size 4 x max_seq_len 96 needs "));
+        assert_non_null(q);
+        int largest = atoi(q + 37), set = atoi(strstr(q, "set batch_size = ") + 17);
+        printf("    memory_limit %llu: largest %d, suggested batch_size %d\n", plan / 2, largest, set);
+        assert_true(largest >= 1 && largest < 4 && set >= 1 && set <= largest && 8 % set == 0);
+    }
     free(s);
     char p[700];
     path(p, sizeof p, dir, "step_00000002");
