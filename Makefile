@@ -25,6 +25,9 @@ TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
 # tests that parse untrusted files also run under AddressSanitizer + UBSan
 ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c tests/test_synth.c))
 
+# the CUDA emulator's build (tests/gpu/emu): plain, ASan (EMU_SAN=1) and TSan (EMU_TSAN=1) side by side
+EMU_DIR := build/emu$(if $(EMU_SAN),-asan)$(if $(EMU_TSAN),-tsan)
+
 HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
 ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1),11)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
@@ -80,8 +83,9 @@ ifneq ($(HAVE_NVCC),1)
 	@echo "cuda-compile: nvcc not found, CUDA sources not compiled"
 endif
 
-test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS)
-	@sh tests/run.sh $(TESTS) $(ASAN_TESTS)
+# test_gpu_emu: the CUDA kernels' source on the CPU emulator against the CPU backend (tests/gpu/emu)
+test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu
+	@sh tests/run.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu
 
 # bench_step: one training step timed on either backend (bench/bench_step.c --help); linked like
 # the programs, so it has the CUDA backend whenever nvcc is present
@@ -166,37 +170,43 @@ test-gpu: build/tests/gpu/test_gpu build/tests/test_train $(PROGS)
 	if [ $$rc -eq 77 ]; then echo "test-gpu: skipped (no CUDA device)"; exit 0; fi; [ $$rc -eq 0 ] || exit $$rc; \
 	SVLM_TEST_DEVICE=cuda ./build/tests/test_train
 
-EMU_OBJ := $(patsubst kernels/cuda/%.cu,build/emu/%.o,$(CU_SRC)) build/emu/emu_runtime.o
+EMU_OBJ := $(patsubst kernels/cuda/%.cu,$(EMU_DIR)/%.o,$(CU_SRC)) $(EMU_DIR)/emu_runtime.o $(EMU_DIR)/cublaslt_emu.o
 EMU_FLAGS := -std=c++17 -O2 -g -ffp-contract=off -DSVLM_CUDA_EMU -I. -Wall -Wextra -Wno-unused-parameter
-# EMU_SAN=1: the emulated kernels under AddressSanitizer + UBSan (out-of-bounds device accesses);
-# run `make clean-emu` when switching
+# EMU_SAN=1: the emulated kernels under AddressSanitizer + UBSan (out-of-bounds device accesses)
 EMU_SAN_OPTS := -fsanitize=address,undefined -fno-omit-frame-pointer
-EMU_SAN_FLAGS := $(if $(EMU_SAN),$(EMU_SAN_OPTS))
-EMU_FLAGS += $(EMU_SAN_FLAGS)
-build/emu/%.o: kernels/cuda/%.cu kernels/cuda/common.cuh tests/gpu/emu/cuda_emu.h
+# EMU_TSAN=1: the emulated kernels under ThreadSanitizer, each CUDA thread a TSan fiber: a data race
+# between the threads of a block (a missing __syncthreads or __syncwarp) is reported
+EMU_SAN_FLAGS := $(if $(EMU_SAN),$(EMU_SAN_OPTS))$(if $(EMU_TSAN), -fsanitize=thread)
+EMU_FLAGS += $(if $(EMU_TSAN),-DSVLM_EMU_TSAN)
+$(EMU_DIR)/%.o: kernels/cuda/%.cu kernels/cuda/common.cuh tests/gpu/emu/cuda_emu.h tests/gpu/emu/cublaslt_emu.h
 	@mkdir -p $(dir $@)
-	$(CXX) -x c++ $(EMU_FLAGS) -c $< -o $@
-build/emu/emu_runtime.o: tests/gpu/emu/emu_runtime.cpp tests/gpu/emu/cuda_emu.h
+	$(CXX) -x c++ $(EMU_FLAGS) $(EMU_SAN_FLAGS) -c $< -o $@
+# the scheduler itself is not instrumented by TSan: its bookkeeping is not the kernels' business
+$(EMU_DIR)/emu_runtime.o: tests/gpu/emu/emu_runtime.cpp tests/gpu/emu/cuda_emu.h
 	@mkdir -p $(dir $@)
-	$(CXX) $(EMU_FLAGS) -c $< -o $@
-build/tests/gpu/test_gpu_emu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(EMU_OBJ) build/libsvlm.a
+	$(CXX) $(EMU_FLAGS) $(if $(EMU_TSAN),,$(EMU_SAN_FLAGS)) -c $< -o $@
+$(EMU_DIR)/cublaslt_emu.o: tests/gpu/emu/cublaslt_emu.cpp tests/gpu/emu/cublaslt_emu.h
 	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_FLAGS) $(if $(EMU_TSAN),,$(EMU_SAN_FLAGS)) -c $< -o $@
+$(EMU_DIR)/test_gpu_emu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(EMU_OBJ) build/libsvlm.a
 	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ -lcmocka $(LDLIBS) -lstdc++
-test-gpu-emu: build/tests/gpu/test_gpu_emu
-	./build/tests/gpu/test_gpu_emu
+# under TSan the CPU reference runs on one thread: libgomp is not instrumented, so TSan would take
+# its workers' hand-offs for races
+test-gpu-emu: $(EMU_DIR)/test_gpu_emu
+	$(if $(EMU_TSAN),OMP_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 $(TSAN_OPTIONS)") ./$(EMU_DIR)/test_gpu_emu
 clean-emu:
-	rm -rf build/emu build/tests/gpu/test_gpu_emu build/bench_step_emu build/train_emu
+	rm -rf build/emu build/emu-*
 
 # ./train on the emulated kernels (device = cuda runs them): `make test-train-emu` runs the GPU part
-# of tests/test_train.c with it (kill-and-resume on the CUDA code path; slow: about 15 minutes)
-build/train_emu: build/obj/train.o $(EMU_OBJ) build/libsvlm.a
+# of tests/test_train.c with it (kill-and-resume on the CUDA code path)
+$(EMU_DIR)/train_emu: build/obj/train.o $(EMU_OBJ) build/libsvlm.a
 	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ $(LDLIBS) -lstdc++
-test-train-emu: build/train_emu build/tests/test_train $(PROGS)
-	SVLM_TEST_DEVICE=cuda SVLM_TEST_TRAIN=build/train_emu ./build/tests/test_train
+test-train-emu: $(EMU_DIR)/train_emu build/tests/test_train $(PROGS)
+	SVLM_TEST_DEVICE=cuda SVLM_TEST_TRAIN=$(EMU_DIR)/train_emu ./build/tests/test_train
 
 # the same program on the CPU emulation of the CUDA kernels (tests/gpu/emu): checks bench_step's
 # CUDA path (bf16 buffers, memory accounting) without a GPU, e.g. --device cuda --preset tiny
-build/bench_step_emu: build/obj/bench/bench_step.o $(EMU_OBJ) build/libsvlm.a
+$(EMU_DIR)/bench_step_emu: build/obj/bench/bench_step.o $(EMU_OBJ) build/libsvlm.a
 	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ $(LDLIBS) -lstdc++
 
 clean:

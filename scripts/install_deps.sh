@@ -23,6 +23,8 @@ has_header() {
 }
 missing=""
 command -v "$CC" >/dev/null 2>&1 || missing="build-essential"
+# the CUDA emulator of the tests is C++
+command -v "${CXX:-c++}" >/dev/null 2>&1 || missing="build-essential"
 [ -n "$missing" ] || command -v pkg-config >/dev/null 2>&1 || missing="pkg-config"
 echo "$need" | while read -r header pkg; do
     [ -n "$header" ] || continue

@@ -4,7 +4,7 @@
 // kind of bad input (config, model directory, foreign or corrupt checkpoint, NaN loss, full disk).
 // SVLM_TEST_DEVICE=cuda (make test-gpu) runs the device-independent part on the GPU: learning,
 // the resumes (bit-identical there too) and the memory plan; SVLM_TEST_TRAIN names another
-// ./train binary (the emulated CUDA build, build/train_emu).
+// ./train binary (the emulated CUDA build, build/emu/train_emu).
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -561,10 +561,13 @@ static void test_memory_plan(void **state) {
     assert_true(log_has(log, "memory_limit = \"lots\" is not a size"));
 }
 
-int main(void) {
+// an argument runs only the tests whose names match it (cmocka's pattern: * and ?); the reference
+// run of setup is always made
+int main(int argc, char **argv) {
     const char *d = getenv("SVLM_TEST_DEVICE"), *t = getenv("SVLM_TEST_TRAIN");
     if (d && *d) device = d;
     if (t && *t) train_bin = t;
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
     if (strcmp(device, "cpu")) {  // bf16 on the GPU: the fp32 tolerances of the other tests do not apply
         const struct CMUnitTest gpu_tests[] = {
             cmocka_unit_test(test_reference_run_learns),
@@ -572,6 +575,8 @@ int main(void) {
             cmocka_unit_test(test_resume_after_sigterm),
             cmocka_unit_test(test_resume_from_older_checkpoint),
             cmocka_unit_test(test_memory_plan),
+            cmocka_unit_test(test_nan_loss),  // the non-finite check reads device reductions
+            cmocka_unit_test(test_disk_full_during_checkpoint),  // the checkpoint copies from the device
         };
         return cmocka_run_group_tests(gpu_tests, setup, NULL);
     }

@@ -20,7 +20,9 @@
 
 #include "kernels/cuda/common.cuh"
 
-#ifndef SVLM_CUDA_EMU
+#ifdef SVLM_CUDA_EMU
+#include "tests/gpu/emu/cublaslt_emu.h"  // the emulator's cuBLASLt: this file's cuBLASLt path runs there too
+#else
 #include <cublasLt.h>
 #endif
 
@@ -108,8 +110,8 @@ __global__ void add_bias_kernel(bf16 *out, const bf16 *bias, int rows, int cols)
 // ---------------------------------------------------------------- cuBLASLt
 
 static int g_force_fallback;
+static long g_n_cublaslt, g_n_fallback;  // GEMMs run by each path (cuda_matmul_counts)
 
-#ifndef SVLM_CUDA_EMU
 static cublasLtHandle_t g_lt;
 static void *g_workspace;
 static const size_t WORKSPACE_BYTES = (size_t)32 << 20;  // what cuBLAS recommends for Hopper
@@ -242,12 +244,10 @@ static Plan *plan_for(const Gemm *g) {
                 p->ok ? "cuBLASLt" : "fallback kernel");
     return p;
 }
-#endif
 
 void cuda_matmul_init(void) {
     const char *f = getenv("SVLM_MATMUL_FALLBACK");
     g_force_fallback = f && *f && strcmp(f, "0") != 0;
-#ifndef SVLM_CUDA_EMU
     cublasCheck(cublasLtCreate(&g_lt));
     cudaCheck(cudaMalloc(&g_workspace, WORKSPACE_BYTES));
     cuda_track(g_workspace, WORKSPACE_BYTES);
@@ -256,18 +256,22 @@ void cuda_matmul_init(void) {
     for (int i = 0; i < PLAN_SLOTS; i++) g_slot[i] = -1;
     const char *s = getenv("SVLM_CUBLASLT_SPLITK");
     if (s && *s && strcmp(s, "0") != 0) g_reduction_mask = CUBLASLT_REDUCTION_SCHEME_MASK;
-#endif
+}
+
+// which path the GEMMs took so far: the tests check that aligned shapes reach cuBLASLt (a silent
+// fallback would be correct but slow)
+extern "C" void cuda_matmul_counts(long *cublaslt, long *fallback) {
+    *cublaslt = g_n_cublaslt;
+    *fallback = g_n_fallback;
 }
 
 static void gemm(const Gemm *g) {
     if (g->m <= 0 || g->n <= 0) return;
     if (g->k <= 0 || g_force_fallback) {
+        g_n_fallback++;
         gemm_fallback(g);
         return;
     }
-#ifdef SVLM_CUDA_EMU
-    gemm_fallback(g);
-#else
     Gemm gg = *g;
     // the epilogue takes only a bias as aligned as the matrices; otherwise a kernel adds it
     const bf16 *late_bias = NULL;
@@ -277,6 +281,7 @@ static void gemm(const Gemm *g) {
     }
     Plan *p = plan_for(&gg);
     if (!p->ok) {
+        g_n_fallback++;
         gemm_fallback(g);
         return;
     }
@@ -290,16 +295,17 @@ static void gemm(const Gemm *g) {
         warn("cuBLASLt refused a matmul (m=%d n=%d k=%d, %s); using svlm's own kernel for this shape", gg.m, gg.n,
              gg.k, cublasGetStatusString(st));
         p->ok = 0;
+        g_n_fallback++;
         gemm_fallback(g);
         return;
     }
     cublasCheck(st);
+    g_n_cublaslt++;
     if (late_bias) {
         size_t total = (size_t)gg.m * gg.n;
         LAUNCH(ceil_div_u(total, 256), 256, add_bias_kernel)((bf16 *)gg.D, late_bias, gg.n, gg.m);
         cudaCheckLaunch();
     }
-#endif
 }
 
 void cuda_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N, int C,

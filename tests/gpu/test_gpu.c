@@ -1312,11 +1312,17 @@ static void test_memory_plan(void **state) {
     vlm_fixture_close(&fx);
 }
 
+// kernels/cuda/matmul.cu: how many GEMMs ran on cuBLASLt and on svlm's fallback kernel so far
+void cuda_matmul_counts(long *cublaslt, long *fallback);
+
 // More distinct matmul shapes than the cuBLASLt plan table holds (batches padded to their
-// longest row give a new N most steps): the table empties and refills, results stay right.
+// longest row give a new N most steps): the table empties and refills, results stay right, and
+// every one of these aligned shapes ran on cuBLASLt (the emulator's too: tests/gpu/emu)
 static void test_matmul_many_shapes(void **state) {
     (void)state;
-    int Cc = 24, OC = 40, nshapes = emu ? 40 : 700;
+    int Cc = 24, OC = 40, nshapes = 700;
+    long lt0, fb0, lt1, fb1;
+    cuda_matmul_counts(&lt0, &fb0);
     float *inp = rnd((size_t)nshapes * Cc, -1, 1), *w = rnd((size_t)OC * Cc, -1, 1), *bias = rnd(OC, -1, 1);
     void *di = up_act(inp, (size_t)nshapes * Cc), *dw = up_act(w, (size_t)OC * Cc), *db = up_act(bias, OC);
     void *dout = G->alloc((size_t)nshapes * OC * G->act_bytes);
@@ -1336,6 +1342,11 @@ static void test_matmul_many_shapes(void **state) {
     snprintf(what, sizeof what, "matmul_forward N=1..%d (%d shapes)", nshapes, nshapes);
     printf("    %-60s rel err %.2e (tol %.0e)\n", what, worst, TOL_BF16);
     assert_true(worst <= TOL_BF16);
+    cuda_matmul_counts(&lt1, &fb1);
+    const char *forced = getenv("SVLM_MATMUL_FALLBACK");
+    printf("    %d shapes: %ld GEMMs on cuBLASLt, %ld on the fallback kernel\n", nshapes, lt1 - lt0, fb1 - fb0);
+    if (!(forced && *forced && strcmp(forced, "0")))
+        assert_int_equal(lt1 - lt0, nshapes);
     free(inp); free(w); free(bias); free(ref);
     G->free(di); G->free(dw); G->free(db); G->free(dout);
 }
@@ -1345,9 +1356,11 @@ int main(int argc, char **argv) {
         printf("test_gpu: no CUDA device (kernels_cuda() returned NULL): skipped\n");
         return 77;
     }
-    // "model" or "ops" as the only argument runs one part (the model part first on a new GPU);
+    // "model" or "ops" as the first argument runs one part (the model part first on a new GPU),
+    // and a second argument runs only the tests whose names match it (cmocka's pattern: * and ?);
     // "bench" prints timings of the main ops at Qwen2-0.5B / CLIP-L sizes instead of testing
     const char *part = argc > 1 ? argv[1] : "all";
+    if (argc > 2) cmocka_set_test_filter(argv[2]);
     if (strcmp(part, "bench") == 0) {
         C = kernels_cpu();
         G = kernels_cuda();

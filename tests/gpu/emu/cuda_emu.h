@@ -1,14 +1,16 @@
 // cuda_emu.h: a small CPU emulator of the CUDA subset that kernels/cuda uses, so that the backend's
 // kernels run (slowly) on machines without a GPU and tests/gpu can check them against the CPU
-// backend there: `make test-gpu-emu`. Each CUDA thread of a block is a fiber (ucontext) on one OS
-// thread; a fiber runs until it reaches __syncthreads / __syncwarp / a shuffle, so blocks execute
-// with real barrier semantics, and a barrier that can never complete (divergent __syncthreads,
+// backend there: `make test-gpu-emu`. Each CUDA thread of a block is a fiber on one OS thread
+// (emu_runtime.cpp; under EMU_TSAN=1 also a ThreadSanitizer fiber, for races within a block); a
+// fiber runs until it reaches __syncthreads / __syncwarp / a shuffle, so blocks execute with real
+// barrier semantics, and a barrier that can never complete (divergent __syncthreads,
 // a shuffle with an exited lane) aborts with a message. Shared memory is a function-local
 // static (blocks run one after another), device memory is host memory, streams are synchronous.
 // Tensor cores: the WMMA subset of nvcuda::wmma the attention uses (bf16 16x16x16, fp32 accumulate),
-// with each lane holding the whole tile (see the WMMA section). cuBLASLt is absent: the matmul
-// runs on its fallback kernel. Not emulated: timing, occupancy and resource limits, real warp
-// lockstep, memory-model races between blocks, the hardware's layout of fragments.
+// with each lane holding the whole tile (see the WMMA section). cuBLASLt: the subset matmul.cu
+// calls, on the host, by the library's documented semantics (cublaslt_emu.h). Not emulated:
+// timing, occupancy and resource limits, real warp lockstep, memory-model races between blocks,
+// the hardware's layout of fragments.
 #pragma once
 #include <math.h>
 #include <stddef.h>

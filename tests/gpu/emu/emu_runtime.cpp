@@ -5,20 +5,67 @@
 
 #include "tests/gpu/emu/cuda_emu.h"
 
+// Race detection (EMU_TSAN=1 builds the kernels under ThreadSanitizer): each CUDA thread is a
+// TSan fiber, switches carry no ordering, and the only happens-before edges are the ones CUDA
+// promises: launch -> every thread, __syncthreads, warp barriers (__syncwarp, shuffles, wmma
+// collectives), thread end -> the host. So two threads of a block touching the same shared or
+// global word, one of them writing, without a barrier between them is reported as a data race,
+// whatever order the fibers happened to run in. Blocks are ordered one after another (their
+// __shared__ arrays are the same static memory here), so races between blocks are not seen.
+#ifdef SVLM_EMU_TSAN
+#include <sanitizer/tsan_interface.h>
+#define TSAN(x) x
+#else
+#define TSAN(x)
+#endif
+
 enum { F_RUN, F_BAR, F_WBAR, F_DONE };
 
+// Context switch. swapcontext saves and restores the signal mask, a system call each way, and a
+// kernel switches fibers at every barrier and shuffle, so on x86-64 a fiber switch is six pushes,
+// a stack swap and six pops (the System V callee-saved registers; the kernels never change the
+// floating-point control words). Under AddressSanitizer, which must see stack switches, and on other
+// processors, ucontext does it.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define EMU_OWN_SWITCH 1
+// saves the callee-saved registers on the current stack and the stack pointer in *save_sp, then
+// continues on to_sp where an earlier emu_switch (or fiber_prepare) left the same layout
+extern "C" void emu_switch(void **save_sp, void *to_sp);
+__asm__(".text\n"
+        ".globl emu_switch\n"
+        ".type emu_switch, @function\n"
+        "emu_switch:\n"
+        "    pushq %rbp\n    pushq %rbx\n    pushq %r12\n    pushq %r13\n    pushq %r14\n    pushq %r15\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    popq %r15\n    popq %r14\n    popq %r13\n    popq %r12\n    popq %rbx\n    popq %rbp\n"
+        "    ret\n"
+        ".size emu_switch, .-emu_switch\n"
+        ".section .note.GNU-stack,\"\",@progbits\n"
+        ".text\n");
+#endif
+
 struct EmuFiber {
+#ifdef EMU_OWN_SWITCH
+    void *sp;
+#else
     ucontext_t ctx;
+#endif
     uint3 tid;
     int linear, state;
     char *stack;
+    void *tsan;  // the TSan fiber (EMU_TSAN)
 };
 
 EmuFiber *emu_cur;
 uint3 emu_block_idx;
 dim3 emu_block_dim, emu_grid_dim;
 
+#ifdef EMU_OWN_SWITCH
+static void *g_sched_sp;
+#else
 static ucontext_t g_sched;
+#endif
 static std::vector<EmuFiber> g_fibers;
 static const std::function<void()> *g_body;
 static size_t g_nthreads;  // of the block that runs
@@ -31,13 +78,49 @@ static float g_warp_buf[32][256];  // per-warp buffer of the wmma emulation
 static cudaError_t g_last_error;
 static const size_t STACK_BYTES = 256 << 10;
 static char *g_stacks[1024];  // kept for the life of the process (a plain array: LeakSanitizer sees them)
+// happens-before objects of the race detection: the barriers alternate between two per
+// generation, so a thread that has passed a barrier and reached the next one does not hand its
+// new writes to a thread still waking from the first
+#ifdef SVLM_EMU_TSAN
+static char g_launch_sync, g_end_sync, g_bar_sync[2], g_warp_sync[32][2];
+static void *g_sched_tsan;
+#endif
+static unsigned g_bar_gen, g_warp_gen[32];
 
 uint3 &emu_thread_idx(void) { return emu_cur->tid; }
 int emu_lane(void) { return emu_cur->linear % 32; }
 
+// the scheduler runs fiber f until it yields
+static void switch_to_fiber(EmuFiber *f) {
+    emu_cur = f;
+    TSAN(__tsan_switch_to_fiber(f->tsan, __tsan_switch_to_fiber_no_sync));
+#ifdef EMU_OWN_SWITCH
+    emu_switch(&g_sched_sp, f->sp);
+#else
+    swapcontext(&g_sched, &f->ctx);
+#endif
+}
+// the running fiber hands control back to the scheduler
+static void switch_to_scheduler(void) {
+    TSAN(__tsan_switch_to_fiber(g_sched_tsan, __tsan_switch_to_fiber_no_sync));
+#ifdef EMU_OWN_SWITCH
+    emu_switch(&emu_cur->sp, g_sched_sp);
+#else
+    swapcontext(&emu_cur->ctx, &g_sched);
+#endif
+}
+
 static void yield_to_scheduler(int state) {
     emu_cur->state = state;
-    swapcontext(&emu_cur->ctx, &g_sched);
+#ifdef SVLM_EMU_TSAN
+    int warp = emu_cur->linear / 32;
+    char *sync = state == F_BAR ? &g_bar_sync[g_bar_gen & 1] : &g_warp_sync[warp][g_warp_gen[warp] & 1];
+    __tsan_release(sync);
+    switch_to_scheduler();
+    __tsan_acquire(sync);
+#else
+    switch_to_scheduler();
+#endif
 }
 
 void __syncthreads(void) { yield_to_scheduler(F_BAR); }
@@ -86,8 +169,37 @@ void emu_warp_collective_end(void) {
 float *emu_warp_buffer(void) { return g_warp_buf[emu_cur->linear / 32]; }
 
 static void fiber_entry(void) {
+    TSAN(__tsan_acquire(&g_launch_sync));
     (*g_body)();
-    emu_cur->state = F_DONE;  // returning resumes uc_link, the scheduler
+    emu_cur->state = F_DONE;
+    TSAN(__tsan_release(&g_end_sync));
+#ifdef EMU_OWN_SWITCH
+    switch_to_scheduler();  // never resumed: the next block starts the fiber afresh
+    abort();
+#else
+    TSAN(__tsan_switch_to_fiber(g_sched_tsan, __tsan_switch_to_fiber_no_sync));
+    // returning resumes uc_link, the scheduler
+#endif
+}
+
+// the fiber's first switch_to_fiber starts fiber_entry at the top of its stack
+static void fiber_prepare(EmuFiber *f) {
+#ifdef EMU_OWN_SWITCH
+    // from the top: a zero return address for fiber_entry (entered with rsp % 16 == 8, as after a
+    // call), the address emu_switch's ret jumps to, six zero registers for its pops
+    uintptr_t top = ((uintptr_t)f->stack + STACK_BYTES) & ~(uintptr_t)15;
+    void **sp = (void **)top;
+    *--sp = NULL;
+    *--sp = (void *)fiber_entry;
+    for (int i = 0; i < 6; i++) *--sp = NULL;
+    f->sp = sp;
+#else
+    getcontext(&f->ctx);
+    f->ctx.uc_stack.ss_sp = f->stack;
+    f->ctx.uc_stack.ss_size = STACK_BYTES;
+    f->ctx.uc_link = &g_sched;
+    makecontext(&f->ctx, fiber_entry, 0);
+#endif
 }
 
 void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
@@ -102,6 +214,7 @@ void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
         for (size_t i = 0; i < 1024; i++) {
             if (!g_stacks[i]) g_stacks[i] = (char *)malloc(STACK_BYTES);
             g_fibers[i].stack = g_stacks[i];
+            TSAN(g_fibers[i].tsan = __tsan_create_fiber(0));
         }
     }
     g_body = &body;
@@ -109,6 +222,7 @@ void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
     emu_grid_dim = grid;
     emu_block_dim = block;
     std::vector<EmuFiber *> fs(nthreads);
+    TSAN(g_sched_tsan = __tsan_get_current_fiber());
     for (unsigned bz = 0; bz < grid.z; bz++)
         for (unsigned by = 0; by < grid.y; by++)
             for (unsigned bx = 0; bx < grid.x; bx++) {
@@ -119,18 +233,16 @@ void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
                     f->tid = uint3{(unsigned)(t % block.x), (unsigned)(t / block.x % block.y),
                                    (unsigned)(t / ((size_t)block.x * block.y))};
                     f->state = F_RUN;
-                    getcontext(&f->ctx);
-                    f->ctx.uc_stack.ss_sp = f->stack;
-                    f->ctx.uc_stack.ss_size = STACK_BYTES;
-                    f->ctx.uc_link = &g_sched;
-                    makecontext(&f->ctx, fiber_entry, 0);
+                    fiber_prepare(f);
                     fs[t] = f;
                 }
+                g_bar_gen = 0;
+                memset(g_warp_gen, 0, sizeof g_warp_gen);
+                TSAN(__tsan_release(&g_launch_sync));
                 for (;;) {
                     for (size_t t = 0; t < nthreads; t++) {
                         if (fs[t]->state != F_RUN) continue;
-                        emu_cur = fs[t];
-                        swapcontext(&g_sched, &fs[t]->ctx);
+                        switch_to_fiber(fs[t]);
                     }
                     // every thread waits at a barrier or is done: release what can be released
                     int released = 0, alive = 0, at_bar = 0;
@@ -144,6 +256,7 @@ void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
                         if (wbar && !other) {
                             for (size_t t = w * 32; t < t1; t++)
                                 if (fs[t]->state == F_WBAR) fs[t]->state = F_RUN;
+                            g_warp_gen[w]++;
                             released = 1;
                         }
                     }
@@ -156,6 +269,7 @@ void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
                     if (at_bar == alive) {
                         for (size_t t = 0; t < nthreads; t++)
                             if (fs[t]->state == F_BAR) fs[t]->state = F_RUN;
+                        g_bar_gen++;
                         continue;
                     }
                     fprintf(stderr, "cuda-emu: deadlock in block (%u,%u,%u): %d threads alive, %d at "
@@ -163,6 +277,7 @@ void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
                             bx, by, bz, alive, at_bar);
                     abort();
                 }
+                TSAN(__tsan_acquire(&g_end_sync));
             }
     emu_cur = NULL;
 }
