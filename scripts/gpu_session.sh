@@ -8,6 +8,10 @@
 #     sh scripts/gpu_session.sh bench   # make bench: svlm vs PyTorch at the reference shapes,
 #                                       # stages 1 and 2; the memory plan there; stage 2 on the FMA
 #                                       # attention (~8 min)
+#     sh scripts/gpu_session.sh sanitize  # compute-sanitizer over the op tests: memcheck (bad
+#                                       # accesses), racecheck and synccheck (shared-memory races,
+#                                       # divergent barriers) on the attention kernels (~8 min; when
+#                                       # device time is left)
 # Each step runs under its own timeout so a hang still leaves the earlier logs. Exit status: the
 # number of steps that failed.
 set -u
@@ -33,8 +37,9 @@ check)
     step build 240 "make -j16 all build/tests/gpu/test_gpu build/tests/test_train build/bench_step"
     step test-gpu-model 120 "./build/tests/gpu/test_gpu model"
     step test-gpu-ops 120 "./build/tests/gpu/test_gpu ops"
-    step test-train-cuda 240 "SVLM_TEST_DEVICE=cuda ./build/tests/test_train"
     step op-timings 60 "./build/tests/gpu/test_gpu bench"
+    # last: the longest, and what is left of the call's 10 minutes after the rest
+    step test-train-cuda 240 "SVLM_TEST_DEVICE=cuda ./build/tests/test_train"
     ;;
 bench)
     step bench 480 "make -j16 bench"
@@ -42,8 +47,14 @@ bench)
     step plan-reference 60 "./build/bench_step --device cuda --preset reference --stage 2 --plan-only --models build/bench/reference"
     step bench-attn-fma 100 "SVLM_ATTN=fma ./build/bench_step --device cuda --preset reference --stage 2 --steps 5 --models build/bench/reference"
     ;;
+sanitize)
+    step build 240 "make -j16 build/tests/gpu/test_gpu"
+    step memcheck 150 "compute-sanitizer --tool memcheck --error-exitcode 1 ./build/tests/gpu/test_gpu ops"
+    step racecheck 120 "compute-sanitizer --tool racecheck --error-exitcode 1 ./build/tests/gpu/test_gpu ops 'test_attention*'"
+    step synccheck 60 "compute-sanitizer --tool synccheck --error-exitcode 1 ./build/tests/gpu/test_gpu ops 'test_attention'"
+    ;;
 *)
-    echo "usage: sh scripts/gpu_session.sh check | bench" >&2
+    echo "usage: sh scripts/gpu_session.sh check | bench | sanitize" >&2
     exit 2
     ;;
 esac
