@@ -180,16 +180,18 @@ EMU_SAN_OPTS := -fsanitize=address,undefined -fno-omit-frame-pointer
 # between the threads of a block (a missing __syncthreads or __syncwarp) is reported
 EMU_SAN_FLAGS := $(if $(EMU_SAN),$(EMU_SAN_OPTS))$(if $(EMU_TSAN), -fsanitize=thread)
 EMU_FLAGS += $(if $(EMU_TSAN),-DSVLM_EMU_TSAN)
+# the emulator's own host code (scheduler, cuBLASLt) is not instrumented by TSan: its bookkeeping
+# is not the kernels' business
+EMU_HOST_FLAGS := $(EMU_FLAGS) $(if $(EMU_TSAN),,$(EMU_SAN_FLAGS))
 $(EMU_DIR)/%.o: kernels/cuda/%.cu kernels/cuda/common.cuh tests/gpu/emu/cuda_emu.h tests/gpu/emu/cublaslt_emu.h
 	@mkdir -p $(dir $@)
 	$(CXX) -x c++ $(EMU_FLAGS) $(EMU_SAN_FLAGS) -c $< -o $@
-# the scheduler itself is not instrumented by TSan: its bookkeeping is not the kernels' business
 $(EMU_DIR)/emu_runtime.o: tests/gpu/emu/emu_runtime.cpp tests/gpu/emu/cuda_emu.h
 	@mkdir -p $(dir $@)
-	$(CXX) $(EMU_FLAGS) $(if $(EMU_TSAN),,$(EMU_SAN_FLAGS)) -c $< -o $@
+	$(CXX) $(EMU_HOST_FLAGS) -c $< -o $@
 $(EMU_DIR)/cublaslt_emu.o: tests/gpu/emu/cublaslt_emu.cpp tests/gpu/emu/cublaslt_emu.h
 	@mkdir -p $(dir $@)
-	$(CXX) $(EMU_FLAGS) $(if $(EMU_TSAN),,$(EMU_SAN_FLAGS)) -c $< -o $@
+	$(CXX) $(EMU_HOST_FLAGS) -c $< -o $@
 $(EMU_DIR)/test_gpu_emu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(EMU_OBJ) build/libsvlm.a
 	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ -lcmocka $(LDLIBS) -lstdc++
 # under TSan the CPU reference runs on one thread: libgomp is not instrumented, so TSan would take

@@ -58,6 +58,12 @@ static char *slurp(const char *path, size_t *n) {
     return s;
 }
 
+// a copy kept aside to compare with later (cp's messages go to log)
+static void copy_file(char *src, char *dst, const char *log) {
+    char *argv[] = {"/bin/cp", src, dst, NULL};
+    assert_int_equal(spawn(argv, log, 0, 0), 0);
+}
+
 static int same_file(const char *a, const char *b) {
     size_t na, nb;
     char *x = slurp(a, &na), *y = slurp(b, &nb);
@@ -414,8 +420,7 @@ static void test_resume_from_older_checkpoint(void **state) {
     assert_int_equal(train(dir, log, 0, "keep_last=10", NULL, NULL), 0);
     path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
     snprintf(ref, sizeof ref, "%s/older_step10.safetensors", root);
-    char *cp[] = {"/bin/cp", p, ref, NULL};
-    assert_int_equal(spawn(cp, log, 0, 0), 0);
+    copy_file(p, ref, log);
     // the same configuration from step 4: the run is deterministic, so step 10 comes out the same
     snprintf(ck, sizeof ck, "resume=%s/step_00000004", dir);
     assert_int_equal(train(dir, log, 0, "keep_last=10", ck, NULL), 0);
@@ -499,8 +504,7 @@ static void test_disk_full_during_checkpoint(void **state) {
     assert_int_equal(train(dir, log, 0, "max_steps=2", NULL, NULL), 0);
     path(p, sizeof p, dir, "step_00000002/trainable.safetensors");
     snprintf(before, sizeof before, "%s/trainable.before", root);
-    char *argv[] = {"/bin/cp", p, before, NULL};
-    assert_int_equal(spawn(argv, log, 0, 0), 0);
+    copy_file(p, before, log);
     // files may not grow past 20 KB: the logs fit, the next checkpoint's tensors do not
     assert_int_equal(train(dir, log, 20000, "max_steps=4", NULL, NULL), 1);
     assert_true(log_has(log, "checkpoint of step 4 failed"));

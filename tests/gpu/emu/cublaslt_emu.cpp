@@ -78,22 +78,20 @@ static bool get_attr(T *dst, const void *buf, size_t size) {
     return true;
 }
 
+// a cublasOperation_t attribute as "transposed"
+static bool get_op(int *trans, const void *buf, size_t size) {
+    cublasOperation_t op;
+    if (!get_attr(&op, buf, size) || (op != CUBLAS_OP_N && op != CUBLAS_OP_T)) return false;
+    *trans = op == CUBLAS_OP_T;
+    return true;
+}
+
 cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
                                               const void *buf, size_t size) {
     bool ok = false;
     switch (attr) {
-    case CUBLASLT_MATMUL_DESC_TRANSA: {
-        cublasOperation_t op;
-        ok = get_attr(&op, buf, size) && (op == CUBLAS_OP_N || op == CUBLAS_OP_T);
-        if (ok) d->transa = op == CUBLAS_OP_T;
-        break;
-    }
-    case CUBLASLT_MATMUL_DESC_TRANSB: {
-        cublasOperation_t op;
-        ok = get_attr(&op, buf, size) && (op == CUBLAS_OP_N || op == CUBLAS_OP_T);
-        if (ok) d->transb = op == CUBLAS_OP_T;
-        break;
-    }
+    case CUBLASLT_MATMUL_DESC_TRANSA: ok = get_op(&d->transa, buf, size); break;
+    case CUBLASLT_MATMUL_DESC_TRANSB: ok = get_op(&d->transb, buf, size); break;
     case CUBLASLT_MATMUL_DESC_EPILOGUE:
         ok = get_attr(&d->epilogue, buf, size) &&
              (d->epilogue == CUBLASLT_EPILOGUE_DEFAULT || d->epilogue == CUBLASLT_EPILOGUE_BIAS);

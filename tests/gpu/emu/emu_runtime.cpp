@@ -173,13 +173,8 @@ static void fiber_entry(void) {
     (*g_body)();
     emu_cur->state = F_DONE;
     TSAN(__tsan_release(&g_end_sync));
-#ifdef EMU_OWN_SWITCH
     switch_to_scheduler();  // never resumed: the next block starts the fiber afresh
     abort();
-#else
-    TSAN(__tsan_switch_to_fiber(g_sched_tsan, __tsan_switch_to_fiber_no_sync));
-    // returning resumes uc_link, the scheduler
-#endif
 }
 
 // the fiber's first switch_to_fiber starts fiber_entry at the top of its stack
@@ -197,7 +192,7 @@ static void fiber_prepare(EmuFiber *f) {
     getcontext(&f->ctx);
     f->ctx.uc_stack.ss_sp = f->stack;
     f->ctx.uc_stack.ss_size = STACK_BYTES;
-    f->ctx.uc_link = &g_sched;
+    f->ctx.uc_link = NULL;  // fiber_entry never returns
     makecontext(&f->ctx, fiber_entry, 0);
 #endif
 }
