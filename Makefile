@@ -84,10 +84,10 @@ ifneq ($(HAVE_NVCC),1)
 endif
 
 # test_gpu_emu: the CUDA kernels' source on the CPU emulator against the CPU backend (tests/gpu/emu);
-# tsan_attention.sh: its attention tests again under ThreadSanitizer (race detection)
+# tsan_ops.sh: its op tests again under ThreadSanitizer (race detection)
 test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu
 	@$(MAKE) --no-print-directory EMU_TSAN=1 build/emu-tsan/test_gpu_emu
-	@sh tests/run.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu tests/gpu/tsan_attention.sh
+	@sh tests/run.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu tests/gpu/tsan_ops.sh
 
 # bench_step: one training step timed on either backend (bench/bench_step.c --help); linked like
 # the programs, so it has the CUDA backend whenever nvcc is present

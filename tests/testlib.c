@@ -1,6 +1,7 @@
 // testlib.c: implementations of the shared test helpers (see testlib.h).
 #include "tests/testlib.h"
 
+#include <fnmatch.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -100,6 +101,15 @@ double rel_err(const float *a, const float *ref, size_t n) {
         if (fabs(ref[i]) > den) den = fabs(ref[i]);
     }
     return den > 0 ? num / den : num;
+}
+
+size_t test_select(struct CMUnitTest *out, const struct CMUnitTest *in, size_t n, const char *pattern) {
+    int negate = pattern && pattern[0] == '!';
+    if (negate) pattern++;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!pattern || (fnmatch(pattern, in[i].name, 0) == 0) != negate) out[k++] = in[i];
+    return k;
 }
 
 const char *fixture_path(const char *name) {

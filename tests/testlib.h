@@ -25,6 +25,11 @@ void test_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *state);
 // max |a - ref| / max |ref|: the relative error used throughout the tests
 double rel_err(const float *a, const float *ref, size_t n);
 
+// Copies into out (room for n) the tests of in whose names match pattern (fnmatch: *, ?, [...]),
+// or, for "!pattern", those whose names do not; NULL selects all. Returns how many. For a group run
+// with _cmocka_run_group_tests(name, out, count, setup, teardown).
+size_t test_select(struct CMUnitTest *out, const struct CMUnitTest *in, size_t n, const char *pattern);
+
 // tests run from the repository root; this prefixes tests/fixtures/
 const char *fixture_path(const char *name);
 // a fresh empty directory under build/tmp for this test; returns its path (static buffer per call site not kept)

@@ -5,11 +5,12 @@
 // fiber runs until it reaches __syncthreads / __syncwarp / a shuffle, so blocks execute with real
 // barrier semantics, and a barrier that can never complete (divergent __syncthreads,
 // a shuffle with an exited lane) aborts with a message. Shared memory is a function-local
-// static (blocks run one after another), device memory is host memory, streams are synchronous.
+// static (blocks run one after another, in an order that changes from launch to launch, see
+// emu_runtime.cpp), device memory is host memory, streams are synchronous.
 // Tensor cores: the WMMA subset of nvcuda::wmma the attention uses (bf16 16x16x16, fp32 accumulate),
 // with each lane holding the whole tile (see the WMMA section). cuBLASLt: the subset matmul.cu
 // calls, on the host, by the library's documented semantics (cublaslt_emu.h). Not emulated:
-// timing, occupancy and resource limits, real warp lockstep, memory-model races between blocks,
+// timing, occupancy and resource limits, real warp lockstep, blocks running at the same time,
 // the hardware's layout of fragments.
 #pragma once
 #include <math.h>

@@ -11,7 +11,16 @@
 // collectives), thread end -> the host. So two threads of a block touching the same shared or
 // global word, one of them writing, without a barrier between them is reported as a data race,
 // whatever order the fibers happened to run in. Blocks are ordered one after another (their
-// __shared__ arrays are the same static memory here), so races between blocks are not seen.
+// __shared__ arrays are the same static memory here), so races between blocks are not seen by TSan.
+//
+// Order: a GPU runs a grid's blocks in any order, and a block's warps in any interleaving. So that a
+// kernel which depends on one (a block reading what another block of the same launch writes, two
+// blocks writing one element, a thread reading a neighbour's write without a barrier) gives wrong
+// or differing results here too, each launch visits its blocks in a different order (an affine
+// permutation of the block indices chosen from the launch count) and runs the threads of a block
+// forwards or backwards. Deterministic from one process to the next, different from one launch to
+// the next: the tests that run an op or a model step twice and compare bytes compare two orders.
+// SVLM_EMU_ORDER=linear restores the plain order (blocks x-fastest, threads 0 up), for debugging.
 #ifdef SVLM_EMU_TSAN
 #include <sanitizer/tsan_interface.h>
 #define TSAN(x) x
@@ -197,6 +206,45 @@ static void fiber_prepare(EmuFiber *f) {
 #endif
 }
 
+// the order of one launch's blocks: first, first + stride, ... (mod nblocks), stride coprime to
+// nblocks so that every block comes once
+struct LaunchOrder {
+    size_t nblocks, first, stride;
+    int threads_backwards;
+};
+static uint64_t g_launches;
+static size_t gcd_size(size_t a, size_t b) {
+    while (b) {
+        size_t r = a % b;
+        a = b;
+        b = r;
+    }
+    return a;
+}
+static LaunchOrder launch_order(size_t nblocks) {
+    static int linear = -1;
+    if (linear < 0) {
+        const char *e = getenv("SVLM_EMU_ORDER");
+        linear = e && strcmp(e, "linear") == 0;
+    }
+    LaunchOrder o = {nblocks, 0, 1, 0};
+    uint64_t n = g_launches++;
+    if (linear) return o;
+    // splitmix64 of the launch count: launches in a row get unrelated orders
+    uint64_t h = (n + 1) * 0x9e3779b97f4a7c15ULL;
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+    h ^= h >> 31;
+    o.threads_backwards = (int)(h & 1);
+    o.first = (size_t)(h >> 1) % nblocks;
+    // the plain order and its reverse come often (stride 1 and nblocks - 1): the two a careless
+    // kernel is most likely to get away with on a GPU, where low block indices tend to run first
+    size_t s = (h >> 33) % 4 == 0 ? 1 : (h >> 33) % 4 == 1 ? nblocks - 1 : 1 + (size_t)(h >> 35) % nblocks;
+    while (nblocks > 1 && gcd_size(s % nblocks, nblocks) != 1) s++;
+    o.stride = nblocks > 1 ? s % nblocks : 1;
+    return o;
+}
+
 void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
     size_t nthreads = (size_t)block.x * block.y * block.z;
     if (nthreads == 0 || nthreads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
@@ -218,62 +266,65 @@ void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
     emu_block_dim = block;
     std::vector<EmuFiber *> fs(nthreads);
     TSAN(g_sched_tsan = __tsan_get_current_fiber());
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                emu_block_idx = uint3{bx, by, bz};
-                for (size_t t = 0; t < nthreads; t++) {
-                    EmuFiber *f = &g_fibers[t];
-                    f->linear = (int)t;
-                    f->tid = uint3{(unsigned)(t % block.x), (unsigned)(t / block.x % block.y),
-                                   (unsigned)(t / ((size_t)block.x * block.y))};
-                    f->state = F_RUN;
-                    fiber_prepare(f);
-                    fs[t] = f;
-                }
-                g_bar_gen = 0;
-                memset(g_warp_gen, 0, sizeof g_warp_gen);
-                TSAN(__tsan_release(&g_launch_sync));
-                for (;;) {
-                    for (size_t t = 0; t < nthreads; t++) {
-                        if (fs[t]->state != F_RUN) continue;
-                        switch_to_fiber(fs[t]);
-                    }
-                    // every thread waits at a barrier or is done: release what can be released
-                    int released = 0, alive = 0, at_bar = 0;
-                    for (size_t w = 0; w * 32 < nthreads; w++) {
-                        size_t t1 = (w + 1) * 32 < nthreads ? (w + 1) * 32 : nthreads;
-                        int wbar = 0, other = 0;
-                        for (size_t t = w * 32; t < t1; t++) {
-                            if (fs[t]->state == F_WBAR) wbar++;
-                            else if (fs[t]->state != F_DONE) other++;
-                        }
-                        if (wbar && !other) {
-                            for (size_t t = w * 32; t < t1; t++)
-                                if (fs[t]->state == F_WBAR) fs[t]->state = F_RUN;
-                            g_warp_gen[w]++;
-                            released = 1;
-                        }
-                    }
-                    if (released) continue;
-                    for (size_t t = 0; t < nthreads; t++) {
-                        if (fs[t]->state != F_DONE) alive++;
-                        if (fs[t]->state == F_BAR) at_bar++;
-                    }
-                    if (alive == 0) break;
-                    if (at_bar == alive) {
-                        for (size_t t = 0; t < nthreads; t++)
-                            if (fs[t]->state == F_BAR) fs[t]->state = F_RUN;
-                        g_bar_gen++;
-                        continue;
-                    }
-                    fprintf(stderr, "cuda-emu: deadlock in block (%u,%u,%u): %d threads alive, %d at "
-                            "__syncthreads, the rest at warp barriers that part of their warp never reaches\n",
-                            bx, by, bz, alive, at_bar);
-                    abort();
-                }
-                TSAN(__tsan_acquire(&g_end_sync));
+    LaunchOrder order = launch_order((size_t)grid.x * grid.y * grid.z);
+    size_t lin = order.first;
+    for (size_t nb = 0; nb < order.nblocks; nb++, lin = (lin + order.stride) % order.nblocks) {
+        unsigned bx = (unsigned)(lin % grid.x), by = (unsigned)(lin / grid.x % grid.y),
+                 bz = (unsigned)(lin / ((size_t)grid.x * grid.y));
+        emu_block_idx = uint3{bx, by, bz};
+        for (size_t t = 0; t < nthreads; t++) {
+            EmuFiber *f = &g_fibers[t];
+            f->linear = (int)t;
+            f->tid = uint3{(unsigned)(t % block.x), (unsigned)(t / block.x % block.y),
+                           (unsigned)(t / ((size_t)block.x * block.y))};
+            f->state = F_RUN;
+            fiber_prepare(f);
+            fs[t] = f;
+        }
+        g_bar_gen = 0;
+        memset(g_warp_gen, 0, sizeof g_warp_gen);
+        TSAN(__tsan_release(&g_launch_sync));
+        for (;;) {
+            for (size_t k = 0; k < nthreads; k++) {
+                size_t t = order.threads_backwards ? nthreads - 1 - k : k;
+                if (fs[t]->state != F_RUN) continue;
+                switch_to_fiber(fs[t]);
             }
+            // every thread waits at a barrier or is done: release what can be released
+            int released = 0, alive = 0, at_bar = 0;
+            for (size_t w = 0; w * 32 < nthreads; w++) {
+                size_t t1 = (w + 1) * 32 < nthreads ? (w + 1) * 32 : nthreads;
+                int wbar = 0, other = 0;
+                for (size_t t = w * 32; t < t1; t++) {
+                    if (fs[t]->state == F_WBAR) wbar++;
+                    else if (fs[t]->state != F_DONE) other++;
+                }
+                if (wbar && !other) {
+                    for (size_t t = w * 32; t < t1; t++)
+                        if (fs[t]->state == F_WBAR) fs[t]->state = F_RUN;
+                    g_warp_gen[w]++;
+                    released = 1;
+                }
+            }
+            if (released) continue;
+            for (size_t t = 0; t < nthreads; t++) {
+                if (fs[t]->state != F_DONE) alive++;
+                if (fs[t]->state == F_BAR) at_bar++;
+            }
+            if (alive == 0) break;
+            if (at_bar == alive) {
+                for (size_t t = 0; t < nthreads; t++)
+                    if (fs[t]->state == F_BAR) fs[t]->state = F_RUN;
+                g_bar_gen++;
+                continue;
+            }
+            fprintf(stderr, "cuda-emu: deadlock in block (%u,%u,%u): %d threads alive, %d at "
+                    "__syncthreads, the rest at warp barriers that part of their warp never reaches\n",
+                    bx, by, bz, alive, at_bar);
+            abort();
+        }
+        TSAN(__tsan_acquire(&g_end_sync));
+    }
     emu_cur = NULL;
 }
 
