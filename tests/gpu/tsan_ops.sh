@@ -18,14 +18,16 @@ rc_b=$?
 wait $pid_a
 rc_a=$?
 cat "$log_a" "$log_b"
-rc=0
-for part in a b; do
-    eval "r=\$rc_$part; log=\$log_$part"
-    if [ "$r" -ne 0 ] && grep -q "FATAL: ThreadSanitizer" "$log" && ! grep -q '^\[ RUN' "$log"; then
-        echo "tsan_ops: skipped: the ThreadSanitizer runtime could not start on this machine (see above)"
-    elif [ "$r" -ne 0 ]; then
-        rc=$r
+# the exit status that counts for one process (status, log): 0 for a runtime that could not start
+verdict() {
+    if [ "$1" -ne 0 ] && grep -q "FATAL: ThreadSanitizer" "$2" && ! grep -q '^\[ RUN' "$2"; then
+        echo "tsan_ops: skipped: the ThreadSanitizer runtime could not start on this machine (see above)" >&2
+        echo 0
+    else
+        echo "$1"
     fi
-done
+}
+rc=$(verdict $rc_a "$log_a")
+[ "$rc" -eq 0 ] && rc=$(verdict $rc_b "$log_b")
 rm -f "$log_a" "$log_b"
 exit $rc
