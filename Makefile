@@ -1,4 +1,4 @@
-# Makefile: builds libsvlm (CPU backend always, CUDA backend when nvcc is present), the programs
+# Makefile: builds libsvlm (CPU backend always, CUDA backend when nvcc and the CUDA libraries work), the programs
 # (train, export, generate, prepare), the tests and the benchmarks.
 # Sources are found by wildcard: a new .c file in a library folder or a tests/test_*.c needs no edit here.
 
@@ -6,9 +6,25 @@ CC      ?= gcc
 NVCC    ?= nvcc
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-# CFLAGS and LDFLAGS may add -I / -L paths for libraries outside the system ones
-CFLAGS  += -std=gnu11 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(shell pkg-config --cflags cjson 2>/dev/null)
-LDLIBS  := $(LDFLAGS) -lopenblas -lcjson -lpng -ljpeg -lzstd -lpcre2-8 -lm -lpthread
+# CUDA=auto|0|1: the CUDA backend when nvcc and its libraries link (auto), never (0), or required (1)
+CUDA    ?= auto
+# build/config.mk: the include and link flags of the libraries, written by scripts/install_deps.sh
+# after it has compiled and linked a probe against each (installing the Debian packages that
+# were missing). It is written again when the script, the compiler or the flags below change,
+# and by `make deps`. CFLAGS and LDFLAGS may add -I / -L paths for libraries outside the system
+# ones; the probes use them too.
+DEPS_KEY := $(CC) $(CXX) $(CFLAGS) $(LDFLAGS) $(NVCC) CUDA=$(CUDA)
+DEPS_ENV := CC='$(CC)' CXX='$(CXX)' CFLAGS='$(CFLAGS)' LDFLAGS='$(LDFLAGS)' NVCC='$(NVCC)' CUDA='$(CUDA)' CONFIG_KEY='$(DEPS_KEY)'
+.DEFAULT_GOAL := all
+# every goal but clean and deps needs the flags (deps writes them itself)
+ifeq ($(MAKECMDGOALS),)
+  include build/config.mk
+else ifneq ($(filter-out clean deps,$(MAKECMDGOALS)),)
+  include build/config.mk
+endif
+# SVLM_CFLAGS, not CFLAGS, gets the project's flags: sub-makes inherit CFLAGS as the user gave it
+SVLM_CFLAGS = $(CFLAGS) -std=gnu11 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(DEPS_CFLAGS)
+LDLIBS  := $(LDFLAGS) $(DEPS_LIBS)
 # GCC's flow warnings misfire on sanitizer-instrumented code, so the ASan build leaves them to the normal one
 ASAN    := -fsanitize=address,undefined -fno-omit-frame-pointer -Wno-array-bounds -Wno-format-overflow
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
@@ -28,34 +44,42 @@ ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safe
 # the CUDA emulator's build (tests/gpu/emu): plain, ASan (EMU_SAN=1) and TSan (EMU_TSAN=1) side by side
 EMU_DIR := build/emu$(if $(EMU_SAN),-asan)$(if $(EMU_TSAN),-tsan)
 
-HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
+# HAVE_CUDA, CUDA_HOME, CUDA_LIBS come from build/config.mk: 1 only when nvcc compiled and the
+# CUDA runtime and cuBLAS(Lt) linked and loaded there (CUDA_LIBS carries an rpath to them)
+HAVE_NVCC := $(if $(filter 1,$(HAVE_CUDA)),1)
 ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1),11)
-  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
   PROG_CUDA := $(CU_OBJ)
-  PROG_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
+  PROG_LIBS := $(CUDA_LIBS)
 else
   PROG_CUDA := build/obj/kernels/cuda/cuda_stub.o
   PROG_LIBS :=
 endif
 
+ifneq ($(CONFIG_KEY),$(DEPS_KEY))
+  CONFIG_STALE := FORCE
+endif
+build/config.mk: scripts/install_deps.sh $(CONFIG_STALE)
+	@$(DEPS_ENV) sh scripts/install_deps.sh --config $@
+# checks (and installs) again, whatever config.mk says
 deps:
-	@sh scripts/install_deps.sh
+	@$(DEPS_ENV) sh scripts/install_deps.sh --config build/config.mk
+FORCE:
 
-.PHONY: deps all test test-unit cuda-compile test-gpu test-gpu-emu test-train-emu clean-emu bench bench-cpu bench-data demo clean fixtures
+.PHONY: deps FORCE all test test-unit cuda-compile test-gpu test-gpu-emu test-train-emu clean-emu bench bench-cpu bench-data demo clean fixtures
 all: $(PROGS)
 
-build/obj/%.o: %.c | deps
+build/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
-build/asan/%.o: %.c | deps
+	$(CC) $(SVLM_CFLAGS) -MMD -MP -c $< -o $@
+build/asan/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ASAN) -MMD -MP -c $< -o $@
+	$(CC) $(SVLM_CFLAGS) $(ASAN) -MMD -MP -c $< -o $@
 build/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 build/obj/kernels/cuda/cuda_stub.o: kernels/cuda/cuda_stub.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(SVLM_CFLAGS) -c $< -o $@
 
 build/libsvlm.a: $(LIB_OBJ)
 	@rm -f $@
@@ -65,35 +89,34 @@ build/libsvlm_asan.a: $(ASAN_OBJ)
 	ar rcs $@ $^
 
 $(PROGS): %: build/obj/%.o build/libsvlm.a $(PROG_CUDA)
-	$(CC) $(CFLAGS) $< $(PROG_CUDA) build/libsvlm.a -o $@ $(LDLIBS) $(PROG_LIBS)
+	$(CC) $(SVLM_CFLAGS) $< $(PROG_CUDA) build/libsvlm.a -o $@ $(LDLIBS) $(PROG_LIBS)
 
 build/tests/test_%: build/obj/tests/test_%.o build/obj/tests/testlib.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $^ -o $@ -lcmocka $(LDLIBS)
+	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS)
 build/tests/asan_test_%: build/asan/tests/test_%.o build/asan/tests/testlib.o build/libsvlm_asan.a build/asan/kernels/cuda/cuda_stub.o
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ASAN) $^ -o $@ -lcmocka $(LDLIBS)
+	$(CC) $(SVLM_CFLAGS) $(ASAN) $^ -o $@ $(TEST_LIBS) $(LDLIBS)
 build/asan/kernels/cuda/cuda_stub.o: kernels/cuda/cuda_stub.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ASAN) -c $< -o $@
+	$(CC) $(SVLM_CFLAGS) $(ASAN) -c $< -o $@
 
 # every CUDA source must compile on machines without a GPU
 cuda-compile: $(if $(HAVE_NVCC),$(CU_OBJ))
 ifneq ($(HAVE_NVCC),1)
-	@echo "cuda-compile: nvcc not found, CUDA sources not compiled"
+	@echo "cuda-compile: CUDA sources not compiled ($(CUDA_WHY))"
 endif
 
 # test_gpu_emu: the CUDA kernels' source on the CPU emulator against the CPU backend (tests/gpu/emu);
 # tsan_ops.sh: its op tests again under ThreadSanitizer (race detection)
 test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu
 	@$(MAKE) --no-print-directory EMU_TSAN=1 build/emu-tsan/test_gpu_emu
-	@sh tests/run.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu tests/gpu/tsan_ops.sh
+	@sh tests/run.sh tests/test_deps.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu tests/gpu/tsan_ops.sh
 
 # bench_step: one training step timed on either backend (bench/bench_step.c --help); linked like
 # the programs, so it has the CUDA backend whenever nvcc is present
-# (with CUDA it records where libcudart/libcublasLt were found, in case ld.so does not look there)
 build/bench_step: build/obj/bench/bench_step.o build/libsvlm.a $(PROG_CUDA)
-	$(CC) $(CFLAGS) $< $(PROG_CUDA) build/libsvlm.a -o $@ $(LDLIBS) $(PROG_LIBS) $(if $(PROG_LIBS),-Wl$(comma)-rpath$(comma)$(CUDA_HOME)/lib64)
+	$(CC) $(SVLM_CFLAGS) $< $(PROG_CUDA) build/libsvlm.a -o $@ $(LDLIBS) $(PROG_LIBS)
 bench-cpu: build/bench_step
 	./build/bench_step --device cpu --preset mid --stage 2
 
@@ -116,7 +139,9 @@ bench:
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && [ ! -e /dev/nvidia0 ]; then \
 	  echo "bench: no NVIDIA GPU on this machine (no nvidia-smi, no /dev/nvidia0): nothing run. make bench-cpu times the CPU backend."; exit 0; fi; \
 	if [ "$(HAVE_NVCC)" != 1 ] && [ "$(BENCH_BUILD)" = 1 ]; then \
-	  echo "bench: nvcc not found, so svlm has no CUDA backend here: nothing run"; exit 0; fi; \
+	  echo "bench: svlm has no CUDA backend here ($(CUDA_WHY)): nothing run"; exit 0; fi; \
+	command -v $(PYTHON) >/dev/null 2>&1 || { echo "bench: $(PYTHON) not found (the PyTorch side of the comparison; PYTHON=... names another)"; exit 1; }; \
+	$(PYTHON) scripts/bench_torch.py --check-deps >/dev/null || exit 1; \
 	if [ "$(BENCH_BUILD)" = 1 ]; then $(MAKE) --no-print-directory $(BENCH_BIN) || exit 1; fi; \
 	./$(BENCH_BIN) --device cuda --probe >/dev/null; rc=$$?; \
 	if [ $$rc = 77 ]; then \
@@ -140,7 +165,7 @@ bench:
 	echo "bench: everything above is in $$log"; exit $$fail
 
 build/bench_data: build/obj/bench/bench_data.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(LDLIBS)
 bench-data: build/bench_data
 	./build/bench_data
 
@@ -156,7 +181,7 @@ demo: $(PROGS)
 
 # regenerates tests/fixtures (needs torch, transformers, peft: see README)
 fixtures:
-	python3 scripts/make_fixtures.py --out tests/fixtures
+	$(PYTHON) scripts/make_fixtures.py --out tests/fixtures
 
 # GPU tests: every CUDA op against the CPU backend, then the HF fixtures through the whole model
 # on kernels_cuda(). Needs a CUDA device (exits 77, reported as skipped, without one); never part
@@ -165,7 +190,7 @@ fixtures:
 $(CU_OBJ): kernels/cuda/common.cuh
 build/tests/gpu/test_gpu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(CU_OBJ) build/libsvlm.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $^ -o $@ -lcmocka $(LDLIBS) $(PROG_LIBS)
+	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS) $(PROG_LIBS)
 # then ./train on the GPU: learning, kill-and-resume bit-identical, the memory plan (tests/test_train.c)
 test-gpu: build/tests/gpu/test_gpu build/tests/test_train $(PROGS)
 	@./build/tests/gpu/test_gpu; rc=$$?; \
@@ -193,7 +218,7 @@ $(EMU_DIR)/cublaslt_emu.o: tests/gpu/emu/cublaslt_emu.cpp tests/gpu/emu/cublaslt
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_HOST_FLAGS) -c $< -o $@
 $(EMU_DIR)/test_gpu_emu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(EMU_OBJ) build/libsvlm.a
-	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ -lcmocka $(LDLIBS) -lstdc++
+	$(CC) $(SVLM_CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS) -lstdc++
 # under TSan the CPU reference runs on one thread: libgomp is not instrumented, so TSan would take
 # its workers' hand-offs for races
 test-gpu-emu: $(EMU_DIR)/test_gpu_emu
@@ -204,14 +229,14 @@ clean-emu:
 # ./train on the emulated kernels (device = cuda runs them): `make test-train-emu` runs the GPU part
 # of tests/test_train.c with it (kill-and-resume on the CUDA code path)
 $(EMU_DIR)/train_emu: build/obj/train.o $(EMU_OBJ) build/libsvlm.a
-	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ $(LDLIBS) -lstdc++
+	$(CC) $(SVLM_CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ $(LDLIBS) -lstdc++
 test-train-emu: $(EMU_DIR)/train_emu build/tests/test_train $(PROGS)
 	SVLM_TEST_DEVICE=cuda SVLM_TEST_TRAIN=$(EMU_DIR)/train_emu ./build/tests/test_train
 
 # the same program on the CPU emulation of the CUDA kernels (tests/gpu/emu): checks bench_step's
 # CUDA path (bf16 buffers, memory accounting) without a GPU, e.g. --device cuda --preset tiny
 $(EMU_DIR)/bench_step_emu: build/obj/bench/bench_step.o $(EMU_OBJ) build/libsvlm.a
-	$(CC) $(CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ $(LDLIBS) -lstdc++
+	$(CC) $(SVLM_CFLAGS) $(EMU_SAN_FLAGS) $^ -o $@ $(LDLIBS) -lstdc++
 
 clean:
 	rm -rf build $(PROGS)

@@ -32,6 +32,12 @@ import sys
 import time
 import warnings
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pyreq import require  # noqa: E402
+
+if "--table" not in sys.argv[1:]:
+    require("torch", "transformers", "peft", "safetensors", "numpy")
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROJ = "model.mm_projector."
 

@@ -14,6 +14,10 @@ import json
 import os
 import sys
 
+from pyreq import require  # noqa: E402
+
+require("torch", "safetensors", "transformers", "peft")
+
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM

@@ -21,6 +21,10 @@ import os
 import shutil
 import warnings
 
+from pyreq import require  # noqa: E402
+
+require("numpy", "torch", "safetensors", "transformers", "peft")
+
 import numpy as np
 import torch
 import torch.nn as nn

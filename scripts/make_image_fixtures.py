@@ -50,6 +50,10 @@ import tempfile
 import warnings
 import zlib
 
+from pyreq import require  # noqa: E402
+
+require("numpy", "PIL", "transformers")
+
 import numpy as np
 from PIL import Image
 

@@ -15,6 +15,10 @@ import argparse
 import math
 import os
 
+from pyreq import require  # noqa: E402
+
+require("torch", "safetensors", "transformers")
+
 import torch
 from safetensors.torch import save_file
 from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup

@@ -1,7 +1,7 @@
 // export.c: LoRA merge into the base LLM, peft adapter, connector and svlm.json (see export.h).
 #include "trainer/export.h"
 
-#include <cblas.h>
+#include "kernels/cpu/blas.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <libgen.h>

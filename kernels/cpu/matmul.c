@@ -1,7 +1,7 @@
 // matmul.c: the linear layer, forward and backward, on OpenBLAS sgemm (row-major).
 // OpenBLAS gives the same bits run after run at a fixed thread count; the bias gradient is
 // summed here per column in row order, so it is independent of the thread count.
-#include <cblas.h>
+#include "kernels/cpu/blas.h"
 
 #include "kernels/cpu/cpu.h"
 
