@@ -35,7 +35,7 @@ LIB_OBJ  := $(patsubst %.c,build/obj/%.o,$(LIB_SRC))
 ASAN_OBJ := $(patsubst %.c,build/asan/%.o,$(LIB_SRC))
 CU_SRC   := $(wildcard kernels/cuda/*.cu)
 CU_OBJ   := $(patsubst %.cu,build/cuda/%.o,$(CU_SRC))
-PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c synth.c))
+PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c synth.c evaluate.c))
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
 # tests that parse untrusted files also run under AddressSanitizer + UBSan

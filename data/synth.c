@@ -682,6 +682,105 @@ static void write_heldout(const char *data_dir, int n, uint64_t seed) {
     close_w(f, path);
 }
 
+// ---------------------------------------------------------------------------------------------
+// held-out benchmarks for ./evaluate
+
+enum { BENCH_COLOUR, BENCH_COUNT, BENCH_WHERE, BENCH_SHAPE, N_BENCH_KINDS };
+static const char *const BENCH_KIND_NAMES[N_BENCH_KINDS] = {"colour", "count", "position", "shape"};
+static const int BENCH_VALUES[N_BENCH_KINDS] = {SYNTH_N_COLOURS, 4, SYNTH_N_POSITIONS, SYNTH_N_SHAPES};
+
+// the question of a kind about scene s, and the answer sentence for value v of that kind (v = the
+// scene's own value: the true answer); the wording of the training conversations
+static void bench_text(const SynthScene *s, int kind, int v, char *q, char *a) {
+    int one = s->count == 1;
+    const char *sh = one ? synth_shape_names[s->shape] : synth_shape_plurals[s->shape];
+    const char *is = one ? "is" : "are";
+    switch (kind) {
+    case BENCH_COLOUR:
+        snprintf(q, TEXT_MAX, "What colour %s the %s?", is, sh);
+        snprintf(a, TEXT_MAX, "The %s %s %s.", sh, is, synth_colour_names[v]);
+        break;
+    case BENCH_COUNT:
+        snprintf(q, TEXT_MAX, "How many %s are there?", synth_shape_plurals[s->shape]);
+        if (v == 0) snprintf(a, TEXT_MAX, "There are no %s.", synth_shape_plurals[s->shape]);
+        else snprintf(a, TEXT_MAX, "There %s %s %s.", v == 1 ? "is" : "are", COUNT_WORDS[v],
+                      v == 1 ? synth_shape_names[s->shape] : synth_shape_plurals[s->shape]);
+        break;
+    case BENCH_WHERE:
+        snprintf(q, TEXT_MAX, "Where %s the %s?", is, sh);
+        snprintf(a, TEXT_MAX, "The %s %s %s.", sh, is, synth_position_phrases[v]);
+        break;
+    default:
+        snprintf(q, TEXT_MAX, "What shape %s the %s %s?", is, synth_colour_names[s->colour], one ? "object" : "objects");
+        if (one) snprintf(a, TEXT_MAX, "It is a %s.", synth_shape_names[v]);
+        else snprintf(a, TEXT_MAX, "They are %s.", synth_shape_plurals[v]);
+    }
+}
+
+static int bench_truth(const SynthScene *s, int kind) {
+    return kind == BENCH_COLOUR ? s->colour : kind == BENCH_COUNT ? s->count : kind == BENCH_WHERE ? s->position : s->shape;
+}
+
+// n images; image i gets the multiple-choice question of kind i mod 4 (the truth and three other
+// values of that kind as options, in random order) and the VQA question of kind (i + 1) mod 4
+static void write_bench(const char *data_dir, const char *img_dir, int n, uint64_t seed) {
+    char p1[2200], p2[2200], fname[64], ipath[2200], q[TEXT_MAX], a[TEXT_MAX];
+    path_join(p1, sizeof p1, data_dir, "bench_mc.jsonl");
+    path_join(p2, sizeof p2, data_dir, "bench_vqa.jsonl");
+    FILE *f1 = open_w(p1), *f2 = open_w(p2);
+    uint8_t *rgb = xmalloc(S * S * 3);
+    for (int i = 0; i < n; i++) {
+        SynthScene sc;
+        synth_scene(&sc, seed, SYNTH_SPLIT_BENCH, i);
+        synth_render(&sc, rgb);
+        snprintf(fname, sizeof fname, "bench_%05d.png", i);
+        path_join(ipath, sizeof ipath, img_dir, fname);
+        snprintf(fname, sizeof fname, "images/bench_%05d.png", i);  // relative to the JSONL's folder
+        write_png(ipath, rgb);
+        Rng r;
+        stream(&r, seed, SYNTH_SPLIT_BENCH, i, PURPOSE_CONV);
+        int kind = i % N_BENCH_KINDS, truth = bench_truth(&sc, kind), vals[4] = {truth, -1, -1, -1};
+        for (int j = 1; j < 4; j++) {  // three other values, distinct
+            int v, dup;
+            do {
+                v = (int)rng_below(&r, (uint32_t)BENCH_VALUES[kind]);
+                dup = 0;
+                for (int t = 0; t < j; t++) dup |= vals[t] == v;
+            } while (dup);
+            vals[j] = v;
+        }
+        for (int j = 3; j > 0; j--) {  // Fisher-Yates
+            int t = (int)rng_below(&r, (uint32_t)(j + 1)), x = vals[j];
+            vals[j] = vals[t];
+            vals[t] = x;
+        }
+        fprintf(f1, "{\"id\": \"mc_%05d\", \"image\": ", i);
+        json_str(f1, fname);
+        char answer = 'A';
+        for (int j = 0; j < 4; j++) {
+            bench_text(&sc, kind, vals[j], q, a);
+            fprintf(f1, ", \"%c\": ", 'A' + j);
+            json_str(f1, a);
+            if (vals[j] == truth) answer = (char)('A' + j);
+        }
+        fputs(", \"question\": ", f1);
+        json_str(f1, q);
+        fprintf(f1, ", \"answer\": \"%c\", \"category\": \"%s\"}\n", answer, BENCH_KIND_NAMES[kind]);
+        int vkind = (kind + 1) % N_BENCH_KINDS;
+        bench_text(&sc, vkind, bench_truth(&sc, vkind), q, a);
+        fprintf(f2, "{\"id\": \"vqa_%05d\", \"image\": ", i);
+        json_str(f2, fname);
+        fputs(", \"question\": ", f2);
+        json_str(f2, q);
+        fputs(", \"answers\": [", f2);
+        json_str(f2, a);
+        fprintf(f2, "], \"category\": \"%s\"}\n", BENCH_KIND_NAMES[vkind]);
+    }
+    free(rgb);
+    close_w(f1, p1);
+    close_w(f2, p2);
+}
+
 void synth_spec_defaults(SynthSpec *s) {
     memset(s, 0, sizeof *s);
     s->out_dir = "demo";
@@ -689,6 +788,7 @@ void synth_spec_defaults(SynthSpec *s) {
     s->n_train = 4000;
     s->n_val = 200;
     s->n_heldout = 4;
+    s->n_bench = 200;
 }
 
 // every word with and without its leading space must be one token of the written tokenizer
@@ -708,7 +808,7 @@ static void check_tokenizer(const char *path, int vocab) {
 void synth_run(const SynthSpec *spec, SynthSummary *sum) {
     double t0 = time_now();
     memset(sum, 0, sizeof *sum);
-    if (spec->n_train < 1 || spec->n_val < 1 || spec->n_heldout < 0)
+    if (spec->n_train < 1 || spec->n_val < 1 || spec->n_heldout < 0 || spec->n_bench < 0)
         fatal("synth: need at least 1 training and 1 validation sample (got %d and %d)", spec->n_train, spec->n_val);
     char data[2048], images[2100], models[2048], llm[2100], path[2200];
     path_join(data, sizeof data, spec->out_dir, "data");
@@ -729,6 +829,8 @@ void synth_run(const SynthSpec *spec, SynthSummary *sum) {
     write_split(data, images, SYNTH_SPLIT_TRAIN, spec->n_train, spec->seed, sum);
     write_split(data, images, SYNTH_SPLIT_VAL, spec->n_val, spec->seed, sum);
     write_heldout(data, spec->n_heldout, spec->seed);
+    if (spec->n_bench > 0) write_bench(data, images, spec->n_bench, spec->seed);
+    sum->n_bench = spec->n_bench;
     sum->n_train = spec->n_train;
     sum->n_val = spec->n_val;
     sum->n_heldout = spec->n_heldout;

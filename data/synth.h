@@ -23,6 +23,12 @@
 //   OUT/data/stage1_{train,val}.json      LLaVA JSON, captions (plain template)
 //   OUT/data/stage2_{train,val}.json      LLaVA JSON, conversations (chatml template)
 //   OUT/data/heldout_K.png, heldout.json  images for generation with their true answers
+//   OUT/data/bench_mc.jsonl, bench_vqa.jsonl  held-out benchmarks for ./evaluate (images
+//                                         images/bench_NNNNN.*, never in training): per image one
+//                                         multiple-choice question (colour, count, position or
+//                                         shape in turn; four answer sentences as options, one
+//                                         right) and one VQA question of the next kind with its
+//                                         answer sentence as the reference; "category" is the kind
 //   OUT/models/vision/                    CLIPVisionModel (config.json, model.safetensors,
 //                                         preprocessor_config.json): 64x64 images, patch 8 (an
 //                                         8x8 grid: 16 tokens after ldp), 128 wide, 2 layers
@@ -62,7 +68,7 @@ typedef struct {
 } SynthScene;
 
 // which set a scene belongs to (each has its own random streams)
-enum { SYNTH_SPLIT_TRAIN, SYNTH_SPLIT_VAL, SYNTH_SPLIT_HELDOUT };
+enum { SYNTH_SPLIT_TRAIN, SYNTH_SPLIT_VAL, SYNTH_SPLIT_HELDOUT, SYNTH_SPLIT_BENCH };
 
 // the scene of image `index` of a split, from the seed alone
 void synth_scene(SynthScene *s, uint64_t seed, int split, int index);
@@ -95,13 +101,14 @@ typedef struct {
     const char *out_dir;
     uint64_t seed;
     int n_train, n_val, n_heldout;
+    int n_bench;  // images of the held-out benchmarks (0: none written)
     int quiet;  // no summary line
 } SynthSpec;
 
-void synth_spec_defaults(SynthSpec *s);  // seed 3, 4000 train, 200 val, 4 held out
+void synth_spec_defaults(SynthSpec *s);  // seed 3, 4000 train, 200 val, 4 held out, 200 benchmark
 
 typedef struct {
-    int n_train, n_val, n_heldout, n_jpeg;
+    int n_train, n_val, n_heldout, n_jpeg, n_bench;
     int n_stage2_text_only;
     int vocab;                      // tokenizer size = LLM vocab
     int n_words;

@@ -67,6 +67,11 @@ void gen_free(Generator *g) {
 
 void gen_reset(Generator *g) { g->len = 0; }
 
+void gen_truncate(Generator *g, int len) {
+    if (len < 0 || len > g->len) fatal("gen_truncate to %d positions: the cache holds %d", len, g->len);
+    g->len = len;  // rows from len on are overwritten by the next forward
+}
+
 // one projection with its LoRA (never dropout: the model is not training)
 static void proj(const Generator *g, const LlmProj *p, act_t *out, const act_t *inp, int N) {
     llm_proj_forward(&g->m->llm, p, out, inp, g->lh, N, 0);

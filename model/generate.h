@@ -38,6 +38,10 @@ typedef struct {
 void gen_init(Generator *g, Vlm *m, int max_len, int chunk);
 void gen_free(Generator *g);
 void gen_reset(Generator *g);  // empties the cache (a new conversation)
+// Forgets every position from len on (0 <= len <= g->len, else fatal()): the next gen_extend
+// continues after position len - 1. Scores several continuations of one prefilled prompt
+// (./eval's likelihood scoring) without prefilling it again.
+void gen_truncate(Generator *g, int len);
 
 // Runs the prompt from an empty cache: ids (n_ids) and, when pixels (host, (3, S, S) normalised)
 // is not NULL, the image's n_img_tokens features inserted before ids[image_pos] (0 <= image_pos
