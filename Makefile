@@ -1,5 +1,5 @@
 # Makefile: builds libsvlm (CPU backend always, CUDA backend when nvcc and the CUDA libraries work), the programs
-# (train, export, generate, prepare), the tests and the benchmarks.
+# (train, export, generate, prepare, synth, evaluate), the tests and the benchmarks.
 # Sources are found by wildcard: a new .c file in a library folder or a tests/test_*.c needs no edit here.
 
 CC      ?= gcc
@@ -39,7 +39,7 @@ PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c synth.c 
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
 # tests that parse untrusted files also run under AddressSanitizer + UBSan
-ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c tests/test_synth.c))
+ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c tests/test_synth.c tests/test_eval_metrics.c))
 
 # the CUDA emulator's build (tests/gpu/emu): plain, ASan (EMU_SAN=1) and TSan (EMU_TSAN=1) side by side
 EMU_DIR := build/emu$(if $(EMU_SAN),-asan)$(if $(EMU_TSAN),-tsan)
@@ -169,7 +169,9 @@ build/bench_data: build/obj/bench/bench_data.o build/libsvlm.a build/obj/kernels
 bench-data: build/bench_data
 	./build/bench_data
 
-# the built-in default: synthetic data and tiny random models, both stages, export, generation
+# the built-in default: synthetic data and tiny random models, both stages, export, generation,
+# then ./evaluate on the held-out benchmarks (multiple choice by likelihood: the demo model answers
+# in sentences, never with a letter; VQA without LLaVA's one-word instruction, for the same reason)
 demo: $(PROGS)
 	rm -rf demo/runs demo/export
 	./synth demo
@@ -178,6 +180,8 @@ demo: $(PROGS)
 	./export demo/runs/stage2 demo/export
 	@echo "held-out image demo/data/heldout_1.png; true answer: $$(grep -o '"Where is the cross?", *"answer": *"[^"]*"' demo/data/heldout.json | sed 's/.*"answer": *//')"
 	./generate demo/export --image demo/data/heldout_1.png --prompt "Where is the cross?"
+	./evaluate demo/export demo/data/bench_mc.jsonl --mc-score likelihood --out demo/eval/mc
+	./evaluate demo/export demo/data/bench_vqa.jsonl --vqa-prompt "" --out demo/eval/vqa
 
 # regenerates tests/fixtures (needs torch, transformers, peft: see README)
 fixtures:

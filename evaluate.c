@@ -269,6 +269,7 @@ int main(int argc, char **argv) {
                 const float *lg = gen_prefill(&g, ids[r], n_ids[r], px, img_pos[r], NULL);
                 memcpy(base, lg, (size_t)V * sizeof(float));
                 int P = g.len;
+                double ttft = time_now() - t0;  // the prompt's logits: what a first token would need
                 int64_t extra = 0, best = -1;
                 for (int j = 0; j < it->n_options; j++) {
                     const int *oi = opt_ids[r][j];
@@ -284,14 +285,14 @@ int main(int argc, char **argv) {
                     if (best < 0 || lp > q->logp[best]) best = j;  // ties: the first option
                 }
                 k->synchronize();
-                speed_add(&sp, P + extra, time_now() - t0, g.t_image, 0, 0, it->image != NULL);
+                speed_add(&sp, P + extra, time_now() - t0, g.t_image, ttft, 0, 0, it->image != NULL);
                 q->chosen = (int)best;
                 q->prediction = xstrdup(it->options[best]);
             } else {
                 GenOptions o = {.max_new_tokens = a.max_new, .stop_ids = gm.stop_ids, .n_stop = gm.n_stop};
                 GenStats st;
                 int n = gen_generate(&g, ids[r], n_ids[r], px, img_pos[r], &o, out, &st);
-                speed_add(&sp, st.n_prompt, st.t_prefill, st.t_image, st.n_decode, st.t_decode, it->image != NULL);
+                speed_add(&sp, st.n_prompt, st.t_prefill, st.t_image, st.t_prefill, st.n_decode, st.t_decode, it->image != NULL);
                 q->prediction = tokenizer_decode(gm.tok, out, n, 1, NULL);
                 if (b.task == TASK_MC) q->chosen = mc_parse_answer(q->prediction, it->options, q->order, it->n_options);
             }

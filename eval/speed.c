@@ -17,8 +17,8 @@ void speed_free(EvalSpeed *s) {
     memset(s, 0, sizeof *s);
 }
 
-void speed_add(EvalSpeed *s, int64_t n_prompt, double t_prefill, double t_image, int64_t n_decode, double t_decode,
-               int has_image) {
+void speed_add(EvalSpeed *s, int64_t n_prompt, double t_prefill, double t_image, double ttft, int64_t n_decode,
+               double t_decode, int has_image) {
     s->prefill_tokens += n_prompt;
     s->decode_tokens += n_decode;
     s->t_prefill += t_prefill;
@@ -29,7 +29,7 @@ void speed_add(EvalSpeed *s, int64_t n_prompt, double t_prefill, double t_image,
         s->cap = s->cap ? 2 * s->cap : 256;
         s->ttft = xrealloc(s->ttft, (size_t)s->cap * sizeof(double));
     }
-    s->ttft[s->n_ttft++] = t_prefill;
+    s->ttft[s->n_ttft++] = ttft;
 }
 
 static int dbl_cmp(const void *a, const void *b) {

@@ -178,11 +178,25 @@ static void test_text_tables(void **state) {
     assert_int_equal(text_upper_len('a'), 1);
 }
 
+// bytes that are not UTF-8 become U+FFFD (one per maximal invalid subpart) and count as letters;
+// nothing reads past the end (this program also runs under AddressSanitizer)
+static void test_invalid_utf8(void **state) {
+    char *t = text_tokenize("\xff abc\xe2\x82 d\xc3", NULL);
+    assert_string_equal(t, "\xEF\xBF\xBD abc\xEF\xBF\xBD d\xEF\xBF\xBD");
+    free(t);
+    char *v = vqa_normalize("\xf0\x9f yes.");
+    assert_string_equal(v, "\xEF\xBF\xBD yes");
+    free(v);
+    const char *refs[] = {"\xff"};
+    assert_true(fabs(anls("\xfe", refs, 1, 0.5) - 1.0) < TOL);  // both U+FFFD
+    assert_true(exact_match("\xc0", refs, 1) == 1.0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_text_tables),   cmocka_unit_test(test_vqa_normalize), cmocka_unit_test(test_vqa_accuracy),
         cmocka_unit_test(test_anls),          cmocka_unit_test(test_exact_match),   cmocka_unit_test(test_tokenize),
-        cmocka_unit_test(test_caption_metrics),
+        cmocka_unit_test(test_caption_metrics), cmocka_unit_test(test_invalid_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
