@@ -19,6 +19,7 @@
 #include "eval/speed.h"
 #include "eval/text.h"
 #include "eval/vqa_metrics.h"
+#include "model/gen_batch.h"
 #include "model/generate.h"
 
 #define VQA_PROMPT "Answer the question using a single word or phrase."
@@ -42,7 +43,7 @@ static void usage(FILE *f) {
             "  --system TEXT           replaces the model's system prompt\n"
             "  --max-new-tokens N      default 64\n"
             "  --limit N               the first N items only\n"
-            "  --batch-size N          conversations decoded together (only 1 so far)\n"
+            "  --batch-size N          conversations decoded together (default 1; the answers are the same)\n"
             "  --device cpu|cuda|auto  default auto\n");
 }
 
@@ -83,6 +84,22 @@ static double log_softmax_at(const float *logits, int V, int id) {
     double sum = 0;
     for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
     return (double)logits[id] - mx - log(sum);
+}
+
+// fills the request's scores from its prediction; returns what the running score adds
+static double score_request(Request *q, const BenchItem *it, EvalTask task) {
+    if (task == TASK_MC) {
+        q->correct = q->chosen >= 0 && q->order[q->chosen] == it->answer;
+        return q->correct;
+    }
+    if (task == TASK_VQA) {
+        const char *const *refs = (const char *const *)it->refs;
+        q->vqa = vqa_accuracy(q->prediction, refs, it->n_refs);
+        q->anls = anls(q->prediction, refs, it->n_refs, 0.5);
+        q->em = exact_match(q->prediction, refs, it->n_refs);
+        return q->vqa;
+    }
+    return 0;  // captions are scored as a corpus at the end
 }
 
 static void progress(int done, int total, double t0, const char *score_name, double score, int final) {
@@ -155,9 +172,6 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (a.batch != 1)
-        fatal("--batch-size %d: batched generation is not built yet (issue 15); conversations run one at a time, "
-              "--batch-size 1", a.batch);
     if (a.circular && a.likelihood)
         fatal("--circular with --mc-score likelihood: likelihood scoring does not show the options, so their "
               "order cannot change the answer; circular evaluation needs --mc-score generate");
@@ -236,8 +250,8 @@ int main(int argc, char **argv) {
         }
     }
     int max_pos = m->llm.cfg.max_pos, max_len = longest < max_pos ? longest : max_pos;
-    Generator g;
-    gen_init(&g, (Vlm *)m, max_len, 0);
+    Generator g;  // one conversation at a time (with --batch-size > 1 the GenBatch has its own)
+    memset(&g, 0, sizeof g);
     fprintf(stderr, "eval: loaded %s (%s) on %s in %.2f s; %s: %d %s items (%d skipped), %d requests, %s\n", a.dir,
             gm.spec.is_export ? "export" : gm.spec.weights, k->name, time_now() - t_load, a.data, b.n,
             eval_task_name(b.task), b.n_skipped, n_req,
@@ -246,7 +260,20 @@ int main(int argc, char **argv) {
     // ---- run
     EvalSpeed sp;
     speed_init(&sp);
-    float *pixels = xmalloc((size_t)3 * gm.image_size * gm.image_size * sizeof(float));
+    // --batch-size > 1 decodes the answers of a.batch conversations together (model/gen_batch.h:
+    // the same tokens as one at a time); likelihood scoring runs one question at a time
+    int use_batch = a.batch > 1 && !(b.task == TASK_MC && a.likelihood);
+    int nb = use_batch ? a.batch : 1;
+    GenBatch gb;
+    memset(&gb, 0, sizeof gb);
+    if (use_batch) gen_batch_init(&gb, (Vlm *)m, a.batch, max_len, 0);
+    else gen_init(&g, (Vlm *)m, max_len, 0);
+    int *bm = xcalloc((size_t)nb, sizeof(int)), *b_n = xcalloc((size_t)nb, sizeof(int)), *b_pos = xcalloc((size_t)nb, sizeof(int));
+    int *b_nout = xcalloc((size_t)nb, sizeof(int)), **b_ids = xcalloc((size_t)nb, sizeof(int *)), **b_out = xcalloc((size_t)nb, sizeof(int *));
+    float **b_px = xcalloc((size_t)nb, sizeof(float *));
+    GenStats *b_st = xcalloc((size_t)nb, sizeof(GenStats));
+    for (int j = 0; j < nb; j++) b_out[j] = xmalloc((size_t)a.max_new * sizeof(int));
+    float *pixels = xmalloc((size_t)nb * 3 * gm.image_size * gm.image_size * sizeof(float));
     int *out = xmalloc((size_t)a.max_new * sizeof(int));
     int max_opt = 1;
     for (int i = 0; i < n_req; i++)
@@ -255,7 +282,53 @@ int main(int argc, char **argv) {
     float *all = xmalloc((size_t)max_opt * V * sizeof(float)), *base = xmalloc((size_t)V * sizeof(float));
     double t_run = time_now(), running = 0;
     int done = 0, scored = 0, last_item_pixels = -1;
-    for (r = 0; r < n_req; r++) {
+    const char *score_name = b.task == TASK_MC ? "accuracy" : b.task == TASK_VQA ? "VQA accuracy" : "captions";
+    size_t px_size = (size_t)3 * gm.image_size * gm.image_size;
+    for (r = 0; r < n_req;) {
+        if (use_batch) {
+            // the next batch: up to a.batch requests that are not skipped (skipped ones pass by)
+            int nm = 0, r_end = r;
+            while (r_end < n_req && nm < a.batch) {
+                if (!b.items[req[r_end].item].skip) {
+                    const BenchItem *it = &b.items[req[r_end].item];
+                    bm[nm] = r_end;
+                    b_ids[nm] = ids[r_end];
+                    b_n[nm] = n_ids[r_end];
+                    b_pos[nm] = img_pos[r_end];
+                    b_px[nm] = NULL;
+                    if (it->image) {
+                        gen_model_image(&gm, it->image, pixels + (size_t)nm * px_size);
+                        b_px[nm] = pixels + (size_t)nm * px_size;
+                    }
+                    nm++;
+                }
+                r_end++;
+            }
+            if (nm > 0) {
+                GenOptions o = {.max_new_tokens = a.max_new, .stop_ids = gm.stop_ids, .n_stop = gm.n_stop};
+                gen_batch_generate(&gb, nm, (const int *const *)b_ids, b_n, (const float *const *)b_px, b_pos, &o, b_out,
+                                   b_nout, b_st);
+                double before = 0, t_dec = 0;  // prefills run one after another, then the decode steps
+                for (int j = 0; j < nm; j++) {
+                    Request *q = &req[bm[j]];
+                    const BenchItem *it = &b.items[q->item];
+                    before += b_st[j].t_prefill;
+                    if (b_st[j].t_decode > t_dec) t_dec = b_st[j].t_decode;
+                    speed_add(&sp, b_st[j].n_prompt, b_st[j].t_prefill, b_st[j].t_image, before, b_st[j].n_decode, 0,
+                              it->image != NULL);
+                    q->prediction = tokenizer_decode(gm.tok, b_out[j], b_nout[j], 1, NULL);
+                    if (b.task == TASK_MC) q->chosen = mc_parse_answer(q->prediction, it->options, q->order, it->n_options);
+                    running += score_request(q, it, b.task);
+                    scored++;
+                }
+                sp.t_decode += t_dec;  // the batch's decode steps, shared by its conversations
+            }
+            done = r_end;
+            r = r_end;
+            progress(done, n_req, t_run, score_name, b.task == TASK_CAPTION ? scored : scored ? running / scored : 0.0,
+                     done == n_req);
+            continue;
+        }
         Request *q = &req[r];
         const BenchItem *it = &b.items[q->item];
         if (!it->skip) {
@@ -296,21 +369,13 @@ int main(int argc, char **argv) {
                 q->prediction = tokenizer_decode(gm.tok, out, n, 1, NULL);
                 if (b.task == TASK_MC) q->chosen = mc_parse_answer(q->prediction, it->options, q->order, it->n_options);
             }
-            if (b.task == TASK_MC) {
-                q->correct = q->chosen >= 0 && q->order[q->chosen] == it->answer;
-                running += q->correct;
-            } else if (b.task == TASK_VQA) {
-                const char *const *refs = (const char *const *)it->refs;
-                q->vqa = vqa_accuracy(q->prediction, refs, it->n_refs);
-                q->anls = anls(q->prediction, refs, it->n_refs, 0.5);
-                q->em = exact_match(q->prediction, refs, it->n_refs);
-                running += q->vqa;
-            }
+            running += score_request(q, it, b.task);
             scored++;
         }
         done++;
-        progress(done, n_req, t_run, b.task == TASK_MC ? "accuracy" : b.task == TASK_VQA ? "VQA accuracy" : "captions",
-                 b.task == TASK_CAPTION ? scored : scored ? running / scored : 0.0, done == n_req);
+        r++;
+        progress(done, n_req, t_run, score_name, b.task == TASK_CAPTION ? scored : scored ? running / scored : 0.0,
+                 done == n_req);
     }
     double t_total = time_now() - t_run;
 
@@ -437,7 +502,7 @@ int main(int argc, char **argv) {
     printf("  %-36s %10s\n", "speed", "value");
     printf("  %-36s %10.1f  (%lld positions in %.2f s, image tokens included)\n", "prefill tokens/s", pf,
            (long long)sp.prefill_tokens, sp.t_prefill);
-    printf("  %-36s %10.1f  (%lld steps in %.2f s)\n", "decode tokens/s", dc, (long long)sp.decode_tokens, sp.t_decode);
+    printf("  %-36s %10.1f  (%lld tokens in %.2f s)\n", "decode tokens/s", dc, (long long)sp.decode_tokens, sp.t_decode);
     printf("  %-36s %10.2f  (%lld images in %.2f s)\n", "images/s", ips, (long long)sp.images, t_total);
     printf("  %-36s %10.2f  p95 %.2f ms\n", "time to first token p50 (ms)", p50 * 1e3, p95 * 1e3);
     printf("  %-36s %10s  (process RSS %s)\n", "peak memory (backend)", fmt_bytes(be, b1, sizeof b1), fmt_bytes(rss, b2, sizeof b2));
@@ -541,6 +606,16 @@ int main(int argc, char **argv) {
     free(base);
     free(out);
     free(pixels);
+    for (int j = 0; j < nb; j++) free(b_out[j]);
+    free(b_out);
+    free(bm);
+    free(b_n);
+    free(b_pos);
+    free(b_nout);
+    free(b_ids);
+    free(b_px);
+    free(b_st);
+    if (use_batch) gen_batch_free(&gb);
     speed_free(&sp);
     gen_free(&g);
     gen_model_free(&gm);

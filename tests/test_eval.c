@@ -7,6 +7,7 @@
 //     summary.json's scores are the means of those lines (mc accuracy, circular accuracy from
 //     every rotation, VQA accuracy / ANLS / exact match recomputed from the predictions, caption
 //     BLEU / CIDEr-D / ROUGE-L recomputed from the predictions) and it holds the speed figures;
+//   - --batch-size 3 and 5 write the predictions of batch size 1, byte for byte;
 //   - bad benchmark files (missing question, unknown answer letter, empty options, a gap in
 //     the A/B/C fields, malformed JSON, wrong types, no task fields) are one-line errors naming
 //     FILE:LINE; a missing image is a counted skip in the summary; unsupported option
@@ -438,10 +439,41 @@ static void test_bad_files(void **state) {
     expect_bad("list.json", "[\n {\"question\": \"Q?\", \"answer\": \"x\"},\n {\"question\": 5, \"answer\": \"y\"}\n]\n", NULL,
                "list.json:3:", "\"question\" is a number");
     expect_bad("nocaptions.jsonl", "{\"captions\": \"a cat\"}\n", NULL, "nocaptions.jsonl:1:", "not a list");
-    const char *batch[] = {"--batch-size", "4", NULL};
-    expect_bad("batch.jsonl", ok, batch, "--batch-size 4", "not built");
+    const char *batch[] = {"--batch-size", "0", NULL};
+    expect_bad("batch.jsonl", ok, batch, "--batch-size 0", "want an integer");
     const char *circ[] = {"--circular", "--mc-score", "likelihood", NULL};
     expect_bad("circ.jsonl", ok, circ, "--circular", "likelihood");
+}
+
+// --batch-size 3 and 5 (batches of very different prompts, a last partial batch) write the same
+// predictions as one conversation at a time, for VQA and for multiple choice by letter
+static void test_batch_same_predictions(void **state) {
+    const char *files[] = {"bench_vqa.jsonl", "bench_mc.jsonl"};
+    for (int f = 0; f < 2; f++) {
+        char data[700], out1[700], outb[760], p1[800], pb[800];
+        snprintf(data, sizeof data, "%s/data/%s", synth_dir, files[f]);
+        snprintf(out1, sizeof out1, "%s/batch1_%d", root, f);
+        const char *a1[] = {"--max-new-tokens", "12", NULL};
+        assert_int_equal(evaluate(data, out1, a1), 0);
+        snprintf(p1, sizeof p1, "%s/predictions.jsonl", out1);
+        char *want = slurp(p1);
+        const char *sizes[] = {"3", "5"};
+        for (int b = 0; b < 2; b++) {
+            snprintf(outb, sizeof outb, "%s/batch%s_%d", root, sizes[b], f);
+            const char *ab[] = {"--max-new-tokens", "12", "--batch-size", sizes[b], NULL};
+            assert_int_equal(evaluate(data, outb, ab), 0);
+            snprintf(pb, sizeof pb, "%s/predictions.jsonl", outb);
+            char *got = slurp(pb);
+            if (strcmp(got, want)) fail_msg("%s: --batch-size %s predictions differ from batch 1", files[f], sizes[b]);
+            free(got);
+            cJSON *sum = summary(outb);
+            assert_int_equal(item(item(sum, "speed"), "batch_size")->valueint, atoi(sizes[b]));
+            assert_true(item(item(sum, "speed"), "decode_tokens_per_s")->valuedouble > 0);
+            cJSON_Delete(sum);
+        }
+        printf("    %s: --batch-size 3 and 5 give batch 1's predictions\n", files[f]);
+        free(want);
+    }
 }
 
 static void test_missing_image_is_counted(void **state) {
@@ -466,6 +498,14 @@ static void test_missing_image_is_counted(void **state) {
     char *e = slurp(err);
     assert_non_null(strstr(e, "missing.jsonl:2: item 2 (id \"b\"): image"));
     free(e);
+    // in a batch too: the skipped item passes by, the other is answered
+    snprintf(out, sizeof out, "%s/missing_batch", root);
+    const char *bargs[] = {"--max-new-tokens", "2", "--batch-size", "2", NULL};
+    assert_int_equal(evaluate(data, out, bargs), 0);
+    sum = summary(out);
+    assert_int_equal(item(sum, "skipped")->valueint, 1);
+    assert_int_equal(item(sum, "scored")->valueint, 1);
+    cJSON_Delete(sum);
 }
 
 int main(int argc, char **argv) {
@@ -477,6 +517,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_vqa_scores),
         cmocka_unit_test(test_caption_scores),
         cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_batch_same_predictions),
         cmocka_unit_test(test_missing_image_is_counted),
     };
     struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];
