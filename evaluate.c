@@ -231,6 +231,10 @@ int main(int argc, char **argv) {
             if (it->skip) continue;
             n_ids[r] = gen_model_prompt(&gm, q->prompt, it->image != NULL, &ids[r], &img_pos[r]);
             int need = n_ids[r] + (it->image ? m->n_img_tokens : 0);
+            if (need >= m->llm.cfg.max_pos)
+                fatal("%s:%lld: item %d (id \"%s\"): the prompt takes %d positions (%d tokens%s), the model's context "
+                      "holds %d (max_position_embeddings)", a.data, (long long)it->line, i + 1, it->id, need, n_ids[r],
+                      it->image ? " + the image" : "", m->llm.cfg.max_pos);
             if (b.task == TASK_MC && a.likelihood) {
                 opt_ids[r] = xcalloc((size_t)it->n_options, sizeof(int *));
                 n_opt_ids[r] = xcalloc((size_t)it->n_options, sizeof(int));
@@ -243,6 +247,9 @@ int main(int argc, char **argv) {
                     if (n_opt_ids[r][j] > most) most = n_opt_ids[r][j];
                 }
                 need += most;
+                if (need > m->llm.cfg.max_pos)
+                    fatal("%s:%lld: item %d (id \"%s\"): prompt and longest option take %d positions, the model's "
+                          "context holds %d", a.data, (long long)it->line, i + 1, it->id, need, m->llm.cfg.max_pos);
             } else {
                 need += a.max_new;
             }

@@ -439,6 +439,15 @@ static void test_bad_files(void **state) {
     expect_bad("list.json", "[\n {\"question\": \"Q?\", \"answer\": \"x\"},\n {\"question\": 5, \"answer\": \"y\"}\n]\n", NULL,
                "list.json:3:", "\"question\" is a number");
     expect_bad("nocaptions.jsonl", "{\"captions\": \"a cat\"}\n", NULL, "nocaptions.jsonl:1:", "not a list");
+    {  // a question longer than the model's 512 positions
+        size_t cap = 8000;
+        char *longq = xmalloc(cap);
+        int o = snprintf(longq, cap, "{\"id\": \"long\", \"question\": \"");
+        for (int i = 0; i < 600; i++) o += snprintf(longq + o, cap - (size_t)o, "red ");
+        snprintf(longq + o, cap - (size_t)o, "?\", \"answers\": [\"x\"]}\n");
+        expect_bad("long.jsonl", longq, NULL, "long.jsonl:1: item 1 (id \"long\")", "context holds 512");
+        free(longq);
+    }
     const char *batch[] = {"--batch-size", "0", NULL};
     expect_bad("batch.jsonl", ok, batch, "--batch-size 0", "want an integer");
     const char *circ[] = {"--circular", "--mc-score", "likelihood", NULL};

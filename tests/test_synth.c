@@ -2,7 +2,8 @@
 // identical bytes; the JSON parses and every sample encodes with its template; every image
 // decodes and shows what its caption says (colour, count, shape and position, measured on the
 // pixels); every word is one token and every text round-trips through the tokenizer; the model
-// directories load and give a sane loss.
+// directories load and give a sane loss; the held-out benchmarks (bench_mc.jsonl, bench_vqa.jsonl)
+// ask about their own scenes, with the true answer where the answer letter says and nowhere else.
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@
 #define N_TRAIN 240
 #define N_VAL 40
 #define N_HELDOUT 4
+#define N_BENCH 40
 
 static char g_dir[512], g_dir2[512];
 static SynthSummary g_sum;
@@ -37,6 +39,7 @@ static int setup(void **state) {
     s.n_train = N_TRAIN;
     s.n_val = N_VAL;
     s.n_heldout = N_HELDOUT;
+    s.n_bench = N_BENCH;
     s.quiet = 1;
     s.out_dir = g_dir;
     synth_run(&s, &g_sum);
@@ -87,8 +90,8 @@ static int compare_tree(const char *a, const char *b) {
 
 static void test_deterministic(void **state) {
     int files = compare_tree(g_dir, g_dir2);
-    // images + 4 JSON + heldout images and JSON + 3 vision files + 4 llm files
-    assert_int_equal(files, N_TRAIN + N_VAL + 4 + N_HELDOUT + 1 + 3 + 4);
+    // images + 4 JSON + heldout images and JSON + benchmark images and 2 JSONL + 3 vision files + 4 llm files
+    assert_int_equal(files, N_TRAIN + N_VAL + 4 + N_HELDOUT + 1 + N_BENCH + 2 + 3 + 4);
     assert_int_equal(g_sum.n_train, N_TRAIN);
     assert_int_equal(g_sum.n_val, N_VAL);
     assert_int_equal(g_sum.n_jpeg, N_TRAIN / 4 + N_VAL / 4);
@@ -590,6 +593,80 @@ static void test_bad_input(void **state) {
     expect_fatal(run_unwritable, NULL, "/proc/synth-cannot-write-here", "cannot create directory");
 }
 
+// ---------------------------------------------------------------------------------------------
+// the held-out benchmarks for ./evaluate
+
+// 1 when the sentence has word (whole words, '.' ends the sentence)
+static int has_word(const char *sentence, const char *word) {
+    size_t n = strlen(word);
+    for (const char *p = sentence; (p = strstr(p, word)) != NULL; p++)
+        if ((p == sentence || p[-1] == ' ') && (p[n] == ' ' || p[n] == '.' || p[n] == 0)) return 1;
+    return 0;
+}
+
+static void test_bench_files(void **state) {
+    SynthSpec defaults;  // setup's seed
+    synth_spec_defaults(&defaults);
+    uint64_t g_seed = defaults.seed;
+    static const char *const counts[4] = {"no", "one", "two", "three"};
+    static const char *const kinds[4] = {"colour", "count", "position", "shape"};
+    char path[1100];
+    path2(path, sizeof path, g_dir, "data/bench_mc.jsonl");
+    size_t n;
+    char *mc = read_all(path, &n), *save = NULL;
+    int i = 0, letters[4] = {0};
+    for (char *line = strtok_r(mc, "\n", &save); line; line = strtok_r(NULL, "\n", &save), i++) {
+        cJSON *o = cJSON_Parse(line);
+        assert_non_null(o);
+        SynthScene sc;
+        synth_scene(&sc, g_seed, SYNTH_SPLIT_BENCH, i);
+        int kind = i % 4;
+        assert_string_equal(cJSON_GetObjectItem(o, "category")->valuestring, kinds[kind]);
+        char img[32];
+        snprintf(img, sizeof img, "images/bench_%05d.png", i);
+        assert_string_equal(cJSON_GetObjectItem(o, "image")->valuestring, img);
+        const char *truth = kind == 0 ? synth_colour_names[sc.colour] : kind == 1 ? counts[sc.count]
+                          : kind == 2 ? synth_position_phrases[sc.position]
+                          : sc.count == 1 ? synth_shape_names[sc.shape] : synth_shape_plurals[sc.shape];
+        int answer = cJSON_GetObjectItem(o, "answer")->valuestring[0] - 'A';
+        assert_true(answer >= 0 && answer < 4);
+        letters[answer]++;
+        for (int j = 0; j < 4; j++) {
+            char key[2] = {(char)('A' + j), 0};
+            const char *opt = cJSON_GetObjectItem(o, key)->valuestring;
+            for (int t = 0; t < j; t++) {  // distinct options
+                char k2[2] = {(char)('A' + t), 0};
+                assert_string_not_equal(opt, cJSON_GetObjectItem(o, k2)->valuestring);
+            }
+            int says = kind == 2 ? strstr(opt, truth) != NULL : has_word(opt, truth);
+            if (says != (j == answer)) fail_msg("bench_mc item %d option %c \"%s\": truth \"%s\", answer %c", i, 'A' + j, opt, truth, 'A' + answer);
+        }
+        cJSON_Delete(o);
+    }
+    assert_int_equal(i, N_BENCH);
+    for (int j = 0; j < 4; j++) assert_true(letters[j] > 0);  // the right answer is not always at one letter
+    free(mc);
+    path2(path, sizeof path, g_dir, "data/bench_vqa.jsonl");
+    char *vqa = read_all(path, &n);
+    save = NULL;
+    i = 0;
+    for (char *line = strtok_r(vqa, "\n", &save); line; line = strtok_r(NULL, "\n", &save), i++) {
+        cJSON *o = cJSON_Parse(line);
+        SynthScene sc;
+        synth_scene(&sc, g_seed, SYNTH_SPLIT_BENCH, i);
+        int kind = (i + 1) % 4;
+        const char *truth = kind == 0 ? synth_colour_names[sc.colour] : kind == 1 ? counts[sc.count]
+                          : kind == 2 ? synth_position_phrases[sc.position]
+                          : sc.count == 1 ? synth_shape_names[sc.shape] : synth_shape_plurals[sc.shape];
+        assert_string_equal(cJSON_GetObjectItem(o, "category")->valuestring, kinds[kind]);
+        const char *ans = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "answers"), 0)->valuestring;
+        assert_true(kind == 2 ? strstr(ans, truth) != NULL : has_word(ans, truth));
+        cJSON_Delete(o);
+    }
+    assert_int_equal(i, N_BENCH);
+    free(vqa);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_input),  // first: its forked children must not inherit OpenMP threads
@@ -597,6 +674,7 @@ int main(void) {
         cmocka_unit_test(test_json_templates_and_images),
         cmocka_unit_test(test_splits_disjoint),
         cmocka_unit_test(test_heldout),
+        cmocka_unit_test(test_bench_files),
         cmocka_unit_test(test_words_are_single_tokens),
         cmocka_unit_test(test_models_load),
     };
