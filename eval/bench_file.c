@@ -102,6 +102,7 @@ static void read_mc(const Where *w, const cJSON *o, BenchItem *it) {
                 item_fatal(w, "option \"%s\" is given but \"%c\" before it is not", key, 'A' + it->n_options);
         }
     }
+    if (it->n_options > 26) item_fatal(w, "%d options: at most 26 (letters A-Z)", it->n_options);
     if (it->n_options < 2) item_fatal(w, "%d option%s: a multiple-choice item needs at least 2 (\"options\" or \"A\", \"B\", ...)",
                                       it->n_options, it->n_options == 1 ? "" : "s");
     for (int i = 0; i < it->n_options; i++)

@@ -8,7 +8,7 @@
 //   "hint"      string (mc, optional: put before the question, as LLaVA's MMBench script does)
 //   "category"  string (optional: accuracy is also reported per category)
 //   mc:      "options": [strings] or MMBench's "A", "B", "C", ... fields (consecutive from A;
-//            null or absent ends them), at least 2; "answer": the correct option's letter
+//            null or absent ends them), 2 to 26; "answer": the correct option's letter
 //   vqa:     "answers": [strings] (annotators' answers, >= 1) or "answer": string
 //   caption: "captions": [strings] (references, >= 1)
 // The task is --task, or else found from the first item's fields (options or A/B -> mc,

@@ -433,6 +433,13 @@ static void test_bad_files(void **state) {
     expect_bad("oneopt.jsonl", text, NULL, "oneopt.jsonl:2:", "at least 2");
     snprintf(text, sizeof text, "%s{\"id\": \"h\", \"question\": \"Q?\", \"A\": \"x\",, }\n", ok);
     expect_bad("malformed.jsonl", text, NULL, "malformed.jsonl:2:", "malformed");
+    {
+        char many[1024];
+        int o = snprintf(many, sizeof many, "{\"question\": \"Q?\", \"answer\": \"A\", \"options\": [");
+        for (int i = 0; i < 27; i++) o += snprintf(many + o, sizeof many - (size_t)o, "%s\"o%d\"", i ? ", " : "", i);
+        snprintf(many + o, sizeof many - (size_t)o, "]}\n");
+        expect_bad("manyopts.jsonl", many, NULL, "manyopts.jsonl:1:", "at most 26");
+    }
     expect_bad("vqatype.jsonl", "{\"question\": \"Q?\", \"answers\": [\"a\", 3]}\n", NULL, "vqatype.jsonl:1:",
                "\"answers\"[1] is a number");
     expect_bad("notask.jsonl", "{\"question\": \"Q?\"}\n", NULL, "notask.jsonl:1:", "no task");
