@@ -9,6 +9,14 @@ CFLAGS  ?= $(OPT) -g
 # CFLAGS and LDFLAGS may add -I / -L paths for libraries outside the system ones
 CFLAGS  += -std=gnu11 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(shell pkg-config --cflags cjson 2>/dev/null)
 LDLIBS  := $(LDFLAGS) -lopenblas -lcjson -lpng -ljpeg -lzstd -lpcre2-8 -lm -lpthread
+# ---- data parallelism (issue 13): MPI for the CPU transport, NCCL for CUDA (trainer/dist.h).
+# Replaced by the generated build/config.mk's values when present.
+MPI_CFLAGS ?= $(shell pkg-config --cflags ompi-c)
+MPI_LIBS   ?= $(shell pkg-config --libs ompi-c)
+NCCL_LIBS  ?= -L$(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))/lib -lnccl
+CFLAGS  += $(MPI_CFLAGS)
+LDLIBS  += $(MPI_LIBS)
+# ---- end of data parallelism's block
 # GCC's flow warnings misfire on sanitizer-instrumented code, so the ASan build leaves them to the normal one
 ASAN    := -fsanitize=address,undefined -fno-omit-frame-pointer -Wno-array-bounds -Wno-format-overflow
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
@@ -32,7 +40,7 @@ HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1)
 ifeq ($(HAVE_NVCC)$(if $(CU_SRC),1),11)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
   PROG_CUDA := $(CU_OBJ)
-  PROG_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
+  PROG_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas $(NCCL_LIBS) -lstdc++
 else
   PROG_CUDA := build/obj/kernels/cuda/cuda_stub.o
   PROG_LIBS :=
