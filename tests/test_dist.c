@@ -4,6 +4,7 @@
 // line naming it and the run then resumes bit-identically; SIGTERM to every rank or to one makes
 // one checkpoint and every rank exits 0; a world-2 checkpoint resumes on 3 ranks and on 1, each
 // sample of the epoch seen once; ranks with different configs are refused with one line.
+// SVLM_TEST_DEVICE=cuda (make test-gpu): NCCL with one rank equals the run without Dist.
 // Every process runs one OpenMP / OpenBLAS thread, so 1 rank and N ranks do the same arithmetic
 // per micro-batch (the CPU backend's results depend on the thread count).
 #include <errno.h>
@@ -225,7 +226,9 @@ enum { STEPS = 10, PER_EPOCH = 5, GLOBAL = 12 };
 
 static double ref_step_s = 0.2;  // seconds per step of the world-2 run
 
-static int setup(void **state) {
+static const char *device = "cpu";
+
+static int setup_common(void) {
     // the same arithmetic in every process (see the top); mpirun as root in CI containers
     setenv("OMP_NUM_THREADS", "1", 1);
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
@@ -253,9 +256,15 @@ static int setup(void **state) {
             "data = %s/data/stage2_train.json\nimage_folder = %s/data/images\nval_data = %s/data/stage2_val.json\n"
             "data_cache = %s/cache\nmax_seq_len = 96\nbatch_size = 2\nglobal_batch = %d\nmax_steps = %d\n"
             "lr = 3e-3\nwarmup_ratio = 0.1\nlora_r = 4\nlora_alpha = 8\nlora_dropout = 0.05\nsave_every = 2\nkeep_last = 10\n"
-            "eval_every = 5\nseed = 7\ndevice = cpu\nthreads = 1\nlog_samples = true\ndist_timeout = 30\n",
-            synth_dir, synth_dir, synth_dir, synth_dir, synth_dir, root, GLOBAL, STEPS);
+            "eval_every = 5\nseed = 7\ndevice = %s\nthreads = 1\nlog_samples = true\ndist_timeout = 30\n",
+            synth_dir, synth_dir, synth_dir, synth_dir, synth_dir, root, GLOBAL, STEPS, device);
     fclose(f);
+    return 0;
+}
+
+static int setup(void **state) {
+    if (setup_common() != 0) return -1;
+    char log[600];
     // the references: 1 rank (no launcher), 2 and 3 ranks (ZeRO-1, the default there)
     for (int n = 1; n <= 3; n++) {
         char dir[600];
@@ -309,6 +318,15 @@ static void test_zero1_equals_zero0(void **state) {
         free(s0);
         printf("    %d ranks: ZeRO-1 and ZeRO-0 checkpoints and metrics identical\n", n);
     }
+    // one rank under mpirun with ZeRO-1's collectives equals the run without any launcher
+    char dir[600], log[600], ref[600];
+    snprintf(dir, sizeof dir, "%s/mpi1", root);
+    snprintf(log, sizeof log, "%s/mpi1.log", root);
+    snprintf(ref, sizeof ref, "%s/ref1", root);
+    const char *extra[] = {"zero_stage=1", NULL};
+    assert_int_equal(train_n(1, dir, log, extra), 0);
+    expect_same_run(ref, dir, STEPS);
+    printf("    1 rank under mpirun, ZeRO-1: identical to the run without a launcher\n");
 }
 
 // waits until the log holds `more` progress lines after byte `from`, or mpirun exits (returns 1)
@@ -511,7 +529,32 @@ static void test_mismatched_configs(void **state) {
     assert_false(file_exists(p));
 }
 
+// 7, on a GPU (make test-gpu): NCCL with one rank (mpirun -np 1), ZeRO-1's reduce-scatter and
+// all-gather included, equals the run without any launcher, byte for byte
+static void test_nccl_world1(void **state) {
+    char solo[600], nccl[600], log[600];
+    snprintf(solo, sizeof solo, "%s/gpu_solo", root);
+    snprintf(nccl, sizeof nccl, "%s/gpu_nccl", root);
+    snprintf(log, sizeof log, "%s/gpu.log", root);
+    assert_int_equal(train_n(0, solo, log, NULL), 0);
+    const char *extra[] = {"zero_stage=1", NULL};
+    assert_int_equal(train_n(1, nccl, log, extra), 0);
+    char *s = log_from(log, 0);
+    assert_non_null(strstr(s, "rank 0 of 1 (Open MPI)"));
+    free(s);
+    expect_same_run(solo, nccl, STEPS);
+    printf("    NCCL world 1 (ZeRO-1 collectives) equals the run without Dist, byte for byte\n");
+}
+
+static int setup_gpu(void **state) { return setup_common(); }
+
 int main(int argc, char **argv) {
+    const char *d = getenv("SVLM_TEST_DEVICE");
+    if (d && *d) device = d;
+    if (strcmp(device, "cpu")) {
+        const struct CMUnitTest gpu_tests[] = {cmocka_unit_test(test_nccl_world1)};
+        return _cmocka_run_group_tests("gpu_tests", gpu_tests, 1, setup_gpu, NULL);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_world_sizes_agree),
         cmocka_unit_test(test_zero1_equals_zero0),

@@ -20,6 +20,10 @@
 
 #include "kernels/kernels.h"
 
+#ifdef __cplusplus
+extern "C" {  // the NCCL transport is compiled by nvcc
+#endif
+
 // what the launcher's environment says about this process
 typedef struct {
     int rank, world, local_rank;
@@ -105,3 +109,7 @@ int dist_nccl_make_id(void *id);  // 0, or -1 when NCCL is not in this build
 Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host);
 // selects GPU local_rank (of the visible ones) before the CUDA backend starts; fills name
 void dist_cuda_select_device(int local_rank, char *name, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif

@@ -217,7 +217,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     r->rank = d->rank;
     r->world = d->world;
     int world = r->world;
-    r->zero = world > 1 ? train_zero_stage(c, world) : 0;
+    r->zero = train_zero_stage(c, world);  // 1 on one rank is allowed: it runs ZeRO's collectives (tests)
     if (world > 1) {
         char line[512];
         dist_describe(d, device, line, sizeof line);
