@@ -21,6 +21,7 @@
 #include "common/safetensors.h"
 #include "common/util.h"
 #include "tests/testlib.h"
+#include "trainer/dist.h"
 
 static char root[512];  // build/tmp/dist-PID
 static char base_conf[600];
@@ -529,6 +530,85 @@ static void test_mismatched_configs(void **state) {
     assert_false(file_exists(p));
 }
 
+// a rank that stops answering without dying (SIGSTOP) stops the others after dist_timeout,
+// named; nothing is left behind
+static void test_stalled_rank(void **state) {
+    enum { W = 2 };
+    char dir[600], log[600];
+    snprintf(dir, sizeof dir, "%s/stalled", root);
+    snprintf(log, sizeof log, "%s/stalled.log", root);
+    char *argv[32], np[16], out[700];
+    const char *extra[] = {"dist_timeout=3", "max_steps=40", NULL};
+    train_argv(argv, np, out, W, dir, extra);
+    int st, pids[W];
+    pid_t pid = spawn(argv, log, 1);
+    assert_int_equal(wait_progress(pid, log, 0, 1, &st), 0);
+    assert_int_equal(rank_pids(log, 0, pids, W), W);
+    double t0 = time_now();
+    kill(pids[1], SIGSTOP);
+    waitpid(pid, &st, 0);
+    double took = time_now() - t0;
+    for (int r = 0; r < W; r++) {
+        for (int i = 0; i < 200 && !pid_gone(pids[r]); i++) usleep(10000);
+        if (!pid_gone(pids[r])) {
+            kill(pids[r], SIGKILL);
+            fail_msg("rank %d (pid %d) still ran after mpirun returned", r, pids[r]);
+        }
+    }
+    assert_true(status_of(st) != 0);
+    char needle[128];
+    snprintf(needle, sizeof needle, "(dist_timeout): rank 1 (pid %d) is stopped; stopping", pids[1]);
+    char *s = log_from(log, 0);
+    if (!strstr(s, needle)) fail_msg("the log lacks \"%s\":\n%s", needle, s);
+    free(s);
+    printf("    rank 1 stopped (SIGSTOP): rank 0 named it and mpirun returned after %.1f s (dist_timeout 3 s)\n", took);
+    assert_true(took >= 3 && took < 3 + 10);
+}
+
+static void set_env(const char *const *kv) {
+    const char *all[] = {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_PROCID",
+                         "SLURM_NTASKS", "SLURM_LOCALID", "RANK", "WORLD_SIZE", "LOCAL_RANK", NULL};
+    for (int i = 0; all[i]; i++) unsetenv(all[i]);
+    for (int i = 0; kv[i]; i += 2) setenv(kv[i], kv[i + 1], 1);
+}
+
+static void detect_child(void *arg) { dist_detect(); }
+
+// the launchers' environments, and what is refused
+static void test_launcher_env(void **state) {
+    const char *none[] = {NULL};
+    set_env(none);
+    DistLaunch l = dist_detect();
+    assert_int_equal(l.world, 1);
+    assert_string_equal(l.launcher, "none");
+    const char *ompi[] = {"OMPI_COMM_WORLD_RANK", "5", "OMPI_COMM_WORLD_SIZE", "16", "OMPI_COMM_WORLD_LOCAL_RANK", "1",
+                          "SLURM_PROCID", "0", "SLURM_NTASKS", "4", NULL};
+    set_env(ompi);  // mpirun inside a Slurm allocation: Open MPI's own variables win
+    l = dist_detect();
+    assert_true(l.rank == 5 && l.world == 16 && l.local_rank == 1);
+    assert_string_equal(l.launcher, "Open MPI");
+    const char *slurm[] = {"SLURM_PROCID", "11", "SLURM_NTASKS", "16", "SLURM_LOCALID", "3", NULL};
+    set_env(slurm);
+    l = dist_detect();
+    assert_true(l.rank == 11 && l.world == 16 && l.local_rank == 3);
+    assert_string_equal(l.launcher, "Slurm");
+    const char *batch[] = {"SLURM_NTASKS", "16", NULL};  // a batch script's own shell: not a task
+    set_env(batch);
+    assert_int_equal(dist_detect().world, 1);
+    const char *torch[] = {"RANK", "2", "WORLD_SIZE", "4", "LOCAL_RANK", "2", NULL};
+    set_env(torch);
+    l = dist_detect();
+    assert_true(l.rank == 2 && l.world == 4 && l.local_rank == 2);
+    assert_string_equal(l.launcher, "torchrun-style (RANK/WORLD_SIZE)");
+    const char *bad[] = {"RANK", "4", "WORLD_SIZE", "4", NULL};
+    set_env(bad);
+    expect_fatal(detect_child, NULL, "RANK = 4 is not below WORLD_SIZE = 4");
+    const char *junk[] = {"SLURM_PROCID", "x1", "SLURM_NTASKS", "2", NULL};
+    set_env(junk);
+    expect_fatal(detect_child, NULL, "SLURM_PROCID = \"x1\" is not a valid number");
+    set_env(none);
+}
+
 // 7, on a GPU (make test-gpu): NCCL with one rank (mpirun -np 1), ZeRO-1's reduce-scatter and
 // all-gather included, equals the run without any launcher, byte for byte
 static void test_nccl_world1(void **state) {
@@ -562,6 +642,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sigterm),
         cmocka_unit_test(test_resume_on_other_world),
         cmocka_unit_test(test_sigkill_one_rank),
+        cmocka_unit_test(test_stalled_rank),
+        cmocka_unit_test(test_launcher_env),
     };
     struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];
     size_t n = test_select(chosen, tests, sizeof tests / sizeof tests[0], argc > 1 ? argv[1] : NULL);

@@ -85,18 +85,44 @@ typedef struct {
     const char *_Atomic op;
 } Watch;
 
-// is the process gone (or a zombie nobody has reaped yet)?
-static int pid_gone(int pid) {
-    if (kill(pid, 0) != 0 && errno == ESRCH) return 1;
+// the state letter of /proc/PID/stat ('R', 'S', 'T' stopped, 'Z' zombie...), 'X' when the
+// process is gone, '?' when /proc cannot tell
+static char pid_state(int pid) {
+    if (kill(pid, 0) != 0 && errno == ESRCH) return 'X';
     char path[64], buf[256];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *f = fopen(path, "r");
-    if (!f) return 0;  // no /proc: kill's answer stands
+    if (!f) return '?';
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = 0;
     const char *q = strrchr(buf, ')');  // "pid (comm) S ..."
-    return q && q[1] == ' ' && (q[2] == 'Z' || q[2] == 'X');
+    return q && q[1] == ' ' ? q[2] : '?';
+}
+
+// a lost rank: gone, or a zombie nobody has reaped yet
+static int pid_gone(int pid) {
+    char c = pid_state(pid);
+    return c == 'X' || c == 'Z';
+}
+
+// at the timeout: which ranks could be to blame ("rank 1 (stopped) on node a; ranks 8-15 on
+// other nodes")
+static void suspects(const Dist *d, char *out, size_t cap) {
+    size_t o = 0;
+    int remote = 0;
+    out[0] = 0;
+    for (int r = 0; r < d->world && o < cap; r++) {
+        if (r == d->rank) continue;
+        if (strcmp(d->peers[r].node, d->node)) {
+            remote++;
+            continue;
+        }
+        char c = pid_state(d->peers[r].pid);
+        if (c == 'T' || c == 't') o += snprintf(out + o, cap - o, "%srank %d (pid %d) is stopped", o ? ", " : "", r, d->peers[r].pid);
+    }
+    if (o < cap && remote) snprintf(out + o, cap - o, "%s%d rank(s) on other nodes cannot be checked from here", o ? "; " : "", remote);
+    if (!out[0]) snprintf(out, cap, "every rank on this node is running");
 }
 
 static void *watch_main(void *arg) {
@@ -115,10 +141,10 @@ static void *watch_main(void *arg) {
         }
         double waited = time_now() - atomic_load(&w->since);
         if (atomic_load(&w->timed) && waited > d->timeout_s) {
-            // ranks on other nodes cannot be checked from here: say who answered nothing
-            fprintf(stderr, "svlm: error: dist: rank %d waited %.0f s in %s (dist_timeout %.0f s): a rank on another node was lost or "
-                    "stalled; every rank on %s is alive; stopping\n",
-                    d->rank, waited, atomic_load(&w->op), d->timeout_s, d->node);
+            char who[512];
+            suspects(d, who, sizeof who);
+            fprintf(stderr, "svlm: error: dist: rank %d got no answer in %s for %.0f s (dist_timeout): %s; stopping\n", d->rank,
+                    atomic_load(&w->op), waited, who);
             _exit(1);
         }
     }

@@ -27,7 +27,7 @@ extern "C" {  // the NCCL transport is compiled by nvcc
 // what the launcher's environment says about this process
 typedef struct {
     int rank, world, local_rank;
-    char launcher[32];  // "Open MPI", "Slurm", "torchrun-style (RANK/WORLD_SIZE)" or "none"
+    char launcher[48];  // "Open MPI", "Slurm", "torchrun-style (RANK/WORLD_SIZE)" or "none"
 } DistLaunch;
 
 typedef struct Dist Dist;
