@@ -255,10 +255,11 @@ Dist *dist_open(const DistLaunch *l, int device_cuda, double timeout_s, const ch
         size_t n = dist_nccl_id_bytes();
         unsigned char id[512];
         CHECK(n <= sizeof id, "NCCL id of %zu bytes", n);
+        if (!dist_nccl_available())
+            fatal("%d processes were launched on CUDA, but this build of svlm has no NCCL (built without nvcc or NCCL)", l->world);
         Dist *host = NULL;
         if (!strcmp(l->launcher, "Open MPI") && dist_mpi_available()) host = dist_mpi_open(l);
-        if (l->rank == 0 && dist_nccl_make_id(id) != 0)
-            fatal("%d processes were launched on CUDA, but this build of svlm has no NCCL (built without nvcc or NCCL)", l->world);
+        if (l->rank == 0 && dist_nccl_make_id(id) != 0) fatal("dist: NCCL could not make its unique id (ncclGetUniqueId)");
         if (host) {
             host->timeout_s = timeout_s;
             host->ops->broadcast_host(host, id, n, 0);
@@ -266,6 +267,7 @@ Dist *dist_open(const DistLaunch *l, int device_cuda, double timeout_s, const ch
             nccl_id_by_file(l, init_dir, timeout_s, id, n);
         }
         d = dist_nccl_open(l, id, host);
+        CHECK(d, "dist_nccl_open");
     } else {
         if (!dist_mpi_available()) fatal("%d processes were launched by %s, but this build of svlm has no MPI", l->world, l->launcher);
         d = dist_mpi_open(l);

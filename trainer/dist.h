@@ -104,6 +104,7 @@ Dist *dist_mpi_open(const DistLaunch *l);
 int dist_mpi_available(void);
 // NCCL: the unique id (128 bytes) made on rank 0 and handed to every rank; `host` carries the
 // host-memory calls (MPI's Dist, or NULL: then they go through NCCL itself)
+int dist_nccl_available(void);  // 0 in builds without nvcc / NCCL
 size_t dist_nccl_id_bytes(void);
 int dist_nccl_make_id(void *id);  // 0, or -1 when NCCL is not in this build
 Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host);

@@ -8,6 +8,7 @@ const Kernels *kernels_cuda(void) { return NULL; }
 
 #include "trainer/dist.h"
 
+int dist_nccl_available(void) { return 0; }
 size_t dist_nccl_id_bytes(void) { return 128; }
 int dist_nccl_make_id(void *id) { return -1; }
 Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host) { return NULL; }

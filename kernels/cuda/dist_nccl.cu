@@ -21,6 +21,7 @@
 
 #ifdef SVLM_CUDA_EMU  // the CPU emulator of the CUDA kernels has no NCCL: as a build without it
 
+extern "C" int dist_nccl_available(void) { return 0; }
 extern "C" size_t dist_nccl_id_bytes(void) { return 128; }
 extern "C" int dist_nccl_make_id(void *id) { return -1; }
 extern "C" Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host) { return NULL; }
@@ -145,6 +146,7 @@ static const DistOps nccl_ops = {
     "nccl", n_allreduce, n_reduce_scatter, n_allgather, n_broadcast, n_allgather_host, n_broadcast_host, n_barrier, n_close,
 };
 
+extern "C" int dist_nccl_available(void) { return 1; }
 extern "C" size_t dist_nccl_id_bytes(void) { return sizeof(ncclUniqueId); }
 
 extern "C" int dist_nccl_make_id(void *id) {
