@@ -326,6 +326,9 @@ static void test_zero1_equals_zero0(void **state) {
     snprintf(ref, sizeof ref, "%s/ref1", root);
     const char *extra[] = {"zero_stage=1", NULL};
     assert_int_equal(train_n(1, dir, log, extra), 0);
+    char *s = log_from(log, 0);
+    assert_non_null(strstr(s, "rank 0 of 1 (Open MPI), node "));
+    free(s);
     expect_same_run(ref, dir, STEPS);
     printf("    1 rank under mpirun, ZeRO-1: identical to the run without a launcher\n");
 }

@@ -218,11 +218,13 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     r->world = d->world;
     int world = r->world;
     r->zero = train_zero_stage(c, world);  // 1 on one rank is allowed: it runs ZeRO's collectives (tests)
-    if (world > 1) {
+    if (strcmp(launch.launcher, "none")) {  // what the launcher's environment said
         char line[512];
         dist_describe(d, device, line, sizeof line);
         printf("%s\n", line);
         fflush(stdout);
+    }
+    if (world > 1) {
         // one voice: the other ranks' progress would repeat rank 0's (warnings and errors stay)
         if (r->rank != 0 && !freopen("/dev/null", "w", stdout)) fatal("cannot silence stdout: %s", strerror(errno));
         char *ct = config_text(c), pt[128];
