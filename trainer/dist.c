@@ -136,6 +136,10 @@ static void *watch_main(void *arg) {
             if (pid_gone(d->peers[r].pid)) {
                 fprintf(stderr, "svlm: error: dist: rank %d (pid %d on %s) is gone; rank %d stops (it was in %s)\n", r,
                         d->peers[r].pid, d->peers[r].node, d->rank, atomic_load(&w->op));
+                fflush(stderr);
+                // Stay a moment before exiting: the other ranks waiting in this collective look
+                // every 50 ms, and should find the rank that was lost gone, not this one.
+                if (d->world > 2) usleep(1000000);
                 _exit(1);
             }
         }
