@@ -560,6 +560,23 @@ static void test_mismatched_configs(void **state) {
     char p[700];
     path(p, sizeof p, dir, "metrics.jsonl");
     assert_false(file_exists(p));
+    // and another build of ./train on one rank (here: the same program with one byte appended)
+    char other[600], log2[600];
+    snprintf(other, sizeof other, "%s/train_other", root);
+    snprintf(log2, sizeof log2, "%s/mismatch_program.log", root);
+    char *cp[] = {"cp", "./train", other, NULL};
+    assert_int_equal(spawn(cp, log2, 0), 0);
+    FILE *f = fopen(other, "ab");
+    assert_non_null(f);
+    fputc(0, f);
+    fclose(f);
+    char *argv2[] = {"mpirun", "--oversubscribe", "--bind-to", "none", "-np", "1", "./train", base_conf, out, ":",
+                     "-np", "1", other, base_conf, out, NULL};
+    assert_true(spawn(argv2, log2, 0) != 0);
+    s = log_from(log2, 0);
+    assert_int_equal(count_in(s, "svlm: error"), 1);
+    assert_non_null(strstr(s, "svlm: error: ranks were started with different programs (./train builds): rank 1 has `program: "));
+    free(s);
 }
 
 // a rank that stops answering without dying (SIGSTOP) stops the others after dist_timeout,
