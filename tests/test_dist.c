@@ -462,7 +462,7 @@ static void test_sigterm(void **state) {
             size_t from = file_size(log);
             int st, pids[W];
             pid_t pid = spawn(argv, log, 1);
-            if (wait_progress(pid, log, from, 2, &st) == 0) {
+            if (wait_progress(pid, log, from, 1, &st) == 0) {
                 assert_int_equal(rank_pids(log, from, pids, W), W);
                 if (all)
                     for (int r = 0; r < W; r++) kill(pids[r], SIGTERM);

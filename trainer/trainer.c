@@ -28,8 +28,10 @@ int trainer_run(const TrainConfig *c) {
         run_log_step(r, &s);
         int64_t step = r->st.step;
         int last = step == r->total;
-        // a preempted job saves first: its grace period may be shorter than a validation pass
-        if (r->val && !s.stop && ((c->eval_every && step % c->eval_every == 0) || last)) {
+        // A preempted job saves first: its grace period may be shorter than a validation pass.
+        // Not at the last step: its checkpoint ends the run, and must hold the final validation
+        // (a stop there that outlives the grace period redoes the last step, as a kill would).
+        if (r->val && (!s.stop || last) && ((c->eval_every && step % c->eval_every == 0) || last)) {
             int64_t vt;
             r->last_val = run_evaluate(r, &vt);
             run_log_validation(r, step, r->last_val, vt);
