@@ -195,11 +195,12 @@ $(CU_OBJ): kernels/cuda/common.cuh
 build/tests/gpu/test_gpu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(CU_OBJ) build/libsvlm.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS) $(PROG_LIBS)
-# then ./train on the GPU: learning, kill-and-resume bit-identical, the memory plan (tests/test_train.c)
-test-gpu: build/tests/gpu/test_gpu build/tests/test_train $(PROGS)
+# then ./train on the GPU: learning, kill-and-resume bit-identical, the memory plan (tests/test_train.c),
+# and NCCL with one rank against the run without Dist (tests/test_dist.c)
+test-gpu: build/tests/gpu/test_gpu build/tests/test_train build/tests/test_dist $(PROGS)
 	@./build/tests/gpu/test_gpu; rc=$$?; \
 	if [ $$rc -eq 77 ]; then echo "test-gpu: skipped (no CUDA device)"; exit 0; fi; [ $$rc -eq 0 ] || exit $$rc; \
-	SVLM_TEST_DEVICE=cuda ./build/tests/test_train
+	SVLM_TEST_DEVICE=cuda ./build/tests/test_train && SVLM_TEST_DEVICE=cuda ./build/tests/test_dist
 
 EMU_OBJ := $(patsubst kernels/cuda/%.cu,$(EMU_DIR)/%.o,$(CU_SRC)) $(EMU_DIR)/emu_runtime.o $(EMU_DIR)/cublaslt_emu.o
 EMU_FLAGS := -std=c++17 -O2 -g -ffp-contract=off -DSVLM_CUDA_EMU -I. -Wall -Wextra -Wno-unused-parameter

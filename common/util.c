@@ -20,26 +20,36 @@ static void die_once(void) {
         for (;;) pause();
 }
 
+// prefix + message + newline in one write: under mpirun, whose forwarding of the ranks' stdout
+// and stderr interleaves at write boundaries, a message written in pieces could be split by
+// another stream's output
+static void say(const char *prefix, const char *fmt, va_list ap) {
+    char buf[4096];
+    int n = snprintf(buf, sizeof buf, "%s", prefix);
+    n += vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    if (n > (int)sizeof buf - 2) n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    buf[n] = 0;
+    fputs(buf, stderr);
+    fflush(stderr);
+}
+
 void fatal(const char *fmt, ...) {
     va_list ap;
     die_once();
     fflush(stdout);
-    fputs("svlm: error: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say("svlm: error: ", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     exit(1);
 }
 
 void warn(const char *fmt, ...) {
     va_list ap;
     fflush(stdout);
-    fputs("svlm: warning: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    say("svlm: warning: ", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 void check_fail(const char *file, int line, const char *cond, const char *fmt, ...) {

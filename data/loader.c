@@ -43,6 +43,7 @@ typedef struct {
     float *pix;  // batch_size images of 3*S*S
     int *ids, *targets, *pos, *seg, *img_row, *img_start;
     int *scratch;  // 4 x batch_size ints for assemble
+    int64_t *planned;  // batch_size dataset indices
     LoaderBatch b;
 } Slot;
 
@@ -55,6 +56,7 @@ struct Loader {
     LoaderSpec spec;
     Shards *sh;
     int64_t N, per_rank;
+    int64_t first;  // split_all: this rank's first sample
     uint32_t *perm;
     int64_t perm_epoch;
     LoaderPos plan, tell;
@@ -253,9 +255,16 @@ static void plan_next(Loader *l) {
     int64_t n = l->per_rank - p.index;
     if (n > sp->batch_size) n = sp->batch_size;
     for (int k = 0; k < n; k++) {
-        int64_t j = (int64_t)sp->rank + (int64_t)sp->world * (p.index + k);
+        int64_t i = p.index + k, j;  // i: position in this rank's slice; j: in the epoch's order
+        if (sp->step_block > 0)
+            j = i / sp->step_block * sp->step_block * sp->world + (int64_t)sp->rank * sp->step_block + i % sp->step_block;
+        else if (sp->split_all)
+            j = l->first + i;
+        else
+            j = (int64_t)sp->rank + (int64_t)sp->world * i;
         s->smp[k].sample = sp->shuffle ? (int64_t)l->perm[j] : j;
         s->smp[k].ok = 0;
+        s->planned[k] = s->smp[k].sample;
     }
     s->n = (int)n;
     s->seq = l->plan_seq++;
@@ -333,7 +342,19 @@ Loader *loader_open(const LoaderSpec *spec) {
                            sp->shard_dir, i, L, msl);
     }
     if (l->N > (int64_t)UINT32_MAX) fatal("%s: %" PRId64 " samples: at most 2^32 - 1 supported", sp->shard_dir, l->N);
-    l->per_rank = l->N / sp->world;
+    if (sp->step_block < 0) fatal("loader: step_block must be >= 0, got %d", sp->step_block);
+    if (sp->step_block > 0) {
+        int64_t per_step = (int64_t)sp->step_block * sp->world;
+        l->per_rank = l->N / per_step * sp->step_block;
+        if (l->per_rank == 0)
+            fatal("%s: %" PRId64 " samples is fewer than one step's %" PRId64 " (%d ranks x %d)", sp->shard_dir, l->N,
+                  per_step, sp->world, sp->step_block);
+    } else if (sp->split_all) {
+        l->first = l->N * sp->rank / sp->world;
+        l->per_rank = l->N * (sp->rank + 1) / sp->world - l->first;
+    } else {
+        l->per_rank = l->N / sp->world;
+    }
     if (l->per_rank == 0)
         fatal("%s: %" PRId64 " samples is fewer than the %d ranks", sp->shard_dir, l->N, sp->world);
     if (l->spec.shuffle) l->perm = xmalloc((size_t)l->N * sizeof *l->perm);
@@ -358,6 +379,7 @@ Loader *loader_open(const LoaderSpec *spec) {
         s->img_row = xmalloc((size_t)sp->batch_size * sizeof(int));
         s->img_start = xmalloc((size_t)sp->batch_size * sizeof(int));
         s->scratch = xmalloc((size_t)4 * sp->batch_size * sizeof(int));
+        s->planned = xmalloc((size_t)sp->batch_size * sizeof(int64_t));
     }
     l->qcap = l->nslots * sp->batch_size;
     l->q = xmalloc((size_t)l->qcap * sizeof *l->q);
@@ -399,6 +421,7 @@ void loader_close(Loader *l) {
         free(s->img_row);
         free(s->img_start);
         free(s->scratch);
+        free(s->planned);
     }
     free(l->slots);
     free(l->q);
@@ -431,6 +454,8 @@ int64_t loader_next(Loader *l, LoaderBatch *b) {
     l->next_seq++;
     l->tell = s->end;
     *b = s->b;
+    b->n_planned = s->n;
+    b->planned = s->planned;
     return s->epoch;
 }
 

@@ -14,7 +14,16 @@ typedef struct {
     float mean[3], std[3];  // the vision model's normalisation (preprocessor_config.json)
     int pad_to_square;      // LLaVA's image_aspect_ratio = pad
     uint64_t seed;          // shuffling: the permutation of epoch e depends on (seed, e) only
-    int rank, world;        // this process takes every world-th sample of the permutation
+    int rank, world;        // this process's slice of the order (below)
+    // How the ranks share an epoch's order:
+    //   step_block > 0 (training): each optimizer step takes the next step_block x world samples
+    //     of the order and rank r the r-th run of step_block of them, so what one step trains on
+    //     does not depend on the number of ranks; an epoch's last samples that fill no whole step
+    //     are left out of it
+    //   split_all (file-order sets: validation): rank r takes the r-th of world contiguous,
+    //     nearly equal parts, so every sample is seen once whatever the number of ranks
+    //   neither: rank r takes samples r, r + world, r + 2 world ... (the remainder left out)
+    int step_block, split_all;
     int packing;            // 1: fill rows up to max_seq_len with several samples
     int threads;            // image decoding threads (>= 1)
     int prefetch;           // micro-batches prepared ahead (>= 1)
@@ -37,12 +46,14 @@ typedef struct {
     int n_samples;                // samples in this micro-batch
     int n_labelled;               // positions with targets >= 0
     int n_skipped;                // samples dropped while building it (bad image: counted, warned)
+    int n_planned;                // n_samples + n_skipped
+    const int64_t *planned;       // (n_planned) their indices in the dataset, in order
 } LoaderBatch;
 
 // where the next micro-batch starts: saved in checkpoints, restored by loader_seek
 typedef struct {
     int64_t epoch;
-    int64_t index;  // position in this rank's slice of the epoch's permutation
+    int64_t index;  // position in this rank's slice of the epoch's order
 } LoaderPos;
 
 typedef struct Loader Loader;

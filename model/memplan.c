@@ -92,8 +92,13 @@ void memplan_print(const MemPlan *p, const VlmSpec *spec, const char *backend, s
     printf("memory plan on %s: %s of %s (%s)\n", backend, fmt_bytes(p->total, b[0], 32), fmt_bytes(budget, b[1], 32), budget_what);
     printf("  frozen weights    %12s  vision %s + LLM %s\n", fmt_bytes(p->frozen_vision + p->frozen_llm, b[0], 32),
            fmt_bytes(p->frozen_vision, b[1], 32), fmt_bytes(p->frozen_llm, b[2], 32));
-    printf("  trainable state   %12s  %zu parameters: fp32 weights, gradients, AdamW m and v%s\n",
-           fmt_bytes(p->trainable, b[0], 32), p->n_trainable, p->has_copy ? ", compute copy" : "");
+    if (spec->opt_shards > 1)  // ZeRO-1: this rank's share of the optimizer state
+        printf("  trainable state   %12s  %zu parameters: fp32 weights, gradients, AdamW m and v for 1/%d of them "
+               "(ZeRO-1, this rank's share)%s\n",
+               fmt_bytes(p->trainable, b[0], 32), p->n_trainable, spec->opt_shards, p->has_copy ? ", compute copy" : "");
+    else
+        printf("  trainable state   %12s  %zu parameters: fp32 weights, gradients, AdamW m and v%s\n",
+               fmt_bytes(p->trainable, b[0], 32), p->n_trainable, p->has_copy ? ", compute copy" : "");
     printf("  activations       %12s  micro-batch %d x %d tokens, %d images\n", fmt_bytes(p->activations, b[0], 32),
            spec->max_B, spec->max_T, spec->max_images);
     printf("  workspace         %12s  the ops' scratch\n", fmt_bytes(p->workspace, b[0], 32));

@@ -44,20 +44,38 @@ int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ..
     return ps->n++;
 }
 
+void params_shard_optimizer(ParamSet *ps, int shards, int shard) {
+    CHECK(ps->trainable && !ps->master && shards >= 1 && shard >= 0 && shard < shards, "params_shard_optimizer %d of %d", shard, shards);
+    ps->opt_shards = shards;
+    ps->opt_shard = shard;
+}
+
+// span and moment slice from the declared tensors and the sharding (1 shard by default)
+static void layout_spans(ParamSet *ps) {
+    size_t n = ps->numel ? ps->numel : 1, s = ps->opt_shards > 0 ? (size_t)ps->opt_shards : 1;
+    size_t slice = (n + s - 1) / s;
+    ps->span = slice * s;
+    ps->opt_begin = slice * (size_t)ps->opt_shard;
+    ps->opt_len = s == 1 ? n : slice;
+}
+
 size_t params_bytes(const ParamSet *ps) {
     size_t n = ps->numel ? ps->numel : 1;
     if (!ps->trainable) return n * ps->k->act_bytes;
-    return n * (4 * sizeof(float) + (ps->k->act_is_f32 ? 0 : ps->k->act_bytes));
+    ParamSet t = *ps;
+    layout_spans(&t);
+    return (2 * t.span + 2 * t.opt_len) * sizeof(float) + (ps->k->act_is_f32 ? 0 : n * ps->k->act_bytes);
 }
 
 void params_alloc(ParamSet *ps) {
     const Kernels *k = ps->k;
     size_t n = ps->numel ? ps->numel : 1;
     if (ps->trainable) {
-        ps->master = k->alloc(n * sizeof(float));
-        ps->grad = k->alloc(n * sizeof(float));
-        ps->m = k->alloc(n * sizeof(float));
-        ps->v = k->alloc(n * sizeof(float));
+        layout_spans(ps);
+        ps->master = k->alloc(ps->span * sizeof(float));
+        ps->grad = k->alloc(ps->span * sizeof(float));
+        ps->m = k->alloc(ps->opt_len * sizeof(float));
+        ps->v = k->alloc(ps->opt_len * sizeof(float));
         ps->data = k->act_is_f32 ? (act_t *)ps->master : k->alloc(n * k->act_bytes);
     } else {
         ps->data = k->alloc(n * k->act_bytes);

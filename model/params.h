@@ -27,8 +27,14 @@ typedef struct {
     size_t numel;
     int trainable;
     act_t *data;    // frozen: the weights. trainable: the compute copy (== master when act is fp32)
-    float *master;  // trainable only: fp32 weights, grads, AdamW m and v, all numel long
-    float *grad, *m, *v;
+    float *master;  // trainable only: fp32 weights and grads, span long (numel, padded)
+    float *grad;
+    float *m, *v;   // AdamW moments of elements [opt_begin, opt_begin + opt_len) only
+    // Set before params_alloc (params_shard_optimizer); by default one shard: span = numel and
+    // the moments cover everything. With n shards (ZeRO-1) the span is padded to a multiple of
+    // n so that it splits into n equal slices, and the moments exist for one slice.
+    int opt_shards, opt_shard;
+    size_t span, opt_begin, opt_len;
 } ParamSet;
 
 void params_init(ParamSet *ps, const Kernels *k, int trainable);
@@ -36,6 +42,9 @@ void params_init(ParamSet *ps, const Kernels *k, int trainable);
 int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void params_alloc(ParamSet *ps);  // allocates the buffers once every tensor is declared
+// trainable sets, before params_alloc: the optimizer state will be kept for slice `shard` of
+// `shards` equal slices of the (padded) span only
+void params_shard_optimizer(ParamSet *ps, int shards, int shard);
 size_t params_bytes(const ParamSet *ps);  // what params_alloc allocates on the backend
 void params_free(ParamSet *ps);
 int params_find(const ParamSet *ps, const char *name);  // -1 when absent

@@ -23,6 +23,7 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
               "so set max_seq_len <= %d", spec->llm_dir, m->llm.cfg.sliding_window, spec->max_T, m->llm.cfg.sliding_window);
     const VitConfig *vc = &m->vit.cfg;
     connector_declare(&m->conn, &m->train, spec->connector, vc->hidden, m->llm.cfg.hidden, vc->grid, spec->max_images);
+    if (spec->opt_shards > 1) params_shard_optimizer(&m->train, spec->opt_shards, spec->opt_shard);
     params_alloc(&m->train);
     connector_setup(&m->conn);
     llm_setup(&m->llm, spec->max_B, spec->max_T);

@@ -19,6 +19,7 @@ typedef struct {
     ConnectorType connector;
     LoraConfig lora;  // r = 0: no LoRA (stage 1)
     int max_B, max_T, max_images;
+    int opt_shards, opt_shard;  // ZeRO-1: optimizer state for this slice only (params_shard_optimizer); 0: all
 } VlmSpec;
 
 typedef struct {

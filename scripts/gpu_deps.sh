@@ -12,7 +12,10 @@ set -eu
 cd "$(dirname "$0")/.."
 PKGS="libopenblas-dev libopenblas-pthread-dev libopenblas0-pthread libopenblas0 libcjson-dev libcjson1
       libpng-dev libpng16-16 libjpeg62-turbo-dev libjpeg62-turbo libzstd-dev libzstd1 libpcre2-dev
-      libpcre2-8-0 libcmocka-dev libcmocka0 libgfortran5"
+      libpcre2-8-0 libcmocka-dev libcmocka0 libgfortran5
+      libopenmpi-dev libopenmpi3 openmpi-common libhwloc15 libevent-core-2.1-7 libevent-pthreads-2.1-7"
+# (Open MPI: what libmpi.so.40 loads; one process without a launcher never calls MPI_Init, so its
+# runtime plugins and mpirun are not carried: multi-rank runs there need the machine's own MPI)
 case "${1:-}" in
 download)
     mkdir -p .debs
@@ -28,8 +31,8 @@ unpack)
     # the -dev packages' .so links point through /etc/alternatives: point them at the unpacked files
     ln -sf openblas-pthread/libopenblas.so.0 "$lib/libopenblas.so.0" 2>/dev/null || true
     ln -sf libopenblas.so.0 "$lib/libopenblas.so" 2>/dev/null || true
-    echo "export CFLAGS='-O2 -g -I$p/usr/include -I$p/usr/include/x86_64-linux-gnu -I$p/usr/include/x86_64-linux-gnu/openblas-pthread'"
-    echo "export LDFLAGS='-L$lib -L$lib/openblas-pthread -Wl,-rpath,$lib -Wl,-rpath,$lib/openblas-pthread'"
+    echo "export CFLAGS='-O2 -g -I$p/usr/include -I$p/usr/include/x86_64-linux-gnu -I$p/usr/include/x86_64-linux-gnu/openblas-pthread -I$lib/openmpi/include'"
+    echo "export LDFLAGS='-L$lib -L$lib/openblas-pthread -L$lib/openmpi/lib -Wl,-rpath,$lib -Wl,-rpath,$lib/openblas-pthread'"
     echo "export LD_LIBRARY_PATH='$lib:$lib/openblas-pthread:${LD_LIBRARY_PATH:-}'"
     echo "export SKIP_DEPS=1"
     ;;

@@ -50,6 +50,7 @@ jpeg | libjpeg-dev | libjpeg | -ljpeg | jpeglib.h | jpeg_std_error | - | lib
 zstd | libzstd-dev | libzstd | -lzstd | zstd.h | ZSTD_decompress | - | lib
 pcre2 | libpcre2-dev | libpcre2-8 | -lpcre2-8 | pcre2.h | pcre2_compile pcre2_match | - | lib
 cmocka | libcmocka-dev | cmocka | -lcmocka | cmocka.h | _cmocka_run_group_tests | - | test
+mpi | libopenmpi-dev | ompi-c | -lmpi | mpi.h | MPI_Init MPI_Alltoallv | - | lib
 ${DEPS_TABLE:-}"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/svlm-deps.XXXXXX")
@@ -60,9 +61,11 @@ say() { echo "install_deps: $*" >&2; }
 trim() { echo "$1" | sed 's/^ *//; s/ *$//'; }
 has_pc() { [ "$1" != - ] && command -v pkg-config >/dev/null 2>&1 && pkg-config --exists "$1" 2>/dev/null; }
 
-# ---- tools: a C and C++ compiler (the CUDA emulator of the tests is C++), make, pkg-config
+# ---- tools: a C and C++ compiler (the CUDA emulator of the tests is C++), make, pkg-config, and
+# mpirun (data-parallel runs; the tests launch several ranks with it)
 tools_missing() {
     m=""
+    command -v mpirun >/dev/null 2>&1 || m="$m openmpi-bin"
     command -v "$CC" >/dev/null 2>&1 || m="$m build-essential"
     command -v "$CXX" >/dev/null 2>&1 || m="$m build-essential"
     command -v make >/dev/null 2>&1 || m="$m make"
@@ -143,18 +146,24 @@ EOF
     MISSING_PKGS=$(echo $MISSING_PKGS | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
 }
 
-# ---- CUDA: nvcc present is not enough; the runtime and cuBLAS(Lt) must link and load
-cuda_probe() {
+# ---- CUDA: nvcc present is not enough; the runtime, cuBLAS(Lt) and NCCL must link and load
+# (the programs carry an rpath to the toolkit's libraries, which ld.so may not search)
+cuda_flags() {
     CUDA_HOME=$(dirname "$(dirname "$(command -v "$NVCC")")")
-    CUDA_LIBS="-L$CUDA_HOME/lib64 -Wl,-rpath,$CUDA_HOME/lib64 -lcudart -lcublasLt -lcublas -lstdc++"
+    CUDA_LIBS="-L$CUDA_HOME/lib64 -Wl,-rpath,$CUDA_HOME/lib64 -lcudart -lcublasLt -lcublas -lnccl -lstdc++"
+}
+cuda_probe() {
+    cuda_flags
     cat > "$work/cuda.cu" <<'EOF'
 #include <cuda_runtime.h>
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <nccl.h>
 int main() {
-    int n = 0;
+    int n = 0, v = 0;
     cudaGetDeviceCount(&n);  // fails without a GPU, which is fine: this checks linking and loading
-    return cublasLtGetVersion() == 0 || cublasGetCudartVersion() == 0;
+    ncclGetVersion(&v);
+    return cublasLtGetVersion() == 0 || cublasGetCudartVersion() == 0 || v == 0;
 }
 EOF
     if ! "$NVCC" -std=c++17 -c "$work/cuda.cu" -o "$work/cuda.o" 2>"$work/cuda.err"; then
@@ -173,7 +182,7 @@ EOF
 # the NVIDIA packages for the libraries, named after nvcc's release (13.0 -> 13-0)
 cuda_packages() {
     v=$("$NVCC" --version 2>/dev/null | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1-\2/p')
-    echo "cuda-cudart-dev-$v libcublas-dev-$v"
+    echo "cuda-cudart-dev-$v libcublas-dev-$v libnccl-dev"
 }
 
 apt_install() {
@@ -217,8 +226,7 @@ HAVE_CUDA=0; CUDA_HOME=; CUDA_LIBS=; CUDA_WHY=
 if [ "${SKIP_DEPS:-0}" = 1 ]; then
     collect_flags
     if [ "$CUDA" != 0 ] && command -v "$NVCC" >/dev/null 2>&1; then
-        HAVE_CUDA=1; CUDA_HOME=$(dirname "$(dirname "$(command -v "$NVCC")")")
-        CUDA_LIBS="-L$CUDA_HOME/lib64 -Wl,-rpath,$CUDA_HOME/lib64 -lcudart -lcublasLt -lcublas -lstdc++"
+        HAVE_CUDA=1; cuda_flags
     fi
     write_config "SKIP_DEPS=1: not checked"
     exit 0

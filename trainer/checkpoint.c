@@ -135,7 +135,7 @@ static cJSON *state_json(const TrainState *st, const char *signature) {
     cJSON_AddNumberToObject(j, "step", (double)st->step);
     cJSON_AddNumberToObject(j, "total_steps", (double)st->total_steps);
     cJSON_AddNumberToObject(j, "data_epoch", (double)st->data.epoch);
-    cJSON_AddNumberToObject(j, "data_index", (double)st->data.index);
+    cJSON_AddNumberToObject(j, "data_index", (double)st->data.index);  // in the epoch's global order
     cJSON *rng = cJSON_AddArrayToObject(j, "rng");
     for (int i = 0; i < 4; i++) {  // as strings: JSON numbers lose bits above 2^53
         snprintf(buf, sizeof buf, "%" PRIu64, st->rng.s[i]);
@@ -161,8 +161,8 @@ static int write_text_file(const char *path, const char *text, char *err, size_t
     return ok ? 0 : fail(err, errlen, "%s: write failed: %s", path, strerror(e));
 }
 
-int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *train, const char *signature,
-                    int keep_last, char *err, size_t errlen) {
+int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *train, const float *m_host,
+                    const float *v_host, const char *signature, int keep_last, char *err, size_t errlen) {
     char dir[2048], tmp[2060], path[2100];
     snprintf(dir, sizeof dir, "%s/step_%08" PRId64, out_dir, st->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
@@ -176,8 +176,13 @@ int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *t
     size_t bytes = train->numel * sizeof(float);
     float *w = xmalloc(bytes ? bytes : 4), *m = xmalloc(bytes ? bytes : 4), *v = xmalloc(bytes ? bytes : 4);
     k->download(w, train->master, bytes);
-    k->download(m, train->m, bytes);
-    k->download(v, train->v, bytes);
+    if (m_host) {
+        memcpy(m, m_host, bytes);
+        memcpy(v, v_host, bytes);
+    } else {
+        k->download(m, train->m, bytes);
+        k->download(v, train->v, bytes);
+    }
     StWriter *tw = st_writer_new(), *ow = st_writer_new();
     char name[PARAM_NAME_MAX + 16];
     for (int i = 0; i < train->n; i++) {
@@ -327,17 +332,19 @@ void checkpoint_load(const char *dir, TrainState *st, ParamSet *train, const cha
     }
     cJSON_Delete(j);
 
-    size_t bytes = train->numel * sizeof(float);
-    float *host = xcalloc(1, bytes ? bytes : 4);  // alignment padding between tensors stays zero
+    // the checkpoint holds the whole state; a ZeRO-1 rank keeps its slice of the moments
+    // (the span's padding past numel stays zero)
+    size_t bytes = train->numel * sizeof(float), span = train->span > train->numel ? train->span : train->numel;
+    float *host = xcalloc(span ? span : 1, sizeof(float));  // alignment padding between tensors stays zero
     const Kernels *k = train->k;
     snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
     read_span(path, train, "", host);
     k->upload(train->master, host, bytes);
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     read_span(path, train, "exp_avg.", host);
-    k->upload(train->m, host, bytes);
+    k->upload(train->m, host + train->opt_begin, train->opt_len * sizeof(float));
     read_span(path, train, "exp_avg_sq.", host);
-    k->upload(train->v, host, bytes);
+    k->upload(train->v, host + train->opt_begin, train->opt_len * sizeof(float));
     free(host);
     params_sync(train);
 }

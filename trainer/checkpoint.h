@@ -16,7 +16,7 @@
 typedef struct {
     int64_t step;           // optimizer steps completed
     int64_t total_steps;
-    LoaderPos data;         // where the next micro-batch starts
+    LoaderPos data;         // where the next step starts in the epoch's global order (world-size independent)
     Rng rng;
     int world;
     int64_t metrics_bytes;  // length of metrics.jsonl at this step (resume truncates to it)
@@ -28,8 +28,10 @@ typedef struct {
 // Writes a checkpoint of step st->step. signature: one-line JSON describing the model shapes
 // (compared on resume). On any I/O failure the temporary directory is removed, the previous
 // checkpoints are left as they were, and the reason is returned in err (returns -1).
-int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *train, const char *signature,
-                    int keep_last, char *err, size_t errlen);
+// m_host, v_host: the whole AdamW moments in host memory (numel each) where the set holds only
+// a slice of them (ZeRO-1); NULL: the set's own.
+int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *train, const float *m_host,
+                    const float *v_host, const char *signature, int keep_last, char *err, size_t errlen);
 // path of the newest complete checkpoint in out_dir; 0 when there is none
 int checkpoint_latest(const char *out_dir, char *path, size_t cap);
 // Renames the complete checkpoints after `step` to abandoned_step_N_K (kept, never listed):
@@ -37,7 +39,7 @@ int checkpoint_latest(const char *out_dir, char *path, size_t cap);
 int checkpoint_set_aside_after(const char *out_dir, int64_t step);
 // removes step_*.tmp leftovers of killed runs
 void checkpoint_clean_tmp(const char *out_dir);
-// Restores masters, moments and state from dir. A checkpoint whose signature differs from
+// Restores masters, moments (the set's slice of them) and state from dir. A checkpoint whose signature differs from
 // signature is refused with a message naming what differs; a damaged file is a fatal() naming it.
 void checkpoint_load(const char *dir, TrainState *st, ParamSet *train, const char *signature);
 // Loads only the connector tensors (model.mm_projector.*) of a stage-1 run directory, a

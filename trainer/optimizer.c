@@ -13,20 +13,33 @@ double optimizer_lr(const TrainConfig *c, const Param *p, int64_t step, int64_t 
     return peak * schedule_factor((int)step, (int)total, warmup, c->min_lr / c->lr);
 }
 
+double optimizer_clip_coef(const TrainConfig *c, double norm) {
+    if (c->grad_clip <= 0) return 1.0;
+    double coef = c->grad_clip / (norm + 1e-6);  // clip_grad_norm_'s coefficient, clamped to 1
+    return coef < 1.0 ? coef : 1.0;
+}
+
+void optimizer_update_range(ParamSet *P, const TrainConfig *c, int64_t step, int64_t total, int warmup, int t,
+                            size_t begin, size_t end) {
+    const Kernels *k = P->k;
+    for (int i = 0; i < P->n; i++) {
+        const Param *p = &P->p[i];
+        // AdamW is elementwise: a tensor cut by the slice's edges updates exactly as a whole one
+        size_t a = p->offset > begin ? p->offset : begin, b = p->offset + p->numel < end ? p->offset + p->numel : end;
+        if (a >= b) continue;
+        k->adamw_update(P->master + a, P->grad + a, P->m + (a - P->opt_begin), P->v + (a - P->opt_begin), b - a,
+                        optimizer_lr(c, p, step, total, warmup), c->adam_beta1, c->adam_beta2, c->adam_eps,
+                        p->decay ? c->weight_decay : 0.0, t);
+    }
+}
+
 int optimizer_step(ParamSet *P, const TrainConfig *c, int64_t step, int64_t total, int warmup, int t, double *norm) {
     const Kernels *k = P->k;
     *norm = sqrt(k->sum_squares(P->grad, P->numel));
     if (!isfinite(*norm)) return -1;
-    if (c->grad_clip > 0) {
-        double coef = c->grad_clip / (*norm + 1e-6);  // clip_grad_norm_'s coefficient, clamped to 1
-        if (coef < 1.0) k->scale_f32(P->grad, (float)coef, P->numel);
-    }
-    for (int i = 0; i < P->n; i++) {
-        const Param *p = &P->p[i];
-        k->adamw_update(P->master + p->offset, P->grad + p->offset, P->m + p->offset, P->v + p->offset, p->numel,
-                        optimizer_lr(c, p, step, total, warmup), c->adam_beta1, c->adam_beta2, c->adam_eps,
-                        p->decay ? c->weight_decay : 0.0, t);
-    }
+    double coef = optimizer_clip_coef(c, *norm);
+    if (coef < 1.0) k->scale_f32(P->grad, (float)coef, P->numel);
+    optimizer_update_range(P, c, step, total, warmup, t, 0, P->numel);
     params_sync(P);
     return 0;
 }

@@ -13,6 +13,7 @@
 #include "data/template.h"
 #include "model/connector.h"
 #include "model/llm.h"
+#include "trainer/dist.h"
 
 #define K(name, type, field, def, help) {name, type, offsetof(TrainConfig, field), sizeof(((TrainConfig *)0)->field), def, help}
 
@@ -63,6 +64,10 @@ const CfgKey train_keys[] = {
     K("threads", CFG_INT, threads, "0", "image decoding threads; 0: one per core"),
     K("prefetch", CFG_INT, prefetch, "4", "micro-batches prepared ahead"),
     K("nan_policy", CFG_STR, nan_policy, "stop", "stop | skip: what a non-finite loss or gradient does"),
+    K("zero_stage", CFG_STR, zero_stage, "auto", "0: every rank keeps the whole optimizer state | 1: each keeps 1/world of it (ZeRO-1) | auto: 1 when world > 1"),
+    K("dist_timeout", CFG_FLOAT, dist_timeout, "300", "seconds a rank waits in a collective before it stops the run (a lost rank)"),
+    K("dist_init_dir", CFG_STR, dist_init_dir, "", "directory every node sees, for NCCL's unique id when launched without MPI (srun)"),
+    K("log_samples", CFG_BOOL, log_samples, "false", "metrics.jsonl lists each step's sample indices (checks the data order)"),
 };
 const int n_train_keys = sizeof train_keys / sizeof train_keys[0];
 
@@ -70,18 +75,11 @@ static void need(int ok, const char *key, const char *why) {
     if (!ok) fatal("config: %s %s", key, why);
 }
 
-int train_world_size(void) {
-    const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS", "WORLD_SIZE"};
-    for (int i = 0; i < 4; i++) {
-        const char *v = getenv(vars[i]);
-        if (v && *v) {
-            char *end;
-            long n = strtol(v, &end, 10);
-            if (*end || n < 1 || n > 65536) fatal("environment: %s = \"%s\" is not a process count", vars[i], v);
-            return (int)n;
-        }
-    }
-    return 1;
+int train_world_size(void) { return dist_detect().world; }
+
+int train_zero_stage(const TrainConfig *c, int world) {
+    if (!strcmp(c->zero_stage, "auto")) return world > 1;
+    return c->zero_stage[0] - '0';
 }
 
 // absolute form of a path that exists (config.conf must work from any directory); else as given
@@ -135,11 +133,15 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     if (c->stage == 1 && c->init_from[0]) warn("config: init_from is ignored in stage 1");
     if (c->stage == 2 && c->init_from[0] && !file_exists(c->init_from) && !dir_exists(c->init_from))
         fatal("config: init_from = %s: no such file or directory", c->init_from);
+    need(!strcmp(c->zero_stage, "auto") || !strcmp(c->zero_stage, "0") || !strcmp(c->zero_stage, "1"), "zero_stage",
+         "must be 0, 1 or auto");
+    need(c->dist_timeout > 0, "dist_timeout", "must be positive (seconds)");
     int world = train_world_size();
     if (c->global_batch % (c->batch_size * world))
         fatal("config: global_batch %d is not a multiple of batch_size x processes (%d x %d)", c->global_batch,
               c->batch_size, world);
-    char *paths[] = {c->vision, c->llm, c->data, c->image_folder, c->val_data, c->val_image_folder, c->init_from, c->out_dir};
+    char *paths[] = {c->vision, c->llm, c->data, c->image_folder, c->val_data, c->val_image_folder, c->init_from, c->out_dir,
+                     c->dist_init_dir};
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) absolute(paths[i], CFG_PATH);
     if (!c->val_image_folder[0]) strcpy(c->val_image_folder, c->image_folder);
     if (!c->data_cache[0]) {

@@ -44,6 +44,10 @@ typedef struct {
     size_t memory_limit_bytes;  // from memory_limit; 0: auto
     int threads, prefetch;
     char nan_policy[16];
+    char zero_stage[8];  // auto | 0 | 1
+    double dist_timeout;
+    char dist_init_dir[CFG_PATH];
+    int log_samples;
 } TrainConfig;
 
 extern const CfgKey train_keys[];
@@ -57,3 +61,5 @@ void train_config_save(const TrainConfig *c, const char *path);
 void train_config_print(const TrainConfig *c);
 // processes launched together (mpirun / srun / torchrun-style environment), 1 when alone
 int train_world_size(void);
+// zero_stage resolved for a world size: 0 or 1 (auto: 1 when world > 1)
+int train_zero_stage(const TrainConfig *c, int world);

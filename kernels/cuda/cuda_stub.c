@@ -2,3 +2,14 @@
 #include "kernels/kernels.h"
 
 const Kernels *kernels_cuda(void) { return NULL; }
+
+// the NCCL transport of trainer/dist.h (kernels/cuda/dist_nccl.cu) is absent too
+#include <stdio.h>
+
+#include "trainer/dist.h"
+
+int dist_nccl_available(void) { return 0; }
+size_t dist_nccl_id_bytes(void) { return 128; }
+int dist_nccl_make_id(void *id) { return -1; }
+Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host) { return NULL; }
+void dist_cuda_select_device(int local_rank, char *name, size_t cap) { snprintf(name, cap, "no CUDA in this build"); }

@@ -1,0 +1,91 @@
+// run_log.c: what a run reports (see run.h), on rank 0 only: the progress line, metrics.jsonl
+// (deterministic values only, so an interrupted-and-resumed run's file equals an uninterrupted
+// one's byte for byte) and timing.jsonl (speed).
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "trainer/run.h"
+
+static void fmt_duration(double s, char *buf, size_t cap) {
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, cap, "%ldh%02ldm%02lds", t / 3600, t / 60 % 60, t % 60);
+    else if (t >= 60) snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
+    else snprintf(buf, cap, "%lds", t);
+}
+
+// a JSON number, or null where the value is not finite (JSON has no NaN)
+static const char *jnum(double v, char *buf) {
+    if (!isfinite(v)) return "null";
+    snprintf(buf, 32, "%.9g", v);
+    return buf;
+}
+
+FILE *run_open_log(const char *out_dir, const char *name, int64_t keep_bytes) {
+    char path[CFG_PATH + 32];
+    snprintf(path, sizeof path, "%s/%s", out_dir, name);
+    struct stat sb;
+    if (keep_bytes >= 0 && keep_bytes != INT64_MAX && stat(path, &sb) == 0) {
+        if (sb.st_size < keep_bytes)  // lost lines are not made up: keep what is there
+            warn("%s: shorter (%lld bytes) than at the checkpoint (%lld): earlier records are missing", path,
+                 (long long)sb.st_size, (long long)keep_bytes);
+        else if (truncate(path, keep_bytes) != 0)
+            fatal("%s: cannot truncate: %s", path, strerror(errno));
+    }
+    FILE *f = fopen(path, keep_bytes >= 0 ? "a" : "w");
+    if (!f) fatal("%s: cannot open: %s", path, strerror(errno));
+    return f;
+}
+
+void run_log_step(Run *r, const StepResult *s) {
+    const TrainState *st = &r->st;
+    r->tokens_window += s->n_tok;
+    int last = st->step == r->total;
+    if (r->rank != 0 || (st->step % r->c->log_every != 0 && !last)) return;
+    double now = time_now(), tps = r->tokens_window / (now - r->t_window + 1e-9);
+    double rate = (st->step - r->first_step) / (now - r->t_loop + 1e-9);
+    char el[32], eta[32];
+    fmt_duration(now - r->t_start, el, sizeof el);
+    fmt_duration((r->total - st->step) / (rate > 0 ? rate : 1e-9), eta, sizeof eta);
+    printf("step %" PRId64 "/%" PRId64 " | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | %s elapsed | ETA %s\n", st->step,
+           r->total, s->loss, r->c->lr * s->factor, s->norm, tps, el, eta);
+    fflush(stdout);
+    char b1[32], b2[32];
+    fprintf(r->metrics, "{\"step\": %" PRId64 ", \"epoch\": %" PRId64 ", \"loss\": %s, \"lr\": %.9g, \"connector_lr\": %.9g, "
+            "\"grad_norm\": %s, \"labelled\": %" PRId64 ", \"skipped_steps\": %" PRId64,
+            st->step, s->epoch, jnum(s->loss, b1), r->c->lr * s->factor, r->conn_lr * s->factor, jnum(s->norm, b2), s->n_lab,
+            st->skipped_steps);
+    if (s->samples) {
+        fprintf(r->metrics, ", \"samples\": [");
+        for (int i = 0; i < s->n_samples; i++) fprintf(r->metrics, "%s%" PRId64, i ? ", " : "", s->samples[i]);
+        fprintf(r->metrics, "]");
+    }
+    fprintf(r->metrics, "}\n");
+    fprintf(r->timing, "{\"step\": %" PRId64 ", \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n", st->step, tps, now - r->t_start);
+    fflush(r->metrics);
+    fflush(r->timing);
+    r->tokens_window = 0;
+    r->t_window = now;
+}
+
+void run_log_validation(Run *r, int64_t step, double loss, int64_t tokens) {
+    if (r->rank != 0) return;
+    printf("step %" PRId64 "/%" PRId64 " | validation loss %.4f over %" PRId64 " tokens\n", step, r->total, loss, tokens);
+    char nb[32];
+    fprintf(r->metrics, "{\"step\": %" PRId64 ", \"val_loss\": %s, \"val_tokens\": %" PRId64 "}\n", step, jnum(loss, nb), tokens);
+    fflush(r->metrics);
+}
+
+void run_log_done(Run *r) {
+    if (r->rank != 0) return;
+    char el[32];
+    fmt_duration(time_now() - r->t_start, el, sizeof el);
+    printf("done: %" PRId64 " steps in %s", r->total, el);
+    if (!isnan(r->first_val)) printf(", validation loss %.4f -> %.4f", r->first_val, r->last_val);
+    printf("; checkpoint %s/step_%08" PRId64 "\n", r->c->out_dir, r->st.step);
+}

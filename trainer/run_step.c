@@ -1,0 +1,161 @@
+// run_step.c: one optimizer step across the ranks (see run.h).
+//
+// Each rank runs `accum` micro-batches of its slice of the step's global batch, summing losses
+// and gradients. Then, once per step: the loss sum, the labelled-token count and the stop flags
+// are summed over ranks; the gradients are summed (ZeRO-0: all-reduce; ZeRO-1: reduce-scatter,
+// each rank keeping its 1/world slice) and scaled by 1 / (labelled tokens of the whole step), so
+// the update is the gradient of the mean over the global batch however it was split. The
+// gradient norm is the global one, summed from the same world slices in both ZeRO modes, so
+// ZeRO-1 clips and updates exactly as ZeRO-0 does; ZeRO-1 then updates its slice of the masters
+// with its slice of the moments and all-gathers the masters.
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "trainer/optimizer.h"
+#include "trainer/run.h"
+#include "trainer/schedule.h"
+
+static VlmBatch to_vlm_batch(const LoaderBatch *b) {
+    return (VlmBatch){.B = b->B, .T = b->T, .ids = b->ids, .targets = b->targets, .pos = b->pos, .seg = b->seg,
+                      .n_img = b->n_img, .pixels = b->pixels, .img_row = b->img_row, .img_start = b->img_start};
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+// the world slices of the span: slice s is [s * len, min((s + 1) * len, numel))
+static size_t slice_len(const ParamSet *P, int world) { return (P->numel + world - 1) / world; }
+
+// squared norm of slice s of the gradients (0 for an empty slice)
+static double slice_sq(const ParamSet *P, int world, int s) {
+    size_t len = slice_len(P, world), a = len * s, b = a + len < P->numel ? a + len : P->numel;
+    return a < b ? P->k->sum_squares(P->grad + a, b - a) : 0.0;
+}
+
+// Sums the gradients over ranks and returns the global gradient norm (NaN when not finite);
+// on return this rank's part of P->grad (all of it for ZeRO-0, its slice for ZeRO-1) holds
+// the summed gradients scaled by `scale`.
+static double reduce_gradients(Run *r, ParamSet *P, double scale) {
+    const Kernels *k = P->k;
+    int W = r->world;
+    double sq = 0;
+    if (r->zero) {
+        size_t len = P->span / W;  // the span is padded to W equal slices
+        dist_reduce_scatter_sum_f32(r->dist, P->grad, len);
+        float *mine = P->grad + len * r->rank;
+        k->scale_f32(mine, (float)scale, len);
+        double *part = xcalloc((size_t)W, sizeof(double));
+        part[r->rank] = slice_sq(P, W, r->rank);
+        dist_sum_f64(r->dist, part, W);  // the others are 0 here: each entry is one rank's slice
+        for (int s = 0; s < W; s++) sq += part[s];
+        free(part);
+    } else {
+        if (W > 1) dist_allreduce_sum_f32(r->dist, P->grad, P->numel);
+        k->scale_f32(P->grad, (float)scale, P->numel);
+        for (int s = 0; s < W; s++) sq += slice_sq(P, W, s);  // the order ZeRO-1 sums in
+    }
+    return sqrt(sq);
+}
+
+// clipping and AdamW on this rank's part, then the full masters everywhere
+static void update(Run *r, ParamSet *P, double norm, int t) {
+    const TrainConfig *c = r->c;
+    const Kernels *k = P->k;
+    int64_t step = r->st.step;
+    double coef = optimizer_clip_coef(c, norm);
+    if (r->zero) {
+        size_t len = P->span / r->world, a = len * r->rank;
+        if (coef < 1.0) k->scale_f32(P->grad + a, (float)coef, len);
+        size_t b = a + len < P->numel ? a + len : P->numel;
+        if (a < b) optimizer_update_range(P, c, step, r->total, r->warmup, t, a, b);
+        dist_allgather_f32(r->dist, P->master, len);
+    } else {
+        if (coef < 1.0) k->scale_f32(P->grad, (float)coef, P->numel);
+        optimizer_update_range(P, c, step, r->total, r->warmup, t, 0, P->numel);
+    }
+    params_sync(P);
+}
+
+// the step's sample indices of every rank, sorted, on rank 0 (log_samples)
+static void gather_samples(Run *r, const int64_t *mine, int n_mine, StepResult *out) {
+    int per = r->c->batch_size * r->accum, W = r->world;
+    int64_t *pad = xmalloc((size_t)per * sizeof(int64_t)), *all = xmalloc((size_t)per * W * sizeof(int64_t));
+    for (int i = 0; i < per; i++) pad[i] = i < n_mine ? mine[i] : -1;
+    dist_allgather_host(r->dist, pad, all, (size_t)per * sizeof(int64_t));
+    int n = 0;
+    for (int i = 0; i < per * W; i++)
+        if (all[i] >= 0) all[n++] = all[i];
+    qsort(all, (size_t)n, sizeof *all, cmp_i64);
+    free(out->samples);
+    out->samples = all;
+    out->n_samples = n;
+    free(pad);
+}
+
+void run_step(Run *r, StepResult *out) {
+    const TrainConfig *c = r->c;
+    Vlm *m = &r->m;
+    ParamSet *P = &m->train;
+    const Kernels *k = m->k;
+    int64_t step = r->st.step;
+    k->zero(P->grad, P->span * sizeof(float));
+    double loss_sum = 0;
+    int64_t n_lab = 0, n_tok = 0, epoch = 0;
+    int per = c->batch_size * r->accum, n_mine = 0;
+    int64_t *mine = c->log_samples ? xmalloc((size_t)per * sizeof(int64_t)) : NULL;
+    LoaderBatch lb;
+    for (int a = 0; a < r->accum; a++) {
+        epoch = loader_next(r->train, &lb);
+        if (mine)
+            for (int i = 0; i < lb.n_planned && n_mine < per; i++) mine[n_mine++] = lb.planned[i];
+        // LoRA dropout's masks follow the micro-batch's place in the global batch, not the rank
+        int64_t g = (int64_t)r->rank * r->accum + a;
+        vlm_set_training(m, 1, c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)step * 4096 + (uint64_t)g);
+        VlmBatch vb = to_vlm_batch(&lb);
+        int lab;
+        loss_sum += vlm_forward_backward(m, &vb, 1.0f, &lab);
+        n_lab += lab;
+        n_tok += (int64_t)lb.B * lb.T;
+    }
+    // one exchange of the step's scalars; the stop flags ride along, so every rank sees the same
+    // decision at the same step boundary
+    double s[4] = {loss_sum, (double)n_lab, (double)n_tok, run_stop_signal ? 1.0 : 0.0};
+    dist_sum_f64(r->dist, s, 4);
+    loss_sum = s[0];
+    n_lab = (int64_t)s[1];
+    out->n_tok = (int64_t)s[2];
+    out->stop = s[3] > 0;
+    if (mine) gather_samples(r, mine, n_mine, out);
+    free(mine);
+    // every micro-batch contributed its summed loss: dividing by the step's labelled count
+    // makes the update the gradient of the mean, however the batch was split
+    double loss = n_lab ? loss_sum / n_lab : NAN;
+    double norm = reduce_gradients(r, P, n_lab ? 1.0 / n_lab : 1.0);
+    out->factor = schedule_factor((int)step, (int)r->total, r->warmup, c->min_lr / c->lr);
+    int t = (int)(step - r->st.skipped_steps + 1);  // AdamW's own step count skips dropped updates
+    if (!isfinite(loss) || !isfinite(norm)) {
+        if (!strcmp(c->nan_policy, "stop"))
+            fatal("step %" PRId64 ": %s (loss %g, gradient norm %g); stopping. The last checkpoint is intact; "
+                  "lower lr, or set nan_policy = skip to skip such steps",
+                  step + 1, n_lab ? "non-finite loss or gradient" : "no labelled token in the batch", loss, norm);
+        r->st.skipped_steps++;
+        if (r->rank == 0)
+            warn("step %" PRId64 ": non-finite loss or gradient (loss %g, norm %g): update skipped (%" PRId64 " so far)",
+                 step + 1, loss, norm, r->st.skipped_steps);
+    } else {
+        update(r, P, norm, t);
+        r->st.tokens += n_lab;
+    }
+    r->st.step = step + 1;
+    LoaderPos p = loader_tell(r->train);  // this rank's place; the global one is world times it
+    r->st.data = (LoaderPos){p.epoch, p.index * r->world};
+    out->loss = loss;
+    out->norm = norm;
+    out->n_lab = n_lab;
+    out->epoch = epoch;
+}
