@@ -288,8 +288,7 @@ static void phase_mark(void *ctx, int stage) {
 
 static const char *ph_name(int i) { return i < N_VLM_STAGES ? vlm_stage_names[i] : "optimizer"; }
 
-// returns the summed loss of the step (before its update)
-static double phase_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int t, double *ms) {
+static void phase_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int t, double *ms) {
     const Kernels *k = m->k;
     ParamSet *P = &m->train;
     PhaseClock clock = {.k = k, .ms = ms};
@@ -300,14 +299,13 @@ static double phase_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int 
     m->stage_hook = phase_mark;
     m->stage_ctx = &clock;
     int M;
-    double loss = vlm_forward_backward(m, vb, 1.0f, &M);
+    vlm_forward_backward(m, vb, 1.0f, &M);
     m->stage_hook = NULL;
     m->stage_ctx = NULL;
     double norm;
     k->scale_f32(P->grad, (float)(1.0 / M), P->numel);
     if (optimizer_step(P, tc, t - 1, SCHEDULE_STEPS, 0, t, &norm) != 0) fatal("phases: non-finite gradient");
     phase_mark(&clock, PH_OPT);
-    return loss;
 }
 
 // ---------------------------------------------------------------- main
