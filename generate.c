@@ -1,17 +1,24 @@
 // generate.c: ./generate MODEL_DIR [--image PATH] --prompt TEXT [options]: answers one prompt with
 // a trained model (an ./export directory or a ./train run directory, see eval/model_dir.h). The
-// answer is streamed to stdout; loading and speed lines go to stderr.
+// answer is streamed to stdout; loading and speed lines go to stderr. With --batch FILE it answers
+// every request of a JSONL file (eval/prompt_file.h), --batch-size at a time through batched
+// generation (model/gen_batch.h: the same tokens as one at a time), one JSON line per request,
+// in the file's order.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json.h"
 #include "common/util.h"
 #include "eval/model_dir.h"
+#include "eval/prompt_file.h"
+#include "model/gen_batch.h"
 #include "model/generate.h"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ./generate MODEL_DIR [--image PATH] --prompt TEXT [options]\n"
+            "       ./generate MODEL_DIR --batch FILE [--batch-size N] [--image-folder DIR] [--out PATH] [options]\n"
             "  MODEL_DIR               an ./export directory (svlm.json) or a ./train run directory\n"
             "                          (its newest checkpoint) or one step_NNNNNNNN/ of it\n"
             "  --image PATH            PNG or JPEG; without it the prompt is text only\n"
@@ -23,7 +30,14 @@ static void usage(FILE *f) {
             "  --seed S                sampling seed (default 0)\n"
             "  --max-len N             KV cache positions (default: prompt + max-new-tokens, at most\n"
             "                          the LLM's max_position_embeddings)\n"
-            "  --device cpu|cuda|auto  default auto: cuda when available\n");
+            "  --device cpu|cuda|auto  default auto: cuda when available\n"
+            "  --batch FILE            JSONL, one request a line: {\"prompt\": TEXT, \"image\": PATH (optional),\n"
+            "                          \"id\": any (optional)}; writes one line per request, in order:\n"
+            "                          {\"id\": ..., \"prompt\": ..., \"answer\": ...}\n"
+            "  --batch-size N          requests generated together with --batch (default 8; the answers\n"
+            "                          are those of one at a time)\n"
+            "  --image-folder DIR      relative image paths of --batch FILE are under DIR\n"
+            "  --out PATH              --batch's answers to PATH instead of stdout\n");
 }
 
 static const char *need_arg(int argc, char **argv, int *i) {
@@ -67,12 +81,113 @@ static void stream_flush(Stream *s, const int *toks, int n, int final) {
 
 static void on_token(void *ctx, const int *toks, int n) { stream_flush(ctx, toks, n, 0); }
 
+typedef struct {
+    const char *file, *image_folder, *out;
+    int batch, max_new, max_len;
+    GenOptions o;  // sampling settings; stop ids filled in here
+} BatchArgs;
+
+// --batch FILE: every request, a.batch at a time, answers as JSON lines in the file's order
+static void run_batch(const Kernels *k, const char *dir, const char *system, BatchArgs *a) {
+    PromptFile pf;
+    prompt_file_load(&pf, a->file, a->image_folder);
+    double t0 = time_now();
+    GenModel gm;
+    gen_model_load(&gm, k, dir, system);
+    Vlm *m = &gm.vlm;
+    // every prompt tokenised first: the cache slots are sized for the longest
+    int n = pf.n, max_pos = m->llm.cfg.max_pos, longest = 0;
+    int **ids = xmalloc((size_t)n * sizeof(int *)), *n_ids = xmalloc((size_t)n * sizeof(int));
+    int *img_pos = xmalloc((size_t)n * sizeof(int));
+    for (int i = 0; i < n; i++) {
+        const PromptItem *it = &pf.items[i];
+        n_ids[i] = gen_model_prompt(&gm, it->prompt, it->image != NULL, &ids[i], &img_pos[i]);
+        int np = n_ids[i] + (it->image ? m->n_img_tokens : 0);
+        int limit = a->max_len ? a->max_len : max_pos;
+        if (np > limit)
+            fatal("%s:%d: prompt of %d positions (%d tokens + %d image tokens) is longer than %s %d", a->file, it->line,
+                  np, n_ids[i], np - n_ids[i], a->max_len ? "--max-len" : "the model's context (max_position_embeddings)",
+                  limit);
+        if (np > longest) longest = np;
+    }
+    int max_len = a->max_len ? a->max_len : (longest + a->max_new < max_pos ? longest + a->max_new : max_pos);
+    int nb = a->batch < n ? a->batch : n;
+    GenBatch gb;
+    gen_batch_init(&gb, m, nb, max_len, 0);
+    fprintf(stderr, "loaded %s (%s, %s template) on %s in %.2f s; %d requests from %s, %d at a time\n", dir,
+            gm.spec.is_export ? "export" : gm.spec.weights, template_name(gm.spec.template_kind), k->name,
+            time_now() - t0, n, a->file, nb);
+    FILE *out = stdout;
+    if (a->out && !(out = fopen(a->out, "w"))) fatal("%s: cannot create", a->out);
+    a->o.stop_ids = gm.stop_ids;
+    a->o.n_stop = gm.n_stop;
+    size_t px = (size_t)3 * gm.image_size * gm.image_size;
+    float *pixels = xmalloc((size_t)nb * px * sizeof(float));
+    const float **b_px = xmalloc((size_t)nb * sizeof(float *));
+    int **b_out = xmalloc((size_t)nb * sizeof(int *)), *b_n = xmalloc((size_t)nb * sizeof(int));
+    GenStats *st = xmalloc((size_t)nb * sizeof(GenStats));
+    for (int j = 0; j < nb; j++) b_out[j] = xmalloc((size_t)a->max_new * sizeof(int));
+    long long n_prompt = 0, n_dec = 0, n_new = 0;
+    double t_prefill = 0, t_decode = 0, t_run = time_now();
+    for (int i0 = 0; i0 < n; i0 += nb) {
+        int c = n - i0 < nb ? n - i0 : nb;
+        for (int j = 0; j < c; j++) {
+            const PromptItem *it = &pf.items[i0 + j];
+            b_px[j] = NULL;
+            if (it->image) {
+                gen_model_image(&gm, it->image, pixels + (size_t)j * px);
+                b_px[j] = pixels + (size_t)j * px;
+            }
+        }
+        gen_batch_generate(&gb, c, (const int *const *)ids + i0, n_ids + i0, b_px, img_pos + i0, &a->o, b_out, b_n, st);
+        double t_dec = 0;  // the batch's decode steps, shared: the longest conversation took part in all
+        for (int j = 0; j < c; j++) {
+            const PromptItem *it = &pf.items[i0 + j];
+            char *text = tokenizer_decode(gm.tok, b_out[j], b_n[j], 1, NULL);
+            cJSON *o = cJSON_CreateObject();
+            if (it->id) cJSON_AddItemToObject(o, "id", cJSON_Parse(it->id));
+            cJSON_AddStringToObject(o, "prompt", it->prompt);
+            cJSON_AddStringToObject(o, "answer", text);
+            char *line = cJSON_PrintUnformatted(o);
+            if (fprintf(out, "%s\n", line) < 0) fatal("%s: write failed", a->out ? a->out : "stdout");
+            free(line);
+            cJSON_Delete(o);
+            free(text);
+            n_prompt += st[j].n_prompt;
+            n_dec += st[j].n_decode;
+            n_new += st[j].n_new;
+            t_prefill += st[j].t_prefill;
+            if (st[j].t_decode > t_dec) t_dec = st[j].t_decode;
+        }
+        t_decode += t_dec;
+        fflush(out);
+    }
+    if (out != stdout && fclose(out) != 0) fatal("%s: write failed", a->out);
+    fprintf(stderr, "%d requests in %.2f s | prefill: %lld positions in %.3f s, %.1f tok/s | decode: %lld new tokens, "
+            "%lld decoded in %.3f s, %.1f tok/s\n", n, time_now() - t_run, n_prompt, t_prefill,
+            t_prefill > 0 ? n_prompt / t_prefill : 0.0, n_new, n_dec, t_decode, t_decode > 0 ? n_dec / t_decode : 0.0);
+    for (int j = 0; j < nb; j++) free(b_out[j]);
+    for (int i = 0; i < n; i++) free(ids[i]);
+    free(b_out);
+    free(b_n);
+    free(st);
+    free(b_px);
+    free(pixels);
+    free(ids);
+    free(n_ids);
+    free(img_pos);
+    gen_batch_free(&gb);
+    gen_model_free(&gm);
+    prompt_file_free(&pf);
+}
+
 int main(int argc, char **argv) {
     openmp_prefer_passive(argv);
     const char *dir = NULL, *image = NULL, *prompt = NULL, *system = NULL, *device = "auto";
     int max_new = 256, max_len = 0;
     float temperature = 0, top_p = 1;
     uint64_t seed = 0;
+    BatchArgs ba = {.batch = 8};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -82,6 +197,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--prompt")) prompt = need_arg(argc, argv, &i);
         else if (!strcmp(a, "--system")) system = need_arg(argc, argv, &i);
         else if (!strcmp(a, "--device")) device = need_arg(argc, argv, &i);
+        else if (!strcmp(a, "--batch")) ba.file = need_arg(argc, argv, &i);
+        else if (!strcmp(a, "--batch-size")) ba.batch = (int)parse_int(a, need_arg(argc, argv, &i), 1, 4096);
+        else if (!strcmp(a, "--image-folder")) ba.image_folder = need_arg(argc, argv, &i);
+        else if (!strcmp(a, "--out")) ba.out = need_arg(argc, argv, &i);
         else if (!strcmp(a, "--max-new-tokens")) max_new = (int)parse_int(a, need_arg(argc, argv, &i), 1, 1 << 24);
         else if (!strcmp(a, "--max-len")) max_len = (int)parse_int(a, need_arg(argc, argv, &i), 1, 1 << 24);
         else if (!strcmp(a, "--temperature")) temperature = (float)parse_num(a, need_arg(argc, argv, &i), 0, 1e6);
@@ -91,7 +210,9 @@ int main(int argc, char **argv) {
         else if (!dir) dir = a;
         else fatal("unexpected argument \"%s\": one MODEL_DIR only (see ./generate --help)", a);
     }
-    if (!dir || !prompt) {
+    if (ba.file && (prompt || image)) fatal("--batch FILE takes the prompts and images from FILE: no --prompt or --image");
+    if (!ba.file && (ba.image_folder || ba.out)) fatal("--image-folder and --out go with --batch FILE");
+    if (!dir || (!prompt && !ba.file)) {
         usage(stderr);
         return 2;
     }
@@ -107,6 +228,20 @@ int main(int argc, char **argv) {
         fatal("--device %s: want cpu, cuda or auto", device);
     }
 
+    if (ba.file) {
+        ba.max_new = max_new;
+        ba.max_len = max_len;
+        ba.o = (GenOptions){.max_new_tokens = max_new, .temperature = temperature, .top_p = top_p, .seed = seed};
+        run_batch(k, dir, system, &ba);
+        return 0;
+    }
+    if (ba.file) {
+        ba.max_new = max_new;
+        ba.max_len = max_len;
+        ba.o = (GenOptions){.max_new_tokens = max_new, .temperature = temperature, .top_p = top_p, .seed = seed};
+        run_batch(k, dir, system, &ba);
+        return 0;
+    }
     double t0 = time_now();
     GenModel gm;
     gen_model_load(&gm, k, dir, system);

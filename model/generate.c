@@ -19,46 +19,25 @@ void gen_init(Generator *g, Vlm *m, int max_len, int chunk) {
     g->k = k;
     g->max_len = max_len;
     g->chunk = chunk;
-    size_t ab = k->act_bytes, C = c->hidden, I = c->mlp, QD = (size_t)c->heads * c->head_dim;
-    size_t KD = (size_t)c->kv_heads * c->head_dim, n = (size_t)chunk, r = m->llm.lora.r > 0 ? m->llm.lora.r : 1;
-    g->kc = xcalloc(c->layers, sizeof(act_t *));
-    g->vc = xcalloc(c->layers, sizeof(act_t *));
-    for (int l = 0; l < c->layers; l++) {
-        g->kc[l] = k->alloc((size_t)max_len * KD * ab);
-        g->vc[l] = k->alloc((size_t)max_len * KD * ab);
-    }
-    g->x = k->alloc(n * C * ab);
-    g->ln = k->alloc(n * C * ab);
-    g->tmp = k->alloc(n * C * ab);
-    g->q = k->alloc(n * QD * ab);
-    g->att = k->alloc(n * QD * ab);
-    g->kk = k->alloc(n * KD * ab);
-    g->v = k->alloc(n * KD * ab);
-    g->gate = k->alloc(n * I * ab);
-    g->up = k->alloc(n * I * ab);
-    g->lh = k->alloc(n * r * ab);
+    size_t n = (size_t)chunk;
+    llm_kv_cache_alloc(&m->llm, &g->cache, 1, max_len);
+    llm_rows_alloc(&m->llm, &g->rows, chunk);
     g->ids = k->alloc(n * sizeof(int));
     g->pos = k->alloc(n * sizeof(int));
     g->h_ids = xmalloc(n * sizeof(int));
     g->h_pos = xmalloc(n * sizeof(int));
-    // the LLM's loss buffer (xent_chunk_rows x V, unused at inference) holds the logits
-    g->logits = m->llm.logits;
-    g->logit_rows = k->xent_chunk_rows;
-    CHECK(g->logits && g->logit_rows >= 1, "gen_init: the LLM has no logits buffer (llm_setup not run)");
+    // llm_logits_rows computes the logits in the LLM's loss buffer (unused at inference)
+    CHECK(m->llm.logits && k->xent_chunk_rows >= 1, "gen_init: the LLM has no logits buffer (llm_setup not run)");
     g->h_logits = xmalloc((size_t)c->vocab * sizeof(float));
 }
 
 void gen_free(Generator *g) {
     if (!g->m) return;
     const Kernels *k = g->k;
-    for (int l = 0; l < g->m->llm.cfg.layers; l++) {
-        k->free(g->kc[l]);
-        k->free(g->vc[l]);
-    }
-    free(g->kc);
-    free(g->vc);
-    void *bufs[] = {g->x, g->ln, g->tmp, g->q, g->att, g->kk, g->v, g->gate, g->up, g->lh, g->ids, g->pos};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
+    llm_kv_cache_free(&g->m->llm, &g->cache);
+    llm_rows_free(&g->m->llm, &g->rows);
+    k->free(g->ids);
+    k->free(g->pos);
     free(g->h_ids);
     free(g->h_pos);
     free(g->h_logits);
@@ -72,64 +51,56 @@ void gen_truncate(Generator *g, int len) {
     g->len = len;  // rows from len on are overwritten by the next forward
 }
 
-// one projection with its LoRA (never dropout: the model is not training)
-static void proj(const Generator *g, const LlmProj *p, act_t *out, const act_t *inp, int N) {
-    llm_proj_forward(&g->m->llm, p, out, inp, g->lh, N, 0);
-}
-
-// Runs the n rows of g->x (embeddings of positions len .. len+n-1) through the decoder, appending
-// their keys and values to the cache. Logits of the last row go to g->h_logits; of every row to
-// all_logits (host, (n, V)) when it is not NULL.
+// Runs the n rows of g->rows.x (embeddings of positions len .. len+n-1) through the decoder,
+// appending their keys and values to the cache. Logits of the last row go to g->h_logits; of every
+// row to all_logits (host, (n, V)) when it is not NULL.
 static void forward_chunk(Generator *g, int n, float *all_logits) {
     const Kernels *k = g->k;
     const Llm *llm = &g->m->llm;
-    const LlmConfig *c = &llm->cfg;
-    int C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim, V = c->vocab;
-    size_t ab = k->act_bytes, KD = (size_t)NKV * HD;
+    int C = llm->cfg.hidden, V = llm->cfg.vocab;
     CHECK(n >= 1 && n <= g->chunk && g->len + n <= g->max_len, "forward_chunk: %d rows at %d (chunk %d, cache %d)", n,
           g->len, g->chunk, g->max_len);
     for (int i = 0; i < n; i++) g->h_pos[i] = g->len + i;
     k->upload(g->pos, g->h_pos, (size_t)n * sizeof(int));
-    for (int l = 0; l < c->layers; l++) {
-        const LlmLayer *L = &llm->layer[l];
-        k->rmsnorm_forward(g->ln, NULL, g->x, L->ln1, n, C, c->eps);
-        proj(g, &L->p[PROJ_Q], g->q, g->ln, n);
-        proj(g, &L->p[PROJ_K], g->kk, g->ln, n);
-        proj(g, &L->p[PROJ_V], g->v, g->ln, n);
-        k->rope_forward(g->q, g->q, g->pos, n, NH, HD, c->rope_theta);
-        k->rope_forward(g->kk, g->kk, g->pos, n, NKV, HD, c->rope_theta);
-        k->copy(act_at(k, g->kc[l], (size_t)g->len * KD), g->kk, (size_t)n * KD * ab);
-        k->copy(act_at(k, g->vc[l], (size_t)g->len * KD), g->v, (size_t)n * KD * ab);
-        k->attention_cached(g->att, g->q, g->kc[l], g->vc[l], 1, n, g->len + n, g->max_len, NH, NKV, HD);
-        proj(g, &L->p[PROJ_O], g->tmp, g->att, n);
-        k->add(g->x, g->x, g->tmp, (size_t)n * C);
-        k->rmsnorm_forward(g->ln, NULL, g->x, L->ln2, n, C, c->eps);
-        proj(g, &L->p[PROJ_GATE], g->gate, g->ln, n);
-        proj(g, &L->p[PROJ_UP], g->up, g->ln, n);
-        k->swiglu_forward(g->gate, g->gate, g->up, (size_t)n * I);
-        proj(g, &L->p[PROJ_DOWN], g->tmp, g->gate, n);
-        k->add(g->x, g->x, g->tmp, (size_t)n * C);
-    }
+    LlmSpan span = {.slot = 0, .start = g->len, .n = n};
+    llm_forward_cached(llm, &g->rows, &g->cache, &span, 1, g->pos);
     g->len += n;
     if (all_logits) {
-        k->rmsnorm_forward(g->ln, NULL, g->x, llm->norm, n, C, c->eps);
-        for (int r0 = 0; r0 < n; r0 += g->logit_rows) {
-            int nr = n - r0 < g->logit_rows ? n - r0 : g->logit_rows;
-            k->matmul_forward(g->logits, act_at(k, g->ln, (size_t)r0 * C), llm->lm_head, NULL, nr, C, V, 1.0f, 0);
-            k->download_act(all_logits + (size_t)r0 * V, g->logits, (size_t)nr * V);
-        }
+        llm_logits_rows(llm, all_logits, g->rows.ln1, g->rows.x, n);
         memcpy(g->h_logits, all_logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
     } else {  // the vocabulary projection of the last row only
-        k->rmsnorm_forward(g->ln, NULL, act_at(k, g->x, (size_t)(n - 1) * C), llm->norm, 1, C, c->eps);
-        k->matmul_forward(g->logits, g->ln, llm->lm_head, NULL, 1, C, V, 1.0f, 0);
-        k->download_act(g->h_logits, g->logits, (size_t)V);
+        llm_logits_rows(llm, g->h_logits, g->rows.ln1, act_at(k, g->rows.x, (size_t)(n - 1) * C), 1);
     }
 }
 
-static void check_ids(const Generator *g, const int *ids, int n) {
-    int V = g->m->llm.cfg.vocab;
+static void check_ids(const Vlm *m, const int *ids, int n) {
+    int V = m->llm.cfg.vocab;
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V) fatal("token id %d at prompt position %d is outside the vocabulary (%d)", ids[i], i, V);
+}
+
+int gen_prompt_check(const Vlm *m, int max_len, const int *ids, int n_ids, const float *pixels, int image_pos) {
+    int nt = pixels ? m->n_img_tokens : 0, total = n_ids + nt;
+    if (pixels && (image_pos < 0 || image_pos > n_ids))
+        fatal("image slot before token %d of a %d-token prompt is out of range", image_pos, n_ids);
+    if (total < 1) fatal("empty prompt: no token and no image");
+    if (total > max_len)
+        fatal("prompt of %d positions (%d tokens + %d image tokens) does not fit the generation cache of %d positions",
+              total, n_ids, nt, max_len);
+    check_ids(m, ids, n_ids);
+    CHECK(!pixels || m->max_images >= 1, "a prompt with an image: the Vlm was loaded with max_images = 0");
+    return total;
+}
+
+double gen_image_features(Vlm *m, const float *pixels) {
+    const Kernels *k = m->k;
+    double t0 = time_now();
+    const VitConfig *vc = &m->vit.cfg;
+    k->upload_act(m->pixels, pixels, (size_t)3 * vc->image_size * vc->image_size);
+    vit_forward(&m->vit, m->feats, m->pixels, 1);
+    connector_forward(&m->conn, m->img_emb, m->feats, 1);
+    k->synchronize();
+    return time_now() - t0;
 }
 
 const float *gen_prefill(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
@@ -137,26 +108,10 @@ const float *gen_prefill(Generator *g, const int *ids, int n_ids, const float *p
     Vlm *m = g->m;
     const Kernels *k = g->k;
     int C = m->llm.cfg.hidden, V = m->llm.cfg.vocab;
-    int nt = pixels ? m->n_img_tokens : 0, total = n_ids + nt;
-    if (pixels && (image_pos < 0 || image_pos > n_ids))
-        fatal("image slot before token %d of a %d-token prompt is out of range", image_pos, n_ids);
-    if (total < 1) fatal("empty prompt: no token and no image");
-    if (total > g->max_len)
-        fatal("prompt of %d positions (%d tokens + %d image tokens) does not fit the generation cache of %d positions",
-              total, n_ids, nt, g->max_len);
-    check_ids(g, ids, n_ids);
+    int nt = pixels ? m->n_img_tokens : 0;
+    int total = gen_prompt_check(m, g->max_len, ids, n_ids, pixels, image_pos);
     gen_reset(g);
-    g->t_image = 0;
-    if (pixels) {
-        CHECK(m->max_images >= 1, "gen_prefill with an image: the Vlm was loaded with max_images = 0");
-        double t0 = time_now();
-        const VitConfig *vc = &m->vit.cfg;
-        k->upload_act(m->pixels, pixels, (size_t)3 * vc->image_size * vc->image_size);
-        vit_forward(&m->vit, m->feats, m->pixels, 1);
-        connector_forward(&m->conn, m->img_emb, m->feats, 1);
-        k->synchronize();
-        g->t_image = time_now() - t0;
-    }
+    g->t_image = pixels ? gen_image_features(m, pixels) : 0;
     int slot0 = pixels ? image_pos : total, slot1 = slot0 + nt;  // image rows [slot0, slot1)
     for (int s = 0; s < total; s += g->chunk) {
         int n = total - s < g->chunk ? total - s : g->chunk;
@@ -165,10 +120,10 @@ const float *gen_prefill(Generator *g, const int *ids, int n_ids, const float *p
             g->h_ids[i] = p < slot0 ? ids[p] : p < slot1 ? -1 : ids[p - nt];  // -1: left for the image
         }
         k->upload(g->ids, g->h_ids, (size_t)n * sizeof(int));
-        k->embedding_forward(g->x, g->ids, m->llm.embed, n, C, V);
+        k->embedding_forward(g->rows.x, g->ids, m->llm.embed, n, C, V);
         int lo = slot0 > s ? slot0 : s, hi = slot1 < s + n ? slot1 : s + n;
         if (lo < hi)
-            k->copy(act_at(k, g->x, (size_t)(lo - s) * C), act_at(k, m->img_emb, (size_t)(lo - slot0) * C),
+            k->copy(act_at(k, g->rows.x, (size_t)(lo - s) * C), act_at(k, m->img_emb, (size_t)(lo - slot0) * C),
                     (size_t)(hi - lo) * C * k->act_bytes);
         forward_chunk(g, n, all_logits ? all_logits + (size_t)s * V : NULL);
     }
@@ -182,11 +137,11 @@ const float *gen_extend(Generator *g, const int *ids, int n, float *all_logits) 
     if (n < 1) return g->h_logits;
     if (g->len + n > g->max_len)
         fatal("generation cache of %d positions is full (%d used, %d more asked)", g->max_len, g->len, n);
-    check_ids(g, ids, n);
+    check_ids(g->m, ids, n);
     for (int s = 0; s < n; s += g->chunk) {
         int c = n - s < g->chunk ? n - s : g->chunk;
         g->k->upload(g->ids, ids + s, (size_t)c * sizeof(int));
-        g->k->embedding_forward(g->x, g->ids, m->llm.embed, c, C, V);
+        g->k->embedding_forward(g->rows.x, g->ids, m->llm.embed, c, C, V);
         forward_chunk(g, c, all_logits ? all_logits + (size_t)s * V : NULL);
     }
     return g->h_logits;

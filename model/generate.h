@@ -1,11 +1,10 @@
 // generate.h: inference for a loaded Vlm: the LLM run over a KV cache (prefill of the prompt,
 // with one image's features spliced into its slot, then one token at a time), and sampling.
 //
-// The math is llm.c's forward exactly (RMSNorm, q/k/v projections + LoRA, RoPE at absolute
-// positions, attention, o projection, SwiGLU MLP, final norm), on the model's own weights: the
-// frozen ones and the LoRA tensors of the trainable set, unmerged. Each layer's keys (after RoPE)
-// and values are kept in a cache allocated once for max_len positions, so a new token costs one
-// row of work. The prompt runs in chunks of up to `chunk` positions (attention_cached covers
+// Every layer runs through llm_layer_forward (model/llm.h), the one the training forward uses,
+// in its KV-cache mode (llm_forward_cached), on the model's own weights: the frozen ones and the
+// LoRA tensors of the trainable set, unmerged. Each layer's keys (after RoPE) and values are kept
+// in a cache allocated once for max_len positions, so a new token costs one row of work. The prompt runs in chunks of up to `chunk` positions (attention_cached covers
 // every chunk size), and the vocabulary projection is computed only where logits are asked for.
 // Batch size 1: one conversation per Generator.
 #pragma once
@@ -21,13 +20,10 @@ typedef struct {
     int max_len;       // cache capacity in positions (image tokens included)
     int chunk;         // most positions one forward call runs
     int len;           // positions in the cache
-    act_t **kc, **vc;  // per layer (max_len, NKV*HD): keys after RoPE, values
-    // scratch for one chunk of rows
-    act_t *x, *ln, *q, *kk, *v, *att, *tmp, *gate, *up, *lh;
+    LlmKvCache cache;  // one slot of max_len positions
+    LlmActs rows;      // scratch for one chunk of rows (llm_rows_alloc)
     int *ids, *pos;    // (chunk) backend ints
     int *h_ids, *h_pos;
-    act_t *logits;     // (logit_rows, V) backend: the LLM's loss buffer m->llm.logits, reused
-    int logit_rows;    // xent_chunk_rows
     float *h_logits;   // (V) host: logits of the newest position
     double t_image;    // seconds the last prefill spent in the vision encoder and connector
 } Generator;
@@ -42,6 +38,14 @@ void gen_reset(Generator *g);  // empties the cache (a new conversation)
 // continues after position len - 1. Scores several continuations of one prefilled prompt
 // (./eval's likelihood scoring) without prefilling it again.
 void gen_truncate(Generator *g, int len);
+
+// Checks a prompt as gen_prefill takes it (fatal() naming the problem: image slot out of range,
+// empty, longer than max_len, a token outside the vocabulary, an image the Vlm has no room for)
+// and returns its positions, image tokens included.
+int gen_prompt_check(const Vlm *m, int max_len, const int *ids, int n_ids, const float *pixels, int image_pos);
+// The connector's features of one image (host, (3, S, S) normalised) into m->img_emb (rows 0 ..
+// n_img_tokens-1); returns the seconds it took (synchronised).
+double gen_image_features(Vlm *m, const float *pixels);
 
 // Runs the prompt from an empty cache: ids (n_ids) and, when pixels (host, (3, S, S) normalised)
 // is not NULL, the image's n_img_tokens features inserted before ids[image_pos] (0 <= image_pos

@@ -203,6 +203,7 @@ void llm_setup(Llm *m, int max_B, int max_T) {
     m->dgate = k->alloc(N * I * ab);
     m->dup = k->alloc(N * I * ab);
     m->dact = k->alloc(N * I * ab);
+    for (int l = 0; l < c->layers; l++) m->acts[l].act = m->dact;  // the SwiGLU product: scratch
     m->dh = k->alloc(N * (r ? r : 1) * ab);
     if (m->lora.dropout > 0) {  // the dropped LoRA input and its gradient, for the widest input
         size_t widest = C > QD ? C : QD;
@@ -308,32 +309,63 @@ static void proj_backward(const Llm *m, const LlmProj *p, act_t *dinp, const act
     }
 }
 
-void llm_forward(Llm *m, int B, int T, const int *pos, const int *seg) {
+// Attention of the layer: over the block's own rows, or over the KV cache after writing the
+// spans' keys and values into it (each span attends to its own slot up to its last position)
+static void attend(const Llm *m, int l, LlmActs *a, const LlmAttend *at) {
     const Kernels *k = m->k;
     const LlmConfig *c = &m->cfg;
-    CHECK(B <= m->max_B && T <= m->max_T, "llm_forward with %dx%d, planned for %dx%d", B, T, m->max_B, m->max_T);
-    int N = B * T, C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
-    for (int l = 0; l < c->layers; l++) {
-        const LlmLayer *L = &m->layer[l];
-        LlmActs *a = &m->acts[l];
-        act_t *x_next = l + 1 < c->layers ? m->acts[l + 1].x : m->x_out;
-        k->rmsnorm_forward(a->ln1, a->rstd1, a->x, L->ln1, N, C, c->eps);
-        llm_proj_forward(m, &L->p[PROJ_Q], a->q, a->ln1, a->lora_h[PROJ_Q], N, lora_seed(m, l, PROJ_Q));
-        llm_proj_forward(m, &L->p[PROJ_K], a->k, a->ln1, a->lora_h[PROJ_K], N, lora_seed(m, l, PROJ_K));
-        llm_proj_forward(m, &L->p[PROJ_V], a->v, a->ln1, a->lora_h[PROJ_V], N, lora_seed(m, l, PROJ_V));
-        k->rope_forward(a->q, a->q, pos, N, NH, HD, c->rope_theta);
-        k->rope_forward(a->k, a->k, pos, N, NKV, HD, c->rope_theta);
-        k->attention_forward(a->att, a->lse, a->q, a->k, a->v, seg, B, T, NH, NKV, HD, 1);
-        llm_proj_forward(m, &L->p[PROJ_O], a->xmid, a->att, a->lora_h[PROJ_O], N, lora_seed(m, l, PROJ_O));
-        k->add(a->xmid, a->xmid, a->x, (size_t)N * C);
-        k->rmsnorm_forward(a->ln2, a->rstd2, a->xmid, L->ln2, N, C, c->eps);
-        llm_proj_forward(m, &L->p[PROJ_GATE], a->gate, a->ln2, a->lora_h[PROJ_GATE], N, lora_seed(m, l, PROJ_GATE));
-        llm_proj_forward(m, &L->p[PROJ_UP], a->up, a->ln2, a->lora_h[PROJ_UP], N, lora_seed(m, l, PROJ_UP));
-        k->swiglu_forward(m->dact, a->gate, a->up, (size_t)N * I);  // dact is scratch here
-        llm_proj_forward(m, &L->p[PROJ_DOWN], x_next, m->dact, a->lora_h[PROJ_DOWN], N, lora_seed(m, l, PROJ_DOWN));
-        k->add(x_next, x_next, a->xmid, (size_t)N * C);
+    int NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
+    if (!at->cache) {
+        k->attention_forward(a->att, a->lse, a->q, a->k, a->v, at->seg, at->B, at->T, NH, NKV, HD, 1);
+        return;
     }
-    k->rmsnorm_forward(m->lnf, m->rstdf, m->x_out, m->norm, N, C, c->eps);
+    const LlmKvCache *kv = at->cache;
+    size_t ab = k->act_bytes, KD = (size_t)NKV * HD, QD = (size_t)NH * HD, slot_rows = (size_t)kv->cap * KD;
+    size_t row = 0;
+    for (int s = 0; s < at->n_spans; s++) {
+        const LlmSpan *sp = &at->spans[s];
+        CHECK(sp->slot >= 0 && sp->slot < kv->slots && sp->start >= 0 && sp->n >= 1 && sp->start + sp->n <= kv->cap,
+              "attend: span of %d rows at %d in slot %d (cache %d x %d)", sp->n, sp->start, sp->slot, kv->slots, kv->cap);
+        act_t *kc = act_at(k, kv->k[l], (size_t)sp->slot * slot_rows), *vc = act_at(k, kv->v[l], (size_t)sp->slot * slot_rows);
+        k->copy(act_at(k, kc, (size_t)sp->start * KD), act_at(k, a->k, row * KD), (size_t)sp->n * KD * ab);
+        k->copy(act_at(k, vc, (size_t)sp->start * KD), act_at(k, a->v, row * KD), (size_t)sp->n * KD * ab);
+        k->attention_cached(act_at(k, a->att, row * QD), act_at(k, a->q, row * QD), kc, vc, 1, sp->n,
+                            sp->start + sp->n, kv->cap, NH, NKV, HD);
+        row += (size_t)sp->n;
+    }
+}
+
+void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const int *pos, const LlmAttend *at) {
+    const Kernels *k = m->k;
+    const LlmConfig *c = &m->cfg;
+    const LlmLayer *L = &m->layer[l];
+    int C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
+    k->rmsnorm_forward(a->ln1, a->rstd1, a->x, L->ln1, N, C, c->eps);
+    llm_proj_forward(m, &L->p[PROJ_Q], a->q, a->ln1, a->lora_h[PROJ_Q], N, lora_seed(m, l, PROJ_Q));
+    llm_proj_forward(m, &L->p[PROJ_K], a->k, a->ln1, a->lora_h[PROJ_K], N, lora_seed(m, l, PROJ_K));
+    llm_proj_forward(m, &L->p[PROJ_V], a->v, a->ln1, a->lora_h[PROJ_V], N, lora_seed(m, l, PROJ_V));
+    k->rope_forward(a->q, a->q, pos, N, NH, HD, c->rope_theta);
+    k->rope_forward(a->k, a->k, pos, N, NKV, HD, c->rope_theta);
+    attend(m, l, a, at);
+    llm_proj_forward(m, &L->p[PROJ_O], a->xmid, a->att, a->lora_h[PROJ_O], N, lora_seed(m, l, PROJ_O));
+    k->add(a->xmid, a->xmid, a->x, (size_t)N * C);
+    k->rmsnorm_forward(a->ln2, a->rstd2, a->xmid, L->ln2, N, C, c->eps);
+    llm_proj_forward(m, &L->p[PROJ_GATE], a->gate, a->ln2, a->lora_h[PROJ_GATE], N, lora_seed(m, l, PROJ_GATE));
+    llm_proj_forward(m, &L->p[PROJ_UP], a->up, a->ln2, a->lora_h[PROJ_UP], N, lora_seed(m, l, PROJ_UP));
+    k->swiglu_forward(a->act, a->gate, a->up, (size_t)N * I);  // the backward recomputes it
+    // out may be a->x: x is no longer read once xmid holds the residual
+    llm_proj_forward(m, &L->p[PROJ_DOWN], out, a->act, a->lora_h[PROJ_DOWN], N, lora_seed(m, l, PROJ_DOWN));
+    k->add(out, out, a->xmid, (size_t)N * C);
+}
+
+void llm_forward(Llm *m, int B, int T, const int *pos, const int *seg) {
+    const LlmConfig *c = &m->cfg;
+    CHECK(B <= m->max_B && T <= m->max_T, "llm_forward with %dx%d, planned for %dx%d", B, T, m->max_B, m->max_T);
+    int N = B * T;
+    LlmAttend at = {.B = B, .T = T, .seg = seg};
+    for (int l = 0; l < c->layers; l++)
+        llm_layer_forward(m, l, &m->acts[l], l + 1 < c->layers ? m->acts[l + 1].x : m->x_out, N, pos, &at);
+    m->k->rmsnorm_forward(m->lnf, m->rstdf, m->x_out, m->norm, N, c->hidden, c->eps);
 }
 
 void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float grad_scale, int backward) {

@@ -57,8 +57,34 @@ typedef struct {  // what one layer keeps for the backward, planned for max_B x 
     act_t *ln2;         // (N, C)
     float *rstd2;       // (N)
     act_t *gate, *up;   // (N, I)
+    act_t *act;         // (N, I) silu(gate) * up, the down projection's input: scratch, never kept
     act_t *lora_h[N_PROJ];  // (N, r): input @ A^T, kept for dB
 } LlmActs;
+
+// Keys (after RoPE) and values of earlier positions, for generation: per layer (slots, cap,
+// NKV*HD); slot s starts at row s * cap.
+typedef struct {
+    act_t **k, **v;
+    int layers, slots, cap;
+} LlmKvCache;
+
+// The rows of one conversation inside a block of rows given to llm_forward_cached: the next n
+// rows of the block (spans follow each other) are positions start .. start+n-1 of cache slot
+// `slot`; they attend to positions 0 .. start+n-1 of that slot.
+typedef struct {
+    int slot, start, n;
+} LlmSpan;
+
+// Where a layer's attention finds its keys: cache NULL, the block's own rows, B sequences of T
+// rows (training, validation) with seg (B, T) or NULL; otherwise the KV cache, the block's rows
+// being the spans (n_spans, host), whose keys and values the layer writes into it first.
+typedef struct {
+    int B, T;
+    const int *seg;
+    const LlmKvCache *cache;
+    const LlmSpan *spans;
+    int n_spans;
+} LlmAttend;
 
 typedef struct {
     LlmConfig cfg;
@@ -106,8 +132,30 @@ void llm_lora_init(Llm *m, uint64_t seed);
 void llm_proj_forward(const Llm *m, const LlmProj *p, act_t *out, const act_t *inp, act_t *h, int N, uint64_t seed);
 // x0 (N, C) row i = embedding of ids[i]; rows with ids[i] < 0 untouched (image slots)
 void llm_embed(Llm *m, act_t *x0, const int *ids, int N);
+// THE decoder layer l, the only place its math is written: out (N, C) = layer(a->x (N, C)),
+// through a's buffers (norm -> q/k/v (+LoRA) -> RoPE at pos (N) -> attention as `at` says ->
+// o_proj -> residual -> norm -> SwiGLU MLP -> residual). out may alias a->x (generation reuses
+// one scratch block for every layer); a->rstd1/rstd2/lse may be NULL when nothing is kept.
+void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const int *pos, const LlmAttend *at);
 // runs the decoder on m->acts[0].x (B, T, C), filled by the caller; pos, seg (B, T) backend ints
 void llm_forward(Llm *m, int B, int T, const int *pos, const int *seg);
+
+// ---- generation: the same layers over a KV cache ----
+// Scratch for blocks of up to N rows, one set shared by every layer (ln2 = ln1, act = gate,
+// one LoRA hidden for all projections, no norm statistics kept).
+void llm_rows_alloc(const Llm *m, LlmActs *a, int N);
+void llm_rows_free(const Llm *m, LlmActs *a);
+void llm_kv_cache_alloc(const Llm *m, LlmKvCache *c, int slots, int cap);
+void llm_kv_cache_free(const Llm *m, LlmKvCache *c);
+// Runs the rows of a->x (the embeddings of the spans' positions, in span order; N = the sum of
+// their n) through every layer with llm_layer_forward, each layer appending the spans' keys and
+// values to the cache; leaves the last layer's output in a->x. pos (N) backend ints: the rows'
+// positions. Inference only (LoRA dropout must be off). The caller advances its lengths.
+void llm_forward_cached(const Llm *m, LlmActs *a, const LlmKvCache *c, const LlmSpan *spans, int n_spans,
+                        const int *pos);
+// logits_host (n, V) = lm_head(final norm(x (n, C))), n any count: the vocabulary projection
+// runs in blocks of the LLM's logits buffer (xent_chunk_rows); ln (n, C) is scratch
+void llm_logits_rows(const Llm *m, float *logits_host, act_t *ln, const act_t *x, int n);
 // Loss at M labelled rows idx (into the N = B*T rows) with targets: per-row losses into
 // m->losses (fp32, backend; callers download them). With backward, d(sum of losses)*grad_scale
 // with respect to the last layer's output is left in m->dx, where llm_backward starts.

@@ -6,6 +6,14 @@
 
 #include "common/util.h"
 
+const char *const vlm_stage_names[N_VLM_STAGES] = {"upload batch", "embed tokens", "vision forward",
+                                                   "connector forward", "LLM forward", "loss (labelled rows)",
+                                                   "LLM backward", "connector backward"};
+
+static void stage_done(const Vlm *m, int stage) {
+    if (m->stage_hook) m->stage_hook(m->stage_ctx, stage);
+}
+
 void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     memset(m, 0, sizeof *m);
     m->k = k;
@@ -130,12 +138,16 @@ static void forward(Vlm *m, const VlmBatch *b) {
     int N = b->B * b->T, H = m->llm.cfg.hidden;
     act_t *x0 = m->llm.acts[0].x;
     llm_embed(&m->llm, x0, m->ids, N);
+    stage_done(m, VLM_STAGE_EMBED);
     if (b->n_img) {
         vit_forward(&m->vit, m->feats, m->pixels, b->n_img);
+        stage_done(m, VLM_STAGE_VISION);
         connector_forward(&m->conn, m->img_emb, m->feats, b->n_img);
         k->scatter_rows(x0, m->img_emb, m->img_idx, b->n_img * m->n_img_tokens, H);
+        stage_done(m, VLM_STAGE_CONNECTOR_F);
     }
     llm_forward(&m->llm, b->B, b->T, m->pos, b->seg ? m->seg : NULL);
+    stage_done(m, VLM_STAGE_LLM_F);
 }
 
 double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_labelled) {
@@ -145,6 +157,7 @@ double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_
         return 0.0;
     }
     int M = upload_batch(m, b);
+    stage_done(m, VLM_STAGE_UPLOAD);
     if (n_labelled) *n_labelled = M;
     if (M == 0) return 0.0;  // nothing to learn from: no forward needed
     forward(m, b);
@@ -154,13 +167,16 @@ double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_
     k->download(m->h_losses, m->llm.losses, (size_t)M * sizeof(float));
     double sum = 0;
     for (int i = 0; i < M; i++) sum += m->h_losses[i];
+    stage_done(m, VLM_STAGE_LOSS);
     if (backward) {
         int *seg = b->seg ? m->seg : NULL;
         llm_backward(&m->llm, b->B, b->T, m->pos, seg);
+        stage_done(m, VLM_STAGE_LLM_B);
         if (b->n_img) {
             int rows = b->n_img * m->n_img_tokens;
             k->gather_rows(m->dimg, m->llm.dx, m->img_idx, rows, m->llm.cfg.hidden);
             connector_backward(&m->conn, m->dimg, m->feats, b->n_img);
+            stage_done(m, VLM_STAGE_CONNECTOR_B);
         }
     }
     return sum;

@@ -33,6 +33,12 @@ typedef struct {
     const int *img_row, *img_start;     // (n_img): the row and first position of each image slot
 } VlmBatch;
 
+// The stages of vlm_forward_backward, in order: a stage hook (Vlm.stage_hook) is called at the
+// end of each, so bench_step can time the model's own step stage by stage
+enum { VLM_STAGE_UPLOAD, VLM_STAGE_EMBED, VLM_STAGE_VISION, VLM_STAGE_CONNECTOR_F, VLM_STAGE_LLM_F, VLM_STAGE_LOSS,
+       VLM_STAGE_LLM_B, VLM_STAGE_CONNECTOR_B, N_VLM_STAGES };
+extern const char *const vlm_stage_names[N_VLM_STAGES];
+
 typedef struct {
     const Kernels *k;
     Vit vit;
@@ -48,6 +54,9 @@ typedef struct {
     int *h_ids, *h_pos, *h_idx, *h_tgt, *h_img_idx;
     float *h_losses;
     char *h_slot;  // (N) 1 where a position belongs to an image slot
+    // called with VLM_STAGE_* as each stage of vlm_forward_backward ends (NULL: not called)
+    void (*stage_hook)(void *ctx, int stage);
+    void *stage_ctx;
 } Vlm;
 
 void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec);

@@ -8,6 +8,10 @@
 //     every rotation, VQA accuracy / ANLS / exact match recomputed from the predictions, caption
 //     BLEU / CIDEr-D / ROUGE-L recomputed from the predictions) and it holds the speed figures;
 //   - --batch-size 3 and 5 write the predictions of batch size 1, byte for byte;
+//   - ./generate --batch FILE (JSONL of {id, image, prompt}) answers every request, in order, with
+//     the text ./generate gives for that request alone (greedy and sampled, batch sizes 4 and 2,
+//     with and without images, prompts of very different lengths); a bad line is an error naming
+//     FILE:LINE;
 //   - bad benchmark files (missing question, unknown answer letter, empty options, a gap in
 //     the A/B/C fields, malformed JSON, wrong types, no task fields) are one-line errors naming
 //     FILE:LINE; a missing image is a counted skip in the summary; unsupported option
@@ -492,6 +496,96 @@ static void test_batch_same_predictions(void **state) {
     }
 }
 
+// ./generate run_dir args... (NULL-terminated), stdout to out_log; returns the exit status
+static int generate(const char *const *args, const char *out_log, const char *err_log) {
+    char *argv[32] = {"./generate", run_dir};
+    int n = 2;
+    for (int i = 0; args[i]; i++) argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+    return spawn(argv, out_log, err_log);
+}
+
+// ./generate --batch answers each request as ./generate answers it alone
+static void test_generate_batch_file(void **state) {
+    char data[700], file[700], out[700], err[700], img[800];
+    snprintf(data, sizeof data, "%s/data", synth_dir);
+    snprintf(file, sizeof file, "%s/requests.jsonl", root);
+    static const char *const prompts[5] = {
+        "How many triangles are there?",
+        "Hi",
+        "Look at the picture carefully and tell me, in as many words as you like, where the circle is, what colour "
+        "every shape has, how many shapes there are in all, and whether any of them touch each other or the border.",
+        "Where is the circle?",
+        "What color is the shape?"};
+    static const char *const images[5] = {"images/bench_00000.png", NULL, "images/bench_00001.png", NULL,
+                                          "images/bench_00002.png"};
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"id\": \"a\", \"image\": \"%s\", \"prompt\": \"%s\"}\n", images[0], prompts[0]);
+    fprintf(f, "{\"prompt\": \"%s\"}\n\n", prompts[1]);  // and a blank line
+    fprintf(f, "{\"id\": 7, \"image\": \"%s\", \"prompt\": \"%s\"}\n", images[2], prompts[2]);
+    fprintf(f, "{\"image\": null, \"prompt\": \"%s\"}\n", prompts[3]);
+    fprintf(f, "{\"id\": \"e\", \"image\": \"%s\", \"prompt\": \"%s\"}\n", images[4], prompts[4]);
+    fclose(f);
+    static const char *const sizes[2] = {"4", "2"};
+    static const char *const temps[2] = {"0", "1"};
+    for (int t = 0; t < 2; t++) {
+        char *want[5];
+        for (int i = 0; i < 5; i++) {  // one request at a time
+            snprintf(out, sizeof out, "%s/gen1_%d_%d.out", root, t, i);
+            snprintf(err, sizeof err, "%s/gen1_%d_%d.err", root, t, i);
+            snprintf(img, sizeof img, "%s/%s", data, images[i] ? images[i] : "");
+            const char *a1[] = {"--device", "cpu", "--prompt", prompts[i], "--max-new-tokens", "12", "--temperature",
+                                temps[t], "--seed", "5", images[i] ? "--image" : NULL, img, NULL};
+            assert_int_equal(generate(a1, out, err), 0);
+            want[i] = slurp(out);
+            size_t len = strlen(want[i]);
+            assert_true(len >= 1 && want[i][len - 1] == '\n');
+            want[i][len - 1] = 0;  // the newline after the streamed answer
+        }
+        for (int b = 0; b < 2; b++) {
+            snprintf(out, sizeof out, "%s/genb_%d_%d.out", root, t, b);
+            snprintf(err, sizeof err, "%s/genb_%d_%d.err", root, t, b);
+            const char *ab[] = {"--device", "cpu", "--batch", file, "--image-folder", data, "--batch-size", sizes[b],
+                                "--max-new-tokens", "12", "--temperature", temps[t], "--seed", "5", NULL};
+            assert_int_equal(generate(ab, out, err), 0);
+            char *got = slurp(out);
+            int n = 0;
+            for (char *line = strtok(got, "\n"); line; line = strtok(NULL, "\n"), n++) {
+                assert_true(n < 5);
+                cJSON *j = cJSON_Parse(line);
+                if (!j) fail_msg("%s line %d is not JSON: %s", out, n + 1, line);
+                assert_string_equal(item(j, "prompt")->valuestring, prompts[n]);
+                if (strcmp(item(j, "answer")->valuestring, want[n]))
+                    fail_msg("--batch-size %s, temperature %s, request %d: \"%s\", alone: \"%s\"", sizes[b], temps[t], n,
+                             item(j, "answer")->valuestring, want[n]);
+                const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+                if (n == 0) assert_string_equal(id->valuestring, "a");
+                if (n == 2) assert_int_equal(id->valueint, 7);
+                if (n == 1 || n == 3) assert_null(id);
+                cJSON_Delete(j);
+            }
+            assert_int_equal(n, 5);
+            free(got);
+        }
+        printf("    ./generate --batch (temperature %s, batch sizes 4 and 2): every answer as alone:", temps[t]);
+        for (int i = 0; i < 5; i++) printf(" \"%s\"", want[i]);
+        printf("\n");
+        for (int i = 0; i < 5; i++) free(want[i]);
+    }
+    // a request without a prompt: an error naming FILE:LINE
+    snprintf(file, sizeof file, "%s/bad_requests.jsonl", root);
+    write_file(file, "{\"prompt\": \"Hi\"}\n\n{\"image\": \"x.png\"}\n");
+    snprintf(out, sizeof out, "%s/bad_gen.out", root);
+    snprintf(err, sizeof err, "%s/bad_gen.err", root);
+    const char *bad[] = {"--device", "cpu", "--batch", file, NULL};
+    assert_int_equal(generate(bad, out, err), 1);
+    char *e = slurp(err), want_err[800];
+    snprintf(want_err, sizeof want_err, "%s:3: \"prompt\" is missing", file);
+    if (!strstr(e, want_err)) fail_msg("want \"%s\" in: %s", want_err, e);
+    free(e);
+}
+
 static void test_missing_image_is_counted(void **state) {
     char data[700], out[700];
     snprintf(data, sizeof data, "%s/data/missing.jsonl", synth_dir);
@@ -534,6 +628,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_caption_scores),
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_batch_same_predictions),
+        cmocka_unit_test(test_generate_batch_file),
         cmocka_unit_test(test_missing_image_is_counted),
     };
     struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];

@@ -1,9 +1,11 @@
-// test_gen_batch.c: batched generation (model/gen_batch.h) against the batch-1 path
-// (gen_generate), conversation by conversation, on the parity fixtures' models (qwen2 + LoRA +
-// ldp, llama + rsLoRA + mlp2x) on the CPU: prompts of 3 to 150 tokens, with and without images,
-// in one batch; greedy and sampled (same seed) tokens identical, and the same stop reasons and
-// counts, when every conversation runs to max_new_tokens, when one stops on its own stop id
-// while the others go on, and when the longest fills its cache slot first.
+// test_gen_batch.c: batched generation (model/gen_batch.h: prompts prefilled together, decode
+// steps batched) against the batch-1 path (gen_generate), conversation by conversation, on the
+// parity fixtures' models (qwen2 + LoRA + ldp, llama + rsLoRA + mlp2x) on the CPU: prompts of 3
+// to 150 tokens, with and without images, in one batch; greedy and sampled (same seed) tokens
+// identical, and the same stop reasons and counts, when every conversation runs to
+// max_new_tokens, when one stops on its own stop id while the others go on, when the longest
+// fills its cache slot first, and with prefill blocks of 512, 16, 9 and 7 rows (prompts and
+// image slots cut across blocks).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +43,7 @@ static void make_prompts(Prompts *p, const VlmFixture *fx, int V, uint64_t seed)
 
 // runs both paths with o and max_len; checks tokens, counts and stop reasons; returns conversation
 // 0's batch-1 tokens in first (room for max_new) and how many
-static int compare(Vlm *m, const Prompts *p, const GenOptions *o, int max_len, const char *what, int *first) {
+static int compare(Vlm *m, const Prompts *p, const GenOptions *o, int max_len, int chunk, const char *what, int *first) {
     int cap = o->max_new_tokens;
     int *want[NB], n_want[NB], *got[NB], n_got[NB];
     GenStats sw[NB], sg[NB];
@@ -54,7 +56,7 @@ static int compare(Vlm *m, const Prompts *p, const GenOptions *o, int max_len, c
     }
     gen_free(&g);
     GenBatch b;
-    gen_batch_init(&b, m, NB + 2, max_len, 0);  // room for more than are run
+    gen_batch_init(&b, m, NB + 2, max_len, chunk);  // room for more than are run
     gen_batch_generate(&b, NB, (const int *const *)p->ids, p->n_ids, p->pixels, p->image_pos, o, got, n_got, sg);
     printf("    %-44s", what);
     for (int i = 0; i < NB; i++) {
@@ -94,23 +96,30 @@ static void check_model(const FixtureModel *fm) {
 
     GenOptions o = {.max_new_tokens = 40};
     snprintf(what, sizeof what, "%s greedy, 40 new tokens:", fm->llm);
-    int n0 = compare(&m, &p, &o, longest + 40, what, first);
+    int n0 = compare(&m, &p, &o, longest + 40, 0, what, first);
     assert_true(n0 == 40);
+    // prefill blocks of 16, 9 and 7 rows (7 = max_batch, the fewest a block has): prompts and
+    // image slots cut across blocks, several short prompts in one block
+    const int chunks[3] = {16, 9, 7};
+    for (int c = 0; c < 3; c++) {
+        snprintf(what, sizeof what, "%s greedy, prefill blocks of %d rows:", fm->llm, chunks[c]);
+        compare(&m, &p, &o, longest + 40, chunks[c], what, first);
+    }
 
     // conversation 0 stops on a token of its own answer; the others go on
     int stop = first[6];
     GenOptions os = {.max_new_tokens = 40, .stop_ids = &stop, .n_stop = 1};
     snprintf(what, sizeof what, "%s greedy, stop id %d:", fm->llm, stop);
-    n0 = compare(&m, &p, &os, longest + 40, what, first);
+    n0 = compare(&m, &p, &os, longest + 40, 0, what, first);
     assert_true(n0 <= 6);
 
     // the longest prompt fills its slot after 10 tokens, the others reach 40
     snprintf(what, sizeof what, "%s greedy, cache of %d positions:", fm->llm, longest + 10);
-    compare(&m, &p, &o, longest + 10, what, first);
+    compare(&m, &p, &o, longest + 10, 0, what, first);
 
     GenOptions ot = {.max_new_tokens = 30, .temperature = 1.0f, .top_p = 0.9f, .seed = 11};
     snprintf(what, sizeof what, "%s sampled (T 1, top-p 0.9, seed 11):", fm->llm);
-    compare(&m, &p, &ot, longest + 30, what, first);
+    compare(&m, &p, &ot, longest + 30, 0, what, first);
 
     for (int i = 0; i < NB; i++) free(p.ids[i]);
     vlm_free(&m);

@@ -18,6 +18,9 @@
 // bf16 rounding alone drifts from the fp32 references on each fixture. First estimates of the
 // tolerances, to be confirmed on a GPU: loss 2e-2, logits, vision features and connector output
 // 3e-2, each trainable gradient 5e-2, or 3x the bf16 model's error where that is larger.
+// Generation on the CUDA backend: batched generation (model/gen_batch.h: prompts of very
+// different lengths prefilled together, decode steps batched) gives, conversation by
+// conversation, the greedy tokens of batch-1 generation (model/generate.h) on the same backend.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +30,7 @@
 #include "common/safetensors.h"
 #include "common/util.h"
 #include "kernels/kernels.h"
+#include "model/gen_batch.h"
 #include "model/memplan.h"
 #include "model/vlm.h"
 #include "tests/testlib.h"
@@ -1171,6 +1175,77 @@ static void test_model_llama_mlp2x_rslora(void **state) {
     check_vlm("vlm_llama_mlp2x.safetensors", "llama", CONNECTOR_MLP2X_GELU, "mlp2x_llama.safetensors", "llama_lora");
 }
 
+// ---------------------------------------------------------------- batched generation
+
+#define GB_N 4
+
+// Greedy batched generation equals batch 1, token for token, on the CUDA backend: prompts of 3
+// to 80 tokens (two with an image, one of them ending with it), prefill blocks of 512 rows (all
+// prompts in one) and of 16 (prompts and image slots cut across blocks).
+static void check_gen_batch(const char *llm, ConnectorType ct, const char *conn_file, const char *lora_dir) {
+    Vlm m;
+    fixture_model_open(&m, G, llm, ct, conn_file, lora_dir, 1, 1, 1, 0.0f);
+    int V = m.llm.cfg.vocab, S = m.vit.cfg.image_size, new_tokens = 8;
+    static const int lens[GB_N] = {3, 45, 9, 80};
+    int *ids[GB_N], image_pos[GB_N], longest = 0;
+    const float *pixels[GB_N];
+    uint64_t rs = 0x9e11ULL;
+    float *px = xmalloc((size_t)2 * 3 * S * S * sizeof(float));
+    for (size_t i = 0; i < (size_t)2 * 3 * S * S; i++) px[i] = (float)(test_rand_u64(&rs) % 2001) / 1000.0f - 1.0f;
+    for (int i = 0; i < GB_N; i++) {
+        ids[i] = xmalloc((size_t)lens[i] * sizeof(int));
+        for (int t = 0; t < lens[i]; t++) ids[i][t] = (int)(test_rand_u64(&rs) % (uint64_t)V);
+        pixels[i] = i == 1 ? px : i == 2 ? px + (size_t)3 * S * S : NULL;
+        image_pos[i] = i == 1 ? 4 : i == 2 ? lens[i] : -1;
+        int np = lens[i] + (pixels[i] ? m.n_img_tokens : 0);
+        if (np > longest) longest = np;
+    }
+    int max_len = longest + new_tokens;
+    GenOptions o = {.max_new_tokens = new_tokens};
+    int *want[GB_N], n_want[GB_N], *got[GB_N], n_got[GB_N];
+    GenStats sw[GB_N], sg[GB_N];
+    Generator g;
+    gen_init(&g, &m, max_len, 0);
+    for (int i = 0; i < GB_N; i++) {
+        want[i] = xmalloc((size_t)new_tokens * sizeof(int));
+        got[i] = xmalloc((size_t)new_tokens * sizeof(int));
+        n_want[i] = gen_generate(&g, ids[i], lens[i], pixels[i], image_pos[i], &o, want[i], &sw[i]);
+    }
+    gen_free(&g);
+    const int chunks[2] = {0, 16};
+    for (int c = 0; c < 2; c++) {
+        GenBatch b;
+        gen_batch_init(&b, &m, GB_N, max_len, chunks[c]);
+        gen_batch_generate(&b, GB_N, (const int *const *)ids, lens, pixels, image_pos, &o, got, n_got, sg);
+        printf("    %-6s on %s, prefill blocks of %d rows:", llm, G->name, b.rows_cap);
+        for (int i = 0; i < GB_N; i++) {
+            printf(" [%d: %d tok]", sg[i].n_prompt, n_got[i]);
+            assert_int_equal(n_got[i], n_want[i]);
+            assert_int_equal(sg[i].stop, sw[i].stop);
+            assert_int_equal(sg[i].n_prompt, sw[i].n_prompt);
+            assert_memory_equal(got[i], want[i], (size_t)n_want[i] * sizeof(int));
+        }
+        printf(" tokens equal batch 1's\n");
+        gen_batch_free(&b);
+    }
+    for (int i = 0; i < GB_N; i++) {
+        free(ids[i]);
+        free(want[i]);
+        free(got[i]);
+    }
+    free(px);
+    vlm_free(&m);
+}
+
+static void test_gen_batch_qwen2_ldp_lora(void **state) {
+    (void)state;
+    check_gen_batch("qwen2", CONNECTOR_LDP, "ldp_qwen2.safetensors", "qwen2_lora");
+}
+static void test_gen_batch_llama_mlp2x_rslora(void **state) {
+    (void)state;
+    check_gen_batch("llama", CONNECTOR_MLP2X_GELU, "mlp2x_llama.safetensors", "llama_lora");
+}
+
 // ---------------------------------------------------------------- timings (`test_gpu bench`)
 
 // mean milliseconds of one call of `call` over enough repetitions to fill ~0.3 s, after a warm-up
@@ -1378,6 +1453,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_model_qwen2_ldp_stage1),
         cmocka_unit_test(test_model_llama_mlp2x_rslora),
         cmocka_unit_test(test_memory_plan),
+        cmocka_unit_test(test_gen_batch_qwen2_ldp_lora),
+        cmocka_unit_test(test_gen_batch_llama_mlp2x_rslora),
     };
     const struct CMUnitTest ops[] = {
         cmocka_unit_test(test_table_and_memory),
