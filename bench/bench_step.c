@@ -177,7 +177,7 @@ static Flops step_flops(const Vlm *m, int B, const int *len, int n_img, int64_t 
     const VitConfig *v = &m->vit.cfg;
     const LlmConfig *c = &m->llm.cfg;
     Flops f;
-    double Tv = v->n_patches + 1, Cv = v->hidden;
+    double Tv = vit_seq_len(v), Cv = vit_feature_dim(v);
     f.vision = 2.0 * n_img * v->n_patches * (3.0 * v->patch * v->patch) * Cv;
     f.vision += m->vit.n_run * (double)n_img * (2.0 * Tv * (4 * Cv * Cv + 2 * Cv * v->mlp) + 4.0 * Tv * Tv * Cv);
     double H = c->hidden, np = m->conn.n_in, no = m->conn.n_out;
@@ -409,7 +409,7 @@ int main(int argc, char **argv) {
     path_join(ldir, sizeof ldir, mdir, "llm");
 
     // the batch first (its size plans the model's buffers)
-    int slot = (p->vc.grid / 2) * (p->vc.grid / 2);  // ldp: 2x2 pooled grid
+    int slot = connector_tokens(CONNECTOR_LDP, p->vc.grid);
     Batch bt;
     make_batch(&bt, stage, B, slot, p->vc.image_size, p->lc.vocab, seed);
 
@@ -450,9 +450,7 @@ int main(int argc, char **argv) {
     k->synchronize();
     t_load = time_now() - t_load;
 
-    size_t n_conn = 0, n_lora = 0;
-    for (int i = 0; i < m.train.n; i++)
-        *(strncmp(m.train.p[i].name, "model.mm_projector.", 19) ? &n_lora : &n_conn) += m.train.p[i].numel;
+    size_t n_conn = params_group_numel(&m.train, PARAM_GROUP_CONNECTOR), n_lora = params_group_numel(&m.train, PARAM_GROUP_LORA);
     const VitConfig *vc = &m.vit.cfg;
     const LlmConfig *lc = &m.llm.cfg;
     printf("bench: preset %s, stage %d, device %s: vision %dx%d/%d, %d of %d layers, width %d | ldp (%d tokens) | %s "

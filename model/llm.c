@@ -141,6 +141,7 @@ void llm_load(Llm *m, const Kernels *k, const char *dir, const LoraConfig *lora,
     m->norm = params_act(w, 1);
     m->lm_head = c->tied ? m->embed : params_act(w, i_head);
     m->layer = xcalloc(c->layers, sizeof(LlmLayer));
+    if (train) params_declare_group(train, PARAM_GROUP_LORA);  // the adapters declared below
     for (int l = 0; l < c->layers; l++) {
         int *li = idx + l * LLM_LAYER_TENSORS;
         LlmLayer *L = &m->layer[l];
@@ -161,6 +162,7 @@ void llm_load(Llm *m, const Kernels *k, const char *dir, const LoraConfig *lora,
             }
         }
     }
+    if (train) params_declare_group(train, PARAM_GROUP_FROZEN);
     free(idx);
 }
 

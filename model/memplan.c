@@ -16,12 +16,12 @@ static void vlm_work(const Vlm *m, KernelsWork *w) {
     const LlmConfig *lc = &m->llm.cfg;
     const VitConfig *vc = &m->vit.cfg;
     size_t llm_rows = (size_t)m->max_B * m->max_T;
-    size_t vit_rows = (size_t)m->max_images * (vc->n_patches + 1);
+    size_t vit_rows = (size_t)m->max_images * vit_seq_len(vc);  // the tower says whether a CLS row is there
     size_t conn_rows = (size_t)m->max_images * m->conn.n_in;
     w->rows = llm_rows > vit_rows ? llm_rows : vit_rows;
     if (conn_rows > w->rows) w->rows = conn_rows;
     w->width = max_i(max_i(max_i(lc->hidden, lc->mlp), max_i(lc->heads * lc->head_dim, lc->kv_heads * lc->head_dim)),
-                     max_i(max_i(vc->hidden, vc->mlp), max_i(m->conn.in_dim, m->conn.out_dim)));
+                     max_i(max_i(vit_feature_dim(vc), vc->mlp), max_i(m->conn.in_dim, m->conn.out_dim)));
     // the vision encoder runs forward only: the LLM's attention is the one with a backward
     w->attn_B = m->max_B;
     w->attn_T = m->max_T;

@@ -29,6 +29,7 @@ int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ..
     va_end(ap);
     CHECK(len > 0 && len < PARAM_NAME_MAX, "parameter name too long");
     p->ndim = ndim;
+    p->group = ps->group;
     p->numel = 1;
     for (int i = 0; i < ndim; i++) {
         CHECK(shape[i] > 0, "tensor %s: dimension %d is %lld", p->name, i, (long long)shape[i]);
@@ -42,6 +43,24 @@ int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ..
     p->offset = (ps->numel + 7) & ~(size_t)7;
     ps->numel = p->offset + p->numel;
     return ps->n++;
+}
+
+void params_declare_group(ParamSet *ps, ParamGroup g) {
+    CHECK(g >= 0 && g < N_PARAM_GROUPS, "parameter group %d", (int)g);
+    ps->group = g;
+}
+
+const char *param_group_name(ParamGroup g) {
+    static const char *const names[N_PARAM_GROUPS] = {"frozen", "connector", "lora"};
+    CHECK(g >= 0 && g < N_PARAM_GROUPS, "parameter group %d", (int)g);
+    return names[g];
+}
+
+size_t params_group_numel(const ParamSet *ps, ParamGroup g) {
+    size_t n = 0;
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i].group == g) n += ps->p[i].numel;
+    return n;
 }
 
 void params_shard_optimizer(ParamSet *ps, int shards, int shard) {

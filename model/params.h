@@ -11,6 +11,15 @@
 
 #define PARAM_NAME_MAX 160
 
+// What a tensor is for, tagged by the module that declares it: the optimizer gives each group
+// its learning rate and the trainer counts and selects tensors by group, never by name.
+typedef enum {
+    PARAM_GROUP_FROZEN,     // the default: frozen weights (vision tower, LLM)
+    PARAM_GROUP_CONNECTOR,  // the connector's trainable weights (lr connector_lr, else lr)
+    PARAM_GROUP_LORA,       // LoRA adapters (lr)
+    N_PARAM_GROUPS
+} ParamGroup;
+
 typedef struct {
     char name[PARAM_NAME_MAX];
     int ndim;
@@ -18,6 +27,7 @@ typedef struct {
     size_t numel;
     size_t offset;  // in elements from the start of the buffer
     int decay;      // AdamW weight decay applies (not to biases)
+    ParamGroup group;  // set at declaration (params_declare_group)
 } Param;
 
 typedef struct {
@@ -26,6 +36,7 @@ typedef struct {
     int n, cap;
     size_t numel;
     int trainable;
+    ParamGroup group;  // the group params_add gives the tensors it declares
     act_t *data;    // frozen: the weights. trainable: the compute copy (== master when act is fp32)
     float *master;  // trainable only: fp32 weights and grads, span long (numel, padded)
     float *grad;
@@ -41,6 +52,10 @@ void params_init(ParamSet *ps, const Kernels *k, int trainable);
 // declares a tensor; returns its index. Shapes are as Hugging Face / PyTorch store them.
 int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+// tensors declared from now on carry group g (a set starts with PARAM_GROUP_FROZEN)
+void params_declare_group(ParamSet *ps, ParamGroup g);
+const char *param_group_name(ParamGroup g);
+size_t params_group_numel(const ParamSet *ps, ParamGroup g);  // elements of the group's tensors
 void params_alloc(ParamSet *ps);  // allocates the buffers once every tensor is declared
 // trainable sets, before params_alloc: the optimizer state will be kept for slice `shard` of
 // `shards` equal slices of the (padded) span only

@@ -9,6 +9,44 @@
 #include "common/json.h"
 #include "common/util.h"
 
+// one row per model_type svlm reads; the type's facts are in the functions below
+static const struct {
+    const char *model_type;
+    VitType type;
+} vit_model_types[] = {
+    {"clip_vision_model", VIT_CLIP},
+    {"clip", VIT_CLIP},
+};
+#define N_VIT_MODEL_TYPES (int)(sizeof vit_model_types / sizeof vit_model_types[0])
+
+static VitType vit_type_parse(const char *mt, const char *path, const char *key) {
+    char known[256] = "";
+    for (int i = 0; i < N_VIT_MODEL_TYPES; i++) {
+        if (strcmp(mt, vit_model_types[i].model_type) == 0) return vit_model_types[i].type;
+        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "", vit_model_types[i].model_type);
+    }
+    fatal("%s: %s \"%s\" is not a vision tower svlm knows (%s)", path, key, mt, known);
+}
+
+const char *vit_type_name(const VitConfig *c) {
+    static const char *const names[N_VIT_TYPES] = {[VIT_CLIP] = "clip"};
+    CHECK(c->type >= 0 && c->type < N_VIT_TYPES, "vision type %d", (int)c->type);
+    return names[c->type];
+}
+
+int vit_has_cls(const VitConfig *c) { return c->type == VIT_CLIP; }
+int vit_seq_len(const VitConfig *c) { return c->n_patches + vit_has_cls(c); }
+int vit_feature_dim(const VitConfig *c) { return c->hidden; }
+
+int vit_layers_run(const VitConfig *c, int vision_layer) {
+    // hidden_states has layers + 1 entries: [0] is the pre_layrnorm output
+    int hs = vision_layer < 0 ? c->layers + 1 + vision_layer : vision_layer;
+    if (hs < 0 || hs > c->layers)
+        fatal("vision_layer = %d is out of range for a %d-layer vision encoder (-%d..%d)", vision_layer, c->layers,
+              c->layers + 1, c->layers);
+    return hs;
+}
+
 void vit_config_load(VitConfig *c, const char *dir) {
     char path[2048];
     path_join(path, sizeof path, dir, "config.json");
@@ -18,9 +56,10 @@ void vit_config_load(VitConfig *c, const char *dir) {
     const cJSON *vc = cJSON_GetObjectItemCaseSensitive(root, "vision_config");
     if (vc && !cJSON_IsObject(vc)) fatal("%s: \"vision_config\" is not an object", path);
     const cJSON *o = vc ? vc : root;
+    memset(c, 0, sizeof *c);
+    const char *key = vc ? "vision_config.model_type" : "model_type";
     const char *mt = json_get_str_opt(o, "model_type", NULL, path);
-    if (mt && strcmp(mt, "clip_vision_model") != 0 && strcmp(mt, "clip") != 0)
-        fatal("%s: vision model_type \"%s\" is not supported (CLIP only)", path, mt);
+    if (mt) c->type = vit_type_parse(mt, path, key);  // absent: CLIP, as svlm has always read it
     const char *sq[2] = {"image_size", "patch_size"};
     for (int i = 0; i < 2; i++) {
         const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, sq[i]);
@@ -113,10 +152,10 @@ void vit_declare(ParamSet *w, const VitConfig *c, int n_layers) {
     int C = c->hidden, P = c->patch, I = c->mlp;
     params_add(w, 4, (int64_t[]){C, 3, P, P}, "embeddings.patch_embedding.weight");
     params_add(w, 1, (int64_t[]){C}, "embeddings.class_embedding");
-    params_add(w, 2, (int64_t[]){c->n_patches + 1, C}, "embeddings.position_embedding.weight");
+    params_add(w, 2, (int64_t[]){vit_seq_len(c), C}, "embeddings.position_embedding.weight");
     params_add(w, 1, (int64_t[]){C}, "pre_layrnorm.weight");
     params_add(w, 1, (int64_t[]){C}, "pre_layrnorm.bias");
-    // per layer, in the order of the pointers in VitLayer; dims 0 mean "not a dimension"
+    // per layer; dims 0 mean "not a dimension"
     const struct { const char *name; int64_t d0, d1; } t[16] = {
         {"layer_norm1.weight", C, 0},    {"layer_norm1.bias", C, 0},
         {"self_attn.q_proj.weight", C, C}, {"self_attn.q_proj.bias", C, 0},
@@ -131,17 +170,22 @@ void vit_declare(ParamSet *w, const VitConfig *c, int n_layers) {
             params_add(w, t[j].d1 ? 2 : 1, (int64_t[]){t[j].d0, t[j].d1}, "encoder.layers.%d.%s", l, t[j].name);
 }
 
+// the weight declared as name (layer < 0) or encoder.layers.<layer>.name
+static act_t *vit_weight(const ParamSet *w, int layer, const char *name) {
+    char full[PARAM_NAME_MAX];
+    if (layer < 0) snprintf(full, sizeof full, "%s", name);
+    else snprintf(full, sizeof full, "encoder.layers.%d.%s", layer, name);
+    int i = params_find(w, full);
+    CHECK(i >= 0, "vision weight %s was not declared", full);
+    return params_act(w, i);
+}
+
 void vit_load(Vit *v, const Kernels *k, const char *dir, int vision_layer, int max_images) {
     memset(v, 0, sizeof *v);
     v->k = k;
     vit_config_load(&v->cfg, dir);
     const VitConfig *c = &v->cfg;
-    // hidden_states has layers + 1 entries: [0] is the pre_layrnorm output
-    int hs = vision_layer < 0 ? c->layers + 1 + vision_layer : vision_layer;
-    if (hs < 0 || hs > c->layers)
-        fatal("vision_layer = %d is out of range for a %d-layer vision encoder (-%d..%d)", vision_layer, c->layers,
-              c->layers + 1, c->layers);
-    v->n_run = hs;
+    v->n_run = vit_layers_run(c, vision_layer);
     v->max_images = max_images;
 
     HfWeights hw;
@@ -161,29 +205,42 @@ void vit_load(Vit *v, const Kernels *k, const char *dir, int vision_layer, int m
     params_load_hf(w, &hw, prefix);
     hf_weights_close(&hw);
 
-    v->patch_w = params_act(w, 0);  // the order of vit_declare
-    v->cls = params_act(w, 1);
-    v->pos = params_act(w, 2);
-    v->pre_w = params_act(w, 3);
-    v->pre_b = params_act(w, 4);
-    const int first = 5;
+    // bound by name: the declaration's order is free to change
+    v->patch_w = vit_weight(w, -1, "embeddings.patch_embedding.weight");
+    v->cls = vit_weight(w, -1, "embeddings.class_embedding");
+    v->pos = vit_weight(w, -1, "embeddings.position_embedding.weight");
+    v->pre_w = vit_weight(w, -1, "pre_layrnorm.weight");
+    v->pre_b = vit_weight(w, -1, "pre_layrnorm.bias");
     v->layer = xcalloc(v->n_run ? v->n_run : 1, sizeof(VitLayer));
     for (int l = 0; l < v->n_run; l++) {
         VitLayer *L = &v->layer[l];
-        act_t **dst[16] = {&L->ln1_w, &L->ln1_b, &L->q_w, &L->q_b, &L->k_w, &L->k_b, &L->v_w, &L->v_b,
-                           &L->o_w,   &L->o_b,   &L->ln2_w, &L->ln2_b, &L->fc1_w, &L->fc1_b, &L->fc2_w, &L->fc2_b};
-        for (int j = 0; j < 16; j++) *dst[j] = params_act(w, first + 16 * l + j);
+        L->ln1_w = vit_weight(w, l, "layer_norm1.weight");
+        L->ln1_b = vit_weight(w, l, "layer_norm1.bias");
+        L->q_w = vit_weight(w, l, "self_attn.q_proj.weight");
+        L->q_b = vit_weight(w, l, "self_attn.q_proj.bias");
+        L->k_w = vit_weight(w, l, "self_attn.k_proj.weight");
+        L->k_b = vit_weight(w, l, "self_attn.k_proj.bias");
+        L->v_w = vit_weight(w, l, "self_attn.v_proj.weight");
+        L->v_b = vit_weight(w, l, "self_attn.v_proj.bias");
+        L->o_w = vit_weight(w, l, "self_attn.out_proj.weight");
+        L->o_b = vit_weight(w, l, "self_attn.out_proj.bias");
+        L->ln2_w = vit_weight(w, l, "layer_norm2.weight");
+        L->ln2_b = vit_weight(w, l, "layer_norm2.bias");
+        L->fc1_w = vit_weight(w, l, "mlp.fc1.weight");
+        L->fc1_b = vit_weight(w, l, "mlp.fc1.bias");
+        L->fc2_w = vit_weight(w, l, "mlp.fc2.weight");
+        L->fc2_b = vit_weight(w, l, "mlp.fc2.bias");
     }
-    // row indices that drop CLS: image b's patch p sits at row b*T + 1 + p of the residual stream
-    int C = c->hidden, P = c->patch, I = c->mlp, NP = c->n_patches;
+    // row indices that drop CLS: image b's patch p sits at row b*T + cls + p of the residual stream
+    int C = c->hidden, P = c->patch, I = c->mlp, NP = c->n_patches, T1 = vit_seq_len(c), cls = vit_has_cls(c);
     int *idx = xmalloc((size_t)max_images * NP * sizeof(int));
     for (int b = 0; b < max_images; b++)
-        for (int p = 0; p < NP; p++) idx[b * NP + p] = b * (NP + 1) + 1 + p;
+        for (int p = 0; p < NP; p++) idx[b * NP + p] = b * T1 + cls + p;
     v->drop_cls = k->alloc((size_t)max_images * NP * sizeof(int));
     k->upload(v->drop_cls, idx, (size_t)max_images * NP * sizeof(int));
     free(idx);
 
-    size_t T = (size_t)NP + 1, B = max_images;
+    size_t T = (size_t)T1, B = max_images;
     v->cols = k->alloc(B * c->n_patches * 3 * P * P * k->act_bytes);
     v->x = k->alloc(B * T * C * k->act_bytes);
     v->ln = k->alloc(B * T * C * k->act_bytes);
@@ -207,7 +264,7 @@ void vit_forward(Vit *v, act_t *feats, const act_t *pixels, int B) {
     const Kernels *k = v->k;
     const VitConfig *c = &v->cfg;
     CHECK(B <= v->max_images, "vit_forward with %d images, planned for %d", B, v->max_images);
-    int C = c->hidden, P = c->patch, NP = c->n_patches, T = NP + 1, I = c->mlp;
+    int C = c->hidden, P = c->patch, NP = c->n_patches, T = vit_seq_len(c), I = c->mlp;
     int N = B * T;
     // patch conv as im2col + matmul: (B*NP, 3*P*P) @ (C, 3*P*P)^T; the ln buffer holds the result
     k->im2col_patches(v->cols, pixels, B, c->image_size, P);

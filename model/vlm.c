@@ -22,7 +22,7 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     m->max_images = spec->max_images;
     VitConfig vcfg;  // settle what the configs alone can refuse before loading any weight
     vit_config_load(&vcfg, spec->vision_dir);
-    connector_check_grid(spec->connector, vcfg.grid);
+    connector_tokens(spec->connector, vcfg.grid);  // fatal() when the grid does not suit the connector
     vit_load(&m->vit, k, spec->vision_dir, spec->vision_layer, spec->max_images);
     params_init(&m->train, k, 1);
     llm_load(&m->llm, k, spec->llm_dir, &spec->lora, &m->train);
@@ -30,7 +30,8 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
         fatal("%s: sliding_window %d is shorter than max_seq_len %d; svlm has no sliding-window attention, "
               "so set max_seq_len <= %d", spec->llm_dir, m->llm.cfg.sliding_window, spec->max_T, m->llm.cfg.sliding_window);
     const VitConfig *vc = &m->vit.cfg;
-    connector_declare(&m->conn, &m->train, spec->connector, vc->hidden, m->llm.cfg.hidden, vc->grid, spec->max_images);
+    connector_declare(&m->conn, &m->train, spec->connector, vit_feature_dim(vc), m->llm.cfg.hidden, vc->grid,
+                      spec->max_images);
     if (spec->opt_shards > 1) params_shard_optimizer(&m->train, spec->opt_shards, spec->opt_shard);
     params_alloc(&m->train);
     connector_setup(&m->conn);
@@ -40,7 +41,7 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     size_t I = spec->max_images, N = (size_t)spec->max_B * spec->max_T, ab = k->act_bytes;
     size_t S = vc->image_size, H = m->llm.cfg.hidden;
     m->pixels = k->alloc(I * 3 * S * S * ab);
-    m->feats = k->alloc(I * vc->n_patches * vc->hidden * ab);
+    m->feats = k->alloc(I * vc->n_patches * vit_feature_dim(vc) * ab);
     m->img_emb = k->alloc(I * m->n_img_tokens * H * ab);
     m->dimg = k->alloc(I * m->n_img_tokens * H * ab);
     m->ids = k->alloc(N * sizeof(int));

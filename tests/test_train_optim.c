@@ -53,7 +53,9 @@ static void run_case(const char *tag, double min_lr_rate) {
     c.adam_eps = 1e-8;
     ParamSet P;
     params_init(&P, kernels_cpu(), 1);
+    params_declare_group(&P, PARAM_GROUP_LORA);  // the group decides the learning rate
     int i0 = params_add(&P, 1, (int64_t[]){N0}, "model.layers.0.mlp.up_proj.lora_A.weight");  // lr 1e-3, decay
+    params_declare_group(&P, PARAM_GROUP_CONNECTOR);
     int i1 = params_add(&P, 1, (int64_t[]){N1}, "model.mm_projector.2.bias");                // lr 2e-4, no decay
     params_alloc(&P);
     float *init0 = get(tag, "init0", NULL), *init1 = get(tag, "init1", NULL);

@@ -373,7 +373,7 @@ const char *checkpoint_load_connector(const char *from, ParamSet *train, char *u
     int n = 0;
     for (int i = 0; i < train->n; i++) {
         const Param *p = &train->p[i];
-        if (strncmp(p->name, "model.mm_projector.", 19) != 0) continue;
+        if (p->group != PARAM_GROUP_CONNECTOR) continue;
         const StTensor *t = st_find(&f, p->name);
         if (!t) fatal("%s: connector tensor %s is missing (was it trained with another connector type?)", path, p->name);
         int same = t->ndim == p->ndim;

@@ -211,16 +211,27 @@ void export_run(const char *src, const char *out_arg) {
         cJSON_Delete(j);
     }
 
-    // connector.safetensors
+    // connector.safetensors: the tensors the connector type declares, as the checkpoint holds
+    // them (in its order); the connector says which they are and how many tokens it gives
+    VitConfig vc;
+    vit_config_load(&vc, c.vision);
+    LlmConfig lc;
+    llm_config_load(&lc, c.llm);
+    ConnectorType ct = connector_type_parse(c.connector);
+    int image_tokens = connector_tokens(ct, vc.grid);
+    ParamSet decl;  // declared only, never allocated: names and shapes
+    params_init(&decl, kernels_cpu(), 1);
+    connector_declare_params(&decl, ct, vit_feature_dim(&vc), lc.hidden, NULL);
+    for (int i = 0; i < decl.n; i++)
+        if (!st_find(&ck, decl.p[i].name))
+            fatal("%s: connector tensor %s is missing (the run's connector is %s)", ck.path, decl.p[i].name, c.connector);
     StWriter *cw = st_writer_new();
-    int n_conn = 0;
     for (int i = 0; i < ck.n; i++) {
         const StTensor *t = &ck.tensors[i];
-        if (strncmp(t->name, "model.mm_projector.", 19)) continue;
+        if (params_find(&decl, t->name) < 0) continue;
         st_writer_add(cw, t->name, t->dtype, t->ndim, t->shape, st_data(&ck, t));
-        n_conn++;
     }
-    if (!n_conn) fatal("%s: no connector tensors (model.mm_projector.*)", ck.path);
+    params_free(&decl);
     st_writer_meta(cw, "format", "pt");
     st_writer_meta(cw, "connector", c.connector);
     snprintf(path, sizeof path, "%s/connector.safetensors", tmp);
@@ -228,12 +239,9 @@ void export_run(const char *src, const char *out_arg) {
     st_writer_free(cw);
 
     // svlm.json: what ./generate needs besides the weights
-    VitConfig vc;
-    vit_config_load(&vc, c.vision);
     float mean[3], std[3];
     int size;
     vit_preprocess_config(c.vision, vc.image_size, &size, mean, std);
-    ConnectorType ct = connector_type_parse(c.connector);
     cJSON *j = cJSON_CreateObject();
     char absvis[PATH_MAX];
     cJSON_AddStringToObject(j, "format", "svlm-export-1");
@@ -247,7 +255,7 @@ void export_run(const char *src, const char *out_arg) {
     cJSON_AddStringToObject(j, "template", c.template_);
     if (strcmp(c.system, "default")) cJSON_AddStringToObject(j, "system", c.system);
     else cJSON_AddNullToObject(j, "system");
-    cJSON_AddNumberToObject(j, "image_tokens", ct == CONNECTOR_LDP ? vc.n_patches / 4 : vc.n_patches);
+    cJSON_AddNumberToObject(j, "image_tokens", image_tokens);
     cJSON_AddStringToObject(j, "llm", "llm");
     cJSON_AddStringToObject(j, "checkpoint", step_dir);
     snprintf(path, sizeof path, "%s/svlm.json", tmp);

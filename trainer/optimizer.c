@@ -2,14 +2,12 @@
 #include "trainer/optimizer.h"
 
 #include <math.h>
-#include <string.h>
 
 #include "trainer/schedule.h"
 
-static int is_connector(const Param *p) { return strncmp(p->name, "model.mm_projector.", 19) == 0; }
-
 double optimizer_lr(const TrainConfig *c, const Param *p, int64_t step, int64_t total, int warmup) {
-    double peak = is_connector(p) && c->connector_lr > 0 ? c->connector_lr : c->lr;
+    // the group, tagged where the connector declares its tensors, decides; the name does not
+    double peak = p->group == PARAM_GROUP_CONNECTOR && c->connector_lr > 0 ? c->connector_lr : c->lr;
     return peak * schedule_factor((int)step, (int)total, warmup, c->min_lr / c->lr);
 }
 

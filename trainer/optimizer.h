@@ -1,6 +1,6 @@
 // optimizer.h: one optimizer update of the trainable set, as the HF Trainer does it:
 // torch.nn.utils.clip_grad_norm_ on the global norm, then torch.optim.AdamW per tensor with its
-// group's learning rate (connector or LoRA) times the cosine-with-warmup factor, weight decay on
+// group's learning rate (Param.group: connector or LoRA) times the cosine-with-warmup factor, weight decay on
 // everything but biases.
 #pragma once
 #include <stdint.h>

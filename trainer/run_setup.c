@@ -249,8 +249,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     VitConfig vcfg;
     vit_config_load(&vcfg, c->vision);
     ConnectorType ct = connector_type_parse(c->connector);
-    connector_check_grid(ct, vcfg.grid);
-    int image_tokens = ct == CONNECTOR_LDP ? vcfg.n_patches / 4 : vcfg.n_patches;
+    int image_tokens = connector_tokens(ct, vcfg.grid);
     VlmSpec spec = {.vision_dir = c->vision, .vision_layer = c->vision_layer, .llm_dir = c->llm, .connector = ct,
                     .max_B = c->batch_size, .max_T = c->max_seq_len, .max_images = c->batch_size};
     if (c->packing) spec.max_images = c->batch_size * (c->max_seq_len / (image_tokens + 1) > 1 ? c->max_seq_len / (image_tokens + 1) : 1);
@@ -284,9 +283,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     Vlm *m = &r->m;
     vlm_init_reserved(m, k, &spec);
     CHECK(m->n_img_tokens == image_tokens, "image slot %d vs %d", m->n_img_tokens, image_tokens);
-    size_t n_conn = 0, n_lora = 0;
-    for (int i = 0; i < m->train.n; i++)
-        *(strncmp(m->train.p[i].name, "model.mm_projector.", 19) ? &n_lora : &n_conn) += m->train.p[i].numel;
+    size_t n_conn = params_group_numel(&m->train, PARAM_GROUP_CONNECTOR), n_lora = params_group_numel(&m->train, PARAM_GROUP_LORA);
     printf("model: vision %d layers of %d run, %d image tokens per image | %s %d layers, hidden %d | trainable: "
            "connector %zu, LoRA %zu parameters\n",
            m->vit.n_run, vcfg.layers, image_tokens, m->llm.cfg.model_type, m->llm.cfg.layers, m->llm.cfg.hidden, n_conn, n_lora);

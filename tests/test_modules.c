@@ -1,0 +1,213 @@
+// test_modules.c: the facts the vision tower and the connector state about themselves (token
+// counts, names, declared tensors and their groups, class token, weights bound by name), and
+// that the optimizer groups tensors by their tag rather than their name.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "model/connector.h"
+#include "model/params.h"
+#include "model/vit.h"
+#include "model/vlm.h"
+#include "tests/testlib.h"
+#include "trainer/optimizer.h"
+
+static char tmp[1024];
+
+// ------------------------------------------------------------------------------ the connector
+
+// ldp pools 2x2 (grid^2 / 4 tokens), mlp2x_gelu keeps every patch (grid^2), at the grids of
+// CLIP-L/14 at 224 (16), 336 (24) and 448 (32), of the fixtures (6) and a small one (2)
+static void test_connector_tokens(void **state) {
+    const int grids[] = {2, 6, 16, 24, 32};
+    const int ldp[] = {1, 9, 64, 144, 256}, mlp[] = {4, 36, 256, 576, 1024};
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(connector_tokens(CONNECTOR_LDP, grids[i]), ldp[i]);
+        assert_int_equal(connector_tokens(CONNECTOR_MLP2X_GELU, grids[i]), mlp[i]);
+    }
+    assert_int_equal(connector_tokens(CONNECTOR_MLP2X_GELU, 7), 49);  // any grid suits mlp2x_gelu
+}
+
+static void ldp_tokens_7(void *arg) { connector_tokens(CONNECTOR_LDP, 7); }
+
+static void test_connector_odd_grid_refused(void **state) {
+    expect_fatal(ldp_tokens_7, NULL, "connector ldp", "even patch grid", "7x7");
+}
+
+// every type has its own name, and the name parses back to the type
+static void test_connector_names(void **state) {
+    for (int t = 0; t < N_CONNECTOR_TYPES; t++) {
+        const char *name = connector_type_name((ConnectorType)t);
+        assert_int_equal(connector_type_parse(name), t);
+        for (int u = 0; u < t; u++) assert_string_not_equal(name, connector_type_name((ConnectorType)u));
+    }
+    assert_string_equal(connector_type_name(CONNECTOR_LDP), "ldp");
+    assert_string_equal(connector_type_name(CONNECTOR_MLP2X_GELU), "mlp2x_gelu");
+}
+
+static void parse_bogus(void *arg) { connector_type_parse("pixel_shufle"); }
+
+static void test_connector_unknown_refused(void **state) {
+    expect_fatal(parse_bogus, NULL, "\"pixel_shufle\"", "ldp", "mlp2x_gelu");
+}
+
+// the declared tensors: LLaVA / MobileVLM names and shapes, every one in the connector group,
+// and the set's declaration group back to frozen afterwards
+static void test_connector_declaration(void **state) {
+    const int in = 40, out = 32;
+    for (int t = 0; t < N_CONNECTOR_TYPES; t++) {
+        ParamSet ps;
+        params_init(&ps, kernels_cpu(), 1);
+        ConnectorParams ix;
+        connector_declare_params(&ps, (ConnectorType)t, in, out, &ix);
+        int after = params_add(&ps, 1, (int64_t[]){3}, "something.else");
+        int ldp = t == CONNECTOR_LDP;
+        assert_int_equal(ps.n, ldp ? 7 : 5);
+        for (int i = 0; i < ps.n - 1; i++) assert_int_equal(ps.p[i].group, PARAM_GROUP_CONNECTOR);
+        assert_int_equal(ps.p[after].group, PARAM_GROUP_FROZEN);
+        assert_string_equal(ps.p[ix.w1].name, ldp ? "model.mm_projector.mlp.mlp.0.weight" : "model.mm_projector.0.weight");
+        assert_int_equal(ps.p[ix.w1].shape[0], out);
+        assert_int_equal(ps.p[ix.w1].shape[1], in);
+        assert_int_equal(ps.p[ix.w2].shape[1], out);
+        if (ldp) {
+            assert_string_equal(ps.p[ix.cw].name, "model.mm_projector.peg.peg.0.weight");
+            assert_int_equal(ps.p[ix.cw].ndim, 4);
+        } else {
+            assert_int_equal(ix.cw, -1);
+            assert_int_equal(ix.cb, -1);
+        }
+        size_t want = (size_t)out * in + out + (size_t)out * out + out + (ldp ? (size_t)out * 9 + out : 0);
+        assert_int_equal(params_group_numel(&ps, PARAM_GROUP_CONNECTOR), want);
+        params_free(&ps);
+    }
+}
+
+// ------------------------------------------------------------------------------ groups
+
+// the learning rate follows the tag given at declaration: a tensor with a connector's name but
+// the LoRA tag gets lr, one with a LoRA name but the connector tag gets connector_lr
+static void test_group_follows_tag_not_name(void **state) {
+    TrainConfig c;
+    memset(&c, 0, sizeof c);
+    c.lr = 1e-3;
+    c.connector_lr = 2e-4;
+    ParamSet ps;
+    params_init(&ps, kernels_cpu(), 1);
+    params_declare_group(&ps, PARAM_GROUP_LORA);
+    int a = params_add(&ps, 1, (int64_t[]){4}, "model.mm_projector.0.weight");
+    params_declare_group(&ps, PARAM_GROUP_CONNECTOR);
+    int b = params_add(&ps, 1, (int64_t[]){4}, "model.layers.0.self_attn.q_proj.lora_A.weight");
+    int d = params_add(&ps, 1, (int64_t[]){4}, "anything");
+    const int warm = 0, total = 10;  // no warmup: step 0 runs at the peak
+    assert_true(optimizer_lr(&c, &ps.p[a], 0, total, warm) == 1e-3);
+    assert_true(optimizer_lr(&c, &ps.p[b], 0, total, warm) == 2e-4);
+    assert_true(optimizer_lr(&c, &ps.p[d], 0, total, warm) == 2e-4);
+    c.connector_lr = 0;  // 0: the connector follows lr
+    assert_true(optimizer_lr(&c, &ps.p[b], 0, total, warm) == 1e-3);
+    assert_int_equal(params_group_numel(&ps, PARAM_GROUP_CONNECTOR), 8);
+    assert_int_equal(params_group_numel(&ps, PARAM_GROUP_LORA), 4);
+    assert_string_equal(param_group_name(PARAM_GROUP_CONNECTOR), "connector");
+    params_free(&ps);
+}
+
+// the fixture VLM's trainable set: the connector's tensors tagged connector, LoRA's tagged lora,
+// nothing else; the image slot is the connector's count for the tower's grid
+static void test_vlm_trainable_groups(void **state) {
+    for (int t = 0; t < N_CONNECTOR_TYPES; t++) {
+        VlmSpec spec = fixture_vlm_spec("qwen2", (ConnectorType)t, "qwen2_lora", 1, 8, 1, 0.0f);
+        Vlm m;
+        vlm_init(&m, kernels_dry_run(kernels_cpu()), &spec);
+        int n_conn = 0, n_lora = 0;
+        for (int i = 0; i < m.train.n; i++) {
+            const Param *p = &m.train.p[i];
+            int lora = strstr(p->name, ".lora_") != NULL;
+            assert_int_equal(p->group, lora ? PARAM_GROUP_LORA : PARAM_GROUP_CONNECTOR);
+            n_conn += !lora;
+            n_lora += lora;
+        }
+        assert_int_equal(n_conn, t == CONNECTOR_LDP ? 6 : 4);
+        assert_true(n_lora > 0);
+        assert_int_equal(m.n_img_tokens, connector_tokens((ConnectorType)t, m.vit.cfg.grid));
+        vlm_free(&m);
+    }
+}
+
+// ------------------------------------------------------------------------------ the vision tower
+
+static void write_config(const char *dir, const char *text) {
+    char path[1200];
+    make_dirs(dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void load_config(void *dir) {
+    VitConfig c;
+    vit_config_load(&c, dir);
+}
+
+// an unknown model_type stops with one line naming the file, the key and the value
+static void test_vision_unknown_type_refused(void **state) {
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/siglip", tmp);
+    write_config(dir, "{\"model_type\": \"siglip_vision_model\", \"hidden_size\": 32, \"image_size\": 32, \"patch_size\": 8}\n");
+    expect_fatal(load_config, dir, "siglip/config.json", "model_type", "\"siglip_vision_model\"", "clip_vision_model");
+    snprintf(dir, sizeof dir, "%s/internvl", tmp);
+    write_config(dir, "{\"model_type\": \"internvl_chat\", \"vision_config\": {\"model_type\": \"intern_vit_6b\"}}\n");
+    expect_fatal(load_config, dir, "internvl/config.json", "vision_config.model_type", "\"intern_vit_6b\"");
+}
+
+// the CLIP fixture (24 px, patch 4, 3 layers, width 40): its facts, and its weights bound by name
+static void test_vision_facts(void **state) {
+    VitConfig c;
+    vit_config_load(&c, fixture_path("clip"));
+    assert_string_equal(vit_type_name(&c), "clip");
+    assert_int_equal(c.image_size, 24);
+    assert_int_equal(c.grid, 6);
+    assert_int_equal(vit_has_cls(&c), 1);
+    assert_int_equal(vit_seq_len(&c), 37);
+    assert_int_equal(vit_feature_dim(&c), 40);
+    assert_int_equal(vit_layers_run(&c, -2), 2);
+    assert_int_equal(vit_layers_run(&c, -1), 3);
+    assert_int_equal(vit_layers_run(&c, 0), 0);
+
+    Vit v;
+    vit_load(&v, kernels_cpu(), fixture_path("clip"), -1, 1);
+    const ParamSet *w = &v.w;
+    assert_ptr_equal(v.patch_w, params_act(w, params_find(w, "embeddings.patch_embedding.weight")));
+    assert_ptr_equal(v.pos, params_act(w, params_find(w, "embeddings.position_embedding.weight")));
+    assert_int_equal(w->p[params_find(w, "embeddings.position_embedding.weight")].shape[0], vit_seq_len(&c));
+    assert_ptr_equal(v.pre_b, params_act(w, params_find(w, "pre_layrnorm.bias")));
+    char name[128];
+    for (int l = 0; l < v.n_run; l++) {
+        snprintf(name, sizeof name, "encoder.layers.%d.self_attn.k_proj.weight", l);
+        assert_ptr_equal(v.layer[l].k_w, params_act(w, params_find(w, name)));
+        snprintf(name, sizeof name, "encoder.layers.%d.mlp.fc2.bias", l);
+        assert_ptr_equal(v.layer[l].fc2_b, params_act(w, params_find(w, name)));
+        snprintf(name, sizeof name, "encoder.layers.%d.layer_norm2.weight", l);
+        assert_ptr_equal(v.layer[l].ln2_w, params_act(w, params_find(w, name)));
+    }
+    vit_free(&v);
+}
+
+int main(int argc, char **argv) {
+    make_temp_dir(tmp, sizeof tmp, "modules");
+    const struct CMUnitTest all[] = {
+        cmocka_unit_test(test_connector_tokens),
+        cmocka_unit_test(test_connector_odd_grid_refused),
+        cmocka_unit_test(test_connector_names),
+        cmocka_unit_test(test_connector_unknown_refused),
+        cmocka_unit_test(test_connector_declaration),
+        cmocka_unit_test(test_group_follows_tag_not_name),
+        cmocka_unit_test(test_vlm_trainable_groups),
+        cmocka_unit_test(test_vision_unknown_type_refused),
+        cmocka_unit_test(test_vision_facts),
+    };
+    struct CMUnitTest sel[sizeof all / sizeof all[0]];
+    size_t n = test_select(sel, all, sizeof all / sizeof all[0], argc > 1 ? argv[1] : NULL);
+    return _cmocka_run_group_tests("test_modules", sel, n, NULL, NULL);
+}
