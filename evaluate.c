@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/cli.h"
 #include "common/util.h"
 #include "eval/bench_file.h"
 #include "eval/caption_metrics.h"
@@ -47,17 +48,7 @@ static void usage(FILE *f) {
             "  --device cpu|cuda|auto  default auto\n");
 }
 
-static const char *need_arg(int argc, char **argv, int *i) {
-    if (*i + 1 >= argc) fatal("%s needs a value (see ./evaluate --help)", argv[*i]);
-    return argv[++*i];
-}
 
-static long parse_int(const char *opt, const char *s, long lo, long hi) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi) fatal("%s %s: want an integer in [%ld, %ld]", opt, s, lo, hi);
-    return v;
-}
 
 typedef struct {
     const char *dir, *data, *image_folder, *out, *device, *system, *vqa_prompt, *caption_prompt;
@@ -148,21 +139,21 @@ int main(int argc, char **argv) {
         if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
             usage(stdout);
             return 0;
-        } else if (!strcmp(s, "--task")) a.task = eval_task_parse(need_arg(argc, argv, &i));
-        else if (!strcmp(s, "--image-folder")) a.image_folder = need_arg(argc, argv, &i);
-        else if (!strcmp(s, "--out")) a.out = need_arg(argc, argv, &i);
-        else if (!strcmp(s, "--device")) a.device = need_arg(argc, argv, &i);
-        else if (!strcmp(s, "--system")) a.system = need_arg(argc, argv, &i);
-        else if (!strcmp(s, "--vqa-prompt")) a.vqa_prompt = need_arg(argc, argv, &i);
-        else if (!strcmp(s, "--caption-prompt")) a.caption_prompt = need_arg(argc, argv, &i);
+        } else if (!strcmp(s, "--task")) a.task = eval_task_parse(cli_value(argc, argv, &i, "./evaluate"));
+        else if (!strcmp(s, "--image-folder")) a.image_folder = cli_value(argc, argv, &i, "./evaluate");
+        else if (!strcmp(s, "--out")) a.out = cli_value(argc, argv, &i, "./evaluate");
+        else if (!strcmp(s, "--device")) a.device = cli_value(argc, argv, &i, "./evaluate");
+        else if (!strcmp(s, "--system")) a.system = cli_value(argc, argv, &i, "./evaluate");
+        else if (!strcmp(s, "--vqa-prompt")) a.vqa_prompt = cli_value(argc, argv, &i, "./evaluate");
+        else if (!strcmp(s, "--caption-prompt")) a.caption_prompt = cli_value(argc, argv, &i, "./evaluate");
         else if (!strcmp(s, "--circular")) a.circular = 1;
         else if (!strcmp(s, "--mc-score")) {
-            const char *v = need_arg(argc, argv, &i);
+            const char *v = cli_value(argc, argv, &i, "./evaluate");
             if (!strcmp(v, "likelihood")) a.likelihood = 1;
             else if (strcmp(v, "generate")) fatal("--mc-score %s: want generate or likelihood", v);
-        } else if (!strcmp(s, "--max-new-tokens")) a.max_new = (int)parse_int(s, need_arg(argc, argv, &i), 1, 1 << 20);
-        else if (!strcmp(s, "--limit")) a.limit = (int)parse_int(s, need_arg(argc, argv, &i), 1, 1 << 30);
-        else if (!strcmp(s, "--batch-size")) a.batch = (int)parse_int(s, need_arg(argc, argv, &i), 1, 4096);
+        } else if (!strcmp(s, "--max-new-tokens")) a.max_new = (int)cli_int(s, cli_value(argc, argv, &i, "./evaluate"), 1, 1 << 20);
+        else if (!strcmp(s, "--limit")) a.limit = (int)cli_int(s, cli_value(argc, argv, &i, "./evaluate"), 1, 1 << 30);
+        else if (!strcmp(s, "--batch-size")) a.batch = (int)cli_int(s, cli_value(argc, argv, &i, "./evaluate"), 1, 4096);
         else if (s[0] == '-' && s[1]) fatal("unknown option %s (see ./evaluate --help)", s);
         else if (!a.dir) a.dir = s;
         else if (!a.data) a.data = s;
@@ -182,13 +173,7 @@ int main(int argc, char **argv) {
     if ((a.circular || a.likelihood) && b.task != TASK_MC)
         fatal("%s: --circular and --mc-score apply to multiple-choice items; this file is %s", a.data, eval_task_name(b.task));
 
-    const Kernels *k;
-    if (!strcmp(a.device, "cpu")) k = kernels_cpu();
-    else if (!strcmp(a.device, "cuda") || !strcmp(a.device, "auto")) {
-        k = kernels_cuda();
-        if (!k && !strcmp(a.device, "cuda")) fatal("--device cuda: no CUDA device is available (or svlm was built without nvcc)");
-        if (!k) k = kernels_cpu();
-    } else fatal("--device %s: want cpu, cuda or auto", a.device);
+    const Kernels *k = kernels_choose(a.device, "--device");
 
     double t_load = time_now();
     GenModel gm;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/json.h"
+#include "common/cli.h"
 #include "common/util.h"
 #include "eval/model_dir.h"
 #include "eval/prompt_file.h"
@@ -40,24 +41,8 @@ static void usage(FILE *f) {
             "  --out PATH              --batch's answers to PATH instead of stdout\n");
 }
 
-static const char *need_arg(int argc, char **argv, int *i) {
-    if (*i + 1 >= argc) fatal("%s needs a value (see ./generate --help)", argv[*i]);
-    return argv[++*i];
-}
 
-static long parse_int(const char *opt, const char *s, long lo, long hi) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi) fatal("%s %s: want an integer in [%ld, %ld]", opt, s, lo, hi);
-    return v;
-}
 
-static double parse_num(const char *opt, const char *s, double lo, double hi) {
-    char *end;
-    double v = strtod(s, &end);
-    if (!*s || *end || !(v >= lo && v <= hi)) fatal("%s %s: want a number in [%g, %g]", opt, s, lo, hi);
-    return v;
-}
 
 // streams the answer: prints what the decoded text adds, holding back an incomplete UTF-8
 // character (decoded as U+FFFD until its last byte arrives)
@@ -193,19 +178,19 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--image")) image = need_arg(argc, argv, &i);
-        else if (!strcmp(a, "--prompt")) prompt = need_arg(argc, argv, &i);
-        else if (!strcmp(a, "--system")) system = need_arg(argc, argv, &i);
-        else if (!strcmp(a, "--device")) device = need_arg(argc, argv, &i);
-        else if (!strcmp(a, "--batch")) ba.file = need_arg(argc, argv, &i);
-        else if (!strcmp(a, "--batch-size")) ba.batch = (int)parse_int(a, need_arg(argc, argv, &i), 1, 4096);
-        else if (!strcmp(a, "--image-folder")) ba.image_folder = need_arg(argc, argv, &i);
-        else if (!strcmp(a, "--out")) ba.out = need_arg(argc, argv, &i);
-        else if (!strcmp(a, "--max-new-tokens")) max_new = (int)parse_int(a, need_arg(argc, argv, &i), 1, 1 << 24);
-        else if (!strcmp(a, "--max-len")) max_len = (int)parse_int(a, need_arg(argc, argv, &i), 1, 1 << 24);
-        else if (!strcmp(a, "--temperature")) temperature = (float)parse_num(a, need_arg(argc, argv, &i), 0, 1e6);
-        else if (!strcmp(a, "--top-p")) top_p = (float)parse_num(a, need_arg(argc, argv, &i), 0, 1);
-        else if (!strcmp(a, "--seed")) seed = (uint64_t)parse_int(a, need_arg(argc, argv, &i), 0, 0x7fffffffffffffffL);
+        } else if (!strcmp(a, "--image")) image = cli_value(argc, argv, &i, "./generate");
+        else if (!strcmp(a, "--prompt")) prompt = cli_value(argc, argv, &i, "./generate");
+        else if (!strcmp(a, "--system")) system = cli_value(argc, argv, &i, "./generate");
+        else if (!strcmp(a, "--device")) device = cli_value(argc, argv, &i, "./generate");
+        else if (!strcmp(a, "--batch")) ba.file = cli_value(argc, argv, &i, "./generate");
+        else if (!strcmp(a, "--batch-size")) ba.batch = (int)cli_int(a, cli_value(argc, argv, &i, "./generate"), 1, 4096);
+        else if (!strcmp(a, "--image-folder")) ba.image_folder = cli_value(argc, argv, &i, "./generate");
+        else if (!strcmp(a, "--out")) ba.out = cli_value(argc, argv, &i, "./generate");
+        else if (!strcmp(a, "--max-new-tokens")) max_new = (int)cli_int(a, cli_value(argc, argv, &i, "./generate"), 1, 1 << 24);
+        else if (!strcmp(a, "--max-len")) max_len = (int)cli_int(a, cli_value(argc, argv, &i, "./generate"), 1, 1 << 24);
+        else if (!strcmp(a, "--temperature")) temperature = (float)cli_num(a, cli_value(argc, argv, &i, "./generate"), 0, 1e6);
+        else if (!strcmp(a, "--top-p")) top_p = (float)cli_num(a, cli_value(argc, argv, &i, "./generate"), 0, 1);
+        else if (!strcmp(a, "--seed")) seed = (uint64_t)cli_int(a, cli_value(argc, argv, &i, "./generate"), 0, 0x7fffffffffffffffL);
         else if (a[0] == '-' && a[1]) fatal("unknown option %s (see ./generate --help)", a);
         else if (!dir) dir = a;
         else fatal("unexpected argument \"%s\": one MODEL_DIR only (see ./generate --help)", a);
@@ -217,24 +202,8 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    const Kernels *k;
-    if (!strcmp(device, "cpu")) {
-        k = kernels_cpu();
-    } else if (!strcmp(device, "cuda") || !strcmp(device, "auto")) {
-        k = kernels_cuda();
-        if (!k && !strcmp(device, "cuda")) fatal("--device cuda: no CUDA device is available (or svlm was built without nvcc)");
-        if (!k) k = kernels_cpu();
-    } else {
-        fatal("--device %s: want cpu, cuda or auto", device);
-    }
+    const Kernels *k = kernels_choose(device, "--device");
 
-    if (ba.file) {
-        ba.max_new = max_new;
-        ba.max_len = max_len;
-        ba.o = (GenOptions){.max_new_tokens = max_new, .temperature = temperature, .top_p = top_p, .seed = seed};
-        run_batch(k, dir, system, &ba);
-        return 0;
-    }
     if (ba.file) {
         ba.max_new = max_new;
         ba.max_len = max_len;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cli.h"
 #include "common/util.h"
 #include "data/prepare.h"
 
@@ -29,13 +30,6 @@ static void usage(FILE *f) {
             "  --quiet              no progress line and no per-sample warnings\n");
 }
 
-static int parse_int(const char *opt, const char *v, int lo, int hi) {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || *end || end == v || x < lo || x > hi) fatal("%s: expected an integer in %d..%d, got \"%s\"", opt, lo, hi, v);
-    return (int)x;
-}
 
 static int64_t parse_size(const char *opt, const char *v) {
     char *end;
@@ -73,10 +67,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--template")) s.template_name = v;
         else if (!strcmp(a, "--out")) s.out_dir = v;
         else if (!strcmp(a, "--system")) s.system = v;
-        else if (!strcmp(a, "--max-seq-len")) s.max_seq_len = parse_int(a, v, 2, 1 << 24);
-        else if (!strcmp(a, "--image-tokens")) s.image_tokens = parse_int(a, v, 1, 65536);
-        else if (!strcmp(a, "--threads")) s.threads = parse_int(a, v, 1, 1024);
-        else if (!strcmp(a, "--level")) s.level = parse_int(a, v, 1, 19);
+        else if (!strcmp(a, "--max-seq-len")) s.max_seq_len = (int)cli_int(a, v, 2, 1 << 24);
+        else if (!strcmp(a, "--image-tokens")) s.image_tokens = (int)cli_int(a, v, 1, 65536);
+        else if (!strcmp(a, "--threads")) s.threads = (int)cli_int(a, v, 1, 1024);
+        else if (!strcmp(a, "--level")) s.level = (int)cli_int(a, v, 1, 19);
         else if (!strcmp(a, "--shard-size")) s.shard_bytes = parse_size(a, v);
         else if (!strcmp(a, "--overlong")) {
             if (!strcmp(v, "truncate")) s.overlong_skip = 0;

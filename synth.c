@@ -3,12 +3,12 @@
 //   ./synth OUT_DIR [--seed N] [--train N] [--val N] [--heldout N] [--bench N] [--quiet]
 //
 // make demo runs `./synth demo`, then trains, exports and generates on what it wrote.
-#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cli.h"
 #include "common/util.h"
 #include "data/synth.h"
 
@@ -20,15 +20,6 @@ static void usage(void) {
             "  --bench N: images of the held-out benchmarks data/bench_{mc,vqa}.jsonl (default 200, 0: none)\n");
 }
 
-static long long parse_num(const char *opt, const char *s, long long lo, long long hi) {
-    if (!s) fatal("synth: %s needs a value", opt);
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        fatal("synth: %s \"%s\": want an integer in [%lld, %lld]", opt, s, lo, hi);
-    return v;
-}
 
 int main(int argc, char **argv) {
     openmp_prefer_passive(argv);
@@ -40,11 +31,11 @@ int main(int argc, char **argv) {
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage();
             return 0;
-        } else if (strcmp(a, "--seed") == 0) spec.seed = (uint64_t)parse_num(a, i + 1 < argc ? argv[++i] : NULL, 0, INT64_MAX);
-        else if (strcmp(a, "--train") == 0) spec.n_train = (int)parse_num(a, i + 1 < argc ? argv[++i] : NULL, 1, 1000000);
-        else if (strcmp(a, "--val") == 0) spec.n_val = (int)parse_num(a, i + 1 < argc ? argv[++i] : NULL, 1, 1000000);
-        else if (strcmp(a, "--heldout") == 0) spec.n_heldout = (int)parse_num(a, i + 1 < argc ? argv[++i] : NULL, 0, 1000);
-        else if (strcmp(a, "--bench") == 0) spec.n_bench = (int)parse_num(a, i + 1 < argc ? argv[++i] : NULL, 0, 100000);
+        } else if (strcmp(a, "--seed") == 0) spec.seed = (uint64_t)cli_int(a, cli_value(argc, argv, &i, "./synth"), 0, INT64_MAX);
+        else if (strcmp(a, "--train") == 0) spec.n_train = (int)cli_int(a, cli_value(argc, argv, &i, "./synth"), 1, 1000000);
+        else if (strcmp(a, "--val") == 0) spec.n_val = (int)cli_int(a, cli_value(argc, argv, &i, "./synth"), 1, 1000000);
+        else if (strcmp(a, "--heldout") == 0) spec.n_heldout = (int)cli_int(a, cli_value(argc, argv, &i, "./synth"), 0, 1000);
+        else if (strcmp(a, "--bench") == 0) spec.n_bench = (int)cli_int(a, cli_value(argc, argv, &i, "./synth"), 0, 100000);
         else if (strcmp(a, "--quiet") == 0) spec.quiet = 1;
         else if (a[0] == '-') {
             usage();

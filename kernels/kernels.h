@@ -194,6 +194,9 @@ typedef struct Kernels {
 const Kernels *kernels_cpu(void);
 // NULL when svlm was built without CUDA or no GPU is visible
 const Kernels *kernels_cuda(void);
+// device "cpu", "cuda" (fatal without one) or "auto" (cuda when available); `what` names the
+// option in the error ("--device", "device =")
+const Kernels *kernels_choose(const char *device, const char *what);
 // A table for planning memory on `target` without touching it: alloc returns addresses that
 // must not be dereferenced and counts the bytes (kernels_dry_run_bytes), the other memory ops do
 // nothing, and the compute ops are NULL. act_bytes and the scratch sizing are target's. Setup
