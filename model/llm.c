@@ -16,8 +16,9 @@ static int first_id(const cJSON *root, const char *key, const char *path) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
     if (cJSON_IsArray(j)) j = cJSON_GetArrayItem(j, 0);
     if (!j || cJSON_IsNull(j)) return -1;
-    if (!cJSON_IsNumber(j)) fatal("%s: key \"%s\" must be a token id", path, key);
-    return (int)j->valuedouble;
+    int64_t v;
+    if (!json_is_i64(j, 0, INT32_MAX, &v)) fatal("%s: key \"%s\" must be a token id (an integer >= 0)", path, key);
+    return (int)v;
 }
 
 void llm_config_load(LlmConfig *c, const char *dir) {

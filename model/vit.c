@@ -56,17 +56,23 @@ static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
 static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
 // an image size: a number, {"height": h, "width": w} (square only) or {"shortest_edge": s}
+static int size_value(const cJSON *j, const char *key, const char *path) {
+    int64_t v;
+    if (!json_is_i64(j, 1, 65536, &v)) fatal("%s: \"%s\" must be an integer in [1, 65536], got %g", path, key, j->valuedouble);
+    return (int)v;
+}
+
 static int read_size(const cJSON *j, const char *key, const char *path) {
-    if (cJSON_IsNumber(j)) return (int)j->valuedouble;
+    if (cJSON_IsNumber(j)) return size_value(j, key, path);
     if (cJSON_IsObject(j)) {
         const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "height"), *w = cJSON_GetObjectItemCaseSensitive(j, "width");
         const cJSON *se = cJSON_GetObjectItemCaseSensitive(j, "shortest_edge");
         if (cJSON_IsNumber(h) && cJSON_IsNumber(w)) {
             if (h->valuedouble != w->valuedouble)
                 fatal("%s: \"%s\" is %g x %g: only square inputs are supported", path, key, h->valuedouble, w->valuedouble);
-            return (int)h->valuedouble;
+            return size_value(h, key, path);
         }
-        if (cJSON_IsNumber(se)) return (int)se->valuedouble;
+        if (cJSON_IsNumber(se)) return size_value(se, key, path);
     }
     fatal("%s: \"%s\" must be a number, {\"height\", \"width\"} or {\"shortest_edge\"}", path, key);
 }

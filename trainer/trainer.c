@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/fs_safe.h"
 #include "common/util.h"
 #include "data/loader.h"
 #include "data/prepare.h"
@@ -50,6 +51,7 @@ static void resolve_data(const TrainConfig *c, const char *data, const char *ima
     prepare_spec_defaults(&ps);
     ps.data = data;
     ps.image_folder = image_folder[0] ? image_folder : NULL;
+    ps.allow_outside_images = c->allow_outside_images;
     ps.llm_dir = c->llm;
     ps.template_name = c->template_;
     ps.out_dir = shards;
@@ -147,19 +149,31 @@ static double evaluate(Vlm *m, Loader *val, int64_t *count) {
 }
 
 // keep_bytes < 0: a fresh file; otherwise the file cut to keep_bytes (a resumed run logs again
-// what was logged after its checkpoint) or, with INT64_MAX, kept whole
+// what was logged after its checkpoint) or, with INT64_MAX, kept whole. A fresh or cut file is
+// written anew and renamed over the old one (common/fs_safe.h), so a symbolic link planted there
+// is replaced as an entry and what it points to is never truncated; appending refuses links.
 static FILE *open_log(const char *out_dir, const char *name, int64_t keep_bytes) {
     char path[CFG_PATH + 32];
     snprintf(path, sizeof path, "%s/%s", out_dir, name);
     struct stat sb;
-    if (keep_bytes >= 0 && keep_bytes != INT64_MAX && stat(path, &sb) == 0) {
-        if (sb.st_size < keep_bytes)  // lost lines are not made up: keep what is there
-            warn("%s: shorter (%lld bytes) than at the checkpoint (%lld): earlier records are missing", path,
-                 (long long)sb.st_size, (long long)keep_bytes);
-        else if (truncate(path, keep_bytes) != 0)
-            fatal("%s: cannot truncate: %s", path, strerror(errno));
+    int present = lstat(path, &sb) == 0, regular = present && S_ISREG(sb.st_mode);
+    if (keep_bytes != INT64_MAX || (present && !regular)) {
+        char *keep = NULL;
+        size_t n = 0;
+        if (present && !regular)
+            warn("%s is not a regular file (a symbolic link?): replaced by one; what it pointed to is left as it was%s",
+                 path, keep_bytes > 0 ? ", and the records before the checkpoint are not carried over" : "");
+        else if (keep_bytes > 0 && present) {
+            keep = fs_read_nofollow(path, (size_t)keep_bytes, &n);
+            if (!keep) fatal("%s: cannot read: %s", path, strerror(errno));
+            if ((int64_t)n < keep_bytes)  // lost lines are not made up: keep what is there
+                warn("%s: shorter (%zu bytes) than at the checkpoint (%lld): earlier records are missing", path, n,
+                     (long long)keep_bytes);
+        }
+        if (fs_replace(path, keep ? keep : "", n) != 0) fatal("%s: cannot write: %s", path, strerror(errno));
+        free(keep);
     }
-    FILE *f = fopen(path, keep_bytes >= 0 ? "a" : "w");
+    FILE *f = fs_open_append(path);
     if (!f) fatal("%s: cannot open: %s", path, strerror(errno));
     return f;
 }
@@ -321,9 +335,11 @@ int trainer_run(const TrainConfig *c) {
         if (strcmp(st.data_desc, data_desc))
             warn("%s: saved with %s, this run has %s: training continues but no longer replays an uninterrupted run",
                  ckpt, st.data_desc[0] ? st.data_desc : "(no record)", data_desc);
+        loader_seek(train, st.data);
+        // only now, with the checkpoint loaded and every value of it checked, may it cost the
+        // later checkpoints their place
         int moved = checkpoint_set_aside_after(c->out_dir, st.step);
         if (moved) printf("resume: %d later checkpoint(s) of %s moved aside as abandoned_step_*\n", moved, c->out_dir);
-        loader_seek(train, st.data);
         printf("resume: %s (step %" PRId64 ")\n", ckpt, st.step);
     } else {
         vlm_init_trainable(&m, c->seed);
