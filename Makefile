@@ -23,7 +23,7 @@ PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c synth.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
 # tests that parse untrusted files also run under AddressSanitizer + UBSan
-ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c tests/test_synth.c tests/test_fs_safe.c))
+ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c tests/test_synth.c))
 
 # the CUDA emulator's build (tests/gpu/emu): plain, ASan (EMU_SAN=1) and TSan (EMU_TSAN=1) side by side
 EMU_DIR := build/emu$(if $(EMU_SAN),-asan)$(if $(EMU_TSAN),-tsan)
@@ -83,6 +83,9 @@ ifneq ($(HAVE_NVCC),1)
 	@echo "cuda-compile: nvcc not found, CUDA sources not compiled"
 endif
 
+# issue 14's link-safe file operations and range checks run under ASan + UBSan as well
+ASAN_TESTS += build/tests/asan_test_fs_safe
+
 # test_gpu_emu: the CUDA kernels' source on the CPU emulator against the CPU backend (tests/gpu/emu);
 # tsan_ops.sh: its op tests again under ThreadSanitizer (race detection)
 test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu
@@ -96,7 +99,7 @@ test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu
 # (Debian: clang and libclang-rt-14-dev) both say so and skip.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 1800
-FUZZ_SMOKE_SECONDS ?= 4
+FUZZ_SMOKE_SECONDS ?= 3
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CFLAGS  := -g -O1 -std=gnu11 -I. $(shell pkg-config --cflags cjson 2>/dev/null) -Wall -Wno-unused-parameter \
                 -Wno-unknown-pragmas $(FUZZ_SAN) -fsanitize=fuzzer-no-link

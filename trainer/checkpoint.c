@@ -1,7 +1,6 @@
 // checkpoint.c: atomic checkpoints, resume and connector hand-over between stages (see checkpoint.h).
 #include "trainer/checkpoint.h"
 
-#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -14,7 +13,6 @@
 #include <unistd.h>
 
 #include "common/fs_safe.h"
-#include "common/json.h"
 #include "common/safetensors.h"
 #include "common/util.h"
 

@@ -170,5 +170,5 @@ void train_config_print(const TrainConfig *c) {
     printf("config:\n");
     char buf[4200];
     for (int i = 0; i < n_train_keys; i++)
-        printf("  %-16s %s\n", train_keys[i].key, config_value(train_keys, n_train_keys, c, train_keys[i].key, buf, sizeof buf));
+        printf("  %-20s %s\n", train_keys[i].key, config_value(train_keys, n_train_keys, c, train_keys[i].key, buf, sizeof buf));
 }
