@@ -2,7 +2,7 @@
 # fuzz.sh: the libFuzzer targets of tests/fuzz/ (built by the Makefile into build/fuzz/).
 #   fuzz.sh check                 exit 0 when clang links libFuzzer (-fsanitize=fuzzer), else 1
 #   fuzz.sh corpus                (re)makes the seed corpora build/fuzz/seeds/<target>/ from tests/fixtures
-#   fuzz.sh run SECONDS BIN...    runs each target for SECONDS on its corpus (build/fuzz/corpus/<target>,
+#   fuzz.sh run SECONDS BIN...    runs each target (FUZZ_JOBS at a time, default 2) for SECONDS on its corpus (build/fuzz/corpus/<target>,
 #                                 seeded from the fixtures; what the fuzzer finds new is kept there);
 #                                 one line per target with runs and coverage; exit 1 on any finding
 # A finding leaves its input as build/fuzz/crash-<target>-* and the report in build/fuzz/<target>.log.
@@ -82,21 +82,34 @@ run)
     secs=$2
     shift 2
     [ -d $B/seeds ] || sh "$0" corpus || exit 1
-    fail=0
-    for bin in "$@"; do
-        t=$(basename "$bin" | sed 's/^fuzz_//')
+    jobs=${FUZZ_JOBS:-2}  # targets run side by side (each one process)
+    run_one() {
+        t=$(basename "$1" | sed 's/^fuzz_//')
         mkdir -p $B/corpus/$t
         start=$(date +%s)
         # -rss_limit_mb: a parser must not need more for one input of at most -max_len bytes
-        "$bin" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -max_len=262144 -print_final_stats=1 \
+        "$1" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -max_len=262144 -print_final_stats=1 \
             -artifact_prefix=$B/crash-$t- $B/corpus/$t $B/seeds/$t > $B/$t.log 2>&1
-        rc=$?
+        echo $? > $B/$t.rc
+        echo $(( $(date +%s) - start )) > $B/$t.secs
+    }
+    k=0
+    for bin in "$@"; do
+        run_one "$bin" &
+        k=$((k + 1))
+        [ $((k % jobs)) -eq 0 ] && wait
+    done
+    wait
+    fail=0
+    for bin in "$@"; do
+        t=$(basename "$bin" | sed 's/^fuzz_//')
+        rc=$(cat $B/$t.rc)
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' $B/$t.log | grep -o '[0-9]*$')
         cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' $B/$t.log | tail -1)
         status=ok
-        if [ $rc -ne 0 ]; then status=FAIL; fail=1; fi
-        printf '%-4s fuzz_%-14s %8s runs %4ds  %s\n' $status "$t" "${runs:-?}" $(( $(date +%s) - start )) "$cov"
-        if [ $rc -ne 0 ]; then grep -A25 '==ERROR\|SUMMARY\|Test unit written\|deadly signal' $B/$t.log | head -60 | sed 's/^/    | /'; fi
+        if [ "$rc" != 0 ]; then status=FAIL; fail=1; fi
+        printf '%-4s fuzz_%-14s %8s runs %4ss  %s\n' $status "$t" "${runs:-?}" "$(cat $B/$t.secs)" "$cov"
+        if [ "$rc" != 0 ]; then grep -A25 '==ERROR\|SUMMARY\|Test unit written\|deadly signal' $B/$t.log | head -60 | sed 's/^/    | /'; fi
     done
     exit $fail
     ;;
