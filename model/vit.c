@@ -33,7 +33,9 @@ void vit_config_load(VitConfig *c, const char *dir) {
     c->heads = json_get_int_opt(o, "num_attention_heads", 12, path);
     c->image_size = json_get_int_opt(o, "image_size", 224, path);
     c->patch = json_get_int_opt(o, "patch_size", 32, path);
-    c->eps = (float)json_get_num_opt(o, "layer_norm_eps", 1e-5, path);
+    double eps = json_get_num_opt(o, "layer_norm_eps", 1e-5, path);
+    if (!(eps > 0 && eps < 1)) fatal("%s: key \"layer_norm_eps\" must be in (0, 1), got %g", path, eps);
+    c->eps = (float)eps;
     int ch = json_get_int_opt(o, "num_channels", 3, path);
     const char *act = json_get_str_opt(o, "hidden_act", "quick_gelu", path);
     if (ch != 3) fatal("%s: num_channels = %d (only RGB, 3, is supported)", path, ch);
