@@ -162,11 +162,6 @@ char *fs_read_nofollow(const char *path, size_t max, size_t *len) {
     return buf;
 }
 
-int fs_is_dir_nofollow(const char *path) {
-    struct stat st;
-    return lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 int fs_is_file_nofollow(const char *path) {
     struct stat st;
     return lstat(path, &st) == 0 && S_ISREG(st.st_mode);

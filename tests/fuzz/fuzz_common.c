@@ -23,7 +23,8 @@ typedef struct {
 static Slot g_slots[SLOTS];
 static uint32_t g_log[SLOTS / 2];  // the slots filled this generation, so clean-up need not scan them all
 static uint32_t g_gen = 1;
-static int g_active, g_overflow;
+static _Thread_local int t_active;  // this thread is inside the guard: only its blocks are tracked
+static int g_overflow;
 static size_t g_count;  // entries of g_log
 static const volatile void *const TOMB = (const volatile void *)1;
 
@@ -31,7 +32,7 @@ static size_t slot_hash(const volatile void *p) { return (size_t)(((uintptr_t)p 
 
 static void on_malloc(const volatile void *p, size_t n) {
     (void)n;
-    if (!g_active || !p) return;
+    if (!t_active || !p) return;
     if (g_count >= SLOTS / 2) {  // too many live blocks to track: those are leaked, not freed twice
         g_overflow = 1;
         return;
@@ -46,7 +47,7 @@ static void on_malloc(const volatile void *p, size_t n) {
 }
 
 static void on_free(const volatile void *p) {
-    if (!g_active || !p) return;
+    if (!t_active || !p) return;
     for (size_t i = slot_hash(p); g_slots[i].gen == g_gen; i = (i + 1) & (SLOTS - 1))
         if (g_slots[i].p == p) {
             g_slots[i].p = TOMB;
@@ -67,7 +68,7 @@ DIR *__real_fdopendir(int fd);
 int __real_closedir(DIR *d);
 
 static void remember(void **set, void *x) {
-    if (!g_active || !x) return;
+    if (!t_active || !x) return;
     for (int i = 0; i < MAX_OPEN; i++)
         if (!set[i]) {
             set[i] = x;
@@ -124,7 +125,7 @@ static void cleanup_after_fatal(const unsigned char *fd_was_open) {
     for (int fd = 0; fd < 256; fd++)
         if (!fd_was_open[fd] && fcntl(fd, F_GETFD) != -1) close(fd);
     // every block still live from the abandoned call; free() removes each from the set
-    g_active = 0;  // the frees below must not touch the set while it is walked
+    t_active = 0;  // the frees below must not touch the set while it is walked
     if (!g_overflow)
         for (size_t k = 0; k < g_count; k++) {
             Slot *sl = &g_slots[g_log[k]];
@@ -151,12 +152,12 @@ int fuzz_guard(void (*fn)(void *), void *arg) {
     g_gen++;
     g_count = 0;
     g_overflow = 0;
-    g_active = 1;
+    t_active = 1;
     volatile int died = 0;
     if (setjmp(g_env) == 0) fn(arg);
     else died = 1;
     if (died) cleanup_after_fatal(fd_was_open);
-    g_active = 0;
+    t_active = 0;
     return died;
 }
 
