@@ -604,7 +604,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
         while (!eof && inflight < max_inflight && inflight_bytes < INFLIGHT_BYTES) {
             Chunk *c = xcalloc(1, sizeof *c);
             while (c->n < CHUNK && c->bytes < INFLIGHT_BYTES && llava_next(rd, &c->s[c->n])) {
-                c->bytes += c->s[c->n].bytes;
+                if (c->s[c->n].skip != LLAVA_SKIP_TOO_LONG) c->bytes += c->s[c->n].bytes;  // what is held parsed
                 const LlavaSample *ls = &c->s[c->n];
                 if (!ls->skip && ls->image && !pool.image_folder) {
                     // checked here, on the reading thread, so that no worker ever calls fatal()
