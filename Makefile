@@ -94,7 +94,8 @@ test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu
 	@$(MAKE) --no-print-directory fuzz-smoke
 
 # ---- fuzzing (tests/fuzz/): libFuzzer harnesses for every parser of untrusted files, built with
-# clang under ASan + UBSan into build/fuzz/. `make fuzz` runs each for FUZZ_SECONDS (default 1800);
+# clang under ASan + UBSan into build/fuzz/. `make fuzz` runs each for FUZZ_SECONDS (default 1800),
+# FUZZ_JOBS at a time (default 2);
 # `make test` runs each for FUZZ_SMOKE_SECONDS on its corpus (fuzz-smoke). Without clang's libFuzzer
 # (Debian: clang and libclang-rt-14-dev) both say so and skip.
 FUZZ_CC      ?= clang
