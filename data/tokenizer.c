@@ -1097,7 +1097,7 @@ static void cache_store(Ctx *c, uint64_t h, const char *w, size_t n, const int *
     e->h = h;
     e->klen = (uint32_t)n;
     e->nids = (uint32_t)nids;
-    memcpy(e->data, ids, nids * sizeof(int));
+    if (nids) memcpy(e->data, ids, nids * sizeof(int));  // a word can encode to nothing (ids NULL then)
     memcpy((char *)(e->data + nids), w, n);
     pthread_mutex_lock(&s->mu);
     if (!s->slot) s->slot = xcalloc(CACHE_SLOTS, sizeof *s->slot);

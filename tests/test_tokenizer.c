@@ -513,6 +513,25 @@ static void test_minimal_bpe(void **state) {
     tokenizer_free(t);
 }
 
+// Without unk_token, characters outside the vocab are dropped (as tokenizers does): a word can
+// encode to no id at all, and is cached as such. Found by fuzz_tokenizer (a memcpy from NULL for
+// the empty id list, undefined behaviour; tests/fuzz/regressions/tokenizer keeps the input).
+static void test_word_without_ids(void **state) {
+    const char *p = write_tmp("no_unk.json", "{\"model\":{\"vocab\":{\"a\":0,\" \":1},\"merges\":[]},"
+                                             "\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":\" \"},"
+                                             "\"behavior\":\"Isolated\"}}");
+    Tokenizer *t = tokenizer_load(p);
+    for (int k = 0; k < 2; k++) {  // the second time from the cache
+        int *ids;
+        int n = tokenizer_encode(t, "xyz a xyz", 9, 0, &ids);
+        int want[] = {1, 0, 1};  // "xyz" gives nothing, " ", "a", " "
+        assert_int_equal(n, 3);
+        assert_memory_equal(ids, want, sizeof want);
+        free(ids);
+    }
+    tokenizer_free(t);
+}
+
 // The pre-tokenizer hands split pieces on in batches (4096 per batch) so that a long text's
 // offsets are not all held at once: a text of many batches encodes exactly as its lines do
 // one by one (each line ends in "\n", where every supported regex ends a piece).
@@ -549,6 +568,7 @@ int main(void) {
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_minimal_bpe),
         cmocka_unit_test(test_long_text_batches),
+        cmocka_unit_test(test_word_without_ids),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -59,6 +59,10 @@ corpus)
     for f in $F/*/config.json $F/*/adapter_config.json $F/*/preprocessor_config.json; do
         [ -f "$f" ] && cp "$f" "$S/hf_config/$(echo "$f" | tr / _)"
     done
+    # inputs that once found a bug (tests/fuzz/regressions/<target>/): rerun by every run
+    for d in tests/fuzz/regressions/*/; do
+        [ -d "$d" ] && cp "$d"* "$S/$(basename "$d")/" 2>/dev/null
+    done
     # state: the state.json a checkpoint at step 4 holds (as trainer/checkpoint_state.c writes it)
     cat > "$S/state/step4" <<'JSON'
 {
