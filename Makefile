@@ -107,11 +107,48 @@ ifneq ($(HAVE_NVCC),1)
 	@echo "cuda-compile: CUDA sources not compiled ($(CUDA_WHY))"
 endif
 
+# issue 14's link-safe file operations and range checks run under ASan + UBSan as well
+ASAN_TESTS += build/tests/asan_test_fs_safe
+
 # test_gpu_emu: the CUDA kernels' source on the CPU emulator against the CPU backend (tests/gpu/emu);
 # tsan_ops.sh: its op tests again under ThreadSanitizer (race detection)
 test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu
 	@$(MAKE) --no-print-directory EMU_TSAN=1 build/emu-tsan/test_gpu_emu
 	@sh tests/run.sh tests/test_deps.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu tests/gpu/tsan_ops.sh
+	@$(MAKE) --no-print-directory fuzz-smoke
+
+# ---- fuzzing (tests/fuzz/): libFuzzer harnesses for every parser of untrusted files, built with
+# clang under ASan + UBSan into build/fuzz/. `make fuzz` runs each for FUZZ_SECONDS (default 1800),
+# FUZZ_JOBS at a time (default 2);
+# `make test` runs each for FUZZ_SMOKE_SECONDS on its corpus (fuzz-smoke). Without clang's libFuzzer
+# (Debian: clang and libclang-rt-14-dev) both say so and skip.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 1800
+FUZZ_SMOKE_SECONDS ?= 3
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -g -O1 -std=gnu11 -I. $(DEPS_CFLAGS) -Wall -Wno-unused-parameter \
+                -Wno-unknown-pragmas $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+# fuzz_common.c tracks the streams and directories a refused input leaves open
+FUZZ_WRAP    := -Wl,--wrap=fopen,--wrap=fdopen,--wrap=fclose,--wrap=opendir,--wrap=fdopendir,--wrap=closedir
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(filter-out tests/fuzz/fuzz_common.c,$(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_BINS    := $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_TARGETS))
+FUZZ_LIB_OBJ := $(patsubst %.c,build/fuzz/obj/%.o,$(filter common/% data/% model/% trainer/checkpoint_state.c trainer/train_config.c,$(LIB_SRC)))
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+build/fuzz/libsvlm_fuzz.a: $(FUZZ_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+build/fuzz/fuzz_%: build/fuzz/obj/tests/fuzz/fuzz_%.o build/fuzz/obj/tests/fuzz/fuzz_common.o build/fuzz/libsvlm_fuzz.a
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer $^ -o $@ $(FUZZ_WRAP) $(LDLIBS)
+.PHONY: fuzz fuzz-build fuzz-smoke
+fuzz-build:
+	@if sh tests/fuzz/fuzz.sh check; then $(MAKE) --no-print-directory $(FUZZ_BINS) prepare; \
+	else echo "fuzz: skipped: $(FUZZ_CC) cannot link libFuzzer (-fsanitize=fuzzer); on Debian: apt-get install clang libclang-rt-14-dev"; fi
+fuzz-smoke: fuzz-build
+	@if [ -x build/fuzz/fuzz_config ]; then sh tests/fuzz/fuzz.sh corpus && sh tests/fuzz/fuzz.sh run $(FUZZ_SMOKE_SECONDS) $(FUZZ_BINS); fi
+fuzz: fuzz-build
+	@if [ -x build/fuzz/fuzz_config ]; then sh tests/fuzz/fuzz.sh corpus && sh tests/fuzz/fuzz.sh run $(FUZZ_SECONDS) $(FUZZ_BINS); fi
 
 # bench_step: one training step timed on either backend (bench/bench_step.c --help); linked like
 # the programs, so it has the CUDA backend whenever nvcc is present

@@ -13,10 +13,12 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: ./prepare --data FILE.json|FILE.jsonl --image-folder DIR --llm LLM_DIR --template NAME --out DIR\n"
             "                 [--max-seq-len N] [--image-tokens N] [--threads N] [--overlong truncate|skip]\n"
-            "                 [--system TEXT] [--shard-size BYTES[K|M|G]] [--level N] [--quiet]\n"
+            "                 [--system TEXT] [--shard-size BYTES[K|M|G]] [--level N] [--allow-outside-images] [--quiet]\n"
             "\n"
             "  --data FILE          LLaVA data: a JSON list of samples, or JSONL (one object per line)\n"
             "  --image-folder DIR   image file names in the data are relative to DIR (omit for text-only data)\n"
+            "  --allow-outside-images  also read image names that leave DIR (absolute paths, ../), as LLaVA\n"
+            "                       does; without it such a sample is skipped (image_outside_folder)\n"
             "  --llm DIR            the LLM's Hugging Face directory: tokenizer.json, config.json (eos id)\n"
             "  --template NAME      plain (stage 1), chatml (Qwen2), hyperclovax, vicuna_v1\n"
             "  --out DIR            output directory (written to DIR.tmp-HOST-PID, renamed when complete)\n"
@@ -27,7 +29,9 @@ static void usage(FILE *f) {
             "  --system TEXT        system prompt (default: the template's)\n"
             "  --shard-size N       bytes per shard file (default 512M)\n"
             "  --level N            zstd level (default 3)\n"
-            "  --quiet              no progress line and no per-sample warnings\n");
+            "  --quiet              no progress line and no per-sample warnings\n"
+            "A sample (a JSONL line or a JSON list element) may have at most 64 MiB of JSON; a longer one\n"
+            "is read past without being held in memory and skipped (too_long).\n");
 }
 
 
@@ -56,6 +60,10 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--quiet")) {
             s.quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--allow-outside-images")) {
+            s.allow_outside_images = 1;
             continue;
         }
         if (strncmp(a, "--", 2) != 0) fatal("unexpected argument \"%s\" (see ./prepare --help)", a);

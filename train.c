@@ -16,7 +16,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "--keys")) {
         for (int i = 0; i < n_train_keys; i++)
-            printf("%-16s %-24s %s\n", train_keys[i].key, train_keys[i].def[0] ? train_keys[i].def : "\"\"", train_keys[i].help);
+            printf("%-20s %-24s %s\n", train_keys[i].key, train_keys[i].def[0] ? train_keys[i].def : "\"\"", train_keys[i].help);
         return 0;
     }
     TrainConfig cfg;

@@ -78,6 +78,33 @@ double json_get_num_opt(const cJSON *obj, const char *key, double def, const cha
     return j ? get_num(j, key, path) : def;
 }
 
+int json_is_i64(const cJSON *j, int64_t lo, int64_t hi, int64_t *out) {
+    if (!cJSON_IsNumber(j)) return 0;
+    double v = j->valuedouble;
+    // compared as doubles first: the cast below is defined only inside int64's range
+    if (!(v >= -(double)JSON_INT_MAX && v <= (double)JSON_INT_MAX) || v != floor(v)) return 0;
+    int64_t i = (int64_t)v;
+    if (i < lo || i > hi) return 0;
+    *out = i;
+    return 1;
+}
+
+int64_t json_get_i64_opt(const cJSON *obj, const char *key, int64_t def, int64_t lo, int64_t hi, const char *path) {
+    const cJSON *j = lookup(obj, key);
+    if (!j) return def;
+    int64_t v;
+    if (!cJSON_IsNumber(j)) fatal("%s: key \"%s\" must be a number", path, key);
+    if (!json_is_i64(j, lo, hi, &v))
+        fatal("%s: key \"%s\" must be an integer in [%lld, %lld], got %.17g", path, key, (long long)lo, (long long)hi,
+              j->valuedouble);
+    return v;
+}
+
+int64_t json_get_i64(const cJSON *obj, const char *key, int64_t lo, int64_t hi, const char *path) {
+    if (!lookup(obj, key)) fatal("%s: missing key \"%s\"", path, key);
+    return json_get_i64_opt(obj, key, 0, lo, hi, path);
+}
+
 int json_get_bool_opt(const cJSON *obj, const char *key, int def, const char *path) {
     const cJSON *j = lookup(obj, key);
     if (!j) return def;

@@ -15,6 +15,15 @@ extern "C" {
 __attribute__((noreturn, format(printf, 1, 2))) void fatal(const char *fmt, ...);
 // prints "svlm: warning: <message>" to stderr and carries on
 __attribute__((format(printf, 1, 2))) void warn(const char *fmt, ...);
+
+// For harnesses that feed one process many bad inputs (tests/fuzz/): fatal() formats its line
+// and calls h(line) instead of printing it and exiting; h must not return (it longjmps back to
+// the harness; if it returns, fatal() prints and exits as usual). NULL restores the default.
+// check_fail() is never routed: a broken invariant must still end the process (the fuzzer then
+// reports it). warn_set_quiet(1) drops warnings (a fuzzer would print millions of them).
+typedef void (*FatalHandler)(const char *line);
+void fatal_set_handler(FatalHandler h);
+void warn_set_quiet(int quiet);
 __attribute__((noreturn, format(printf, 4, 5))) void check_fail(const char *file, int line,
                                                                 const char *cond, const char *fmt, ...);
 

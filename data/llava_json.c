@@ -12,7 +12,7 @@
 
 #include "common/util.h"
 
-#define MAX_ELEMENT (256u << 20)  // a single sample larger than this is treated as a broken file
+#define BUF_MAX (LLAVA_MAX_SAMPLE_BYTES + (1u << 20))  // the read buffer never grows past this
 
 struct LlavaReader {
     char *path;
@@ -42,8 +42,9 @@ static size_t more(LlavaReader *r, size_t *shift) {
         r->pos = 0;
     }
     if (r->len == r->cap) {
-        if (r->cap >= MAX_ELEMENT + (1u << 20)) return 0;  // caller reports the over-long element
-        r->cap = r->cap * 2 < MAX_ELEMENT + (1u << 20) ? r->cap * 2 : MAX_ELEMENT + (1u << 20);
+        // callers read past a sample over LLAVA_MAX_SAMPLE_BYTES before the buffer is full
+        CHECK(r->cap < BUF_MAX, "the read buffer is full (%zu bytes) with a sample under the cap", r->cap);
+        r->cap = r->cap * 2 < BUF_MAX ? r->cap * 2 : BUF_MAX;
         r->buf = xrealloc(r->buf, r->cap);
     }
     size_t n = fread(r->buf + r->len, 1, r->cap - r->len, r->f);
@@ -344,19 +345,39 @@ static int next_jsonl(LlavaReader *r, LlavaSample *s) {
             if (more(r, &shift) == 0) return 0;
         }
         size_t from = r->pos, e;
+        int too_long = 0;
         for (;;) {
             char *nl = memchr(r->buf + from, '\n', r->len - from);
             if (nl) { e = (size_t)(nl - r->buf); break; }
+            if (r->len - r->pos > LLAVA_MAX_SAMPLE_BYTES) { too_long = 1; break; }
             from = r->len;
             size_t shift;
             size_t got = more(r, &shift);
             from -= shift;
             if (got == 0) {
-                if (r->len - r->pos > MAX_ELEMENT)
-                    fatal("%s: line %" PRId64 " is longer than %u MB", r->path, r->line, MAX_ELEMENT >> 20);
                 e = r->len;
                 break;
             }
+        }
+        if (!too_long && e - r->pos > LLAVA_MAX_SAMPLE_BYTES) too_long = 1;  // its end read already or not
+        if (too_long) {  // read past the rest of the line, unparsed, holding no more of it
+            memset(s, 0, sizeof *s);
+            s->index = r->index++;
+            s->offset = r->base + (int64_t)r->pos;
+            s->line = r->line;
+            s->id = "";
+            for (;;) {
+                char *nl = memchr(r->buf + r->pos, '\n', r->len - r->pos);
+                if (nl) { advance(r, (size_t)(nl - r->buf) + 1); break; }
+                advance(r, r->len);
+                size_t shift;
+                if (more(r, &shift) == 0) break;
+            }
+            s->bytes = r->base + (int64_t)r->pos - s->offset;
+            s->skip = LLAVA_SKIP_TOO_LONG;
+            snprintf(s->why, sizeof s->why, "line %" PRId64 " has %" PRId64 " bytes, over the %u MiB a sample may have", s->line,
+                     s->bytes, LLAVA_MAX_SAMPLE_BYTES >> 20);
+            return 1;
         }
         size_t b = r->pos;
         while (b < e && is_ws(r->buf[b])) b++;
@@ -391,24 +412,31 @@ static int next_jsonl(LlavaReader *r, LlavaSample *s) {
             extract(s);
             check_nuls(s, r->buf + r->pos, e - r->pos);
         }
+        s->bytes = (int64_t)(e - r->pos);
         advance(r, e < r->len ? e + 1 : e);
         return 1;
     }
 }
 
-// scans one JSON value starting at buf[pos]; returns the index one past its end
-static size_t scan_value(LlavaReader *r) {
+// Scans one JSON value starting at buf[pos]; returns the index one past its end. A value over
+// LLAVA_MAX_SAMPLE_BYTES is scanned to its end all the same but its bytes are dropped as they
+// go (*dropped: how many; pos then moves along, so only the end of the value stays in buf).
+static size_t scan_value(LlavaReader *r, int64_t *dropped) {
     size_t j = r->pos;
     char c0 = r->buf[j];
     int depth = 0, instr = 0, esc = 0;
     int scalar = !(c0 == '{' || c0 == '[' || c0 == '"');
+    *dropped = 0;
     for (;;) {
         if (j == r->len) {
+            if (j - r->pos > LLAVA_MAX_SAMPLE_BYTES || *dropped) {
+                *dropped += (int64_t)(j - r->pos);
+                advance(r, j);
+            }
             size_t shift;
             size_t got = more(r, &shift);
             j -= shift;
             if (got == 0) {
-                if (r->len - r->pos > MAX_ELEMENT) fatal_at(r, r->pos, ": a sample larger than 256 MB (unbalanced brackets?)");
                 if (scalar) return j;
                 fatal_at(r, r->len, ": the file ends inside a sample");
             }
@@ -463,11 +491,22 @@ static int next_json(LlavaReader *r, LlavaSample *s) {
         default:
             fatal_at(r, r->pos, ": data after the end of the list");
         }
-        size_t e = scan_value(r);
+        int64_t start = r->base + (int64_t)r->pos, start_line = r->line, dropped;
+        size_t e = scan_value(r, &dropped);
         memset(s, 0, sizeof *s);
         s->index = r->index++;
-        s->offset = r->base + (int64_t)r->pos;
-        s->line = r->line;
+        s->offset = start;
+        s->line = start_line;
+        s->bytes = dropped + (int64_t)(e - r->pos);
+        if (s->bytes > (int64_t)LLAVA_MAX_SAMPLE_BYTES) {  // over the cap: not parsed (its end was checked to be a whole value)
+            s->id = "";
+            s->skip = LLAVA_SKIP_TOO_LONG;
+            snprintf(s->why, sizeof s->why, "the sample has %" PRId64 " bytes, over the %u MiB a sample may have", s->bytes,
+                     LLAVA_MAX_SAMPLE_BYTES >> 20);
+            advance(r, e);
+            r->state = 2;
+            return 1;
+        }
         const char *end = NULL;
         s->root = cJSON_ParseWithLengthOpts(r->buf + r->pos, e - r->pos, &end, 0);
         if (!s->root) {

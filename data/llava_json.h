@@ -6,7 +6,7 @@
 //            lines are independent, so one bad line does not spoil the rest.
 //   other    a top-level JSON list of sample objects. The list is scanned element by element
 //            (strings, escapes and nesting tracked here, each element parsed with cJSON), so
-//            memory is bounded by the largest sample, not the file. Malformed JSON anywhere
+//            memory is bounded by the largest sample (and the cap below), not the file. Malformed JSON anywhere
 //            (including a missing ',' or ']', trailing garbage, or a file that ends early) is a
 //            fatal() error: "FILE: malformed JSON at byte N (line L, column C)".
 // Strings: a lone UTF-16 surrogate escape ("\ud800" without its pair) is valid JSON that Python's
@@ -18,6 +18,11 @@
 // only), "conversations": [{"from": "human"|"gpt"|"system", "value": string}, ...]}. "role" and
 // "content" are accepted in place of "from" and "value". Unknown fields are ignored; wrong types
 // are counted skips with reasons (LLAVA_SKIP_*).
+//
+// Memory: one sample is held at a time, so a sample may have at most LLAVA_MAX_SAMPLE_BYTES
+// (64 MiB) of JSON: a longer JSONL line or list element is read past without being held or
+// parsed (the reader's buffer stays at the cap) and is a counted skip (LLAVA_SKIP_TOO_LONG) with
+// its length; the rest of the file is read as usual. Real samples are kilobytes.
 #pragma once
 #include <stdint.h>
 
@@ -32,12 +37,16 @@ enum {
     LLAVA_SKIP_BAD_CONVERSATIONS,   // conversations missing, not a list, or a turn of wrong types
     LLAVA_SKIP_BAD_IMAGE,           // image of the wrong type (not a string / list of one string)
     LLAVA_SKIP_BAD_STRING,          // valid JSON that C strings cannot hold (see below)
+    LLAVA_SKIP_TOO_LONG,            // over LLAVA_MAX_SAMPLE_BYTES: read past, not parsed
 };
+
+#define LLAVA_MAX_SAMPLE_BYTES (64u << 20)  // the per-line (per-element) cap, in bytes
 
 typedef struct {
     int64_t index;   // 0-based element (or non-blank line) number in the file
     int64_t offset;  // byte offset in the file where it starts
     int64_t line;    // 1-based line where it starts
+    int64_t bytes;   // its length in the file (without the JSONL line's newline)
     int skip;        // LLAVA_OK or LLAVA_SKIP_*
     char why[160];   // reason when skip != 0
     cJSON *root;     // parsed element (owned), NULL when it did not parse

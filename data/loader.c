@@ -302,10 +302,10 @@ static void start_at(Loader *l, LoaderPos pos) {
 
 // ---------------------------------------------------------------- API
 
-static double meta_num(const Shards *sh, const char *key) {
+static int meta_int(const Shards *sh, const char *key, int lo, int hi) {
     char p[4096];
     path_join(p, sizeof p, shards_dir(sh), "meta.json");
-    return json_get_num(shards_meta(sh), key, p);
+    return (int)json_get_i64(shards_meta(sh), key, lo, hi, p);
 }
 
 Loader *loader_open(const LoaderSpec *spec) {
@@ -325,7 +325,7 @@ Loader *loader_open(const LoaderSpec *spec) {
     if (l->spec.threads < 1) l->spec.threads = 1;
     if (l->spec.prefetch < 1) l->spec.prefetch = 1;
     l->sh = sh;
-    int it = (int)meta_num(sh, "image_tokens"), msl = (int)meta_num(sh, "max_seq_len");
+    int it = meta_int(sh, "image_tokens", 1, 65536), msl = meta_int(sh, "max_seq_len", 2, SHARDS_MAX_TOKENS);
     if (it != sp->image_tokens)
         fatal("%s: the shards were prepared with --image-tokens %d but the model's image slot has %d tokens; "
               "re-run ./prepare with --image-tokens %d",

@@ -7,6 +7,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -28,13 +29,15 @@
 #define MAX_IMAGE_FILE (64ll << 20)     // bigger image files are skipped as too large
 _Static_assert(MAX_IMAGE_FILE <= SHARDS_MAX_IMAGE_BYTES, "the reader must accept every image prepare writes");
 _Static_assert(PATH_MAX <= SHARDS_MAX_NAME_BYTES, "the reader must accept every image name prepare writes");
+#define INFLIGHT_BYTES (4 * (int64_t)LLAVA_MAX_SAMPLE_BYTES)  // JSON of the samples read ahead, at most (+ one sample)
 #define MAX_WARNINGS 20                 // per-sample skip warnings printed before going quiet
 
 static const char *skip_names[PREPARE_SKIP_COUNT] = {
     "malformed_line", "not_object", "bad_conversations", "bad_image_field", "bad_string", "id_too_long", "no_gpt_turn", "bad_role",
     "bad_order", "multiple_images", "retokenize_mismatch", "missing_special_token", "empty",
     "image_without_placeholder", "placeholder_without_image", "image_missing", "image_unreadable",
-    "image_corrupt", "image_unsupported", "image_too_large", "overlong",
+    "image_corrupt", "image_unsupported", "image_too_large", "overlong", "tokenizer_failed", "too_long",
+    "image_outside_folder",
 };
 
 const char *prepare_skip_name(int r) { return r >= 0 && r < PREPARE_SKIP_COUNT ? skip_names[r] : "?"; }
@@ -51,20 +54,28 @@ void prepare_spec_defaults(PrepareSpec *s) {
 static char g_tmp_dir[PATH_MAX];  // the unfinished output of the running prepare, removed at exit
 static int g_atexit;
 
-// removes a directory that holds only prepare's own files; 0 when it is gone
+// removes a directory that holds only prepare's own files; 0 when it is gone. Nothing is
+// followed: a symbolic link at dir is removed itself, and the files are unlinked through a
+// descriptor of dir opened with O_NOFOLLOW (common/fs_safe.h), so no link leads the removal
+// out of the directory.
 static int remove_prepared(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return errno == ENOENT ? 0 : -1;
+    struct stat sb;
+    if (lstat(dir, &sb) != 0) return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(sb.st_mode)) return unlink(dir);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) return -1;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return -1;
+    }
     struct dirent *e;
-    char p[PATH_MAX + 64];
     while ((e = readdir(d))) {
         const char *n = e->d_name;
         size_t len = strlen(n);
         int ours = !strcmp(n, "meta.json") || !strcmp(n, "index.bin") ||
                    (!strncmp(n, "shard-", 6) && len > 4 && !strcmp(n + len - 4, ".zst"));
-        if (!ours) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, n);
-        unlink(p);
+        if (ours) unlinkat(dirfd(d), n, 0);
     }
     closedir(d);
     return rmdir(dir);
@@ -146,9 +157,9 @@ int prepare_eos_id(const char *llm_dir, const Tokenizer *tok) {
         if (cJSON_IsArray(e)) e = cJSON_GetArrayItem(e, 0);
         int id = -1;
         if (cJSON_IsNumber(e)) {
-            if (e->valuedouble < 0 || e->valuedouble != (int)e->valuedouble)
-                fatal("%s: eos_token_id must be a non-negative integer", p);
-            id = (int)e->valuedouble;
+            int64_t v;
+            if (!json_is_i64(e, 0, INT32_MAX, &v)) fatal("%s: eos_token_id must be a non-negative integer", p);
+            id = (int)v;
         } else if (e && !cJSON_IsNull(e)) {
             fatal("%s: eos_token_id must be an integer or a list of integers", p);
         }
@@ -219,6 +230,7 @@ typedef struct Chunk {
     Result r[CHUNK];
     int n;
     int done;
+    int64_t bytes;       // of its samples' JSON
     struct Chunk *next;  // submission order
 } Chunk;
 
@@ -248,6 +260,7 @@ static int template_reason(int code) {
     case TEMPLATE_ERR_IMAGES: return PREPARE_SKIP_MULTIPLE_IMAGES;
     case TEMPLATE_ERR_RETOKENIZE: return PREPARE_SKIP_RETOKENIZE;
     case TEMPLATE_ERR_SPECIAL: return PREPARE_SKIP_SPECIAL;
+    case TEMPLATE_ERR_TOKENIZER: return PREPARE_SKIP_TOKENIZER;
     default: return PREPARE_SKIP_EMPTY;
     }
 }
@@ -259,6 +272,25 @@ static int image_reason(int code) {
     case IMAGE_ERR_UNSUPPORTED: return PREPARE_SKIP_IMAGE_UNSUPPORTED;
     default: return PREPARE_SKIP_IMAGE_CORRUPT;
     }
+}
+
+// 1 when an image name, taken relative to the image folder, stays inside it: not absolute, and
+// no ".." climbs above the folder. Judged on the name alone, before any file is opened; links
+// inside the folder are its owner's doing and are followed (datasets often link subfolders).
+static int image_name_inside(const char *name) {
+    if (name[0] == '/') return 0;
+    int depth = 0;
+    for (const char *p = name; *p;) {
+        size_t len = strcspn(p, "/");
+        if (len == 2 && p[0] == '.' && p[1] == '.') {
+            if (--depth < 0) return 0;
+        } else if (len > 0 && !(len == 1 && p[0] == '.')) {
+            depth++;
+        }
+        p += len;
+        if (*p) p++;
+    }
+    return 1;
 }
 
 #define SKIP(reason, ...) do { r->skip = (reason); snprintf(r->why, sizeof r->why, __VA_ARGS__); goto out; } while (0)
@@ -273,8 +305,8 @@ static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
     r->line = s->line;
     if (s->skip) {
         static const int map[] = {0, PREPARE_SKIP_MALFORMED_LINE, PREPARE_SKIP_NOT_OBJECT, PREPARE_SKIP_BAD_CONVERSATIONS,
-                                  PREPARE_SKIP_BAD_IMAGE_FIELD, PREPARE_SKIP_BAD_STRING};
-        _Static_assert(sizeof map / sizeof *map == LLAVA_SKIP_BAD_STRING + 1, "a PREPARE_SKIP_* for every LLAVA_SKIP_*");
+                                  PREPARE_SKIP_BAD_IMAGE_FIELD, PREPARE_SKIP_BAD_STRING, PREPARE_SKIP_TOO_LONG};
+        _Static_assert(sizeof map / sizeof *map == LLAVA_SKIP_TOO_LONG + 1, "a PREPARE_SKIP_* for every LLAVA_SKIP_*");
         SKIP(map[s->skip], "%s", s->why);
     }
     size_t id_len = strlen(s->id);
@@ -296,6 +328,9 @@ static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
         // prepare_run checks this on its thread before handing the sample out (a worker never
         // calls fatal()); counted here only in case that check is ever bypassed
         if (!p->image_folder) SKIP(PREPARE_SKIP_IMAGE_MISSING, "no image folder given for image %.200s", s->image);
+        if (!spec->allow_outside_images && !image_name_inside(s->image))
+            SKIP(PREPARE_SKIP_IMAGE_OUTSIDE, "image \"%.200s\" leaves the image folder (an absolute path or ../); "
+                 "allow_outside_images = true (./prepare --allow-outside-images) reads such paths", s->image);
         char path[PATH_MAX];
         // as os.path.join: an absolute image path is taken as it is
         if ((size_t)(s->image[0] == '/' ? snprintf(path, sizeof path, "%s", s->image)
@@ -458,6 +493,7 @@ static char *meta_text(const PrepareSpec *spec, const Inputs *in, const char *tm
     add_num(src, "samples_read", (double)s->samples_read);
     if (in->image_real[0]) cJSON_AddStringToObject(m, "image_folder", in->image_real);
     else cJSON_AddNullToObject(m, "image_folder");
+    cJSON_AddBoolToObject(m, "allow_outside_images", spec->allow_outside_images != 0);
     cJSON *tk = cJSON_AddObjectToObject(m, "tokenizer");
     cJSON_AddStringToObject(tk, "path", in->tok_path);
     snprintf(hex, sizeof hex, "%016" PRIx64, in->tok_hash);
@@ -561,11 +597,14 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
     Progress pg = {.quiet = spec.quiet, .tty = isatty(2), .t0 = t0, .last = t0,
                    .total = jsonl ? llava_count_samples(spec.data) : -1};
     int max_inflight = 3 * nthreads + 2, inflight = 0, eof = 0, warned = 0;
-    int64_t done = 0;
+    int64_t done = 0, inflight_bytes = 0;
     for (;;) {
-        while (!eof && inflight < max_inflight) {
+        // samples in flight are held parsed: their JSON is bounded too, so that memory stays a
+        // small multiple of the largest sample whatever the thread count
+        while (!eof && inflight < max_inflight && inflight_bytes < INFLIGHT_BYTES) {
             Chunk *c = xcalloc(1, sizeof *c);
-            while (c->n < CHUNK && llava_next(rd, &c->s[c->n])) {
+            while (c->n < CHUNK && c->bytes < INFLIGHT_BYTES && llava_next(rd, &c->s[c->n])) {
+                if (c->s[c->n].skip != LLAVA_SKIP_TOO_LONG) c->bytes += c->s[c->n].bytes;  // what is held parsed
                 const LlavaSample *ls = &c->s[c->n];
                 if (!ls->skip && ls->image && !pool.image_folder) {
                     // checked here, on the reading thread, so that no worker ever calls fatal()
@@ -576,7 +615,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
                 }
                 c->n++;
             }
-            if (c->n < CHUNK) eof = 1;
+            if (c->n < CHUNK && c->bytes < INFLIGHT_BYTES) eof = 1;
             if (c->n == 0) { free(c); break; }
             S.samples_read += c->n;
             pthread_mutex_lock(&pool.mu);
@@ -587,6 +626,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
             pthread_cond_signal(&pool.cv_work);
             pthread_mutex_unlock(&pool.mu);
             inflight++;
+            inflight_bytes += c->bytes;
         }
         if (inflight == 0) break;
         pthread_mutex_lock(&pool.mu);
@@ -596,6 +636,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
         if (!pool.head) pool.tail = NULL;
         pthread_mutex_unlock(&pool.mu);
         inflight--;
+        inflight_bytes -= c->bytes;
         for (int i = 0; i < c->n; i++) {
             Result *r = &c->r[i];
             if (r->skip >= 0) {
@@ -734,11 +775,14 @@ int prepare_is_current(const char *out_dir, const PrepareSpec *spec, char *why, 
     const cJSON *imf = cJSON_GetObjectItemCaseSensitive(m, "image_folder");
     if (in.image_real[0] ? !(cJSON_IsString(imf) && !strcmp(imf->valuestring, in.image_real)) : !cJSON_IsNull(imf))
         NOT_CURRENT("prepared with another image folder");
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "allow_outside_images")) != (spec->allow_outside_images != 0))
+        NOT_CURRENT("prepared with allow_outside_images = %s", spec->allow_outside_images ? "false" : "true");
     int eos = prepare_eos_id(spec->llm_dir, NULL);
     if (eos >= 0 && NUM(m, "eos_id") != eos) NOT_CURRENT("prepared with eos id %g", NUM(m, "eos_id"));
     snprintf(p, sizeof p, "%s/index.bin", out_dir);
     if (!file_exists(p)) NOT_CURRENT("%s missing", p);
-    int ns = (int)NUM(m, "shards");
+    int64_t ns;
+    if (!json_is_i64(cJSON_GetObjectItemCaseSensitive(m, "shards"), 1, 1 << 20, &ns)) NOT_CURRENT("%s: bad shard count", p);
     for (int i = 0; i < ns; i++) {
         shards_shard_name(p, sizeof p, out_dir, (uint32_t)i);
         if (!file_exists(p)) NOT_CURRENT("%s missing", p);

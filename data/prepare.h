@@ -13,8 +13,8 @@
 //
 // Errors are fatal() on the calling thread (bad settings, unreadable inputs, malformed JSON, data
 // with images but no image folder, write errors); what is wrong with one sample is a counted skip
-// in the workers. (Left in the workers: running out of memory, and a PCRE2 failure inside the
-// tokenizer's pre-tokenizer regex, which has no error return; no input is known to cause one.)
+// in the workers, a tokenizer failure on one sample's text included (left in the workers: running
+// out of memory).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -43,6 +43,9 @@ enum {
     PREPARE_SKIP_IMAGE_UNSUPPORTED,   // a valid image in a format svlm does not decode
     PREPARE_SKIP_IMAGE_TOO_LARGE,     // file over 64 MB or dimensions over the decoder's limits
     PREPARE_SKIP_OVERLONG,            // over max_seq_len: --overlong skip, or nothing labelled left after the cut
+    PREPARE_SKIP_TOKENIZER,           // the tokenizer failed on its text (pre-tokenizer regex over PCRE2's limits)
+    PREPARE_SKIP_TOO_LONG,            // JSONL line / JSON element over LLAVA_MAX_SAMPLE_BYTES, read past unparsed
+    PREPARE_SKIP_IMAGE_OUTSIDE,       // image path leaves the image folder (absolute or ../) without allow_outside_images
     PREPARE_SKIP_COUNT
 };
 const char *prepare_skip_name(int reason);  // "no_gpt_turn", "image_missing", ... (meta.json keys)
@@ -53,6 +56,8 @@ void prepare_host_tag(char *dst, size_t cap);
 typedef struct {
     const char *data;          // LLaVA .json (a list) or .jsonl (one object per line)
     const char *image_folder;  // image names are relative to it; NULL when no sample has an image
+    int allow_outside_images;  // 0 (default): a name that leaves the folder (absolute, or .. above
+                               // it) is a counted skip; 1: read as LLaVA does (os.path.join)
     const char *llm_dir;       // tokenizer.json, config.json / generation_config.json (eos id)
     const char *template_name; // "plain", "chatml", "hyperclovax", "vicuna_v1"
     const char *out_dir;

@@ -300,8 +300,9 @@ Shards *shards_open(const char *dir) {
     int ver = json_get_int(s->meta, "version", path);
     if (ver != SHARDS_VERSION)
         fatal("%s: shard format version %d, this build reads version %d; " RERUN, path, ver, SHARDS_VERSION);
-    int64_t meta_n = (int64_t)json_get_num(s->meta, "samples", path);
-    int64_t meta_ns = (int64_t)json_get_num(s->meta, "shards", path);
+    // the same bounds index.bin is held to below (an unchecked cast of 1e300 is undefined)
+    int64_t meta_n = json_get_i64(s->meta, "samples", 0, (int64_t)1 << 40, path);
+    int64_t meta_ns = json_get_i64(s->meta, "shards", 1, 1 << 20, path);
 
     path_join(path, sizeof path, dir, "index.bin");
     uint8_t *ix = (uint8_t *)file_read_all(path, &len);

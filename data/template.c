@@ -463,7 +463,12 @@ static int encode_run(const Tokenizer *tok, const Piece *p, int n, Out *o, char 
     }
     joined[total] = 0;
     int *whole;
-    int nw = tokenizer_encode(tok, joined, total, 0, &whole);
+    char terr[200];
+    int nw = tokenizer_encode_checked(tok, joined, total, 0, &whole, terr, sizeof terr);
+    if (nw < 0) {  // this sample's text, not the tokenizer, is at fault: the caller skips it
+        free(joined);
+        return refuse(TEMPLATE_ERR_TOKENIZER, err, errlen, "%s", terr);
+    }
     if (uniform) {
         for (int i = 0; i < nw; i++) out_push(o, whole[i], p[0].label);
         free(whole);
@@ -479,7 +484,13 @@ static int encode_run(const Tokenizer *tok, const Piece *p, int n, Out *o, char 
         size_t len = 0;
         while (j < n && p[j].label == p[i].label) len += p[j++].len;
         int *ids;
-        int m = tokenizer_encode(tok, joined + part_at, len, 0, &ids);
+        int m = tokenizer_encode_checked(tok, joined + part_at, len, 0, &ids, terr, sizeof terr);
+        if (m < 0) {
+            o->n = start;
+            free(whole);
+            free(joined);
+            return refuse(TEMPLATE_ERR_TOKENIZER, err, errlen, "%s", terr);
+        }
         for (int q = 0; q < m; q++) {
             if (rc == 0 && (k >= nw || ids[q] != whole[k])) {
                 rc = TEMPLATE_ERR_RETOKENIZE;

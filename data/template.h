@@ -41,6 +41,7 @@ enum {
     TEMPLATE_ERR_RETOKENIZE = -5,   // per-piece ids differ from the whole text's ids
     TEMPLATE_ERR_SPECIAL = -6,      // reserved: a missing special token is a fatal() in template_new
     TEMPLATE_ERR_EMPTY = -7,        // no token carries loss (a prompt: no token and no image)
+    TEMPLATE_ERR_TOKENIZER = -8,    // the tokenizer failed on the text (its regex hit PCRE2's match limit)
 };
 
 typedef struct {

@@ -918,6 +918,8 @@ typedef struct {
     size_t heap_cap;
     IntVec word;     // ids of one word
     SplitVec spl[16];  // split offsets per pre-tokenizer depth
+    int failed;        // a regex match failed (PCRE2's match or heap limit): the encoding stops
+    char err[200];
 } Ctx;
 
 static inline int heap_less(const HeapEnt *a, const HeapEnt *b) {
@@ -1095,7 +1097,7 @@ static void cache_store(Ctx *c, uint64_t h, const char *w, size_t n, const int *
     e->h = h;
     e->klen = (uint32_t)n;
     e->nids = (uint32_t)nids;
-    memcpy(e->data, ids, nids * sizeof(int));
+    if (nids) memcpy(e->data, ids, nids * sizeof(int));  // a word can encode to nothing (ids NULL then)
     memcpy((char *)(e->data + nids), w, n);
     pthread_mutex_lock(&s->mu);
     if (!s->slot) s->slot = xcalloc(CACHE_SLOTS, sizeof *s->slot);
@@ -1166,10 +1168,13 @@ static int next_match(Ctx *c, const pcre2_code *re, const char *s, size_t n, siz
         if (rc == PCRE2_ERROR_JIT_STACKLIMIT)  // very long runs: retry with the interpreter (heap stack)
             rc = pcre2_match(re, (PCRE2_SPTR)s, n, *last_end, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, c->md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) return 0;
-        if (rc < 0) {
-            PCRE2_UCHAR msg[256];
+        if (rc < 0) {  // reported by tokenizer_encode_checked: one text's failure, not the tokenizer's
+            PCRE2_UCHAR msg[96];
             pcre2_get_error_message(rc, msg, sizeof msg);
-            fatal("%s: pre_tokenizer regex failed on the text: %s", c->t->path, (const char *)msg);
+            snprintf(c->err, sizeof c->err, "the pre_tokenizer regex failed at byte %zu of a %zu-byte piece: %s", *last_end, n,
+                     (const char *)msg);
+            c->failed = 1;
+            return 0;
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
         size_t s0 = ov[0], e0 = ov[1];
@@ -1191,10 +1196,18 @@ static void pretokenize(Ctx *c, int step, const char *p, size_t n);
 
 // tokenizers' NormalizedString::split: matches -> pieces per behavior; pieces that are not
 // removed and not empty go on to the next step
+static void split_emit(Ctx *c, int step, const PreStep *ps, const char *p, SplitVec *v);
+
+// Pieces are handed on in batches of this many triples when the behavior treats each piece
+// alone (Isolated, Removed: the regex splits of every supported tokenizer): the memory of a
+// split then stays bounded whatever the text's length (a 200 MB text held 1 GB of offsets).
+#define SPLIT_BATCH 4096
+
 static void split_step(Ctx *c, int step, const PreStep *ps, const char *p, size_t n) {
     // collect (start, end, is_match) triples into the per-depth array
     SplitVec *v = &c->spl[step];
     v->n = 0;
+    int per_piece = ps->behavior == BEH_ISOLATED || ps->behavior == BEH_REMOVED;
     if (n == 0) {
         push3(v, 0, 0, 0);
     } else {
@@ -1204,9 +1217,18 @@ static void split_step(Ctx *c, int step, const PreStep *ps, const char *p, size_
             if (prev != ms) push3(v, prev, ms, 0);
             push3(v, ms, me, 1);
             prev = me;
+            if (per_piece && v->n >= 3 * SPLIT_BATCH) {
+                split_emit(c, step, ps, p, v);
+                v->n = 0;
+            }
         }
         if (prev != n) push3(v, prev, n, 0);
     }
+    split_emit(c, step, ps, p, v);
+}
+
+// applies the behavior to the triples of v and passes the pieces that remain to the next step
+static void split_emit(Ctx *c, int step, const PreStep *ps, const char *p, SplitVec *v) {
     size_t cnt = v->n / 3;
     size_t *a = v->a;
     if (ps->invert)
@@ -1274,6 +1296,7 @@ static void split_step(Ctx *c, int step, const PreStep *ps, const char *p, size_
 
 static void pretokenize(Ctx *c, int step, const char *p, size_t n) {
     const Tokenizer *t = c->t;
+    if (c->failed) return;
     if (step == t->n_steps) { model_encode(c, p, n); return; }
     const PreStep *ps = &t->steps[step];
     if (ps->kind == PT_BYTELEVEL) {
@@ -1373,6 +1396,14 @@ static void normalize_piece(Ctx *c, const char *p, size_t n) {
 }
 
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int allow_special, int **ids_out) {
+    char err[200];
+    int n = tokenizer_encode_checked(t, text, len, allow_special, ids_out, err, sizeof err);
+    if (n < 0) fatal("%s: %s", t->path, err);
+    return n;
+}
+
+int tokenizer_encode_checked(const Tokenizer *t, const char *text, size_t len, int allow_special, int **ids_out,
+                             char *err, size_t errlen) {
     IntVec out = {0};
     Ctx c = {.t = t, .allow_special = allow_special, .out = &out};
     c.md = pcre2_match_data_create(1, NULL);
@@ -1390,6 +1421,12 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int allow
     free(c.heap);
     free(c.word.v);
     for (int i = 0; i < 16; i++) free(c.spl[i].a);
+    if (c.failed) {
+        free(out.v);
+        *ids_out = NULL;
+        snprintf(err, errlen, "%s", c.err);
+        return -1;
+    }
     if (!out.v) out.v = xmalloc(sizeof(int));
     *ids_out = out.v;
     return (int)out.n;

@@ -43,7 +43,13 @@ void tokenizer_free(Tokenizer *t);
 // (e.g. "<|im_end|>" typed by a user) as plain text, like tokenizers' encode_special_tokens;
 // non-special added tokens are matched either way. The post-processor adds nothing.
 // *ids_out gets a malloc'd array (free it; never NULL) and the count is returned.
+// A text the pre-tokenizer regex cannot match within PCRE2's match and heap limits (possible for
+// hostile text and some patterns) is a fatal() naming the tokenizer.
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int allow_special, int **ids_out);
+// The same, for callers that skip such a text instead (./prepare: one sample's failure is a
+// counted skip): returns -1 with *ids_out NULL and the reason in err.
+int tokenizer_encode_checked(const Tokenizer *t, const char *text, size_t len, int allow_special, int **ids_out,
+                             char *err, size_t errlen);
 
 // Decodes ids to a malloc'd NUL-terminated UTF-8 string (free it); *len_out (may be NULL) gets
 // its length, which can be less than strlen's answer if a token decodes to a NUL byte. With the

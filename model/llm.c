@@ -16,8 +16,9 @@ static int first_id(const cJSON *root, const char *key, const char *path) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
     if (cJSON_IsArray(j)) j = cJSON_GetArrayItem(j, 0);
     if (!j || cJSON_IsNull(j)) return -1;
-    if (!cJSON_IsNumber(j)) fatal("%s: key \"%s\" must be a token id", path, key);
-    return (int)j->valuedouble;
+    int64_t v;
+    if (!json_is_i64(j, 0, INT32_MAX, &v)) fatal("%s: key \"%s\" must be a token id (an integer >= 0)", path, key);
+    return (int)v;
 }
 
 void llm_config_load(LlmConfig *c, const char *dir) {
@@ -39,7 +40,9 @@ void llm_config_load(LlmConfig *c, const char *dir) {
     c->kv_heads = json_get_int_opt(root, "num_key_value_heads", c->heads, path);
     c->mlp = json_get_int(root, "intermediate_size", path);
     c->max_pos = json_get_int_opt(root, "max_position_embeddings", 2048, path);
-    c->eps = (float)json_get_num_opt(root, "rms_norm_eps", 1e-6, path);
+    double eps = json_get_num_opt(root, "rms_norm_eps", 1e-6, path);
+    if (!(eps > 0 && eps < 1)) fatal("%s: key \"rms_norm_eps\" must be in (0, 1), got %g", path, eps);
+    c->eps = (float)eps;
     if (c->hidden <= 0 || c->layers <= 0 || c->heads <= 0 || c->kv_heads <= 0 || c->mlp <= 0 || c->vocab <= 0)
         fatal("%s: sizes must be positive", path);
     if (c->heads % c->kv_heads)
@@ -66,6 +69,7 @@ void llm_config_load(LlmConfig *c, const char *dir) {
         if (strcmp(type, "default") != 0)
             fatal("%s: RoPE type \"%s\" is not supported (only the default rotary embedding)", path, type);
     }
+    if (!(theta > 0 && theta < 1e30)) fatal("%s: key \"rope_theta\" must be in (0, 1e30), got %g", path, theta);
     c->rope_theta = (float)theta;
 
     const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");

@@ -44,9 +44,12 @@ void lora_config_load_peft(LoraConfig *l, const char *dir) {
     cJSON *root = json_load_file(path);
     memset(l, 0, sizeof *l);
     l->r = json_get_int(root, "r", path);
-    l->alpha = (float)json_get_num(root, "lora_alpha", path);
+    double alpha = json_get_num(root, "lora_alpha", path), dropout = json_get_num_opt(root, "lora_dropout", 0.0, path);
+    if (!(alpha > -1e30 && alpha < 1e30)) fatal("%s: key \"lora_alpha\" must be a finite number, got %g", path, alpha);
+    if (!(dropout >= 0 && dropout < 1)) fatal("%s: key \"lora_dropout\" must be in [0, 1), got %g", path, dropout);
+    l->alpha = (float)alpha;
     l->rslora = json_get_bool_opt(root, "use_rslora", 0, path);
-    l->dropout = (float)json_get_num_opt(root, "lora_dropout", 0.0, path);
+    l->dropout = (float)dropout;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
     if (cJSON_IsString(t)) {
         l->targets = lora_targets_parse(t->valuestring);

@@ -72,7 +72,9 @@ void vit_config_load(VitConfig *c, const char *dir) {
     c->heads = json_get_int_opt(o, "num_attention_heads", 12, path);
     c->image_size = json_get_int_opt(o, "image_size", 224, path);
     c->patch = json_get_int_opt(o, "patch_size", 32, path);
-    c->eps = (float)json_get_num_opt(o, "layer_norm_eps", 1e-5, path);
+    double eps = json_get_num_opt(o, "layer_norm_eps", 1e-5, path);
+    if (!(eps > 0 && eps < 1)) fatal("%s: key \"layer_norm_eps\" must be in (0, 1), got %g", path, eps);
+    c->eps = (float)eps;
     int ch = json_get_int_opt(o, "num_channels", 3, path);
     const char *act = json_get_str_opt(o, "hidden_act", "quick_gelu", path);
     if (ch != 3) fatal("%s: num_channels = %d (only RGB, 3, is supported)", path, ch);
@@ -95,17 +97,23 @@ static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
 static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
 // an image size: a number, {"height": h, "width": w} (square only) or {"shortest_edge": s}
+static int size_value(const cJSON *j, const char *key, const char *path) {
+    int64_t v;
+    if (!json_is_i64(j, 1, 65536, &v)) fatal("%s: \"%s\" must be an integer in [1, 65536], got %g", path, key, j->valuedouble);
+    return (int)v;
+}
+
 static int read_size(const cJSON *j, const char *key, const char *path) {
-    if (cJSON_IsNumber(j)) return (int)j->valuedouble;
+    if (cJSON_IsNumber(j)) return size_value(j, key, path);
     if (cJSON_IsObject(j)) {
         const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "height"), *w = cJSON_GetObjectItemCaseSensitive(j, "width");
         const cJSON *se = cJSON_GetObjectItemCaseSensitive(j, "shortest_edge");
         if (cJSON_IsNumber(h) && cJSON_IsNumber(w)) {
             if (h->valuedouble != w->valuedouble)
                 fatal("%s: \"%s\" is %g x %g: only square inputs are supported", path, key, h->valuedouble, w->valuedouble);
-            return (int)h->valuedouble;
+            return size_value(h, key, path);
         }
-        if (cJSON_IsNumber(se)) return (int)se->valuedouble;
+        if (cJSON_IsNumber(se)) return size_value(se, key, path);
     }
     fatal("%s: \"%s\" must be a number, {\"height\", \"width\"} or {\"shortest_edge\"}", path, key);
 }

@@ -278,7 +278,20 @@ else
     CUDA_WHY="CUDA=0"
 fi
 
-# 4. everything together, in the order the Makefile links a test program
+# 4. libFuzzer (clang's), for the fuzz harnesses that `make test` runs briefly (tests/fuzz): optional,
+# the fuzz step says so and skips without it
+FUZZ_CC=${FUZZ_CC:-clang}
+fuzz_probe() {
+    printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { return 0; }\n' > "$work/fuzz.c"
+    "$FUZZ_CC" -fsanitize=fuzzer,address,undefined "$work/fuzz.c" -o "$work/fuzz.bin" >/dev/null 2>&1
+}
+if ! fuzz_probe; then
+    if [ $mode = install ] && apt_install clang libclang-rt-dev && fuzz_probe; then :; else
+        say "warning: $FUZZ_CC cannot link libFuzzer (-fsanitize=fuzzer; Debian: clang libclang-rt-dev): the fuzz step of make test will skip"
+    fi
+fi
+
+# 5. everything together, in the order the Makefile links a test program
 printf '#include <stdio.h>\nint main(void) { return 0; }\n' > "$work/all.c"
 # shellcheck disable=SC2086
 if ! $CC $USER_CFLAGS -std=gnu11 -fopenmp $DEPS_CFLAGS "$work/all.c" -o "$work/all.bin" $USER_LDFLAGS $TEST_LIBS $DEPS_LIBS 2>"$work/all.err"; then

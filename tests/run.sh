@@ -2,6 +2,8 @@
 # run.sh: runs every test program given, prints one line per program and a summary; exit 1 if any failed.
 # the same OpenMP wait policy the programs choose (common/util.h: openmp_prefer_passive)
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+# the asan_test_* programs: undefined behaviour fails the program instead of a line in its log
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 pass=0; fail=0; ntests=0; failed=""
 mkdir -p build/test-logs
 for t in "$@"; do

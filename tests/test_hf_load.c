@@ -177,6 +177,10 @@ static void mk_no_config(const char *d) { sh("rm '%s/config.json'%s", d, ""); }
 static void mk_no_weights(const char *d) { sh("rm '%s/model.safetensors'%s", d, ""); }
 static void mk_missing_shard(const char *d) { sh("rm '%s/model-00003-of-00005.safetensors'%s", d, ""); }
 static void mk_untied_no_head(const char *d) { edit_file(d, "config.json", "\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false"); }
+// numbers the model then uses: a huge or non-positive value is refused before any cast (issue 14)
+static void mk_eps(const char *d) { edit_file(d, "config.json", "\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 1e300"); }
+static void mk_theta(const char *d) { edit_file(d, "config.json", "\"rope_theta\": 1000000.0", "\"rope_theta\": -1"); }
+static void mk_eos(const char *d) { edit_file(d, "config.json", "\"eos_token_id\": null", "\"eos_token_id\": 1e300"); }
 static void mk_gqa(const char *d) { edit_file(d, "config.json", "\"num_key_value_heads\": 2", "\"num_key_value_heads\": 4"); }
 
 static const BadModel bad_llm[] = {
@@ -197,6 +201,9 @@ static const BadModel bad_llm[] = {
     {"missing shard", "qwen2_sharded", mk_missing_shard, {"model.safetensors.index.json", "model-00003-of-00005.safetensors", "missing"}},
     {"untied config without lm_head", "qwen2", mk_untied_no_head, {"tie_word_embeddings is false", "lm_head.weight"}},
     {"kv heads that do not divide heads", "qwen2", mk_gqa, {"config.json", "not a multiple of num_key_value_heads"}},
+    {"rms_norm_eps out of range", "qwen2", mk_eps, {"config.json", "key \"rms_norm_eps\" must be in (0, 1)"}},
+    {"negative rope_theta", "qwen2", mk_theta, {"config.json", "key \"rope_theta\" must be in (0, 1e30)"}},
+    {"eos id beyond int", "qwen2", mk_eos, {"config.json", "key \"eos_token_id\" must be a token id"}},
 };
 
 static void test_bad_llm_inputs(void **state) {
@@ -217,6 +224,7 @@ static void test_bad_llm_inputs(void **state) {
 
 static void mk_nonsquare(const char *d) { edit_file(d, "config.json", "\"image_size\": 24", "\"image_size\": [24, 32]"); }
 static void mk_indivisible(const char *d) { edit_file(d, "config.json", "\"image_size\": 24", "\"image_size\": 26"); }
+static void mk_ln_eps(const char *d) { edit_file(d, "config.json", "\"layer_norm_eps\": 1e-05", "\"layer_norm_eps\": 0"); }
 static void mk_not_clip(const char *d) { rewrite_weights(d, "embeddings.patch_embedding.weight", NULL); }
 
 static void test_bad_vision_inputs(void **state) {
@@ -224,6 +232,7 @@ static void test_bad_vision_inputs(void **state) {
         {"non-square image size", "clip", mk_nonsquare, {"config.json", "image_size is a list", "square"}},
         {"image size not a multiple of the patch", "clip", mk_indivisible, {"config.json", "image_size 26 is not a multiple of patch_size 4"}},
         {"no patch embedding", "clip", mk_not_clip, {"not a CLIP vision model"}},
+        {"layer_norm_eps zero", "clip", mk_ln_eps, {"config.json", "key \"layer_norm_eps\" must be in (0, 1)"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char as[64];

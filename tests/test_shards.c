@@ -913,6 +913,44 @@ static void test_truncated_shard_fatal(void **state) {
     expect_fatal(open_fn, dir, "meta.json", "prepare");
 }
 
+// meta.json with `key` set to the raw JSON text val (cJSON keeps it verbatim)
+static void rewrite_meta(const char *dir, const char *key, const char *val) {
+    char p[1024];
+    path_join(p, sizeof p, dir, "meta.json");
+    size_t n;
+    char *t = (char *)read_bytes(p, &n);
+    cJSON *m = cJSON_Parse(t);
+    free(t);
+    assert_non_null(m);
+    cJSON_ReplaceItemInObjectCaseSensitive(m, key, cJSON_CreateRaw(val));
+    char *out = cJSON_Print(m);
+    write_text(p, out);
+    free(out);
+    cJSON_Delete(m);
+}
+
+// meta.json's counts were cast to int64 unchecked: 1e300 (undefined), -1, 2.5 (cut to 2)
+static void test_meta_numbers_range_checked(void **state) {
+    char d[512], dir[600];
+    make_temp_dir(d, sizeof d, "metanum");
+    snprintf(dir, sizeof dir, "%s/s", d);
+    const char *bad[] = {"1e300", "-1", "2.5", "1e999", "-1e300"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        copy_dir(g_json_out, dir);
+        rewrite_meta(dir, "samples", bad[i]);
+        expect_fatal(open_fn, dir, "meta.json", "key \"samples\" must be an integer in [0, ");
+        copy_dir(g_json_out, dir);
+        rewrite_meta(dir, "shards", bad[i]);
+        expect_fatal(open_fn, dir, "meta.json", "key \"shards\" must be an integer in [1, ");
+    }
+    copy_dir(g_json_out, dir);  // the loader's own reads of meta.json
+    rewrite_meta(dir, "image_tokens", "1e300");
+    expect_fatal(open_fn, dir, "meta.json", "key \"image_tokens\" must be an integer in [1, 65536]");
+    copy_dir(g_json_out, dir);
+    rewrite_meta(dir, "max_seq_len", "256.5");
+    expect_fatal(open_fn, dir, "meta.json", "key \"max_seq_len\" must be an integer");
+}
+
 static void rewrite_index(const char *dir, int64_t entry, uint64_t new_offset, int fix_hash) {
     char p[1024];
     path_join(p, sizeof p, dir, "index.bin");
@@ -1468,6 +1506,220 @@ static void test_loader_spec_mismatch_fatal(void **state) {
     expect_fatal(open_spec_fn, &s, "fewer than the 16 ranks");
 }
 
+// ---------------------------------------------------------------- issue 14: limits and confinement
+
+// ./prepare on data (text only) into out, output in log; returns its peak resident memory in KiB
+static long prepare_peak_kib(const char *data, const char *out, const char *log) {
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(126);
+        execl("./prepare", "./prepare", "--data", data, "--llm", FIX "/llm", "--template", "chatml", "--out", out,
+              "--threads", "2", "--max-seq-len", "256", (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    struct rusage ru;
+    assert_int_equal(wait4(pid, &st, 0, &ru), pid);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        size_t n;
+        fail_msg("./prepare failed:\n%s", (char *)read_bytes(log, &n));
+    }
+    return ru.ru_maxrss;  // KiB on Linux
+}
+
+// A JSONL line over LLAVA_MAX_SAMPLE_BYTES is a counted skip read in bounded memory: ./prepare's
+// peak resident memory exceeds that of the same data without the line by less than half the
+// line (before: a line under 256 MB was parsed whole, ~13x its size).
+static void test_jsonl_long_line_bounded(void **state) {
+    if (!file_exists("prepare")) {
+        fprintf(stderr, "./prepare not built: long line test skipped\n");
+        skip();
+    }
+    char d[512], data[600], out[600], log[600];
+    make_temp_dir(d, sizeof d, "longline");
+    snprintf(data, sizeof data, "%s/big.jsonl", d);
+    snprintf(out, sizeof out, "%s/out", d);
+    snprintf(log, sizeof log, "%s/log.txt", d);
+    const size_t line = (size_t)LLAVA_MAX_SAMPLE_BYTES + (32u << 20);  // 96 MiB
+    FILE *f = fopen(data, "wb");
+    assert_non_null(f);
+    fputs(GOOD_SAMPLE "\n", f);
+    const char *head = "{\"id\": \"big\", \"conversations\": [{\"from\": \"human\", \"value\": \"Hi\"}, {\"from\": \"gpt\", \"value\": \"";
+    fputs(head, f);
+    char *chunk = xmalloc(1 << 20);
+    memset(chunk, 'a', 1 << 20);
+    for (size_t w = strlen(head); w < line; w += 1 << 20) fwrite(chunk, 1, 1 << 20, f);
+    free(chunk);
+    fputs("\"}]}\n" GOOD_SAMPLE "\n", f);
+    assert_int_equal(fclose(f), 0);
+    long peak = prepare_peak_kib(data, out, log);
+    unlink(data);
+    size_t n;
+    char *text = (char *)read_bytes(log, &n);
+    assert_non_null(strstr(text, "wrote 2 of 3 samples"));
+    assert_non_null(strstr(text, "too_long 1"));
+    assert_non_null(strstr(text, "over the 64 MiB a sample may have"));
+    free(text);
+    assert_int_equal(meta_int(out, "too_long", "skipped"), 1);
+    // the same without the long line: what ./prepare holds anyway (libraries, tokenizer, threads)
+    snprintf(data, sizeof data, "%s/small.jsonl", d);
+    write_text(data, GOOD_SAMPLE "\n" GOOD_SAMPLE "\n");
+    snprintf(out, sizeof out, "%s/out_small", d);
+    long base = prepare_peak_kib(data, out, log);
+    printf("    ./prepare peak resident memory: %ld MiB with a %zu MiB line, %ld MiB without\n", peak >> 10, line >> 20,
+           base >> 10);
+    assert_true((size_t)(peak - base) * 1024 < line / 2);
+}
+
+// the same cap in a JSON list: the element is scanned to its end (still checked for balance) but
+// not held, and the samples after it are read
+static void test_json_long_element_skipped(void **state) {
+    char d[512], p[600];
+    make_temp_dir(d, sizeof d, "longelem");
+    snprintf(p, sizeof p, "%s/data.json", d);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    fputs("[" GOOD_SAMPLE ", {\"id\": \"big\", \"pad\": \"", f);
+    char *chunk = xmalloc(1 << 20);
+    memset(chunk, 'b', 1 << 20);
+    for (size_t w = 0; w <= LLAVA_MAX_SAMPLE_BYTES; w += 1 << 20) fwrite(chunk, 1, 1 << 20, f);
+    free(chunk);
+    fputs("\", \"conversations\": []},\n" GOOD_SAMPLE "]", f);
+    assert_int_equal(fclose(f), 0);
+    LlavaReader *r = llava_open(p);
+    LlavaSample s;
+    int skips[3];
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(llava_next(r, &s), 1);
+        skips[i] = s.skip;
+        if (i == 1) {
+            assert_non_null(strstr(s.why, "over the 64 MiB"));
+            assert_true(s.bytes > (int64_t)LLAVA_MAX_SAMPLE_BYTES);
+            assert_int_equal(s.line, 1);
+        }
+        llava_sample_free(&s);
+    }
+    assert_int_equal(llava_next(r, &s), 0);
+    llava_close(r);
+    unlink(p);
+    assert_int_equal(skips[0], LLAVA_OK);
+    assert_int_equal(skips[1], LLAVA_SKIP_TOO_LONG);
+    assert_int_equal(skips[2], LLAVA_OK);
+}
+
+#define IMG_SAMPLE(id, img) \
+    "{\"id\": \"" id "\", \"image\": \"" img "\", \"conversations\": [{\"from\": \"human\", \"value\": \"<image>\\nHi\"}, " \
+    "{\"from\": \"gpt\", \"value\": \"Hi.\"}]}"
+
+// prepare in a child with warnings on; returns its status, stderr in err
+typedef struct {
+    PrepareSpec spec;
+} PrepArg;
+static void prepare_child_fn(void *arg) {
+    PrepareSummary sum;
+    prepare_run(&((PrepArg *)arg)->spec, &sum);
+    exit(0);
+}
+
+// Image names that leave the image folder (absolute, or ../ above it) are refused unless
+// allow_outside_images is set; a file that is not an image never has its bytes printed.
+static void test_image_outside_folder(void **state) {
+    char d[512], p[600], out[600], abs_img[PATH_MAX], secret[PATH_MAX], json[3 * PATH_MAX];
+    make_temp_dir(d, sizeof d, "outside");
+    assert_non_null(realpath(FIX "/images/a.jpg", abs_img));
+    snprintf(p, sizeof p, "%s/secret.txt", d);
+    write_text(p, "SECRET-KEY-material: do not print me\n");
+    assert_non_null(realpath(p, secret));
+    snprintf(p, sizeof p, "%s/data.json", d);
+    snprintf(out, sizeof out, "%s/out", d);
+    snprintf(json, sizeof json,
+             "[" GOOD_SAMPLE ", " IMG_SAMPLE("abs", "%s") ", " IMG_SAMPLE("up", "../images/a.jpg") ", "
+             IMG_SAMPLE("inside", "sub/../a.jpg") ", " IMG_SAMPLE("passwd", "../../../../../../../../etc/passwd") ", "
+             IMG_SAMPLE("secret", "%s") "]",
+             abs_img, secret);
+    write_text(p, json);
+    PrepareSpec s;
+    spec_for(&s, p, out);
+    PrepareSummary sum;
+    prepare_run(&s, &sum);
+    assert_int_equal(sum.samples, 2);  // GOOD_SAMPLE and "inside"
+    assert_int_equal(sum.skipped[PREPARE_SKIP_IMAGE_OUTSIDE], 4);
+    assert_int_equal(meta_int(out, "image_outside_folder", "skipped"), 4);
+    char why[256];
+    s.allow_outside_images = 1;  // the option is part of what the output was made with
+    assert_int_equal(prepare_is_current(out, &s, why, sizeof why), 0);
+    assert_non_null(strstr(why, "allow_outside_images"));
+    prepare_run(&s, &sum);
+    assert_int_equal(sum.samples, 4);  // abs and up read as LLaVA reads them
+    assert_int_equal(sum.skipped[PREPARE_SKIP_IMAGE_OUTSIDE], 0);
+    assert_int_equal(sum.skipped[PREPARE_SKIP_IMAGE_CORRUPT], 2);  // /etc/passwd and the secret: not images
+    assert_int_equal(prepare_is_current(out, &s, why, sizeof why), 1);
+    // the warnings name the files but never show their bytes (as text or as hex)
+    PrepArg a = {.spec = s};
+    a.spec.quiet = 0;
+    snprintf(out, sizeof out, "%s/out2", d);
+    a.spec.out_dir = out;
+    char err[8192];
+    assert_int_equal(run_child(prepare_child_fn, &a, err, sizeof err), 0);
+    assert_non_null(strstr(err, "secret.txt"));
+    assert_non_null(strstr(err, "not a PNG or JPEG image"));
+    assert_null(strstr(err, "SECRET-KEY"));
+    assert_null(strstr(err, "53 45 43"));  // "SEC" in hex
+    assert_null(strstr(err, "root:"));
+    assert_null(strstr(err, "72 6f 6f 74"));  // "root" in hex
+}
+
+// A text on which the tokenizer's regex hits PCRE2's match limit is one counted skip with the
+// reason; before, the whole prepare stopped (fatal in the pre-tokenizer).
+static void test_tokenizer_failure_skipped(void **state) {
+    char d[512], llm[600], p[700], out[600];
+    make_temp_dir(d, sizeof d, "tokfail");
+    snprintf(llm, sizeof llm, "%s/llm", d);
+    assert_int_equal(mkdir(llm, 0755), 0);
+    size_t n;
+    char *t = (char *)read_bytes(FIX "/llm/config.json", &n);
+    snprintf(p, sizeof p, "%s/config.json", llm);
+    write_text(p, t);
+    free(t);
+    t = (char *)read_bytes(FIX "/llm/tokenizer.json", &n);
+    cJSON *tok = cJSON_Parse(t);
+    free(t);
+    assert_non_null(tok);
+    // a first Split whose regex backtracks exponentially on a long run of 'a' not at the end
+    cJSON *list = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(tok, "pre_tokenizer"), "pretokenizers");
+    assert_non_null(list);
+    cJSON_InsertItemInArray(list, 0, cJSON_Parse("{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(a|aa)+$\"}, "
+                                                 "\"behavior\": \"Isolated\", \"invert\": false}"));
+    char *text = cJSON_Print(tok);
+    cJSON_Delete(tok);
+    snprintf(p, sizeof p, "%s/tokenizer.json", llm);
+    write_text(p, text);
+    free(text);
+    snprintf(p, sizeof p, "%s/data.jsonl", d);
+    snprintf(out, sizeof out, "%s/out", d);
+    write_text(p, GOOD_SAMPLE "\n{\"id\": \"evil\", \"conversations\": [{\"from\": \"human\", \"value\": \"Hi\"}, "
+                  "{\"from\": \"gpt\", \"value\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaac\"}]}\n" GOOD_SAMPLE "\n");
+    PrepareSpec s;
+    spec_for(&s, p, out);
+    s.llm_dir = llm;
+    PrepareSummary sum;
+    prepare_run(&s, &sum);
+    assert_int_equal(sum.samples, 2);
+    assert_int_equal(sum.skipped[PREPARE_SKIP_TOKENIZER], 1);
+    assert_int_equal(meta_int(out, "tokenizer_failed", "skipped"), 1);
+    // the reason reaches the warning
+    PrepArg a = {.spec = s};
+    a.spec.quiet = 0;
+    snprintf(out, sizeof out, "%s/out2", d);
+    a.spec.out_dir = out;
+    char err[8192];
+    assert_int_equal(run_child(prepare_child_fn, &a, err, sizeof err), 0);
+    assert_non_null(strstr(err, "skipped (tokenizer_failed)"));
+    assert_non_null(strstr(err, "match limit"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reader_tricky_json),
@@ -1501,6 +1753,11 @@ int main(void) {
         cmocka_unit_test(test_loader_determinism_threads),
         cmocka_unit_test(test_loader_tell_seek),
         cmocka_unit_test(test_loader_spec_mismatch_fatal),
+        cmocka_unit_test(test_meta_numbers_range_checked),
+        cmocka_unit_test(test_jsonl_long_line_bounded),
+        cmocka_unit_test(test_json_long_element_skipped),
+        cmocka_unit_test(test_image_outside_folder),
+        cmocka_unit_test(test_tokenizer_failure_skipped),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

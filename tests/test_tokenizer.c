@@ -513,6 +513,48 @@ static void test_minimal_bpe(void **state) {
     tokenizer_free(t);
 }
 
+// Without unk_token, characters outside the vocab are dropped (as tokenizers does): a word can
+// encode to no id at all, and is cached as such. Found by fuzz_tokenizer (a memcpy from NULL for
+// the empty id list, undefined behaviour; tests/fuzz/regressions/tokenizer keeps the input).
+static void test_word_without_ids(void **state) {
+    const char *p = write_tmp("no_unk.json", "{\"model\":{\"vocab\":{\"a\":0,\" \":1},\"merges\":[]},"
+                                             "\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":\" \"},"
+                                             "\"behavior\":\"Isolated\"}}");
+    Tokenizer *t = tokenizer_load(p);
+    for (int k = 0; k < 2; k++) {  // the second time from the cache
+        int *ids;
+        int n = tokenizer_encode(t, "xyz a xyz", 9, 0, &ids);
+        int want[] = {1, 0, 1};  // "xyz" gives nothing, " ", "a", " "
+        assert_int_equal(n, 3);
+        assert_memory_equal(ids, want, sizeof want);
+        free(ids);
+    }
+    tokenizer_free(t);
+}
+
+// The pre-tokenizer hands split pieces on in batches (4096 per batch) so that a long text's
+// offsets are not all held at once: a text of many batches encodes exactly as its lines do
+// one by one (each line ends in "\n", where every supported regex ends a piece).
+static void test_long_text_batches(void **state) {
+    Tokenizer *t = tokenizer_load(fixture_path("tokenizer/qwen2.json"));
+    const char *line = "The quick brown fox, 123 jumps; over the lazy dog's back!  Xin chào.\n";
+    size_t ll = strlen(line);
+    int lines = 3000;  // ~20 pieces each: 60000 pieces, 15 batches
+    char *text = xmalloc(ll * lines + 1);
+    for (int i = 0; i < lines; i++) memcpy(text + i * ll, line, ll);
+    text[ll * lines] = 0;
+    int *whole, *one;
+    int nw = tokenizer_encode(t, text, ll * lines, 0, &whole);
+    int n1 = tokenizer_encode(t, line, ll, 0, &one);
+    assert_true(nw > 4 * 4096);  // several batches of pieces (a piece holds one token or more)
+    assert_int_equal(nw, n1 * lines);
+    for (int i = 0; i < lines; i++) assert_memory_equal(whole + (size_t)i * n1, one, n1 * sizeof(int));
+    free(whole);
+    free(one);
+    free(text);
+    tokenizer_free(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parity_qwen2),
@@ -525,6 +567,8 @@ int main(void) {
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_minimal_bpe),
+        cmocka_unit_test(test_long_text_batches),
+        cmocka_unit_test(test_word_without_ids),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

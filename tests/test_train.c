@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "common/util.h"
 #include "data/loader.h"
 #include "eval/model_dir.h"
@@ -483,6 +485,175 @@ static void test_foreign_and_corrupt_checkpoints(void **state) {
     assert_true(log_has(log, "resume = never but"));
 }
 
+// ---- issue 14: a damaged checkpoint or a hostile out_dir never costs the good checkpoints ----
+
+// every entry of dir (names joined, sorted by readdir order is not stable: sorted here)
+static void list_dir(const char *dir, char *out, size_t cap) {
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "ls -A '%s'", dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    pclose(p);
+}
+
+// state.json of dir/step_00000004 with `key` set to the raw JSON text val, or removed (val NULL)
+static void damage_state(const char *good, const char *dst, const char *key, const char *val) {
+    size_t n;
+    char *t = slurp(good, &n);
+    cJSON *j = cJSON_Parse(t);
+    free(t);
+    assert_non_null(j);
+    if (val) cJSON_ReplaceItemInObjectCaseSensitive(j, key, cJSON_CreateRaw(val));
+    else cJSON_DeleteItemFromObjectCaseSensitive(j, key);
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    FILE *f = fopen(dst, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    free(text);
+}
+
+// Every number of state.json is range-checked, and a refused checkpoint moves nothing: before,
+// "step": -5 or 1e300 set every checkpoint aside as abandoned_step_* (1e300 then trained for
+// ~2^63 steps), and "metrics_bytes": -1 emptied metrics.jsonl.
+static void test_damaged_state_refused(void **state) {
+    char dir[600], log[600], p[700], good[700], metrics[700], before[4096], after[4096];
+    snprintf(dir, sizeof dir, "%s/damaged", root);
+    snprintf(log, sizeof log, "%s/damaged.log", root);
+    assert_int_equal(train(dir, log, 0, "max_steps=4", "keep_last=10", NULL), 0);
+    path(p, sizeof p, dir, "step_00000004/state.json");
+    snprintf(good, sizeof good, "%s/damaged_state.good", root);
+    copy_file(p, good, log);
+    path(metrics, sizeof metrics, dir, "metrics.jsonl");
+    char metrics_good[700];
+    snprintf(metrics_good, sizeof metrics_good, "%s/damaged_metrics.good", root);
+    copy_file(metrics, metrics_good, log);
+    list_dir(dir, before, sizeof before);
+    static const struct {
+        const char *key, *val, *needle;
+    } cases[] = {
+        {"step", "-5", "key \"step\" must be an integer in [0, "},
+        {"step", "1e300", "key \"step\" must be an integer in [0, "},
+        {"step", "2.5", "key \"step\" must be an integer in [0, "},
+        {"step", "NaN", "malformed JSON"},  // not JSON: refused by the parser
+        {"step", "1e999", "key \"step\" must be an integer in [0, "},  // inf
+        {"step", "2", "key \"step\" is 2 but the directory is step_00000004"},
+        {"step", "\"4\"", "key \"step\" must be a number"},
+        {"step", NULL, "missing key \"step\""},
+        {"total_steps", "0", "key \"total_steps\" must be an integer in [1, "},
+        {"total_steps", "3", "key \"step\" must be an integer in [0, 3]"},
+        {"metrics_bytes", "-1", "key \"metrics_bytes\" must be an integer in [0, "},
+        {"metrics_bytes", NULL, "missing key \"metrics_bytes\""},
+        {"data_index", "-3", "key \"data_index\" must be an integer in [0, "},
+        {"data_epoch", "1e20", "key \"data_epoch\" must be an integer in [0, "},
+        {"world_size", "0", "key \"world_size\" must be an integer in [1, "},
+        {"skipped_steps", "5", "key \"skipped_steps\" must be an integer in [0, 4]"},
+        {"tokens", "-1", "key \"tokens\" must be an integer in [0, "},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        damage_state(good, p, cases[i].key, cases[i].val);
+        int rc = train(dir, log, 0, "max_steps=6", "keep_last=10", NULL);
+        if (rc != 1 || !log_has(log, cases[i].needle) || !log_has(log, "step_00000004/state.json"))
+            fail_msg("%s = %s: exit %d, not refused with \"%s\"", cases[i].key, cases[i].val ? cases[i].val : "(absent)", rc,
+                     cases[i].needle);
+        list_dir(dir, after, sizeof after);  // nothing moved, nothing added, nothing removed
+        if (strcmp(before, after)) fail_msg("%s = %s: out_dir changed:\n%s\nwas:\n%s", cases[i].key, cases[i].val, after, before);
+        assert_true(same_file(metrics, metrics_good));
+    }
+    // restored, the run resumes from step 4 as before
+    copy_file(good, p, log);
+    assert_int_equal(train(dir, log, 0, "max_steps=6", "keep_last=10", NULL), 0);
+    assert_true(log_has(log, "resume: "));
+    path(p, sizeof p, dir, "step_00000006/state.json");
+    assert_true(file_exists(p));
+}
+
+// a directory outside out_dir holding files that must survive; returns its path in out
+static void make_victim(const char *name, char *out, size_t cap) {
+    snprintf(out, cap, "%s/victim_%s", root, name);
+    mkdir(out, 0755);
+    char p[800];
+    const char *files[] = {"state.json", "trainable.safetensors", "precious.txt"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", out, files[i]);
+        FILE *f = fopen(p, "w");
+        assert_non_null(f);
+        fputs("{\"precious\": true}\n", f);
+        fclose(f);
+    }
+}
+
+static void expect_victim_intact(const char *victim) {
+    char p[800];
+    const char *files[] = {"state.json", "trainable.safetensors", "precious.txt"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", victim, files[i]);
+        if (!file_exists(p)) fail_msg("%s was deleted through a symbolic link", p);
+        assert_true(log_has(p, "{\"precious\": true}"));
+    }
+}
+
+// Nothing svlm deletes or truncates is reached through a symbolic link: a step_N.tmp link (the
+// start-up clean-up), a step_N link holding a state.json (keep_last pruning) and a metrics.jsonl
+// link (truncated on resume) all leave their targets as they were.
+static void test_out_dir_links_not_followed(void **state) {
+    char dir[600], log[600], p[700], victim_tmp[700], victim_step[700], victim_file[700];
+    snprintf(dir, sizeof dir, "%s/links", root);
+    snprintf(log, sizeof log, "%s/links.log", root);
+    assert_int_equal(train(dir, log, 0, "max_steps=2", "keep_last=1", NULL), 0);
+    make_victim("tmp", victim_tmp, sizeof victim_tmp);
+    make_victim("step", victim_step, sizeof victim_step);
+    snprintf(victim_file, sizeof victim_file, "%s/victim_metrics.jsonl", root);
+    FILE *f = fopen(victim_file, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 2000; i++) fputs("{\"precious\": true}\n", f);  // longer than the run's metrics
+    fclose(f);
+    size_t victim_len;
+    free(slurp(victim_file, &victim_len));
+    char target[800];
+    path(p, sizeof p, dir, "step_00000003.tmp");
+    assert_int_equal(symlink(realpath(victim_tmp, target), p), 0);
+    path(p, sizeof p, dir, "step_00000001");  // older than the checkpoint: pruned by keep_last = 1
+    assert_int_equal(symlink(realpath(victim_step, target), p), 0);
+    path(p, sizeof p, dir, "metrics.jsonl");
+    unlink(p);
+    assert_int_equal(symlink(realpath(victim_file, target), p), 0);
+    // resumes from step 2, saves 4, prunes down to one checkpoint
+    assert_int_equal(train(dir, log, 0, "max_steps=4", "keep_last=1", NULL), 0);
+    expect_victim_intact(victim_tmp);
+    expect_victim_intact(victim_step);
+    size_t n;
+    char *text = slurp(victim_file, &n);
+    assert_int_equal(n, victim_len);
+    free(text);
+    struct stat st;
+    path(p, sizeof p, dir, "step_00000003.tmp");
+    assert_int_not_equal(lstat(p, &st), 0);  // the link itself removed
+    path(p, sizeof p, dir, "step_00000001");
+    assert_int_equal(lstat(p, &st), 0);  // not svlm's: left as it is
+    assert_true(S_ISLNK(st.st_mode));
+    path(p, sizeof p, dir, "metrics.jsonl");  // replaced by a regular file
+    assert_int_equal(lstat(p, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_true(log_has(log, "metrics.jsonl is not a regular file"));
+    path(p, sizeof p, dir, "step_00000004/state.json");
+    assert_true(file_exists(p));
+    path(p, sizeof p, dir, "step_00000002");
+    assert_false(dir_exists(p));  // pruned as usual
+    // a fresh run (resume = never in a new out_dir) over a linked metrics.jsonl: not truncated
+    snprintf(dir, sizeof dir, "%s/links_fresh", root);
+    mkdir(dir, 0755);
+    path(p, sizeof p, dir, "metrics.jsonl");
+    assert_int_equal(symlink(realpath(victim_file, target), p), 0);
+    assert_int_equal(train(dir, log, 0, "max_steps=2", NULL, NULL), 0);
+    text = slurp(victim_file, &n);
+    assert_int_equal(n, victim_len);
+    free(text);
+}
+
 static void test_nan_loss(void **state) {
     char dir[600], log[600], p[700];
     snprintf(dir, sizeof dir, "%s/nan", root);
@@ -604,6 +775,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_foreign_and_corrupt_checkpoints),
         cmocka_unit_test(test_nan_loss),
         cmocka_unit_test(test_disk_full_during_checkpoint),
+        cmocka_unit_test(test_damaged_state_refused),
+        cmocka_unit_test(test_out_dir_links_not_followed),
     };
     struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];
     size_t n = test_select(chosen, tests, sizeof tests / sizeof tests[0], pattern);

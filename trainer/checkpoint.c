@@ -1,7 +1,6 @@
 // checkpoint.c: atomic checkpoints, resume and connector hand-over between stages (see checkpoint.h).
 #include "trainer/checkpoint.h"
 
-#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/json.h"
+#include "common/fs_safe.h"
 #include "common/safetensors.h"
 #include "common/util.h"
 
@@ -23,21 +22,6 @@ static int fsync_path(const char *path) {
     int rc = fsync(fd);
     close(fd);
     return rc;
-}
-
-// removes a flat directory (checkpoints hold files only)
-static void remove_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char path[2048];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
 }
 
 // step number of a name "step_NNNNNNNN" (exactly 8 digits), -1 otherwise; *tmp set for ".tmp"
@@ -52,20 +36,35 @@ static int64_t parse_step_name(const char *name, int *tmp) {
     return strtoll(p, NULL, 10);
 }
 
+// 1 when out_dir's entry name is a complete checkpoint: a real directory (not a symbolic link)
+// holding a regular state.json. A link named step_N is none of svlm's: never loaded, pruned or
+// set aside, so nothing svlm does to checkpoints can reach through it.
+static int is_checkpoint_at(int dfd, const char *name) {
+    struct stat st;
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode)) return 0;
+    int sub = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0) return 0;
+    int ok = fstatat(sub, "state.json", &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+    close(sub);
+    return ok;
+}
+
 // the complete checkpoints of out_dir, sorted by step ascending; returns the count
 static int list_checkpoints(const char *out_dir, int64_t **steps) {
-    DIR *d = opendir(out_dir);
     *steps = NULL;
-    if (!d) return 0;
+    int dfd = open(out_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return 0;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return 0;
+    }
     int n = 0, cap = 0;
     struct dirent *e;
-    char path[2048];
     while ((e = readdir(d))) {
         int tmp;
         int64_t s = parse_step_name(e->d_name, &tmp);
-        if (s < 0 || tmp) continue;
-        snprintf(path, sizeof path, "%s/%s/state.json", out_dir, e->d_name);
-        if (!file_exists(path)) continue;
+        if (s < 0 || tmp || !is_checkpoint_at(dirfd(d), e->d_name)) continue;
         if (n == cap) *steps = xrealloc(*steps, (cap = cap ? 2 * cap : 16) * sizeof(int64_t));
         (*steps)[n++] = s;
     }
@@ -80,18 +79,27 @@ static int list_checkpoints(const char *out_dir, int64_t **steps) {
 }
 
 void checkpoint_clean_tmp(const char *out_dir) {
-    DIR *d = opendir(out_dir);
-    if (!d) return;
+    int dfd = open(out_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return;
+    }
     struct dirent *e;
-    char path[2048];
     while ((e = readdir(d))) {
         int tmp;
-        if (parse_step_name(e->d_name, &tmp) >= 0 && tmp) {
-            snprintf(path, sizeof path, "%s/%s", out_dir, e->d_name);
-            remove_dir(path);
-        }
+        // a link named step_N.tmp is unlinked itself: fs_remove_at never follows one
+        if (parse_step_name(e->d_name, &tmp) >= 0 && tmp && fs_remove_at(dirfd(d), e->d_name) != 0)
+            warn("%s/%s: cannot remove: %s", out_dir, e->d_name, strerror(errno));
     }
     closedir(d);
+}
+
+// whether anything (a link included) is at path
+static int entry_exists(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0;
 }
 
 int checkpoint_set_aside_after(const char *out_dir, int64_t step) {
@@ -103,7 +111,7 @@ int checkpoint_set_aside_after(const char *out_dir, int64_t step) {
         snprintf(from, sizeof from, "%s/step_%08" PRId64, out_dir, steps[i]);
         for (int k = 0;; k++) {  // never overwrite an earlier set-aside copy
             snprintf(to, sizeof to, "%s/abandoned_step_%08" PRId64 "_%d", out_dir, steps[i], k);
-            if (!dir_exists(to)) break;
+            if (!entry_exists(to)) break;
         }
         if (rename(from, to) != 0) fatal("%s: cannot move aside to %s: %s", from, to, strerror(errno));
         moved++;
@@ -128,30 +136,6 @@ static int fail(char *err, size_t errlen, const char *fmt, ...) {
     return -1;
 }
 
-static cJSON *state_json(const TrainState *st, const char *signature) {
-    cJSON *j = cJSON_CreateObject();
-    char buf[32];
-    cJSON_AddStringToObject(j, "format", "svlm-checkpoint-1");
-    cJSON_AddNumberToObject(j, "step", (double)st->step);
-    cJSON_AddNumberToObject(j, "total_steps", (double)st->total_steps);
-    cJSON_AddNumberToObject(j, "data_epoch", (double)st->data.epoch);
-    cJSON_AddNumberToObject(j, "data_index", (double)st->data.index);  // in the epoch's global order
-    cJSON *rng = cJSON_AddArrayToObject(j, "rng");
-    for (int i = 0; i < 4; i++) {  // as strings: JSON numbers lose bits above 2^53
-        snprintf(buf, sizeof buf, "%" PRIu64, st->rng.s[i]);
-        cJSON_AddItemToArray(rng, cJSON_CreateString(buf));
-    }
-    cJSON_AddNumberToObject(j, "world_size", st->world);
-    cJSON_AddNumberToObject(j, "metrics_bytes", (double)st->metrics_bytes);
-    cJSON_AddNumberToObject(j, "skipped_steps", (double)st->skipped_steps);
-    cJSON_AddNumberToObject(j, "tokens", (double)st->tokens);
-    cJSON_AddStringToObject(j, "data", st->data_desc);
-    cJSON *sig = cJSON_Parse(signature);
-    CHECK(sig, "signature is not JSON: %s", signature);
-    cJSON_AddItemToObject(j, "model", sig);
-    return j;
-}
-
 static int write_text_file(const char *path, const char *text, char *err, size_t errlen) {
     FILE *f = fopen(path, "w");
     if (!f) return fail(err, errlen, "%s: cannot create: %s", path, strerror(errno));
@@ -167,8 +151,14 @@ int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *t
     snprintf(dir, sizeof dir, "%s/step_%08" PRId64, out_dir, st->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
     snprintf(path, sizeof path, "%s/state.json", dir);
-    if (file_exists(path)) return 0;  // this step is saved already: same state, nothing to do
-    remove_dir(tmp);
+    struct stat sb;
+    if (lstat(dir, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode) && fs_is_file_nofollow(path)) return 0;  // this step is saved already: same state
+        // a link (or file) named like this checkpoint is no checkpoint: the entry itself goes
+        if (!S_ISDIR(sb.st_mode) && fs_remove(dir) != 0)
+            return fail(err, errlen, "%s: cannot remove: %s", dir, strerror(errno));
+    }
+    if (fs_remove(tmp) != 0) return fail(err, errlen, "%s: cannot remove: %s", tmp, strerror(errno));
     if (mkdir(tmp, 0755) != 0) return fail(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
 
     // host copies of the fp32 spans (on the CPU backend a copy too, so the writer sees stable data)
@@ -212,9 +202,7 @@ int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *t
     free(m);
     free(v);
     if (!rc) {
-        cJSON *j = state_json(st, signature);
-        char *text = cJSON_Print(j);
-        cJSON_Delete(j);
+        char *text = checkpoint_state_text(st, signature);
         snprintf(path, sizeof path, "%s/state.json", tmp);
         rc = write_text_file(path, text, err, errlen);
         free(text);
@@ -223,7 +211,7 @@ int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *t
     if (!rc && fsync_path(tmp) != 0) rc = fail(err, errlen, "%s: fsync failed: %s", tmp, strerror(errno));
     if (!rc && rename(tmp, dir) != 0) rc = fail(err, errlen, "%s: rename failed: %s", tmp, strerror(errno));
     if (rc) {
-        remove_dir(tmp);
+        fs_remove(tmp);
         return rc;
     }
     fsync_path(out_dir);
@@ -234,45 +222,10 @@ int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *t
         // a step directory with state.json but missing tensors
         snprintf(dir, sizeof dir, "%s/step_%08" PRId64, out_dir, steps[i]);
         snprintf(tmp, sizeof tmp, "%s.tmp", dir);
-        if (rename(dir, tmp) == 0) remove_dir(tmp);
+        if (rename(dir, tmp) == 0 && fs_remove(tmp) != 0) warn("%s: cannot remove: %s", tmp, strerror(errno));
     }
     free(steps);
     return 0;
-}
-
-// one line listing the top-level (and one level down) differences of two signatures
-static void describe_diff(const cJSON *a, const cJSON *b, char *out, size_t cap) {
-    size_t o = 0;
-    out[0] = 0;
-    for (const cJSON *x = a->child; x && o < cap; x = x->next) {
-        const cJSON *y = cJSON_GetObjectItemCaseSensitive(b, x->string);
-        if (y && cJSON_Compare(x, y, 1)) continue;
-        if (y && cJSON_IsObject(x) && cJSON_IsObject(y)) {
-            for (const cJSON *xx = x->child; xx && o < cap; xx = xx->next) {
-                const cJSON *yy = cJSON_GetObjectItemCaseSensitive(y, xx->string);
-                if (yy && cJSON_Compare(xx, yy, 1)) continue;
-                char *sx = cJSON_PrintUnformatted(xx), *sy = yy ? cJSON_PrintUnformatted(yy) : xstrdup("absent");
-                o += snprintf(out + o, cap - o, "%s%s.%s: checkpoint %.60s, this run %.60s", o ? "; " : "", x->string,
-                              xx->string, sx, sy);
-                free(sx);
-                free(sy);
-            }
-            continue;
-        }
-        if (cJSON_IsArray(x)) {
-            o += snprintf(out + o, cap - o, "%s%s differ", o ? "; " : "", x->string);
-            continue;
-        }
-        char *sx = cJSON_PrintUnformatted(x), *sy = y ? cJSON_PrintUnformatted(y) : xstrdup("absent");
-        o += snprintf(out + o, cap - o, "%s%s: checkpoint %.60s, this run %.60s", o ? "; " : "", x->string, sx, sy);
-        free(sx);
-        free(sy);
-    }
-    if (!out[0]) snprintf(out, cap, "the model descriptions differ");
-}
-
-static int64_t get_i64(const cJSON *j, const char *key, const char *path) {
-    return (int64_t)json_get_num(j, key, path);
 }
 
 // reads every tensor of the set from file under prefix + name; shapes must match
@@ -295,42 +248,7 @@ static void read_span(const char *path, const ParamSet *train, const char *prefi
 
 void checkpoint_load(const char *dir, TrainState *st, ParamSet *train, const char *signature) {
     char path[2100];
-    snprintf(path, sizeof path, "%s/state.json", dir);
-    if (!file_exists(path)) fatal("%s: not a checkpoint (no state.json)", dir);
-    cJSON *j = json_load_file(path);
-    const char *format = json_get_str(j, "format", path);
-    if (strcmp(format, "svlm-checkpoint-1") != 0) fatal("%s: unknown checkpoint format \"%s\"", path, format);
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
-    if (!cJSON_IsObject(model)) fatal("%s: missing \"model\" description", path);
-    cJSON *mine = cJSON_Parse(signature);
-    CHECK(mine, "signature is not JSON");
-    if (!cJSON_Compare(model, mine, 1)) {
-        char diff[1500];
-        describe_diff(model, mine, diff, sizeof diff);
-        fatal("%s: checkpoint is from another configuration (%s); use another out_dir or resume = never", dir, diff);
-    }
-    cJSON_Delete(mine);
-    memset(st, 0, sizeof *st);
-    st->step = get_i64(j, "step", path);
-    st->total_steps = get_i64(j, "total_steps", path);
-    st->data.epoch = get_i64(j, "data_epoch", path);
-    st->data.index = get_i64(j, "data_index", path);
-    st->world = (int)get_i64(j, "world_size", path);
-    st->metrics_bytes = get_i64(j, "metrics_bytes", path);
-    st->skipped_steps = get_i64(j, "skipped_steps", path);
-    st->tokens = get_i64(j, "tokens", path);
-    snprintf(st->data_desc, sizeof st->data_desc, "%s", json_get_str_opt(j, "data", "", path));
-    const cJSON *rng = cJSON_GetObjectItemCaseSensitive(j, "rng");
-    if (!cJSON_IsArray(rng) || cJSON_GetArraySize(rng) != 4) fatal("%s: \"rng\" must hold 4 values", path);
-    for (int i = 0; i < 4; i++) {
-        const cJSON *e = cJSON_GetArrayItem(rng, i);
-        char *end;
-        if (!cJSON_IsString(e)) fatal("%s: \"rng\" values must be strings", path);
-        errno = 0;
-        st->rng.s[i] = strtoull(e->valuestring, &end, 10);
-        if (*end || errno) fatal("%s: bad rng value \"%s\"", path, e->valuestring);
-    }
-    cJSON_Delete(j);
+    checkpoint_read_state(dir, st, signature);
 
     // the checkpoint holds the whole state; a ZeRO-1 rank keeps its slice of the moments
     // (the span's padding past numel stays zero)

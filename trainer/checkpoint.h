@@ -4,7 +4,9 @@
 //   optimizer.safetensors   AdamW moments as exp_avg.<name> and exp_avg_sq.<name>
 //   state.json              step, data position, RNG, world size, metrics length, model signature
 // It is written as step_NNNNNNNN.tmp/, every file fsynced, then renamed; the newest keep_last
-// complete checkpoints are kept.
+// complete checkpoints are kept. A checkpoint is a real directory: an entry that is a symbolic
+// link is never listed, loaded, pruned or set aside, and .tmp leftovers are removed without
+// following links (common/fs_safe.h).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -39,6 +41,13 @@ int checkpoint_latest(const char *out_dir, char *path, size_t cap);
 int checkpoint_set_aside_after(const char *out_dir, int64_t step);
 // removes step_*.tmp leftovers of killed runs
 void checkpoint_clean_tmp(const char *out_dir);
+// state.json: checkpoint_state_text returns it (malloc'd); checkpoint_read_state reads dir's,
+// compares its model description with signature and range-checks every number (step within
+// [0, total_steps] and equal to the directory's step_N, counts non-negative, world_size >= 1, at
+// most 2^53 where JSON numbers stay exact), fatal() with one line naming the file and key
+// otherwise. It acts on nothing: resume moves and truncates files only after it returned.
+char *checkpoint_state_text(const TrainState *st, const char *signature);
+void checkpoint_read_state(const char *dir, TrainState *st, const char *signature);
 // Restores masters, moments (the set's slice of them) and state from dir. A checkpoint whose signature differs from
 // signature is refused with a message naming what differs; a damaged file is a fatal() naming it.
 void checkpoint_load(const char *dir, TrainState *st, ParamSet *train, const char *signature);

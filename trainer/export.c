@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/fs_safe.h"
 #include "common/safetensors.h"
 #include "common/util.h"
 #include "model/connector.h"
@@ -66,10 +67,9 @@ static void save_or_die(StWriter *w, const char *path) {
 }
 
 // removes a directory tree made by a previous export attempt
+// an export directory svlm wrote, removed without following links (common/fs_safe.h)
 static void remove_tree(const char *dir) {
-    char cmd[PATH_MAX * 2];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (strchr(dir, '\'') || system(cmd) != 0) fatal("%s: cannot remove", dir);
+    if (fs_remove(dir) != 0) fatal("%s: cannot remove: %s", dir, strerror(errno));
 }
 
 void export_run(const char *src, const char *out_arg) {

@@ -5,10 +5,12 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/fs_safe.h"
 #include "common/util.h"
 #include "trainer/run.h"
 
@@ -26,18 +28,32 @@ static const char *jnum(double v, char *buf) {
     return buf;
 }
 
+// keep_bytes < 0: a fresh file; otherwise the file cut to keep_bytes (a resumed run logs again
+// what was logged after its checkpoint) or, with INT64_MAX, kept whole. A fresh or cut file is
+// written anew and renamed over the old one (common/fs_safe.h), so a symbolic link planted there
+// is replaced as an entry and what it points to is never truncated; appending refuses links.
 FILE *run_open_log(const char *out_dir, const char *name, int64_t keep_bytes) {
     char path[CFG_PATH + 32];
     snprintf(path, sizeof path, "%s/%s", out_dir, name);
     struct stat sb;
-    if (keep_bytes >= 0 && keep_bytes != INT64_MAX && stat(path, &sb) == 0) {
-        if (sb.st_size < keep_bytes)  // lost lines are not made up: keep what is there
-            warn("%s: shorter (%lld bytes) than at the checkpoint (%lld): earlier records are missing", path,
-                 (long long)sb.st_size, (long long)keep_bytes);
-        else if (truncate(path, keep_bytes) != 0)
-            fatal("%s: cannot truncate: %s", path, strerror(errno));
+    int present = lstat(path, &sb) == 0, regular = present && S_ISREG(sb.st_mode);
+    if (keep_bytes != INT64_MAX || (present && !regular)) {
+        char *keep = NULL;
+        size_t n = 0;
+        if (present && !regular)
+            warn("%s is not a regular file (a symbolic link?): replaced by one; what it pointed to is left as it was%s",
+                 path, keep_bytes > 0 ? ", and the records before the checkpoint are not carried over" : "");
+        else if (keep_bytes > 0 && present) {
+            keep = fs_read_nofollow(path, (size_t)keep_bytes, &n);
+            if (!keep) fatal("%s: cannot read: %s", path, strerror(errno));
+            if ((int64_t)n < keep_bytes)  // lost lines are not made up: keep what is there
+                warn("%s: shorter (%zu bytes) than at the checkpoint (%lld): earlier records are missing", path, n,
+                     (long long)keep_bytes);
+        }
+        if (fs_replace(path, keep ? keep : "", n) != 0) fatal("%s: cannot write: %s", path, strerror(errno));
+        free(keep);
     }
-    FILE *f = fopen(path, keep_bytes >= 0 ? "a" : "w");
+    FILE *f = fs_open_append(path);
     if (!f) fatal("%s: cannot open: %s", path, strerror(errno));
     return f;
 }

@@ -46,6 +46,7 @@ static void resolve_data(const TrainConfig *c, const char *data, const char *ima
     prepare_spec_defaults(&ps);
     ps.data = data;
     ps.image_folder = image_folder[0] ? image_folder : NULL;
+    ps.allow_outside_images = c->allow_outside_images;
     ps.llm_dir = c->llm;
     ps.template_name = c->template_;
     ps.out_dir = shards;
@@ -356,12 +357,14 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
                   st->data.index, c->global_batch);
         if (st->world != world) printf("resume: saved by %d process(es), continued by %d\n", st->world, world);
         st->world = world;
-        dist_barrier(d, 1);  // every rank has read it before rank 0 moves later ones aside
+        loader_seek(r->train, (LoaderPos){st->data.epoch, st->data.index / world});
+        // only now, with the checkpoint loaded and every value of it checked, may it cost the
+        // later checkpoints their place; every rank has read it before rank 0 moves them aside
+        dist_barrier(d, 1);
         if (r->rank == 0) {
             int moved = checkpoint_set_aside_after(c->out_dir, st->step);
             if (moved) printf("resume: %d later checkpoint(s) of %s moved aside as abandoned_step_*\n", moved, c->out_dir);
         }
-        loader_seek(r->train, (LoaderPos){st->data.epoch, st->data.index / world});
         printf("resume: %s (step %" PRId64 ")\n", ckpt, st->step);
     } else {
         vlm_init_trainable(m, c->seed);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/fs_safe.h"
 #include "common/util.h"
 #include "data/template.h"
 #include "model/connector.h"
@@ -27,6 +28,7 @@ const CfgKey train_keys[] = {
     K("system", CFG_STR, system, "default", "system prompt; \"default\" for the template's own, \"\" for none"),
     K("data", CFG_STR, data, "", "LLaVA JSON / JSONL file (prepared once into shards) or a shard directory"),
     K("image_folder", CFG_STR, image_folder, "", "directory the data's image paths are relative to"),
+    K("allow_outside_images", CFG_BOOL, allow_outside_images, "false", "read image paths that leave the image folder (absolute, ../), as LLaVA does"),
     K("val_data", CFG_STR, val_data, "", "validation data (JSON / JSONL or shards); empty: no validation"),
     K("val_image_folder", CFG_STR, val_image_folder, "", "image folder of val_data (empty: image_folder)"),
     K("data_cache", CFG_STR, data_cache, "", "where JSON data is prepared into shards (empty: out_dir/data)"),
@@ -153,19 +155,22 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
 }
 
 void train_config_save(const TrainConfig *c, const char *path) {
-    char tmp[CFG_PATH + 16];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) fatal("%s: cannot create: %s", tmp, strerror(errno));
+    // written to memory first, then to a fresh file renamed over path: a link at path (or at a
+    // temporary name) is never written through (common/fs_safe.h)
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) fatal("%s: out of memory", path);
     fprintf(f, "# resolved configuration of this run, written by ./train\n");
     config_write(train_keys, n_train_keys, c, f);
-    int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) fatal("%s: write failed: %s", path, strerror(errno));
+    if (fclose(f) != 0) fatal("%s: out of memory", path);
+    if (fs_replace(path, text, len) != 0) fatal("%s: write failed: %s", path, strerror(errno));
+    free(text);
 }
 
 void train_config_print(const TrainConfig *c) {
     printf("config:\n");
     char buf[4200];
     for (int i = 0; i < n_train_keys; i++)
-        printf("  %-16s %s\n", train_keys[i].key, config_value(train_keys, n_train_keys, c, train_keys[i].key, buf, sizeof buf));
+        printf("  %-20s %s\n", train_keys[i].key, config_value(train_keys, n_train_keys, c, train_keys[i].key, buf, sizeof buf));
 }

@@ -17,6 +17,7 @@ typedef struct {
     char system[2048];
     char data[CFG_PATH];
     char image_folder[CFG_PATH];
+    int allow_outside_images;  // image paths may leave image_folder (absolute, ../)
     char val_data[CFG_PATH];
     char val_image_folder[CFG_PATH];
     char data_cache[CFG_PATH];

@@ -1,0 +1,41 @@
+// fuzz_hf_config.c: libFuzzer harness for the Hugging Face JSON files svlm reads besides
+// tokenizer.json: the input is written as config.json, preprocessor_config.json and
+// adapter_config.json of one directory, which is then loaded as a language model config
+// (model/llm.c), a vision config and its preprocessing (model/vit.c) and a peft adapter config
+// (model/lora.c). Each loader runs in its own guard: one refusing does not hide the others.
+#include <stdio.h>
+
+#include "model/llm.h"
+#include "model/vit.h"
+#include "tests/fuzz/fuzz_common.h"
+
+static void run_llm(void *arg) {
+    LlmConfig c;
+    llm_config_load(&c, fuzz_dir());
+    (void)arg;
+}
+
+static void run_vit(void *arg) {
+    VitConfig c;
+    vit_config_load(&c, fuzz_dir());
+    int size;
+    float mean[3], std[3];
+    vit_preprocess_config(fuzz_dir(), c.image_size, &size, mean, std);
+    (void)arg;
+}
+
+static void run_lora(void *arg) {
+    LoraConfig l;
+    lora_config_load_peft(&l, fuzz_dir());
+    (void)arg;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
+    fuzz_file("config.json", data, n);
+    fuzz_file("preprocessor_config.json", data, n);
+    fuzz_file("adapter_config.json", data, n);
+    fuzz_guard(run_llm, NULL);
+    fuzz_guard(run_vit, NULL);
+    fuzz_guard(run_lora, NULL);
+    return 0;
+}
