@@ -132,7 +132,7 @@ FUZZ_CFLAGS  := -g -O1 -std=gnu11 -I. $(DEPS_CFLAGS) -Wall -Wno-unused-parameter
 FUZZ_WRAP    := -Wl,--wrap=fopen,--wrap=fdopen,--wrap=fclose,--wrap=opendir,--wrap=fdopendir,--wrap=closedir
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(filter-out tests/fuzz/fuzz_common.c,$(wildcard tests/fuzz/fuzz_*.c)))
 FUZZ_BINS    := $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_TARGETS))
-FUZZ_LIB_OBJ := $(patsubst %.c,build/fuzz/obj/%.o,$(filter common/% data/% model/% trainer/checkpoint_state.c trainer/train_config.c,$(LIB_SRC)))
+FUZZ_LIB_OBJ := $(patsubst %.c,build/fuzz/obj/%.o,$(filter common/% data/% model/% trainer/checkpoint_state.c trainer/train_config.c trainer/dist_launch.c,$(LIB_SRC)))
 build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
