@@ -141,3 +141,13 @@ int json_get_float3(const cJSON *root, const char *key, float out[3], const char
     }
     return 1;
 }
+
+const char *json_type_name(const cJSON *j) {
+    if (!j) return "missing";
+    if (cJSON_IsString(j)) return "a string";
+    if (cJSON_IsNumber(j)) return "a number";
+    if (cJSON_IsBool(j)) return "a boolean";
+    if (cJSON_IsArray(j)) return "a list";
+    if (cJSON_IsObject(j)) return "an object";
+    return "null";
+}

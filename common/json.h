@@ -28,6 +28,9 @@ int64_t json_get_i64(const cJSON *obj, const char *key, int64_t lo, int64_t hi, 
 int64_t json_get_i64_opt(const cJSON *obj, const char *key, int64_t def, int64_t lo, int64_t hi, const char *path);
 // the same test without fatal(): 1 with *out set when j is such a number, else 0
 int json_is_i64(const cJSON *j, int64_t lo, int64_t hi, int64_t *out);
+// what j is, for messages: "a string", "a number", "a boolean", "a list", "an object", "null",
+// or "missing" for NULL
+const char *json_type_name(const cJSON *j);
 #define JSON_INT_MAX ((int64_t)1 << 53)  // the largest integer a JSON number (a double) holds exactly
 
 // three numbers (or one number for all three) into out; 0 when the key is absent or null

@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "common/json.h"
 #include "common/util.h"
 
 #define BUF_MAX (LLAVA_MAX_SAMPLE_BYTES + (1u << 20))  // the read buffer never grows past this
@@ -158,14 +159,6 @@ static const cJSON *get(const cJSON *o, const char *k) {
     return (j && !cJSON_IsNull(j)) ? j : NULL;
 }
 
-static const char *type_name(const cJSON *j) {
-    if (cJSON_IsString(j)) return "a string";
-    if (cJSON_IsNumber(j)) return "a number";
-    if (cJSON_IsBool(j)) return "a boolean";
-    if (cJSON_IsArray(j)) return "a list";
-    if (cJSON_IsObject(j)) return "an object";
-    return "null";
-}
 
 // fills the sample's fields from s->root; sets s->skip on wrong types
 static void extract(LlavaSample *s) {
@@ -173,7 +166,7 @@ static void extract(LlavaSample *s) {
     s->id = "";
     if (!cJSON_IsObject(o)) {
         s->skip = LLAVA_SKIP_NOT_OBJECT;
-        snprintf(s->why, sizeof s->why, "the sample is %s, not an object", type_name(o));
+        snprintf(s->why, sizeof s->why, "the sample is %s, not an object", json_type_name(o));
         return;
     }
     const cJSON *id = get(o, "id");
@@ -190,7 +183,7 @@ static void extract(LlavaSample *s) {
             img = cJSON_GetArrayItem(img, 0);
         if (!cJSON_IsString(img) || !img->valuestring[0]) {
             s->skip = LLAVA_SKIP_BAD_IMAGE;
-            snprintf(s->why, sizeof s->why, "\"image\" is %s, not a file name", cJSON_IsString(img) ? "empty" : type_name(img));
+            snprintf(s->why, sizeof s->why, "\"image\" is %s, not a file name", cJSON_IsString(img) ? "empty" : json_type_name(img));
             return;
         }
         s->image = img->valuestring;
@@ -198,7 +191,7 @@ static void extract(LlavaSample *s) {
     const cJSON *conv = get(o, "conversations");
     if (!conv || !cJSON_IsArray(conv)) {
         s->skip = LLAVA_SKIP_BAD_CONVERSATIONS;
-        snprintf(s->why, sizeof s->why, "\"conversations\" is %s, not a list", conv ? type_name(conv) : "missing");
+        snprintf(s->why, sizeof s->why, "\"conversations\" is %s, not a list", conv ? json_type_name(conv) : "missing");
         return;
     }
     int n = cJSON_GetArraySize(conv);
@@ -211,11 +204,11 @@ static void extract(LlavaSample *s) {
         if (cJSON_IsObject(c) && !val) val = get(c, "content");
         if (!cJSON_IsString(from) || !cJSON_IsString(val)) {
             s->skip = LLAVA_SKIP_BAD_CONVERSATIONS;
-            if (!cJSON_IsObject(c)) snprintf(s->why, sizeof s->why, "turn %d is %s, not an object", t + 1, type_name(c));
+            if (!cJSON_IsObject(c)) snprintf(s->why, sizeof s->why, "turn %d is %s, not an object", t + 1, json_type_name(c));
             else if (!cJSON_IsString(from))
-                snprintf(s->why, sizeof s->why, "turn %d: \"from\" is %s, not a string", t + 1, from ? type_name(from) : "missing");
+                snprintf(s->why, sizeof s->why, "turn %d: \"from\" is %s, not a string", t + 1, from ? json_type_name(from) : "missing");
             else
-                snprintf(s->why, sizeof s->why, "turn %d: \"value\" is %s, not a string", t + 1, val ? type_name(val) : "missing");
+                snprintf(s->why, sizeof s->why, "turn %d: \"value\" is %s, not a string", t + 1, val ? json_type_name(val) : "missing");
             return;
         }
         s->turns[t].role = from->valuestring;

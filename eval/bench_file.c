@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json.h"
 #include "common/util.h"
 #include "data/llava_json.h"
 
@@ -39,33 +40,24 @@ __attribute__((noreturn, format(printf, 2, 3))) static void item_fatal(const Whe
     fatal("%s:%lld: item %d: %s", w->path, (long long)w->line, w->index + 1, msg);
 }
 
-static const char *type_of(const cJSON *j) {
-    if (!j) return "missing";
-    if (cJSON_IsString(j)) return "a string";
-    if (cJSON_IsNumber(j)) return "a number";
-    if (cJSON_IsBool(j)) return "a boolean";
-    if (cJSON_IsArray(j)) return "a list";
-    if (cJSON_IsObject(j)) return "an object";
-    return "null";
-}
 
 // an optional string field: NULL when absent or null, fatal() when of another type
 static char *opt_str(const Where *w, const cJSON *o, const char *key) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v || cJSON_IsNull(v)) return NULL;
-    if (!cJSON_IsString(v)) item_fatal(w, "\"%s\" is %s, not a string", key, type_of(v));
+    if (!cJSON_IsString(v)) item_fatal(w, "\"%s\" is %s, not a string", key, json_type_name(v));
     return xstrdup(v->valuestring);
 }
 
 // a list of non-empty strings (>= 1); fatal() naming the key otherwise
 static char **str_list(const Where *w, const cJSON *v, const char *key, int *n) {
-    if (!cJSON_IsArray(v)) item_fatal(w, "\"%s\" is %s, not a list of strings", key, type_of(v));
+    if (!cJSON_IsArray(v)) item_fatal(w, "\"%s\" is %s, not a list of strings", key, json_type_name(v));
     *n = cJSON_GetArraySize(v);
     if (*n == 0) item_fatal(w, "\"%s\" is an empty list", key);
     char **out = xcalloc((size_t)*n, sizeof(char *));
     for (int i = 0; i < *n; i++) {
         const cJSON *s = cJSON_GetArrayItem(v, i);
-        if (!cJSON_IsString(s)) item_fatal(w, "\"%s\"[%d] is %s, not a string", key, i, type_of(s));
+        if (!cJSON_IsString(s)) item_fatal(w, "\"%s\"[%d] is %s, not a string", key, i, json_type_name(s));
         out[i] = xstrdup(s->valuestring);
     }
     return out;
@@ -93,7 +85,7 @@ static void read_mc(const Where *w, const cJSON *o, BenchItem *it) {
             char key[2] = {(char)('A' + i), 0};
             const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
             if (!v || cJSON_IsNull(v)) break;
-            if (!cJSON_IsString(v)) item_fatal(w, "option \"%s\" is %s, not a string", key, type_of(v));
+            if (!cJSON_IsString(v)) item_fatal(w, "option \"%s\" is %s, not a string", key, json_type_name(v));
             it->options[it->n_options++] = xstrdup(v->valuestring);
         }
         if (it->n_options < 26) {  // a later letter after a gap is a broken item, not fewer options
@@ -108,7 +100,7 @@ static void read_mc(const Where *w, const cJSON *o, BenchItem *it) {
     for (int i = 0; i < it->n_options; i++)
         if (!it->options[i][0]) item_fatal(w, "option %c is empty", 'A' + i);
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, "answer");
-    if (!cJSON_IsString(a)) item_fatal(w, "\"answer\" is %s, not an option letter", type_of(a));
+    if (!cJSON_IsString(a)) item_fatal(w, "\"answer\" is %s, not an option letter", json_type_name(a));
     const char *s = a->valuestring;
     char c = s[0] >= 'a' && s[0] <= 'z' ? (char)(s[0] - 32) : s[0];
     if (!(c >= 'A' && c <= 'Z') || s[1] || c - 'A' >= it->n_options)
@@ -160,7 +152,7 @@ void bench_load(BenchSet *b, const char *path, const char *image_folder, EvalTas
                 it->refs = str_list(&w, a, "answers", &it->n_refs);
             } else {
                 const cJSON *one = cJSON_GetObjectItemCaseSensitive(o, "answer");
-                if (!cJSON_IsString(one)) item_fatal(&w, "no reference answer: \"answers\" (a list) or \"answer\" (a string) is %s", type_of(one));
+                if (!cJSON_IsString(one)) item_fatal(&w, "no reference answer: \"answers\" (a list) or \"answer\" (a string) is %s", json_type_name(one));
                 it->refs = xcalloc(1, sizeof(char *));
                 it->refs[0] = xstrdup(one->valuestring);
                 it->n_refs = 1;
