@@ -73,27 +73,10 @@ static int train_n(int n, const char *dir, const char *log, const char *const *e
     return spawn(argv, log, 0);
 }
 
-static char *slurp(const char *path, size_t *n) {
-    char *s = file_read_all(path, n);
-    if (!s) fail_msg("%s: cannot read", path);
-    return s;
-}
-
 static size_t file_size(const char *path) {
     struct stat sb;
     return stat(path, &sb) == 0 ? (size_t)sb.st_size : 0;
 }
-
-static int same_file(const char *a, const char *b) {
-    size_t na, nb;
-    char *x = slurp(a, &na), *y = slurp(b, &nb);
-    int same = na == nb && memcmp(x, y, na) == 0;
-    free(x);
-    free(y);
-    return same;
-}
-
-static void path(char *buf, size_t cap, const char *a, const char *b) { snprintf(buf, cap, "%s/%s", a, b); }
 
 // the log's text from byte `from` on
 static char *log_from(const char *log, size_t from) {
@@ -149,7 +132,7 @@ static int pid_gone(int pid) {
 // relative difference seen, or fails.
 static double compare_metrics(const char *a, const char *b, double tol) {
     size_t na, nb;
-    char *x = slurp(a, &na), *y = slurp(b, &nb), *p = x, *q = y;
+    char *x = test_slurp(a, &na), *y = test_slurp(b, &nb), *p = x, *q = y;
     double worst = 0;
     while (*p && *q) {
         int num_p = (*p >= '0' && *p <= '9') || (*p == '-' && p[1] >= '0' && p[1] <= '9');
@@ -208,21 +191,6 @@ static double compare_weights(const char *a, const char *b, double *max_rel) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-// the files a finished run must agree on byte for byte
-static void expect_same_run(const char *a, const char *b, int step) {
-    char pa[900], pb[900], rel[64];
-    const char *files[3] = {"trainable.safetensors", "optimizer.safetensors", "state.json"};
-    for (int i = 0; i < 3; i++) {
-        snprintf(rel, sizeof rel, "step_%08d/%s", step, files[i]);
-        path(pa, sizeof pa, a, rel);
-        path(pb, sizeof pb, b, rel);
-        if (!same_file(pa, pb)) fail_msg("%s and %s differ", pa, pb);
-    }
-    path(pa, sizeof pa, a, "metrics.jsonl");
-    path(pb, sizeof pb, b, "metrics.jsonl");
-    if (!same_file(pa, pb)) fail_msg("%s and %s differ", pa, pb);
-}
-
 enum { STEPS = 10, PER_EPOCH = 5, GLOBAL = 12 };
 
 static double ref_step_s = 0.2;  // seconds per step of the world-2 run
@@ -230,9 +198,9 @@ static double ref_step_s = 0.2;  // seconds per step of the world-2 run
 // seconds per step of a finished run (its timing.jsonl)
 static double step_seconds(const char *dir) {
     char p[700];
-    path(p, sizeof p, dir, "timing.jsonl");
+    test_path(p, sizeof p, dir, "timing.jsonl");
     size_t n;
-    char *s = slurp(p, &n);
+    char *s = test_slurp(p, &n);
     double first = -1, last = -1;
     int count = 0;
     for (char *q = s; (q = strstr(q, "\"elapsed_s\": ")); q++, count++) {
@@ -304,15 +272,15 @@ static void test_world_sizes_agree(void **state) {
     for (int n = 2; n <= 3; n++) {
         char dir[600];
         snprintf(dir, sizeof dir, "%s/ref%d", root, n);
-        path(a, sizeof a, dir, "metrics.jsonl");
-        path(b, sizeof b, root, "ref1/metrics.jsonl");
+        test_path(a, sizeof a, dir, "metrics.jsonl");
+        test_path(b, sizeof b, root, "ref1/metrics.jsonl");
         double em = compare_metrics(a, b, 1e-6);
-        path(a, sizeof a, dir, "step_00000010/trainable.safetensors");
-        path(b, sizeof b, root, "ref1/step_00000010/trainable.safetensors");
+        test_path(a, sizeof a, dir, "step_00000010/trainable.safetensors");
+        test_path(b, sizeof b, root, "ref1/step_00000010/trainable.safetensors");
         double emax, ew = compare_weights(a, b, &emax);
         printf("    %d ranks vs 1: metrics (losses, norms, sample ids) within %.2e; final weights within %.2e (2-norm), "
                "%.2e (largest element difference / largest weight); %s\n", n, em, ew, emax,
-               same_file(a, b) ? "bit-identical" : "not bit-identical");
+               test_same_file(a, b) ? "bit-identical" : "not bit-identical");
         assert_true(ew <= 1e-6);
     }
 }
@@ -328,9 +296,9 @@ static void test_zero1_equals_zero0(void **state) {
         assert_int_equal(train_n(n, dir, log, extra), 0);
         expect_same_run(ref, dir, STEPS);
         char r0[700];
-        path(r0, sizeof r0, root, "ref2.log");
+        test_path(r0, sizeof r0, root, "ref2.log");
         size_t z;
-        char *s0 = slurp(r0, &z);
+        char *s0 = test_slurp(r0, &z);
         assert_non_null(strstr(s0, "AdamW m and v for 1/2 of them (ZeRO-1, this rank's share)"));
         // the plan of the sharded state is what setup then holds, to the byte
         // (mpirun forwards stdout and stderr separately: a warning may share the line)
@@ -478,7 +446,7 @@ static void test_sigterm(void **state) {
             }
             assert_int_equal(status_of(st), 0);  // preemption is a clean exit for every rank
             char p[700];
-            path(p, sizeof p, dir, "step_00000010/state.json");
+            test_path(p, sizeof p, dir, "step_00000010/state.json");
             done = file_exists(p);
         }
         assert_true(done);
@@ -492,7 +460,7 @@ static void test_sigterm(void **state) {
 // every sample id of each epoch exactly once, in the step records of metrics.jsonl
 static void expect_each_sample_once(const char *metrics) {
     size_t n;
-    char *s = slurp(metrics, &n);
+    char *s = test_slurp(metrics, &n);
     int seen[2][512] = {{0}}, count[2] = {0};
     for (char *q = s; (q = strstr(q, "\"epoch\": ")); q++) {
         int e = atoi(q + 9);
@@ -530,12 +498,12 @@ static void test_resume_on_other_world(void **state) {
         char *s = log_from(log, 0);
         assert_non_null(strstr(s, "resume: saved by 2 process(es), continued by "));
         free(s);
-        path(p, sizeof p, dir, "metrics.jsonl");
+        test_path(p, sizeof p, dir, "metrics.jsonl");
         expect_each_sample_once(p);
-        path(q, sizeof q, root, "ref1/metrics.jsonl");
+        test_path(q, sizeof q, root, "ref1/metrics.jsonl");
         double em = compare_metrics(p, q, 1e-6);
-        path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
-        path(q, sizeof q, root, "ref1/step_00000010/trainable.safetensors");
+        test_path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
+        test_path(q, sizeof q, root, "ref1/step_00000010/trainable.safetensors");
         double emax, ew = compare_weights(p, q, &emax);
         printf("    2 ranks to step 2, then %d: every sample of each epoch once; metrics within %.2e, weights within %.2e "
                "(2-norm; %.2e largest element) of the 1-rank run\n", n, em, ew, emax);
@@ -560,7 +528,7 @@ static void test_mismatched_configs(void **state) {
     assert_null(strstr(s, "| loss "));
     free(s);
     char p[700];
-    path(p, sizeof p, dir, "metrics.jsonl");
+    test_path(p, sizeof p, dir, "metrics.jsonl");
     assert_false(file_exists(p));
     // and another build of ./train on one rank (here: the same program with one byte appended)
     char other[600], log2[600];

@@ -51,13 +51,6 @@ static int spawn(char *const argv[], const char *out_log, const char *err_log) {
     return WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
 }
 
-static char *slurp(const char *path) {
-    size_t n;
-    char *s = file_read_all(path, &n);
-    if (!s) fail_msg("%s: cannot read", path);
-    return s;
-}
-
 static void write_file(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     if (!f || fputs(text, f) < 0 || fclose(f) != 0) fail_msg("%s: cannot write", path);
@@ -79,7 +72,7 @@ static int evaluate(const char *data, const char *out, const char *const *args) 
 static cJSON **predictions(const char *out, int *n) {
     char p[1024];
     snprintf(p, sizeof p, "%s/predictions.jsonl", out);
-    char *s = slurp(p);
+    char *s = test_slurp(p, NULL);
     cJSON **lines = NULL;
     *n = 0;
     for (char *line = strtok(s, "\n"); line; line = strtok(NULL, "\n")) {
@@ -197,7 +190,7 @@ static void test_likelihood(void **state) {
     gen_init(&g, &gm.vlm, 256, 0);
     float *pixels = xmalloc((size_t)3 * gm.image_size * gm.image_size * sizeof(float));
     cJSON *bench = NULL;
-    char *text = slurp(data);
+    char *text = test_slurp(data, NULL);
     char *save = NULL;
     double worst = 0;
     int right = 0;
@@ -319,7 +312,7 @@ static void test_vqa_scores(void **state) {
     int n;
     cJSON **lines = predictions(out, &n);
     assert_int_equal(n, 12);
-    char *text = slurp(data), *save = NULL, *line = strtok_r(text, "\n", &save);
+    char *text = test_slurp(data, NULL), *save = NULL, *line = strtok_r(text, "\n", &save);
     double v = 0, a = 0, e = 0;
     for (int i = 0; i < n; i++, line = strtok_r(NULL, "\n", &save)) {
         cJSON *b = cJSON_Parse(line);
@@ -410,7 +403,7 @@ static void expect_bad(const char *name, const char *text, const char *const *ar
     snprintf(out, sizeof out, "%s/bad_%s", root, name);
     int st = evaluate(data, out, args);
     snprintf(err, sizeof err, "%s.stderr", out);
-    char *e = slurp(err);
+    char *e = test_slurp(err, NULL);
     int lines = 0;
     for (char *p = e; *p; p++) lines += *p == '\n';
     if (st != 1 || lines != 1 || (n1 && !strstr(e, n1)) || (n2 && !strstr(e, n2)))
@@ -476,14 +469,14 @@ static void test_batch_same_predictions(void **state) {
         const char *a1[] = {"--max-new-tokens", "12", NULL};
         assert_int_equal(evaluate(data, out1, a1), 0);
         snprintf(p1, sizeof p1, "%s/predictions.jsonl", out1);
-        char *want = slurp(p1);
+        char *want = test_slurp(p1, NULL);
         const char *sizes[] = {"3", "5"};
         for (int b = 0; b < 2; b++) {
             snprintf(outb, sizeof outb, "%s/batch%s_%d", root, sizes[b], f);
             const char *ab[] = {"--max-new-tokens", "12", "--batch-size", sizes[b], NULL};
             assert_int_equal(evaluate(data, outb, ab), 0);
             snprintf(pb, sizeof pb, "%s/predictions.jsonl", outb);
-            char *got = slurp(pb);
+            char *got = test_slurp(pb, NULL);
             if (strcmp(got, want)) fail_msg("%s: --batch-size %s predictions differ from batch 1", files[f], sizes[b]);
             free(got);
             cJSON *sum = summary(outb);
@@ -538,7 +531,7 @@ static void test_generate_batch_file(void **state) {
             const char *a1[] = {"--device", "cpu", "--prompt", prompts[i], "--max-new-tokens", "12", "--temperature",
                                 temps[t], "--seed", "5", images[i] ? "--image" : NULL, img, NULL};
             assert_int_equal(generate(a1, out, err), 0);
-            want[i] = slurp(out);
+            want[i] = test_slurp(out, NULL);
             size_t len = strlen(want[i]);
             assert_true(len >= 1 && want[i][len - 1] == '\n');
             want[i][len - 1] = 0;  // the newline after the streamed answer
@@ -549,7 +542,7 @@ static void test_generate_batch_file(void **state) {
             const char *ab[] = {"--device", "cpu", "--batch", file, "--image-folder", data, "--batch-size", sizes[b],
                                 "--max-new-tokens", "12", "--temperature", temps[t], "--seed", "5", NULL};
             assert_int_equal(generate(ab, out, err), 0);
-            char *got = slurp(out);
+            char *got = test_slurp(out, NULL);
             int n = 0;
             for (char *line = strtok(got, "\n"); line; line = strtok(NULL, "\n"), n++) {
                 assert_true(n < 5);
@@ -580,7 +573,7 @@ static void test_generate_batch_file(void **state) {
     snprintf(err, sizeof err, "%s/bad_gen.err", root);
     const char *bad[] = {"--device", "cpu", "--batch", file, NULL};
     assert_int_equal(generate(bad, out, err), 1);
-    char *e = slurp(err), want_err[800];
+    char *e = test_slurp(err, NULL), want_err[800];
     snprintf(want_err, sizeof want_err, "%s:3: \"prompt\" is missing", file);
     if (!strstr(e, want_err)) fail_msg("want \"%s\" in: %s", want_err, e);
     free(e);
@@ -605,7 +598,7 @@ static void test_missing_image_is_counted(void **state) {
     free_lines(lines, n);
     char err[760];
     snprintf(err, sizeof err, "%s.stderr", out);
-    char *e = slurp(err);
+    char *e = test_slurp(err, NULL);
     assert_non_null(strstr(e, "missing.jsonl:2: item 2 (id \"b\"): image"));
     free(e);
     // in a batch too: the skipped item passes by, the other is answered

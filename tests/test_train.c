@@ -54,25 +54,10 @@ static int spawn(char *const argv[], const char *log, long fsize, int nowait) {
     return WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
 }
 
-static char *slurp(const char *path, size_t *n) {
-    char *s = file_read_all(path, n);
-    if (!s) fail_msg("%s: cannot read", path);
-    return s;
-}
-
 // a copy kept aside to compare with later (cp's messages go to log)
 static void copy_file(char *src, char *dst, const char *log) {
     char *argv[] = {"/bin/cp", src, dst, NULL};
     assert_int_equal(spawn(argv, log, 0, 0), 0);
-}
-
-static int same_file(const char *a, const char *b) {
-    size_t na, nb;
-    char *x = slurp(a, &na), *y = slurp(b, &nb);
-    int same = na == nb && memcmp(x, y, na) == 0;
-    free(x);
-    free(y);
-    return same;
 }
 
 // ./train base.conf out_dir=<dir> extra...; returns the exit status
@@ -89,14 +74,12 @@ static int train(const char *dir, const char *log, long fsize, const char *extra
 
 static int log_has(const char *log, const char *needle) {
     size_t n;
-    char *s = slurp(log, &n);
+    char *s = test_slurp(log, &n);
     int has = strstr(s, needle) != NULL;
     if (!has) printf("    %s lacks \"%s\"; it holds:\n%s\n", log, needle, s);
     free(s);
     return has;
 }
-
-static void path(char *buf, size_t cap, const char *a, const char *b) { snprintf(buf, cap, "%s/%s", a, b); }
 
 // progress lines ("step N/M | loss ...") the log holds so far
 static int count_steps(const char *log) {
@@ -113,9 +96,9 @@ static int count_steps(const char *log) {
 // whatever the backend's speed (the emulated CUDA kernels take seconds per step)
 static double reference_step_seconds(void) {
     char p[700];
-    path(p, sizeof p, root, "reference/timing.jsonl");
+    test_path(p, sizeof p, root, "reference/timing.jsonl");
     size_t n;
-    char *s = slurp(p, &n);
+    char *s = test_slurp(p, &n);
     double first = -1, last = -1;
     int count = 0;
     for (char *q = s; (q = strstr(q, "\"elapsed_s\": ")); q++, count++) {
@@ -140,21 +123,6 @@ static int wait_progress(pid_t pid, const char *log, int before, int more, int *
     }
     fail_msg("no progress in %s", log);
     return 0;
-}
-
-// the three files a finished run must agree on, byte for byte
-static void expect_same_run(const char *a, const char *b, int step) {
-    char pa[900], pb[900], rel[64];
-    const char *files[3] = {"trainable.safetensors", "optimizer.safetensors", "state.json"};
-    for (int i = 0; i < 3; i++) {
-        snprintf(rel, sizeof rel, "step_%08d/%s", step, files[i]);
-        path(pa, sizeof pa, a, rel);
-        path(pb, sizeof pb, b, rel);
-        if (!same_file(pa, pb)) fail_msg("%s and %s differ", pa, pb);
-    }
-    path(pa, sizeof pa, a, "metrics.jsonl");
-    path(pb, sizeof pb, b, "metrics.jsonl");
-    if (!same_file(pa, pb)) fail_msg("%s and %s differ", pa, pb);
 }
 
 static int setup(void **state) {
@@ -192,9 +160,9 @@ static int setup(void **state) {
 
 static void test_reference_run_learns(void **state) {
     char p[700];
-    path(p, sizeof p, root, "reference/metrics.jsonl");
+    test_path(p, sizeof p, root, "reference/metrics.jsonl");
     size_t n;
-    char *s = slurp(p, &n);
+    char *s = test_slurp(p, &n);
     // validation at step 0 and at the end: the loss must have gone down
     double first = NAN, last = NAN;
     for (char *q = s; (q = strstr(q, "\"val_loss\": ")); q++) {
@@ -205,9 +173,9 @@ static void test_reference_run_learns(void **state) {
     free(s);
     printf("    validation loss %.4f -> %.4f in 10 steps\n", first, last);
     assert_true(first > 0 && last < first);
-    path(p, sizeof p, root, "reference/step_00000008");  // keep_last = 2: steps 8 and 10 remain
+    test_path(p, sizeof p, root, "reference/step_00000008");  // keep_last = 2: steps 8 and 10 remain
     assert_true(dir_exists(p));
-    path(p, sizeof p, root, "reference/step_00000006");
+    test_path(p, sizeof p, root, "reference/step_00000006");
     assert_false(dir_exists(p));
 }
 
@@ -248,7 +216,7 @@ static void test_resume_after_sigkill(void **state) {
     assert_true(done);
     // the kills must have fallen mid-run: count the restarts that resumed from a checkpoint
     size_t n;
-    char *text = slurp(log, &n);
+    char *text = test_slurp(log, &n);
     int resumes = 0;
     for (char *q = text; (q = strstr(q, "\nresume: ")); q++) resumes++;
     free(text);
@@ -278,7 +246,7 @@ static void test_resume_after_sigterm(void **state) {
         assert_true(WIFEXITED(st));
         assert_int_equal(WEXITSTATUS(st), 0);  // preemption is a clean exit
         char p[700];
-        path(p, sizeof p, dir, "step_00000010/state.json");
+        test_path(p, sizeof p, dir, "step_00000010/state.json");
         done = file_exists(p);
     }
     assert_true(done);
@@ -390,7 +358,7 @@ static void test_export_matches_unmerged(void **state) {
     out[strlen(out) - 1] = 0;
     const char *files[4] = {"llm/model.safetensors", "llm/tokenizer.json", "adapter/adapter_config.json", "connector.safetensors"};
     for (int i = 0; i < 4; i++) {
-        path(p, sizeof p, out, files[i]);
+        test_path(p, sizeof p, out, files[i]);
         assert_true(file_exists(p));
     }
     enum { T = 24 };
@@ -426,23 +394,23 @@ static void test_resume_from_older_checkpoint(void **state) {
     snprintf(dir, sizeof dir, "%s/older", root);
     snprintf(log, sizeof log, "%s/older.log", root);
     assert_int_equal(train(dir, log, 0, "keep_last=10", NULL, NULL), 0);
-    path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
+    test_path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
     snprintf(ref, sizeof ref, "%s/older_step10.safetensors", root);
     copy_file(p, ref, log);
     // the same configuration from step 4: the run is deterministic, so step 10 comes out the same
     snprintf(ck, sizeof ck, "resume=%s/step_00000004", dir);
     assert_int_equal(train(dir, log, 0, "keep_last=10", ck, NULL), 0);
     assert_true(log_has(log, "3 later checkpoint(s)"));
-    path(p, sizeof p, dir, "abandoned_step_00000010_0/state.json");
+    test_path(p, sizeof p, dir, "abandoned_step_00000010_0/state.json");
     assert_true(file_exists(p));
-    path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
-    assert_true(same_file(p, ref));
-    path(p, sizeof p, dir, "step_00000006/state.json");  // rewritten by the resumed run, not kept from before
+    test_path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
+    assert_true(test_same_file(p, ref));
+    test_path(p, sizeof p, dir, "step_00000006/state.json");  // rewritten by the resumed run, not kept from before
     assert_true(file_exists(p));
-    path(p, sizeof p, dir, "metrics.jsonl");
+    test_path(p, sizeof p, dir, "metrics.jsonl");
     char refm[700];
-    path(refm, sizeof refm, root, "reference/metrics.jsonl");
-    assert_true(same_file(p, refm));
+    test_path(refm, sizeof refm, root, "reference/metrics.jsonl");
+    assert_true(test_same_file(p, refm));
 }
 
 static void test_bad_config(void **state) {
@@ -476,7 +444,7 @@ static void test_foreign_and_corrupt_checkpoints(void **state) {
     assert_int_equal(train(dir, log, 0, "max_steps=4", "connector=mlp2x_gelu", NULL), 1);
     assert_true(log_has(log, "connector: checkpoint \"ldp\", this run \"mlp2x_gelu\""));
     // a damaged file in the newest checkpoint
-    path(p, sizeof p, dir, "step_00000002/trainable.safetensors");
+    test_path(p, sizeof p, dir, "step_00000002/trainable.safetensors");
     assert_int_equal(truncate(p, 100), 0);
     assert_int_equal(train(dir, log, 0, "max_steps=4", NULL, NULL), 1);
     assert_true(log_has(log, "step_00000002/trainable.safetensors"));
@@ -501,7 +469,7 @@ static void list_dir(const char *dir, char *out, size_t cap) {
 // state.json of dir/step_00000004 with `key` set to the raw JSON text val, or removed (val NULL)
 static void damage_state(const char *good, const char *dst, const char *key, const char *val) {
     size_t n;
-    char *t = slurp(good, &n);
+    char *t = test_slurp(good, &n);
     cJSON *j = cJSON_Parse(t);
     free(t);
     assert_non_null(j);
@@ -524,10 +492,10 @@ static void test_damaged_state_refused(void **state) {
     snprintf(dir, sizeof dir, "%s/damaged", root);
     snprintf(log, sizeof log, "%s/damaged.log", root);
     assert_int_equal(train(dir, log, 0, "max_steps=4", "keep_last=10", NULL), 0);
-    path(p, sizeof p, dir, "step_00000004/state.json");
+    test_path(p, sizeof p, dir, "step_00000004/state.json");
     snprintf(good, sizeof good, "%s/damaged_state.good", root);
     copy_file(p, good, log);
-    path(metrics, sizeof metrics, dir, "metrics.jsonl");
+    test_path(metrics, sizeof metrics, dir, "metrics.jsonl");
     char metrics_good[700];
     snprintf(metrics_good, sizeof metrics_good, "%s/damaged_metrics.good", root);
     copy_file(metrics, metrics_good, log);
@@ -561,13 +529,13 @@ static void test_damaged_state_refused(void **state) {
                      cases[i].needle);
         list_dir(dir, after, sizeof after);  // nothing moved, nothing added, nothing removed
         if (strcmp(before, after)) fail_msg("%s = %s: out_dir changed:\n%s\nwas:\n%s", cases[i].key, cases[i].val, after, before);
-        assert_true(same_file(metrics, metrics_good));
+        assert_true(test_same_file(metrics, metrics_good));
     }
     // restored, the run resumes from step 4 as before
     copy_file(good, p, log);
     assert_int_equal(train(dir, log, 0, "max_steps=6", "keep_last=10", NULL), 0);
     assert_true(log_has(log, "resume: "));
-    path(p, sizeof p, dir, "step_00000006/state.json");
+    test_path(p, sizeof p, dir, "step_00000006/state.json");
     assert_true(file_exists(p));
 }
 
@@ -612,13 +580,13 @@ static void test_out_dir_links_not_followed(void **state) {
     for (int i = 0; i < 2000; i++) fputs("{\"precious\": true}\n", f);  // longer than the run's metrics
     fclose(f);
     size_t victim_len;
-    free(slurp(victim_file, &victim_len));
+    free(test_slurp(victim_file, &victim_len));
     char target[800];
-    path(p, sizeof p, dir, "step_00000003.tmp");
+    test_path(p, sizeof p, dir, "step_00000003.tmp");
     assert_int_equal(symlink(realpath(victim_tmp, target), p), 0);
-    path(p, sizeof p, dir, "step_00000001");  // older than the checkpoint: pruned by keep_last = 1
+    test_path(p, sizeof p, dir, "step_00000001");  // older than the checkpoint: pruned by keep_last = 1
     assert_int_equal(symlink(realpath(victim_step, target), p), 0);
-    path(p, sizeof p, dir, "metrics.jsonl");
+    test_path(p, sizeof p, dir, "metrics.jsonl");
     unlink(p);
     assert_int_equal(symlink(realpath(victim_file, target), p), 0);
     // resumes from step 2, saves 4, prunes down to one checkpoint
@@ -626,30 +594,30 @@ static void test_out_dir_links_not_followed(void **state) {
     expect_victim_intact(victim_tmp);
     expect_victim_intact(victim_step);
     size_t n;
-    char *text = slurp(victim_file, &n);
+    char *text = test_slurp(victim_file, &n);
     assert_int_equal(n, victim_len);
     free(text);
     struct stat st;
-    path(p, sizeof p, dir, "step_00000003.tmp");
+    test_path(p, sizeof p, dir, "step_00000003.tmp");
     assert_int_not_equal(lstat(p, &st), 0);  // the link itself removed
-    path(p, sizeof p, dir, "step_00000001");
+    test_path(p, sizeof p, dir, "step_00000001");
     assert_int_equal(lstat(p, &st), 0);  // not svlm's: left as it is
     assert_true(S_ISLNK(st.st_mode));
-    path(p, sizeof p, dir, "metrics.jsonl");  // replaced by a regular file
+    test_path(p, sizeof p, dir, "metrics.jsonl");  // replaced by a regular file
     assert_int_equal(lstat(p, &st), 0);
     assert_true(S_ISREG(st.st_mode));
     assert_true(log_has(log, "metrics.jsonl is not a regular file"));
-    path(p, sizeof p, dir, "step_00000004/state.json");
+    test_path(p, sizeof p, dir, "step_00000004/state.json");
     assert_true(file_exists(p));
-    path(p, sizeof p, dir, "step_00000002");
+    test_path(p, sizeof p, dir, "step_00000002");
     assert_false(dir_exists(p));  // pruned as usual
     // a fresh run (resume = never in a new out_dir) over a linked metrics.jsonl: not truncated
     snprintf(dir, sizeof dir, "%s/links_fresh", root);
     mkdir(dir, 0755);
-    path(p, sizeof p, dir, "metrics.jsonl");
+    test_path(p, sizeof p, dir, "metrics.jsonl");
     assert_int_equal(symlink(realpath(victim_file, target), p), 0);
     assert_int_equal(train(dir, log, 0, "max_steps=2", NULL, NULL), 0);
-    text = slurp(victim_file, &n);
+    text = test_slurp(victim_file, &n);
     assert_int_equal(n, victim_len);
     free(text);
 }
@@ -665,11 +633,11 @@ static void test_nan_loss(void **state) {
     snprintf(dir, sizeof dir, "%s/nan_skip", root);
     assert_int_equal(train(dir, log, 0, "lr=1e30", "warmup_ratio=0", "nan_policy=skip"), 0);
     assert_true(log_has(log, "update skipped"));
-    path(p, sizeof p, dir, "metrics.jsonl");
+    test_path(p, sizeof p, dir, "metrics.jsonl");
     assert_true(log_has(p, "\"skipped_steps\": 9"));
     assert_true(log_has(p, "\"loss\": null"));  // JSON has no NaN: the file stays parseable
     size_t n;
-    char *text = slurp(p, &n);
+    char *text = test_slurp(p, &n);
     assert_null(strstr(text, "nan"));
     free(text);
 }
@@ -679,21 +647,21 @@ static void test_disk_full_during_checkpoint(void **state) {
     snprintf(dir, sizeof dir, "%s/diskfull", root);
     snprintf(log, sizeof log, "%s/diskfull.log", root);
     assert_int_equal(train(dir, log, 0, "max_steps=2", NULL, NULL), 0);
-    path(p, sizeof p, dir, "step_00000002/trainable.safetensors");
+    test_path(p, sizeof p, dir, "step_00000002/trainable.safetensors");
     snprintf(before, sizeof before, "%s/trainable.before", root);
     copy_file(p, before, log);
     // files may not grow past 20 KB: the logs fit, the next checkpoint's tensors do not
     assert_int_equal(train(dir, log, 20000, "max_steps=4", NULL, NULL), 1);
     assert_true(log_has(log, "checkpoint of step 4 failed"));
     assert_true(log_has(log, "the previous checkpoint is intact"));
-    assert_true(same_file(p, before));
-    path(p, sizeof p, dir, "step_00000004.tmp");
+    assert_true(test_same_file(p, before));
+    test_path(p, sizeof p, dir, "step_00000004.tmp");
     assert_false(dir_exists(p));
-    path(p, sizeof p, dir, "step_00000004");
+    test_path(p, sizeof p, dir, "step_00000004");
     assert_false(dir_exists(p));
     // and the run resumes from it once there is room again
     assert_int_equal(train(dir, log, 0, "max_steps=4", NULL, NULL), 0);
-    path(p, sizeof p, dir, "step_00000004/state.json");
+    test_path(p, sizeof p, dir, "step_00000004/state.json");
     assert_true(file_exists(p));
 }
 
@@ -703,7 +671,7 @@ static void test_memory_plan(void **state) {
     char log[600], dir[600], arg[64];
     snprintf(log, sizeof log, "%s/reference.log", root);
     size_t n;
-    char *s = slurp(log, &n);
+    char *s = test_slurp(log, &n);
     const char *q = strstr(s, "\nmemory: ");  // "memory: N bytes held on DEVICE after setup (the plan: M)"
     assert_non_null(q);
     assert_non_null(strstr(q, " after setup (the plan: "));
@@ -718,7 +686,7 @@ static void test_memory_plan(void **state) {
     snprintf(dir, sizeof dir, "%s/memlimit", root);
     snprintf(arg, sizeof arg, "memory_limit=%llu", plan / 2);
     assert_int_equal(train(dir, log, 0, arg, NULL, NULL), 1);
-    s = slurp(log, &n);
+    s = test_slurp(log, &n);
     q = strstr(s, "the largest micro-batch that fits is ");
     if (!q && strcmp(device, "cpu")) {
         // CUDA counts up to 2 MiB of rounding per block: for these tiny models that slack is
@@ -734,7 +702,7 @@ static void test_memory_plan(void **state) {
     }
     free(s);
     char p[700];
-    path(p, sizeof p, dir, "step_00000002");
+    test_path(p, sizeof p, dir, "step_00000002");
     assert_false(dir_exists(p));
     assert_int_equal(train(dir, log, 0, "memory_limit=1KB", NULL, NULL), 1);
     assert_true(log_has(log, "even batch_size 1 x max_seq_len 96 needs more than the 1000 B available (memory_limit = 1KB)"));

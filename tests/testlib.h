@@ -34,6 +34,15 @@ size_t test_select(struct CMUnitTest *out, const struct CMUnitTest *in, size_t n
 const char *fixture_path(const char *name);
 // a fresh empty directory under build/tmp for this test; returns its path (static buffer per call site not kept)
 void make_temp_dir(char *out, size_t cap, const char *tag);
+// the whole file (NUL-terminated; *n its length when n is given), failing the test when unreadable
+char *test_slurp(const char *path, size_t *n);
+// 1 when the two files hold the same bytes
+int test_same_file(const char *a, const char *b);
+// buf = a/b
+void test_path(char *buf, size_t cap, const char *a, const char *b);
+// two finished ./train runs agree byte for byte: step_<step>'s tensors, optimizer and state.json,
+// and metrics.jsonl
+void expect_same_run(const char *a, const char *b, int step);
 
 // ---- the Hugging Face parity fixtures of scripts/make_fixtures.py (tests/fixtures/README.md) ----
 #include "common/safetensors.h"
