@@ -120,29 +120,32 @@ fail:;
     return -1;
 }
 
-FILE *fs_open_append(const char *path) {
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0) return NULL;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+// open() that refuses links (O_NOFOLLOW) and anything but a regular file (errno EINVAL); *st is
+// the file's status
+static int open_regular(const char *path, int flags, struct stat *st) {
+    int fd = open(path, flags | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
         close(fd);
         errno = EINVAL;
-        return NULL;
+        return -1;
     }
+    return fd;
+}
+
+FILE *fs_open_append(const char *path) {
+    struct stat st;
+    int fd = open_regular(path, O_WRONLY | O_APPEND | O_CREAT, &st);
+    if (fd < 0) return NULL;
     FILE *f = fdopen(fd, "a");
     if (!f) close(fd);
     return f;
 }
 
 char *fs_read_nofollow(const char *path, size_t max, size_t *len) {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);  // O_NONBLOCK: a FIFO cannot hang us
-    if (fd < 0) return NULL;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        errno = EINVAL;
-        return NULL;
-    }
+    int fd = open_regular(path, O_RDONLY | O_NONBLOCK, &st);  // O_NONBLOCK: a FIFO cannot hang us
+    if (fd < 0) return NULL;
     size_t n = (size_t)st.st_size < max ? (size_t)st.st_size : max, got = 0;
     char *buf = malloc(n + 1);
     if (!buf) {
