@@ -198,7 +198,7 @@ static double ref_step_s = 0.2;  // seconds per step of the world-2 run
 // seconds per step of a finished run (its timing.jsonl)
 static double step_seconds(const char *dir) {
     char p[700];
-    test_path(p, sizeof p, dir, "timing.jsonl");
+    path_join(p, sizeof p, dir, "timing.jsonl");
     size_t n;
     char *s = test_slurp(p, &n);
     double first = -1, last = -1;
@@ -272,11 +272,11 @@ static void test_world_sizes_agree(void **state) {
     for (int n = 2; n <= 3; n++) {
         char dir[600];
         snprintf(dir, sizeof dir, "%s/ref%d", root, n);
-        test_path(a, sizeof a, dir, "metrics.jsonl");
-        test_path(b, sizeof b, root, "ref1/metrics.jsonl");
+        path_join(a, sizeof a, dir, "metrics.jsonl");
+        path_join(b, sizeof b, root, "ref1/metrics.jsonl");
         double em = compare_metrics(a, b, 1e-6);
-        test_path(a, sizeof a, dir, "step_00000010/trainable.safetensors");
-        test_path(b, sizeof b, root, "ref1/step_00000010/trainable.safetensors");
+        path_join(a, sizeof a, dir, "step_00000010/trainable.safetensors");
+        path_join(b, sizeof b, root, "ref1/step_00000010/trainable.safetensors");
         double emax, ew = compare_weights(a, b, &emax);
         printf("    %d ranks vs 1: metrics (losses, norms, sample ids) within %.2e; final weights within %.2e (2-norm), "
                "%.2e (largest element difference / largest weight); %s\n", n, em, ew, emax,
@@ -296,7 +296,7 @@ static void test_zero1_equals_zero0(void **state) {
         assert_int_equal(train_n(n, dir, log, extra), 0);
         expect_same_run(ref, dir, STEPS);
         char r0[700];
-        test_path(r0, sizeof r0, root, "ref2.log");
+        path_join(r0, sizeof r0, root, "ref2.log");
         size_t z;
         char *s0 = test_slurp(r0, &z);
         assert_non_null(strstr(s0, "AdamW m and v for 1/2 of them (ZeRO-1, this rank's share)"));
@@ -446,7 +446,7 @@ static void test_sigterm(void **state) {
             }
             assert_int_equal(status_of(st), 0);  // preemption is a clean exit for every rank
             char p[700];
-            test_path(p, sizeof p, dir, "step_00000010/state.json");
+            path_join(p, sizeof p, dir, "step_00000010/state.json");
             done = file_exists(p);
         }
         assert_true(done);
@@ -498,12 +498,12 @@ static void test_resume_on_other_world(void **state) {
         char *s = log_from(log, 0);
         assert_non_null(strstr(s, "resume: saved by 2 process(es), continued by "));
         free(s);
-        test_path(p, sizeof p, dir, "metrics.jsonl");
+        path_join(p, sizeof p, dir, "metrics.jsonl");
         expect_each_sample_once(p);
-        test_path(q, sizeof q, root, "ref1/metrics.jsonl");
+        path_join(q, sizeof q, root, "ref1/metrics.jsonl");
         double em = compare_metrics(p, q, 1e-6);
-        test_path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
-        test_path(q, sizeof q, root, "ref1/step_00000010/trainable.safetensors");
+        path_join(p, sizeof p, dir, "step_00000010/trainable.safetensors");
+        path_join(q, sizeof q, root, "ref1/step_00000010/trainable.safetensors");
         double emax, ew = compare_weights(p, q, &emax);
         printf("    2 ranks to step 2, then %d: every sample of each epoch once; metrics within %.2e, weights within %.2e "
                "(2-norm; %.2e largest element) of the 1-rank run\n", n, em, ew, emax);
@@ -528,7 +528,7 @@ static void test_mismatched_configs(void **state) {
     assert_null(strstr(s, "| loss "));
     free(s);
     char p[700];
-    test_path(p, sizeof p, dir, "metrics.jsonl");
+    path_join(p, sizeof p, dir, "metrics.jsonl");
     assert_false(file_exists(p));
     // and another build of ./train on one rank (here: the same program with one byte appended)
     char other[600], log2[600];

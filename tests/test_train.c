@@ -96,7 +96,7 @@ static int count_steps(const char *log) {
 // whatever the backend's speed (the emulated CUDA kernels take seconds per step)
 static double reference_step_seconds(void) {
     char p[700];
-    test_path(p, sizeof p, root, "reference/timing.jsonl");
+    path_join(p, sizeof p, root, "reference/timing.jsonl");
     size_t n;
     char *s = test_slurp(p, &n);
     double first = -1, last = -1;
@@ -160,7 +160,7 @@ static int setup(void **state) {
 
 static void test_reference_run_learns(void **state) {
     char p[700];
-    test_path(p, sizeof p, root, "reference/metrics.jsonl");
+    path_join(p, sizeof p, root, "reference/metrics.jsonl");
     size_t n;
     char *s = test_slurp(p, &n);
     // validation at step 0 and at the end: the loss must have gone down
@@ -173,9 +173,9 @@ static void test_reference_run_learns(void **state) {
     free(s);
     printf("    validation loss %.4f -> %.4f in 10 steps\n", first, last);
     assert_true(first > 0 && last < first);
-    test_path(p, sizeof p, root, "reference/step_00000008");  // keep_last = 2: steps 8 and 10 remain
+    path_join(p, sizeof p, root, "reference/step_00000008");  // keep_last = 2: steps 8 and 10 remain
     assert_true(dir_exists(p));
-    test_path(p, sizeof p, root, "reference/step_00000006");
+    path_join(p, sizeof p, root, "reference/step_00000006");
     assert_false(dir_exists(p));
 }
 
@@ -246,7 +246,7 @@ static void test_resume_after_sigterm(void **state) {
         assert_true(WIFEXITED(st));
         assert_int_equal(WEXITSTATUS(st), 0);  // preemption is a clean exit
         char p[700];
-        test_path(p, sizeof p, dir, "step_00000010/state.json");
+        path_join(p, sizeof p, dir, "step_00000010/state.json");
         done = file_exists(p);
     }
     assert_true(done);
@@ -358,7 +358,7 @@ static void test_export_matches_unmerged(void **state) {
     out[strlen(out) - 1] = 0;
     const char *files[4] = {"llm/model.safetensors", "llm/tokenizer.json", "adapter/adapter_config.json", "connector.safetensors"};
     for (int i = 0; i < 4; i++) {
-        test_path(p, sizeof p, out, files[i]);
+        path_join(p, sizeof p, out, files[i]);
         assert_true(file_exists(p));
     }
     enum { T = 24 };
@@ -394,22 +394,22 @@ static void test_resume_from_older_checkpoint(void **state) {
     snprintf(dir, sizeof dir, "%s/older", root);
     snprintf(log, sizeof log, "%s/older.log", root);
     assert_int_equal(train(dir, log, 0, "keep_last=10", NULL, NULL), 0);
-    test_path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
+    path_join(p, sizeof p, dir, "step_00000010/trainable.safetensors");
     snprintf(ref, sizeof ref, "%s/older_step10.safetensors", root);
     copy_file(p, ref, log);
     // the same configuration from step 4: the run is deterministic, so step 10 comes out the same
     snprintf(ck, sizeof ck, "resume=%s/step_00000004", dir);
     assert_int_equal(train(dir, log, 0, "keep_last=10", ck, NULL), 0);
     assert_true(log_has(log, "3 later checkpoint(s)"));
-    test_path(p, sizeof p, dir, "abandoned_step_00000010_0/state.json");
+    path_join(p, sizeof p, dir, "abandoned_step_00000010_0/state.json");
     assert_true(file_exists(p));
-    test_path(p, sizeof p, dir, "step_00000010/trainable.safetensors");
+    path_join(p, sizeof p, dir, "step_00000010/trainable.safetensors");
     assert_true(test_same_file(p, ref));
-    test_path(p, sizeof p, dir, "step_00000006/state.json");  // rewritten by the resumed run, not kept from before
+    path_join(p, sizeof p, dir, "step_00000006/state.json");  // rewritten by the resumed run, not kept from before
     assert_true(file_exists(p));
-    test_path(p, sizeof p, dir, "metrics.jsonl");
+    path_join(p, sizeof p, dir, "metrics.jsonl");
     char refm[700];
-    test_path(refm, sizeof refm, root, "reference/metrics.jsonl");
+    path_join(refm, sizeof refm, root, "reference/metrics.jsonl");
     assert_true(test_same_file(p, refm));
 }
 
@@ -444,7 +444,7 @@ static void test_foreign_and_corrupt_checkpoints(void **state) {
     assert_int_equal(train(dir, log, 0, "max_steps=4", "connector=mlp2x_gelu", NULL), 1);
     assert_true(log_has(log, "connector: checkpoint \"ldp\", this run \"mlp2x_gelu\""));
     // a damaged file in the newest checkpoint
-    test_path(p, sizeof p, dir, "step_00000002/trainable.safetensors");
+    path_join(p, sizeof p, dir, "step_00000002/trainable.safetensors");
     assert_int_equal(truncate(p, 100), 0);
     assert_int_equal(train(dir, log, 0, "max_steps=4", NULL, NULL), 1);
     assert_true(log_has(log, "step_00000002/trainable.safetensors"));
@@ -492,10 +492,10 @@ static void test_damaged_state_refused(void **state) {
     snprintf(dir, sizeof dir, "%s/damaged", root);
     snprintf(log, sizeof log, "%s/damaged.log", root);
     assert_int_equal(train(dir, log, 0, "max_steps=4", "keep_last=10", NULL), 0);
-    test_path(p, sizeof p, dir, "step_00000004/state.json");
+    path_join(p, sizeof p, dir, "step_00000004/state.json");
     snprintf(good, sizeof good, "%s/damaged_state.good", root);
     copy_file(p, good, log);
-    test_path(metrics, sizeof metrics, dir, "metrics.jsonl");
+    path_join(metrics, sizeof metrics, dir, "metrics.jsonl");
     char metrics_good[700];
     snprintf(metrics_good, sizeof metrics_good, "%s/damaged_metrics.good", root);
     copy_file(metrics, metrics_good, log);
@@ -535,7 +535,7 @@ static void test_damaged_state_refused(void **state) {
     copy_file(good, p, log);
     assert_int_equal(train(dir, log, 0, "max_steps=6", "keep_last=10", NULL), 0);
     assert_true(log_has(log, "resume: "));
-    test_path(p, sizeof p, dir, "step_00000006/state.json");
+    path_join(p, sizeof p, dir, "step_00000006/state.json");
     assert_true(file_exists(p));
 }
 
@@ -582,11 +582,11 @@ static void test_out_dir_links_not_followed(void **state) {
     size_t victim_len;
     free(test_slurp(victim_file, &victim_len));
     char target[800];
-    test_path(p, sizeof p, dir, "step_00000003.tmp");
+    path_join(p, sizeof p, dir, "step_00000003.tmp");
     assert_int_equal(symlink(realpath(victim_tmp, target), p), 0);
-    test_path(p, sizeof p, dir, "step_00000001");  // older than the checkpoint: pruned by keep_last = 1
+    path_join(p, sizeof p, dir, "step_00000001");  // older than the checkpoint: pruned by keep_last = 1
     assert_int_equal(symlink(realpath(victim_step, target), p), 0);
-    test_path(p, sizeof p, dir, "metrics.jsonl");
+    path_join(p, sizeof p, dir, "metrics.jsonl");
     unlink(p);
     assert_int_equal(symlink(realpath(victim_file, target), p), 0);
     // resumes from step 2, saves 4, prunes down to one checkpoint
@@ -598,23 +598,23 @@ static void test_out_dir_links_not_followed(void **state) {
     assert_int_equal(n, victim_len);
     free(text);
     struct stat st;
-    test_path(p, sizeof p, dir, "step_00000003.tmp");
+    path_join(p, sizeof p, dir, "step_00000003.tmp");
     assert_int_not_equal(lstat(p, &st), 0);  // the link itself removed
-    test_path(p, sizeof p, dir, "step_00000001");
+    path_join(p, sizeof p, dir, "step_00000001");
     assert_int_equal(lstat(p, &st), 0);  // not svlm's: left as it is
     assert_true(S_ISLNK(st.st_mode));
-    test_path(p, sizeof p, dir, "metrics.jsonl");  // replaced by a regular file
+    path_join(p, sizeof p, dir, "metrics.jsonl");  // replaced by a regular file
     assert_int_equal(lstat(p, &st), 0);
     assert_true(S_ISREG(st.st_mode));
     assert_true(log_has(log, "metrics.jsonl is not a regular file"));
-    test_path(p, sizeof p, dir, "step_00000004/state.json");
+    path_join(p, sizeof p, dir, "step_00000004/state.json");
     assert_true(file_exists(p));
-    test_path(p, sizeof p, dir, "step_00000002");
+    path_join(p, sizeof p, dir, "step_00000002");
     assert_false(dir_exists(p));  // pruned as usual
     // a fresh run (resume = never in a new out_dir) over a linked metrics.jsonl: not truncated
     snprintf(dir, sizeof dir, "%s/links_fresh", root);
     mkdir(dir, 0755);
-    test_path(p, sizeof p, dir, "metrics.jsonl");
+    path_join(p, sizeof p, dir, "metrics.jsonl");
     assert_int_equal(symlink(realpath(victim_file, target), p), 0);
     assert_int_equal(train(dir, log, 0, "max_steps=2", NULL, NULL), 0);
     text = test_slurp(victim_file, &n);
@@ -633,7 +633,7 @@ static void test_nan_loss(void **state) {
     snprintf(dir, sizeof dir, "%s/nan_skip", root);
     assert_int_equal(train(dir, log, 0, "lr=1e30", "warmup_ratio=0", "nan_policy=skip"), 0);
     assert_true(log_has(log, "update skipped"));
-    test_path(p, sizeof p, dir, "metrics.jsonl");
+    path_join(p, sizeof p, dir, "metrics.jsonl");
     assert_true(log_has(p, "\"skipped_steps\": 9"));
     assert_true(log_has(p, "\"loss\": null"));  // JSON has no NaN: the file stays parseable
     size_t n;
@@ -647,7 +647,7 @@ static void test_disk_full_during_checkpoint(void **state) {
     snprintf(dir, sizeof dir, "%s/diskfull", root);
     snprintf(log, sizeof log, "%s/diskfull.log", root);
     assert_int_equal(train(dir, log, 0, "max_steps=2", NULL, NULL), 0);
-    test_path(p, sizeof p, dir, "step_00000002/trainable.safetensors");
+    path_join(p, sizeof p, dir, "step_00000002/trainable.safetensors");
     snprintf(before, sizeof before, "%s/trainable.before", root);
     copy_file(p, before, log);
     // files may not grow past 20 KB: the logs fit, the next checkpoint's tensors do not
@@ -655,13 +655,13 @@ static void test_disk_full_during_checkpoint(void **state) {
     assert_true(log_has(log, "checkpoint of step 4 failed"));
     assert_true(log_has(log, "the previous checkpoint is intact"));
     assert_true(test_same_file(p, before));
-    test_path(p, sizeof p, dir, "step_00000004.tmp");
+    path_join(p, sizeof p, dir, "step_00000004.tmp");
     assert_false(dir_exists(p));
-    test_path(p, sizeof p, dir, "step_00000004");
+    path_join(p, sizeof p, dir, "step_00000004");
     assert_false(dir_exists(p));
     // and the run resumes from it once there is room again
     assert_int_equal(train(dir, log, 0, "max_steps=4", NULL, NULL), 0);
-    test_path(p, sizeof p, dir, "step_00000004/state.json");
+    path_join(p, sizeof p, dir, "step_00000004/state.json");
     assert_true(file_exists(p));
 }
 
@@ -702,7 +702,7 @@ static void test_memory_plan(void **state) {
     }
     free(s);
     char p[700];
-    test_path(p, sizeof p, dir, "step_00000002");
+    path_join(p, sizeof p, dir, "step_00000002");
     assert_false(dir_exists(p));
     assert_int_equal(train(dir, log, 0, "memory_limit=1KB", NULL, NULL), 1);
     assert_true(log_has(log, "even batch_size 1 x max_seq_len 96 needs more than the 1000 B available (memory_limit = 1KB)"));

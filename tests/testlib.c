@@ -236,18 +236,16 @@ int test_same_file(const char *a, const char *b) {
     return same;
 }
 
-void test_path(char *buf, size_t cap, const char *a, const char *b) { snprintf(buf, cap, "%s/%s", a, b); }
-
 void expect_same_run(const char *a, const char *b, int step) {
     char pa[900], pb[900], rel[64];
     const char *files[3] = {"trainable.safetensors", "optimizer.safetensors", "state.json"};
     for (int i = 0; i < 3; i++) {
         snprintf(rel, sizeof rel, "step_%08d/%s", step, files[i]);
-        test_path(pa, sizeof pa, a, rel);
-        test_path(pb, sizeof pb, b, rel);
+        path_join(pa, sizeof pa, a, rel);
+        path_join(pb, sizeof pb, b, rel);
         if (!test_same_file(pa, pb)) fail_msg("%s and %s differ", pa, pb);
     }
-    test_path(pa, sizeof pa, a, "metrics.jsonl");
-    test_path(pb, sizeof pb, b, "metrics.jsonl");
+    path_join(pa, sizeof pa, a, "metrics.jsonl");
+    path_join(pb, sizeof pb, b, "metrics.jsonl");
     if (!test_same_file(pa, pb)) fail_msg("%s and %s differ", pa, pb);
 }

@@ -38,8 +38,6 @@ void make_temp_dir(char *out, size_t cap, const char *tag);
 char *test_slurp(const char *path, size_t *n);
 // 1 when the two files hold the same bytes
 int test_same_file(const char *a, const char *b);
-// buf = a/b
-void test_path(char *buf, size_t cap, const char *a, const char *b);
 // two finished ./train runs agree byte for byte: step_<step>'s tensors, optimizer and state.json,
 // and metrics.jsonl
 void expect_same_run(const char *a, const char *b, int step);
