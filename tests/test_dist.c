@@ -195,22 +195,6 @@ enum { STEPS = 10, PER_EPOCH = 5, GLOBAL = 12 };
 
 static double ref_step_s = 0.2;  // seconds per step of the world-2 run
 
-// seconds per step of a finished run (its timing.jsonl)
-static double step_seconds(const char *dir) {
-    char p[700];
-    path_join(p, sizeof p, dir, "timing.jsonl");
-    size_t n;
-    char *s = test_slurp(p, &n);
-    double first = -1, last = -1;
-    int count = 0;
-    for (char *q = s; (q = strstr(q, "\"elapsed_s\": ")); q++, count++) {
-        last = atof(q + 13);
-        if (first < 0) first = last;
-    }
-    free(s);
-    return count > 1 ? (last - first) / (count - 1) : 0.2;
-}
-
 static const char *device = "cpu";
 
 static int setup_common(void) {
@@ -261,7 +245,7 @@ static int setup(void **state) {
             return -1;
         }
         printf("    reference run, %d rank(s): %.1f s\n", n, time_now() - t0);
-        if (n == 2) ref_step_s = step_seconds(dir);
+        if (n == 2) ref_step_s = test_step_seconds(dir, 0.2);
     }
     return 0;
 }
@@ -350,7 +334,7 @@ static void test_sigkill_one_rank(void **state) {
     // four times the steps of the other tests (8 epochs), so that a dozen kills fall before the end
     const char *extra[] = {"max_steps=40", NULL};
     assert_int_equal(train_n(W, ref, log, extra), 0);
-    ref_step_s = step_seconds(ref);
+    ref_step_s = test_step_seconds(ref, 0.2);
     char *argv[32], np[16], out[700];
     train_argv(argv, np, out, W, dir, extra);
     uint64_t rs = (uint64_t)time(NULL) | 1;

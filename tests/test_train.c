@@ -92,23 +92,6 @@ static int count_steps(const char *log) {
     return k;
 }
 
-// seconds per step of the reference run (its timing.jsonl), so kills land anywhere in a step
-// whatever the backend's speed (the emulated CUDA kernels take seconds per step)
-static double reference_step_seconds(void) {
-    char p[700];
-    path_join(p, sizeof p, root, "reference/timing.jsonl");
-    size_t n;
-    char *s = test_slurp(p, &n);
-    double first = -1, last = -1;
-    int count = 0;
-    for (char *q = s; (q = strstr(q, "\"elapsed_s\": ")); q++, count++) {
-        last = atof(q + 13);
-        if (first < 0) first = last;
-    }
-    free(s);
-    return count > 1 ? (last - first) / (count - 1) : 0.15;
-}
-
 static double step_s = 0.15;  // seconds per step of the reference run (setup)
 
 // Waits until the log shows `more` progress lines beyond `before`, or the process exits (then
@@ -154,7 +137,9 @@ static int setup(void **state) {
         fprintf(stderr, "reference run failed, see %s\n", log);
         return -1;
     }
-    step_s = reference_step_seconds();
+    // seconds per step of the reference run, so kills land anywhere in a step whatever the
+    // backend's speed (the emulated CUDA kernels take seconds per step)
+    step_s = test_step_seconds(dir, 0.15);
     return 0;
 }
 

@@ -249,3 +249,17 @@ void expect_same_run(const char *a, const char *b, int step) {
     path_join(pb, sizeof pb, b, "metrics.jsonl");
     if (!test_same_file(pa, pb)) fail_msg("%s and %s differ", pa, pb);
 }
+
+double test_step_seconds(const char *run_dir, double fallback) {
+    char p[700];
+    path_join(p, sizeof p, run_dir, "timing.jsonl");
+    char *s = test_slurp(p, NULL);
+    double first = -1, last = -1;
+    int count = 0;
+    for (char *q = s; (q = strstr(q, "\"elapsed_s\": ")); q++, count++) {
+        last = atof(q + 13);
+        if (first < 0) first = last;
+    }
+    free(s);
+    return count > 1 ? (last - first) / (count - 1) : fallback;
+}

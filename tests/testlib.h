@@ -41,6 +41,9 @@ int test_same_file(const char *a, const char *b);
 // two finished ./train runs agree byte for byte: step_<step>'s tensors, optimizer and state.json,
 // and metrics.jsonl
 void expect_same_run(const char *a, const char *b, int step);
+// seconds per step of a finished ./train run (the elapsed_s of its timing.jsonl), fallback when it
+// logged fewer than two steps
+double test_step_seconds(const char *run_dir, double fallback);
 
 // ---- the Hugging Face parity fixtures of scripts/make_fixtures.py (tests/fixtures/README.md) ----
 #include "common/safetensors.h"
