@@ -42,6 +42,18 @@ typedef struct {
     // buf holds world x count floats, this rank's slice at rank*count; afterwards all slices
     void (*allgather_f32)(Dist *d, float *buf, size_t count);
     void (*broadcast)(Dist *d, void *buf, size_t bytes, int root);
+    // Starts summing elements [begin, end) of buf over ranks. slice 0: every rank receives the
+    // sums (an all-reduce of the range); else rank r receives those inside its slice
+    // [r * slice, (r + 1) * slice) and the rest of the range is left undefined (ZeRO-1). It may
+    // return before the sums are there (NCCL: enqueued on a stream of its own, behind what the
+    // backend's stream holds so far, so the backward goes on meanwhile); reduce_wait returns
+    // when every started sum is there for the backend's stream. Every rank starts the same
+    // ranges in the same order.
+    void (*reduce_start)(Dist *d, float *buf, size_t begin, size_t end, size_t slice);
+    void (*reduce_wait)(Dist *d);
+    // buf holds world x bytes, this rank's part at rank * bytes; afterwards every part (the
+    // ZeRO-1 update's weights, in the compute copy's type)
+    void (*allgather_bytes)(Dist *d, void *buf, size_t bytes);
     // host memory: all[r*bytes ...] receives rank r's `mine`
     void (*allgather_host)(Dist *d, const void *mine, void *all, size_t bytes);
     void (*broadcast_host)(Dist *d, void *buf, size_t bytes, int root);
@@ -63,6 +75,7 @@ struct Dist {
     double timeout_s;  // a collective waiting longer than this stops the run
     DistPeer *peers;   // (world) every rank's pid and node, for the watchdog
     void *watch;       // watchdog state (dist.c)
+    int reducing;      // reductions started and not yet waited for: any other collective waits first
 };
 
 // Reads the launcher's environment: Open MPI (OMPI_COMM_WORLD_*), Slurm (SLURM_PROCID,
@@ -81,6 +94,9 @@ void dist_allreduce_sum_f32(Dist *d, float *buf, size_t n);
 void dist_reduce_scatter_sum_f32(Dist *d, float *buf, size_t count);
 void dist_allgather_f32(Dist *d, float *buf, size_t count);
 void dist_broadcast(Dist *d, void *buf, size_t bytes, int root);
+void dist_reduce_start(Dist *d, float *buf, size_t begin, size_t end, size_t slice);
+void dist_reduce_wait(Dist *d);
+void dist_allgather_bytes(Dist *d, void *buf, size_t bytes);
 void dist_allgather_host(Dist *d, const void *mine, void *all, size_t bytes);
 void dist_broadcast_host(Dist *d, void *buf, size_t bytes, int root);
 // untimed: waits as long as rank 0 needs (data preparation), still stopping when a peer dies

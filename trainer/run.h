@@ -12,6 +12,7 @@
 #include "model/vlm.h"
 #include "trainer/checkpoint.h"
 #include "trainer/dist.h"
+#include "trainer/grad_buckets.h"
 #include "trainer/train_config.h"
 
 typedef struct {
@@ -20,6 +21,7 @@ typedef struct {
     int rank, world, zero;  // zero: the ZeRO stage in use (0 or 1)
     const Kernels *k;
     Vlm m;
+    GradBuckets buckets;    // the step's gradient reduction (ZeRO-0: all-reduce; ZeRO-1: to each slice's rank)
     Loader *train, *val;
     int accum;              // micro-batches per rank per step
     int warmup;
@@ -49,6 +51,9 @@ void run_setup(Run *r, const TrainConfig *c, double t_start);
 void run_teardown(Run *r);
 
 void run_step(Run *r, StepResult *out);
+// ZeRO-1, after each rank updated its slice: every rank's compute weights are the updated ones
+// (the sharded masters' slices all-gathered into the compute copy; else the masters themselves)
+void run_share_weights(Run *r);
 // mean validation loss over all ranks' slices; *tokens gets the labelled count
 double run_evaluate(Run *r, int64_t *tokens);
 // checkpoint of r->st.step (every rank calls it; rank 0 writes); fatal() on failure

@@ -196,6 +196,19 @@ static int find_resume(const TrainConfig *c, char *ckpt, size_t cap) {
     return 1;
 }
 
+// the step's gradient buckets, from the groups the model's backward finishes in turn
+static void setup_buckets(Run *r) {
+    const Vlm *m = &r->m;
+    int cap = m->train.n ? m->train.n : 1, *first = xmalloc(2 * (size_t)cap * sizeof(int)), *count = first + cap;
+    int n = vlm_grad_groups(m, first, count, cap);
+    size_t slice = r->zero ? m->train.span / r->world : 0;
+    grad_buckets_init(&r->buckets, r->dist, &m->train, first, count, n, r->c->grad_bucket_mb, slice);
+    free(first);
+    if (r->world > 1)
+        printf("gradient reduction: %d bucket(s) of up to %g MiB, %s\n", r->buckets.n, r->c->grad_bucket_mb,
+               r->c->grad_bucket_mb > 0 ? "started as the backward finishes them" : "after the backward");
+}
+
 void run_setup(Run *r, const TrainConfig *c, double t_start) {
     memset(r, 0, sizeof *r);
     r->c = c;
@@ -284,6 +297,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     Vlm *m = &r->m;
     vlm_init_reserved(m, k, &spec);
     CHECK(m->n_img_tokens == image_tokens, "image slot %d vs %d", m->n_img_tokens, image_tokens);
+    setup_buckets(r);
     size_t n_conn = params_group_numel(&m->train, PARAM_GROUP_CONNECTOR), n_lora = params_group_numel(&m->train, PARAM_GROUP_LORA);
     printf("model: vision %d layers of %d run, %d image tokens per image | %s %d layers, hidden %d | trainable: "
            "connector %zu, LoRA %zu parameters\n",
@@ -377,6 +391,8 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
             warn("stage 2 without init_from: the connector starts from random weights");
         }
     }
+    // sharded masters: the compute copy from them, as every step's update leaves it
+    if (params_masters_sharded(&m->train)) run_share_weights(r);
     if (r->rank == 0) {
         char path[CFG_PATH + 32];
         snprintf(path, sizeof path, "%s/config.conf", c->out_dir);
@@ -393,6 +409,7 @@ void run_teardown(Run *r) {
     free(r->signature);
     loader_close(r->train);
     if (r->val) loader_close(r->val);
+    grad_buckets_free(&r->buckets);
     vlm_free(&r->m);
     dist_close(r->dist);
 }

@@ -67,6 +67,7 @@ const CfgKey train_keys[] = {
     K("prefetch", CFG_INT, prefetch, "4", "micro-batches prepared ahead"),
     K("nan_policy", CFG_STR, nan_policy, "stop", "stop | skip: what a non-finite loss or gradient does"),
     K("zero_stage", CFG_STR, zero_stage, "auto", "0: every rank keeps the whole optimizer state | 1: each keeps 1/world of it (ZeRO-1) | auto: 1 when world > 1"),
+    K("grad_bucket_mb", CFG_FLOAT, grad_bucket_mb, "25", "MiB of gradients summed across ranks at a time, started while the backward runs on; 0: all at once after it"),
     K("dist_timeout", CFG_FLOAT, dist_timeout, "300", "seconds a rank waits in a collective before it stops the run (a lost rank)"),
     K("dist_init_dir", CFG_STR, dist_init_dir, "", "directory every node sees, for NCCL's unique id when launched without MPI (srun)"),
     K("log_samples", CFG_BOOL, log_samples, "false", "metrics.jsonl lists each step's sample indices (checks the data order)"),
@@ -138,6 +139,7 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     need(!strcmp(c->zero_stage, "auto") || !strcmp(c->zero_stage, "0") || !strcmp(c->zero_stage, "1"), "zero_stage",
          "must be 0, 1 or auto");
     need(c->dist_timeout > 0, "dist_timeout", "must be positive (seconds)");
+    need(c->grad_bucket_mb >= 0 && c->grad_bucket_mb <= 1e6, "grad_bucket_mb", "must be between 0 and 1e6 (MiB)");
     int world = train_world_size();
     if (c->global_batch % (c->batch_size * world))
         fatal("config: global_batch %d is not a multiple of batch_size x processes (%d x %d)", c->global_batch,

@@ -47,6 +47,7 @@ typedef struct {
     char nan_policy[16];
     char zero_stage[8];  // auto | 0 | 1
     double dist_timeout;
+    double grad_bucket_mb;  // gradient buckets reduced during the backward; 0: after it
     char dist_init_dir[CFG_PATH];
     int log_samples;
 } TrainConfig;
