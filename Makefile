@@ -111,8 +111,9 @@ endif
 ASAN_TESTS += build/tests/asan_test_fs_safe
 
 # test_gpu_emu: the CUDA kernels' source on the CPU emulator against the CPU backend (tests/gpu/emu);
+# train_emu: ./train on them (tests/test_dist.c runs it data-parallel: ZeRO-1 with sharded masters);
 # tsan_ops.sh: its op tests again under ThreadSanitizer (race detection)
-test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu
+test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu $(EMU_DIR)/train_emu
 	@$(MAKE) --no-print-directory EMU_TSAN=1 build/emu-tsan/test_gpu_emu
 	@sh tests/run.sh tests/test_deps.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu tests/gpu/tsan_ops.sh
 	@$(MAKE) --no-print-directory fuzz-smoke

@@ -4,8 +4,10 @@
 // Transports: "solo" (one process, no launcher: every collective is a copy or nothing), "mpi"
 // (Open MPI; the CPU backend's transport, what CI tests) and "nccl" (CUDA: NCCL on the backend's
 // stream; its unique id travels through MPI when the launcher is mpirun, else through a file in
-// dist_init_dir). Float buffers live in the memory of the backend the trainer runs on (host
-// memory on the CPU, device memory with NCCL); *_host calls take host memory.
+// dist_init_dir; in the CUDA emulator, whose device memory is host memory, MPI stands in). Float
+// buffers live in the memory of the backend the trainer runs on (host memory on the CPU, device
+// memory with NCCL); *_host calls take host memory. Gradient buckets (reduce_start) may run
+// while the backward goes on (NCCL: on a second stream).
 //
 // Determinism: the MPI transport sums in rank order (0 + 1 + 2 ...) whatever the message sizes,
 // so a run is bit-reproducible at a fixed world size, and ZeRO-1 (reduce-scatter + all-gather)

@@ -23,12 +23,22 @@
 #include "kernels/cuda/common.cuh"
 #include "trainer/dist.h"
 
-#ifdef SVLM_CUDA_EMU  // the CPU emulator of the CUDA kernels has no NCCL: as a build without it
+#ifdef SVLM_CUDA_EMU
+// The CPU emulator of the CUDA kernels (tests/gpu/emu) has no NCCL, but its device memory is host
+// memory and its streams are synchronous: there the MPI transport serves the CUDA code path, so
+// ./train on the emulated kernels runs data-parallel under mpirun (the bf16 compute copy and
+// ZeRO-1's sharded masters included; tests/test_dist.c).
 
-extern "C" int dist_nccl_available(void) { return 0; }
+extern "C" int dist_nccl_available(void) { return 1; }
 extern "C" size_t dist_nccl_id_bytes(void) { return 128; }
-extern "C" int dist_nccl_make_id(void *id) { return -1; }
-extern "C" Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host) { return NULL; }
+extern "C" int dist_nccl_make_id(void *id) {
+    memset(id, 0, 128);
+    return 0;
+}
+extern "C" Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host) {
+    if (!host) fatal("dist: the CUDA emulator's ranks talk through MPI: launch them with mpirun");
+    return host;
+}
 extern "C" void dist_cuda_select_device(int local_rank, char *name, size_t cap) {
     snprintf(name, cap, "GPU %d (emulated)", local_rank);
 }
