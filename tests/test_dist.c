@@ -372,7 +372,8 @@ static void test_emulated_cuda_zero1(void **state) {
         train_argv(argv, np, out, 2, dir[i], NULL);
         int a = 0;
         while (argv[a]) a++;
-        const char *common[] = {"device=cuda", "max_steps=2", "global_batch=4", "save_every=1", "val_data=", NULL};
+        const char *common[] = {"device=cuda", "max_steps=2", "batch_size=1", "global_batch=2",
+                                "save_every=1", "val_data=", NULL};
         for (int j = 0; common[j]; j++) argv[a++] = (char *)common[j];
         for (int j = 0; extra[i][j]; j++) argv[a++] = (char *)extra[i][j];
         argv[a] = NULL;
