@@ -1,16 +1,17 @@
-// resize.c: Pillow-exact bicubic resampling and CLIP / LLaVA preprocessing (see image.h).
+// resize.c: Pillow-exact resampling (box, bilinear, hamming, bicubic, lanczos) of 8-bit RGB
+// images, and LLaVA's pad-to-square resize without the square (see image.h).
 //
 // The resampler reproduces Pillow's ImagingResample (libImaging/Resample.c) for 8-bit images:
 // separable convolution in two passes (horizontal first, unless the height shrinks by more than
-// twice as many pixels as the width: Pillow 13's rule, see resize_window); bicubic kernel a = -0.5, support 2
-// widened by the downscale factor; per-output-pixel coefficients computed in double, normalised
-// to sum 1, converted to fixed point with 22 fractional bits (PRECISION_BITS = 32 - 8 - 2),
-// accumulated in int32 from 1 << 21 (rounding), and clipped to uint8 after each pass. Every
-// step is done in the same order with the same types, so the output is bit-identical.
-// Only the part of the resized image that survives the centre crop is computed: each output
-// pixel depends only on the input and its own coefficients, so this changes no value. LLaVA's pad
-// mode resizes its square without building it (image_pad_resize): the background's share of each
-// sum is added in one product, integer arithmetic that gives the same bits.
+// twice as many pixels as the width: Pillow 13's rule, see image_resize_window); the filter's
+// support widened by the downscale factor; per-output-pixel coefficients computed in double,
+// normalised to sum 1, converted to fixed point with 22 fractional bits (PRECISION_BITS =
+// 32 - 8 - 2), accumulated in int32 from 1 << 21 (rounding), and clipped to uint8 after each
+// pass. Every step is done in the same order with the same types, so the output is bit-identical.
+// image_resize_window computes only a window of the resized image (CLIP's centre crop): each
+// output pixel depends only on the input and its own coefficients, so this changes no value.
+// LLaVA's pad mode resizes its square without building it (image_pad_resize): the background's
+// share of each sum is added in one product, integer arithmetic that gives the same bits.
 #include "data/image.h"
 
 #include <math.h>
@@ -32,12 +33,62 @@
 #endif
 #endif
 
-// Pillow's bicubic_filter, same expression order (a = -0.5)
-NO_FMA static inline double bicubic_filter(double x) {
+// Pillow's filters (libImaging/Resample.c), same expressions and order; support in input pixels
+// at scale 1. sin / cos come from the C library Pillow also links (glibc): same values.
+NO_FMA static double box_filter(double x) { return x > -0.5 && x <= 0.5 ? 1.0 : 0.0; }
+
+NO_FMA static double bilinear_filter(double x) {
+    if (x < 0.0) x = -x;
+    return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+NO_FMA static double hamming_filter(double x) {
+    if (x < 0.0) x = -x;
+    if (x == 0.0) return 1.0;
+    if (x >= 1.0) return 0.0;
+    x = x * M_PI;
+    return sin(x) / x * (0.54f + 0.46f * cos(x));  // float constants, as Pillow writes them
+}
+
+// a = -0.5
+NO_FMA static double bicubic_filter(double x) {
     if (x < 0.0) x = -x;
     if (x < 1.0) return ((-0.5 + 2.0) * x - (-0.5 + 3.0)) * x * x + 1;
     if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * -0.5;
     return 0.0;
+}
+
+NO_FMA static double sinc_filter(double x) {
+    if (x == 0.0) return 1.0;
+    x = x * M_PI;
+    return sin(x) / x;
+}
+
+// truncated sinc, support 3
+NO_FMA static double lanczos_filter(double x) {
+    if (-3.0 <= x && x < 3.0) return sinc_filter(x) * sinc_filter(x / 3);
+    return 0.0;
+}
+
+typedef struct {
+    double (*fn)(double);
+    double support;
+} Filter;
+
+static Filter filter_of(ImageFilter f) {
+    switch (f) {
+    case IMAGE_FILTER_BOX: return (Filter){box_filter, 0.5};
+    case IMAGE_FILTER_BILINEAR: return (Filter){bilinear_filter, 1.0};
+    case IMAGE_FILTER_HAMMING: return (Filter){hamming_filter, 1.0};
+    case IMAGE_FILTER_BICUBIC: return (Filter){bicubic_filter, 2.0};
+    case IMAGE_FILTER_LANCZOS: return (Filter){lanczos_filter, 3.0};
+    default: fatal("image resize: filter %d has no convolution kernel (nearest is not supported)", (int)f);
+    }
+}
+
+const char *image_filter_name(ImageFilter f) {
+    static const char *names[] = {"nearest", "lanczos", "bilinear", "bicubic", "box", "hamming"};
+    return (int)f >= 0 && (int)f < 6 ? names[f] : "unknown";
 }
 
 typedef struct {
@@ -57,15 +108,17 @@ typedef struct {
     int64_t out_size;
     double scale, filterscale, support;
     int ksize;
+    Filter f;
 } Resampler;
 
-NO_FMA static void resampler_init(Resampler *r, int in_size, int64_t out_size) {
+NO_FMA static void resampler_init(Resampler *r, int in_size, int64_t out_size, ImageFilter filter) {
+    r->f = filter_of(filter);
     const float in0 = 0.0f, in1 = (float)in_size;  // Pillow's box is float
     r->in_size = in_size;
     r->out_size = out_size;
     r->filterscale = r->scale = (double)(in1 - in0) / (double)out_size;
     if (r->filterscale < 1.0) r->filterscale = 1.0;
-    r->support = 2.0 * r->filterscale;
+    r->support = r->f.support * r->filterscale;
     r->ksize = (int)ceil(r->support) * 2 + 1;
 }
 
@@ -84,7 +137,7 @@ NO_FMA static int coeff_one(const Resampler *r, int64_t xx, double *k, int32_t *
     xmax -= xmin;
     int x;
     for (x = 0; x < xmax; x++) {
-        double w = bicubic_filter((x + xmin - center + 0.5) * ss);
+        double w = r->f.fn((x + xmin - center + 0.5) * ss);
         k[x] = w;
         ww += w;
     }
@@ -264,7 +317,12 @@ SIMD_CLONES static void vpass_row(const uint8_t *base, size_t stride, int ymin, 
 // Pass order as Pillow 13's ImagingResampleInner: horizontal first, unless the height shrinks by
 // more than twice as many pixels as the width does (Pillow <= 12: always horizontal first).
 // ow, oh, x0, y0 are 64-bit: a very thin image's resized long side may pass INT_MAX.
-static void resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, int64_t y0, int cw, int ch, uint8_t *dst) {
+void image_resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, int64_t y0, int cw, int ch,
+                         ImageFilter filter, uint8_t *dst) {
+    CHECK(src && src->rgb && src->w > 0 && src->h > 0 && ow > 0 && oh > 0 && cw > 0 && ch > 0 && x0 >= 0 && y0 >= 0 &&
+              x0 + cw <= ow && y0 + ch <= oh,
+          "image_resize_window: bad window %dx%d at (%lld, %lld) of %lldx%lld", cw, ch, (long long)x0, (long long)y0,
+          (long long)ow, (long long)oh);
     const int need_h = ow != src->w, need_v = oh != src->h;
     const int64_t dh = src->h - oh, dw = src->w - ow;
     const int h_first = !(dh > 0 && dh > dw * 2);
@@ -272,11 +330,11 @@ static void resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, 
     Coeffs cv = {0}, chz = {0};
     Resampler rv, rh;
     if (need_v) {
-        resampler_init(&rv, src->h, oh);
+        resampler_init(&rv, src->h, oh, filter);
         coeffs_make(&rv, y0, ch, &cv);
     }
     if (need_h) {
-        resampler_init(&rh, src->w, ow);
+        resampler_init(&rh, src->w, ow, filter);
         coeffs_make(&rh, x0, cw, &chz);
     }
     uint8_t *tmp = NULL;
@@ -341,7 +399,8 @@ static void resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, 
 // Memory: the short direction's band coefficients (~5 per image pixel of a line) and chunks of
 // bounded size (chunk_bytes of first-pass rows, chunk_bytes / 32 of the long direction's
 // coefficients), whatever the aspect ratio (a 1 x 10^8 image pads to a 10^8-sided square).
-void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *dst, size_t chunk_bytes) {
+void image_pad_resize(const Image *img, const uint8_t bg[3], int size, ImageFilter filter, uint8_t *dst,
+                      size_t chunk_bytes) {
     CHECK(img && img->rgb && img->w > 0 && img->h > 0 && size > 0, "image_pad_resize: bad image %dx%d or size %d",
           img ? img->w : 0, img ? img->h : 0, size);
     if (chunk_bytes == 0) chunk_bytes = (size_t)32 << 20;
@@ -360,7 +419,7 @@ void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *
         return;
     }
     Resampler R;
-    resampler_init(&R, s, size);
+    resampler_init(&R, s, size, filter);
     const int q = wide ? oy : ox, m0 = wide ? h : w;  // the short direction's image band
     int32_t *ksum = xmalloc(sizeof(int32_t) * (size_t)size), *kbg = xmalloc(sizeof(int32_t) * (size_t)size);
     Coeffs sb;  // short direction, band taps only
@@ -446,23 +505,13 @@ void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *
     coeffs_free(&sb);
 }
 
-void image_resize_bicubic(const Image *src, int w, int h, Image *dst) {
-    CHECK(src && src->rgb && src->w > 0 && src->h > 0 && w > 0 && h > 0, "image_resize_bicubic: bad sizes %dx%d -> %dx%d",
+void image_resize(const Image *src, int w, int h, ImageFilter filter, Image *dst) {
+    CHECK(src && src->rgb && src->w > 0 && src->h > 0 && w > 0 && h > 0, "image_resize: bad sizes %dx%d -> %dx%d",
           src ? src->w : 0, src ? src->h : 0, w, h);
     dst->w = w;
     dst->h = h;
     dst->rgb = xmalloc((size_t)w * h * 3);
-    resize_window(src, w, h, 0, 0, w, h, dst->rgb);
-}
-
-void image_clip_resize_size(int w, int h, int shortest, int64_t *out_w, int64_t *out_h) {
-    // transformers: short, long = (w, h) if w <= h else (h, w); new_long = int(size * long / short)
-    // (Python true division of integers: correctly rounded, as the double division here; the
-    // product is exact below 2^53)
-    int sh = w <= h ? w : h, lo = w <= h ? h : w;
-    int64_t new_long = (int64_t)((double)shortest * lo / sh);
-    if (w <= h) { *out_w = shortest; *out_h = new_long; }
-    else { *out_w = new_long; *out_h = shortest; }
+    image_resize_window(src, w, h, 0, 0, w, h, filter, dst->rgb);
 }
 
 void image_expand2square(const Image *img, const uint8_t bg[3], Image *dst) {
@@ -481,56 +530,4 @@ void image_expand2square(const Image *img, const uint8_t bg[3], Image *dst) {
             for (int x = 0; x < s; x++) memcpy(row + 3 * x, bg, 3);
         }
     }
-}
-
-// lut[c][v] = float32(float32(v * (1/255) in double) - mean) / std, as transformers' rescale
-// (float64 product cast to float32) followed by normalize (float32 arithmetic)
-static void make_lut(const float mean[3], const float std[3], float lut[3][256]) {
-    for (int c = 0; c < 3; c++)
-        for (int v = 0; v < 256; v++) {
-            volatile float r = (float)((double)v * (1.0 / 255.0));  // volatile: no excess precision
-            volatile float d = r - mean[c];
-            lut[c][v] = d / std[c];
-        }
-}
-
-static void rgb_to_chw(const uint8_t *rgb, size_t npix, float lut[3][256], float *out) {
-    float *o0 = out, *o1 = out + npix, *o2 = out + 2 * npix;
-    for (size_t i = 0; i < npix; i++) {
-        o0[i] = lut[0][rgb[3 * i + 0]];
-        o1[i] = lut[1][rgb[3 * i + 1]];
-        o2[i] = lut[2][rgb[3 * i + 2]];
-    }
-}
-
-void image_normalize_chw(const Image *img, const float mean[3], const float std[3], float *out) {
-    float lut[3][256];
-    make_lut(mean, std, lut);
-    rgb_to_chw(img->rgb, (size_t)img->w * img->h, lut, out);
-}
-
-void image_preprocess_clip(const Image *img, int size, const float mean[3], const float std[3], int pad_to_square,
-                           float *out) {
-    CHECK(img && img->rgb && img->w > 0 && img->h > 0 && size > 0, "image_preprocess_clip: bad image %dx%d or size %d",
-          img ? img->w : 0, img ? img->h : 0, size);
-    uint8_t *crop = xmalloc((size_t)size * size * 3);
-    if (pad_to_square && img->w != img->h) {
-        // LLaVA: tuple(int(x * 255) for x in image_mean); the square's resize to size x size
-        // needs no crop
-        uint8_t bg[3];
-        for (int c = 0; c < 3; c++) {
-            double v = (double)mean[c] * 255.0;
-            bg[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : (int)v);
-        }
-        image_pad_resize(img, bg, size, crop, 0);
-    } else {
-        int64_t rw, rh;
-        image_clip_resize_size(img->w, img->h, size, &rw, &rh);
-        // centre crop: top = (h - size) // 2, left = (w - size) // 2 (both >= 0 here)
-        resize_window(img, rw, rh, (rw - size) / 2, (rh - size) / 2, size, size, crop);
-    }
-    float lut[3][256];
-    make_lut(mean, std, lut);
-    rgb_to_chw(crop, (size_t)size * size, lut, out);
-    free(crop);
 }

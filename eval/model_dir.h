@@ -51,9 +51,8 @@ typedef struct {
     Vlm vlm;              // max_B 1, max_T 1, max_images 1: inference only
     Tokenizer *tok;
     Template *tpl;
-    int image_size;       // S of the (3, S, S) vision input
-    float mean[3], std[3];
-    int pad_to_square;
+    int image_size;       // S of the (3, S, S) vision input (prep.size)
+    ImagePrep prep;       // the tower's preprocessing, mean / std and pad_to_square from svlm.json
     int stop_ids[2];      // the template's stop token, and the LLM's eos when it differs
     int n_stop;
 } GenModel;
