@@ -90,11 +90,12 @@ void image_resize(const Image *src, int w, int h, ImageFilter filter, Image *dst
 void image_resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, int64_t y0, int cw, int ch,
                          ImageFilter filter, uint8_t *dst);
 
-// image_expand2square(img, bg) resized to size x size with filter, as image_resize of the square
-// would (bit-exact), into dst (size * size * 3 bytes), without building the square: memory stays
-// bounded for any aspect ratio. chunk_bytes: scratch per chunk of work (0: 32 MB; a smaller value
-// only cuts the work into more chunks, same output).
-void image_pad_resize(const Image *img, const uint8_t bg[3], int size, ImageFilter filter, uint8_t *dst,
+// image_expand2square(img, bg) resized to ow x oh with filter, as image_resize of the square
+// would (bit-exact), into dst (oh * ow * 3 bytes), without building the square: memory stays
+// bounded for any aspect ratio. The height may not shrink by more than twice as much as the width
+// (CHECK; Pillow would resize vertically first). chunk_bytes: scratch per chunk of work (0:
+// 32 MB; a smaller value only cuts the work into more chunks, same output).
+void image_pad_resize(const Image *img, const uint8_t bg[3], int ow, int oh, ImageFilter filter, uint8_t *dst,
                       size_t chunk_bytes);
 
 // LLaVA's expand2square: a new max(w, h) square filled with bg, img pasted centred at

@@ -267,8 +267,7 @@ int image_prep_decode(const ImagePrep *p, const uint8_t *bytes, size_t n, Image 
 }
 
 // Idefics3 at one tile: longest edge to p->longest_edge, then S x S, uint8 in between. pad: the
-// padded square's first resize, without the square where that resize is square (always but for
-// an odd longest_edge, whose other side is rounded up to even).
+// padded square's first resize (L x L, or L x L + 1 for an odd L) without building the square.
 static void idefics3_resize(const Image *img, const ImagePrep *p, const uint8_t bg[3], uint8_t *dst) {
     const int S = p->size, pad = p->pad_to_square && img->w != img->h;
     const int side = img->w > img->h ? img->w : img->h;
@@ -276,14 +275,9 @@ static void idefics3_resize(const Image *img, const ImagePrep *p, const uint8_t 
     if (pad) image_idefics3_resize_size(side, side, p->longest_edge, &w1, &h1);
     else image_idefics3_resize_size(img->w, img->h, p->longest_edge, &w1, &h1);
     Image mid;
-    if (pad && w1 == h1) {
+    if (pad) {
         mid = (Image){w1, h1, xmalloc((size_t)w1 * h1 * 3)};
-        image_pad_resize(img, bg, w1, p->filter, mid.rgb, 0);
-    } else if (pad) {
-        Image sq;
-        image_expand2square(img, bg, &sq);
-        image_resize(&sq, w1, h1, p->filter, &mid);
-        image_free(&sq);
+        image_pad_resize(img, bg, w1, h1, p->filter, mid.rgb, 0);
     } else {
         image_resize(img, w1, h1, p->filter, &mid);
     }
@@ -306,7 +300,7 @@ void image_preprocess(const Image *img, const ImagePrep *p, float *out) {
     switch (p->rule) {
     case IMAGE_RESIZE_SHORTEST_CROP:
         if (pad) {  // the square's shortest edge to S is S x S: no crop
-            image_pad_resize(img, bg, S, p->filter, px, 0);
+            image_pad_resize(img, bg, S, S, p->filter, px, 0);
         } else {
             int64_t rw, rh;
             image_clip_resize_size(img->w, img->h, S, &rw, &rh);
@@ -315,7 +309,7 @@ void image_preprocess(const Image *img, const ImagePrep *p, float *out) {
         }
         break;
     case IMAGE_RESIZE_SQUARE:
-        if (pad) image_pad_resize(img, bg, S, p->filter, px, 0);
+        if (pad) image_pad_resize(img, bg, S, S, p->filter, px, 0);
         else image_resize_window(img, S, S, 0, 0, S, S, p->filter, px);
         break;
     default:

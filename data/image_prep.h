@@ -67,8 +67,8 @@ void image_prep_load(ImagePrep *p, const char *dir, ImagePrepFamily f, int model
 int image_prep_decode(const ImagePrep *p, const uint8_t *bytes, size_t n, Image *out, char *err, size_t errlen);
 
 // img (decoded by image_prep_decode) -> out (3, S, S) float32, channel-major, bit-exact with the
-// family's processor. Memory is bounded whatever the aspect ratio for clip, siglip and internvl
-// (and idefics3 without pad_to_square).
+// family's processor. Memory is bounded whatever the aspect ratio (Idefics3 keeps its first
+// resize, at most 4096 x 4096, as Pillow does).
 void image_preprocess(const Image *img, const ImagePrep *p, float *out);
 
 // ---- the processors' size rules (exposed for tests)

@@ -382,75 +382,100 @@ void image_resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, i
     if (need_h) coeffs_free(&chz);
 }
 
-// LLaVA's expand2square(img, bg) resized to size x size, into dst (size * size * 3), without
-// building the square. The square (side s) is resized in both directions by the same s -> size
-// resampler, horizontal pass first (Pillow 13's rule for equal shrinks; Pillow <= 12 always).
+// the sum of each output's fixed-point taps, outputs [0, r->out_size)
+static void coeffs_sums(const Resampler *r, int32_t *ksum) {
+    double *k = xmalloc(sizeof(double) * (size_t)r->ksize);
+    int32_t *kq = xmalloc(sizeof(int32_t) * (size_t)r->ksize);
+    for (int64_t i = 0; i < r->out_size; i++) {
+        int xmin, cnt = coeff_one(r, i, k, kq, &xmin);
+        int32_t all = 0;
+        for (int x = 0; x < cnt; x++) all += kq[x];
+        ksum[i] = all;
+    }
+    free(k);
+    free(kq);
+}
+
+// LLaVA's expand2square(img, bg) resized to ow x oh, into dst (oh rows of ow pixels), without
+// building the square. The square (side s) is resized horizontally by an s -> ow resampler and
+// vertically by an s -> oh one, horizontal pass first: Pillow 13's order unless the height
+// shrinks by more than twice as much as the width (checked: the callers' sizes never do; Pillow
+// <= 12 always went horizontal first).
 // The image covers input band [q, q + m0) of the short direction and the whole long one; the
 // rest is background, constant. A background pixel's share of a sum is bg * its coefficient,
 // so the background taps of an output add bg * kbg (kbg: the sum of their fixed-point
 // coefficients) to the start value: integer sums, exactly what Pillow's tap-by-tap loop gives
-// (no partial sum comes near int32's range). Hence:
-//   - a background row's first pass is hbg[j] = clip(2^21 + bg * ksum[j]), one row for all;
+// (no partial sum comes near int32's range). Hence, with ksum the sum of all of an output's taps:
+//   - a background row's first pass is hbg[j] = clip(2^21 + bg * ksum_h[j]), one row for all;
 //   - wide (w >= h): first pass over the h image rows only; an output row's background rows
-//     enter through 2^21 + hbg * kbg[i];
+//     enter through 2^21 + hbg * kbg_v[i];
 //   - tall: the first pass gives hbg[j] in every row for the columns whose window misses the
-//     image ("pure" columns), so those outputs are clip(2^21 + hbg[j] * ksum[i]); the others are
-//     computed from the image columns with 2^21 + bg * kbg[j] as start value.
+//     image ("pure" columns), so those outputs are clip(2^21 + hbg[j] * ksum_v[i]); the others
+//     are computed from the image columns with 2^21 + bg * kbg_h[j] as start value.
 // Memory: the short direction's band coefficients (~5 per image pixel of a line) and chunks of
 // bounded size (chunk_bytes of first-pass rows, chunk_bytes / 32 of the long direction's
 // coefficients), whatever the aspect ratio (a 1 x 10^8 image pads to a 10^8-sided square).
-void image_pad_resize(const Image *img, const uint8_t bg[3], int size, ImageFilter filter, uint8_t *dst,
-                      size_t chunk_bytes) {
-    CHECK(img && img->rgb && img->w > 0 && img->h > 0 && size > 0, "image_pad_resize: bad image %dx%d or size %d",
-          img ? img->w : 0, img ? img->h : 0, size);
+static void pad_resize(const Image *img, const uint8_t bg[3], int ow, int oh, ImageFilter filter, uint8_t *dst,
+                       size_t chunk_bytes) {
     if (chunk_bytes == 0) chunk_bytes = (size_t)32 << 20;
     const double rows_budget = (double)chunk_bytes;
     const int coef_budget = chunk_bytes / 32 > (1u << 30) ? 1 << 30 : (int)(chunk_bytes / 32);
     const int w = img->w, h = img->h, wide = w >= h;
     const int s = wide ? w : h;
     const int ox = (s - w) / 2, oy = (s - h) / 2;  // paste offset, as image_expand2square
-    const size_t rowb = (size_t)size * 3;
-    if (s == size) {  // no resampling: the square itself
-        for (int y = 0; y < size; y++) {
+    const int64_t dh = (int64_t)s - oh, dw = (int64_t)s - ow;
+    CHECK(!(dh > 0 && dh > dw * 2), "image_pad_resize: %d -> %dx%d would resize vertically first", s, ow, oh);
+    const size_t rowb = (size_t)ow * 3;
+    if (s == ow && s == oh) {  // no resampling: the square itself
+        for (int y = 0; y < oh; y++) {
             uint8_t *row = dst + (size_t)y * rowb;
-            for (int x = 0; x < size; x++) memcpy(row + 3 * x, bg, 3);
+            for (int x = 0; x < ow; x++) memcpy(row + 3 * x, bg, 3);
             if (y >= oy && y < oy + h) memcpy(row + 3 * (size_t)ox, img->rgb + (size_t)(y - oy) * w * 3, (size_t)w * 3);
         }
         return;
     }
-    Resampler R;
-    resampler_init(&R, s, size, filter);
+    Resampler Rh, Rv;
+    resampler_init(&Rh, s, ow, filter);
+    resampler_init(&Rv, s, oh, filter);
+    const Resampler *Rs = wide ? &Rv : &Rh, *Rl = wide ? &Rh : &Rv;  // short and long direction
     const int q = wide ? oy : ox, m0 = wide ? h : w;  // the short direction's image band
-    int32_t *ksum = xmalloc(sizeof(int32_t) * (size_t)size), *kbg = xmalloc(sizeof(int32_t) * (size_t)size);
+    const int ns = wide ? oh : ow;                    // outputs of the short direction
+    int32_t *ksum_s = xmalloc(sizeof(int32_t) * (size_t)ns), *kbg = xmalloc(sizeof(int32_t) * (size_t)ns);
     Coeffs sb;  // short direction, band taps only
-    coeffs_band(&R, q, q + m0, &sb, ksum, kbg);
+    coeffs_band(Rs, q, q + m0, &sb, ksum_s, kbg);
+    int32_t *ksum_h = ksum_s;  // the horizontal taps' sums: the band's already when tall
+    if (wide) {
+        ksum_h = xmalloc(sizeof(int32_t) * (size_t)ow);
+        coeffs_sums(&Rh, ksum_h);
+    }
     int32_t *hbg = xmalloc(sizeof(int32_t) * rowb);  // first pass of a background row
-    for (int j = 0; j < size; j++)
-        for (int c = 0; c < 3; c++) hbg[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + bg[c] * ksum[j]);
+    for (int j = 0; j < ow; j++)
+        for (int c = 0; c < 3; c++) hbg[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + bg[c] * ksum_h[j]);
     int32_t *init = xmalloc(sizeof(int32_t) * rowb);
     if (wide) {
         // first pass: the image rows, all columns (long direction: its coefficients in chunks)
         uint8_t *H = xmalloc((size_t)h * rowb);
-        int nc = coef_budget / R.ksize;
-        nc = nc < 1 ? 1 : nc > size ? size : nc;
-        for (int j0 = 0; j0 < size; j0 += nc) {
-            int n = size - j0 < nc ? size - j0 : nc;
+        int nc = coef_budget / Rl->ksize;
+        nc = nc < 1 ? 1 : nc > ow ? ow : nc;
+        for (int j0 = 0; j0 < ow; j0 += nc) {
+            int n = ow - j0 < nc ? ow - j0 : nc;
             Coeffs hc;
-            coeffs_make(&R, j0, n, &hc);
+            coeffs_make(Rl, j0, n, &hc);
             hpass(img->rgb, (size_t)w * 3, h, 0, &hc, n, NULL, H + (size_t)j0 * 3, rowb);
             coeffs_free(&hc);
         }
         // second pass: the image rows' taps, the background rows' share in the start value
-        for (int i = 0; i < size; i++) {
+        for (int i = 0; i < oh; i++) {
             for (size_t l = 0; l < rowb; l++) init[l] = (1 << (PRECISION_BITS - 1)) + hbg[l] * kbg[i];
             vpass_row(H, rowb, sb.bounds[2 * i] - oy, sb.bounds[2 * i + 1], coeffs_of(&sb, i), init, dst + (size_t)i * rowb,
                       (int)rowb);
         }
         free(H);
+        free(ksum_h);
     } else {
         // columns [jl, jh) have image columns in their window, the others are pure background
-        int jl = 0, jh = size;
-        while (jl < size && sb.bounds[2 * jl + 1] == 0) jl++;
+        int jl = 0, jh = ow;
+        while (jl < ow && sb.bounds[2 * jl + 1] == 0) jl++;
         while (jh > jl && sb.bounds[2 * (jh - 1) + 1] == 0) jh--;
         const int m = jh - jl;
         Coeffs view = {sb.ksize, sb.bounds + 2 * jl, sb.kk, sb.off + jl};
@@ -458,18 +483,18 @@ void image_pad_resize(const Image *img, const uint8_t bg[3], int size, ImageFilt
             for (int c = 0; c < 3; c++) init[3 * (j - jl) + c] = (1 << (PRECISION_BITS - 1)) + bg[c] * kbg[j];
         // output rows in chunks: the long direction's coefficients and the first-pass rows they
         // need (about n * scale + ksize of them) stay within the budgets
-        int n_max = coef_budget / R.ksize;
-        double per_row = R.scale > 1 ? R.scale : 1;
-        double fit = (rows_budget / ((double)(m > 0 ? m : 1) * 3) - R.ksize) / per_row;
+        int n_max = coef_budget / Rl->ksize;
+        double per_row = Rl->scale > 1 ? Rl->scale : 1;
+        double fit = (rows_budget / ((double)(m > 0 ? m : 1) * 3) - Rl->ksize) / per_row;
         if (fit < n_max) n_max = fit < 1 ? 1 : (int)fit;
         if (n_max < 1) n_max = 1;
-        if (n_max > size) n_max = size;
+        if (n_max > oh) n_max = oh;
         uint8_t *H = NULL;
         size_t hcap = 0;
-        for (int i0 = 0; i0 < size; i0 += n_max) {
-            int n = size - i0 < n_max ? size - i0 : n_max;
+        for (int i0 = 0; i0 < oh; i0 += n_max) {
+            int n = oh - i0 < n_max ? oh - i0 : n_max;
             Coeffs vc;
-            coeffs_make(&R, i0, n, &vc);
+            coeffs_make(Rl, i0, n, &vc);
             const int ya = vc.bounds[0], yb = vc.bounds[2 * (n - 1)] + vc.bounds[2 * (n - 1) + 1];
             size_t need = (size_t)(yb - ya) * m * 3;
             if (m > 0) {
@@ -482,17 +507,19 @@ void image_pad_resize(const Image *img, const uint8_t bg[3], int size, ImageFilt
             }
             for (int i = 0; i < n; i++) {
                 uint8_t *row = dst + (size_t)(i0 + i) * rowb;
-                const int32_t kv = ksum[i0 + i];  // the same resampler: output row i0 + i's tap sum
-                for (int j = 0; j < size; j++) {
+                const int32_t *kv = coeffs_of(&vc, i);  // output row i0 + i: every tap is an image row
+                int32_t kvsum = 0;
+                for (int y = 0; y < vc.bounds[2 * i + 1]; y++) kvsum += kv[y];
+                for (int j = 0; j < ow; j++) {
                     if (j == jl && m > 0) {
                         j = jh - 1;
                         continue;
                     }
-                    for (int c = 0; c < 3; c++) row[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + hbg[3 * j + c] * kv);
+                    for (int c = 0; c < 3; c++) row[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + hbg[3 * j + c] * kvsum);
                 }
                 if (m > 0)
-                    vpass_row(H, (size_t)m * 3, vc.bounds[2 * i] - ya, vc.bounds[2 * i + 1], coeffs_of(&vc, i), NULL,
-                              row + (size_t)jl * 3, m * 3);
+                    vpass_row(H, (size_t)m * 3, vc.bounds[2 * i] - ya, vc.bounds[2 * i + 1], kv, NULL, row + (size_t)jl * 3,
+                              m * 3);
             }
             coeffs_free(&vc);
         }
@@ -500,9 +527,16 @@ void image_pad_resize(const Image *img, const uint8_t bg[3], int size, ImageFilt
     }
     free(init);
     free(hbg);
-    free(ksum);
+    free(ksum_s);
     free(kbg);
     coeffs_free(&sb);
+}
+
+void image_pad_resize(const Image *img, const uint8_t bg[3], int ow, int oh, ImageFilter filter, uint8_t *dst,
+                      size_t chunk_bytes) {
+    CHECK(img && img->rgb && img->w > 0 && img->h > 0 && ow > 0 && oh > 0, "image_pad_resize: bad image %dx%d or size %dx%d",
+          img ? img->w : 0, img ? img->h : 0, ow, oh);
+    pad_resize(img, bg, ow, oh, filter, dst, chunk_bytes);
 }
 
 void image_resize(const Image *src, int w, int h, ImageFilter filter, Image *dst) {

@@ -15,8 +15,8 @@
 //
 // Relative paths inside svlm.json / config.conf (vision, llm) are looked up relative to the
 // model directory first, then to the current directory. Image settings absent from svlm.json (and
-// always for a run dir) come from the vision dir's preprocessor_config.json, else OpenAI CLIP's
-// mean/std and the vision config's image_size. Every problem is a one-line fatal() naming the file.
+// always for a run dir) come from the vision dir's preprocessor_config.json, else the tower's
+// processor defaults (CLIP: OpenAI CLIP's mean/std) and the vision config's image_size. Every problem is a one-line fatal() naming the file.
 #pragma once
 #include "data/template.h"
 #include "data/tokenizer.h"

@@ -94,9 +94,15 @@ void vit_config_load(VitConfig *c, const char *dir) {
 
 
 void vit_image_prep(const VitConfig *c, const char *dir, ImagePrep *p) {
-    // the image processor each tower's checkpoints ship with
-    static const ImagePrepFamily family[N_VIT_TYPES] = {[VIT_CLIP] = IMAGE_PREP_CLIP};
-    image_prep_load(p, dir, family[c->type], c->image_size);
+    // the image processor each tower's checkpoints ship with; no default case: -Wswitch names a
+    // tower that states none
+    int f = -1;
+    switch (c->type) {
+    case VIT_CLIP: f = IMAGE_PREP_CLIP; break;
+    case N_VIT_TYPES: break;
+    }
+    CHECK(f >= 0, "vision tower type %d states no image preprocessing", (int)c->type);
+    image_prep_load(p, dir, (ImagePrepFamily)f, c->image_size);
 }
 
 void vit_declare(ParamSet *w, const VitConfig *c, int n_layers) {

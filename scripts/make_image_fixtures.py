@@ -437,6 +437,7 @@ PREP_CASES = [  # (family, image, size, longest_edge, resample, alpha, pad)
     ("idefics3", "rgba_40x30.png", 24, 96, 1, 1, 0), ("idefics3", "pal_trns_31x19.png", 24, 33, 1, 1, 0),
     ("idefics3", "grey16_trns_11x7.png", 24, 96, 1, 1, 0), ("idefics3", "jpeg_422_45x31.jpg", 24, 20, 1, 1, 0),
     ("idefics3", "rgb_37x23.png", 24, 96, 1, 1, 1), ("idefics3", "rgb_2000x9.png", 24, 96, 1, 1, 1),
+    ("idefics3", "rgb_60x200.png", 24, 57, 1, 1, 1), ("idefics3", "jpeg_500x13.jpg", 22, 45, 1, 1, 1),
     ("idefics3", "rgb_11x1500.png", 24, 96, 1, 1, 0), ("idefics3", "photo_640x480.jpg", 364, 1456, 1, 1, 0),
 ]
 

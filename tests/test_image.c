@@ -551,11 +551,12 @@ static Image random_image(int w, int h, const uint8_t bg[3]) {
 
 // image_pad_resize equals the square built and resized (image_expand2square + image_resize, both
 // checked against Pillow), for wide, tall, thin, near-square, upscaled (side < size) and
-// same-size shapes, with every filter; with the default chunks and with tiny ones (one row or
-// column per chunk)
+// same-size shapes, with every filter, to square outputs and to others (Idefics3's L x L + 1 of
+// an odd L, and any the horizontal-first order allows); with the default chunks and with tiny
+// ones (one row or column per chunk)
 static void test_pad_virtual_matches_square(void **state) {
     (void)state;
-    int cases = 0;
+    int cases = 0, nonsquare = 0;
     for (int trial = 0; trial < 160; trial++) {
         int w, h, size;
         switch (trial % 6) {
@@ -574,18 +575,26 @@ static void test_pad_virtual_matches_square(void **state) {
         Image img = random_image(w, h, bg), sq, ref;
         image_expand2square(&img, bg, &sq);
         const ImageFilter filter = (ImageFilter)(1 + trial % 5);
-        image_resize(&sq, size, size, filter, &ref);
-        size_t nb = (size_t)size * size * 3;
+        const int s = sq.w;
+        int ow = size, oh = size;
+        if (trial % 4 == 1) oh = size + 1;
+        if (trial % 4 == 3) {  // any height the horizontal-first order allows
+            oh = rnd(1, 2 * size + 2);
+            while (s - oh > 0 && s - oh > 2 * (s - ow)) oh++;
+        }
+        nonsquare += ow != oh;
+        image_resize(&sq, ow, oh, filter, &ref);
+        size_t nb = (size_t)ow * oh * 3;
         uint8_t *out = xmalloc(nb);
         const size_t chunks[2] = {0, (size_t)rnd(1, 4096)};
         for (int k = 0; k < 2; k++) {
             memset(out, 0xA5, nb);
-            image_pad_resize(&img, bg, size, filter, out, chunks[k]);
+            image_pad_resize(&img, bg, ow, oh, filter, out, chunks[k]);
             if (memcmp(out, ref.rgb, nb) != 0) {
                 size_t i = 0;
                 while (out[i] == ref.rgb[i]) i++;
-                fail_msg("%dx%d -> %d (%s, chunk %zu, bg %d,%d,%d): byte %zu (pixel %zu, %zu) is %d, the square gives %d", w,
-                         h, size, image_filter_name(filter), chunks[k], bg[0], bg[1], bg[2], i, i / 3 % size, i / 3 / size,
+                fail_msg("%dx%d -> %dx%d (%s, chunk %zu, bg %d,%d,%d): byte %zu (pixel %zu, %zu) is %d, the square gives %d",
+                         w, h, ow, oh, image_filter_name(filter), chunks[k], bg[0], bg[1], bg[2], i, i / 3 % ow, i / 3 / ow,
                          out[i], ref.rgb[i]);
             }
         }
@@ -595,7 +604,9 @@ static void test_pad_virtual_matches_square(void **state) {
         image_free(&ref);
         cases++;
     }
-    print_message("pad: %d shapes, the virtual square equals the square built and resized\n", cases);
+    print_message("pad: %d shapes (%d to a non-square size), the virtual square equals the square built and resized\n",
+                  cases, nonsquare);
+    assert_true(nonsquare >= 40);
 }
 
 // ---------------------------------------------------------------- bad input
