@@ -158,7 +158,7 @@ void image_prep_load(ImagePrep *p, const char *dir, ImagePrepFamily f, int model
     // the sizes (0: not given); the checks on them come after the tree is freed
     int crop = 0, size = 0, longest = 0, tiles = 0;
     if (f == IMAGE_PREP_CLIP || f == IMAGE_PREP_INTERNVL) {
-        check_flag(root, "do_center_crop", path);
+        if (f == IMAGE_PREP_CLIP) check_flag(root, "do_center_crop", path);  // InternVL's transform never crops
         crop = read_size(root, "crop_size", 1, path);
         size = read_size(root, "size", 1, path);
         tiles = native_internvl && json_get_bool_opt(root, "crop_to_patches", 0, path);

@@ -319,6 +319,11 @@ Loader *loader_open(const LoaderSpec *spec) {
         fatal("loader: rank %d of world %d is not valid", sp->rank, sp->world);
     for (int c = 0; c < 3; c++)
         if (!(sp->prep.std[c] != 0)) fatal("loader: image std[%d] must be non-zero", c);
+    // a zeroed ImagePrep would only fail in a worker, at the first image
+    if ((int)sp->prep.family < 0 || sp->prep.family >= N_IMAGE_PREP || sp->prep.filter < IMAGE_FILTER_LANCZOS ||
+        sp->prep.filter > IMAGE_FILTER_HAMMING)
+        fatal("loader: image preprocessing not set up (family %d, filter %d: see image_prep_load)", (int)sp->prep.family,
+              (int)sp->prep.filter);
     Shards *sh = shards_open(sp->shard_dir);
     Loader *l = xcalloc(1, sizeof *l);
     l->spec = *sp;

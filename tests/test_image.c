@@ -466,6 +466,9 @@ static void test_prep_config(void **state) {
                   "\"image_std\": [0.229, 0.224, 0.225], \"resample\": 3, \"size\": 448}");
     image_prep_load(&q, dir, IMAGE_PREP_INTERNVL, 448);
     assert_true(q.size == 448 && q.rule == IMAGE_RESIZE_SQUARE && q.composite_alpha == 0 && q.std[1] == 0.224f);
+    write_text(p, "{\"do_center_crop\": false, \"size\": {\"height\": 448, \"width\": 448}}");  // the transform never crops
+    image_prep_load(&q, dir, IMAGE_PREP_INTERNVL, 448);
+    assert_true(q.size == 448 && q.rule == IMAGE_RESIZE_SQUARE);
     write_text(p, "{\"image_processor_type\": \"GotOcr2ImageProcessor\", \"crop_to_patches\": false, "
                   "\"size\": {\"height\": 448, \"width\": 448}}");
     image_prep_load(&q, dir, IMAGE_PREP_INTERNVL, 448);

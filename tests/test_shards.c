@@ -896,6 +896,20 @@ static void open_fn(void *arg) {
     loader_close(l);
 }
 
+static void open_prep_unset_fn(void *arg) {
+    LoaderSpec s = loader_spec((const char *)arg);
+    memset(&s.prep, 0, sizeof s.prep);  // never set up: filter 0 (nearest) is no resampler
+    s.prep.size = 14;
+    for (int c = 0; c < 3; c++) s.prep.std[c] = 1;
+    loader_open(&s);
+}
+
+// a LoaderSpec whose ImagePrep was never set up is refused when the loader opens, not by a worker
+// at the first image
+static void test_loader_prep_unset(void **state) {
+    expect_fatal(open_prep_unset_fn, g_json_out, "loader", "image preprocessing not set up");
+}
+
 static void test_truncated_shard_fatal(void **state) {
     char d[512], dir[600], p[1024];
     make_temp_dir(d, sizeof d, "trunc");
@@ -1743,6 +1757,7 @@ int main(void) {
         cmocka_unit_test(test_prepare_stale_tmp_by_host),
         cmocka_unit_test(test_prepare_write_failure),
         cmocka_unit_test(test_truncated_shard_fatal),
+        cmocka_unit_test(test_loader_prep_unset),
         cmocka_unit_test(test_index_damage_fatal),
         cmocka_unit_test(test_corrupt_record_skipped),
         cmocka_unit_test(test_loader_layout_by_hand),
