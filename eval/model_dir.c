@@ -9,7 +9,7 @@
 #include "common/json.h"
 #include "common/safetensors.h"
 #include "common/util.h"
-#include "data/image.h"
+#include "data/image_prep.h"
 #include "trainer/export.h"
 #include "trainer/train_config.h"
 
@@ -152,14 +152,15 @@ void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *
               s->image_tokens, connector_type_name(s->connector), g->vlm.n_img_tokens);
 
     const VitConfig *vc = &g->vlm.vit.cfg;
-    vit_preprocess_config(s->vision_dir, vc->image_size, &g->image_size, g->mean, g->std);
+    vit_image_prep(vc, s->vision_dir, &g->prep);
+    g->image_size = g->prep.size;
     if (s->image_size && s->image_size != vc->image_size)
         fatal("%s/svlm.json: image_size is %d but the vision model takes %d", s->dir, s->image_size, vc->image_size);
     if (s->has_image_norm) {
-        memcpy(g->mean, s->image_mean, sizeof g->mean);
-        memcpy(g->std, s->image_std, sizeof g->std);
+        memcpy(g->prep.mean, s->image_mean, sizeof g->prep.mean);
+        memcpy(g->prep.std, s->image_std, sizeof g->prep.std);
     }
-    g->pad_to_square = s->pad_to_square;
+    g->prep.pad_to_square = s->pad_to_square;
 
     g->tok = tokenizer_load(tok_path);
     const LlmConfig *lc = &g->vlm.llm.cfg;
@@ -185,7 +186,7 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels) {
     if (!bytes) fatal("%s: cannot read image: %s", path, strerror(errno));
     Image img;
     char err[256];
-    int rc = image_decode((const uint8_t *)bytes, len, &img, err, sizeof err);
+    int rc = image_prep_decode(&g->prep, (const uint8_t *)bytes, len, &img, err, sizeof err);
     free(bytes);
     switch (rc) {
     case 0: break;
@@ -195,7 +196,7 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels) {
     case IMAGE_ERR_TOO_LARGE: fatal("%s: image too large: %s", path, err);
     default: fatal("%s: cannot decode image: %s", path, err);
     }
-    image_preprocess_clip(&img, g->image_size, g->mean, g->std, g->pad_to_square, pixels);
+    image_preprocess(&img, &g->prep, pixels);
     image_free(&img);
 }
 

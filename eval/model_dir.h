@@ -15,8 +15,8 @@
 //
 // Relative paths inside svlm.json / config.conf (vision, llm) are looked up relative to the
 // model directory first, then to the current directory. Image settings absent from svlm.json (and
-// always for a run dir) come from the vision dir's preprocessor_config.json, else OpenAI CLIP's
-// mean/std and the vision config's image_size. Every problem is a one-line fatal() naming the file.
+// always for a run dir) come from the vision dir's preprocessor_config.json, else the tower's
+// processor defaults (CLIP: OpenAI CLIP's mean/std) and the vision config's image_size. Every problem is a one-line fatal() naming the file.
 #pragma once
 #include "data/template.h"
 #include "data/tokenizer.h"
@@ -51,9 +51,8 @@ typedef struct {
     Vlm vlm;              // max_B 1, max_T 1, max_images 1: inference only
     Tokenizer *tok;
     Template *tpl;
-    int image_size;       // S of the (3, S, S) vision input
-    float mean[3], std[3];
-    int pad_to_square;
+    int image_size;       // S of the (3, S, S) vision input (prep.size)
+    ImagePrep prep;       // the tower's preprocessing, mean / std and pad_to_square from svlm.json
     int stop_ids[2];      // the template's stop token, and the LLM's eos when it differs
     int n_stop;
 } GenModel;

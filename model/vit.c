@@ -93,67 +93,16 @@ void vit_config_load(VitConfig *c, const char *dir) {
 }
 
 
-static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
-static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
-
-// an image size: a number, {"height": h, "width": w} (square only) or {"shortest_edge": s}
-static int size_value(const cJSON *j, const char *key, const char *path) {
-    int64_t v;
-    if (!json_is_i64(j, 1, 65536, &v)) fatal("%s: \"%s\" must be an integer in [1, 65536], got %g", path, key, j->valuedouble);
-    return (int)v;
-}
-
-static int read_size(const cJSON *j, const char *key, const char *path) {
-    if (cJSON_IsNumber(j)) return size_value(j, key, path);
-    if (cJSON_IsObject(j)) {
-        const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "height"), *w = cJSON_GetObjectItemCaseSensitive(j, "width");
-        const cJSON *se = cJSON_GetObjectItemCaseSensitive(j, "shortest_edge");
-        if (cJSON_IsNumber(h) && cJSON_IsNumber(w)) {
-            if (h->valuedouble != w->valuedouble)
-                fatal("%s: \"%s\" is %g x %g: only square inputs are supported", path, key, h->valuedouble, w->valuedouble);
-            return size_value(h, key, path);
-        }
-        if (cJSON_IsNumber(se)) return size_value(se, key, path);
+void vit_image_prep(const VitConfig *c, const char *dir, ImagePrep *p) {
+    // the image processor each tower's checkpoints ship with; no default case: -Wswitch names a
+    // tower that states none
+    int f = -1;
+    switch (c->type) {
+    case VIT_CLIP: f = IMAGE_PREP_CLIP; break;
+    case N_VIT_TYPES: break;
     }
-    fatal("%s: \"%s\" must be a number, {\"height\", \"width\"} or {\"shortest_edge\"}", path, key);
-}
-
-void vit_preprocess_config(const char *vision_dir, int model_image_size, int *size, float mean[3], float std[3]) {
-    memcpy(mean, CLIP_MEAN, sizeof CLIP_MEAN);
-    memcpy(std, CLIP_STD, sizeof CLIP_STD);
-    *size = model_image_size;
-    char path[2048];
-    path_join(path, sizeof path, vision_dir, "preprocessor_config.json");
-    if (!file_exists(path)) return;
-    cJSON *root = json_load_file(path);
-    json_get_float3(root, "image_mean", mean, path);
-    json_get_float3(root, "image_std", std, path);
-    for (int i = 0; i < 3; i++)
-        if (!(std[i] > 0)) fatal("%s: image_std must be positive", path);
-    const cJSON *crop = cJSON_GetObjectItemCaseSensitive(root, "crop_size");
-    const cJSON *sz = cJSON_GetObjectItemCaseSensitive(root, "size");
-    int crop_px = crop && !cJSON_IsNull(crop) ? read_size(crop, "crop_size", path) : 0;
-    int size_px = sz && !cJSON_IsNull(sz) ? read_size(sz, "size", path) : 0;
-    int s = crop_px ? crop_px : size_px ? size_px : model_image_size;
-    if (crop_px && size_px && crop_px != size_px)
-        fatal("%s: resizes to %d then crops %d; svlm's CLIP preprocessing resizes the shortest edge to the crop "
-              "size (CLIP configs have them equal)", path, size_px, crop_px);
-    // svlm reproduces CLIPImageProcessor exactly: refuse settings it would otherwise ignore
-    const char *type = json_get_str_opt(root, "image_processor_type",
-                                        json_get_str_opt(root, "feature_extractor_type", NULL, path), path);
-    if (type && strncmp(type, "CLIP", 4) != 0)
-        fatal("%s: image processor \"%s\" is not supported (CLIPImageProcessor only)", path, type);
-    if (json_get_int_opt(root, "resample", 3, path) != 3)
-        fatal("%s: resample = %d: svlm resizes with bicubic (3) only", path, json_get_int_opt(root, "resample", 3, path));
-    const char *flags[4] = {"do_resize", "do_center_crop", "do_rescale", "do_normalize"};
-    for (int i = 0; i < 4; i++)
-        if (!json_get_bool_opt(root, flags[i], 1, path)) fatal("%s: %s = false is not supported", path, flags[i]);
-    double rescale = json_get_num_opt(root, "rescale_factor", 1.0 / 255.0, path);
-    if (fabs(rescale * 255.0 - 1.0) > 1e-6) fatal("%s: rescale_factor %g is not supported (1/255)", path, rescale);
-    if (s != model_image_size)
-        fatal("%s: image size %d differs from the vision model's image_size %d", path, s, model_image_size);
-    *size = s;
-    cJSON_Delete(root);
+    CHECK(f >= 0, "vision tower type %d states no image preprocessing", (int)c->type);
+    image_prep_load(p, dir, (ImagePrepFamily)f, c->image_size);
 }
 
 void vit_declare(ParamSet *w, const VitConfig *c, int n_layers) {

@@ -4,6 +4,7 @@
 // The tower states its own facts (vit_type_name, vit_has_cls, vit_seq_len, vit_feature_dim,
 // vit_layers_run; image_size and grid in VitConfig): the trainer, export and memory plan ask it.
 #pragma once
+#include "data/image_prep.h"
 #include "kernels/kernels.h"
 #include "model/params.h"
 
@@ -45,10 +46,10 @@ int vit_seq_len(const VitConfig *c);            // rows per image in the encoder
 int vit_feature_dim(const VitConfig *c);        // width of the features handed to the connector
 // transformer layers run to produce HF's hidden_states[vision_layer]; fatal() when out of range
 int vit_layers_run(const VitConfig *c, int vision_layer);
-// The vision input settings of a CLIP directory from its preprocessor_config.json (image_mean,
-// image_std; crop_size, else size, as an int or {"height", "width"} / {"shortest_edge"}), else
-// OpenAI CLIP's mean/std and model_image_size. fatal() when the size is not model_image_size.
-void vit_preprocess_config(const char *dir, int model_image_size, int *size, float mean[3], float std[3]);
+// The tower's image preprocessing (data/image_prep.h): its family's processor with the settings of
+// dir/preprocessor_config.json where there is one; fatal() naming the file on a bad value or an
+// image size other than the tower's.
+void vit_image_prep(const VitConfig *c, const char *dir, ImagePrep *p);
 // declares the weights of the embeddings and the first n_layers layers under their HF names
 // (without prefix); vit_load binds them by name
 void vit_declare(ParamSet *w, const VitConfig *c, int n_layers);

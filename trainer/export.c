@@ -239,9 +239,8 @@ void export_run(const char *src, const char *out_arg) {
     st_writer_free(cw);
 
     // svlm.json: what ./generate needs besides the weights
-    float mean[3], std[3];
-    int size;
-    vit_preprocess_config(c.vision, vc.image_size, &size, mean, std);
+    ImagePrep prep;
+    vit_image_prep(&vc, c.vision, &prep);
     cJSON *j = cJSON_CreateObject();
     char absvis[PATH_MAX];
     cJSON_AddStringToObject(j, "format", "svlm-export-1");
@@ -249,8 +248,8 @@ void export_run(const char *src, const char *out_arg) {
     cJSON_AddNumberToObject(j, "vision_layer", c.vision_layer);
     cJSON_AddStringToObject(j, "connector", c.connector);
     cJSON_AddNumberToObject(j, "image_size", vc.image_size);
-    cJSON_AddItemToObject(j, "image_mean", cJSON_CreateFloatArray(mean, 3));
-    cJSON_AddItemToObject(j, "image_std", cJSON_CreateFloatArray(std, 3));
+    cJSON_AddItemToObject(j, "image_mean", cJSON_CreateFloatArray(prep.mean, 3));
+    cJSON_AddItemToObject(j, "image_std", cJSON_CreateFloatArray(prep.std, 3));
     cJSON_AddBoolToObject(j, "pad_to_square", !strcmp(c.image_aspect, "pad"));
     cJSON_AddStringToObject(j, "template", c.template_);
     if (strcmp(c.system, "default")) cJSON_AddStringToObject(j, "system", c.system);

@@ -306,12 +306,12 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     int per_step = c->batch_size * world;  // global_batch is a multiple (train_config_load)
     r->accum = c->global_batch / per_step;
     LoaderSpec ls = {.shard_dir = train_shards, .batch_size = c->batch_size, .max_seq_len = c->max_seq_len,
-                     .image_tokens = image_tokens, .image_size = vcfg.image_size,
-                     .pad_to_square = !strcmp(c->image_aspect, "pad"), .seed = c->seed, .rank = r->rank, .world = world,
+                     .image_tokens = image_tokens, .seed = c->seed, .rank = r->rank, .world = world,
                      .step_block = c->batch_size * r->accum, .packing = c->packing,
                      .threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .prefetch = c->prefetch,
                      .shuffle = 1};
-    vit_preprocess_config(c->vision, vcfg.image_size, &ls.image_size, ls.mean, ls.std);
+    vit_image_prep(&vcfg, c->vision, &ls.prep);
+    ls.prep.pad_to_square = !strcmp(c->image_aspect, "pad");
     r->train = loader_open(&ls);
     if (val_shards[0]) {
         LoaderSpec vs = ls;
