@@ -166,35 +166,45 @@ static void progress(int done, int total, double t0, const char *score_name, dou
     fflush(stderr);
 }
 
-// every option's log-likelihood after one prefill of the question: the first option token's
-// from the prompt's logits, the others' from gen_extend over the option after gen_truncate
+int bench_option_logprobs(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
+                           const int *const *opt, const int *n_opt, int n_options, float *all, float *base, double *logp,
+                           double *ttft) {
+    int V = g->m->llm.cfg.vocab;
+    double t0 = time_now();
+    const float *lg = gen_prefill(g, ids, n_ids, pixels, image_pos, NULL);
+    memcpy(base, lg, (size_t)V * sizeof(float));
+    int P = g->len;
+    if (ttft) *ttft = time_now() - t0;  // the prompt's logits: what a first token would need
+    for (int j = 0; j < n_options; j++) {
+        // the first token's from the prompt's logits; the others' from the option's own positions
+        double lp = log_softmax_at(base, V, opt[j][0]);
+        if (n_opt[j] > 1) {
+            gen_truncate(g, P);
+            gen_extend(g, opt[j], n_opt[j] - 1, all);
+            for (int t = 1; t < n_opt[j]; t++) lp += log_softmax_at(all + (size_t)(t - 1) * V, V, opt[j][t]);
+        }
+        logp[j] = lp;
+    }
+    return P;
+}
+
+// every option's log-likelihood (bench_option_logprobs); the likeliest is the answer
 static void likelihood_request(BenchRun *r, int qi, const float *px, float *all, float *base) {
     Generator *g = &r->g;
     BenchRequest *q = &r->req[qi];
     const BenchItem *it = &r->b->items[q->item];
-    int V = r->gm->m->llm.cfg.vocab;
-    double t0 = time_now();
-    const float *lg = gen_prefill(g, r->ids[qi], r->n_ids[qi], px, r->img_pos[qi], NULL);
-    memcpy(base, lg, (size_t)V * sizeof(float));
-    int P = g->len;
-    double ttft = time_now() - t0;  // the prompt's logits: what a first token would need
+    double t0 = time_now(), ttft;
+    int P = bench_option_logprobs(g, r->ids[qi], r->n_ids[qi], px, r->img_pos[qi], (const int *const *)r->opt_ids[qi],
+                          r->n_opt_ids[qi], it->n_options, all, base, q->logp, &ttft);
     int64_t extra = 0;
     int best = -1;
     for (int j = 0; j < it->n_options; j++) {
-        const int *oi = r->opt_ids[qi][j];
-        int no = r->n_opt_ids[qi][j];
-        double lp = log_softmax_at(base, V, oi[0]);
-        if (no > 1) {
-            gen_truncate(g, P);
-            gen_extend(g, oi, no - 1, all);
-            for (int t = 1; t < no; t++) lp += log_softmax_at(all + (size_t)(t - 1) * V, V, oi[t]);
-            extra += no - 1;
-        }
-        q->logp[j] = lp;
-        if (best < 0 || lp > q->logp[best]) best = j;  // ties: the first option
+        extra += r->n_opt_ids[qi][j] - 1;
+        if (best < 0 || q->logp[j] > q->logp[best]) best = j;  // ties: the first option
     }
     r->gm->m->k->synchronize();
-    speed_add(&r->sp, P + extra, time_now() - t0, g->t_image, ttft, 0, 0, it->image != NULL);
+    speed_add(&r->sp, P + extra, time_now() - t0, g->t_image, ttft, 0, 0,
+              it->image != NULL);
     q->chosen = best;
     q->prediction = xstrdup(it->options[best]);
 }

@@ -83,5 +83,15 @@ void bench_run_go(BenchRun *r, int progress);
 // each request's CIDEr-D and ROUGE-L into its BenchRequest)
 void bench_run_scores(BenchRun *r, BenchScores *s);
 void bench_scores_free(BenchScores *s);
+// The log-likelihood of each of n_options token sequences opt[j] (n_opt[j] >= 1 tokens)
+// continuing a prompt, as likelihood scoring computes it: one prefill of the prompt (ids, with
+// the image's features before ids[image_pos] when pixels is not NULL, as gen_prefill), then per
+// option gen_truncate back to the prompt and gen_extend over its tokens but the last; logp[j]
+// the sum over the option's tokens of log-softmax(logits)[token], in double. all: room for
+// (longest option - 1) x V floats, base: V floats; *ttft (when not NULL) the prefill's seconds.
+// Returns the prompt's positions (image tokens included).
+int bench_option_logprobs(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
+                           const int *const *opt, const int *n_opt, int n_options, float *all, float *base, double *logp,
+                           double *ttft);
 // the headline score: mc accuracy, VQA accuracy, CIDEr-D
 double bench_scores_main(const BenchScores *s, EvalTask task, const char **name);
