@@ -4,6 +4,8 @@
 //   - the score at the last step equals ./evaluate's on the run's final checkpoint (the same
 //     scoring code on the same weights): multiple choice by likelihood, and VQA with batched
 //     greedy answers;
+//   - a run resumed from its step-2 checkpoint writes the same metrics.jsonl (eval records
+//     included, the start's not repeated) and weights as the uninterrupted run;
 //   - a bad eval_data file (an answer letter outside the options; a missing file) stops ./train at
 //     startup with one line naming the file (and line), before any data is prepared.
 #include <errno.h>
@@ -14,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/fs_safe.h"
 #include "common/json.h"
 #include "common/util.h"
 #include "tests/testlib.h"
@@ -244,11 +247,50 @@ static void test_bad_eval_data(void **state) {
     expect_startup_error("none", p, "eval_data");
 }
 
+static void test_resume_keeps_eval_records(void **state) {
+    char data[700], kv[760], p[800];
+    snprintf(data, sizeof data, "%s/data/bench_mc.jsonl", synth_dir);
+    snprintf(kv, sizeof kv, "eval_data=%s", data);
+    const char *kvs[] = {kv, "eval_mc_score=likelihood", "save_every=2", NULL};
+    if (train("resume", kvs) != 0) fail_msg("./train failed, see %s/resume.err", root);
+    snprintf(p, sizeof p, "%s/resume/metrics.jsonl", root);
+    char *m1 = test_slurp(p, NULL);
+    snprintf(p, sizeof p, "%s/resume/step_00000004/trainable.safetensors", root);
+    size_t n1;
+    char *t1 = test_slurp(p, &n1);
+    // as if killed after step 2's checkpoint: step 4 never happened
+    snprintf(p, sizeof p, "%s/resume/step_00000004", root);
+    assert_int_equal(fs_remove(p), 0);
+    if (train("resume", kvs) != 0) fail_msg("the resumed ./train failed, see %s/resume.err", root);
+    snprintf(p, sizeof p, "%s/resume.out", root);
+    char *out = test_slurp(p, NULL);
+    assert_non_null(strstr(out, "resume: "));
+    assert_null(strstr(out, "step 0/4 |"));  // the start's evaluation is not repeated
+    assert_non_null(strstr(out, "step 4/4 | validation loss"));
+    snprintf(p, sizeof p, "%s/resume/metrics.jsonl", root);
+    char *m2 = test_slurp(p, NULL);
+    assert_string_equal(m1, m2);
+    snprintf(p, sizeof p, "%s/resume/step_00000004/trainable.safetensors", root);
+    size_t n2;
+    char *t2 = test_slurp(p, &n2);
+    assert_true(n1 == n2 && memcmp(t1, t2, n1) == 0);
+    int64_t steps[16];
+    double acc[16];
+    expect_steps("resume", "eval_accuracy", steps, records_with("resume", "eval_accuracy", steps, acc));
+    printf("    resumed at step 2: metrics.jsonl (eval records at 0, 2, 4) and step 4's weights as uninterrupted\n");
+    free(m1);
+    free(m2);
+    free(t1);
+    free(t2);
+    free(out);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_eval_data),
         cmocka_unit_test(test_mc_likelihood_scores),
         cmocka_unit_test(test_vqa_batched_scores),
+        cmocka_unit_test(test_resume_keeps_eval_records),
     };
     struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];
     size_t n = test_select(chosen, tests, sizeof tests / sizeof tests[0], argc > 1 ? argv[1] : NULL);
