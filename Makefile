@@ -202,6 +202,18 @@ bench:
 	run $(PYTHON) scripts/bench_torch.py --table $$d/svlm_stage1.json $$d/torch_stage1.json $$d/svlm_stage2.json $$d/torch_stage2.json; \
 	echo "bench: everything above is in $$log"; exit $$fail
 
+# make bench-eval: decode tokens/s of batched generation (./generate --batch) at batch 1, 8 and 32 on the CPU
+# against transformers' generate on the same random model and prompts (scripts/bench_eval.py: it writes the
+# model once into build/bench/eval, runs svlm and transformers alternately, prints a table). Skipped with a
+# message when BENCH_EVAL_PYTHON (default $(PYTHON)) cannot import torch and transformers.
+BENCH_EVAL_PYTHON ?= $(PYTHON)
+BENCH_EVAL_ARGS ?=
+.PHONY: bench-eval
+bench-eval: generate
+	@if ! $(BENCH_EVAL_PYTHON) scripts/bench_eval.py --check-deps >/dev/null 2>&1; then \
+	  echo "bench-eval: skipped: $(BENCH_EVAL_PYTHON) cannot import torch / transformers (BENCH_EVAL_PYTHON=path/to/venv/bin/python; scripts/requirements.txt)"; exit 0; fi; \
+	$(BENCH_EVAL_PYTHON) scripts/bench_eval.py $(BENCH_EVAL_ARGS)
+
 build/bench_data: build/obj/bench/bench_data.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
 	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(LDLIBS)
 bench-data: build/bench_data

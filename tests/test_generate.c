@@ -1,5 +1,5 @@
 // test_generate.c: generation with a KV cache (model/generate.h) and the model directories it
-// reads (eval/model_dir.h), on the CPU:
+// reads (model/model_dir.h), on the CPU:
 //   - the logits of every prompt position (prefill, in chunks of several sizes) and of every
 //     position decoded one token at a time equal vlm_logits' full forward on the whole sequence
 //     (rel err < 1e-5) for the parity fixtures (qwen2 + LoRA + ldp, qwen2 stage 1, llama +
@@ -19,7 +19,7 @@
 
 #include "common/safetensors.h"
 #include "common/util.h"
-#include "eval/model_dir.h"
+#include "model/model_dir.h"
 #include "model/generate.h"
 #include "model/hf_random.h"
 #include "trainer/export.h"

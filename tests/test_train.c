@@ -21,7 +21,7 @@
 
 #include "common/util.h"
 #include "data/loader.h"
-#include "eval/model_dir.h"
+#include "model/model_dir.h"
 #include "model/vlm.h"
 #include "tests/testlib.h"
 #include "trainer/checkpoint.h"

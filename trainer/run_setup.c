@@ -213,7 +213,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     memset(r, 0, sizeof *r);
     r->c = c;
     r->t_start = t_start;
-    r->first_val = r->last_val = NAN;
+    r->first_val = r->last_val = r->first_bench = r->last_bench = NAN;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
@@ -255,6 +255,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     if (world > 1)
         printf("data parallel: %d ranks over %s, ZeRO-%d, dist_timeout %.0f s\n", world, d->ops->name, r->zero, c->dist_timeout);
     train_config_print(c);
+    run_bench_open(r);  // a bad eval_data file stops the run here, before any data work
 
     // model shapes decide the image slot, which the prepared data depends on; both model
     // directories are checked before any data is prepared
@@ -326,6 +327,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     size_t mem_now;
     k->memory(&mem_now, NULL);
     printf("memory: %zu bytes held on %s after setup (the plan: %zu)\n", mem_now - mem_base, k->name, plan_total);
+    run_bench_init(r);  // the generator's cache: beside the plan, which covers training
     r->steps_per_epoch = loader_samples_per_rank(r->train) / ((int64_t)c->batch_size * r->accum);
     if (c->packing && c->max_steps == 0) fatal("config: with packing = true, set max_steps (steps per epoch vary)");
     int64_t total = c->max_steps > 0 ? c->max_steps : r->steps_per_epoch * c->epochs;
@@ -410,6 +412,7 @@ void run_teardown(Run *r) {
     loader_close(r->train);
     if (r->val) loader_close(r->val);
     grad_buckets_free(&r->buckets);
+    run_bench_close(r);
     vlm_free(&r->m);
     dist_close(r->dist);
 }

@@ -1,5 +1,5 @@
 // model_dir.c: export and run directories for generation (see model_dir.h).
-#include "eval/model_dir.h"
+#include "model/model_dir.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -134,24 +134,17 @@ static void check_weights_file(const ParamSet *train, const char *path) {
     st_close(&f);
 }
 
-void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *system) {
-    memset(g, 0, sizeof *g);
-    ModelDirSpec *s = &g->spec;
-    model_dir_resolve(s, dir);
-    char tok_path[2 * MODEL_DIR_PATH];
-    path_join(tok_path, sizeof tok_path, s->llm_dir, "tokenizer.json");
+static void tokenizer_path(const ModelDirSpec *s, char *tok_path, size_t cap) {
+    path_join(tok_path, cap, s->llm_dir, "tokenizer.json");
     if (!file_exists(tok_path)) fatal("%s: missing (the language model directory needs its tokenizer)", tok_path);
+}
 
-    VlmSpec vs = {.vision_dir = s->vision_dir, .vision_layer = s->vision_layer, .llm_dir = s->llm_dir,
-                  .connector = s->connector, .lora = s->lora, .max_B = 1, .max_T = 1, .max_images = 1};
-    vlm_init(&g->vlm, k, &vs);
-    check_weights_file(&g->vlm.train, s->weights);
-    params_load_file(&g->vlm.train, s->weights, "", NULL);
-    if (s->image_tokens && s->image_tokens != g->vlm.n_img_tokens)
-        fatal("%s/svlm.json: image_tokens is %d but the %s connector on this vision model gives %d", s->dir,
-              s->image_tokens, connector_type_name(s->connector), g->vlm.n_img_tokens);
-
-    const VitConfig *vc = &g->vlm.vit.cfg;
+// what generation needs beside the weights: image settings, tokenizer, template, stop ids
+static void gen_model_text(GenModel *g, const char *system) {
+    const ModelDirSpec *s = &g->spec;
+    char tok_path[2 * MODEL_DIR_PATH];
+    tokenizer_path(s, tok_path, sizeof tok_path);
+    const VitConfig *vc = &g->m->vit.cfg;
     vit_image_prep(vc, s->vision_dir, &g->prep);
     g->image_size = g->prep.size;
     if (s->image_size && s->image_size != vc->image_size)
@@ -163,7 +156,7 @@ void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *
     g->prep.pad_to_square = s->pad_to_square;
 
     g->tok = tokenizer_load(tok_path);
-    const LlmConfig *lc = &g->vlm.llm.cfg;
+    const LlmConfig *lc = &g->m->llm.cfg;
     if (tokenizer_vocab_size(g->tok) > lc->vocab)
         fatal("%s: %d tokens but the language model has only %d embeddings", tok_path, tokenizer_vocab_size(g->tok), lc->vocab);
     const char *sys = system ? system : s->has_system ? s->system : NULL;
@@ -172,10 +165,36 @@ void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *
     if (lc->eos_id >= 0 && lc->eos_id != g->stop_ids[0]) g->stop_ids[g->n_stop++] = lc->eos_id;
 }
 
+void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *system) {
+    memset(g, 0, sizeof *g);
+    ModelDirSpec *s = &g->spec;
+    model_dir_resolve(s, dir);
+    char tok_path[2 * MODEL_DIR_PATH];
+    tokenizer_path(s, tok_path, sizeof tok_path);  // before the weights: a quick failure
+
+    VlmSpec vs = {.vision_dir = s->vision_dir, .vision_layer = s->vision_layer, .llm_dir = s->llm_dir,
+                  .connector = s->connector, .lora = s->lora, .max_B = 1, .max_T = 1, .max_images = 1};
+    vlm_init(&g->vlm, k, &vs);
+    g->m = &g->vlm;
+    check_weights_file(&g->vlm.train, s->weights);
+    params_load_file(&g->vlm.train, s->weights, "", NULL);
+    if (s->image_tokens && s->image_tokens != g->vlm.n_img_tokens)
+        fatal("%s/svlm.json: image_tokens is %d but the %s connector on this vision model gives %d", s->dir,
+              s->image_tokens, connector_type_name(s->connector), g->vlm.n_img_tokens);
+    gen_model_text(g, system);
+}
+
+void gen_model_borrow(GenModel *g, Vlm *m, const ModelDirSpec *spec, const char *system) {
+    memset(g, 0, sizeof *g);
+    g->spec = *spec;
+    g->m = m;
+    gen_model_text(g, system);
+}
+
 void gen_model_free(GenModel *g) {
     if (g->tpl) template_free(g->tpl);
     if (g->tok) tokenizer_free(g->tok);
-    vlm_free(&g->vlm);
+    if (g->m == &g->vlm) vlm_free(&g->vlm);
     memset(g, 0, sizeof *g);
 }
 
