@@ -19,6 +19,7 @@
 #include "common/safetensors.h"
 #include "common/util.h"
 #include "common/config.h"
+#include "kernels/cuda/counters.h"
 #include "model/hf_random.h"
 #include "model/memplan.h"
 #include "model/vlm.h"
@@ -308,6 +309,42 @@ static void phase_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int t,
     phase_mark(&clock, PH_OPT);
 }
 
+// ---------------------------------------------------------------- one step
+
+// what trainer/run_step.c does per optimizer step with one micro-batch on one rank; step s
+// (0-based). Returns the mean loss and the gradient norm in *norm.
+static double bench_one_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int s, uint64_t seed,
+                             int64_t labelled, double *norm) {
+    const Kernels *k = m->k;
+    ParamSet *P = &m->train;
+    k->zero(P->grad, P->numel * sizeof(float));
+    vlm_set_training(m, 1, seed * 0x9e3779b97f4a7c15ULL + (uint64_t)s * 4096);
+    int lab;
+    double sum = vlm_forward_backward(m, vb, 1.0f, &lab);
+    CHECK(lab == labelled, "labelled %d vs %" PRId64, lab, labelled);
+    k->scale_f32(P->grad, (float)(1.0 / lab), P->numel);
+    if (optimizer_step(P, tc, s, SCHEDULE_STEPS, 0, s + 1, norm) != 0)
+        fatal("step %d: non-finite gradient norm (loss %g)", s + 1, sum / lab);
+    return sum / lab;
+}
+
+// --counts: one warm-up step (plans, first-call setup), then one counted step
+static void print_counts(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, uint64_t seed, int64_t labelled,
+                         const char *preset, int stage) {
+    double norm;
+    bench_one_step(m, vb, tc, 0, seed, labelled, &norm);
+    m->k->synchronize();
+    cuda_counters_reset();
+    bench_one_step(m, vb, tc, 1, seed, labelled, &norm);
+    CudaCounters c;
+    CHECK(cuda_counters_read(&c), "counters not available");
+    printf("bench: counts per step (preset %s, stage %d, B=%d, T=%d, %s, not executed): kernel launches %ld, "
+           "GEMMs %ld, host synchronisations %ld, memset %zu bytes, host->device %zu bytes, device->host %zu bytes, "
+           "device->device %zu bytes\n",
+           preset, stage, vb->B, vb->T, m->k->name, c.launches, c.gemms, c.syncs, c.memset_bytes, c.h2d_bytes,
+           c.d2h_bytes, c.d2d_bytes);
+}
+
 // ---------------------------------------------------------------- main
 
 static void usage(void) {
@@ -329,13 +366,16 @@ static void usage(void) {
            "  --phases N             after the timed steps, N steps split into synchronised stages (default 3; 0: none)\n"
            "  --probe                exit 0 when the device is usable, 77 when it is not\n"
            "  --plan-only            print the memory plan and the largest micro-batch that fits, then exit\n"
+           "  --counts               (the emulated CUDA backend, build/emu/bench_step_emu --device cuda) count one step's\n"
+           "                         kernel launches, GEMMs, host synchronisations, memset and copied bytes without\n"
+           "                         executing anything (tests/gpu/emu), then exit\n"
            "  --budget SIZE          the memory the plan may use (e.g. 80GiB; default: free on the device)\n");
 }
 
 int main(int argc, char **argv) {
     openmp_prefer_passive(argv);
     const char *device = "cpu", *preset_name = "mid", *models = NULL, *save = NULL, *result = NULL;
-    int stage = 2, B = 0, steps = -1, warmup = 2, n_phase = 3, probe = 0, plan_only = 0;
+    int stage = 2, B = 0, steps = -1, warmup = 2, n_phase = 3, probe = 0, plan_only = 0, counts = 0;
     size_t budget = 0;
     uint64_t seed = 1234;
     double peak_tflops = 989, lora_b_std = 0;
@@ -347,6 +387,10 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--plan-only")) {
             plan_only = 1;
+            continue;
+        }
+        if (!strcmp(a, "--counts")) {
+            counts = 1;
             continue;
         }
         if (!strcmp(a, "--probe")) {
@@ -428,6 +472,8 @@ int main(int argc, char **argv) {
     printf("  largest micro-batch that fits: %d (rows of %d tokens, %d image per row)\n", largest, bt.T,
            bt.n_img / B);
     if (plan_only) return 0;
+    if (counts && !cuda_count_only())
+        fatal("--counts: counting needs the emulated CUDA backend (build/emu/bench_step_emu --device cuda)");
     size_t mem_base;
     k->memory(&mem_base, NULL);
     Vlm m;
@@ -546,26 +592,22 @@ int main(int argc, char **argv) {
 
     VlmBatch vb = {.B = B, .T = bt.T, .ids = bt.ids, .targets = bt.targets, .n_img = bt.n_img, .pixels = bt.pixels,
                    .img_row = bt.img_row, .img_start = bt.img_start};
-    ParamSet *P = &m.train;
+    if (counts) {
+        print_counts(&m, &vb, &tc, seed, bt.labelled, p->name, stage);
+        vlm_free(&m);
+        batch_free(&bt);
+        return 0;
+    }
     double best = 1e30, total = 0, loss0 = NAN;
     int n_total = warmup + steps;
     double *losses = xmalloc(n_total * sizeof(double));
     for (int s = 0; s < n_total; s++) {
         k->synchronize();
         double t0 = time_now();
-        // what trainer/trainer.c does per optimizer step with one micro-batch
-        k->zero(P->grad, P->numel * sizeof(float));
-        vlm_set_training(&m, 1, seed * 0x9e3779b97f4a7c15ULL + (uint64_t)s * 4096);
-        int lab;
-        double sum = vlm_forward_backward(&m, &vb, 1.0f, &lab);
-        CHECK(lab == bt.labelled, "labelled %d vs %" PRId64, lab, bt.labelled);
-        k->scale_f32(P->grad, (float)(1.0 / lab), P->numel);
-        double norm;
-        if (optimizer_step(P, &tc, s, SCHEDULE_STEPS, 0, s + 1, &norm) != 0)
-            fatal("step %d: non-finite gradient norm (loss %g)", s + 1, sum / lab);
+        double norm, loss = bench_one_step(&m, &vb, &tc, s, seed, bt.labelled, &norm);
         k->synchronize();
         double dt = time_now() - t0;
-        losses[s] = sum / lab;
+        losses[s] = loss;
         if (s == 0) loss0 = losses[s];
         printf("bench: step %d/%d%s: loss %.6f, grad norm %.4g, %.1f ms\n", s + 1, n_total, s < warmup ? " (warm-up)" : "",
                losses[s], norm, dt * 1e3);

@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/counters.h"
 
 static cudaStream_t g_stream;
 static int g_device, g_num_sms;
@@ -287,6 +288,49 @@ static void setup(void) {
     cuda_matmul_init();
 #ifdef SVLM_CUDA_EMU
     g_kernels.name = "cuda-emu";
+#endif
+}
+
+// ---------------------------------------------------------------- counters (counters.h)
+
+extern "C" void cuda_matmul_counts(long *cublaslt, long *fallback);
+static long g_gemms_at_reset;
+
+static long gemms_so_far(void) {
+    long lt, fb;
+    cuda_matmul_counts(&lt, &fb);
+    return lt + fb;
+}
+
+extern "C" void cuda_counters_reset(void) {
+#ifdef SVLM_CUDA_EMU
+    memset(&emu_counters, 0, sizeof emu_counters);
+#endif
+    g_gemms_at_reset = gemms_so_far();
+}
+
+extern "C" int cuda_counters_read(CudaCounters *c) {
+    memset(c, 0, sizeof *c);
+#ifdef SVLM_CUDA_EMU
+    c->launches = emu_counters.launches;
+    c->syncs = emu_counters.syncs;
+    c->memset_bytes = emu_counters.memset_bytes;
+    c->h2d_bytes = emu_counters.h2d_bytes;
+    c->d2h_bytes = emu_counters.d2h_bytes;
+    c->d2d_bytes = emu_counters.d2d_bytes;
+    c->gemms = gemms_so_far() - g_gemms_at_reset;
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+extern "C" int cuda_count_only(void) {
+#ifdef SVLM_CUDA_EMU
+    emu_count_only = 1;
+    return 1;
+#else
+    return 0;
 #endif
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "tests/gpu/emu/cublaslt_emu.h"
+#include "tests/gpu/emu/cuda_emu.h"  // the counters
 
 extern "C" uint16_t f32_to_bf16(float f);
 extern "C" float bf16_to_f32(uint16_t h);
@@ -221,6 +222,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, con
         if (alignment_of(ptr[i]) < algo->data[1 + i])
             return bad(CUBLAS_STATUS_NOT_SUPPORTED, "a pointer less aligned than the algorithm was chosen for");
     if (desc->epilogue == CUBLASLT_EPILOGUE_BIAS && !desc->bias) return bad(CUBLAS_STATUS_INVALID_VALUE, "bias epilogue without a pointer");
+    emu_counters.launches++;  // the library's kernels, as one launch
+    if (emu_count_only) {
+        g_calls++;
+        return CUBLAS_STATUS_SUCCESS;
+    }
     float al, be;
     memcpy(&al, alpha, 4);
     memcpy(&be, beta, 4);
