@@ -287,6 +287,8 @@ static void phase_mark(void *ctx, int stage) {
     c->t0 = t1;
 }
 
+static double bench_update(Vlm *m, const TrainConfig *tc, int s, int lab, double *norm_out);
+
 static const char *ph_name(int i) { return i < N_VLM_STAGES ? vlm_stage_names[i] : "optimizer"; }
 
 static void phase_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int t, double *ms) {
@@ -300,32 +302,47 @@ static void phase_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int t,
     m->stage_hook = phase_mark;
     m->stage_ctx = &clock;
     int M;
-    vlm_forward_backward(m, vb, 1.0f, &M);
+    vlm_forward_backward_acc(m, vb, 1.0f, m->stats + VLM_STAT_LOSS, 0, &M);
     m->stage_hook = NULL;
     m->stage_ctx = NULL;
     double norm;
-    k->scale_f32(P->grad, (float)(1.0 / M), P->numel);
-    if (optimizer_step(P, tc, t - 1, SCHEDULE_STEPS, 0, t, &norm) != 0) fatal("phases: non-finite gradient");
+    bench_update(m, tc, t - 1, M, &norm);
     phase_mark(&clock, PH_OPT);
 }
 
 // ---------------------------------------------------------------- one step
+
+// the optimizer half of trainer/run_step.c's step on one rank (gradients scaled by 1 / lab, the
+// norm and the loss kept on the backend, AdamW as one launch) and its one wait for the device, at
+// the end; returns the mean loss, the gradient norm in *norm
+static double bench_update(Vlm *m, const TrainConfig *tc, int s, int lab, double *norm_out) {
+    const Kernels *k = m->k;
+    ParamSet *P = &m->train;
+    double *stats = m->stats;
+    k->scale_f32(P->grad, (float)(1.0 / lab), P->numel);
+    k->sum_f64(stats + VLM_STAT_SUMSQ, P->grad, P->numel, 1, 0);
+    optimizer_update_span(P, tc, s, SCHEDULE_STEPS, 0, s + 1, 0, P->numel, stats + VLM_STAT_SUMSQ,
+                          stats + VLM_STAT_LOSS);
+    params_sync(P);
+    double st[VLM_N_STATS];
+    k->download(st, stats, sizeof st);
+    double loss = st[VLM_STAT_LOSS] / lab, norm = sqrt(st[VLM_STAT_SUMSQ]);
+    if (!isfinite(loss) || !isfinite(norm)) fatal("step %d: non-finite loss %g or gradient norm %g", s + 1, loss, norm);
+    *norm_out = norm;
+    return loss;
+}
 
 // what trainer/run_step.c does per optimizer step with one micro-batch on one rank; step s
 // (0-based). Returns the mean loss and the gradient norm in *norm.
 static double bench_one_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int s, uint64_t seed,
                              int64_t labelled, double *norm) {
     const Kernels *k = m->k;
-    ParamSet *P = &m->train;
-    k->zero(P->grad, P->numel * sizeof(float));
+    k->zero(m->train.grad, m->train.numel * sizeof(float));
     vlm_set_training(m, 1, seed * 0x9e3779b97f4a7c15ULL + (uint64_t)s * 4096);
     int lab;
-    double sum = vlm_forward_backward(m, vb, 1.0f, &lab);
+    vlm_forward_backward_acc(m, vb, 1.0f, m->stats + VLM_STAT_LOSS, 0, &lab);
     CHECK(lab == labelled, "labelled %d vs %" PRId64, lab, labelled);
-    k->scale_f32(P->grad, (float)(1.0 / lab), P->numel);
-    if (optimizer_step(P, tc, s, SCHEDULE_STEPS, 0, s + 1, norm) != 0)
-        fatal("step %d: non-finite gradient norm (loss %g)", s + 1, sum / lab);
-    return sum / lab;
+    return bench_update(m, tc, s, lab, norm);
 }
 
 // --counts: one warm-up step (plans, first-call setup), then one counted step
@@ -590,10 +607,19 @@ int main(int argc, char **argv) {
         printf("bench: batch written to %s, initial trainable tensors to %s\n", save, tpath);
     }
 
+    // bf16 pixels where the backend computes in bf16, rounded once here as the trainer's loader
+    // threads round them (data/loader.h), not in the step
+    uint16_t *pixels16 = NULL;
+    if (k->act_bytes == 2) {
+        size_t np = (size_t)bt.n_img * 3 * bt.S * bt.S;
+        pixels16 = xmalloc(np * sizeof(uint16_t));
+        for (size_t i = 0; i < np; i++) pixels16[i] = f32_to_bf16(bt.pixels[i]);
+    }
     VlmBatch vb = {.B = B, .T = bt.T, .ids = bt.ids, .targets = bt.targets, .n_img = bt.n_img, .pixels = bt.pixels,
-                   .img_row = bt.img_row, .img_start = bt.img_start};
+                   .pixels_bf16 = pixels16, .img_row = bt.img_row, .img_start = bt.img_start};
     if (counts) {
         print_counts(&m, &vb, &tc, seed, bt.labelled, p->name, stage);
+        free(pixels16);
         vlm_free(&m);
         batch_free(&bt);
         return 0;
@@ -671,6 +697,7 @@ int main(int argc, char **argv) {
         if (fclose(f) != 0) fatal("%s: write failed: %s", result, strerror(errno));
     }
     free(losses);
+    free(pixels16);
     vlm_free(&m);
     batch_free(&bt);
     return 0;

@@ -296,7 +296,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
                      .pad_to_square = !strcmp(c->image_aspect, "pad"), .seed = c->seed, .rank = r->rank, .world = world,
                      .step_block = c->batch_size * r->accum, .packing = c->packing,
                      .threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .prefetch = c->prefetch,
-                     .shuffle = 1};
+                     .shuffle = 1, .pixels_bf16 = k->act_bytes == 2};
     vit_preprocess_config(c->vision, vcfg.image_size, &ls.image_size, ls.mean, ls.std);
     r->train = loader_open(&ls);
     if (val_shards[0]) {

@@ -317,11 +317,17 @@ void cuda_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act
     gemm(&g);
 }
 
-void cuda_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
-                          const act_t *w, int N, int C, int OC, float alpha) {
-    if (N <= 0 || OC <= 0) return;
+// dinp accumulates (beta 1) or, for the first writer of a gradient buffer, is overwritten (beta 0:
+// no memset before it, one read of dinp less)
+static void matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                            const act_t *w, int N, int C, int OC, float alpha, float beta) {
+    if (N <= 0) return;
+    if (OC <= 0) {  // an empty product: dinp = 0 when overwritten
+        if (dinp && C > 0 && beta == 0.0f) cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)N * C * sizeof(bf16), cuda_stream()));
+        return;
+    }
     if (dinp && C > 0) {
-        Gemm g = {0, 0, C, N, OC, (const bf16 *)w, C, (const bf16 *)dout, OC, dinp, C, 0, NULL, alpha, 1.0f};
+        Gemm g = {0, 0, C, N, OC, (const bf16 *)w, C, (const bf16 *)dout, OC, dinp, C, 0, NULL, alpha, beta};
         gemm(&g);
     }
     if (dw && C > 0) {
@@ -329,4 +335,14 @@ void cuda_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dou
         gemm(&g);
     }
     if (dbias) cuda_colsum_bias(dbias, (const bf16 *)dout, N, OC);
+}
+
+void cuda_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                          const act_t *w, int N, int C, int OC, float alpha) {
+    matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 1.0f);
+}
+
+void cuda_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                              const act_t *w, int N, int C, int OC, float alpha) {
+    matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 0.0f);
 }
