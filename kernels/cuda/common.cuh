@@ -50,7 +50,7 @@ cudaStream_t cuda_stream(void);
 int cuda_num_sms(void);
 // a device scratch buffer of at least `bytes`, one per slot, grown on demand and kept; the
 // contents are undefined. Ops use it within one call only (stream order keeps users apart).
-enum { SCRATCH_REDUCE, SCRATCH_REDUCE2, SCRATCH_ATTN, SCRATCH_SUMSQ, N_SCRATCH };
+enum { SCRATCH_REDUCE, SCRATCH_REDUCE2, SCRATCH_ATTN, SCRATCH_SUMSQ, SCRATCH_SPLITK, N_SCRATCH };
 void *cuda_scratch(int slot, size_t bytes);
 // counts a block allocated outside cuda_alloc (cuBLASLt's workspace) in memory()
 void cuda_track(void *p, size_t bytes);
@@ -59,6 +59,7 @@ void cuda_track(void *p, size_t bytes);
 size_t cuda_colsum_scratch_max(size_t rows, int width);
 size_t cuda_dwconv_scratch_max(size_t rows, int width);
 size_t cuda_sum_squares_scratch(void);
+size_t cuda_splitk_scratch(void);  // matmul.cu's split-K partials, a fixed size
 // what cuda_attention_backward asks of scratch slot `slot` at this shape (the memory plan); keep
 // it equal to the cuda_scratch calls there
 size_t cuda_attention_backward_scratch(int slot, int B, int T, int NH, int NKV, int HD);

@@ -247,6 +247,47 @@ static void test_matmul_forward(void **state) {
     G->free(di); G->free(dw); G->free(db); G->free(dout);
 }
 
+// split-K (matmul.cu): long-K products with few output tiles, a LoRA weight gradient (K = rows)
+// and a vocabulary-like input gradient (K = OC), K not a multiple of the slices (a tail GEMM);
+// against the CPU, twice bit-identical, and the path checked to be taken (on the emulator's 4 SMs
+// and on a GPU's many)
+long cuda_matmul_splitk_calls(void);
+static void test_matmul_splitk(void **state) {
+    (void)state;
+    const int shapes[][3] = {{3001, 40, 16}, {24, 32, 5008}, {12032, 64, 896}};  // N, C, OC
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int N = shapes[s][0], Cc = shapes[s][1], OC = shapes[s][2];
+        if (s == 2 && emu) continue;  // the reference LoRA B shape: GPU only
+        size_t ni = (size_t)N * Cc, nw = (size_t)OC * Cc, no = (size_t)N * OC;
+        float *inp = rnd(ni, -1, 1), *w = rnd(nw, -1, 1), *dout = rnd(no, -1, 1);
+        float *dinp0 = rnd(ni, -1, 1), *dw0 = rnd32(nw, -1, 1);
+        float *rdinp = dup(dinp0, ni), *rdw = dup(dw0, nw);
+        C->matmul_backward(rdinp, rdw, NULL, dout, inp, w, N, Cc, OC, 0.5f);
+        void *gi = up_act(inp, ni), *gw = up_act(w, nw), *go = up_act(dout, no), *gdi = up_act(dinp0, ni);
+        float *gdw = up_f32(dw0, nw);
+        long before = cuda_matmul_splitk_calls();
+        G->matmul_backward(gdi, gdw, NULL, go, gi, gw, N, Cc, OC, 0.5f);
+        long used = cuda_matmul_splitk_calls() - before;
+        char what[160];
+        snprintf(what, sizeof what, "matmul_backward %dx%dx%d dinp (+=), %ld split-K GEMMs", N, Cc, OC, used);
+        expect_act(what, gdi, rdinp, ni, TOL_BF16);
+        snprintf(what, sizeof what, "matmul_backward %dx%dx%d dw (fp32 +=)", N, Cc, OC);
+        expect_f32(what, gdw, rdw, nw, TOL_F32_FROM_BF16);
+        if (used < 1) fail_msg("matmul_backward %dx%dx%d: no GEMM took split-K", N, Cc, OC);
+        void *a1 = down_raw(gdi, ni * 2), *a2 = down_raw(gdw, nw * 4);
+        G->upload_act(gdi, dinp0, ni);
+        G->upload(gdw, dw0, nw * 4);
+        G->matmul_backward(gdi, gdw, NULL, go, gi, gw, N, Cc, OC, 0.5f);
+        void *b1 = down_raw(gdi, ni * 2), *b2 = down_raw(gdw, nw * 4);
+        snprintf(what, sizeof what, "matmul_backward split-K %dx%dx%d twice", N, Cc, OC);
+        expect_same_bytes(what, a1, b1, ni * 2);
+        expect_same_bytes(what, a2, b2, nw * 4);
+        free(a1); free(a2); free(b1); free(b2);
+        free(inp); free(w); free(dout); free(dinp0); free(dw0); free(rdinp); free(rdw);
+        G->free(gi); G->free(gw); G->free(go); G->free(gdi); G->free(gdw);
+    }
+}
+
 static void test_matmul_backward(void **state) {
     (void)state;
     for (size_t s = 0; s < sizeof mm_shapes / sizeof *mm_shapes; s++) {
@@ -1598,6 +1639,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_table_and_memory),
         cmocka_unit_test(test_matmul_forward),
         cmocka_unit_test(test_matmul_backward),
+        cmocka_unit_test(test_matmul_splitk),
         cmocka_unit_test(test_matmul_many_shapes),
         cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_rmsnorm),
