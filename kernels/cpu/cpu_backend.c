@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "kernels/cpu/blas_core.h"
 #include "kernels/cpu/cpu.h"
 
 // bytes asked of cpu_alloc, held now and at most; allocation happens on the main thread only.
@@ -147,4 +148,7 @@ static const Kernels cpu_kernels = {
     .scale_f32 = cpu_scale_f32,
 };
 
-const Kernels *kernels_cpu(void) { return &cpu_kernels; }
+const Kernels *kernels_cpu(void) {
+    cpu_blas_init();
+    return &cpu_kernels;
+}
