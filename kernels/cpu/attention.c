@@ -276,6 +276,20 @@ static void backward_task(const Bwd *w, int b, int g, int c, Scratch *sc) {
     }
 }
 
+// key chunks of the backward: about ATT_BWD_TASKS tasks with the (batch, kv head) pairs, at most
+// one chunk per key tile; a function of the shapes only, so the results are the same at any
+// thread count
+static int backward_chunks(int B, int T, int NKV) {
+    int ntiles = (T + ATT_BK - 1) / ATT_BK, pairs = B * NKV > 0 ? B * NKV : 1;
+    int chunks = (ATT_BWD_TASKS + pairs - 1) / pairs;
+    return chunks < ntiles ? chunks : ntiles > 0 ? ntiles : 1;
+}
+
+size_t cpu_attention_backward_scratch(int B, int T, int NH, int NKV, int HD) {
+    if (B <= 0 || T <= 0) return 0;
+    return (size_t)(backward_chunks(B, T, NKV) - 1) * B * T * NH * HD * sizeof(float);
+}
+
 // P_ij = exp(S_ij - lse_i), dP_ij = dout_i . v_j, D_i = sum_j P_ij dP_ij = dout_i . out_i,
 // dS_ij = P_ij (dP_ij - D_i); dq_i = scale sum_j dS_ij k_j, dk_j = scale sum_i dS_ij q_i,
 // dv_j = sum_i P_ij dout_i
@@ -287,11 +301,15 @@ void cpu_attention_backward(act_t *dq_, act_t *dk_, act_t *dv_, const act_t *dou
     // dout, q, out (B, T, NH*HD); dk, dv, k, v (B, T, NKV*HD); lse (B, NH, T)
     CHECK(NKV > 0 && NH % NKV == 0, "attention: NH=%d is not a multiple of NKV=%d", NH, NKV);
     if (B <= 0 || T <= 0 || (!dq && !dk_ && !dv_)) return;
-    int ntiles = (T + ATT_BK - 1) / ATT_BK, pairs = B * NKV;
-    int chunks = (ATT_BWD_TASKS + pairs - 1) / pairs;
-    if (chunks > ntiles) chunks = ntiles;
-    size_t nq = (size_t)B * T * NH * HD;
-    float *parts = dq && chunks > 1 ? xmalloc((size_t)(chunks - 1) * nq * sizeof(float)) : NULL;  // (chunks-1, B, T, NH*HD)
+    int pairs = B * NKV, chunks = backward_chunks(B, T, NKV);
+    size_t nq = (size_t)B * T * NH * HD, part_bytes = (size_t)(chunks - 1) * nq * sizeof(float);
+    // (chunks-1, B, T, NH*HD): the backend's reserved scratch when it is large enough (training:
+    // the memory plan reserved it for the model's largest call), else a temporary
+    float *parts = NULL, *own = NULL;
+    if (dq && chunks > 1) {
+        parts = cpu_workspace(part_bytes);
+        if (!parts) parts = own = xmalloc(part_bytes);
+    }
     Bwd w = {.dk = dk_, .dv = dv_, .dout = dout_, .q = q_, .k = k_, .v = v_, .out = out_, .lse = lse, .seg = seg,
              .B = B, .T = T, .NH = NH, .NKV = NKV, .HD = HD, .causal = causal, .chunks = chunks,
              .scale = 1.0f / sqrtf((float)HD)};
@@ -317,5 +335,5 @@ void cpu_attention_backward(act_t *dq_, act_t *dk_, act_t *dv_, const act_t *dou
             }
         }
     }
-    free(parts);
+    free(own);
 }

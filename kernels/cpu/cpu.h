@@ -73,6 +73,12 @@ typedef struct {
 void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *lse, void *scratch);
 void *cpu_attention_scratch(int HD, int group, int T);  // per thread: a forward needs (HD, 1, 1)
 void cpu_attention_scratch_free(void *scratch);
+// bytes of the backward's dq chunk buffers for this call (0 when it runs in one chunk)
+size_t cpu_attention_backward_scratch(int B, int T, int NH, int NKV, int HD);
+
+// cpu_backend.c: the scratch reserved by workspace_reserve, when it holds `bytes`; else NULL
+// (the op then allocates a temporary: op tests run without a reservation)
+void *cpu_workspace(size_t bytes);
 void cpu_attention_forward(act_t *out, float *lse, const act_t *q, const act_t *k,
                            const act_t *v, const int *seg, int B, int T, int NH, int NKV,
                            int HD, int causal);

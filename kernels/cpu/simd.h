@@ -13,9 +13,9 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define CPU_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
+#define CPU_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast", "vect-cost-model=dynamic")))
 #elif defined(__GNUC__) && !defined(__clang__)
-#define CPU_HOT __attribute__((optimize("fp-contract=fast")))
+#define CPU_HOT __attribute__((optimize("fp-contract=fast", "vect-cost-model=dynamic")))
 #else
 #define CPU_HOT
 #endif
