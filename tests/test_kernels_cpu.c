@@ -202,13 +202,20 @@ static void test_tile_gemm(void **state) {
             }
         float *row = xmalloc(ldc * sizeof(float));
         memcpy(row, C, ldc * sizeof(float));
-        tile_gemm(C, ldc, A, lda, B, ldb, M, N, Kd);
+        tile_gemm(C, ldc, A, lda, B, ldb, M, N, Kd, 1);
         char what[64];
         snprintf(what, sizeof what, "tile_gemm %dx%dx%d", M, N, Kd);
         expect_close(what, C, ref, M * ldc, TOL);
         // row 0 alone gives the bits it got in a block of rows (attention_cached relies on it)
-        tile_gemm(row, ldc, A, lda, B, ldb, 1, N, Kd);
+        tile_gemm(row, ldc, A, lda, B, ldb, 1, N, Kd, 1);
         if (memcmp(row, C, ldc * sizeof(float))) fail_msg("%s: row 0 alone differs from row 0 among %d", what, M);
+        // acc 0 overwrites: the bits of accumulating onto zeros
+        float *zero = xcalloc(M * ldc, sizeof(float)), *over = randv(M * ldc, -1, 1);
+        tile_gemm(zero, ldc, A, lda, B, ldb, M, N, Kd, 1);
+        tile_gemm(over, ldc, A, lda, B, ldb, M, N, Kd, 0);
+        for (int mm = 0; mm < M; mm++)
+            if (memcmp(zero + mm * ldc, over + mm * ldc, N * sizeof(float))) fail_msg("%s: acc 0 differs from += onto zeros", what);
+        free(zero); free(over);
         free(row);
         free(A); free(B); free(C); free(ref);
     }

@@ -109,8 +109,7 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
         int nkt = imin(ATT_BK, a->nk - j0);
         pack_transposed(sc->kt, a->k + (size_t)j0 * a->ks, a->ks, nkt, HD);
         pack_segments(sc->segt, a->seg, j0, nkt);
-        memset(sc->s, 0, (size_t)nq * ATT_BK * sizeof(float));
-        tile_gemm(sc->s, ATT_BK, a->q + (size_t)i0 * a->qs, a->qs, sc->kt, ATT_BK, nq, ATT_BK, HD);  // S = Q K^T
+        tile_gemm(sc->s, ATT_BK, a->q + (size_t)i0 * a->qs, a->qs, sc->kt, ATT_BK, nq, ATT_BK, HD, 0);  // S = Q K^T
         for (int ii = 0; ii < nq; ii++) {
             int i = i0 + ii;
             float *si = sc->s + (size_t)ii * ATT_BK;
@@ -129,7 +128,7 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
             }
             sc->l[ii] += exp_row(si, m_new);
         }
-        tile_gemm(sc->o, HD, sc->s, ATT_BK, a->v + (size_t)j0 * a->ks, a->ks, nq, HD, nkt);  // O += P V
+        tile_gemm(sc->o, HD, sc->s, ATT_BK, a->v + (size_t)j0 * a->ks, a->ks, nq, HD, nkt, 1);  // O += P V
     }
     for (int ii = 0; ii < nq; ii++) {
         float *oi = out + (size_t)ii * a->qs;
@@ -144,17 +143,22 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
     }
 }
 
-void *cpu_attention_scratch(int HD, int group, int T) {
-    Scratch *s = xmalloc(sizeof *s);
-    *s = scratch_alloc(HD, group, T);
-    return s;
-}
+// per thread, kept from call to call (OpenMP's threads persist): no allocation, and so no page
+// faults, per call; grown when a call needs more
+static __thread Scratch tl_scratch;
+static __thread size_t tl_hd, tl_gt;
 
-void cpu_attention_scratch_free(void *scratch) {
-    Scratch *s = scratch;
-    if (!s) return;
-    free(s->block);
-    free(s);
+void *cpu_attention_scratch(int HD, int group, int T) {
+    size_t hd = (size_t)(HD > 0 ? HD : 1), gt = (size_t)(group > 0 ? group : 1) * (size_t)(T > 0 ? T : 1);
+    if (!tl_scratch.block || hd > tl_hd || gt > tl_gt) {
+        free(tl_scratch.block);
+        if (hd < tl_hd) hd = tl_hd;
+        if (gt < tl_gt) gt = tl_gt;
+        tl_scratch = scratch_alloc((int)hd, 1, (int)gt);
+        tl_hd = hd;
+        tl_gt = gt;
+    }
+    return &tl_scratch;
 }
 
 void cpu_attention_forward(act_t *out_, float *lse, const act_t *q_, const act_t *k_,
@@ -185,7 +189,6 @@ void cpu_attention_forward(act_t *out_, float *lse, const act_t *q_, const act_t
             cpu_attention_rows(&a, i0, imin(ATT_BQ, T - i0), out + ((size_t)b * T + i0) * qs + (size_t)h * HD,
                                lse ? lse + ((size_t)b * NH + h) * T + i0 : NULL, sc);
         }
-        cpu_attention_scratch_free(sc);
     }
 }
 
@@ -250,22 +253,20 @@ static void backward_task(const Bwd *w, int b, int g, int c, Scratch *sc) {
             for (int i0 = w->causal ? j0 / ATT_BQ * ATT_BQ : 0; i0 < T; i0 += ATT_BQ) {
                 int nq = imin(ATT_BQ, T - i0);
                 size_t qo = ((size_t)b * T + i0) * qs + (size_t)h * HD;
-                memset(sc->s, 0, (size_t)nq * ATT_BK * sizeof(float));
-                tile_gemm(sc->s, ATT_BK, w->q + qo, qs, sc->kt, ATT_BK, nq, ATT_BK, HD);  // S = Q K^T
+                tile_gemm(sc->s, ATT_BK, w->q + qo, qs, sc->kt, ATT_BK, nq, ATT_BK, HD, 0);  // S = Q K^T
                 if (!probabilities(sc, L, seg, i0, nq, j0, nkt, w->causal, w->scale)) continue;
                 if (w->dv) {  // dV += P^T dO
                     transpose_tile(sc->tt, sc->s, nq);
-                    tile_gemm(sc->dv, HD, sc->tt, ATT_BQ, w->dout + qo, qs, nkt, HD, nq);
+                    tile_gemm(sc->dv, HD, sc->tt, ATT_BQ, w->dout + qo, qs, nkt, HD, nq, 1);
                 }
                 if (!w->dk && !w->dq) continue;
-                memset(sc->dp, 0, (size_t)nq * ATT_BK * sizeof(float));
-                tile_gemm(sc->dp, ATT_BK, w->dout + qo, qs, sc->vt, ATT_BK, nq, ATT_BK, HD);  // dP = dO V^T
+                tile_gemm(sc->dp, ATT_BK, w->dout + qo, qs, sc->vt, ATT_BK, nq, ATT_BK, HD, 0);  // dP = dO V^T
                 score_grads(sc, sc->D + (size_t)hh * T, i0, nq, w->scale);
                 if (w->dk) {  // dK += dS^T Q
                     transpose_tile(sc->tt, sc->dp, nq);
-                    tile_gemm(sc->dk, HD, sc->tt, ATT_BQ, w->q + qo, qs, nkt, HD, nq);
+                    tile_gemm(sc->dk, HD, sc->tt, ATT_BQ, w->q + qo, qs, nkt, HD, nq, 1);
                 }
-                if (w->dq) tile_gemm(w->dq + qo, qs, sc->dp, ATT_BK, kj, ks, nq, HD, nkt);  // dQ += dS K
+                if (w->dq) tile_gemm(w->dq + qo, qs, sc->dp, ATT_BK, kj, ks, nq, HD, nkt, 1);  // dQ += dS K
             }
         }
         for (int jj = 0; jj < nkt; jj++) {
@@ -323,7 +324,6 @@ void cpu_attention_backward(act_t *dq_, act_t *dk_, act_t *dv_, const act_t *dou
             wt.dq = !dq ? NULL : c == 0 ? dq : parts + (size_t)(c - 1) * nq;
             backward_task(&wt, b, g, c, sc);
         }
-        cpu_attention_scratch_free(sc);
         if (parts) {  // dq = chunk 0 + chunk 1 + ... in that order
 #pragma omp for schedule(static)
             for (size_t r = 0; r < (size_t)B * T; r++) {

@@ -33,6 +33,5 @@ void cpu_attention_cached(act_t *out_, const act_t *q_, const act_t *kc_, const 
             int nq = Tq - i0 < ATT_BQ ? Tq - i0 : ATT_BQ;
             cpu_attention_rows(&a, i0, nq, out + ((size_t)b * Tq + i0) * qs + (size_t)h * HD, NULL, sc);
         }
-        cpu_attention_scratch_free(sc);
     }
 }

@@ -49,9 +49,11 @@ void cpu_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int n
 void cpu_rope_backward(act_t *dinp, const act_t *dout, const int *pos, int N, int n_heads,
                        int head_dim, float theta);
 
-// tile.c: C (M, N) += A (M, K) . B (K, N), row-major with leading dimensions; each element summed
-// over k in order, so a row's result does not depend on M or on the rows around it
-void tile_gemm(float *C, size_t ldc, const float *A, size_t lda, const float *B, size_t ldb, int M, int N, int K);
+// tile.c: C (M, N) += A (M, K) . B (K, N) (acc 1) or C = A . B (acc 0), row-major with leading
+// dimensions; each element summed over k in order, so a row's result does not depend on M or on
+// the rows around it
+void tile_gemm(float *C, size_t ldc, const float *A, size_t lda, const float *B, size_t ldb, int M, int N, int K,
+               int acc);
 
 // attention.c
 // the tiles of the flash-style attention: queries x keys
@@ -71,8 +73,9 @@ typedef struct {
 } AttnRows;
 // query rows i0 .. i0+nq-1 (nq <= ATT_BQ): out rows (qs apart), lse (consecutive) when not NULL
 void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *lse, void *scratch);
-void *cpu_attention_scratch(int HD, int group, int T);  // per thread: a forward needs (HD, 1, 1)
-void cpu_attention_scratch_free(void *scratch);
+// this thread's scratch for head_dim HD and D of `group` heads over T rows (a forward: (HD, 1, 1)),
+// kept for the thread's later calls
+void *cpu_attention_scratch(int HD, int group, int T);
 // bytes of the backward's dq chunk buffers for this call (0 when it runs in one chunk)
 size_t cpu_attention_backward_scratch(int B, int T, int NH, int NKV, int HD);
 

@@ -12,12 +12,20 @@
 #include <stdint.h>
 #include <string.h>
 
+// CPU_HOT_EXPLICIT: the same clones with the auto-vectoriser off, for code written on vf16: its
+// scalar loops then stay scalar in every copy, so an element gets the same arithmetic whichever
+// block of the loop nest computes it (tile_gemm's rows must not depend on their neighbours).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define CPU_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast", "vect-cost-model=dynamic")))
-#elif defined(__GNUC__) && !defined(__clang__)
-#define CPU_HOT __attribute__((optimize("fp-contract=fast", "vect-cost-model=dynamic")))
+#define CPU_CLONES target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"),
+#else
+#define CPU_CLONES
+#endif
+#if defined(__GNUC__) && !defined(__clang__)
+#define CPU_HOT __attribute__((CPU_CLONES optimize("fp-contract=fast", "vect-cost-model=dynamic")))
+#define CPU_HOT_EXPLICIT __attribute__((CPU_CLONES optimize("fp-contract=fast", "no-tree-vectorize")))
 #else
 #define CPU_HOT
+#define CPU_HOT_EXPLICIT
 #endif
 
 // 16 floats, one AVX-512 register (two AVX2, four SSE / NEON); aligned(4): loads and stores

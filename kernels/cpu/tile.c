@@ -18,7 +18,8 @@
     do {                                                                                      \
         for (int n = 0; n < n16; n += 16) {                                                   \
             vf16 c[R];                                                                        \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) c[r] = *(const vf16 *)(C + (size_t)(m + r) * ldc + n); \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                               \
+                c[r] = acc ? *(const vf16 *)(C + (size_t)(m + r) * ldc + n) : (vf16){0};      \
             for (int k = 0; k < K; k++) {                                                     \
                 vf16 b = *(const vf16 *)(B + (size_t)k * ldb + n);                            \
                 _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) c[r] += A[(size_t)(m + r) * lda + k] * b;         \
@@ -27,14 +28,14 @@
         }                                                                                     \
         for (int r = 0; r < R; r++)                                                           \
             for (int n = n16; n < N; n++) {                                                   \
-                float s = C[(size_t)(m + r) * ldc + n];                                       \
+                float s = acc ? C[(size_t)(m + r) * ldc + n] : 0.0f;                           \
                 for (int k = 0; k < K; k++) s += A[(size_t)(m + r) * lda + k] * B[(size_t)k * ldb + n]; \
                 C[(size_t)(m + r) * ldc + n] = s;                                             \
             }                                                                                 \
     } while (0)
 
-CPU_HOT void tile_gemm(float *C, size_t ldc, const float *A, size_t lda, const float *B, size_t ldb, int M, int N,
-                       int K) {
+CPU_HOT_EXPLICIT void tile_gemm(float *C, size_t ldc, const float *A, size_t lda, const float *B, size_t ldb, int M, int N,
+                       int K, int acc) {
     int n16 = N / 16 * 16;
     int m = 0;
     for (; m + MR <= M; m += MR) ROWS_BLOCK(MR);
