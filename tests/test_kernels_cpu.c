@@ -183,6 +183,23 @@ static void test_attention_threads(void **state) {
     free(q); free(k); free(v); free(dout); free(out); free(lse);
 }
 
+// T = 1: each query sees one key, out = v, and D = dout . out is summed exactly as dP = dout . v,
+// so dS = 0 and dq, dk are exactly zero (the CUDA backend's comparison relies on it)
+static void test_attention_single_key(void **state) {
+    (void)state;
+    int B = 2, NH = 4, NKV = 2, HD = 64;
+    size_t nq = (size_t)B * NH * HD, nk = (size_t)B * NKV * HD;
+    float *q = randv(nq, -1, 1), *k = randv(nk, -1, 1), *v = randv(nk, -1, 1), *dout = randv(nq, -1, 1);
+    float *out = nanv(nq), *lse = nanv((size_t)B * NH), *dq = nanv(nq), *dk = nanv(nk), *dv = nanv(nk);
+    K->attention_forward(out, lse, q, k, v, NULL, B, 1, NH, NKV, HD, 1);
+    K->attention_backward(dq, dk, dv, dout, q, k, v, out, lse, NULL, B, 1, NH, NKV, HD, 1);
+    for (size_t i = 0; i < nq; i++)
+        if (dq[i] != 0.0f) fail_msg("T = 1: dq[%zu] = %g, not 0", i, (double)dq[i]);
+    for (size_t i = 0; i < nk; i++)
+        if (dk[i] != 0.0f) fail_msg("T = 1: dk[%zu] = %g, not 0", i, (double)dk[i]);
+    free(q); free(k); free(v); free(dout); free(out); free(lse); free(dq); free(dk); free(dv);
+}
+
 // ---------------------------------------------------------------- tile GEMM, exp
 
 static void test_tile_gemm(void **state) {
@@ -314,6 +331,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest all[] = {
         cmocka_unit_test(test_attention_tiles),
         cmocka_unit_test(test_attention_threads),
+        cmocka_unit_test(test_attention_single_key),
         cmocka_unit_test(test_tile_gemm),
         cmocka_unit_test(test_exp_vec),
         cmocka_unit_test(test_matmul_split),

@@ -235,7 +235,9 @@ static void backward_task(const Bwd *w, int b, int g, int c, Scratch *sc) {
     for (int hh = 0; hh < group; hh++)
         for (int i = 0; i < T; i++) {
             size_t qo = ((size_t)b * T + i) * qs + (size_t)(g * group + hh) * HD;
-            sc->D[(size_t)hh * T + i] = dotf(w->dout + qo, w->out + qo, HD);
+            // tile_gemm's own sum (a 1 x 1 product): D is then summed exactly as dP, so a key
+            // whose value equals the output (a row that sees one key) gets dS = 0 exactly
+            tile_gemm(sc->D + (size_t)hh * T + i, 1, w->dout + qo, HD, w->out + qo, 1, 1, 1, HD, 0);
         }
     int ntiles = (T + ATT_BK - 1) / ATT_BK;
     for (int t = c; t < ntiles; t += w->chunks) {

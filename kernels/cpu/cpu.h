@@ -2,9 +2,10 @@
 // On the CPU act_t is float, so every act_t pointer of kernels.h is a float pointer here.
 //
 // Determinism: every op gives bit-identical results run after run at a fixed thread count (most
-// at any thread count). Loops are parallel only over independent outputs with schedule(static),
-// each output is summed in one fixed sequential order, and there are no float reductions or
-// atomics. Sums over rows into one parameter gradient are parallel over channels instead.
+// at any thread count). Loops are parallel only over independent outputs (schedule(static), or
+// dynamic where tasks differ in size and each task's outputs are its own), each output is summed
+// in one fixed sequential order, and there are no float reductions or atomics. Sums over rows into
+// one parameter gradient are parallel over channels instead.
 #pragma once
 #include <stddef.h>
 
