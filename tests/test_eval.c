@@ -36,26 +36,6 @@
 
 static char root[512], synth_dir[600], run_dir[600];
 
-// runs argv with stdout into out_log and stderr into err_log; returns the exit status
-static int spawn(char *const argv[], const char *out_log, const char *err_log) {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) fail_msg("fork: %s", strerror(errno));
-    if (pid == 0) {
-        if (!freopen(out_log, "w", stdout) || !freopen(err_log, "w", stderr)) _exit(126);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
-}
-
-static void write_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0) fail_msg("%s: cannot write", path);
-}
-
 // ./evaluate run_dir DATA args... (NULL-terminated) with --out OUT; returns the exit status
 static int evaluate(const char *data, const char *out, const char *const *args) {
     char *argv[24] = {"./evaluate", run_dir, (char *)data, "--out", (char *)out};
@@ -65,7 +45,7 @@ static int evaluate(const char *data, const char *out, const char *const *args) 
     char o[1024], e[1024];
     snprintf(o, sizeof o, "%s.stdout", out);
     snprintf(e, sizeof e, "%s.stderr", out);
-    return spawn(argv, o, e);
+    return test_spawn(argv, o, e);
 }
 
 // the lines of OUT/predictions.jsonl, parsed; *n gets the count
@@ -105,7 +85,7 @@ static int setup(void **state) {
     snprintf(o, sizeof o, "%s/synth.log", root);
     snprintf(e, sizeof e, "%s/synth.err", root);
     char *sargv[] = {"./synth", synth_dir, "--train", "16", "--val", "4", "--heldout", "0", "--bench", "12", "--quiet", NULL};
-    if (spawn(sargv, o, e) != 0) {
+    if (test_spawn(sargv, o, e) != 0) {
         fprintf(stderr, "./synth failed, see %s\n", e);
         return -1;
     }
@@ -125,7 +105,7 @@ static int setup(void **state) {
     snprintf(o, sizeof o, "%s/train.log", root);
     snprintf(e, sizeof e, "%s/train.err", root);
     char *targv[] = {"./train", conf, out_kv, NULL};
-    if (spawn(targv, o, e) != 0) {
+    if (test_spawn(targv, o, e) != 0) {
         fprintf(stderr, "./train failed, see %s and %s\n", o, e);
         return -1;
     }
@@ -351,7 +331,7 @@ static void test_caption_scores(void **state) {
     // captions for the benchmark images: the scene captions of the VQA file's answers stand in
     char data[700], out[700];
     snprintf(data, sizeof data, "%s/data/bench_caption.jsonl", synth_dir);
-    write_file(data,
+    test_write_file(data,
                "{\"id\": \"c0\", \"image\": \"images/bench_00000.png\", \"captions\": [\"a red circle on the left\", \"one red circle\"]}\n"
                "{\"id\": \"c1\", \"image\": \"images/bench_00001.png\", \"captions\": [\"Two blue squares, at the top.\"]}\n"
                "{\"id\": \"c2\", \"image\": \"images/bench_00002.png\", \"captions\": [\"a star\", \"the yellow star in the centre\", \"star\"]}\n");
@@ -399,7 +379,7 @@ static void test_caption_scores(void **state) {
 static void expect_bad(const char *name, const char *text, const char *const *args, const char *n1, const char *n2) {
     char data[700], out[700], err[760];
     snprintf(data, sizeof data, "%s/data/%s", synth_dir, name);
-    write_file(data, text);
+    test_write_file(data, text);
     snprintf(out, sizeof out, "%s/bad_%s", root, name);
     int st = evaluate(data, out, args);
     snprintf(err, sizeof err, "%s.stderr", out);
@@ -495,7 +475,7 @@ static int generate(const char *const *args, const char *out_log, const char *er
     int n = 2;
     for (int i = 0; args[i]; i++) argv[n++] = (char *)args[i];
     argv[n] = NULL;
-    return spawn(argv, out_log, err_log);
+    return test_spawn(argv, out_log, err_log);
 }
 
 // ./generate --batch answers each request as ./generate answers it alone
@@ -568,7 +548,7 @@ static void test_generate_batch_file(void **state) {
     }
     // a request without a prompt: an error naming FILE:LINE
     snprintf(file, sizeof file, "%s/bad_requests.jsonl", root);
-    write_file(file, "{\"prompt\": \"Hi\"}\n\n{\"image\": \"x.png\"}\n");
+    test_write_file(file, "{\"prompt\": \"Hi\"}\n\n{\"image\": \"x.png\"}\n");
     snprintf(out, sizeof out, "%s/bad_gen.out", root);
     snprintf(err, sizeof err, "%s/bad_gen.err", root);
     const char *bad[] = {"--device", "cpu", "--batch", file, NULL};
@@ -582,7 +562,7 @@ static void test_generate_batch_file(void **state) {
 static void test_missing_image_is_counted(void **state) {
     char data[700], out[700];
     snprintf(data, sizeof data, "%s/data/missing.jsonl", synth_dir);
-    write_file(data, "{\"id\": \"a\", \"image\": \"images/bench_00000.png\", \"question\": \"Q?\", \"answers\": [\"x\"]}\n"
+    test_write_file(data, "{\"id\": \"a\", \"image\": \"images/bench_00000.png\", \"question\": \"Q?\", \"answers\": [\"x\"]}\n"
                      "{\"id\": \"b\", \"image\": \"images/no_such.png\", \"question\": \"Q?\", \"answers\": [\"x\"]}\n");
     snprintf(out, sizeof out, "%s/missing", root);
     const char *args[] = {"--max-new-tokens", "2", NULL};

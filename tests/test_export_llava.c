@@ -26,20 +26,6 @@
 
 static char root[512], synth_dir[600], run_dir[700], out_dir[700];
 
-static int spawn(char *const argv[], const char *out_log, const char *err_log) {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) fail_msg("fork: %s", strerror(errno));
-    if (pid == 0) {
-        if (!freopen(out_log, "w", stdout) || !freopen(err_log, "w", stderr)) _exit(126);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
-}
-
 static int setup(void **state) {
     make_temp_dir(root, sizeof root, "export_llava");
     snprintf(synth_dir, sizeof synth_dir, "%s/synth", root);
@@ -47,7 +33,7 @@ static int setup(void **state) {
     snprintf(o, sizeof o, "%s/synth.log", root);
     snprintf(e, sizeof e, "%s/synth.err", root);
     char *sargv[] = {"./synth", synth_dir, "--train", "16", "--val", "4", "--heldout", "0", "--bench", "2", "--quiet", NULL};
-    if (spawn(sargv, o, e) != 0) return -1;
+    if (test_spawn(sargv, o, e) != 0) return -1;
     char conf[700];
     snprintf(conf, sizeof conf, "%s/s2.conf", root);
     FILE *f = fopen(conf, "w");
@@ -64,12 +50,12 @@ static int setup(void **state) {
     snprintf(o, sizeof o, "%s/train.log", root);
     snprintf(e, sizeof e, "%s/train.err", root);
     char *targv[] = {"./train", conf, kv, NULL};
-    if (spawn(targv, o, e) != 0) return -1;
+    if (test_spawn(targv, o, e) != 0) return -1;
     snprintf(out_dir, sizeof out_dir, "%s/export", root);
     snprintf(o, sizeof o, "%s/export.log", root);
     snprintf(e, sizeof e, "%s/export.err", root);
     char *eargv[] = {"./export", run_dir, out_dir, NULL};
-    return spawn(eargv, o, e) == 0 ? 0 : -1;
+    return test_spawn(eargv, o, e) == 0 ? 0 : -1;
 }
 
 // ./generate's greedy answer on dir (8 tokens, one fixed image and prompt)
@@ -80,7 +66,7 @@ static char *answer(const char *dir) {
     snprintf(e, sizeof e, "%s/gen.err", root);
     char *argv[] = {"./generate", (char *)dir, "--image", img, "--prompt", "Where is the cross?", "--max-new-tokens", "8",
                     "--device", "cpu", NULL};
-    if (spawn(argv, o, e) != 0) fail_msg("./generate %s failed, see %s", dir, e);
+    if (test_spawn(argv, o, e) != 0) fail_msg("./generate %s failed, see %s", dir, e);
     return test_slurp(o, NULL);
 }
 
@@ -113,7 +99,7 @@ static void test_vision_copied_and_linked(void **state) {
     snprintf(o, sizeof o, "%s/export_link.log", root);
     snprintf(e, sizeof e, "%s/export_link.err", root);
     char *eargv[] = {"./export", run_dir, out2, "--link", NULL};
-    assert_int_equal(spawn(eargv, o, e), 0);
+    assert_int_equal(test_spawn(eargv, o, e), 0);
     snprintf(b, sizeof b, "%s/vision", out2);
     struct stat st;
     assert_int_equal(lstat(b, &st), 0);

@@ -314,13 +314,6 @@ static void test_stop_and_limits(void **state) {
 
 static char tmp_root[512];
 
-static void write_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) fail_msg("cannot write %s", path);
-    fputs(text, f);
-    fclose(f);
-}
-
 static void copy_file(const char *from, const char *to) {
     size_t n;
     char *data = file_read_all(from, &n);
@@ -352,7 +345,7 @@ static void make_step(const char *run, const char *name, const ParamSet *ps, con
     path2(p, sizeof p, d, "trainable.safetensors");
     save_trainable(ps, master, p);
     path2(p, sizeof p, d, "state.json");
-    if (complete) write_file(p, "{\"format\": \"svlm-checkpoint-1\", \"step\": 1}\n");
+    if (complete) test_write_file(p, "{\"format\": \"svlm-checkpoint-1\", \"step\": 1}\n");
 }
 
 // A random Qwen2 LLM with the template fixtures' tokenizer (vocab 1004, <|im_end|> 1002) in
@@ -562,7 +555,7 @@ static void test_errors(void **state) {
     path2(run, sizeof run, dir, "run");
     mkdir(run, 0755);
     path2(p, sizeof p, run, "config.conf");
-    write_file(p, "vision = tests/fixtures/clip\nllm = tests/fixtures/qwen2\ndata = x.json\n");
+    test_write_file(p, "vision = tests/fixtures/clip\nllm = tests/fixtures/qwen2\ndata = x.json\n");
     path2(p, sizeof p, run, "step_00000003.tmp");
     mkdir(p, 0755);
     expect_fatal(load_dir, run, "run", "no complete checkpoint");
@@ -572,10 +565,10 @@ static void test_errors(void **state) {
     path2(exp, sizeof exp, dir, "export");
     mkdir(exp, 0755);
     path2(p, sizeof p, exp, "svlm.json");
-    write_file(p, "{\"vision\": \"no/such/clip\", \"connector\": \"ldp\", \"template\": \"chatml\"}");
+    test_write_file(p, "{\"vision\": \"no/such/clip\", \"connector\": \"ldp\", \"template\": \"chatml\"}");
     expect_fatal(load_dir, exp, "svlm.json", "no/such/clip", "not found");
     snprintf(q, sizeof q, "{\"vision\": \"%s\", \"connector\": \"ldp\", \"template\": \"chatml\"}", fixture_path("clip"));
-    write_file(p, q);
+    test_write_file(p, q);
     expect_fatal(load_dir, exp, "llm", "missing");
     path2(p, sizeof p, exp, "llm");
     mkdir(p, 0755);
@@ -620,7 +613,7 @@ static void test_errors(void **state) {
     assert_true(rc == 0 || rc == 1);  // never a crash
     free(jpg);
     path2(p, sizeof p, dir, "notes.png");
-    write_file(p, "not a picture\n");
+    test_write_file(p, "not a picture\n");
     ia.image = p;
     expect_fatal(load_image, &ia, "notes.png", "bad image", "not a PNG or JPEG");
     path2(p, sizeof p, dir, "missing.png");

@@ -23,26 +23,6 @@
 
 static char root[512], synth_dir[600];
 
-// runs argv with stdout into out_log and stderr into err_log; returns the exit status
-static int spawn(char *const argv[], const char *out_log, const char *err_log) {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) fail_msg("fork: %s", strerror(errno));
-    if (pid == 0) {
-        if (!freopen(out_log, "w", stdout) || !freopen(err_log, "w", stderr)) _exit(126);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
-}
-
-static void write_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0) fail_msg("%s: cannot write", path);
-}
-
 static int setup(void **state) {
     make_temp_dir(root, sizeof root, "train_eval");
     snprintf(synth_dir, sizeof synth_dir, "%s/synth", root);
@@ -50,7 +30,7 @@ static int setup(void **state) {
     snprintf(o, sizeof o, "%s/synth.log", root);
     snprintf(e, sizeof e, "%s/synth.err", root);
     char *sargv[] = {"./synth", synth_dir, "--train", "16", "--val", "4", "--heldout", "0", "--bench", "6", "--quiet", NULL};
-    if (spawn(sargv, o, e) != 0) {
+    if (test_spawn(sargv, o, e) != 0) {
         fprintf(stderr, "./synth failed, see %s\n", e);
         return -1;
     }
@@ -77,7 +57,7 @@ static int train(const char *name, const char *const *kv) {
     argv[n] = NULL;
     snprintf(o, sizeof o, "%s/%s.out", root, name);
     snprintf(e, sizeof e, "%s/%s.err", root, name);
-    return spawn(argv, o, e);
+    return test_spawn(argv, o, e);
 }
 
 // ./evaluate on the run's final checkpoint; returns summary.json's scores (caller frees the root in *sum)
@@ -91,7 +71,7 @@ static const cJSON *evaluate_run(const char *name, const char *data, const char 
     argv[n] = NULL;
     snprintf(o, sizeof o, "%s.out", out);
     snprintf(e, sizeof e, "%s.err", out);
-    if (spawn(argv, o, e) != 0) fail_msg("./evaluate failed, see %s", e);
+    if (test_spawn(argv, o, e) != 0) fail_msg("./evaluate failed, see %s", e);
     char p[800];
     snprintf(p, sizeof p, "%s/summary.json", out);
     *sum = json_load_file(p);
@@ -240,7 +220,7 @@ static void expect_startup_error(const char *name, const char *path, const char 
 static void test_bad_eval_data(void **state) {
     char p[700];
     snprintf(p, sizeof p, "%s/bad.jsonl", root);
-    write_file(p, "{\"id\": \"a\", \"question\": \"Q?\", \"options\": [\"x\", \"y\"], \"answer\": \"A\"}\n"
+    test_write_file(p, "{\"id\": \"a\", \"question\": \"Q?\", \"options\": [\"x\", \"y\"], \"answer\": \"A\"}\n"
                   "{\"id\": \"b\", \"question\": \"Q?\", \"options\": [\"x\", \"y\"], \"answer\": \"C\"}\n");
     expect_startup_error("bad", p, "bad.jsonl:2: item 2 (id \"b\"): \"answer\" is \"C\"");
     snprintf(p, sizeof p, "%s/none.jsonl", root);

@@ -1,6 +1,7 @@
 // testlib.c: implementations of the shared test helpers (see testlib.h).
 #include "tests/testlib.h"
 
+#include <errno.h>
 #include <fnmatch.h>
 #include <math.h>
 #include <omp.h>
@@ -225,6 +226,25 @@ char *test_slurp(const char *path, size_t *n) {
     char *s = file_read_all(path, n);
     if (!s) fail_msg("%s: cannot read", path);
     return s;
+}
+
+void test_write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) fail_msg("%s: cannot write", path);
+}
+
+int test_spawn(char *const argv[], const char *out_log, const char *err_log) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) fail_msg("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (!freopen(out_log, "w", stdout) || !freopen(err_log, "w", stderr)) _exit(126);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
 }
 
 int test_same_file(const char *a, const char *b) {

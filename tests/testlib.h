@@ -38,6 +38,11 @@ void make_temp_dir(char *out, size_t cap, const char *tag);
 char *test_slurp(const char *path, size_t *n);
 // 1 when the two files hold the same bytes
 int test_same_file(const char *a, const char *b);
+// writes text to path, failing the test when it cannot
+void test_write_file(const char *path, const char *text);
+// runs the program argv[0] (a path) with stdout into out_log and stderr into err_log, waits, and
+// returns its exit status (minus the signal number when a signal ended it)
+int test_spawn(char *const argv[], const char *out_log, const char *err_log);
 // two finished ./train runs agree byte for byte: step_<step>'s tensors, optimizer and state.json,
 // and metrics.jsonl
 void expect_same_run(const char *a, const char *b, int step);
