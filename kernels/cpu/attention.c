@@ -161,17 +161,11 @@ void *cpu_attention_scratch(int HD, int group, int T) {
     return &tl_scratch;
 }
 
-void cpu_attention_forward(act_t *out_, float *lse, const act_t *q_, const act_t *k_,
-                           const act_t *v_, const int *seg, int B, int T, int NH, int NKV,
-                           int HD, int causal) {
-    float *out = out_;          // (B, T, NH*HD)
-    const float *q = q_;        // (B, T, NH*HD)
-    const float *k = k_;        // (B, T, NKV*HD)
-    const float *v = v_;        // (B, T, NKV*HD)
-    // lse (B, NH, T), seg (B, T)
-    CHECK(NKV > 0 && NH % NKV == 0, "attention: NH=%d is not a multiple of NKV=%d", NH, NKV);
-    if (B <= 0 || T <= 0) return;
-    int group = NH / NKV, nqt = (T + ATT_BQ - 1) / ATT_BQ;
+void cpu_attention_tasks(float *out, float *lse, const float *q, const float *k, const float *v, const int *seg,
+                         int B, int Tq, int Tk, int Tc, int NH, int NKV, int HD, int causal) {
+    // out (B, Tq, NH*HD), q (B, Tq, NH*HD), k and v (B, Tc, NKV*HD) of which the first Tk rows are
+    // used, lse (B, NH, Tq), seg (B, Tq): the queries sit at positions Tk-Tq .. Tk-1
+    int group = NH / NKV, nqt = (Tq + ATT_BQ - 1) / ATT_BQ;
     size_t qs = (size_t)NH * HD, ks = (size_t)NKV * HD;
     float scale = 1.0f / sqrtf((float)HD);
 #pragma omp parallel
@@ -182,14 +176,27 @@ void cpu_attention_forward(act_t *out_, float *lse, const act_t *q_, const act_t
         for (int task = 0; task < B * NH * nqt; task++) {
             int b = task / (NH * nqt), h = task / nqt % NH, i0 = task % nqt * ATT_BQ;
             int g = h / group;
-            AttnRows a = {.q = q + (size_t)b * T * qs + (size_t)h * HD, .qs = qs,
-                          .k = k + (size_t)b * T * ks + (size_t)g * HD, .v = v + (size_t)b * T * ks + (size_t)g * HD,
-                          .ks = ks, .nk = T, .qpos0 = 0, .causal = causal, .seg = seg ? seg + (size_t)b * T : NULL,
-                          .HD = HD, .scale = scale};
-            cpu_attention_rows(&a, i0, imin(ATT_BQ, T - i0), out + ((size_t)b * T + i0) * qs + (size_t)h * HD,
-                               lse ? lse + ((size_t)b * NH + h) * T + i0 : NULL, sc);
+            AttnRows a = {.q = q + (size_t)b * Tq * qs + (size_t)h * HD, .qs = qs,
+                          .k = k + (size_t)b * Tc * ks + (size_t)g * HD, .v = v + (size_t)b * Tc * ks + (size_t)g * HD,
+                          .ks = ks, .nk = Tk, .qpos0 = Tk - Tq, .causal = causal,
+                          .seg = seg ? seg + (size_t)b * Tq : NULL, .HD = HD, .scale = scale};
+            cpu_attention_rows(&a, i0, imin(ATT_BQ, Tq - i0), out + ((size_t)b * Tq + i0) * qs + (size_t)h * HD,
+                               lse ? lse + ((size_t)b * NH + h) * Tq + i0 : NULL, sc);
         }
     }
+}
+
+void cpu_attention_forward(act_t *out_, float *lse, const act_t *q_, const act_t *k_,
+                           const act_t *v_, const int *seg, int B, int T, int NH, int NKV,
+                           int HD, int causal) {
+    float *out = out_;          // (B, T, NH*HD)
+    const float *q = q_;        // (B, T, NH*HD)
+    const float *k = k_;        // (B, T, NKV*HD)
+    const float *v = v_;        // (B, T, NKV*HD)
+    // lse (B, NH, T), seg (B, T)
+    CHECK(NKV > 0 && NH % NKV == 0, "attention: NH=%d is not a multiple of NKV=%d", NH, NKV);
+    if (B <= 0 || T <= 0) return;
+    cpu_attention_tasks(out, lse, q, k, v, seg, B, T, T, T, NH, NKV, HD, causal);
 }
 
 // P = exp(S - lse) of one query tile against the key tile in sc (kt, segt); returns the visible count

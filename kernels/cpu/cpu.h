@@ -77,6 +77,10 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
 // this thread's scratch for head_dim HD and D of `group` heads over T rows (a forward: (HD, 1, 1)),
 // kept for the thread's later calls
 void *cpu_attention_scratch(int HD, int group, int T);
+// every (batch, head, query tile) task of a forward: queries (B, Tq) at positions Tk-Tq.. over the
+// first Tk of Tc rows of k and v; attention_forward (Tq = Tk = Tc) and attention_cached share it
+void cpu_attention_tasks(float *out, float *lse, const float *q, const float *k, const float *v, const int *seg,
+                         int B, int Tq, int Tk, int Tc, int NH, int NKV, int HD, int causal);
 // bytes of the backward's dq chunk buffers for this call (0 when it runs in one chunk)
 size_t cpu_attention_backward_scratch(int B, int T, int NH, int NKV, int HD);
 
