@@ -621,6 +621,10 @@ static void test_pointwise(void **state) {
             ONE("gelu_backward", C->gelu_backward(r0, b, a, n), G->gelu_backward(p0, pb, pa, n), r0, p0);
             ONE("quick_gelu_forward", C->quick_gelu_forward(r0, a, n), G->quick_gelu_forward(p0, pa, n), r0, p0);
             ONE("quick_gelu_backward", C->quick_gelu_backward(r0, b, a, n), G->quick_gelu_backward(p0, pb, pa, n), r0, p0);
+            ONE("gelu_tanh_forward", C->gelu_tanh_forward(r0, a, n), G->gelu_tanh_forward(p0, pa, n), r0, p0);
+            ONE("gelu_tanh_backward", C->gelu_tanh_backward(r0, b, a, n), G->gelu_tanh_backward(p0, pb, pa, n), r0, p0);
+            ONE("gelu_tanh_forward in place", C->gelu_tanh_forward(r0, a, n),
+                (G->upload_act(p0, a, n), G->gelu_tanh_forward(p0, p0, n)), r0, p0);
             ONE("swiglu_forward", C->swiglu_forward(r0, a, b, n), G->swiglu_forward(p0, pa, pb, n), r0, p0);
             ONE("swiglu_backward dgate", C->swiglu_backward(r0, r1, c, a, b, n),
                 G->swiglu_backward(p0, p1, pc, pa, pb, n), r0, p0);
@@ -966,6 +970,8 @@ SIM_UNARY(gelu_forward)
 SIM_UNARY(quick_gelu_forward)
 SIM_BINARY(gelu_backward)
 SIM_BINARY(quick_gelu_backward)
+SIM_UNARY(gelu_tanh_forward)
+SIM_BINARY(gelu_tanh_backward)
 SIM_BINARY(swiglu_forward)
 SIM_BINARY(add)
 static void sim_dropout(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed) {
@@ -1025,6 +1031,8 @@ static const Kernels *bf16_sim(void) {
     sim.gelu_forward = sim_gelu_forward;
     sim.gelu_backward = sim_gelu_backward;
     sim.quick_gelu_forward = sim_quick_gelu_forward;
+    sim.gelu_tanh_forward = sim_gelu_tanh_forward;
+    sim.gelu_tanh_backward = sim_gelu_tanh_backward;
     sim.quick_gelu_backward = sim_quick_gelu_backward;
     sim.swiglu_forward = sim_swiglu_forward;
     sim.swiglu_backward = sim_swiglu_backward;
