@@ -40,7 +40,7 @@ static const Preset presets[] = {
     // fixture-like sizes: every code path, milliseconds per step on a CPU
     {.name = "tiny",
      .vc = {.hidden = 64, .layers = 2, .heads = 4, .head_dim = 16, .mlp = 128, .image_size = 64, .patch = 8,
-            .grid = 8, .n_patches = 64, .eps = 1e-5f, .quick_gelu = 1},
+            .grid = 8, .n_patches = 64, .eps = 1e-5f, .act = VIT_ACT_QUICK_GELU},
      .lc = {.model_type = "qwen2", .vocab = 1000, .hidden = 96, .layers = 2, .heads = 6, .kv_heads = 2, .head_dim = 16,
             .mlp = 160, .max_pos = 4096, .eps = 1e-6f, .rope_theta = 1e6f, .qkv_bias = 1, .tied = 1, .bos_id = -1,
             .eos_id = -1},
@@ -48,14 +48,14 @@ static const Preset presets[] = {
     // the former bench_cpu model: a CPU step of a few seconds
     {.name = "mid",
      .vc = {.hidden = 384, .layers = 6, .heads = 6, .head_dim = 64, .mlp = 1536, .image_size = 224, .patch = 14,
-            .grid = 16, .n_patches = 256, .eps = 1e-5f, .quick_gelu = 1},
+            .grid = 16, .n_patches = 256, .eps = 1e-5f, .act = VIT_ACT_QUICK_GELU},
      .lc = {.model_type = "llama", .vocab = 16000, .hidden = 512, .layers = 8, .heads = 8, .kv_heads = 2, .head_dim = 64,
             .mlp = 1536, .max_pos = 4096, .eps = 1e-6f, .rope_theta = 1e6f, .tied = 1, .bos_id = -1, .eos_id = -1},
      .llm_init_std = 0.02f, .lora_r = 16, .lora_alpha = 32, .batch = 4, .steps = 3},
     // the reference recipe: CLIP ViT-L/14-336 + ldp + Qwen2-0.5B, LoRA r 64 alpha 16
     {.name = "reference",
      .vc = {.hidden = 1024, .layers = 24, .heads = 16, .head_dim = 64, .mlp = 4096, .image_size = 336, .patch = 14,
-            .grid = 24, .n_patches = 576, .eps = 1e-5f, .quick_gelu = 1},
+            .grid = 24, .n_patches = 576, .eps = 1e-5f, .act = VIT_ACT_QUICK_GELU},
      .lc = {.model_type = "qwen2", .vocab = 151936, .hidden = 896, .layers = 24, .heads = 14, .kv_heads = 2,
             .head_dim = 64, .mlp = 4864, .max_pos = 32768, .eps = 1e-6f, .rope_theta = 1e6f, .qkv_bias = 1, .tied = 1,
             .bos_id = -1, .eos_id = -1},
@@ -212,9 +212,9 @@ static void config_signature(const Preset *p, char *buf, size_t cap) {
     const VitConfig *v = &p->vc;
     const LlmConfig *l = &p->lc;
     snprintf(buf, cap,
-             "svlm bench models v1 preset %s | vision %d %d %d %d %d %d %d %g %d | llm %s %d %d %d %d %d %d %d %d %g %g %d %d %g\n",
+             "svlm bench models v1 preset %s | vision %d %d %d %d %d %d %d %g %s %d | llm %s %d %d %d %d %d %d %d %d %g %g %d %d %g\n",
              p->name, v->hidden, v->layers, v->heads, v->head_dim, v->mlp, v->image_size, v->patch, (double)v->eps,
-             v->quick_gelu, l->model_type, l->vocab, l->hidden, l->layers, l->heads, l->kv_heads, l->head_dim, l->mlp,
+             vit_type_name(v), (int)v->act, l->model_type, l->vocab, l->hidden, l->layers, l->heads, l->kv_heads, l->head_dim, l->mlp,
              l->max_pos, (double)l->eps, (double)l->rope_theta, l->qkv_bias, l->tied, (double)p->llm_init_std);
 }
 

@@ -483,7 +483,7 @@ void synth_model_configs(VitConfig *v, LlmConfig *l, int vocab) {
     v->grid = S / 8;
     v->n_patches = v->grid * v->grid;
     v->eps = 1e-5f;
-    v->quick_gelu = 1;
+    v->act = VIT_ACT_QUICK_GELU;
 
     memset(l, 0, sizeof *l);
     snprintf(l->model_type, sizeof l->model_type, "qwen2");

@@ -53,7 +53,7 @@ void hf_random_vision(const char *dir, const VitConfig *c, uint64_t seed) {
     cJSON_AddItemToArray(arch, cJSON_CreateString("CLIPVisionModel"));
     cJSON_AddStringToObject(j, "model_type", "clip_vision_model");
     cJSON_AddStringToObject(j, "dtype", "float32");
-    cJSON_AddStringToObject(j, "hidden_act", c->quick_gelu ? "quick_gelu" : "gelu");
+    cJSON_AddStringToObject(j, "hidden_act", c->act == VIT_ACT_QUICK_GELU ? "quick_gelu" : "gelu");
     cJSON_AddNumberToObject(j, "hidden_size", c->hidden);
     cJSON_AddNumberToObject(j, "intermediate_size", c->mlp);
     cJSON_AddNumberToObject(j, "num_hidden_layers", c->layers);
