@@ -15,6 +15,8 @@ static const ConnectorFamily *const connector_families[N_CONNECTOR_TYPES] = {
     [CONNECTOR_LDP] = &connector_family_ldp,
     [CONNECTOR_MLP2X_GELU] = &connector_family_mlp2x_gelu,
     [CONNECTOR_IDEFICS3] = &connector_family_idefics3,
+    [CONNECTOR_INTERNVL] = &connector_family_internvl,
+    [CONNECTOR_INTERNVL_HF] = &connector_family_internvl_hf,
 };
 
 const ConnectorFamily *connector_family(ConnectorType t) {
@@ -62,7 +64,7 @@ int connector_tokens(ConnectorType type, int scale, int grid) {
 
 void connector_declare_params(ParamSet *ps, ConnectorType type, int scale, int in_dim, int out_dim,
                               ConnectorParams *idx) {
-    ConnectorParams i = {-1, -1, -1, -1, -1, -1};
+    ConnectorParams i = {-1, -1, -1, -1, -1, -1, -1, -1};
     params_declare_group(ps, PARAM_GROUP_CONNECTOR);
     connector_family(type)->declare(ps, in_dim, out_dim, connector_scale(type, scale), &i);
     params_declare_group(ps, PARAM_GROUP_FROZEN);
@@ -103,7 +105,8 @@ void connector_setup(Connector *c) { c->fam->setup(c); }
 
 void connector_free(Connector *c) {
     const Kernels *k = c->k;
-    void *bufs[] = {c->h1, c->g, c->h2, c->d1, c->d2, c->pooled, c->shuffled, c->shuffle};
+    void *bufs[] = {c->h1, c->g, c->h2, c->d1, c->d2, c->pooled, c->shuffled, c->shuffle, c->normed, c->dnormed,
+                    c->ln_mean, c->ln_rstd};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) k->free(bufs[i]);
     memset(c, 0, sizeof *c);

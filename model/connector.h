@@ -7,8 +7,11 @@
 //   idefics3   (Idefics3 / SmolVLM): pixel shuffle by s (scale_factor), then one Linear(s*s*Cv, H)
 //              without bias: (grid/s)^2 tokens per image; fed the tower's last layer after its
 //              final norm (last_hidden_state)
+//   internvl   (InternVL 1.5-2.5, Vintern): pixel shuffle by 2 (downsample_ratio 0.5, ps_version
+//              v2), then mlp1: LayerNorm(4Cv), Linear(4Cv,H), GELU, Linear(H,H); internvl_hf is
+//              the same under transformers' native names (model.multi_modal_projector.*)
 // Tensor names follow the checkpoints of those projects (model.mm_projector.*,
-// model.connector.modality_projection.proj.weight). The connector states its own facts (name,
+// model.connector.modality_projection.proj.weight, mlp1.*). The connector states its own facts (name,
 // tokens per image for a patch grid, its tensors, declared in PARAM_GROUP_CONNECTOR: trainable
 // at connector_lr): the trainer, export and memory plan ask it.
 #pragma once
@@ -19,11 +22,18 @@
 #include "model/params.h"
 
 // one value per registered family (connector.c: connector_families)
-typedef enum { CONNECTOR_LDP, CONNECTOR_MLP2X_GELU, CONNECTOR_IDEFICS3, N_CONNECTOR_TYPES } ConnectorType;
+typedef enum {
+    CONNECTOR_LDP,
+    CONNECTOR_MLP2X_GELU,
+    CONNECTOR_IDEFICS3,
+    CONNECTOR_INTERNVL,
+    CONNECTOR_INTERNVL_HF,
+    N_CONNECTOR_TYPES
+} ConnectorType;
 
 // the indices of a connector's tensors in its ParamSet (-1: the type has no such tensor)
 typedef struct {
-    int w1, b1, w2, b2, cw, cb;
+    int w1, b1, w2, b2, cw, cb, lnw, lnb;
 } ConnectorParams;
 
 typedef struct Connector Connector;
@@ -62,10 +72,13 @@ struct Connector {
     act_t *pooled;  // (max_images, n_out, H), ldp only
     act_t *d1, *d2; // backward scratch
     act_t *shuffled;  // (max_images, n_in, Cv) pixel-shuffled features
+    act_t *normed, *dnormed;  // (max_images, n_in, Cv) their LayerNorm and its gradient (internvl)
+    float *ln_mean, *ln_rstd;  // (max_images * n_out) that LayerNorm's statistics
     int *shuffle;     // (max_images * n_in) their rows in feats (pixel_shuffle_rows)
 };
 
-extern const ConnectorFamily connector_family_ldp, connector_family_mlp2x_gelu, connector_family_idefics3;
+extern const ConnectorFamily connector_family_ldp, connector_family_mlp2x_gelu, connector_family_idefics3,
+    connector_family_internvl, connector_family_internvl_hf;
 const ConnectorFamily *connector_family(ConnectorType t);
 
 // "ldp", "mlp2x_gelu", "idefics3"; fatal() naming the value and the known names otherwise
@@ -100,14 +113,15 @@ void connector_backward(Connector *c, const act_t *dout, const act_t *feats, int
 // for the families' files: U(-bound, bound) into tensor i of ps, as
 // torch.nn.init.kaiming_uniform_(a=sqrt(5)) gives bound = 1/sqrt(fan_in) for weights (and biases)
 void connector_init_uniform(ParamSet *ps, int i, float bound, Rng *rng);
-// the two-layer MLP Linear(Cv,H), GELU, Linear(H,H) (connector_mlp.c) that mlp2x_gelu and ldp
-// share: its tensors prefix + l1 / l2, buffers h1, g, h2, d1, d2, init, and the math over N rows
+// the two-layer MLP Linear(Cin,H), GELU, Linear(H,H) (connector_mlp.c) that mlp2x_gelu, ldp and
+// internvl share: its tensors prefix + l1 / l2, buffers h1, g, h2, d1, d2, init, and the math over
+// N rows of width Cin; the backward gives d(x) (+=) when dx is not NULL
 void connector_mlp2_declare(ParamSet *ps, int in_dim, int out_dim, const char *prefix, const char *l1,
                             const char *l2, ConnectorParams *i);
 void connector_mlp2_setup(Connector *c);
-void connector_mlp2_init(Connector *c, Rng *rng);
-void connector_mlp2_forward(Connector *c, act_t *out, const act_t *x, int N);
-void connector_mlp2_backward(Connector *c, const act_t *dout, const act_t *x, int N);
+void connector_mlp2_init(Connector *c, Rng *rng, int Cin);
+void connector_mlp2_forward(Connector *c, act_t *out, const act_t *x, int N, int Cin);
+void connector_mlp2_backward(Connector *c, act_t *dx, const act_t *dout, const act_t *x, int N, int Cin);
 // an act_t buffer of n elements on c's backend
 act_t *connector_alloc(const Connector *c, size_t n);
 // the pixel-shuffle rows of c (max_images images, c->grid, c->scale) on the backend, and the

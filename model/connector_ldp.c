@@ -16,7 +16,7 @@ static void ldp_setup(Connector *c) {
 }
 
 static void ldp_init(Connector *c, Rng *rng) {
-    connector_mlp2_init(c, rng);
+    connector_mlp2_init(c, rng, c->in_dim);
     connector_init_uniform(c->ps, c->i.cw, 1.0f / 3.0f, rng);  // depthwise 3x3: fan_in = 9
     connector_init_uniform(c->ps, c->i.cb, 1.0f / 3.0f, rng);
 }
@@ -25,7 +25,7 @@ static void ldp_forward(Connector *c, act_t *out, const act_t *feats, int B) {
     const Kernels *k = c->k;
     const ParamSet *ps = c->ps;
     int H = c->out_dim, g2 = c->grid / 2;
-    connector_mlp2_forward(c, c->h2, feats, B * c->n_in);                // (B, n_in, H)
+    connector_mlp2_forward(c, c->h2, feats, B * c->n_in, c->in_dim);     // (B, n_in, H)
     k->avgpool2x2_forward(c->pooled, c->h2, B, c->grid, c->grid, H);     // (B, n_out, H)
     k->dwconv3x3_forward(out, c->pooled, params_act(ps, c->i.cw), params_act(ps, c->i.cb), B, g2, g2, H);
     k->add(out, out, c->pooled, (size_t)B * c->n_out * H);  // positional injection is residual
@@ -41,7 +41,7 @@ static void ldp_backward(Connector *c, const act_t *dout, const act_t *feats, in
     k->dwconv3x3_backward(c->d1, params_grad(ps, c->i.cw), params_grad(ps, c->i.cb), dout, c->pooled,
                           params_act(ps, c->i.cw), B, g2, g2, H);
     k->avgpool2x2_backward(c->d2, c->d1, B, c->grid, c->grid, H);  // (B, n_in, H)
-    connector_mlp2_backward(c, c->d2, feats, B * c->n_in);
+    connector_mlp2_backward(c, NULL, c->d2, feats, B * c->n_in, c->in_dim);
 }
 
 const ConnectorFamily connector_family_ldp = {

@@ -14,6 +14,8 @@
 static const VitFamily *const vit_families[N_VIT_TYPES] = {
     [VIT_CLIP] = &vit_family_clip,
     [VIT_SIGLIP] = &vit_family_siglip,
+    [VIT_INTERNVIT] = &vit_family_internvit,
+    [VIT_INTERNVL_VISION] = &vit_family_internvl_vision,
 };
 
 static const char *const vit_act_names[N_VIT_ACTS] = {
@@ -67,17 +69,23 @@ void vit_config_load(VitConfig *c, const char *dir) {
     const char *mt = json_get_str_opt(o, "model_type", "clip_vision_model", path);
     const VitModelType *d = vit_model_type(mt, path, key, &c->type);
     const char *sq[2] = {"image_size", "patch_size"};
+    int sq_val[2] = {0, 0};  // a [h, w] list (internvl_vision) must be square
     for (int i = 0; i < 2; i++) {
         const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, sq[i]);
-        if (cJSON_IsArray(j)) fatal("%s: %s is a list: only square images and patches (a single number) are supported", path, sq[i]);
+        if (!cJSON_IsArray(j)) continue;
+        const cJSON *h = cJSON_GetArrayItem(j, 0), *w = cJSON_GetArrayItem(j, 1);
+        int64_t hv, wv;
+        if (cJSON_GetArraySize(j) != 2 || !json_is_i64(h, 1, 65536, &hv) || !json_is_i64(w, 1, 65536, &wv) || hv != wv)
+            fatal("%s: %s is a list that is not [n, n]: only square images and patches are supported", path, sq[i]);
+        sq_val[i] = (int)hv;
     }
     // absent keys take the family config class's defaults, as transformers does
     c->hidden = json_get_int_opt(o, "hidden_size", d->hidden, path);
     c->mlp = json_get_int_opt(o, "intermediate_size", d->mlp, path);
     c->layers = json_get_int_opt(o, "num_hidden_layers", d->layers, path);
     c->heads = json_get_int_opt(o, "num_attention_heads", d->heads, path);
-    c->image_size = json_get_int_opt(o, "image_size", d->image_size, path);
-    c->patch = json_get_int_opt(o, "patch_size", d->patch, path);
+    c->image_size = sq_val[0] ? sq_val[0] : json_get_int_opt(o, "image_size", d->image_size, path);
+    c->patch = sq_val[1] ? sq_val[1] : json_get_int_opt(o, "patch_size", d->patch, path);
     double eps = json_get_num_opt(o, "layer_norm_eps", d->eps, path);
     if (!(eps > 0 && eps < 1)) fatal("%s: key \"layer_norm_eps\" must be in (0, 1), got %g", path, eps);
     c->eps = (float)eps;
@@ -88,6 +96,9 @@ void vit_config_load(VitConfig *c, const char *dir) {
     while (a < N_VIT_ACTS && strcmp(act, vit_act_names[a]) != 0) a++;
     if (a == N_VIT_ACTS) fatal("%s: hidden_act \"%s\" is not supported (quick_gelu, gelu or gelu_pytorch_tanh)", path, act);
     c->act = (VitAct)a;
+    c->qkv_bias = 1;
+    const VitFamily *fam = vit_family(c->type);
+    if (fam->config) fam->config(c, o, path);
     if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads)
         fatal("%s: hidden_size %d is not a multiple of num_attention_heads %d", path, c->hidden, c->heads);
     if (c->patch <= 0 || c->image_size <= 0 || c->image_size % c->patch)
@@ -141,6 +152,28 @@ act_t *vit_weight(const Vit *v, const char *fmt, ...) {
     int i = params_find(&v->w, full);
     CHECK(i >= 0, "vision weight %s was not declared", full);
     return params_act(&v->w, i);
+}
+
+void vit_fold_scale(Vit *v, const char *w_name, const char *b_name, const char *s_name) {
+    ParamSet *w = &v->w;
+    int iw = params_find(w, w_name), ib = params_find(w, b_name), is = params_find(w, s_name);
+    CHECK(iw >= 0 && ib >= 0 && is >= 0, "vit_fold_scale: %s, %s or %s not declared", w_name, b_name, s_name);
+    size_t rows = w->p[is].numel, cols = w->p[iw].numel / rows;
+    CHECK(w->p[ib].numel == rows && cols * rows == w->p[iw].numel, "vit_fold_scale: %s shapes", w_name);
+    // zeroed: the dry-run backend downloads nothing
+    float *W = xcalloc(rows * cols, sizeof(float)), *b = xcalloc(rows, sizeof(float)), *s = xcalloc(rows, sizeof(float));
+    params_download(w, iw, W);
+    params_download(w, ib, b);
+    params_download(w, is, s);
+    for (size_t r = 0; r < rows; r++) {  // x + s * (W x + b) = x + (s W) x + s b
+        for (size_t j = 0; j < cols; j++) W[r * cols + j] *= s[r];
+        b[r] *= s[r];
+    }
+    params_upload(w, iw, W);
+    params_upload(w, ib, b);
+    free(W);
+    free(b);
+    free(s);
 }
 
 void vit_load(Vit *v, const Kernels *k, const char *dir, int vision_layer, int max_images) {

@@ -14,7 +14,7 @@
 
 // vision tower families, one per registered VitFamily (vit.c: vit_families); VIT_CLIP is 0 so
 // that a zeroed VitConfig (presets, synth) is CLIP
-typedef enum { VIT_CLIP, VIT_SIGLIP, N_VIT_TYPES } VitType;
+typedef enum { VIT_CLIP, VIT_SIGLIP, VIT_INTERNVIT, VIT_INTERNVL_VISION, N_VIT_TYPES } VitType;
 
 // the MLP activation (config.json hidden_act)
 typedef enum { VIT_ACT_QUICK_GELU, VIT_ACT_GELU, VIT_ACT_GELU_TANH, N_VIT_ACTS } VitAct;
@@ -25,6 +25,7 @@ typedef struct {
     int image_size, patch, grid, n_patches;  // grid = image_size / patch, n_patches = grid^2
     float eps;
     VitAct act;
+    int qkv_bias;  // q, k and v projections have biases (all but some InternViT configs)
 } VitConfig;
 
 // how a family's encoder differs from the shared one; the layer math is the same
@@ -56,6 +57,8 @@ typedef struct {
     VitFlags flags;
     const VitModelType *model_types;  // ends with a NULL model_type
     const char *anchor;  // a tensor every checkpoint of the family has: finds the name prefix
+    // optional: reads the family's own config keys into c, fatal() on what svlm does not run
+    void (*config)(VitConfig *c, const cJSON *o, const char *path);
     // declares the weights of the embeddings, the first n_layers layers and (flags.post_norm) the
     // final norm under the checkpoint's names (without prefix), HF shapes
     void (*declare)(ParamSet *w, const VitConfig *c, int n_layers);
@@ -82,7 +85,7 @@ struct Vit {
 };
 
 // the registered families (vit_clip.c, vit_siglip.c, ...)
-extern const VitFamily vit_family_clip, vit_family_siglip;
+extern const VitFamily vit_family_clip, vit_family_siglip, vit_family_internvit, vit_family_internvl_vision;
 const VitFamily *vit_family(VitType t);
 
 // reads dir/config.json (a vision model, or the vision_config of a full model); an unknown
@@ -118,6 +121,9 @@ act_t *vit_weight(const Vit *v, const char *fmt, ...) __attribute__((format(prin
 // mlp.fc1, mlp.fc2), which SigLIP and Idefics3 share: declared for n_layers, bound for n_run
 void vit_declare_clip_layers(ParamSet *w, const VitConfig *c, int n_layers);
 void vit_bind_clip_layers(Vit *v);
+// v's frozen weight tensor w_name (rows, cols) and bias b_name (rows) multiplied row by row by the
+// vector s_name (rows): a layer scale folded into the projection before it
+void vit_fold_scale(Vit *v, const char *w_name, const char *b_name, const char *s_name);
 // an image size in a preprocessor_config.json: a number, {"height": h, "width": w} (square
 // only) or {"shortest_edge": s}; fatal() naming path and key otherwise
 int vit_json_size(const cJSON *j, const char *key, const char *path);

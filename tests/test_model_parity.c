@@ -113,6 +113,7 @@ static void test_vision_features(void **state) {
 // logits, loss and connector output to tol, and every gradient to 1e-3, of one fixture on the
 // model m (freed)
 static void check_vlm_model(Vlm *m, VlmFixture *fx, const char *fixture, double tol);
+static void gradcheck_model(Vlm *m, VlmFixture *fx, float dropout, const char *what);
 
 static void check_vlm(const char *fixture, const char *llm, ConnectorType ct, const char *conn_file, const char *lora_dir) {
     VlmFixture fx;
@@ -142,6 +143,72 @@ static void check_idefics3(const char *fixture, const char *lora_dir) {
     assert_int_equal(m.n_img_tokens, 81);
     assert_int_equal(m.vit.post_norm, 1);
     check_vlm_model(&m, &fx, fixture, 1e-5);
+}
+
+// the InternVL fixtures' VLM: an InternViT tower (vision_layer -1, CLS dropped) + pixel shuffle
+// 0.5 + mlp1 into qwen2; remote-code names (internvit, internvl) or native ones
+static VlmSpec internvl_spec(const VlmFixture *fx, const char *tower, ConnectorType ct, const char *lora_dir) {
+    VlmSpec spec = fixture_vlm_spec("qwen2", ct, lora_dir, fx->B, fx->T, fx->n_img, 0.0f);
+    static char vdir[1024];
+    snprintf(vdir, sizeof vdir, "%s", fixture_path(tower));
+    spec.vision_dir = vdir;
+    spec.vision_layer = -1;
+    return spec;
+}
+
+static void check_internvl(const char *fixture, const char *lora_dir) {
+    VlmFixture fx;
+    vlm_fixture_open(&fx, fixture);
+    VlmSpec spec = internvl_spec(&fx, "internvit", CONNECTOR_INTERNVL, lora_dir);
+    Vlm m;
+    fixture_model_load(&m, kernels_cpu(), &spec, "internvl_qwen2.safetensors", lora_dir);
+    assert_int_equal(m.n_img_tokens, 25);
+    check_vlm_model(&m, &fx, fixture, 1e-5);
+}
+
+static void test_qwen2_internvl_lora(void **state) { check_internvl("vlm_qwen2_internvl.safetensors", "qwen2_lora"); }
+static void test_qwen2_internvl_stage1(void **state) { check_internvl("vlm_qwen2_internvl_stage1.safetensors", NULL); }
+
+// transformers' native naming of the same weights: the tower (internvl_vision) and the
+// connector (internvl_hf) give the same features, connector output and logits
+static void test_internvl_native_names(void **state) {
+    check_tower("internvit", "vlm_qwen2_internvl.safetensors", "vision_features", -1, 0, 3, 1e-5);
+    check_tower("internvl_vision", "vlm_qwen2_internvl.safetensors", "vision_features", -1, 0, 3, 1e-5);
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_qwen2_internvl.safetensors");
+    float *out[2], *logits[2];
+    size_t n_out = 0, n_lg = (size_t)fx.B * fx.T * fx.V;
+    for (int naming = 0; naming < 2; naming++) {
+        VlmSpec spec = internvl_spec(&fx, naming ? "internvl_vision" : "internvit",
+                                     naming ? CONNECTOR_INTERNVL_HF : CONNECTOR_INTERNVL, "qwen2_lora");
+        Vlm m;
+        fixture_model_load(&m, kernels_cpu(), &spec, naming ? "internvl_hf_qwen2.safetensors" : "internvl_qwen2.safetensors",
+                           "qwen2_lora");
+        logits[naming] = xmalloc(n_lg * sizeof(float));
+        vlm_logits(&m, &fx.batch, logits[naming]);
+        n_out = (size_t)fx.n_img * m.n_img_tokens * m.llm.cfg.hidden;
+        out[naming] = xmalloc(n_out * sizeof(float));
+        m.k->download_act(out[naming], m.img_emb, n_out);
+        vlm_free(&m);
+    }
+    float *want = fixture_f32(&fx.f, "logits", NULL);
+    expect_close("internvl_hf + internvl_vision logits", logits[1], want, n_lg, 1e-5);
+    // the same numbers in either naming: the layout is all that differs
+    assert_memory_equal(out[0], out[1], n_out * sizeof(float));
+    assert_memory_equal(logits[0], logits[1], n_lg * sizeof(float));
+    for (int i = 0; i < 2; i++) free(out[i]), free(logits[i]);
+    free(want);
+    vlm_fixture_close(&fx);
+}
+
+// finite differences through mlp1's LayerNorm, Linears and LoRA
+static void test_internvl_gradcheck(void **state) {
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_qwen2_internvl.safetensors");
+    VlmSpec spec = internvl_spec(&fx, "internvit", CONNECTOR_INTERNVL, "qwen2_lora");
+    Vlm m;
+    fixture_model_load(&m, kernels_cpu(), &spec, "internvl_qwen2.safetensors", "qwen2_lora");
+    gradcheck_model(&m, &fx, 0.0f, "finite differences, internvl + qwen2");
 }
 
 static void test_llama_idefics3_lora(void **state) { check_idefics3("vlm_llama_idefics3.safetensors", "llama_lora"); }
@@ -262,7 +329,6 @@ static void test_sharded_and_half_weights(void **state) {
 // from h = 1e-2 (2e-4 without dropout, 9e-3 with LoRA dropout 0.3, whose 1/(1-p) scaling raises
 // the curvature) to h = 2.5e-3 (1e-4 and 5e-4), where fp32 rounding (~1e-7 / h of an O(1) loss)
 // still stays below; 5e-3 leaves a tenfold margin.
-static void gradcheck_model(Vlm *m, VlmFixture *fx, float dropout, const char *what);
 
 static void gradcheck(float dropout) {
     VlmFixture fx;
@@ -346,6 +412,10 @@ int main(void) {
         cmocka_unit_test(test_llama_idefics3_lora),
         cmocka_unit_test(test_llama_idefics3_stage1),
         cmocka_unit_test(test_idefics3_gradcheck),
+        cmocka_unit_test(test_qwen2_internvl_lora),
+        cmocka_unit_test(test_qwen2_internvl_stage1),
+        cmocka_unit_test(test_internvl_native_names),
+        cmocka_unit_test(test_internvl_gradcheck),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -85,8 +85,27 @@ static void test_connector_declaration(void **state) {
         assert_int_equal(params_group_numel(&ps, PARAM_GROUP_CONNECTOR), (size_t)s * s * in * out);
         params_free(&ps);
     }
-    for (int t = 0; t < N_CONNECTOR_TYPES; t++) {
-        if (t == CONNECTOR_IDEFICS3) continue;
+    // InternVL: LayerNorm(4Cv), Linear(4Cv, H), Linear(H, H) as mlp1.{0,1,3} or the native names
+    for (int t = CONNECTOR_INTERNVL; t <= CONNECTOR_INTERNVL_HF; t++) {
+        ParamSet ps;
+        params_init(&ps, kernels_cpu(), 1);
+        ConnectorParams ix;
+        connector_declare_params(&ps, (ConnectorType)t, 0, in, out, &ix);
+        int hf = t == CONNECTOR_INTERNVL_HF;
+        assert_int_equal(ps.n, 6);
+        assert_string_equal(ps.p[ix.lnw].name, hf ? "model.multi_modal_projector.layer_norm.weight" : "mlp1.0.weight");
+        assert_string_equal(ps.p[ix.w1].name, hf ? "model.multi_modal_projector.linear_1.weight" : "mlp1.1.weight");
+        assert_string_equal(ps.p[ix.b2].name, hf ? "model.multi_modal_projector.linear_2.bias" : "mlp1.3.bias");
+        assert_int_equal(ps.p[ix.lnb].shape[0], 4 * in);
+        assert_int_equal(ps.p[ix.w1].shape[1], 4 * in);
+        assert_int_equal(ps.p[ix.w1].shape[0], out);
+        assert_int_equal(ps.p[ix.w2].shape[1], out);
+        assert_int_equal(ix.cw, -1);
+        size_t want = 8 * (size_t)in + (size_t)out * 4 * in + out + (size_t)out * out + out;
+        assert_int_equal(params_group_numel(&ps, PARAM_GROUP_CONNECTOR), want);
+        params_free(&ps);
+    }
+    for (int t = 0; t <= CONNECTOR_MLP2X_GELU; t++) {
         ParamSet ps;
         params_init(&ps, kernels_cpu(), 1);
         ConnectorParams ix;
@@ -157,7 +176,7 @@ static void test_vlm_trainable_groups(void **state) {
             n_conn += !lora;
             n_lora += lora;
         }
-        assert_int_equal(n_conn, t == CONNECTOR_LDP ? 6 : 4);
+        assert_int_equal(n_conn, t == CONNECTOR_MLP2X_GELU ? 4 : 6);  // ldp and internvl: 6
         assert_true(n_lora > 0);
         assert_int_equal(m.n_img_tokens, connector_tokens((ConnectorType)t, 0, m.vit.cfg.grid));
         vlm_free(&m);
@@ -188,9 +207,19 @@ static void test_vision_unknown_type_refused(void **state) {
     write_config(dir, "{\"model_type\": \"siglip2_vision_model\", \"hidden_size\": 32, \"num_patches\": 16, \"patch_size\": 8}\n");
     expect_fatal(load_config, dir, "siglip2/config.json", "model_type", "\"siglip2_vision_model\"", "clip_vision_model",
                  "siglip_vision_model", "idefics3_vision");
-    snprintf(dir, sizeof dir, "%s/internvl", tmp);
+    snprintf(dir, sizeof dir, "%s/pixtral", tmp);
+    write_config(dir, "{\"model_type\": \"llava\", \"vision_config\": {\"model_type\": \"pixtral\"}}\n");
+    expect_fatal(load_config, dir, "pixtral/config.json", "vision_config.model_type", "\"pixtral\"");
+    // InternViT-6B (RMSNorm, qk-normalisation: InternVisionConfig's defaults) is refused by its keys
+    snprintf(dir, sizeof dir, "%s/internvit6b", tmp);
     write_config(dir, "{\"model_type\": \"internvl_chat\", \"vision_config\": {\"model_type\": \"intern_vit_6b\"}}\n");
-    expect_fatal(load_config, dir, "internvl/config.json", "vision_config.model_type", "\"intern_vit_6b\"");
+    expect_fatal(load_config, dir, "internvit6b/config.json", "norm_type", "\"rms_norm\"");
+    snprintf(dir, sizeof dir, "%s/internvit_qkn", tmp);
+    write_config(dir, "{\"model_type\": \"intern_vit_6b\", \"norm_type\": \"layer_norm\", \"qk_normalization\": true}\n");
+    expect_fatal(load_config, dir, "internvit_qkn/config.json", "qk_normalization");
+    snprintf(dir, sizeof dir, "%s/internvl_rect", tmp);
+    write_config(dir, "{\"model_type\": \"internvl_vision\", \"image_size\": [448, 224]}\n");
+    expect_fatal(load_config, dir, "internvl_rect/config.json", "image_size", "[n, n]");
 }
 
 // the CLIP fixture (24 px, patch 4, 3 layers, width 40): its facts, and its weights bound by name
