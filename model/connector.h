@@ -52,6 +52,9 @@ typedef struct {
     void (*forward)(Connector *c, act_t *out, const act_t *feats, int B);
     // dout (B, n_out, H) -> weight gradients (+=) in ps->grad (the tower is frozen: no d(feats))
     void (*backward)(Connector *c, const act_t *dout, const act_t *feats, int B);
+    // matmul / conv FLOPs of one image's forward (2*M*N*K), and of its first layer alone (the
+    // backward has weight gradients for all and input gradients for all but the first)
+    void (*flops)(const Connector *c, double *forward, double *first);
 } ConnectorFamily;
 
 struct Connector {
@@ -122,6 +125,7 @@ void connector_mlp2_setup(Connector *c);
 void connector_mlp2_init(Connector *c, Rng *rng, int Cin);
 void connector_mlp2_forward(Connector *c, act_t *out, const act_t *x, int N, int Cin);
 void connector_mlp2_backward(Connector *c, act_t *dx, const act_t *dout, const act_t *x, int N, int Cin);
+void connector_mlp2_flops(const Connector *c, int rows, int Cin, double *forward, double *first);
 // an act_t buffer of n elements on c's backend
 act_t *connector_alloc(const Connector *c, size_t n);
 // the pixel-shuffle rows of c (max_images images, c->grid, c->scale) on the backend, and the

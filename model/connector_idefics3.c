@@ -31,6 +31,10 @@ static void idefics3_backward(Connector *c, const act_t *dout, const act_t *feat
                           B * c->n_out, Cs, c->out_dim, 1.0f);
 }
 
+static void idefics3_flops(const Connector *c, double *forward, double *first) {
+    *first = *forward = 2.0 * c->n_out * c->scale * c->scale * c->in_dim * c->out_dim;
+}
+
 const ConnectorFamily connector_family_idefics3 = {
     .name = "idefics3",
     .scale = 2,  // Idefics3Config's scale_factor default; SmolVLM uses 3 or 4
@@ -41,4 +45,5 @@ const ConnectorFamily connector_family_idefics3 = {
     .init = idefics3_init,
     .forward = idefics3_forward,
     .backward = idefics3_backward,
+    .flops = idefics3_flops,
 };

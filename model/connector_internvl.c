@@ -71,6 +71,10 @@ static void internvl_backward(Connector *c, const act_t *dout, const act_t *feat
                           params_act(ps, c->i.lnw), c->ln_mean, c->ln_rstd, N, Cs);
 }
 
+static void internvl_flops(const Connector *c, double *forward, double *first) {
+    connector_mlp2_flops(c, c->n_out, shuffled_width(c), forward, first);
+}
+
 const ConnectorFamily connector_family_internvl = {
     .name = "internvl",
     .scale = 2,  // downsample_ratio 0.5
@@ -80,6 +84,7 @@ const ConnectorFamily connector_family_internvl = {
     .init = internvl_init,
     .forward = internvl_forward,
     .backward = internvl_backward,
+    .flops = internvl_flops,
 };
 
 const ConnectorFamily connector_family_internvl_hf = {
@@ -91,4 +96,5 @@ const ConnectorFamily connector_family_internvl_hf = {
     .init = internvl_init,
     .forward = internvl_forward,
     .backward = internvl_backward,
+    .flops = internvl_flops,
 };

@@ -44,6 +44,11 @@ static void ldp_backward(Connector *c, const act_t *dout, const act_t *feats, in
     connector_mlp2_backward(c, NULL, c->d2, feats, B * c->n_in, c->in_dim);
 }
 
+static void ldp_flops(const Connector *c, double *forward, double *first) {
+    connector_mlp2_flops(c, c->n_in, c->in_dim, forward, first);
+    *forward += 2.0 * c->n_out * 9 * c->out_dim;  // the depthwise 3x3
+}
+
 const ConnectorFamily connector_family_ldp = {
     .name = "ldp",
     .scale = 2,
@@ -52,4 +57,5 @@ const ConnectorFamily connector_family_ldp = {
     .init = ldp_init,
     .forward = ldp_forward,
     .backward = ldp_backward,
+    .flops = ldp_flops,
 };

@@ -55,6 +55,16 @@ void connector_mlp2_backward(Connector *c, act_t *dx, const act_t *dout, const a
                        params_act(ps, c->i.w1), N, Cin, H, 1.0f);
 }
 
+void connector_mlp2_flops(const Connector *c, int rows, int Cin, double *forward, double *first) {
+    double H = c->out_dim;
+    *first = 2.0 * rows * Cin * H;
+    *forward = *first + 2.0 * rows * H * H;
+}
+
+static void mlp2x_flops(const Connector *c, double *forward, double *first) {
+    connector_mlp2_flops(c, c->n_in, c->in_dim, forward, first);
+}
+
 static void mlp2x_declare(ParamSet *ps, int in_dim, int out_dim, int scale, ConnectorParams *i) {
     connector_mlp2_declare(ps, in_dim, out_dim, "model.mm_projector.", "0", "2", i);
 }
@@ -77,4 +87,5 @@ const ConnectorFamily connector_family_mlp2x_gelu = {
     .init = mlp2x_init,
     .forward = mlp2x_forward,
     .backward = mlp2x_backward,
+    .flops = mlp2x_flops,
 };

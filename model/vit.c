@@ -26,6 +26,27 @@ const VitFamily *vit_family(VitType t) {
     return vit_families[t];
 }
 
+VitType vit_family_parse(const char *name) {
+    char known[256] = "";
+    for (int t = 0; t < N_VIT_TYPES; t++) {
+        if (strcmp(name, vit_families[t]->name) == 0) return (VitType)t;
+        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", t ? ", " : "", vit_families[t]->name);
+    }
+    fatal("vision tower family \"%s\" is not known (%s)", name, known);
+}
+
+VitAct vit_family_act(VitType t) {
+    const char *a = vit_family(t)->model_types[0].act;
+    for (int i = 0; i < N_VIT_ACTS; i++)
+        if (strcmp(a, vit_act_names[i]) == 0) return (VitAct)i;
+    CHECK(0, "family %s: activation %s", vit_family(t)->name, a);
+}
+
+const char *vit_act_name(VitAct act) {
+    CHECK(act >= 0 && act < N_VIT_ACTS, "activation %d", (int)act);
+    return vit_act_names[act];
+}
+
 // the family and defaults of a config.json model_type; fatal() listing the known ones
 static const VitModelType *vit_model_type(const char *mt, const char *path, const char *key, VitType *type) {
     char known[512] = "";

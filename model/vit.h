@@ -67,6 +67,13 @@ typedef struct {
     // the input settings from dir/preprocessor_config.json (see vit_preprocess_config)
     void (*preprocess)(const char *dir, const char *path, int model_image_size, int *size, float mean[3],
                        float std[3]);
+    // for random models (model/hf_random.c): the family's config.json keys beyond the shapes
+    // (architectures, model_type, hidden_act, flags), a final norm its checkpoints hold that
+    // svlm does not run (NULL: none), and its preprocessor_config.json for size x size inputs
+    // (NULL hf_preprocessor: the family's checkpoints have none)
+    void (*hf_config)(cJSON *j, const VitConfig *c);
+    const char *unused_final_norm;
+    void (*hf_preprocessor)(cJSON *j, int size);
 } VitFamily;
 
 struct Vit {
@@ -87,6 +94,12 @@ struct Vit {
 // the registered families (vit_clip.c, vit_siglip.c, ...)
 extern const VitFamily vit_family_clip, vit_family_siglip, vit_family_internvit, vit_family_internvl_vision;
 const VitFamily *vit_family(VitType t);
+// the family called name ("clip", "siglip", ...); fatal() listing the names otherwise
+VitType vit_family_parse(const char *name);
+// the activation the family's config class defaults to
+VitAct vit_family_act(VitType t);
+// the activation's config.json name (hidden_act)
+const char *vit_act_name(VitAct act);
 
 // reads dir/config.json (a vision model, or the vision_config of a full model); an unknown
 // model_type is fatal() in one line naming the file and the key

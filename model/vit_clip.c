@@ -115,6 +115,27 @@ static void clip_preprocess(const char *dir, const char *path, int model_image_s
     cJSON_Delete(root);
 }
 
+static void clip_hf_config(cJSON *j, const VitConfig *c) {
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "architectures"), cJSON_CreateString("CLIPVisionModel"));
+    cJSON_AddStringToObject(j, "model_type", "clip_vision_model");
+    cJSON_AddStringToObject(j, "hidden_act", vit_act_name(c->act));
+    cJSON_AddNumberToObject(j, "projection_dim", c->hidden);
+}
+
+static void clip_hf_preprocessor(cJSON *j, int size) {
+    cJSON *crop = cJSON_AddObjectToObject(j, "crop_size");
+    cJSON_AddNumberToObject(crop, "height", size);
+    cJSON_AddNumberToObject(crop, "width", size);
+    const char *flags[5] = {"do_center_crop", "do_convert_rgb", "do_normalize", "do_rescale", "do_resize"};
+    for (int i = 0; i < 5; i++) cJSON_AddBoolToObject(j, flags[i], 1);
+    cJSON_AddItemToObject(j, "image_mean", cJSON_CreateFloatArray(CLIP_MEAN, 3));
+    cJSON_AddStringToObject(j, "image_processor_type", "CLIPImageProcessor");
+    cJSON_AddItemToObject(j, "image_std", cJSON_CreateFloatArray(CLIP_STD, 3));
+    cJSON_AddNumberToObject(j, "resample", 3);
+    cJSON_AddNumberToObject(j, "rescale_factor", 1.0 / 255.0);
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(j, "size"), "shortest_edge", size);
+}
+
 const VitFamily vit_family_clip = {
     .name = "clip",
     .title = "CLIP",
@@ -124,4 +145,7 @@ const VitFamily vit_family_clip = {
     .declare = clip_declare,
     .bind = clip_bind,
     .preprocess = clip_preprocess,
+    .hf_config = clip_hf_config,
+    .unused_final_norm = "post_layernorm",
+    .hf_preprocessor = clip_hf_preprocessor,
 };

@@ -214,6 +214,25 @@ static void internvit_preprocess(const char *dir, const char *path, int model_im
     cJSON_Delete(root);
 }
 
+// InternViT-300M's own config.json keys (remote code), LayerNorm and no qk-normalisation
+static void internvit_hf_config(cJSON *j, const VitConfig *c) {
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "architectures"), cJSON_CreateString("InternVisionModel"));
+    cJSON_AddStringToObject(j, "model_type", "intern_vit_6b");
+    cJSON_AddStringToObject(j, "hidden_act", vit_act_name(c->act));
+    cJSON_AddStringToObject(j, "norm_type", "layer_norm");
+    cJSON_AddBoolToObject(j, "qkv_bias", c->qkv_bias);
+    cJSON_AddBoolToObject(j, "qk_normalization", 0);
+}
+
+static void internvl_vision_hf_config(cJSON *j, const VitConfig *c) {
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "architectures"), cJSON_CreateString("InternVLVisionModel"));
+    cJSON_AddStringToObject(j, "model_type", "internvl_vision");
+    cJSON_AddStringToObject(j, "hidden_act", vit_act_name(c->act));
+    cJSON_AddStringToObject(j, "norm_type", "layer_norm");
+    cJSON_AddBoolToObject(j, "attention_bias", c->qkv_bias);
+    cJSON_AddBoolToObject(j, "use_mean_pooling", 1);
+}
+
 const VitFamily vit_family_internvit = {
     .name = "internvit",
     .title = "InternViT (InternVL remote code)",
@@ -224,6 +243,7 @@ const VitFamily vit_family_internvit = {
     .declare = internvit_declare,
     .bind = internvit_bind,
     .preprocess = internvit_preprocess,
+    .hf_config = internvit_hf_config,
 };
 
 const VitFamily vit_family_internvl_vision = {
@@ -236,4 +256,5 @@ const VitFamily vit_family_internvl_vision = {
     .declare = internvl_vision_declare,
     .bind = internvl_vision_bind,
     .preprocess = internvit_preprocess,
+    .hf_config = internvl_vision_hf_config,
 };

@@ -74,6 +74,26 @@ static void siglip_preprocess(const char *dir, const char *path, int model_image
     cJSON_Delete(root);
 }
 
+static void siglip_hf_config(cJSON *j, const VitConfig *c) {
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "architectures"), cJSON_CreateString("SiglipVisionModel"));
+    cJSON_AddStringToObject(j, "model_type", "siglip_vision_model");
+    cJSON_AddStringToObject(j, "hidden_act", vit_act_name(c->act));
+}
+
+static void siglip_hf_preprocessor(cJSON *j, int size) {
+    const char *flags[4] = {"do_convert_rgb", "do_normalize", "do_rescale", "do_resize"};
+    for (int i = 0; i < 4; i++) cJSON_AddBoolToObject(j, flags[i], 1);
+    const float half[3] = {0.5f, 0.5f, 0.5f};
+    cJSON_AddItemToObject(j, "image_mean", cJSON_CreateFloatArray(half, 3));
+    cJSON_AddStringToObject(j, "image_processor_type", "SiglipImageProcessor");
+    cJSON_AddItemToObject(j, "image_std", cJSON_CreateFloatArray(half, 3));
+    cJSON_AddNumberToObject(j, "resample", 3);
+    cJSON_AddNumberToObject(j, "rescale_factor", 1.0 / 255.0);
+    cJSON *s = cJSON_AddObjectToObject(j, "size");
+    cJSON_AddNumberToObject(s, "height", size);
+    cJSON_AddNumberToObject(s, "width", size);
+}
+
 const VitFamily vit_family_siglip = {
     .name = "siglip",
     .title = "SigLIP",
@@ -83,4 +103,6 @@ const VitFamily vit_family_siglip = {
     .declare = siglip_declare,
     .bind = siglip_bind,
     .preprocess = siglip_preprocess,
+    .hf_config = siglip_hf_config,
+    .hf_preprocessor = siglip_hf_preprocessor,
 };
