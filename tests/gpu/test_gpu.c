@@ -1049,9 +1049,22 @@ static const Kernels *bf16_sim(void) {
 
 // ---------------------------------------------------------------- part 2: the whole model
 
+// the tower of the model tests: NULL is the clip fixture; else this fixture directory read at
+// vision_layer with the connector's pixel-shuffle scale (the SigLIP / InternViT families)
+static const char *g_tower;
+static int g_tower_layer, g_scale;
+
 static void model_open(Vlm *m, const Kernels *k, const VlmFixture *fx, const char *llm, ConnectorType ct,
                        const char *conn_file, const char *lora_dir) {
-    fixture_model_open(m, k, llm, ct, conn_file, lora_dir, fx->B, fx->T, fx->n_img, 0.0f);
+    VlmSpec spec = fixture_vlm_spec(llm, ct, lora_dir, fx->B, fx->T, fx->n_img, 0.0f);
+    char vdir[1024];
+    if (g_tower) {
+        snprintf(vdir, sizeof vdir, "%s", fixture_path(g_tower));
+        spec.vision_dir = vdir;
+        spec.vision_layer = g_tower_layer;
+        spec.connector_scale = g_scale;
+    }
+    fixture_model_load(m, k, &spec, conn_file, lora_dir);
 }
 
 // first estimates, to be confirmed on a GPU; a check passes when the CUDA error is within this or
@@ -1181,6 +1194,20 @@ static void test_model_qwen2_ldp_stage1(void **state) {
 static void test_model_llama_mlp2x_rslora(void **state) {
     (void)state;
     check_vlm("vlm_llama_mlp2x.safetensors", "llama", CONNECTOR_MLP2X_GELU, "mlp2x_llama.safetensors", "llama_lora");
+}
+// SigLIP-style tower (Idefics3 vision, gelu_tanh, post-norm) + Idefics3 pixel shuffle 3 + llama
+static void test_model_llama_idefics3_lora(void **state) {
+    (void)state;
+    g_tower = "idefics3_vision", g_tower_layer = -1, g_scale = 3;
+    check_vlm("vlm_llama_idefics3.safetensors", "llama", CONNECTOR_IDEFICS3, "idefics3_llama.safetensors", "llama_lora");
+    g_tower = NULL;
+}
+// InternViT (fused qkv, folded layer scale) + InternVL mlp1 + qwen2
+static void test_model_qwen2_internvl_lora(void **state) {
+    (void)state;
+    g_tower = "internvit", g_tower_layer = -1, g_scale = 0;
+    check_vlm("vlm_qwen2_internvl.safetensors", "qwen2", CONNECTOR_INTERNVL, "internvl_qwen2.safetensors", "qwen2_lora");
+    g_tower = NULL;
 }
 
 // ---------------------------------------------------------------- batched generation
@@ -1460,6 +1487,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_model_qwen2_ldp_lora),
         cmocka_unit_test(test_model_qwen2_ldp_stage1),
         cmocka_unit_test(test_model_llama_mlp2x_rslora),
+        cmocka_unit_test(test_model_llama_idefics3_lora),
+        cmocka_unit_test(test_model_qwen2_internvl_lora),
         cmocka_unit_test(test_memory_plan),
         cmocka_unit_test(test_gen_batch_qwen2_ldp_lora),
         cmocka_unit_test(test_gen_batch_llama_mlp2x_rslora),
