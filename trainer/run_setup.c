@@ -73,6 +73,7 @@ static char *model_signature(const TrainConfig *c, const Vlm *m) {
     if (c->pixel_shuffle) cJSON_AddNumberToObject(j, "pixel_shuffle", c->pixel_shuffle);
     cJSON *v = cJSON_AddObjectToObject(j, "vision");
     const VitConfig *vc = &m->vit.cfg;
+    if (vc->type != VIT_CLIP) cJSON_AddStringToObject(v, "type", vit_type_name(vc));  // CLIP runs' signature as before
     cJSON_AddNumberToObject(v, "hidden", vc->hidden);
     cJSON_AddNumberToObject(v, "layers_run", m->vit.n_run);
     cJSON_AddNumberToObject(v, "image_size", vc->image_size);
