@@ -1,7 +1,8 @@
 // vit.h: the vision tower, frozen and forward only. One transformer encoder (vit.c) serves every
 // family; a family (model/vit_<family>.c) is a VitFamily: its facts (class token, patch bias,
-// pre-norm, post-norm, layer scale, fused qkv), its config.json model_types and defaults, its
-// tensors under its checkpoint's names and their binding to the shared layer, and its
+// pre-norm, final norm; the activation and q/k/v biases come from its config), its config.json
+// model_types and defaults, its tensors under its checkpoint's names and their binding to the
+// shared layer (a fused qkv split, layer scales folded into the projections at load), and its
 // preprocessing settings. The output is the hidden state after `vision_layer` (HF
 // hidden_states index, default -2), class token dropped; with post-norm on (vit_set_post_norm,
 // Idefics3) the last layer's output through the family's final LayerNorm, as last_hidden_state.
@@ -25,7 +26,7 @@ typedef struct {
     int image_size, patch, grid, n_patches;  // grid = image_size / patch, n_patches = grid^2
     float eps;
     VitAct act;
-    int qkv_bias;  // q, k and v projections have biases (all but some InternViT configs)
+    int qkv_bias;  // q, k and v projections have biases (InternViT configs may say not)
 } VitConfig;
 
 // how a family's encoder differs from the shared one; the layer math is the same

@@ -49,146 +49,114 @@ static void internvl_vision_config(VitConfig *c, const cJSON *o, const char *pat
     c->qkv_bias = json_get_bool_opt(o, "attention_bias", 0, path);
 }
 
-// the embeddings of both namings: CLS (1, 1, C), conv (C, 3, P, P) + bias, positions (1, 1 + NP, C)
-static void declare_embeddings(ParamSet *w, const VitConfig *c, const char *cls, const char *patch, const char *pos) {
-    int C = c->hidden, P = c->patch;
-    params_add(w, 3, (int64_t[]){1, 1, C}, "%s", cls);
-    params_add(w, 4, (int64_t[]){C, 3, P, P}, "%s.weight", patch);
-    params_add(w, 1, (int64_t[]){C}, "%s.bias", patch);
-    params_add(w, 3, (int64_t[]){1, vit_seq_len(c), C}, "%s", pos);
+// the two namings of one InternViT: embeddings, the layer prefix, and each layer tensor's name
+typedef struct {
+    const char *cls, *patch, *pos;  // CLS (1, 1, C), conv (C, 3, P, P) + bias, positions (1, 1 + NP, C)
+    const char *layer;              // printf format of a layer's prefix
+    const char *qkv;                // the fused (3C, C) q/k/v projection, or NULL: q, k, v apart
+    const char *q, *k, *v, *o, *ls1, *ln1, *ln2, *ls2;
+} InternVitNames;
+
+static const InternVitNames REMOTE_NAMES = {
+    "embeddings.class_embedding", "embeddings.patch_embedding", "embeddings.position_embedding",
+    "encoder.layers.%d.", "attn.qkv", NULL, NULL, NULL, "attn.proj", "ls1", "norm1", "norm2", "ls2"};
+static const InternVitNames NATIVE_NAMES = {
+    "embeddings.cls_token", "embeddings.patch_embeddings.projection", "embeddings.position_embeddings",
+    "encoder.layer.%d.", NULL, "attention.q_proj", "attention.k_proj", "attention.v_proj",
+    "attention.projection_layer", "lambda_1", "layernorm_before", "layernorm_after", "lambda_2"};
+
+// a linear's weight (rows, cols) and bias (rows, when bias) under prefix + name
+static void add_linear(ParamSet *w, const char *pre, const char *name, int64_t rows, int64_t cols, int bias) {
+    params_add(w, 2, (int64_t[]){rows, cols}, "%s%s.weight", pre, name);
+    if (bias) params_add(w, 1, (int64_t[]){rows}, "%s%s.bias", pre, name);
 }
 
-static void bind_embeddings(Vit *v, const char *cls, const char *patch, const char *pos) {
-    v->cls = vit_weight(v, "%s", cls);
-    v->patch_w = vit_weight(v, "%s.weight", patch);
-    v->patch_b = vit_weight(v, "%s.bias", patch);
-    v->pos = vit_weight(v, "%s", pos);
+static void add_vector(ParamSet *w, const char *pre, const char *name, const char *suffix, int64_t n) {
+    params_add(w, 1, (int64_t[]){n}, "%s%s%s", pre, name, suffix);
 }
 
-// ---- remote code: vision_model.embeddings.*, encoder.layers.<l>.{norm1, attn.qkv, attn.proj, ls1, ...}
-
-static void internvit_declare(ParamSet *w, const VitConfig *c, int n_layers) {
-    int C = c->hidden, I = c->mlp;
-    declare_embeddings(w, c, "embeddings.class_embedding", "embeddings.patch_embedding", "embeddings.position_embedding");
+static void declare_named(ParamSet *w, const VitConfig *c, int n_layers, const InternVitNames *n) {
+    int C = c->hidden, P = c->patch, I = c->mlp;
+    params_add(w, 3, (int64_t[]){1, 1, C}, "%s", n->cls);
+    params_add(w, 4, (int64_t[]){C, 3, P, P}, "%s.weight", n->patch);
+    params_add(w, 1, (int64_t[]){C}, "%s.bias", n->patch);
+    params_add(w, 3, (int64_t[]){1, vit_seq_len(c), C}, "%s", n->pos);
     for (int l = 0; l < n_layers; l++) {
-#define L(nd, d0, d1, name) params_add(w, nd, (int64_t[]){d0, d1}, "encoder.layers.%d." name, l)
-        L(1, C, 0, "norm1.weight");
-        L(1, C, 0, "norm1.bias");
-        L(2, 3 * C, C, "attn.qkv.weight");
-        if (c->qkv_bias) L(1, 3 * C, 0, "attn.qkv.bias");
-        L(2, C, C, "attn.proj.weight");
-        L(1, C, 0, "attn.proj.bias");
-        L(1, C, 0, "ls1");
-        L(1, C, 0, "norm2.weight");
-        L(1, C, 0, "norm2.bias");
-        L(2, I, C, "mlp.fc1.weight");
-        L(1, I, 0, "mlp.fc1.bias");
-        L(2, C, I, "mlp.fc2.weight");
-        L(1, C, 0, "mlp.fc2.bias");
-        L(1, C, 0, "ls2");
-#undef L
+        char pre[64];
+        snprintf(pre, sizeof pre, n->layer, l);
+        add_vector(w, pre, n->ln1, ".weight", C);
+        add_vector(w, pre, n->ln1, ".bias", C);
+        if (n->qkv) {
+            add_linear(w, pre, n->qkv, 3 * C, C, c->qkv_bias);
+        } else {
+            add_linear(w, pre, n->q, C, C, c->qkv_bias);
+            add_linear(w, pre, n->k, C, C, c->qkv_bias);
+            add_linear(w, pre, n->v, C, C, c->qkv_bias);
+        }
+        add_linear(w, pre, n->o, C, C, 1);
+        add_vector(w, pre, n->ls1, "", C);
+        add_vector(w, pre, n->ln2, ".weight", C);
+        add_vector(w, pre, n->ln2, ".bias", C);
+        add_linear(w, pre, "mlp.fc1", I, C, 1);
+        add_linear(w, pre, "mlp.fc2", C, I, 1);
+        add_vector(w, pre, n->ls2, "", C);
     }
 }
 
-static void internvit_bind(Vit *v) {
-    bind_embeddings(v, "embeddings.class_embedding", "embeddings.patch_embedding", "embeddings.position_embedding");
+// layer scale s: x + s * (W h + b) is x + (s W) h + s b, so W and b absorb it; *w, *b get them
+static void bind_scaled(Vit *v, const char *pre, const char *lin, const char *scale, act_t **w, act_t **b) {
+    char wn[PARAM_NAME_MAX], bn[PARAM_NAME_MAX], sn[PARAM_NAME_MAX];
+    snprintf(wn, sizeof wn, "%s%s.weight", pre, lin);
+    snprintf(bn, sizeof bn, "%s%s.bias", pre, lin);
+    snprintf(sn, sizeof sn, "%s%s", pre, scale);
+    vit_fold_scale(v, wn, bn, sn);
+    *w = vit_weight(v, "%s", wn);
+    *b = vit_weight(v, "%s", bn);
+}
+
+static void bind_named(Vit *v, const InternVitNames *n) {
+    v->cls = vit_weight(v, "%s", n->cls);
+    v->patch_w = vit_weight(v, "%s.weight", n->patch);
+    v->patch_b = vit_weight(v, "%s.bias", n->patch);
+    v->pos = vit_weight(v, "%s", n->pos);
+    int bias = v->cfg.qkv_bias;
     size_t third = (size_t)v->cfg.hidden * v->cfg.hidden * v->k->act_bytes, third_b = (size_t)v->cfg.hidden * v->k->act_bytes;
-    char w[PARAM_NAME_MAX], b[PARAM_NAME_MAX], s[PARAM_NAME_MAX];
     for (int l = 0; l < v->n_run; l++) {
         VitLayer *L = &v->layer[l];
-        L->ln1_w = vit_weight(v, "encoder.layers.%d.norm1.weight", l);
-        L->ln1_b = vit_weight(v, "encoder.layers.%d.norm1.bias", l);
-        char *qkv = vit_weight(v, "encoder.layers.%d.attn.qkv.weight", l);  // rows q, then k, then v
-        L->q_w = qkv, L->k_w = qkv + third, L->v_w = qkv + 2 * third;
-        if (v->cfg.qkv_bias) {
-            char *qb = vit_weight(v, "encoder.layers.%d.attn.qkv.bias", l);
-            L->q_b = qb, L->k_b = qb + third_b, L->v_b = qb + 2 * third_b;
+        char pre[64];
+        snprintf(pre, sizeof pre, n->layer, l);
+        L->ln1_w = vit_weight(v, "%s%s.weight", pre, n->ln1);
+        L->ln1_b = vit_weight(v, "%s%s.bias", pre, n->ln1);
+        if (n->qkv) {  // torch reads the fused output as (3, heads, head_dim): rows q, then k, then v
+            char *w = vit_weight(v, "%s%s.weight", pre, n->qkv);
+            L->q_w = w, L->k_w = w + third, L->v_w = w + 2 * third;
+            if (bias) {
+                char *b = vit_weight(v, "%s%s.bias", pre, n->qkv);
+                L->q_b = b, L->k_b = b + third_b, L->v_b = b + 2 * third_b;
+            }
+        } else {
+            L->q_w = vit_weight(v, "%s%s.weight", pre, n->q);
+            L->k_w = vit_weight(v, "%s%s.weight", pre, n->k);
+            L->v_w = vit_weight(v, "%s%s.weight", pre, n->v);
+            if (bias) {
+                L->q_b = vit_weight(v, "%s%s.bias", pre, n->q);
+                L->k_b = vit_weight(v, "%s%s.bias", pre, n->k);
+                L->v_b = vit_weight(v, "%s%s.bias", pre, n->v);
+            }
         }
-        snprintf(w, sizeof w, "encoder.layers.%d.attn.proj.weight", l);
-        snprintf(b, sizeof b, "encoder.layers.%d.attn.proj.bias", l);
-        snprintf(s, sizeof s, "encoder.layers.%d.ls1", l);
-        vit_fold_scale(v, w, b, s);
-        L->o_w = vit_weight(v, "%s", w);
-        L->o_b = vit_weight(v, "%s", b);
-        L->ln2_w = vit_weight(v, "encoder.layers.%d.norm2.weight", l);
-        L->ln2_b = vit_weight(v, "encoder.layers.%d.norm2.bias", l);
-        L->fc1_w = vit_weight(v, "encoder.layers.%d.mlp.fc1.weight", l);
-        L->fc1_b = vit_weight(v, "encoder.layers.%d.mlp.fc1.bias", l);
-        snprintf(w, sizeof w, "encoder.layers.%d.mlp.fc2.weight", l);
-        snprintf(b, sizeof b, "encoder.layers.%d.mlp.fc2.bias", l);
-        snprintf(s, sizeof s, "encoder.layers.%d.ls2", l);
-        vit_fold_scale(v, w, b, s);
-        L->fc2_w = vit_weight(v, "%s", w);
-        L->fc2_b = vit_weight(v, "%s", b);
+        bind_scaled(v, pre, n->o, n->ls1, &L->o_w, &L->o_b);
+        L->ln2_w = vit_weight(v, "%s%s.weight", pre, n->ln2);
+        L->ln2_b = vit_weight(v, "%s%s.bias", pre, n->ln2);
+        L->fc1_w = vit_weight(v, "%smlp.fc1.weight", pre);
+        L->fc1_b = vit_weight(v, "%smlp.fc1.bias", pre);
+        bind_scaled(v, pre, "mlp.fc2", n->ls2, &L->fc2_w, &L->fc2_b);
     }
 }
 
-// ---- native: embeddings.{cls_token, patch_embeddings.projection, position_embeddings},
-// encoder.layer.<l>.{layernorm_before, attention.*, lambda_1, layernorm_after, mlp.*, lambda_2}
-
-static void internvl_vision_declare(ParamSet *w, const VitConfig *c, int n_layers) {
-    int C = c->hidden, I = c->mlp;
-    declare_embeddings(w, c, "embeddings.cls_token", "embeddings.patch_embeddings.projection",
-                       "embeddings.position_embeddings");
-    for (int l = 0; l < n_layers; l++) {
-#define L(nd, d0, d1, name) params_add(w, nd, (int64_t[]){d0, d1}, "encoder.layer.%d." name, l)
-        L(1, C, 0, "layernorm_before.weight");
-        L(1, C, 0, "layernorm_before.bias");
-        L(2, C, C, "attention.q_proj.weight");
-        L(2, C, C, "attention.k_proj.weight");
-        L(2, C, C, "attention.v_proj.weight");
-        if (c->qkv_bias) {
-            L(1, C, 0, "attention.q_proj.bias");
-            L(1, C, 0, "attention.k_proj.bias");
-            L(1, C, 0, "attention.v_proj.bias");
-        }
-        L(2, C, C, "attention.projection_layer.weight");
-        L(1, C, 0, "attention.projection_layer.bias");
-        L(1, C, 0, "lambda_1");
-        L(1, C, 0, "layernorm_after.weight");
-        L(1, C, 0, "layernorm_after.bias");
-        L(2, I, C, "mlp.fc1.weight");
-        L(1, I, 0, "mlp.fc1.bias");
-        L(2, C, I, "mlp.fc2.weight");
-        L(1, C, 0, "mlp.fc2.bias");
-        L(1, C, 0, "lambda_2");
-#undef L
-    }
-}
-
-static void internvl_vision_bind(Vit *v) {
-    bind_embeddings(v, "embeddings.cls_token", "embeddings.patch_embeddings.projection", "embeddings.position_embeddings");
-    char w[PARAM_NAME_MAX], b[PARAM_NAME_MAX], s[PARAM_NAME_MAX];
-    for (int l = 0; l < v->n_run; l++) {
-        VitLayer *L = &v->layer[l];
-        L->ln1_w = vit_weight(v, "encoder.layer.%d.layernorm_before.weight", l);
-        L->ln1_b = vit_weight(v, "encoder.layer.%d.layernorm_before.bias", l);
-        L->q_w = vit_weight(v, "encoder.layer.%d.attention.q_proj.weight", l);
-        L->k_w = vit_weight(v, "encoder.layer.%d.attention.k_proj.weight", l);
-        L->v_w = vit_weight(v, "encoder.layer.%d.attention.v_proj.weight", l);
-        if (v->cfg.qkv_bias) {
-            L->q_b = vit_weight(v, "encoder.layer.%d.attention.q_proj.bias", l);
-            L->k_b = vit_weight(v, "encoder.layer.%d.attention.k_proj.bias", l);
-            L->v_b = vit_weight(v, "encoder.layer.%d.attention.v_proj.bias", l);
-        }
-        snprintf(w, sizeof w, "encoder.layer.%d.attention.projection_layer.weight", l);
-        snprintf(b, sizeof b, "encoder.layer.%d.attention.projection_layer.bias", l);
-        snprintf(s, sizeof s, "encoder.layer.%d.lambda_1", l);
-        vit_fold_scale(v, w, b, s);
-        L->o_w = vit_weight(v, "%s", w);
-        L->o_b = vit_weight(v, "%s", b);
-        L->ln2_w = vit_weight(v, "encoder.layer.%d.layernorm_after.weight", l);
-        L->ln2_b = vit_weight(v, "encoder.layer.%d.layernorm_after.bias", l);
-        L->fc1_w = vit_weight(v, "encoder.layer.%d.mlp.fc1.weight", l);
-        L->fc1_b = vit_weight(v, "encoder.layer.%d.mlp.fc1.bias", l);
-        snprintf(w, sizeof w, "encoder.layer.%d.mlp.fc2.weight", l);
-        snprintf(b, sizeof b, "encoder.layer.%d.mlp.fc2.bias", l);
-        snprintf(s, sizeof s, "encoder.layer.%d.lambda_2", l);
-        vit_fold_scale(v, w, b, s);
-        L->fc2_w = vit_weight(v, "%s", w);
-        L->fc2_b = vit_weight(v, "%s", b);
-    }
-}
+static void internvit_declare(ParamSet *w, const VitConfig *c, int n) { declare_named(w, c, n, &REMOTE_NAMES); }
+static void internvit_bind(Vit *v) { bind_named(v, &REMOTE_NAMES); }
+static void internvl_vision_declare(ParamSet *w, const VitConfig *c, int n) { declare_named(w, c, n, &NATIVE_NAMES); }
+static void internvl_vision_bind(Vit *v) { bind_named(v, &NATIVE_NAMES); }
 
 // InternVL's build_transform: RGB, bicubic resize to input_size x input_size, ImageNet mean / std.
 // Its checkpoints carry no preprocessor_config.json (remote code) or a GotOcr2 / InternVL one
