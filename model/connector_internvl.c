@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "common/util.h"
 #include "model/connector.h"
 
 #define INTERNVL_LN_EPS 1e-5f  // nn.LayerNorm's default in both namings
@@ -42,7 +43,7 @@ static void internvl_setup(Connector *c) {
 // nn.LayerNorm starts at weight 1, bias 0; the Linears as PyTorch's defaults
 static void internvl_init(Connector *c, Rng *rng) {
     size_t n = c->ps->p[c->i.lnw].numel;
-    float *host = calloc(n, sizeof(float));
+    float *host = xcalloc(n, sizeof(float));
     params_upload(c->ps, c->i.lnb, host);
     for (size_t j = 0; j < n; j++) host[j] = 1.0f;
     params_upload(c->ps, c->i.lnw, host);
