@@ -1388,14 +1388,21 @@ static void bench(void) {
 // The memory plan on the CUDA backend (bf16 buffers, the ops' scratch): vlm_init_reserved holds
 // exactly the plan, and training steps allocate nothing more (a scratch
 // buffer that had to grow would show as a rise of in_use).
-static void test_memory_plan(void **state) {
-    (void)state;
+// the plan is what setup and two steps hold on the device, for the fixture's VLM (spec with
+// NULL vision: the clip fixture; else that tower fixture at vision_layer -1)
+static void check_memory_plan(const char *fixture, const char *llm, ConnectorType ct, const char *vision) {
     KernelsWork none;
     memset(&none, 0, sizeof none);
     G->workspace_reserve(&none);  // drops the scratch the op tests grew
     VlmFixture fx;
-    vlm_fixture_open(&fx, "vlm_qwen2_ldp.safetensors");
-    VlmSpec spec = fixture_vlm_spec("qwen2", CONNECTOR_LDP, "qwen2_lora", fx.B, fx.T, fx.n_img, 0.0f);
+    vlm_fixture_open(&fx, fixture);
+    VlmSpec spec = fixture_vlm_spec(llm, ct, "qwen2_lora", fx.B, fx.T, fx.n_img, 0.0f);
+    char vdir[1024];
+    if (vision) {
+        snprintf(vdir, sizeof vdir, "%s", fixture_path(vision));
+        spec.vision_dir = vdir;
+        spec.vision_layer = -1;
+    }
     size_t base, after;
     G->memory(&base, NULL);
     base -= G->workspace_bytes(&none);  // the fixed scratch (sum_squares) stays reserved: it is in the plan
@@ -1406,7 +1413,8 @@ static void test_memory_plan(void **state) {
     Vlm m;
     vlm_init_reserved(&m, G, &spec);
     G->memory(&after, NULL);
-    printf("    plan %zu bytes (workspace %zu), held after setup %zu\n", plan.total, plan.workspace, after - base);
+    printf("    %s: plan %zu bytes (workspace %zu), held after setup %zu\n", fixture, plan.total, plan.workspace,
+           after - base);
     assert_int_equal(after - base, plan.total);
     vlm_init_trainable(&m, 5);
     for (int rep = 0; rep < 2; rep++) {
@@ -1416,10 +1424,17 @@ static void test_memory_plan(void **state) {
     }
     G->synchronize();
     G->memory(&after, NULL);
-    printf("    held after 2 forward+backward steps %zu\n", after - base);
+    printf("    %s: held after 2 forward+backward steps %zu\n", fixture, after - base);
     assert_int_equal(after - base, plan.total);
     vlm_free(&m);
     vlm_fixture_close(&fx);
+}
+
+static void test_memory_plan(void **state) {
+    (void)state;
+    check_memory_plan("vlm_qwen2_ldp.safetensors", "qwen2", CONNECTOR_LDP, NULL);
+    // InternViT + mlp1: the LayerNorm over 4Cv-wide pixel-shuffled tokens needs its scratch planned
+    check_memory_plan("vlm_qwen2_internvl.safetensors", "qwen2", CONNECTOR_INTERNVL, "internvit");
 }
 
 // kernels/cuda/matmul.cu: how many GEMMs ran on cuBLASLt and on svlm's fallback kernel so far
