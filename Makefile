@@ -111,8 +111,9 @@ endif
 ASAN_TESTS += build/tests/asan_test_fs_safe
 
 # test_gpu_emu: the CUDA kernels' source on the CPU emulator against the CPU backend (tests/gpu/emu);
+# train_emu: ./train on them (tests/test_dist.c runs it data-parallel: ZeRO-1 with sharded masters);
 # tsan_ops.sh: its op tests again under ThreadSanitizer (race detection)
-test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu
+test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu $(EMU_DIR)/train_emu
 	@$(MAKE) --no-print-directory EMU_TSAN=1 build/emu-tsan/test_gpu_emu
 	@sh tests/run.sh tests/test_deps.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu tests/gpu/tsan_ops.sh
 	@$(MAKE) --no-print-directory fuzz-smoke
@@ -200,6 +201,18 @@ bench:
 	done; \
 	run $(PYTHON) scripts/bench_torch.py --table $$d/svlm_stage1.json $$d/torch_stage1.json $$d/svlm_stage2.json $$d/torch_stage2.json; \
 	echo "bench: everything above is in $$log"; exit $$fail
+
+# make bench-eval: decode tokens/s of batched generation (./generate --batch) at batch 1, 8 and 32 on the CPU
+# against transformers' generate on the same random model and prompts (scripts/bench_eval.py: it writes the
+# model once into build/bench/eval, runs svlm and transformers alternately, prints a table). Skipped with a
+# message when BENCH_EVAL_PYTHON (default $(PYTHON)) cannot import torch and transformers.
+BENCH_EVAL_PYTHON ?= $(PYTHON)
+BENCH_EVAL_ARGS ?=
+.PHONY: bench-eval
+bench-eval: generate
+	@if ! $(BENCH_EVAL_PYTHON) scripts/bench_eval.py --check-deps >/dev/null 2>&1; then \
+	  echo "bench-eval: skipped: $(BENCH_EVAL_PYTHON) cannot import torch / transformers (BENCH_EVAL_PYTHON=path/to/venv/bin/python; scripts/requirements.txt)"; exit 0; fi; \
+	$(BENCH_EVAL_PYTHON) scripts/bench_eval.py $(BENCH_EVAL_ARGS)
 
 build/bench_data: build/obj/bench/bench_data.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
 	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(LDLIBS)

@@ -14,17 +14,8 @@
 #include "common/cli.h"
 #include "common/util.h"
 #include "eval/bench_file.h"
-#include "eval/caption_metrics.h"
-#include "eval/mc.h"
-#include "eval/model_dir.h"
-#include "eval/speed.h"
-#include "eval/text.h"
-#include "eval/vqa_metrics.h"
-#include "model/gen_batch.h"
-#include "model/generate.h"
-
-#define VQA_PROMPT "Answer the question using a single word or phrase."
-#define CAPTION_PROMPT "Provide a one-sentence caption for the provided image."
+#include "eval/bench_run.h"
+#include "model/model_dir.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -39,8 +30,8 @@ static void usage(FILE *f) {
             "                          MMBench prompt; likelihood: the option whose text has the highest\n"
             "                          log-likelihood as the answer to the question\n"
             "  --circular              MMBench's circular evaluation (every rotation of the options must be right)\n"
-            "  --vqa-prompt TEXT       line put after a VQA question (default \"" VQA_PROMPT "\"; \"\" for none)\n"
-            "  --caption-prompt TEXT   the prompt of caption items without a question (default \"" CAPTION_PROMPT "\")\n"
+            "  --vqa-prompt TEXT       line put after a VQA question (default \"" BENCH_VQA_PROMPT "\"; \"\" for none)\n"
+            "  --caption-prompt TEXT   the prompt of caption items without a question (default \"" BENCH_CAPTION_PROMPT "\")\n"
             "  --system TEXT           replaces the model's system prompt\n"
             "  --max-new-tokens N      default 64\n"
             "  --limit N               the first N items only\n"
@@ -56,75 +47,6 @@ typedef struct {
     int likelihood, circular, max_new, limit, batch;
 } Args;
 
-// one model request: an item asked once (rotation r of its options for mc)
-typedef struct {
-    int item, rotation;
-    int order[26];        // mc: displayed order of the options
-    char *prompt;
-    char *prediction;     // generated text (likelihood: the chosen option's text)
-    int chosen;           // mc: displayed index chosen, -1 none
-    int correct;          // mc
-    double vqa, anls, em; // vqa
-    double logp[26];      // mc likelihood: log-likelihood of each displayed option
-} Request;
-
-static double log_softmax_at(const float *logits, int V, int id) {
-    double mx = -INFINITY;
-    for (int i = 0; i < V; i++)
-        if (logits[i] > mx) mx = logits[i];
-    double sum = 0;
-    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
-    return (double)logits[id] - mx - log(sum);
-}
-
-// fills the request's scores from its prediction; returns what the running score adds
-static double score_request(Request *q, const BenchItem *it, EvalTask task) {
-    if (task == TASK_MC) {
-        q->correct = q->chosen >= 0 && q->order[q->chosen] == it->answer;
-        return q->correct;
-    }
-    if (task == TASK_VQA) {
-        const char *const *refs = (const char *const *)it->refs;
-        q->vqa = vqa_accuracy(q->prediction, refs, it->n_refs);
-        q->anls = anls(q->prediction, refs, it->n_refs, 0.5);
-        q->em = exact_match(q->prediction, refs, it->n_refs);
-        return q->vqa;
-    }
-    return 0;  // captions are scored as a corpus at the end
-}
-
-static void progress(int done, int total, double t0, const char *score_name, double score, int final) {
-    static double last;
-    double now = time_now(), el = now - t0;
-    int tty = isatty(2);
-    if (!final && now - last < (tty ? 0.2 : 10.0)) return;
-    last = now;
-    double eta = done > 0 ? el / done * (total - done) : 0;
-    fprintf(stderr, "%s[%d/%d] %5.1f%% %.1f s elapsed, ETA %.0f s, %s so far %.4f%s", tty ? "\r" : "", done, total,
-            total ? 100.0 * done / total : 100.0, el, eta, score_name, score, tty && !final ? "" : "\n");
-    fflush(stderr);
-}
-
-// mean of a score per category (items in it, sum of scores)
-typedef struct {
-    char *name;
-    int n;
-    double sum;
-} Category;
-
-static void category_add(Category **cats, int *n, const char *name, double score) {
-    if (!name) return;
-    for (int i = 0; i < *n; i++)
-        if (!strcmp((*cats)[i].name, name)) {
-            (*cats)[i].n++;
-            (*cats)[i].sum += score;
-            return;
-        }
-    *cats = xrealloc(*cats, (size_t)(*n + 1) * sizeof(Category));
-    (*cats)[*n] = (Category){xstrdup(name), 1, score};
-    (*n)++;
-}
-
 static void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     if (!f) fatal("%s: cannot write", path);
@@ -133,7 +55,7 @@ static void write_text(const char *path, const char *text) {
 
 int main(int argc, char **argv) {
     openmp_prefer_passive(argv);
-    Args a = {.device = "auto", .vqa_prompt = VQA_PROMPT, .caption_prompt = CAPTION_PROMPT, .max_new = 64, .batch = 1};
+    Args a = {.device = "auto", .vqa_prompt = BENCH_VQA_PROMPT, .caption_prompt = BENCH_CAPTION_PROMPT, .max_new = 64, .batch = 1};
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
@@ -178,198 +100,20 @@ int main(int argc, char **argv) {
     double t_load = time_now();
     GenModel gm;
     gen_model_load(&gm, k, a.dir, a.system);
-    const Vlm *m = &gm.vlm;
-    int V = m->llm.cfg.vocab;
-
-    // the requests, their prompts and token ids; the longest sets the cache size
-    int n_req = 0;
-    for (int i = 0; i < b.n; i++) n_req += b.task == TASK_MC && a.circular ? b.items[i].n_options : 1;
-    Request *req = xcalloc((size_t)n_req, sizeof(Request));
-    int **ids = xcalloc((size_t)n_req, sizeof(int *)), *n_ids = xcalloc((size_t)n_req, sizeof(int));
-    int *img_pos = xcalloc((size_t)n_req, sizeof(int));
-    int ***opt_ids = xcalloc((size_t)n_req, sizeof(int **)), **n_opt_ids = xcalloc((size_t)n_req, sizeof(int *));
-    int longest = 1, r = 0;
-    for (int i = 0; i < b.n; i++) {
-        const BenchItem *it = &b.items[i];
-        int rots = b.task == TASK_MC && a.circular ? it->n_options : 1;
-        for (int rot = 0; rot < rots; rot++, r++) {
-            Request *q = &req[r];
-            q->item = i;
-            q->rotation = rot;
-            q->chosen = -1;
-            if (b.task == TASK_MC) {
-                mc_rotation(q->order, it->n_options, rot);
-                if (a.likelihood) {
-                    size_t len = (it->hint ? strlen(it->hint) + 1 : 0) + strlen(it->question) + 1;
-                    q->prompt = xmalloc(len);
-                    snprintf(q->prompt, len, "%s%s%s", it->hint ? it->hint : "", it->hint ? "\n" : "", it->question);
-                } else {
-                    q->prompt = mc_prompt(it->hint, it->question, it->options, q->order, it->n_options, MC_INSTRUCTION);
-                }
-            } else if (b.task == TASK_VQA) {
-                size_t len = strlen(it->question) + strlen(a.vqa_prompt) + 2;
-                q->prompt = xmalloc(len);
-                snprintf(q->prompt, len, "%s%s%s", it->question, a.vqa_prompt[0] ? "\n" : "", a.vqa_prompt);
-            } else {
-                q->prompt = xstrdup(it->question ? it->question : a.caption_prompt);
-            }
-            if (it->skip) continue;
-            n_ids[r] = gen_model_prompt(&gm, q->prompt, it->image != NULL, &ids[r], &img_pos[r]);
-            int need = n_ids[r] + (it->image ? m->n_img_tokens : 0);
-            if (need >= m->llm.cfg.max_pos)
-                fatal("%s:%lld: item %d (id \"%s\"): the prompt takes %d positions (%d tokens%s), the model's context "
-                      "holds %d (max_position_embeddings)", a.data, (long long)it->line, i + 1, it->id, need, n_ids[r],
-                      it->image ? " + the image" : "", m->llm.cfg.max_pos);
-            if (b.task == TASK_MC && a.likelihood) {
-                opt_ids[r] = xcalloc((size_t)it->n_options, sizeof(int *));
-                n_opt_ids[r] = xcalloc((size_t)it->n_options, sizeof(int));
-                int most = 0;
-                for (int j = 0; j < it->n_options; j++) {
-                    n_opt_ids[r][j] = tokenizer_encode(gm.tok, it->options[j], strlen(it->options[j]), 0, &opt_ids[r][j]);
-                    if (n_opt_ids[r][j] == 0)
-                        fatal("%s:%lld: item %d (id \"%s\"): option %c encodes to no token", a.data, (long long)it->line,
-                              i + 1, it->id, 'A' + j);
-                    if (n_opt_ids[r][j] > most) most = n_opt_ids[r][j];
-                }
-                need += most;
-                if (need > m->llm.cfg.max_pos)
-                    fatal("%s:%lld: item %d (id \"%s\"): prompt and longest option take %d positions, the model's "
-                          "context holds %d", a.data, (long long)it->line, i + 1, it->id, need, m->llm.cfg.max_pos);
-            } else {
-                need += a.max_new;
-            }
-            if (need > longest) longest = need;
-        }
-    }
-    int max_pos = m->llm.cfg.max_pos, max_len = longest < max_pos ? longest : max_pos;
-    Generator g;  // one conversation at a time (with --batch-size > 1 the GenBatch has its own)
-    memset(&g, 0, sizeof g);
+    BenchOptions bo = {.likelihood = a.likelihood, .circular = a.circular, .max_new = a.max_new, .batch = a.batch,
+                       .vqa_prompt = a.vqa_prompt, .caption_prompt = a.caption_prompt};
+    BenchRun br;
+    bench_run_init(&br, &gm, &b, &bo);
     fprintf(stderr, "eval: loaded %s (%s) on %s in %.2f s; %s: %d %s items (%d skipped), %d requests, %s\n", a.dir,
             gm.spec.is_export ? "export" : gm.spec.weights, k->name, time_now() - t_load, a.data, b.n,
-            eval_task_name(b.task), b.n_skipped, n_req,
+            eval_task_name(b.task), b.n_skipped, br.n_req,
             b.task != TASK_MC ? "greedy" : a.likelihood ? "likelihood scoring" : a.circular ? "generate, circular" : "generate");
-
-    // ---- run
-    EvalSpeed sp;
-    speed_init(&sp);
-    // --batch-size > 1 decodes the answers of a.batch conversations together (model/gen_batch.h:
-    // the same tokens as one at a time); likelihood scoring runs one question at a time
-    int use_batch = a.batch > 1 && !(b.task == TASK_MC && a.likelihood);
-    int nb = use_batch ? a.batch : 1;
-    GenBatch gb;
-    memset(&gb, 0, sizeof gb);
-    if (use_batch) gen_batch_init(&gb, (Vlm *)m, a.batch, max_len, 0);
-    else gen_init(&g, (Vlm *)m, max_len, 0);
-    int *bm = xcalloc((size_t)nb, sizeof(int)), *b_n = xcalloc((size_t)nb, sizeof(int)), *b_pos = xcalloc((size_t)nb, sizeof(int));
-    int *b_nout = xcalloc((size_t)nb, sizeof(int)), **b_ids = xcalloc((size_t)nb, sizeof(int *)), **b_out = xcalloc((size_t)nb, sizeof(int *));
-    float **b_px = xcalloc((size_t)nb, sizeof(float *));
-    GenStats *b_st = xcalloc((size_t)nb, sizeof(GenStats));
-    for (int j = 0; j < nb; j++) b_out[j] = xmalloc((size_t)a.max_new * sizeof(int));
-    float *pixels = xmalloc((size_t)nb * 3 * gm.image_size * gm.image_size * sizeof(float));
-    int *out = xmalloc((size_t)a.max_new * sizeof(int));
-    int max_opt = 1;
-    for (int i = 0; i < n_req; i++)
-        for (int j = 0; n_opt_ids[i] && j < b.items[req[i].item].n_options; j++)
-            if (n_opt_ids[i][j] > max_opt) max_opt = n_opt_ids[i][j];
-    float *all = xmalloc((size_t)max_opt * V * sizeof(float)), *base = xmalloc((size_t)V * sizeof(float));
-    double t_run = time_now(), running = 0;
-    int done = 0, scored = 0, last_item_pixels = -1;
-    const char *score_name = b.task == TASK_MC ? "accuracy" : b.task == TASK_VQA ? "VQA accuracy" : "captions";
-    size_t px_size = (size_t)3 * gm.image_size * gm.image_size;
-    for (r = 0; r < n_req;) {
-        if (use_batch) {
-            // the next batch: up to a.batch requests that are not skipped (skipped ones pass by)
-            int nm = 0, r_end = r;
-            while (r_end < n_req && nm < a.batch) {
-                if (!b.items[req[r_end].item].skip) {
-                    const BenchItem *it = &b.items[req[r_end].item];
-                    bm[nm] = r_end;
-                    b_ids[nm] = ids[r_end];
-                    b_n[nm] = n_ids[r_end];
-                    b_pos[nm] = img_pos[r_end];
-                    b_px[nm] = NULL;
-                    if (it->image) {
-                        gen_model_image(&gm, it->image, pixels + (size_t)nm * px_size);
-                        b_px[nm] = pixels + (size_t)nm * px_size;
-                    }
-                    nm++;
-                }
-                r_end++;
-            }
-            if (nm > 0) {
-                GenOptions o = {.max_new_tokens = a.max_new, .stop_ids = gm.stop_ids, .n_stop = gm.n_stop};
-                gen_batch_generate(&gb, nm, (const int *const *)b_ids, b_n, (const float *const *)b_px, b_pos, &o, b_out,
-                                   b_nout, b_st);
-                double before = 0, t_dec = 0;  // prefills run one after another, then the decode steps
-                for (int j = 0; j < nm; j++) {
-                    Request *q = &req[bm[j]];
-                    const BenchItem *it = &b.items[q->item];
-                    before += b_st[j].t_prefill;
-                    if (b_st[j].t_decode > t_dec) t_dec = b_st[j].t_decode;
-                    speed_add(&sp, b_st[j].n_prompt, b_st[j].t_prefill, b_st[j].t_image, before, b_st[j].n_decode, 0,
-                              it->image != NULL);
-                    q->prediction = tokenizer_decode(gm.tok, b_out[j], b_nout[j], 1, NULL);
-                    if (b.task == TASK_MC) q->chosen = mc_parse_answer(q->prediction, it->options, q->order, it->n_options);
-                    running += score_request(q, it, b.task);
-                    scored++;
-                }
-                sp.t_decode += t_dec;  // the batch's decode steps, shared by its conversations
-            }
-            done = r_end;
-            r = r_end;
-            progress(done, n_req, t_run, score_name, b.task == TASK_CAPTION ? scored : scored ? running / scored : 0.0,
-                     done == n_req);
-            continue;
-        }
-        Request *q = &req[r];
-        const BenchItem *it = &b.items[q->item];
-        if (!it->skip) {
-            if (it->image && last_item_pixels != q->item) {
-                gen_model_image(&gm, it->image, pixels);
-                last_item_pixels = q->item;
-            }
-            const float *px = it->image ? pixels : NULL;
-            if (b.task == TASK_MC && a.likelihood) {
-                double t0 = time_now();
-                const float *lg = gen_prefill(&g, ids[r], n_ids[r], px, img_pos[r], NULL);
-                memcpy(base, lg, (size_t)V * sizeof(float));
-                int P = g.len;
-                double ttft = time_now() - t0;  // the prompt's logits: what a first token would need
-                int64_t extra = 0, best = -1;
-                for (int j = 0; j < it->n_options; j++) {
-                    const int *oi = opt_ids[r][j];
-                    int no = n_opt_ids[r][j];
-                    double lp = log_softmax_at(base, V, oi[0]);
-                    if (no > 1) {
-                        gen_truncate(&g, P);
-                        gen_extend(&g, oi, no - 1, all);
-                        for (int t = 1; t < no; t++) lp += log_softmax_at(all + (size_t)(t - 1) * V, V, oi[t]);
-                        extra += no - 1;
-                    }
-                    q->logp[j] = lp;
-                    if (best < 0 || lp > q->logp[best]) best = j;  // ties: the first option
-                }
-                k->synchronize();
-                speed_add(&sp, P + extra, time_now() - t0, g.t_image, ttft, 0, 0, it->image != NULL);
-                q->chosen = (int)best;
-                q->prediction = xstrdup(it->options[best]);
-            } else {
-                GenOptions o = {.max_new_tokens = a.max_new, .stop_ids = gm.stop_ids, .n_stop = gm.n_stop};
-                GenStats st;
-                int n = gen_generate(&g, ids[r], n_ids[r], px, img_pos[r], &o, out, &st);
-                speed_add(&sp, st.n_prompt, st.t_prefill, st.t_image, st.t_prefill, st.n_decode, st.t_decode, it->image != NULL);
-                q->prediction = tokenizer_decode(gm.tok, out, n, 1, NULL);
-                if (b.task == TASK_MC) q->chosen = mc_parse_answer(q->prediction, it->options, q->order, it->n_options);
-            }
-            running += score_request(q, it, b.task);
-            scored++;
-        }
-        done++;
-        r++;
-        progress(done, n_req, t_run, score_name, b.task == TASK_CAPTION ? scored : scored ? running / scored : 0.0,
-                 done == n_req);
-    }
-    double t_total = time_now() - t_run;
+    bench_run_go(&br, 1);
+    BenchScores sc;
+    bench_run_scores(&br, &sc);
+    const EvalSpeed sp = br.sp;
+    double t_total = br.t_total;
+    int r;
 
     // ---- scores
     cJSON *sum = cJSON_CreateObject(), *scores = cJSON_AddObjectToObject(sum, "scores");
@@ -381,106 +125,47 @@ int main(int argc, char **argv) {
     cJSON_AddNumberToObject(sum, "items", b.n);
     cJSON_AddNumberToObject(sum, "skipped", b.n_skipped);
     cJSON_AddNumberToObject(sum, "scored", b.n - b.n_skipped);
-    int n_scored = b.n - b.n_skipped;
+    int n_scored = sc.n_scored;
     printf("\neval: %s on %s: %s, %d items scored, %d skipped (image not found)\n", a.dir, a.data, eval_task_name(b.task),
            n_scored, b.n_skipped);
     printf("  %-36s %10s\n", "score", "value");
-    Category *cats = NULL;
-    int n_cats = 0;
-    double *caption_cider = NULL, *caption_rouge = NULL;
-    int *item_correct = xcalloc((size_t)b.n, sizeof(int));
     if (b.task == TASK_MC) {
-        int right = 0, first_right = 0, unparsed = 0;
-        for (int i = 0; i < b.n; i++) item_correct[i] = 1;
-        for (r = 0; r < n_req; r++) {
-            item_correct[req[r].item] &= req[r].correct;
-            if (req[r].rotation == 0) first_right += req[r].correct;
-            unparsed += !b.items[req[r].item].skip && req[r].chosen < 0;
-        }
-        for (int i = 0; i < b.n; i++)
-            if (!b.items[i].skip) {
-                right += item_correct[i];
-                category_add(&cats, &n_cats, b.items[i].category, item_correct[i]);
-            }
-        double acc = n_scored ? (double)right / n_scored : 0;
-        printf("  %-36s %10.4f  (%d/%d)\n", a.circular ? "accuracy (circular)" : "accuracy", acc, right, n_scored);
-        cJSON_AddNumberToObject(scores, "accuracy", acc);
+        printf("  %-36s %10.4f  (%d/%d)\n", a.circular ? "accuracy (circular)" : "accuracy", sc.accuracy, sc.right, n_scored);
+        cJSON_AddNumberToObject(scores, "accuracy", sc.accuracy);
         if (a.circular) {
-            double a0 = n_scored ? (double)first_right / n_scored : 0;
-            printf("  %-36s %10.4f\n", "accuracy (first rotation only)", a0);
-            cJSON_AddNumberToObject(scores, "accuracy_first_rotation", a0);
+            printf("  %-36s %10.4f\n", "accuracy (first rotation only)", sc.accuracy_first);
+            cJSON_AddNumberToObject(scores, "accuracy_first_rotation", sc.accuracy_first);
         }
         if (!a.likelihood) {
-            printf("  %-36s %10d\n", "answers naming no option", unparsed);
-            cJSON_AddNumberToObject(scores, "unparsed", unparsed);
+            printf("  %-36s %10d\n", "answers naming no option", sc.unparsed);
+            cJSON_AddNumberToObject(scores, "unparsed", sc.unparsed);
         }
-        double n_opt = 0;
-        for (int i = 0; i < b.n; i++) n_opt += b.items[i].skip ? 0 : 1.0 / b.items[i].n_options;
-        printf("  %-36s %10.4f\n", "chance", n_scored ? n_opt / n_scored : 0);
-        cJSON_AddNumberToObject(scores, "chance", n_scored ? n_opt / n_scored : 0);
+        printf("  %-36s %10.4f\n", "chance", sc.chance);
+        cJSON_AddNumberToObject(scores, "chance", sc.chance);
     } else if (b.task == TASK_VQA) {
-        double v = 0, an = 0, em = 0;
-        for (r = 0; r < n_req; r++)
-            if (!b.items[req[r].item].skip) {
-                v += req[r].vqa;
-                an += req[r].anls;
-                em += req[r].em;
-                category_add(&cats, &n_cats, b.items[req[r].item].category, req[r].vqa);
-            }
-        double d = n_scored ? n_scored : 1;
-        printf("  %-36s %10.4f\n  %-36s %10.4f\n  %-36s %10.4f\n", "VQA accuracy", v / d, "ANLS", an / d, "exact match", em / d);
-        cJSON_AddNumberToObject(scores, "vqa_accuracy", v / d);
-        cJSON_AddNumberToObject(scores, "anls", an / d);
-        cJSON_AddNumberToObject(scores, "exact_match", em / d);
+        printf("  %-36s %10.4f\n  %-36s %10.4f\n  %-36s %10.4f\n", "VQA accuracy", sc.vqa, "ANLS", sc.anls, "exact match", sc.em);
+        cJSON_AddNumberToObject(scores, "vqa_accuracy", sc.vqa);
+        cJSON_AddNumberToObject(scores, "anls", sc.anls);
+        cJSON_AddNumberToObject(scores, "exact_match", sc.em);
     } else {
-        // tokenised hypotheses and references of the scored items
-        char **hyp = xcalloc((size_t)b.n + 1, sizeof(char *));
-        char ***refs = xcalloc((size_t)b.n + 1, sizeof(char **));
-        int *n_refs = xcalloc((size_t)b.n + 1, sizeof(int)), n = 0;
-        for (r = 0; r < n_req; r++) {
-            const BenchItem *it = &b.items[req[r].item];
-            if (it->skip) continue;
-            hyp[n] = text_tokenize(req[r].prediction, NULL);
-            refs[n] = xcalloc((size_t)it->n_refs, sizeof(char *));
-            for (int j = 0; j < it->n_refs; j++) refs[n][j] = text_tokenize(it->refs[j], NULL);
-            n_refs[n++] = it->n_refs;
-        }
-        CaptionSet cs = {.n = n, .hyp = (const char *const *)hyp, .refs = (const char *const *const *)refs, .n_refs = n_refs};
-        double bleu[4] = {0};
-        caption_cider = xcalloc((size_t)n + 1, sizeof(double));
-        caption_rouge = xcalloc((size_t)n + 1, sizeof(double));
-        double cider = 0, rouge = 0;
-        if (n > 0) {
-            caption_bleu(&cs, bleu);
-            cider = caption_cider_d(&cs, caption_cider);
-            rouge = caption_rouge_l(&cs, caption_rouge);
-        }
         for (int j = 0; j < 4; j++) {
             char name[16];
             snprintf(name, sizeof name, "BLEU-%d", j + 1);
-            printf("  %-36s %10.4f\n", name, bleu[j]);
+            printf("  %-36s %10.4f\n", name, sc.bleu[j]);
             snprintf(name, sizeof name, "bleu_%d", j + 1);
-            cJSON_AddNumberToObject(scores, name, bleu[j]);
+            cJSON_AddNumberToObject(scores, name, sc.bleu[j]);
         }
-        printf("  %-36s %10.4f\n  %-36s %10.4f\n", "CIDEr-D", cider, "ROUGE-L", rouge);
-        cJSON_AddNumberToObject(scores, "cider_d", cider);
-        cJSON_AddNumberToObject(scores, "rouge_l", rouge);
-        for (int i = 0; i < n; i++) {
-            for (int j = 0; j < n_refs[i]; j++) free(refs[i][j]);
-            free(refs[i]);
-            free(hyp[i]);
-        }
-        free(hyp);
-        free(refs);
-        free(n_refs);
+        printf("  %-36s %10.4f\n  %-36s %10.4f\n", "CIDEr-D", sc.cider, "ROUGE-L", sc.rouge);
+        cJSON_AddNumberToObject(scores, "cider_d", sc.cider);
+        cJSON_AddNumberToObject(scores, "rouge_l", sc.rouge);
     }
-    if (n_cats) {
+    if (sc.n_cats) {
         cJSON *cj = cJSON_AddObjectToObject(scores, "per_category");
-        for (int i = 0; i < n_cats; i++) {
+        for (int i = 0; i < sc.n_cats; i++) {
             char name[80];
-            snprintf(name, sizeof name, "  %.60s (%d)", cats[i].name, cats[i].n);
-            printf("  %-36s %10.4f\n", name, cats[i].sum / cats[i].n);
-            cJSON_AddNumberToObject(cj, cats[i].name, cats[i].sum / cats[i].n);
+            snprintf(name, sizeof name, "  %.60s (%d)", sc.cats[i].name, sc.cats[i].n);
+            printf("  %-36s %10.4f\n", name, sc.cats[i].sum / sc.cats[i].n);
+            cJSON_AddNumberToObject(cj, sc.cats[i].name, sc.cats[i].sum / sc.cats[i].n);
         }
     }
 
@@ -520,9 +205,8 @@ int main(int argc, char **argv) {
         path_join(path, sizeof path, a.out, "predictions.jsonl");
         FILE *f = fopen(path, "w");
         if (!f) fatal("%s: cannot write", path);
-        int ci = 0;
-        for (r = 0; r < n_req; r++) {
-            const Request *q = &req[r];
+        for (r = 0; r < br.n_req; r++) {
+            const BenchRequest *q = &br.req[r];
             const BenchItem *it = &b.items[q->item];
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "id", it->id);
@@ -543,15 +227,14 @@ int main(int argc, char **argv) {
                     cJSON_AddBoolToObject(o, "correct", q->correct);
                     if (a.likelihood) cJSON_AddItemToObject(o, "logprobs", cJSON_CreateDoubleArray(q->logp, it->n_options));
                 } else if (b.task == TASK_VQA) {
-                    cJSON *sc = cJSON_AddObjectToObject(o, "score");
-                    cJSON_AddNumberToObject(sc, "vqa_accuracy", q->vqa);
-                    cJSON_AddNumberToObject(sc, "anls", q->anls);
-                    cJSON_AddNumberToObject(sc, "exact_match", q->em);
+                    cJSON *qs = cJSON_AddObjectToObject(o, "score");
+                    cJSON_AddNumberToObject(qs, "vqa_accuracy", q->vqa);
+                    cJSON_AddNumberToObject(qs, "anls", q->anls);
+                    cJSON_AddNumberToObject(qs, "exact_match", q->em);
                 } else {
-                    cJSON *sc = cJSON_AddObjectToObject(o, "score");
-                    cJSON_AddNumberToObject(sc, "cider_d", caption_cider[ci]);
-                    cJSON_AddNumberToObject(sc, "rouge_l", caption_rouge[ci]);
-                    ci++;
+                    cJSON *qs = cJSON_AddObjectToObject(o, "score");
+                    cJSON_AddNumberToObject(qs, "cider_d", q->cider);
+                    cJSON_AddNumberToObject(qs, "rouge_l", q->rouge);
                 }
                 if (it->category) cJSON_AddStringToObject(o, "category", it->category);
             }
@@ -572,44 +255,9 @@ int main(int argc, char **argv) {
         printf("  wrote %s/predictions.jsonl and %s/summary.json\n", a.out, a.out);
     }
 
-    for (int i = 0; i < n_cats; i++) free(cats[i].name);
-    free(cats);
-    free(caption_cider);
-    free(caption_rouge);
-    free(item_correct);
     cJSON_Delete(sum);
-    for (r = 0; r < n_req; r++) {
-        free(req[r].prompt);
-        free(req[r].prediction);
-        free(ids[r]);
-        if (opt_ids[r]) {
-            for (int j = 0; j < b.items[req[r].item].n_options; j++) free(opt_ids[r][j]);
-            free(opt_ids[r]);
-            free(n_opt_ids[r]);
-        }
-    }
-    free(req);
-    free(ids);
-    free(n_ids);
-    free(img_pos);
-    free(opt_ids);
-    free(n_opt_ids);
-    free(all);
-    free(base);
-    free(out);
-    free(pixels);
-    for (int j = 0; j < nb; j++) free(b_out[j]);
-    free(b_out);
-    free(bm);
-    free(b_n);
-    free(b_pos);
-    free(b_nout);
-    free(b_ids);
-    free(b_px);
-    free(b_st);
-    if (use_batch) gen_batch_free(&gb);
-    speed_free(&sp);
-    gen_free(&g);
+    bench_scores_free(&sc);
+    bench_run_free(&br);
     gen_model_free(&gm);
     bench_free(&b);
     return 0;

@@ -1,19 +1,38 @@
-// export.c: ./export RUN_DIR_OR_STEP_DIR OUT_DIR: a checkpoint as a Hugging Face LLM with LoRA
-// merged, a peft adapter, the connector and svlm.json (see train/export.h).
+// export.c: ./export RUN_DIR_OR_STEP_DIR OUT_DIR [--link]: a checkpoint as a Hugging Face LLM with
+// LoRA merged, a peft adapter, the connector, the vision tower (copied, or linked with --link),
+// svlm.json, and for mlp2x_gelu a LlavaForConditionalGeneration checkpoint (see trainer/export.h).
 #include <stdio.h>
 #include <string.h>
 
 #include "common/util.h"
 #include "trainer/export.h"
 
+static void usage(FILE *f) {
+    fprintf(f, "usage: ./export RUN_DIR_OR_STEP_DIR OUT_DIR [--link]\n"
+               "  writes OUT_DIR/llm (LoRA merged, loads in transformers), OUT_DIR/adapter (peft),\n"
+               "  OUT_DIR/connector.safetensors, OUT_DIR/vision (a copy of the vision tower; --link: a\n"
+               "  symbolic link to it instead), OUT_DIR/svlm.json (for ./generate and ./evaluate), and for the\n"
+               "  mlp2x_gelu connector OUT_DIR/llava (LlavaForConditionalGeneration with its processor files)\n");
+}
+
 int main(int argc, char **argv) {
     openmp_prefer_passive(argv);
-    if (argc != 3 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-        fprintf(stderr, "usage: ./export RUN_DIR_OR_STEP_DIR OUT_DIR\n"
-                        "  writes OUT_DIR/llm (LoRA merged, loads in transformers), OUT_DIR/adapter (peft),\n"
-                        "  OUT_DIR/connector.safetensors and OUT_DIR/svlm.json (for ./generate)\n");
-        return argc == 3 ? 0 : 2;
+    const char *pos[2] = {NULL, NULL};
+    int n = 0;
+    ExportOptions o = {0};
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--link")) o.link_vision = 1;
+        else if (argv[i][0] == '-' && argv[i][1]) fatal("unknown option %s (see ./export --help)", argv[i]);
+        else if (n < 2) pos[n++] = argv[i];
+        else fatal("unexpected argument \"%s\" (see ./export --help)", argv[i]);
     }
-    export_run(argv[1], argv[2]);
+    if (n != 2) {
+        usage(stderr);
+        return 2;
+    }
+    export_run_with(pos[0], pos[1], &o);
     return 0;
 }

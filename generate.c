@@ -1,5 +1,5 @@
 // generate.c: ./generate MODEL_DIR [--image PATH] --prompt TEXT [options]: answers one prompt with
-// a trained model (an ./export directory or a ./train run directory, see eval/model_dir.h). The
+// a trained model (an ./export directory or a ./train run directory, see model/model_dir.h). The
 // answer is streamed to stdout; loading and speed lines go to stderr. With --batch FILE it answers
 // every request of a JSONL file (eval/prompt_file.h), --batch-size at a time through batched
 // generation (model/gen_batch.h: the same tokens as one at a time), one JSON line per request,
@@ -11,7 +11,7 @@
 #include "common/json.h"
 #include "common/cli.h"
 #include "common/util.h"
-#include "eval/model_dir.h"
+#include "model/model_dir.h"
 #include "eval/prompt_file.h"
 #include "model/gen_batch.h"
 #include "model/generate.h"

@@ -1,8 +1,9 @@
 // bench_data.c: the data pipeline's two hot loops on one thread: tokenizer MB/s (encoding the
 // corpus in data/corpus/ paragraph by paragraph, as prepare encodes sample texts) and images/s
-// (a 640x480 JPEG decoded and turned into a normalised 336x336 CLIP tensor, as the loader does).
+// (a 640x480 JPEG decoded and turned into each vision family's normalised tensor at its real
+// size, as the loader does: CLIP 336, SigLIP 384, InternVL 448, Idefics3 364 via 1456).
 // Then, when Python has tokenizers, Pillow and transformers, scripts/bench_data.py measures HF
-// `tokenizers` and Pillow + CLIPImageProcessor on the same inputs and prints the ratios.
+// `tokenizers` and Pillow + each family's processor on the same inputs and prints the ratios.
 //
 //   build/bench_data [TOKENIZER_JSON]     (or SVLM_BENCH_TOKENIZER=...; default: the fixture
 //                                          tests/fixtures/tokenizer/qwen2.json, vocab 3000)
@@ -16,7 +17,7 @@
 
 #include "common/rng.h"
 #include "common/util.h"
-#include "data/image.h"
+#include "data/image_prep.h"
 #include "data/tokenizer.h"
 
 #define OUT_DIR "build/bench/data"
@@ -126,22 +127,32 @@ int main(int argc, char **argv) {
     size_t jn;
     uint8_t *jpg = (uint8_t *)file_read_all(JPEG_PATH, &jn);
     if (!jpg) fatal("%s: cannot read", JPEG_PATH);
-    const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f}, std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
-    float *out = xmalloc(3 * 336 * 336 * sizeof(float));
-    int n_img = 0;
-    t0 = time_now();
-    do {
-        Image im;
-        char err[128];
-        if (image_decode(jpg, jn, &im, err, sizeof err) != 0) fatal("%s: %s", JPEG_PATH, err);
-        image_preprocess_clip(&im, 336, mean, std, 0, out);
-        image_free(&im);
-        n_img++;
-    } while ((el = time_now() - t0) < MIN_SECONDS);
-    double img_s = n_img / el;
-    printf("bench-data: image %s (%zu bytes) -> 3x336x336 CLIP tensor\n", JPEG_PATH, jn);
-    printf("bench-data: svlm images: %.1f images/s (one thread, decode + resize + crop + normalise)\n", img_s);
-    free(out);
+    static const struct { ImagePrepFamily f; int size; } fams[] = {
+        {IMAGE_PREP_CLIP, 336}, {IMAGE_PREP_SIGLIP, 384}, {IMAGE_PREP_INTERNVL, 448}, {IMAGE_PREP_IDEFICS3, 364}};
+    char rates[256] = "";
+    for (size_t k = 0; k < sizeof fams / sizeof *fams; k++) {
+        ImagePrep prep;
+        image_prep_preset(&prep, fams[k].f, fams[k].size);
+        float *out = xmalloc((size_t)3 * prep.size * prep.size * sizeof(float));
+        int n_img = 0;
+        t0 = time_now();
+        do {
+            Image im;
+            char err[128];
+            if (image_prep_decode(&prep, jpg, jn, &im, err, sizeof err) != 0) fatal("%s: %s", JPEG_PATH, err);
+            image_preprocess(&im, &prep, out);
+            image_free(&im);
+            n_img++;
+        } while ((el = time_now() - t0) < MIN_SECONDS);
+        const char *name = image_prep_family_name(fams[k].f);
+        printf("bench-data: svlm images %s: %.1f images/s (one thread, decode + %s resize%s to 3x%dx%d + normalise)\n", name,
+               n_img / el, image_filter_name(prep.filter),
+               prep.rule == IMAGE_RESIZE_SHORTEST_CROP ? " + crop" : prep.rule == IMAGE_RESIZE_LONGEST_SQUARE ? " x2 (1456 long side)" : "",
+               prep.size, prep.size);
+        snprintf(rates + strlen(rates), sizeof rates - strlen(rates), " --svlm-prep %s=%.4f", name, n_img / el);
+        free(out);
+    }
+    printf("bench-data: image %s (%zu bytes)\n", JPEG_PATH, jn);
     free(jpg);
 
     // ---- the reference in Python, when it is there
@@ -151,8 +162,8 @@ int main(int argc, char **argv) {
     }
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
-             "python3 scripts/bench_data.py --tokenizer '%s' --image '%s' --svlm-tokenizer-mbs %.4f --svlm-images-per-s %.4f",
-             tok_path, JPEG_PATH, tok_mbs, img_s);
+             "python3 scripts/bench_data.py --tokenizer '%s' --image '%s' --svlm-tokenizer-mbs %.4f%s", tok_path, JPEG_PATH,
+             tok_mbs, rates);
     fflush(stdout);
     int rc = system(cmd);
     if (rc != 0) fprintf(stderr, "bench-data: scripts/bench_data.py failed (status %d)\n", rc);

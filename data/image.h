@@ -1,10 +1,5 @@
-// image.h: decoding PNG and JPEG from memory into 8-bit RGB, and turning an RGB image into the
-// vision encoder's normalised input exactly as the reference Python pipeline does.
-//
-// Reference pipeline (LLaVA):  Image.open(f).convert("RGB")  ->  [expand2square]  ->
-//   CLIPImageProcessor.preprocess (transformers' PIL path: CLIPImageProcessorPil in 5.x,
-//   CLIPImageProcessor in 4.x): resize shortest edge to S with PIL BICUBIC, centre crop S x S,
-//   rescale 1/255, normalise with the model's mean/std.
+// image.h: decoding PNG and JPEG from memory into 8-bit RGB, and resampling it exactly as Pillow
+// does. The vision towers' preprocessing built on these is data/image_prep.h.
 //
 // Decoding follows Pillow's convert("RGB") by default:
 //   - alpha is dropped, not composited (RGBA, grey+alpha, palette tRNS, grey/RGB tRNS);
@@ -66,43 +61,46 @@ void image_free(Image *img);
 // any failure (synthetic data and benchmarks write images; training only reads them).
 void image_write_jpeg(const char *path, const uint8_t *rgb, int w, int h, int quality, int full_chroma);
 
-// ---- resampling and preprocessing (data/resize.c) ----
+// ---- resampling (data/resize.c) ----
 
-// Resizes with Pillow's BICUBIC filter (Image.resize(..., Image.BICUBIC), no reducing_gap):
-// bit-exact with Pillow 13's 8-bit output. Pillow 13 runs the vertical pass first when the
-// height shrinks by more than twice as many pixels as the width, Pillow <= 12 always ran the
-// horizontal pass first: for those sizes the two versions differ by a few levels, and svlm
-// follows 13. dst is allocated (image_free); w, h >= 1.
-void image_resize_bicubic(const Image *src, int w, int h, Image *dst);
+// Pillow's resampling filters, numbered as PIL.Image.Resampling (preprocessor_config.json's
+// "resample"). NEAREST is listed for its number only: it is not a convolution and image_resize
+// refuses it.
+typedef enum {
+    IMAGE_FILTER_NEAREST = 0,
+    IMAGE_FILTER_LANCZOS = 1,
+    IMAGE_FILTER_BILINEAR = 2,
+    IMAGE_FILTER_BICUBIC = 3,
+    IMAGE_FILTER_BOX = 4,
+    IMAGE_FILTER_HAMMING = 5,
+} ImageFilter;
 
-// Output size of transformers' get_resize_output_image_size(size=shortest, default_to_square=False):
-// the short side becomes `shortest`, the long side int(shortest * long / short) (truncated).
-// 64-bit: for a very thin image the long side passes INT_MAX (only a crop of it is computed).
-void image_clip_resize_size(int w, int h, int shortest, int64_t *out_w, int64_t *out_h);
+const char *image_filter_name(ImageFilter f);  // "bicubic", ...; "unknown" out of range
 
-// CLIP preprocessing into out (3, size, size), float32, channel-major: resize the shortest edge
-// to size (bicubic), centre crop size x size with offset (resized - size) // 2, x / 255, then
-// (x - mean) / std in float32, bit-exact with transformers' PIL path. pad_to_square first applies
-// LLaVA's expand2square with background int(mean[c] * 255), image centred at offset
-// (max - w) // 2 or (max - h) // 2. mean and std come from preprocessor_config.json.
-// Memory is bounded whatever the aspect ratio: only the part of the resized image the crop keeps
-// is computed, and the padded square is never built (its background rows and columns are
-// constant: their contribution to each output pixel is summed once; same bits as the square).
-void image_preprocess_clip(const Image *img, int size, const float mean[3], const float std[3],
-                           int pad_to_square, float *out);
+// Resizes as Pillow's Image.resize((w, h), filter) (no box, no reducing_gap): bit-exact with
+// Pillow 13's 8-bit output. Pillow 13 runs the vertical pass first when the height shrinks by
+// more than twice as many pixels as the width, Pillow <= 12 always ran the horizontal pass
+// first: for those sizes the two versions differ by a few levels, and svlm follows 13. dst is
+// allocated (image_free); w, h >= 1.
+void image_resize(const Image *src, int w, int h, ImageFilter filter, Image *dst);
 
-// image_expand2square(img, bg) resized to size x size with BICUBIC, as image_resize_bicubic of
-// the square would (bit-exact), into dst (size * size * 3 bytes), without building the square:
-// memory stays bounded for any aspect ratio. chunk_bytes: scratch per chunk of work (0: 32 MB;
-// a smaller value only cuts the work into more chunks, same output).
-void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *dst, size_t chunk_bytes);
+// The window [x0, x0 + cw) x [y0, y0 + ch) of src resized to ow x oh, into dst (ch rows of cw RGB
+// pixels): the same bytes as that crop of image_resize's output, computing only the window.
+// ow, oh, x0, y0 are 64-bit: a very thin image's resized long side may pass INT_MAX.
+void image_resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, int64_t y0, int cw, int ch,
+                         ImageFilter filter, uint8_t *dst);
 
-// LLaVA's expand2square: a new max(w, h) square filled with bg, img pasted centred. dst allocated.
+// image_expand2square(img, bg) resized to ow x oh with filter, as image_resize of the square
+// would (bit-exact), into dst (oh * ow * 3 bytes), without building the square: memory stays
+// bounded for any aspect ratio. The height may not shrink by more than twice as much as the width
+// (CHECK; Pillow would resize vertically first). chunk_bytes: scratch per chunk of work (0:
+// 32 MB; a smaller value only cuts the work into more chunks, same output).
+void image_pad_resize(const Image *img, const uint8_t bg[3], int ow, int oh, ImageFilter filter, uint8_t *dst,
+                      size_t chunk_bytes);
+
+// LLaVA's expand2square: a new max(w, h) square filled with bg, img pasted centred at
+// ((s - w) // 2, (s - h) // 2). dst allocated.
 void image_expand2square(const Image *img, const uint8_t bg[3], Image *dst);
-
-// (x / 255 - mean) / std for every pixel into out (3, h, w), with the float rounding of
-// transformers' rescale (float64 multiply, cast to float32) and normalize (float32).
-void image_normalize_chw(const Image *img, const float mean[3], const float std[3], float *out);
 
 #ifdef __cplusplus
 }

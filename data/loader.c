@@ -2,7 +2,7 @@
 //
 // What each micro-batch holds is decided in loader_next (on the caller's thread) from the
 // position alone: the epoch's permutation (seed, epoch), this rank's slice, batch_size samples.
-// The samples' work (read + decompress + checksum, image decode + CLIP preprocessing) goes to a
+// The samples' work (read + decompress + checksum, image decode + the tower's preprocessing) goes to a
 // pool of `threads` workers up to `prefetch` micro-batches ahead; the worker that finishes the
 // last sample of a micro-batch lays it out (padding or packing). The layout depends only on the
 // samples and on which of them failed, never on timing, so batches are bit-identical for any
@@ -21,7 +21,7 @@
 #include "common/json.h"
 #include "common/rng.h"
 #include "common/util.h"
-#include "data/image.h"
+#include "data/image_prep.h"
 #include "data/shards.h"
 
 enum { SLOT_FREE, SLOT_FILLING, SLOT_READY, SLOT_HELD };
@@ -108,14 +108,14 @@ static void do_sample(Loader *l, Slot *s, int k, ShardReadBuf *rb) {
     if (rec.image_pos >= 0) {
         Image img;
         char ierr[256];
-        if (image_decode(rec.image, rec.image_len, &img, ierr, sizeof ierr) != 0) {
+        const LoaderSpec *sp = &l->spec;
+        if (image_prep_decode(&sp->prep, rec.image, rec.image_len, &img, ierr, sizeof ierr) != 0) {
             warn_once(l, o->sample, "%s/shard-%05u.zst: sample %" PRId64 " (id \"%.*s\", image %.*s): %s; sample skipped",
                       shards_dir(l->sh), shards_entry(l->sh, o->sample)->shard, o->sample, (int)rec.id_len, rec.id,
                       (int)rec.image_name_len, rec.image_name, ierr);
             return;
         }
-        const LoaderSpec *sp = &l->spec;
-        image_preprocess_clip(&img, sp->image_size, sp->mean, sp->std, sp->pad_to_square, s->pix + (size_t)k * l->img_floats);
+        image_preprocess(&img, &sp->prep, s->pix + (size_t)k * l->img_floats);
         image_free(&img);
     }
     o->ok = 1;
@@ -314,11 +314,16 @@ Loader *loader_open(const LoaderSpec *spec) {
     if (sp->batch_size < 1) fatal("loader: batch_size must be >= 1, got %d", sp->batch_size);
     if (sp->max_seq_len < 1) fatal("loader: max_seq_len must be >= 1, got %d", sp->max_seq_len);
     if (sp->image_tokens < 1) fatal("loader: image_tokens must be >= 1, got %d", sp->image_tokens);
-    if (sp->image_size < 1 || sp->image_size > 8192) fatal("loader: image_size must be in 1..8192, got %d", sp->image_size);
+    if (sp->prep.size < 1 || sp->prep.size > 8192) fatal("loader: image_size must be in 1..8192, got %d", sp->prep.size);
     if (sp->world < 1 || sp->rank < 0 || sp->rank >= sp->world)
         fatal("loader: rank %d of world %d is not valid", sp->rank, sp->world);
     for (int c = 0; c < 3; c++)
-        if (!(sp->std[c] != 0)) fatal("loader: image std[%d] must be non-zero", c);
+        if (!(sp->prep.std[c] != 0)) fatal("loader: image std[%d] must be non-zero", c);
+    // a zeroed ImagePrep would only fail in a worker, at the first image
+    if ((int)sp->prep.family < 0 || sp->prep.family >= N_IMAGE_PREP || sp->prep.filter < IMAGE_FILTER_LANCZOS ||
+        sp->prep.filter > IMAGE_FILTER_HAMMING)
+        fatal("loader: image preprocessing not set up (family %d, filter %d: see image_prep_load)", (int)sp->prep.family,
+              (int)sp->prep.filter);
     Shards *sh = shards_open(sp->shard_dir);
     Loader *l = xcalloc(1, sizeof *l);
     l->spec = *sp;
@@ -360,7 +365,7 @@ Loader *loader_open(const LoaderSpec *spec) {
     if (l->spec.shuffle) l->perm = xmalloc((size_t)l->N * sizeof *l->perm);
     l->perm_epoch = -1;
     l->warned = xcalloc((size_t)(l->N + 7) / 8, 1);
-    l->img_floats = (size_t)3 * sp->image_size * sp->image_size;
+    l->img_floats = (size_t)3 * sp->prep.size * sp->prep.size;
     l->nslots = l->spec.prefetch + 1;
     l->slots = xcalloc((size_t)l->nslots, sizeof *l->slots);
     size_t bt = (size_t)sp->batch_size * sp->max_seq_len;

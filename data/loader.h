@@ -5,14 +5,15 @@
 #pragma once
 #include <stdint.h>
 
+#include "data/image_prep.h"
+
 typedef struct {
     const char *shard_dir;  // written by ./prepare (data/prepare.h)
     int batch_size;         // samples per micro-batch (rows when not packing)
     int max_seq_len;        // tokens per row after expanding the image slot
     int image_tokens;       // slot length per image (the connector's output tokens)
-    int image_size;         // S of the (3, S, S) model input
-    float mean[3], std[3];  // the vision model's normalisation (preprocessor_config.json)
-    int pad_to_square;      // LLaVA's image_aspect_ratio = pad
+    ImagePrep prep;         // the vision tower's preprocessing (image_prep_load; pad_to_square:
+                            // LLaVA's image_aspect_ratio = pad); images are (3, prep.size, prep.size)
     uint64_t seed;          // shuffling: the permutation of epoch e depends on (seed, e) only
     int rank, world;        // this process's slice of the order (below)
     // How the ranks share an epoch's order:

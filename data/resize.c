@@ -1,16 +1,17 @@
-// resize.c: Pillow-exact bicubic resampling and CLIP / LLaVA preprocessing (see image.h).
+// resize.c: Pillow-exact resampling (box, bilinear, hamming, bicubic, lanczos) of 8-bit RGB
+// images, and LLaVA's pad-to-square resize without the square (see image.h).
 //
 // The resampler reproduces Pillow's ImagingResample (libImaging/Resample.c) for 8-bit images:
 // separable convolution in two passes (horizontal first, unless the height shrinks by more than
-// twice as many pixels as the width: Pillow 13's rule, see resize_window); bicubic kernel a = -0.5, support 2
-// widened by the downscale factor; per-output-pixel coefficients computed in double, normalised
-// to sum 1, converted to fixed point with 22 fractional bits (PRECISION_BITS = 32 - 8 - 2),
-// accumulated in int32 from 1 << 21 (rounding), and clipped to uint8 after each pass. Every
-// step is done in the same order with the same types, so the output is bit-identical.
-// Only the part of the resized image that survives the centre crop is computed: each output
-// pixel depends only on the input and its own coefficients, so this changes no value. LLaVA's pad
-// mode resizes its square without building it (image_pad_resize): the background's share of each
-// sum is added in one product, integer arithmetic that gives the same bits.
+// twice as many pixels as the width: Pillow 13's rule, see image_resize_window); the filter's
+// support widened by the downscale factor; per-output-pixel coefficients computed in double,
+// normalised to sum 1, converted to fixed point with 22 fractional bits (PRECISION_BITS =
+// 32 - 8 - 2), accumulated in int32 from 1 << 21 (rounding), and clipped to uint8 after each
+// pass. Every step is done in the same order with the same types, so the output is bit-identical.
+// image_resize_window computes only a window of the resized image (CLIP's centre crop): each
+// output pixel depends only on the input and its own coefficients, so this changes no value.
+// LLaVA's pad mode resizes its square without building it (image_pad_resize): the background's
+// share of each sum is added in one product, integer arithmetic that gives the same bits.
 #include "data/image.h"
 
 #include <math.h>
@@ -32,12 +33,62 @@
 #endif
 #endif
 
-// Pillow's bicubic_filter, same expression order (a = -0.5)
-NO_FMA static inline double bicubic_filter(double x) {
+// Pillow's filters (libImaging/Resample.c), same expressions and order; support in input pixels
+// at scale 1. sin / cos come from the C library Pillow also links (glibc): same values.
+NO_FMA static double box_filter(double x) { return x > -0.5 && x <= 0.5 ? 1.0 : 0.0; }
+
+NO_FMA static double bilinear_filter(double x) {
+    if (x < 0.0) x = -x;
+    return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+NO_FMA static double hamming_filter(double x) {
+    if (x < 0.0) x = -x;
+    if (x == 0.0) return 1.0;
+    if (x >= 1.0) return 0.0;
+    x = x * M_PI;
+    return sin(x) / x * (0.54f + 0.46f * cos(x));  // float constants, as Pillow writes them
+}
+
+// a = -0.5
+NO_FMA static double bicubic_filter(double x) {
     if (x < 0.0) x = -x;
     if (x < 1.0) return ((-0.5 + 2.0) * x - (-0.5 + 3.0)) * x * x + 1;
     if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * -0.5;
     return 0.0;
+}
+
+NO_FMA static double sinc_filter(double x) {
+    if (x == 0.0) return 1.0;
+    x = x * M_PI;
+    return sin(x) / x;
+}
+
+// truncated sinc, support 3
+NO_FMA static double lanczos_filter(double x) {
+    if (-3.0 <= x && x < 3.0) return sinc_filter(x) * sinc_filter(x / 3);
+    return 0.0;
+}
+
+typedef struct {
+    double (*fn)(double);
+    double support;
+} Filter;
+
+static Filter filter_of(ImageFilter f) {
+    switch (f) {
+    case IMAGE_FILTER_BOX: return (Filter){box_filter, 0.5};
+    case IMAGE_FILTER_BILINEAR: return (Filter){bilinear_filter, 1.0};
+    case IMAGE_FILTER_HAMMING: return (Filter){hamming_filter, 1.0};
+    case IMAGE_FILTER_BICUBIC: return (Filter){bicubic_filter, 2.0};
+    case IMAGE_FILTER_LANCZOS: return (Filter){lanczos_filter, 3.0};
+    default: fatal("image resize: filter %d has no convolution kernel (nearest is not supported)", (int)f);
+    }
+}
+
+const char *image_filter_name(ImageFilter f) {
+    static const char *names[] = {"nearest", "lanczos", "bilinear", "bicubic", "box", "hamming"};
+    return (int)f >= 0 && (int)f < 6 ? names[f] : "unknown";
 }
 
 typedef struct {
@@ -57,15 +108,17 @@ typedef struct {
     int64_t out_size;
     double scale, filterscale, support;
     int ksize;
+    Filter f;
 } Resampler;
 
-NO_FMA static void resampler_init(Resampler *r, int in_size, int64_t out_size) {
+NO_FMA static void resampler_init(Resampler *r, int in_size, int64_t out_size, ImageFilter filter) {
+    r->f = filter_of(filter);
     const float in0 = 0.0f, in1 = (float)in_size;  // Pillow's box is float
     r->in_size = in_size;
     r->out_size = out_size;
     r->filterscale = r->scale = (double)(in1 - in0) / (double)out_size;
     if (r->filterscale < 1.0) r->filterscale = 1.0;
-    r->support = 2.0 * r->filterscale;
+    r->support = r->f.support * r->filterscale;
     r->ksize = (int)ceil(r->support) * 2 + 1;
 }
 
@@ -84,7 +137,7 @@ NO_FMA static int coeff_one(const Resampler *r, int64_t xx, double *k, int32_t *
     xmax -= xmin;
     int x;
     for (x = 0; x < xmax; x++) {
-        double w = bicubic_filter((x + xmin - center + 0.5) * ss);
+        double w = r->f.fn((x + xmin - center + 0.5) * ss);
         k[x] = w;
         ww += w;
     }
@@ -264,7 +317,12 @@ SIMD_CLONES static void vpass_row(const uint8_t *base, size_t stride, int ymin, 
 // Pass order as Pillow 13's ImagingResampleInner: horizontal first, unless the height shrinks by
 // more than twice as many pixels as the width does (Pillow <= 12: always horizontal first).
 // ow, oh, x0, y0 are 64-bit: a very thin image's resized long side may pass INT_MAX.
-static void resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, int64_t y0, int cw, int ch, uint8_t *dst) {
+void image_resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, int64_t y0, int cw, int ch,
+                         ImageFilter filter, uint8_t *dst) {
+    CHECK(src && src->rgb && src->w > 0 && src->h > 0 && ow > 0 && oh > 0 && cw > 0 && ch > 0 && x0 >= 0 && y0 >= 0 &&
+              x0 + cw <= ow && y0 + ch <= oh,
+          "image_resize_window: bad window %dx%d at (%lld, %lld) of %lldx%lld", cw, ch, (long long)x0, (long long)y0,
+          (long long)ow, (long long)oh);
     const int need_h = ow != src->w, need_v = oh != src->h;
     const int64_t dh = src->h - oh, dw = src->w - ow;
     const int h_first = !(dh > 0 && dh > dw * 2);
@@ -272,11 +330,11 @@ static void resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, 
     Coeffs cv = {0}, chz = {0};
     Resampler rv, rh;
     if (need_v) {
-        resampler_init(&rv, src->h, oh);
+        resampler_init(&rv, src->h, oh, filter);
         coeffs_make(&rv, y0, ch, &cv);
     }
     if (need_h) {
-        resampler_init(&rh, src->w, ow);
+        resampler_init(&rh, src->w, ow, filter);
         coeffs_make(&rh, x0, cw, &chz);
     }
     uint8_t *tmp = NULL;
@@ -324,74 +382,100 @@ static void resize_window(const Image *src, int64_t ow, int64_t oh, int64_t x0, 
     if (need_h) coeffs_free(&chz);
 }
 
-// LLaVA's expand2square(img, bg) resized to size x size, into dst (size * size * 3), without
-// building the square. The square (side s) is resized in both directions by the same s -> size
-// resampler, horizontal pass first (Pillow 13's rule for equal shrinks; Pillow <= 12 always).
+// the sum of each output's fixed-point taps, outputs [0, r->out_size)
+static void coeffs_sums(const Resampler *r, int32_t *ksum) {
+    double *k = xmalloc(sizeof(double) * (size_t)r->ksize);
+    int32_t *kq = xmalloc(sizeof(int32_t) * (size_t)r->ksize);
+    for (int64_t i = 0; i < r->out_size; i++) {
+        int xmin, cnt = coeff_one(r, i, k, kq, &xmin);
+        int32_t all = 0;
+        for (int x = 0; x < cnt; x++) all += kq[x];
+        ksum[i] = all;
+    }
+    free(k);
+    free(kq);
+}
+
+// LLaVA's expand2square(img, bg) resized to ow x oh, into dst (oh rows of ow pixels), without
+// building the square. The square (side s) is resized horizontally by an s -> ow resampler and
+// vertically by an s -> oh one, horizontal pass first: Pillow 13's order unless the height
+// shrinks by more than twice as much as the width (checked: the callers' sizes never do; Pillow
+// <= 12 always went horizontal first).
 // The image covers input band [q, q + m0) of the short direction and the whole long one; the
 // rest is background, constant. A background pixel's share of a sum is bg * its coefficient,
 // so the background taps of an output add bg * kbg (kbg: the sum of their fixed-point
 // coefficients) to the start value: integer sums, exactly what Pillow's tap-by-tap loop gives
-// (no partial sum comes near int32's range). Hence:
-//   - a background row's first pass is hbg[j] = clip(2^21 + bg * ksum[j]), one row for all;
+// (no partial sum comes near int32's range). Hence, with ksum the sum of all of an output's taps:
+//   - a background row's first pass is hbg[j] = clip(2^21 + bg * ksum_h[j]), one row for all;
 //   - wide (w >= h): first pass over the h image rows only; an output row's background rows
-//     enter through 2^21 + hbg * kbg[i];
+//     enter through 2^21 + hbg * kbg_v[i];
 //   - tall: the first pass gives hbg[j] in every row for the columns whose window misses the
-//     image ("pure" columns), so those outputs are clip(2^21 + hbg[j] * ksum[i]); the others are
-//     computed from the image columns with 2^21 + bg * kbg[j] as start value.
+//     image ("pure" columns), so those outputs are clip(2^21 + hbg[j] * ksum_v[i]); the others
+//     are computed from the image columns with 2^21 + bg * kbg_h[j] as start value.
 // Memory: the short direction's band coefficients (~5 per image pixel of a line) and chunks of
 // bounded size (chunk_bytes of first-pass rows, chunk_bytes / 32 of the long direction's
 // coefficients), whatever the aspect ratio (a 1 x 10^8 image pads to a 10^8-sided square).
-void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *dst, size_t chunk_bytes) {
-    CHECK(img && img->rgb && img->w > 0 && img->h > 0 && size > 0, "image_pad_resize: bad image %dx%d or size %d",
-          img ? img->w : 0, img ? img->h : 0, size);
+static void pad_resize(const Image *img, const uint8_t bg[3], int ow, int oh, ImageFilter filter, uint8_t *dst,
+                       size_t chunk_bytes) {
     if (chunk_bytes == 0) chunk_bytes = (size_t)32 << 20;
     const double rows_budget = (double)chunk_bytes;
     const int coef_budget = chunk_bytes / 32 > (1u << 30) ? 1 << 30 : (int)(chunk_bytes / 32);
     const int w = img->w, h = img->h, wide = w >= h;
     const int s = wide ? w : h;
     const int ox = (s - w) / 2, oy = (s - h) / 2;  // paste offset, as image_expand2square
-    const size_t rowb = (size_t)size * 3;
-    if (s == size) {  // no resampling: the square itself
-        for (int y = 0; y < size; y++) {
+    const int64_t dh = (int64_t)s - oh, dw = (int64_t)s - ow;
+    CHECK(!(dh > 0 && dh > dw * 2), "image_pad_resize: %d -> %dx%d would resize vertically first", s, ow, oh);
+    const size_t rowb = (size_t)ow * 3;
+    if (s == ow && s == oh) {  // no resampling: the square itself
+        for (int y = 0; y < oh; y++) {
             uint8_t *row = dst + (size_t)y * rowb;
-            for (int x = 0; x < size; x++) memcpy(row + 3 * x, bg, 3);
+            for (int x = 0; x < ow; x++) memcpy(row + 3 * x, bg, 3);
             if (y >= oy && y < oy + h) memcpy(row + 3 * (size_t)ox, img->rgb + (size_t)(y - oy) * w * 3, (size_t)w * 3);
         }
         return;
     }
-    Resampler R;
-    resampler_init(&R, s, size);
+    Resampler Rh, Rv;
+    resampler_init(&Rh, s, ow, filter);
+    resampler_init(&Rv, s, oh, filter);
+    const Resampler *Rs = wide ? &Rv : &Rh, *Rl = wide ? &Rh : &Rv;  // short and long direction
     const int q = wide ? oy : ox, m0 = wide ? h : w;  // the short direction's image band
-    int32_t *ksum = xmalloc(sizeof(int32_t) * (size_t)size), *kbg = xmalloc(sizeof(int32_t) * (size_t)size);
+    const int ns = wide ? oh : ow;                    // outputs of the short direction
+    int32_t *ksum_s = xmalloc(sizeof(int32_t) * (size_t)ns), *kbg = xmalloc(sizeof(int32_t) * (size_t)ns);
     Coeffs sb;  // short direction, band taps only
-    coeffs_band(&R, q, q + m0, &sb, ksum, kbg);
+    coeffs_band(Rs, q, q + m0, &sb, ksum_s, kbg);
+    int32_t *ksum_h = ksum_s;  // the horizontal taps' sums: the band's already when tall
+    if (wide) {
+        ksum_h = xmalloc(sizeof(int32_t) * (size_t)ow);
+        coeffs_sums(&Rh, ksum_h);
+    }
     int32_t *hbg = xmalloc(sizeof(int32_t) * rowb);  // first pass of a background row
-    for (int j = 0; j < size; j++)
-        for (int c = 0; c < 3; c++) hbg[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + bg[c] * ksum[j]);
+    for (int j = 0; j < ow; j++)
+        for (int c = 0; c < 3; c++) hbg[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + bg[c] * ksum_h[j]);
     int32_t *init = xmalloc(sizeof(int32_t) * rowb);
     if (wide) {
         // first pass: the image rows, all columns (long direction: its coefficients in chunks)
         uint8_t *H = xmalloc((size_t)h * rowb);
-        int nc = coef_budget / R.ksize;
-        nc = nc < 1 ? 1 : nc > size ? size : nc;
-        for (int j0 = 0; j0 < size; j0 += nc) {
-            int n = size - j0 < nc ? size - j0 : nc;
+        int nc = coef_budget / Rl->ksize;
+        nc = nc < 1 ? 1 : nc > ow ? ow : nc;
+        for (int j0 = 0; j0 < ow; j0 += nc) {
+            int n = ow - j0 < nc ? ow - j0 : nc;
             Coeffs hc;
-            coeffs_make(&R, j0, n, &hc);
+            coeffs_make(Rl, j0, n, &hc);
             hpass(img->rgb, (size_t)w * 3, h, 0, &hc, n, NULL, H + (size_t)j0 * 3, rowb);
             coeffs_free(&hc);
         }
         // second pass: the image rows' taps, the background rows' share in the start value
-        for (int i = 0; i < size; i++) {
+        for (int i = 0; i < oh; i++) {
             for (size_t l = 0; l < rowb; l++) init[l] = (1 << (PRECISION_BITS - 1)) + hbg[l] * kbg[i];
             vpass_row(H, rowb, sb.bounds[2 * i] - oy, sb.bounds[2 * i + 1], coeffs_of(&sb, i), init, dst + (size_t)i * rowb,
                       (int)rowb);
         }
         free(H);
+        free(ksum_h);
     } else {
         // columns [jl, jh) have image columns in their window, the others are pure background
-        int jl = 0, jh = size;
-        while (jl < size && sb.bounds[2 * jl + 1] == 0) jl++;
+        int jl = 0, jh = ow;
+        while (jl < ow && sb.bounds[2 * jl + 1] == 0) jl++;
         while (jh > jl && sb.bounds[2 * (jh - 1) + 1] == 0) jh--;
         const int m = jh - jl;
         Coeffs view = {sb.ksize, sb.bounds + 2 * jl, sb.kk, sb.off + jl};
@@ -399,18 +483,18 @@ void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *
             for (int c = 0; c < 3; c++) init[3 * (j - jl) + c] = (1 << (PRECISION_BITS - 1)) + bg[c] * kbg[j];
         // output rows in chunks: the long direction's coefficients and the first-pass rows they
         // need (about n * scale + ksize of them) stay within the budgets
-        int n_max = coef_budget / R.ksize;
-        double per_row = R.scale > 1 ? R.scale : 1;
-        double fit = (rows_budget / ((double)(m > 0 ? m : 1) * 3) - R.ksize) / per_row;
+        int n_max = coef_budget / Rl->ksize;
+        double per_row = Rl->scale > 1 ? Rl->scale : 1;
+        double fit = (rows_budget / ((double)(m > 0 ? m : 1) * 3) - Rl->ksize) / per_row;
         if (fit < n_max) n_max = fit < 1 ? 1 : (int)fit;
         if (n_max < 1) n_max = 1;
-        if (n_max > size) n_max = size;
+        if (n_max > oh) n_max = oh;
         uint8_t *H = NULL;
         size_t hcap = 0;
-        for (int i0 = 0; i0 < size; i0 += n_max) {
-            int n = size - i0 < n_max ? size - i0 : n_max;
+        for (int i0 = 0; i0 < oh; i0 += n_max) {
+            int n = oh - i0 < n_max ? oh - i0 : n_max;
             Coeffs vc;
-            coeffs_make(&R, i0, n, &vc);
+            coeffs_make(Rl, i0, n, &vc);
             const int ya = vc.bounds[0], yb = vc.bounds[2 * (n - 1)] + vc.bounds[2 * (n - 1) + 1];
             size_t need = (size_t)(yb - ya) * m * 3;
             if (m > 0) {
@@ -423,17 +507,19 @@ void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *
             }
             for (int i = 0; i < n; i++) {
                 uint8_t *row = dst + (size_t)(i0 + i) * rowb;
-                const int32_t kv = ksum[i0 + i];  // the same resampler: output row i0 + i's tap sum
-                for (int j = 0; j < size; j++) {
+                const int32_t *kv = coeffs_of(&vc, i);  // output row i0 + i: every tap is an image row
+                int32_t kvsum = 0;
+                for (int y = 0; y < vc.bounds[2 * i + 1]; y++) kvsum += kv[y];
+                for (int j = 0; j < ow; j++) {
                     if (j == jl && m > 0) {
                         j = jh - 1;
                         continue;
                     }
-                    for (int c = 0; c < 3; c++) row[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + hbg[3 * j + c] * kv);
+                    for (int c = 0; c < 3; c++) row[3 * j + c] = clip_acc((1 << (PRECISION_BITS - 1)) + hbg[3 * j + c] * kvsum);
                 }
                 if (m > 0)
-                    vpass_row(H, (size_t)m * 3, vc.bounds[2 * i] - ya, vc.bounds[2 * i + 1], coeffs_of(&vc, i), NULL,
-                              row + (size_t)jl * 3, m * 3);
+                    vpass_row(H, (size_t)m * 3, vc.bounds[2 * i] - ya, vc.bounds[2 * i + 1], kv, NULL, row + (size_t)jl * 3,
+                              m * 3);
             }
             coeffs_free(&vc);
         }
@@ -441,28 +527,25 @@ void image_pad_resize(const Image *img, const uint8_t bg[3], int size, uint8_t *
     }
     free(init);
     free(hbg);
-    free(ksum);
+    free(ksum_s);
     free(kbg);
     coeffs_free(&sb);
 }
 
-void image_resize_bicubic(const Image *src, int w, int h, Image *dst) {
-    CHECK(src && src->rgb && src->w > 0 && src->h > 0 && w > 0 && h > 0, "image_resize_bicubic: bad sizes %dx%d -> %dx%d",
+void image_pad_resize(const Image *img, const uint8_t bg[3], int ow, int oh, ImageFilter filter, uint8_t *dst,
+                      size_t chunk_bytes) {
+    CHECK(img && img->rgb && img->w > 0 && img->h > 0 && ow > 0 && oh > 0, "image_pad_resize: bad image %dx%d or size %dx%d",
+          img ? img->w : 0, img ? img->h : 0, ow, oh);
+    pad_resize(img, bg, ow, oh, filter, dst, chunk_bytes);
+}
+
+void image_resize(const Image *src, int w, int h, ImageFilter filter, Image *dst) {
+    CHECK(src && src->rgb && src->w > 0 && src->h > 0 && w > 0 && h > 0, "image_resize: bad sizes %dx%d -> %dx%d",
           src ? src->w : 0, src ? src->h : 0, w, h);
     dst->w = w;
     dst->h = h;
     dst->rgb = xmalloc((size_t)w * h * 3);
-    resize_window(src, w, h, 0, 0, w, h, dst->rgb);
-}
-
-void image_clip_resize_size(int w, int h, int shortest, int64_t *out_w, int64_t *out_h) {
-    // transformers: short, long = (w, h) if w <= h else (h, w); new_long = int(size * long / short)
-    // (Python true division of integers: correctly rounded, as the double division here; the
-    // product is exact below 2^53)
-    int sh = w <= h ? w : h, lo = w <= h ? h : w;
-    int64_t new_long = (int64_t)((double)shortest * lo / sh);
-    if (w <= h) { *out_w = shortest; *out_h = new_long; }
-    else { *out_w = new_long; *out_h = shortest; }
+    image_resize_window(src, w, h, 0, 0, w, h, filter, dst->rgb);
 }
 
 void image_expand2square(const Image *img, const uint8_t bg[3], Image *dst) {
@@ -481,56 +564,4 @@ void image_expand2square(const Image *img, const uint8_t bg[3], Image *dst) {
             for (int x = 0; x < s; x++) memcpy(row + 3 * x, bg, 3);
         }
     }
-}
-
-// lut[c][v] = float32(float32(v * (1/255) in double) - mean) / std, as transformers' rescale
-// (float64 product cast to float32) followed by normalize (float32 arithmetic)
-static void make_lut(const float mean[3], const float std[3], float lut[3][256]) {
-    for (int c = 0; c < 3; c++)
-        for (int v = 0; v < 256; v++) {
-            volatile float r = (float)((double)v * (1.0 / 255.0));  // volatile: no excess precision
-            volatile float d = r - mean[c];
-            lut[c][v] = d / std[c];
-        }
-}
-
-static void rgb_to_chw(const uint8_t *rgb, size_t npix, float lut[3][256], float *out) {
-    float *o0 = out, *o1 = out + npix, *o2 = out + 2 * npix;
-    for (size_t i = 0; i < npix; i++) {
-        o0[i] = lut[0][rgb[3 * i + 0]];
-        o1[i] = lut[1][rgb[3 * i + 1]];
-        o2[i] = lut[2][rgb[3 * i + 2]];
-    }
-}
-
-void image_normalize_chw(const Image *img, const float mean[3], const float std[3], float *out) {
-    float lut[3][256];
-    make_lut(mean, std, lut);
-    rgb_to_chw(img->rgb, (size_t)img->w * img->h, lut, out);
-}
-
-void image_preprocess_clip(const Image *img, int size, const float mean[3], const float std[3], int pad_to_square,
-                           float *out) {
-    CHECK(img && img->rgb && img->w > 0 && img->h > 0 && size > 0, "image_preprocess_clip: bad image %dx%d or size %d",
-          img ? img->w : 0, img ? img->h : 0, size);
-    uint8_t *crop = xmalloc((size_t)size * size * 3);
-    if (pad_to_square && img->w != img->h) {
-        // LLaVA: tuple(int(x * 255) for x in image_mean); the square's resize to size x size
-        // needs no crop
-        uint8_t bg[3];
-        for (int c = 0; c < 3; c++) {
-            double v = (double)mean[c] * 255.0;
-            bg[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : (int)v);
-        }
-        image_pad_resize(img, bg, size, crop, 0);
-    } else {
-        int64_t rw, rh;
-        image_clip_resize_size(img->w, img->h, size, &rw, &rh);
-        // centre crop: top = (h - size) // 2, left = (w - size) // 2 (both >= 0 here)
-        resize_window(img, rw, rh, (rw - size) / 2, (rh - size) / 2, size, size, crop);
-    }
-    float lut[3][256];
-    make_lut(mean, std, lut);
-    rgb_to_chw(crop, (size_t)size * size, lut, out);
-    free(crop);
 }

@@ -507,6 +507,7 @@ void synth_vision_family(VitConfig *v, VitType type) {
     v->type = type;
     v->act = vit_family_act(type);
     v->qkv_bias = 1;
+    v->prep = vit_family(type)->model_types[0].prep;
 }
 
 float synth_llm_init_std(const LlmConfig *l) { return 1.0f / sqrtf((float)l->hidden); }

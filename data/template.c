@@ -162,6 +162,14 @@ void template_free(Template *t) {
     free(t);
 }
 
+const char *template_system_text(const Template *t) {
+    if (t->kind == TEMPLATE_PLAIN) return "";
+    if (t->system) return t->system;
+    return t->kind == TEMPLATE_CHATML ? CHATML_SYSTEM : t->kind == TEMPLATE_VICUNA_V1 ? VICUNA_SYSTEM : "";
+}
+
+int template_has_bos(const Template *t) { return t->bos >= 0; }
+
 int template_stop_id(const Template *t) { return t->stop; }
 
 // ---------------------------------------------------------------------------------------------

@@ -74,3 +74,7 @@ int template_encode_prompt(const Template *t, const Turn *turns, int n_turns, in
                            char *err, size_t errlen);
 // the token that ends an assistant turn (generation stops there)
 int template_stop_id(const Template *t);
+// the system prompt the template writes before the first turn (its default when template_new
+// got NULL; "" for none, always for plain), and whether it starts with the tokenizer's bos
+const char *template_system_text(const Template *t);
+int template_has_bos(const Template *t);

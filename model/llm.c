@@ -423,7 +423,21 @@ void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg) {
         proj_backward(m, &L->p[PROJ_K], m->dln, m->dk, a->ln1, a->lora_h[PROJ_K], N, lora_seed(m, l, PROJ_K));
         proj_backward(m, &L->p[PROJ_V], m->dln, m->dv, a->ln1, a->lora_h[PROJ_V], N, lora_seed(m, l, PROJ_V));
         k->rmsnorm_backward(m->dx, NULL, m->dln, a->x, L->ln1, a->rstd1, N, C);
+        int first, n = llm_lora_range(m, l, &first);
+        if (n && m->grads_ready.fn) m->grads_ready.fn(m->grads_ready.ctx, first, n);
     }
+}
+
+int llm_lora_range(const Llm *m, int l, int *first) {
+    int lo = -1, hi = -1;  // llm_load declares A then B of each projection, one layer after another
+    for (int p = 0; p < N_PROJ; p++) {
+        const LlmProj *pr = &m->layer[l].p[p];
+        if (pr->a < 0) continue;
+        if (lo < 0 || pr->a < lo) lo = pr->a;
+        if (pr->bb > hi) hi = pr->bb;
+    }
+    *first = lo;
+    return lo < 0 ? 0 : hi - lo + 1;
 }
 
 void llm_logits(Llm *m, act_t *out, int N) {

@@ -109,6 +109,7 @@ typedef struct {
     int training;
     uint64_t dropout_seed;
     act_t *xdrop, *dxdrop;       // (N, widest projection input), allocated when lora.dropout > 0
+    GradsReady grads_ready;      // llm_backward calls it for each layer's LoRA tensors, top layer first
 } Llm;
 
 void llm_config_load(LlmConfig *c, const char *dir);
@@ -160,7 +161,11 @@ void llm_logits_rows(const Llm *m, float *logits_host, act_t *ln, const act_t *x
 // m->losses (fp32, backend; callers download them). With backward, d(sum of losses)*grad_scale
 // with respect to the last layer's output is left in m->dx, where llm_backward starts.
 void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float grad_scale, int backward);
-// from m->dx = d(final residual): LoRA gradients (+=) into train->grad, and d(x0) left in m->dx
+// from m->dx = d(final residual): LoRA gradients (+=) into train->grad, and d(x0) left in m->dx;
+// as each layer is done, m->grads_ready hears that its LoRA gradients are final
 void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg);
+// layer l's LoRA tensors, declared together: returns their count (0 without LoRA there), *first
+// the index of the first in the trainable set
+int llm_lora_range(const Llm *m, int l, int *first);
 // logits (N, V) of every row after llm_forward (tests, evaluation)
 void llm_logits(Llm *m, act_t *out, int N);

@@ -94,10 +94,14 @@ void memplan_print(const MemPlan *p, const VlmSpec *spec, const char *backend, s
     printf("memory plan on %s: %s of %s (%s)\n", backend, fmt_bytes(p->total, b[0], 32), fmt_bytes(budget, b[1], 32), budget_what);
     printf("  frozen weights    %12s  vision %s + LLM %s\n", fmt_bytes(p->frozen_vision + p->frozen_llm, b[0], 32),
            fmt_bytes(p->frozen_vision, b[1], 32), fmt_bytes(p->frozen_llm, b[2], 32));
-    if (spec->opt_shards > 1)  // ZeRO-1: this rank's share of the optimizer state
+    if (spec->opt_shards > 1 && p->has_copy)  // ZeRO-1 with a compute copy: the fp32 masters are sharded too
+        printf("  trainable state   %12s  %zu parameters: gradients and compute copy, fp32 weights and AdamW m and v "
+               "for 1/%d of them (ZeRO-1, this rank's share)\n",
+               fmt_bytes(p->trainable, b[0], 32), p->n_trainable, spec->opt_shards);
+    else if (spec->opt_shards > 1)  // ZeRO-1 on the CPU: the fp32 weights are the compute weights
         printf("  trainable state   %12s  %zu parameters: fp32 weights, gradients, AdamW m and v for 1/%d of them "
-               "(ZeRO-1, this rank's share)%s\n",
-               fmt_bytes(p->trainable, b[0], 32), p->n_trainable, spec->opt_shards, p->has_copy ? ", compute copy" : "");
+               "(ZeRO-1, this rank's share)\n",
+               fmt_bytes(p->trainable, b[0], 32), p->n_trainable, spec->opt_shards);
     else
         printf("  trainable state   %12s  %zu parameters: fp32 weights, gradients, AdamW m and v%s\n",
                fmt_bytes(p->trainable, b[0], 32), p->n_trainable, p->has_copy ? ", compute copy" : "");

@@ -76,14 +76,24 @@ static void layout_spans(ParamSet *ps) {
     ps->span = slice * s;
     ps->opt_begin = slice * (size_t)ps->opt_shard;
     ps->opt_len = s == 1 ? n : slice;
+    int sharded = s > 1 && !ps->k->act_is_f32;  // the CPU's masters are its compute weights
+    ps->master_begin = sharded ? ps->opt_begin : 0;
+    ps->master_len = sharded ? slice : ps->span;
 }
+
+// elements of the compute copy: the span where slices of it are all-gathered, else the tensors
+static size_t copy_len(const ParamSet *ps) {
+    return ps->master_len < ps->span ? ps->span : ps->numel ? ps->numel : 1;
+}
+
+int params_masters_sharded(const ParamSet *ps) { return ps->master_len < ps->span; }
 
 size_t params_bytes(const ParamSet *ps) {
     size_t n = ps->numel ? ps->numel : 1;
     if (!ps->trainable) return n * ps->k->act_bytes;
     ParamSet t = *ps;
     layout_spans(&t);
-    return (2 * t.span + 2 * t.opt_len) * sizeof(float) + (ps->k->act_is_f32 ? 0 : n * ps->k->act_bytes);
+    return (t.span + t.master_len + 2 * t.opt_len) * sizeof(float) + (ps->k->act_is_f32 ? 0 : copy_len(&t) * ps->k->act_bytes);
 }
 
 void params_alloc(ParamSet *ps) {
@@ -91,11 +101,11 @@ void params_alloc(ParamSet *ps) {
     size_t n = ps->numel ? ps->numel : 1;
     if (ps->trainable) {
         layout_spans(ps);
-        ps->master = k->alloc(ps->span * sizeof(float));
+        ps->master = k->alloc(ps->master_len * sizeof(float));
         ps->grad = k->alloc(ps->span * sizeof(float));
         ps->m = k->alloc(ps->opt_len * sizeof(float));
         ps->v = k->alloc(ps->opt_len * sizeof(float));
-        ps->data = k->act_is_f32 ? (act_t *)ps->master : k->alloc(n * k->act_bytes);
+        ps->data = k->act_is_f32 ? (act_t *)ps->master : k->alloc(copy_len(ps) * k->act_bytes);
     } else {
         ps->data = k->alloc(n * k->act_bytes);
     }
@@ -123,7 +133,16 @@ int params_find(const ParamSet *ps, const char *name) {
 }
 
 act_t *params_act(const ParamSet *ps, int i) { return act_at(ps->k, ps->data, ps->p[i].offset); }
-float *params_master(const ParamSet *ps, int i) { return ps->master + ps->p[i].offset; }
+// the tensor lies inside the masters' range
+static int in_masters(const ParamSet *ps, int i) {
+    const Param *p = &ps->p[i];
+    return p->offset >= ps->master_begin && p->offset + p->numel <= ps->master_begin + ps->master_len;
+}
+
+float *params_master(const ParamSet *ps, int i) {
+    CHECK(in_masters(ps, i), "tensor %s is outside this rank's slice of the masters", ps->p[i].name);
+    return ps->master + (ps->p[i].offset - ps->master_begin);
+}
 float *params_grad(const ParamSet *ps, int i) { return ps->grad + ps->p[i].offset; }
 
 void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix) {
@@ -142,7 +161,9 @@ void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix) {
 }
 
 void params_sync(ParamSet *ps) {
-    if (ps->trainable && ps->data != (act_t *)ps->master) ps->k->cast_to_act(ps->data, ps->master, ps->numel);
+    if (!ps->trainable || ps->data == (act_t *)ps->master) return;
+    size_t a = ps->master_begin, b = a + ps->master_len < ps->numel ? a + ps->master_len : ps->numel;
+    if (a < b) ps->k->cast_to_act(act_at(ps->k, ps->data, a), ps->master, b - a);
 }
 
 void params_download(const ParamSet *ps, int i, float *host) {
@@ -151,7 +172,13 @@ void params_download(const ParamSet *ps, int i, float *host) {
 }
 
 void params_upload(ParamSet *ps, int i, const float *host) {
-    if (ps->trainable) {
+    const Param *p = &ps->p[i];
+    if (ps->trainable && !in_masters(ps, i)) {  // sharded masters: their part of it, and the whole copy
+        size_t a = p->offset > ps->master_begin ? p->offset : ps->master_begin;
+        size_t b = p->offset + p->numel < ps->master_begin + ps->master_len ? p->offset + p->numel : ps->master_begin + ps->master_len;
+        if (a < b) ps->k->upload(ps->master + (a - ps->master_begin), host + (a - p->offset), (b - a) * sizeof(float));
+        ps->k->upload_act(params_act(ps, i), host, p->numel);
+    } else if (ps->trainable) {
         ps->k->upload(params_master(ps, i), host, ps->p[i].numel * sizeof(float));
         if (ps->data != (act_t *)ps->master) ps->k->cast_to_act(params_act(ps, i), params_master(ps, i), ps->p[i].numel);
     } else {

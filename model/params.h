@@ -38,15 +38,28 @@ typedef struct {
     int trainable;
     ParamGroup group;  // the group params_add gives the tensors it declares
     act_t *data;    // frozen: the weights. trainable: the compute copy (== master when act is fp32)
-    float *master;  // trainable only: fp32 weights and grads, span long (numel, padded)
-    float *grad;
+    float *master;  // trainable only: fp32 weights of elements [master_begin, master_begin + master_len)
+    float *grad;    // trainable only: span long (numel, padded)
     float *m, *v;   // AdamW moments of elements [opt_begin, opt_begin + opt_len) only
     // Set before params_alloc (params_shard_optimizer); by default one shard: span = numel and
-    // the moments cover everything. With n shards (ZeRO-1) the span is padded to a multiple of
-    // n so that it splits into n equal slices, and the moments exist for one slice.
+    // masters and moments cover everything. With n shards (ZeRO-1) the span is padded to a
+    // multiple of n so that it splits into n equal slices, and the moments exist for one slice;
+    // so do the fp32 masters where the compute copy is separate (act_t not fp32: the trainer
+    // all-gathers the updated slices into the copy). On the CPU backend the masters are the
+    // compute weights and stay whole.
     int opt_shards, opt_shard;
     size_t span, opt_begin, opt_len;
+    size_t master_begin, master_len;
 } ParamSet;
+
+// The backward's word that the gradients of tensors [first, first + n) of the trainable set are
+// final for this micro-batch: nothing later in it adds to them. A trainer that sums gradients
+// across processes starts on them while the backward goes on (vlm.h says in which groups and
+// order the model calls it). fn NULL: not called.
+typedef struct {
+    void (*fn)(void *ctx, int first, int n);
+    void *ctx;
+} GradsReady;
 
 void params_init(ParamSet *ps, const Kernels *k, int trainable);
 // declares a tensor; returns its index. Shapes are as Hugging Face / PyTorch store them.
@@ -65,14 +78,18 @@ void params_free(ParamSet *ps);
 int params_find(const ParamSet *ps, const char *name);  // -1 when absent
 
 act_t *params_act(const ParamSet *ps, int i);  // compute copy / frozen weight
-float *params_master(const ParamSet *ps, int i);
+float *params_master(const ParamSet *ps, int i);  // the tensor must lie in the masters' range
+int params_masters_sharded(const ParamSet *ps);   // the masters cover one slice only
 float *params_grad(const ParamSet *ps, int i);
 
 // frozen sets: reads every tensor from w under prefix + name, checking shapes
 void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix);
-// trainable sets: refreshes the compute copy after the masters changed
+// trainable sets: refreshes the compute copy after the masters changed (where sharded: the
+// masters' slice of it only)
 void params_sync(ParamSet *ps);
-// host copies of one tensor's master (trainable) or weight (frozen)
+// host copies of one tensor's master (trainable) or weight (frozen); uploading a trainable
+// tensor sets what lies in the masters' range and the whole of its compute copy. Downloading
+// needs the tensor in the masters' range (sharded masters are gathered by the trainer).
 void params_download(const ParamSet *ps, int i, float *host);
 void params_upload(ParamSet *ps, int i, const float *host);
 // Loads every tensor of the safetensors file at path whose name, after removing strip_prefix

@@ -118,6 +118,7 @@ void vit_config_load(VitConfig *c, const char *dir) {
     if (a == N_VIT_ACTS) fatal("%s: hidden_act \"%s\" is not supported (quick_gelu, gelu or gelu_pytorch_tanh)", path, act);
     c->act = (VitAct)a;
     c->qkv_bias = 1;
+    c->prep = d->prep;
     const VitFamily *fam = vit_family(c->type);
     if (fam->config) fam->config(c, o, path);
     if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads)
@@ -131,35 +132,9 @@ void vit_config_load(VitConfig *c, const char *dir) {
     cJSON_Delete(root);
 }
 
-static int size_value(const cJSON *j, const char *key, const char *path) {
-    int64_t v;
-    if (!json_is_i64(j, 1, 65536, &v)) fatal("%s: \"%s\" must be an integer in [1, 65536], got %g", path, key, j->valuedouble);
-    return (int)v;
-}
-
-int vit_json_size(const cJSON *j, const char *key, const char *path) {
-    if (cJSON_IsNumber(j)) return size_value(j, key, path);
-    if (cJSON_IsObject(j)) {
-        const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "height"), *w = cJSON_GetObjectItemCaseSensitive(j, "width");
-        const cJSON *se = cJSON_GetObjectItemCaseSensitive(j, "shortest_edge");
-        if (cJSON_IsNumber(h) && cJSON_IsNumber(w)) {
-            if (h->valuedouble != w->valuedouble)
-                fatal("%s: \"%s\" is %g x %g: only square inputs are supported", path, key, h->valuedouble, w->valuedouble);
-            return size_value(h, key, path);
-        }
-        if (cJSON_IsNumber(se)) return size_value(se, key, path);
-    }
-    fatal("%s: \"%s\" must be a number, {\"height\", \"width\"} or {\"shortest_edge\"}", path, key);
-}
-
-void vit_preprocess_config(const char *dir, int model_image_size, int *size, float mean[3], float std[3]) {
-    // the family from config.json when there is one (a bare preprocessor file is CLIP's)
-    char cfg[2048], path[2048];
-    path_join(cfg, sizeof cfg, dir, "config.json");
-    path_join(path, sizeof path, dir, "preprocessor_config.json");
-    VitConfig c = {0};
-    if (file_exists(cfg)) vit_config_load(&c, dir);
-    vit_family(c.type)->preprocess(dir, path, model_image_size, size, mean, std);
+void vit_image_prep(const VitConfig *c, const char *dir, ImagePrep *p) {
+    CHECK(c->prep >= 0 && c->prep < N_IMAGE_PREP, "vision tower %s states no image preprocessing", vit_type_name(c));
+    image_prep_load(p, dir, c->prep, c->image_size);
 }
 
 void vit_declare(ParamSet *w, const VitConfig *c, int n_layers) { vit_family(c->type)->declare(w, c, n_layers); }

@@ -3,13 +3,14 @@
 // pre-norm, final norm; the activation and q/k/v biases come from its config), its config.json
 // model_types and defaults, its tensors under its checkpoint's names and their binding to the
 // shared layer (a fused qkv split, layer scales folded into the projections at load), and its
-// preprocessing settings. The output is the hidden state after `vision_layer` (HF
+// image processor (data/image_prep.h) by model_type. The output is the hidden state after `vision_layer` (HF
 // hidden_states index, default -2), class token dropped; with post-norm on (vit_set_post_norm,
 // Idefics3) the last layer's output through the family's final LayerNorm, as last_hidden_state.
 // The tower states its own facts (vit_type_name, vit_has_cls, vit_seq_len, vit_feature_dim,
 // vit_layers_run; image_size and grid in VitConfig): the trainer, export and memory plan ask it.
 #pragma once
 #include "common/json.h"
+#include "data/image_prep.h"
 #include "kernels/kernels.h"
 #include "model/params.h"
 
@@ -27,6 +28,7 @@ typedef struct {
     float eps;
     VitAct act;
     int qkv_bias;  // q, k and v projections have biases (InternViT configs may say not)
+    ImagePrepFamily prep;  // the image processor of its model_type (IMAGE_PREP_CLIP = 0)
 } VitConfig;
 
 // how a family's encoder differs from the shared one; the layer math is the same
@@ -42,7 +44,8 @@ typedef struct {
     const char *model_type;
     int hidden, mlp, layers, heads, image_size, patch;
     double eps;
-    const char *act;  // hidden_act
+    const char *act;       // hidden_act
+    ImagePrepFamily prep;  // the image processor its checkpoints ship with
 } VitModelType;
 
 typedef struct {
@@ -65,9 +68,6 @@ typedef struct {
     void (*declare)(ParamSet *w, const VitConfig *c, int n_layers);
     // after loading: points v's embedding, layer and norm weights at the tensors, by name
     void (*bind)(Vit *v);
-    // the input settings from dir/preprocessor_config.json (see vit_preprocess_config)
-    void (*preprocess)(const char *dir, const char *path, int model_image_size, int *size, float mean[3],
-                       float std[3]);
     // for random models (model/hf_random.c): the family's config.json keys beyond the shapes
     // (architectures, model_type, hidden_act, flags), a final norm its checkpoints hold that
     // svlm does not run (NULL: none), and its preprocessor_config.json for size x size inputs
@@ -111,11 +111,10 @@ int vit_seq_len(const VitConfig *c);            // rows per image in the encoder
 int vit_feature_dim(const VitConfig *c);        // width of the features handed to the connector
 // transformer layers run to produce HF's hidden_states[vision_layer]; fatal() when out of range
 int vit_layers_run(const VitConfig *c, int vision_layer);
-// The vision input settings of a tower directory from its preprocessor_config.json (image_mean,
-// image_std, the size), else the family's defaults and model_image_size; fatal() when the file
-// asks for what svlm does not reproduce or a size other than model_image_size. The family is
-// read from dir/config.json.
-void vit_preprocess_config(const char *dir, int model_image_size, int *size, float mean[3], float std[3]);
+// The tower's image preprocessing (data/image_prep.h): the processor its model_type ships with
+// (VitConfig.prep) with the settings of dir/preprocessor_config.json where there is one; fatal()
+// naming the file on a bad value or an image size other than the tower's.
+void vit_image_prep(const VitConfig *c, const char *dir, ImagePrep *p);
 // declares the weights the first n_layers layers need under their checkpoint names (without
 // prefix), the family's final norm included when it has one; vit_load binds them by name
 void vit_declare(ParamSet *w, const VitConfig *c, int n_layers);
@@ -138,6 +137,3 @@ void vit_bind_clip_layers(Vit *v);
 // v's frozen weight tensor w_name (rows, cols) and bias b_name (rows) multiplied row by row by the
 // vector s_name (rows): a layer scale folded into the projection before it
 void vit_fold_scale(Vit *v, const char *w_name, const char *b_name, const char *s_name);
-// an image size in a preprocessor_config.json: a number, {"height": h, "width": w} (square
-// only) or {"shortest_edge": s}; fatal() naming path and key otherwise
-int vit_json_size(const cJSON *j, const char *key, const char *path);

@@ -1,7 +1,7 @@
 // vit_clip.c: the CLIP vision tower family (transformers CLIPVisionModel, or the vision half of a
 // CLIPModel): class token, patch conv without bias, learned positions, pre_layrnorm, pre-LN
 // blocks with separate q/k/v, quick_gelu (OpenAI) or gelu; post_layernorm is never used by LLaVA
-// and is not loaded. Preprocessing: CLIPImageProcessor (shortest-edge bicubic resize, centre crop).
+// and is not loaded. Images: CLIPImageProcessor (data/image_prep.h, clip).
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,9 +11,9 @@
 
 static const VitModelType clip_model_types[] = {
     // CLIPVisionConfig's defaults
-    {"clip_vision_model", 768, 3072, 12, 12, 224, 32, 1e-5, "quick_gelu"},
-    {"clip", 768, 3072, 12, 12, 224, 32, 1e-5, "quick_gelu"},
-    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL},
+    {"clip_vision_model", 768, 3072, 12, 12, 224, 32, 1e-5, "quick_gelu", IMAGE_PREP_CLIP},
+    {"clip", 768, 3072, 12, 12, 224, 32, 1e-5, "quick_gelu", IMAGE_PREP_CLIP},
+    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_CLIP},
 };
 
 // CLIP and SigLIP name their layers alike: encoder.layers.<l>.{layer_norm1, self_attn.*, ...};
@@ -78,43 +78,6 @@ static void clip_bind(Vit *v) {
 static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
 static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
-static void clip_preprocess(const char *dir, const char *path, int model_image_size, int *size, float mean[3],
-                            float std[3]) {
-    memcpy(mean, CLIP_MEAN, sizeof CLIP_MEAN);
-    memcpy(std, CLIP_STD, sizeof CLIP_STD);
-    *size = model_image_size;
-    if (!file_exists(path)) return;
-    cJSON *root = json_load_file(path);
-    json_get_float3(root, "image_mean", mean, path);
-    json_get_float3(root, "image_std", std, path);
-    for (int i = 0; i < 3; i++)
-        if (!(std[i] > 0)) fatal("%s: image_std must be positive", path);
-    const cJSON *crop = cJSON_GetObjectItemCaseSensitive(root, "crop_size");
-    const cJSON *sz = cJSON_GetObjectItemCaseSensitive(root, "size");
-    int crop_px = crop && !cJSON_IsNull(crop) ? vit_json_size(crop, "crop_size", path) : 0;
-    int size_px = sz && !cJSON_IsNull(sz) ? vit_json_size(sz, "size", path) : 0;
-    int s = crop_px ? crop_px : size_px ? size_px : model_image_size;
-    if (crop_px && size_px && crop_px != size_px)
-        fatal("%s: resizes to %d then crops %d; svlm's CLIP preprocessing resizes the shortest edge to the crop "
-              "size (CLIP configs have them equal)", path, size_px, crop_px);
-    // svlm reproduces CLIPImageProcessor exactly: refuse settings it would otherwise ignore
-    const char *type = json_get_str_opt(root, "image_processor_type",
-                                        json_get_str_opt(root, "feature_extractor_type", NULL, path), path);
-    if (type && strncmp(type, "CLIP", 4) != 0)
-        fatal("%s: image processor \"%s\" is not supported (CLIPImageProcessor only)", path, type);
-    if (json_get_int_opt(root, "resample", 3, path) != 3)
-        fatal("%s: resample = %d: svlm resizes with bicubic (3) only", path, json_get_int_opt(root, "resample", 3, path));
-    const char *flags[4] = {"do_resize", "do_center_crop", "do_rescale", "do_normalize"};
-    for (int i = 0; i < 4; i++)
-        if (!json_get_bool_opt(root, flags[i], 1, path)) fatal("%s: %s = false is not supported", path, flags[i]);
-    double rescale = json_get_num_opt(root, "rescale_factor", 1.0 / 255.0, path);
-    if (fabs(rescale * 255.0 - 1.0) > 1e-6) fatal("%s: rescale_factor %g is not supported (1/255)", path, rescale);
-    if (s != model_image_size)
-        fatal("%s: image size %d differs from the vision model's image_size %d", path, s, model_image_size);
-    *size = s;
-    cJSON_Delete(root);
-}
-
 static void clip_hf_config(cJSON *j, const VitConfig *c) {
     cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "architectures"), cJSON_CreateString("CLIPVisionModel"));
     cJSON_AddStringToObject(j, "model_type", "clip_vision_model");
@@ -144,7 +107,6 @@ const VitFamily vit_family_clip = {
     .anchor = "embeddings.patch_embedding.weight",
     .declare = clip_declare,
     .bind = clip_bind,
-    .preprocess = clip_preprocess,
     .hf_config = clip_hf_config,
     .unused_final_norm = "post_layernorm",
     .hf_preprocessor = clip_hf_preprocessor,

@@ -7,7 +7,7 @@
 // pre-norm, pre-LN blocks with LayerNorm (InternViT-6B's RMSNorm and qk-normalisation are refused),
 // erf GELU. The fused qkv is split by pointing q, k, v at its thirds (torch reshapes (3C) as
 // (3, heads, head_dim)); the layer scales are folded into proj / fc2 rows and biases at load.
-// Preprocessing: InternVL's 448 bicubic resize and ImageNet mean / std.
+// Images: InternVL's transform (448 bicubic resize, ImageNet mean / std; data/image_prep.h).
 #include <stdio.h>
 #include <string.h>
 
@@ -16,14 +16,14 @@
 
 static const VitModelType internvit_model_types[] = {
     // InternVisionConfig's defaults (InternViT-6B; the 300M config.json states its own)
-    {"intern_vit_6b", 3200, 12800, 48, 25, 224, 14, 1e-6, "gelu"},
-    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL},
+    {"intern_vit_6b", 3200, 12800, 48, 25, 224, 14, 1e-6, "gelu", IMAGE_PREP_INTERNVL},
+    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_INTERNVL},
 };
 
 static const VitModelType internvl_vision_model_types[] = {
     // InternVLVisionConfig's defaults (InternViT-300M-448px)
-    {"internvl_vision", 1024, 4096, 24, 16, 448, 14, 1e-6, "gelu"},
-    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL},
+    {"internvl_vision", 1024, 4096, 24, 16, 448, 14, 1e-6, "gelu", IMAGE_PREP_INTERNVL},
+    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_INTERNVL},
 };
 
 static void refuse_norm(const cJSON *o, const char *path, const char *def) {
@@ -158,30 +158,6 @@ static void internvit_bind(Vit *v) { bind_named(v, &REMOTE_NAMES); }
 static void internvl_vision_declare(ParamSet *w, const VitConfig *c, int n) { declare_named(w, c, n, &NATIVE_NAMES); }
 static void internvl_vision_bind(Vit *v) { bind_named(v, &NATIVE_NAMES); }
 
-// InternVL's build_transform: RGB, bicubic resize to input_size x input_size, ImageNet mean / std.
-// Its checkpoints carry no preprocessor_config.json (remote code) or a GotOcr2 / InternVL one
-// (native); svlm takes the mean / std and size such a file states over the defaults.
-static const float IMAGENET_MEAN[3] = {0.485f, 0.456f, 0.406f};
-static const float IMAGENET_STD[3] = {0.229f, 0.224f, 0.225f};
-
-static void internvit_preprocess(const char *dir, const char *path, int model_image_size, int *size, float mean[3],
-                                 float std[3]) {
-    memcpy(mean, IMAGENET_MEAN, sizeof IMAGENET_MEAN);
-    memcpy(std, IMAGENET_STD, sizeof IMAGENET_STD);
-    *size = model_image_size;
-    if (!file_exists(path)) return;
-    cJSON *root = json_load_file(path);
-    json_get_float3(root, "image_mean", mean, path);
-    json_get_float3(root, "image_std", std, path);
-    for (int i = 0; i < 3; i++)
-        if (!(std[i] > 0)) fatal("%s: image_std must be positive", path);
-    const cJSON *sz = cJSON_GetObjectItemCaseSensitive(root, "size");
-    int s = sz && !cJSON_IsNull(sz) ? vit_json_size(sz, "size", path) : model_image_size;
-    if (s != model_image_size)
-        fatal("%s: image size %d differs from the vision model's image_size %d", path, s, model_image_size);
-    cJSON_Delete(root);
-}
-
 // InternViT-300M's own config.json keys (remote code), LayerNorm and no qk-normalisation
 static void internvit_hf_config(cJSON *j, const VitConfig *c) {
     cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "architectures"), cJSON_CreateString("InternVisionModel"));
@@ -210,7 +186,6 @@ const VitFamily vit_family_internvit = {
     .config = internvit_config,
     .declare = internvit_declare,
     .bind = internvit_bind,
-    .preprocess = internvit_preprocess,
     .hf_config = internvit_hf_config,
 };
 
@@ -223,6 +198,5 @@ const VitFamily vit_family_internvl_vision = {
     .config = internvl_vision_config,
     .declare = internvl_vision_declare,
     .bind = internvl_vision_bind,
-    .preprocess = internvit_preprocess,
     .hf_config = internvl_vision_hf_config,
 };

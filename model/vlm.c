@@ -32,8 +32,10 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
         fatal("%s: sliding_window %d is shorter than max_seq_len %d; svlm has no sliding-window attention, "
               "so set max_seq_len <= %d", spec->llm_dir, m->llm.cfg.sliding_window, spec->max_T, m->llm.cfg.sliding_window);
     const VitConfig *vc = &m->vit.cfg;
+    m->conn_first = m->train.n;
     connector_declare(&m->conn, &m->train, spec->connector, spec->connector_scale, vit_feature_dim(vc), m->llm.cfg.hidden, vc->grid,
                       spec->max_images);
+    m->conn_n = m->train.n - m->conn_first;
     if (spec->opt_shards > 1) params_shard_optimizer(&m->train, spec->opt_shards, spec->opt_shard);
     params_alloc(&m->train);
     connector_setup(&m->conn);
@@ -173,16 +175,29 @@ double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_
     stage_done(m, VLM_STAGE_LOSS);
     if (backward) {
         int *seg = b->seg ? m->seg : NULL;
+        m->llm.grads_ready = m->grads_ready;
         llm_backward(&m->llm, b->B, b->T, m->pos, seg);
+        m->llm.grads_ready = (GradsReady){0};
         stage_done(m, VLM_STAGE_LLM_B);
         if (b->n_img) {
             int rows = b->n_img * m->n_img_tokens;
             k->gather_rows(m->dimg, m->llm.dx, m->img_idx, rows, m->llm.cfg.hidden);
             connector_backward(&m->conn, m->dimg, m->feats, b->n_img);
+            if (m->conn_n && m->grads_ready.fn) m->grads_ready.fn(m->grads_ready.ctx, m->conn_first, m->conn_n);
             stage_done(m, VLM_STAGE_CONNECTOR_B);
         }
     }
     return sum;
+}
+
+int vlm_grad_groups(const Vlm *m, int *first, int *n, int cap) {
+    int g = 0;
+    for (int l = m->llm.cfg.layers - 1; l >= 0; l--) {  // the order of llm_backward
+        int f, c = llm_lora_range(&m->llm, l, &f);
+        if (c && g < cap) first[g] = f, n[g++] = c;
+    }
+    if (m->conn_n && g < cap) first[g] = m->conn_first, n[g++] = m->conn_n;
+    return g;
 }
 
 void vlm_logits(Vlm *m, const VlmBatch *b, float *logits) {

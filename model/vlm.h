@@ -58,6 +58,10 @@ typedef struct {
     // called with VLM_STAGE_* as each stage of vlm_forward_backward ends (NULL: not called)
     void (*stage_hook)(void *ctx, int stage);
     void *stage_ctx;
+    // called by the backward as the gradients of a group of trainable tensors become final (see
+    // vlm_grad_groups); the trainer sets it for the last micro-batch of a step
+    GradsReady grads_ready;
+    int conn_first, conn_n;  // the connector's tensors in train
 } Vlm;
 
 void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec);
@@ -72,5 +76,11 @@ void vlm_set_training(Vlm *m, int training, uint64_t seed);
 // their count in *n_labelled; gradients (+=) scaled by grad_scale go to m->train.grad.
 // Batches that break the model's limits (token ids, slot positions, sizes) are fatal().
 double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_labelled);
+// The groups of trainable tensors whose gradients vlm_forward_backward's backward finishes one
+// after another, in that order: each LLM layer's LoRA tensors from the top layer down, then the
+// connector's. Group g is tensors [first[g], first[g] + n[g]); returns the count (at most cap).
+// The backward calls m->grads_ready once per group it runs, in this order (none when the batch
+// has no labelled token, no connector group when it has no image).
+int vlm_grad_groups(const Vlm *m, int *first, int *n, int cap);
 // forward only, then logits (B, T, V) to the host
 void vlm_logits(Vlm *m, const VlmBatch *b, float *logits);

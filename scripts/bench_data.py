@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """The reference side of `make bench-data` (run by build/bench_data): HF `tokenizers` MB/s on one
 thread (TOKENIZERS_PARALLELISM=false, one encode call per text) over data/corpus/*.txt split on
-blank lines exactly as bench/bench_data.c splits it, and Pillow + CLIPImageProcessor (the PIL path,
-size 336) images/s on the same JPEG; then the ratios svlm / reference.
+blank lines exactly as bench/bench_data.c splits it, and Pillow + each vision family's processor
+(the PIL paths) images/s on the same JPEG: CLIPImageProcessor 336, SiglipImageProcessor 384,
+InternVL's transform 448 (PIL resize, then ToTensor / Normalize written with torch: torchvision
+is not needed), Idefics3ImageProcessor 364 at one tile; then the ratios svlm / reference.
 
     python3 scripts/bench_data.py --tokenizer T.json --image photo.jpg \
-        [--svlm-tokenizer-mbs X --svlm-images-per-s Y]
+        [--svlm-tokenizer-mbs X --svlm-prep clip=Y --svlm-prep siglip=Z ...]
 """
 import argparse
 import glob
@@ -50,27 +52,59 @@ def bench_tokenizer(path):
     return nbytes * passes / el / 1e6, passes
 
 
+def family_processors():
+    """family -> (name, function from an opened PIL image to pixel_values), transformers 5's PIL
+    backends (4.x: the classes without the Pil suffix)"""
+    import numpy as np
+    import transformers as tf
+
+    def pil(name):
+        return getattr(tf, name + "Pil", None) or getattr(tf, name)
+
+    procs = {}
+    clip = pil("CLIPImageProcessor")(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                     image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)
+    procs["clip"] = ("CLIPImageProcessor", lambda im: clip(images=im.convert("RGB"), return_tensors="np")["pixel_values"])
+    siglip = pil("SiglipImageProcessor")(size={"height": 384, "width": 384}, resample=3)
+    procs["siglip"] = ("SiglipImageProcessor", lambda im: siglip(images=im.convert("RGB"), return_tensors="np")["pixel_values"])
+    try:
+        import torch
+
+        mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+        std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+        def internvl(im):
+            from PIL import Image
+
+            x = np.array(im.convert("RGB").resize((448, 448), Image.Resampling.BICUBIC))
+            t = torch.from_numpy(x).permute(2, 0, 1).contiguous().float().div(255)
+            return t.sub_(mean).div_(std)
+
+        procs["internvl"] = ("InternVL transform", internvl)
+    except ImportError:
+        pass
+    idefics3 = pil("Idefics3ImageProcessor")(do_image_splitting=False)
+    procs["idefics3"] = ("Idefics3ImageProcessor", lambda im: idefics3(images=im, return_tensors="np")["pixel_values"])
+    return procs
+
+
 def bench_images(path):
+    """family -> (processor name, images/s)"""
     from PIL import Image
 
-    try:
-        from transformers import CLIPImageProcessorPil as Clip  # transformers 5.x: the PIL path
-    except ImportError:
-        from transformers import CLIPImageProcessor as Clip  # 4.x: CLIPImageProcessor is the PIL path
-    proc = Clip(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)
     with open(path, "rb") as f:
         data = f.read()
-    n, t0 = 0, time.perf_counter()
-    while True:
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-        out = proc(images=img, return_tensors="np")["pixel_values"]
-        assert out.shape == (1, 3, 336, 336)
-        n += 1
-        el = time.perf_counter() - t0
-        if el >= MIN_SECONDS:
-            break
-    return n / el
+    out = {}
+    for family, (name, fn) in family_processors().items():
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn(Image.open(io.BytesIO(data)))
+            n += 1
+            el = time.perf_counter() - t0
+            if el >= MIN_SECONDS:
+                break
+        out[family] = (name, n / el)
+    return out
 
 
 def main():
@@ -78,7 +112,7 @@ def main():
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--image", required=True)
     ap.add_argument("--svlm-tokenizer-mbs", type=float)
-    ap.add_argument("--svlm-images-per-s", type=float)
+    ap.add_argument("--svlm-prep", action="append", default=[], help="FAMILY=IMAGES_PER_S of svlm")
     a = ap.parse_args()
     try:
         import torch
@@ -87,11 +121,12 @@ def main():
         pass
     mbs, passes = bench_tokenizer(a.tokenizer)
     print(f"bench-data: HF tokenizers: {mbs:.2f} MB/s (one thread, {passes} passes)")
-    ips = bench_images(a.image)
-    print(f"bench-data: Pillow + CLIPImageProcessor: {ips:.1f} images/s (one thread)")
+    svlm = dict((k, float(v)) for k, v in (x.split("=", 1) for x in a.svlm_prep))
+    for family, (name, ips) in bench_images(a.image).items():
+        ratio = f", ratio svlm / reference {svlm[family] / ips:.2f}x" if family in svlm else ""
+        print(f"bench-data: Pillow + {name} ({family}): {ips:.1f} images/s (one thread){ratio}")
     if a.svlm_tokenizer_mbs:
-        print(f"bench-data: ratio svlm / HF: tokenizer {a.svlm_tokenizer_mbs / mbs:.2f}x, "
-              f"images {a.svlm_images_per_s / ips:.2f}x")
+        print(f"bench-data: ratio svlm / HF: tokenizer {a.svlm_tokenizer_mbs / mbs:.2f}x")
 
 
 if __name__ == "__main__":

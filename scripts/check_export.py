@@ -2,11 +2,16 @@
 """Checks an ./export directory with the Hugging Face stack (torch, transformers, peft).
 
     python3 scripts/check_export.py EXPORT_DIR [--tokens 64]
+        [--image IMG --prompt TEXT ...] [--generate ./generate] [--max-new-tokens 24]
 
 - llm/ loads with transformers' AutoModelForCausalLM as it is (LoRA merged),
 - adapter/ loads with peft on top of the base model named in adapter_config.json,
 - both give the same logits on random token ids (float32; relative error printed and checked),
-- connector.safetensors holds the model.mm_projector.* tensors svlm.json's connector needs.
+- connector.safetensors holds the model.mm_projector.* tensors svlm.json's connector needs,
+- vision/ is inside the export (a copy, or the --link symbolic link),
+- llava/ (mlp2x_gelu exports) loads as LlavaForConditionalGeneration with AutoProcessor, and for
+  each --image/--prompt pair its greedy answer (processor chat template, generate with
+  do_sample=False) equals the text `./generate EXPORT_DIR --image IMG --prompt TEXT` prints.
 Exits non-zero when a check fails. Not needed by CI (make test has the C-side checks).
 """
 import argparse
@@ -28,7 +33,13 @@ def main():
     ap.add_argument("export_dir")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--image", action="append", default=[], help="image of a greedy-answer case (with --prompt)")
+    ap.add_argument("--prompt", action="append", default=[], help="question of a greedy-answer case")
+    ap.add_argument("--generate", default="./generate", help="svlm's ./generate program")
+    ap.add_argument("--max-new-tokens", type=int, default=24)
     args = ap.parse_args()
+    if len(args.image) != len(args.prompt):
+        ap.error("--image and --prompt go in pairs")
     d = args.export_dir
     with open(os.path.join(d, "svlm.json")) as f:
         meta = json.load(f)
@@ -62,8 +73,52 @@ def main():
     want = {"ldp": "model.mm_projector.peg.peg.0.weight", "mlp2x_gelu": "model.mm_projector.2.weight"}[meta["connector"]]
     print(f"connector.safetensors: {len(names)} tensors ({meta['connector']})")
     ok &= want in conn
+    vision = os.path.join(d, meta["vision"])
+    inside = not os.path.isabs(meta["vision"]) and os.path.isdir(vision)
+    print(f"vision/: {'a link to ' + os.path.realpath(vision) if os.path.islink(vision) else 'a copy'}"
+          f" ({'inside the export' if inside else 'NOT inside the export'})")
+    ok &= inside
+    llava = os.path.join(d, "llava")
+    if meta["connector"] == "mlp2x_gelu":
+        ok &= os.path.isdir(llava)
+        if os.path.isdir(llava):
+            ok &= check_llava(llava, d, args)
     print("ok" if ok else "FAILED")
     return 0 if ok else 1
+
+
+def check_llava(llava, export_dir, args):
+    """llava/ in transformers: loads, and greedy answers equal ./generate's."""
+    import subprocess
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(llava, dtype=torch.float32).eval()
+    proc = AutoProcessor.from_pretrained(llava)
+    cfg = model.config
+    print(f"llava/: {type(model).__name__} loaded ({type(proc).__name__}, {type(proc.image_processor).__name__}), "
+          f"image token {cfg.image_token_index}, {cfg.image_seq_length} image tokens, "
+          f"vision layer {cfg.vision_feature_layer} ({cfg.vision_feature_select_strategy})")
+    ok = True
+    for img, prompt in zip(args.image, args.prompt):
+        out = subprocess.run([args.generate, export_dir, "--image", img, "--prompt", prompt, "--max-new-tokens",
+                              str(args.max_new_tokens), "--device", "cpu"], capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"  ./generate failed: {out.stderr.strip()}")
+            return False
+        svlm = out.stdout.rstrip("\n")
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = proc.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = proc(images=Image.open(img), text=text, return_tensors="pt")
+        with torch.no_grad():
+            gen = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        new = gen[0, inputs["input_ids"].shape[1]:]
+        hf = proc.tokenizer.decode(new, skip_special_tokens=True)
+        same = hf == svlm
+        ok &= same
+        print(f"  {os.path.basename(img)} \"{prompt}\": {len(new)} tokens, transformers {hf!r} "
+              f"{'==' if same else '!='} ./generate {svlm!r}")
+    return ok
 
 
 if __name__ == "__main__":

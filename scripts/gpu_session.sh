@@ -4,7 +4,8 @@
 #     sh scripts/gpu_deps.sh download                  # the C libraries as .debs (ignored folder)
 # then one device call per phase, each with carry = [".debs"]:
 #     sh scripts/gpu_session.sh check   # build; test-gpu: ops, HF fixtures, ./train learning,
-#                                       # kill-and-resume, memory plan; op timings   (~5 min)
+#                                       # kill-and-resume, memory plan, NCCL world 1 against no
+#                                       # Dist; op timings   (~6 min)
 #     sh scripts/gpu_session.sh bench   # make bench: svlm vs PyTorch at the reference shapes,
 #                                       # stages 1 and 2; the memory plan there; stage 2 on the FMA
 #                                       # attention (~8 min)
@@ -34,10 +35,12 @@ step() {  # step NAME SECONDS command...: runs it, log in $OUT/NAME.log, one sum
 cat "$OUT/machine.log"
 case "${1:-}" in
 check)
-    step build 240 "make -j16 all build/tests/gpu/test_gpu build/tests/test_train build/bench_step"
+    step build 240 "make -j16 all build/tests/gpu/test_gpu build/tests/test_train build/tests/test_dist build/bench_step"
     step test-gpu-model 120 "./build/tests/gpu/test_gpu model"
     step test-gpu-ops 120 "./build/tests/gpu/test_gpu ops"
     step op-timings 60 "./build/tests/gpu/test_gpu bench"
+    # NCCL with one rank (torchrun-style launch, no mpirun needed) equals the run without Dist
+    step test-dist-cuda 120 "SVLM_TEST_DEVICE=cuda ./build/tests/test_dist"
     # last: the longest, and what is left of the call's 10 minutes after the rest
     step test-train-cuda 240 "SVLM_TEST_DEVICE=cuda ./build/tests/test_train"
     ;;

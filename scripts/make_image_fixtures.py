@@ -3,8 +3,10 @@
 
     python3 scripts/make_image_fixtures.py [--out tests/fixtures/images]
 
-Needs Pillow, numpy, transformers (CLIPImageProcessorPil), gcc with libjpeg headers (one YCCK
-JPEG is written by a tiny libjpeg program, Pillow cannot write YCCK) and the zstd command.
+Needs Pillow, numpy, torch, transformers 5 (the PIL backends: CLIPImageProcessorPil,
+SiglipImageProcessorPil, Idefics3ImageProcessorPil, GotOcr2ImageProcessorPil), gcc with libjpeg
+headers (one YCCK JPEG is written by a tiny libjpeg program, Pillow cannot write YCCK) and the
+zstd command.
 
 Writes into --out:
   *.png, *.jpg        test images (PNG: every colour type and bit depth, tRNS, interlaced,
@@ -37,6 +39,20 @@ References:
   resize      Image.resize((W, H), BICUBIC) of the converted image, including a sweep of random
               sizes (Pillow 13 runs the vertical pass first when the height shrinks by more than
               twice as many pixels as the width; Pillow <= 12 always ran horizontal first)
+  resample    the same with the other filters (LANCZOS, BILINEAR, BOX, HAMMING)
+  prep        a vision family's processor output (3, S, S) float32 (data/image_prep.h):
+                siglip    Image.open(f).convert("RGB") -> SiglipImageProcessorPil(size S x S,
+                          resample as the config; do_convert_rgb None as SigLIP configs ship it)
+                internvl  InternVL / Vintern's build_transform: Image.open(f).convert("RGB"),
+                          T.Resize((S, S), BICUBIC) on the PIL image (torchvision calls
+                          img.resize((S, S), BICUBIC)), T.ToTensor (torch: uint8 -> float32,
+                          .div(255)), T.Normalize (tensor.sub_(mean).div_(std), float32), written
+                          out here with torch (torchvision is not in the venv); ALPHA 1: the
+                          native GotOcr2ImageProcessorPil on the opened image
+                idefics3  Idefics3ImageProcessorPil(do_image_splitting=False, size longest_edge L,
+                          max_image_size S) on the opened image (its convert_to_rgb composites
+                          alpha on white); pixel_attention_mask asserted all ones
+              PAD 1: LLaVA's expand2square (background int(mean * 255)) of the RGB image first
   truncate    for cut points of some files: whether Pillow decodes the first N bytes or raises
 The script checks that a rerun gives identical pixels (deterministic inputs, fixed seeds).
 """
@@ -59,12 +75,15 @@ from PIL import Image
 
 import transformers
 from transformers.image_transforms import convert_to_rgb
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 try:
     from transformers import CLIPImageProcessorPil as ClipPil
 except ImportError:  # transformers 4.x: the PIL path is CLIPImageProcessor itself
     from transformers import CLIPImageProcessor as ClipPil
+# the other families' PIL backends (transformers 5)
+from transformers import GotOcr2ImageProcessorPil, Idefics3ImageProcessorPil, SiglipImageProcessorPil
+import torch
 
 
 # ------------------------------------------------------------------------------------------
@@ -345,6 +364,92 @@ def clip_ref(rgb_img, size, pad):
     return out
 
 
+def expand2square(rgb_img, mean):
+    """LLaVA's expand2square with background tuple(int(x * 255) for x in mean)"""
+    bg = tuple(int(x * 255) for x in mean)
+    w, h = rgb_img.size
+    if w == h:
+        return rgb_img
+    s = max(w, h)
+    sq = Image.new(rgb_img.mode, (s, s), bg)
+    sq.paste(rgb_img, (0, (w - h) // 2) if w > h else ((h - w) // 2, 0))
+    return sq
+
+
+FAMILY_MEAN_STD = {"siglip": ([0.5] * 3, [0.5] * 3), "idefics3": ([0.5] * 3, [0.5] * 3),
+                   "internvl": (list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD))}
+
+
+def prep_ref(data, family, size, longest, resample, alpha, pad):
+    """the family's processor on the image file's bytes (see the module docstring)"""
+    mean, std = FAMILY_MEAN_STD[family]
+    opened = Image.open(io.BytesIO(data))
+    # what reaches the processor: convert("RGB") (alpha dropped) or, where the processor's own
+    # convert_to_rgb sees the opened image, alpha composited on white (same pixels for pad)
+    rgb = Image.fromarray(convert_to_rgb(opened, return_numpy=True)) if alpha else opened.convert("RGB")
+    src = expand2square(rgb, mean) if pad else (rgb if not alpha else opened)
+    if family == "siglip":
+        assert not alpha
+        proc = SiglipImageProcessorPil(size={"height": size, "width": size}, resample=resample, image_mean=mean,
+                                       image_std=std, do_convert_rgb=None)
+        out = proc(images=src, return_tensors="np")["pixel_values"][0]
+    elif family == "internvl" and alpha:
+        proc = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, resample=resample, image_mean=mean,
+                                        image_std=std, crop_to_patches=False)
+        out = proc(images=src, return_tensors="np")["pixel_values"][0]
+    elif family == "internvl":
+        assert resample == Image.Resampling.BICUBIC
+        img = src.resize((size, size), Image.Resampling.BICUBIC)  # torchvision F_pil.resize
+        t = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(size, size, 3).permute((2, 0, 1)).contiguous()
+        t = t.to(dtype=torch.float32).div(255)  # T.ToTensor
+        m = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
+        sd = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
+        out = t.clone().sub_(m).div_(sd).numpy()  # T.Normalize
+    else:
+        proc = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": longest},
+                                         max_image_size={"longest_edge": size}, resample=resample, image_mean=mean,
+                                         image_std=std)
+        r = proc(images=src, return_tensors="np")
+        assert r["pixel_values"].shape == (1, 1, 3, size, size), r["pixel_values"].shape
+        assert r["pixel_attention_mask"].min() == 1  # one tile of S x S: nothing padded
+        out = r["pixel_values"][0, 0]
+    assert out.shape == (3, size, size) and out.dtype == np.float32, (out.shape, out.dtype)
+    return out
+
+
+PREP_CASES = [  # (family, image, size, longest_edge, resample, alpha, pad)
+    # SigLIP (BICUBIC) and SigLIP2's fixed-resolution configs (BILINEAR): squash to S x S
+    ("siglip", "rgb_37x23.png", 24, 0, 3, 0, 0), ("siglip", "rgb_60x200.png", 30, 0, 3, 0, 0),
+    ("siglip", "rgb_13x500.png", 28, 0, 2, 0, 0), ("siglip", "rgba_40x30.png", 24, 0, 3, 0, 0),
+    ("siglip", "grey_33x17.png", 24, 0, 2, 0, 0), ("siglip", "grey16_19x13.png", 24, 0, 3, 0, 0),
+    ("siglip", "jpeg_cmyk_33x21.jpg", 24, 0, 3, 0, 0), ("siglip", "rgb_500x13.png", 24, 0, 3, 0, 1),
+    ("siglip", "rgb_2000x9.png", 24, 0, 2, 0, 1), ("siglip", "photo_640x480.jpg", 224, 0, 3, 0, 0),
+    # InternVL / Vintern (448 in the real models), and the native processor compositing alpha
+    ("internvl", "rgb_37x23.png", 28, 0, 3, 0, 0), ("internvl", "rgb_13x500.png", 28, 0, 3, 0, 0),
+    ("internvl", "greya_20x21.png", 28, 0, 3, 0, 0), ("internvl", "pal_trns_31x19.png", 28, 0, 3, 0, 0),
+    ("internvl", "rgb16_23x11.png", 28, 0, 3, 0, 0), ("internvl", "jpeg_grey_45x29.jpg", 28, 0, 3, 0, 0),
+    ("internvl", "rgb_60x200.png", 28, 0, 3, 0, 1), ("internvl", "photo_640x480.jpg", 448, 0, 3, 0, 0),
+    ("internvl", "rgba_40x30.png", 28, 0, 3, 1, 0), ("internvl", "greya16_9x8.png", 28, 0, 3, 1, 0),
+    # Idefics3 / SmolVLM at one tile: longest edge to L (odd: the other side rounds up to even),
+    # then S x S, LANCZOS
+    ("idefics3", "rgb_37x23.png", 24, 96, 1, 1, 0), ("idefics3", "rgb_60x200.png", 30, 120, 1, 1, 0),
+    ("idefics3", "rgb_500x13.png", 26, 104, 1, 1, 0), ("idefics3", "rgb_13x500.png", 26, 57, 1, 1, 0),
+    ("idefics3", "rgba_40x30.png", 24, 96, 1, 1, 0), ("idefics3", "pal_trns_31x19.png", 24, 33, 1, 1, 0),
+    ("idefics3", "grey16_trns_11x7.png", 24, 96, 1, 1, 0), ("idefics3", "jpeg_422_45x31.jpg", 24, 20, 1, 1, 0),
+    ("idefics3", "rgb_37x23.png", 24, 96, 1, 1, 1), ("idefics3", "rgb_2000x9.png", 24, 96, 1, 1, 1),
+    ("idefics3", "rgb_60x200.png", 24, 57, 1, 1, 1), ("idefics3", "jpeg_500x13.jpg", 22, 45, 1, 1, 1),
+    ("idefics3", "rgb_11x1500.png", 24, 96, 1, 1, 0), ("idefics3", "photo_640x480.jpg", 364, 1456, 1, 1, 0),
+]
+
+# other filters through the same resampler: up, down, mixed, vertical pass first, one pixel
+RESAMPLE_CASES = [  # (image, filter, w, h)
+    (name, f, w, h) for f in (1, 2, 4, 5) for name, w, h in [
+        ("rgb_37x23.png", 50, 10), ("rgb_37x23.png", 17, 41), ("rgb_37x23.png", 1, 1),
+        ("rgb_60x200.png", 58, 7), ("rgb_60x200.png", 24, 80), ("photo_640x480.jpg", 101, 67),
+        ("rgb_13x500.png", 13, 100)]
+]
+
+
 CLIP_CASES = [  # (image, size, pad)
     ("rgb_37x23.png", 24, 0), ("rgb_37x23.png", 24, 1), ("rgb_500x13.png", 24, 0), ("rgb_500x13.png", 24, 1),
     ("rgb_13x500.png", 24, 0), ("rgb_13x500.png", 24, 1), ("rgb_64x64.png", 24, 0), ("rgb_64x64.png", 64, 0),
@@ -380,7 +485,17 @@ TRUNCATE_FILES = [
 ]
 
 
+def check_rescale_conventions():
+    """transformers' rescale (float64 multiply, cast to float32) and torchvision's ToTensor
+    (float32 division by 255) give the same float for every byte: svlm uses one table for both"""
+    v = np.arange(256, dtype=np.uint8)
+    a = (v.astype(np.float64) * (1 / 255)).astype(np.float32)
+    b = torch.from_numpy(v).to(dtype=torch.float32).div(255).numpy()
+    assert np.array_equal(a, b), np.nonzero(a != b)
+
+
 def main():
+    check_rescale_conventions()
     # Pillow warns that palette transparency "should be converted to RGBA": that is the point here
     warnings.filterwarnings("ignore", message="Palette images with Transparency")
     ap = argparse.ArgumentParser()
@@ -406,6 +521,11 @@ def main():
         "#                            (the data ends early: an error, but not IMAGE_ERR_TOO_LARGE)",
         "# resize FILE W H REF        Image.open(FILE).convert('RGB').resize((W, H), Image.BICUBIC) == REF",
         "# truncate FILE N ok|error   Pillow on the first N bytes: decodes (the full image) or raises",
+        "# resample FILE F W H REF    ... .resize((W, H), F) == REF, F a PIL.Image.Resampling number",
+        "# prep FAMILY FILE S L F ALPHA PAD REF   the family's processor (3, S, S) float32: longest edge L",
+        "#                            (idefics3), filter F, ALPHA 1: alpha composited on white, PAD 1: expand2square",
+        f"# prep processors: SiglipImageProcessorPil, GotOcr2ImageProcessorPil, Idefics3ImageProcessorPil, "
+        f"InternVL's build_transform with torch {torch.__version__}",
     ]
     for name, data in imgs.items():
         with open(os.path.join(args.out, name), "wb") as f:
@@ -446,6 +566,16 @@ def main():
         ref = f"{name.rsplit('.', 1)[0]}.resize{w}x{h}.ref.zst"
         write_ref(os.path.join(args.out, ref), out)
         lines.append(f"resize {name} {w} {h} {ref}")
+    for name, f, w, h in RESAMPLE_CASES:
+        out = np.array(Image.open(io.BytesIO(imgs[name])).convert("RGB").resize((w, h), Image.Resampling(f)))
+        ref = f"{name.rsplit('.', 1)[0]}.resample{f}_{w}x{h}.ref.zst"
+        write_ref(os.path.join(args.out, ref), out)
+        lines.append(f"resample {name} {f} {w} {h} {ref}")
+    for family, name, size, longest, f, alpha, pad in PREP_CASES:
+        out = prep_ref(imgs[name], family, size, longest, Image.Resampling(f), alpha, pad)
+        ref = f"{name.rsplit('.', 1)[0]}.{family}{size}_{longest}_{f}{'a' if alpha else ''}{'pad' if pad else ''}.ref.zst"
+        write_ref(os.path.join(args.out, ref), out)
+        lines.append(f"prep {family} {name} {size} {longest} {f} {alpha} {pad} {ref}")
     for name in TRUNCATE_FILES:
         data = imgs[name]
         n = len(data)

@@ -1,10 +1,13 @@
 // test_dist.c: data-parallel ./train on the CPU through Open MPI (mpirun --oversubscribe), on the
 // synthetic data and tiny models of ./synth: 1, 2 and 3 ranks with the same global batch agree;
-// ZeRO-1 equals ZeRO-0 bit for bit; a rank killed at random instants stops the others with a
+// ZeRO-1 equals ZeRO-0 bit for bit, and gradient buckets started during the backward equal one
+// sum after it; a rank killed at random instants stops the others with a
 // line naming it and the run then resumes bit-identically; SIGTERM to every rank or to one makes
 // one checkpoint and every rank exits 0; a world-2 checkpoint resumes on 3 ranks and on 1, each
-// sample of the epoch seen once; ranks with different configs are refused with one line.
-// SVLM_TEST_DEVICE=cuda (make test-gpu): NCCL with one rank equals the run without Dist.
+// sample of the epoch seen once; ranks with different configs are refused with one line; ./train
+// on the emulated CUDA kernels (build/emu/train_emu) runs ZeRO-1 with sharded fp32 masters.
+// SVLM_TEST_DEVICE=cuda (make test-gpu): NCCL with one rank equals the run without Dist (no
+// mpirun needed).
 // Every process runs one OpenMP / OpenBLAS thread, so 1 rank and N ranks do the same arithmetic
 // per micro-batch (the CPU backend's results depend on the thread count).
 #include <errno.h>
@@ -212,11 +215,6 @@ static int setup_common(void) {
         fprintf(stderr, "./synth failed, see %s\n", log);
         return -1;
     }
-    char *which[] = {"sh", "-c", "command -v mpirun", NULL};
-    if (spawn(which, log, 0) != 0) {
-        fprintf(stderr, "mpirun not found: the data-parallel tests need Open MPI (openmpi-bin)\n");
-        return -1;
-    }
     // global batch 12 = 2 x 6 x 1 = 2 x 3 x 2 = 2 x 2 x 3; 64 samples: 5 steps per epoch, 2 epochs
     snprintf(base_conf, sizeof base_conf, "%s/base.conf", root);
     FILE *f = fopen(base_conf, "w");
@@ -231,8 +229,19 @@ static int setup_common(void) {
     return 0;
 }
 
+static int have_mpirun(void) {
+    char log[600];
+    snprintf(log, sizeof log, "%s/which.log", root);
+    char *which[] = {"sh", "-c", "command -v mpirun", NULL};
+    return spawn(which, log, 0) == 0;
+}
+
 static int setup(void **state) {
     if (setup_common() != 0) return -1;
+    if (!have_mpirun()) {
+        fprintf(stderr, "mpirun not found: the data-parallel tests need Open MPI (openmpi-bin)\n");
+        return -1;
+    }
     char log[600];
     // the references: 1 rank (no launcher), 2 and 3 ranks (ZeRO-1, the default there)
     for (int n = 1; n <= 3; n++) {
@@ -307,6 +316,89 @@ static void test_zero1_equals_zero0(void **state) {
     free(s);
     expect_same_run(ref, dir, STEPS);
     printf("    1 rank under mpirun, ZeRO-1: identical to the run without a launcher\n");
+}
+
+// The gradient sum in buckets started during the backward (one per layer and the connector
+// here) equals one sum at its end, byte for byte, for ZeRO-1 and ZeRO-0 (the references use the
+// default 25 MiB: one bucket, started when the connector's gradients are final)
+static void test_buckets_equal_one_reduction(void **state) {
+    // (one sum after the backward: test_emulated_cuda_zero1)
+    const char *runs[2][3] = {{"buckets_layer", "grad_bucket_mb=1e-6", NULL},
+                              {"buckets_layer_zero0", "grad_bucket_mb=1e-6", "zero_stage=0"}};
+    for (int i = 0; i < 2; i++) {
+        char dir[600], log[600], ref[600];
+        snprintf(dir, sizeof dir, "%s/%s", root, runs[i][0]);
+        snprintf(log, sizeof log, "%s/%s.log", root, runs[i][0]);
+        snprintf(ref, sizeof ref, "%s/ref3", root);  // ZeRO-1 and ZeRO-0 agree byte for byte (above)
+        const char *extra[] = {runs[i][1], runs[i][2], NULL};
+        assert_int_equal(train_n(3, dir, log, extra), 0);
+        char *s = log_from(log, 0), *q = strstr(s, "gradient reduction: ");
+        assert_non_null(q);
+        int nb = atoi(q + 20);
+        assert_true(nb >= 3 && strstr(q, "started as the backward finishes them"));
+        free(s);
+        expect_same_run(ref, dir, STEPS);
+        printf("    3 ranks, ZeRO-%d, %d buckets started layer by layer during the backward: identical to one bucket "
+               "started at its end\n", 1 - i, nb);
+    }
+}
+
+// ZeRO-1 on the CUDA code path, through ./train on the emulated kernels (build/emu/train_emu;
+// the emulator's device memory is host memory, so MPI carries its collectives): the fp32 masters
+// are sharded there (the compute copy is bf16), the updated slices all-gathered into the copy.
+// Two ranks with sharded masters and one bucket per layer equal ZeRO-0 with whole masters and one
+// sum after the backward, byte for byte; the memory plan prints and holds the sharded share; a
+// checkpoint (gathered to rank 0) resumed on two ranks continues byte for byte.
+static void test_emulated_cuda_zero1(void **state) {
+    const char *emu = getenv("SVLM_TEST_TRAIN_EMU") ? getenv("SVLM_TEST_TRAIN_EMU") : "build/emu/train_emu";
+    if (!file_exists(emu)) fail_msg("%s is missing: make build/emu/train_emu (make test builds it)", emu);
+    const char *run[3] = {"emu_zero1", "emu_zero0", "emu_resumed"};
+    char *dir[3], log[600], resume[700];
+    for (int i = 0; i < 3; i++) {
+        dir[i] = xmalloc(600);
+        snprintf(dir[i], 600, "%s/%s", root, run[i]);
+    }
+    snprintf(log, sizeof log, "%s/emu.log", root);
+    snprintf(resume, sizeof resume, "resume=%s/step_00000001", dir[2]);
+    const char *extra[3][8] = {{"zero_stage=1", "grad_bucket_mb=1e-6", NULL},
+                               {"zero_stage=0", "grad_bucket_mb=0", NULL},
+                               {"zero_stage=1", resume, NULL}};
+    for (int i = 0; i < 3; i++) {
+        if (i == 2) {
+            char *cp[] = {"cp", "-r", dir[0], dir[2], NULL};
+            assert_int_equal(spawn(cp, log, 0), 0);
+        }
+        char *argv[32], np[16], out[700];
+        train_argv(argv, np, out, 2, dir[i], NULL);
+        int a = 0;
+        while (argv[a]) a++;
+        const char *common[] = {"device=cuda", "max_steps=2", "batch_size=1", "global_batch=2",
+                                "save_every=1", "val_data=", NULL};
+        for (int j = 0; common[j]; j++) argv[a++] = (char *)common[j];
+        for (int j = 0; extra[i][j]; j++) argv[a++] = (char *)extra[i][j];
+        argv[a] = NULL;
+        argv[6] = (char *)emu;  // in place of ./train
+        size_t from = file_size(log);
+        double t0 = time_now();
+        assert_int_equal(spawn(argv, log, 0), 0);
+        char *s = log_from(log, from);
+        if (i == 0) {
+            assert_non_null(strstr(s, "gradients and compute copy, fp32 weights and AdamW m and v for 1/2 of them (ZeRO-1, "
+                                      "this rank's share)"));
+            const char *q = s;
+            while ((q = strstr(q, "memory: ")) && !(q[8] >= '0' && q[8] <= '9')) q++;
+            assert_non_null(q);
+            assert_int_equal(strtoull(q + 8, NULL, 10), strtoull(strstr(q, "the plan: ") + 10, NULL, 10));
+        }
+        if (i == 2) assert_non_null(strstr(s, "resume: "));
+        free(s);
+        printf("    emulated CUDA, 2 ranks, %s: %.1f s\n", run[i], time_now() - t0);
+    }
+    expect_same_run(dir[0], dir[1], 2);
+    expect_same_run(dir[0], dir[2], 2);
+    printf("    sharded fp32 masters (ZeRO-1, buckets per layer) equal ZeRO-0 byte for byte; resumed from a gathered "
+           "checkpoint, byte for byte\n");
+    for (int i = 0; i < 3; i++) free(dir[i]);
 }
 
 // waits until the log holds `more` progress lines after byte `from`, or mpirun exits (returns 1)
@@ -612,21 +704,51 @@ static void test_launcher_env(void **state) {
     set_env(none);
 }
 
-// 7, on a GPU (make test-gpu): NCCL with one rank (mpirun -np 1), ZeRO-1's reduce-scatter and
-// all-gather included, equals the run without any launcher, byte for byte
+// 7, on a GPU (make test-gpu): NCCL with one rank equals the run without any launcher, byte for
+// byte: launched torchrun-style (RANK/WORLD_SIZE/LOCAL_RANK; NCCL's id through dist_init_dir and
+// the host calls through NCCL: no MPI needed, as on the lent GPU machines) with ZeRO-1 and
+// ZeRO-0 and gradient buckets of one layer each on the second stream, and under mpirun -np 1
+// where there is one
 static void test_nccl_world1(void **state) {
-    char solo[600], nccl[600], log[600];
+    char solo[600], log[600], init[700];
     snprintf(solo, sizeof solo, "%s/gpu_solo", root);
-    snprintf(nccl, sizeof nccl, "%s/gpu_nccl", root);
     snprintf(log, sizeof log, "%s/gpu.log", root);
+    snprintf(init, sizeof init, "dist_init_dir=%s/init", root);
     assert_int_equal(train_n(0, solo, log, NULL), 0);
+    for (int zero = 1; zero >= 0; zero--) {
+        char dir[600], z[32];
+        snprintf(dir, sizeof dir, "%s/gpu_nccl_zero%d", root, zero);
+        snprintf(z, sizeof z, "zero_stage=%d", zero);
+        const char *extra[] = {z, "grad_bucket_mb=1e-6", init, NULL};
+        size_t from = file_size(log);
+        setenv("RANK", "0", 1);
+        setenv("WORLD_SIZE", "1", 1);
+        setenv("LOCAL_RANK", "0", 1);
+        int rc = train_n(0, dir, log, extra);
+        unsetenv("RANK");
+        unsetenv("WORLD_SIZE");
+        unsetenv("LOCAL_RANK");
+        assert_int_equal(rc, 0);
+        char *s = log_from(log, from);
+        assert_non_null(strstr(s, "rank 0 of 1 (torchrun-style"));
+        free(s);
+        expect_same_run(solo, dir, STEPS);
+        printf("    NCCL world 1 (torchrun-style launch), ZeRO-%d, one bucket per layer: equals the run without Dist, byte for byte\n", zero);
+    }
+    if (!have_mpirun()) {
+        printf("    no mpirun here: the NCCL run under mpirun -np 1 is left out\n");
+        return;
+    }
+    char nccl[600];
+    snprintf(nccl, sizeof nccl, "%s/gpu_nccl", root);
     const char *extra[] = {"zero_stage=1", NULL};
+    size_t from = file_size(log);
     assert_int_equal(train_n(1, nccl, log, extra), 0);
-    char *s = log_from(log, 0);
+    char *s = log_from(log, from);
     assert_non_null(strstr(s, "rank 0 of 1 (Open MPI)"));
     free(s);
     expect_same_run(solo, nccl, STEPS);
-    printf("    NCCL world 1 (ZeRO-1 collectives) equals the run without Dist, byte for byte\n");
+    printf("    NCCL world 1 under mpirun (ZeRO-1 collectives) equals the run without Dist, byte for byte\n");
 }
 
 static int setup_gpu(void **state) { return setup_common(); }
@@ -641,6 +763,8 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_world_sizes_agree),
         cmocka_unit_test(test_zero1_equals_zero0),
+        cmocka_unit_test(test_buckets_equal_one_reduction),
+        cmocka_unit_test(test_emulated_cuda_zero1),
         cmocka_unit_test(test_mismatched_configs),
         cmocka_unit_test(test_sigterm),
         cmocka_unit_test(test_resume_on_other_world),

@@ -28,7 +28,7 @@
 #include "common/util.h"
 #include "eval/caption_metrics.h"
 #include "eval/mc.h"
-#include "eval/model_dir.h"
+#include "model/model_dir.h"
 #include "eval/text.h"
 #include "eval/vqa_metrics.h"
 #include "model/generate.h"

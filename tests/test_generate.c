@@ -1,5 +1,5 @@
 // test_generate.c: generation with a KV cache (model/generate.h) and the model directories it
-// reads (eval/model_dir.h), on the CPU:
+// reads (model/model_dir.h), on the CPU:
 //   - the logits of every prompt position (prefill, in chunks of several sizes) and of every
 //     position decoded one token at a time equal vlm_logits' full forward on the whole sequence
 //     (rel err < 1e-5) for the parity fixtures (qwen2 + LoRA + ldp, qwen2 stage 1, llama +
@@ -19,7 +19,7 @@
 
 #include "common/safetensors.h"
 #include "common/util.h"
-#include "eval/model_dir.h"
+#include "model/model_dir.h"
 #include "model/generate.h"
 #include "model/hf_random.h"
 #include "trainer/export.h"
@@ -437,7 +437,7 @@ static void test_run_and_export_dirs(void **state) {
     assert_int_equal(gr.spec.lora.r, 2);
     assert_int_equal(gr.spec.has_system, 1);
     assert_string_equal(gr.spec.system, "You see images.");
-    assert_int_equal(gr.pad_to_square, 1);
+    assert_int_equal(gr.prep.pad_to_square, 1);
     assert_int_equal(gr.image_size, 24);
     assert_int_equal(gr.n_stop, 1);  // <|im_end|> is both the template's stop and the LLM's eos
     assert_int_equal(gr.stop_ids[0], 1002);
@@ -447,8 +447,8 @@ static void test_run_and_export_dirs(void **state) {
     assert_int_equal(ge.spec.image_tokens, 9);
     assert_string_equal(ge.spec.system, "You see images.");
     for (int c = 0; c < 3; c++) {
-        assert_true(ge.mean[c] == gr.mean[c] && ge.std[c] == gr.std[c]);
-        if (fabsf(gr.mean[c] - (float[]){0.48145466f, 0.4578275f, 0.40821073f}[c]) > 1e-7f) fail_msg("CLIP mean expected");
+        assert_true(ge.prep.mean[c] == gr.prep.mean[c] && ge.prep.std[c] == gr.prep.std[c]);
+        if (fabsf(gr.prep.mean[c] - (float[]){0.48145466f, 0.4578275f, 0.40821073f}[c]) > 1e-7f) fail_msg("CLIP mean expected");
     }
 
     float *pix = xmalloc(3 * 24 * 24 * sizeof(float)), *pix2 = xmalloc(3 * 24 * 24 * sizeof(float));
@@ -513,70 +513,6 @@ static void test_run_and_export_dirs(void **state) {
     gen_model_free(&gr);
     gen_model_free(&ge);
     vlm_free(&ref);
-}
-
-// ---------------------------------------------------------------- preprocessor_config.json
-
-typedef struct {
-    const char *dir;
-    int size;
-} PreArg;
-
-static void preprocess_fatal(void *arg) {
-    const PreArg *a = arg;
-    int s;
-    float mean[3], std[3];
-    vit_preprocess_config(a->dir, a->size, &s, mean, std);
-}
-
-static void test_preprocessor_config(void **state) {
-    char dir[512], p[1100];
-    make_temp_dir(dir, sizeof dir, "generate-preproc");
-    path2(p, sizeof p, dir, "preprocessor_config.json");
-    int s;
-    float mean[3], std[3];
-    // no file: OpenAI CLIP's normalisation and the model's size
-    vit_preprocess_config(dir, 336, &s, mean, std);
-    assert_int_equal(s, 336);
-    assert_true(mean[0] == 0.48145466f && std[2] == 0.27577711f);
-    // CLIPImageProcessor as saved by transformers: dict forms
-    write_file(p, "{\"crop_size\": {\"height\": 336, \"width\": 336}, \"size\": {\"shortest_edge\": 336},"
-                  " \"image_mean\": [0.5, 0.25, 0.125], \"image_std\": [0.5, 0.5, 0.25]}");
-    vit_preprocess_config(dir, 336, &s, mean, std);
-    assert_int_equal(s, 336);
-    assert_true(mean[0] == 0.5f && mean[1] == 0.25f && mean[2] == 0.125f && std[2] == 0.25f);
-    // plain ints (older files), and size alone
-    write_file(p, "{\"crop_size\": 224, \"size\": 224, \"image_mean\": [0.1, 0.2, 0.3], \"image_std\": [1, 1, 1]}");
-    vit_preprocess_config(dir, 224, &s, mean, std);
-    assert_int_equal(s, 224);
-    assert_true(mean[2] == 0.3f && std[0] == 1.0f);
-    write_file(p, "{\"size\": {\"shortest_edge\": 224}}");
-    vit_preprocess_config(dir, 224, &s, mean, std);
-    assert_int_equal(s, 224);
-    write_file(p, "{\"size\": {\"height\": 384, \"width\": 384}, \"image_mean\": [0.5, 0.5, 0.5], \"image_std\": [0.5, 0.5, 0.5]}");
-    vit_preprocess_config(dir, 384, &s, mean, std);  // SigLIP-style
-    assert_int_equal(s, 384);
-    // refused: a size the model does not take, non-square, a bad std
-    PreArg a = {dir, 336};
-    write_file(p, "{\"crop_size\": {\"height\": 224, \"width\": 224}}");
-    expect_fatal(preprocess_fatal, &a, "preprocessor_config.json", "224", "336");
-    write_file(p, "{\"crop_size\": {\"height\": 336, \"width\": 448}}");
-    expect_fatal(preprocess_fatal, &a, "preprocessor_config.json", "square");
-    write_file(p, "{\"image_std\": [0.5, 0, 0.5]}");
-    expect_fatal(preprocess_fatal, &a, "preprocessor_config.json", "image_std");
-    write_file(p, "{\"image_mean\": [0.5, 0.5]}");
-    expect_fatal(preprocess_fatal, &a, "preprocessor_config.json", "image_mean", "3 numbers");
-    // refused: settings CLIP preprocessing would otherwise silently ignore
-    write_file(p, "{\"size\": {\"shortest_edge\": 384}, \"crop_size\": 336}");
-    expect_fatal(preprocess_fatal, &a, "preprocessor_config.json", "resizes to 384 then crops 336");
-    write_file(p, "{\"image_processor_type\": \"SiglipImageProcessor\"}");
-    expect_fatal(preprocess_fatal, &a, "SiglipImageProcessor", "not supported");
-    write_file(p, "{\"resample\": 2}");
-    expect_fatal(preprocess_fatal, &a, "resample = 2");
-    write_file(p, "{\"do_center_crop\": false}");
-    expect_fatal(preprocess_fatal, &a, "do_center_crop = false");
-    write_file(p, "{\"rescale_factor\": 0.5}");
-    expect_fatal(preprocess_fatal, &a, "rescale_factor");
 }
 
 // ---------------------------------------------------------------- errors
@@ -735,7 +671,6 @@ int main(void) {
         cmocka_unit_test(test_sampling_reproducible),
         cmocka_unit_test(test_stop_and_limits),
         cmocka_unit_test(test_run_and_export_dirs),
-        cmocka_unit_test(test_preprocessor_config),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_no_crash_on_damaged_prefill_args),
         cmocka_unit_test(test_bad_token),

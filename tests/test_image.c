@@ -1,4 +1,5 @@
-// test_image.c: PNG / JPEG decoding and CLIP preprocessing against Pillow and transformers.
+// test_image.c: PNG / JPEG decoding, Pillow's resampling filters and each vision family's
+// preprocessing (data/image_prep.h) against Pillow, transformers and InternVL's transform.
 // References come from scripts/make_image_fixtures.py (tests/fixtures/images/manifest.txt says
 // what each one is). Bad input of every kind must give an error code and a reason, never a
 // crash: those decodes run in a child process (run_child), so a signal fails the test, and the
@@ -7,10 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include "common/util.h"
 #include "data/image.h"
+#include "data/image_prep.h"
 #include "tests/testlib.h"
 
 static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
@@ -171,31 +174,39 @@ static void test_composite_matches_transformers(void **state) {
     check_decode_kind("composite", &o);
 }
 
-// image_resize_bicubic equals Pillow's Image.resize(..., BICUBIC) bit for bit
+// image_resize equals Pillow's Image.resize(..., filter) bit for bit: BICUBIC ("resize" lines)
+// and LANCZOS, BILINEAR, BOX, HAMMING ("resample" lines)
 static void test_resize_matches_pillow(void **state) {
     (void)state;
     load_manifest();
-    int checked = 0, bad = 0;
+    int checked = 0, bad = 0, per_filter[6] = {0};
     for (int i = 0; i < manifest_n; i++) {
         char file[128], ref[160];
-        int w, h;
-        if (sscanf(manifest_lines[i], "resize %127s %d %d %159s", file, &w, &h, ref) != 4) continue;
+        int w, h, f = IMAGE_FILTER_BICUBIC;
+        if (sscanf(manifest_lines[i], "resize %127s %d %d %159s", file, &w, &h, ref) != 4 &&
+            sscanf(manifest_lines[i], "resample %127s %d %d %d %159s", file, &f, &w, &h, ref) != 5)
+            continue;
+        assert_true(f >= 1 && f <= 5);
         Image img, out;
         assert_int_equal(decode_file(file, NULL, &img), 0);
-        image_resize_bicubic(&img, w, h, &out);
+        image_resize(&img, w, h, (ImageFilter)f, &out);
         Ref r = load_ref(ref);
         size_t ndiff;
         int mx = pixel_maxdiff(&out, &r, &ndiff);
-        if (mx != 0) print_error("resize %s -> %dx%d: max diff %d in %zu samples\n", file, w, h, mx, ndiff);
+        if (mx != 0)
+            print_error("resize %s -> %dx%d (%s): max diff %d in %zu samples\n", file, w, h, image_filter_name((ImageFilter)f),
+                        mx, ndiff);
         bad += mx != 0;
         free(r.raw);
         image_free(&img);
         image_free(&out);
         checked++;
+        per_filter[f]++;
     }
-    print_message("resize: %d cases, %d equal Pillow exactly\n", checked, checked - bad);
+    print_message("resize: %d cases (lanczos %d, bilinear %d, bicubic %d, box %d, hamming %d), %d equal Pillow exactly\n",
+                  checked, per_filter[1], per_filter[2], per_filter[3], per_filter[4], per_filter[5], checked - bad);
     assert_int_equal(bad, 0);
-    assert_true(checked >= 5);
+    for (int f = 1; f <= 5; f++) assert_true(per_filter[f] >= 5);
 }
 
 // max |a - ref| over n floats (NaN if any value is NaN) and how many differ at all
@@ -212,7 +223,8 @@ static double float_maxdiff(const float *a, const float *ref, size_t n, size_t *
     return nan ? NAN : mx;
 }
 
-// image_preprocess_clip equals CLIPImageProcessorPil's pixel_values (plain and LLaVA pad mode)
+// image_preprocess with CLIP's settings equals CLIPImageProcessorPil's pixel_values (plain and
+// LLaVA pad mode)
 static void test_clip_matches_processor(void **state) {
     (void)state;
     load_manifest();
@@ -228,7 +240,11 @@ static void test_clip_matches_processor(void **state) {
         assert_int_equal(r.dtype, 2);
         assert_int_equal(r.count, (size_t)3 * size * size);
         float *out = xmalloc(sizeof(float) * r.count);
-        image_preprocess_clip(&img, size, CLIP_MEAN, CLIP_STD, pad, out);
+        ImagePrep p;
+        image_prep_preset(&p, IMAGE_PREP_CLIP, size);
+        p.pad_to_square = pad;
+        assert_true(p.mean[0] == CLIP_MEAN[0] && p.std[2] == CLIP_STD[2]);  // the preset is OpenAI CLIP's
+        image_preprocess(&img, &p, out);
         size_t ndiff;
         double mx = float_maxdiff(out, r.data, r.count, &ndiff);
         if (ndiff) {
@@ -295,6 +311,230 @@ static void test_geometry(void **state) {
     image_free(&sq);
 }
 
+// ---------------------------------------------------------------- the other families' processors
+
+// image_preprocess equals each family's own processor: SiglipImageProcessorPil, InternVL's
+// build_transform (and the native GotOcr2ImageProcessorPil with alpha composited),
+// Idefics3ImageProcessorPil at one tile; odd sizes, grey, alpha, palette, 16-bit PNG, CMYK JPEG,
+// LLaVA's pad mode, thin images
+static void test_prep_matches_processors(void **state) {
+    (void)state;
+    load_manifest();
+    int checked[N_IMAGE_PREP] = {0}, bad = 0, alpha = 0, pad = 0;
+    for (int i = 0; i < manifest_n; i++) {
+        char fam[16], file[128], ref[160];
+        int size, longest, filter, comp, padded;
+        if (sscanf(manifest_lines[i], "prep %15s %127s %d %d %d %d %d %159s", fam, file, &size, &longest, &filter, &comp,
+                   &padded, ref) != 8)
+            continue;
+        int f = image_prep_family_parse(fam);
+        assert_true(f >= 0);
+        ImagePrep p;
+        image_prep_preset(&p, (ImagePrepFamily)f, size);
+        if (longest) p.longest_edge = longest;
+        p.filter = (ImageFilter)filter;
+        p.composite_alpha = comp;
+        p.pad_to_square = padded;
+        Blob b = load_file(file);
+        Image img;
+        char err[256];
+        int rc = image_prep_decode(&p, b.bytes, b.n, &img, err, sizeof err);
+        free(b.bytes);
+        if (rc) fail_msg("%s: decode failed (%d): %s", file, rc, err);
+        Ref r = load_ref(ref);
+        assert_int_equal(r.dtype, 2);
+        assert_int_equal(r.count, (size_t)3 * size * size);
+        float *out = xmalloc(sizeof(float) * r.count);
+        image_preprocess(&img, &p, out);
+        size_t ndiff;
+        double mx = float_maxdiff(out, r.data, r.count, &ndiff);
+        if (ndiff) {
+            print_error("prep %s %s size %d longest %d %s alpha %d pad %d: max abs diff %g, %zu of %zu values differ\n", fam,
+                        file, size, longest, image_filter_name(p.filter), comp, padded, mx, ndiff, r.count);
+            bad++;
+        }
+        free(out);
+        free(r.raw);
+        image_free(&img);
+        checked[f]++;
+        alpha += comp;
+        pad += padded;
+    }
+    print_message("prep: siglip %d, internvl %d, idefics3 %d cases (%d compositing alpha, %d padded), %d differ from "
+                  "the processors\n", checked[IMAGE_PREP_SIGLIP], checked[IMAGE_PREP_INTERNVL], checked[IMAGE_PREP_IDEFICS3],
+                  alpha, pad, bad);
+    assert_int_equal(bad, 0);
+    for (int f = IMAGE_PREP_SIGLIP; f < N_IMAGE_PREP; f++) assert_true(checked[f] >= 8);
+    assert_true(alpha >= 5 && pad >= 4);
+}
+
+// the presets are the processors' defaults
+static void test_prep_presets(void **state) {
+    (void)state;
+    ImagePrep p;
+    image_prep_preset(&p, IMAGE_PREP_SIGLIP, 384);
+    assert_true(p.rule == IMAGE_RESIZE_SQUARE && p.filter == IMAGE_FILTER_BICUBIC && p.mean[1] == 0.5f && p.std[2] == 0.5f);
+    assert_int_equal(p.composite_alpha, 0);
+    image_prep_preset(&p, IMAGE_PREP_INTERNVL, 448);
+    assert_true(p.rule == IMAGE_RESIZE_SQUARE && p.filter == IMAGE_FILTER_BICUBIC && p.mean[0] == 0.485f &&
+                p.std[2] == 0.225f && p.size == 448);
+    image_prep_preset(&p, IMAGE_PREP_IDEFICS3, 364);
+    assert_true(p.rule == IMAGE_RESIZE_LONGEST_SQUARE && p.filter == IMAGE_FILTER_LANCZOS && p.longest_edge == 1456);
+    assert_int_equal(p.composite_alpha, 1);
+    image_prep_preset(&p, IMAGE_PREP_CLIP, 336);
+    assert_true(p.rule == IMAGE_RESIZE_SHORTEST_CROP && p.mean[2] == CLIP_MEAN[2] && p.pad_to_square == 0);
+    for (int f = 0; f < N_IMAGE_PREP; f++) assert_int_equal(image_prep_family_parse(image_prep_family_name(f)), f);
+    assert_int_equal(image_prep_family_parse("dinov2"), -1);
+    assert_string_equal(image_filter_name(IMAGE_FILTER_LANCZOS), "lanczos");
+}
+
+// Idefics3's size rule on values transformers' own functions give
+static void test_idefics3_geometry(void **state) {
+    (void)state;
+    static const int cases[][5] = {  // w, h, longest_edge -> w', h'
+        {640, 480, 1456, 1456, 1092}, {480, 640, 1456, 1092, 1456}, {37, 23, 96, 96, 60}, {13, 500, 57, 2, 57},
+        {500, 13, 104, 104, 2},       {2000, 9, 96, 96, 1},         {1, 100000, 2048, 1, 2048},
+        {100000, 1, 2048, 2048, 1},   {7, 7, 57, 57, 58},            {3000, 1000, 5000, 4096, 1364},
+        {1000, 3000, 5001, 1366, 4096}, {45, 31, 20, 20, 14}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int w, h;
+        image_idefics3_resize_size(cases[i][0], cases[i][1], cases[i][2], &w, &h);
+        if (w != cases[i][3] || h != cases[i][4])
+            fail_msg("%dx%d longest %d: %dx%d, transformers %dx%d", cases[i][0], cases[i][1], cases[i][2], w, h, cases[i][3],
+                     cases[i][4]);
+    }
+}
+
+// ---------------------------------------------------------------- preprocessor_config.json
+
+typedef struct {
+    const char *dir;
+    ImagePrepFamily family;
+    int size;
+} PrepArg;
+
+static void prep_load_fatal(void *arg) {
+    const PrepArg *a = arg;
+    ImagePrep p;
+    image_prep_load(&p, a->dir, a->family, a->size);
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void test_prep_config(void **state) {
+    (void)state;
+    char dir[512], p[1100];
+    make_temp_dir(dir, sizeof dir, "image-prep");
+    path_join(p, sizeof p, dir, "preprocessor_config.json");
+    ImagePrep q;
+    // no file: the family's defaults at the model's size
+    image_prep_load(&q, dir, IMAGE_PREP_CLIP, 336);
+    assert_int_equal(q.size, 336);
+    assert_true(q.mean[0] == 0.48145466f && q.std[2] == 0.27577711f && q.filter == IMAGE_FILTER_BICUBIC);
+    // CLIPImageProcessor as saved by transformers: dict forms
+    write_text(p, "{\"crop_size\": {\"height\": 336, \"width\": 336}, \"size\": {\"shortest_edge\": 336},"
+                  " \"image_mean\": [0.5, 0.25, 0.125], \"image_std\": [0.5, 0.5, 0.25], \"resample\": 3}");
+    image_prep_load(&q, dir, IMAGE_PREP_CLIP, 336);
+    assert_true(q.size == 336 && q.mean[0] == 0.5f && q.mean[1] == 0.25f && q.mean[2] == 0.125f && q.std[2] == 0.25f);
+    // plain ints (older files), and size alone
+    write_text(p, "{\"crop_size\": 224, \"size\": 224, \"image_mean\": [0.1, 0.2, 0.3], \"image_std\": [1, 1, 1]}");
+    image_prep_load(&q, dir, IMAGE_PREP_CLIP, 224);
+    assert_true(q.size == 224 && q.mean[2] == 0.3f && q.std[0] == 1.0f);
+    write_text(p, "{\"size\": {\"shortest_edge\": 224}, \"resample\": 2}");  // another filter: now followed
+    image_prep_load(&q, dir, IMAGE_PREP_CLIP, 224);
+    assert_true(q.size == 224 && q.filter == IMAGE_FILTER_BILINEAR);
+    // SigLIP as shipped (do_convert_rgb null), SigLIP2 fixed-resolution (BILINEAR)
+    write_text(p, "{\"do_convert_rgb\": null, \"do_normalize\": true, \"do_rescale\": true, \"do_resize\": true, "
+                  "\"image_mean\": [0.5, 0.5, 0.5], \"image_processor_type\": \"SiglipImageProcessor\", "
+                  "\"image_std\": [0.5, 0.5, 0.5], \"processor_class\": \"SiglipProcessor\", \"resample\": 3, "
+                  "\"rescale_factor\": 0.00392156862745098, \"size\": {\"height\": 384, \"width\": 384}}");
+    image_prep_load(&q, dir, IMAGE_PREP_SIGLIP, 384);
+    assert_true(q.size == 384 && q.rule == IMAGE_RESIZE_SQUARE && q.filter == IMAGE_FILTER_BICUBIC && q.composite_alpha == 0);
+    write_text(p, "{\"image_processor_type\": \"SiglipImageProcessorFast\", \"size\": {\"height\": 224, \"width\": 224}, "
+                  "\"resample\": 2}");
+    image_prep_load(&q, dir, IMAGE_PREP_SIGLIP, 224);
+    assert_true(q.filter == IMAGE_FILTER_BILINEAR && q.mean[0] == 0.5f);
+    // InternVL's CLIP-style file (its chat code squashes to S x S whatever the file says), and
+    // transformers' native GotOcr2ImageProcessor, which composites alpha
+    write_text(p, "{\"crop_size\": 448, \"do_center_crop\": true, \"do_normalize\": true, \"do_resize\": true, "
+                  "\"feature_extractor_type\": \"CLIPFeatureExtractor\", \"image_mean\": [0.485, 0.456, 0.406], "
+                  "\"image_std\": [0.229, 0.224, 0.225], \"resample\": 3, \"size\": 448}");
+    image_prep_load(&q, dir, IMAGE_PREP_INTERNVL, 448);
+    assert_true(q.size == 448 && q.rule == IMAGE_RESIZE_SQUARE && q.composite_alpha == 0 && q.std[1] == 0.224f);
+    write_text(p, "{\"do_center_crop\": false, \"size\": {\"height\": 448, \"width\": 448}}");  // the transform never crops
+    image_prep_load(&q, dir, IMAGE_PREP_INTERNVL, 448);
+    assert_true(q.size == 448 && q.rule == IMAGE_RESIZE_SQUARE);
+    write_text(p, "{\"image_processor_type\": \"GotOcr2ImageProcessor\", \"crop_to_patches\": false, "
+                  "\"size\": {\"height\": 448, \"width\": 448}}");
+    image_prep_load(&q, dir, IMAGE_PREP_INTERNVL, 448);
+    assert_true(q.composite_alpha == 1 && q.mean[0] == 0.485f);
+    // Idefics3 / SmolVLM: longest_edge and max_image_size
+    write_text(p, "{\"do_convert_rgb\": true, \"do_image_splitting\": false, \"image_processor_type\": "
+                  "\"Idefics3ImageProcessor\", \"max_image_size\": {\"longest_edge\": 512}, \"resample\": 1, "
+                  "\"size\": {\"longest_edge\": 2048}, \"image_mean\": [0.5, 0.5, 0.5], \"image_std\": [0.5, 0.5, 0.5]}");
+    image_prep_load(&q, dir, IMAGE_PREP_IDEFICS3, 512);
+    assert_true(q.size == 512 && q.longest_edge == 2048 && q.filter == IMAGE_FILTER_LANCZOS && q.composite_alpha == 1);
+    write_text(p, "{\"image_processor_type\": \"SmolVLMImageProcessor\", \"do_image_splitting\": false, "
+                  "\"max_image_size\": {\"longest_edge\": 384}}");
+    image_prep_load(&q, dir, IMAGE_PREP_IDEFICS3, 384);
+    assert_true(q.longest_edge == 4 * 384);
+
+    // refused, in one line naming the file: a size the model does not take, non-square, bad
+    // numbers, settings that would otherwise be ignored, another family's processor
+    PrepArg a = {dir, IMAGE_PREP_CLIP, 336};
+    write_text(p, "{\"crop_size\": {\"height\": 224, \"width\": 224}}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "224", "336");
+    write_text(p, "{\"crop_size\": {\"height\": 336, \"width\": 448}}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "square");
+    write_text(p, "{\"image_std\": [0.5, 0, 0.5]}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "image_std");
+    write_text(p, "{\"image_mean\": [0.5, 0.5]}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "image_mean", "3 numbers");
+    write_text(p, "{\"size\": {\"shortest_edge\": 384}, \"crop_size\": 336}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "resizes to 384 then crops 336");
+    write_text(p, "{\"image_processor_type\": \"SiglipImageProcessor\"}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "SiglipImageProcessor", "not supported", "clip");
+    write_text(p, "{\"resample\": 0}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "resample", "nearest");
+    write_text(p, "{\"resample\": 7}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "resample must be");
+    write_text(p, "{\"resample\": \"bicubic\"}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "resample must be");
+    write_text(p, "{\"do_center_crop\": false}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "do_center_crop = false");
+    write_text(p, "{\"do_normalize\": false}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "do_normalize = false");
+    write_text(p, "{\"rescale_factor\": 0.5}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "rescale_factor");
+    write_text(p, "{\"crop_size\": 0}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "crop_size", "[1, 65536]");
+    write_text(p, "[1, 2]");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "object");
+    a = (PrepArg){dir, IMAGE_PREP_SIGLIP, 384};
+    write_text(p, "{\"size\": {\"shortest_edge\": 384}}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "\"size\"", "height");
+    write_text(p, "{\"size\": {\"height\": 384, \"width\": 384}, \"do_center_crop\": true}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "do_center_crop");
+    write_text(p, "{\"image_processor_type\": \"Siglip2ImageProcessor\"}");  // naflex: patches, not a square
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "Siglip2ImageProcessor", "siglip");
+    write_text(p, "{\"image_mean\": [0.5, NaN, 0.5]}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json");
+    a = (PrepArg){dir, IMAGE_PREP_IDEFICS3, 364};
+    write_text(p, "{\"max_image_size\": {\"longest_edge\": 512}, \"do_image_splitting\": false}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "512", "364");
+    write_text(p, "{\"size\": 364}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "longest_edge");
+    write_text(p, "{\"image_processor_type\": \"CLIPImageProcessor\"}");
+    expect_fatal(prep_load_fatal, &a, "preprocessor_config.json", "CLIPImageProcessor", "idefics3");
+    remove(p);
+    rmdir(dir);
+}
+
 // ---------------------------------------------------------------- LLaVA's pad mode without the square
 
 static uint64_t g_rng = 12345;
@@ -312,12 +552,14 @@ static Image random_image(int w, int h, const uint8_t bg[3]) {
     return img;
 }
 
-// image_pad_resize equals the square built and resized (image_expand2square + image_resize_bicubic,
-// both checked against Pillow), for wide, tall, thin, near-square, upscaled (side < size) and
-// same-size shapes; with the default chunks and with tiny ones (one row or column per chunk)
+// image_pad_resize equals the square built and resized (image_expand2square + image_resize, both
+// checked against Pillow), for wide, tall, thin, near-square, upscaled (side < size) and
+// same-size shapes, with every filter, to square outputs and to others (Idefics3's L x L + 1 of
+// an odd L, and any the horizontal-first order allows); with the default chunks and with tiny
+// ones (one row or column per chunk)
 static void test_pad_virtual_matches_square(void **state) {
     (void)state;
-    int cases = 0;
+    int cases = 0, nonsquare = 0;
     for (int trial = 0; trial < 160; trial++) {
         int w, h, size;
         switch (trial % 6) {
@@ -335,18 +577,28 @@ static void test_pad_virtual_matches_square(void **state) {
         uint8_t bg[3] = {(uint8_t)rnd(0, 255), (uint8_t)rnd(0, 255), (uint8_t)rnd(0, 255)};
         Image img = random_image(w, h, bg), sq, ref;
         image_expand2square(&img, bg, &sq);
-        image_resize_bicubic(&sq, size, size, &ref);
-        size_t nb = (size_t)size * size * 3;
+        const ImageFilter filter = (ImageFilter)(1 + trial % 5);
+        const int s = sq.w;
+        int ow = size, oh = size;
+        if (trial % 4 == 1) oh = size + 1;
+        if (trial % 4 == 3) {  // any height the horizontal-first order allows
+            oh = rnd(1, 2 * size + 2);
+            while (s - oh > 0 && s - oh > 2 * (s - ow)) oh++;
+        }
+        nonsquare += ow != oh;
+        image_resize(&sq, ow, oh, filter, &ref);
+        size_t nb = (size_t)ow * oh * 3;
         uint8_t *out = xmalloc(nb);
         const size_t chunks[2] = {0, (size_t)rnd(1, 4096)};
         for (int k = 0; k < 2; k++) {
             memset(out, 0xA5, nb);
-            image_pad_resize(&img, bg, size, out, chunks[k]);
+            image_pad_resize(&img, bg, ow, oh, filter, out, chunks[k]);
             if (memcmp(out, ref.rgb, nb) != 0) {
                 size_t i = 0;
                 while (out[i] == ref.rgb[i]) i++;
-                fail_msg("%dx%d -> %d (chunk %zu, bg %d,%d,%d): byte %zu (pixel %zu, %zu) is %d, the square gives %d", w,
-                         h, size, chunks[k], bg[0], bg[1], bg[2], i, i / 3 % size, i / 3 / size, out[i], ref.rgb[i]);
+                fail_msg("%dx%d -> %dx%d (%s, chunk %zu, bg %d,%d,%d): byte %zu (pixel %zu, %zu) is %d, the square gives %d",
+                         w, h, ow, oh, image_filter_name(filter), chunks[k], bg[0], bg[1], bg[2], i, i / 3 % ow, i / 3 / ow,
+                         out[i], ref.rgb[i]);
             }
         }
         free(out);
@@ -355,7 +607,9 @@ static void test_pad_virtual_matches_square(void **state) {
         image_free(&ref);
         cases++;
     }
-    print_message("pad: %d shapes, the virtual square equals the square built and resized\n", cases);
+    print_message("pad: %d shapes (%d to a non-square size), the virtual square equals the square built and resized\n",
+                  cases, nonsquare);
+    assert_true(nonsquare >= 40);
 }
 
 // ---------------------------------------------------------------- bad input
@@ -576,7 +830,10 @@ static void child_thin_pad(void *arg) {
         const uint8_t bg[3] = {122, 116, 104};
         Image img = random_image(shapes[k][0], shapes[k][1], bg);
         double t0 = time_now();
-        image_preprocess_clip(&img, 336, CLIP_MEAN, CLIP_STD, 1, out);
+        ImagePrep p;  // CLIP's pad mode, and SigLIP's square resize of the padded square
+        image_prep_preset(&p, k % 2 ? IMAGE_PREP_SIGLIP : IMAGE_PREP_CLIP, 336);
+        p.pad_to_square = 1;
+        image_preprocess(&img, &p, out);
         for (int i = 0; i < 3 * 336 * 336; i++)
             if (!isfinite(out[i])) {
                 child_fail("%dx%d: value %d is not finite", img.w, img.h, i);
@@ -643,6 +900,10 @@ int main(void) {
         cmocka_unit_test(test_composite_matches_transformers),
         cmocka_unit_test(test_resize_matches_pillow),
         cmocka_unit_test(test_clip_matches_processor),
+        cmocka_unit_test(test_prep_matches_processors),
+        cmocka_unit_test(test_prep_presets),
+        cmocka_unit_test(test_idefics3_geometry),
+        cmocka_unit_test(test_prep_config),
         cmocka_unit_test(test_geometry),
         cmocka_unit_test(test_pad_virtual_matches_square),
         cmocka_unit_test(test_pad_thin_images_bounded),

@@ -144,8 +144,8 @@ static LoaderSpec loader_spec(const char *dir) {
     s.batch_size = 4;
     s.max_seq_len = 256;
     s.image_tokens = IT;
-    s.image_size = 14;
-    for (int c = 0; c < 3; c++) s.mean[c] = 0.5f, s.std[c] = 0.25f;
+    image_prep_preset(&s.prep, IMAGE_PREP_CLIP, 14);
+    for (int c = 0; c < 3; c++) s.prep.mean[c] = 0.5f, s.prep.std[c] = 0.25f;
     s.seed = 1234;
     s.world = 1;
     s.threads = 2;
@@ -896,6 +896,20 @@ static void open_fn(void *arg) {
     loader_close(l);
 }
 
+static void open_prep_unset_fn(void *arg) {
+    LoaderSpec s = loader_spec((const char *)arg);
+    memset(&s.prep, 0, sizeof s.prep);  // never set up: filter 0 (nearest) is no resampler
+    s.prep.size = 14;
+    for (int c = 0; c < 3; c++) s.prep.std[c] = 1;
+    loader_open(&s);
+}
+
+// a LoaderSpec whose ImagePrep was never set up is refused when the loader opens, not by a worker
+// at the first image
+static void test_loader_prep_unset(void **state) {
+    expect_fatal(open_prep_unset_fn, g_json_out, "loader", "image preprocessing not set up");
+}
+
 static void test_truncated_shard_fatal(void **state) {
     char d[512], dir[600], p[1024];
     make_temp_dir(d, sizeof d, "trunc");
@@ -1143,7 +1157,7 @@ static void test_loader_layout_by_hand(void **state) {
     s.max_seq_len = 12;
     s.batch_size = 3;
     s.shuffle = 0;
-    s.image_size = 10;
+    s.prep.size = 10;
     Loader *l = loader_open(&s);
     assert_int_equal(loader_samples(l), 3);
     LoaderBatch b;
@@ -1166,7 +1180,7 @@ static void test_loader_layout_by_hand(void **state) {
     char err[128];
     assert_int_equal(image_decode(bytes, n, &im, err, sizeof err), 0);
     float *want = xmalloc(3 * 10 * 10 * sizeof(float));
-    image_preprocess_clip(&im, 10, s.mean, s.std, 0, want);
+    image_preprocess(&im, &s.prep, want);
     assert_memory_equal(want, b.pixels, 3 * 10 * 10 * sizeof(float));
     LoaderPos p = loader_tell(l);
     assert_int_equal(p.epoch, 1);
@@ -1175,7 +1189,7 @@ static void test_loader_layout_by_hand(void **state) {
 
     // packing: all three in one row of 12, then (max 11) two rows
     s.packing = 1;
-    s.pad_to_square = 1;
+    s.prep.pad_to_square = 1;
     l = loader_open(&s);
     assert_int_equal(loader_next(l, &b), 0);
     assert_int_equal(b.B, 1);
@@ -1187,7 +1201,7 @@ static void test_loader_layout_by_hand(void **state) {
     assert_int_equal(b.img_row[0], 0);
     assert_int_equal(b.img_start[0], 5);
     assert_int_equal(b.n_labelled, 5);
-    image_preprocess_clip(&im, 10, s.mean, s.std, 1, want);
+    image_preprocess(&im, &s.prep, want);
     assert_memory_equal(want, b.pixels, 3 * 10 * 10 * sizeof(float));
     loader_close(l);
     s.max_seq_len = 11;
@@ -1216,7 +1230,7 @@ static void test_loader_bad_image_dropped(void **state) {
     s.max_seq_len = 12;
     s.batch_size = 4;
     s.shuffle = 0;
-    s.image_size = 10;
+    s.prep.size = 10;
     Loader *l = loader_open(&s);
     LoaderBatch b;
     fflush(stderr);
@@ -1232,7 +1246,7 @@ static void test_loader_bad_image_dropped(void **state) {
 
 // An image with a side past 32768 (Pillow has no side limit, so LLaVA trains on it) is decoded, and
 // in pad mode becomes a 40000-sided square without a 4.8 GB buffer: the batch holds it, equal to
-// image_preprocess_clip of the decoded image
+// image_preprocess of the decoded image
 static void test_loader_thin_image(void **state) {
     char d[512], dir[600];
     make_temp_dir(d, sizeof d, "thin");
@@ -1252,14 +1266,14 @@ static void test_loader_thin_image(void **state) {
         s.max_seq_len = 8;
         s.batch_size = 1;
         s.shuffle = 0;
-        s.image_size = 10;
-        s.pad_to_square = pad;
+        s.prep.size = 10;
+        s.prep.pad_to_square = pad;
         Loader *l = loader_open(&s);
         LoaderBatch b;
         loader_next(l, &b);
         assert_int_equal(b.n_skipped, 0);
         assert_int_equal(b.n_img, 1);
-        image_preprocess_clip(&im, 10, s.mean, s.std, pad, want);
+        image_preprocess(&im, &s.prep, want);
         assert_memory_equal(want, b.pixels, 3 * 10 * 10 * sizeof(float));
         loader_close(l);
     }
@@ -1743,6 +1757,7 @@ int main(void) {
         cmocka_unit_test(test_prepare_stale_tmp_by_host),
         cmocka_unit_test(test_prepare_write_failure),
         cmocka_unit_test(test_truncated_shard_fatal),
+        cmocka_unit_test(test_loader_prep_unset),
         cmocka_unit_test(test_index_damage_fatal),
         cmocka_unit_test(test_corrupt_record_skipped),
         cmocka_unit_test(test_loader_layout_by_hand),

@@ -546,8 +546,9 @@ static void test_models_load(void **state) {
     Image im;
     assert_int_equal(image_decode(bytes, len, &im, err, sizeof err), 0);
     float *pix = malloc(3 * SYNTH_IMAGE_SIZE * SYNTH_IMAGE_SIZE * sizeof(float));
-    const float MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f}, STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
-    image_preprocess_clip(&im, SYNTH_IMAGE_SIZE, MEAN, STD, 0, pix);
+    ImagePrep prep;  // CLIP's, with OpenAI CLIP's mean / std: the synth tower's preprocessor_config.json
+    image_prep_preset(&prep, IMAGE_PREP_CLIP, SYNTH_IMAGE_SIZE);
+    image_preprocess(&im, &prep, pix);
     int row = 0, start = 0, lab;
     VlmBatch b = {.B = 1, .T = T, .ids = tid, .targets = tgt, .n_img = 1, .pixels = pix, .img_row = &row,
                   .img_start = &start};

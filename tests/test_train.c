@@ -21,7 +21,7 @@
 
 #include "common/util.h"
 #include "data/loader.h"
-#include "eval/model_dir.h"
+#include "model/model_dir.h"
 #include "model/vlm.h"
 #include "tests/testlib.h"
 #include "trainer/checkpoint.h"
@@ -266,9 +266,9 @@ static void test_gradient_accumulation(void **state) {
     int sizes[2] = {8, 2};
     for (int c = 0; c < 2; c++) {
         LoaderSpec ls = {.shard_dir = shards, .batch_size = sizes[c], .max_seq_len = 96, .image_tokens = m.n_img_tokens,
-                         .image_size = vc.image_size, .pad_to_square = 1, .seed = 5, .world = 1, .threads = 2,
-                         .prefetch = 2, .shuffle = 1};
-        vit_preprocess_config(vision, vc.image_size, &ls.image_size, ls.mean, ls.std);
+                         .seed = 5, .world = 1, .threads = 2, .prefetch = 2, .shuffle = 1};
+        vit_image_prep(&vc, vision, &ls.prep);
+        ls.prep.pad_to_square = 1;
         Loader *l = loader_open(&ls);
         memset(m.train.grad, 0, n * sizeof(float));
         double sum = 0;

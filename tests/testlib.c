@@ -269,3 +269,161 @@ double test_step_seconds(const char *run_dir, double fallback) {
     free(s);
     return count > 1 ? (last - first) / (count - 1) : fallback;
 }
+
+// ---------------------------------------------------------------- data parallelism in one process
+
+#include "trainer/grad_buckets.h"
+#include "trainer/optimizer.h"
+
+// the fake transport: rank 0 of 2 with equal gradients (the sum over ranks is the doubling)
+static struct {
+    const Kernels *k;
+    int started;
+    size_t covered;
+} twin;
+
+static void twin_reduce_start(Dist *d, float *buf, size_t begin, size_t end, size_t slice) {
+    size_t a = begin, b = slice && end > slice ? slice : end;  // rank 0 receives its slice only
+    if (a < b) twin.k->scale_f32(buf + a, 2.0f, b - a);
+    twin.started++;
+    twin.covered += end - begin;
+}
+static void twin_reduce_wait(Dist *d) {}
+static const DistOps twin_ops = {.name = "twin", .reduce_start = twin_reduce_start, .reduce_wait = twin_reduce_wait};
+
+void check_grad_buckets(const Kernels *k) {
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_qwen2_ldp.safetensors");
+    Vlm m;
+    fixture_model_open(&m, k, "qwen2", CONNECTOR_LDP, "ldp_qwen2.safetensors", "qwen2_lora", fx.B, fx.T, fx.n_img, 0.0f);
+    ParamSet *P = &m.train;
+    int first[64], count[64];
+    int ng = vlm_grad_groups(&m, first, count, 64);
+    assert_int_equal(ng, m.llm.cfg.layers + 1);  // each layer's LoRA, top first, then the connector
+    assert_int_equal(first[ng - 1], m.conn_first);
+    for (int g = 1; g < ng - 1; g++) assert_true(first[g] < first[g - 1]);
+    Dist d = {.rank = 0, .world = 2, .ops = &twin_ops};
+    twin.k = k;
+    size_t n = P->numel, span = P->span;
+    float *want = xmalloc(span * sizeof(float)), *got = xmalloc(span * sizeof(float));
+    const double sizes[3] = {1e-9, 1e3, 0};  // one group per bucket, one bucket, no buckets
+    for (int zero = 0; zero <= 1; zero++) {
+        size_t slice = zero ? span / 2 : 0, check = zero ? slice : n;  // what rank 0 receives
+        // the reference: two micro-batches, then the sum over the ranks at once
+        k->zero(P->grad, span * sizeof(float));
+        vlm_forward_backward(&m, &fx.batch, 0.5f, NULL);
+        vlm_forward_backward(&m, &fx.batch, 0.5f, NULL);
+        k->scale_f32(P->grad, 2.0f, check);
+        k->download(want, P->grad, check * sizeof(float));
+        for (int s = 0; s < 3; s++) {
+            GradBuckets gb;
+            grad_buckets_init(&gb, &d, P, first, count, ng, sizes[s], slice);
+            twin.started = 0;
+            twin.covered = 0;
+            k->zero(P->grad, span * sizeof(float));
+            grad_buckets_begin(&gb);
+            vlm_forward_backward(&m, &fx.batch, 0.5f, NULL);
+            m.grads_ready = grad_buckets_hook(&gb);
+            vlm_forward_backward(&m, &fx.batch, 0.5f, NULL);
+            m.grads_ready = (GradsReady){0};
+            int during = twin.started;
+            grad_buckets_finish(&gb);
+            k->download(got, P->grad, check * sizeof(float));
+            printf("    ZeRO-%d, buckets of %g MiB: %d bucket(s), %d started during the backward; %s\n", zero, sizes[s],
+                   gb.n, during, memcmp(got, want, check * sizeof(float)) ? "DIFFERENT" : "bit-identical");
+            assert_memory_equal(got, want, check * sizeof(float));
+            assert_int_equal(twin.covered, zero ? span : n);  // every element once
+            assert_int_equal(twin.started, gb.n);
+            assert_int_equal(gb.n, s == 0 ? ng : 1);
+            assert_int_equal(during, s == 0 ? ng : s == 1 ? 1 : 0);
+            grad_buckets_free(&gb);
+        }
+    }
+    free(want);
+    free(got);
+    vlm_free(&m);
+    vlm_fixture_close(&fx);
+}
+
+// a few tensors of odd sizes (the slices cut through them), LoRA-like and a bias
+static void declare_small(ParamSet *ps, const Kernels *k, int shards, int shard) {
+    params_init(ps, k, 1);
+    params_declare_group(ps, PARAM_GROUP_LORA);
+    params_add(ps, 2, (int64_t[]){5, 7}, "a.weight");
+    params_add(ps, 2, (int64_t[]){3, 11}, "b.weight");
+    params_declare_group(ps, PARAM_GROUP_CONNECTOR);
+    params_add(ps, 1, (int64_t[]){13}, "c.bias");
+    params_add(ps, 2, (int64_t[]){4, 9}, "d.weight");
+    if (shards > 1) params_shard_optimizer(ps, shards, shard);
+    params_alloc(ps);
+}
+
+void check_sharded_masters(const Kernels *k) {
+    enum { W = 2 };
+    ParamSet one, r[W];
+    declare_small(&one, k, 1, 0);
+    for (int s = 0; s < W; s++) declare_small(&r[s], k, W, s);
+    size_t n = one.numel, span = r[0].span, len = span / W;
+    if (k->act_is_f32) {  // the masters are the compute weights: whole on every rank
+        for (int s = 0; s < W; s++) assert_true(!params_masters_sharded(&r[s]) && r[s].master_len == span && r[s].master_begin == 0);
+        params_free(&one);
+        for (int s = 0; s < W; s++) params_free(&r[s]);
+        return;
+    }
+    for (int s = 0; s < W; s++) {
+        assert_true(params_masters_sharded(&r[s]));
+        assert_int_equal(r[s].master_begin, len * s);
+        assert_int_equal(r[s].master_len, len);
+        // the grads whole; masters, m and v one slice; the compute copy whole (span long)
+        assert_int_equal(params_bytes(&r[s]), (span + 3 * len) * sizeof(float) + span * k->act_bytes);
+    }
+    uint64_t seed = 99;
+    float *h = xmalloc(span * sizeof(float)), *g = xcalloc(span, sizeof(float));
+    for (int i = 0; i < one.n; i++) {
+        test_fill_uniform(h, one.p[i].numel, -0.5f, 0.5f, &seed);
+        params_upload(&one, i, h);
+        for (int s = 0; s < W; s++) params_upload(&r[s], i, h);
+    }
+    TrainConfig c;
+    memset(&c, 0, sizeof c);
+    c.lr = 1e-2, c.connector_lr = 3e-3, c.min_lr = 0, c.adam_beta1 = 0.9, c.adam_beta2 = 0.999, c.adam_eps = 1e-8;
+    c.weight_decay = 0.1;
+    for (int t = 1; t <= 3; t++) {
+        for (int i = 0; i < one.n; i++) test_fill_uniform(g + one.p[i].offset, one.p[i].numel, -1.0f, 1.0f, &seed);
+        k->upload(one.grad, g, n * sizeof(float));
+        optimizer_update_range(&one, &c, t - 1, 10, 2, t, 0, n);
+        params_sync(&one);
+        for (int s = 0; s < W; s++) {
+            k->upload(r[s].grad, g, span * sizeof(float));
+            size_t a = len * s, b = a + len < n ? a + len : n;
+            optimizer_update_range(&r[s], &c, t - 1, 10, 2, t, a, b);
+            params_sync(&r[s]);
+        }
+        for (int s = 0; s < W; s++)  // the all-gather of the compute copy's slices
+            for (int o = 0; o < W; o++)
+                if (o != s) k->copy(act_at(k, r[o].data, len * s), act_at(k, r[s].data, len * s), len * k->act_bytes);
+    }
+    float *want = xmalloc(span * sizeof(float)), *got = xmalloc(span * sizeof(float));
+    k->download_act(want, one.data, n);
+    for (int s = 0; s < W; s++) {
+        k->download_act(got, r[s].data, n);
+        assert_memory_equal(got, want, n * sizeof(float));
+    }
+    float *ws[3] = {one.master, one.m, one.v};
+    for (int q = 0; q < 3; q++) {
+        k->download(want, ws[q], n * sizeof(float));
+        for (int s = 0; s < W; s++) {
+            float *mine[3] = {r[s].master, r[s].m, r[s].v};
+            size_t a = len * s, b = a + len < n ? a + len : n;
+            k->download(got, mine[q], (b - a) * sizeof(float));
+            assert_memory_equal(got, want + a, (b - a) * sizeof(float));
+        }
+    }
+    printf("    ZeRO-1 with sharded masters (%zu of %zu per rank): 3 updates equal the unsharded set's, byte for byte\n", len, span);
+    free(want);
+    free(got);
+    free(h);
+    free(g);
+    params_free(&one);
+    for (int s = 0; s < W; s++) params_free(&r[s]);
+}

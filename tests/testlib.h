@@ -79,3 +79,18 @@ void fixture_model_load(Vlm *m, const Kernels *k, const VlmSpec *spec, const cha
 // batches up to max_B x max_T with max_images, and loads the connector and adapter weights.
 void fixture_model_open(Vlm *m, const Kernels *k, const char *llm, ConnectorType ct, const char *conn_file,
                         const char *lora_dir, int max_B, int max_T, int max_images, float lora_dropout);
+
+// ---- the data-parallel step's pieces in one process (tests/test_zero.c on the CPU, test_gpu on
+// CUDA or its emulator) ----
+// Gradient buckets (trainer/grad_buckets.h) with the fixtures' VLM on backend k and a fake
+// transport: rank 0 of two ranks with equal gradients, so a sum over ranks doubles. Two
+// micro-batches, buckets started by the backward of the second: the gradients equal the
+// doubled gradients of the same two micro-batches without buckets, bit for bit, for ZeRO-0 and
+// ZeRO-1 (rank 0's slice), with buckets of one group each, of everything, and none (0 MiB);
+// every element is summed once, and the one-group buckets start before the backward returns.
+void check_grad_buckets(const Kernels *k);
+// ZeRO-1's sharded masters (model/params.h) on backend k: two ranks' sets, each updating its
+// slice (optimizer_update_range) and exchanging the compute copy's slices as the all-gather
+// does, end with the compute copy, masters and moments of one unsharded set, byte for byte.
+// Where the backend's compute copy is the fp32 masters (the CPU), asserts they stay whole.
+void check_sharded_masters(const Kernels *k);

@@ -145,8 +145,8 @@ static int write_text_file(const char *path, const char *text, char *err, size_t
     return ok ? 0 : fail(err, errlen, "%s: write failed: %s", path, strerror(e));
 }
 
-int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *train, const float *m_host,
-                    const float *v_host, const char *signature, int keep_last, char *err, size_t errlen) {
+int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *train, const float *w_host,
+                    const float *m_host, const float *v_host, const char *signature, int keep_last, char *err, size_t errlen) {
     char dir[2048], tmp[2060], path[2100];
     snprintf(dir, sizeof dir, "%s/step_%08" PRId64, out_dir, st->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
@@ -165,7 +165,8 @@ int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *t
     const Kernels *k = train->k;
     size_t bytes = train->numel * sizeof(float);
     float *w = xmalloc(bytes ? bytes : 4), *m = xmalloc(bytes ? bytes : 4), *v = xmalloc(bytes ? bytes : 4);
-    k->download(w, train->master, bytes);
+    if (w_host) memcpy(w, w_host, bytes);
+    else k->download(w, train->master, bytes);
     if (m_host) {
         memcpy(m, m_host, bytes);
         memcpy(v, v_host, bytes);
@@ -250,14 +251,15 @@ void checkpoint_load(const char *dir, TrainState *st, ParamSet *train, const cha
     char path[2100];
     checkpoint_read_state(dir, st, signature);
 
-    // the checkpoint holds the whole state; a ZeRO-1 rank keeps its slice of the moments
-    // (the span's padding past numel stays zero)
-    size_t bytes = train->numel * sizeof(float), span = train->span > train->numel ? train->span : train->numel;
+    // the checkpoint holds the whole state; a ZeRO-1 rank keeps its slice of the moments, and
+    // of the masters where they are sharded (the span's padding past numel stays zero)
+    size_t span = train->span > train->numel ? train->span : train->numel;
     float *host = xcalloc(span ? span : 1, sizeof(float));  // alignment padding between tensors stays zero
     const Kernels *k = train->k;
     snprintf(path, sizeof path, "%s/trainable.safetensors", dir);
     read_span(path, train, "", host);
-    k->upload(train->master, host, bytes);
+    k->upload(train->master, host + train->master_begin, train->master_len * sizeof(float));
+    if (params_masters_sharded(train)) k->upload_act(train->data, host, train->numel);  // the trainer all-gathers it anew
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     read_span(path, train, "exp_avg.", host);
     k->upload(train->m, host + train->opt_begin, train->opt_len * sizeof(float));

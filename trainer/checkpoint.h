@@ -30,10 +30,10 @@ typedef struct {
 // Writes a checkpoint of step st->step. signature: one-line JSON describing the model shapes
 // (compared on resume). On any I/O failure the temporary directory is removed, the previous
 // checkpoints are left as they were, and the reason is returned in err (returns -1).
-// m_host, v_host: the whole AdamW moments in host memory (numel each) where the set holds only
-// a slice of them (ZeRO-1); NULL: the set's own.
-int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *train, const float *m_host,
-                    const float *v_host, const char *signature, int keep_last, char *err, size_t errlen);
+// w_host, m_host, v_host: the whole masters and AdamW moments in host memory (numel each) where
+// the set holds only a slice of them (ZeRO-1); NULL: the set's own.
+int checkpoint_save(const char *out_dir, const TrainState *st, const ParamSet *train, const float *w_host,
+                    const float *m_host, const float *v_host, const char *signature, int keep_last, char *err, size_t errlen);
 // path of the newest complete checkpoint in out_dir; 0 when there is none
 int checkpoint_latest(const char *out_dir, char *path, size_t cap);
 // Renames the complete checkpoints after `step` to abandoned_step_N_K (kept, never listed):

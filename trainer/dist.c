@@ -19,6 +19,9 @@
 
 static void solo_nop_f32(Dist *d, float *buf, size_t n) {}
 static void solo_broadcast(Dist *d, void *buf, size_t bytes, int root) {}
+static void solo_reduce_start(Dist *d, float *buf, size_t begin, size_t end, size_t slice) {}
+static void solo_reduce_wait(Dist *d) {}
+static void solo_allgather_bytes(Dist *d, void *buf, size_t bytes) {}
 static void solo_allgather_host(Dist *d, const void *mine, void *all, size_t bytes) {
     if (all != mine) memmove(all, mine, bytes);
 }
@@ -30,6 +33,9 @@ static const DistOps solo_ops = {
     .reduce_scatter_sum_f32 = solo_nop_f32,
     .allgather_f32 = solo_nop_f32,
     .broadcast = solo_broadcast,
+    .reduce_start = solo_reduce_start,
+    .reduce_wait = solo_reduce_wait,
+    .allgather_bytes = solo_allgather_bytes,
     .allgather_host = solo_allgather_host,
     .broadcast_host = solo_broadcast,
     .barrier = solo_barrier,
@@ -115,7 +121,11 @@ static void *watch_main(void *arg) {
     return NULL;
 }
 
+void dist_reduce_wait(Dist *d);
+
 static void enter(Dist *d, const char *op, int timed) {
+    // collectives follow each other in one order on every rank: started reductions end first
+    if (d->reducing) dist_reduce_wait(d);
     Watch *w = d->watch;
     if (!w) return;
     atomic_store(&w->op, op);
@@ -147,6 +157,26 @@ void dist_allgather_f32(Dist *d, float *buf, size_t count) {
 void dist_broadcast(Dist *d, void *buf, size_t bytes, int root) {
     enter(d, "broadcast", 1);
     d->ops->broadcast(d, buf, bytes, root);
+    leave(d);
+}
+void dist_reduce_start(Dist *d, float *buf, size_t begin, size_t end, size_t slice) {
+    if (begin >= end) return;
+    d->reducing = 0;  // more of the same: no wait before it
+    enter(d, "gradient reduction", 1);
+    d->ops->reduce_start(d, buf, begin, end, slice);
+    leave(d);
+    d->reducing = 1;
+}
+void dist_reduce_wait(Dist *d) {
+    if (!d->reducing) return;
+    d->reducing = 0;
+    enter(d, "gradient reduction", 1);
+    d->ops->reduce_wait(d);
+    leave(d);
+}
+void dist_allgather_bytes(Dist *d, void *buf, size_t bytes) {
+    enter(d, "all-gather", 1);
+    d->ops->allgather_bytes(d, buf, bytes);
     leave(d);
 }
 void dist_allgather_host(Dist *d, const void *mine, void *all, size_t bytes) {

@@ -4,8 +4,10 @@
 // Transports: "solo" (one process, no launcher: every collective is a copy or nothing), "mpi"
 // (Open MPI; the CPU backend's transport, what CI tests) and "nccl" (CUDA: NCCL on the backend's
 // stream; its unique id travels through MPI when the launcher is mpirun, else through a file in
-// dist_init_dir). Float buffers live in the memory of the backend the trainer runs on (host
-// memory on the CPU, device memory with NCCL); *_host calls take host memory.
+// dist_init_dir; in the CUDA emulator, whose device memory is host memory, MPI stands in). Float
+// buffers live in the memory of the backend the trainer runs on (host memory on the CPU, device
+// memory with NCCL); *_host calls take host memory. Gradient buckets (reduce_start) may run
+// while the backward goes on (NCCL: on a second stream).
 //
 // Determinism: the MPI transport sums in rank order (0 + 1 + 2 ...) whatever the message sizes,
 // so a run is bit-reproducible at a fixed world size, and ZeRO-1 (reduce-scatter + all-gather)
@@ -42,6 +44,18 @@ typedef struct {
     // buf holds world x count floats, this rank's slice at rank*count; afterwards all slices
     void (*allgather_f32)(Dist *d, float *buf, size_t count);
     void (*broadcast)(Dist *d, void *buf, size_t bytes, int root);
+    // Starts summing elements [begin, end) of buf over ranks. slice 0: every rank receives the
+    // sums (an all-reduce of the range); else rank r receives those inside its slice
+    // [r * slice, (r + 1) * slice) and the rest of the range is left undefined (ZeRO-1). It may
+    // return before the sums are there (NCCL: enqueued on a stream of its own, behind what the
+    // backend's stream holds so far, so the backward goes on meanwhile); reduce_wait returns
+    // when every started sum is there for the backend's stream. Every rank starts the same
+    // ranges in the same order.
+    void (*reduce_start)(Dist *d, float *buf, size_t begin, size_t end, size_t slice);
+    void (*reduce_wait)(Dist *d);
+    // buf holds world x bytes, this rank's part at rank * bytes; afterwards every part (the
+    // ZeRO-1 update's weights, in the compute copy's type)
+    void (*allgather_bytes)(Dist *d, void *buf, size_t bytes);
     // host memory: all[r*bytes ...] receives rank r's `mine`
     void (*allgather_host)(Dist *d, const void *mine, void *all, size_t bytes);
     void (*broadcast_host)(Dist *d, void *buf, size_t bytes, int root);
@@ -63,6 +77,7 @@ struct Dist {
     double timeout_s;  // a collective waiting longer than this stops the run
     DistPeer *peers;   // (world) every rank's pid and node, for the watchdog
     void *watch;       // watchdog state (dist.c)
+    int reducing;      // reductions started and not yet waited for: any other collective waits first
 };
 
 // Reads the launcher's environment: Open MPI (OMPI_COMM_WORLD_*), Slurm (SLURM_PROCID,
@@ -81,6 +96,9 @@ void dist_allreduce_sum_f32(Dist *d, float *buf, size_t n);
 void dist_reduce_scatter_sum_f32(Dist *d, float *buf, size_t count);
 void dist_allgather_f32(Dist *d, float *buf, size_t count);
 void dist_broadcast(Dist *d, void *buf, size_t bytes, int root);
+void dist_reduce_start(Dist *d, float *buf, size_t begin, size_t end, size_t slice);
+void dist_reduce_wait(Dist *d);
+void dist_allgather_bytes(Dist *d, void *buf, size_t bytes);
 void dist_allgather_host(Dist *d, const void *mine, void *all, size_t bytes);
 void dist_broadcast_host(Dist *d, void *buf, size_t bytes, int root);
 // untimed: waits as long as rank 0 needs (data preparation), still stopping when a peer dies

@@ -74,6 +74,30 @@ static void mpi_reduce_scatter_sum_f32(Dist *d, float *buf, size_t count) {
     reduce_scatter(d, buf);
 }
 
+// a bucket of the gradients; synchronous (the CPU backend computes on the same cores), each
+// element summed in rank order as in the calls above
+static void mpi_reduce_start(Dist *d, float *buf, size_t begin, size_t end, size_t slice) {
+    if (!slice) return mpi_allreduce_sum_f32(d, buf + begin, end - begin);
+    Mpi *m = d->impl;
+    for (int r = 0; r < d->world; r++) {  // rank r receives [begin, end) within its slice
+        size_t a = slice * r, b = slice * (r + 1);
+        if (a < begin) a = begin;
+        if (b > end) b = end;
+        if (a >= b) a = b = begin;
+        if (end - begin > INT_MAX) fatal("dist: %zu floats is too many for one MPI message", end - begin);
+        m->dis[r] = (int)(a - begin);
+        m->cnt[r] = (int)(b - a);
+    }
+    reduce_scatter(d, buf + begin);
+}
+
+static void mpi_reduce_wait(Dist *d) {}
+
+static void mpi_allgather_bytes(Dist *d, void *buf, size_t bytes) {
+    if (bytes > INT_MAX) fatal("dist: %zu bytes is too many for one MPI all-gather", bytes);
+    check(d, MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)bytes, MPI_BYTE, MPI_COMM_WORLD), "all-gather");
+}
+
 static void mpi_allgather_f32(Dist *d, float *buf, size_t count) {
     if (count > INT_MAX) fatal("dist: %zu floats is too many for one MPI message", count);
     check(d, MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)count, MPI_FLOAT, MPI_COMM_WORLD), "all-gather");
@@ -109,6 +133,9 @@ static const DistOps mpi_ops = {
     .reduce_scatter_sum_f32 = mpi_reduce_scatter_sum_f32,
     .allgather_f32 = mpi_allgather_f32,
     .broadcast = mpi_broadcast_host,  // the CPU backend's memory is host memory
+    .reduce_start = mpi_reduce_start,
+    .reduce_wait = mpi_reduce_wait,
+    .allgather_bytes = mpi_allgather_bytes,
     .allgather_host = mpi_allgather_host,
     .broadcast_host = mpi_broadcast_host,
     .barrier = mpi_barrier,

@@ -4,6 +4,7 @@
 #include "kernels/cpu/blas.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <dirent.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
@@ -41,15 +42,50 @@ void export_resolve(const char *src, char *step_dir, char *run_dir, int cap) {
     if (!file_exists(path)) fatal("%s: missing (the run directory's resolved configuration)", path);
 }
 
-static void copy_file(const char *from, const char *to) {
-    size_t n;
-    char *data = file_read_all(from, &n);
-    if (!data) fatal("%s: cannot read: %s", from, strerror(errno));
+void export_copy_file(const char *from, const char *to) {
+    FILE *in = fopen(from, "rb");
+    if (!in) fatal("%s: cannot read: %s", from, strerror(errno));
     FILE *f = fopen(to, "wb");
     if (!f) fatal("%s: cannot create: %s", to, strerror(errno));
-    int ok = fwrite(data, 1, n, f) == n && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    char *buf = xmalloc(1 << 20);
+    size_t n;
+    int ok = 1;
+    while (ok && (n = fread(buf, 1, 1 << 20, in)) > 0) ok = fwrite(buf, 1, n, f) == n;
+    if (ferror(in)) fatal("%s: read failed: %s", from, strerror(errno));
+    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
     if (fclose(f) != 0 || !ok) fatal("%s: write failed: %s", to, strerror(errno));
-    free(data);
+    fclose(in);
+    free(buf);
+}
+
+// out/vision: the tower's files svlm and transformers read (configs, weights, shard index), or a
+// symbolic link to the tower's directory
+static void export_vision(const char *vision_dir, const char *out, int link) {
+    char abs[PATH_MAX];
+    if (!realpath(vision_dir, abs)) fatal("%s: %s", vision_dir, strerror(errno));
+    if (link) {
+        if (symlink(abs, out) != 0) fatal("%s: cannot create a link to %s: %s", out, abs, strerror(errno));
+        return;
+    }
+    if (mkdir(out, 0755) != 0) fatal("%s: cannot create: %s", out, strerror(errno));
+    DIR *d = opendir(abs);
+    if (!d) fatal("%s: cannot list: %s", abs, strerror(errno));
+    struct dirent *de;
+    int n = 0;
+    char from[PATH_MAX + 300], to[PATH_MAX + 300];
+    while ((de = readdir(d))) {
+        const char *nm = de->d_name;
+        size_t len = strlen(nm);
+        int want = !strcmp(nm, "config.json") || !strcmp(nm, "preprocessor_config.json") ||
+                   !strcmp(nm, "model.safetensors.index.json") || (len > 12 && !strcmp(nm + len - 12, ".safetensors"));
+        snprintf(from, sizeof from, "%s/%s", abs, nm);
+        if (!want || !file_exists(from)) continue;
+        snprintf(to, sizeof to, "%s/%s", out, nm);
+        export_copy_file(from, to);
+        n++;
+    }
+    closedir(d);
+    if (!n) fatal("%s: no vision tower files in it", abs);
 }
 
 static void write_json(const char *path, cJSON *j) {
@@ -73,6 +109,11 @@ static void remove_tree(const char *dir) {
 }
 
 void export_run(const char *src, const char *out_arg) {
+    ExportOptions o = {0};
+    export_run_with(src, out_arg, &o);
+}
+
+void export_run_with(const char *src, const char *out_arg, const ExportOptions *o) {
     char step_dir[PATH_MAX], run_dir[PATH_MAX], path[PATH_MAX + 64], tmp[PATH_MAX + 16], old[PATH_MAX + 16];
     char out_dir[PATH_MAX];  // without trailing slashes: "out/" must give "out.tmp", not "out/.tmp"
     snprintf(out_dir, sizeof out_dir, "%s", out_arg);
@@ -166,7 +207,7 @@ void export_run(const char *src, const char *out_arg) {
     for (size_t i = 0; i < sizeof copies / sizeof copies[0]; i++) {
         snprintf(from, sizeof from, "%s/%s", c.llm, copies[i]);
         snprintf(path, sizeof path, "%s/%s", llm_out, copies[i]);
-        if (file_exists(from)) copy_file(from, path);
+        if (file_exists(from)) export_copy_file(from, path);
     }
 
     // adapter/: peft's layout, tensors as base_model.model.<name>
@@ -238,20 +279,36 @@ void export_run(const char *src, const char *out_arg) {
     save_or_die(cw, path);
     st_writer_free(cw);
 
+    // vision/, and llava/ for the connector LLaVA has
+    snprintf(path, sizeof path, "%s/vision", tmp);
+    export_vision(c.vision, path, o->link_vision);
+    ImagePrep prep;
+    vit_image_prep(&vc, c.vision, &prep);
+    int has_llava = ct == CONNECTOR_MLP2X_GELU;
+    if (has_llava) {
+        char llava[PATH_MAX + 32], conn[PATH_MAX + 64];
+        snprintf(llava, sizeof llava, "%s/llava", tmp);
+        snprintf(conn, sizeof conn, "%s/connector.safetensors", tmp);
+        ExportLlava e = {.out = llava, .vision_dir = c.vision, .llm_dir = c.llm, .merged_llm_dir = llm_out,
+                         .connector_file = conn, .vision_layer = c.vision_layer, .has_cls = vit_has_cls(&vc),
+                         .image_size = vc.image_size, .patch_size = vc.patch, .image_tokens = image_tokens,
+                         .pad_to_square = !strcmp(c.image_aspect, "pad"), .template_kind = template_parse(c.template_),
+                         .system = strcmp(c.system, "default") ? c.system : NULL};
+        memcpy(e.mean, prep.mean, sizeof e.mean);
+        memcpy(e.std, prep.std, sizeof e.std);
+        export_llava(&e);
+    }
+
     // svlm.json: what ./generate needs besides the weights
-    float mean[3], std[3];
-    int size;
-    vit_preprocess_config(c.vision, vc.image_size, &size, mean, std);
     cJSON *j = cJSON_CreateObject();
-    char absvis[PATH_MAX];
     cJSON_AddStringToObject(j, "format", "svlm-export-1");
-    cJSON_AddStringToObject(j, "vision", realpath(c.vision, absvis) ? absvis : c.vision);
+    cJSON_AddStringToObject(j, "vision", "vision");  // under the export (model/model_dir.c looks there first)
     cJSON_AddNumberToObject(j, "vision_layer", c.vision_layer);
     cJSON_AddStringToObject(j, "connector", c.connector);
     cJSON_AddNumberToObject(j, "pixel_shuffle", connector_scale(ct, c.pixel_shuffle));
     cJSON_AddNumberToObject(j, "image_size", vc.image_size);
-    cJSON_AddItemToObject(j, "image_mean", cJSON_CreateFloatArray(mean, 3));
-    cJSON_AddItemToObject(j, "image_std", cJSON_CreateFloatArray(std, 3));
+    cJSON_AddItemToObject(j, "image_mean", cJSON_CreateFloatArray(prep.mean, 3));
+    cJSON_AddItemToObject(j, "image_std", cJSON_CreateFloatArray(prep.std, 3));
     cJSON_AddBoolToObject(j, "pad_to_square", !strcmp(c.image_aspect, "pad"));
     cJSON_AddStringToObject(j, "template", c.template_);
     if (strcmp(c.system, "default")) cJSON_AddStringToObject(j, "system", c.system);
@@ -273,6 +330,7 @@ void export_run(const char *src, const char *out_arg) {
     }
     if (rename(tmp, out_dir) != 0) fatal("%s: cannot rename to %s: %s", tmp, out_dir, strerror(errno));
     if (had_old) remove_tree(old);
-    printf("export: %s -> %s (llm/ with %d LoRA-merged weights%s, connector.safetensors, svlm.json)\n", step_dir,
-           out_dir, merged, lora.r > 0 ? ", adapter/" : "");
+    printf("export: %s -> %s (llm/ with %d LoRA-merged weights%s, connector.safetensors, vision/ (%s)%s, svlm.json)\n",
+           step_dir, out_dir, merged, lora.r > 0 ? ", adapter/" : "", o->link_vision ? "a link" : "a copy",
+           has_llava ? ", llava/ (LlavaForConditionalGeneration)" : "");
 }

@@ -4,11 +4,37 @@
 //                           loads it as it is
 //   adapter/                peft's adapter_model.safetensors + adapter_config.json (stage 2)
 //   connector.safetensors   the connector, fp32, model.mm_projector.* names
+//   vision/                 a copy of the vision tower's files (config.json, preprocessor_config.json,
+//                           safetensors), or with link_vision a symbolic link to it: svlm.json
+//                           names it relatively, so the export is whole where it is moved
+//   llava/                  mlp2x_gelu only: the Hugging Face LlavaForConditionalGeneration
+//                           checkpoint (trainer/export_llava.c)
 //   svlm.json               vision tower, connector, image settings, template: what ./generate needs
 // Written to OUT.tmp and renamed when complete.
 #pragma once
+#include "data/template.h"
+
+#define EXPORT_PATH 4096
+
+typedef struct {
+    int link_vision;  // vision/ a symbolic link to the training run's tower instead of a copy
+} ExportOptions;
 
 // src: a run directory (its newest checkpoint) or a step_NNNNNNNN directory of one
 void export_run(const char *src, const char *out_dir);
+void export_run_with(const char *src, const char *out_dir, const ExportOptions *o);
+// copies a file's bytes (streamed), fatal() naming the file on failure
+void export_copy_file(const char *from, const char *to);
+
+// what export_llava needs (paths in EXPORT_PATH)
+typedef struct {
+    const char *out;             // the directory to create
+    const char *vision_dir, *llm_dir, *merged_llm_dir, *connector_file;
+    int vision_layer, has_cls, image_size, patch_size, image_tokens, pad_to_square;
+    float mean[3], std[3];
+    TemplateKind template_kind;
+    const char *system;          // NULL: the template's default
+} ExportLlava;
+void export_llava(const ExportLlava *e);
 // the step directory and run directory src names; fatal() when it is neither
 void export_resolve(const char *src, char *step_dir, char *run_dir, int cap);

@@ -25,7 +25,7 @@ void optimizer_update_range(ParamSet *P, const TrainConfig *c, int64_t step, int
         // AdamW is elementwise: a tensor cut by the slice's edges updates exactly as a whole one
         size_t a = p->offset > begin ? p->offset : begin, b = p->offset + p->numel < end ? p->offset + p->numel : end;
         if (a >= b) continue;
-        k->adamw_update(P->master + a, P->grad + a, P->m + (a - P->opt_begin), P->v + (a - P->opt_begin), b - a,
+        k->adamw_update(P->master + (a - P->master_begin), P->grad + a, P->m + (a - P->opt_begin), P->v + (a - P->opt_begin), b - a,
                         optimizer_lr(c, p, step, total, warmup), c->adam_beta1, c->adam_beta2, c->adam_eps,
                         p->decay ? c->weight_decay : 0.0, t);
     }

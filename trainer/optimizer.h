@@ -16,7 +16,8 @@ double optimizer_lr(const TrainConfig *c, const Param *p, int64_t step, int64_t 
 int optimizer_step(ParamSet *P, const TrainConfig *c, int64_t step, int64_t total, int warmup, int t, double *norm);
 // The two halves of optimizer_step for a slice of the trainable span (ZeRO-1 updates one slice
 // per rank): the clip coefficient for a global norm, and AdamW on elements [begin, end) of the
-// span whose moments live at P->m/v[i - P->opt_begin] (the caller then refreshes the copies).
+// span whose moments live at P->m/v[i - P->opt_begin] and masters at P->master[i - P->master_begin]
+// (the caller then refreshes the copies).
 double optimizer_clip_coef(const TrainConfig *c, double norm);
 void optimizer_update_range(ParamSet *P, const TrainConfig *c, int64_t step, int64_t total, int warmup, int t,
                             size_t begin, size_t end);

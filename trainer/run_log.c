@@ -89,11 +89,42 @@ void run_log_step(Run *r, const StepResult *s) {
     r->t_window = now;
 }
 
-void run_log_validation(Run *r, int64_t step, double loss, int64_t tokens) {
+void run_log_eval(Run *r, int64_t step, double loss, int64_t tokens, const BenchScores *bs) {
     if (r->rank != 0) return;
-    printf("step %" PRId64 "/%" PRId64 " | validation loss %.4f over %" PRId64 " tokens\n", step, r->total, loss, tokens);
     char nb[32];
-    fprintf(r->metrics, "{\"step\": %" PRId64 ", \"val_loss\": %s, \"val_tokens\": %" PRId64 "}\n", step, jnum(loss, nb), tokens);
+    printf("step %" PRId64 "/%" PRId64, step, r->total);
+    fprintf(r->metrics, "{\"step\": %" PRId64, step);
+    if (r->val) {
+        printf(" | validation loss %.4f over %" PRId64 " tokens", loss, tokens);
+        fprintf(r->metrics, ", \"val_loss\": %s, \"val_tokens\": %" PRId64, jnum(loss, nb), tokens);
+    }
+    if (bs) {
+        // the task's scores as ./evaluate's summary.json names them, prefixed eval_
+        EvalTask t = run_bench_task(r);
+        const char *names[8];
+        double v[8];
+        int n = 0;
+        if (t == TASK_MC) names[n] = "accuracy", v[n++] = bs->accuracy;
+        else if (t == TASK_VQA) {
+            names[n] = "vqa_accuracy", v[n++] = bs->vqa;
+            names[n] = "anls", v[n++] = bs->anls;
+            names[n] = "exact_match", v[n++] = bs->em;
+        } else {
+            names[n] = "cider_d", v[n++] = bs->cider;
+            names[n] = "bleu_4", v[n++] = bs->bleu[3];
+            names[n] = "rouge_l", v[n++] = bs->rouge;
+        }
+        printf(" | eval %s", eval_task_name(t));
+        for (int i = 0; i < n; i++) {
+            printf(" %s %.4f", names[i], v[i]);
+            fprintf(r->metrics, ", \"eval_%s\": %s", names[i], jnum(v[i], nb));
+        }
+        printf(" (%d items)", bs->n_scored);
+        fprintf(r->metrics, ", \"eval_items\": %d", bs->n_scored);
+    }
+    printf("\n");
+    fflush(stdout);
+    fprintf(r->metrics, "}\n");
     fflush(r->metrics);
 }
 
@@ -103,5 +134,6 @@ void run_log_done(Run *r) {
     fmt_duration(time_now() - r->t_start, el, sizeof el);
     printf("done: %" PRId64 " steps in %s", r->total, el);
     if (!isnan(r->first_val)) printf(", validation loss %.4f -> %.4f", r->first_val, r->last_val);
+    if (r->bench && !isnan(r->first_bench)) printf(", eval score %.4f -> %.4f", r->first_bench, r->last_bench);
     printf("; checkpoint %s/step_%08" PRId64 "\n", r->c->out_dir, r->st.step);
 }

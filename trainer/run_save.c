@@ -11,8 +11,9 @@
 #include "common/util.h"
 #include "trainer/run.h"
 
-// the whole of moment buffer `slice` (this rank's part of it) on rank 0's host, numel floats
-static float *gather_moment(Run *r, const float *slice) {
+// the whole of a sharded buffer (this rank's slice of it: moments, sharded masters) on rank
+// 0's host, numel floats
+static float *gather_slice(Run *r, const float *slice) {
     ParamSet *P = &r->m.train;
     const Kernels *k = P->k;
     size_t len = P->span / r->world;
@@ -27,11 +28,12 @@ static float *gather_moment(Run *r, const float *slice) {
 void run_save(Run *r) {
     const TrainConfig *c = r->c;
     ParamSet *P = &r->m.train;
-    float *mh = NULL, *vh = NULL;
+    float *wh = NULL, *mh = NULL, *vh = NULL;
     if (r->zero) {
-        mh = gather_moment(r, P->m);
-        vh = gather_moment(r, P->v);
+        mh = gather_slice(r, P->m);
+        vh = gather_slice(r, P->v);
     }
+    if (params_masters_sharded(P)) wh = gather_slice(r, P->master);
     int rc = 0;
     char err[2300] = "";
     if (r->rank == 0) {
@@ -39,8 +41,9 @@ void run_save(Run *r) {
         if (fflush(metrics) != 0 || ferror(metrics) || fsync(fileno(metrics)) != 0)
             fatal("%s/metrics.jsonl: write failed: %s; the previous checkpoint is intact", c->out_dir, strerror(errno));
         r->st.metrics_bytes = ftell(metrics);
-        rc = checkpoint_save(c->out_dir, &r->st, P, mh, vh, r->signature, c->keep_last, err, sizeof err);
+        rc = checkpoint_save(c->out_dir, &r->st, P, wh, mh, vh, r->signature, c->keep_last, err, sizeof err);
     }
+    free(wh);
     free(mh);
     free(vh);
     dist_broadcast_host(r->dist, &rc, sizeof rc, 0);

@@ -198,11 +198,24 @@ static int find_resume(const TrainConfig *c, char *ckpt, size_t cap) {
     return 1;
 }
 
+// the step's gradient buckets, from the groups the model's backward finishes in turn
+static void setup_buckets(Run *r) {
+    const Vlm *m = &r->m;
+    int cap = m->train.n ? m->train.n : 1, *first = xmalloc(2 * (size_t)cap * sizeof(int)), *count = first + cap;
+    int n = vlm_grad_groups(m, first, count, cap);
+    size_t slice = r->zero ? m->train.span / r->world : 0;
+    grad_buckets_init(&r->buckets, r->dist, &m->train, first, count, n, r->c->grad_bucket_mb, slice);
+    free(first);
+    if (r->world > 1)
+        printf("gradient reduction: %d bucket(s) of up to %g MiB, %s\n", r->buckets.n, r->c->grad_bucket_mb,
+               r->c->grad_bucket_mb > 0 ? "started as the backward finishes them" : "after the backward");
+}
+
 void run_setup(Run *r, const TrainConfig *c, double t_start) {
     memset(r, 0, sizeof *r);
     r->c = c;
     r->t_start = t_start;
-    r->first_val = r->last_val = NAN;
+    r->first_val = r->last_val = r->first_bench = r->last_bench = NAN;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
@@ -244,6 +257,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     if (world > 1)
         printf("data parallel: %d ranks over %s, ZeRO-%d, dist_timeout %.0f s\n", world, d->ops->name, r->zero, c->dist_timeout);
     train_config_print(c);
+    run_bench_open(r);  // a bad eval_data file stops the run here, before any data work
 
     // model shapes decide the image slot, which the prepared data depends on; both model
     // directories are checked before any data is prepared
@@ -287,6 +301,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     Vlm *m = &r->m;
     vlm_init_reserved(m, k, &spec);
     CHECK(m->n_img_tokens == image_tokens, "image slot %d vs %d", m->n_img_tokens, image_tokens);
+    setup_buckets(r);
     size_t n_conn = params_group_numel(&m->train, PARAM_GROUP_CONNECTOR), n_lora = params_group_numel(&m->train, PARAM_GROUP_LORA);
     printf("model: vision %d layers of %d run, %d image tokens per image | %s %d layers, hidden %d | trainable: "
            "connector %zu, LoRA %zu parameters\n",
@@ -295,12 +310,12 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     int per_step = c->batch_size * world;  // global_batch is a multiple (train_config_load)
     r->accum = c->global_batch / per_step;
     LoaderSpec ls = {.shard_dir = train_shards, .batch_size = c->batch_size, .max_seq_len = c->max_seq_len,
-                     .image_tokens = image_tokens, .image_size = vcfg.image_size,
-                     .pad_to_square = !strcmp(c->image_aspect, "pad"), .seed = c->seed, .rank = r->rank, .world = world,
+                     .image_tokens = image_tokens, .seed = c->seed, .rank = r->rank, .world = world,
                      .step_block = c->batch_size * r->accum, .packing = c->packing,
                      .threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .prefetch = c->prefetch,
                      .shuffle = 1};
-    vit_preprocess_config(c->vision, vcfg.image_size, &ls.image_size, ls.mean, ls.std);
+    vit_image_prep(&vcfg, c->vision, &ls.prep);
+    ls.prep.pad_to_square = !strcmp(c->image_aspect, "pad");
     r->train = loader_open(&ls);
     if (val_shards[0]) {
         LoaderSpec vs = ls;
@@ -315,6 +330,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     size_t mem_now;
     k->memory(&mem_now, NULL);
     printf("memory: %zu bytes held on %s after setup (the plan: %zu)\n", mem_now - mem_base, k->name, plan_total);
+    run_bench_init(r);  // the generator's cache: beside the plan, which covers training
     r->steps_per_epoch = loader_samples_per_rank(r->train) / ((int64_t)c->batch_size * r->accum);
     if (c->packing && c->max_steps == 0) fatal("config: with packing = true, set max_steps (steps per epoch vary)");
     int64_t total = c->max_steps > 0 ? c->max_steps : r->steps_per_epoch * c->epochs;
@@ -380,6 +396,8 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
             warn("stage 2 without init_from: the connector starts from random weights");
         }
     }
+    // sharded masters: the compute copy from them, as every step's update leaves it
+    if (params_masters_sharded(&m->train)) run_share_weights(r);
     if (r->rank == 0) {
         char path[CFG_PATH + 32];
         snprintf(path, sizeof path, "%s/config.conf", c->out_dir);
@@ -396,6 +414,8 @@ void run_teardown(Run *r) {
     free(r->signature);
     loader_close(r->train);
     if (r->val) loader_close(r->val);
+    grad_buckets_free(&r->buckets);
+    run_bench_close(r);
     vlm_free(&r->m);
     dist_close(r->dist);
 }

@@ -1,13 +1,14 @@
 // run_step.c: one optimizer step across the ranks (see run.h).
 //
 // Each rank runs `accum` micro-batches of its slice of the step's global batch, summing losses
-// and gradients. Then, once per step: the loss sum, the labelled-token count and the stop flags
-// are summed over ranks; the gradients are summed (ZeRO-0: all-reduce; ZeRO-1: reduce-scatter,
-// each rank keeping its 1/world slice) and scaled by 1 / (labelled tokens of the whole step), so
-// the update is the gradient of the mean over the global batch however it was split. The
-// gradient norm is the global one, summed from the same world slices in both ZeRO modes, so
-// ZeRO-1 clips and updates exactly as ZeRO-0 does; ZeRO-1 then updates its slice of the masters
-// with its slice of the moments and all-gathers the masters.
+// and gradients. The gradients are summed over the ranks in buckets started during the last
+// micro-batch's backward (grad_buckets.h; ZeRO-0: every rank gets the sums; ZeRO-1: each rank
+// those of its 1/world slice). Then, once per step: the loss sum, the labelled-token count and
+// the stop flags are summed over ranks, and the gradients scaled by 1 / (labelled tokens of the
+// whole step), so the update is the gradient of the mean over the global batch however it was
+// split. The gradient norm is the global one, summed from the same world slices in both ZeRO
+// modes, so ZeRO-1 clips and updates exactly as ZeRO-0 does; ZeRO-1 then updates its slice of
+// the masters with its slice of the moments and all-gathers the updated weights.
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -37,25 +38,21 @@ static double slice_sq(const ParamSet *P, int world, int s) {
     return a < b ? P->k->sum_squares(P->grad + a, b - a) : 0.0;
 }
 
-// Sums the gradients over ranks and returns the global gradient norm (NaN when not finite);
-// on return this rank's part of P->grad (all of it for ZeRO-0, its slice for ZeRO-1) holds
-// the summed gradients scaled by `scale`.
-static double reduce_gradients(Run *r, ParamSet *P, double scale) {
+// Scales the gradients summed over the ranks (this rank's part of P->grad: all of it for
+// ZeRO-0, its slice for ZeRO-1) and returns the global gradient norm (NaN when not finite).
+static double scale_gradients(Run *r, ParamSet *P, double scale) {
     const Kernels *k = P->k;
     int W = r->world;
     double sq = 0;
     if (r->zero) {
         size_t len = P->span / W;  // the span is padded to W equal slices
-        dist_reduce_scatter_sum_f32(r->dist, P->grad, len);
-        float *mine = P->grad + len * r->rank;
-        k->scale_f32(mine, (float)scale, len);
+        k->scale_f32(P->grad + len * r->rank, (float)scale, len);
         double *part = xcalloc((size_t)W, sizeof(double));
         part[r->rank] = slice_sq(P, W, r->rank);
         dist_sum_f64(r->dist, part, W);  // the others are 0 here: each entry is one rank's slice
         for (int s = 0; s < W; s++) sq += part[s];
         free(part);
     } else {
-        if (W > 1) dist_allreduce_sum_f32(r->dist, P->grad, P->numel);
         k->scale_f32(P->grad, (float)scale, P->numel);
         for (int s = 0; s < W; s++) sq += slice_sq(P, W, s);  // the order ZeRO-1 sums in
     }
@@ -73,12 +70,24 @@ static void update(Run *r, ParamSet *P, double norm, int t) {
         if (coef < 1.0) k->scale_f32(P->grad + a, (float)coef, len);
         size_t b = a + len < P->numel ? a + len : P->numel;
         if (a < b) optimizer_update_range(P, c, step, r->total, r->warmup, t, a, b);
-        dist_allgather_f32(r->dist, P->master, len);
+        run_share_weights(r);
     } else {
         if (coef < 1.0) k->scale_f32(P->grad, (float)coef, P->numel);
         optimizer_update_range(P, c, step, r->total, r->warmup, t, 0, P->numel);
+        params_sync(P);
     }
-    params_sync(P);
+}
+
+void run_share_weights(Run *r) {
+    ParamSet *P = &r->m.train;
+    size_t len = P->span / r->world;
+    if (params_masters_sharded(P)) {  // the slice into the compute copy, then every slice of it
+        params_sync(P);
+        dist_allgather_bytes(r->dist, P->data, len * P->k->act_bytes);
+    } else {
+        dist_allgather_f32(r->dist, P->master, len);
+        params_sync(P);
+    }
 }
 
 // the step's sample indices of every rank, sorted, on rank 0 (log_samples)
@@ -104,6 +113,7 @@ void run_step(Run *r, StepResult *out) {
     const Kernels *k = m->k;
     int64_t step = r->st.step;
     k->zero(P->grad, P->span * sizeof(float));
+    grad_buckets_begin(&r->buckets);
     double loss_sum = 0;
     int64_t n_lab = 0, n_tok = 0, epoch = 0;
     int per = c->batch_size * r->accum, n_mine = 0;
@@ -118,10 +128,15 @@ void run_step(Run *r, StepResult *out) {
         vlm_set_training(m, 1, c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)step * 4096 + (uint64_t)g);
         VlmBatch vb = to_vlm_batch(&lb);
         int lab;
+        // on the last micro-batch each group's gradients are final as the backward leaves it:
+        // their sum over the ranks starts while the backward goes on below
+        if (a == r->accum - 1) m->grads_ready = grad_buckets_hook(&r->buckets);
         loss_sum += vlm_forward_backward(m, &vb, 1.0f, &lab);
+        m->grads_ready = (GradsReady){0};
         n_lab += lab;
         n_tok += (int64_t)lb.B * lb.T;
     }
+    grad_buckets_finish(&r->buckets);  // every bucket started, in the same order on every rank, and summed
     // one exchange of the step's scalars; the stop flags ride along, so every rank sees the same
     // decision at the same step boundary
     double s[4] = {loss_sum, (double)n_lab, (double)n_tok, run_stop_signal ? 1.0 : 0.0};
@@ -135,7 +150,7 @@ void run_step(Run *r, StepResult *out) {
     // every micro-batch contributed its summed loss: dividing by the step's labelled count
     // makes the update the gradient of the mean, however the batch was split
     double loss = n_lab ? loss_sum / n_lab : NAN;
-    double norm = reduce_gradients(r, P, n_lab ? 1.0 / n_lab : 1.0);
+    double norm = scale_gradients(r, P, n_lab ? 1.0 / n_lab : 1.0);
     out->factor = schedule_factor((int)step, (int)r->total, r->warmup, c->min_lr / c->lr);
     int t = (int)(step - r->st.skipped_steps + 1);  // AdamW's own step count skips dropped updates
     if (!isfinite(loss) || !isfinite(norm)) {

@@ -59,7 +59,7 @@ const CfgKey train_keys[] = {
     K("out_dir", CFG_STR, out_dir, "checkpoints/run", "run directory: config.conf, metrics.jsonl, step_NNNNNNNN/"),
     K("save_every", CFG_INT, save_every, "500", "checkpoint every this many steps (and at the end); 0: only at the end"),
     K("keep_last", CFG_INT, keep_last, "2", "checkpoints kept (the newest)"),
-    K("eval_every", CFG_INT, eval_every, "0", "validation loss every this many steps (and at the end); 0: only at the end"),
+    K("eval_every", CFG_INT, eval_every, "0", "validation loss and eval_data score every this many steps (and at the start and end); 0: start and end only"),
     K("log_every", CFG_INT, log_every, "1", "progress line and metrics.jsonl record every this many steps"),
     K("resume", CFG_STR, resume, "auto", "auto: newest complete checkpoint in out_dir | never | a checkpoint directory"),
     K("device", CFG_STR, device, "auto", "cpu | cuda | auto (cuda when a GPU is present)"),
@@ -68,9 +68,17 @@ const CfgKey train_keys[] = {
     K("prefetch", CFG_INT, prefetch, "4", "micro-batches prepared ahead"),
     K("nan_policy", CFG_STR, nan_policy, "stop", "stop | skip: what a non-finite loss or gradient does"),
     K("zero_stage", CFG_STR, zero_stage, "auto", "0: every rank keeps the whole optimizer state | 1: each keeps 1/world of it (ZeRO-1) | auto: 1 when world > 1"),
+    K("grad_bucket_mb", CFG_FLOAT, grad_bucket_mb, "25", "MiB of gradients summed across ranks at a time, started while the backward runs on; 0: all at once after it"),
     K("dist_timeout", CFG_FLOAT, dist_timeout, "300", "seconds a rank waits in a collective before it stops the run (a lost rank)"),
     K("dist_init_dir", CFG_STR, dist_init_dir, "", "directory every node sees, for NCCL's unique id when launched without MPI (srun)"),
     K("log_samples", CFG_BOOL, log_samples, "false", "metrics.jsonl lists each step's sample indices (checks the data order)"),
+    K("eval_data", CFG_STR, eval_data, "", "benchmark file (JSON / JSONL, as ./evaluate takes) scored with the model being trained at each eval_every; empty: none"),
+    K("eval_image_folder", CFG_STR, eval_image_folder, "", "image folder of eval_data (empty: eval_data's folder)"),
+    K("eval_task", CFG_STR, eval_task, "auto", "auto (from the items' fields) | mc | vqa | caption"),
+    K("eval_mc_score", CFG_STR, eval_mc_score, "generate", "multiple choice: generate (the letter of a greedy answer) | likelihood (the likeliest option)"),
+    K("eval_batch_size", CFG_INT, eval_batch_size, "8", "eval_data conversations decoded together (the answers do not depend on it)"),
+    K("eval_max_new_tokens", CFG_INT, eval_max_new_tokens, "64", "longest eval_data answer generated"),
+    K("eval_limit", CFG_INT, eval_limit, "0", "score only the first N items of eval_data; 0: all"),
 };
 const int n_train_keys = sizeof train_keys / sizeof train_keys[0];
 
@@ -139,12 +147,21 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     need(!strcmp(c->zero_stage, "auto") || !strcmp(c->zero_stage, "0") || !strcmp(c->zero_stage, "1"), "zero_stage",
          "must be 0, 1 or auto");
     need(c->dist_timeout > 0, "dist_timeout", "must be positive (seconds)");
+    need(c->grad_bucket_mb >= 0 && c->grad_bucket_mb <= 1e6, "grad_bucket_mb", "must be between 0 and 1e6 (MiB)");
+    need(!strcmp(c->eval_task, "auto") || !strcmp(c->eval_task, "mc") || !strcmp(c->eval_task, "vqa") ||
+         !strcmp(c->eval_task, "caption"), "eval_task", "must be auto, mc, vqa or caption");
+    need(!strcmp(c->eval_mc_score, "generate") || !strcmp(c->eval_mc_score, "likelihood"), "eval_mc_score",
+         "must be generate or likelihood");
+    need(c->eval_batch_size >= 1 && c->eval_batch_size <= 4096, "eval_batch_size", "must be in [1, 4096]");
+    need(c->eval_max_new_tokens >= 1, "eval_max_new_tokens", "must be at least 1");
+    need(c->eval_limit >= 0, "eval_limit", "must be 0 or more");
+    if (c->eval_data[0] && !file_exists(c->eval_data)) fatal("config: eval_data = %s: no such file", c->eval_data);
     int world = train_world_size();
     if (c->global_batch % (c->batch_size * world))
         fatal("config: global_batch %d is not a multiple of batch_size x processes (%d x %d)", c->global_batch,
               c->batch_size, world);
     char *paths[] = {c->vision, c->llm, c->data, c->image_folder, c->val_data, c->val_image_folder, c->init_from, c->out_dir,
-                     c->dist_init_dir};
+                     c->dist_init_dir, c->eval_data, c->eval_image_folder};
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) absolute(paths[i], CFG_PATH);
     if (!c->val_image_folder[0]) strcpy(c->val_image_folder, c->image_folder);
     if (!c->data_cache[0]) {

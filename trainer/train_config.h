@@ -48,8 +48,14 @@ typedef struct {
     char nan_policy[16];
     char zero_stage[8];  // auto | 0 | 1
     double dist_timeout;
+    double grad_bucket_mb;  // gradient buckets reduced during the backward; 0: after it
     char dist_init_dir[CFG_PATH];
     int log_samples;
+    char eval_data[CFG_PATH];          // benchmark scored during training (eval/bench_file.h); empty: none
+    char eval_image_folder[CFG_PATH];
+    char eval_task[16];                // auto | mc | vqa | caption
+    char eval_mc_score[16];            // generate | likelihood
+    int eval_batch_size, eval_max_new_tokens, eval_limit;
 } TrainConfig;
 
 extern const CfgKey train_keys[];

@@ -12,13 +12,27 @@
 #include "common/util.h"
 #include "trainer/run.h"
 
+// the validation loss and the eval_data scores of the model as it is at step, in one record
+static void run_evaluations(Run *r, int64_t step) {
+    int64_t vt = 0;
+    if (r->val) r->last_val = run_evaluate(r, &vt);
+    BenchScores bs;
+    if (r->bench) {
+        run_bench(r, &bs);
+        const char *name;
+        r->last_bench = bench_scores_main(&bs, run_bench_task(r), &name);
+    }
+    run_log_eval(r, step, r->last_val, vt, r->bench ? &bs : NULL);
+    if (r->bench) bench_scores_free(&bs);
+}
+
 int trainer_run(const TrainConfig *c) {
     Run run, *r = &run;
     run_setup(r, c, time_now());
-    if (r->val && !r->resumed) {  // where validation starts, so the curve has its origin
-        int64_t vt;
-        r->first_val = run_evaluate(r, &vt);
-        run_log_validation(r, 0, r->first_val, vt);
+    if ((r->val || r->bench) && !r->resumed) {  // where validation starts, so the curve has its origin
+        run_evaluations(r, 0);
+        r->first_val = r->last_val;
+        r->first_bench = r->last_bench;
     }
     r->t_loop = r->t_window = time_now();
     StepResult s = {0};
@@ -31,11 +45,8 @@ int trainer_run(const TrainConfig *c) {
         // A preempted job saves first: its grace period may be shorter than a validation pass.
         // Not at the last step: its checkpoint ends the run, and must hold the final validation
         // (a stop there that outlives the grace period redoes the last step, as a kill would).
-        if (r->val && (!s.stop || last) && ((c->eval_every && step % c->eval_every == 0) || last)) {
-            int64_t vt;
-            r->last_val = run_evaluate(r, &vt);
-            run_log_validation(r, step, r->last_val, vt);
-        }
+        if ((r->val || r->bench) && (!s.stop || last) && ((c->eval_every && step % c->eval_every == 0) || last))
+            run_evaluations(r, step);
         if ((c->save_every && step % c->save_every == 0) || last || s.stop) run_save(r);
         if (s.stop) {
             // a rank that was not signalled itself stops too: the ranks agreed at this boundary

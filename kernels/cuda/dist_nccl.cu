@@ -6,7 +6,11 @@
 // its input and precedes the optimizer that reads its output. The call then waits for the
 // stream while polling NCCL's asynchronous error state and the clock: a lost peer (a failed
 // communicator) or dist_timeout without progress aborts the communicator and stops this rank
-// with one line, instead of a hang. Sums are NCCL's (ring or tree order, deterministic for a
+// with one line, instead of a hang. The gradient buckets (reduce_start) are the exception: they
+// go on a second stream, which first waits (an event) for what the backend's stream holds when
+// the bucket is started, so NCCL sums a bucket while the backward of the layers below it runs;
+// reduce_wait makes the backend's stream wait for that stream (before the optimizer) and then
+// waits as above. Sums are NCCL's (ring or tree order, deterministic for a
 // fixed topology and world size, not the MPI transport's rank order).
 // Host-memory calls go through MPI when the launcher was mpirun (`host`), else through NCCL
 // with a small device staging buffer.
@@ -19,12 +23,22 @@
 #include "kernels/cuda/common.cuh"
 #include "trainer/dist.h"
 
-#ifdef SVLM_CUDA_EMU  // the CPU emulator of the CUDA kernels has no NCCL: as a build without it
+#ifdef SVLM_CUDA_EMU
+// The CPU emulator of the CUDA kernels (tests/gpu/emu) has no NCCL, but its device memory is host
+// memory and its streams are synchronous: there the MPI transport serves the CUDA code path, so
+// ./train on the emulated kernels runs data-parallel under mpirun (the bf16 compute copy and
+// ZeRO-1's sharded masters included; tests/test_dist.c).
 
-extern "C" int dist_nccl_available(void) { return 0; }
+extern "C" int dist_nccl_available(void) { return 1; }
 extern "C" size_t dist_nccl_id_bytes(void) { return 128; }
-extern "C" int dist_nccl_make_id(void *id) { return -1; }
-extern "C" Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host) { return NULL; }
+extern "C" int dist_nccl_make_id(void *id) {
+    memset(id, 0, 128);
+    return 0;
+}
+extern "C" Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host) {
+    if (!host) fatal("dist: the CUDA emulator's ranks talk through MPI: launch them with mpirun");
+    return host;
+}
 extern "C" void dist_cuda_select_device(int local_rank, char *name, size_t cap) {
     snprintf(name, cap, "GPU %d (emulated)", local_rank);
 }
@@ -38,6 +52,8 @@ typedef struct {
     Dist *host;          // MPI's Dist for host-memory calls, or NULL
     char *stage;         // device staging for host-memory calls without MPI
     size_t stage_bytes;
+    cudaStream_t side;   // the gradient buckets' stream
+    cudaEvent_t ready, done;  // backend stream -> side stream, side stream -> backend stream
 } Nccl;
 
 static void nccl_fail(Dist *d, const char *op, const char *why) {
@@ -97,6 +113,39 @@ static void n_broadcast(Dist *d, void *buf, size_t bytes, int root) {
     nccl_wait(d, "broadcast");
 }
 
+// a bucket: on the side stream, after the backward enqueued so far (which wrote its gradients)
+static void n_reduce_start(Dist *d, float *buf, size_t begin, size_t end, size_t slice) {
+    Nccl *n = (Nccl *)d->impl;
+    cudaCheck(cudaEventRecord(n->ready, cuda_stream()));
+    cudaCheck(cudaStreamWaitEvent(n->side, n->ready, 0));
+    if (!slice) {
+        nccl_check(d, ncclAllReduce(buf + begin, buf + begin, end - begin, ncclFloat, ncclSum, n->comm, n->side), "all-reduce");
+        return;
+    }
+    // ZeRO-1: the range's part in each rank's slice is summed onto that rank (a reduce-scatter
+    // whose pieces follow the slices, not the range)
+    nccl_check(d, ncclGroupStart(), "group start");
+    for (int r = 0; r < d->world; r++) {
+        size_t a = slice * r > begin ? slice * r : begin, b = slice * (r + 1) < end ? slice * (r + 1) : end;
+        if (a < b) nccl_check(d, ncclReduce(buf + a, buf + a, b - a, ncclFloat, ncclSum, r, n->comm, n->side), "reduce");
+    }
+    nccl_check(d, ncclGroupEnd(), "group end");
+}
+
+static void n_reduce_wait(Dist *d) {
+    Nccl *n = (Nccl *)d->impl;
+    cudaCheck(cudaEventRecord(n->done, n->side));
+    cudaCheck(cudaStreamWaitEvent(cuda_stream(), n->done, 0));
+    nccl_wait(d, "gradient reduction");
+}
+
+static void n_allgather_bytes(Dist *d, void *buf, size_t bytes) {
+    Nccl *n = (Nccl *)d->impl;
+    char *b = (char *)buf;
+    nccl_check(d, ncclAllGather(b + bytes * d->rank, b, bytes, ncclChar, n->comm, cuda_stream()), "all-gather");
+    nccl_wait(d, "all-gather");
+}
+
 static char *stage(Dist *d, size_t bytes) {
     Nccl *n = (Nccl *)d->impl;
     if (bytes > n->stage_bytes) {
@@ -136,6 +185,9 @@ static void n_barrier(Dist *d) {
 static void n_close(Dist *d) {
     Nccl *n = (Nccl *)d->impl;
     ncclCommDestroy(n->comm);
+    cudaEventDestroy(n->ready);
+    cudaEventDestroy(n->done);
+    cudaStreamDestroy(n->side);
     if (n->stage) cudaFree(n->stage);
     if (n->host) n->host->ops->close(n->host);
     free(n);
@@ -143,7 +195,8 @@ static void n_close(Dist *d) {
 }
 
 static const DistOps nccl_ops = {
-    "nccl", n_allreduce, n_reduce_scatter, n_allgather, n_broadcast, n_allgather_host, n_broadcast_host, n_barrier, n_close,
+    "nccl", n_allreduce, n_reduce_scatter, n_allgather, n_broadcast, n_reduce_start, n_reduce_wait, n_allgather_bytes,
+    n_allgather_host, n_broadcast_host, n_barrier, n_close,
 };
 
 extern "C" int dist_nccl_available(void) { return 1; }
@@ -166,6 +219,9 @@ extern "C" Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host)
     d->world = l->world;
     d->local_rank = l->local_rank;
     n->host = host;
+    cudaCheck(cudaStreamCreateWithFlags(&n->side, cudaStreamNonBlocking));
+    cudaCheck(cudaEventCreateWithFlags(&n->ready, cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&n->done, cudaEventDisableTiming));
     ncclUniqueId u;
     memcpy(&u, id, sizeof u);
     ncclResult_t r = ncclCommInitRank(&n->comm, l->world, u, l->rank);

@@ -37,11 +37,13 @@ corpus)
         { printf "\\$(printf %o $((k * 2)))"; cat $F/data/train.jsonl; } > "$S/llava/jsonl$k"
         { printf "\\$(printf %o $((k * 2 + 1)))"; cat $F/data/train.json; } > "$S/llava/json$k"
     done
-    # image: first byte = options
+    # image: first byte = options, second = family and filter (cycled over the files)
+    i=0
     for f in $F/images/*.png $F/images/*.jpg $F/data/images/*; do
         [ -f "$f" ] || continue
         [ "$(wc -c < "$f")" -gt 65536 ] && continue
-        { printf '\006'; cat "$f"; } > "$S/image/$(basename "$f")"
+        { printf '\006'; printf "\\$(printf %o $((i % 20)))"; cat "$f"; } > "$S/image/$(basename "$f")"
+        i=$((i + 1))
     done
     # shards: meta.json, index.bin, shard-00000.zst of the fixtures' data, prepared by ./prepare
     if [ -x ./prepare ]; then

@@ -18,9 +18,8 @@ static void run_llm(void *arg) {
 static void run_vit(void *arg) {
     VitConfig c;
     vit_config_load(&c, fuzz_dir());
-    int size;
-    float mean[3], std[3];
-    vit_preprocess_config(fuzz_dir(), c.image_size, &size, mean, std);
+    ImagePrep p;
+    vit_image_prep(&c, fuzz_dir(), &p);
     (void)arg;
 }
 

@@ -1426,6 +1426,22 @@ static void check_memory_plan(const char *fixture, const char *llm, ConnectorTyp
     G->memory(&after, NULL);
     printf("    %s: held after 2 forward+backward steps %zu\n", fixture, after - base);
     assert_int_equal(after - base, plan.total);
+    size_t whole = plan.trainable, span = m.train.span;
+    vlm_free(&m);
+    // ZeRO-1 on 2 ranks (rank 1): the fp32 masters and moments of one slice, the plan still exact
+    spec.opt_shards = 2;
+    spec.opt_shard = 1;
+    MemPlan sharded;
+    vlm_plan(&sharded, G, &spec);
+    vlm_init_reserved(&m, G, &spec);
+    G->memory(&after, NULL);
+    assert_int_equal(after - base, sharded.total);
+    assert_true(params_masters_sharded(&m.train));
+    size_t len = m.train.span / 2;  // the span padded to 2 slices: grads and copy span long
+    assert_int_equal(sharded.trainable, (m.train.span + 3 * len) * sizeof(float) + m.train.span * G->act_bytes);
+    printf("    ZeRO-1 of 2 ranks: trainable state %zu bytes instead of %zu (span %zu), held = plan\n", sharded.trainable,
+           whole, span);
+    assert_true(sharded.trainable < whole);
     vlm_free(&m);
     vlm_fixture_close(&fx);
 }
@@ -1435,6 +1451,20 @@ static void test_memory_plan(void **state) {
     check_memory_plan("vlm_qwen2_ldp.safetensors", "qwen2", CONNECTOR_LDP, NULL);
     // InternViT + mlp1: the LayerNorm over 4Cv-wide pixel-shuffled tokens needs its scratch planned
     check_memory_plan("vlm_qwen2_internvl.safetensors", "qwen2", CONNECTOR_INTERNVL, "internvit");
+}
+
+// ---------------------------------------------------------------- data parallelism in one process
+
+// gradient buckets started by the backward on the CUDA stream sum exactly as one reduction
+// after it; ZeRO-1's sharded fp32 masters (the compute copy is bf16 here) update exactly as a
+// whole set (tests/testlib.c; on the CPU: tests/test_zero.c)
+static void test_grad_buckets(void **state) {
+    (void)state;
+    check_grad_buckets(G);
+}
+static void test_sharded_masters(void **state) {
+    (void)state;
+    check_sharded_masters(G);
 }
 
 // kernels/cuda/matmul.cu: how many GEMMs ran on cuBLASLt and on svlm's fallback kernel so far
@@ -1505,6 +1535,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_model_llama_idefics3_lora),
         cmocka_unit_test(test_model_qwen2_internvl_lora),
         cmocka_unit_test(test_memory_plan),
+        cmocka_unit_test(test_grad_buckets),
+        cmocka_unit_test(test_sharded_masters),
         cmocka_unit_test(test_gen_batch_qwen2_ldp_lora),
         cmocka_unit_test(test_gen_batch_llama_mlp2x_rslora),
     };

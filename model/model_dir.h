@@ -15,8 +15,8 @@
 //
 // Relative paths inside svlm.json / config.conf (vision, llm) are looked up relative to the
 // model directory first, then to the current directory. Image settings absent from svlm.json (and
-// always for a run dir) come from the vision dir's preprocessor_config.json, else OpenAI CLIP's
-// mean/std and the vision config's image_size. Every problem is a one-line fatal() naming the file.
+// always for a run dir) come from the vision dir's preprocessor_config.json, else the tower's
+// processor defaults (CLIP: OpenAI CLIP's mean/std) and the vision config's image_size. Every problem is a one-line fatal() naming the file.
 #pragma once
 #include "data/template.h"
 #include "data/tokenizer.h"
@@ -49,12 +49,12 @@ void model_dir_resolve(ModelDirSpec *s, const char *dir);
 
 typedef struct {
     ModelDirSpec spec;
-    Vlm vlm;              // max_B 1, max_T 1, max_images 1: inference only
+    Vlm vlm;              // gen_model_load's model: max_B 1, max_T 1, max_images 1, inference only
+    Vlm *m;               // the model to run: &vlm, or the borrowed one of gen_model_borrow
     Tokenizer *tok;
     Template *tpl;
-    int image_size;       // S of the (3, S, S) vision input
-    float mean[3], std[3];
-    int pad_to_square;
+    int image_size;       // S of the (3, S, S) vision input (prep.size)
+    ImagePrep prep;       // the tower's preprocessing, mean / std and pad_to_square from svlm.json
     int stop_ids[2];      // the template's stop token, and the LLM's eos when it differs
     int n_stop;
 } GenModel;
@@ -62,6 +62,10 @@ typedef struct {
 // Resolves dir and loads everything: vision encoder, connector, LLM (+ LoRA), tokenizer,
 // template. system: NULL keeps the model's system prompt, else replaces it ("" for none).
 void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *system);
+// The tokenizer, template and image settings of spec (vision_dir, llm_dir, template_kind,
+// system, pad_to_square, image settings) for a model already in memory (./train's eval_data: the
+// model being trained), which g->m borrows and gen_model_free leaves alone.
+void gen_model_borrow(GenModel *g, Vlm *m, const ModelDirSpec *spec, const char *system);
 void gen_model_free(GenModel *g);
 // Reads, decodes and preprocesses an image file into pixels (3, S, S); fatal() naming the file
 // when it cannot be read, is not a PNG/JPEG, or is corrupt.

@@ -1,5 +1,5 @@
 // model_dir.c: export and run directories for generation (see model_dir.h).
-#include "eval/model_dir.h"
+#include "model/model_dir.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -9,7 +9,7 @@
 #include "common/json.h"
 #include "common/safetensors.h"
 #include "common/util.h"
-#include "data/image.h"
+#include "data/image_prep.h"
 #include "trainer/export.h"
 #include "trainer/train_config.h"
 
@@ -136,35 +136,29 @@ static void check_weights_file(const ParamSet *train, const char *path) {
     st_close(&f);
 }
 
-void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *system) {
-    memset(g, 0, sizeof *g);
-    ModelDirSpec *s = &g->spec;
-    model_dir_resolve(s, dir);
-    char tok_path[2 * MODEL_DIR_PATH];
-    path_join(tok_path, sizeof tok_path, s->llm_dir, "tokenizer.json");
+static void tokenizer_path(const ModelDirSpec *s, char *tok_path, size_t cap) {
+    path_join(tok_path, cap, s->llm_dir, "tokenizer.json");
     if (!file_exists(tok_path)) fatal("%s: missing (the language model directory needs its tokenizer)", tok_path);
+}
 
-    VlmSpec vs = {.vision_dir = s->vision_dir, .vision_layer = s->vision_layer, .llm_dir = s->llm_dir,
-                  .connector = s->connector, .connector_scale = s->connector_scale, .lora = s->lora, .max_B = 1, .max_T = 1, .max_images = 1};
-    vlm_init(&g->vlm, k, &vs);
-    check_weights_file(&g->vlm.train, s->weights);
-    params_load_file(&g->vlm.train, s->weights, "", NULL);
-    if (s->image_tokens && s->image_tokens != g->vlm.n_img_tokens)
-        fatal("%s/svlm.json: image_tokens is %d but the %s connector on this vision model gives %d", s->dir,
-              s->image_tokens, connector_type_name(s->connector), g->vlm.n_img_tokens);
-
-    const VitConfig *vc = &g->vlm.vit.cfg;
-    vit_preprocess_config(s->vision_dir, vc->image_size, &g->image_size, g->mean, g->std);
+// what generation needs beside the weights: image settings, tokenizer, template, stop ids
+static void gen_model_text(GenModel *g, const char *system) {
+    const ModelDirSpec *s = &g->spec;
+    char tok_path[2 * MODEL_DIR_PATH];
+    tokenizer_path(s, tok_path, sizeof tok_path);
+    const VitConfig *vc = &g->m->vit.cfg;
+    vit_image_prep(vc, s->vision_dir, &g->prep);
+    g->image_size = g->prep.size;
     if (s->image_size && s->image_size != vc->image_size)
         fatal("%s/svlm.json: image_size is %d but the vision model takes %d", s->dir, s->image_size, vc->image_size);
     if (s->has_image_norm) {
-        memcpy(g->mean, s->image_mean, sizeof g->mean);
-        memcpy(g->std, s->image_std, sizeof g->std);
+        memcpy(g->prep.mean, s->image_mean, sizeof g->prep.mean);
+        memcpy(g->prep.std, s->image_std, sizeof g->prep.std);
     }
-    g->pad_to_square = s->pad_to_square;
+    g->prep.pad_to_square = s->pad_to_square;
 
     g->tok = tokenizer_load(tok_path);
-    const LlmConfig *lc = &g->vlm.llm.cfg;
+    const LlmConfig *lc = &g->m->llm.cfg;
     if (tokenizer_vocab_size(g->tok) > lc->vocab)
         fatal("%s: %d tokens but the language model has only %d embeddings", tok_path, tokenizer_vocab_size(g->tok), lc->vocab);
     const char *sys = system ? system : s->has_system ? s->system : NULL;
@@ -173,10 +167,37 @@ void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *
     if (lc->eos_id >= 0 && lc->eos_id != g->stop_ids[0]) g->stop_ids[g->n_stop++] = lc->eos_id;
 }
 
+void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *system) {
+    memset(g, 0, sizeof *g);
+    ModelDirSpec *s = &g->spec;
+    model_dir_resolve(s, dir);
+    char tok_path[2 * MODEL_DIR_PATH];
+    tokenizer_path(s, tok_path, sizeof tok_path);  // before the weights: a quick failure
+
+    VlmSpec vs = {.vision_dir = s->vision_dir, .vision_layer = s->vision_layer, .llm_dir = s->llm_dir,
+                  .connector = s->connector, .connector_scale = s->connector_scale, .lora = s->lora, .max_B = 1,
+                  .max_T = 1, .max_images = 1};
+    vlm_init(&g->vlm, k, &vs);
+    g->m = &g->vlm;
+    check_weights_file(&g->vlm.train, s->weights);
+    params_load_file(&g->vlm.train, s->weights, "", NULL);
+    if (s->image_tokens && s->image_tokens != g->vlm.n_img_tokens)
+        fatal("%s/svlm.json: image_tokens is %d but the %s connector on this vision model gives %d", s->dir,
+              s->image_tokens, connector_type_name(s->connector), g->vlm.n_img_tokens);
+    gen_model_text(g, system);
+}
+
+void gen_model_borrow(GenModel *g, Vlm *m, const ModelDirSpec *spec, const char *system) {
+    memset(g, 0, sizeof *g);
+    g->spec = *spec;
+    g->m = m;
+    gen_model_text(g, system);
+}
+
 void gen_model_free(GenModel *g) {
     if (g->tpl) template_free(g->tpl);
     if (g->tok) tokenizer_free(g->tok);
-    vlm_free(&g->vlm);
+    if (g->m == &g->vlm) vlm_free(&g->vlm);
     memset(g, 0, sizeof *g);
 }
 
@@ -187,7 +208,7 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels) {
     if (!bytes) fatal("%s: cannot read image: %s", path, strerror(errno));
     Image img;
     char err[256];
-    int rc = image_decode((const uint8_t *)bytes, len, &img, err, sizeof err);
+    int rc = image_prep_decode(&g->prep, (const uint8_t *)bytes, len, &img, err, sizeof err);
     free(bytes);
     switch (rc) {
     case 0: break;
@@ -197,7 +218,7 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels) {
     case IMAGE_ERR_TOO_LARGE: fatal("%s: image too large: %s", path, err);
     default: fatal("%s: cannot decode image: %s", path, err);
     }
-    image_preprocess_clip(&img, g->image_size, g->mean, g->std, g->pad_to_square, pixels);
+    image_preprocess(&img, &g->prep, pixels);
     image_free(&img);
 }
 
