@@ -19,6 +19,7 @@
 #include "common/safetensors.h"
 #include "common/util.h"
 #include "common/config.h"
+#include "kernels/cuda/counters.h"
 #include "model/hf_random.h"
 #include "model/memplan.h"
 #include "model/vlm.h"
@@ -314,6 +315,8 @@ static void phase_mark(void *ctx, int stage) {
     c->t0 = t1;
 }
 
+static double bench_update(Vlm *m, const TrainConfig *tc, int s, int lab, double *norm_out);
+
 static const char *ph_name(int i) { return i < N_VLM_STAGES ? vlm_stage_names[i] : "optimizer"; }
 
 static void phase_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int t, double *ms) {
@@ -327,13 +330,64 @@ static void phase_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int t,
     m->stage_hook = phase_mark;
     m->stage_ctx = &clock;
     int M;
-    vlm_forward_backward(m, vb, 1.0f, &M);
+    vlm_forward_backward_acc(m, vb, 1.0f, m->stats + VLM_STAT_LOSS, 0, &M);
     m->stage_hook = NULL;
     m->stage_ctx = NULL;
     double norm;
-    k->scale_f32(P->grad, (float)(1.0 / M), P->numel);
-    if (optimizer_step(P, tc, t - 1, SCHEDULE_STEPS, 0, t, &norm) != 0) fatal("phases: non-finite gradient");
+    bench_update(m, tc, t - 1, M, &norm);
     phase_mark(&clock, PH_OPT);
+}
+
+// ---------------------------------------------------------------- one step
+
+// the optimizer half of trainer/run_step.c's step on one rank (gradients scaled by 1 / lab, the
+// norm and the loss kept on the backend, AdamW as one launch) and its one wait for the device, at
+// the end; returns the mean loss, the gradient norm in *norm
+static double bench_update(Vlm *m, const TrainConfig *tc, int s, int lab, double *norm_out) {
+    const Kernels *k = m->k;
+    ParamSet *P = &m->train;
+    double *stats = m->stats;
+    k->scale_f32(P->grad, (float)(1.0 / lab), P->numel);
+    k->sum_f64(stats + VLM_STAT_SUMSQ, P->grad, P->numel, 1, 0);
+    optimizer_update_span(P, tc, s, SCHEDULE_STEPS, 0, s + 1, 0, P->numel, stats + VLM_STAT_SUMSQ,
+                          stats + VLM_STAT_LOSS);
+    params_sync(P);
+    double st[VLM_N_STATS];
+    k->download(st, stats, sizeof st);
+    double loss = st[VLM_STAT_LOSS] / lab, norm = sqrt(st[VLM_STAT_SUMSQ]);
+    if (!isfinite(loss) || !isfinite(norm)) fatal("step %d: non-finite loss %g or gradient norm %g", s + 1, loss, norm);
+    *norm_out = norm;
+    return loss;
+}
+
+// what trainer/run_step.c does per optimizer step with one micro-batch on one rank; step s
+// (0-based). Returns the mean loss and the gradient norm in *norm.
+static double bench_one_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int s, uint64_t seed,
+                             int64_t labelled, double *norm) {
+    const Kernels *k = m->k;
+    k->zero(m->train.grad, m->train.numel * sizeof(float));
+    vlm_set_training(m, 1, seed * 0x9e3779b97f4a7c15ULL + (uint64_t)s * 4096);
+    int lab;
+    vlm_forward_backward_acc(m, vb, 1.0f, m->stats + VLM_STAT_LOSS, 0, &lab);
+    CHECK(lab == labelled, "labelled %d vs %" PRId64, lab, labelled);
+    return bench_update(m, tc, s, lab, norm);
+}
+
+// --counts: one warm-up step (plans, first-call setup), then one counted step
+static void print_counts(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, uint64_t seed, int64_t labelled,
+                         const char *preset, int stage) {
+    double norm;
+    bench_one_step(m, vb, tc, 0, seed, labelled, &norm);
+    m->k->synchronize();
+    cuda_counters_reset();
+    bench_one_step(m, vb, tc, 1, seed, labelled, &norm);
+    CudaCounters c;
+    CHECK(cuda_counters_read(&c), "counters not available");
+    printf("bench: counts per step (preset %s, stage %d, B=%d, T=%d, %s, not executed): kernel launches %ld, "
+           "GEMMs %ld, host synchronisations %ld, memset %zu bytes, host->device %zu bytes, device->host %zu bytes, "
+           "device->device %zu bytes\n",
+           preset, stage, vb->B, vb->T, m->k->name, c.launches, c.gemms, c.syncs, c.memset_bytes, c.h2d_bytes,
+           c.d2h_bytes, c.d2d_bytes);
 }
 
 // ---------------------------------------------------------------- main
@@ -359,13 +413,16 @@ static void usage(void) {
            "  --phases N             after the timed steps, N steps split into synchronised stages (default 3; 0: none)\n"
            "  --probe                exit 0 when the device is usable, 77 when it is not\n"
            "  --plan-only            print the memory plan and the largest micro-batch that fits, then exit\n"
+           "  --counts               (the emulated CUDA backend, build/emu/bench_step_emu --device cuda) count one step's\n"
+           "                         kernel launches, GEMMs, host synchronisations, memset and copied bytes without\n"
+           "                         executing anything (tests/gpu/emu), then exit\n"
            "  --budget SIZE          the memory the plan may use (e.g. 80GiB; default: free on the device)\n");
 }
 
 int main(int argc, char **argv) {
     openmp_prefer_passive(argv);
     const char *device = "cpu", *preset_name = "mid", *models = NULL, *save = NULL, *result = NULL;
-    int stage = 2, B = 0, steps = -1, warmup = 2, n_phase = 3, probe = 0, plan_only = 0;
+    int stage = 2, B = 0, steps = -1, warmup = 2, n_phase = 3, probe = 0, plan_only = 0, counts = 0;
     size_t budget = 0;
     uint64_t seed = 1234;
     double peak_tflops = 989, lora_b_std = 0;
@@ -377,6 +434,10 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--plan-only")) {
             plan_only = 1;
+            continue;
+        }
+        if (!strcmp(a, "--counts")) {
+            counts = 1;
             continue;
         }
         if (!strcmp(a, "--probe")) {
@@ -459,6 +520,8 @@ int main(int argc, char **argv) {
     printf("  largest micro-batch that fits: %d (rows of %d tokens, %d image per row)\n", largest, bt.T,
            bt.n_img / B);
     if (plan_only) return 0;
+    if (counts && !cuda_count_only())
+        fatal("--counts: counting needs the emulated CUDA backend (build/emu/bench_step_emu --device cuda)");
     size_t mem_base;
     k->memory(&mem_base, NULL);
     Vlm m;
@@ -576,28 +639,33 @@ int main(int argc, char **argv) {
         printf("bench: batch written to %s, initial trainable tensors to %s\n", save, tpath);
     }
 
+    // bf16 pixels where the backend computes in bf16, rounded once here as the trainer's loader
+    // threads round them (data/loader.h), not in the step
+    uint16_t *pixels16 = NULL;
+    if (k->act_bytes == 2) {
+        size_t np = (size_t)bt.n_img * 3 * bt.S * bt.S;
+        pixels16 = xmalloc(np * sizeof(uint16_t));
+        for (size_t i = 0; i < np; i++) pixels16[i] = f32_to_bf16(bt.pixels[i]);
+    }
     VlmBatch vb = {.B = B, .T = bt.T, .ids = bt.ids, .targets = bt.targets, .n_img = bt.n_img, .pixels = bt.pixels,
-                   .img_row = bt.img_row, .img_start = bt.img_start};
-    ParamSet *P = &m.train;
+                   .pixels_bf16 = pixels16, .img_row = bt.img_row, .img_start = bt.img_start};
+    if (counts) {
+        print_counts(&m, &vb, &tc, seed, bt.labelled, p->name, stage);
+        free(pixels16);
+        vlm_free(&m);
+        batch_free(&bt);
+        return 0;
+    }
     double best = 1e30, total = 0, loss0 = NAN;
     int n_total = warmup + steps;
     double *losses = xmalloc(n_total * sizeof(double));
     for (int s = 0; s < n_total; s++) {
         k->synchronize();
         double t0 = time_now();
-        // what trainer/trainer.c does per optimizer step with one micro-batch
-        k->zero(P->grad, P->numel * sizeof(float));
-        vlm_set_training(&m, 1, seed * 0x9e3779b97f4a7c15ULL + (uint64_t)s * 4096);
-        int lab;
-        double sum = vlm_forward_backward(&m, &vb, 1.0f, &lab);
-        CHECK(lab == bt.labelled, "labelled %d vs %" PRId64, lab, bt.labelled);
-        k->scale_f32(P->grad, (float)(1.0 / lab), P->numel);
-        double norm;
-        if (optimizer_step(P, &tc, s, SCHEDULE_STEPS, 0, s + 1, &norm) != 0)
-            fatal("step %d: non-finite gradient norm (loss %g)", s + 1, sum / lab);
+        double norm, loss = bench_one_step(&m, &vb, &tc, s, seed, bt.labelled, &norm);
         k->synchronize();
         double dt = time_now() - t0;
-        losses[s] = sum / lab;
+        losses[s] = loss;
         if (s == 0) loss0 = losses[s];
         printf("bench: step %d/%d%s: loss %.6f, grad norm %.4g, %.1f ms\n", s + 1, n_total, s < warmup ? " (warm-up)" : "",
                losses[s], norm, dt * 1e3);
@@ -661,6 +729,7 @@ int main(int argc, char **argv) {
         if (fclose(f) != 0) fatal("%s: write failed: %s", result, strerror(errno));
     }
     free(losses);
+    free(pixels16);
     vlm_free(&m);
     batch_free(&bt);
     return 0;

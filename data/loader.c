@@ -41,6 +41,7 @@ typedef struct {
     int n, pending;
     SampleOut *smp;
     float *pix;  // batch_size images of 3*S*S
+    uint16_t *pix16;  // the same in bf16 (spec.pixels_bf16), else NULL
     int *ids, *targets, *pos, *seg, *img_row, *img_start;
     int *scratch;  // 4 x batch_size ints for assemble
     int64_t *planned;  // batch_size dataset indices
@@ -115,8 +116,11 @@ static void do_sample(Loader *l, Slot *s, int k, ShardReadBuf *rb) {
                       (int)rec.image_name_len, rec.image_name, ierr);
             return;
         }
-        image_preprocess(&img, &sp->prep, s->pix + (size_t)k * l->img_floats);
+        float *px = s->pix + (size_t)k * l->img_floats;
+        image_preprocess(&img, &sp->prep, px);
         image_free(&img);
+        if (s->pix16)  // here, on an image thread, rather than on the training thread while the GPU waits
+            for (size_t i = 0; i < l->img_floats; i++) s->pix16[(size_t)k * l->img_floats + i] = f32_to_bf16(px[i]);
     }
     o->ok = 1;
 }
@@ -152,6 +156,7 @@ static void assemble(Loader *l, Slot *s) {
     b->pos = s->pos;
     b->seg = sp->packing ? s->seg : NULL;
     b->pixels = s->pix;
+    b->pixels_bf16 = s->pix16;
     b->img_row = s->img_row;
     b->img_start = s->img_start;
     b->n_samples = kept;
@@ -192,6 +197,9 @@ static void assemble(Loader *l, Slot *s) {
             if (nimg != k)
                 memmove(s->pix + (size_t)nimg * l->img_floats, s->pix + (size_t)k * l->img_floats,
                         l->img_floats * sizeof(float));
+            if (nimg != k && s->pix16)
+                memmove(s->pix16 + (size_t)nimg * l->img_floats, s->pix16 + (size_t)k * l->img_floats,
+                        l->img_floats * sizeof(uint16_t));
             s->img_row[nimg] = r;
             s->img_start[nimg] = off + ip;
             nimg++;
@@ -377,6 +385,7 @@ Loader *loader_open(const LoaderSpec *spec) {
             s->smp[k].mask = xmalloc((size_t)sp->max_seq_len);
         }
         s->pix = xmalloc((size_t)sp->batch_size * l->img_floats * sizeof(float));
+        s->pix16 = sp->pixels_bf16 ? xmalloc((size_t)sp->batch_size * l->img_floats * sizeof(uint16_t)) : NULL;
         s->ids = xmalloc(bt * sizeof(int));
         s->targets = xmalloc(bt * sizeof(int));
         s->pos = xmalloc(bt * sizeof(int));
@@ -419,6 +428,7 @@ void loader_close(Loader *l) {
         }
         free(s->smp);
         free(s->pix);
+        free(s->pix16);
         free(s->ids);
         free(s->targets);
         free(s->pos);

@@ -29,6 +29,8 @@ typedef struct {
     int threads;            // image decoding threads (>= 1)
     int prefetch;           // micro-batches prepared ahead (>= 1)
     int shuffle;            // 0 for validation sets: file order
+    int pixels_bf16;        // 1: the image threads also round each image to bf16 (LoaderBatch.pixels_bf16)
+                            // for a backend with bf16 activations, off the training thread
 } LoaderSpec;
 
 // One micro-batch, in the layout model/vlm.h's VlmBatch takes. Arrays stay valid until the
@@ -43,6 +45,7 @@ typedef struct {
     int *seg;      // (B, T) sample index within the row; NULL unless packing
     int n_img;
     float *pixels;                // (n_img, 3, S, S)
+    uint16_t *pixels_bf16;        // the same rounded to bf16 (nearest even) when spec.pixels_bf16, else NULL
     int *img_row, *img_start;     // (n_img)
     int n_samples;                // samples in this micro-batch
     int n_labelled;               // positions with targets >= 0

@@ -50,6 +50,22 @@ typedef struct {
     int attn_B, attn_T, attn_NH, attn_NKV, attn_HD;  // attention_backward's largest call; B 0: none
 } KernelsWork;
 
+// AdamW over a span in one call (adamw_span): runs of consecutive elements that share a
+// learning rate and weight decay (the trainer's parameter groups, biases without decay), as a
+// small table passed by value: run r covers elements [run[r-1].end, run[r].end) of the call's span
+#define ADAMW_MAX_RUNS 32
+typedef struct {
+    size_t end;
+    double lr, weight_decay;
+} AdamwRun;
+typedef struct {
+    int n_runs;
+    AdamwRun run[ADAMW_MAX_RUNS];
+    double beta1, beta2, eps;
+    int t;            // AdamW's step, 1-based
+    double max_norm;  // > 0: clip_grad_norm_ first (gradients times min(1, max_norm / (norm + 1e-6)))
+} AdamwSpan;
+
 typedef struct Kernels {
     const char *name;     // "cpu" or "cuda"
     int dry_run;          // the planning table (kernels_dry_run): allocates and computes nothing
@@ -87,6 +103,10 @@ typedef struct Kernels {
     // dbias (OC) += sum over rows of dout (not scaled by alpha)
     void (*matmul_backward)(act_t *dinp, float *dw, float *dbias, const act_t *dout,
                             const act_t *inp, const act_t *w, int N, int C, int OC, float alpha);
+    // the same with dinp overwritten (=), for the first writer of a gradient buffer: no memset
+    // before it (CUDA: beta = 0); dw and dbias still accumulate
+    void (*matmul_backward_set)(act_t *dinp, float *dw, float *dbias, const act_t *dout,
+                                const act_t *inp, const act_t *w, int N, int C, int OC, float alpha);
 
     // ---- normalisation ----
     // out (N,C) = (inp - mean) * rstd * w + b; mean, rstd (N) saved when not NULL
@@ -99,6 +119,10 @@ typedef struct Kernels {
     // out (N,C) = inp * rstd * w with rstd = 1/sqrt(mean(inp^2) + eps); rstd (N) saved when not NULL
     void (*rmsnorm_forward)(act_t *out, float *rstd, const act_t *inp, const act_t *w, int N,
                             int C, float eps);
+    // the residual add and the RMSNorm after it in one pass: sum (N,C) = a + b (sum may alias a
+    // or b), out = rmsnorm_forward of sum (the same bits as add then rmsnorm_forward)
+    void (*add_rmsnorm_forward)(act_t *sum, act_t *out, float *rstd, const act_t *a, const act_t *b,
+                                const act_t *w, int N, int C, float eps);
     // dinp (+=), dw may be NULL
     void (*rmsnorm_backward)(act_t *dinp, float *dw, const act_t *dout, const act_t *inp,
                              const act_t *w, const float *rstd, int N, int C);
@@ -193,6 +217,18 @@ typedef struct Kernels {
                          double beta1, double beta2, double eps, double weight_decay, int t);
     double (*sum_squares)(const float *x, size_t n);  // to the host; NaN when any x is NaN
     void (*scale_f32)(float *x, float s, size_t n);
+    // *out (one double in backend memory) = [*out +] the sum of x[i], or of x[i]^2 when squares,
+    // in double in a fixed order (squares: the order of sum_squares, the same value); the host
+    // does not wait for it
+    void (*sum_f64)(double *out, const float *x, size_t n, int squares, int accumulate);
+    // adamw_update over n elements in runs of their own lr and decay (AdamwSpan), in one launch,
+    // the gradient norm read on the backend: norm = sqrt(*sumsq); when it, or *loss (NULL: no
+    // check), is not finite nothing changes (the trainer's skipped step); else gradients are
+    // clipped (a->max_norm) as they are read, exactly as scale_f32 by the coefficient would, and
+    // g is left as it was. Elementwise, so a slice [a, b) of a span (a ZeRO shard) is the call on
+    // p + a ... with the runs cut to it.
+    void (*adamw_span)(float *p, const float *g, float *m, float *v, const AdamwSpan *a, const double *sumsq,
+                       const double *loss);
 } Kernels;
 
 const Kernels *kernels_cpu(void);

@@ -194,6 +194,10 @@ void llm_setup(Llm *m, int max_B, int max_T) {
         a->rstd2 = k->alloc(N * sizeof(float));
         a->gate = k->alloc(N * I * ab);
         a->up = k->alloc(N * I * ab);
+        // the SwiGLU product, kept for the backward instead of recomputed there: N x mlp per
+        // layer in the plan (Qwen2-0.5B at 16 x 752 rows: 117 MB a layer, 2.8 GB in all) for a
+        // launch and three passes over that size per layer less
+        a->act = k->alloc(N * I * ab);
         for (int p = 0; p < N_PROJ; p++)
             if (m->layer[l].p[p].a >= 0) a->lora_h[p] = k->alloc(N * r * ab);
     }
@@ -208,8 +212,6 @@ void llm_setup(Llm *m, int max_B, int max_T) {
     m->datt = k->alloc(N * QD * ab);
     m->dgate = k->alloc(N * I * ab);
     m->dup = k->alloc(N * I * ab);
-    m->dact = k->alloc(N * I * ab);
-    for (int l = 0; l < c->layers; l++) m->acts[l].act = m->dact;  // the SwiGLU product: scratch
     m->dh = k->alloc(N * (r ? r : 1) * ab);
     if (m->lora.dropout > 0) {  // the dropped LoRA input and its gradient, for the widest input
         size_t widest = C > QD ? C : QD;
@@ -228,13 +230,13 @@ void llm_free(Llm *m) {
     if (m->acts) {
         for (int l = 0; l < m->cfg.layers; l++) {
             LlmActs *a = &m->acts[l];
-            void *bufs[] = {a->x, a->ln1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->xmid, a->ln2, a->rstd2, a->gate, a->up};
+            void *bufs[] = {a->x, a->ln1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->xmid, a->ln2, a->rstd2, a->gate, a->up, a->act};
             for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
             for (int p = 0; p < N_PROJ; p++)
                 if (a->lora_h[p]) k->free(a->lora_h[p]);
         }
         void *bufs[] = {m->x_out, m->lnf, m->rstdf, m->dx, m->dln, m->dq, m->dk, m->dv, m->datt, m->dgate,
-                        m->dup, m->dact, m->dh, m->hid, m->dhid, m->logits, m->losses, m->xdrop, m->dxdrop};
+                        m->dup, m->dh, m->hid, m->dhid, m->logits, m->losses, m->xdrop, m->dxdrop};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) k->free(bufs[i]);
         free(m->acts);
@@ -289,27 +291,26 @@ void llm_proj_forward(const Llm *m, const LlmProj *p, act_t *out, const act_t *i
     }
 }
 
-// dinp (+=) from dout through the frozen weight and the LoRA path; LoRA grads (+=). With dropout
-// the mask is regenerated from its seed rather than stored.
-static void proj_backward(const Llm *m, const LlmProj *p, act_t *dinp, const act_t *dout, const act_t *inp,
-                          const act_t *h, int N, uint64_t seed) {
+// dinp (+=, or = when `first`: the buffer's first writer, so nobody clears it before) from dout
+// through the frozen weight and the LoRA path; LoRA grads (+=). With dropout the mask is
+// regenerated from its seed rather than stored.
+static void proj_backward(const Llm *m, const LlmProj *p, act_t *dinp, int first, const act_t *dout,
+                          const act_t *inp, const act_t *h, int N, uint64_t seed) {
     const Kernels *k = m->k;
-    k->matmul_backward(dinp, NULL, NULL, dout, inp, p->w, N, p->in, p->out, 1.0f);
+    (first ? k->matmul_backward_set : k->matmul_backward)(dinp, NULL, NULL, dout, inp, p->w, N, p->in, p->out, 1.0f);
     if (p->a >= 0) {
         int r = m->lora.r;
         size_t nx = (size_t)N * p->in;
-        k->zero(m->dh, (size_t)N * r * k->act_bytes);
-        k->matmul_backward(m->dh, params_grad(m->train, p->bb), NULL, dout, h, params_act(m->train, p->bb), N, r,
-                           p->out, m->lora_scale);
+        k->matmul_backward_set(m->dh, params_grad(m->train, p->bb), NULL, dout, h, params_act(m->train, p->bb), N, r,
+                               p->out, m->lora_scale);
         if (!dropout_on(m)) {
             k->matmul_backward(dinp, params_grad(m->train, p->a), NULL, m->dh, inp, params_act(m->train, p->a), N,
                                p->in, r, 1.0f);
             return;
         }
         k->dropout(m->xdrop, inp, nx, m->lora.dropout, seed);
-        k->zero(m->dxdrop, nx * k->act_bytes);
-        k->matmul_backward(m->dxdrop, params_grad(m->train, p->a), NULL, m->dh, m->xdrop, params_act(m->train, p->a),
-                           N, p->in, r, 1.0f);
+        k->matmul_backward_set(m->dxdrop, params_grad(m->train, p->a), NULL, m->dh, m->xdrop,
+                               params_act(m->train, p->a), N, p->in, r, 1.0f);
         k->dropout(m->dxdrop, m->dxdrop, nx, m->lora.dropout, seed);
         k->add(dinp, dinp, m->dxdrop, nx);
     }
@@ -354,11 +355,10 @@ void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const
     k->rope_forward(a->k, a->k, pos, N, NKV, HD, c->rope_theta);
     attend(m, l, a, at);
     llm_proj_forward(m, &L->p[PROJ_O], a->xmid, a->att, a->lora_h[PROJ_O], N, lora_seed(m, l, PROJ_O));
-    k->add(a->xmid, a->xmid, a->x, (size_t)N * C);
-    k->rmsnorm_forward(a->ln2, a->rstd2, a->xmid, L->ln2, N, C, c->eps);
+    k->add_rmsnorm_forward(a->xmid, a->ln2, a->rstd2, a->xmid, a->x, L->ln2, N, C, c->eps);  // residual, norm
     llm_proj_forward(m, &L->p[PROJ_GATE], a->gate, a->ln2, a->lora_h[PROJ_GATE], N, lora_seed(m, l, PROJ_GATE));
     llm_proj_forward(m, &L->p[PROJ_UP], a->up, a->ln2, a->lora_h[PROJ_UP], N, lora_seed(m, l, PROJ_UP));
-    k->swiglu_forward(a->act, a->gate, a->up, (size_t)N * I);  // the backward recomputes it
+    k->swiglu_forward(a->act, a->gate, a->up, (size_t)N * I);
     // out may be a->x: x is no longer read once xmid holds the residual
     llm_proj_forward(m, &L->p[PROJ_DOWN], out, a->act, a->lora_h[PROJ_DOWN], N, lora_seed(m, l, PROJ_DOWN));
     k->add(out, out, a->xmid, (size_t)N * C);
@@ -379,14 +379,14 @@ void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float gr
     const LlmConfig *c = &m->cfg;
     int C = c->hidden, V = c->vocab, R = k->xent_chunk_rows;
     k->gather_rows(m->hid, m->lnf, idx, M, C);  // (M, C): only labelled rows meet the vocabulary
-    if (backward) k->zero(m->dhid, (size_t)M * C * k->act_bytes);
     for (int r0 = 0; r0 < M; r0 += R) {
         int n = M - r0 < R ? M - r0 : R;
         const act_t *h = act_at(k, m->hid, (size_t)r0 * C);
         k->matmul_forward(m->logits, h, m->lm_head, NULL, n, C, V, 1.0f, 0);
         k->cross_entropy(m->losses + r0, backward ? m->logits : NULL, m->logits, targets + r0, n, V, grad_scale);
         if (backward)
-            k->matmul_backward(act_at(k, m->dhid, (size_t)r0 * C), NULL, NULL, m->logits, h, m->lm_head, n, C, V, 1.0f);
+            k->matmul_backward_set(act_at(k, m->dhid, (size_t)r0 * C), NULL, NULL, m->logits, h, m->lm_head, n, C, V,
+                                   1.0f);  // each chunk the first writer of its rows
     }
     if (!backward) return;
     k->zero(m->dln, (size_t)N * C * k->act_bytes);
@@ -399,29 +399,23 @@ void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg) {
     const Kernels *k = m->k;
     const LlmConfig *c = &m->cfg;
     int N = B * T, C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
-    size_t ab = k->act_bytes;
     for (int l = c->layers - 1; l >= 0; l--) {
         const LlmLayer *L = &m->layer[l];
         LlmActs *a = &m->acts[l];
         // MLP block; dx = d(layer output) = d(xmid) through the residual
-        k->swiglu_forward(m->dact, a->gate, a->up, (size_t)N * I);  // recomputed, not stored
-        k->zero(m->dgate, (size_t)N * I * ab);                       // d(swiglu out)
-        proj_backward(m, &L->p[PROJ_DOWN], m->dgate, m->dx, m->dact, a->lora_h[PROJ_DOWN], N, lora_seed(m, l, PROJ_DOWN));
+        proj_backward(m, &L->p[PROJ_DOWN], m->dgate, 1, m->dx, a->act, a->lora_h[PROJ_DOWN], N, lora_seed(m, l, PROJ_DOWN));
         k->swiglu_backward(m->dgate, m->dup, m->dgate, a->gate, a->up, (size_t)N * I);
-        k->zero(m->dln, (size_t)N * C * ab);
-        proj_backward(m, &L->p[PROJ_GATE], m->dln, m->dgate, a->ln2, a->lora_h[PROJ_GATE], N, lora_seed(m, l, PROJ_GATE));
-        proj_backward(m, &L->p[PROJ_UP], m->dln, m->dup, a->ln2, a->lora_h[PROJ_UP], N, lora_seed(m, l, PROJ_UP));
+        proj_backward(m, &L->p[PROJ_GATE], m->dln, 1, m->dgate, a->ln2, a->lora_h[PROJ_GATE], N, lora_seed(m, l, PROJ_GATE));
+        proj_backward(m, &L->p[PROJ_UP], m->dln, 0, m->dup, a->ln2, a->lora_h[PROJ_UP], N, lora_seed(m, l, PROJ_UP));
         k->rmsnorm_backward(m->dx, NULL, m->dln, a->xmid, L->ln2, a->rstd2, N, C);
         // attention block; dx = d(xmid) = d(layer input) through the residual
-        k->zero(m->datt, (size_t)N * NH * HD * ab);
-        proj_backward(m, &L->p[PROJ_O], m->datt, m->dx, a->att, a->lora_h[PROJ_O], N, lora_seed(m, l, PROJ_O));
+        proj_backward(m, &L->p[PROJ_O], m->datt, 1, m->dx, a->att, a->lora_h[PROJ_O], N, lora_seed(m, l, PROJ_O));
         k->attention_backward(m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, seg, B, T, NH, NKV, HD, 1);
         k->rope_backward(m->dq, m->dq, pos, N, NH, HD, c->rope_theta);
         k->rope_backward(m->dk, m->dk, pos, N, NKV, HD, c->rope_theta);
-        k->zero(m->dln, (size_t)N * C * ab);
-        proj_backward(m, &L->p[PROJ_Q], m->dln, m->dq, a->ln1, a->lora_h[PROJ_Q], N, lora_seed(m, l, PROJ_Q));
-        proj_backward(m, &L->p[PROJ_K], m->dln, m->dk, a->ln1, a->lora_h[PROJ_K], N, lora_seed(m, l, PROJ_K));
-        proj_backward(m, &L->p[PROJ_V], m->dln, m->dv, a->ln1, a->lora_h[PROJ_V], N, lora_seed(m, l, PROJ_V));
+        proj_backward(m, &L->p[PROJ_Q], m->dln, 1, m->dq, a->ln1, a->lora_h[PROJ_Q], N, lora_seed(m, l, PROJ_Q));
+        proj_backward(m, &L->p[PROJ_K], m->dln, 0, m->dk, a->ln1, a->lora_h[PROJ_K], N, lora_seed(m, l, PROJ_K));
+        proj_backward(m, &L->p[PROJ_V], m->dln, 0, m->dv, a->ln1, a->lora_h[PROJ_V], N, lora_seed(m, l, PROJ_V));
         k->rmsnorm_backward(m->dx, NULL, m->dln, a->x, L->ln1, a->rstd1, N, C);
         int first, n = llm_lora_range(m, l, &first);
         if (n && m->grads_ready.fn) m->grads_ready.fn(m->grads_ready.ctx, first, n);

@@ -57,7 +57,7 @@ typedef struct {  // what one layer keeps for the backward, planned for max_B x 
     act_t *ln2;         // (N, C)
     float *rstd2;       // (N)
     act_t *gate, *up;   // (N, I)
-    act_t *act;         // (N, I) silu(gate) * up, the down projection's input: scratch, never kept
+    act_t *act;         // (N, I) silu(gate) * up, the down projection's input (kept per layer for the backward)
     act_t *lora_h[N_PROJ];  // (N, r): input @ A^T, kept for dB
 } LlmActs;
 
@@ -102,7 +102,7 @@ typedef struct {
     act_t *lnf;         // (N, C) final norm output
     float *rstdf;       // (N)
     // backward and loss scratch
-    act_t *dx, *dln, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *dh;
+    act_t *dx, *dln, *dq, *dk, *dv, *datt, *dgate, *dup, *dh;
     act_t *hid, *dhid, *logits;  // (N, C), (N, C), (xent_chunk_rows, V)
     float *losses;               // (N)
     // LoRA dropout: on only while training; masks come from dropout_seed (kernels.h dropout)

@@ -54,25 +54,24 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     m->lab_idx = k->alloc(N * sizeof(int));
     m->lab_tgt = k->alloc(N * sizeof(int));
     m->img_idx = k->alloc(I * m->n_img_tokens * sizeof(int));
+    m->stats = k->alloc(VLM_N_STATS * sizeof(double));
     m->h_ids = xmalloc(N * sizeof(int));
     m->h_pos = xmalloc(N * sizeof(int));
     m->h_idx = xmalloc(N * sizeof(int));
     m->h_tgt = xmalloc(N * sizeof(int));
     m->h_img_idx = xmalloc(I * m->n_img_tokens * sizeof(int));
-    m->h_losses = xmalloc(N * sizeof(float));
     m->h_slot = xmalloc(N);
 }
 
 void vlm_free(Vlm *m) {
     const Kernels *k = m->k;
-    void *bufs[] = {m->pixels, m->feats, m->img_emb, m->dimg, m->ids, m->pos, m->seg, m->lab_idx, m->lab_tgt, m->img_idx};
+    void *bufs[] = {m->pixels, m->feats, m->img_emb, m->dimg, m->ids, m->pos, m->seg, m->lab_idx, m->lab_tgt, m->img_idx, m->stats};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
     free(m->h_ids);
     free(m->h_pos);
     free(m->h_idx);
     free(m->h_tgt);
     free(m->h_img_idx);
-    free(m->h_losses);
     free(m->h_slot);
     connector_free(&m->conn);
     llm_free(&m->llm);
@@ -132,7 +131,9 @@ static int upload_batch(Vlm *m, const VlmBatch *b) {
     k->upload(m->lab_tgt, m->h_tgt, (size_t)M * sizeof(int));
     if (b->n_img) {
         const VitConfig *vc = &m->vit.cfg;
-        k->upload_act(m->pixels, b->pixels, (size_t)b->n_img * 3 * vc->image_size * vc->image_size);
+        size_t np = (size_t)b->n_img * 3 * vc->image_size * vc->image_size;
+        if (b->pixels_bf16 && k->act_bytes == sizeof(uint16_t)) k->upload(m->pixels, b->pixels_bf16, np * sizeof(uint16_t));
+        else k->upload_act(m->pixels, b->pixels, np);
         k->upload(m->img_idx, m->h_img_idx, (size_t)b->n_img * nt * sizeof(int));
     }
     return M;
@@ -155,23 +156,24 @@ static void forward(Vlm *m, const VlmBatch *b) {
     stage_done(m, VLM_STAGE_LLM_F);
 }
 
-double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_labelled) {
+void vlm_forward_backward_acc(Vlm *m, const VlmBatch *b, float grad_scale, double *loss_sum, int accumulate,
+                              int *n_labelled) {
     const Kernels *k = m->k;
-    if (b->B == 0) {  // every sample of the batch was dropped by the loader
-        if (n_labelled) *n_labelled = 0;
-        return 0.0;
+    int M = 0;
+    if (b->B > 0) {  // B 0: every sample of the batch was dropped by the loader
+        M = upload_batch(m, b);
+        stage_done(m, VLM_STAGE_UPLOAD);
     }
-    int M = upload_batch(m, b);
-    stage_done(m, VLM_STAGE_UPLOAD);
     if (n_labelled) *n_labelled = M;
-    if (M == 0) return 0.0;  // nothing to learn from: no forward needed
+    if (M == 0) {  // nothing to learn from: no forward needed
+        if (!accumulate) k->zero(loss_sum, sizeof(double));
+        return;
+    }
     forward(m, b);
     int backward = grad_scale != 0.0f;
     int N = b->B * b->T;
     llm_loss(&m->llm, N, m->lab_idx, m->lab_tgt, M, grad_scale, backward);
-    k->download(m->h_losses, m->llm.losses, (size_t)M * sizeof(float));
-    double sum = 0;
-    for (int i = 0; i < M; i++) sum += m->h_losses[i];
+    k->sum_f64(loss_sum, m->llm.losses, (size_t)M, 0, accumulate);
     stage_done(m, VLM_STAGE_LOSS);
     if (backward) {
         int *seg = b->seg ? m->seg : NULL;
@@ -187,6 +189,16 @@ double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_
             stage_done(m, VLM_STAGE_CONNECTOR_B);
         }
     }
+}
+
+double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_labelled) {
+    if (b->B == 0) {
+        if (n_labelled) *n_labelled = 0;
+        return 0.0;
+    }
+    double *acc = m->stats + VLM_STAT_LOSS, sum;
+    vlm_forward_backward_acc(m, b, grad_scale, acc, 0, n_labelled);
+    m->k->download(&sum, acc, sizeof sum);
     return sum;
 }
 

@@ -31,6 +31,8 @@ typedef struct {
     const int *seg;      // (B, T) packed-sample ids (attention stays inside one), NULL for none
     int n_img;
     const float *pixels;                // (n_img, 3, S, S) normalised
+    const uint16_t *pixels_bf16;        // the same rounded to bf16, or NULL: uploaded as they are
+                                        // where act_t is bf16 (the loader's threads rounded them)
     const int *img_row, *img_start;     // (n_img): the row and first position of each image slot
 } VlmBatch;
 
@@ -39,6 +41,9 @@ typedef struct {
 enum { VLM_STAGE_UPLOAD, VLM_STAGE_EMBED, VLM_STAGE_VISION, VLM_STAGE_CONNECTOR_F, VLM_STAGE_LLM_F, VLM_STAGE_LOSS,
        VLM_STAGE_LLM_B, VLM_STAGE_CONNECTOR_B, N_VLM_STAGES };
 extern const char *const vlm_stage_names[N_VLM_STAGES];
+
+// the step's sums in Vlm.stats: the loss over labelled positions, the gradients' squared norm
+enum { VLM_STAT_LOSS, VLM_STAT_SUMSQ, VLM_N_STATS };
 
 typedef struct {
     const Kernels *k;
@@ -51,9 +56,9 @@ typedef struct {
     // backend buffers
     act_t *pixels, *feats, *img_emb, *dimg;
     int *ids, *pos, *seg, *lab_idx, *lab_tgt, *img_idx;
+    double *stats;  // (VLM_N_STATS) the step's sums kept on the backend until the step ends
     // host scratch
     int *h_ids, *h_pos, *h_idx, *h_tgt, *h_img_idx;
-    float *h_losses;
     char *h_slot;  // (N) 1 where a position belongs to an image slot
     // called with VLM_STAGE_* as each stage of vlm_forward_backward ends (NULL: not called)
     void (*stage_hook)(void *ctx, int stage);
@@ -82,5 +87,9 @@ double vlm_forward_backward(Vlm *m, const VlmBatch *b, float grad_scale, int *n_
 // The backward calls m->grads_ready once per group it runs, in this order (none when the batch
 // has no labelled token, no connector group when it has no image).
 int vlm_grad_groups(const Vlm *m, int *first, int *n, int cap);
+// The same without waiting for the device: the loss sum is written (accumulate: added) to
+// *loss_sum, one double in backend memory (m->stats + VLM_STAT_LOSS for a trainer), in stream order.
+void vlm_forward_backward_acc(Vlm *m, const VlmBatch *b, float grad_scale, double *loss_sum, int accumulate,
+                              int *n_labelled);
 // forward only, then logits (B, T, V) to the host
 void vlm_logits(Vlm *m, const VlmBatch *b, float *logits);

@@ -74,7 +74,8 @@ static void test_table_and_memory(void **state) {
     SLOT(avgpool2x2_forward); SLOT(avgpool2x2_backward); SLOT(dwconv3x3_forward);
     SLOT(dwconv3x3_backward); SLOT(im2col_patches); SLOT(vit_embed); SLOT(embedding_forward);
     SLOT(gather_rows); SLOT(scatter_rows); SLOT(cross_entropy); SLOT(adamw_update);
-    SLOT(sum_squares); SLOT(scale_f32); SLOT(dropout); SLOT(attention_cached);
+    SLOT(sum_squares); SLOT(scale_f32); SLOT(dropout); SLOT(attention_cached); SLOT(sum_f64); SLOT(adamw_span); SLOT(matmul_backward_set);
+    SLOT(add_rmsnorm_forward);
 #undef SLOT
 
     size_t used0, peak0, used1, peak1;
@@ -131,6 +132,22 @@ static void ref_matmul(float *out, const float *inp, const float *w, const float
             s = alpha * s + (bias ? bias[o] : 0.0) + (out0 ? out0[n * OC + o] : 0.0);
             out[n * OC + o] = (float)s;
         }
+}
+
+// matmul_backward_set: dinp overwritten whatever it held, the same bits as clearing it first and
+// accumulating (what the model did before); dw, dbias still accumulate
+static void test_matmul_backward_set(void **state) {
+    (void)state;
+    int N = 37, C = 29, OC = 23;
+    float *inp = randv((size_t)N * C, -1, 1), *w = randv((size_t)OC * C, -1, 1), *dout = randv((size_t)N * OC, -1, 1);
+    float *di_set = randv((size_t)N * C, -9, 9), *di_ref = zerov((size_t)N * C);
+    float *dw0 = randv((size_t)OC * C, -1, 1), *dw1 = copyv(dw0, (size_t)OC * C), *db0 = randv(OC, -1, 1), *db1 = copyv(db0, OC);
+    K->matmul_backward_set(di_set, dw0, db0, dout, inp, w, N, C, OC, 0.5f);
+    K->matmul_backward(di_ref, dw1, db1, dout, inp, w, N, C, OC, 0.5f);
+    assert_memory_equal(di_set, di_ref, (size_t)N * C * sizeof(float));
+    assert_memory_equal(dw0, dw1, (size_t)OC * C * sizeof(float));
+    assert_memory_equal(db0, db1, OC * sizeof(float));
+    free(inp); free(w); free(dout); free(di_set); free(di_ref); free(dw0); free(dw1); free(db0); free(db1);
 }
 
 static void test_matmul_forward(void **state) {
@@ -669,6 +686,17 @@ static void test_sum_squares_and_scale(void **state) {
     assert_true(isnan(K->sum_squares(x, n)));
     x[n - 2] = 1.0f;
 
+    // sum_f64: squares the value of sum_squares; plain the sum in order (the loss the host took);
+    // accumulate adds to what is there
+    double s2, s1, s1a = 0.5, plain = 0, sq = K->sum_squares(x, n);
+    K->sum_f64(&s2, x, n, 1, 0);
+    assert_memory_equal(&s2, &sq, sizeof sq);
+    for (size_t i = 0; i < n; i++) plain += x[i];
+    K->sum_f64(&s1, x, n, 0, 0);
+    assert_memory_equal(&s1, &plain, sizeof plain);
+    K->sum_f64(&s1a, x, n, 0, 1);
+    assert_true(s1a == 0.5 + plain);
+
     float *y = copyv(x, n);
     K->scale_f32(y, -0.3f, n);
     for (size_t i = 0; i < n; i++) assert_true(y[i] == x[i] * -0.3f);
@@ -763,6 +791,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table_and_memory),
         cmocka_unit_test(test_matmul_forward),
+        cmocka_unit_test(test_matmul_backward_set),
         cmocka_unit_test(test_layernorm_forward),
         cmocka_unit_test(test_rmsnorm_forward),
         cmocka_unit_test(test_rope_forward),

@@ -58,9 +58,25 @@ static void run_case(const char *tag, double min_lr_rate) {
     params_declare_group(&P, PARAM_GROUP_CONNECTOR);
     int i1 = params_add(&P, 1, (int64_t[]){N1}, "model.mm_projector.2.bias");                // lr 2e-4, no decay
     params_alloc(&P);
+    // the same steps through optimizer_update_span (one adamw_span call, the norm read from where
+    // the backend keeps it), on the whole span (Q[0]) and in two slices cut inside tensor 0 (Q[1]),
+    // as ZeRO-1 shards update: both must equal optimizer_step bit for bit
+    ParamSet Q[2];
+    for (int q = 0; q < 2; q++) {
+        params_init(&Q[q], kernels_cpu(), 1);
+        params_declare_group(&Q[q], PARAM_GROUP_LORA);
+        params_add(&Q[q], 1, (int64_t[]){N0}, "model.layers.0.mlp.up_proj.lora_A.weight");
+        params_declare_group(&Q[q], PARAM_GROUP_CONNECTOR);
+        params_add(&Q[q], 1, (int64_t[]){N1}, "model.mm_projector.2.bias");
+        params_alloc(&Q[q]);
+    }
     float *init0 = get(tag, "init0", NULL), *init1 = get(tag, "init1", NULL);
     params_upload(&P, i0, init0);
     params_upload(&P, i1, init1);
+    for (int q = 0; q < 2; q++) {
+        params_upload(&Q[q], i0, init0);
+        params_upload(&Q[q], i1, init1);
+    }
     float *g0 = get(tag, "grads0", NULL), *g1 = get(tag, "grads1", NULL);
     const double *lrs = get_f64(tag, "lrs"), *norms = get_f64(tag, "norms");
     int warmup = schedule_warmup_steps(STEPS, 0.03);
@@ -73,8 +89,27 @@ static void run_case(const char *tag, double min_lr_rate) {
         if (e1 > worst_lr) worst_lr = e1;
         memcpy(params_grad(&P, i0), g0 + (size_t)s * N0, N0 * sizeof(float));
         memcpy(params_grad(&P, i1), g1 + (size_t)s * N1, N1 * sizeof(float));
+        for (int q = 0; q < 2; q++) {
+            memcpy(params_grad(&Q[q], i0), g0 + (size_t)s * N0, N0 * sizeof(float));
+            memcpy(params_grad(&Q[q], i1), g1 + (size_t)s * N1, N1 * sizeof(float));
+        }
         double norm;
         assert_int_equal(optimizer_step(&P, &c, s, STEPS, warmup, s + 1, &norm), 0);
+        for (int q = 0; q < 2; q++) {
+            double sq, loss = 1.0;
+            Q[q].k->sum_f64(&sq, Q[q].grad, Q[q].numel, 1, 0);
+            assert_true(sqrt(sq) == norm);
+            if (q == 0) {
+                optimizer_update_span(&Q[q], &c, s, STEPS, warmup, s + 1, 0, Q[q].numel, &sq, &loss);
+            } else {
+                optimizer_update_span(&Q[q], &c, s, STEPS, warmup, s + 1, 20, Q[q].numel, &sq, &loss);
+                optimizer_update_span(&Q[q], &c, s, STEPS, warmup, s + 1, 0, 20, &sq, NULL);
+            }
+            if (memcmp(Q[q].master, P.master, P.numel * sizeof(float)) || memcmp(Q[q].m, P.m, P.numel * sizeof(float)) ||
+                memcmp(Q[q].v, P.v, P.numel * sizeof(float)))
+                fail_msg("%s step %d: optimizer_update_span (%s) differs from optimizer_step", tag, s + 1,
+                         q ? "two slices" : "whole span");
+        }
         double en = fabs(norm - norms[s]) / norms[s];
         if (en > worst_norm) worst_norm = en;
     }
@@ -92,6 +127,18 @@ static void run_case(const char *tag, double min_lr_rate) {
         if (!(e < 1e-5)) fail_msg("%s %s: relative error %.3e", tag, names[j], e);
         free(want);
     }
+    // a non-finite norm or loss: nothing changes (the trainer's skipped step)
+    float *before = xmalloc(P.numel * sizeof(float));
+    memcpy(before, Q[0].master, P.numel * sizeof(float));
+    double bad[2] = {NAN, INFINITY}, one = 1.0, fine = 1.0;
+    for (int b = 0; b < 2; b++) {
+        optimizer_update_span(&Q[0], &c, 0, STEPS, warmup, 1, 0, Q[0].numel, &bad[b], &one);
+        optimizer_update_span(&Q[0], &c, 0, STEPS, warmup, 1, 0, Q[0].numel, &fine, &bad[b]);
+    }
+    assert_memory_equal(before, Q[0].master, P.numel * sizeof(float));
+    free(before);
+    printf("    %-6s optimizer_update_span (whole span, two slices) = optimizer_step bit for bit over %d steps\n", tag, STEPS);
+    for (int q = 0; q < 2; q++) params_free(&Q[q]);
     free(init0);
     free(init1);
     free(g0);

@@ -41,3 +41,38 @@ int optimizer_step(ParamSet *P, const TrainConfig *c, int64_t step, int64_t tota
     params_sync(P);
     return 0;
 }
+
+// The runs of [begin, end): consecutive tensors with the same lr and decay share one, and the
+// padding between tensors joins the run before it (its gradients and moments are zero, so AdamW
+// keeps it zero). More runs than ADAMW_MAX_RUNS: one adamw_span call per ADAMW_MAX_RUNS.
+void optimizer_update_span(ParamSet *P, const TrainConfig *c, int64_t step, int64_t total, int warmup, int t,
+                           size_t begin, size_t end, const double *sumsq, const double *loss) {
+    const Kernels *k = P->k;
+    AdamwSpan a = {.beta1 = c->adam_beta1, .beta2 = c->adam_beta2, .eps = c->adam_eps, .t = t,
+                   .max_norm = c->grad_clip};
+    size_t at = begin;  // where the table being filled starts in the span
+    for (int i = 0; i < P->n && begin < end; i++) {
+        const Param *p = &P->p[i];
+        // the tensor and the padding up to the next one (the last: up to end)
+        size_t b = i + 1 < P->n && P->p[i + 1].offset < end ? P->p[i + 1].offset : end;
+        if (b <= begin) continue;
+        double lr = optimizer_lr(c, p, step, total, warmup), wd = p->decay ? c->weight_decay : 0.0;
+        AdamwRun *last = a.n_runs ? &a.run[a.n_runs - 1] : NULL;
+        if (last && last->lr == lr && last->weight_decay == wd) {
+            last->end = b - at;
+        } else {
+            if (a.n_runs == ADAMW_MAX_RUNS) {  // the table is full: update its part, start the next
+                size_t o = at - P->opt_begin;
+                k->adamw_span(P->master + (at - P->master_begin), P->grad + at, P->m + o, P->v + o, &a, sumsq, loss);
+                at += a.run[a.n_runs - 1].end;
+                a.n_runs = 0;
+            }
+            a.run[a.n_runs++] = (AdamwRun){.end = b - at, .lr = lr, .weight_decay = wd};
+        }
+        begin = b;
+    }
+    if (a.n_runs) {
+        size_t o = at - P->opt_begin;
+        k->adamw_span(P->master + (at - P->master_begin), P->grad + at, P->m + o, P->v + o, &a, sumsq, loss);
+    }
+}

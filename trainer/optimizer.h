@@ -21,3 +21,9 @@ int optimizer_step(ParamSet *P, const TrainConfig *c, int64_t step, int64_t tota
 double optimizer_clip_coef(const TrainConfig *c, double norm);
 void optimizer_update_range(ParamSet *P, const TrainConfig *c, int64_t step, int64_t total, int warmup, int t,
                             size_t begin, size_t end);
+// AdamW on elements [begin, end) of the span as optimizer_update_range, in one adamw_span call
+// (the tensors' learning rates as a table of runs), clipping by the norm sqrt(*sumsq) that the
+// backend holds: nothing waits for the device. When that norm, or *loss (NULL: not checked), is
+// not finite the backend updates nothing (the trainer then counts the step as skipped).
+void optimizer_update_span(ParamSet *P, const TrainConfig *c, int64_t step, int64_t total, int warmup, int t,
+                           size_t begin, size_t end, const double *sumsq, const double *loss);

@@ -313,7 +313,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
                      .image_tokens = image_tokens, .seed = c->seed, .rank = r->rank, .world = world,
                      .step_block = c->batch_size * r->accum, .packing = c->packing,
                      .threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .prefetch = c->prefetch,
-                     .shuffle = 1};
+                     .shuffle = 1, .pixels_bf16 = k->act_bytes == 2};
     vit_image_prep(&vcfg, c->vision, &ls.prep);
     ls.prep.pad_to_square = !strcmp(c->image_aspect, "pad");
     r->train = loader_open(&ls);

@@ -21,7 +21,8 @@
 
 static VlmBatch to_vlm_batch(const LoaderBatch *b) {
     return (VlmBatch){.B = b->B, .T = b->T, .ids = b->ids, .targets = b->targets, .pos = b->pos, .seg = b->seg,
-                      .n_img = b->n_img, .pixels = b->pixels, .img_row = b->img_row, .img_start = b->img_start};
+                      .n_img = b->n_img, .pixels = b->pixels, .pixels_bf16 = b->pixels_bf16, .img_row = b->img_row,
+                      .img_start = b->img_start};
 }
 
 static int cmp_i64(const void *a, const void *b) {
@@ -39,41 +40,42 @@ static double slice_sq(const ParamSet *P, int world, int s) {
 }
 
 // Scales the gradients summed over the ranks (this rank's part of P->grad: all of it for
-// ZeRO-0, its slice for ZeRO-1) and returns the global gradient norm (NaN when not finite).
-static double scale_gradients(Run *r, ParamSet *P, double scale) {
+// ZeRO-0, its slice for ZeRO-1) and leaves the squared global gradient norm in *sq (backend
+// memory; NaN when not finite).
+static void scale_gradients(Run *r, ParamSet *P, double scale, double *sq) {
     const Kernels *k = P->k;
     int W = r->world;
-    double sq = 0;
     if (r->zero) {
         size_t len = P->span / W;  // the span is padded to W equal slices
         k->scale_f32(P->grad + len * r->rank, (float)scale, len);
-        double *part = xcalloc((size_t)W, sizeof(double));
+        double *part = xcalloc((size_t)W, sizeof(double)), host = 0;
         part[r->rank] = slice_sq(P, W, r->rank);
         dist_sum_f64(r->dist, part, W);  // the others are 0 here: each entry is one rank's slice
-        for (int s = 0; s < W; s++) sq += part[s];
+        for (int s = 0; s < W; s++) host += part[s];
         free(part);
+        k->upload(sq, &host, sizeof host);
     } else {
         k->scale_f32(P->grad, (float)scale, P->numel);
-        for (int s = 0; s < W; s++) sq += slice_sq(P, W, s);  // the order ZeRO-1 sums in
+        size_t len = slice_len(P, W);
+        for (int s = 0; s < W; s++) {  // the order ZeRO-1 sums in, on the backend
+            size_t a = len * s < P->numel ? len * s : P->numel, b = a + len < P->numel ? a + len : P->numel;
+            k->sum_f64(sq, P->grad + a, b - a, 1, s > 0);
+        }
     }
-    return sqrt(sq);
 }
 
-// clipping and AdamW on this rank's part, then the full masters everywhere
-static void update(Run *r, ParamSet *P, double norm, int t) {
+// clipping and AdamW on this rank's part (one launch; the backend skips it when the norm from
+// *sq, or *loss when not NULL, is not finite), then the full masters everywhere
+static void update(Run *r, ParamSet *P, const double *sq, const double *loss, int t) {
     const TrainConfig *c = r->c;
-    const Kernels *k = P->k;
     int64_t step = r->st.step;
-    double coef = optimizer_clip_coef(c, norm);
     if (r->zero) {
         size_t len = P->span / r->world, a = len * r->rank;
-        if (coef < 1.0) k->scale_f32(P->grad + a, (float)coef, len);
         size_t b = a + len < P->numel ? a + len : P->numel;
-        if (a < b) optimizer_update_range(P, c, step, r->total, r->warmup, t, a, b);
+        if (a < b) optimizer_update_span(P, c, step, r->total, r->warmup, t, a, b, sq, loss);
         run_share_weights(r);
     } else {
-        if (coef < 1.0) k->scale_f32(P->grad, (float)coef, P->numel);
-        optimizer_update_range(P, c, step, r->total, r->warmup, t, 0, P->numel);
+        optimizer_update_span(P, c, step, r->total, r->warmup, t, 0, P->numel, sq, loss);
         params_sync(P);
     }
 }
@@ -131,14 +133,17 @@ void run_step(Run *r, StepResult *out) {
         // on the last micro-batch each group's gradients are final as the backward leaves it:
         // their sum over the ranks starts while the backward goes on below
         if (a == r->accum - 1) m->grads_ready = grad_buckets_hook(&r->buckets);
-        loss_sum += vlm_forward_backward(m, &vb, 1.0f, &lab);
+        vlm_forward_backward_acc(m, &vb, 1.0f, m->stats + VLM_STAT_LOSS, a > 0, &lab);
         m->grads_ready = (GradsReady){0};
         n_lab += lab;
         n_tok += (int64_t)lb.B * lb.T;
     }
     grad_buckets_finish(&r->buckets);  // every bucket started, in the same order on every rank, and summed
     // one exchange of the step's scalars; the stop flags ride along, so every rank sees the same
-    // decision at the same step boundary
+    // decision at the same step boundary. With one rank the loss sum stays on the backend until
+    // the step ends: the step's one wait for the device is the download of the stats at its end.
+    double *stats = m->stats;
+    if (r->world > 1) k->download(&loss_sum, stats + VLM_STAT_LOSS, sizeof loss_sum);
     double s[4] = {loss_sum, (double)n_lab, (double)n_tok, run_stop_signal ? 1.0 : 0.0};
     dist_sum_f64(r->dist, s, 4);
     loss_sum = s[0];
@@ -149,11 +154,17 @@ void run_step(Run *r, StepResult *out) {
     free(mine);
     // every micro-batch contributed its summed loss: dividing by the step's labelled count
     // makes the update the gradient of the mean, however the batch was split
-    double loss = n_lab ? loss_sum / n_lab : NAN;
-    double norm = scale_gradients(r, P, n_lab ? 1.0 / n_lab : 1.0);
+    scale_gradients(r, P, n_lab ? 1.0 / n_lab : 1.0, stats + VLM_STAT_SUMSQ);
     out->factor = schedule_factor((int)step, (int)r->total, r->warmup, c->min_lr / c->lr);
     int t = (int)(step - r->st.skipped_steps + 1);  // AdamW's own step count skips dropped updates
-    if (!isfinite(loss) || !isfinite(norm)) {
+    // the loss is checked on the backend with one rank, on the host (exchanged) with several
+    if (n_lab && (r->world == 1 || isfinite(loss_sum)))
+        update(r, P, stats + VLM_STAT_SUMSQ, r->world == 1 ? stats + VLM_STAT_LOSS : NULL, t);
+    double st[VLM_N_STATS];
+    k->download(st, stats, sizeof st);
+    if (r->world == 1) loss_sum = st[VLM_STAT_LOSS];
+    double loss = n_lab ? loss_sum / n_lab : NAN, norm = sqrt(st[VLM_STAT_SUMSQ]);
+    if (!isfinite(loss) || !isfinite(norm)) {  // the update did not happen (the backend's own check)
         if (!strcmp(c->nan_policy, "stop"))
             fatal("step %" PRId64 ": %s (loss %g, gradient norm %g); stopping. The last checkpoint is intact; "
                   "lower lr, or set nan_policy = skip to skip such steps",
@@ -163,7 +174,6 @@ void run_step(Run *r, StepResult *out) {
             warn("step %" PRId64 ": non-finite loss or gradient (loss %g, norm %g): update skipped (%" PRId64 " so far)",
                  step + 1, loss, norm, r->st.skipped_steps);
     } else {
-        update(r, P, norm, t);
         r->st.tokens += n_lab;
     }
     r->st.step = step + 1;

@@ -8,8 +8,9 @@
 #include "common/util.h"
 #include "kernels/cpu/cpu.h"
 
-void cpu_adamw_update(float *p, const float *g, float *m, float *v, size_t n, double lr,
-                      double beta1, double beta2, double eps, double weight_decay, int t) {
+// AdamW on n elements; gradients read times `coef` when `clip` (scale_f32's product, not stored)
+static void adamw_run(float *p, const float *g, float *m, float *v, size_t n, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, int t, int clip, float coef) {
     // torch's Python scalars are doubles; each becomes a float when it meets a float tensor
     float decay = (float)(1.0 - lr * weight_decay);  // param.mul_(1 - lr * wd)
     float w1 = (float)(1.0 - beta1);                   // exp_avg.lerp_(grad, 1 - beta1)
@@ -23,7 +24,7 @@ void cpu_adamw_update(float *p, const float *g, float *m, float *v, size_t n, do
     float w1_minus_1 = w1 - 1.0f;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float gi = g[i];
+        float gi = clip ? g[i] * coef : g[i];
         float pi = weight_decay != 0.0 ? p[i] * decay : p[i];
         float mi = m[i];
         // torch's lerp: fma(w, end - start, start), or fma(w - 1, end - start, end) when w >= 0.5
@@ -38,6 +39,26 @@ void cpu_adamw_update(float *p, const float *g, float *m, float *v, size_t n, do
     }
 }
 
+void cpu_adamw_update(float *p, const float *g, float *m, float *v, size_t n, double lr,
+                      double beta1, double beta2, double eps, double weight_decay, int t) {
+    adamw_run(p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t, 0, 1.0f);
+}
+
+void cpu_adamw_span(float *p, const float *g, float *m, float *v, const AdamwSpan *a, const double *sumsq,
+                    const double *loss) {
+    double norm = sqrt(*sumsq);
+    if (!isfinite(norm) || (loss && !isfinite(*loss))) return;
+    double coef = a->max_norm > 0 ? a->max_norm / (norm + 1e-6) : 1.0;  // clip_grad_norm_'s, clamped to 1
+    int clip = coef < 1.0;
+    size_t begin = 0;
+    for (int r = 0; r < a->n_runs; r++) {
+        const AdamwRun *u = &a->run[r];
+        CHECK(u->end >= begin, "adamw_span: run %d ends at %zu before it starts (%zu)", r, u->end, begin);
+        adamw_run(p + begin, g + begin, m + begin, v + begin, u->end - begin, u->lr, a->beta1, a->beta2, a->eps,
+                  u->weight_decay, a->t, clip, (float)coef);
+        begin = u->end;
+    }
+}
 // elements per partial sum: partials are summed in a fixed order, so the result does not depend
 // on the number of threads
 #define SUMSQ_CHUNK 16384
@@ -62,4 +83,12 @@ double cpu_sum_squares(const float *x, size_t n) {
 void cpu_scale_f32(float *x, float s, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+void cpu_sum_f64(double *out, const float *x, size_t n, int squares, int accumulate) {
+    double s = 0.0;
+    if (squares) s = cpu_sum_squares(x, n);
+    else
+        for (size_t i = 0; i < n; i++) s += x[i];  // in order: the sum the host took before
+    *out = accumulate ? *out + s : s;
 }

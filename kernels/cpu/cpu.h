@@ -100,3 +100,6 @@ void cpu_adamw_update(float *p, const float *g, float *m, float *v, size_t n, do
                       double beta1, double beta2, double eps, double weight_decay, int t);
 double cpu_sum_squares(const float *x, size_t n);
 void cpu_scale_f32(float *x, float s, size_t n);
+void cpu_sum_f64(double *out, const float *x, size_t n, int squares, int accumulate);
+void cpu_adamw_span(float *p, const float *g, float *m, float *v, const AdamwSpan *a, const double *sumsq,
+                    const double *loss);

@@ -90,6 +90,21 @@ static void cpu_download_act(float *host_dst, const act_t *src, size_t n) {
 static void cpu_cast_to_act(act_t *dst, const float *src, size_t n) { cpu_copy(dst, src, n * sizeof(float)); }
 static void cpu_synchronize(void) {}
 
+// the CPU's matmul_backward_set: clear dinp, then accumulate (the same bits as the model's
+// zero + matmul_backward)
+static void cpu_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                                    const act_t *w, int N, int C, int OC, float alpha) {
+    if (dinp && N > 0 && C > 0) memset(dinp, 0, (size_t)N * C * sizeof(float));
+    cpu_matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha);
+}
+
+// add then RMSNorm: on the CPU the fused op is the two (each already one pass of its own)
+static void cpu_add_rmsnorm_forward(act_t *sum, act_t *out, float *rstd, const act_t *a, const act_t *b,
+                                    const act_t *w, int N, int C, float eps) {
+    cpu_add(sum, a, b, (size_t)N * C);
+    cpu_rmsnorm_forward(out, rstd, sum, w, N, C, eps);
+}
+
 static const Kernels cpu_kernels = {
     .name = "cpu",
     .act_bytes = sizeof(float),
@@ -115,10 +130,12 @@ static const Kernels cpu_kernels = {
 
     .matmul_forward = cpu_matmul_forward,
     .matmul_backward = cpu_matmul_backward,
+    .matmul_backward_set = cpu_matmul_backward_set,
     .layernorm_forward = cpu_layernorm_forward,
     .layernorm_backward = cpu_layernorm_backward,
     .rmsnorm_forward = cpu_rmsnorm_forward,
     .rmsnorm_backward = cpu_rmsnorm_backward,
+    .add_rmsnorm_forward = cpu_add_rmsnorm_forward,
     .rope_forward = cpu_rope_forward,
     .rope_backward = cpu_rope_backward,
     .attention_forward = cpu_attention_forward,
@@ -147,6 +164,8 @@ static const Kernels cpu_kernels = {
     .adamw_update = cpu_adamw_update,
     .sum_squares = cpu_sum_squares,
     .scale_f32 = cpu_scale_f32,
+    .sum_f64 = cpu_sum_f64,
+    .adamw_span = cpu_adamw_span,
 };
 
 const Kernels *kernels_cpu(void) { return &cpu_kernels; }

@@ -50,7 +50,7 @@ cudaStream_t cuda_stream(void);
 int cuda_num_sms(void);
 // a device scratch buffer of at least `bytes`, one per slot, grown on demand and kept; the
 // contents are undefined. Ops use it within one call only (stream order keeps users apart).
-enum { SCRATCH_REDUCE, SCRATCH_REDUCE2, SCRATCH_ATTN, SCRATCH_SUMSQ, N_SCRATCH };
+enum { SCRATCH_REDUCE, SCRATCH_REDUCE2, SCRATCH_ATTN, SCRATCH_SUMSQ, SCRATCH_SPLITK, N_SCRATCH };
 void *cuda_scratch(int slot, size_t bytes);
 // counts a block allocated outside cuda_alloc (cuBLASLt's workspace) in memory()
 void cuda_track(void *p, size_t bytes);
@@ -59,6 +59,7 @@ void cuda_track(void *p, size_t bytes);
 size_t cuda_colsum_scratch_max(size_t rows, int width);
 size_t cuda_dwconv_scratch_max(size_t rows, int width);
 size_t cuda_sum_squares_scratch(void);
+size_t cuda_splitk_scratch(void);  // matmul.cu's split-K partials, a fixed size
 // what cuda_attention_backward asks of scratch slot `slot` at this shape (the memory plan); keep
 // it equal to the cuda_scratch calls there
 size_t cuda_attention_backward_scratch(int slot, int B, int T, int NH, int NKV, int HD);
@@ -162,12 +163,16 @@ void cuda_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act
                          int OC, float alpha, int accumulate);
 void cuda_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
                           const act_t *w, int N, int C, int OC, float alpha);
+void cuda_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                              const act_t *w, int N, int C, int OC, float alpha);
 // norm.cu
 void cuda_layernorm_forward(act_t *out, float *mean, float *rstd, const act_t *inp, const act_t *w,
                             const act_t *b, int N, int C, float eps);
 void cuda_layernorm_backward(act_t *dinp, float *dw, float *db, const act_t *dout, const act_t *inp,
                              const act_t *w, const float *mean, const float *rstd, int N, int C);
 void cuda_rmsnorm_forward(act_t *out, float *rstd, const act_t *inp, const act_t *w, int N, int C, float eps);
+void cuda_add_rmsnorm_forward(act_t *sum, act_t *out, float *rstd, const act_t *a, const act_t *b, const act_t *w,
+                              int N, int C, float eps);
 void cuda_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
                            const float *rstd, int N, int C);
 // rope.cu
@@ -218,6 +223,9 @@ void cuda_adamw_update(float *p, const float *g, float *m, float *v, size_t n, d
                        double beta2, double eps, double weight_decay, int t);
 double cuda_sum_squares(const float *x, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
+void cuda_sum_f64(double *out, const float *x, size_t n, int squares, int accumulate);
+void cuda_adamw_span(float *p, const float *g, float *m, float *v, const AdamwSpan *a, const double *sumsq,
+                     const double *loss);
 // colsum.cu: deterministic sums over rows, shared by the bias, norm and conv gradients
 void cuda_colsum_bias(float *dbias, const bf16 *dout, int N, int C);
 void cuda_colsum_layernorm(float *dw, float *db, const bf16 *dout, const bf16 *inp, const float *mean,

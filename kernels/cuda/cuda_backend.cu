@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/counters.h"
 
 static cudaStream_t g_stream;
 static int g_device, g_num_sms;
@@ -84,6 +85,7 @@ static void scratch_plan(const KernelsWork *w, size_t need[N_SCRATCH]) {
         }
     }
     need[SCRATCH_SUMSQ] = cuda_sum_squares_scratch();
+    need[SCRATCH_SPLITK] = cuda_splitk_scratch();
 }
 
 static size_t cuda_workspace_bytes(const KernelsWork *w) {
@@ -158,10 +160,49 @@ static void cuda_copy(void *dst, const void *src, size_t bytes) {
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream));
 }
 
+// Uploads go through a pinned staging ring of two halves: the bytes are copied into the current
+// half (the caller's buffer is free again at return, as before) and the device reads them from
+// there asynchronously, so the host waits only when it is a whole half ahead of the device (the
+// half it moves to still being read). fp32 activations (pixels, weights at load) are converted to
+// bf16 by a kernel reading the pinned fp32 directly (zero-copy: pinned memory is mapped into the
+// device's address space under unified addressing), not on the host while the device waits.
+#define RING_HALF ((size_t)16 << 20)
+static char *g_ring;       // 2 * RING_HALF, pinned (NULL: not available, the synchronous path)
+static cudaEvent_t g_ring_read[2];  // recorded after the last reader of each half
+static int g_ring_half;
+static size_t g_ring_fill;
+
+static char *ring_take(size_t bytes) {
+    bytes = (bytes + 255) & ~(size_t)255;
+    if (g_ring_fill + bytes > RING_HALF) {
+        g_ring_half ^= 1;
+        g_ring_fill = 0;
+        cudaError_t q = cudaEventQuery(g_ring_read[g_ring_half]);
+        if (q == cudaErrorNotReady) cudaCheck(cudaEventSynchronize(g_ring_read[g_ring_half]));
+        else cudaCheck(q);
+    }
+    char *p = g_ring + g_ring_half * RING_HALF + g_ring_fill;
+    g_ring_fill += bytes;
+    return p;
+}
+
+// after the work that reads what ring_take gave
+static void ring_read_enqueued(void) { cudaCheck(cudaEventRecord(g_ring_read[g_ring_half], g_stream)); }
+
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     if (!bytes) return;
-    cudaCheck(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, g_stream));
-    cudaCheck(cudaStreamSynchronize(g_stream));  // the host buffer may change once we return
+    if (!g_ring) {
+        cudaCheck(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, g_stream));
+        cudaCheck(cudaStreamSynchronize(g_stream));  // the host buffer may change once we return
+        return;
+    }
+    for (size_t o = 0; o < bytes; o += RING_HALF) {
+        size_t m = bytes - o < RING_HALF ? bytes - o : RING_HALF;
+        char *p = ring_take(m);
+        memcpy(p, (const char *)host_src + o, m);
+        cudaCheck(cudaMemcpyAsync((char *)dst + o, p, m, cudaMemcpyHostToDevice, g_stream));
+        ring_read_enqueued();
+    }
 }
 
 static void cuda_download(void *host_dst, const void *src, size_t bytes) {
@@ -170,13 +211,27 @@ static void cuda_download(void *host_dst, const void *src, size_t bytes) {
     cudaCheck(cudaStreamSynchronize(g_stream));
 }
 
-// fp32 host <-> bf16 device through a pinned staging buffer, converted on the host with the
-// same rounding as common/util.c (nearest even, NaN kept)
+// fp32 host <-> bf16 device; without the pinned ring through a pinned (or pageable) staging
+// buffer, converted on the host with the same rounding as common/util.c (nearest even, NaN kept)
 #define STAGE_ELEMS ((size_t)1 << 22)  // 8 MB of bf16
 static uint16_t *g_stage;
 
 static void cuda_upload_act(act_t *dst, const float *host_src, size_t n) {
     uint16_t *d = (uint16_t *)dst;
+    if (g_ring) {
+        const size_t chunk = RING_HALF / sizeof(float);
+        for (size_t i0 = 0; i0 < n; i0 += chunk) {
+            size_t m = n - i0 < chunk ? n - i0 : chunk;
+            float *p = (float *)ring_take(m * sizeof(float));
+            memcpy(p, host_src + i0, m * sizeof(float));
+            cuda_cast_to_act(d + i0, p, m);  // reads the pinned fp32 over the bus, once
+            ring_read_enqueued();
+#ifdef SVLM_CUDA_EMU
+            emu_counters.h2d_bytes += m * sizeof(float);  // a kernel's reads: no copy for the emulator to see
+#endif
+        }
+        return;
+    }
     for (size_t i0 = 0; i0 < n; i0 += STAGE_ELEMS) {
         size_t m = n - i0 < STAGE_ELEMS ? n - i0 : STAGE_ELEMS;
         for (size_t i = 0; i < m; i++) g_stage[i] = f32_to_bf16(host_src[i0 + i]);
@@ -206,8 +261,9 @@ static Kernels g_kernels = {
     .dry_run = 0,
     .act_bytes = 2,
     .act_is_f32 = 0,
-    // 1024 rows x 151936 vocabulary x 2 bytes = 311 MB of logits per chunk
-    .xent_chunk_rows = 1024,
+    // 2048 rows x 151936 vocabulary x 2 bytes = 622 MB of logits per chunk: the reference stage-2
+    // batch's ~2300 labelled rows in 2 chunks instead of 3 (fewer, fuller vocabulary GEMMs)
+    .xent_chunk_rows = 2048,
     .alloc_granule = (size_t)2 << 20,  // cudaMalloc rounds large blocks up to 2 MiB pages
 
     .alloc = cuda_alloc,
@@ -227,9 +283,11 @@ static Kernels g_kernels = {
 
     .matmul_forward = cuda_matmul_forward,
     .matmul_backward = cuda_matmul_backward,
+    .matmul_backward_set = cuda_matmul_backward_set,
     .layernorm_forward = cuda_layernorm_forward,
     .layernorm_backward = cuda_layernorm_backward,
     .rmsnorm_forward = cuda_rmsnorm_forward,
+    .add_rmsnorm_forward = cuda_add_rmsnorm_forward,
     .rmsnorm_backward = cuda_rmsnorm_backward,
     .rope_forward = cuda_rope_forward,
     .rope_backward = cuda_rope_backward,
@@ -259,6 +317,8 @@ static Kernels g_kernels = {
     .adamw_update = cuda_adamw_update,
     .sum_squares = cuda_sum_squares,
     .scale_f32 = cuda_scale_f32,
+    .sum_f64 = cuda_sum_f64,
+    .adamw_span = cuda_adamw_span,
 };
 
 static void setup(void) {
@@ -286,9 +346,59 @@ static void setup(void) {
         cudaGetLastError();
         g_stage = (uint16_t *)xmalloc(STAGE_ELEMS * sizeof(uint16_t));  // pageable works too, slower
     }
+    if (cudaMallocHost((void **)&g_ring, 2 * RING_HALF) != cudaSuccess) {
+        cudaGetLastError();
+        g_ring = NULL;  // uploads then wait for their copies (pageable memory is not mapped)
+    } else {
+        for (int h = 0; h < 2; h++) cudaCheck(cudaEventCreateWithFlags(&g_ring_read[h], cudaEventDisableTiming));
+    }
     cuda_matmul_init();
 #ifdef SVLM_CUDA_EMU
     g_kernels.name = "cuda-emu";
+#endif
+}
+
+// ---------------------------------------------------------------- counters (counters.h)
+
+extern "C" void cuda_matmul_counts(long *cublaslt, long *fallback);
+static long g_gemms_at_reset;
+
+static long gemms_so_far(void) {
+    long lt, fb;
+    cuda_matmul_counts(&lt, &fb);
+    return lt + fb;
+}
+
+extern "C" void cuda_counters_reset(void) {
+#ifdef SVLM_CUDA_EMU
+    memset(&emu_counters, 0, sizeof emu_counters);
+#endif
+    g_gemms_at_reset = gemms_so_far();
+}
+
+extern "C" int cuda_counters_read(CudaCounters *c) {
+    memset(c, 0, sizeof *c);
+#ifdef SVLM_CUDA_EMU
+    c->launches = emu_counters.launches;
+    c->syncs = emu_counters.syncs;
+    c->memset_bytes = emu_counters.memset_bytes;
+    c->h2d_bytes = emu_counters.h2d_bytes;
+    c->d2h_bytes = emu_counters.d2h_bytes;
+    c->d2d_bytes = emu_counters.d2d_bytes;
+    c->gemms = gemms_so_far() - g_gemms_at_reset;
+    return 1;
+#else
+    c->gemms = gemms_so_far() - g_gemms_at_reset;  // the only count kept on a GPU
+    return 0;
+#endif
+}
+
+extern "C" int cuda_count_only(void) {
+#ifdef SVLM_CUDA_EMU
+    emu_count_only = 1;
+    return 1;
+#else
+    return 0;
 #endif
 }
 

@@ -13,3 +13,10 @@ size_t dist_nccl_id_bytes(void) { return 128; }
 int dist_nccl_make_id(void *id) { return -1; }
 Dist *dist_nccl_open(const DistLaunch *l, const void *id, Dist *host) { return NULL; }
 void dist_cuda_select_device(int local_rank, char *name, size_t cap) { snprintf(name, cap, "no CUDA in this build"); }
+
+// no counters without CUDA (kernels/cuda/counters.h)
+#include "kernels/cuda/counters.h"
+
+int cuda_counters_read(CudaCounters *c) { return 0; }
+void cuda_counters_reset(void) {}
+int cuda_count_only(void) { return 0; }

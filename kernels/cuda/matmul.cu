@@ -38,6 +38,8 @@ typedef struct {
     int d_f32;        // D is fp32 (weight gradients), else bf16
     const bf16 *bias; // (m) or NULL
     float alpha, beta;
+    int batch;            // > 1: a strided batch (split-K's slices), members sa, sb, sd elements apart
+    int64_t sa, sb, sd;
 } Gemm;
 
 // ---------------------------------------------------------------- reference kernel (fallback)
@@ -110,6 +112,8 @@ __global__ void add_bias_kernel(bf16 *out, const bf16 *bias, int rows, int cols)
 // ---------------------------------------------------------------- cuBLASLt
 
 static int g_force_fallback;
+static int g_splitk_off;  // SVLM_MATMUL_SPLITK=0
+static long g_n_splitk;
 static long g_n_cublaslt, g_n_fallback;  // GEMMs run by each path (cuda_matmul_counts)
 
 static cublasLtHandle_t g_lt;
@@ -130,8 +134,9 @@ static void cublas_check_fail(cublasStatus_t s, const char *file, int line, cons
     } while (0)
 
 typedef struct {
-    int transa, transb, m, n, k, lda, ldb, ldd, d_f32, bias;
+    int transa, transb, m, n, k, lda, ldb, ldd, d_f32, bias, batch;
     uint32_t align_a, align_b, align_d;
+    int64_t sa, sb, sd;
 } PlanKey;
 
 typedef struct {
@@ -186,6 +191,12 @@ static Plan *plan_for(const Gemm *g) {
     key.lda = g->lda; key.ldb = g->ldb; key.ldd = g->ldd;
     key.d_f32 = g->d_f32;
     key.bias = g->bias != NULL;
+    key.batch = g->batch > 1 ? g->batch : 1;
+    if (key.batch > 1) {
+        key.sa = g->sa;
+        key.sb = g->sb;
+        key.sd = g->sd;
+    }
     key.align_a = alignment_of(g->A);
     key.align_b = alignment_of(g->B);
     key.align_d = alignment_of(g->D);
@@ -218,6 +229,16 @@ static Plan *plan_for(const Gemm *g) {
     cublasCheck(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, g->transa ? g->k : g->m, g->transa ? g->m : g->k, g->lda));
     cublasCheck(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, g->transb ? g->n : g->k, g->transb ? g->k : g->n, g->ldb));
     cublasCheck(cublasLtMatrixLayoutCreate(&p->d, dt, g->m, g->n, g->ldd));
+    if (key.batch > 1) {
+        int32_t bc = key.batch;
+        cublasLtMatrixLayout_t ls[3] = {p->a, p->b, p->d};
+        int64_t st[3] = {key.sa, key.sb, key.sd};
+        for (int i = 0; i < 3; i++) {
+            cublasCheck(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
+            cublasCheck(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &st[i],
+                                                         sizeof st[i]));
+        }
+    }
 
     cublasLtMatmulPreference_t pref;
     cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
@@ -254,6 +275,8 @@ void cuda_matmul_init(void) {
     g_plans = (Plan *)xcalloc(MAX_PLANS, sizeof(Plan));
     g_slot = (int16_t *)xmalloc(PLAN_SLOTS * sizeof(int16_t));
     for (int i = 0; i < PLAN_SLOTS; i++) g_slot[i] = -1;
+    const char *sk = getenv("SVLM_MATMUL_SPLITK");
+    g_splitk_off = sk && !strcmp(sk, "0");
     const char *s = getenv("SVLM_CUBLASLT_SPLITK");
     if (s && *s && strcmp(s, "0") != 0) g_reduction_mask = CUBLASLT_REDUCTION_SCHEME_MASK;
 }
@@ -265,8 +288,105 @@ extern "C" void cuda_matmul_counts(long *cublaslt, long *fallback) {
     *fallback = g_n_fallback;
 }
 
+// ---------------------------------------------------------------- split-K
+
+// A long-K product with a small output (LoRA weight gradients: K = every position of the batch;
+// the vocabulary chunk's input gradient: K = the vocabulary) is a few output tiles: one GEMM leaves
+// most SMs idle. It runs instead as a strided batch of S GEMMs over equal K slices (a multiple of 8
+// long, so every slice stays 16-byte aligned) into fp32 partials in scratch, the few K left over as
+// one more GEMM, then a kernel adds the partials in slice order into D. S depends only on the shape
+// and the number of SMs, and nothing is atomic: the same bits every run. SVLM_MATMUL_SPLITK=0 turns it off.
+#define SPLITK_MIN_K 2048
+#define SPLITK_MAX 8
+#define SPLITK_MAX_OUT ((size_t)1 << 19)  // m*n of the largest output split (LoRA's: r 64 x 4864)
+
+size_t cuda_splitk_scratch(void) { return (size_t)(SPLITK_MAX + 1) * SPLITK_MAX_OUT * sizeof(float); }
+
+extern "C" long cuda_matmul_splitk_calls(void) { return g_n_splitk; }
+
+static int splitk_slices(const Gemm *g) {
+    if (g_splitk_off || g_force_fallback || g->bias || g->batch > 1 || g->k < SPLITK_MIN_K) return 1;
+    if ((size_t)g->m * g->n > SPLITK_MAX_OUT) return 1;
+    size_t tiles = (size_t)ceil_div_u(g->m, 128) * ceil_div_u(g->n, 128), sms = (size_t)cuda_num_sms();
+    if (tiles * 2 > sms) return 1;  // already half a wave or more
+    size_t s = sms / tiles, by_k = (size_t)g->k / (SPLITK_MIN_K / 2);
+    if (s > by_k) s = by_k;
+    if (s > SPLITK_MAX) s = SPLITK_MAX;
+    return s >= 2 ? (int)s : 1;
+}
+
+// D = alpha sum_s P_s + beta D over the (m, n) output at ldd; P_s (m, n) dense, s < S
+template <typename OutT>
+__global__ void splitk_reduce_kernel(OutT *d, const float *part, int S, int m, int n, int ldd, float beta) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, mn = (size_t)m * n;
+    if (i >= mn) return;
+    float s = 0.0f;
+    for (int k = 0; k < S; k++) s += part[(size_t)k * mn + i];  // in slice order
+    size_t o = (size_t)(i / m) * ldd + i % m;
+    if (beta != 0.0f) {
+        float old;
+        if constexpr (sizeof(OutT) == 4) old = *(const float *)&d[o];
+        else old = bf2f(*(const bf16 *)&d[o]);
+        s += beta * old;
+    }
+    if constexpr (sizeof(OutT) == 4) *(float *)&d[o] = s;
+    else *(bf16 *)&d[o] = f2bf(s);
+}
+
+static void gemm(const Gemm *g);
+
+// 1 when done, 0 when cuBLASLt has no batched algorithm for it (nothing written: run it whole)
+static int gemm_splitk(const Gemm *g, int S) {
+    int kc = (g->k / S) & ~7, tail = g->k - S * kc;
+    size_t mn = (size_t)g->m * g->n;
+    float *part = (float *)cuda_scratch(SCRATCH_SPLITK, cuda_splitk_scratch());
+    Gemm b = *g;
+    b.k = kc;
+    b.D = part;
+    b.ldd = g->m;
+    b.d_f32 = 1;
+    b.beta = 0.0f;
+    b.batch = S;
+    // a K slice further on: down the rows of a stored (k, .) operand, across the columns of a (., k) one
+    b.sa = g->transa ? kc : (int64_t)kc * g->lda;
+    b.sb = g->transb ? (int64_t)kc * g->ldb : kc;
+    b.sd = (int64_t)mn;
+    Plan *p = plan_for(&b);
+    if (!p->ok) return 0;
+    cublasStatus_t st = cublasLtMatmul(g_lt, p->desc, &b.alpha, b.A, p->a, b.B, p->b, &b.beta, b.D, p->d, b.D, p->d,
+                                       &p->algo, g_workspace, WORKSPACE_BYTES, cuda_stream());
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+        p->ok = 0;
+        return 0;
+    }
+    cublasCheck(st);
+    if (tail > 0) {  // the K left over, into one partial more
+        Gemm t = *g;
+        t.k = tail;
+        t.A = g->A + (size_t)S * b.sa;
+        t.B = g->B + (size_t)S * b.sb;
+        t.D = part + (size_t)S * mn;
+        t.ldd = g->m;
+        t.d_f32 = 1;
+        t.beta = 0.0f;
+        t.batch = 1;
+        gemm(&t);
+    }
+    int np = S + (tail > 0);
+    if (g->d_f32)
+        LAUNCH(ceil_div_u(mn, 256), 256, splitk_reduce_kernel<float>)((float *)g->D, part, np, g->m, g->n, g->ldd, g->beta);
+    else
+        LAUNCH(ceil_div_u(mn, 256), 256, splitk_reduce_kernel<bf16>)((bf16 *)g->D, part, np, g->m, g->n, g->ldd, g->beta);
+    cudaCheckLaunch();
+    g_n_splitk++;
+    g_n_cublaslt++;
+    return 1;
+}
+
 static void gemm(const Gemm *g) {
     if (g->m <= 0 || g->n <= 0) return;
+    int S = splitk_slices(g);
+    if (S > 1 && gemm_splitk(g, S)) return;
     if (g->k <= 0 || g_force_fallback) {
         g_n_fallback++;
         gemm_fallback(g);
@@ -312,21 +432,37 @@ void cuda_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act
                          int OC, float alpha, int accumulate) {
     if (N <= 0 || OC <= 0) return;
     Gemm g = {1, 0, OC, N, C, (const bf16 *)w, C, (const bf16 *)inp, C, out, OC, 0, (const bf16 *)bias,
-              alpha, accumulate ? 1.0f : 0.0f};
+              alpha, accumulate ? 1.0f : 0.0f, 1, 0, 0, 0};
     if (C <= 0) g.lda = g.ldb = 1;
     gemm(&g);
 }
 
-void cuda_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
-                          const act_t *w, int N, int C, int OC, float alpha) {
-    if (N <= 0 || OC <= 0) return;
+// dinp accumulates (beta 1) or, for the first writer of a gradient buffer, is overwritten (beta 0:
+// no memset before it, one read of dinp less)
+static void matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                            const act_t *w, int N, int C, int OC, float alpha, float beta) {
+    if (N <= 0) return;
+    if (OC <= 0) {  // an empty product: dinp = 0 when overwritten
+        if (dinp && C > 0 && beta == 0.0f) cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)N * C * sizeof(bf16), cuda_stream()));
+        return;
+    }
     if (dinp && C > 0) {
-        Gemm g = {0, 0, C, N, OC, (const bf16 *)w, C, (const bf16 *)dout, OC, dinp, C, 0, NULL, alpha, 1.0f};
+        Gemm g = {0, 0, C, N, OC, (const bf16 *)w, C, (const bf16 *)dout, OC, dinp, C, 0, NULL, alpha, beta, 1, 0, 0, 0};
         gemm(&g);
     }
     if (dw && C > 0) {
-        Gemm g = {0, 1, C, OC, N, (const bf16 *)inp, C, (const bf16 *)dout, OC, dw, C, 1, NULL, alpha, 1.0f};
+        Gemm g = {0, 1, C, OC, N, (const bf16 *)inp, C, (const bf16 *)dout, OC, dw, C, 1, NULL, alpha, 1.0f, 1, 0, 0, 0};
         gemm(&g);
     }
     if (dbias) cuda_colsum_bias(dbias, (const bf16 *)dout, N, OC);
+}
+
+void cuda_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                          const act_t *w, int N, int C, int OC, float alpha) {
+    matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 1.0f);
+}
+
+void cuda_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                              const act_t *w, int N, int C, int OC, float alpha) {
+    matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 0.0f);
 }

@@ -247,6 +247,47 @@ static void test_matmul_forward(void **state) {
     G->free(di); G->free(dw); G->free(db); G->free(dout);
 }
 
+// split-K (matmul.cu): long-K products with few output tiles, a LoRA weight gradient (K = rows)
+// and a vocabulary-like input gradient (K = OC), K not a multiple of the slices (a tail GEMM);
+// against the CPU, twice bit-identical, and the path checked to be taken (on the emulator's 4 SMs
+// and on a GPU's many)
+long cuda_matmul_splitk_calls(void);
+static void test_matmul_splitk(void **state) {
+    (void)state;
+    const int shapes[][3] = {{3001, 40, 16}, {24, 32, 5008}, {12032, 64, 896}};  // N, C, OC
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int N = shapes[s][0], Cc = shapes[s][1], OC = shapes[s][2];
+        if (s == 2 && emu) continue;  // the reference LoRA B shape: GPU only
+        size_t ni = (size_t)N * Cc, nw = (size_t)OC * Cc, no = (size_t)N * OC;
+        float *inp = rnd(ni, -1, 1), *w = rnd(nw, -1, 1), *dout = rnd(no, -1, 1);
+        float *dinp0 = rnd(ni, -1, 1), *dw0 = rnd32(nw, -1, 1);
+        float *rdinp = dup(dinp0, ni), *rdw = dup(dw0, nw);
+        C->matmul_backward(rdinp, rdw, NULL, dout, inp, w, N, Cc, OC, 0.5f);
+        void *gi = up_act(inp, ni), *gw = up_act(w, nw), *go = up_act(dout, no), *gdi = up_act(dinp0, ni);
+        float *gdw = up_f32(dw0, nw);
+        long before = cuda_matmul_splitk_calls();
+        G->matmul_backward(gdi, gdw, NULL, go, gi, gw, N, Cc, OC, 0.5f);
+        long used = cuda_matmul_splitk_calls() - before;
+        char what[160];
+        snprintf(what, sizeof what, "matmul_backward %dx%dx%d dinp (+=), %ld split-K GEMMs", N, Cc, OC, used);
+        expect_act(what, gdi, rdinp, ni, TOL_BF16);
+        snprintf(what, sizeof what, "matmul_backward %dx%dx%d dw (fp32 +=)", N, Cc, OC);
+        expect_f32(what, gdw, rdw, nw, TOL_F32_FROM_BF16);
+        if (used < 1) fail_msg("matmul_backward %dx%dx%d: no GEMM took split-K", N, Cc, OC);
+        void *a1 = down_raw(gdi, ni * 2), *a2 = down_raw(gdw, nw * 4);
+        G->upload_act(gdi, dinp0, ni);
+        G->upload(gdw, dw0, nw * 4);
+        G->matmul_backward(gdi, gdw, NULL, go, gi, gw, N, Cc, OC, 0.5f);
+        void *b1 = down_raw(gdi, ni * 2), *b2 = down_raw(gdw, nw * 4);
+        snprintf(what, sizeof what, "matmul_backward split-K %dx%dx%d twice", N, Cc, OC);
+        expect_same_bytes(what, a1, b1, ni * 2);
+        expect_same_bytes(what, a2, b2, nw * 4);
+        free(a1); free(a2); free(b1); free(b2);
+        free(inp); free(w); free(dout); free(dinp0); free(dw0); free(rdinp); free(rdw);
+        G->free(gi); G->free(gw); G->free(go); G->free(gdi); G->free(gdw);
+    }
+}
+
 static void test_matmul_backward(void **state) {
     (void)state;
     for (size_t s = 0; s < sizeof mm_shapes / sizeof *mm_shapes; s++) {
@@ -277,6 +318,22 @@ static void test_matmul_backward(void **state) {
         assert_memory_equal(bi, bi2, ni * 2);
         assert_memory_equal(bb, bb2, OC * 4);
         free(bi); free(bb); free(bi2); free(bb2);
+        // matmul_backward_set: dinp overwritten (beta 0) whatever it held (garbage here), dw and
+        // dbias accumulating as before
+        {
+            float *sdinp = zeros(ni), *sdw = dup(dw0, nw), *sdb = dup(db0, OC);
+            C->matmul_backward(sdinp, sdw, sdb, dout, inp, w, N, Cc, OC, alpha);
+            G->upload_act(gdi, dinp0, ni);
+            G->upload(gdw, dw0, nw * 4);
+            G->upload(gdb, db0, OC * 4);
+            G->matmul_backward_set(gdi, gdw, gdb, go, gi, gw, N, Cc, OC, alpha);
+            snprintf(what, sizeof what, "matmul_backward_set %dx%dx%d dinp (=)", N, Cc, OC);
+            expect_act(what, gdi, sdinp, ni, TOL_BF16);
+            snprintf(what, sizeof what, "matmul_backward_set %dx%dx%d dw (fp32 +=)", N, Cc, OC);
+            expect_f32(what, gdw, sdw, nw, TOL_F32_FROM_BF16);
+            expect_f32("matmul_backward_set dbias (fp32 +=)", gdb, sdb, OC, TOL_F32_FROM_BF16);
+            free(sdinp); free(sdw); free(sdb);
+        }
         // determinism: the same call on the same state twice
         if (N * (size_t)OC >= 1000) {
             G->upload_act(gdi, dinp0, ni);
@@ -382,6 +439,35 @@ static void test_rmsnorm(void **state) {
         expect_act(what, go, out, n, TOL_BF16);
         snprintf(what, sizeof what, "rmsnorm_forward %dx%d rstd", N, Cc);
         expect_f32(what, gr, rstd, N, TOL_F32_FROM_BF16);
+        {
+            // add_rmsnorm_forward: against the CPU's, and the very bits of add + rmsnorm_forward here,
+            // in place (sum = a) as the layer calls it
+            // the reference normalises the sum as the device holds it, rounded to bf16
+            float *inp2 = rnd(n, -2, 2), *sum = zeros(n), *out2 = zeros(n), *rstd2 = zeros(N);
+            C->add(sum, inp, inp2, n);
+            for (size_t i = 0; i < n; i++) sum[i] = bf16_to_f32(f32_to_bf16(sum[i]));
+            C->rmsnorm_forward(out2, rstd2, sum, w, N, Cc, eps);
+            void *ga = up_act(inp, n), *gb = up_act(inp2, n), *go2 = G->alloc(n * 2), *go3 = G->alloc(n * 2);
+            float *gr2 = G->alloc(N * 4), *gr3 = G->alloc(N * 4);
+            void *gs = G->alloc(n * 2);
+            G->add(gs, ga, gb, n);
+            G->rmsnorm_forward(go3, gr3, gs, gw, N, Cc, eps);
+            G->add_rmsnorm_forward(ga, go2, gr2, ga, gb, gw, N, Cc, eps);
+            snprintf(what, sizeof what, "add_rmsnorm_forward %dx%d sum", N, Cc);
+            expect_act(what, ga, sum, n, TOL_BF16);
+            snprintf(what, sizeof what, "add_rmsnorm_forward %dx%d out", N, Cc);
+            expect_act(what, go2, out2, n, TOL_BF16);
+            expect_f32("add_rmsnorm_forward rstd", gr2, rstd2, N, TOL_F32_FROM_BF16);
+            void *x1 = down_raw(gs, n * 2), *x2 = down_raw(ga, n * 2), *y1 = down_raw(go3, n * 2), *y2 = down_raw(go2, n * 2);
+            void *z1 = down_raw(gr3, N * 4), *z2 = down_raw(gr2, N * 4);
+            snprintf(what, sizeof what, "add_rmsnorm_forward %dx%d vs add + rmsnorm_forward", N, Cc);
+            expect_same_bytes(what, x1, x2, n * 2);
+            expect_same_bytes(what, y1, y2, n * 2);
+            expect_same_bytes(what, z1, z2, N * 4);
+            free(x1); free(x2); free(y1); free(y2); free(z1); free(z2);
+            free(inp2); free(sum); free(out2); free(rstd2);
+            G->free(ga); G->free(gb); G->free(go2); G->free(go3); G->free(gr2); G->free(gr3); G->free(gs);
+        }
 
         float *dout = rnd(n, -1, 1), *dinp0 = rnd(n, -1, 1), *dw0 = rnd32(Cc, -1, 1);
         float *rdi = dup(dinp0, n), *rdw = dup(dw0, Cc);
@@ -865,6 +951,85 @@ static void test_adamw(void **state) {
     }
 }
 
+// AdamW over a span in one launch: runs of their own lr and decay, the clip coefficient and the
+// skip read from the device; against the CPU backend's adamw_span (the same arithmetic: bitwise
+// expected, checked within TOL_F32), and a non-finite norm or loss leaving everything unchanged
+static void test_adamw_span(void **state) {
+    (void)state;
+    size_t n = emu ? 20011 : 3000017;
+    AdamwSpan a = {.n_runs = 3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .t = 5, .max_norm = 1.0};
+    a.run[0] = (AdamwRun){.end = n / 3, .lr = 2e-4, .weight_decay = 0.1};
+    a.run[1] = (AdamwRun){.end = n / 3 + 7, .lr = 2e-5, .weight_decay = 0.0};  // a bias
+    a.run[2] = (AdamwRun){.end = n, .lr = 2e-4, .weight_decay = 0.1};
+    for (int clip = 0; clip < 2; clip++) {
+        a.max_norm = clip ? 1.0 : 0.0;
+        float *p = rnd32(n, -1, 1), *g = rnd32(n, -1, 1), *m = rnd32(n, -0.1f, 0.1f), *v = rnd32(n, 0, 0.01f);
+        float *gp = up_f32(p, n), *gg = up_f32(g, n), *gm = up_f32(m, n), *gv = up_f32(v, n);
+        double sq = C->sum_squares(g, n), loss = 3.5;  // norm ~ sqrt(n / 3): clipping on when max_norm 1
+        double *dev = G->alloc(2 * sizeof(double));
+        G->sum_f64(dev, gg, n, 1, 0);
+        G->upload(dev + 1, &loss, sizeof loss);
+        C->adamw_span(p, g, m, v, &a, &sq, &loss);
+        G->adamw_span(gp, gg, gm, gv, &a, dev, dev + 1);
+        char what[128];
+        snprintf(what, sizeof what, "adamw_span n=%zu 3 runs %s: p", n, clip ? "clipped" : "no clip");
+        expect_f32(what, gp, p, n, TOL_F32);
+        expect_f32("adamw_span m", gm, m, n, TOL_F32);
+        expect_f32("adamw_span v", gv, v, n, TOL_F32);
+        expect_f32("adamw_span leaves g", gg, g, n, 0.0);
+        float *hp = down_f32(gp, n);
+        printf("    %-60s %s\n", "adamw_span p bitwise vs CPU", memcmp(hp, p, n * sizeof(float)) ? "differs (within tolerance)" : "identical");
+        // non-finite norm, then non-finite loss: nothing moves
+        double nan_v = NAN, inf_v = INFINITY;
+        G->upload(dev, &nan_v, sizeof nan_v);
+        G->adamw_span(gp, gg, gm, gv, &a, dev, NULL);
+        G->sum_f64(dev, gg, n, 1, 0);
+        G->upload(dev + 1, &inf_v, sizeof inf_v);
+        G->adamw_span(gp, gg, gm, gv, &a, dev, dev + 1);
+        float *hp2 = down_f32(gp, n);
+        if (memcmp(hp, hp2, n * sizeof(float))) fail_msg("adamw_span changed p with a non-finite norm or loss");
+        free(hp); free(hp2);
+        free(p); free(g); free(m); free(v);
+        G->free(gp); G->free(gg); G->free(gm); G->free(gv); G->free(dev);
+    }
+}
+
+// sums to a double on the device: plain (the loss) and squares (the norm), written and accumulated
+static void test_sum_f64(void **state) {
+    (void)state;
+    size_t sizes[] = {0, 1, 2306, 100003};
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+        size_t n = sizes[s];
+        float *x = rnd32(n, -2, 2);
+        float *gx = up_f32(x, n);
+        double *dev = G->alloc(2 * sizeof(double));
+        for (int sq = 0; sq < 2; sq++) {
+            double ref, ref2, got[2], again;
+            C->sum_f64(&ref, x, n, sq, 0);
+            ref2 = ref;
+            C->sum_f64(&ref2, x, n, sq, 1);
+            G->sum_f64(dev, gx, n, sq, 0);
+            G->sum_f64(dev + 1, gx, n, sq, 0);
+            G->sum_f64(dev + 1, gx, n, sq, 1);
+            G->download(got, dev, sizeof got);
+            G->sum_f64(dev, gx, n, sq, 0);
+            G->download(&again, dev, sizeof again);
+            double e = ref != 0 ? fabs(got[0] - ref) / fabs(ref) : fabs(got[0]);
+            double e2 = ref2 != 0 ? fabs(got[1] - ref2) / fabs(ref2) : fabs(got[1]);
+            printf("    sum_f64 %s n=%-7zu %.17g vs %.17g rel err %.2e, accumulated %.2e\n", sq ? "squares" : "plain  ", n,
+                   got[0], ref, e, e2);
+            if (!(e <= 1e-12) || !(e2 <= 1e-12)) fail_msg("sum_f64 n=%zu squares %d: %g vs %g", n, sq, got[0], ref);
+            if (memcmp(&got[0], &again, sizeof again)) fail_msg("sum_f64 n=%zu differs between two calls", n);
+            if (sq && n) {  // squares: the very value sum_squares gives
+                double h = G->sum_squares(gx, n);
+                if (memcmp(&h, &got[0], sizeof h)) fail_msg("sum_f64 squares n=%zu differs from sum_squares", n);
+            }
+        }
+        free(x);
+        G->free(gx); G->free(dev);
+    }
+}
+
 static void test_sum_squares_and_scale(void **state) {
     (void)state;
     size_t sizes[] = {0, 1, 1000, 1000003, 50000017};
@@ -915,6 +1080,18 @@ static void sim_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_
                                 const act_t *w, int N, int Cc, int OC, float alpha) {
     C->matmul_backward(dinp, dw, dbias, dout, inp, w, N, Cc, OC, alpha);
     if (dinp) round_bf16(dinp, (size_t)N * Cc);
+}
+static void sim_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                                    const act_t *w, int N, int Cc, int OC, float alpha) {
+    C->matmul_backward_set(dinp, dw, dbias, dout, inp, w, N, Cc, OC, alpha);
+    if (dinp) round_bf16(dinp, (size_t)N * Cc);
+}
+static void sim_rmsnorm_forward(act_t *out, float *rstd, const act_t *inp, const act_t *w, int N, int Cc, float eps);
+static void sim_add_rmsnorm_forward(act_t *sum, act_t *out, float *rstd, const act_t *a, const act_t *b,
+                                    const act_t *w, int N, int Cc, float eps) {
+    C->add(sum, a, b, (size_t)N * Cc);
+    round_bf16(sum, (size_t)N * Cc);
+    sim_rmsnorm_forward(out, rstd, sum, w, N, Cc, eps);
 }
 static void sim_layernorm_forward(act_t *out, float *mean, float *rstd, const act_t *inp, const act_t *w,
                                   const act_t *b, int N, int Cc, float eps) {
@@ -1020,6 +1197,8 @@ static const Kernels *bf16_sim(void) {
     sim.cast_to_act = sim_cast_to_act;
     sim.matmul_forward = sim_matmul_forward;
     sim.matmul_backward = sim_matmul_backward;
+    sim.matmul_backward_set = sim_matmul_backward_set;
+    sim.add_rmsnorm_forward = sim_add_rmsnorm_forward;
     sim.layernorm_forward = sim_layernorm_forward;
     sim.layernorm_backward = sim_layernorm_backward;
     sim.rmsnorm_forward = sim_rmsnorm_forward;
@@ -1544,6 +1723,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_table_and_memory),
         cmocka_unit_test(test_matmul_forward),
         cmocka_unit_test(test_matmul_backward),
+        cmocka_unit_test(test_matmul_splitk),
         cmocka_unit_test(test_matmul_many_shapes),
         cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_rmsnorm),
@@ -1556,6 +1736,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_sum_squares_and_scale),
+        cmocka_unit_test(test_adamw_span),
+        cmocka_unit_test(test_sum_f64),
     };
     struct CMUnitTest chosen[sizeof ops / sizeof ops[0] + sizeof model / sizeof model[0]];
     int failed = 0;

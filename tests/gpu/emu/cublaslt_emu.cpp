@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "tests/gpu/emu/cublaslt_emu.h"
+#include "tests/gpu/emu/cuda_emu.h"  // the counters
 
 extern "C" uint16_t f32_to_bf16(float f);
 extern "C" float bf16_to_f32(uint16_t h);
@@ -25,6 +26,8 @@ struct EmuLtLayout {
     cudaDataType_t type;
     uint64_t rows, cols;
     int64_t ld;
+    int32_t batch;    // members of a strided batch (1: none)
+    int64_t stride;   // elements from one member to the next
 };
 struct EmuLtPref {
     uint64_t workspace;
@@ -112,9 +115,18 @@ cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataTyp
     if (type != CUDA_R_16BF && type != CUDA_R_32F) return bad(CUBLAS_STATUS_NOT_SUPPORTED, "layout type");
     if (ld < 1 || (uint64_t)ld < rows) return bad(CUBLAS_STATUS_INVALID_VALUE, "layout with ld < rows");
     EmuLtLayout *p = (EmuLtLayout *)calloc(1, sizeof *p);
-    *p = EmuLtLayout{type, rows, cols, ld};
+    *p = EmuLtLayout{type, rows, cols, ld, 1, 0};
     *l = p;
     return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l, cublasLtMatrixLayoutAttribute_t attr,
+                                                const void *buf, size_t size) {
+    bool ok = false;
+    switch (attr) {
+    case CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT: ok = get_attr(&l->batch, buf, size) && l->batch >= 1; break;
+    case CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET: ok = get_attr(&l->stride, buf, size); break;
+    }
+    return ok ? CUBLAS_STATUS_SUCCESS : bad(CUBLAS_STATUS_INVALID_VALUE, "layout attribute or its size");
 }
 cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
     free(l);
@@ -162,6 +174,8 @@ static cublasStatus_t check_problem(const EmuLtDesc *desc, const EmuLtLayout *a,
     if (a->type != CUDA_R_16BF || b->type != CUDA_R_16BF || c->type != d->type)
         return bad(CUBLAS_STATUS_NOT_SUPPORTED, "type combination");
     if (c->ld != d->ld) return bad(CUBLAS_STATUS_NOT_SUPPORTED, "C and D in place with different ld");
+    if (a->batch != d->batch || b->batch != d->batch || c->batch != d->batch || c->stride != d->stride)
+        return bad(CUBLAS_STATUS_INVALID_VALUE, "layouts of different batch counts or C/D strides");
     if (desc->epilogue == CUBLASLT_EPILOGUE_BIAS) {
         int bt = desc->bias_type < 0 ? (int)d->type : desc->bias_type;
         if (bt != (int)d->type) return bad(CUBLAS_STATUS_NOT_SUPPORTED, "bias of another type than D");
@@ -221,21 +235,28 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, con
         if (alignment_of(ptr[i]) < algo->data[1 + i])
             return bad(CUBLAS_STATUS_NOT_SUPPORTED, "a pointer less aligned than the algorithm was chosen for");
     if (desc->epilogue == CUBLASLT_EPILOGUE_BIAS && !desc->bias) return bad(CUBLAS_STATUS_INVALID_VALUE, "bias epilogue without a pointer");
+    emu_counters.launches++;  // the library's kernels, as one launch
+    if (emu_count_only) {
+        g_calls++;
+        return CUBLAS_STATUS_SUCCESS;
+    }
     float al, be;
     memcpy(&al, alpha, 4);
     memcpy(&be, beta, 4);
     cudaDataType_t bias_t = desc->bias_type < 0 ? d->type : (cudaDataType_t)desc->bias_type;
+    for (int32_t bi = 0; bi < d->batch; bi++)  // members of a strided batch, one after another
     for (uint64_t j = 0; j < n; j++)
         for (uint64_t i = 0; i < m; i++) {
+            size_t oa = (size_t)(bi * a->stride), ob = (size_t)(bi * b->stride), od = (size_t)(bi * d->stride);
             float s = 0.0f;
             for (uint64_t kk = 0; kk < k; kk++) {
-                size_t ia = desc->transa ? i * a->ld + kk : kk * a->ld + i;
-                size_t ib = desc->transb ? kk * b->ld + j : j * b->ld + kk;
+                size_t ia = oa + (desc->transa ? i * a->ld + kk : kk * a->ld + i);
+                size_t ib = ob + (desc->transb ? kk * b->ld + j : j * b->ld + kk);
                 s += load(A, a->type, ia) * load(B, b->type, ib);
             }
-            size_t id = j * d->ld + i;
+            size_t id = od + j * d->ld + i;
             float v = al * s;
-            if (be != 0.0f) v += be * load(C, c->type, j * c->ld + i);
+            if (be != 0.0f) v += be * load(C, c->type, od + j * c->ld + i);
             if (desc->epilogue == CUBLASLT_EPILOGUE_BIAS) v += load(desc->bias, bias_t, i);
             if (d->type == CUDA_R_32F) ((float *)D)[id] = v;
             else ((uint16_t *)D)[id] = f32_to_bf16(v);

@@ -4,7 +4,8 @@
 // keys, the bias epilogue with beta, the late bias, the fallback when no algorithm is offered.
 // The library's documented semantics, column-major: D (m, n) = alpha op(A) op(B) + beta C
 // (+ bias[i] on row i with CUBLASLT_EPILOGUE_BIAS), op(X) = X^T when TRANSX = CUBLAS_OP_T,
-// every layout (rows, cols, ld) with ld >= rows. Calls that break these rules (inconsistent
+// every layout (rows, cols, ld) with ld >= rows; strided batches (BATCH_COUNT, STRIDED_BATCH_OFFSET,
+// the same count on every layout) compute one product per member. Calls that break these rules (inconsistent
 // shapes, ld < rows, types other than bf16 A/B and bf16 or fp32 C/D with fp32 compute, a bias
 // without its pointer, pointers less aligned than the algorithm was chosen for) return
 // CUBLAS_STATUS_INVALID_VALUE or NOT_SUPPORTED, as the library does. The emulator's own choice,
@@ -40,6 +41,10 @@ typedef enum {
     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8,
 } cublasLtMatmulPreferenceAttributes_t;
 enum { CUBLASLT_REDUCTION_SCHEME_NONE = 0, CUBLASLT_REDUCTION_SCHEME_MASK = 0x7 };
+typedef enum {
+    CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT = 5,           // int32_t, default 1
+    CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET = 6,  // int64_t elements between batch members
+} cublasLtMatrixLayoutAttribute_t;
 
 typedef struct EmuLtHandle *cublasLtHandle_t;
 typedef struct EmuLtDesc *cublasLtMatmulDesc_t;
@@ -65,6 +70,8 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType_t type, uint64_t rows,
                                           uint64_t cols, int64_t ld);
 cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l);
+cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l, cublasLtMatrixLayoutAttribute_t attr,
+                                                const void *buf, size_t size);
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p);
 cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p);
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,

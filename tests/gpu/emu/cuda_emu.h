@@ -100,6 +100,9 @@ static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline float __fsqrt_rn(float a) { return sqrtf(a); }
 static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __ddiv_rn(double a, double b) { return a / b; }
+static inline double __dsqrt_rn(double a) { return sqrt(a); }
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
 
@@ -268,6 +271,7 @@ enum {
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
     cudaErrorNoDevice = 100,
+    cudaErrorNotReady = 600,
 };
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 typedef struct EmuStream *cudaStream_t;
@@ -296,3 +300,25 @@ cudaError_t cudaFreeHost(void *p);
 cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s);
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cudaStream_t s);
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total);
+typedef struct EmuEvent *cudaEvent_t;
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventQuery(cudaEvent_t e);
+#define cudaEventDisableTiming 2
+
+// ---------------------------------------------------------------- counters
+
+// What the backend asked of the device since the last reset: kernel launches (cuBLASLt calls
+// count one each), host synchronisations (stream and event waits), bytes set by cudaMemsetAsync and
+// bytes copied by direction. Count-only mode (bench_step --counts) executes nothing: launches
+// return at once, cuBLASLt computes nothing, copies and memsets move no bytes (a copy to the host
+// writes zeros), and cudaMalloc reserves address space without touching it, so the reference
+// model's step can be counted on a machine without its memory or the time to run it.
+struct EmuCounters {
+    long launches, syncs;
+    size_t memset_bytes, h2d_bytes, d2h_bytes, d2d_bytes;
+};
+extern EmuCounters emu_counters;
+extern int emu_count_only;

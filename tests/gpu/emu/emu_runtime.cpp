@@ -1,5 +1,9 @@
 // emu_runtime.cpp: the fiber scheduler and runtime API of the CUDA emulator (see cuda_emu.h).
+#include <sys/mman.h>
 #include <ucontext.h>
+
+#include <mutex>
+#include <unordered_map>
 
 #include <vector>
 
@@ -245,6 +249,9 @@ static LaunchOrder launch_order(size_t nblocks) {
     return o;
 }
 
+EmuCounters emu_counters;
+int emu_count_only;
+
 void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
     size_t nthreads = (size_t)block.x * block.y * block.z;
     if (nthreads == 0 || nthreads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
@@ -252,6 +259,8 @@ void emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
         emu_set_error(cudaErrorInvalidConfiguration);
         return;
     }
+    emu_counters.launches++;
+    if (emu_count_only) return;
     if (g_fibers.size() < 1024) {
         g_fibers.resize(1024);
         for (size_t i = 0; i < 1024; i++) {
@@ -374,31 +383,91 @@ cudaError_t cudaStreamCreate(cudaStream_t *s) {
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     (void)s;
+    emu_counters.syncs++;
     return cudaSuccess;
 }
+// count-only mode: blocks mapped without reserving memory (never touched: nothing executes)
+static std::unordered_map<void *, size_t> g_mapped;
+static std::mutex g_mapped_lock;
 // exactly n bytes (16-byte aligned, as malloc gives), so that AddressSanitizer sees a kernel that
 // reads or writes past the end of a buffer (build with EMU_SAN=1)
 cudaError_t cudaMalloc(void **p, size_t n) {
+    if (emu_count_only) {
+        void *q = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (q == MAP_FAILED) return emu_set_error(cudaErrorMemoryAllocation);
+        std::lock_guard<std::mutex> g(g_mapped_lock);
+        g_mapped[q] = n ? n : 1;
+        *p = q;
+        return cudaSuccess;
+    }
     *p = malloc(n ? n : 1);
     if (!*p) return emu_set_error(cudaErrorMemoryAllocation);
     memset(*p, 0xA5, n);  // garbage, as cudaMalloc gives
     return cudaSuccess;
 }
 cudaError_t cudaFree(void *p) {
+    {
+        std::lock_guard<std::mutex> g(g_mapped_lock);
+        auto it = g_mapped.find(p);
+        if (it != g_mapped.end()) {
+            munmap(p, it->second);
+            g_mapped.erase(it);
+            return cudaSuccess;
+        }
+    }
     free(p);
     return cudaSuccess;
 }
-cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
-cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+// host memory the host writes: never the count-only mapping's lazily-zero pages (they would
+// work, but malloc keeps ASan's view of the bounds)
+cudaError_t cudaMallocHost(void **p, size_t n) {
+    *p = malloc(n ? n : 1);
+    return *p ? cudaSuccess : emu_set_error(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void *p) {
+    free(p);
+    return cudaSuccess;
+}
 cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
     (void)s;
-    memset(p, v, n);
+    emu_counters.memset_bytes += n;
+    if (!emu_count_only) memset(p, v, n);
     return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cudaStream_t s) {
-    (void)kind;
     (void)s;
-    memmove(dst, src, n);
+    if (kind == cudaMemcpyHostToDevice) emu_counters.h2d_bytes += n;
+    else if (kind == cudaMemcpyDeviceToHost) emu_counters.d2h_bytes += n;
+    else if (kind == cudaMemcpyDeviceToDevice) emu_counters.d2d_bytes += n;
+    if (!emu_count_only) memmove(dst, src, n);
+    else if (kind == cudaMemcpyDeviceToHost) memset(dst, 0, n);  // the host reads zeros
+    return cudaSuccess;
+}
+// streams are synchronous here: an event is complete once recorded
+struct EmuEvent {
+    int recorded;
+};
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags) {
+    (void)flags;
+    *e = (cudaEvent_t)calloc(1, sizeof(EmuEvent));
+    return *e ? cudaSuccess : emu_set_error(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    free(e);
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    (void)s;
+    e->recorded = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+    (void)e;
+    return cudaSuccess;  // done: the work before it ran when it was enqueued
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    (void)e;
+    emu_counters.syncs++;
     return cudaSuccess;
 }
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total) {
