@@ -155,8 +155,9 @@ fuzz: fuzz-build
 # the programs, so it has the CUDA backend whenever nvcc is present
 build/bench_step: build/obj/bench/bench_step.o build/libsvlm.a $(PROG_CUDA)
 	$(CC) $(SVLM_CFLAGS) $< $(PROG_CUDA) build/libsvlm.a -o $@ $(LDLIBS) $(PROG_LIBS)
+# svlm against PyTorch on the CPU, alternating runs, one table (bench/bench_cpu.sh: RUNS, ROWS, PYTHON)
 bench-cpu: build/bench_step
-	./build/bench_step --device cpu --preset mid --stage 2
+	@PYTHON=$(PYTHON) sh bench/bench_cpu.sh
 
 # The GPU benchmark of issue 5: the reference recipe's shapes (CLIP ViT-L/14-336, ldp, Qwen2-0.5B,
 # LoRA r 64 in stage 2), micro-batch 16, stage 1 then stage 2, svlm and then PyTorch

@@ -14,12 +14,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "common/rng.h"
 #include "common/safetensors.h"
 #include "common/util.h"
 #include "common/config.h"
 #include "kernels/cuda/counters.h"
+#include "kernels/cpu/blas_core.h"
 #include "model/hf_random.h"
 #include "model/memplan.h"
 #include "model/vlm.h"
@@ -554,6 +556,11 @@ int main(int argc, char **argv) {
     if (stage == 2) printf("LoRA r %d alpha %g on 7 projections\n", p->lora_r, (double)p->lora_alpha);
     else printf("no LoRA\n");
     printf("bench: trainable: connector %zu, LoRA %zu parameters; model loaded in %.1f s\n", n_conn, n_lora, t_load);
+    char blas[512] = "";
+    if (!strcmp(k->name, "cpu")) {
+        cpu_blas_describe(blas, sizeof blas);
+        printf("bench: %s\n", blas);
+    }
     int lmin = bt.lens[0], lmax = 0;
     for (int r = 0; r < B; r++) {
         if (bt.lens[r] < lmin) lmin = bt.lens[r];
@@ -720,6 +727,9 @@ int main(int argc, char **argv) {
                 peak, fl.total, tflops, peak_tflops, tflops / peak_tflops, loss0);
         for (int s = 0; s < n_total; s++) fprintf(f, "%s%.9g", s ? ", " : "", losses[s]);
         fprintf(f, "]");
+        struct rusage ru;
+        if (!getrusage(RUSAGE_SELF, &ru)) fprintf(f, ", \"rss_peak_bytes\": %lld", (long long)ru.ru_maxrss * 1024);
+        if (blas[0]) fprintf(f, ", \"blas\": \"%s\"", blas);
         if (n_phase > 0) {
             fprintf(f, ", \"phases_ms\": {");
             for (int i = 0; i < N_PH; i++) fprintf(f, "%s\"%s\": %.4f", i ? ", " : "", ph_name(i), ph_best[i]);

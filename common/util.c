@@ -152,12 +152,6 @@ void path_join(char *dst, size_t cap, const char *dir, const char *name) {
     if (n < 0 || (size_t)n >= cap) fatal("path too long: %s/%s", dir, name);
 }
 
-void openmp_prefer_passive(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    setenv("OMP_WAIT_POLICY", "passive", 1);
-    execv("/proc/self/exe", argv);
-}
-
 double time_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -52,6 +52,7 @@ double time_now(void);  // monotonic seconds
 // default (workers spin after every parallel region) starves OpenBLAS's own threads and the
 // loader's: 10x slower steps on small models. Unless the user chose a policy, the program
 // re-executes itself with OMP_WAIT_POLICY=passive (and carries on as it is if that fails).
+// Defined in kernels/choose.c: the same re-execution sets OpenBLAS's kernel (kernels/cpu/blas_core.c).
 void openmp_prefer_passive(char **argv);
 // bytes in binary units for messages ("512 B", "20.4 MiB", "1.53 GiB"); returns buf
 const char *fmt_bytes(double bytes, char *buf, size_t cap);

@@ -88,6 +88,16 @@ static void test_prefill_equals_attention_forward(void **state) {
         check_rows(&c, 0, c.T, "prefill Tq = Tk = Tc");
         case_free(&c);
     }
+    // over tiles of 64 keys and 64 queries: 150 rows (64 + 64 + 22), the cache larger
+    Case c;
+    case_init(&c, 2, 150, 160, 4, 2, 32);
+    check_rows(&c, 0, c.T, "prefill Tq = Tk over 3 tiles");
+    check_rows(&c, 0, 100, "prefill of 100 rows");
+    check_rows(&c, 100, 50, "chunk 100..149");
+    check_rows(&c, 63, 3, "chunk across the tile edge");
+    for (int t = 60; t < 70; t++) check_rows(&c, t, 1, "decode at the tile edge");
+    check_rows(&c, c.T - 1, 1, "decode the last row");
+    case_free(&c);
     print_message("    prefill: bit-identical to causal attention_forward for %d shapes\n", (int)(sizeof shapes / sizeof shapes[0]));
 }
 

@@ -295,6 +295,31 @@ static void test_grad_attention(void **state) {
     }
 }
 
+// over tiles: 70 rows are a full 64-row tile and a partial one, the segment from 50 to 70 crosses
+// the edge, and with one kv head and B = 1 the backward splits the keys in two chunks (dq summed
+// from two buffers)
+static void test_grad_attention_tiles(void **state) {
+    (void)state;
+    int T = 70, seg[70];
+    for (int i = 0; i < T; i++) seg[i] = i < 25 ? 0 : i < 50 ? 1 : 2;
+    Problem p = {.forward = fwd_attention, .B = 1, .T = T, .NH = 2, .NKV = 1, .HD = 4, .n_in = 3, .causal = 1, .ints = seg};
+    size_t nq = (size_t)T * p.NH * p.HD, nk = (size_t)T * p.NKV * p.HD;
+    size_t sz[3] = {nq, nk, nk};
+    const char *names[3] = {"q", "k", "v"};
+    for (int i = 0; i < 3; i++) { p.in[i] = randv(sz[i], -1.5f, 1.5f); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
+    p.out_n = nq;
+    p.out = zerov(nq);
+    p.R = randv(nq, -1, 1);
+    float *lse = zerov((size_t)p.NH * T);
+    K->attention_forward(p.out, lse, p.in[0], p.in[1], p.in[2], seg, 1, T, p.NH, p.NKV, p.HD, 1);
+    float *out = copyv(p.out, nq);
+    float *g[3] = {nanv(nq), nanv(nk), nanv(nk)};
+    K->attention_backward(g[0], g[1], g[2], p.R, p.in[0], p.in[1], p.in[2], out, lse, seg, 1, T, p.NH, p.NKV, p.HD, 1);
+    for (int i = 0; i < 3; i++) check_grad("attention 2 tiles causal+seg", &p, i, g[i]);
+    for (int i = 0; i < 3; i++) { free(p.in[i]); free(g[i]); }
+    free(p.out); free(p.R); free(lse); free(out);
+}
+
 // ---------------------------------------------------------------- pointwise
 
 static void fwd_gelu(Problem *p) { K->gelu_forward(p->out, p->in[0], p->out_n); }
@@ -419,7 +444,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grad_matmul),      cmocka_unit_test(test_grad_layernorm),
         cmocka_unit_test(test_grad_rmsnorm),     cmocka_unit_test(test_grad_rope),
-        cmocka_unit_test(test_grad_attention),   cmocka_unit_test(test_grad_pointwise),
+        cmocka_unit_test(test_grad_attention), cmocka_unit_test(test_grad_attention_tiles),   cmocka_unit_test(test_grad_pointwise),
         cmocka_unit_test(test_grad_avgpool),     cmocka_unit_test(test_grad_dwconv),
         cmocka_unit_test(test_grad_cross_entropy),
     };

@@ -14,6 +14,7 @@
 
 #include "common/util.h"
 #include "data/prepare.h"
+#include "kernels/cpu/blas_core.h"
 #include "model/memplan.h"
 #include "trainer/run.h"
 #include "trainer/schedule.h"
@@ -254,6 +255,11 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
         checkpoint_clean_tmp(c->out_dir);
     }
     printf("svlm train: stage %d on %s, run directory %s\n", c->stage, k->name, c->out_dir);
+    if (k == kernels_cpu()) {
+        char blas[512];
+        cpu_blas_describe(blas, sizeof blas);
+        printf("cpu: %s\n", blas);
+    }
     if (world > 1)
         printf("data parallel: %d ranks over %s, ZeRO-%d, dist_timeout %.0f s\n", world, d->ops->name, r->zero, c->dist_timeout);
     train_config_print(c);

@@ -1,17 +1,164 @@
-// attention.c: scaled dot-product attention with grouped-query heads, causal and segment masks.
-// The forward is one task per query row. The backward recomputes the probabilities from the saved
-// logsumexp (flash-attention style) in two passes: dq one task per query row, then dk and dv one
-// task per key row summing over the group's heads and queries, so every output has one owner
-// and a fixed summation order (bit-identical at any thread count), with B*NKV*T tasks to share.
+// attention.c: scaled dot-product attention with grouped-query heads, causal and segment masks,
+// flash-attention style on tiles of 64 queries x 64 keys (nothing T x T is stored):
+//   forward: per (batch, head, query tile), S = Q K^T one key tile at a time (tile_gemm), online
+//     softmax (running max m and sum l per row, O rescaled when m grows), O += P V; lse saved.
+//   backward: per (batch, kv head, chunk of key tiles): for each key tile, each head of the group
+//     and each query tile that sees it, P = exp(S - lse) is computed once and gives dV += P^T dO,
+//     dS = P (dO V^T - D), dK += dS^T Q and dQ += dS K. The task owns its key rows' dk and dv, and
+//     its chunk's dq (chunk 0 writes dq, chunks 1.. their own buffers, added in chunk order after),
+//     so there are no atomics and every sum has one fixed order: the results are the same at any
+//     thread count (the number of chunks depends on the shapes only).
+// The forward tile is shared with attention_cached.c, whose rows must equal these bit for bit.
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/util.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/simd.h"
 
+// backward tasks aimed at: enough to share among the cores, few enough to keep dq's chunk buffers small
+#define ATT_BWD_TASKS 32
 
-static inline int visible(const int *seg_b, int causal, int i, int j) {
-    return (!causal || j <= i) && (!seg_b || seg_b[i] == seg_b[j]);
+static int imin(int a, int b) { return a < b ? a : b; }
+
+// per-thread scratch, in one block; sized for head_dim HD and `group` heads over T rows
+typedef struct {
+    float *kt, *vt;     // (HD, ATT_BK) key / value tile transposed, columns past the tile zero
+    float *s, *dp;      // (ATT_BQ, ATT_BK) scores, then P; dP, then dS
+    float *tt;          // (ATT_BK, ATT_BQ) P or dS transposed
+    float *o;           // (ATT_BQ, HD) output accumulator
+    float *dk, *dv;     // (ATT_BK, HD) one key tile's gradients
+    float *m, *l;       // (ATT_BQ) running max and sum
+    float *D;           // (group, T) dout . out per query row
+    int *segt;          // (ATT_BK) the key tile's segment ids
+    void *block;
+} Scratch;
+
+static Scratch scratch_alloc(int HD, int group, int T) {
+    size_t hd = (size_t)(HD > 0 ? HD : 1), t = (size_t)(T > 0 ? T : 1);
+    size_t sizes[] = {hd * ATT_BK, hd * ATT_BK, ATT_BQ * ATT_BK, ATT_BQ * ATT_BK, ATT_BK * ATT_BQ,
+                      ATT_BQ * hd, ATT_BK * hd, ATT_BK * hd, ATT_BQ, ATT_BQ, (size_t)group * t, ATT_BK};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) / 16 * 16;
+    Scratch s;
+    s.block = xmalloc(total * sizeof(float));
+    float *p = s.block;
+    float **slots[] = {&s.kt, &s.vt, &s.s, &s.dp, &s.tt, &s.o, &s.dk, &s.dv, &s.m, &s.l, &s.D};
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
+        *slots[i] = p;
+        p += (sizes[i] + 15) / 16 * 16;
+    }
+    s.segt = (int *)p;
+    return s;
+}
+
+// rows j0 .. j0+n-1 of x (stride xs, HD wide) into xt (HD, ATT_BK), zero past n
+static void pack_transposed(float *xt, const float *x, size_t xs, int n, int HD) {
+    for (int d = 0; d < HD; d++) {
+        float *row = xt + (size_t)d * ATT_BK;
+        for (int jj = 0; jj < n; jj++) row[jj] = x[(size_t)jj * xs + d];
+        for (int jj = n; jj < ATT_BK; jj++) row[jj] = 0.0f;
+    }
+}
+
+// the key tile's segment ids (0 for all without segments); keys past the tile never show
+static void pack_segments(int *segt, const int *seg, int j0, int n) {
+    for (int jj = 0; jj < ATT_BK; jj++) segt[jj] = seg && jj < n ? seg[j0 + jj] : 0;
+}
+
+// (n, ATT_BK) -> (ATT_BK, ATT_BQ)
+static void transpose_tile(float *dst, const float *src, int n) {
+    for (int jj = 0; jj < ATT_BK; jj++)
+        for (int ii = 0; ii < n; ii++) dst[(size_t)jj * ATT_BQ + ii] = src[(size_t)ii * ATT_BK + jj];
+}
+
+// scores of one query row against a key tile: scaled where visible, -inf elsewhere; returns the max
+CPU_HOT static float mask_scale_row(float *si, const int *segt, int segi, int nkt, int jlimit, float scale) {
+    float mx = -INFINITY;
+    for (int jj = 0; jj < ATT_BK; jj++) {
+        int vis = (jj < nkt) & (jj <= jlimit) & (segt[jj] == segi);
+        si[jj] = vis ? si[jj] * scale : -INFINITY;
+        mx = si[jj] > mx ? si[jj] : mx;
+    }
+    return mx;
+}
+
+// si = exp(si - m) (masked entries -inf give 0); returns their sum in key order
+CPU_HOT static float exp_row(float *si, float m) {
+    for (int jj = 0; jj < ATT_BK; jj++) si[jj] = exp_vec(si[jj] - m);
+    float sum = 0.0f;
+    for (int jj = 0; jj < ATT_BK; jj++) sum += si[jj];
+    return sum;
+}
+
+CPU_HOT static void scale_row(float *x, float s, int n) {
+    for (int d = 0; d < n; d++) x[d] *= s;
+}
+
+void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *lse, void *scratch) {
+    Scratch *sc = scratch;
+    int HD = a->HD;
+    memset(sc->o, 0, (size_t)nq * HD * sizeof(float));
+    for (int ii = 0; ii < nq; ii++) {
+        sc->m[ii] = -INFINITY;
+        sc->l[ii] = 0.0f;
+    }
+    int kend = a->causal ? imin(a->nk, a->qpos0 + i0 + nq) : a->nk;
+    for (int j0 = 0; j0 < kend; j0 += ATT_BK) {
+        int nkt = imin(ATT_BK, a->nk - j0);
+        pack_transposed(sc->kt, a->k + (size_t)j0 * a->ks, a->ks, nkt, HD);
+        pack_segments(sc->segt, a->seg, j0, nkt);
+        tile_gemm(sc->s, ATT_BK, a->q + (size_t)i0 * a->qs, a->qs, sc->kt, ATT_BK, nq, ATT_BK, HD, 0);  // S = Q K^T
+        for (int ii = 0; ii < nq; ii++) {
+            int i = i0 + ii;
+            float *si = sc->s + (size_t)ii * ATT_BK;
+            int jlimit = a->causal ? a->qpos0 + i - j0 : ATT_BK;
+            float mx = mask_scale_row(si, sc->segt, a->seg ? a->seg[i] : 0, nkt, jlimit, a->scale);
+            float m_new = mx > sc->m[ii] ? mx : sc->m[ii];
+            if (m_new == -INFINITY) {  // nothing visible yet: P's row is zero
+                memset(si, 0, ATT_BK * sizeof(float));
+                continue;
+            }
+            if (m_new > sc->m[ii]) {  // rescale what was summed under the old max (0 before the first key)
+                float corr = exp_vec(sc->m[ii] - m_new);
+                scale_row(sc->o + (size_t)ii * HD, corr, HD);
+                sc->l[ii] *= corr;
+                sc->m[ii] = m_new;
+            }
+            sc->l[ii] += exp_row(si, m_new);
+        }
+        tile_gemm(sc->o, HD, sc->s, ATT_BK, a->v + (size_t)j0 * a->ks, a->ks, nq, HD, nkt, 1);  // O += P V
+    }
+    for (int ii = 0; ii < nq; ii++) {
+        float *oi = out + (size_t)ii * a->qs;
+        float l = sc->l[ii];
+        if (l > 0.0f) {  // a row that sees no key keeps zeros and lse = -inf
+            float inv = 1.0f / l;
+            for (int d = 0; d < HD; d++) oi[d] = sc->o[(size_t)ii * HD + d] * inv;
+        } else {
+            for (int d = 0; d < HD; d++) oi[d] = 0.0f;
+        }
+        if (lse) lse[ii] = l > 0.0f ? sc->m[ii] + logf(l) : -INFINITY;
+    }
+}
+
+// per thread, kept from call to call (OpenMP's threads persist): no allocation, and so no page
+// faults, per call; grown when a call needs more
+static __thread Scratch tl_scratch;
+static __thread size_t tl_hd, tl_gt;
+
+void *cpu_attention_scratch(int HD, int group, int T) {
+    size_t hd = (size_t)(HD > 0 ? HD : 1), gt = (size_t)(group > 0 ? group : 1) * (size_t)(T > 0 ? T : 1);
+    if (!tl_scratch.block || hd > tl_hd || gt > tl_gt) {
+        free(tl_scratch.block);
+        if (hd < tl_hd) hd = tl_hd;
+        if (gt < tl_gt) gt = tl_gt;
+        tl_scratch = scratch_alloc((int)hd, 1, (int)gt);
+        tl_hd = hd;
+        tl_gt = gt;
+    }
+    return &tl_scratch;
 }
 
 void cpu_attention_forward(act_t *out_, float *lse, const act_t *q_, const act_t *k_,
@@ -23,52 +170,127 @@ void cpu_attention_forward(act_t *out_, float *lse, const act_t *q_, const act_t
     const float *v = v_;        // (B, T, NKV*HD)
     // lse (B, NH, T), seg (B, T)
     CHECK(NKV > 0 && NH % NKV == 0, "attention: NH=%d is not a multiple of NKV=%d", NH, NKV);
-    int group = NH / NKV;
+    if (B <= 0 || T <= 0) return;
+    int group = NH / NKV, nqt = (T + ATT_BQ - 1) / ATT_BQ;
     size_t qs = (size_t)NH * HD, ks = (size_t)NKV * HD;
     float scale = 1.0f / sqrtf((float)HD);
 #pragma omp parallel
     {
-        float *scores = xmalloc((size_t)(T > 0 ? T : 1) * sizeof(float));  // (T) one query row
-#pragma omp for collapse(3) schedule(static, 1)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < NH; h++) {
-                for (int i = 0; i < T; i++) {
-                    int g = h / group;
-                    const int *seg_b = seg ? seg + (size_t)b * T : NULL;
-                    const float *qi = q + ((size_t)b * T + i) * qs + (size_t)h * HD;
-                    float *oi = out + ((size_t)b * T + i) * qs + (size_t)h * HD;
-                    int jend = causal ? i + 1 : T;
-                    float mx = -INFINITY;
-                    for (int j = 0; j < jend; j++) {
-                        if (!visible(seg_b, causal, i, j)) continue;
-                        const float *kj = k + ((size_t)b * T + j) * ks + (size_t)g * HD;
-                        scores[j] = dotf(qi, kj, HD) * scale;
-                        if (scores[j] > mx) mx = scores[j];
-                    }
-                    for (int d = 0; d < HD; d++) oi[d] = 0.0f;
-                    float row_lse = -INFINITY;
-                    if (mx > -INFINITY) {  // a row that sees no key keeps zeros and lse = -inf
-                        double sum = 0.0;
-                        for (int j = 0; j < jend; j++) {
-                            if (!visible(seg_b, causal, i, j)) continue;
-                            scores[j] = expf(scores[j] - mx);
-                            sum += scores[j];
-                        }
-                        float inv = (float)(1.0 / sum);
-                        for (int j = 0; j < jend; j++) {
-                            if (!visible(seg_b, causal, i, j)) continue;
-                            const float *vj = v + ((size_t)b * T + j) * ks + (size_t)g * HD;
-                            float p = scores[j] * inv;
-                            for (int d = 0; d < HD; d++) oi[d] += p * vj[d];
-                        }
-                        row_lse = mx + (float)log(sum);
-                    }
-                    if (lse) lse[((size_t)b * NH + h) * T + i] = row_lse;
+        void *sc = cpu_attention_scratch(HD, 1, 1);
+        // tasks have different sizes under the causal mask: dynamic, which changes no result
+#pragma omp for schedule(dynamic, 1)
+        for (int task = 0; task < B * NH * nqt; task++) {
+            int b = task / (NH * nqt), h = task / nqt % NH, i0 = task % nqt * ATT_BQ;
+            int g = h / group;
+            AttnRows a = {.q = q + (size_t)b * T * qs + (size_t)h * HD, .qs = qs,
+                          .k = k + (size_t)b * T * ks + (size_t)g * HD, .v = v + (size_t)b * T * ks + (size_t)g * HD,
+                          .ks = ks, .nk = T, .qpos0 = 0, .causal = causal, .seg = seg ? seg + (size_t)b * T : NULL,
+                          .HD = HD, .scale = scale};
+            cpu_attention_rows(&a, i0, imin(ATT_BQ, T - i0), out + ((size_t)b * T + i0) * qs + (size_t)h * HD,
+                               lse ? lse + ((size_t)b * NH + h) * T + i0 : NULL, sc);
+        }
+    }
+}
+
+// P = exp(S - lse) of one query tile against the key tile in sc (kt, segt); returns the visible count
+CPU_HOT static int probabilities(Scratch *sc, const float *L, const int *seg, int i0, int nq, int j0, int nkt,
+                                 int causal, float scale) {
+    int count = 0;
+    for (int ii = 0; ii < nq; ii++) {
+        float *si = sc->s + (size_t)ii * ATT_BK;
+        int i = i0 + ii, segi = seg ? seg[i] : 0, jlimit = causal ? i - j0 : ATT_BK;
+        float Li = L[i];
+        for (int jj = 0; jj < ATT_BK; jj++) {
+            int vis = (jj < nkt) & (jj <= jlimit) & (sc->segt[jj] == segi) & (Li > -INFINITY);
+            si[jj] = vis ? exp_vec(si[jj] * scale - Li) : 0.0f;
+            count += vis;
+        }
+    }
+    return count;
+}
+
+// dS = P (dP - D) scale, into dp
+CPU_HOT static void score_grads(Scratch *sc, const float *D, int i0, int nq, float scale) {
+    for (int ii = 0; ii < nq; ii++) {
+        const float *pi = sc->s + (size_t)ii * ATT_BK;
+        float *di = sc->dp + (size_t)ii * ATT_BK, Di = D[i0 + ii];
+        for (int jj = 0; jj < ATT_BK; jj++) di[jj] = pi[jj] * (di[jj] - Di) * scale;
+    }
+}
+
+typedef struct {
+    float *dq, *dk, *dv;                            // dq: this chunk's target (dq or a chunk buffer)
+    const float *dout, *q, *k, *v, *out, *lse;
+    const int *seg;
+    int B, T, NH, NKV, HD, causal, chunks;
+    float scale;
+} Bwd;
+
+static void backward_task(const Bwd *w, int b, int g, int c, Scratch *sc) {
+    int T = w->T, NH = w->NH, HD = w->HD, group = NH / w->NKV;
+    size_t qs = (size_t)NH * HD, ks = (size_t)w->NKV * HD;
+    const int *seg = w->seg ? w->seg + (size_t)b * T : NULL;
+    if (w->dq)
+        for (int i = 0; i < T; i++) memset(w->dq + ((size_t)b * T + i) * qs + (size_t)g * group * HD, 0, (size_t)group * HD * sizeof(float));
+    for (int hh = 0; hh < group; hh++)
+        for (int i = 0; i < T; i++) {
+            size_t qo = ((size_t)b * T + i) * qs + (size_t)(g * group + hh) * HD;
+            // tile_gemm's own sum (a 1 x 1 product): D is then summed exactly as dP, so a key
+            // whose value equals the output (a row that sees one key) gets dS = 0 exactly
+            tile_gemm(sc->D + (size_t)hh * T + i, 1, w->dout + qo, HD, w->out + qo, 1, 1, 1, HD, 0);
+        }
+    int ntiles = (T + ATT_BK - 1) / ATT_BK;
+    for (int t = c; t < ntiles; t += w->chunks) {
+        int j0 = t * ATT_BK, nkt = imin(ATT_BK, T - j0);
+        const float *kj = w->k + ((size_t)b * T + j0) * ks + (size_t)g * HD;
+        const float *vj = w->v + ((size_t)b * T + j0) * ks + (size_t)g * HD;
+        pack_transposed(sc->kt, kj, ks, nkt, HD);
+        pack_transposed(sc->vt, vj, ks, nkt, HD);
+        pack_segments(sc->segt, seg, j0, nkt);
+        memset(sc->dk, 0, (size_t)ATT_BK * HD * sizeof(float));
+        memset(sc->dv, 0, (size_t)ATT_BK * HD * sizeof(float));
+        for (int hh = 0; hh < group; hh++) {
+            int h = g * group + hh;
+            const float *L = w->lse + ((size_t)b * NH + h) * T;
+            for (int i0 = w->causal ? j0 / ATT_BQ * ATT_BQ : 0; i0 < T; i0 += ATT_BQ) {
+                int nq = imin(ATT_BQ, T - i0);
+                size_t qo = ((size_t)b * T + i0) * qs + (size_t)h * HD;
+                tile_gemm(sc->s, ATT_BK, w->q + qo, qs, sc->kt, ATT_BK, nq, ATT_BK, HD, 0);  // S = Q K^T
+                if (!probabilities(sc, L, seg, i0, nq, j0, nkt, w->causal, w->scale)) continue;
+                if (w->dv) {  // dV += P^T dO
+                    transpose_tile(sc->tt, sc->s, nq);
+                    tile_gemm(sc->dv, HD, sc->tt, ATT_BQ, w->dout + qo, qs, nkt, HD, nq, 1);
                 }
+                if (!w->dk && !w->dq) continue;
+                tile_gemm(sc->dp, ATT_BK, w->dout + qo, qs, sc->vt, ATT_BK, nq, ATT_BK, HD, 0);  // dP = dO V^T
+                score_grads(sc, sc->D + (size_t)hh * T, i0, nq, w->scale);
+                if (w->dk) {  // dK += dS^T Q
+                    transpose_tile(sc->tt, sc->dp, nq);
+                    tile_gemm(sc->dk, HD, sc->tt, ATT_BQ, w->q + qo, qs, nkt, HD, nq, 1);
+                }
+                if (w->dq) tile_gemm(w->dq + qo, qs, sc->dp, ATT_BK, kj, ks, nq, HD, nkt, 1);  // dQ += dS K
             }
         }
-        free(scores);
+        for (int jj = 0; jj < nkt; jj++) {
+            size_t ko = ((size_t)b * T + j0 + jj) * ks + (size_t)g * HD;
+            if (w->dk) memcpy(w->dk + ko, sc->dk + (size_t)jj * HD, (size_t)HD * sizeof(float));
+            if (w->dv) memcpy(w->dv + ko, sc->dv + (size_t)jj * HD, (size_t)HD * sizeof(float));
+        }
     }
+}
+
+// key chunks of the backward: about ATT_BWD_TASKS tasks with the (batch, kv head) pairs, at most
+// one chunk per key tile; a function of the shapes only, so the results are the same at any
+// thread count
+static int backward_chunks(int B, int T, int NKV) {
+    int ntiles = (T + ATT_BK - 1) / ATT_BK, pairs = B * NKV > 0 ? B * NKV : 1;
+    int chunks = (ATT_BWD_TASKS + pairs - 1) / pairs;
+    return chunks < ntiles ? chunks : ntiles > 0 ? ntiles : 1;
+}
+
+size_t cpu_attention_backward_scratch(int B, int T, int NH, int NKV, int HD) {
+    if (B <= 0 || T <= 0) return 0;
+    return (size_t)(backward_chunks(B, T, NKV) - 1) * B * T * NH * HD * sizeof(float);
 }
 
 // P_ij = exp(S_ij - lse_i), dP_ij = dout_i . v_j, D_i = sum_j P_ij dP_ij = dout_i . out_i,
@@ -79,90 +301,41 @@ void cpu_attention_backward(act_t *dq_, act_t *dk_, act_t *dv_, const act_t *dou
                             const float *lse, const int *seg, int B, int T, int NH, int NKV,
                             int HD, int causal) {
     float *dq = dq_;                // (B, T, NH*HD)
-    float *dk = dk_;                // (B, T, NKV*HD)
-    float *dv = dv_;                // (B, T, NKV*HD)
-    const float *dout = dout_;      // (B, T, NH*HD)
-    const float *q = q_;            // (B, T, NH*HD)
-    const float *k = k_;            // (B, T, NKV*HD)
-    const float *v = v_;            // (B, T, NKV*HD)
-    const float *out = out_;        // (B, T, NH*HD)
+    // dout, q, out (B, T, NH*HD); dk, dv, k, v (B, T, NKV*HD); lse (B, NH, T)
     CHECK(NKV > 0 && NH % NKV == 0, "attention: NH=%d is not a multiple of NKV=%d", NH, NKV);
-    int group = NH / NKV;
-    size_t qs = (size_t)NH * HD, ks = (size_t)NKV * HD;
-    float scale = 1.0f / sqrtf((float)HD);
-    float *Drow = xmalloc(((size_t)B * NH * T + 1) * sizeof(float));  // (B, NH, T)
-
-    // pass 1: D_i, and dq_i from all keys the query sees
+    if (B <= 0 || T <= 0 || (!dq && !dk_ && !dv_)) return;
+    int pairs = B * NKV, chunks = backward_chunks(B, T, NKV);
+    size_t nq = (size_t)B * T * NH * HD, part_bytes = (size_t)(chunks - 1) * nq * sizeof(float);
+    // (chunks-1, B, T, NH*HD): the backend's reserved scratch when it is large enough (training:
+    // the memory plan reserved it for the model's largest call), else a temporary
+    float *parts = NULL, *own = NULL;
+    if (dq && chunks > 1) {
+        parts = cpu_workspace(part_bytes);
+        if (!parts) parts = own = xmalloc(part_bytes);
+    }
+    Bwd w = {.dk = dk_, .dv = dv_, .dout = dout_, .q = q_, .k = k_, .v = v_, .out = out_, .lse = lse, .seg = seg,
+             .B = B, .T = T, .NH = NH, .NKV = NKV, .HD = HD, .causal = causal, .chunks = chunks,
+             .scale = 1.0f / sqrtf((float)HD)};
 #pragma omp parallel
     {
-        float *acc = xmalloc((size_t)(HD > 0 ? HD : 1) * sizeof(float));
-#pragma omp for collapse(3) schedule(static, 1)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < NH; h++) {
-                for (int i = 0; i < T; i++) {
-                    int g = h / group;
-                    const int *seg_b = seg ? seg + (size_t)b * T : NULL;
-                    size_t qo = ((size_t)b * T + i) * qs + (size_t)h * HD;
-                    const float *qi = q + qo, *doi = dout + qo;
-                    float L = lse[((size_t)b * NH + h) * T + i];
-                    float D = dotf(doi, out + qo, HD);
-                    Drow[((size_t)b * NH + h) * T + i] = D;
-                    if (!dq) continue;
-                    for (int d = 0; d < HD; d++) acc[d] = 0.0f;
-                    int jend = causal ? i + 1 : T;
-                    for (int j = 0; j < jend; j++) {
-                        if (!visible(seg_b, causal, i, j)) continue;
-                        const float *kj = k + ((size_t)b * T + j) * ks + (size_t)g * HD;
-                        const float *vj = v + ((size_t)b * T + j) * ks + (size_t)g * HD;
-                        float p = expf(dotf(qi, kj, HD) * scale - L);
-                        float ds = p * (dotf(doi, vj, HD) - D);
-                        for (int d = 0; d < HD; d++) acc[d] += ds * kj[d];
-                    }
-                    for (int d = 0; d < HD; d++) dq[qo + d] = acc[d] * scale;
+        Scratch *sc = cpu_attention_scratch(HD, NH / NKV, T);
+#pragma omp for schedule(dynamic, 1)
+        for (int task = 0; task < pairs * chunks; task++) {
+            int c = task / pairs, b = task % pairs / NKV, g = task % NKV;
+            Bwd wt = w;
+            wt.dq = !dq ? NULL : c == 0 ? dq : parts + (size_t)(c - 1) * nq;
+            backward_task(&wt, b, g, c, sc);
+        }
+        if (parts) {  // dq = chunk 0 + chunk 1 + ... in that order
+#pragma omp for schedule(static)
+            for (size_t r = 0; r < (size_t)B * T; r++) {
+                float *d = dq + r * NH * HD;
+                for (int c = 1; c < chunks; c++) {
+                    const float *p = parts + (size_t)(c - 1) * nq + r * NH * HD;
+                    for (int x = 0; x < NH * HD; x++) d[x] += p[x];
                 }
             }
         }
-        free(acc);
     }
-
-    // pass 2: dk_j and dv_j from every query of every head in the group that sees key j
-    if (dk || dv) {
-#pragma omp parallel
-        {
-            float *acc_k = xmalloc((size_t)(HD > 0 ? HD : 1) * 2 * sizeof(float));
-            float *acc_v = acc_k + (HD > 0 ? HD : 1);
-#pragma omp for collapse(3) schedule(static, 1)
-            for (int b = 0; b < B; b++) {
-                for (int g = 0; g < NKV; g++) {
-                    for (int j = 0; j < T; j++) {
-                        const int *seg_b = seg ? seg + (size_t)b * T : NULL;
-                        size_t ko = ((size_t)b * T + j) * ks + (size_t)g * HD;
-                        const float *kj = k + ko, *vj = v + ko;
-                        for (int d = 0; d < HD; d++) acc_k[d] = acc_v[d] = 0.0f;
-                        for (int h = g * group; h < (g + 1) * group; h++) {
-                            const float *L = lse + ((size_t)b * NH + h) * T;
-                            const float *Dh = Drow + ((size_t)b * NH + h) * T;
-                            for (int i = causal ? j : 0; i < T; i++) {
-                                if (!visible(seg_b, causal, i, j)) continue;
-                                size_t qo = ((size_t)b * T + i) * qs + (size_t)h * HD;
-                                const float *qi = q + qo, *doi = dout + qo;
-                                float p = expf(dotf(qi, kj, HD) * scale - L[i]);
-                                float ds = p * (dotf(doi, vj, HD) - Dh[i]);
-                                for (int d = 0; d < HD; d++) {
-                                    acc_v[d] += p * doi[d];
-                                    acc_k[d] += ds * qi[d];
-                                }
-                            }
-                        }
-                        if (dk)
-                            for (int d = 0; d < HD; d++) dk[ko + d] = acc_k[d] * scale;
-                        if (dv)
-                            for (int d = 0; d < HD; d++) dv[ko + d] = acc_v[d];
-                    }
-                }
-            }
-            free(acc_k);
-        }
-    }
-    free(Drow);
+    free(own);
 }

@@ -2,9 +2,10 @@
 // On the CPU act_t is float, so every act_t pointer of kernels.h is a float pointer here.
 //
 // Determinism: every op gives bit-identical results run after run at a fixed thread count (most
-// at any thread count). Loops are parallel only over independent outputs with schedule(static),
-// each output is summed in one fixed sequential order, and there are no float reductions or
-// atomics. Sums over rows into one parameter gradient are parallel over channels instead.
+// at any thread count). Loops are parallel only over independent outputs (schedule(static), or
+// dynamic where tasks differ in size and each task's outputs are its own), each output is summed
+// in one fixed sequential order, and there are no float reductions or atomics. Sums over rows into
+// one parameter gradient are parallel over channels instead.
 #pragma once
 #include <stddef.h>
 
@@ -49,7 +50,39 @@ void cpu_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int n
 void cpu_rope_backward(act_t *dinp, const act_t *dout, const int *pos, int N, int n_heads,
                        int head_dim, float theta);
 
+// tile.c: C (M, N) += A (M, K) . B (K, N) (acc 1) or C = A . B (acc 0), row-major with leading
+// dimensions; each element summed over k in order, so a row's result does not depend on M or on
+// the rows around it
+void tile_gemm(float *C, size_t ldc, const float *A, size_t lda, const float *B, size_t ldb, int M, int N, int K,
+               int acc);
+
 // attention.c
+// the tiles of the flash-style attention: queries x keys
+#define ATT_BQ 64
+#define ATT_BK 64
+// one (batch, head)'s rows for the forward tile, which attention_forward and attention_cached share
+typedef struct {
+    const float *q;         // query row 0; rows qs apart
+    const float *k, *v;     // key / value row 0 of the head's kv head; rows ks apart
+    size_t qs, ks;
+    int nk;                 // keys 0 .. nk-1 exist
+    int qpos0;              // position of query row 0: under the causal mask row i sees keys <= qpos0 + i
+    int causal;
+    const int *seg;         // segment id per row (queries and keys alike), or NULL
+    int HD;
+    float scale;
+} AttnRows;
+// query rows i0 .. i0+nq-1 (nq <= ATT_BQ): out rows (qs apart), lse (consecutive) when not NULL
+void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *lse, void *scratch);
+// this thread's scratch for head_dim HD and D of `group` heads over T rows (a forward: (HD, 1, 1)),
+// kept for the thread's later calls
+void *cpu_attention_scratch(int HD, int group, int T);
+// bytes of the backward's dq chunk buffers for this call (0 when it runs in one chunk)
+size_t cpu_attention_backward_scratch(int B, int T, int NH, int NKV, int HD);
+
+// cpu_backend.c: the scratch reserved by workspace_reserve, when it holds `bytes`; else NULL
+// (the op then allocates a temporary: op tests run without a reservation)
+void *cpu_workspace(size_t bytes);
 void cpu_attention_forward(act_t *out, float *lse, const act_t *q, const act_t *k,
                            const act_t *v, const int *seg, int B, int T, int NH, int NKV,
                            int HD, int causal);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "kernels/cpu/blas_core.h"
 #include "kernels/cpu/cpu.h"
 
 // bytes asked of cpu_alloc, held now and at most; allocation happens on the main thread only.
@@ -57,13 +58,25 @@ static void cpu_available(size_t *free_bytes, size_t *total_bytes) {
     if (total_bytes) *total_bytes = total;
 }
 
-// the CPU ops take their few temporaries from malloc per call (at most one fp32 value per
-// attention row); nothing is reserved
+// The ops' scratch: the attention backward's dq chunk buffers for the model's largest call,
+// reserved once through cpu_alloc (so memory() and the plan count it). The other temporaries are
+// small (one tile per thread) and come from malloc per call.
+static void *g_work;
+static size_t g_work_bytes;
+
 static size_t cpu_workspace_bytes(const KernelsWork *w) {
-    (void)w;
-    return 0;
+    if (w->attn_B <= 0) return 0;
+    return cpu_attention_backward_scratch(w->attn_B, w->attn_T, w->attn_NH, w->attn_NKV, w->attn_HD);
 }
-static void cpu_workspace_reserve(const KernelsWork *w) { (void)w; }
+
+static void cpu_workspace_reserve(const KernelsWork *w) {
+    cpu_free(g_work);
+    g_work = NULL;
+    g_work_bytes = cpu_workspace_bytes(w);
+    if (g_work_bytes) g_work = cpu_alloc(g_work_bytes);
+}
+
+void *cpu_workspace(size_t bytes) { return bytes <= g_work_bytes ? g_work : NULL; }
 
 static void cpu_zero(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
@@ -168,4 +181,7 @@ static const Kernels cpu_kernels = {
     .adamw_span = cpu_adamw_span,
 };
 
-const Kernels *kernels_cpu(void) { return &cpu_kernels; }
+const Kernels *kernels_cpu(void) {
+    cpu_blas_init();
+    return &cpu_kernels;
+}

@@ -3,6 +3,12 @@
 
 #include "common/util.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/simd.h"
+
+// d = exp(x - mx), vectorised
+CPU_HOT static void exp_shifted(float *d, const float *x, float mx, int V) {
+    for (int j = 0; j < V; j++) d[j] = exp_vec(x[j] - mx);
+}
 
 void cpu_cross_entropy(float *losses, act_t *dlogits_, const act_t *logits_, const int *targets,
                        int M, int V, float dscale) {
@@ -21,10 +27,8 @@ void cpu_cross_entropy(float *losses, act_t *dlogits_, const act_t *logits_, con
         double sum = 0.0;
         float *d = dlogits ? dlogits + (size_t)i * V : NULL;
         if (d) {
-            for (int j = 0; j < V; j++) {
-                d[j] = expf(x[j] - mx);
-                sum += d[j];
-            }
+            exp_shifted(d, x, mx, V);
+            for (int j = 0; j < V; j++) sum += d[j];
         } else {
             for (int j = 0; j < V; j++) sum += expf(x[j] - mx);
         }

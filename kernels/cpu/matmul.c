@@ -1,12 +1,61 @@
-// matmul.c: the linear layer, forward and backward, on OpenBLAS sgemm (row-major).
-// OpenBLAS gives the same bits run after run at a fixed thread count; the bias gradient is
-// summed here per column in row order, so it is independent of the thread count.
+// matmul.c: the linear layer, forward and backward, on the BLAS's sgemm (row-major).
+// One thread pool: the BLAS runs single-threaded (cpu_blas_init) and each GEMM's output is split
+// in blocks of rows or columns among the OpenMP threads, each block one sgemm call. So OpenMP and
+// the BLAS never wait for each other's threads (no spinning BLAS workers taking the cores from
+// OpenMP's, no hand-off between two pools), and the split is a pure function of the shape and
+// the thread count: the same bits run after run. The bias gradient is summed here per column in
+// row order, so it is independent of the thread count.
+#include <omp.h>
+
 #include "kernels/cpu/blas.h"
 
 #include "kernels/cpu/cpu.h"
 
 // BLAS rejects a leading dimension of 0 even when the matrix is empty
 static int ld(int n) { return n > 0 ? n : 1; }
+
+// below this many multiply-adds a GEMM runs on the calling thread: waking the others costs more
+#define SPLIT_MIN_MACS (1 << 20)
+// blocks start at multiples of this (a cache line of floats)
+#define SPLIT_ALIGN 16
+
+// rows r0..r1, columns c0..c1 of C (stride ldc) += bias (N) by column
+static void add_bias(float *C, int ldc, const float *bias, int r0, int r1, int c0, int c1) {
+    for (int r = r0; r < r1; r++) {
+        float *row = C + (size_t)r * ldc;
+        for (int c = c0; c < c1; c++) row[c] += bias[c];
+    }
+}
+
+// C (M, N) = alpha op(A) op(B) + beta C (+ bias (N) on every row when not NULL), row-major, the
+// output split among the threads along its longer side; each thread adds the bias to its block
+static void sgemm_split(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                        const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
+                        const float *bias) {
+    if ((double)M * N * K < SPLIT_MIN_MACS || omp_get_max_threads() == 1 || omp_in_parallel()) {
+        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        if (bias) add_bias(C, ldc, bias, 0, M, 0, N);
+        return;
+    }
+    int by_rows = M >= N, len = by_rows ? M : N, units = (len + SPLIT_ALIGN - 1) / SPLIT_ALIGN;
+#pragma omp parallel
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int s = (int)((long)units * t / nt) * SPLIT_ALIGN, e = (int)((long)units * (t + 1) / nt) * SPLIT_ALIGN;
+        if (e > len) e = len;
+        if (e > s) {
+            if (by_rows) {  // rows s..e of op(A) and of C
+                cblas_sgemm(CblasRowMajor, ta, tb, e - s, N, K, alpha, A + (ta == CblasNoTrans ? (size_t)s * lda : (size_t)s),
+                            lda, B, ldb, beta, C + (size_t)s * ldc, ldc);
+                if (bias) add_bias(C, ldc, bias, s, e, 0, N);
+            } else {  // columns s..e of op(B) and of C
+                cblas_sgemm(CblasRowMajor, ta, tb, M, e - s, K, alpha, A, lda,
+                            B + (tb == CblasNoTrans ? (size_t)s : (size_t)s * ldb), ldb, beta, C + s, ldc);
+                if (bias) add_bias(C, ldc, bias, 0, M, s, e);
+            }
+        }
+    }
+}
 
 void cpu_matmul_forward(act_t *out_, const act_t *inp_, const act_t *w_, const act_t *bias_, int N,
                         int C, int OC, float alpha, int accumulate) {
@@ -16,15 +65,8 @@ void cpu_matmul_forward(act_t *out_, const act_t *inp_, const act_t *w_, const a
     const float *bias = bias_;        // (OC) or NULL
     if (N <= 0 || OC <= 0) return;
     // beta = 0 makes BLAS ignore whatever out held, NaN included
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, alpha, inp, ld(C), w, ld(C),
-                accumulate ? 1.0f : 0.0f, out, OC);
-    if (bias) {
-#pragma omp parallel for schedule(static)
-        for (int n = 0; n < N; n++) {
-            float *row = out + (size_t)n * OC;
-            for (int o = 0; o < OC; o++) row[o] += bias[o];
-        }
-    }
+    sgemm_split(CblasNoTrans, CblasTrans, N, OC, C, alpha, inp, ld(C), w, ld(C), accumulate ? 1.0f : 0.0f, out, OC,
+                bias);
 }
 
 void cpu_matmul_backward(act_t *dinp_, float *dw, float *dbias, const act_t *dout_,
@@ -35,11 +77,9 @@ void cpu_matmul_backward(act_t *dinp_, float *dw, float *dbias, const act_t *dou
     const float *w = w_;              // (OC, C)
     if (N <= 0 || OC <= 0) return;
     if (dinp && C > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, alpha, dout, OC, w, ld(C),
-                    1.0f, dinp, ld(C));
+        sgemm_split(CblasNoTrans, CblasNoTrans, N, C, OC, alpha, dout, OC, w, ld(C), 1.0f, dinp, ld(C), NULL);
     if (dw && C > 0)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, alpha, dout, OC, inp, ld(C),
-                    1.0f, dw, ld(C));
+        sgemm_split(CblasTrans, CblasNoTrans, OC, C, N, alpha, dout, OC, inp, ld(C), 1.0f, dw, ld(C), NULL);
     if (dbias) {
         int nblocks = (OC + CPU_COL_BLOCK - 1) / CPU_COL_BLOCK;
         // one task per block of columns walks the rows in order: contiguous reads, a fixed

@@ -1,9 +1,21 @@
 // pointwise.c: elementwise activations (GELU erf and tanh forms, CLIP's quick_gelu, SwiGLU) and
 // addition.
 // Each element is read before it is written, so an output may alias an input of the same op.
+// The sigmoids run on exp_vec in CPU_HOT spans (one per thread), so they vectorise.
 #include <math.h>
+#include <omp.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/simd.h"
+
+// this thread's share [*i0, *i1) of n elements, in blocks of 16 (a cache line)
+static void thread_span(size_t n, size_t *i0, size_t *i1) {
+    size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads(), blocks = (n + 15) / 16;
+    *i0 = blocks * t / nt * 16;
+    *i1 = blocks * (t + 1) / nt * 16;
+    if (*i1 > n) *i1 = n;
+    if (*i0 > *i1) *i0 = *i1;
+}
 
 #define SQRT1_2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
@@ -11,7 +23,7 @@
 #define GELU_TANH_K 0.79788456080286535588f  // sqrt(2 / pi)
 #define GELU_TANH_C 0.044715f
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + exp_vec(-x)); }
 
 // torch.nn.GELU(): x * 0.5 * (1 + erf(x / sqrt(2)))
 void cpu_gelu_forward(act_t *out_, const act_t *inp_, size_t n) {
@@ -38,24 +50,36 @@ void cpu_gelu_backward(act_t *dinp_, const act_t *dout_, const act_t *inp_, size
 }
 
 // CLIP's quick_gelu: x * sigmoid(1.702 x)
-void cpu_quick_gelu_forward(act_t *out_, const act_t *inp_, size_t n) {
-    float *out = out_;
-    const float *inp = inp_;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
+CPU_HOT static void quick_gelu_span(float *out, const float *inp, size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; i++) {
         float x = inp[i];
         out[i] = x * sigmoidf(QUICK_GELU_K * x);
     }
 }
 
-void cpu_quick_gelu_backward(act_t *dinp_, const act_t *dout_, const act_t *inp_, size_t n) {
-    float *dinp = dinp_;
-    const float *dout = dout_, *inp = inp_;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
+void cpu_quick_gelu_forward(act_t *out, const act_t *inp, size_t n) {
+#pragma omp parallel
+    {
+        size_t i0, i1;
+        thread_span(n, &i0, &i1);
+        quick_gelu_span(out, inp, i0, i1);
+    }
+}
+
+CPU_HOT static void quick_gelu_grad_span(float *dinp, const float *dout, const float *inp, size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; i++) {
         float x = inp[i];
         float s = sigmoidf(QUICK_GELU_K * x);
         dinp[i] = dout[i] * (s + x * QUICK_GELU_K * s * (1.0f - s));
+    }
+}
+
+void cpu_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
+#pragma omp parallel
+    {
+        size_t i0, i1;
+        thread_span(n, &i0, &i1);
+        quick_gelu_grad_span(dinp, dout, inp, i0, i1);
     }
 }
 
@@ -84,27 +108,48 @@ void cpu_gelu_tanh_backward(act_t *dinp_, const act_t *dout_, const act_t *inp_,
 }
 
 // out = silu(gate) * up, silu(x) = x / (1 + exp(-x)) as torch computes it
-void cpu_swiglu_forward(act_t *out_, const act_t *gate_, const act_t *up_, size_t n) {
-    float *out = out_;
-    const float *gate = gate_, *up = up_;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
+CPU_HOT static void swiglu_span(float *out, const float *gate, const float *up, size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + exp_vec(-g)) * up[i];
+    }
+}
+
+void cpu_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
+#pragma omp parallel
+    {
+        size_t i0, i1;
+        thread_span(n, &i0, &i1);
+        swiglu_span(out, gate, up, i0, i1);
     }
 }
 
 // dgate = dout * up * silu'(gate) with silu'(x) = s (1 + x (1 - s)); dup = dout * silu(gate)
-void cpu_swiglu_backward(act_t *dgate_, act_t *dup_, const act_t *dout_, const act_t *gate_,
-                         const act_t *up_, size_t n) {
-    float *dgate = dgate_, *dup = dup_;
-    const float *dout = dout_, *gate = gate_, *up = up_;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
+CPU_HOT static void swiglu_grad_span(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                     size_t i0, size_t i1) {
+    if (dgate && dup) {  // the usual case, one loop without branches
+        for (size_t i = i0; i < i1; i++) {
+            float g = gate[i], u = up[i], d = dout[i];
+            float s = sigmoidf(g);
+            dgate[i] = d * u * (s * (1.0f + g * (1.0f - s)));
+            dup[i] = d * (g * s);
+        }
+        return;
+    }
+    for (size_t i = i0; i < i1; i++) {
         float g = gate[i], u = up[i], d = dout[i];
         float s = sigmoidf(g);
         if (dgate) dgate[i] = d * u * (s * (1.0f + g * (1.0f - s)));
         if (dup) dup[i] = d * (g * s);
+    }
+}
+
+void cpu_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up, size_t n) {
+#pragma omp parallel
+    {
+        size_t i0, i1;
+        thread_span(n, &i0, &i1);
+        swiglu_grad_span(dgate, dup, dout, gate, up, i0, i1);
     }
 }
 

@@ -1,0 +1,58 @@
+// simd.h: what the CPU backend's hot loops share: CPU_HOT (one binary compiled for several
+// instruction sets, the best picked at load time), a 16-float vector type, and an expf that
+// vectorises.
+//
+// CPU_HOT on x86-64 with GCC makes target clones of a function for x86-64-v4 (AVX-512), v3 (AVX2 +
+// FMA) and the baseline (SSE2); the loader's ifunc resolver picks the one the CPU and the OS
+// support. On aarch64 NEON is the baseline, so one build serves. In those functions a * b + c may
+// become one fused multiply-add (the rest of svlm builds with -ffp-contract=off): the results
+// then differ in the last bits between CPUs with and without FMA, but never between runs or
+// thread counts on one machine, which is what resume relies on.
+#pragma once
+#include <stdint.h>
+#include <string.h>
+
+// CPU_HOT_EXPLICIT: the same clones with the auto-vectoriser off, for code written on vf16: its
+// scalar loops then stay scalar in every copy, so an element gets the same arithmetic whichever
+// block of the loop nest computes it (tile_gemm's rows must not depend on their neighbours).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define CPU_CLONES target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"),
+#else
+#define CPU_CLONES
+#endif
+#if defined(__GNUC__) && !defined(__clang__)
+#define CPU_HOT __attribute__((CPU_CLONES optimize("fp-contract=fast", "vect-cost-model=dynamic")))
+#define CPU_HOT_EXPLICIT __attribute__((CPU_CLONES optimize("fp-contract=fast", "no-tree-vectorize")))
+#else
+#define CPU_HOT
+#define CPU_HOT_EXPLICIT
+#endif
+
+// 16 floats, one AVX-512 register (two AVX2, four SSE / NEON); aligned(4): loads and stores
+// through it may be unaligned
+typedef float vf16 __attribute__((vector_size(64), aligned(4), may_alias));
+
+// e^x to about 1 ulp, branch-free so that loops over it vectorise: x = n ln2 + r with |r| <= ln2/2,
+// e^r by Cephes' degree-6 polynomial, 2^n put into the exponent bits. x below -87.3 (and -inf)
+// gives exactly 0, which masks; x above 88 is clamped (attention and the activations never
+// get there: their arguments are <= 0 or bounded by the caller).
+static inline float exp_vec(float x) {
+    float xc = x < -87.33654f ? -87.33654f : x;
+    xc = xc > 88.0f ? 88.0f : xc;
+    float n = xc * 1.44269504088896341f + 12582912.0f;  // + 1.5 * 2^23: rounds to an integer
+    n = n - 12582912.0f;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    float y = p * two_n;
+    return x < -87.33654f ? 0.0f : y;
+}
