@@ -37,32 +37,60 @@ typedef struct {
     int lora_r;
     float lora_alpha;
     int batch, steps;  // defaults
+    ConnectorType connector;
+    int connector_scale;  // 0: the connector's default
+    int vision_layer;
 } Preset;
 
 static const Preset presets[] = {
     // fixture-like sizes: every code path, milliseconds per step on a CPU
     {.name = "tiny",
      .vc = {.hidden = 64, .layers = 2, .heads = 4, .head_dim = 16, .mlp = 128, .image_size = 64, .patch = 8,
-            .grid = 8, .n_patches = 64, .eps = 1e-5f, .quick_gelu = 1},
+            .grid = 8, .n_patches = 64, .eps = 1e-5f, .act = VIT_ACT_QUICK_GELU},
      .lc = {.model_type = "qwen2", .vocab = 1000, .hidden = 96, .layers = 2, .heads = 6, .kv_heads = 2, .head_dim = 16,
             .mlp = 160, .max_pos = 4096, .eps = 1e-6f, .rope_theta = 1e6f, .qkv_bias = 1, .tied = 1, .bos_id = -1,
             .eos_id = -1},
-     .llm_init_std = 0.1f, .lora_r = 8, .lora_alpha = 16, .batch = 2, .steps = 5},
+     .llm_init_std = 0.1f, .lora_r = 8, .lora_alpha = 16, .batch = 2, .steps = 5, .connector = CONNECTOR_LDP,
+     .vision_layer = -2},
     // the former bench_cpu model: a CPU step of a few seconds
     {.name = "mid",
      .vc = {.hidden = 384, .layers = 6, .heads = 6, .head_dim = 64, .mlp = 1536, .image_size = 224, .patch = 14,
-            .grid = 16, .n_patches = 256, .eps = 1e-5f, .quick_gelu = 1},
+            .grid = 16, .n_patches = 256, .eps = 1e-5f, .act = VIT_ACT_QUICK_GELU},
      .lc = {.model_type = "llama", .vocab = 16000, .hidden = 512, .layers = 8, .heads = 8, .kv_heads = 2, .head_dim = 64,
             .mlp = 1536, .max_pos = 4096, .eps = 1e-6f, .rope_theta = 1e6f, .tied = 1, .bos_id = -1, .eos_id = -1},
-     .llm_init_std = 0.02f, .lora_r = 16, .lora_alpha = 32, .batch = 4, .steps = 3},
+     .llm_init_std = 0.02f, .lora_r = 16, .lora_alpha = 32, .batch = 4, .steps = 3, .connector = CONNECTOR_LDP,
+     .vision_layer = -2},
     // the reference recipe: CLIP ViT-L/14-336 + ldp + Qwen2-0.5B, LoRA r 64 alpha 16
     {.name = "reference",
      .vc = {.hidden = 1024, .layers = 24, .heads = 16, .head_dim = 64, .mlp = 4096, .image_size = 336, .patch = 14,
-            .grid = 24, .n_patches = 576, .eps = 1e-5f, .quick_gelu = 1},
+            .grid = 24, .n_patches = 576, .eps = 1e-5f, .act = VIT_ACT_QUICK_GELU},
      .lc = {.model_type = "qwen2", .vocab = 151936, .hidden = 896, .layers = 24, .heads = 14, .kv_heads = 2,
             .head_dim = 64, .mlp = 4864, .max_pos = 32768, .eps = 1e-6f, .rope_theta = 1e6f, .qkv_bias = 1, .tied = 1,
             .bos_id = -1, .eos_id = -1},
-     .llm_init_std = 0.02f, .lora_r = 64, .lora_alpha = 16, .batch = 16, .steps = 10},
+     .llm_init_std = 0.02f, .lora_r = 64, .lora_alpha = 16, .batch = 16, .steps = 10, .connector = CONNECTOR_LDP,
+     .vision_layer = -2},
+    // Vintern-1B / InternVL2-1B: InternViT-300M-448px (remote-code names) + pixel shuffle + mlp1
+    // (256 tokens) + Qwen2-0.5B
+    {.name = "internvit",
+     .vc = {.type = VIT_INTERNVIT, .hidden = 1024, .layers = 24, .heads = 16, .head_dim = 64, .mlp = 4096,
+            .image_size = 448, .patch = 14, .grid = 32, .n_patches = 1024, .eps = 1e-6f, .act = VIT_ACT_GELU,
+            .qkv_bias = 1},
+     .lc = {.model_type = "qwen2", .vocab = 151936, .hidden = 896, .layers = 24, .heads = 14, .kv_heads = 2,
+            .head_dim = 64, .mlp = 4864, .max_pos = 32768, .eps = 1e-6f, .rope_theta = 1e6f, .qkv_bias = 1, .tied = 1,
+            .bos_id = -1, .eos_id = -1},
+     .llm_init_std = 0.02f, .lora_r = 64, .lora_alpha = 16, .batch = 16, .steps = 10, .connector = CONNECTOR_INTERNVL,
+     .vision_layer = -1},
+    // SmolVLM-500M's shapes: SigLIP-base-patch16-512 + Idefics3 pixel shuffle by 4 (64 tokens) +
+    // SmolLM2-360M
+    {.name = "siglip",
+     .vc = {.type = VIT_SIGLIP, .hidden = 768, .layers = 12, .heads = 12, .head_dim = 64, .mlp = 3072,
+            .image_size = 512, .patch = 16, .grid = 32, .n_patches = 1024, .eps = 1e-6f, .act = VIT_ACT_GELU_TANH,
+            .qkv_bias = 1},
+     .lc = {.model_type = "llama", .vocab = 49152, .hidden = 960, .layers = 32, .heads = 15, .kv_heads = 5,
+            .head_dim = 64, .mlp = 2560, .max_pos = 8192, .eps = 1e-5f, .rope_theta = 1e5f, .tied = 1, .bos_id = -1,
+            .eos_id = -1},
+     .llm_init_std = 0.02f, .lora_r = 64, .lora_alpha = 16, .batch = 16, .steps = 10, .connector = CONNECTOR_IDEFICS3,
+     .connector_scale = 4, .vision_layer = -1},
 };
 
 // stage 1 trains the connector at lr 1e-3; stage 2 LoRA at 2e-4 and the connector at 2e-5
@@ -183,10 +211,10 @@ static Flops step_flops(const Vlm *m, int B, const int *len, int n_img, int64_t 
     double Tv = vit_seq_len(v), Cv = vit_feature_dim(v);
     f.vision = 2.0 * n_img * v->n_patches * (3.0 * v->patch * v->patch) * Cv;
     f.vision += m->vit.n_run * (double)n_img * (2.0 * Tv * (4 * Cv * Cv + 2 * Cv * v->mlp) + 4.0 * Tv * Tv * Cv);
-    double H = c->hidden, np = m->conn.n_in, no = m->conn.n_out;
-    double conn_f = 2.0 * n_img * np * (Cv * H + H * H);
-    if (m->conn.type == CONNECTOR_LDP) conn_f += 2.0 * n_img * no * 9 * H;
-    f.connector = conn_f + 2.0 * conn_f - 2.0 * n_img * np * Cv * H;  // no gradient into the vision features
+    double H = c->hidden, conn_f, conn_first;
+    m->conn.fam->flops(&m->conn, &conn_f, &conn_first);
+    // no gradient into the vision features: the first layer has no input gradient
+    f.connector = n_img * (conn_f + 2.0 * conn_f - conn_first);
     double QD = (double)c->heads * c->head_dim, KD = (double)c->kv_heads * c->head_dim, I = c->mlp;
     double proj = H * QD + 2 * H * KD + QD * H + 3 * H * I;  // weights per layer
     double r = m->llm.lora.r, lora = 0;
@@ -215,9 +243,9 @@ static void config_signature(const Preset *p, char *buf, size_t cap) {
     const VitConfig *v = &p->vc;
     const LlmConfig *l = &p->lc;
     snprintf(buf, cap,
-             "svlm bench models v1 preset %s | vision %d %d %d %d %d %d %d %g %d | llm %s %d %d %d %d %d %d %d %d %g %g %d %d %g\n",
+             "svlm bench models v1 preset %s | vision %d %d %d %d %d %d %d %g %s %d | llm %s %d %d %d %d %d %d %d %d %g %g %d %d %g\n",
              p->name, v->hidden, v->layers, v->heads, v->head_dim, v->mlp, v->image_size, v->patch, (double)v->eps,
-             v->quick_gelu, l->model_type, l->vocab, l->hidden, l->layers, l->heads, l->kv_heads, l->head_dim, l->mlp,
+             vit_type_name(v), (int)v->act, l->model_type, l->vocab, l->hidden, l->layers, l->heads, l->kv_heads, l->head_dim, l->mlp,
              l->max_pos, (double)l->eps, (double)l->rope_theta, l->qkv_bias, l->tied, (double)p->llm_init_std);
 }
 
@@ -369,8 +397,10 @@ static void print_counts(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, uint
 static void usage(void) {
     printf("usage: bench_step [options]\n"
            "  --device cpu|cuda      backend (default cpu)\n"
-           "  --preset tiny|mid|reference   model sizes (default mid); reference = CLIP ViT-L/14-336 + ldp +\n"
-           "                         Qwen2-0.5B, LoRA r 64 alpha 16 on q,k,v,o,gate,up,down in stage 2\n"
+           "  --preset tiny|mid|reference|internvit|siglip   model sizes (default mid); reference = CLIP\n"
+           "                         ViT-L/14-336 + ldp + Qwen2-0.5B, LoRA r 64 alpha 16 on q,k,v,o,gate,up,down in\n"
+           "                         stage 2; internvit = InternViT-300M-448px + InternVL mlp1 + Qwen2-0.5B;\n"
+           "                         siglip = SigLIP-base-patch16-512 + Idefics3 pixel shuffle 4 + SmolLM2-360M\n"
            "  --stage 1|2            1: connector only; 2: connector + LoRA (default 2)\n"
            "  --batch B              micro-batch (default 16 reference, 4 mid, 2 tiny)\n"
            "  --steps N              timed steps (default 10 reference, 3 mid, 5 tiny)\n"
@@ -459,7 +489,7 @@ int main(int argc, char **argv) {
     const Preset *p = NULL;
     for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
         if (!strcmp(presets[i].name, preset_name)) p = &presets[i];
-    if (!p) fatal("--preset %s: tiny, mid or reference", preset_name);
+    if (!p) fatal("--preset %s: tiny, mid, reference, internvit or siglip", preset_name);
     if (stage != 1 && stage != 2) fatal("--stage %d: 1 or 2", stage);
     if (B == 0) B = p->batch;
     if (steps < 0) steps = p->steps;
@@ -472,12 +502,13 @@ int main(int argc, char **argv) {
     path_join(ldir, sizeof ldir, mdir, "llm");
 
     // the batch first (its size plans the model's buffers)
-    int slot = connector_tokens(CONNECTOR_LDP, p->vc.grid);
+    int slot = connector_tokens(p->connector, p->connector_scale, p->vc.grid);
     Batch bt;
     make_batch(&bt, stage, B, slot, p->vc.image_size, p->lc.vocab, seed);
 
     double t_load = time_now();
-    VlmSpec spec = {.vision_dir = vdir, .vision_layer = -2, .llm_dir = ldir, .connector = CONNECTOR_LDP,
+    VlmSpec spec = {.vision_dir = vdir, .vision_layer = p->vision_layer, .llm_dir = ldir, .connector = p->connector,
+                    .connector_scale = p->connector_scale,
                     .lora = {.r = stage == 2 ? p->lora_r : 0, .alpha = p->lora_alpha, .targets = 0x7f},
                     .max_B = B, .max_T = bt.T, .max_images = bt.n_img};
     // the memory plan, checked against what setup and the steps then hold
@@ -567,8 +598,9 @@ int main(int argc, char **argv) {
         st_writer_meta(w, "stage", num);
         st_writer_meta(w, "vision_dir", vdir);
         st_writer_meta(w, "llm_dir", ldir);
-        st_writer_meta(w, "vision_layer", "-2");
-        st_writer_meta(w, "connector", "ldp");
+        snprintf(num, sizeof num, "%d", p->vision_layer);
+        st_writer_meta(w, "vision_layer", num);
+        st_writer_meta(w, "connector", connector_type_name(p->connector));
         snprintf(num, sizeof num, "%d", stage == 2 ? p->lora_r : 0);
         st_writer_meta(w, "lora_r", num);
         snprintf(num, sizeof num, "%g", (double)p->lora_alpha);

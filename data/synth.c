@@ -483,7 +483,7 @@ void synth_model_configs(VitConfig *v, LlmConfig *l, int vocab) {
     v->grid = S / 8;
     v->n_patches = v->grid * v->grid;
     v->eps = 1e-5f;
-    v->quick_gelu = 1;
+    v->act = VIT_ACT_QUICK_GELU;
 
     memset(l, 0, sizeof *l);
     snprintf(l->model_type, sizeof l->model_type, "qwen2");
@@ -503,23 +503,19 @@ void synth_model_configs(VitConfig *v, LlmConfig *l, int vocab) {
     l->eos_id = vocab - N_SPECIALS + 2;  // <|im_end|>: ends captions (plain) and turns (chatml)
 }
 
-float synth_llm_init_std(const LlmConfig *l) { return 1.0f / sqrtf((float)l->hidden); }
-
-static int64_t vit_params(const VitConfig *v) {
-    int64_t C = v->hidden, per_layer = 4 * (C * C + C) + 2 * C * v->mlp + v->mlp + C + 4 * C;
-    return C * 3 * v->patch * v->patch + C + (int64_t)(v->n_patches + 1) * C + 4 * C + v->layers * per_layer;
+void synth_vision_family(VitConfig *v, VitType type) {
+    v->type = type;
+    v->act = vit_family_act(type);
+    v->qkv_bias = 1;
+    v->prep = vit_family(type)->model_types[0].prep;
 }
+
+float synth_llm_init_std(const LlmConfig *l) { return 1.0f / sqrtf((float)l->hidden); }
 
 static int64_t llm_params(const LlmConfig *l) {
     int64_t C = l->hidden, q = (int64_t)l->heads * l->head_dim, kv = (int64_t)l->kv_heads * l->head_dim;
     int64_t per_layer = C * q + q + 2 * (C * kv + kv) + q * C + 3 * C * l->mlp + 2 * C;
     return (int64_t)l->vocab * C + C + l->layers * per_layer + (l->tied ? 0 : (int64_t)l->vocab * C);
-}
-
-static void write_file(const char *path, const char *text) {
-    FILE *f = open_w(path);
-    fputs(text, f);
-    close_w(f, path);
 }
 
 static const char *CHAT_TEMPLATE =
@@ -528,28 +524,17 @@ static const char *CHAT_TEMPLATE =
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
-static void write_models(const char *models_dir, int vocab, uint64_t seed, SynthSummary *sum) {
+static void write_models(const char *models_dir, const char *vision, int vocab, uint64_t seed, SynthSummary *sum) {
     VitConfig v;
     LlmConfig l;
     synth_model_configs(&v, &l, vocab);
+    synth_vision_family(&v, vit_family_parse(vision ? vision : "clip"));
     char vdir[2048], ldir[2048], path[2100];
     path_join(vdir, sizeof vdir, models_dir, "vision");
     path_join(ldir, sizeof ldir, models_dir, "llm");
-    hf_random_vision(vdir, &v, seed ^ 0x7669730ULL);
+    sum->vision_params = hf_random_vision(vdir, &v, seed ^ 0x7669730ULL);  // with its preprocessor_config.json
+    sum->vision_title = vit_family(v.type)->title;
     hf_random_llm(ldir, &l, synth_llm_init_std(&l), seed ^ 0x6c6c6dULL);
-    char text[1024];
-    snprintf(text, sizeof text,
-             "{\n  \"crop_size\": {\"height\": %d, \"width\": %d},\n  \"do_center_crop\": true,\n"
-             "  \"do_convert_rgb\": true,\n  \"do_normalize\": true,\n  \"do_rescale\": true,\n"
-             "  \"do_resize\": true,\n"
-             "  \"image_mean\": [0.48145466, 0.4578275, 0.40821073],\n"
-             "  \"image_processor_type\": \"CLIPImageProcessor\",\n"
-             "  \"image_std\": [0.26862954, 0.26130258, 0.27577711],\n"
-             "  \"resample\": 3,\n  \"rescale_factor\": 0.00392156862745098,\n"
-             "  \"size\": {\"shortest_edge\": %d}\n}\n",
-             S, S, S);
-    path_join(path, sizeof path, vdir, "preprocessor_config.json");
-    write_file(path, text);
     FILE *f;
     path_join(path, sizeof path, ldir, "tokenizer_config.json");
     f = open_w(path);
@@ -561,7 +546,6 @@ static void write_models(const char *models_dir, int vocab, uint64_t seed, Synth
     json_str(f, CHAT_TEMPLATE);
     fputs("\n}\n", f);
     close_w(f, path);
-    sum->vision_params = vit_params(&v);
     sum->llm_params = llm_params(&l);
 }
 
@@ -835,6 +819,6 @@ void synth_run(const SynthSpec *spec, SynthSummary *sum) {
     sum->n_val = spec->n_val;
     sum->n_heldout = spec->n_heldout;
 
-    write_models(models, sum->vocab, spec->seed, sum);
+    write_models(models, spec->vision, sum->vocab, spec->seed, sum);
     sum->seconds = time_now() - t0;
 }

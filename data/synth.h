@@ -91,8 +91,10 @@ const char *const *synth_words(int *n);
 // follow the model vocabulary. Returns the vocabulary size (ids in use). fatal() on I/O errors.
 int synth_write_tokenizer(const char *path);
 
-// the demo models' sizes (vocab: the tokenizer's size)
+// the demo models' sizes (vocab: the tokenizer's size); the vision tower is CLIP, and
+// synth_vision_family makes it another family's at the same sizes
 void synth_model_configs(VitConfig *vision, LlmConfig *llm, int vocab);
+void synth_vision_family(VitConfig *vision, VitType type);
 // init std of the LLM's weights: 1/sqrt(hidden), so that the frozen tied embeddings can give
 // confident logits (with 0.02 a 128-wide model could never push a token above ~2 nats)
 float synth_llm_init_std(const LlmConfig *llm);
@@ -103,6 +105,7 @@ typedef struct {
     int n_train, n_val, n_heldout;
     int n_bench;  // images of the held-out benchmarks (0: none written)
     int quiet;  // no summary line
+    const char *vision;  // the vision tower's family (vit_family_parse); NULL: clip
 } SynthSpec;
 
 void synth_spec_defaults(SynthSpec *s);  // seed 3, 4000 train, 200 val, 4 held out, 200 benchmark
@@ -113,6 +116,7 @@ typedef struct {
     int vocab;                      // tokenizer size = LLM vocab
     int n_words;
     int64_t vision_params, llm_params;
+    const char *vision_title;  // the tower's family as people write it ("CLIP")
     double seconds;
 } SynthSummary;
 

@@ -13,7 +13,7 @@
 // up. Activation gradients are overwritten, except where an op is marked "(+=)": the matmul,
 // the norms and the depthwise conv accumulate into dinp because their input feeds several
 // consumers (q/k/v projections, residual stream). A NULL gradient pointer means "not needed".
-// Pointwise ops (gelu, quick_gelu, swiglu, add and their backwards) allow out to alias an input.
+// Pointwise ops (gelu, quick_gelu, gelu_tanh, swiglu, add and their backwards) allow out to alias an input.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -162,6 +162,10 @@ typedef struct Kernels {
     void (*gelu_backward)(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
     void (*quick_gelu_forward)(act_t *out, const act_t *inp, size_t n);  // x * sigmoid(1.702 x)
     void (*quick_gelu_backward)(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
+    // tanh form (torch gelu approximate="tanh", HF gelu_pytorch_tanh: SigLIP):
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    void (*gelu_tanh_forward)(act_t *out, const act_t *inp, size_t n);
+    void (*gelu_tanh_backward)(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
     // out = silu(gate) * up
     void (*swiglu_forward)(act_t *out, const act_t *gate, const act_t *up, size_t n);
     void (*swiglu_backward)(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate,

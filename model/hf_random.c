@@ -46,14 +46,12 @@ static void fill_and_save(ParamSet *ps, const char *dir, float std, uint64_t see
     st_writer_free(w);
 }
 
-void hf_random_vision(const char *dir, const VitConfig *c, uint64_t seed) {
+int64_t hf_random_vision(const char *dir, const VitConfig *c, uint64_t seed) {
+    const VitFamily *fam = vit_family(c->type);
     make_dirs(dir);
     cJSON *j = cJSON_CreateObject();
-    cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString("CLIPVisionModel"));
-    cJSON_AddStringToObject(j, "model_type", "clip_vision_model");
+    fam->hf_config(j, c);
     cJSON_AddStringToObject(j, "dtype", "float32");
-    cJSON_AddStringToObject(j, "hidden_act", c->quick_gelu ? "quick_gelu" : "gelu");
     cJSON_AddNumberToObject(j, "hidden_size", c->hidden);
     cJSON_AddNumberToObject(j, "intermediate_size", c->mlp);
     cJSON_AddNumberToObject(j, "num_hidden_layers", c->layers);
@@ -62,21 +60,32 @@ void hf_random_vision(const char *dir, const VitConfig *c, uint64_t seed) {
     cJSON_AddNumberToObject(j, "patch_size", c->patch);
     cJSON_AddNumberToObject(j, "num_channels", 3);
     cJSON_AddNumberToObject(j, "layer_norm_eps", c->eps);
-    cJSON_AddNumberToObject(j, "projection_dim", c->hidden);
     char *text = cJSON_Print(j);
     write_text(dir, "config.json", text);
     free(text);
     cJSON_Delete(j);
+    if (fam->hf_preprocessor) {
+        j = cJSON_CreateObject();
+        fam->hf_preprocessor(j, c->image_size);
+        text = cJSON_Print(j);
+        write_text(dir, "preprocessor_config.json", text);
+        free(text);
+        cJSON_Delete(j);
+    }
 
     ParamSet ps;
     params_init(&ps, kernels_cpu(), 0);
     vit_declare(&ps, c, c->layers);
-    // post_layernorm is part of the HF model even though svlm never runs it
-    params_add(&ps, 1, (int64_t[]){c->hidden}, "post_layernorm.weight");
-    params_add(&ps, 1, (int64_t[]){c->hidden}, "post_layernorm.bias");
+    if (fam->unused_final_norm) {  // part of the HF model even though svlm never runs it
+        params_add(&ps, 1, (int64_t[]){c->hidden}, "%s.weight", fam->unused_final_norm);
+        params_add(&ps, 1, (int64_t[]){c->hidden}, "%s.bias", fam->unused_final_norm);
+    }
     params_alloc(&ps);
     fill_and_save(&ps, dir, 0.02f, seed);
+    int64_t n = 0;
+    for (int i = 0; i < ps.n; i++) n += (int64_t)ps.p[i].numel;
     params_free(&ps);
+    return n;
 }
 
 void hf_random_llm(const char *dir, const LlmConfig *c, float init_std, uint64_t seed) {

@@ -22,6 +22,8 @@ static void vlm_work(const Vlm *m, KernelsWork *w) {
     if (conn_rows > w->rows) w->rows = conn_rows;
     w->width = max_i(max_i(max_i(lc->hidden, lc->mlp), max_i(lc->heads * lc->head_dim, lc->kv_heads * lc->head_dim)),
                      max_i(max_i(vit_feature_dim(vc), vc->mlp), max_i(m->conn.in_dim, m->conn.out_dim)));
+    // a pixel-shuffle connector's tokens are scale^2 features wide (internvl's LayerNorm over them)
+    if (m->conn.shuffled) w->width = max_i(w->width, m->conn.scale * m->conn.scale * m->conn.in_dim);
     // the vision encoder runs forward only: the LLM's attention is the one with a backward
     w->attn_B = m->max_B;
     w->attn_T = m->max_T;

@@ -49,6 +49,7 @@ static void resolve_export(ModelDirSpec *s, const char *dir) {
     resolve_dir(s->vision_dir, sizeof s->vision_dir, dir, json_get_str(root, "vision", path), "vision", path);
     s->vision_layer = json_get_int_opt(root, "vision_layer", -2, path);
     s->connector = connector_type_parse(json_get_str_opt(root, "connector", "ldp", path));
+    s->connector_scale = json_get_int_opt(root, "pixel_shuffle", 0, path);
     s->template_kind = template_parse(json_get_str_opt(root, "template", "chatml", path));
     const cJSON *sys = cJSON_GetObjectItemCaseSensitive(root, "system");
     if (sys && !cJSON_IsNull(sys)) {
@@ -86,6 +87,7 @@ static void resolve_run(ModelDirSpec *s, const char *dir) {
     resolve_dir(s->llm_dir, sizeof s->llm_dir, run_dir, tc->llm, "llm", conf);
     s->vision_layer = tc->vision_layer;
     s->connector = connector_type_parse(tc->connector);
+    s->connector_scale = tc->pixel_shuffle;
     s->template_kind = template_parse(tc->template_);
     if (strcmp(tc->system, "default") != 0) {
         copy_str(s->system, sizeof s->system, tc->system, conf);
@@ -173,7 +175,8 @@ void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *
     tokenizer_path(s, tok_path, sizeof tok_path);  // before the weights: a quick failure
 
     VlmSpec vs = {.vision_dir = s->vision_dir, .vision_layer = s->vision_layer, .llm_dir = s->llm_dir,
-                  .connector = s->connector, .lora = s->lora, .max_B = 1, .max_T = 1, .max_images = 1};
+                  .connector = s->connector, .connector_scale = s->connector_scale, .lora = s->lora, .max_B = 1,
+                  .max_T = 1, .max_images = 1};
     vlm_init(&g->vlm, k, &vs);
     g->m = &g->vlm;
     check_weights_file(&g->vlm.train, s->weights);

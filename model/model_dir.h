@@ -33,6 +33,7 @@ typedef struct {
     char weights[MODEL_DIR_PATH];      // connector.safetensors (export) or step_*/trainable.safetensors
     int vision_layer;
     ConnectorType connector;
+    int connector_scale;               // svlm.json / config pixel_shuffle (0: the connector's default)
     LoraConfig lora;                   // r = 0: none (export dirs: merged into llm/)
     TemplateKind template_kind;
     int has_system;                    // 0: the template's default system prompt

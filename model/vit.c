@@ -1,45 +1,73 @@
-// vit.c: CLIP vision encoder forward (see vit.h). Layer-by-layer with shared scratch buffers.
+// vit.c: the shared vision encoder (see vit.h): the family registry, config.json reading, weight
+// loading, and the one forward every family runs, layer by layer with shared scratch buffers.
 #include "model/vit.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/json.h"
 #include "common/util.h"
 
-// one row per model_type svlm reads; the type's facts are in the functions below
-static const struct {
-    const char *model_type;
-    VitType type;
-} vit_model_types[] = {
-    {"clip_vision_model", VIT_CLIP},
-    {"clip", VIT_CLIP},
+// the registered families, indexed by VitType: a new family is one line here and its file
+static const VitFamily *const vit_families[N_VIT_TYPES] = {
+    [VIT_CLIP] = &vit_family_clip,
+    [VIT_SIGLIP] = &vit_family_siglip,
+    [VIT_INTERNVIT] = &vit_family_internvit,
+    [VIT_INTERNVL_VISION] = &vit_family_internvl_vision,
 };
-#define N_VIT_MODEL_TYPES (int)(sizeof vit_model_types / sizeof vit_model_types[0])
 
-static VitType vit_type_parse(const char *mt, const char *path, const char *key) {
+static const char *const vit_act_names[N_VIT_ACTS] = {
+    [VIT_ACT_QUICK_GELU] = "quick_gelu", [VIT_ACT_GELU] = "gelu", [VIT_ACT_GELU_TANH] = "gelu_pytorch_tanh"};
+
+const VitFamily *vit_family(VitType t) {
+    CHECK(t >= 0 && t < N_VIT_TYPES && vit_families[t], "vision type %d", (int)t);
+    return vit_families[t];
+}
+
+VitType vit_family_parse(const char *name) {
     char known[256] = "";
-    for (int i = 0; i < N_VIT_MODEL_TYPES; i++) {
-        if (strcmp(mt, vit_model_types[i].model_type) == 0) return vit_model_types[i].type;
-        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "", vit_model_types[i].model_type);
+    for (int t = 0; t < N_VIT_TYPES; t++) {
+        if (strcmp(name, vit_families[t]->name) == 0) return (VitType)t;
+        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", t ? ", " : "", vit_families[t]->name);
     }
+    fatal("vision tower family \"%s\" is not known (%s)", name, known);
+}
+
+VitAct vit_family_act(VitType t) {
+    const char *a = vit_family(t)->model_types[0].act;
+    for (int i = 0; i < N_VIT_ACTS; i++)
+        if (strcmp(a, vit_act_names[i]) == 0) return (VitAct)i;
+    CHECK(0, "family %s: activation %s", vit_family(t)->name, a);
+}
+
+const char *vit_act_name(VitAct act) {
+    CHECK(act >= 0 && act < N_VIT_ACTS, "activation %d", (int)act);
+    return vit_act_names[act];
+}
+
+// the family and defaults of a config.json model_type; fatal() listing the known ones
+static const VitModelType *vit_model_type(const char *mt, const char *path, const char *key, VitType *type) {
+    char known[512] = "";
+    for (int t = 0; t < N_VIT_TYPES; t++)
+        for (const VitModelType *m = vit_families[t]->model_types; m->model_type; m++) {
+            if (strcmp(mt, m->model_type) == 0) {
+                *type = (VitType)t;
+                return m;
+            }
+            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", known[0] ? ", " : "", m->model_type);
+        }
     fatal("%s: %s \"%s\" is not a vision tower svlm knows (%s)", path, key, mt, known);
 }
 
-const char *vit_type_name(const VitConfig *c) {
-    static const char *const names[N_VIT_TYPES] = {[VIT_CLIP] = "clip"};
-    CHECK(c->type >= 0 && c->type < N_VIT_TYPES, "vision type %d", (int)c->type);
-    return names[c->type];
-}
-
-int vit_has_cls(const VitConfig *c) { return c->type == VIT_CLIP; }
+const char *vit_type_name(const VitConfig *c) { return vit_family(c->type)->name; }
+int vit_has_cls(const VitConfig *c) { return vit_family(c->type)->flags.cls; }
 int vit_seq_len(const VitConfig *c) { return c->n_patches + vit_has_cls(c); }
 int vit_feature_dim(const VitConfig *c) { return c->hidden; }
 
 int vit_layers_run(const VitConfig *c, int vision_layer) {
-    // hidden_states has layers + 1 entries: [0] is the pre_layrnorm output
+    // hidden_states has layers + 1 entries: [0] is the embeddings (after pre-norm, if any)
     int hs = vision_layer < 0 ? c->layers + 1 + vision_layer : vision_layer;
     if (hs < 0 || hs > c->layers)
         fatal("vision_layer = %d is out of range for a %d-layer vision encoder (-%d..%d)", vision_layer, c->layers,
@@ -58,29 +86,41 @@ void vit_config_load(VitConfig *c, const char *dir) {
     const cJSON *o = vc ? vc : root;
     memset(c, 0, sizeof *c);
     const char *key = vc ? "vision_config.model_type" : "model_type";
-    const char *mt = json_get_str_opt(o, "model_type", NULL, path);
-    if (mt) c->type = vit_type_parse(mt, path, key);  // absent: CLIP, as svlm has always read it
+    // absent: CLIP, as svlm has always read it
+    const char *mt = json_get_str_opt(o, "model_type", "clip_vision_model", path);
+    const VitModelType *d = vit_model_type(mt, path, key, &c->type);
     const char *sq[2] = {"image_size", "patch_size"};
+    int sq_val[2] = {0, 0};  // a [h, w] list (internvl_vision) must be square
     for (int i = 0; i < 2; i++) {
         const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, sq[i]);
-        if (cJSON_IsArray(j)) fatal("%s: %s is a list: only square images and patches (a single number) are supported", path, sq[i]);
+        if (!cJSON_IsArray(j)) continue;
+        const cJSON *h = cJSON_GetArrayItem(j, 0), *w = cJSON_GetArrayItem(j, 1);
+        int64_t hv, wv;
+        if (cJSON_GetArraySize(j) != 2 || !json_is_i64(h, 1, 65536, &hv) || !json_is_i64(w, 1, 65536, &wv) || hv != wv)
+            fatal("%s: %s is a list that is not [n, n]: only square images and patches are supported", path, sq[i]);
+        sq_val[i] = (int)hv;
     }
-    // absent keys take CLIPVisionConfig's defaults, as transformers does
-    c->hidden = json_get_int_opt(o, "hidden_size", 768, path);
-    c->mlp = json_get_int_opt(o, "intermediate_size", 3072, path);
-    c->layers = json_get_int_opt(o, "num_hidden_layers", 12, path);
-    c->heads = json_get_int_opt(o, "num_attention_heads", 12, path);
-    c->image_size = json_get_int_opt(o, "image_size", 224, path);
-    c->patch = json_get_int_opt(o, "patch_size", 32, path);
-    double eps = json_get_num_opt(o, "layer_norm_eps", 1e-5, path);
+    // absent keys take the family config class's defaults, as transformers does
+    c->hidden = json_get_int_opt(o, "hidden_size", d->hidden, path);
+    c->mlp = json_get_int_opt(o, "intermediate_size", d->mlp, path);
+    c->layers = json_get_int_opt(o, "num_hidden_layers", d->layers, path);
+    c->heads = json_get_int_opt(o, "num_attention_heads", d->heads, path);
+    c->image_size = sq_val[0] ? sq_val[0] : json_get_int_opt(o, "image_size", d->image_size, path);
+    c->patch = sq_val[1] ? sq_val[1] : json_get_int_opt(o, "patch_size", d->patch, path);
+    double eps = json_get_num_opt(o, "layer_norm_eps", d->eps, path);
     if (!(eps > 0 && eps < 1)) fatal("%s: key \"layer_norm_eps\" must be in (0, 1), got %g", path, eps);
     c->eps = (float)eps;
     int ch = json_get_int_opt(o, "num_channels", 3, path);
-    const char *act = json_get_str_opt(o, "hidden_act", "quick_gelu", path);
+    const char *act = json_get_str_opt(o, "hidden_act", d->act, path);
     if (ch != 3) fatal("%s: num_channels = %d (only RGB, 3, is supported)", path, ch);
-    if (strcmp(act, "quick_gelu") == 0) c->quick_gelu = 1;
-    else if (strcmp(act, "gelu") == 0) c->quick_gelu = 0;
-    else fatal("%s: hidden_act \"%s\" is not supported (quick_gelu or gelu)", path, act);
+    int a = 0;
+    while (a < N_VIT_ACTS && strcmp(act, vit_act_names[a]) != 0) a++;
+    if (a == N_VIT_ACTS) fatal("%s: hidden_act \"%s\" is not supported (quick_gelu, gelu or gelu_pytorch_tanh)", path, act);
+    c->act = (VitAct)a;
+    c->qkv_bias = 1;
+    c->prep = d->prep;
+    const VitFamily *fam = vit_family(c->type);
+    if (fam->config) fam->config(c, o, path);
     if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads)
         fatal("%s: hidden_size %d is not a multiple of num_attention_heads %d", path, c->hidden, c->heads);
     if (c->patch <= 0 || c->image_size <= 0 || c->image_size % c->patch)
@@ -92,49 +132,44 @@ void vit_config_load(VitConfig *c, const char *dir) {
     cJSON_Delete(root);
 }
 
-
 void vit_image_prep(const VitConfig *c, const char *dir, ImagePrep *p) {
-    // the image processor each tower's checkpoints ship with; no default case: -Wswitch names a
-    // tower that states none
-    int f = -1;
-    switch (c->type) {
-    case VIT_CLIP: f = IMAGE_PREP_CLIP; break;
-    case N_VIT_TYPES: break;
-    }
-    CHECK(f >= 0, "vision tower type %d states no image preprocessing", (int)c->type);
-    image_prep_load(p, dir, (ImagePrepFamily)f, c->image_size);
+    CHECK(c->prep >= 0 && c->prep < N_IMAGE_PREP, "vision tower %s states no image preprocessing", vit_type_name(c));
+    image_prep_load(p, dir, c->prep, c->image_size);
 }
 
-void vit_declare(ParamSet *w, const VitConfig *c, int n_layers) {
-    int C = c->hidden, P = c->patch, I = c->mlp;
-    params_add(w, 4, (int64_t[]){C, 3, P, P}, "embeddings.patch_embedding.weight");
-    params_add(w, 1, (int64_t[]){C}, "embeddings.class_embedding");
-    params_add(w, 2, (int64_t[]){vit_seq_len(c), C}, "embeddings.position_embedding.weight");
-    params_add(w, 1, (int64_t[]){C}, "pre_layrnorm.weight");
-    params_add(w, 1, (int64_t[]){C}, "pre_layrnorm.bias");
-    // per layer; dims 0 mean "not a dimension"
-    const struct { const char *name; int64_t d0, d1; } t[16] = {
-        {"layer_norm1.weight", C, 0},    {"layer_norm1.bias", C, 0},
-        {"self_attn.q_proj.weight", C, C}, {"self_attn.q_proj.bias", C, 0},
-        {"self_attn.k_proj.weight", C, C}, {"self_attn.k_proj.bias", C, 0},
-        {"self_attn.v_proj.weight", C, C}, {"self_attn.v_proj.bias", C, 0},
-        {"self_attn.out_proj.weight", C, C}, {"self_attn.out_proj.bias", C, 0},
-        {"layer_norm2.weight", C, 0},    {"layer_norm2.bias", C, 0},
-        {"mlp.fc1.weight", I, C},        {"mlp.fc1.bias", I, 0},
-        {"mlp.fc2.weight", C, I},        {"mlp.fc2.bias", C, 0}};
-    for (int l = 0; l < n_layers; l++)
-        for (int j = 0; j < 16; j++)
-            params_add(w, t[j].d1 ? 2 : 1, (int64_t[]){t[j].d0, t[j].d1}, "encoder.layers.%d.%s", l, t[j].name);
-}
+void vit_declare(ParamSet *w, const VitConfig *c, int n_layers) { vit_family(c->type)->declare(w, c, n_layers); }
 
-// the weight declared as name (layer < 0) or encoder.layers.<layer>.name
-static act_t *vit_weight(const ParamSet *w, int layer, const char *name) {
+act_t *vit_weight(const Vit *v, const char *fmt, ...) {
     char full[PARAM_NAME_MAX];
-    if (layer < 0) snprintf(full, sizeof full, "%s", name);
-    else snprintf(full, sizeof full, "encoder.layers.%d.%s", layer, name);
-    int i = params_find(w, full);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(full, sizeof full, fmt, ap);
+    va_end(ap);
+    int i = params_find(&v->w, full);
     CHECK(i >= 0, "vision weight %s was not declared", full);
-    return params_act(w, i);
+    return params_act(&v->w, i);
+}
+
+void vit_fold_scale(Vit *v, const char *w_name, const char *b_name, const char *s_name) {
+    ParamSet *w = &v->w;
+    int iw = params_find(w, w_name), ib = params_find(w, b_name), is = params_find(w, s_name);
+    CHECK(iw >= 0 && ib >= 0 && is >= 0, "vit_fold_scale: %s, %s or %s not declared", w_name, b_name, s_name);
+    size_t rows = w->p[is].numel, cols = w->p[iw].numel / rows;
+    CHECK(w->p[ib].numel == rows && cols * rows == w->p[iw].numel, "vit_fold_scale: %s shapes", w_name);
+    // zeroed: the dry-run backend downloads nothing
+    float *W = xcalloc(rows * cols, sizeof(float)), *b = xcalloc(rows, sizeof(float)), *s = xcalloc(rows, sizeof(float));
+    params_download(w, iw, W);
+    params_download(w, ib, b);
+    params_download(w, is, s);
+    for (size_t r = 0; r < rows; r++) {  // x + s * (W x + b) = x + (s W) x + s b
+        for (size_t j = 0; j < cols; j++) W[r * cols + j] *= s[r];
+        b[r] *= s[r];
+    }
+    params_upload(w, iw, W);
+    params_upload(w, ib, b);
+    free(W);
+    free(b);
+    free(s);
 }
 
 void vit_load(Vit *v, const Kernels *k, const char *dir, int vision_layer, int max_images) {
@@ -142,15 +177,17 @@ void vit_load(Vit *v, const Kernels *k, const char *dir, int vision_layer, int m
     v->k = k;
     vit_config_load(&v->cfg, dir);
     const VitConfig *c = &v->cfg;
+    v->fam = vit_family(c->type);
     v->n_run = vit_layers_run(c, vision_layer);
     v->max_images = max_images;
 
     HfWeights hw;
     hf_weights_open(&hw, dir);
-    const char *anchor = hf_weights_find_suffix(&hw, "embeddings.patch_embedding.weight");
-    if (!anchor) fatal("%s: no tensor ending in embeddings.patch_embedding.weight: not a CLIP vision model", dir);
+    const char *anchor_name = v->fam->anchor;
+    const char *anchor = hf_weights_find_suffix(&hw, anchor_name);
+    if (!anchor) fatal("%s: no tensor ending in %s: not a %s vision model", dir, anchor_name, v->fam->title);
     char prefix[256];
-    size_t plen = strlen(anchor) - strlen("embeddings.patch_embedding.weight");
+    size_t plen = strlen(anchor) - strlen(anchor_name);
     if (plen >= sizeof prefix) fatal("%s: tensor name prefix too long", dir);
     memcpy(prefix, anchor, plen);
     prefix[plen] = 0;
@@ -161,33 +198,9 @@ void vit_load(Vit *v, const Kernels *k, const char *dir, int vision_layer, int m
     params_alloc(w);
     params_load_hf(w, &hw, prefix);
     hf_weights_close(&hw);
-
-    // bound by name: the declaration's order is free to change
-    v->patch_w = vit_weight(w, -1, "embeddings.patch_embedding.weight");
-    v->cls = vit_weight(w, -1, "embeddings.class_embedding");
-    v->pos = vit_weight(w, -1, "embeddings.position_embedding.weight");
-    v->pre_w = vit_weight(w, -1, "pre_layrnorm.weight");
-    v->pre_b = vit_weight(w, -1, "pre_layrnorm.bias");
     v->layer = xcalloc(v->n_run ? v->n_run : 1, sizeof(VitLayer));
-    for (int l = 0; l < v->n_run; l++) {
-        VitLayer *L = &v->layer[l];
-        L->ln1_w = vit_weight(w, l, "layer_norm1.weight");
-        L->ln1_b = vit_weight(w, l, "layer_norm1.bias");
-        L->q_w = vit_weight(w, l, "self_attn.q_proj.weight");
-        L->q_b = vit_weight(w, l, "self_attn.q_proj.bias");
-        L->k_w = vit_weight(w, l, "self_attn.k_proj.weight");
-        L->k_b = vit_weight(w, l, "self_attn.k_proj.bias");
-        L->v_w = vit_weight(w, l, "self_attn.v_proj.weight");
-        L->v_b = vit_weight(w, l, "self_attn.v_proj.bias");
-        L->o_w = vit_weight(w, l, "self_attn.out_proj.weight");
-        L->o_b = vit_weight(w, l, "self_attn.out_proj.bias");
-        L->ln2_w = vit_weight(w, l, "layer_norm2.weight");
-        L->ln2_b = vit_weight(w, l, "layer_norm2.bias");
-        L->fc1_w = vit_weight(w, l, "mlp.fc1.weight");
-        L->fc1_b = vit_weight(w, l, "mlp.fc1.bias");
-        L->fc2_w = vit_weight(w, l, "mlp.fc2.weight");
-        L->fc2_b = vit_weight(w, l, "mlp.fc2.bias");
-    }
+    v->fam->bind(v);  // by name: the declaration's order is free to change
+
     // row indices that drop CLS: image b's patch p sits at row b*T + cls + p of the residual stream
     int C = c->hidden, P = c->patch, I = c->mlp, NP = c->n_patches, T1 = vit_seq_len(c), cls = vit_has_cls(c);
     int *idx = xmalloc((size_t)max_images * NP * sizeof(int));
@@ -208,6 +221,15 @@ void vit_load(Vit *v, const Kernels *k, const char *dir, int vision_layer, int m
     v->h = k->alloc(B * T * I * k->act_bytes);
 }
 
+void vit_set_post_norm(Vit *v, int on) {
+    if (on && !v->fam->flags.post_norm)
+        fatal("the %s vision tower has no final norm to apply to its features", v->fam->name);
+    if (on && v->n_run != v->cfg.layers)
+        fatal("the final norm of the %s vision tower applies to its last layer: set vision_layer = -1 (it selects "
+              "hidden_states[%d] of %d layers)", v->fam->name, v->n_run, v->cfg.layers);
+    v->post_norm = on;
+}
+
 void vit_free(Vit *v) {
     const Kernels *k = v->k;
     void *bufs[] = {v->cols, v->x, v->ln, v->q, v->kk, v->v, v->att, v->h, v->drop_cls};
@@ -217,18 +239,46 @@ void vit_free(Vit *v) {
     memset(v, 0, sizeof *v);
 }
 
+static void vit_activation(const Kernels *k, VitAct act, act_t *h, size_t n) {
+    switch (act) {
+    case VIT_ACT_QUICK_GELU: k->quick_gelu_forward(h, h, n); break;
+    case VIT_ACT_GELU: k->gelu_forward(h, h, n); break;
+    case VIT_ACT_GELU_TANH: k->gelu_tanh_forward(h, h, n); break;
+    default: CHECK(0, "vision activation %d", (int)act);
+    }
+}
+
+// the embeddings into the residual stream x (B, T, C): patches (conv as im2col + matmul), class
+// token, positions, pre-norm, as the family's flags say
+static void vit_embed_images(Vit *v, const act_t *pixels, int B) {
+    const Kernels *k = v->k;
+    const VitConfig *c = &v->cfg;
+    const VitFlags *f = &v->fam->flags;
+    int C = c->hidden, P = c->patch, NP = c->n_patches, N = B * vit_seq_len(c);
+    k->im2col_patches(v->cols, pixels, B, c->image_size, P);
+    // (B*NP, 3*P*P) @ (C, 3*P*P)^T; the ln buffer holds the result
+    k->matmul_forward(v->ln, v->cols, v->patch_w, f->patch_bias ? v->patch_b : NULL, B * NP, 3 * P * P, C, 1.0f, 0);
+    act_t *emb = f->pre_norm ? v->att : v->x;
+    if (f->cls) {
+        k->vit_embed(emb, v->ln, v->cls, v->pos, B, NP, C);  // (B, 1 + NP, C)
+    } else {
+        size_t img = (size_t)NP * C;
+        for (int b = 0; b < B; b++) {
+            size_t off = b * img * k->act_bytes;
+            k->add((char *)emb + off, (char *)v->ln + off, v->pos, img);  // (NP, C) positions per image
+        }
+    }
+    if (f->pre_norm) k->layernorm_forward(v->x, NULL, NULL, v->att, v->pre_w, v->pre_b, N, C, c->eps);
+}
+
 void vit_forward(Vit *v, act_t *feats, const act_t *pixels, int B) {
     const Kernels *k = v->k;
     const VitConfig *c = &v->cfg;
     CHECK(B <= v->max_images, "vit_forward with %d images, planned for %d", B, v->max_images);
-    int C = c->hidden, P = c->patch, NP = c->n_patches, T = vit_seq_len(c), I = c->mlp;
+    int C = c->hidden, NP = c->n_patches, T = vit_seq_len(c), I = c->mlp;
     int N = B * T;
-    // patch conv as im2col + matmul: (B*NP, 3*P*P) @ (C, 3*P*P)^T; the ln buffer holds the result
-    k->im2col_patches(v->cols, pixels, B, c->image_size, P);
-    k->matmul_forward(v->ln, v->cols, v->patch_w, NULL, B * NP, 3 * P * P, C, 1.0f, 0);
-    k->vit_embed(v->att, v->ln, v->cls, v->pos, B, NP, C);                     // (B, T, C)
-    k->layernorm_forward(v->x, NULL, NULL, v->att, v->pre_w, v->pre_b, N, C, c->eps);  // residual stream
-    for (int l = 0; l < v->n_run; l++) {
+    vit_embed_images(v, pixels, B);
+    for (int l = 0; l < v->n_run; l++) {  // pre-LN blocks
         const VitLayer *L = &v->layer[l];
         k->layernorm_forward(v->ln, NULL, NULL, v->x, L->ln1_w, L->ln1_b, N, C, c->eps);
         k->matmul_forward(v->q, v->ln, L->q_w, L->q_b, N, C, C, 1.0f, 0);
@@ -238,9 +288,13 @@ void vit_forward(Vit *v, act_t *feats, const act_t *pixels, int B) {
         k->matmul_forward(v->x, v->att, L->o_w, L->o_b, N, C, C, 1.0f, 1);  // x += attn @ Wo^T + bo
         k->layernorm_forward(v->ln, NULL, NULL, v->x, L->ln2_w, L->ln2_b, N, C, c->eps);
         k->matmul_forward(v->h, v->ln, L->fc1_w, L->fc1_b, N, C, I, 1.0f, 0);
-        if (c->quick_gelu) k->quick_gelu_forward(v->h, v->h, (size_t)N * I);
-        else k->gelu_forward(v->h, v->h, (size_t)N * I);
+        vit_activation(k, c->act, v->h, (size_t)N * I);
         k->matmul_forward(v->x, v->h, L->fc2_w, L->fc2_b, N, I, C, 1.0f, 1);
     }
-    k->gather_rows(feats, v->x, v->drop_cls, B * NP, C);  // (B, NP, C): CLS dropped
+    const act_t *out = v->x;
+    if (v->post_norm) {  // last_hidden_state
+        k->layernorm_forward(v->ln, NULL, NULL, v->x, v->post_w, v->post_b, N, C, c->eps);
+        out = v->ln;
+    }
+    k->gather_rows(feats, out, v->drop_cls, B * NP, C);  // (B, NP, C): CLS dropped
 }

@@ -22,8 +22,10 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     m->max_images = spec->max_images;
     VitConfig vcfg;  // settle what the configs alone can refuse before loading any weight
     vit_config_load(&vcfg, spec->vision_dir);
-    connector_tokens(spec->connector, vcfg.grid);  // fatal() when the grid does not suit the connector
+    connector_tokens(spec->connector, spec->connector_scale, vcfg.grid);  // fatal() when the grid does not suit it
     vit_load(&m->vit, k, spec->vision_dir, spec->vision_layer, spec->max_images);
+    // a connector trained on the tower's final-norm output (Idefics3) gets it
+    if (connector_family(spec->connector)->vision_post_norm) vit_set_post_norm(&m->vit, 1);
     params_init(&m->train, k, 1);
     llm_load(&m->llm, k, spec->llm_dir, &spec->lora, &m->train);
     if (m->llm.cfg.sliding_window > 0 && spec->max_T > m->llm.cfg.sliding_window)
@@ -31,7 +33,7 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
               "so set max_seq_len <= %d", spec->llm_dir, m->llm.cfg.sliding_window, spec->max_T, m->llm.cfg.sliding_window);
     const VitConfig *vc = &m->vit.cfg;
     m->conn_first = m->train.n;
-    connector_declare(&m->conn, &m->train, spec->connector, vit_feature_dim(vc), m->llm.cfg.hidden, vc->grid,
+    connector_declare(&m->conn, &m->train, spec->connector, spec->connector_scale, vit_feature_dim(vc), m->llm.cfg.hidden, vc->grid,
                       spec->max_images);
     m->conn_n = m->train.n - m->conn_first;
     if (spec->opt_shards > 1) params_shard_optimizer(&m->train, spec->opt_shards, spec->opt_shard);

@@ -17,6 +17,7 @@ typedef struct {
     int vision_layer;  // index into HF hidden_states, default -2
     const char *llm_dir;
     ConnectorType connector;
+    int connector_scale;  // patches per token side (pixel shuffle factor); 0: the connector's default
     LoraConfig lora;  // r = 0: no LoRA (stage 1)
     int max_B, max_T, max_images;
     int opt_shards, opt_shard;  // ZeRO-1: optimizer state for this slice only (params_shard_optimizer); 0: all

@@ -104,7 +104,7 @@ static void test_good_directories_load(void **state) {
     vit_config_load(&vc, fixture_path("clip_full"));  // nested vision_config
     assert_int_equal(vc.hidden, 40);
     assert_int_equal(vc.grid, 6);
-    assert_int_equal(vc.quick_gelu, 1);
+    assert_int_equal(vc.act, VIT_ACT_QUICK_GELU);
 
     // a transformers-4 style config: rope_theta at the top level
     const char *d = copy_fixture("qwen2", "qwen2_v4");

@@ -70,7 +70,7 @@ static void test_table_and_memory(void **state) {
     SLOT(matmul_backward); SLOT(layernorm_forward); SLOT(layernorm_backward); SLOT(rmsnorm_forward);
     SLOT(rmsnorm_backward); SLOT(rope_forward); SLOT(rope_backward); SLOT(attention_forward);
     SLOT(attention_backward); SLOT(gelu_forward); SLOT(gelu_backward); SLOT(quick_gelu_forward);
-    SLOT(quick_gelu_backward); SLOT(swiglu_forward); SLOT(swiglu_backward); SLOT(add);
+    SLOT(quick_gelu_backward); SLOT(gelu_tanh_forward); SLOT(gelu_tanh_backward); SLOT(swiglu_forward); SLOT(swiglu_backward); SLOT(add);
     SLOT(avgpool2x2_forward); SLOT(avgpool2x2_backward); SLOT(dwconv3x3_forward);
     SLOT(dwconv3x3_backward); SLOT(im2col_patches); SLOT(vit_embed); SLOT(embedding_forward);
     SLOT(gather_rows); SLOT(scatter_rows); SLOT(cross_entropy); SLOT(adamw_update);
@@ -351,6 +351,13 @@ static void test_pointwise_forward(void **state) {
     K->quick_gelu_forward(out, x, n);
     expect_close("quick_gelu_forward", out, ref, n, TOL);
 
+    for (size_t i = 0; i < n; i++) {
+        double v = x[i];
+        ref[i] = (float)(0.5 * v * (1.0 + tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v))));
+    }
+    K->gelu_tanh_forward(out, x, n);
+    expect_close("gelu_tanh_forward", out, ref, n, TOL);
+
     for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] / (1.0 + exp(-(double)x[i])) * y[i]);
     K->swiglu_forward(out, x, y, n);
     expect_close("swiglu_forward", out, ref, n, TOL);
@@ -366,6 +373,10 @@ static void test_pointwise_forward(void **state) {
     K->quick_gelu_forward(io, io, n);
     expect_same_bits("quick_gelu_forward in place", io, out, n);
     memcpy(io, x, n * sizeof(float));
+    K->gelu_tanh_forward(out, x, n);
+    K->gelu_tanh_forward(io, io, n);
+    expect_same_bits("gelu_tanh_forward in place", io, out, n);
+    memcpy(io, x, n * sizeof(float));
     K->swiglu_forward(out, x, y, n);
     K->swiglu_forward(io, io, y, n);
     expect_same_bits("swiglu_forward in place", io, out, n);
@@ -377,6 +388,10 @@ static void test_pointwise_forward(void **state) {
     memcpy(io, d, n * sizeof(float));
     K->quick_gelu_backward(io, io, x, n);
     expect_same_bits("quick_gelu_backward in place", io, dref, n);
+    K->gelu_tanh_backward(dref, d, x, n);
+    memcpy(io, d, n * sizeof(float));
+    K->gelu_tanh_backward(io, io, x, n);
+    expect_same_bits("gelu_tanh_backward in place", io, dref, n);
     // swiglu_backward with dgate over gate and dup over up, as a model reusing buffers would
     float *gate = copyv(x, n), *up = copyv(y, n);
     K->swiglu_backward(dref, d2, d, x, y, n);

@@ -324,22 +324,26 @@ static void test_grad_attention_tiles(void **state) {
 
 static void fwd_gelu(Problem *p) { K->gelu_forward(p->out, p->in[0], p->out_n); }
 static void fwd_quick_gelu(Problem *p) { K->quick_gelu_forward(p->out, p->in[0], p->out_n); }
+static void fwd_gelu_tanh(Problem *p) { K->gelu_tanh_forward(p->out, p->in[0], p->out_n); }
 static void fwd_swiglu(Problem *p) { K->swiglu_forward(p->out, p->in[0], p->in[1], p->out_n); }
 
 static void test_grad_pointwise(void **state) {
     (void)state;
     size_t n = 301;
-    for (int which = 0; which < 2; which++) {
-        Problem p = {.forward = which ? fwd_quick_gelu : fwd_gelu, .n_in = 1, .out_n = n};
+    void (*fwd[3])(Problem *) = {fwd_gelu, fwd_quick_gelu, fwd_gelu_tanh};
+    const char *names1[3] = {"gelu", "quick_gelu", "gelu_tanh"};
+    for (int which = 0; which < 3; which++) {
+        Problem p = {.forward = fwd[which], .n_in = 1, .out_n = n};
         p.in[0] = randv(n, -5, 5);
         p.in_n[0] = n;
         p.in_name[0] = "inp";
         p.out = zerov(n);
         p.R = randv(n, -1, 1);
         float *g = nanv(n);
-        if (which) K->quick_gelu_backward(g, p.R, p.in[0], n);
+        if (which == 2) K->gelu_tanh_backward(g, p.R, p.in[0], n);
+        else if (which) K->quick_gelu_backward(g, p.R, p.in[0], n);
         else K->gelu_backward(g, p.R, p.in[0], n);
-        check_grad(which ? "quick_gelu" : "gelu", &p, 0, g);
+        check_grad(names1[which], &p, 0, g);
         free(p.in[0]); free(p.out); free(p.R); free(g);
     }
     Problem p = {.forward = fwd_swiglu, .n_in = 2, .out_n = n};

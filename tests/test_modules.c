@@ -23,16 +23,29 @@ static void test_connector_tokens(void **state) {
     const int grids[] = {2, 6, 16, 24, 32};
     const int ldp[] = {1, 9, 64, 144, 256}, mlp[] = {4, 36, 256, 576, 1024};
     for (int i = 0; i < 5; i++) {
-        assert_int_equal(connector_tokens(CONNECTOR_LDP, grids[i]), ldp[i]);
-        assert_int_equal(connector_tokens(CONNECTOR_MLP2X_GELU, grids[i]), mlp[i]);
+        assert_int_equal(connector_tokens(CONNECTOR_LDP, 0, grids[i]), ldp[i]);
+        assert_int_equal(connector_tokens(CONNECTOR_MLP2X_GELU, 0, grids[i]), mlp[i]);
+        assert_int_equal(connector_tokens(CONNECTOR_IDEFICS3, 0, grids[i]), ldp[i]);  // scale_factor 2 by default
     }
-    assert_int_equal(connector_tokens(CONNECTOR_MLP2X_GELU, 7), 49);  // any grid suits mlp2x_gelu
+    assert_int_equal(connector_tokens(CONNECTOR_MLP2X_GELU, 0, 7), 49);  // any grid suits mlp2x_gelu
+    assert_int_equal(connector_tokens(CONNECTOR_LDP, 2, 6), 9);  // its own scale may be stated
+    // Idefics3 / SmolVLM: SigLIP-so400m/14 at 384 (27) by 3, SigLIP-base/16 at 512 (32) by 4
+    assert_int_equal(connector_tokens(CONNECTOR_IDEFICS3, 3, 27), 81);
+    assert_int_equal(connector_tokens(CONNECTOR_IDEFICS3, 4, 32), 64);
+    assert_int_equal(connector_tokens(CONNECTOR_IDEFICS3, 3, 6), 4);
 }
 
-static void ldp_tokens_7(void *arg) { connector_tokens(CONNECTOR_LDP, 7); }
+static void ldp_tokens_7(void *arg) { connector_tokens(CONNECTOR_LDP, 0, 7); }
+static void idefics3_by4_on_6(void *arg) { connector_tokens(CONNECTOR_IDEFICS3, 4, 6); }
+static void ldp_by3(void *arg) { connector_tokens(CONNECTOR_LDP, 3, 6); }
+static void idefics3_by0(void *arg) { connector_tokens(CONNECTOR_IDEFICS3, -1, 6); }
 
+// one line each: a grid the scale does not divide, a scale for a type with a fixed one
 static void test_connector_odd_grid_refused(void **state) {
     expect_fatal(ldp_tokens_7, NULL, "connector ldp", "even patch grid", "7x7");
+    expect_fatal(idefics3_by4_on_6, NULL, "connector idefics3", "divisible by 4", "6x6");
+    expect_fatal(ldp_by3, NULL, "connector ldp", "fixed 2x2", "pixel_shuffle = 3");
+    expect_fatal(idefics3_by0, NULL, "connector idefics3", "pixel_shuffle = -1");
 }
 
 // every type has its own name, and the name parses back to the type
@@ -44,6 +57,7 @@ static void test_connector_names(void **state) {
     }
     assert_string_equal(connector_type_name(CONNECTOR_LDP), "ldp");
     assert_string_equal(connector_type_name(CONNECTOR_MLP2X_GELU), "mlp2x_gelu");
+    assert_string_equal(connector_type_name(CONNECTOR_IDEFICS3), "idefics3");
 }
 
 static void parse_bogus(void *arg) { connector_type_parse("pixel_shufle"); }
@@ -52,15 +66,50 @@ static void test_connector_unknown_refused(void **state) {
     expect_fatal(parse_bogus, NULL, "\"pixel_shufle\"", "ldp", "mlp2x_gelu");
 }
 
-// the declared tensors: LLaVA / MobileVLM names and shapes, every one in the connector group,
-// and the set's declaration group back to frozen afterwards
+// the declared tensors: LLaVA / MobileVLM / Idefics3 names and shapes, every one in the
+// connector group, and the set's declaration group back to frozen afterwards
 static void test_connector_declaration(void **state) {
     const int in = 40, out = 32;
-    for (int t = 0; t < N_CONNECTOR_TYPES; t++) {
+    for (int s = 2; s <= 3; s++) {  // Idefics3: one Linear(s*s*Cv, H) without bias
         ParamSet ps;
         params_init(&ps, kernels_cpu(), 1);
         ConnectorParams ix;
-        connector_declare_params(&ps, (ConnectorType)t, in, out, &ix);
+        connector_declare_params(&ps, CONNECTOR_IDEFICS3, s, in, out, &ix);
+        assert_int_equal(ps.n, 1);
+        assert_string_equal(ps.p[ix.w1].name, "model.connector.modality_projection.proj.weight");
+        assert_int_equal(ps.p[ix.w1].shape[0], out);
+        assert_int_equal(ps.p[ix.w1].shape[1], s * s * in);
+        assert_int_equal(ps.p[0].group, PARAM_GROUP_CONNECTOR);
+        assert_int_equal(ix.b1, -1);
+        assert_int_equal(ix.w2, -1);
+        assert_int_equal(params_group_numel(&ps, PARAM_GROUP_CONNECTOR), (size_t)s * s * in * out);
+        params_free(&ps);
+    }
+    // InternVL: LayerNorm(4Cv), Linear(4Cv, H), Linear(H, H) as mlp1.{0,1,3} or the native names
+    for (int t = CONNECTOR_INTERNVL; t <= CONNECTOR_INTERNVL_HF; t++) {
+        ParamSet ps;
+        params_init(&ps, kernels_cpu(), 1);
+        ConnectorParams ix;
+        connector_declare_params(&ps, (ConnectorType)t, 0, in, out, &ix);
+        int hf = t == CONNECTOR_INTERNVL_HF;
+        assert_int_equal(ps.n, 6);
+        assert_string_equal(ps.p[ix.lnw].name, hf ? "model.multi_modal_projector.layer_norm.weight" : "mlp1.0.weight");
+        assert_string_equal(ps.p[ix.w1].name, hf ? "model.multi_modal_projector.linear_1.weight" : "mlp1.1.weight");
+        assert_string_equal(ps.p[ix.b2].name, hf ? "model.multi_modal_projector.linear_2.bias" : "mlp1.3.bias");
+        assert_int_equal(ps.p[ix.lnb].shape[0], 4 * in);
+        assert_int_equal(ps.p[ix.w1].shape[1], 4 * in);
+        assert_int_equal(ps.p[ix.w1].shape[0], out);
+        assert_int_equal(ps.p[ix.w2].shape[1], out);
+        assert_int_equal(ix.cw, -1);
+        size_t want = 8 * (size_t)in + (size_t)out * 4 * in + out + (size_t)out * out + out;
+        assert_int_equal(params_group_numel(&ps, PARAM_GROUP_CONNECTOR), want);
+        params_free(&ps);
+    }
+    for (int t = 0; t <= CONNECTOR_MLP2X_GELU; t++) {
+        ParamSet ps;
+        params_init(&ps, kernels_cpu(), 1);
+        ConnectorParams ix;
+        connector_declare_params(&ps, (ConnectorType)t, 0, in, out, &ix);
         int after = params_add(&ps, 1, (int64_t[]){3}, "something.else");
         int ldp = t == CONNECTOR_LDP;
         assert_int_equal(ps.n, ldp ? 7 : 5);
@@ -115,6 +164,7 @@ static void test_group_follows_tag_not_name(void **state) {
 // nothing else; the image slot is the connector's count for the tower's grid
 static void test_vlm_trainable_groups(void **state) {
     for (int t = 0; t < N_CONNECTOR_TYPES; t++) {
+        if (connector_family((ConnectorType)t)->vision_post_norm) continue;  // not on CLIP (test_model_parity)
         VlmSpec spec = fixture_vlm_spec("qwen2", (ConnectorType)t, "qwen2_lora", 1, 8, 1, 0.0f);
         Vlm m;
         vlm_init(&m, kernels_dry_run(kernels_cpu()), &spec);
@@ -126,9 +176,9 @@ static void test_vlm_trainable_groups(void **state) {
             n_conn += !lora;
             n_lora += lora;
         }
-        assert_int_equal(n_conn, t == CONNECTOR_LDP ? 6 : 4);
+        assert_int_equal(n_conn, t == CONNECTOR_MLP2X_GELU ? 4 : 6);  // ldp and internvl: 6
         assert_true(n_lora > 0);
-        assert_int_equal(m.n_img_tokens, connector_tokens((ConnectorType)t, m.vit.cfg.grid));
+        assert_int_equal(m.n_img_tokens, connector_tokens((ConnectorType)t, 0, m.vit.cfg.grid));
         vlm_free(&m);
     }
 }
@@ -153,12 +203,23 @@ static void load_config(void *dir) {
 // an unknown model_type stops with one line naming the file, the key and the value
 static void test_vision_unknown_type_refused(void **state) {
     char dir[1100];
-    snprintf(dir, sizeof dir, "%s/siglip", tmp);
-    write_config(dir, "{\"model_type\": \"siglip_vision_model\", \"hidden_size\": 32, \"image_size\": 32, \"patch_size\": 8}\n");
-    expect_fatal(load_config, dir, "siglip/config.json", "model_type", "\"siglip_vision_model\"", "clip_vision_model");
-    snprintf(dir, sizeof dir, "%s/internvl", tmp);
+    snprintf(dir, sizeof dir, "%s/siglip2", tmp);  // SigLIP2's NaFlex form (variable resolution)
+    write_config(dir, "{\"model_type\": \"siglip2_vision_model\", \"hidden_size\": 32, \"num_patches\": 16, \"patch_size\": 8}\n");
+    expect_fatal(load_config, dir, "siglip2/config.json", "model_type", "\"siglip2_vision_model\"", "clip_vision_model",
+                 "siglip_vision_model", "idefics3_vision");
+    snprintf(dir, sizeof dir, "%s/pixtral", tmp);
+    write_config(dir, "{\"model_type\": \"llava\", \"vision_config\": {\"model_type\": \"pixtral\"}}\n");
+    expect_fatal(load_config, dir, "pixtral/config.json", "vision_config.model_type", "\"pixtral\"");
+    // InternViT-6B (RMSNorm, qk-normalisation: InternVisionConfig's defaults) is refused by its keys
+    snprintf(dir, sizeof dir, "%s/internvit6b", tmp);
     write_config(dir, "{\"model_type\": \"internvl_chat\", \"vision_config\": {\"model_type\": \"intern_vit_6b\"}}\n");
-    expect_fatal(load_config, dir, "internvl/config.json", "vision_config.model_type", "\"intern_vit_6b\"");
+    expect_fatal(load_config, dir, "internvit6b/config.json", "norm_type", "\"rms_norm\"");
+    snprintf(dir, sizeof dir, "%s/internvit_qkn", tmp);
+    write_config(dir, "{\"model_type\": \"intern_vit_6b\", \"norm_type\": \"layer_norm\", \"qk_normalization\": true}\n");
+    expect_fatal(load_config, dir, "internvit_qkn/config.json", "qk_normalization");
+    snprintf(dir, sizeof dir, "%s/internvl_rect", tmp);
+    write_config(dir, "{\"model_type\": \"internvl_vision\", \"image_size\": [448, 224]}\n");
+    expect_fatal(load_config, dir, "internvl_rect/config.json", "image_size", "[n, n]");
 }
 
 // the CLIP fixture (24 px, patch 4, 3 layers, width 40): its facts, and its weights bound by name

@@ -491,7 +491,7 @@ static void test_models_load(void **state) {
     vit_config_load(&vc, vdir);
     assert_int_equal(vc.image_size, SYNTH_IMAGE_SIZE);
     assert_int_equal(vc.grid, 8);
-    connector_check_grid(CONNECTOR_LDP, vc.grid);
+    connector_check_grid(CONNECTOR_LDP, 0, vc.grid);
     LlmConfig lc;
     llm_config_load(&lc, ldir);
     assert_string_equal(lc.model_type, "qwen2");

@@ -78,6 +78,8 @@ void vlm_fixture_close(VlmFixture *fx);
 // for batches up to max_B x max_T with max_images. Its paths stay valid until the next call.
 VlmSpec fixture_vlm_spec(const char *llm, ConnectorType ct, const char *lora_dir, int max_B, int max_T,
                          int max_images, float lora_dropout);
+// vlm_init on spec, then the connector from fixture conn_file and (lora_dir not NULL) the adapter
+void fixture_model_load(Vlm *m, const Kernels *k, const VlmSpec *spec, const char *conn_file, const char *lora_dir);
 // Builds the fixtures' VLM (clip + llm + connector [+ peft adapter lora_dir]) on backend k for
 // batches up to max_B x max_T with max_images, and loads the connector and adapter weights.
 void fixture_model_open(Vlm *m, const Kernels *k, const char *llm, ConnectorType ct, const char *conn_file,

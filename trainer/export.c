@@ -259,10 +259,10 @@ void export_run_with(const char *src, const char *out_arg, const ExportOptions *
     LlmConfig lc;
     llm_config_load(&lc, c.llm);
     ConnectorType ct = connector_type_parse(c.connector);
-    int image_tokens = connector_tokens(ct, vc.grid);
+    int image_tokens = connector_tokens(ct, c.pixel_shuffle, vc.grid);
     ParamSet decl;  // declared only, never allocated: names and shapes
     params_init(&decl, kernels_cpu(), 1);
-    connector_declare_params(&decl, ct, vit_feature_dim(&vc), lc.hidden, NULL);
+    connector_declare_params(&decl, ct, c.pixel_shuffle, vit_feature_dim(&vc), lc.hidden, NULL);
     for (int i = 0; i < decl.n; i++)
         if (!st_find(&ck, decl.p[i].name))
             fatal("%s: connector tensor %s is missing (the run's connector is %s)", ck.path, decl.p[i].name, c.connector);
@@ -305,6 +305,7 @@ void export_run_with(const char *src, const char *out_arg, const ExportOptions *
     cJSON_AddStringToObject(j, "vision", "vision");  // under the export (model/model_dir.c looks there first)
     cJSON_AddNumberToObject(j, "vision_layer", c.vision_layer);
     cJSON_AddStringToObject(j, "connector", c.connector);
+    cJSON_AddNumberToObject(j, "pixel_shuffle", connector_scale(ct, c.pixel_shuffle));
     cJSON_AddNumberToObject(j, "image_size", vc.image_size);
     cJSON_AddItemToObject(j, "image_mean", cJSON_CreateFloatArray(prep.mean, 3));
     cJSON_AddItemToObject(j, "image_std", cJSON_CreateFloatArray(prep.std, 3));

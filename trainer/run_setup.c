@@ -71,8 +71,10 @@ static char *model_signature(const TrainConfig *c, const Vlm *m) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "stage", c->stage);
     cJSON_AddStringToObject(j, "connector", c->connector);
+    if (c->pixel_shuffle) cJSON_AddNumberToObject(j, "pixel_shuffle", c->pixel_shuffle);
     cJSON *v = cJSON_AddObjectToObject(j, "vision");
     const VitConfig *vc = &m->vit.cfg;
+    if (vc->type != VIT_CLIP) cJSON_AddStringToObject(v, "type", vit_type_name(vc));  // CLIP runs' signature as before
     cJSON_AddNumberToObject(v, "hidden", vc->hidden);
     cJSON_AddNumberToObject(v, "layers_run", m->vit.n_run);
     cJSON_AddNumberToObject(v, "image_size", vc->image_size);
@@ -270,8 +272,9 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     VitConfig vcfg;
     vit_config_load(&vcfg, c->vision);
     ConnectorType ct = connector_type_parse(c->connector);
-    int image_tokens = connector_tokens(ct, vcfg.grid);
+    int image_tokens = connector_tokens(ct, c->pixel_shuffle, vcfg.grid);
     VlmSpec spec = {.vision_dir = c->vision, .vision_layer = c->vision_layer, .llm_dir = c->llm, .connector = ct,
+                    .connector_scale = c->pixel_shuffle,
                     .max_B = c->batch_size, .max_T = c->max_seq_len, .max_images = c->batch_size};
     if (c->packing) spec.max_images = c->batch_size * (c->max_seq_len / (image_tokens + 1) > 1 ? c->max_seq_len / (image_tokens + 1) : 1);
     if (c->stage == 2)

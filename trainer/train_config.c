@@ -20,10 +20,11 @@
 
 const CfgKey train_keys[] = {
     K("stage", CFG_INT, stage, "1", "1: train the connector; 2: connector + LoRA"),
-    K("vision", CFG_STR, vision, "", "Hugging Face CLIP vision model directory"),
+    K("vision", CFG_STR, vision, "", "Hugging Face vision model directory (CLIP, SigLIP, Idefics3 vision)"),
     K("vision_layer", CFG_INT, vision_layer, "-2", "hidden_states index whose features feed the connector"),
     K("llm", CFG_STR, llm, "", "Hugging Face language model directory (config.json, safetensors, tokenizer.json)"),
-    K("connector", CFG_STR, connector, "ldp", "ldp | mlp2x_gelu"),
+    K("connector", CFG_STR, connector, "ldp", "ldp | mlp2x_gelu | idefics3"),
+    K("pixel_shuffle", CFG_INT, pixel_shuffle, "0", "idefics3: the pixel-shuffle scale_factor (0: 2); others: 0"),
     K("template", CFG_STR, template_, "", "plain | chatml | hyperclovax | vicuna_v1 (empty: plain for stage 1, chatml for stage 2)"),
     K("system", CFG_STR, system, "default", "system prompt; \"default\" for the template's own, \"\" for none"),
     K("data", CFG_STR, data, "", "LLaVA JSON / JSONL file (prepared once into shards) or a shard directory"),
@@ -106,7 +107,7 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     need(c->vision[0], "vision", "is required (a CLIP vision model directory)");
     need(c->llm[0], "llm", "is required (a language model directory)");
     need(c->data[0], "data", "is required (LLaVA JSON / JSONL or a shard directory)");
-    connector_type_parse(c->connector);
+    connector_scale(connector_type_parse(c->connector), c->pixel_shuffle);  // fatal() on a bad pair
     if (!c->template_[0]) strcpy(c->template_, c->stage == 1 ? "plain" : "chatml");
     template_parse(c->template_);
     need(!strcmp(c->image_aspect, "pad") || !strcmp(c->image_aspect, "crop"), "image_aspect", "must be pad or crop");

@@ -13,6 +13,7 @@ typedef struct {
     int vision_layer;
     char llm[CFG_PATH];
     char connector[32];
+    int pixel_shuffle;  // the connector's scale (0: its default)
     char template_[32];
     char system[2048];
     char data[CFG_PATH];

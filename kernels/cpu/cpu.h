@@ -104,6 +104,8 @@ void cpu_gelu_forward(act_t *out, const act_t *inp, size_t n);
 void cpu_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
 void cpu_quick_gelu_forward(act_t *out, const act_t *inp, size_t n);
 void cpu_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
+void cpu_gelu_tanh_forward(act_t *out, const act_t *inp, size_t n);
+void cpu_gelu_tanh_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
 void cpu_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n);
 void cpu_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate,
                          const act_t *up, size_t n);

@@ -1,4 +1,5 @@
-// pointwise.c: elementwise activations (GELU erf form, CLIP's quick_gelu, SwiGLU) and addition.
+// pointwise.c: elementwise activations (GELU erf and tanh forms, CLIP's quick_gelu, SwiGLU) and
+// addition.
 // Each element is read before it is written, so an output may alias an input of the same op.
 // The sigmoids run on exp_vec in CPU_HOT spans (one per thread), so they vectorise.
 #include <math.h>
@@ -19,6 +20,8 @@ static void thread_span(size_t n, size_t *i0, size_t *i1) {
 #define SQRT1_2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
 #define QUICK_GELU_K 1.702f
+#define GELU_TANH_K 0.79788456080286535588f  // sqrt(2 / pi)
+#define GELU_TANH_C 0.044715f
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + exp_vec(-x)); }
 
@@ -77,6 +80,30 @@ void cpu_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, s
         size_t i0, i1;
         thread_span(n, &i0, &i1);
         quick_gelu_grad_span(dinp, dout, inp, i0, i1);
+    }
+}
+
+// torch's gelu(approximate="tanh"): 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2/pi)
+void cpu_gelu_tanh_forward(act_t *out_, const act_t *inp_, size_t n) {
+    float *out = out_;
+    const float *inp = inp_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_TANH_K * (x + GELU_TANH_C * x * x * x)));
+    }
+}
+
+// d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(k (x + c x^3)), as torch writes it
+void cpu_gelu_tanh_backward(act_t *dinp_, const act_t *dout_, const act_t *inp_, size_t n) {
+    float *dinp = dinp_;
+    const float *dout = dout_, *inp = inp_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i], x2 = x * x;
+        float t = tanhf(GELU_TANH_K * (x + GELU_TANH_C * x2 * x));
+        float dt = 0.5f * x * (1.0f - t * t) * GELU_TANH_K * (1.0f + 3.0f * GELU_TANH_C * x2);
+        dinp[i] = dout[i] * (0.5f * (1.0f + t) + dt);
     }
 }
 

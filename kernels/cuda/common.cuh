@@ -193,6 +193,8 @@ void cuda_gelu_forward(act_t *out, const act_t *inp, size_t n);
 void cuda_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
 void cuda_quick_gelu_forward(act_t *out, const act_t *inp, size_t n);
 void cuda_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
+void cuda_gelu_tanh_forward(act_t *out, const act_t *inp, size_t n);
+void cuda_gelu_tanh_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
 void cuda_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n);
 void cuda_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up,
                           size_t n);

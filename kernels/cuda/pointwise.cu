@@ -1,4 +1,4 @@
-// pointwise.cu: elementwise ops on bf16 in fp32 math: GELU (erf form), CLIP's quick_gelu, SwiGLU,
+// pointwise.cu: elementwise ops on bf16 in fp32 math: GELU (erf and tanh forms), CLIP's quick_gelu, SwiGLU,
 // addition, and the fp32 -> bf16 cast of trainable weights. Each thread handles 8 consecutive
 // elements with one 16-byte load/store per tensor when every pointer is 16-byte aligned (and
 // element by element at the tail or otherwise). An element is read before it is written by the
@@ -10,11 +10,13 @@
 #define SQRT1_2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
 #define QUICK_GELU_K 1.702f
+#define GELU_TANH_K 0.79788456080286535588f  // sqrt(2 / pi)
+#define GELU_TANH_C 0.044715f
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // an op on up to three inputs giving up to two outputs; NULL outputs are skipped
-enum { OP_GELU_F, OP_GELU_B, OP_QGELU_F, OP_QGELU_B, OP_SWIGLU_F, OP_SWIGLU_B, OP_ADD };
+enum { OP_GELU_F, OP_GELU_B, OP_QGELU_F, OP_QGELU_B, OP_TGELU_F, OP_TGELU_B, OP_SWIGLU_F, OP_SWIGLU_B, OP_ADD };
 
 template <int OP>
 __device__ __forceinline__ void apply(float a, float b, float c, float *o0, float *o1) {
@@ -29,6 +31,11 @@ __device__ __forceinline__ void apply(float a, float b, float c, float *o0, floa
     } else if (OP == OP_QGELU_B) {  // a = dout, b = x
         float s = sigmoidf_(QUICK_GELU_K * b);
         *o0 = a * (s + b * QUICK_GELU_K * s * (1.0f - s));
+    } else if (OP == OP_TGELU_F) {
+        *o0 = 0.5f * a * (1.0f + tanhf(GELU_TANH_K * (a + GELU_TANH_C * a * a * a)));
+    } else if (OP == OP_TGELU_B) {  // a = dout, b = x
+        float x2 = b * b, t = tanhf(GELU_TANH_K * (b + GELU_TANH_C * x2 * b));
+        *o0 = a * (0.5f * (1.0f + t) + 0.5f * b * (1.0f - t * t) * GELU_TANH_K * (1.0f + 3.0f * GELU_TANH_C * x2));
     } else if (OP == OP_SWIGLU_F) {  // a = gate, b = up
         *o0 = a / (1.0f + expf(-a)) * b;
     } else if (OP == OP_SWIGLU_B) {  // a = dout, b = gate, c = up
@@ -79,6 +86,12 @@ void cuda_quick_gelu_forward(act_t *out, const act_t *inp, size_t n) {
 }
 void cuda_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
     pointwise<OP_QGELU_B>(dinp, NULL, dout, inp, NULL, n);
+}
+void cuda_gelu_tanh_forward(act_t *out, const act_t *inp, size_t n) {
+    pointwise<OP_TGELU_F>(out, NULL, inp, NULL, NULL, n);
+}
+void cuda_gelu_tanh_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
+    pointwise<OP_TGELU_B>(dinp, NULL, dout, inp, NULL, n);
 }
 void cuda_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
     pointwise<OP_SWIGLU_F>(out, NULL, gate, up, NULL, n);

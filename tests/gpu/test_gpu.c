@@ -707,6 +707,10 @@ static void test_pointwise(void **state) {
             ONE("gelu_backward", C->gelu_backward(r0, b, a, n), G->gelu_backward(p0, pb, pa, n), r0, p0);
             ONE("quick_gelu_forward", C->quick_gelu_forward(r0, a, n), G->quick_gelu_forward(p0, pa, n), r0, p0);
             ONE("quick_gelu_backward", C->quick_gelu_backward(r0, b, a, n), G->quick_gelu_backward(p0, pb, pa, n), r0, p0);
+            ONE("gelu_tanh_forward", C->gelu_tanh_forward(r0, a, n), G->gelu_tanh_forward(p0, pa, n), r0, p0);
+            ONE("gelu_tanh_backward", C->gelu_tanh_backward(r0, b, a, n), G->gelu_tanh_backward(p0, pb, pa, n), r0, p0);
+            ONE("gelu_tanh_forward in place", C->gelu_tanh_forward(r0, a, n),
+                (G->upload_act(p0, a, n), G->gelu_tanh_forward(p0, p0, n)), r0, p0);
             ONE("swiglu_forward", C->swiglu_forward(r0, a, b, n), G->swiglu_forward(p0, pa, pb, n), r0, p0);
             ONE("swiglu_backward dgate", C->swiglu_backward(r0, r1, c, a, b, n),
                 G->swiglu_backward(p0, p1, pc, pa, pb, n), r0, p0);
@@ -1143,6 +1147,8 @@ SIM_UNARY(gelu_forward)
 SIM_UNARY(quick_gelu_forward)
 SIM_BINARY(gelu_backward)
 SIM_BINARY(quick_gelu_backward)
+SIM_UNARY(gelu_tanh_forward)
+SIM_BINARY(gelu_tanh_backward)
 SIM_BINARY(swiglu_forward)
 SIM_BINARY(add)
 static void sim_dropout(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed) {
@@ -1204,6 +1210,8 @@ static const Kernels *bf16_sim(void) {
     sim.gelu_forward = sim_gelu_forward;
     sim.gelu_backward = sim_gelu_backward;
     sim.quick_gelu_forward = sim_quick_gelu_forward;
+    sim.gelu_tanh_forward = sim_gelu_tanh_forward;
+    sim.gelu_tanh_backward = sim_gelu_tanh_backward;
     sim.quick_gelu_backward = sim_quick_gelu_backward;
     sim.swiglu_forward = sim_swiglu_forward;
     sim.swiglu_backward = sim_swiglu_backward;
@@ -1220,9 +1228,22 @@ static const Kernels *bf16_sim(void) {
 
 // ---------------------------------------------------------------- part 2: the whole model
 
+// the tower of the model tests: NULL is the clip fixture; else this fixture directory read at
+// vision_layer with the connector's pixel-shuffle scale (the SigLIP / InternViT families)
+static const char *g_tower;
+static int g_tower_layer, g_scale;
+
 static void model_open(Vlm *m, const Kernels *k, const VlmFixture *fx, const char *llm, ConnectorType ct,
                        const char *conn_file, const char *lora_dir) {
-    fixture_model_open(m, k, llm, ct, conn_file, lora_dir, fx->B, fx->T, fx->n_img, 0.0f);
+    VlmSpec spec = fixture_vlm_spec(llm, ct, lora_dir, fx->B, fx->T, fx->n_img, 0.0f);
+    char vdir[1024];
+    if (g_tower) {
+        snprintf(vdir, sizeof vdir, "%s", fixture_path(g_tower));
+        spec.vision_dir = vdir;
+        spec.vision_layer = g_tower_layer;
+        spec.connector_scale = g_scale;
+    }
+    fixture_model_load(m, k, &spec, conn_file, lora_dir);
 }
 
 // first estimates, to be confirmed on a GPU; a check passes when the CUDA error is within this or
@@ -1352,6 +1373,20 @@ static void test_model_qwen2_ldp_stage1(void **state) {
 static void test_model_llama_mlp2x_rslora(void **state) {
     (void)state;
     check_vlm("vlm_llama_mlp2x.safetensors", "llama", CONNECTOR_MLP2X_GELU, "mlp2x_llama.safetensors", "llama_lora");
+}
+// SigLIP-style tower (Idefics3 vision, gelu_tanh, post-norm) + Idefics3 pixel shuffle 3 + llama
+static void test_model_llama_idefics3_lora(void **state) {
+    (void)state;
+    g_tower = "idefics3_vision", g_tower_layer = -1, g_scale = 3;
+    check_vlm("vlm_llama_idefics3.safetensors", "llama", CONNECTOR_IDEFICS3, "idefics3_llama.safetensors", "llama_lora");
+    g_tower = NULL;
+}
+// InternViT (fused qkv, folded layer scale) + InternVL mlp1 + qwen2
+static void test_model_qwen2_internvl_lora(void **state) {
+    (void)state;
+    g_tower = "internvit", g_tower_layer = -1, g_scale = 0;
+    check_vlm("vlm_qwen2_internvl.safetensors", "qwen2", CONNECTOR_INTERNVL, "internvl_qwen2.safetensors", "qwen2_lora");
+    g_tower = NULL;
 }
 
 // ---------------------------------------------------------------- batched generation
@@ -1532,14 +1567,21 @@ static void bench(void) {
 // The memory plan on the CUDA backend (bf16 buffers, the ops' scratch): vlm_init_reserved holds
 // exactly the plan, and training steps allocate nothing more (a scratch
 // buffer that had to grow would show as a rise of in_use).
-static void test_memory_plan(void **state) {
-    (void)state;
+// the plan is what setup and two steps hold on the device, for the fixture's VLM (spec with
+// NULL vision: the clip fixture; else that tower fixture at vision_layer -1)
+static void check_memory_plan(const char *fixture, const char *llm, ConnectorType ct, const char *vision) {
     KernelsWork none;
     memset(&none, 0, sizeof none);
     G->workspace_reserve(&none);  // drops the scratch the op tests grew
     VlmFixture fx;
-    vlm_fixture_open(&fx, "vlm_qwen2_ldp.safetensors");
-    VlmSpec spec = fixture_vlm_spec("qwen2", CONNECTOR_LDP, "qwen2_lora", fx.B, fx.T, fx.n_img, 0.0f);
+    vlm_fixture_open(&fx, fixture);
+    VlmSpec spec = fixture_vlm_spec(llm, ct, "qwen2_lora", fx.B, fx.T, fx.n_img, 0.0f);
+    char vdir[1024];
+    if (vision) {
+        snprintf(vdir, sizeof vdir, "%s", fixture_path(vision));
+        spec.vision_dir = vdir;
+        spec.vision_layer = -1;
+    }
     size_t base, after;
     G->memory(&base, NULL);
     base -= G->workspace_bytes(&none);  // the fixed scratch (sum_squares) stays reserved: it is in the plan
@@ -1550,7 +1592,8 @@ static void test_memory_plan(void **state) {
     Vlm m;
     vlm_init_reserved(&m, G, &spec);
     G->memory(&after, NULL);
-    printf("    plan %zu bytes (workspace %zu), held after setup %zu\n", plan.total, plan.workspace, after - base);
+    printf("    %s: plan %zu bytes (workspace %zu), held after setup %zu\n", fixture, plan.total, plan.workspace,
+           after - base);
     assert_int_equal(after - base, plan.total);
     vlm_init_trainable(&m, 5);
     for (int rep = 0; rep < 2; rep++) {
@@ -1560,7 +1603,7 @@ static void test_memory_plan(void **state) {
     }
     G->synchronize();
     G->memory(&after, NULL);
-    printf("    held after 2 forward+backward steps %zu\n", after - base);
+    printf("    %s: held after 2 forward+backward steps %zu\n", fixture, after - base);
     assert_int_equal(after - base, plan.total);
     size_t whole = plan.trainable, span = m.train.span;
     vlm_free(&m);
@@ -1580,6 +1623,13 @@ static void test_memory_plan(void **state) {
     assert_true(sharded.trainable < whole);
     vlm_free(&m);
     vlm_fixture_close(&fx);
+}
+
+static void test_memory_plan(void **state) {
+    (void)state;
+    check_memory_plan("vlm_qwen2_ldp.safetensors", "qwen2", CONNECTOR_LDP, NULL);
+    // InternViT + mlp1: the LayerNorm over 4Cv-wide pixel-shuffled tokens needs its scratch planned
+    check_memory_plan("vlm_qwen2_internvl.safetensors", "qwen2", CONNECTOR_INTERNVL, "internvit");
 }
 
 // ---------------------------------------------------------------- data parallelism in one process
@@ -1661,6 +1711,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_model_qwen2_ldp_lora),
         cmocka_unit_test(test_model_qwen2_ldp_stage1),
         cmocka_unit_test(test_model_llama_mlp2x_rslora),
+        cmocka_unit_test(test_model_llama_idefics3_lora),
+        cmocka_unit_test(test_model_qwen2_internvl_lora),
         cmocka_unit_test(test_memory_plan),
         cmocka_unit_test(test_grad_buckets),
         cmocka_unit_test(test_sharded_masters),

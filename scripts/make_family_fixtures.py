@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Generate the parity fixtures of the SigLIP and Idefics3 vision towers and connector.
+
+    python3 scripts/make_family_fixtures.py --out tests/fixtures
+
+Run after scripts/make_fixtures.py (it reuses that script's llama and llama_lora fixtures).
+Writes, as real Hugging Face directories (save_pretrained) and safetensors references:
+
+  siglip/                      SiglipVisionModel (30 px, patch 5: a 6x6 grid, width 36, 3 heads)
+  siglip_features.safetensors  pixel_values (2,3,30,30), vision_features = hidden_states[-2],
+                               last_hidden_state (post_layernorm applied)
+  idefics3_vision/             Idefics3VisionTransformer (27 px, patch 1: a 27x27 grid, as
+                               SigLIP-so400m/14 at 384 px in Idefics3 / SmolVLM)
+  idefics3_llama.safetensors   Idefics3Connector (scale_factor 3) weights, Idefics3's names
+  vlm_llama_idefics3.safetensors  the full VLM (Idefics3 vision last_hidden_state -> pixel
+                               shuffle 3 -> Linear -> llama + rsLoRA): logits, loss, connector
+                               and LoRA gradients, as make_fixtures.py's vlm_* files
+  vlm_llama_idefics3_stage1.safetensors  the same without LoRA (connector gradients only)
+  internvl_vision/             InternVLVisionModel, transformers' native InternViT (30 px, patch 3:
+                               a 10x10 grid, width 40, 5 heads, q/k/v biases, random layer scales)
+  internvit/                   the same weights under InternVL's remote-code names (vision_model.*,
+                               fused attn.qkv, ls1 / ls2, norm1 / norm2) with an internvl_chat config
+  internvl_qwen2.safetensors   InternVLMultiModalProjector weights as mlp1.{0,1,3};
+  internvl_hf_qwen2.safetensors  the same as model.multi_modal_projector.*
+  vlm_qwen2_internvl.safetensors  InternViT last_hidden_state (CLS dropped) -> pixel shuffle 0.5
+                               (v2) -> mlp1 -> qwen2 + LoRA, gradients under the mlp1 names
+  vlm_qwen2_internvl_stage1.safetensors  the same without LoRA
+
+Everything runs on the CPU in float32 with fixed seeds, one thread, deterministic algorithms and
+eager attention, so a rerun rewrites the same bytes. The versions used are printed at the end and
+recorded in tests/fixtures/README.md.
+"""
+import argparse
+import json
+import os
+import warnings
+
+from pyreq import require  # noqa: E402
+
+require("numpy", "torch", "safetensors", "transformers", "peft")
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+import transformers
+from transformers import (Idefics3Config, InternVLConfig, InternVLVisionConfig, InternVLVisionModel,
+                          LlamaForCausalLM, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel)
+from transformers.models.internvl.modeling_internvl import InternVLModel, InternVLMultiModalProjector
+from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector, Idefics3VisionTransformer
+from transformers.utils import logging as hf_logging
+import peft
+from peft import PeftModel
+
+from safetensors.torch import load_file
+
+from make_fixtures import (ATTN, build_embeds, clean_dir, gen, hf_loss_check, load_llm, make_batch,
+                           perturb_layernorms, safetensors_keys, state_equal, svlm_name)
+
+CONNECTOR_NAME = "model.connector.modality_projection.proj.weight"
+
+
+def siglip_config():
+    return SiglipVisionConfig(hidden_size=36, intermediate_size=52, num_hidden_layers=3,
+                              num_attention_heads=3, image_size=30, patch_size=5,
+                              hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, num_channels=3)
+
+
+def idefics3_vision_config():
+    return Idefics3VisionConfig(hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=27, patch_size=1,
+                                hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, num_channels=3)
+
+
+def perturb_vision(model, seed):
+    """non-trivial norms, biases and positions, so that a skipped bias or a wrong row shows"""
+    perturb_layernorms(model, seed)
+    g = gen(seed + 1)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if name.endswith(".bias") and "layer_norm" not in name and "layernorm" not in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            if name.endswith("position_embedding.weight"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+
+
+def idefics3_position_ids(model, n_img, pixel_values):
+    """the position ids Idefics3's embeddings use for full images (bucketized coordinates)"""
+    emb = model.embeddings
+    seen = {}
+
+    def hook(mod, args):
+        seen["ids"] = args[0].clone()
+    h = emb.position_embedding.register_forward_pre_hook(hook)
+    mask = torch.ones((n_img, emb.num_patches_per_side, emb.num_patches_per_side), dtype=torch.bool)
+    with torch.no_grad():
+        emb(pixel_values, mask)
+    h.remove()
+    return seen["ids"]
+
+
+def run_vlm(out, tag, llm_dir, lora_dir, pixels, feats, conn, T, starts, pads, seed, stage1_tag, llm_cls=LlamaForCausalLM,
+            conn_grads=None):
+    """conn_grads(conn) -> {svlm name: gradient tensor} of the connector (default: Idefics3's)"""
+    if conn_grads is None:
+        conn_grads = lambda c: {CONNECTOR_NAME: c.modality_projection.proj.weight.grad}  # noqa: E731
+    base = load_llm(llm_cls, llm_dir)
+    model = PeftModel.from_pretrained(base, lora_dir, is_trainable=True).eval()
+    V = base.config.vocab_size
+    with torch.no_grad():
+        n_img = conn(feats).shape[1]
+    ids, labels, img_row, img_start = make_batch(seed, V, T, n_img, starts, pads)
+
+    conn.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
+    conn_out = conn(feats)
+    embeds = build_embeds(model.get_base_model(), ids, conn_out, img_row, img_start)
+    res = model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), labels=labels)
+    ntok = hf_loss_check(res.logits, labels, res.loss)
+    res.loss.backward()
+    common = {
+        "pixel_values": pixels.contiguous(),
+        "input_ids": ids.to(torch.int32).contiguous(),
+        "labels": labels.to(torch.int32).contiguous(),
+        "img_row": img_row.contiguous(),
+        "img_start": img_start.contiguous(),
+        "vision_features": feats.contiguous(),
+        "connector_out": conn_out.detach().contiguous(),
+    }
+    tensors = dict(common)
+    tensors["logits"] = res.logits.detach().contiguous()
+    tensors["loss"] = res.loss.detach().reshape(1).contiguous()
+    nlora = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert "lora_" in name and p.grad is not None, name
+            tensors["grad." + svlm_name(name)] = p.grad.detach().clone().contiguous()
+            nlora += 1
+    for name, gr in conn_grads(conn).items():
+        tensors["grad." + name] = gr.detach().clone().contiguous()
+    with torch.no_grad():
+        with model.disable_adapter():
+            lb = model(inputs_embeds=embeds.detach(), attention_mask=torch.ones_like(ids)).logits
+    diff = float((res.logits.detach() - lb).abs().max())
+    assert diff > 0.05, f"LoRA barely changes the logits: {diff}"
+    save_file(tensors, os.path.join(out, f"{tag}.safetensors"))
+    info = dict(file=f"{tag}.safetensors", loss=res.loss.item(), labelled=ntok, lora_tensors=nlora,
+                image_tokens=n_img, max_lora_logit_change=diff)
+
+    # stage 1: the base LLM alone, the connector trainable
+    llm = load_llm(llm_cls, llm_dir)
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    conn.zero_grad(set_to_none=True)
+    out1 = conn(feats)
+    r1 = llm(inputs_embeds=build_embeds(llm, ids, out1, img_row, img_start),
+             attention_mask=torch.ones_like(ids), labels=labels)
+    hf_loss_check(r1.logits, labels, r1.loss)
+    r1.loss.backward()
+    t1 = {k: v for k, v in common.items() if k != "vision_features"}  # in the stage-2 file
+    t1["logits"] = r1.logits.detach().contiguous()
+    t1["loss"] = r1.loss.detach().reshape(1).contiguous()
+    for name, gr in conn_grads(conn).items():
+        t1["grad." + name] = gr.detach().clone().contiguous()
+    save_file(t1, os.path.join(out, f"{stage1_tag}.safetensors"))
+    info["stage1_loss"] = r1.loss.item()
+    return info
+
+
+PIXELS = None
+
+
+def internvl_vision_config():
+    return InternVLVisionConfig(hidden_size=40, intermediate_size=56, num_hidden_layers=3,
+                                num_attention_heads=5, image_size=30, patch_size=3, attention_bias=True,
+                                norm_type="layer_norm", layer_norm_eps=1e-6, hidden_act="gelu",
+                                use_mean_pooling=True, layer_scale_init_value=0.1)
+
+
+def remote_internvit_names(sd):
+    """transformers' native internvl_vision names -> InternVL remote code's (vision_model.*): the
+    q, k, v projections fused into attn.qkv (rows q, then k, then v), lambda_i -> ls_i"""
+    out = {}
+    ren = {"embeddings.cls_token": "embeddings.class_embedding",
+           "embeddings.patch_embeddings.projection.weight": "embeddings.patch_embedding.weight",
+           "embeddings.patch_embeddings.projection.bias": "embeddings.patch_embedding.bias",
+           "embeddings.position_embeddings": "embeddings.position_embedding"}
+    layer_ren = {"attention.projection_layer": "attn.proj", "lambda_1": "ls1", "lambda_2": "ls2",
+                 "layernorm_before": "norm1", "layernorm_after": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    for k, v in sd.items():
+        if k in ren:
+            out["vision_model." + ren[k]] = v
+            continue
+        assert k.startswith("encoder.layer."), k
+        rest = k[len("encoder.layer."):]
+        l, name = rest.split(".", 1)
+        pre = f"vision_model.encoder.layers.{l}."
+        if name.startswith("attention.q_proj."):
+            suf = name[len("attention.q_proj."):]
+            qkv = [sd[f"encoder.layer.{l}.attention.{x}_proj.{suf}"] for x in "qkv"]
+            out[pre + "attn.qkv." + suf] = torch.cat(qkv, 0).contiguous()
+            continue
+        if name.startswith("attention.k_proj.") or name.startswith("attention.v_proj."):
+            continue
+        for a, b in layer_ren.items():
+            if name == a or name.startswith(a + "."):
+                out[pre + b + name[len(a):]] = v
+                break
+        else:
+            raise KeyError(k)
+    return out
+
+
+class InternVLConnector(nn.Module):
+    """InternVLModel.get_image_features after the tower: CLS dropped, (B, g, g, C), pixel
+    shuffle 0.5, (B, g*g/4, 4C), multi_modal_projector"""
+    def __init__(self, cfg):
+        super().__init__()
+        self.proj = InternVLMultiModalProjector(cfg)
+
+    def forward(self, feats):
+        b, n, c = feats.shape
+        g = int(n ** 0.5)
+        x = InternVLModel.pixel_shuffle(None, feats.reshape(b, g, g, c), scale_factor=0.5)
+        return self.proj(x.reshape(b, -1, x.shape[-1]))
+
+
+REMOTE_CONN = {"layer_norm": "mlp1.0", "linear_1": "mlp1.1", "linear_2": "mlp1.3"}
+
+
+def make_internvl(out):
+    # ---- InternVLVisionModel (native names), random, then the same weights under the remote names
+    d = os.path.join(out, "internvl_vision")
+    clean_dir(d)
+    torch.manual_seed(15001)
+    vm = InternVLVisionModel(internvl_vision_config()).eval()
+    perturb_vision(vm, 15002)
+    g = gen(15003)
+    with torch.no_grad():
+        for name, p in sorted(vm.named_parameters()):
+            if "lambda_" in name:
+                p.copy_(0.1 + 0.5 * torch.randn(p.shape, generator=g))
+            if name.endswith("cls_token") or name.endswith("position_embeddings"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    vm.save_pretrained(d)
+    vm = InternVLVisionModel.from_pretrained(d, dtype=torch.float32, attn_implementation=ATTN).eval()
+    sd = load_file(os.path.join(d, "model.safetensors"))
+    assert "encoder.layer.0.attention.q_proj.bias" in sd and "encoder.layer.0.lambda_1" in sd, sorted(sd)[:8]
+    rd = os.path.join(out, "internvit")
+    clean_dir(rd)
+    save_file(remote_internvit_names(sd), os.path.join(rd, "model.safetensors"), metadata={"format": "pt"})
+    vc = internvl_vision_config()
+    cfg = {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "downsample_ratio": 0.5,
+           "ps_version": "v2", "select_layer": -1, "template": "Hermes-2",
+           "vision_config": {"architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
+                             "hidden_size": vc.hidden_size, "intermediate_size": vc.intermediate_size,
+                             "num_hidden_layers": vc.num_hidden_layers,
+                             "num_attention_heads": vc.num_attention_heads, "image_size": 30, "patch_size": 3,
+                             "num_channels": 3, "hidden_act": "gelu", "norm_type": "layer_norm",
+                             "layer_norm_eps": 1e-6, "qkv_bias": True, "qk_normalization": False,
+                             "use_flash_attn": False, "drop_path_rate": 0.0}}
+    with open(os.path.join(rd, "config.json"), "w") as fh:
+        fh.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+    pix = torch.randn((2, 3, 30, 30), generator=gen(15004))
+    with torch.no_grad():
+        feats = vm(pixel_values=pix).last_hidden_state[:, 1:].contiguous()   # select_layer -1, CLS dropped
+    assert feats.shape == (2, 100, 40)
+
+    # ---- the projector (InternVLMultiModalProjector = mlp1) into qwen2
+    qcfg = load_llm(Qwen2ForCausalLM, os.path.join(out, "qwen2")).config
+    icfg = InternVLConfig(vision_config=internvl_vision_config().to_dict(), text_config=qcfg.to_dict(),
+                          downsample_ratio=0.5, projector_hidden_act="gelu")
+    torch.manual_seed(16001)
+    conn = InternVLConnector(icfg)
+    perturb_layernorms(conn, 16002)
+    native = {"model.multi_modal_projector." + k: v.detach().contiguous() for k, v in conn.proj.state_dict().items()}
+    remote = {}
+    for k, v in conn.proj.state_dict().items():
+        mod, suf = k.split(".", 1)
+        remote[REMOTE_CONN[mod] + "." + suf] = v.detach().contiguous()
+    save_file(remote, os.path.join(out, "internvl_qwen2.safetensors"))
+    save_file(native, os.path.join(out, "internvl_hf_qwen2.safetensors"))
+
+    def grads(c):
+        return {REMOTE_CONN[k.split(".", 1)[0]] + "." + k.split(".", 1)[1]: p.grad
+                for k, p in c.proj.named_parameters()}
+    return run_vlm(out, "vlm_qwen2_internvl", os.path.join(out, "qwen2"), os.path.join(out, "qwen2_lora"), pix,
+                   feats, conn, T=40, starts=[2, 5], pads=3, seed=17001, stage1_tag="vlm_qwen2_internvl_stage1",
+                   llm_cls=Qwen2ForCausalLM, conn_grads=grads)
+
+
+def main():
+    global PIXELS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="tests/fixtures")
+    args = ap.parse_args()
+    out = args.out
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.set_default_dtype(torch.float32)
+    log = {}
+
+    # ---- 1. siglip (SiglipVisionModel): features at hidden_states[-2] and last_hidden_state
+    d = os.path.join(out, "siglip")
+    clean_dir(d)
+    torch.manual_seed(11001)
+    sig = SiglipVisionModel(siglip_config()).eval()
+    perturb_vision(sig, 11002)
+    sig.save_pretrained(d)
+    keys = safetensors_keys(d)
+    assert "embeddings.patch_embedding.bias" in keys, keys[:5]    # transformers 5: bare names
+    assert not any("class_embedding" in k for k in keys)
+    sig = SiglipVisionModel.from_pretrained(d, dtype=torch.float32, attn_implementation=ATTN).eval()
+    pix = torch.randn((2, 3, 30, 30), generator=gen(11003))
+    with torch.no_grad():
+        o = sig(pixel_values=pix, output_hidden_states=True)
+    assert o.hidden_states[-2].shape == (2, 36, 36)
+    save_file({"pixel_values": pix.contiguous(), "vision_features": o.hidden_states[-2].contiguous(),
+               "last_hidden_state": o.last_hidden_state.contiguous()},
+              os.path.join(out, "siglip_features.safetensors"))
+
+    # ---- 2. idefics3_vision (Idefics3VisionTransformer, as Idefics3 / SmolVLM hold it)
+    d = os.path.join(out, "idefics3_vision")
+    clean_dir(d)
+    torch.manual_seed(12001)
+    iv = Idefics3VisionTransformer(idefics3_vision_config()).eval()
+    perturb_vision(iv, 12002)
+    iv.save_pretrained(d)
+    re = Idefics3VisionTransformer.from_pretrained(d, dtype=torch.float32, attn_implementation=ATTN).eval()
+    state_equal(iv, re)
+    PIXELS = torch.randn((2, 3, 27, 27), generator=gen(12003))
+    pos = idefics3_position_ids(re, 2, PIXELS)
+    n = 27
+    # Idefics3's embeddings bucketize patch coordinates; at the grids of the released models (24,
+    # 27, 32) and this one the ids are 0..n*n-1, which svlm assumes (some grids, e.g. 19 or 25,
+    # would skip a row: svlm does not reproduce that)
+    assert torch.equal(pos[0], torch.arange(n * n)) and torch.equal(pos[1], pos[0])
+    with torch.no_grad():
+        feats = re(pixel_values=PIXELS).last_hidden_state             # (2, 729, 24), post_layernorm
+
+    # ---- 3. Idefics3 connector (scale_factor 3: 27x27 -> 9x9 tokens of 9*24) into llama
+    cfg = Idefics3Config(vision_config=idefics3_vision_config().to_dict(),
+                         text_config=load_llm(LlamaForCausalLM, os.path.join(out, "llama")).config.to_dict(),
+                         scale_factor=3)
+    torch.manual_seed(13001)
+    conn = Idefics3Connector(cfg)
+    assert dict(conn.named_parameters()).keys() == {"modality_projection.proj.weight"}
+    with torch.no_grad():
+        conn.modality_projection.proj.weight.copy_(0.2 * torch.randn(conn.modality_projection.proj.weight.shape,
+                                                                     generator=gen(13002)))
+    save_file({CONNECTOR_NAME: conn.modality_projection.proj.weight.detach().contiguous()},
+              os.path.join(out, "idefics3_llama.safetensors"))
+
+    log["llama_idefics3"] = run_vlm(out, "vlm_llama_idefics3", os.path.join(out, "llama"),
+                                    os.path.join(out, "llama_lora"), PIXELS, feats, conn, T=97, starts=[2, 5],
+                                    pads=3, seed=14001, stage1_tag="vlm_llama_idefics3_stage1")
+
+    log["internvl"] = make_internvl(out)
+
+    # each family's files stay under 1 MB
+    families = {"siglip_idefics3": (("siglip", "idefics3_vision"),
+                                    ("siglip_features", "idefics3_llama", "vlm_llama_idefics3",
+                                     "vlm_llama_idefics3_stage1")),
+                "internvl": (("internvl_vision", "internvit"),
+                             ("internvl_qwen2", "internvl_hf_qwen2", "vlm_qwen2_internvl",
+                              "vlm_qwen2_internvl_stage1"))}
+    for fam, (dirs, files) in families.items():
+        total = 0
+        for f in dirs:
+            for root, _, names in os.walk(os.path.join(out, f)):
+                total += sum(os.path.getsize(os.path.join(root, x)) for x in names)
+        for f in files:
+            total += os.path.getsize(os.path.join(out, f + ".safetensors"))
+        log[fam + "_bytes"] = total
+        assert total < 1024 * 1024, (fam, total)
+    log["versions"] = dict(torch=torch.__version__, transformers=transformers.__version__,
+                           peft=peft.__version__)
+    print(json.dumps(log, indent=1))
+
+
+if __name__ == "__main__":
+    main()
