@@ -33,7 +33,6 @@ recorded in tests/fixtures/README.md.
 import argparse
 import json
 import os
-import warnings
 
 from pyreq import require  # noqa: E402
 
@@ -43,20 +42,18 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-import transformers
 from transformers import (Idefics3Config, InternVLConfig, InternVLVisionConfig, InternVLVisionModel,
                           LlamaForCausalLM, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel)
 from transformers.models.internvl.modeling_internvl import InternVLModel, InternVLMultiModalProjector
 from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
 from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector, Idefics3VisionTransformer
-from transformers.utils import logging as hf_logging
-import peft
 from peft import PeftModel
 
 from safetensors.torch import load_file
 
-from make_fixtures import (ATTN, build_embeds, clean_dir, gen, hf_loss_check, load_llm, make_batch,
-                           perturb_layernorms, safetensors_keys, state_equal, svlm_name)
+from make_fixtures import (ATTN, add_lora_grads, base_logits, batch_tensors, clean_dir, gen, load_llm,
+                           lora_step, make_batch, perturb_layernorms, safetensors_keys, setup_torch,
+                           stage1_step, state_equal, versions)
 
 CONNECTOR_NAME = "model.connector.modality_projection.proj.weight"
 
@@ -112,52 +109,21 @@ def run_vlm(out, tag, llm_dir, lora_dir, pixels, feats, conn, T, starts, pads, s
         n_img = conn(feats).shape[1]
     ids, labels, img_row, img_start = make_batch(seed, V, T, n_img, starts, pads)
 
-    conn.zero_grad(set_to_none=True)
-    model.zero_grad(set_to_none=True)
-    conn_out = conn(feats)
-    embeds = build_embeds(model.get_base_model(), ids, conn_out, img_row, img_start)
-    res = model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), labels=labels)
-    ntok = hf_loss_check(res.logits, labels, res.loss)
-    res.loss.backward()
-    common = {
-        "pixel_values": pixels.contiguous(),
-        "input_ids": ids.to(torch.int32).contiguous(),
-        "labels": labels.to(torch.int32).contiguous(),
-        "img_row": img_row.contiguous(),
-        "img_start": img_start.contiguous(),
-        "vision_features": feats.contiguous(),
-        "connector_out": conn_out.detach().contiguous(),
-    }
+    conn_out, embeds, res, ntok = lora_step(model, conn, feats, ids, labels, img_row, img_start)
+    common = batch_tensors(pixels, ids, labels, img_row, img_start, feats, conn_out)
     tensors = dict(common)
     tensors["logits"] = res.logits.detach().contiguous()
     tensors["loss"] = res.loss.detach().reshape(1).contiguous()
-    nlora = 0
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            assert "lora_" in name and p.grad is not None, name
-            tensors["grad." + svlm_name(name)] = p.grad.detach().clone().contiguous()
-            nlora += 1
+    nlora = add_lora_grads(tensors, model)
     for name, gr in conn_grads(conn).items():
         tensors["grad." + name] = gr.detach().clone().contiguous()
-    with torch.no_grad():
-        with model.disable_adapter():
-            lb = model(inputs_embeds=embeds.detach(), attention_mask=torch.ones_like(ids)).logits
-    diff = float((res.logits.detach() - lb).abs().max())
-    assert diff > 0.05, f"LoRA barely changes the logits: {diff}"
+    _, diff = base_logits(model, embeds, ids, res.logits)
     save_file(tensors, os.path.join(out, f"{tag}.safetensors"))
     info = dict(file=f"{tag}.safetensors", loss=res.loss.item(), labelled=ntok, lora_tensors=nlora,
                 image_tokens=n_img, max_lora_logit_change=diff)
 
     # stage 1: the base LLM alone, the connector trainable
-    llm = load_llm(llm_cls, llm_dir)
-    for p in llm.parameters():
-        p.requires_grad_(False)
-    conn.zero_grad(set_to_none=True)
-    out1 = conn(feats)
-    r1 = llm(inputs_embeds=build_embeds(llm, ids, out1, img_row, img_start),
-             attention_mask=torch.ones_like(ids), labels=labels)
-    hf_loss_check(r1.logits, labels, r1.loss)
-    r1.loss.backward()
+    r1 = stage1_step(llm_cls, llm_dir, conn, feats, ids, labels, img_row, img_start)
     t1 = {k: v for k, v in common.items() if k != "vision_features"}  # in the stage-2 file
     t1["logits"] = r1.logits.detach().contiguous()
     t1["loss"] = r1.loss.detach().reshape(1).contiguous()
@@ -298,12 +264,7 @@ def main():
     args = ap.parse_args()
     out = args.out
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    torch.set_default_dtype(torch.float32)
+    setup_torch()
     log = {}
 
     # ---- 1. siglip (SiglipVisionModel): features at hidden_states[-2] and last_hidden_state
@@ -379,8 +340,7 @@ def main():
             total += os.path.getsize(os.path.join(out, f + ".safetensors"))
         log[fam + "_bytes"] = total
         assert total < 1024 * 1024, (fam, total)
-    log["versions"] = dict(torch=torch.__version__, transformers=transformers.__version__,
-                           peft=peft.__version__)
+    log["versions"] = versions()
     print(json.dumps(log, indent=1))
 
 

@@ -344,6 +344,87 @@ def build_embeds(llm, ids, conn_out, img_row, img_start):
     return emb
 
 
+# --------------------------------------------------------------------------------------------
+# pieces of run_vlm shared with make_family_fixtures.py
+
+
+def setup_torch():
+    """quiet transformers, one thread, deterministic float32: a rerun rewrites the same bytes"""
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.set_default_dtype(torch.float32)
+
+
+def versions():
+    return dict(torch=torch.__version__, transformers=transformers.__version__,
+                peft=peft.__version__)
+
+
+def lora_step(model, conn, feats, ids, labels, img_row, img_start):
+    """forward + backward of connector -> peft model; returns conn_out, embeds, the HF output
+    and the number of labelled positions (HF's loss checked against hf_loss_check)"""
+    conn.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
+    conn_out = conn(feats)
+    embeds = build_embeds(model.get_base_model(), ids, conn_out, img_row, img_start)
+    res = model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), labels=labels)
+    ntok = hf_loss_check(res.logits, labels, res.loss)
+    res.loss.backward()
+    return conn_out, embeds, res, ntok
+
+
+def batch_tensors(pixel_values, ids, labels, img_row, img_start, feats, conn_out):
+    """the inputs of a vlm_* file, in file order"""
+    return {
+        "pixel_values": pixel_values.contiguous(),
+        "input_ids": ids.to(torch.int32).contiguous(),
+        "labels": labels.to(torch.int32).contiguous(),
+        "img_row": img_row.contiguous(),
+        "img_start": img_start.contiguous(),
+        "vision_features": feats.contiguous(),
+        "connector_out": conn_out.detach().contiguous(),
+    }
+
+
+def add_lora_grads(tensors, model):
+    """grad.<svlm name> of every trainable (LoRA) parameter; returns how many"""
+    nlora = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert "lora_" in name, name
+            assert p.grad is not None, name
+            tensors["grad." + svlm_name(name)] = p.grad.detach().clone().contiguous()
+            nlora += 1
+    return nlora
+
+
+def base_logits(model, embeds, ids, logits):
+    """the logits with the adapter disabled, and their max change from `logits`"""
+    with torch.no_grad():
+        with model.disable_adapter():
+            lb = model(inputs_embeds=embeds.detach(), attention_mask=torch.ones_like(ids)).logits
+    diff = float((logits.detach() - lb).abs().max())
+    assert diff > 0.05, f"LoRA barely changes the logits: {diff}"
+    return lb, diff
+
+
+def stage1_step(llm_cls, llm_dir, conn, feats, ids, labels, img_row, img_start):
+    """stage 1: the base LLM without any LoRA, frozen; only the connector gets gradients"""
+    llm = load_llm(llm_cls, llm_dir)
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    conn.zero_grad(set_to_none=True)
+    conn_out1 = conn(feats)
+    emb1 = build_embeds(llm, ids, conn_out1, img_row, img_start)
+    r1 = llm(inputs_embeds=emb1, attention_mask=torch.ones_like(ids), labels=labels)
+    hf_loss_check(r1.logits, labels, r1.loss)
+    r1.loss.backward()
+    return r1
+
+
 def run_vlm(out, tag, llm_dir, llm_cls, lora_dir, clip_dir, conn, conn_file, pixel_values,
             T, starts, pads, seed, stage1_tag=None):
     clip = CLIPVisionModel.from_pretrained(clip_dir, dtype=torch.float32,
@@ -359,32 +440,14 @@ def run_vlm(out, tag, llm_dir, llm_cls, lora_dir, clip_dir, conn, conn_file, pix
     ids, labels, img_row, img_start = make_batch(seed, V, T, n_img, starts, pads)
 
     # LoRA forward + backward
-    conn.zero_grad(set_to_none=True)
-    model.zero_grad(set_to_none=True)
-    conn_out = conn(feats)
-    embeds = build_embeds(model.get_base_model(), ids, conn_out, img_row, img_start)
-    res = model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), labels=labels)
+    conn_out, embeds, res, ntok = lora_step(model, conn, feats, ids, labels, img_row, img_start)
     logits, loss = res.logits, res.loss
-    ntok = hf_loss_check(logits, labels, loss)
-    loss.backward()
 
-    tensors = {
-        "pixel_values": pixel_values.contiguous(),
-        "input_ids": ids.to(torch.int32).contiguous(),
-        "labels": labels.to(torch.int32).contiguous(),
-        "img_row": img_row.contiguous(),
-        "img_start": img_start.contiguous(),
-        "vision_features": feats,
-        "connector_out": conn_out.detach().contiguous(),
-        "logits": logits.detach().contiguous(),
-        "loss": loss.detach().reshape(1).contiguous(),
-    }
-    with torch.no_grad():
-        with model.disable_adapter():
-            lb = model(inputs_embeds=embeds.detach(), attention_mask=torch.ones_like(ids)).logits
+    tensors = batch_tensors(pixel_values, ids, labels, img_row, img_start, feats, conn_out)
+    tensors["logits"] = logits.detach().contiguous()
+    tensors["loss"] = loss.detach().reshape(1).contiguous()
+    lb, diff = base_logits(model, embeds, ids, logits)
     tensors["logits_base"] = lb.detach().contiguous()
-    diff = float((logits.detach() - lb).abs().max())
-    assert diff > 0.05, f"LoRA barely changes the logits: {diff}"
 
     # the merge convention svlm uses: W[out,in] += scaling * B[out,r] @ A[r,in], with scaling
     # alpha/r, or alpha/sqrt(r) under rsLoRA, read from adapter_config.json
@@ -404,13 +467,7 @@ def run_vlm(out, tag, llm_dir, llm_cls, lora_dir, clip_dir, conn, conn_file, pix
     merr = float((lm - logits.detach()).abs().max())
     assert merr < 1e-4, f"manual merge (scaling {scaling}) differs from peft: {merr}"
 
-    nlora = 0
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            assert "lora_" in name, name
-            assert p.grad is not None, name
-            tensors["grad." + svlm_name(name)] = p.grad.detach().clone().contiguous()
-            nlora += 1
+    nlora = add_lora_grads(tensors, model)
     for name, p in connector_named_params(conn).items():
         tensors["grad." + name] = p.grad.detach().clone().contiguous()
     # the adapter file holds exactly the tensors we took gradients of
@@ -432,16 +489,7 @@ def run_vlm(out, tag, llm_dir, llm_cls, lora_dir, clip_dir, conn, conn_file, pix
                 max_lora_logit_change=diff, lora_scaling=scaling, merge_err=merr)
 
     if stage1_tag:
-        # stage 1: base LLM without any LoRA, connector trainable only
-        llm = load_llm(llm_cls, llm_dir)
-        for p in llm.parameters():
-            p.requires_grad_(False)
-        conn.zero_grad(set_to_none=True)
-        conn_out1 = conn(feats)
-        emb1 = build_embeds(llm, ids, conn_out1, img_row, img_start)
-        r1 = llm(inputs_embeds=emb1, attention_mask=torch.ones_like(ids), labels=labels)
-        hf_loss_check(r1.logits, labels, r1.loss)
-        r1.loss.backward()
+        r1 = stage1_step(llm_cls, llm_dir, conn, feats, ids, labels, img_row, img_start)
         assert torch.allclose(r1.logits, lb, atol=1e-5, rtol=1e-5)
         t1 = {k: tensors[k] for k in ("pixel_values", "input_ids", "labels", "img_row",
                                       "img_start", "vision_features", "connector_out")}
@@ -464,12 +512,7 @@ def main():
     args = ap.parse_args()
     out = args.out
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    torch.set_default_dtype(torch.float32)
+    setup_torch()
     os.makedirs(out, exist_ok=True)
     log = {}
 
@@ -620,8 +663,7 @@ def main():
         for f in files:
             total += os.path.getsize(os.path.join(root, f))
     log["total_bytes"] = total
-    log["versions"] = dict(torch=torch.__version__, transformers=transformers.__version__,
-                           peft=peft.__version__)
+    log["versions"] = versions()
     print(json.dumps(log, indent=1))
     assert total < 3 * 1024 * 1024, total
 
