@@ -19,35 +19,8 @@ static uint64_t seed = 0x5eed1234abcdULL;
 // to a few dozen terms and of exp/erf, while an indexing or formula mistake gives errors near 1
 #define TOL 1e-5
 
-static float *randv(size_t n, float lo, float hi) {
-    float *x = xmalloc((n ? n : 1) * sizeof(float));
-    test_fill_uniform(x, n, lo, hi, &seed);
-    return x;
-}
-
-static float *zerov(size_t n) { return xcalloc(n ? n : 1, sizeof(float)); }
-
-static float *copyv(const float *x, size_t n) {
-    float *y = xmalloc((n ? n : 1) * sizeof(float));
-    memcpy(y, x, n * sizeof(float));
-    return y;
-}
-
-static float *nanv(size_t n) {
-    float *x = xmalloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = NAN;
-    return x;
-}
-
-static void expect_close(const char *what, const float *a, const float *ref, size_t n, double tol) {
-    double e = rel_err(a, ref, n);
-    print_message("    %-44s rel err %.2e (tol %.0e)\n", what, e, tol);
-    if (!(e <= tol)) fail_msg("%s: rel err %.3e > %.1e", what, e, tol);
-}
-
-static void expect_same_bits(const char *what, const float *a, const float *b, size_t n) {
-    if (memcmp(a, b, n * sizeof(float)) != 0) fail_msg("%s: results differ bitwise", what);
-}
+// testlib.h's test_randv, drawing from this file's seed
+#define randv(n, lo, hi) test_randv((n), (lo), (hi), &seed)
 
 static int setup(void **state) {
     (void)state;
@@ -95,25 +68,25 @@ static void test_table_and_memory(void **state) {
         K->free(p);
     }
     size_t n = 37;
-    float *host = randv(n, -3, 3), *back = nanv(n);
+    float *host = randv(n, -3, 3), *back = test_nanv(n);
     float *dev = K->alloc(n * sizeof(float));
     K->upload(dev, host, n * sizeof(float));
     K->download(back, dev, n * sizeof(float));
-    expect_same_bits("upload/download", back, host, n);
+    test_expect_same_bits("upload/download", back, host, n);
     K->zero(dev, n * sizeof(float));
     for (size_t i = 0; i < n; i++) assert_true(dev[i] == 0.0f);
     K->upload_act(dev, host, n);
     memset(back, 0, n * sizeof(float));
     K->download_act(back, dev, n);
-    expect_same_bits("upload_act/download_act", back, host, n);
+    test_expect_same_bits("upload_act/download_act", back, host, n);
     float *dev2 = K->alloc(n * sizeof(float));
     K->copy(dev2, dev, n * sizeof(float));
-    expect_same_bits("copy", dev2, host, n);
+    test_expect_same_bits("copy", dev2, host, n);
     K->zero(dev2, n * sizeof(float));
     K->cast_to_act(dev2, dev, n);
-    expect_same_bits("cast_to_act", dev2, host, n);
+    test_expect_same_bits("cast_to_act", dev2, host, n);
     K->cast_to_act(dev2, dev2, n);  // dst == src is a no-op
-    expect_same_bits("cast_to_act in place", dev2, host, n);
+    test_expect_same_bits("cast_to_act in place", dev2, host, n);
     K->synchronize();
     K->free(dev);
     K->free(dev2);
@@ -140,8 +113,8 @@ static void test_matmul_backward_set(void **state) {
     (void)state;
     int N = 37, C = 29, OC = 23;
     float *inp = randv((size_t)N * C, -1, 1), *w = randv((size_t)OC * C, -1, 1), *dout = randv((size_t)N * OC, -1, 1);
-    float *di_set = randv((size_t)N * C, -9, 9), *di_ref = zerov((size_t)N * C);
-    float *dw0 = randv((size_t)OC * C, -1, 1), *dw1 = copyv(dw0, (size_t)OC * C), *db0 = randv(OC, -1, 1), *db1 = copyv(db0, OC);
+    float *di_set = randv((size_t)N * C, -9, 9), *di_ref = test_zerov((size_t)N * C);
+    float *dw0 = randv((size_t)OC * C, -1, 1), *dw1 = test_copyv(dw0, (size_t)OC * C), *db0 = randv(OC, -1, 1), *db1 = test_copyv(db0, OC);
     K->matmul_backward_set(di_set, dw0, db0, dout, inp, w, N, C, OC, 0.5f);
     K->matmul_backward(di_ref, dw1, db1, dout, inp, w, N, C, OC, 0.5f);
     assert_memory_equal(di_set, di_ref, (size_t)N * C * sizeof(float));
@@ -157,18 +130,18 @@ static void test_matmul_forward(void **state) {
         int N = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
         float *inp = randv((size_t)N * C, -1, 1), *w = randv((size_t)OC * C, -1, 1);
         float *bias = randv(OC, -1, 1), *out0 = randv((size_t)N * OC, -1, 1);
-        float *ref = zerov((size_t)N * OC), *out = nanv((size_t)N * OC);
+        float *ref = test_zerov((size_t)N * OC), *out = test_nanv((size_t)N * OC);
         // accumulate = 0 must ignore what out held, NaN included
         K->matmul_forward(out, inp, w, bias, N, C, OC, 0.7f, 0);
         ref_matmul(ref, inp, w, bias, NULL, N, C, OC, 0.7f);
-        expect_close("matmul_forward bias", out, ref, (size_t)N * OC, TOL);
+        test_expect_close("matmul_forward bias", out, ref, (size_t)N * OC, TOL);
         K->matmul_forward(out, inp, w, NULL, N, C, OC, 1.0f, 0);
         ref_matmul(ref, inp, w, NULL, NULL, N, C, OC, 1.0f);
-        expect_close("matmul_forward no bias", out, ref, (size_t)N * OC, TOL);
+        test_expect_close("matmul_forward no bias", out, ref, (size_t)N * OC, TOL);
         memcpy(out, out0, (size_t)N * OC * sizeof(float));
         K->matmul_forward(out, inp, w, bias, N, C, OC, -1.3f, 1);
         ref_matmul(ref, inp, w, bias, out0, N, C, OC, -1.3f);
-        expect_close("matmul_forward accumulate", out, ref, (size_t)N * OC, TOL);
+        test_expect_close("matmul_forward accumulate", out, ref, (size_t)N * OC, TOL);
         free(inp); free(w); free(bias); free(out0); free(ref); free(out);
     }
 }
@@ -181,8 +154,8 @@ static void test_layernorm_forward(void **state) {
     float eps = 1e-5f;
     // an offset mean checks that the variance does not come from E[x^2] - E[x]^2
     float *inp = randv((size_t)N * C, 2, 6), *w = randv(C, 0.5f, 1.5f), *b = randv(C, -1, 1);
-    float *out = nanv((size_t)N * C), *mean = nanv(N), *rstd = nanv(N);
-    float *ref = zerov((size_t)N * C), *ref_mean = zerov(N), *ref_rstd = zerov(N);
+    float *out = test_nanv((size_t)N * C), *mean = test_nanv(N), *rstd = test_nanv(N);
+    float *ref = test_zerov((size_t)N * C), *ref_mean = test_zerov(N), *ref_rstd = test_zerov(N);
     for (int n = 0; n < N; n++) {
         double m = 0, v = 0;
         for (int c = 0; c < C; c++) m += inp[n * C + c];
@@ -195,12 +168,12 @@ static void test_layernorm_forward(void **state) {
         ref_rstd[n] = (float)r;
     }
     K->layernorm_forward(out, mean, rstd, inp, w, b, N, C, eps);
-    expect_close("layernorm_forward out", out, ref, (size_t)N * C, TOL);
-    expect_close("layernorm_forward mean", mean, ref_mean, N, TOL);
-    expect_close("layernorm_forward rstd", rstd, ref_rstd, N, TOL);
-    float *out2 = nanv((size_t)N * C);
+    test_expect_close("layernorm_forward out", out, ref, (size_t)N * C, TOL);
+    test_expect_close("layernorm_forward mean", mean, ref_mean, N, TOL);
+    test_expect_close("layernorm_forward rstd", rstd, ref_rstd, N, TOL);
+    float *out2 = test_nanv((size_t)N * C);
     K->layernorm_forward(out2, NULL, NULL, inp, w, b, N, C, eps);  // statistics not wanted
-    expect_same_bits("layernorm_forward without stats", out2, out, (size_t)N * C);
+    test_expect_same_bits("layernorm_forward without stats", out2, out, (size_t)N * C);
     free(inp); free(w); free(b); free(out); free(mean); free(rstd);
     free(ref); free(ref_mean); free(ref_rstd); free(out2);
 }
@@ -210,8 +183,8 @@ static void test_rmsnorm_forward(void **state) {
     int N = 11, C = 13;
     float eps = 1e-6f;
     float *inp = randv((size_t)N * C, -2, 2), *w = randv(C, 0.5f, 1.5f);
-    float *out = nanv((size_t)N * C), *rstd = nanv(N);
-    float *ref = zerov((size_t)N * C), *ref_rstd = zerov(N);
+    float *out = test_nanv((size_t)N * C), *rstd = test_nanv(N);
+    float *ref = test_zerov((size_t)N * C), *ref_rstd = test_zerov(N);
     for (int n = 0; n < N; n++) {
         double ss = 0;
         for (int c = 0; c < C; c++) ss += (double)inp[n * C + c] * inp[n * C + c];
@@ -220,8 +193,8 @@ static void test_rmsnorm_forward(void **state) {
         ref_rstd[n] = (float)r;
     }
     K->rmsnorm_forward(out, rstd, inp, w, N, C, eps);
-    expect_close("rmsnorm_forward out", out, ref, (size_t)N * C, TOL);
-    expect_close("rmsnorm_forward rstd", rstd, ref_rstd, N, TOL);
+    test_expect_close("rmsnorm_forward out", out, ref, (size_t)N * C, TOL);
+    test_expect_close("rmsnorm_forward rstd", rstd, ref_rstd, N, TOL);
     free(inp); free(w); free(out); free(rstd); free(ref); free(ref_rstd);
 }
 
@@ -250,23 +223,23 @@ static void test_rope_forward(void **state) {
     int pos[9] = {0, 1, 2, 7, 100, 513, 4095, 32767, 3};
     float thetas[] = {10000.0f, 1000000.0f};
     size_t n = (size_t)N * NH * HD;
-    float *inp = randv(n, -1, 1), *out = nanv(n), *ref = zerov(n);
+    float *inp = randv(n, -1, 1), *out = test_nanv(n), *ref = test_zerov(n);
     for (int t = 0; t < 2; t++) {
         ref_rope(ref, inp, pos, N, NH, HD, thetas[t]);
         K->rope_forward(out, inp, pos, N, NH, HD, thetas[t]);
-        expect_close("rope_forward", out, ref, n, TOL);
-        float *io = copyv(inp, n);
+        test_expect_close("rope_forward", out, ref, n, TOL);
+        float *io = test_copyv(inp, n);
         K->rope_forward(io, io, pos, N, NH, HD, thetas[t]);
-        expect_same_bits("rope_forward in place", io, out, n);
+        test_expect_same_bits("rope_forward in place", io, out, n);
         // backward is the inverse rotation: it brings out back to inp
         K->rope_backward(io, io, pos, N, NH, HD, thetas[t]);
-        expect_close("rope_backward inverts rope_forward", io, inp, n, TOL);
+        test_expect_close("rope_backward inverts rope_forward", io, inp, n, TOL);
         free(io);
     }
     // position 0 is the identity
     int zeros[9] = {0};
     K->rope_forward(out, inp, zeros, N, NH, HD, 10000.0f);
-    expect_same_bits("rope_forward at position 0", out, inp, n);
+    test_expect_same_bits("rope_forward at position 0", out, inp, n);
     free(inp); free(out); free(ref);
 }
 
@@ -313,7 +286,7 @@ static void test_attention_forward(void **state) {
         int NH = heads[hc][0], NKV = heads[hc][1], HD = heads[hc][2];
         size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
         float *q = randv(nq, -2, 2), *k = randv(nk, -2, 2), *v = randv(nk, -1, 1);
-        float *out = nanv(nq), *lse = nanv(nl), *ref = zerov(nq), *ref_lse = zerov(nl);
+        float *out = test_nanv(nq), *lse = test_nanv(nl), *ref = test_zerov(nq), *ref_lse = test_zerov(nl);
         for (int mode = 0; mode < 4; mode++) {
             int causal = mode & 1;
             const int *sg = (mode & 2) ? seg : NULL;
@@ -321,17 +294,17 @@ static void test_attention_forward(void **state) {
             K->attention_forward(out, lse, q, k, v, sg, B, T, NH, NKV, HD, causal);
             char what[64];
             snprintf(what, sizeof what, "attention_forward %d/%d/%d causal=%d seg=%d", NH, NKV, HD, causal, sg != NULL);
-            expect_close(what, out, ref, nq, TOL);
-            expect_close("attention_forward lse", lse, ref_lse, nl, TOL);
+            test_expect_close(what, out, ref, nq, TOL);
+            test_expect_close("attention_forward lse", lse, ref_lse, nl, TOL);
         }
         free(q); free(k); free(v); free(out); free(lse); free(ref); free(ref_lse);
     }
     // the first query of a causal row sees only itself: out = v of key 0
     int NH = 2, NKV = 1, HD = 8;
     float *q = randv((size_t)T * NH * HD, -1, 1), *k = randv((size_t)T * HD, -1, 1), *v = randv((size_t)T * HD, -1, 1);
-    float *out = nanv((size_t)T * NH * HD);
+    float *out = test_nanv((size_t)T * NH * HD);
     K->attention_forward(out, NULL, q, k, v, NULL, 1, T, NH, NKV, HD, 1);
-    expect_same_bits("attention_forward first causal row", out, v, HD);
+    test_expect_same_bits("attention_forward first causal row", out, v, HD);
     free(q); free(k); free(v); free(out);
 }
 
@@ -340,72 +313,72 @@ static void test_attention_forward(void **state) {
 static void test_pointwise_forward(void **state) {
     (void)state;
     size_t n = 1001;
-    float *x = randv(n, -6, 6), *y = randv(n, -3, 3), *out = nanv(n), *ref = zerov(n);
+    float *x = randv(n, -6, 6), *y = randv(n, -3, 3), *out = test_nanv(n), *ref = test_zerov(n);
     x[0] = 0.0f; x[1] = -20.0f; x[2] = 20.0f; x[3] = -100.0f;  // tails: no NaN from exp overflow
 
     for (size_t i = 0; i < n; i++) ref[i] = (float)(0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0))));
     K->gelu_forward(out, x, n);
-    expect_close("gelu_forward", out, ref, n, TOL);
+    test_expect_close("gelu_forward", out, ref, n, TOL);
 
     for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] / (1.0 + exp(-1.702 * x[i])));
     K->quick_gelu_forward(out, x, n);
-    expect_close("quick_gelu_forward", out, ref, n, TOL);
+    test_expect_close("quick_gelu_forward", out, ref, n, TOL);
 
     for (size_t i = 0; i < n; i++) {
         double v = x[i];
         ref[i] = (float)(0.5 * v * (1.0 + tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v))));
     }
     K->gelu_tanh_forward(out, x, n);
-    expect_close("gelu_tanh_forward", out, ref, n, TOL);
+    test_expect_close("gelu_tanh_forward", out, ref, n, TOL);
 
     for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] / (1.0 + exp(-(double)x[i])) * y[i]);
     K->swiglu_forward(out, x, y, n);
-    expect_close("swiglu_forward", out, ref, n, TOL);
+    test_expect_close("swiglu_forward", out, ref, n, TOL);
     for (size_t i = 0; i < n; i++) assert_false(isnan(out[i]));
 
     // every pointwise op may write over an input
-    float *io = copyv(x, n), *d = randv(n, -1, 1), *dref = zerov(n), *d2 = zerov(n);
+    float *io = test_copyv(x, n), *d = randv(n, -1, 1), *dref = test_zerov(n), *d2 = test_zerov(n);
     K->gelu_forward(out, x, n);
     K->gelu_forward(io, io, n);
-    expect_same_bits("gelu_forward in place", io, out, n);
+    test_expect_same_bits("gelu_forward in place", io, out, n);
     memcpy(io, x, n * sizeof(float));
     K->quick_gelu_forward(out, x, n);
     K->quick_gelu_forward(io, io, n);
-    expect_same_bits("quick_gelu_forward in place", io, out, n);
+    test_expect_same_bits("quick_gelu_forward in place", io, out, n);
     memcpy(io, x, n * sizeof(float));
     K->gelu_tanh_forward(out, x, n);
     K->gelu_tanh_forward(io, io, n);
-    expect_same_bits("gelu_tanh_forward in place", io, out, n);
+    test_expect_same_bits("gelu_tanh_forward in place", io, out, n);
     memcpy(io, x, n * sizeof(float));
     K->swiglu_forward(out, x, y, n);
     K->swiglu_forward(io, io, y, n);
-    expect_same_bits("swiglu_forward in place", io, out, n);
+    test_expect_same_bits("swiglu_forward in place", io, out, n);
     K->gelu_backward(dref, d, x, n);
     memcpy(io, d, n * sizeof(float));
     K->gelu_backward(io, io, x, n);
-    expect_same_bits("gelu_backward in place", io, dref, n);
+    test_expect_same_bits("gelu_backward in place", io, dref, n);
     K->quick_gelu_backward(dref, d, x, n);
     memcpy(io, d, n * sizeof(float));
     K->quick_gelu_backward(io, io, x, n);
-    expect_same_bits("quick_gelu_backward in place", io, dref, n);
+    test_expect_same_bits("quick_gelu_backward in place", io, dref, n);
     K->gelu_tanh_backward(dref, d, x, n);
     memcpy(io, d, n * sizeof(float));
     K->gelu_tanh_backward(io, io, x, n);
-    expect_same_bits("gelu_tanh_backward in place", io, dref, n);
+    test_expect_same_bits("gelu_tanh_backward in place", io, dref, n);
     // swiglu_backward with dgate over gate and dup over up, as a model reusing buffers would
-    float *gate = copyv(x, n), *up = copyv(y, n);
+    float *gate = test_copyv(x, n), *up = test_copyv(y, n);
     K->swiglu_backward(dref, d2, d, x, y, n);
     K->swiglu_backward(gate, up, d, gate, up, n);
-    expect_same_bits("swiglu_backward in place dgate", gate, dref, n);
-    expect_same_bits("swiglu_backward in place dup", up, d2, n);
+    test_expect_same_bits("swiglu_backward in place dgate", gate, dref, n);
+    test_expect_same_bits("swiglu_backward in place dup", up, d2, n);
     free(io); free(d); free(dref); free(d2); free(gate); free(up);
 
     for (size_t i = 0; i < n; i++) ref[i] = x[i] + y[i];
     K->add(out, x, y, n);
-    expect_same_bits("add", out, ref, n);
-    float *a = copyv(x, n);
+    test_expect_same_bits("add", out, ref, n);
+    float *a = test_copyv(x, n);
     K->add(a, a, y, n);
-    expect_same_bits("add in place", a, ref, n);
+    test_expect_same_bits("add in place", a, ref, n);
     free(x); free(y); free(out); free(ref); free(a);
 }
 
@@ -415,7 +388,7 @@ static void test_pointwise_forward(void **state) {
 // in-place use, and the backward being the same call on the gradient
 static void test_dropout(void **state) {
     size_t n = 200003;
-    float *x = randv(n, 0.5f, 2.0f), *y = zerov(n), *y2 = zerov(n), *g = randv(n, -1, 1), *dg = zerov(n);
+    float *x = randv(n, 0.5f, 2.0f), *y = test_zerov(n), *y2 = test_zerov(n), *g = randv(n, -1, 1), *dg = test_zerov(n);
     float p = 0.3f, scale = 1.0f / (1.0f - p);
     K->dropout(y, x, n, p, 42);
     size_t kept = 0;
@@ -444,7 +417,7 @@ static void test_avgpool_forward(void **state) {
     (void)state;
     int B = 2, H = 6, W = 4, C = 13;
     size_t ni = (size_t)B * H * W * C, no = (size_t)B * (H / 2) * (W / 2) * C;
-    float *inp = randv(ni, -1, 1), *out = nanv(no), *ref = zerov(no);
+    float *inp = randv(ni, -1, 1), *out = test_nanv(no), *ref = test_zerov(no);
     for (int b = 0; b < B; b++)
         for (int y = 0; y < H / 2; y++)
             for (int x = 0; x < W / 2; x++)
@@ -455,7 +428,7 @@ static void test_avgpool_forward(void **state) {
                     ref[((size_t)(b * (H / 2) + y) * (W / 2) + x) * C + c] = (float)(s / 4);
                 }
     K->avgpool2x2_forward(out, inp, B, H, W, C);
-    expect_close("avgpool2x2_forward", out, ref, no, TOL);
+    test_expect_close("avgpool2x2_forward", out, ref, no, TOL);
     free(inp); free(out); free(ref);
 }
 
@@ -488,13 +461,13 @@ static void test_dwconv_forward(void **state) {
         int B = dims[s][0], H = dims[s][1], W = dims[s][2], C = dims[s][3];
         size_t n = (size_t)B * H * W * C;
         float *inp = randv(n, -1, 1), *w = randv((size_t)C * 9, -1, 1), *bias = randv(C, -1, 1);
-        float *out = nanv(n), *ref = zerov(n);
+        float *out = test_nanv(n), *ref = test_zerov(n);
         ref_dwconv(ref, inp, w, bias, B, H, W, C);
         K->dwconv3x3_forward(out, inp, w, bias, B, H, W, C);
-        expect_close("dwconv3x3_forward", out, ref, n, TOL);
+        test_expect_close("dwconv3x3_forward", out, ref, n, TOL);
         ref_dwconv(ref, inp, w, NULL, B, H, W, C);
         K->dwconv3x3_forward(out, inp, w, NULL, B, H, W, C);
-        expect_close("dwconv3x3_forward no bias", out, ref, n, TOL);
+        test_expect_close("dwconv3x3_forward no bias", out, ref, n, TOL);
         free(inp); free(w); free(bias); free(out); free(ref);
     }
 }
@@ -506,7 +479,7 @@ static void test_im2col_and_vit_embed(void **state) {
         int B = cases[cs][0], S = cases[cs][1], P = cases[cs][2];
         int G = S / P, NP = G * G, KK = 3 * P * P;
         size_t no = (size_t)B * NP * KK;
-        float *img = randv((size_t)B * 3 * S * S, -1, 1), *out = nanv(no), *ref = nanv(no);
+        float *img = randv((size_t)B * 3 * S * S, -1, 1), *out = test_nanv(no), *ref = test_nanv(no);
         // scatter each image pixel to its patch and column, the reverse of the kernel's gather
         for (int b = 0; b < B; b++)
             for (int ch = 0; ch < 3; ch++)
@@ -515,19 +488,19 @@ static void test_im2col_and_vit_embed(void **state) {
                         ref[((size_t)b * NP + (y / P) * G + x / P) * KK + ch * P * P + (y % P) * P + x % P] =
                             img[(((size_t)b * 3 + ch) * S + y) * S + x];
         K->im2col_patches(out, img, B, S, P);
-        expect_same_bits("im2col_patches", out, ref, no);
+        test_expect_same_bits("im2col_patches", out, ref, no);
         free(img); free(out); free(ref);
     }
     int B = 2, NP = 9, C = 13;
     float *patches = randv((size_t)B * NP * C, -1, 1), *cls = randv(C, -1, 1), *pos = randv((size_t)(NP + 1) * C, -1, 1);
     size_t no = (size_t)B * (NP + 1) * C;
-    float *out = nanv(no), *ref = zerov(no);
+    float *out = test_nanv(no), *ref = test_zerov(no);
     for (int b = 0; b < B; b++)
         for (int t = 0; t <= NP; t++)
             for (int c = 0; c < C; c++)
                 ref[((size_t)b * (NP + 1) + t) * C + c] = (t == 0 ? cls[c] : patches[((size_t)b * NP + t - 1) * C + c]) + pos[t * C + c];
     K->vit_embed(out, patches, cls, pos, B, NP, C);
-    expect_same_bits("vit_embed", out, ref, no);
+    test_expect_same_bits("vit_embed", out, ref, no);
     free(patches); free(cls); free(pos); free(out); free(ref);
 }
 
@@ -538,23 +511,23 @@ static void test_rows(void **state) {
     int N = 7, C = 13, V = 17;
     int ids[7] = {3, -1, 16, 0, 3, -5, 9};
     float *table = randv((size_t)V * C, -1, 1), *out = randv((size_t)N * C, 5, 6);
-    float *before = copyv(out, (size_t)N * C);
+    float *before = test_copyv(out, (size_t)N * C);
     K->embedding_forward(out, ids, table, N, C, V);
     for (int i = 0; i < N; i++) {
         const float *want = ids[i] < 0 ? before + (size_t)i * C : table + (size_t)ids[i] * C;
-        expect_same_bits("embedding_forward row", out + (size_t)i * C, want, C);
+        test_expect_same_bits("embedding_forward row", out + (size_t)i * C, want, C);
     }
     int idx[4] = {5, 0, 2, 6};
-    float *g = nanv(4 * (size_t)C);
+    float *g = test_nanv(4 * (size_t)C);
     K->gather_rows(g, out, idx, 4, C);
-    for (int i = 0; i < 4; i++) expect_same_bits("gather_rows row", g + (size_t)i * C, out + (size_t)idx[i] * C, C);
-    float *dst = randv((size_t)N * C, 5, 6), *dst_before = copyv(dst, (size_t)N * C);
+    for (int i = 0; i < 4; i++) test_expect_same_bits("gather_rows row", g + (size_t)i * C, out + (size_t)idx[i] * C, C);
+    float *dst = randv((size_t)N * C, 5, 6), *dst_before = test_copyv(dst, (size_t)N * C);
     K->scatter_rows(dst, g, idx, 4, C);
     for (int r = 0; r < N; r++) {
         const float *want = dst_before + (size_t)r * C;
         for (int i = 0; i < 4; i++)
             if (idx[i] == r) want = g + (size_t)i * C;
-        expect_same_bits("scatter_rows row", dst + (size_t)r * C, want, C);
+        test_expect_same_bits("scatter_rows row", dst + (size_t)r * C, want, C);
     }
     free(table); free(out); free(before); free(g); free(dst); free(dst_before);
 }
@@ -594,7 +567,7 @@ static void test_cross_entropy(void **state) {
     int targets[5] = {0, 36, 5, 5, 17};
     float *logits = randv((size_t)M * V, -8, 8);
     for (int j = 0; j < V; j++) logits[2 * V + j] += 1000.0f;  // large logits: stable logsumexp
-    float *losses = nanv(M), *dl = nanv((size_t)M * V), *ref_l = zerov(M), *ref_d = zerov((size_t)M * V);
+    float *losses = test_nanv(M), *dl = test_nanv((size_t)M * V), *ref_l = test_zerov(M), *ref_d = test_zerov((size_t)M * V);
     for (int i = 0; i < M; i++) {
         const float *x = logits + (size_t)i * V;
         double mx = -INFINITY, s = 0;
@@ -605,15 +578,15 @@ static void test_cross_entropy(void **state) {
         for (int j = 0; j < V; j++) ref_d[(size_t)i * V + j] = (float)(dscale * (exp(x[j] - lse) - (j == targets[i])));
     }
     K->cross_entropy(losses, dl, logits, targets, M, V, dscale);
-    expect_close("cross_entropy losses", losses, ref_l, M, TOL);
-    expect_close("cross_entropy dlogits", dl, ref_d, (size_t)M * V, TOL);
-    float *losses2 = nanv(M);
+    test_expect_close("cross_entropy losses", losses, ref_l, M, TOL);
+    test_expect_close("cross_entropy dlogits", dl, ref_d, (size_t)M * V, TOL);
+    float *losses2 = test_nanv(M);
     K->cross_entropy(losses2, NULL, logits, targets, M, V, dscale);
-    expect_same_bits("cross_entropy without dlogits", losses2, losses, M);
-    float *inplace = copyv(logits, (size_t)M * V);
+    test_expect_same_bits("cross_entropy without dlogits", losses2, losses, M);
+    float *inplace = test_copyv(logits, (size_t)M * V);
     K->cross_entropy(losses2, inplace, inplace, targets, M, V, dscale);
-    expect_same_bits("cross_entropy in place losses", losses2, losses, M);
-    expect_same_bits("cross_entropy in place dlogits", inplace, dl, (size_t)M * V);
+    test_expect_same_bits("cross_entropy in place losses", losses2, losses, M);
+    test_expect_same_bits("cross_entropy in place dlogits", inplace, dl, (size_t)M * V);
     free(logits); free(losses); free(dl); free(ref_l); free(ref_d); free(losses2); free(inplace);
 }
 
@@ -633,7 +606,7 @@ static void ref_adamw(double *p, const double *g, double *m, double *v, size_t n
 
 static void run_adamw_case(const char *what, float lr, float b1, float b2, float eps, float wd, int steps) {
     size_t n = 257;
-    float *p = randv(n, -1, 1), *m = zerov(n), *v = zerov(n), *g = zerov(n);
+    float *p = randv(n, -1, 1), *m = test_zerov(n), *v = test_zerov(n), *g = test_zerov(n);
     double *pd = xmalloc(n * sizeof(double)), *md = xcalloc(n, sizeof(double));
     double *vd = xcalloc(n, sizeof(double)), *gd = xmalloc(n * sizeof(double));
     for (size_t i = 0; i < n; i++) pd[i] = p[i];
@@ -647,16 +620,16 @@ static void run_adamw_case(const char *what, float lr, float b1, float b2, float
         K->adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, t);
         ref_adamw(pd, gd, md, vd, n, lr, b1, b2, eps, wd, t);
     }
-    float *pf = zerov(n), *mf = zerov(n), *vf = zerov(n);
+    float *pf = test_zerov(n), *mf = test_zerov(n), *vf = test_zerov(n);
     for (size_t i = 0; i < n; i++) { pf[i] = (float)pd[i]; mf[i] = (float)md[i]; vf[i] = (float)vd[i]; }
     char buf[96];
     // 100 fp32 steps against double: rounding accumulates over the steps, hence 1e-5 not 1e-6
     snprintf(buf, sizeof buf, "adamw %s p", what);
-    expect_close(buf, p, pf, n, 1e-5);
+    test_expect_close(buf, p, pf, n, 1e-5);
     snprintf(buf, sizeof buf, "adamw %s m", what);
-    expect_close(buf, m, mf, n, 1e-5);
+    test_expect_close(buf, m, mf, n, 1e-5);
     snprintf(buf, sizeof buf, "adamw %s v", what);
-    expect_close(buf, v, vf, n, 1e-5);
+    test_expect_close(buf, v, vf, n, 1e-5);
     free(p); free(m); free(v); free(g); free(pd); free(md); free(vd); free(gd); free(pf); free(mf); free(vf);
 }
 
@@ -697,7 +670,7 @@ static void test_sum_squares_and_scale(void **state) {
     K->sum_f64(&s1a, x, n, 0, 1);
     assert_true(s1a == 0.5 + plain);
 
-    float *y = copyv(x, n);
+    float *y = test_copyv(x, n);
     K->scale_f32(y, -0.3f, n);
     for (size_t i = 0; i < n; i++) assert_true(y[i] == x[i] * -0.3f);
     free(x); free(y);
@@ -731,18 +704,18 @@ static void det_layernorm(const DetCase *c, float **o) {
 static void expect_repeatable(const char *what, void (*run)(const DetCase *, float **), const DetCase *c,
                               const size_t sizes[3], int other_threads) {
     float *first[3], *again[3];
-    for (int i = 0; i < 3; i++) first[i] = zerov(sizes[i]);
+    for (int i = 0; i < 3; i++) first[i] = test_zerov(sizes[i]);
     run(c, first);
     int default_threads = omp_get_max_threads();
     for (int r = 0; r < 1 + other_threads; r++) {
-        for (int i = 0; i < 3; i++) again[i] = zerov(sizes[i]);
+        for (int i = 0; i < 3; i++) again[i] = test_zerov(sizes[i]);
         if (r == 1) omp_set_num_threads(3);
         run(c, again);
         omp_set_num_threads(default_threads);
         for (int i = 0; i < 3; i++) {
             char buf[96];
             snprintf(buf, sizeof buf, "%s output %d %s", what, i, r ? "at 3 threads" : "repeated");
-            expect_same_bits(buf, again[i], first[i], sizes[i]);
+            test_expect_same_bits(buf, again[i], first[i], sizes[i]);
             free(again[i]);
         }
     }
@@ -756,7 +729,7 @@ static void test_determinism(void **state) {
     int *seg = xmalloc((size_t)c.B * c.T * sizeof(int));
     for (int i = 0; i < c.B * c.T; i++) seg[i] = (i % c.T) / 20;
     float *q = randv(nq, -1, 1), *k = randv(nk, -1, 1), *v = randv(nk, -1, 1), *dout = randv(nq, -1, 1);
-    float *out = zerov(nq), *lse = zerov((size_t)c.B * c.NH * c.T);
+    float *out = test_zerov(nq), *lse = test_zerov((size_t)c.B * c.NH * c.T);
     K->attention_forward(out, lse, q, k, v, seg, c.B, c.T, c.NH, c.NKV, c.HD, 1);
     c.seg = seg; c.q = q; c.k = k; c.v = v; c.out = out; c.lse = lse; c.dout = dout;
     expect_repeatable("attention_backward", det_attention, &c, (size_t[3]){nq, nk, nk}, 1);
@@ -780,7 +753,7 @@ static void test_determinism(void **state) {
     c = (DetCase){.N = 257, .C = 131};
     n = (size_t)c.N * c.C;
     inp = randv(n, -1, 1); w = randv(c.C, -1, 1); d = randv(n, -1, 1);
-    float *b = randv(c.C, -1, 1), *y = zerov(n), *mean = zerov(c.N), *rstd = zerov(c.N);
+    float *b = randv(c.C, -1, 1), *y = test_zerov(n), *mean = test_zerov(c.N), *rstd = test_zerov(c.N);
     K->layernorm_forward(y, mean, rstd, inp, w, b, c.N, c.C, 1e-5f);
     c.inp = inp; c.w = w; c.dout = d; c.mean = mean; c.rstd = rstd;
     expect_repeatable("layernorm_backward", det_layernorm, &c, (size_t[3]){n, c.C, c.C}, 1);

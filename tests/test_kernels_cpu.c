@@ -23,23 +23,8 @@ static uint64_t seed = 0x7e57c0deULL;
 // as test_kernels.c: fp32 sums of up to a few hundred terms against double
 #define TOL 1e-5
 
-static float *randv(size_t n, float lo, float hi) {
-    float *x = xmalloc((n ? n : 1) * sizeof(float));
-    test_fill_uniform(x, n, lo, hi, &seed);
-    return x;
-}
-
-static float *nanv(size_t n) {
-    float *x = xmalloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = NAN;
-    return x;
-}
-
-static void expect_close(const char *what, const float *a, const float *ref, size_t n, double tol) {
-    double e = rel_err(a, ref, n);
-    print_message("    %-52s rel err %.2e (tol %.0e)\n", what, e, tol);
-    if (!(e <= tol)) fail_msg("%s: rel err %.3e > %.1e", what, e, tol);
-}
+// testlib.h's test_randv, drawing from this file's seed
+#define randv(n, lo, hi) test_randv((n), (lo), (hi), &seed)
 
 static int setup(void **state) {
     (void)state;
@@ -123,8 +108,8 @@ static void check_attention(const Shape *s, const char *name) {
     size_t nq = (size_t)s->B * s->T * s->NH * s->HD, nk = (size_t)s->B * s->T * s->NKV * s->HD;
     size_t nl = (size_t)s->B * s->NH * s->T;
     float *q = randv(nq, -1.5f, 1.5f), *k = randv(nk, -1.5f, 1.5f), *v = randv(nk, -1, 1), *dout = randv(nq, -1, 1);
-    float *out = nanv(nq), *lse = nanv(nl), *dq = nanv(nq), *dk = nanv(nk), *dv = nanv(nk);
-    float *r_out = nanv(nq), *r_lse = nanv(nl), *r_dq = nanv(nq), *r_dk = nanv(nk), *r_dv = nanv(nk);
+    float *out = test_nanv(nq), *lse = test_nanv(nl), *dq = test_nanv(nq), *dk = test_nanv(nk), *dv = test_nanv(nk);
+    float *r_out = test_nanv(nq), *r_lse = test_nanv(nl), *r_dq = test_nanv(nq), *r_dk = test_nanv(nk), *r_dv = test_nanv(nk);
     ref_attention(s, q, k, v, dout, r_out, r_lse, r_dq, r_dk, r_dv);
     K->attention_forward(out, lse, q, k, v, s->seg, s->B, s->T, s->NH, s->NKV, s->HD, s->causal);
     K->attention_backward(dq, dk, dv, dout, q, k, v, out, lse, s->seg, s->B, s->T, s->NH, s->NKV, s->HD, s->causal);
@@ -134,10 +119,10 @@ static void check_attention(const Shape *s, const char *name) {
     size_t n[] = {nq, nl, nq, nk, nk};
     for (int i = 0; i < 5; i++) {
         snprintf(what, sizeof what, "%s %s", name, part[i]);
-        expect_close(what, got[i], want[i], n[i], TOL);
+        test_expect_close(what, got[i], want[i], n[i], TOL);
     }
     // only dk: the same bits as with all three (dq's chunk buffers are not in its path)
-    float *dk_only = nanv(nk);
+    float *dk_only = test_nanv(nk);
     K->attention_backward(NULL, dk_only, NULL, dout, q, k, v, out, lse, s->seg, s->B, s->T, s->NH, s->NKV, s->HD, s->causal);
     if (memcmp(dk_only, dk, nk * sizeof(float))) fail_msg("%s: dk alone differs from dk with dq and dv", name);
     free(q); free(k); free(v); free(dout); free(out); free(lse); free(dq); free(dk); free(dv);
@@ -166,12 +151,12 @@ static void test_attention_threads(void **state) {
     Shape s = {1, 200, 4, 2, 24, 1, NULL};
     size_t nq = (size_t)s.T * s.NH * s.HD, nk = (size_t)s.T * s.NKV * s.HD;
     float *q = randv(nq, -1, 1), *k = randv(nk, -1, 1), *v = randv(nk, -1, 1), *dout = randv(nq, -1, 1);
-    float *out = nanv(nq), *lse = nanv((size_t)s.NH * s.T), *g[2][3];
+    float *out = test_nanv(nq), *lse = test_nanv((size_t)s.NH * s.T), *g[2][3];
     int threads = omp_get_max_threads();
     for (int r = 0; r < 2; r++) {
         omp_set_num_threads(r ? 3 : 1);
         K->attention_forward(out, lse, q, k, v, NULL, 1, s.T, s.NH, s.NKV, s.HD, 1);
-        g[r][0] = nanv(nq); g[r][1] = nanv(nk); g[r][2] = nanv(nk);
+        g[r][0] = test_nanv(nq); g[r][1] = test_nanv(nk); g[r][2] = test_nanv(nk);
         K->attention_backward(g[r][0], g[r][1], g[r][2], dout, q, k, v, out, lse, NULL, 1, s.T, s.NH, s.NKV, s.HD, 1);
     }
     omp_set_num_threads(threads);
@@ -190,7 +175,7 @@ static void test_attention_single_key(void **state) {
     int B = 2, NH = 4, NKV = 2, HD = 64;
     size_t nq = (size_t)B * NH * HD, nk = (size_t)B * NKV * HD;
     float *q = randv(nq, -1, 1), *k = randv(nk, -1, 1), *v = randv(nk, -1, 1), *dout = randv(nq, -1, 1);
-    float *out = nanv(nq), *lse = nanv((size_t)B * NH), *dq = nanv(nq), *dk = nanv(nk), *dv = nanv(nk);
+    float *out = test_nanv(nq), *lse = test_nanv((size_t)B * NH), *dq = test_nanv(nq), *dk = test_nanv(nk), *dv = test_nanv(nk);
     K->attention_forward(out, lse, q, k, v, NULL, B, 1, NH, NKV, HD, 1);
     K->attention_backward(dq, dk, dv, dout, q, k, v, out, lse, NULL, B, 1, NH, NKV, HD, 1);
     for (size_t i = 0; i < nq; i++)
@@ -222,7 +207,7 @@ static void test_tile_gemm(void **state) {
         tile_gemm(C, ldc, A, lda, B, ldb, M, N, Kd, 1);
         char what[64];
         snprintf(what, sizeof what, "tile_gemm %dx%dx%d", M, N, Kd);
-        expect_close(what, C, ref, M * ldc, TOL);
+        test_expect_close(what, C, ref, M * ldc, TOL);
         // row 0 alone gives the bits it got in a block of rows (attention_cached relies on it)
         tile_gemm(row, ldc, A, lda, B, ldb, 1, N, Kd, 1);
         if (memcmp(row, C, ldc * sizeof(float))) fail_msg("%s: row 0 alone differs from row 0 among %d", what, M);
@@ -262,7 +247,7 @@ static void test_matmul_split(void **state) {
     for (int c = 0; c < 2; c++) {
         int N = dims[c][0], C = dims[c][1], OC = dims[c][2];
         float *inp = randv((size_t)N * C, -1, 1), *w = randv((size_t)OC * C, -1, 1), *bias = randv(OC, -1, 1);
-        float *dout = randv((size_t)N * OC, -1, 1), *out = nanv((size_t)N * OC), *ref = xmalloc((size_t)N * OC * sizeof(float));
+        float *dout = randv((size_t)N * OC, -1, 1), *out = test_nanv((size_t)N * OC), *ref = xmalloc((size_t)N * OC * sizeof(float));
         float *dinp = xcalloc((size_t)N * C, sizeof(float)), *dw = xcalloc((size_t)OC * C, sizeof(float));
         float *rdinp = xmalloc((size_t)N * C * sizeof(float)), *rdw = xmalloc((size_t)OC * C * sizeof(float));
         for (int n = 0; n < N; n++)
@@ -287,11 +272,11 @@ static void test_matmul_split(void **state) {
         K->matmul_backward(dinp, dw, NULL, dout, inp, w, N, C, OC, 1.0f);
         char what[64];
         snprintf(what, sizeof what, "matmul %dx%dx%d forward + bias", N, C, OC);
-        expect_close(what, out, ref, (size_t)N * OC, TOL);
+        test_expect_close(what, out, ref, (size_t)N * OC, TOL);
         snprintf(what, sizeof what, "matmul %dx%dx%d dinp", N, C, OC);
-        expect_close(what, dinp, rdinp, (size_t)N * C, TOL);
+        test_expect_close(what, dinp, rdinp, (size_t)N * C, TOL);
         snprintf(what, sizeof what, "matmul %dx%dx%d dw", N, C, OC);
-        expect_close(what, dw, rdw, (size_t)OC * C, TOL);
+        test_expect_close(what, dw, rdw, (size_t)OC * C, TOL);
         free(inp); free(w); free(bias); free(dout); free(out); free(ref); free(dinp); free(dw); free(rdinp); free(rdw);
     }
 }

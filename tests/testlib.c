@@ -104,6 +104,36 @@ double rel_err(const float *a, const float *ref, size_t n) {
     return den > 0 ? num / den : num;
 }
 
+float *test_randv(size_t n, float lo, float hi, uint64_t *state) {
+    float *x = xmalloc((n ? n : 1) * sizeof(float));
+    test_fill_uniform(x, n, lo, hi, state);
+    return x;
+}
+
+float *test_zerov(size_t n) { return xcalloc(n ? n : 1, sizeof(float)); }
+
+float *test_copyv(const float *x, size_t n) {
+    float *y = xmalloc((n ? n : 1) * sizeof(float));
+    memcpy(y, x, n * sizeof(float));
+    return y;
+}
+
+float *test_nanv(size_t n) {
+    float *x = xmalloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+
+void test_expect_close(const char *what, const float *a, const float *ref, size_t n, double tol) {
+    double e = rel_err(a, ref, n);
+    print_message("    %-52s rel err %.2e (tol %.0e)\n", what, e, tol);
+    if (!(e <= tol)) fail_msg("%s: rel err %.3e > %.1e", what, e, tol);
+}
+
+void test_expect_same_bits(const char *what, const float *a, const float *b, size_t n) {
+    if (memcmp(a, b, n * sizeof(float)) != 0) fail_msg("%s: results differ bitwise", what);
+}
+
 size_t test_select(struct CMUnitTest *out, const struct CMUnitTest *in, size_t n, const char *pattern) {
     int negate = pattern && pattern[0] == '!';
     if (negate) pattern++;

@@ -25,6 +25,17 @@ void test_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *state);
 // max |a - ref| / max |ref|: the relative error used throughout the tests
 double rel_err(const float *a, const float *ref, size_t n);
 
+// malloc'd float vectors (room for at least one element, so n = 0 is fine): uniform in [lo, hi)
+// from state, zeros, a copy of x, all NaN (to show what a kernel leaves unwritten)
+float *test_randv(size_t n, float lo, float hi, uint64_t *state);
+float *test_zerov(size_t n);
+float *test_copyv(const float *x, size_t n);
+float *test_nanv(size_t n);
+// prints what and rel_err(a, ref, n), and fails the test when it is above tol (or NaN)
+void test_expect_close(const char *what, const float *a, const float *ref, size_t n, double tol);
+// fails the test unless a and b hold the same n floats bit for bit
+void test_expect_same_bits(const char *what, const float *a, const float *b, size_t n);
+
 // Copies into out (room for n) the tests of in whose names match pattern (fnmatch: *, ?, [...]),
 // or, for "!pattern", those whose names do not; NULL selects all. Returns how many. For a group run
 // with _cmocka_run_group_tests(name, out, count, setup, teardown).
