@@ -24,22 +24,8 @@ static uint64_t seed = 0x9a7d5eedULL;
 #define FD_TOL 1e-3
 #define FD_H 1e-2
 
-static float *randv(size_t n, float lo, float hi) {
-    float *x = xmalloc((n ? n : 1) * sizeof(float));
-    test_fill_uniform(x, n, lo, hi, &seed);
-    return x;
-}
-static float *zerov(size_t n) { return xcalloc(n ? n : 1, sizeof(float)); }
-static float *nanv(size_t n) {
-    float *x = xmalloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = NAN;
-    return x;
-}
-static float *copyv(const float *x, size_t n) {
-    float *y = xmalloc((n ? n : 1) * sizeof(float));
-    memcpy(y, x, n * sizeof(float));
-    return y;
-}
+// testlib.h's test_randv, drawing from this file's seed
+#define randv(n, lo, hi) test_randv((n), (lo), (hi), &seed)
 
 static int setup(void **state) {
     (void)state;
@@ -104,10 +90,6 @@ static void expect_close(const char *what, const float *a, const float *ref, siz
     if (!(e <= tol)) fail_msg("%s: rel err %.3e > %.1e", what, e, tol);
 }
 
-static void expect_same_bits(const char *what, const float *a, const float *b, size_t n) {
-    if (memcmp(a, b, n * sizeof(float)) != 0) fail_msg("%s: results differ bitwise", what);
-}
-
 // base + 2 * g, computed in double and rounded: what two "+=" calls should leave behind
 static void expect_accumulated_twice(const char *what, const float *got, const float *base, const float *g, size_t n) {
     float *want = xmalloc(n * sizeof(float));
@@ -137,23 +119,23 @@ static void test_grad_matmul(void **state) {
         const char *names[3] = {"inp", "w", "bias"};
         for (int i = 0; i < p.n_in; i++) { p.in[i] = randv(sz[i], -1, 1); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
         p.out_n = (size_t)p.N * p.OC;
-        p.out = zerov(p.out_n);
+        p.out = test_zerov(p.out_n);
         p.R = randv(p.out_n, -1, 1);
         p.aux = randv(p.out_n, -1, 1);
         float *base[3], *g[3];
-        for (int i = 0; i < 3; i++) { base[i] = randv(sz[i], -1, 1); g[i] = zerov(sz[i]); }
+        for (int i = 0; i < 3; i++) { base[i] = randv(sz[i], -1, 1); g[i] = test_zerov(sz[i]); }
         K->matmul_backward(g[0], g[1], variant ? g[2] : NULL, p.R, p.in[0], p.in[1], p.N, p.C, p.OC, p.alpha);
         const char *op = variant ? "matmul alpha bias accumulate" : "matmul";
         for (int i = 0; i < p.n_in; i++) check_grad(op, &p, i, g[i]);
         // every gradient of the matmul accumulates, dbias without alpha
         float *acc[3];
-        for (int i = 0; i < 3; i++) acc[i] = copyv(base[i], sz[i]);
+        for (int i = 0; i < 3; i++) acc[i] = test_copyv(base[i], sz[i]);
         for (int r = 0; r < 2; r++)
             K->matmul_backward(acc[0], acc[1], variant ? acc[2] : NULL, p.R, p.in[0], p.in[1], p.N, p.C, p.OC, p.alpha);
         expect_accumulated_twice("matmul dinp +=", acc[0], base[0], g[0], sz[0]);
         expect_accumulated_twice("matmul dw +=", acc[1], base[1], g[1], sz[1]);
         if (variant) expect_accumulated_twice("matmul dbias +=", acc[2], base[2], g[2], sz[2]);
-        else expect_same_bits("matmul dbias NULL untouched", acc[2], base[2], sz[2]);
+        else test_expect_same_bits("matmul dbias NULL untouched", acc[2], base[2], sz[2]);
         // dbias is the plain column sum of dout
         if (variant)
             for (int o = 0; o < p.OC; o++) {
@@ -162,9 +144,9 @@ static void test_grad_matmul(void **state) {
                 assert_true(fabs(g[2][o] - s) <= 1e-6);
             }
         // NULL dinp and dw leave their gradients alone and still give the others
-        float *dw_only = zerov(sz[1]);
+        float *dw_only = test_zerov(sz[1]);
         K->matmul_backward(NULL, dw_only, NULL, p.R, p.in[0], p.in[1], p.N, p.C, p.OC, p.alpha);
-        expect_same_bits("matmul dw alone", dw_only, g[1], sz[1]);
+        test_expect_same_bits("matmul dw alone", dw_only, g[1], sz[1]);
         for (int i = 0; i < 3; i++) { free(base[i]); free(g[i]); free(acc[i]); }
         for (int i = 0; i < p.n_in; i++) free(p.in[i]);
         free(dw_only); free(p.out); free(p.R); free(p.aux);
@@ -184,21 +166,21 @@ static void test_grad_layernorm(void **state) {
     const char *names[3] = {"inp", "w", "b"};
     for (int i = 0; i < 3; i++) { p.in[i] = randv(sz[i], -1, 1); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
     p.out_n = sz[0];
-    p.out = zerov(p.out_n);
+    p.out = test_zerov(p.out_n);
     p.R = randv(p.out_n, -1, 1);
-    float *mean = zerov(p.N), *rstd = zerov(p.N);
+    float *mean = test_zerov(p.N), *rstd = test_zerov(p.N);
     K->layernorm_forward(p.out, mean, rstd, p.in[0], p.in[1], p.in[2], p.N, p.C, p.eps);
     float *g[3], *base[3], *acc[3];
-    for (int i = 0; i < 3; i++) { g[i] = zerov(sz[i]); base[i] = randv(sz[i], -1, 1); acc[i] = copyv(base[i], sz[i]); }
+    for (int i = 0; i < 3; i++) { g[i] = test_zerov(sz[i]); base[i] = randv(sz[i], -1, 1); acc[i] = test_copyv(base[i], sz[i]); }
     K->layernorm_backward(g[0], g[1], g[2], p.R, p.in[0], p.in[1], mean, rstd, p.N, p.C);
     for (int i = 0; i < 3; i++) check_grad("layernorm", &p, i, g[i]);
     for (int r = 0; r < 2; r++) K->layernorm_backward(acc[0], acc[1], acc[2], p.R, p.in[0], p.in[1], mean, rstd, p.N, p.C);
     expect_accumulated_twice("layernorm dinp +=", acc[0], base[0], g[0], sz[0]);
     expect_accumulated_twice("layernorm dw +=", acc[1], base[1], g[1], sz[1]);
     expect_accumulated_twice("layernorm db +=", acc[2], base[2], g[2], sz[2]);
-    float *dinp_only = zerov(sz[0]);
+    float *dinp_only = test_zerov(sz[0]);
     K->layernorm_backward(dinp_only, NULL, NULL, p.R, p.in[0], p.in[1], mean, rstd, p.N, p.C);
-    expect_same_bits("layernorm dinp alone", dinp_only, g[0], sz[0]);
+    test_expect_same_bits("layernorm dinp alone", dinp_only, g[0], sz[0]);
     for (int i = 0; i < 3; i++) { free(p.in[i]); free(g[i]); free(base[i]); free(acc[i]); }
     free(p.out); free(p.R); free(mean); free(rstd); free(dinp_only);
 }
@@ -212,20 +194,20 @@ static void test_grad_rmsnorm(void **state) {
     const char *names[2] = {"inp", "w"};
     for (int i = 0; i < 2; i++) { p.in[i] = randv(sz[i], -1, 1); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
     p.out_n = sz[0];
-    p.out = zerov(p.out_n);
+    p.out = test_zerov(p.out_n);
     p.R = randv(p.out_n, -1, 1);
-    float *rstd = zerov(p.N);
+    float *rstd = test_zerov(p.N);
     K->rmsnorm_forward(p.out, rstd, p.in[0], p.in[1], p.N, p.C, p.eps);
     float *g[2], *base[2], *acc[2];
-    for (int i = 0; i < 2; i++) { g[i] = zerov(sz[i]); base[i] = randv(sz[i], -1, 1); acc[i] = copyv(base[i], sz[i]); }
+    for (int i = 0; i < 2; i++) { g[i] = test_zerov(sz[i]); base[i] = randv(sz[i], -1, 1); acc[i] = test_copyv(base[i], sz[i]); }
     K->rmsnorm_backward(g[0], g[1], p.R, p.in[0], p.in[1], rstd, p.N, p.C);
     for (int i = 0; i < 2; i++) check_grad("rmsnorm", &p, i, g[i]);
     for (int r = 0; r < 2; r++) K->rmsnorm_backward(acc[0], acc[1], p.R, p.in[0], p.in[1], rstd, p.N, p.C);
     expect_accumulated_twice("rmsnorm dinp +=", acc[0], base[0], g[0], sz[0]);
     expect_accumulated_twice("rmsnorm dw +=", acc[1], base[1], g[1], sz[1]);
-    float *dw_only = zerov(sz[1]);
+    float *dw_only = test_zerov(sz[1]);
     K->rmsnorm_backward(NULL, dw_only, p.R, p.in[0], p.in[1], rstd, p.N, p.C);
-    expect_same_bits("rmsnorm dw alone", dw_only, g[1], sz[1]);
+    test_expect_same_bits("rmsnorm dw alone", dw_only, g[1], sz[1]);
     for (int i = 0; i < 2; i++) { free(p.in[i]); free(g[i]); free(base[i]); free(acc[i]); }
     free(p.out); free(p.R); free(rstd); free(dw_only);
 }
@@ -241,14 +223,14 @@ static void test_grad_rope(void **state) {
     p.in_n[0] = p.out_n = (size_t)p.N * p.NH * p.HD;
     p.in[0] = randv(p.in_n[0], -1, 1);
     p.in_name[0] = "inp";
-    p.out = zerov(p.out_n);
+    p.out = test_zerov(p.out_n);
     p.R = randv(p.out_n, -1, 1);
-    float *g = nanv(p.out_n);  // overwritten
+    float *g = test_nanv(p.out_n);  // overwritten
     K->rope_backward(g, p.R, pos, p.N, p.NH, p.HD, p.theta);
     check_grad("rope", &p, 0, g);
-    float *inplace = copyv(p.R, p.out_n);
+    float *inplace = test_copyv(p.R, p.out_n);
     K->rope_backward(inplace, inplace, pos, p.N, p.NH, p.HD, p.theta);
-    expect_same_bits("rope_backward in place", inplace, g, p.out_n);
+    test_expect_same_bits("rope_backward in place", inplace, g, p.out_n);
     free(p.in[0]); free(p.out); free(p.R); free(g); free(inplace);
 }
 
@@ -275,21 +257,21 @@ static void test_grad_attention(void **state) {
         const char *names[3] = {"q", "k", "v"};
         for (int i = 0; i < 3; i++) { p.in[i] = randv(sz[i], -1.5f, 1.5f); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
         p.out_n = nq;
-        p.out = zerov(nq);
+        p.out = test_zerov(nq);
         p.R = randv(nq, -1, 1);
-        float *lse = zerov((size_t)p.B * p.NH * p.T);
+        float *lse = test_zerov((size_t)p.B * p.NH * p.T);
         K->attention_forward(p.out, lse, p.in[0], p.in[1], p.in[2], p.ints, p.B, p.T, p.NH, p.NKV, p.HD, p.causal);
-        float *out = copyv(p.out, nq);
+        float *out = test_copyv(p.out, nq);
         // NaN-filled: dq, dk, dv are overwritten as a whole
-        float *g[3] = {nanv(nq), nanv(nk), nanv(nk)};
+        float *g[3] = {test_nanv(nq), test_nanv(nk), test_nanv(nk)};
         K->attention_backward(g[0], g[1], g[2], p.R, p.in[0], p.in[1], p.in[2], out, lse, p.ints, p.B, p.T, p.NH,
                               p.NKV, p.HD, p.causal);
         for (int i = 0; i < 3; i++) check_grad(modes[m].name, &p, i, g[i]);
         // a NULL gradient skips that output and leaves the others as they were
-        float *dv_only = nanv(nk);
+        float *dv_only = test_nanv(nk);
         K->attention_backward(NULL, NULL, dv_only, p.R, p.in[0], p.in[1], p.in[2], out, lse, p.ints, p.B, p.T, p.NH,
                               p.NKV, p.HD, p.causal);
-        expect_same_bits("attention dv alone", dv_only, g[2], nk);
+        test_expect_same_bits("attention dv alone", dv_only, g[2], nk);
         for (int i = 0; i < 3; i++) { free(p.in[i]); free(g[i]); }
         free(p.out); free(p.R); free(lse); free(out); free(dv_only);
     }
@@ -308,12 +290,12 @@ static void test_grad_attention_tiles(void **state) {
     const char *names[3] = {"q", "k", "v"};
     for (int i = 0; i < 3; i++) { p.in[i] = randv(sz[i], -1.5f, 1.5f); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
     p.out_n = nq;
-    p.out = zerov(nq);
+    p.out = test_zerov(nq);
     p.R = randv(nq, -1, 1);
-    float *lse = zerov((size_t)p.NH * T);
+    float *lse = test_zerov((size_t)p.NH * T);
     K->attention_forward(p.out, lse, p.in[0], p.in[1], p.in[2], seg, 1, T, p.NH, p.NKV, p.HD, 1);
-    float *out = copyv(p.out, nq);
-    float *g[3] = {nanv(nq), nanv(nk), nanv(nk)};
+    float *out = test_copyv(p.out, nq);
+    float *g[3] = {test_nanv(nq), test_nanv(nk), test_nanv(nk)};
     K->attention_backward(g[0], g[1], g[2], p.R, p.in[0], p.in[1], p.in[2], out, lse, seg, 1, T, p.NH, p.NKV, p.HD, 1);
     for (int i = 0; i < 3; i++) check_grad("attention 2 tiles causal+seg", &p, i, g[i]);
     for (int i = 0; i < 3; i++) { free(p.in[i]); free(g[i]); }
@@ -337,9 +319,9 @@ static void test_grad_pointwise(void **state) {
         p.in[0] = randv(n, -5, 5);
         p.in_n[0] = n;
         p.in_name[0] = "inp";
-        p.out = zerov(n);
+        p.out = test_zerov(n);
         p.R = randv(n, -1, 1);
-        float *g = nanv(n);
+        float *g = test_nanv(n);
         if (which == 2) K->gelu_tanh_backward(g, p.R, p.in[0], n);
         else if (which) K->quick_gelu_backward(g, p.R, p.in[0], n);
         else K->gelu_backward(g, p.R, p.in[0], n);
@@ -349,14 +331,14 @@ static void test_grad_pointwise(void **state) {
     Problem p = {.forward = fwd_swiglu, .n_in = 2, .out_n = n};
     const char *names[2] = {"gate", "up"};
     for (int i = 0; i < 2; i++) { p.in[i] = randv(n, -5, 5); p.in_n[i] = n; p.in_name[i] = names[i]; }
-    p.out = zerov(n);
+    p.out = test_zerov(n);
     p.R = randv(n, -1, 1);
-    float *g[2] = {nanv(n), nanv(n)};
+    float *g[2] = {test_nanv(n), test_nanv(n)};
     K->swiglu_backward(g[0], g[1], p.R, p.in[0], p.in[1], n);
     for (int i = 0; i < 2; i++) check_grad("swiglu", &p, i, g[i]);
-    float *dup_only = nanv(n);
+    float *dup_only = test_nanv(n);
     K->swiglu_backward(NULL, dup_only, p.R, p.in[0], p.in[1], n);
-    expect_same_bits("swiglu dup alone", dup_only, g[1], n);
+    test_expect_same_bits("swiglu dup alone", dup_only, g[1], n);
     for (int i = 0; i < 2; i++) { free(p.in[i]); free(g[i]); }
     free(p.out); free(p.R); free(dup_only);
 }
@@ -372,9 +354,9 @@ static void test_grad_avgpool(void **state) {
     p.in[0] = randv(p.in_n[0], -1, 1);
     p.in_name[0] = "inp";
     p.out_n = p.in_n[0] / 4;
-    p.out = zerov(p.out_n);
+    p.out = test_zerov(p.out_n);
     p.R = randv(p.out_n, -1, 1);
-    float *g = nanv(p.in_n[0]);  // overwritten
+    float *g = test_nanv(p.in_n[0]);  // overwritten
     K->avgpool2x2_backward(g, p.R, p.B, p.H, p.W, p.C);
     check_grad("avgpool2x2", &p, 0, g);
     free(p.in[0]); free(p.out); free(p.R); free(g);
@@ -394,19 +376,19 @@ static void test_grad_dwconv(void **state) {
         const char *names[3] = {"inp", "w", "bias"};
         for (int i = 0; i < 3; i++) { p.in[i] = randv(sz[i], -1, 1); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
         p.out_n = n;
-        p.out = zerov(n);
+        p.out = test_zerov(n);
         p.R = randv(n, -1, 1);
         float *g[3], *base[3], *acc[3];
-        for (int i = 0; i < 3; i++) { g[i] = zerov(sz[i]); base[i] = randv(sz[i], -1, 1); acc[i] = copyv(base[i], sz[i]); }
+        for (int i = 0; i < 3; i++) { g[i] = test_zerov(sz[i]); base[i] = randv(sz[i], -1, 1); acc[i] = test_copyv(base[i], sz[i]); }
         K->dwconv3x3_backward(g[0], g[1], g[2], p.R, p.in[0], p.in[1], p.B, p.H, p.W, p.C);
         for (int i = 0; i < 3; i++) check_grad(s ? "dwconv3x3 1x2 grid" : "dwconv3x3", &p, i, g[i]);
         for (int r = 0; r < 2; r++) K->dwconv3x3_backward(acc[0], acc[1], acc[2], p.R, p.in[0], p.in[1], p.B, p.H, p.W, p.C);
         expect_accumulated_twice("dwconv dinp +=", acc[0], base[0], g[0], sz[0]);
         expect_accumulated_twice("dwconv dw +=", acc[1], base[1], g[1], sz[1]);
         expect_accumulated_twice("dwconv dbias +=", acc[2], base[2], g[2], sz[2]);
-        float *dw_only = zerov(sz[1]);
+        float *dw_only = test_zerov(sz[1]);
         K->dwconv3x3_backward(NULL, dw_only, NULL, p.R, p.in[0], p.in[1], p.B, p.H, p.W, p.C);
-        expect_same_bits("dwconv dw alone", dw_only, g[1], sz[1]);
+        test_expect_same_bits("dwconv dw alone", dw_only, g[1], sz[1]);
         for (int i = 0; i < 3; i++) { free(p.in[i]); free(g[i]); free(base[i]); free(acc[i]); }
         free(p.out); free(p.R); free(dw_only);
     }
@@ -424,11 +406,11 @@ static void test_grad_cross_entropy(void **state) {
     p.in[0] = randv(p.in_n[0], -3, 3);
     p.in_name[0] = "logits";
     p.out_n = p.N;
-    p.out = zerov(p.N);
+    p.out = test_zerov(p.N);
     // dlogits is dscale times the gradient of the summed losses: R = dscale everywhere
     p.R = xmalloc(p.N * sizeof(float));
     for (int i = 0; i < p.N; i++) p.R[i] = p.dscale;
-    float *g = nanv(p.in_n[0]);
+    float *g = test_nanv(p.in_n[0]);
     K->cross_entropy(p.out, g, p.in[0], targets, p.N, p.C, p.dscale);
     check_grad("cross_entropy", &p, 0, g);
     // each row of the gradient sums to zero
