@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import time
 import warnings
 
 from pyreq import require  # noqa: E402
@@ -511,6 +512,7 @@ def main():
     ap.add_argument("--out", default="tests/fixtures")
     args = ap.parse_args()
     out = args.out
+    started = time.time() - 2  # files this run writes have later mtimes (2 s for coarse clocks)
 
     setup_torch()
     os.makedirs(out, exist_ok=True)
@@ -658,10 +660,13 @@ def main():
     save_file({"pixel_values": pixel_values.contiguous(), "vision_features": feats_full},
               os.path.join(out, "clip_full_features.safetensors"))
 
+    # the size of what this run wrote (the folder also holds other scripts' fixtures)
     total = 0
     for root, _, files in os.walk(out):
         for f in files:
-            total += os.path.getsize(os.path.join(root, f))
+            st = os.stat(os.path.join(root, f))
+            if st.st_mtime >= started:
+                total += st.st_size
     log["total_bytes"] = total
     log["versions"] = versions()
     print(json.dumps(log, indent=1))
