@@ -38,9 +38,6 @@ static void resolve_dir(char *out, size_t cap, const char *base, const char *p, 
     fatal("%s: %s directory \"%s\" not found (neither under %s nor in the current directory)", file, key, p, base);
 }
 
-
-
-
 static void resolve_export(ModelDirSpec *s, const char *dir) {
     char path[2 * MODEL_DIR_PATH];
     path_join(path, sizeof path, dir, "svlm.json");
@@ -76,15 +73,9 @@ static void resolve_export(ModelDirSpec *s, const char *dir) {
     if (!file_exists(s->weights)) fatal("%s: missing (an export directory holds the connector there)", s->weights);
 }
 
-static void resolve_run(ModelDirSpec *s, const char *dir) {
-    char run_dir[2 * MODEL_DIR_PATH], step[2 * MODEL_DIR_PATH], conf[2 * MODEL_DIR_PATH + 16];
-    export_resolve(dir, step, run_dir, sizeof step);  // the newest complete checkpoint, as ./export takes it
-    path_join(conf, sizeof conf, run_dir, "config.conf");
-    TrainConfig *tc = xcalloc(1, sizeof *tc);
-    train_config_load(tc, conf, 0, NULL);
-    s->is_export = 0;
-    resolve_dir(s->vision_dir, sizeof s->vision_dir, run_dir, tc->vision, "vision", conf);
-    resolve_dir(s->llm_dir, sizeof s->llm_dir, run_dir, tc->llm, "llm", conf);
+void model_dir_spec_from_config(ModelDirSpec *s, const TrainConfig *tc, const char *base, const char *conf) {
+    resolve_dir(s->vision_dir, sizeof s->vision_dir, base, tc->vision, "vision", conf);
+    resolve_dir(s->llm_dir, sizeof s->llm_dir, base, tc->llm, "llm", conf);
     s->vision_layer = tc->vision_layer;
     s->connector = connector_type_parse(tc->connector);
     s->connector_scale = tc->pixel_shuffle;
@@ -100,6 +91,16 @@ static void resolve_run(ModelDirSpec *s, const char *dir) {
         s->lora.rslora = tc->rslora;
         s->lora.targets = lora_targets_parse(tc->lora_targets);
     }
+}
+
+static void resolve_run(ModelDirSpec *s, const char *dir) {
+    char run_dir[2 * MODEL_DIR_PATH], step[2 * MODEL_DIR_PATH], conf[2 * MODEL_DIR_PATH + 16];
+    export_resolve(dir, step, run_dir, sizeof step);  // the newest complete checkpoint, as ./export takes it
+    path_join(conf, sizeof conf, run_dir, "config.conf");
+    TrainConfig *tc = xcalloc(1, sizeof *tc);
+    train_config_load(tc, conf, 0, NULL);
+    s->is_export = 0;
+    model_dir_spec_from_config(s, tc, run_dir, conf);
     free(tc);
     path_join(s->weights, sizeof s->weights, step, "trainable.safetensors");
     if (!file_exists(s->weights)) fatal("%s: missing (a checkpoint holds the connector and LoRA weights there)", s->weights);

@@ -21,6 +21,7 @@
 #include "data/template.h"
 #include "data/tokenizer.h"
 #include "model/vlm.h"
+#include "trainer/train_config.h"
 
 #define MODEL_DIR_PATH 1024
 
@@ -46,6 +47,9 @@ typedef struct {
 } ModelDirSpec;
 
 void model_dir_resolve(ModelDirSpec *s, const char *dir);
+// The model a training config describes (towers, connector, template, system, image aspect, LoRA):
+// its vision and llm paths looked up under base, then as given; conf names the file in errors.
+void model_dir_spec_from_config(ModelDirSpec *s, const TrainConfig *tc, const char *base, const char *conf);
 
 typedef struct {
     ModelDirSpec spec;

@@ -38,16 +38,7 @@ void run_bench_init(Run *r) {
     ModelDirSpec spec;
     memset(&spec, 0, sizeof spec);
     snprintf(spec.dir, sizeof spec.dir, "%s", c->out_dir);
-    snprintf(spec.vision_dir, sizeof spec.vision_dir, "%s", c->vision);
-    snprintf(spec.llm_dir, sizeof spec.llm_dir, "%s", c->llm);
-    spec.vision_layer = c->vision_layer;
-    spec.connector = connector_type_parse(c->connector);
-    spec.template_kind = template_parse(c->template_);
-    if (strcmp(c->system, "default")) {
-        snprintf(spec.system, sizeof spec.system, "%s", c->system);
-        spec.has_system = 1;
-    }
-    spec.pad_to_square = !strcmp(c->image_aspect, "pad");
+    model_dir_spec_from_config(&spec, c, ".", "config");
     gen_model_borrow(&b->gm, &r->m, &spec, NULL);
     BenchOptions o = {.likelihood = !strcmp(c->eval_mc_score, "likelihood"), .max_new = c->eval_max_new_tokens,
                       .batch = c->eval_batch_size};
