@@ -81,24 +81,11 @@ static const cJSON *item(const cJSON *o, const char *k) { return fixture_item(o,
 static int setup(void **state) {
     make_temp_dir(root, sizeof root, "eval");
     snprintf(synth_dir, sizeof synth_dir, "%s/synth", root);
-    char o[700], e[700];
-    snprintf(o, sizeof o, "%s/synth.log", root);
-    snprintf(e, sizeof e, "%s/synth.err", root);
-    char *sargv[] = {"./synth", synth_dir, "--train", "16", "--val", "4", "--heldout", "0", "--bench", "12", "--quiet", NULL};
-    if (test_spawn(sargv, o, e) != 0) {
-        fprintf(stderr, "./synth failed, see %s\n", e);
-        return -1;
-    }
-    char conf[700];
+    if (test_synth(root, synth_dir, 12) != 0) return -1;
+    char conf[700], cache[700], o[700], e[700];
     snprintf(conf, sizeof conf, "%s/stage2.conf", root);
-    FILE *f = fopen(conf, "w");
-    fprintf(f,
-            "stage = 2\nvision = %s/models/vision\nllm = %s/models/llm\nconnector = ldp\ntemplate = chatml\n"
-            "data = %s/data/stage2_train.json\nimage_folder = %s/data/images\ndata_cache = %s/cache\n"
-            "max_seq_len = 96\nbatch_size = 4\nglobal_batch = 4\nmax_steps = 2\nlr = 3e-3\nlora_r = 4\nlora_alpha = 8\n"
-            "save_every = 0\nseed = 7\ndevice = cpu\nthreads = 2\n",
-            synth_dir, synth_dir, synth_dir, synth_dir, root);
-    fclose(f);
+    snprintf(cache, sizeof cache, "%s/cache", root);
+    test_write_stage2_conf(conf, synth_dir, cache, "ldp", 96, 2, NULL);
     snprintf(run_dir, sizeof run_dir, "%s/run", root);
     char out_kv[700];
     snprintf(out_kv, sizeof out_kv, "out_dir=%s", run_dir);

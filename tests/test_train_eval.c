@@ -26,15 +26,7 @@ static char root[512], synth_dir[600];
 static int setup(void **state) {
     make_temp_dir(root, sizeof root, "train_eval");
     snprintf(synth_dir, sizeof synth_dir, "%s/synth", root);
-    char o[700], e[700];
-    snprintf(o, sizeof o, "%s/synth.log", root);
-    snprintf(e, sizeof e, "%s/synth.err", root);
-    char *sargv[] = {"./synth", synth_dir, "--train", "16", "--val", "4", "--heldout", "0", "--bench", "6", "--quiet", NULL};
-    if (test_spawn(sargv, o, e) != 0) {
-        fprintf(stderr, "./synth failed, see %s\n", e);
-        return -1;
-    }
-    return 0;
+    return test_synth(root, synth_dir, 6);
 }
 
 // ./train (stage 2, 4 steps, validation) into root/NAME with the extra key=value pairs;
@@ -42,14 +34,10 @@ static int setup(void **state) {
 static int train(const char *name, const char *const *kv) {
     char conf[700], out_kv[700], o[700], e[700];
     snprintf(conf, sizeof conf, "%s/%s.conf", root, name);
-    FILE *f = fopen(conf, "w");
-    fprintf(f,
-            "stage = 2\nvision = %s/models/vision\nllm = %s/models/llm\nconnector = ldp\ntemplate = chatml\n"
-            "data = %s/data/stage2_train.json\nimage_folder = %s/data/images\nval_data = %s/data/stage2_val.json\n"
-            "data_cache = %s/cache_%s\nmax_seq_len = 96\nbatch_size = 4\nglobal_batch = 4\nmax_steps = 4\nlr = 3e-3\n"
-            "lora_r = 4\nlora_alpha = 8\nsave_every = 0\neval_every = 2\nseed = 7\ndevice = cpu\nthreads = 2\n",
-            synth_dir, synth_dir, synth_dir, synth_dir, synth_dir, root, name);
-    fclose(f);
+    char cache[760], extra[760];
+    snprintf(cache, sizeof cache, "%s/cache_%s", root, name);
+    snprintf(extra, sizeof extra, "val_data = %s/data/stage2_val.json\neval_every = 2\n", synth_dir);
+    test_write_stage2_conf(conf, synth_dir, cache, "ldp", 96, 4, extra);
     snprintf(out_kv, sizeof out_kv, "out_dir=%s/%s", root, name);
     char *argv[16] = {"./train", conf, out_kv};
     int n = 3;

@@ -283,6 +283,31 @@ int test_spawn(char *const argv[], const char *out_log, const char *err_log) {
     return WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
 }
 
+int test_synth(const char *root, const char *synth_dir, int n_bench) {
+    char o[1024], e[1024], nb[16];
+    snprintf(o, sizeof o, "%s/synth.log", root);
+    snprintf(e, sizeof e, "%s/synth.err", root);
+    snprintf(nb, sizeof nb, "%d", n_bench);
+    char *argv[] = {"./synth", (char *)synth_dir, "--train", "16", "--val", "4", "--heldout", "0", "--bench", nb,
+                    "--quiet", NULL};
+    if (test_spawn(argv, o, e) == 0) return 0;
+    fprintf(stderr, "./synth failed, see %s\n", e);
+    return -1;
+}
+
+void test_write_stage2_conf(const char *path, const char *synth_dir, const char *cache, const char *connector,
+                            int max_seq_len, int max_steps, const char *extra) {
+    FILE *f = fopen(path, "w");
+    if (!f) fail_msg("%s: cannot write", path);
+    fprintf(f,
+            "stage = 2\nvision = %s/models/vision\nllm = %s/models/llm\nconnector = %s\ntemplate = chatml\n"
+            "data = %s/data/stage2_train.json\nimage_folder = %s/data/images\ndata_cache = %s\n"
+            "max_seq_len = %d\nbatch_size = 4\nglobal_batch = 4\nmax_steps = %d\nlr = 3e-3\nlora_r = 4\nlora_alpha = 8\n"
+            "save_every = 0\nseed = 7\ndevice = cpu\nthreads = 2\n%s",
+            synth_dir, synth_dir, connector, synth_dir, synth_dir, cache, max_seq_len, max_steps, extra ? extra : "");
+    if (fclose(f) != 0) fail_msg("%s: cannot write", path);
+}
+
 int test_same_file(const char *a, const char *b) {
     size_t na, nb;
     char *x = test_slurp(a, &na), *y = test_slurp(b, &nb);

@@ -54,6 +54,13 @@ void test_write_file(const char *path, const char *text);
 // runs the program argv[0] (a path) with stdout into out_log and stderr into err_log, waits, and
 // returns its exit status (minus the signal number when a signal ended it)
 int test_spawn(char *const argv[], const char *out_log, const char *err_log);
+// ./synth synth_dir with 16 training, 4 validation and n_bench benchmark samples, no held-out
+// images; logs in root/synth.log and .err; returns 0, or -1 (saying where to look) when it failed
+int test_synth(const char *root, const char *synth_dir, int n_bench);
+// a tiny stage-2 config at path over ./synth's output in synth_dir (batch 4, LoRA r 4, lr 3e-3,
+// seed 7, no saves, cpu with 2 threads), data cache in cache, plus the extra "key = value" lines
+void test_write_stage2_conf(const char *path, const char *synth_dir, const char *cache, const char *connector,
+                            int max_seq_len, int max_steps, const char *extra);
 // two finished ./train runs agree byte for byte: step_<step>'s tensors, optimizer and state.json,
 // and metrics.jsonl
 void expect_same_run(const char *a, const char *b, int step);
