@@ -79,35 +79,10 @@ static void test_post_norm_refused(void **state) {
     expect_fatal(post_norm_not_last, "clip", "clip vision tower has no final norm");
 }
 
+// CLIP (the tower of the VLM fixtures, and a whole CLIPModel directory): hidden_states[-2], CLS dropped
 static void test_vision_features(void **state) {
-    const char *cases[2][2] = {{"clip", "vlm_qwen2_ldp.safetensors"}, {"clip_full", "clip_full_features.safetensors"}};
-    for (int c = 0; c < 2; c++) {
-        StFile f;
-        st_open_or_die(&f, fixture_path(cases[c][1]));
-        size_t n;
-        float *pix = fixture_f32(&f, "pixel_values", NULL);
-        float *want = fixture_f32(&f, "vision_features", &n);
-        Vit v;
-        const Kernels *k = kernels_cpu();
-        vit_load(&v, k, fixture_path(cases[c][0]), -2, 2);
-        assert_int_equal(v.n_run, 2);
-        float *img = k->alloc(2 * 3 * 24 * 24 * sizeof(float));
-        k->upload_act(img, pix, 2 * 3 * 24 * 24);
-        float *feats = k->alloc(n * sizeof(float));
-        vit_forward(&v, feats, img, 2);
-        float *got = xmalloc(n * sizeof(float));
-        k->download_act(got, feats, n);
-        char what[128];
-        snprintf(what, sizeof what, "%s vision features (hidden_states[-2])", cases[c][0]);
-        expect_close(what, got, want, n, 1e-4);
-        k->free(img);
-        k->free(feats);
-        free(got);
-        free(pix);
-        free(want);
-        vit_free(&v);
-        st_close(&f);
-    }
+    check_tower("clip", "vlm_qwen2_ldp.safetensors", "vision_features", -2, 0, 2, 1e-4);
+    check_tower("clip_full", "clip_full_features.safetensors", "vision_features", -2, 0, 2, 1e-4);
 }
 
 // logits, loss and connector output to tol, and every gradient to 1e-3, of one fixture on the
