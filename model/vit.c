@@ -66,6 +66,38 @@ int vit_has_cls(const VitConfig *c) { return vit_family(c->type)->flags.cls; }
 int vit_seq_len(const VitConfig *c) { return c->n_patches + vit_has_cls(c); }
 int vit_feature_dim(const VitConfig *c) { return c->hidden; }
 
+void vit_position_ids(const VitConfig *c, int *ids) {
+    if (c->position_ids) c->position_ids(ids, c->grid);
+    else
+        for (int p = 0; p < c->n_patches; p++) ids[p] = p;
+}
+
+// a model_type whose patches do not add rows 0..n-1 in order: the frozen position table is
+// rewritten once so that row p is the one patch p adds, and the forward stays one add
+static void vit_apply_position_ids(Vit *v) {
+    const VitConfig *c = &v->cfg;
+    if (!c->position_ids) return;
+    int NP = c->n_patches, C = c->hidden, cls = vit_has_cls(c), same = 1;
+    int *ids = xmalloc((size_t)NP * sizeof(int));
+    vit_position_ids(c, ids);
+    for (int p = 0; p < NP; p++) same &= ids[p] == p;
+    if (!same) {
+        int i = 0;  // the tensor the family bound as the positions
+        while (i < v->w.n && params_act(&v->w, i) != v->pos) i++;
+        CHECK(i < v->w.n && v->w.p[i].numel == (size_t)(cls + NP) * C, "vision positions: not a declared (%d, %d) tensor",
+              cls + NP, C);
+        // zeroed: the dry-run backend downloads nothing
+        float *old = xcalloc((size_t)(cls + NP) * C, sizeof(float)), *pos = xmalloc((size_t)(cls + NP) * C * sizeof(float));
+        params_download(&v->w, i, old);
+        memcpy(pos, old, (size_t)cls * C * sizeof(float));
+        for (int p = 0; p < NP; p++) memcpy(pos + (size_t)(cls + p) * C, old + (size_t)(cls + ids[p]) * C, C * sizeof(float));
+        params_upload(&v->w, i, pos);
+        free(old);
+        free(pos);
+    }
+    free(ids);
+}
+
 int vit_layers_run(const VitConfig *c, int vision_layer) {
     // hidden_states has layers + 1 entries: [0] is the embeddings (after pre-norm, if any)
     int hs = vision_layer < 0 ? c->layers + 1 + vision_layer : vision_layer;
@@ -119,6 +151,7 @@ void vit_config_load(VitConfig *c, const char *dir) {
     c->act = (VitAct)a;
     c->qkv_bias = 1;
     c->prep = d->prep;
+    c->position_ids = d->position_ids;
     const VitFamily *fam = vit_family(c->type);
     if (fam->config) fam->config(c, o, path);
     if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads)
@@ -200,6 +233,7 @@ void vit_load(Vit *v, const Kernels *k, const char *dir, int vision_layer, int m
     hf_weights_close(&hw);
     v->layer = xcalloc(v->n_run ? v->n_run : 1, sizeof(VitLayer));
     v->fam->bind(v);  // by name: the declaration's order is free to change
+    vit_apply_position_ids(v);
 
     // row indices that drop CLS: image b's patch p sits at row b*T + cls + p of the residual stream
     int C = c->hidden, P = c->patch, I = c->mlp, NP = c->n_patches, T1 = vit_seq_len(c), cls = vit_has_cls(c);

@@ -18,6 +18,10 @@
 // that a zeroed VitConfig (presets, synth) is CLIP
 typedef enum { VIT_CLIP, VIT_SIGLIP, VIT_INTERNVIT, VIT_INTERNVL_VISION, N_VIT_TYPES } VitType;
 
+// fills ids (grid * grid) with the row of the position table each patch of a full grid x grid
+// image adds, patches in row-major order; a family whose ids are not simply 0..n-1 states it
+typedef void (*VitPositionIds)(int *ids, int grid);
+
 // the MLP activation (config.json hidden_act)
 typedef enum { VIT_ACT_QUICK_GELU, VIT_ACT_GELU, VIT_ACT_GELU_TANH, N_VIT_ACTS } VitAct;
 
@@ -29,6 +33,7 @@ typedef struct {
     VitAct act;
     int qkv_bias;  // q, k and v projections have biases (InternViT configs may say not)
     ImagePrepFamily prep;  // the image processor of its model_type (IMAGE_PREP_CLIP = 0)
+    VitPositionIds position_ids;  // the model_type's patch -> position-row map (NULL: 0..n-1)
 } VitConfig;
 
 // how a family's encoder differs from the shared one; the layer math is the same
@@ -46,6 +51,7 @@ typedef struct {
     double eps;
     const char *act;       // hidden_act
     ImagePrepFamily prep;  // the image processor its checkpoints ship with
+    VitPositionIds position_ids;  // NULL: patch p adds position row p
 } VitModelType;
 
 typedef struct {
@@ -109,6 +115,9 @@ const char *vit_type_name(const VitConfig *c);  // "clip", "siglip"
 int vit_has_cls(const VitConfig *c);            // the residual stream carries a class token
 int vit_seq_len(const VitConfig *c);            // rows per image in the encoder: patches (+ CLS)
 int vit_feature_dim(const VitConfig *c);        // width of the features handed to the connector
+// ids (n_patches): the position row each patch adds (0..n-1 unless the model_type states a map);
+// the load applies it once to the frozen position table, so every backend uses the same rows
+void vit_position_ids(const VitConfig *c, int *ids);
 // transformer layers run to produce HF's hidden_states[vision_layer]; fatal() when out of range
 int vit_layers_run(const VitConfig *c, int vision_layer);
 // The tower's image preprocessing (data/image_prep.h): the processor its model_type ships with

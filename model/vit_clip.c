@@ -11,9 +11,9 @@
 
 static const VitModelType clip_model_types[] = {
     // CLIPVisionConfig's defaults
-    {"clip_vision_model", 768, 3072, 12, 12, 224, 32, 1e-5, "quick_gelu", IMAGE_PREP_CLIP},
-    {"clip", 768, 3072, 12, 12, 224, 32, 1e-5, "quick_gelu", IMAGE_PREP_CLIP},
-    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_CLIP},
+    {"clip_vision_model", 768, 3072, 12, 12, 224, 32, 1e-5, "quick_gelu", IMAGE_PREP_CLIP, NULL},
+    {"clip", 768, 3072, 12, 12, 224, 32, 1e-5, "quick_gelu", IMAGE_PREP_CLIP, NULL},
+    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_CLIP, NULL},
 };
 
 // CLIP and SigLIP name their layers alike: encoder.layers.<l>.{layer_norm1, self_attn.*, ...};

@@ -16,14 +16,14 @@
 
 static const VitModelType internvit_model_types[] = {
     // InternVisionConfig's defaults (InternViT-6B; the 300M config.json states its own)
-    {"intern_vit_6b", 3200, 12800, 48, 25, 224, 14, 1e-6, "gelu", IMAGE_PREP_INTERNVL},
-    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_INTERNVL},
+    {"intern_vit_6b", 3200, 12800, 48, 25, 224, 14, 1e-6, "gelu", IMAGE_PREP_INTERNVL, NULL},
+    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_INTERNVL, NULL},
 };
 
 static const VitModelType internvl_vision_model_types[] = {
     // InternVLVisionConfig's defaults (InternViT-300M-448px)
-    {"internvl_vision", 1024, 4096, 24, 16, 448, 14, 1e-6, "gelu", IMAGE_PREP_INTERNVL},
-    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_INTERNVL},
+    {"internvl_vision", 1024, 4096, 24, 16, 448, 14, 1e-6, "gelu", IMAGE_PREP_INTERNVL, NULL},
+    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_INTERNVL, NULL},
 };
 
 static void refuse_norm(const cJSON *o, const char *path, const char *def) {

@@ -5,19 +5,68 @@
 // gelu_pytorch_tanh, a final post_layernorm (Idefics3 feeds its connector with it). The MAP
 // pooling head of SiglipVisionModel is not used by any VLM and is not loaded. Images:
 // SiglipImageProcessor (siglip_vision_model), Idefics3ImageProcessor at one tile (the others).
+// Positions: SiglipVisionModel adds row p to patch p; Idefics3 / SmolVLM bucketize each patch's
+// fractional coordinate, which at some grids (19, 25, 29, 31, 38, ...) maps two patches to one row
+// and skips another (idefics3_position_ids).
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/util.h"
 #include "model/vit.h"
 
+// Idefics3VisionEmbeddings / SmolVLMVisionEmbeddings (transformers 5, run on the CPU) for a full
+// n x n image: boundaries = torch.arange(1/n, 1.0, 1/n) in float32, a coordinate k / n is
+// float32(k) * (1.0f / n) clamped to float32(1 - 1e-6), its bucket (bucketize, right=True) the
+// number of boundaries <= it, and patch (i, j) adds row bucket(i) * n + bucket(j). The float32
+// roundings decide the buckets, so they are done as torch does them: its CPU arange computes
+// element i in double as start + i * step, but in vectorised blocks (AVX2: 8 floats, taken two
+// blocks at a time, the tail element by element) a block starts from its first element rounded
+// to float32, and adds j * step to that. transformers 4.x computed the coordinates with a second
+// arange and gets other rows at some grids; CUDA's arange (float32 arithmetic) may too: svlm
+// follows transformers 5 on the CPU, the fixtures' reference. tests/test_modules.c checks every
+// grid 2..64 against the module (tests/fixtures/idefics3_position_ids.txt).
+static float torch_cpu_arange_f32(double start, double step, long i) {
+    enum { VEC = 8 };
+    long size = (long)ceil((1.0 - start) / step);  // arange's length for end = 1.0
+    if (i < size / (2 * VEC) * (2 * VEC)) {
+        float base = (float)(start + step * (double)(i - i % VEC));
+        return (float)((double)base + (double)(i % VEC) * step);
+    }
+    return (float)(start + step * (double)i);
+}
+
+static void idefics3_position_ids(int *ids, int n) {
+    double bstep = 1.0 / n;
+    long nb = (long)ceil((1.0 - bstep) / bstep);  // boundaries, n - 1 or n
+    CHECK(nb >= 0 && nb <= n, "idefics3 positions: %ld boundaries for a grid of %d", nb, n);
+    float *bound = xmalloc((size_t)(nb + 1) * sizeof(float));
+    int *bucket = xmalloc((size_t)n * sizeof(int));
+    for (long i = 0; i < nb; i++) bound[i] = torch_cpu_arange_f32(bstep, bstep, i);
+    const float step = 1.0f / (float)n, cap = (float)(1.0 - 1e-6);
+    for (int k = 0; k < n; k++) {
+        float x = (float)k * step;
+        if (x > cap) x = cap;
+        int b = 0;
+        while (b < nb && bound[b] <= x) b++;  // sorted: right=True's index
+        bucket[k] = b;
+    }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            ids[i * n + j] = bucket[i] * n + bucket[j];
+            CHECK(ids[i * n + j] < n * n, "idefics3 positions: row %d of %d", ids[i * n + j], n * n);
+        }
+    free(bound);
+    free(bucket);
+}
+
 static const VitModelType siglip_model_types[] = {
     // SiglipVisionConfig's defaults, Idefics3VisionConfig's and SmolVLMVisionConfig's
-    {"siglip_vision_model", 768, 3072, 12, 12, 224, 16, 1e-6, "gelu_pytorch_tanh", IMAGE_PREP_SIGLIP},
-    {"idefics3_vision", 1152, 3072, 12, 16, 224, 32, 1e-6, "gelu_pytorch_tanh", IMAGE_PREP_IDEFICS3},
-    {"smolvlm_vision", 1152, 3072, 12, 16, 224, 32, 1e-6, "gelu_pytorch_tanh", IMAGE_PREP_IDEFICS3},
-    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_SIGLIP},
+    {"siglip_vision_model", 768, 3072, 12, 12, 224, 16, 1e-6, "gelu_pytorch_tanh", IMAGE_PREP_SIGLIP, NULL},
+    {"idefics3_vision", 1152, 3072, 12, 16, 224, 32, 1e-6, "gelu_pytorch_tanh", IMAGE_PREP_IDEFICS3, idefics3_position_ids},
+    {"smolvlm_vision", 1152, 3072, 12, 16, 224, 32, 1e-6, "gelu_pytorch_tanh", IMAGE_PREP_IDEFICS3, idefics3_position_ids},
+    {NULL, 0, 0, 0, 0, 0, 0, 0, NULL, IMAGE_PREP_SIGLIP, NULL},
 };
 
 static void siglip_declare(ParamSet *w, const VitConfig *c, int n_layers) {

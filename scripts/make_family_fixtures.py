@@ -25,6 +25,11 @@ Writes, as real Hugging Face directories (save_pretrained) and safetensors refer
   vlm_qwen2_internvl.safetensors  InternViT last_hidden_state (CLS dropped) -> pixel shuffle 0.5
                                (v2) -> mlp1 -> qwen2 + LoRA, gradients under the mlp1 names
   vlm_qwen2_internvl_stage1.safetensors  the same without LoRA
+  idefics3_vision_g25/         Idefics3VisionTransformer at a 25x25 grid (25 px, patch 1), where
+                               its bucketized position ids skip rows (0..4, 4, 6, ...)
+  idefics3_g25_features.safetensors  pixel_values (2,3,25,25), vision_features = last_hidden_state
+  idefics3_position_ids.txt    Idefics3VisionEmbeddings' ids for a full n x n image, n = 2..64:
+                               one line "n b_0 .. b_{n-1}", patch (i, j) adding row b_i * n + b_j
 
 Everything runs on the CPU in float32 with fixed seeds, one thread, deterministic algorithms and
 eager attention, so a rerun rewrites the same bytes. The versions used are printed at the end and
@@ -95,6 +100,52 @@ def idefics3_position_ids(model, n_img, pixel_values):
         emb(pixel_values, mask)
     h.remove()
     return seen["ids"]
+
+
+def module_position_ids(n):
+    """the rows Idefics3VisionEmbeddings adds for a full n x n image (patch 1), read off the module"""
+    tower = Idefics3VisionTransformer(idefics3_vision_config_at(n, hidden=4, layers=1)).eval()
+    return idefics3_position_ids(tower, 1, torch.zeros((1, 3, n, n)))[0]
+
+
+def idefics3_vision_config_at(n, hidden=16, layers=2):
+    return Idefics3VisionConfig(hidden_size=hidden, intermediate_size=24, num_hidden_layers=layers,
+                                num_attention_heads=2, image_size=n, patch_size=1,
+                                hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, num_channels=3)
+
+
+def make_idefics3_positions(out):
+    """the id tables of every grid 2..64, and a tower at a grid whose ids are not 0..n*n-1"""
+    lines, odd = [], []
+    for n in range(2, 65):
+        ids = module_position_ids(n)
+        b = ids[:n]              # row 0: coordinate 0 is in bucket 0, so ids[j] = b_j
+        assert int(b[0]) == 0
+        assert torch.equal(ids, (b[:, None] * n + b[None, :]).flatten()), n
+        if not torch.equal(ids, torch.arange(n * n)):
+            odd.append(n)
+        lines.append(" ".join(str(int(x)) for x in [n] + b.tolist()))
+    with open(os.path.join(out, "idefics3_position_ids.txt"), "w") as fh:
+        fh.write("# Idefics3VisionEmbeddings position ids of a full n x n image (scripts/make_family_fixtures.py):\n"
+                 "# n b_0 .. b_{n-1}; patch (i, j) adds position row b_i * n + b_j\n")
+        fh.write("\n".join(lines) + "\n")
+    assert 25 in odd and 27 not in odd, odd
+
+    d = os.path.join(out, "idefics3_vision_g25")
+    clean_dir(d)
+    torch.manual_seed(18001)
+    iv = Idefics3VisionTransformer(idefics3_vision_config_at(25)).eval()
+    perturb_vision(iv, 18002)
+    iv.save_pretrained(d)
+    re = Idefics3VisionTransformer.from_pretrained(d, dtype=torch.float32, attn_implementation=ATTN).eval()
+    state_equal(iv, re)
+    pix = torch.randn((2, 3, 25, 25), generator=gen(18003))
+    assert not torch.equal(idefics3_position_ids(re, 2, pix)[0], torch.arange(625))
+    with torch.no_grad():
+        feats = re(pixel_values=pix).last_hidden_state   # (2, 625, 16), post_layernorm
+    save_file({"pixel_values": pix.contiguous(), "vision_features": feats.contiguous()},
+              os.path.join(out, "idefics3_g25_features.safetensors"))
+    return {"grids_not_arange": odd}
 
 
 def run_vlm(out, tag, llm_dir, lora_dir, pixels, feats, conn, T, starts, pads, seed, stage1_tag, llm_cls=LlamaForCausalLM,
@@ -282,6 +333,8 @@ def main():
     with torch.no_grad():
         o = sig(pixel_values=pix, output_hidden_states=True)
     assert o.hidden_states[-2].shape == (2, 36, 36)
+    # SiglipVisionEmbeddings adds position row p to patch p (no bucketing, unlike Idefics3)
+    assert torch.equal(sig.embeddings.position_ids[0], torch.arange(36))
     save_file({"pixel_values": pix.contiguous(), "vision_features": o.hidden_states[-2].contiguous(),
                "last_hidden_state": o.last_hidden_state.contiguous()},
               os.path.join(out, "siglip_features.safetensors"))
@@ -298,9 +351,8 @@ def main():
     PIXELS = torch.randn((2, 3, 27, 27), generator=gen(12003))
     pos = idefics3_position_ids(re, 2, PIXELS)
     n = 27
-    # Idefics3's embeddings bucketize patch coordinates; at the grids of the released models (24,
-    # 27, 32) and this one the ids are 0..n*n-1, which svlm assumes (some grids, e.g. 19 or 25,
-    # would skip a row: svlm does not reproduce that)
+    # Idefics3's embeddings bucketize patch coordinates; at this grid (and the released models'
+    # 24, 27, 32) the ids are 0..n*n-1; make_idefics3_positions covers grids where they are not
     assert torch.equal(pos[0], torch.arange(n * n)) and torch.equal(pos[1], pos[0])
     with torch.no_grad():
         feats = re(pixel_values=PIXELS).last_hidden_state             # (2, 729, 24), post_layernorm
@@ -323,6 +375,7 @@ def main():
                                     pads=3, seed=14001, stage1_tag="vlm_llama_idefics3_stage1")
 
     log["internvl"] = make_internvl(out)
+    log["idefics3_positions"] = make_idefics3_positions(out)
 
     # each family's files stay under 1 MB
     families = {"siglip_idefics3": (("siglip", "idefics3_vision"),
@@ -330,7 +383,8 @@ def main():
                                      "vlm_llama_idefics3_stage1")),
                 "internvl": (("internvl_vision", "internvit"),
                              ("internvl_qwen2", "internvl_hf_qwen2", "vlm_qwen2_internvl",
-                              "vlm_qwen2_internvl_stage1"))}
+                              "vlm_qwen2_internvl_stage1")),
+                "idefics3_positions": (("idefics3_vision_g25",), ("idefics3_g25_features",))}
     for fam, (dirs, files) in families.items():
         total = 0
         for f in dirs:

@@ -60,11 +60,14 @@ static void check_tower(const char *dir, const char *file, const char *want_name
 }
 
 // SiglipVisionModel (6x6 grid, no class token, gelu_pytorch_tanh): hidden_states[-2] and
-// last_hidden_state (post_layernorm); Idefics3VisionTransformer's last_hidden_state (27x27)
+// last_hidden_state (post_layernorm); Idefics3VisionTransformer's last_hidden_state (27x27, and
+// 25x25 where its position ids are not 0..n-1)
 static void test_siglip_features(void **state) {
     check_tower("siglip", "siglip_features.safetensors", "vision_features", -2, 0, 2, 1e-5);
     check_tower("siglip", "siglip_features.safetensors", "last_hidden_state", -1, 1, 3, 1e-5);
     check_tower("idefics3_vision", "vlm_llama_idefics3.safetensors", "vision_features", -1, 1, 2, 1e-5);
+    // a 25x25 grid, where Idefics3's bucketized position ids skip rows (4, 4, 6, ...)
+    check_tower("idefics3_vision_g25", "idefics3_g25_features.safetensors", "vision_features", -1, 1, 2, 1e-5);
 }
 
 static void post_norm_not_last(void *arg) {

@@ -255,6 +255,53 @@ static void test_vision_facts(void **state) {
     vit_free(&v);
 }
 
+// Idefics3 / SmolVLM bucketize patch coordinates into position rows: svlm's table equals the
+// module's (tests/fixtures/idefics3_position_ids.txt, scripts/make_family_fixtures.py) at every
+// grid 2..64, among them grids where it is not 0..n*n-1; SigLIP's is 0..n*n-1
+static void test_vision_position_ids(void **state) {
+    VitConfig c, sig;
+    vit_config_load(&c, fixture_path("idefics3_vision"));
+    vit_config_load(&sig, fixture_path("siglip"));
+    assert_non_null(c.position_ids);
+    assert_null(sig.position_ids);
+    FILE *f = fopen(fixture_path("idefics3_position_ids.txt"), "r");
+    assert_non_null(f);
+    char line[4096];
+    int grids = 0, not_arange = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#') continue;
+        char *p = line, *end;
+        int n = (int)strtol(p, &end, 10);
+        assert_true(end != p && n == grids + 2);
+        int *b = xmalloc((size_t)n * sizeof(int)), *ids = xmalloc((size_t)n * n * sizeof(int));
+        for (int i = 0; i < n; i++) {
+            p = end;
+            b[i] = (int)strtol(p, &end, 10);
+            assert_true(end != p);
+        }
+        c.grid = sig.grid = n;
+        c.n_patches = sig.n_patches = n * n;
+        vit_position_ids(&c, ids);
+        int arange = 1;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) {
+                int want = b[i] * n + b[j];
+                if (ids[i * n + j] != want) fail_msg("grid %d: patch (%d, %d) adds row %d, the module %d", n, i, j, ids[i * n + j], want);
+                arange &= want == i * n + j;
+            }
+        not_arange += !arange;
+        vit_position_ids(&sig, ids);
+        for (int p2 = 0; p2 < n * n; p2++) assert_int_equal(ids[p2], p2);
+        free(b);
+        free(ids);
+        grids++;
+    }
+    fclose(f);
+    assert_int_equal(grids, 63);
+    printf("    idefics3 position ids equal the module's at grids 2..64 (%d of them not 0..n*n-1)\n", not_arange);
+    assert_true(not_arange >= 10);
+}
+
 int main(int argc, char **argv) {
     make_temp_dir(tmp, sizeof tmp, "modules");
     const struct CMUnitTest all[] = {
@@ -267,6 +314,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_vlm_trainable_groups),
         cmocka_unit_test(test_vision_unknown_type_refused),
         cmocka_unit_test(test_vision_facts),
+        cmocka_unit_test(test_vision_position_ids),
     };
     struct CMUnitTest sel[sizeof all / sizeof all[0]];
     size_t n = test_select(sel, all, sizeof all / sizeof all[0], argc > 1 ? argv[1] : NULL);
