@@ -16,7 +16,7 @@ static const float IMAGENET_MEAN[3] = {0.485f, 0.456f, 0.406f};  // IMAGENET_DEF
 static const float IMAGENET_STD[3] = {0.229f, 0.224f, 0.225f};
 #define IDEFICS3_MAX_SIDE 4096  // Idefics3's MAX_IMAGE_SIZE
 
-static const char *FAMILY_NAMES[N_IMAGE_PREP] = {"clip", "siglip", "internvl", "idefics3"};
+static const char *FAMILY_NAMES[N_IMAGE_PREP] = {"clip", "siglip", "internvl", "idefics3", "nanovlm"};
 
 const char *image_prep_family_name(ImagePrepFamily f) {
     return (int)f >= 0 && f < N_IMAGE_PREP ? FAMILY_NAMES[f] : "unknown";
@@ -50,6 +50,11 @@ void image_prep_preset(ImagePrep *p, ImagePrepFamily f, int size) {
         p->rule = IMAGE_RESIZE_SQUARE;
         memcpy(p->mean, IMAGENET_MEAN, sizeof p->mean);
         memcpy(p->std, IMAGENET_STD, sizeof p->std);
+        break;
+    case IMAGE_PREP_NANOVLM:  // T.Resize((S, S)) + T.ToTensor: x / 255, nothing subtracted
+        p->rule = IMAGE_RESIZE_SQUARE;
+        p->filter = IMAGE_FILTER_BILINEAR;
+        for (int c = 0; c < 3; c++) p->mean[c] = 0.0f, p->std[c] = 1.0f;
         break;
     default:  // IMAGE_PREP_IDEFICS3
         p->rule = IMAGE_RESIZE_LONGEST_SQUARE;
@@ -109,6 +114,7 @@ static int type_ok(ImagePrepFamily f, const char *type) {
         // transformers' native InternVL uses GotOcr2ImageProcessor
         {"CLIPImageProcessor", "CLIPFeatureExtractor", "GotOcr2ImageProcessor"},
         {"Idefics3ImageProcessor", "SmolVLMImageProcessor", NULL},
+        {NULL, NULL, NULL},  // nanoVLM: no file is read
     };
     for (int i = 0; i < 3 && ok[f][i]; i++) {
         size_t n = strlen(ok[f][i]);
@@ -129,6 +135,7 @@ void image_prep_load(ImagePrep *p, const char *dir, ImagePrepFamily f, int model
     image_prep_preset(p, f, model_image_size);
     char path[2048];
     path_join(path, sizeof path, dir, "preprocessor_config.json");
+    if (f == IMAGE_PREP_NANOVLM) return;  // its transform is code (data/processors.py), read from no file
     if (!file_exists(path)) return;
     cJSON *root = g_reading = json_load_file(path);
     if (!cJSON_IsObject(root)) fatal("%s: must hold a JSON object", path);

@@ -17,6 +17,9 @@
 //             both capped at 4096), then to (S, S) = max_image_size["longest_edge"], LANCZOS
 //             both times (uint8 in between, as PIL), rescale, normalise; one tile of S x S needs
 //             no padding, so pixel_attention_mask is all ones
+//   nanovlm   nanoVLM's single-image transform (data/processors.py before its image splitting):
+//             image.convert("RGB"), T.Resize((S, S)) (BILINEAR on the PIL image), T.ToTensor,
+//             no normalisation (mean 0, std 1: pixels in [0, 1]); no preprocessor_config.json
 //
 // The "Pil" classes are transformers 5's PIL backends (4.x: the classes without the suffix);
 // the torchvision backends resample differently and are not what svlm reproduces.
@@ -29,7 +32,14 @@
 
 #include "data/image.h"
 
-typedef enum { IMAGE_PREP_CLIP, IMAGE_PREP_SIGLIP, IMAGE_PREP_INTERNVL, IMAGE_PREP_IDEFICS3, N_IMAGE_PREP } ImagePrepFamily;
+typedef enum {
+    IMAGE_PREP_CLIP,
+    IMAGE_PREP_SIGLIP,
+    IMAGE_PREP_INTERNVL,
+    IMAGE_PREP_IDEFICS3,
+    IMAGE_PREP_NANOVLM,
+    N_IMAGE_PREP
+} ImagePrepFamily;
 
 typedef enum {
     IMAGE_RESIZE_SHORTEST_CROP,   // CLIP: shortest edge to S, centre crop S x S
@@ -49,7 +59,7 @@ typedef struct {
     float mean[3], std[3];
 } ImagePrep;
 
-const char *image_prep_family_name(ImagePrepFamily f);  // "clip", "siglip", "internvl", "idefics3"
+const char *image_prep_family_name(ImagePrepFamily f);  // "clip", "siglip", "internvl", "idefics3", "nanovlm"
 int image_prep_family_parse(const char *name);          // -1 when unknown
 
 // The family's processor defaults at output size S (Idefics3: longest_edge 4 * S, as its 364 / 1456).

@@ -2,6 +2,11 @@
 // by scale_factor s, then modality_projection, one Linear(s*s*Cv, H) without bias
 // (model.connector.modality_projection.proj.weight). It reads the tower's last_hidden_state,
 // post_layernorm applied, as Idefics3Model does.
+// nanoVLM's ModalityProjector (models/modality_projector.py) is the same math: its pixel_shuffle
+// (reshape (h/s, s, w/s, s, C), permute to (h/s, w/s, s, s, C)) orders a token's pieces dy, dx,
+// channel as Idefics3's does (tests/test_pixel_shuffle.c replays both), then proj, a Linear
+// without bias, fed the ViT's output after its final LayerNorm. Only the name differs:
+// MP.proj.weight, as nanoVLM's VisionLanguageModel stores it (connector nanovlm).
 #include <math.h>
 
 #include "model/connector.h"
@@ -9,6 +14,10 @@
 static void idefics3_declare(ParamSet *ps, int in_dim, int out_dim, int scale, ConnectorParams *i) {
     i->w1 = params_add(ps, 2, (int64_t[]){out_dim, (int64_t)scale * scale * in_dim},
                        "model.connector.modality_projection.proj.weight");
+}
+
+static void nanovlm_declare(ParamSet *ps, int in_dim, int out_dim, int scale, ConnectorParams *i) {
+    i->w1 = params_add(ps, 2, (int64_t[]){out_dim, (int64_t)scale * scale * in_dim}, "MP.proj.weight");
 }
 
 static void idefics3_setup(Connector *c) { connector_setup_shuffle(c); }
@@ -41,6 +50,19 @@ const ConnectorFamily connector_family_idefics3 = {
     .scale_configurable = 1,
     .vision_post_norm = 1,
     .declare = idefics3_declare,
+    .setup = idefics3_setup,
+    .init = idefics3_init,
+    .forward = idefics3_forward,
+    .backward = idefics3_backward,
+    .flops = idefics3_flops,
+};
+
+const ConnectorFamily connector_family_nanovlm = {
+    .name = "nanovlm",
+    .scale = 4,  // VLMConfig's mp_pixel_shuffle_factor default (nanoVLM-222M: 2)
+    .scale_configurable = 1,
+    .vision_post_norm = 1,
+    .declare = nanovlm_declare,
     .setup = idefics3_setup,
     .init = idefics3_init,
     .forward = idefics3_forward,

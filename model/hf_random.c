@@ -50,7 +50,6 @@ int64_t hf_random_vision(const char *dir, const VitConfig *c, uint64_t seed) {
     const VitFamily *fam = vit_family(c->type);
     make_dirs(dir);
     cJSON *j = cJSON_CreateObject();
-    fam->hf_config(j, c);
     cJSON_AddStringToObject(j, "dtype", "float32");
     cJSON_AddNumberToObject(j, "hidden_size", c->hidden);
     cJSON_AddNumberToObject(j, "intermediate_size", c->mlp);
@@ -60,6 +59,7 @@ int64_t hf_random_vision(const char *dir, const VitConfig *c, uint64_t seed) {
     cJSON_AddNumberToObject(j, "patch_size", c->patch);
     cJSON_AddNumberToObject(j, "num_channels", 3);
     cJSON_AddNumberToObject(j, "layer_norm_eps", c->eps);
+    fam->hf_config(j, c);  // last: a family may replace the generic keys with its own (nanoVLM)
     char *text = cJSON_Print(j);
     write_text(dir, "config.json", text);
     free(text);

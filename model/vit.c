@@ -16,6 +16,7 @@ static const VitFamily *const vit_families[N_VIT_TYPES] = {
     [VIT_SIGLIP] = &vit_family_siglip,
     [VIT_INTERNVIT] = &vit_family_internvit,
     [VIT_INTERNVL_VISION] = &vit_family_internvl_vision,
+    [VIT_NANOVLM] = &vit_family_nanovlm,
 };
 
 static const char *const vit_act_names[N_VIT_ACTS] = {
@@ -118,8 +119,13 @@ void vit_config_load(VitConfig *c, const char *dir) {
     const cJSON *o = vc ? vc : root;
     memset(c, 0, sizeof *c);
     const char *key = vc ? "vision_config.model_type" : "model_type";
-    // absent: CLIP, as svlm has always read it
-    const char *mt = json_get_str_opt(o, "model_type", "clip_vision_model", path);
+    // absent: the family whose own flat config this is (config_marker), else CLIP, as svlm has
+    // always read it
+    const char *absent = "clip_vision_model";
+    for (int t = 0; t < N_VIT_TYPES; t++)
+        if (vit_families[t]->config_marker && cJSON_GetObjectItemCaseSensitive(o, vit_families[t]->config_marker))
+            absent = vit_families[t]->model_types[0].model_type;
+    const char *mt = json_get_str_opt(o, "model_type", absent, path);
     const VitModelType *d = vit_model_type(mt, path, key, &c->type);
     const char *sq[2] = {"image_size", "patch_size"};
     int sq_val[2] = {0, 0};  // a [h, w] list (internvl_vision) must be square

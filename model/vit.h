@@ -16,7 +16,7 @@
 
 // vision tower families, one per registered VitFamily (vit.c: vit_families); VIT_CLIP is 0 so
 // that a zeroed VitConfig (presets, synth) is CLIP
-typedef enum { VIT_CLIP, VIT_SIGLIP, VIT_INTERNVIT, VIT_INTERNVL_VISION, N_VIT_TYPES } VitType;
+typedef enum { VIT_CLIP, VIT_SIGLIP, VIT_INTERNVIT, VIT_INTERNVL_VISION, VIT_NANOVLM, N_VIT_TYPES } VitType;
 
 // fills ids (grid * grid) with the row of the position table each patch of a full grid x grid
 // image adds, patches in row-major order; a family whose ids are not simply 0..n-1 states it
@@ -66,6 +66,9 @@ typedef struct {
     const char *title;  // as people write it: "CLIP", "SigLIP"
     VitFlags flags;
     const VitModelType *model_types;  // ends with a NULL model_type
+    // optional: a config.json without model_type that has this key is the family's (its first
+    // model_type row): for projects that write their own flat config (nanoVLM: vit_hidden_dim)
+    const char *config_marker;
     const char *anchor;  // a tensor every checkpoint of the family has: finds the name prefix
     // optional: reads the family's own config keys into c, fatal() on what svlm does not run
     void (*config)(VitConfig *c, const cJSON *o, const char *path);
@@ -99,7 +102,8 @@ struct Vit {
 };
 
 // the registered families (vit_clip.c, vit_siglip.c, ...)
-extern const VitFamily vit_family_clip, vit_family_siglip, vit_family_internvit, vit_family_internvl_vision;
+extern const VitFamily vit_family_clip, vit_family_siglip, vit_family_internvit, vit_family_internvl_vision,
+    vit_family_nanovlm;
 const VitFamily *vit_family(VitType t);
 // the family called name ("clip", "siglip", ...); fatal() listing the names otherwise
 VitType vit_family_parse(const char *name);

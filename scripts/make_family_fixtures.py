@@ -28,6 +28,10 @@ Writes, as real Hugging Face directories (save_pretrained) and safetensors refer
   idefics3_vision_g25/         Idefics3VisionTransformer at a 25x25 grid (25 px, patch 1), where
                                its bucketized position ids skip rows (0..4, 4, 6, ...)
   idefics3_g25_features.safetensors  pixel_values (2,3,25,25), vision_features = last_hidden_state
+  nanovlm/                     idefics3_vision's weights and idefics3_llama's connector under nanoVLM's
+                               names (vision_encoder.*, fused qkv_proj, MP.proj.weight) in one
+                               model.safetensors, with a flat VLMConfig-style config.json (vit_*, mp_*)
+  nanovlm_llama.safetensors    the connector alone as MP.proj.weight
   idefics3_position_ids.txt    Idefics3VisionEmbeddings' ids for a full n x n image, n = 2..64:
                                one line "n b_0 .. b_{n-1}", patch (i, j) adding row b_i * n + b_j
 
@@ -146,6 +150,88 @@ def make_idefics3_positions(out):
     save_file({"pixel_values": pix.contiguous(), "vision_features": feats.contiguous()},
               os.path.join(out, "idefics3_g25_features.safetensors"))
     return {"grids_not_arange": odd}
+
+
+def nanovlm_names(sd, n_layers):
+    """Idefics3VisionTransformer's state dict -> nanoVLM's ViT names (models/vision_transformer.py,
+    under VisionLanguageModel's vision_encoder): q, k, v stacked into qkv_proj in that order, the
+    positions as a (1, NP, C) parameter, post_layernorm as layer_norm"""
+    out = {"patch_embedding.conv.weight": sd["embeddings.patch_embedding.weight"],
+           "patch_embedding.conv.bias": sd["embeddings.patch_embedding.bias"],
+           "patch_embedding.position_embedding": sd["embeddings.position_embedding.weight"][None],
+           "layer_norm.weight": sd["post_layernorm.weight"], "layer_norm.bias": sd["post_layernorm.bias"]}
+    ren = {"layer_norm1": "ln1", "layer_norm2": "ln2", "self_attn.out_proj": "attn.out_proj",
+           "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    for i in range(n_layers):
+        pre = f"encoder.layers.{i}."
+        for a, b in ren.items():
+            for suf in ("weight", "bias"):
+                out[f"blocks.{i}.{b}.{suf}"] = sd[f"{pre}{a}.{suf}"]
+        for suf in ("weight", "bias"):
+            out[f"blocks.{i}.attn.qkv_proj.{suf}"] = torch.cat([sd[f"{pre}self_attn.{x}_proj.{suf}"] for x in "qkv"], 0)
+    assert len(out) == 5 + 12 * n_layers and len(sd) == 5 + 16 * n_layers, (len(out), len(sd))
+    return {"vision_encoder." + k: v.contiguous() for k, v in out.items()}
+
+
+def nanovlm_vit(w, cfg, pixels):
+    """nanoVLM's ViT forward (no CLS) as its public code computes it: conv, + positions, blocks
+    of x + out_proj(sdpa(split(qkv_proj(ln1 x)))) and x + fc2(gelu_tanh(fc1(ln2 x))), layer_norm"""
+    import torch.nn.functional as F
+    p = lambda k: w["vision_encoder." + k]  # noqa: E731
+    C, H, eps = cfg["vit_hidden_dim"], cfg["vit_n_heads"], cfg["vit_ln_eps"]
+    x = F.conv2d(pixels, p("patch_embedding.conv.weight"), p("patch_embedding.conv.bias"),
+                 stride=cfg["vit_patch_size"]).flatten(2).transpose(1, 2)
+    x = x + p("patch_embedding.position_embedding")
+    B, T, _ = x.shape
+    for i in range(cfg["vit_n_blocks"]):
+        b = lambda k: p(f"blocks.{i}.{k}")  # noqa: E731
+        h = F.layer_norm(x, (C,), b("ln1.weight"), b("ln1.bias"), eps)
+        q, k, v = F.linear(h, b("attn.qkv_proj.weight"), b("attn.qkv_proj.bias")).split(C, dim=2)
+        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, C)
+        x = x + F.linear(y, b("attn.out_proj.weight"), b("attn.out_proj.bias"))
+        h = F.layer_norm(x, (C,), b("ln2.weight"), b("ln2.bias"), eps)
+        h = F.gelu(F.linear(h, b("mlp.fc1.weight"), b("mlp.fc1.bias")), approximate="tanh")
+        x = x + F.linear(h, b("mlp.fc2.weight"), b("mlp.fc2.bias"))
+    return F.layer_norm(x, (C,), p("layer_norm.weight"), p("layer_norm.bias"), eps)
+
+
+def nanovlm_pixel_shuffle(x, s):
+    """nanoVLM's ModalityProjector.pixel_shuffle (models/modality_projector.py)"""
+    b, n, c = x.shape
+    g = int(n ** 0.5)
+    x = x.reshape(b, g // s, s, g // s, s, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (g // s) ** 2, c * s * s)
+
+
+def make_nanovlm(out, feats, conn):
+    """the Idefics3 fixtures' tower and connector under nanoVLM's names: svlm must give the same
+    features, connector output and logits from either (tests/test_model_parity.c)"""
+    d = os.path.join(out, "nanovlm")
+    clean_dir(d)
+    vc = idefics3_vision_config()
+    sd = load_file(os.path.join(out, "idefics3_vision", "model.safetensors"))
+    w = nanovlm_names(sd, vc.num_hidden_layers)
+    proj = conn.modality_projection.proj.weight.detach().contiguous()
+    cfg = {"vit_hidden_dim": vc.hidden_size, "vit_inter_dim": vc.intermediate_size, "vit_patch_size": vc.patch_size,
+           "vit_img_size": vc.image_size, "vit_n_heads": vc.num_attention_heads, "vit_dropout": 0.0,
+           "vit_n_blocks": vc.num_hidden_layers, "vit_ln_eps": vc.layer_norm_eps, "vit_cls_flag": False,
+           "vit_model_type": "google/siglip2-base-patch16-512", "lm_hidden_dim": proj.shape[0],
+           "mp_pixel_shuffle_factor": 3, "mp_image_token_length": 81}
+    with open(os.path.join(d, "config.json"), "w") as fh:
+        fh.write(json.dumps(cfg, indent=4) + "\n")
+    save_file(dict(w, **{"MP.proj.weight": proj}), os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    save_file({"MP.proj.weight": proj}, os.path.join(out, "nanovlm_llama.safetensors"))
+    # nanoVLM's math on these names equals transformers' Idefics3 tower and connector (its
+    # positions are 0..n-1, as Idefics3's are at this grid)
+    with torch.no_grad():
+        mine = nanovlm_vit(w, cfg, PIXELS)
+        err = ((mine - feats).abs().max() / feats.abs().max()).item()
+        assert err < 1e-5, err
+        x = torch.randn((2, 36, 5), generator=gen(19001))
+        assert torch.equal(nanovlm_pixel_shuffle(x, 3), conn.pixel_shuffle(x, 3))
+        assert torch.equal(nanovlm_pixel_shuffle(x, 2), conn.pixel_shuffle(x, 2))
+    return {"nanovlm_vit_vs_idefics3": err}
 
 
 def run_vlm(out, tag, llm_dir, lora_dir, pixels, feats, conn, T, starts, pads, seed, stage1_tag, llm_cls=LlamaForCausalLM,
@@ -374,6 +460,7 @@ def main():
                                     os.path.join(out, "llama_lora"), PIXELS, feats, conn, T=97, starts=[2, 5],
                                     pads=3, seed=14001, stage1_tag="vlm_llama_idefics3_stage1")
 
+    log["nanovlm"] = make_nanovlm(out, feats, conn)
     log["internvl"] = make_internvl(out)
     log["idefics3_positions"] = make_idefics3_positions(out)
 
@@ -384,7 +471,8 @@ def main():
                 "internvl": (("internvl_vision", "internvit"),
                              ("internvl_qwen2", "internvl_hf_qwen2", "vlm_qwen2_internvl",
                               "vlm_qwen2_internvl_stage1")),
-                "idefics3_positions": (("idefics3_vision_g25",), ("idefics3_g25_features",))}
+                "idefics3_positions": (("idefics3_vision_g25",), ("idefics3_g25_features",)),
+                "nanovlm": (("nanovlm",), ("nanovlm_llama",))}
     for fam, (dirs, files) in families.items():
         total = 0
         for f in dirs:

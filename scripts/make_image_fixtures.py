@@ -49,6 +49,9 @@ References:
                           .div(255)), T.Normalize (tensor.sub_(mean).div_(std), float32), written
                           out here with torch (torchvision is not in the venv); ALPHA 1: the
                           native GotOcr2ImageProcessorPil on the opened image
+                nanovlm   nanoVLM's single-image transform: image.convert("RGB"), T.Resize((S, S))
+                          (torchvision calls img.resize((S, S), BILINEAR)), T.ToTensor (uint8 ->
+                          float32, .div(255)), no normalisation; written out with torch
                 idefics3  Idefics3ImageProcessorPil(do_image_splitting=False, size longest_edge L,
                           max_image_size S) on the opened image (its convert_to_rgb composites
                           alpha on white); pixel_attention_mask asserted all ones
@@ -376,7 +379,7 @@ def expand2square(rgb_img, mean):
     return sq
 
 
-FAMILY_MEAN_STD = {"siglip": ([0.5] * 3, [0.5] * 3), "idefics3": ([0.5] * 3, [0.5] * 3),
+FAMILY_MEAN_STD = {"siglip": ([0.5] * 3, [0.5] * 3), "idefics3": ([0.5] * 3, [0.5] * 3), "nanovlm": ([0.0] * 3, [1.0] * 3),
                    "internvl": (list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD))}
 
 
@@ -393,6 +396,11 @@ def prep_ref(data, family, size, longest, resample, alpha, pad):
         proc = SiglipImageProcessorPil(size={"height": size, "width": size}, resample=resample, image_mean=mean,
                                        image_std=std, do_convert_rgb=None)
         out = proc(images=src, return_tensors="np")["pixel_values"][0]
+    elif family == "nanovlm":
+        assert not alpha and resample == Image.Resampling.BILINEAR
+        img = src.resize((size, size), Image.Resampling.BILINEAR)  # torchvision F_pil.resize
+        t = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(size, size, 3).permute((2, 0, 1)).contiguous()
+        out = t.to(dtype=torch.float32).div(255).numpy()  # T.ToTensor; nanoVLM normalises nothing
     elif family == "internvl" and alpha:
         proc = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, resample=resample, image_mean=mean,
                                         image_std=std, crop_to_patches=False)
@@ -430,6 +438,12 @@ PREP_CASES = [  # (family, image, size, longest_edge, resample, alpha, pad)
     ("internvl", "rgb16_23x11.png", 28, 0, 3, 0, 0), ("internvl", "jpeg_grey_45x29.jpg", 28, 0, 3, 0, 0),
     ("internvl", "rgb_60x200.png", 28, 0, 3, 0, 1), ("internvl", "photo_640x480.jpg", 448, 0, 3, 0, 0),
     ("internvl", "rgba_40x30.png", 28, 0, 3, 1, 0), ("internvl", "greya16_9x8.png", 28, 0, 3, 1, 0),
+    # nanoVLM: squash to S x S, BILINEAR, pixels / 255 (alpha dropped by convert("RGB"))
+    ("nanovlm", "rgb_37x23.png", 24, 0, 2, 0, 0), ("nanovlm", "rgb_13x500.png", 28, 0, 2, 0, 0),
+    ("nanovlm", "greya_20x21.png", 28, 0, 2, 0, 0), ("nanovlm", "pal_trns_31x19.png", 28, 0, 2, 0, 0),
+    ("nanovlm", "rgb16_23x11.png", 28, 0, 2, 0, 0), ("nanovlm", "grey16_19x13.png", 24, 0, 2, 0, 0),
+    ("nanovlm", "jpeg_grey_45x29.jpg", 28, 0, 2, 0, 0), ("nanovlm", "rgba_40x30.png", 24, 0, 2, 0, 0),
+    ("nanovlm", "rgb_60x200.png", 28, 0, 2, 0, 1), ("nanovlm", "photo_640x480.jpg", 224, 0, 2, 0, 0),
     # Idefics3 / SmolVLM at one tile: longest edge to L (odd: the other side rounds up to even),
     # then S x S, LANCZOS
     ("idefics3", "rgb_37x23.png", 24, 96, 1, 1, 0), ("idefics3", "rgb_60x200.png", 30, 120, 1, 1, 0),
@@ -525,7 +539,7 @@ def main():
         "# prep FAMILY FILE S L F ALPHA PAD REF   the family's processor (3, S, S) float32: longest edge L",
         "#                            (idefics3), filter F, ALPHA 1: alpha composited on white, PAD 1: expand2square",
         f"# prep processors: SiglipImageProcessorPil, GotOcr2ImageProcessorPil, Idefics3ImageProcessorPil, "
-        f"InternVL's build_transform with torch {torch.__version__}",
+        f"InternVL's build_transform and nanoVLM's transform with torch {torch.__version__}",
     ]
     for name, data in imgs.items():
         with open(os.path.join(args.out, name), "wb") as f:

@@ -315,7 +315,7 @@ static void test_geometry(void **state) {
 
 // image_preprocess equals each family's own processor: SiglipImageProcessorPil, InternVL's
 // build_transform (and the native GotOcr2ImageProcessorPil with alpha composited),
-// Idefics3ImageProcessorPil at one tile; odd sizes, grey, alpha, palette, 16-bit PNG, CMYK JPEG,
+// Idefics3ImageProcessorPil at one tile, nanoVLM's transform; odd sizes, grey, alpha, palette, 16-bit PNG, CMYK JPEG,
 // LLaVA's pad mode, thin images
 static void test_prep_matches_processors(void **state) {
     (void)state;
@@ -360,9 +360,9 @@ static void test_prep_matches_processors(void **state) {
         alpha += comp;
         pad += padded;
     }
-    print_message("prep: siglip %d, internvl %d, idefics3 %d cases (%d compositing alpha, %d padded), %d differ from "
-                  "the processors\n", checked[IMAGE_PREP_SIGLIP], checked[IMAGE_PREP_INTERNVL], checked[IMAGE_PREP_IDEFICS3],
-                  alpha, pad, bad);
+    print_message("prep: siglip %d, internvl %d, idefics3 %d, nanovlm %d cases (%d compositing alpha, %d padded), %d "
+                  "differ from the processors\n", checked[IMAGE_PREP_SIGLIP], checked[IMAGE_PREP_INTERNVL],
+                  checked[IMAGE_PREP_IDEFICS3], checked[IMAGE_PREP_NANOVLM], alpha, pad, bad);
     assert_int_equal(bad, 0);
     for (int f = IMAGE_PREP_SIGLIP; f < N_IMAGE_PREP; f++) assert_true(checked[f] >= 8);
     assert_true(alpha >= 5 && pad >= 4);
@@ -381,6 +381,9 @@ static void test_prep_presets(void **state) {
     image_prep_preset(&p, IMAGE_PREP_IDEFICS3, 364);
     assert_true(p.rule == IMAGE_RESIZE_LONGEST_SQUARE && p.filter == IMAGE_FILTER_LANCZOS && p.longest_edge == 1456);
     assert_int_equal(p.composite_alpha, 1);
+    image_prep_preset(&p, IMAGE_PREP_NANOVLM, 224);  // T.Resize((S, S)) + T.ToTensor: no normalisation
+    assert_true(p.rule == IMAGE_RESIZE_SQUARE && p.filter == IMAGE_FILTER_BILINEAR && p.mean[0] == 0.0f && p.std[1] == 1.0f);
+    assert_int_equal(p.composite_alpha, 0);
     image_prep_preset(&p, IMAGE_PREP_CLIP, 336);
     assert_true(p.rule == IMAGE_RESIZE_SHORTEST_CROP && p.mean[2] == CLIP_MEAN[2] && p.pad_to_square == 0);
     for (int f = 0; f < N_IMAGE_PREP; f++) assert_int_equal(image_prep_family_parse(image_prep_family_name(f)), f);

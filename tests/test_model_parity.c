@@ -189,6 +189,53 @@ static void test_internvl_gradcheck(void **state) {
     gradcheck_model(&m, &fx, 0.0f, "finite differences, internvl + qwen2");
 }
 
+// nanoVLM's names for the Idefics3 fixtures' tower and connector (nanovlm/: vision_encoder.*,
+// fused qkv_proj, flat vit_* config; MP.proj.weight): the same features, connector output,
+// logits, loss and gradients as under Idefics3's names, bit for bit, and so the transformers
+// fixture's to 1e-5
+static void test_nanovlm_names(void **state) {
+    check_tower("nanovlm", "vlm_llama_idefics3.safetensors", "vision_features", -1, 1, 2, 1e-5);
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_llama_idefics3.safetensors");
+    size_t n_lg = (size_t)fx.B * fx.T * fx.V, n_out = 0, n_grad = 0;
+    float *out[2], *logits[2], *grad[2];
+    double loss[2];
+    for (int naming = 0; naming < 2; naming++) {
+        VlmSpec spec = idefics3_spec(&fx, "llama_lora", 0.0f);
+        static char vdir[1024];
+        snprintf(vdir, sizeof vdir, "%s", fixture_path(naming ? "nanovlm" : "idefics3_vision"));
+        spec.vision_dir = vdir;
+        spec.connector = naming ? CONNECTOR_NANOVLM : CONNECTOR_IDEFICS3;
+        Vlm m;
+        fixture_model_load(&m, kernels_cpu(), &spec, naming ? "nanovlm_llama.safetensors" : "idefics3_llama.safetensors",
+                           "llama_lora");
+        assert_string_equal(vit_type_name(&m.vit.cfg), naming ? "nanovlm" : "siglip");
+        assert_int_equal(m.n_img_tokens, 81);
+        logits[naming] = xmalloc(n_lg * sizeof(float));
+        vlm_logits(&m, &fx.batch, logits[naming]);
+        n_out = (size_t)fx.n_img * m.n_img_tokens * m.llm.cfg.hidden;
+        out[naming] = xmalloc(n_out * sizeof(float));
+        m.k->download_act(out[naming], m.img_emb, n_out);
+        m.k->zero(m.train.grad, m.train.numel * sizeof(float));
+        loss[naming] = vlm_forward_backward(&m, &fx.batch, 1.0f, NULL);
+        int i = params_find(&m.train, naming ? "MP.proj.weight" : "model.connector.modality_projection.proj.weight");
+        assert_true(i >= 0);
+        n_grad = m.train.p[i].numel;
+        grad[naming] = xmalloc(n_grad * sizeof(float));
+        m.k->download(grad[naming], params_grad(&m.train, i), n_grad * sizeof(float));
+        vlm_free(&m);
+    }
+    float *want = fixture_f32(&fx.f, "logits", NULL);
+    expect_close("nanovlm + nanovlm connector logits", logits[1], want, n_lg, 1e-5);
+    assert_memory_equal(out[0], out[1], n_out * sizeof(float));
+    assert_memory_equal(logits[0], logits[1], n_lg * sizeof(float));
+    assert_memory_equal(grad[0], grad[1], n_grad * sizeof(float));
+    assert_true(loss[0] == loss[1]);
+    for (int i = 0; i < 2; i++) free(out[i]), free(logits[i]), free(grad[i]);
+    free(want);
+    vlm_fixture_close(&fx);
+}
+
 static void test_llama_idefics3_lora(void **state) { check_idefics3("vlm_llama_idefics3.safetensors", "llama_lora"); }
 static void test_llama_idefics3_stage1(void **state) { check_idefics3("vlm_llama_idefics3_stage1.safetensors", NULL); }
 
@@ -376,7 +423,7 @@ static void gradcheck_model(Vlm *m, VlmFixture *fx, float dropout, const char *w
 static void test_model_gradcheck(void **state) { gradcheck(0.0f); }
 static void test_model_gradcheck_lora_dropout(void **state) { gradcheck(0.3f); }
 
-int main(void) {
+int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vision_features),
         cmocka_unit_test(test_qwen2_ldp_lora),
@@ -390,10 +437,14 @@ int main(void) {
         cmocka_unit_test(test_llama_idefics3_lora),
         cmocka_unit_test(test_llama_idefics3_stage1),
         cmocka_unit_test(test_idefics3_gradcheck),
+        cmocka_unit_test(test_nanovlm_names),
         cmocka_unit_test(test_qwen2_internvl_lora),
         cmocka_unit_test(test_qwen2_internvl_stage1),
         cmocka_unit_test(test_internvl_native_names),
         cmocka_unit_test(test_internvl_gradcheck),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    // a pattern (fnmatch, "!" to exclude) runs some of them
+    struct CMUnitTest sel[sizeof tests / sizeof tests[0]];
+    size_t n = test_select(sel, tests, sizeof tests / sizeof tests[0], argc > 1 ? argv[1] : NULL);
+    return _cmocka_run_group_tests("test_model_parity", sel, n, NULL, NULL);
 }

@@ -33,6 +33,9 @@ static void test_connector_tokens(void **state) {
     assert_int_equal(connector_tokens(CONNECTOR_IDEFICS3, 3, 27), 81);
     assert_int_equal(connector_tokens(CONNECTOR_IDEFICS3, 4, 32), 64);
     assert_int_equal(connector_tokens(CONNECTOR_IDEFICS3, 3, 6), 4);
+    // nanoVLM: VLMConfig's factor 4 by default (SigLIP2-B/16 at 512: 32 -> 64), nanoVLM-222M's 2 on 14
+    assert_int_equal(connector_tokens(CONNECTOR_NANOVLM, 0, 32), 64);
+    assert_int_equal(connector_tokens(CONNECTOR_NANOVLM, 2, 14), 49);
 }
 
 static void ldp_tokens_7(void *arg) { connector_tokens(CONNECTOR_LDP, 0, 7); }
@@ -83,6 +86,17 @@ static void test_connector_declaration(void **state) {
         assert_int_equal(ix.b1, -1);
         assert_int_equal(ix.w2, -1);
         assert_int_equal(params_group_numel(&ps, PARAM_GROUP_CONNECTOR), (size_t)s * s * in * out);
+        params_free(&ps);
+    }
+    {  // nanoVLM: the same Linear as MP.proj.weight
+        ParamSet ps;
+        params_init(&ps, kernels_cpu(), 1);
+        ConnectorParams ix;
+        connector_declare_params(&ps, CONNECTOR_NANOVLM, 0, in, out, &ix);
+        assert_int_equal(ps.n, 1);
+        assert_string_equal(ps.p[ix.w1].name, "MP.proj.weight");
+        assert_int_equal(ps.p[ix.w1].shape[1], 16 * in);
+        assert_int_equal(ps.p[0].group, PARAM_GROUP_CONNECTOR);
         params_free(&ps);
     }
     // InternVL: LayerNorm(4Cv), Linear(4Cv, H), Linear(H, H) as mlp1.{0,1,3} or the native names
@@ -220,6 +234,37 @@ static void test_vision_unknown_type_refused(void **state) {
     snprintf(dir, sizeof dir, "%s/internvl_rect", tmp);
     write_config(dir, "{\"model_type\": \"internvl_vision\", \"image_size\": [448, 224]}\n");
     expect_fatal(load_config, dir, "internvl_rect/config.json", "image_size", "[n, n]");
+    // nanoVLM's ViT with a class token hands only that token on: refused
+    snprintf(dir, sizeof dir, "%s/nanovlm_cls", tmp);
+    write_config(dir, "{\"vit_hidden_dim\": 32, \"vit_n_heads\": 4, \"vit_cls_flag\": true}\n");
+    expect_fatal(load_config, dir, "nanovlm_cls/config.json", "vit_cls_flag");
+}
+
+// nanoVLM's flat config (no model_type, vit_* keys) is read as its family's, with its keys
+static void test_vision_nanovlm_config(void **state) {
+    VitConfig c;
+    vit_config_load(&c, fixture_path("nanovlm"));
+    assert_string_equal(vit_type_name(&c), "nanovlm");
+    assert_int_equal(c.hidden, 24);
+    assert_int_equal(c.mlp, 40);
+    assert_int_equal(c.layers, 2);
+    assert_int_equal(c.heads, 2);
+    assert_int_equal(c.image_size, 27);
+    assert_int_equal(c.grid, 27);
+    assert_int_equal(vit_has_cls(&c), 0);
+    assert_int_equal(c.act, VIT_ACT_GELU_TANH);
+    assert_int_equal(c.prep, IMAGE_PREP_NANOVLM);
+    assert_null(c.position_ids);  // nanoVLM adds its positions in order (no bucketing)
+    assert_true(c.eps == 1e-6f);
+    char dir[1100];  // VLMConfig's defaults for keys not given: SigLIP2-B/16 at 512
+    snprintf(dir, sizeof dir, "%s/nanovlm_defaults", tmp);
+    write_config(dir, "{\"vit_hidden_dim\": 768, \"lm_hidden_dim\": 960}\n");
+    vit_config_load(&c, dir);
+    assert_string_equal(vit_type_name(&c), "nanovlm");
+    assert_int_equal(c.image_size, 512);
+    assert_int_equal(c.grid, 32);
+    assert_int_equal(c.layers, 12);
+    assert_int_equal(c.mlp, 3072);
 }
 
 // the CLIP fixture (24 px, patch 4, 3 layers, width 40): its facts, and its weights bound by name
@@ -315,6 +360,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_vision_unknown_type_refused),
         cmocka_unit_test(test_vision_facts),
         cmocka_unit_test(test_vision_position_ids),
+        cmocka_unit_test(test_vision_nanovlm_config),
     };
     struct CMUnitTest sel[sizeof all / sizeof all[0]];
     size_t n = test_select(sel, all, sizeof all / sizeof all[0], argc > 1 ? argv[1] : NULL);

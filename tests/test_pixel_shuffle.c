@@ -1,5 +1,5 @@
 // test_pixel_shuffle.c: the pixel-shuffle index (model/pixel_shuffle.c) against InternVL's
-// pixel_shuffle (ps_version v2) and Idefics3's, replayed op by op: a torch view / reshape is a
+// pixel_shuffle (ps_version v2), Idefics3's and nanoVLM's, replayed op by op: a torch view / reshape is a
 // new shape over the same row-major data, a permute a copy in the new order.
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +61,19 @@ static void idefics3(T4 *t, int bsz, int grid, int C, int s) {
     view(t, bsz, seq / (s * s), C * s * s, 1);
 }
 
+// nanoVLM's ModalityProjector.pixel_shuffle(x) on x (bsz, seq, embed_dim): view (bsz, h, w, C),
+// reshape (bsz, h/s, s, w/s, s, C), permute(0, 1, 3, 2, 4, 5), reshape (bsz, h/s * w/s, C*s*s).
+// That permute swaps the two middle dims of (bsz*h/s, s, w/s, s*C): permute_0213 on that view.
+static void nanovlm(T4 *t, int bsz, int grid, int C, int s) {
+    int h = grid, w = grid;
+    view(t, bsz, h, w, C);
+    view(t, bsz * (h / s), s, w / s, s * C);
+    permute_0213(t);
+    view(t, bsz, (h / s) * (w / s), C * s * s, 1);
+}
+
+enum { INTERNVL, IDEFICS3, NANOVLM };
+
 static void check(const char *what, int n, int grid, int C, int s, int intern) {
     const Kernels *k = kernels_cpu();
     size_t N = (size_t)n * grid * grid * C;
@@ -69,8 +82,9 @@ static void check(const char *what, int n, int grid, int C, int s, int intern) {
     test_fill_uniform(feats, N, -1, 1, &seed);
     T4 t = {{n, grid * grid, C, 1}, xmalloc(N * sizeof(float))};
     memcpy(t.x, feats, N * sizeof(float));
-    if (intern) internvl(&t, n, grid, C);
-    else idefics3(&t, n, grid, C, s);
+    if (intern == INTERNVL) internvl(&t, n, grid, C);
+    else if (intern == IDEFICS3) idefics3(&t, n, grid, C, s);
+    else nanovlm(&t, n, grid, C, s);
     assert_int_equal(t.shape[1], pixel_shuffle_tokens(grid, s));
     assert_int_equal(t.shape[2], C * s * s);
     int rows = n * grid * grid;
@@ -87,16 +101,24 @@ static void check(const char *what, int n, int grid, int C, int s, int intern) {
 }
 
 static void test_internvl_v2(void **state) {
-    check("InternVL", 1, 4, 3, 2, 1);
-    check("InternVL", 2, 6, 5, 2, 1);
-    check("InternVL", 1, 32, 8, 2, 1);  // InternViT-300M-448px: 32x32 patches -> 256 tokens
+    check("InternVL", 1, 4, 3, 2, INTERNVL);
+    check("InternVL", 2, 6, 5, 2, INTERNVL);
+    check("InternVL", 1, 32, 8, 2, INTERNVL);  // InternViT-300M-448px: 32x32 patches -> 256 tokens
 }
 
 static void test_idefics3(void **state) {
-    check("Idefics3", 1, 4, 3, 2, 0);
-    check("Idefics3", 2, 6, 5, 3, 0);   // odd factor, odd width
-    check("Idefics3", 1, 12, 7, 4, 0);  // SmolVLM's scale_factor 4 on a small grid
-    check("Idefics3", 3, 5, 2, 1, 0);   // s = 1 leaves the features as they are
+    check("Idefics3", 1, 4, 3, 2, IDEFICS3);
+    check("Idefics3", 2, 6, 5, 3, IDEFICS3);   // odd factor, odd width
+    check("Idefics3", 1, 12, 7, 4, IDEFICS3);  // SmolVLM's scale_factor 4 on a small grid
+    check("Idefics3", 3, 5, 2, 1, IDEFICS3);   // s = 1 leaves the features as they are
+}
+
+// nanoVLM's reshape / permute orders a token's pieces as Idefics3 does: one index serves both
+static void test_nanovlm(void **state) {
+    check("nanoVLM", 1, 4, 3, 2, NANOVLM);
+    check("nanoVLM", 2, 6, 5, 3, NANOVLM);
+    check("nanoVLM", 2, 14, 3, 2, NANOVLM);  // nanoVLM-222M: SigLIP-B/16 at 224, 14x14 by 2 -> 49 tokens
+    check("nanoVLM", 1, 8, 7, 4, NANOVLM);   // VLMConfig's default factor 4
 }
 
 static void bad_factor(void *arg) { pixel_shuffle_tokens(7, 2); }
@@ -109,6 +131,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest all[] = {
         cmocka_unit_test(test_internvl_v2),
         cmocka_unit_test(test_idefics3),
+        cmocka_unit_test(test_nanovlm),
         cmocka_unit_test(test_factor_must_divide_grid),
     };
     struct CMUnitTest sel[sizeof all / sizeof all[0]];

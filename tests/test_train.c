@@ -391,8 +391,9 @@ static void val_losses(const char *run, double *first, double *last) {
 // The other vision tower families end to end on ./synth's data with a tiny random tower of the
 // family (--vision): stage 1 and stage 2 (from the stage-1 connector) learn, a stage-2 run
 // killed with SIGKILL and restarted ends bit-identical to an uninterrupted one, and the export
-// generates text from an image.
-static void family_end_to_end(const char *family, const char *connector) {
+// generates text from an image. extra: more config lines (the synth tower's 8x8 grid needs a
+// pixel shuffle of 2 where the connector's default is another).
+static void family_end_to_end(const char *family, const char *connector, const char *extra) {
     char dir[600], log[600], conf[700], s1[700], s2[700], killed[700], exp[700], p[800];
     snprintf(dir, sizeof dir, "%s/family_%s", root, family);
     snprintf(log, sizeof log, "%s/family_%s.log", root, family);
@@ -406,8 +407,8 @@ static void family_end_to_end(const char *family, const char *connector) {
             "stage = 1\nvision = %s/models/vision\nllm = %s/models/llm\nconnector = %s\nvision_layer = -1\n"
             "data = %s/data/stage1_train.json\nimage_folder = %s/data/images\nval_data = %s/data/stage1_val.json\n"
             "data_cache = %s/cache\nmax_seq_len = 96\nbatch_size = 4\nglobal_batch = 8\nmax_steps = 8\nlr = 3e-3\n"
-            "warmup_ratio = 0.1\nsave_every = 2\nkeep_last = 2\neval_every = 4\nseed = 7\ndevice = %s\nthreads = 2\n",
-            dir, dir, connector, dir, dir, dir, dir, device);
+            "warmup_ratio = 0.1\nsave_every = 2\nkeep_last = 2\neval_every = 4\nseed = 7\ndevice = %s\nthreads = 2\n%s",
+            dir, dir, connector, dir, dir, dir, dir, device, extra);
     fclose(f);
     snprintf(s1, sizeof s1, "%s/stage1", dir);
     snprintf(s2, sizeof s2, "%s/stage2", dir);
@@ -462,8 +463,10 @@ static void family_end_to_end(const char *family, const char *connector) {
     assert_true(log_has(out, "| decode: "));
 }
 
-static void test_siglip_idefics3_end_to_end(void **state) { family_end_to_end("siglip", "idefics3"); }
-static void test_internvit_internvl_end_to_end(void **state) { family_end_to_end("internvit", "internvl"); }
+static void test_siglip_idefics3_end_to_end(void **state) { family_end_to_end("siglip", "idefics3", ""); }
+static void test_internvit_internvl_end_to_end(void **state) { family_end_to_end("internvit", "internvl", ""); }
+// nanoVLM's names and flat config (vit_*), MP.proj.weight; its default pixel shuffle is 4
+static void test_nanovlm_end_to_end(void **state) { family_end_to_end("nanovlm", "nanovlm", "pixel_shuffle = 2\n"); }
 
 // resuming from an older checkpoint replaces the history after it (moved aside, not mixed in)
 static void test_resume_from_older_checkpoint(void **state) {
@@ -842,6 +845,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_out_dir_links_not_followed),
         cmocka_unit_test(test_siglip_idefics3_end_to_end),
         cmocka_unit_test(test_internvit_internvl_end_to_end),
+        cmocka_unit_test(test_nanovlm_end_to_end),
     };
     struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];
     size_t n = test_select(chosen, tests, sizeof tests / sizeof tests[0], pattern);
