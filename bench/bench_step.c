@@ -69,6 +69,23 @@ static const Preset presets[] = {
             .bos_id = -1, .eos_id = -1},
      .llm_init_std = 0.02f, .lora_r = 64, .lora_alpha = 16, .batch = 16, .steps = 10, .connector = CONNECTOR_LDP,
      .vision_layer = -2},
+    // the families below at tiny's sizes (odd head counts), for checking scripts/bench_torch.py's
+    // first-step loss against svlm's on a CPU in seconds
+    {.name = "tiny_internvit",
+     .vc = {.type = VIT_INTERNVIT, .hidden = 60, .layers = 2, .heads = 5, .head_dim = 12, .mlp = 112, .image_size = 64,
+            .patch = 8, .grid = 8, .n_patches = 64, .eps = 1e-6f, .act = VIT_ACT_GELU, .qkv_bias = 1},
+     .lc = {.model_type = "qwen2", .vocab = 1000, .hidden = 96, .layers = 2, .heads = 6, .kv_heads = 2, .head_dim = 16,
+            .mlp = 160, .max_pos = 4096, .eps = 1e-6f, .rope_theta = 1e6f, .qkv_bias = 1, .tied = 1, .bos_id = -1,
+            .eos_id = -1},
+     .llm_init_std = 0.1f, .lora_r = 8, .lora_alpha = 16, .batch = 2, .steps = 5, .connector = CONNECTOR_INTERNVL,
+     .vision_layer = -1},
+    {.name = "tiny_siglip",
+     .vc = {.type = VIT_SIGLIP, .hidden = 48, .layers = 2, .heads = 3, .head_dim = 16, .mlp = 112, .image_size = 64,
+            .patch = 8, .grid = 8, .n_patches = 64, .eps = 1e-6f, .act = VIT_ACT_GELU_TANH, .qkv_bias = 1},
+     .lc = {.model_type = "llama", .vocab = 1000, .hidden = 96, .layers = 2, .heads = 6, .kv_heads = 2, .head_dim = 16,
+            .mlp = 160, .max_pos = 4096, .eps = 1e-5f, .rope_theta = 1e5f, .tied = 1, .bos_id = -1, .eos_id = -1},
+     .llm_init_std = 0.1f, .lora_r = 8, .lora_alpha = 16, .batch = 2, .steps = 5, .connector = CONNECTOR_IDEFICS3,
+     .connector_scale = 2, .vision_layer = -1},
     // Vintern-1B / InternVL2-1B: InternViT-300M-448px (remote-code names) + pixel shuffle + mlp1
     // (256 tokens) + Qwen2-0.5B
     {.name = "internvit",
@@ -397,10 +414,12 @@ static void print_counts(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, uint
 static void usage(void) {
     printf("usage: bench_step [options]\n"
            "  --device cpu|cuda      backend (default cpu)\n"
-           "  --preset tiny|mid|reference|internvit|siglip   model sizes (default mid); reference = CLIP\n"
+           "  --preset tiny|mid|reference|internvit|siglip|tiny_internvit|tiny_siglip   model sizes (default mid);\n"
+           "                         reference = CLIP\n"
            "                         ViT-L/14-336 + ldp + Qwen2-0.5B, LoRA r 64 alpha 16 on q,k,v,o,gate,up,down in\n"
            "                         stage 2; internvit = InternViT-300M-448px + InternVL mlp1 + Qwen2-0.5B;\n"
-           "                         siglip = SigLIP-base-patch16-512 + Idefics3 pixel shuffle 4 + SmolLM2-360M\n"
+           "                         siglip = SigLIP-base-patch16-512 + Idefics3 pixel shuffle 4 + SmolLM2-360M;\n"
+           "                         tiny_internvit, tiny_siglip: those families at tiny's sizes\n"
            "  --stage 1|2            1: connector only; 2: connector + LoRA (default 2)\n"
            "  --batch B              micro-batch (default 16 reference, 4 mid, 2 tiny)\n"
            "  --steps N              timed steps (default 10 reference, 3 mid, 5 tiny)\n"
@@ -489,7 +508,7 @@ int main(int argc, char **argv) {
     const Preset *p = NULL;
     for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
         if (!strcmp(presets[i].name, preset_name)) p = &presets[i];
-    if (!p) fatal("--preset %s: tiny, mid, reference, internvit or siglip", preset_name);
+    if (!p) fatal("--preset %s: tiny, mid, reference, internvit, siglip, tiny_internvit or tiny_siglip", preset_name);
     if (stage != 1 && stage != 2) fatal("--stage %d: 1 or 2", stage);
     if (B == 0) B = p->batch;
     if (steps < 0) steps = p->steps;
@@ -549,10 +568,10 @@ int main(int argc, char **argv) {
     size_t n_conn = params_group_numel(&m.train, PARAM_GROUP_CONNECTOR), n_lora = params_group_numel(&m.train, PARAM_GROUP_LORA);
     const VitConfig *vc = &m.vit.cfg;
     const LlmConfig *lc = &m.llm.cfg;
-    printf("bench: preset %s, stage %d, device %s: vision %dx%d/%d, %d of %d layers, width %d | ldp (%d tokens) | %s "
+    printf("bench: preset %s, stage %d, device %s: vision %s %dx%d/%d, %d of %d layers, width %d | %s (%d tokens) | %s "
            "width %d, %d layers, %d/%d heads, mlp %d, vocab %d | ",
-           p->name, stage, k->name, vc->image_size, vc->image_size, vc->patch, m.vit.n_run, vc->layers, vc->hidden,
-           slot, lc->model_type, lc->hidden, lc->layers, lc->heads, lc->kv_heads, lc->mlp, lc->vocab);
+           p->name, stage, k->name, vit_type_name(vc), vc->image_size, vc->image_size, vc->patch, m.vit.n_run, vc->layers,
+           vc->hidden, connector_type_name(p->connector), slot, lc->model_type, lc->hidden, lc->layers, lc->heads, lc->kv_heads, lc->mlp, lc->vocab);
     if (stage == 2) printf("LoRA r %d alpha %g on 7 projections\n", p->lora_r, (double)p->lora_alpha);
     else printf("no LoRA\n");
     printf("bench: trainable: connector %zu, LoRA %zu parameters; model loaded in %.1f s\n", n_conn, n_lora, t_load);

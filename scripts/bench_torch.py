@@ -11,9 +11,16 @@ LoRA settings, learning rates, and the initial trainable tensors (connector, LoR
 it, so both implementations start from the same state and their first-step losses agree within
 the arithmetic's noise.
 
-The step, as LLaVA / MobileVLM train with the HF Trainer: the CLIP tower under no_grad up to
+The step, as LLaVA / MobileVLM train with the HF Trainer: the vision tower under no_grad up to
 hidden_states[vision_layer] (layers after it are dropped: they cannot change the result), CLS
-dropped; the ldp connector (exactly as scripts/make_fixtures.py defines it, which svlm matches);
+dropped; the connector. Towers and connectors by bench_step's preset:
+  CLIP (CLIPVisionModel) + ldp (exactly as scripts/make_fixtures.py defines it, which svlm
+    matches): tiny, mid, reference
+  InternViT (InternVL remote-code names, loaded into transformers' InternVLVisionModel by
+    renaming: fused attn.qkv split, ls1/ls2 -> lambda_1/2) + InternVL's pixel shuffle 0.5 and
+    mlp1 (LayerNorm, Linear, GELU, Linear, as InternVLMultiModalProjector): internvit, tiny_internvit
+  SigLIP (SiglipVisionModel, last_hidden_state: post_layernorm applied) + Idefics3's pixel
+    shuffle and modality_projection (Linear without bias): siglip, tiny_siglip
 its output spliced into the token embeddings at the image slots (masked_scatter, as
 transformers' LLaVA does); Qwen2ForCausalLM (+ peft LoRA in stage 2) with labels, loss = HF's
 mean over labelled positions; backward; clip_grad_norm_(1.0); torch.optim.AdamW (fused on CUDA)
@@ -115,6 +122,88 @@ def load_ldp():
     return LDP
 
 
+def internvit_native(vdir, vcfg, dtype, attn):
+    """InternVL's remote-code InternViT directory (svlm's random one) as transformers' native
+    InternVLVisionModel: the same weights renamed, the fused qkv split into q, k, v (rows q, k, v)"""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import InternVLVisionConfig, InternVLVisionModel
+    sd = load_file(os.path.join(vdir, "model.safetensors"))
+    cfg = InternVLVisionConfig(hidden_size=vcfg["hidden_size"], intermediate_size=vcfg["intermediate_size"],
+                               num_hidden_layers=vcfg["num_hidden_layers"], num_attention_heads=vcfg["num_attention_heads"],
+                               image_size=vcfg["image_size"], patch_size=vcfg["patch_size"],
+                               attention_bias=vcfg.get("qkv_bias", False), norm_type="layer_norm",
+                               layer_norm_eps=vcfg["layer_norm_eps"], hidden_act=vcfg["hidden_act"],
+                               use_mean_pooling=True, attn_implementation=attn)
+    ren = {"embeddings.class_embedding": "embeddings.cls_token",
+           "embeddings.patch_embedding.weight": "embeddings.patch_embeddings.projection.weight",
+           "embeddings.patch_embedding.bias": "embeddings.patch_embeddings.projection.bias",
+           "embeddings.position_embedding": "embeddings.position_embeddings"}
+    layer_ren = {"attn.proj": "attention.projection_layer", "ls1": "lambda_1", "ls2": "lambda_2",
+                 "norm1": "layernorm_before", "norm2": "layernorm_after", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    out = {}
+    for k, v in sd.items():
+        k = k[len("vision_model."):] if k.startswith("vision_model.") else k
+        if k in ren:
+            out[ren[k]] = v
+            continue
+        if not k.startswith("encoder.layers."):
+            continue  # a final norm svlm never runs
+        l, name = k[len("encoder.layers."):].split(".", 1)
+        pre = f"encoder.layer.{l}."
+        if name.startswith("attn.qkv."):
+            for x, part in zip("qkv", v.chunk(3, 0)):
+                out[pre + f"attention.{x}_proj." + name[len("attn.qkv."):]] = part.contiguous()
+            continue
+        for a, b in layer_ren.items():
+            if name == a or name.startswith(a + "."):
+                out[pre + b + name[len(a):]] = v
+                break
+        else:
+            raise KeyError(k)
+    model = InternVLVisionModel(cfg)
+    model.load_state_dict(out, strict=True)
+    return model.to(dtype)
+
+
+def make_connector(name, cv, h, scale):
+    """the connector's torch module and the prefix that turns its parameter names into svlm's"""
+    import torch.nn as nn
+    if name == "ldp":
+        return load_ldp()(cv, h), PROJ
+    if name == "internvl":
+        from transformers.models.internvl.modeling_internvl import InternVLModel
+
+        class InternVLConnector(nn.Module):  # pixel shuffle 0.5 (ps_version v2), then mlp1
+            def __init__(self):
+                super().__init__()
+                self.mlp1 = nn.Sequential(nn.LayerNorm(4 * cv), nn.Linear(4 * cv, h), nn.GELU(), nn.Linear(h, h))
+
+            def forward(self, x):
+                b, n, c = x.shape
+                g = int(round(math.sqrt(n)))
+                x = InternVLModel.pixel_shuffle(None, x.reshape(b, g, g, c), scale_factor=0.5)
+                return self.mlp1(x.reshape(b, -1, x.shape[-1]))
+        return InternVLConnector(), ""
+    if name == "idefics3":
+        from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
+
+        class Projection(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.proj = nn.Linear(scale * scale * cv, h, bias=False)
+
+        class Idefics3Like(nn.Module):  # Idefics3Connector: pixel shuffle by scale, then the Linear
+            def __init__(self):
+                super().__init__()
+                self.modality_projection = Projection()
+
+            def forward(self, x):
+                return self.modality_projection.proj(Idefics3Connector.pixel_shuffle(None, x, scale))
+        return Idefics3Like(), "model.connector."
+    raise SystemExit(f"bench: connector {name} is not one bench_torch.py runs (ldp, internvl, idefics3)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", help="batch file written by bench_step --save-batch")
@@ -127,7 +216,7 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (default 989)")
     ap.add_argument("--result", help="write the measurements as JSON")
     ap.add_argument("--full-vision", action="store_true",
-                    help="run every CLIP layer (as LLaVA does) instead of stopping at vision_layer")
+                    help="run every vision layer (as LLaVA does) instead of stopping at vision_layer")
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="LLM gradient checkpointing from the start (by default only after running out of memory)")
     ap.add_argument("--no-retry", action="store_true",
@@ -146,7 +235,7 @@ def main():
     from safetensors import safe_open
     from safetensors.torch import load_file
     import transformers
-    from transformers import AutoModelForCausalLM, CLIPVisionModel
+    from transformers import AutoModelForCausalLM, CLIPVisionModel, SiglipVisionModel
     from transformers.utils import logging as hf_logging
     import peft
     from peft import LoraConfig, get_peft_model
@@ -171,7 +260,7 @@ def main():
         ap.error("--steps must be at least 1")
     lora_r, lora_alpha = int(meta["lora_r"]), float(meta["lora_alpha"])
     vision_layer = int(meta["vision_layer"])
-    assert meta["connector"] == "ldp", meta["connector"]
+    conn_name = meta["connector"]
     tdir = os.path.dirname(args.batch)
     trainable = load_file(os.path.join(tdir, meta["trainable_file"]))
 
@@ -179,12 +268,26 @@ def main():
     print(f"bench: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
           f"device {devname}, {dtype}{' autocast' if bf16 else ''}, attn {args.attn}")
     t_load = time.perf_counter()
-    clip = CLIPVisionModel.from_pretrained(meta["vision_dir"], dtype=wdtype, attn_implementation=args.attn)
+    with open(os.path.join(meta["vision_dir"], "config.json")) as fh:
+        vcfg = json.load(fh)
+    vtype = vcfg.get("model_type", "clip_vision_model")
+    if vtype in ("clip_vision_model", "clip"):
+        clip = CLIPVisionModel.from_pretrained(meta["vision_dir"], dtype=wdtype, attn_implementation=args.attn)
+    elif vtype == "siglip_vision_model":
+        clip = SiglipVisionModel.from_pretrained(meta["vision_dir"], dtype=wdtype, attn_implementation=args.attn)
+    elif vtype == "intern_vit_6b":
+        clip = internvit_native(meta["vision_dir"], vcfg, wdtype, args.attn)
+    else:
+        raise SystemExit(f"bench: vision model_type {vtype} is not one bench_torch.py runs")
+    cls = 0 if vtype == "siglip_vision_model" else 1  # a class token leads the sequence (dropped)
+    post_norm = conn_name == "idefics3"  # Idefics3 reads last_hidden_state: post_layernorm applied
     n_layers = clip.config.num_hidden_layers
     n_run = n_layers + 1 + vision_layer if vision_layer < 0 else vision_layer  # hidden_states index
+    assert not post_norm or n_run == n_layers, "the post-norm connector reads the last layer"
     if not args.full_vision:
-        tower = getattr(clip, "vision_model", clip)  # transformers 5.2x flattened CLIPVisionModel
-        tower.encoder.layers = tower.encoder.layers[:n_run]
+        enc = getattr(clip, "vision_model", clip).encoder  # transformers 5.2x flattened the towers
+        attr = "layers" if hasattr(enc, "layers") else "layer"  # InternVLVisionEncoder: .layer
+        setattr(enc, attr, getattr(enc, attr)[:n_run])
     clip = clip.to(dev).eval().requires_grad_(False)
 
     llm = AutoModelForCausalLM.from_pretrained(meta["llm_dir"], dtype=wdtype, attn_implementation=args.attn)
@@ -200,14 +303,16 @@ def main():
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()  # dropout is 0 everywhere: train() changes nothing but the flag, as in the Trainer
 
-    LDP = load_ldp()
-    conn = LDP(clip.config.hidden_size, llm.config.hidden_size).to(dev)  # fp32 master weights
+    grid = vcfg.get("image_size", 224) // vcfg.get("patch_size", 32)
+    scale = max(1, grid // max(1, int(round(math.sqrt(int(meta["image_tokens"]))))))  # patches per token side
+    conn, prefix = make_connector(conn_name, clip.config.hidden_size, llm.config.hidden_size, scale)
+    conn = conn.to(dev)  # fp32 master weights
 
     # the initial trainable tensors bench_step used, under svlm's names
     conn_params = list(conn.parameters())
     lora_params, placed = [], {}
     for name, p in conn.named_parameters():
-        placed[PROJ + name] = p
+        placed[prefix + name] = p
     for name, p in model.named_parameters():
         if "lora_" in name:
             # base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight
@@ -276,7 +381,7 @@ def main():
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             with torch.no_grad():
                 out = clip(pixel_values=pix.to(wdtype), output_hidden_states=True)
-                feats = out.hidden_states[n_run][:, 1:]
+                feats = out.last_hidden_state if post_norm else out.hidden_states[n_run][:, cls:]
             img = conn(feats)                                       # (n_img, slot, H)
             emb = embed(ids)                                        # (B, T, H); slot rows replaced
             emb = emb.masked_scatter(mask.unsqueeze(-1).expand_as(emb), img.to(emb.dtype))
