@@ -81,6 +81,17 @@ static int log_has(const char *log, const char *needle) {
     return has;
 }
 
+// "svlm: error:" lines the log holds so far (a refused run adds exactly one)
+static int count_errors(const char *log) {
+    size_t n;
+    char *s = file_read_all(log, &n);
+    if (!s) return 0;
+    int k = 0;
+    for (char *q = s; (q = strstr(q, "svlm: error:")); q++) k += q == s || q[-1] == '\n';
+    free(s);
+    return k;
+}
+
 // progress lines ("step N/M | loss ...") the log holds so far
 static int count_steps(const char *log) {
     size_t n;
@@ -507,8 +518,10 @@ static void test_bad_config(void **state) {
     assert_true(log_has(log, "/nonexistent/llm: language model directory not found"));
     assert_int_equal(train(dir, log, 0, "vision=/nonexistent/clip", NULL, NULL), 1);
     assert_true(log_has(log, "/nonexistent/clip: vision model directory not found"));
-    // the synth tower's 8x8 patch grid does not split into 3x3 pixel-shuffle tokens
+    // the synth tower's 8x8 patch grid does not split into 3x3 pixel-shuffle tokens: one line
+    int errors = count_errors(log);
     assert_int_equal(train(dir, log, 0, "connector=idefics3", "pixel_shuffle=3", "vision_layer=-1"), 1);
+    assert_int_equal(count_errors(log), errors + 1);
     assert_true(log_has(log, "connector idefics3 takes 3x3 patches per token and needs a patch grid divisible by 3; "
                              "the vision encoder gives 8x8"));
     assert_int_equal(train(dir, log, 0, "pixel_shuffle=4", NULL, NULL), 1);  // ldp pools 2x2, no other
@@ -523,7 +536,9 @@ static void test_bad_config(void **state) {
     fputs("{\"model_type\": \"pixtral\", \"hidden_size\": 64}\n", f);
     fclose(f);
     snprintf(vopt, sizeof vopt, "vision=%s", vdir);
+    errors = count_errors(log);
     assert_int_equal(train(dir, log, 0, vopt, NULL, NULL), 1);
+    assert_int_equal(count_errors(log), errors + 1);
     assert_true(log_has(log, "pixtral/config.json: model_type \"pixtral\" is not a vision tower svlm knows"));
     char *argv[] = {"./train", "/nonexistent.conf", NULL};
     assert_int_equal(spawn(argv, log, 0, 0), 1);
