@@ -1389,6 +1389,47 @@ static void test_model_qwen2_internvl_lora(void **state) {
     g_tower = NULL;
 }
 
+// a tower alone (post-norm, vision_layer -1) on backend k: its features' error against the
+// fixture's fp32 ones
+static double tower_err(const Kernels *k, const char *dir, const char *file) {
+    StFile f;
+    st_open_or_die(&f, fixture_path(file));
+    size_t n, np;
+    float *pix = fixture_f32(&f, "pixel_values", &np), *want = fixture_f32(&f, "vision_features", &n);
+    Vit v;
+    vit_load(&v, k, fixture_path(dir), -1, 2);
+    vit_set_post_norm(&v, 1);
+    assert_int_equal(n, (size_t)2 * v.cfg.n_patches * v.cfg.hidden);
+    act_t *img = k->alloc(np * k->act_bytes), *feats = k->alloc(n * k->act_bytes);
+    k->upload_act(img, pix, np);
+    vit_forward(&v, feats, img, 2);
+    float *got = xmalloc(n * sizeof(float));
+    k->download_act(got, feats, n);
+    double e = rel_err(got, want, n);
+    k->free(img);
+    k->free(feats);
+    vit_free(&v);
+    free(got);
+    free(pix);
+    free(want);
+    st_close(&f);
+    return e;
+}
+
+// Idefics3's bucketized position ids at a 25x25 grid (the load permutes the position table, so
+// the CUDA backend reads the rows the CPU does) and nanoVLM's names (fused qkv_proj split by
+// pointer on bf16 weights)
+static void test_model_towers(void **state) {
+    (void)state;
+    const char *cases[2][2] = {{"idefics3_vision_g25", "idefics3_g25_features.safetensors"},
+                               {"nanovlm", "vlm_llama_idefics3.safetensors"}};
+    int ok = 1;
+    for (int i = 0; i < 2; i++)
+        ok &= model_check(cases[i][0], "vision features", tower_err(G, cases[i][0], cases[i][1]),
+                          tower_err(bf16_sim(), cases[i][0], cases[i][1]), TOL_MODEL_ACT);
+    if (!ok) fail_msg("a tower's CUDA features are outside their tolerance (see the lines marked FAIL)");
+}
+
 // ---------------------------------------------------------------- batched generation
 
 #define GB_N 4
@@ -1713,6 +1754,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_model_llama_mlp2x_rslora),
         cmocka_unit_test(test_model_llama_idefics3_lora),
         cmocka_unit_test(test_model_qwen2_internvl_lora),
+        cmocka_unit_test(test_model_towers),
         cmocka_unit_test(test_memory_plan),
         cmocka_unit_test(test_grad_buckets),
         cmocka_unit_test(test_sharded_masters),
