@@ -154,8 +154,9 @@ static void test_internvl_native_names(void **state) {
     check_tower("internvl_vision", "vlm_qwen2_internvl.safetensors", "vision_features", -1, 0, 3, 1e-5);
     VlmFixture fx;
     vlm_fixture_open(&fx, "vlm_qwen2_internvl.safetensors");
-    float *out[2], *logits[2];
-    size_t n_out = 0, n_lg = (size_t)fx.B * fx.T * fx.V;
+    float *out[2], *logits[2], *grad[2];
+    double loss[2];
+    size_t n_out = 0, n_lg = (size_t)fx.B * fx.T * fx.V, n_grad = 0;
     for (int naming = 0; naming < 2; naming++) {
         VlmSpec spec = internvl_spec(&fx, naming ? "internvl_vision" : "internvit",
                                      naming ? CONNECTOR_INTERNVL_HF : CONNECTOR_INTERNVL, "qwen2_lora");
@@ -167,6 +168,12 @@ static void test_internvl_native_names(void **state) {
         n_out = (size_t)fx.n_img * m.n_img_tokens * m.llm.cfg.hidden;
         out[naming] = xmalloc(n_out * sizeof(float));
         m.k->download_act(out[naming], m.img_emb, n_out);
+        // the loss and every trainable gradient (connector in its naming's order, then LoRA)
+        m.k->zero(m.train.grad, m.train.numel * sizeof(float));
+        loss[naming] = vlm_forward_backward(&m, &fx.batch, 1.0f, NULL);
+        n_grad = m.train.numel;
+        grad[naming] = xmalloc(n_grad * sizeof(float));
+        m.k->download(grad[naming], m.train.grad, n_grad * sizeof(float));
         vlm_free(&m);
     }
     float *want = fixture_f32(&fx.f, "logits", NULL);
@@ -174,7 +181,9 @@ static void test_internvl_native_names(void **state) {
     // the same numbers in either naming: the layout is all that differs
     assert_memory_equal(out[0], out[1], n_out * sizeof(float));
     assert_memory_equal(logits[0], logits[1], n_lg * sizeof(float));
-    for (int i = 0; i < 2; i++) free(out[i]), free(logits[i]);
+    assert_true(loss[0] == loss[1]);
+    assert_memory_equal(grad[0], grad[1], n_grad * sizeof(float));
+    for (int i = 0; i < 2; i++) free(out[i]), free(logits[i]), free(grad[i]);
     free(want);
     vlm_fixture_close(&fx);
 }
