@@ -476,6 +476,8 @@ static void family_end_to_end(const char *family, const char *connector, const c
 
 static void test_siglip_idefics3_end_to_end(void **state) { family_end_to_end("siglip", "idefics3", ""); }
 static void test_internvit_internvl_end_to_end(void **state) { family_end_to_end("internvit", "internvl", ""); }
+// InternViT and mlp1 under transformers' native names (internvl_vision, model.multi_modal_projector)
+static void test_internvl_native_end_to_end(void **state) { family_end_to_end("internvl_vision", "internvl_hf", ""); }
 // nanoVLM's names and flat config (vit_*), MP.proj.weight; its default pixel shuffle is 4
 static void test_nanovlm_end_to_end(void **state) { family_end_to_end("nanovlm", "nanovlm", "pixel_shuffle = 2\n"); }
 
@@ -860,6 +862,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_out_dir_links_not_followed),
         cmocka_unit_test(test_siglip_idefics3_end_to_end),
         cmocka_unit_test(test_internvit_internvl_end_to_end),
+        cmocka_unit_test(test_internvl_native_end_to_end),
         cmocka_unit_test(test_nanovlm_end_to_end),
     };
     struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];
