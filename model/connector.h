@@ -10,6 +10,7 @@
 //   internvl   (InternVL 1.5-2.5, Vintern): pixel shuffle by 2 (downsample_ratio 0.5, ps_version
 //              v2), then mlp1: LayerNorm(4Cv), Linear(4Cv,H), GELU, Linear(H,H); internvl_hf is
 //              the same under transformers' native names (model.multi_modal_projector.*)
+//   llava_hf   (llava-hf LlavaForConditionalGeneration): mlp2x_gelu under model.multi_modal_projector.linear_{1,2}
 // Tensor names follow the checkpoints of those projects (model.mm_projector.*,
 // model.connector.modality_projection.proj.weight, mlp1.*). The connector states its own facts (name,
 // tokens per image for a patch grid, its tensors, declared in PARAM_GROUP_CONNECTOR: trainable
@@ -28,6 +29,7 @@ typedef enum {
     CONNECTOR_IDEFICS3,
     CONNECTOR_INTERNVL,
     CONNECTOR_INTERNVL_HF,
+    CONNECTOR_LLAVA_HF,
     N_CONNECTOR_TYPES
 } ConnectorType;
 
@@ -81,7 +83,7 @@ struct Connector {
 };
 
 extern const ConnectorFamily connector_family_ldp, connector_family_mlp2x_gelu, connector_family_idefics3,
-    connector_family_internvl, connector_family_internvl_hf;
+    connector_family_internvl, connector_family_internvl_hf, connector_family_llava_hf;
 const ConnectorFamily *connector_family(ConnectorType t);
 
 // "ldp", "mlp2x_gelu", "idefics3"; fatal() naming the value and the known names otherwise
