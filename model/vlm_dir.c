@@ -233,3 +233,51 @@ int vlm_dir_load_connector(const VlmDir *d, ParamSet *train) {
     hf_weights_close(&w);
     return n;
 }
+
+TemplateKind vlm_dir_template(const VlmDir *d, const char **system) {
+    char path[2048];
+    *system = NULL;
+    if (d->layout == VLM_LAYOUT_INTERNVL_CHAT) {  // model.chat() renders with get_conv_template(config.template)
+        path_join(path, sizeof path, d->dir, "config.json");
+        if (!d->template_name[0]) fatal("%s: key \"template\" (InternVL's conversation template) is missing", path);
+        if (!strcmp(d->template_name, "Hermes-2")) return TEMPLATE_HERMES2;
+        if (!strcmp(d->template_name, "internvl2_5")) return TEMPLATE_INTERNVL2_5;
+        fatal("%s: template \"%s\" is not a chat format svlm writes (Hermes-2, internvl2_5): set template = explicitly",
+              path, d->template_name);
+    }
+    // chat_template.json (processors), else tokenizer_config.json
+    const char *files[2] = {"chat_template.json", "tokenizer_config.json"};
+    for (int f = 0; f < 2; f++) {
+        path_join(path, sizeof path, d->dir, files[f]);
+        if (!file_exists(path)) continue;
+        cJSON *root = json_load_file(path);
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
+        if (!ct) {
+            cJSON_Delete(root);
+            continue;
+        }
+        if (cJSON_IsArray(ct)) {  // named templates: the default one
+            const cJSON *pick = NULL;
+            for (const cJSON *e = ct->child; e; e = e->next)
+                if (!strcmp(json_get_str_opt(e, "name", "", path), "default")) pick = cJSON_GetObjectItemCaseSensitive(e, "template");
+            ct = pick;
+        }
+        if (!cJSON_IsString(ct)) fatal("%s: chat_template is not a string (or a list holding a \"default\" one)", path);
+        TemplateKind k;
+        if (!template_recognize(ct->valuestring, &k, system))
+            fatal("%s: its chat_template is none of the formats svlm writes (chatml, hermes2, internvl2_5, idefics3): "
+                  "set template = explicitly", path);
+        cJSON_Delete(root);
+        return k;
+    }
+    fatal("%s: no chat template (chat_template.json or tokenizer_config.json's chat_template): set template = explicitly",
+          d->dir);
+}
+
+const char *vlm_dir_peft_prefix(const VlmDir *d) {
+    switch (d->layout) {
+    case VLM_LAYOUT_INTERNVL_CHAT: return "language_model.model.";
+    case VLM_LAYOUT_IDEFICS3: return "model.text_model.";
+    default: return "model.language_model.";
+    }
+}

@@ -42,6 +42,7 @@
 #pragma once
 #include <cjson/cJSON.h>
 
+#include "data/template.h"
 #include "model/connector.h"
 #include "model/params.h"
 
@@ -75,5 +76,15 @@ const cJSON *vlm_dir_text_config(const cJSON *root, const char *path, int *tied,
 // The shipped connector: every tensor of train's connector group read from the directory's
 // weights under the layout's names (transformers 4's llava names too). Returns the count read.
 int vlm_dir_load_connector(const VlmDir *d, ParamSet *train);
+// The chat format the model ships with: config.json's "template" for InternVL's remote code
+// (Hermes-2 -> hermes2, internvl2_5 -> internvl2_5: what its chat() uses), else the chat_template
+// of chat_template.json or tokenizer_config.json recognised by its structure (template_recognize).
+// *system: the format's default system prompt as the model writes it (NULL: the kind's own, "":
+// none). fatal() in one line naming the file and key when there is none or it is no known format.
+TemplateKind vlm_dir_template(const VlmDir *d, const char **system);
+// the names peft gives the LLM's modules inside this layout's model class (in memory, not the
+// file names): "language_model.model." (remote code), "model.language_model." (internvl_hf,
+// llava), "model.text_model." (idefics3); the adapter of a whole-model export uses them
+const char *vlm_dir_peft_prefix(const VlmDir *d);
 // the name this directory's files store connector tensor `name` (svlm's) under, in out
 void vlm_dir_connector_name(const VlmDir *d, const char *name, char *out, size_t cap);

@@ -9,6 +9,7 @@
 
 typedef struct {
     int stage;
+    char model[CFG_PATH];  // a whole-VLM directory (model/vlm_dir.h); vision and llm then name it too
     char vision[CFG_PATH];
     int vision_layer;
     char llm[CFG_PATH];
