@@ -4,12 +4,15 @@ them, and each one's logits, loss and gradients from transformers + peft.
 
     python3 scripts/make_vlm_dir_fixtures.py --out tests/fixtures
 
+Run after scripts/make_chat_format_fixtures.py (its tokenizer.json goes into the InternVL directories).
+
 Writes (each directory is a real Hugging Face model directory):
 
   vlm_internvl_hf/           InternVLForConditionalGeneration (save_pretrained): InternViT 30 px,
                              patch 3 (10x10 grid, CLS), pixel shuffle 0.5 -> 25 tokens per image,
                              the native projector, Qwen2 (vocab 1024, tied embeddings as the class
-                             default), image_token_id 1023
+                             default), image_token_id 1023, the chat-format fixtures' tokenizer.json
+                             and transformers' InternVL chat_template.json
   vlm_internvl_chat/         the same weights under InternVL's remote-code names (vision_model.*,
                              fused attn.qkv, mlp1.{0,1,3}, language_model.model.*) with an
                              InternVLChatModel config.json (llm_config, select_layer -1,
@@ -55,6 +58,7 @@ from peft import LoraConfig, get_peft_model
 
 from make_fixtures import ATTN, clean_dir, gen, perturb_layernorms, perturb_llm, setup_torch, versions
 from make_family_fixtures import internvl_vision_config, perturb_vision, remote_internvit_names
+from make_chat_format_fixtures import INTERNVL_HF_TEMPLATE
 
 LORA_RE = r".*(language_model|text_model)\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -207,6 +211,12 @@ def make_internvl(out, tok_json):
     with open(os.path.join(rd, "modeling_internvl_chat.py"), "w") as fh:  # stands for the remote code
         fh.write("# remote code placeholder: ./export copies the directory's .py files as they are\n")
 
+    # tokenizer and transformers' InternVL chat template, so that ./train reads its format (auto)
+    shutil.copy(tok_json, os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "chat_template.json"), "w") as fh:
+        json.dump({"chat_template": INTERNVL_HF_TEMPLATE}, fh, indent=2)
+        fh.write("\n")
+
     pix = torch.randn((2, 3, 30, 30), generator=gen(31003))
     return run(d, InternVLForConditionalGeneration, pix, T=36, n_tok=25, image_id=V - 1, starts=[2, 4], seed=31004,
                conn_prefix="model.multi_modal_projector.", out_file=os.path.join(out, "vlm_internvl.safetensors"),
@@ -273,7 +283,8 @@ def main():
     args = ap.parse_args()
     setup_torch()
     out = args.out
-    log = {"internvl": make_internvl(out, os.path.join(out, "templates", "tokenizer.json")),
+    # the chat formats' tokenizer (make_chat_format_fixtures.py: 1011 tokens, ChatML's and InternVL's specials)
+    log = {"internvl": make_internvl(out, os.path.join(out, "chat_formats", "tokenizer.json")),
            "idefics3": make_idefics3(out), "llava": make_llava(out)}
     total = 0
     for name in ("vlm_internvl_hf", "vlm_internvl_chat", "vlm_idefics3_dir", "vlm_llava_dir"):
