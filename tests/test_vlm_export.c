@@ -16,6 +16,7 @@
 #include "common/json.h"
 #include "common/safetensors.h"
 #include "common/util.h"
+#include "model/hf.h"
 #include "model/vlm.h"
 #include "model/vlm_dir.h"
 #include "tests/testlib.h"
@@ -30,31 +31,36 @@ static int setup(void **state) {
 
 // ./train (stage 2, 3 steps, template auto) on model = the fixture dir, then ./export; the run
 // and export directories go to run / out
-static void train_and_export(const char *model, char *run, char *out, size_t cap) {
+static void train_and_export_with(const char *model, const char *tag, const char *extra, char *run, char *out,
+                                  size_t cap) {
     char conf[700], o[700], e[700], kv[1200];
-    snprintf(conf, sizeof conf, "%s/%s.conf", root, model);
+    snprintf(conf, sizeof conf, "%s/%s.conf", root, tag);
     FILE *f = fopen(conf, "w");
     if (!f) fail_msg("%s: cannot write", conf);
     fprintf(f,
             "stage = 2\nmodel = %s\ndata = %s/data/stage2_train.json\nimage_folder = %s/data/images\n"
             "data_cache = %s/cache_%s\nmax_seq_len = 320\nbatch_size = 4\nglobal_batch = 4\nmax_steps = 3\nlr = 3e-2\n"
-            "lora_r = 4\nlora_alpha = 8\nsave_every = 0\nseed = 7\ndevice = cpu\nthreads = 2\n",
-            fixture_path(model), synth_dir, synth_dir, root, model);
+            "lora_r = 4\nlora_alpha = 8\nsave_every = 0\nseed = 7\ndevice = cpu\nthreads = 2\n%s",
+            fixture_path(model), synth_dir, synth_dir, root, model, extra);
     fclose(f);
-    snprintf(run, cap, "%s/run_%s", root, model);
-    snprintf(out, cap, "%s/out_%s", root, model);
+    snprintf(run, cap, "%s/run_%s", root, tag);
+    snprintf(out, cap, "%s/out_%s", root, tag);
     snprintf(kv, sizeof kv, "out_dir=%s", run);
-    snprintf(o, sizeof o, "%s/train_%s.log", root, model);
-    snprintf(e, sizeof e, "%s/train_%s.err", root, model);
+    snprintf(o, sizeof o, "%s/train_%s.log", root, tag);
+    snprintf(e, sizeof e, "%s/train_%s.err", root, tag);
     char *targv[] = {"./train", conf, kv, NULL};
     if (test_spawn(targv, o, e) != 0) fail_msg("./train on %s failed, see %s", model, e);
     char *log = test_slurp(o, NULL);
     if (!strstr(log, "own projector")) fail_msg("%s: the run did not start from the shipped projector", o);
     free(log);
-    snprintf(o, sizeof o, "%s/export_%s.log", root, model);
-    snprintf(e, sizeof e, "%s/export_%s.err", root, model);
+    snprintf(o, sizeof o, "%s/export_%s.log", root, tag);
+    snprintf(e, sizeof e, "%s/export_%s.err", root, tag);
     char *eargv[] = {"./export", run, out, NULL};
     if (test_spawn(eargv, o, e) != 0) fail_msg("./export of %s failed, see %s", run, e);
+}
+
+static void train_and_export(const char *model, char *run, char *out, size_t cap) {
+    train_and_export_with(model, model, "", run, out, cap);
 }
 
 // a model of dir (whole) for the fixture batch: its own projector, or trainable's tensors
@@ -178,10 +184,43 @@ static void check_round_trip(const char *model, const char *peft_prefix) {
 static void test_internvl_chat(void **state) { check_round_trip("vlm_internvl_chat", "language_model.model."); }
 static void test_internvl_hf(void **state) { check_round_trip("vlm_internvl_hf", "model.language_model."); }
 
+// train_connector = false: the shipped projector stays as it is, bit for bit, while LoRA trains
+static void test_frozen_connector(void **state) {
+    char run[800], out[800], path[1000];
+    train_and_export_with("vlm_internvl_chat", "frozen", "train_connector = false\n", run, out, sizeof run);
+    snprintf(path, sizeof path, "%s/step_00000003/trainable.safetensors", run);
+    StFile ck;
+    st_open_or_die(&ck, path);
+    HfWeights w;
+    hf_weights_open(&w, fixture_path("vlm_internvl_chat"));
+    int n_conn = 0, moved = 0;
+    for (int i = 0; i < ck.n; i++) {
+        const StTensor *t = &ck.tensors[i];
+        size_t n = (size_t)st_numel(t);
+        float *x = xmalloc(n * sizeof(float));
+        st_read_f32(&ck, t, x);
+        if (strstr(t->name, ".lora_B.")) {
+            for (size_t j = 0; j < n; j++) moved |= x[j] != 0;  // B starts at zero
+        } else if (!strstr(t->name, ".lora_")) {
+            float *y = xmalloc(n * sizeof(float));
+            hf_weights_read(&w, t->name, t->ndim, t->shape, y);
+            assert_memory_equal(x, y, n * sizeof(float));
+            free(y);
+            n_conn++;
+        }
+        free(x);
+    }
+    assert_int_equal(n_conn, 6);
+    assert_true(moved);
+    hf_weights_close(&w);
+    st_close(&ck);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internvl_chat),
         cmocka_unit_test(test_internvl_hf),
+        cmocka_unit_test(test_frozen_connector),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
