@@ -117,7 +117,7 @@ static void resolve_whole(ModelDirSpec *s, const char *dir) {
     s->vision_layer = d.vision_layer;
     s->connector = d.connector;
     s->connector_scale = d.connector_scale;
-    s->pad_to_square = 0;  // these models' processors resize, they never pad
+    s->pad_to_square = d.pad_to_square;  // InternVL's pad2square; the others' processors resize
     snprintf(s->weights, sizeof s->weights, "whole %s model", vlm_layout_name(d.layout));  // no file: said in messages
     char path[2 * MODEL_DIR_PATH];
     path_join(path, sizeof path, dir, "svlm_export.json");
@@ -126,6 +126,7 @@ static void resolve_whole(ModelDirSpec *s, const char *dir) {
     if (file_exists(path)) {
         root = json_load_file(path);
         s->template_kind = template_parse(json_get_str(root, "template", path));
+        s->pad_to_square = json_get_bool_opt(root, "pad_to_square", s->pad_to_square, path);
         const cJSON *sys = cJSON_GetObjectItemCaseSensitive(root, "system");
         if (sys && !cJSON_IsNull(sys)) {
             if (!cJSON_IsString(sys)) fatal("%s: \"system\" must be a string or null", path);

@@ -163,6 +163,7 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
                 fatal("%s: force_image_size must equal vision_config.image_size (svlm runs the tower at its own size)", path);
         }
         snprintf(d->template_name, sizeof d->template_name, "%s", json_get_str_opt(root, "template", "", path));
+        d->pad_to_square = json_get_bool_opt(root, "pad2square", 0, path);
         snprintf(d->image_token, sizeof d->image_token, "<IMG_CONTEXT>");
         break;
     }

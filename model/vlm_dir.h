@@ -60,6 +60,8 @@ typedef struct {
     int image_token_id;         // the id of the image slot's token (-1: looked up by name)
     char image_token[32];       // its text: <IMG_CONTEXT>, <image>
     char template_name[64];     // config.json's "template" (InternVL remote code), else ""
+    int pad_to_square;          // the model pads images to a square (InternVL's pad2square); else its
+                                // processor's own resize
 } VlmDir;
 
 const char *vlm_layout_name(VlmLayout l);

@@ -232,6 +232,7 @@ void export_whole(const TrainConfig *c, const char *step_dir, const char *out_di
     cJSON_AddStringToObject(j, "template", c->template_);
     if (strcmp(c->system, "default")) cJSON_AddStringToObject(j, "system", c->system);
     else cJSON_AddNullToObject(j, "system");
+    cJSON_AddBoolToObject(j, "pad_to_square", !strcmp(c->image_aspect, "pad"));
     cJSON_AddStringToObject(j, "checkpoint", step_dir);
     snprintf(path, sizeof path, "%s/svlm_export.json", tmp);
     write_json(path, j);

@@ -38,7 +38,8 @@ const CfgKey train_keys[] = {
     K("val_data", CFG_STR, val_data, "", "validation data (JSON / JSONL or shards); empty: no validation"),
     K("val_image_folder", CFG_STR, val_image_folder, "", "image folder of val_data (empty: image_folder)"),
     K("data_cache", CFG_STR, data_cache, "", "where JSON data is prepared into shards (empty: out_dir/data)"),
-    K("image_aspect", CFG_STR, image_aspect, "pad", "pad (LLaVA-1.5: pad to a square with the mean colour) | crop (CLIP centre crop)"),
+    K("image_aspect", CFG_STR, image_aspect, "", "pad (LLaVA-1.5: pad to a square with the mean colour) | crop (CLIP centre crop; "
+      "other towers: their processor's resize); empty: pad, or with model what the model does (InternVL's pad2square, else its resize)"),
     K("max_seq_len", CFG_INT, max_seq_len, "2048", "tokens per sample, image tokens included"),
     K("packing", CFG_BOOL, packing, "false", "pack several samples per row (attention kept inside each)"),
     K("batch_size", CFG_INT, batch_size, "16", "micro-batch per device"),
@@ -126,6 +127,7 @@ static void resolve_model(TrainConfig *c) {
     snprintf(c->connector, sizeof c->connector, "%s", ct);
     c->pixel_shuffle = d.connector_scale;
     c->vision_layer = d.vision_layer;
+    if (!c->image_aspect[0]) snprintf(c->image_aspect, sizeof c->image_aspect, "%s", d.pad_to_square ? "pad" : "crop");
     snprintf(c->vision, CFG_PATH, "%s", c->model);
     snprintf(c->llm, CFG_PATH, "%s", c->model);
     if (!c->template_[0] || !strcmp(c->template_, "auto")) {
@@ -154,6 +156,7 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     if (!strcmp(c->template_, "auto")) fatal("config: template = auto reads the format of model = DIR; without model, name one");
     if (!c->template_[0]) strcpy(c->template_, c->stage == 1 ? "plain" : "chatml");
     template_parse(c->template_);
+    if (!c->image_aspect[0]) strcpy(c->image_aspect, "pad");
     need(!strcmp(c->image_aspect, "pad") || !strcmp(c->image_aspect, "crop"), "image_aspect", "must be pad or crop");
     need(c->max_seq_len >= 8, "max_seq_len", "must be at least 8");
     need(c->batch_size >= 1, "batch_size", "must be at least 1");
