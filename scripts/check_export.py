@@ -212,8 +212,9 @@ def check_whole(d, args):
         pix = torch.randn((1, 3, size, size), generator=g)
         if meta["layout"] == "idefics3":
             pix = pix[:, None]
-        n_img = model.get_image_features(pixel_values=pix).pooler_output
-        n_img = n_img.shape[-2] if n_img.dim() == 3 else n_img.shape[0]
+        feats = model.get_image_features(pixel_values=pix).pooler_output
+        feats = torch.cat(list(feats), 0) if isinstance(feats, (list, tuple)) else feats
+        n_img = feats.reshape(-1, feats.shape[-1]).shape[0]  # the image's tokens
         ids = torch.randint(0, min(tc.vocab_size, image_id) - 1, (1, n_img + args.tokens), generator=g)
         ids[0, 2:2 + n_img] = image_id
         la = model(input_ids=ids, pixel_values=pix).logits

@@ -25,8 +25,9 @@ Writes (each directory is a real Hugging Face model directory):
                              (the adapter's weights, random A and B), grad.<svlm name> for every
                              LoRA tensor and for the projector under both namings
   vlm_idefics3_dir/          Idefics3ForConditionalGeneration: Idefics3 vision 12 px, patch 2
-                             (6x6 grid), scale_factor 3 -> 4 tokens of 9*C, Llama (untied),
-                             image_token_id 159
+                             (6x6 grid), scale_factor 3 -> 4 tokens of 9*C, Llama (vocab 1024,
+                             tie_word_embeddings true), image_token_id 1023, the chat formats'
+                             tokenizer.json and SmolVLM's chat_template.json
   vlm_idefics3.safetensors   as above (pixel_values (2, 3, 12, 12): one image per row)
   vlm_llava_dir/             LlavaForConditionalGeneration: CLIP vision 12 px, patch 4 (3x3 grid,
                              CLS dropped), vision_feature_layer -2, the projector linear_1/2,
@@ -58,13 +59,13 @@ from peft import LoraConfig, get_peft_model
 
 from make_fixtures import ATTN, clean_dir, gen, perturb_layernorms, perturb_llm, setup_torch, versions
 from make_family_fixtures import internvl_vision_config, perturb_vision, remote_internvit_names
-from make_chat_format_fixtures import INTERNVL_HF_TEMPLATE
+from make_chat_format_fixtures import INTERNVL_HF_TEMPLATE, SMOLVLM_TEMPLATE
 
 LORA_RE = r".*(language_model|text_model)\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
 
 def qwen2_text(vocab):
-    return Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+    return Qwen2Config(vocab_size=vocab, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e6,
                        max_position_embeddings=256, initializer_range=0.1, tie_word_embeddings=True)
 
@@ -218,27 +219,32 @@ def make_internvl(out, tok_json):
         fh.write("\n")
 
     pix = torch.randn((2, 3, 30, 30), generator=gen(31003))
-    return run(d, InternVLForConditionalGeneration, pix, T=36, n_tok=25, image_id=V - 1, starts=[2, 4], seed=31004,
+    return run(d, InternVLForConditionalGeneration, pix, T=32, n_tok=25, image_id=V - 1, starts=[1, 3], seed=31004,
                conn_prefix="model.multi_modal_projector.", out_file=os.path.join(out, "vlm_internvl.safetensors"),
                extra_conn_names=remote_conn_name)
 
 
 # ---------------------------------------------------------------------------------------- Idefics3
 
-def make_idefics3(out):
+def make_idefics3(out, tok_json):
     d = os.path.join(out, "vlm_idefics3_dir")
     clean_dir(d)
-    V = 160
+    V = 1024  # the chat formats' tokenizer fits: the round trip trains on it
     vis = Idefics3VisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
                                image_size=12, patch_size=2, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    # tied (Idefics3Config's default is untied: the top-level key decides, as transformers reads it)
     cfg = Idefics3Config(vision_config=vis.to_dict(), text_config=llama_text(V).to_dict(), scale_factor=3,
-                         image_token_id=V - 1, tie_word_embeddings=False)
+                         image_token_id=V - 1, tie_word_embeddings=True)
     torch.manual_seed(32001)
     m = Idefics3ForConditionalGeneration(cfg).eval()
     perturb_all(m, 32002)
     m.save_pretrained(d)
     sd = load_file(os.path.join(d, "model.safetensors"))
-    assert "model.connector.modality_projection.proj.weight" in sd and "lm_head.weight" in sd, sorted(sd)[:6]
+    assert "model.connector.modality_projection.proj.weight" in sd and "lm_head.weight" not in sd, sorted(sd)[:6]
+    shutil.copy(tok_json, os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "chat_template.json"), "w") as fh:
+        json.dump({"chat_template": SMOLVLM_TEMPLATE}, fh, indent=2)
+        fh.write("\n")
     assert "model.text_model.embed_tokens.weight" in sd and "model.vision_model.post_layernorm.weight" in sd
     # the bucketized position ids are 0..n-1 at this grid (svlm assumes it; vit_siglip.c)
     emb = m.model.vision_model.embeddings
@@ -249,7 +255,7 @@ def make_idefics3(out):
         emb(pix[:, 0], torch.ones((2, 6, 6), dtype=torch.bool))
     h.remove()
     assert torch.equal(seen["ids"][0], torch.arange(36)), seen["ids"][0]
-    return run(d, Idefics3ForConditionalGeneration, pix, T=20, n_tok=4, image_id=V - 1, starts=[1, 3], seed=32004,
+    return run(d, Idefics3ForConditionalGeneration, pix, T=16, n_tok=4, image_id=V - 1, starts=[1, 3], seed=32004,
                conn_prefix="model.connector.", out_file=os.path.join(out, "vlm_idefics3.safetensors"))
 
 
@@ -284,8 +290,8 @@ def main():
     setup_torch()
     out = args.out
     # the chat formats' tokenizer (make_chat_format_fixtures.py: 1011 tokens, ChatML's and InternVL's specials)
-    log = {"internvl": make_internvl(out, os.path.join(out, "chat_formats", "tokenizer.json")),
-           "idefics3": make_idefics3(out), "llava": make_llava(out)}
+    tok = os.path.join(out, "chat_formats", "tokenizer.json")
+    log = {"internvl": make_internvl(out, tok), "idefics3": make_idefics3(out, tok), "llava": make_llava(out)}
     total = 0
     for name in ("vlm_internvl_hf", "vlm_internvl_chat", "vlm_idefics3_dir", "vlm_llava_dir"):
         for root, _, names in os.walk(os.path.join(out, name)):

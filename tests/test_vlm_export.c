@@ -1,5 +1,5 @@
 // test_vlm_export.c: the whole-model round trip: `model = DIR` (the InternVL remote-code fixture,
-// Vintern's layout, and transformers' native InternVL), ./train stage 2 for 3 steps from the
+// Vintern's layout, transformers' native InternVL, and Idefics3 / SmolVLM), ./train stage 2 for 3 steps from the
 // shipped projector with the model's own chat format, ./export back to the model's layout
 // (trainer/export_whole.c), then:
 //   - the export holds every tensor of DIR under its name, shape and dtype; the tower's and every
@@ -80,7 +80,9 @@ static void open_model(Vlm *m, const VlmFixture *fx, const char *dir, const char
     }
 }
 
-static void check_round_trip(const char *model, const char *peft_prefix) {
+// model: the fixture directory; batch: its parity fixture (the logits' batch); n_conn: the
+// projector's tensors; peft_prefix: the class's module names of the LLM
+static void check_round_trip(const char *model, const char *batch, int n_conn, const char *peft_prefix) {
     char run[800], out[800], path[1000], orig[1000];
     train_and_export(model, run, out, sizeof run);
     const char *src = fixture_path(model);
@@ -113,7 +115,7 @@ static void check_round_trip(const char *model, const char *peft_prefix) {
             free(x);
             free(y);
             conn++;
-        } else if (strstr(t->name, "language_model") && strstr(t->name, "_proj.weight")) {
+        } else if ((strstr(t->name, "language_model") || strstr(t->name, "text_model")) && strstr(t->name, "_proj.weight")) {
             if (equal) fail_msg("%s: %s unchanged by the merge", path, t->name);
             merged++;
         } else {
@@ -123,7 +125,7 @@ static void check_round_trip(const char *model, const char *peft_prefix) {
     }
     printf("    %-58s %d same, %d merged, %d projector\n", model, same, merged, conn);
     assert_int_equal(merged, 14);  // 2 layers x 7 projections
-    assert_int_equal(conn, 6);     // LayerNorm + two Linears
+    assert_int_equal(conn, n_conn);
     st_close(&a);
     st_close(&b);
     // the other files as they are
@@ -152,7 +154,7 @@ static void check_round_trip(const char *model, const char *peft_prefix) {
 
     // svlm's merged export = the original with the checkpoint, on the parity batch
     VlmFixture fx;
-    vlm_fixture_open(&fx, "vlm_internvl.safetensors");
+    vlm_fixture_open(&fx, batch);
     size_t n = (size_t)fx.B * fx.T * fx.V;
     float *want = xmalloc(n * sizeof(float)), *got = xmalloc(n * sizeof(float));
     Vlm m;
@@ -181,8 +183,14 @@ static void check_round_trip(const char *model, const char *peft_prefix) {
     cJSON_Delete(j);
 }
 
-static void test_internvl_chat(void **state) { check_round_trip("vlm_internvl_chat", "language_model.model."); }
-static void test_internvl_hf(void **state) { check_round_trip("vlm_internvl_hf", "model.language_model."); }
+// InternVL: mlp1's LayerNorm and two Linears; Idefics3: one Linear
+static void test_internvl_chat(void **state) {
+    check_round_trip("vlm_internvl_chat", "vlm_internvl.safetensors", 6, "language_model.model.");
+}
+static void test_internvl_hf(void **state) {
+    check_round_trip("vlm_internvl_hf", "vlm_internvl.safetensors", 6, "model.language_model.");
+}
+static void test_idefics3(void **state) { check_round_trip("vlm_idefics3_dir", "vlm_idefics3.safetensors", 1, "model.text_model."); }
 
 // train_connector = false: the shipped projector stays as it is, bit for bit, while LoRA trains
 static void test_frozen_connector(void **state) {
@@ -220,6 +228,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internvl_chat),
         cmocka_unit_test(test_internvl_hf),
+        cmocka_unit_test(test_idefics3),
         cmocka_unit_test(test_frozen_connector),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
