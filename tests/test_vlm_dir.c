@@ -11,6 +11,7 @@
 #include "common/util.h"
 #include "model/vlm.h"
 #include "model/vlm_dir.h"
+#include "trainer/train_config.h"
 #include "tests/testlib.h"
 
 static char tmp[512];
@@ -168,11 +169,69 @@ static void test_refusals(void **state) {
                  "config.json", "vision_feature_layer is a list");
 }
 
+// model = DIR in ./train's config: the keys it implies, and the ones it refuses
+static void load_conf(void *arg) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/t.conf", tmp);
+    test_write_file(path, arg);
+    TrainConfig *c = xcalloc(1, sizeof *c);
+    train_config_load(c, path, 0, NULL);
+    free(c);
+}
+
+static void test_train_config(void **state) {
+    char text[2048], path[700];
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_internvl_chat"));
+    snprintf(path, sizeof path, "%s/t.conf", tmp);
+    test_write_file(path, text);
+    TrainConfig *c = xcalloc(1, sizeof *c);
+    train_config_load(c, path, 0, NULL);
+    assert_string_equal(c->connector, "internvl");
+    assert_int_equal(c->pixel_shuffle, 2);
+    assert_int_equal(c->vision_layer, -1);
+    assert_string_equal(c->template_, "hermes2");  // config.json's "template": "Hermes-2"
+    assert_string_equal(c->image_aspect, "crop");  // no pad2square: InternVL's resize
+    assert_string_equal(c->vision, c->model);
+    assert_string_equal(c->llm, c->model);
+    // transformers' InternVL: its chat_template is ChatML without a system prompt
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_internvl_hf"));
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_string_equal(c->template_, "chatml");
+    assert_string_equal(c->system, "");
+    assert_string_equal(c->connector, "internvl_hf");
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_idefics3_dir"));
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_string_equal(c->template_, "idefics3");
+    assert_int_equal(c->pixel_shuffle, 3);
+    free(c);
+
+    static char bad[4][2048];
+    snprintf(bad[0], sizeof bad[0], "model = %s\nvision = %s\ndata = x.json\n", fixture_path("vlm_internvl_chat"),
+             fixture_path("clip"));
+    expect_fatal(load_conf, bad[0], "model", "leave vision and llm out");
+    snprintf(bad[1], sizeof bad[1], "model = %s\nconnector = mlp2x_gelu\ndata = x.json\n", fixture_path("vlm_internvl_chat"));
+    expect_fatal(load_conf, bad[1], "connector = mlp2x_gelu", "the internvl projector");
+    // llava-hf's chat template is none of svlm's formats: refused, never guessed
+    snprintf(bad[2], sizeof bad[2], "model = %s\ndata = x.json\n", edited("vlm_llava_dir", "llava_nofmt", "\"llava\"", "\"llava\""));
+    char ct[700];
+    snprintf(ct, sizeof ct, "%s/llava_nofmt/chat_template.json", tmp);
+    test_write_file(ct, "{\"chat_template\": \"{% for message in messages %}{{ message['role'].upper() + ': ' }}{% endfor %}\"}");
+    char mv[1400];
+    snprintf(mv, sizeof mv, "cp '%s/model.safetensors' '%s/llava_nofmt/'", fixture_path("vlm_llava_dir"), tmp);
+    assert_int_equal(system(mv), 0);
+    expect_fatal(load_conf, bad[2], "chat_template.json", "none of the formats svlm writes");
+    snprintf(bad[3], sizeof bad[3], "model = %s\ndata = x.json\n", fixture_path("vlm_llava_dir"));
+    expect_fatal(load_conf, bad[3], "no chat template", "set template");
+}
+
 int main(void) {
     make_temp_dir(tmp, sizeof tmp, "vlm_dir");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internvl_hf), cmocka_unit_test(test_internvl_chat), cmocka_unit_test(test_idefics3),
         cmocka_unit_test(test_llava),       cmocka_unit_test(test_detect),        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_train_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

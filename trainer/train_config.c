@@ -117,7 +117,7 @@ static void resolve_model(TrainConfig *c) {
     vlm_dir_open(&d, c->model);
     const char *ct = connector_type_name(d.connector);
     if (strcmp(c->connector, "ldp") && strcmp(c->connector, ct))
-        fatal("config: connector = %s, but model = %s ships a %s projector (leave connector out)", c->connector, c->model, ct);
+        fatal("config: connector = %s, but model = %s ships the %s projector (leave connector out)", c->connector, c->model, ct);
     if (c->pixel_shuffle && c->pixel_shuffle != d.connector_scale)
         fatal("config: pixel_shuffle = %d, but model = %s's config.json says %d (leave it out)", c->pixel_shuffle, c->model,
               d.connector_scale);
