@@ -192,10 +192,10 @@ static void test_internvl_hf(void **state) {
 }
 static void test_idefics3(void **state) { check_round_trip("vlm_idefics3_dir", "vlm_idefics3.safetensors", 1, "model.text_model."); }
 
-// train_connector = false: the shipped projector stays as it is, bit for bit, while LoRA trains
+// freeze_connector = true: the shipped projector stays as it is, bit for bit, while LoRA trains
 static void test_frozen_connector(void **state) {
     char run[800], out[800], path[1000];
-    train_and_export_with("vlm_internvl_chat", "frozen", "train_connector = false\n", run, out, sizeof run);
+    train_and_export_with("vlm_internvl_chat", "frozen", "freeze_connector = true\n", run, out, sizeof run);
     snprintf(path, sizeof path, "%s/step_00000003/trainable.safetensors", run);
     StFile ck;
     st_open_or_die(&ck, path);

@@ -154,7 +154,7 @@ void run_step(Run *r, StepResult *out) {
     free(mine);
     // every micro-batch contributed its summed loss: dividing by the step's labelled count
     // makes the update the gradient of the mean, however the batch was split
-    if (!r->c->train_connector && r->m.conn_n > 0) {  // a frozen connector: no gradient, in the norm either
+    if (r->c->freeze_connector && r->m.conn_n > 0) {  // a frozen connector: no gradient, in the norm either
         const Param *first = &P->p[r->m.conn_first], *last = &P->p[r->m.conn_first + r->m.conn_n - 1];
         P->k->zero(P->grad + first->offset, (last->offset + last->numel - first->offset) * sizeof(float));
     }

@@ -28,7 +28,7 @@ const CfgKey train_keys[] = {
     K("llm", CFG_STR, llm, "", "Hugging Face language model directory (config.json, safetensors, tokenizer.json)"),
     K("connector", CFG_STR, connector, "ldp", "ldp | mlp2x_gelu | idefics3 | internvl | internvl_hf | llava_hf"),
     K("pixel_shuffle", CFG_INT, pixel_shuffle, "0", "idefics3: the pixel-shuffle scale_factor (0: 2); others: 0"),
-    K("train_connector", CFG_BOOL, train_connector, "true", "stage 2: train the connector too (false: it stays as loaded: the model's own, or init_from's)"),
+    K("freeze_connector", CFG_BOOL, freeze_connector, "false", "stage 2: keep the connector as loaded (the model's own projector, or init_from's): no gradient, lr 0"),
     K("template", CFG_STR, template_, "", "plain | chatml | hyperclovax | vicuna_v1 | hermes2 | internvl2_5 | idefics3 | auto "
       "(empty: with model, auto = the model's own format; else plain for stage 1, chatml for stage 2)"),
     K("system", CFG_STR, system, "default", "system prompt; \"default\" for the template's own, \"\" for none"),
@@ -178,7 +178,7 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
         lora_targets_parse(c->lora_targets);
     }
     need(c->lora_dropout >= 0 && c->lora_dropout < 1, "lora_dropout", "must be in [0, 1)");
-    need(c->stage == 2 || c->train_connector, "train_connector", "must be true in stage 1 (the connector is what it trains)");
+    need(c->stage == 2 || !c->freeze_connector, "freeze_connector", "must be false in stage 1 (the connector is what it trains)");
     need(c->out_dir[0], "out_dir", "must not be empty");
     need(c->save_every >= 0 && c->eval_every >= 0, "save_every/eval_every", "must be 0 or more");
     need(c->keep_last >= 1, "keep_last", "must be at least 1");

@@ -15,7 +15,7 @@ typedef struct {
     char llm[CFG_PATH];
     char connector[32];
     int pixel_shuffle;  // the connector's scale (0: its default)
-    int train_connector;  // stage 2: the connector is trained (else kept as loaded)
+    int freeze_connector;  // stage 2: the connector is kept as loaded (no gradient, lr 0)
     char template_[32];
     char system[2048];
     char data[CFG_PATH];
