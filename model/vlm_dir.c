@@ -246,7 +246,21 @@ TemplateKind vlm_dir_template(const VlmDir *d, const char **system) {
         fatal("%s: template \"%s\" is not a chat format svlm writes (Hermes-2, internvl2_5): set template = explicitly",
               path, d->template_name);
     }
-    // chat_template.json (processors), else tokenizer_config.json
+    // chat_template.jinja (the raw text, as transformers 5 saves it), chat_template.json
+    // (processors), else tokenizer_config.json
+    path_join(path, sizeof path, d->dir, "chat_template.jinja");
+    if (file_exists(path)) {
+        size_t n;
+        char *text = file_read_all(path, &n);
+        if (!text) fatal("%s: cannot read", path);
+        TemplateKind k;
+        int ok = template_recognize(text, &k, system);
+        free(text);
+        if (!ok)
+            fatal("%s: this chat template is none of the formats svlm writes (chatml, hermes2, internvl2_5, idefics3): "
+                  "set template = explicitly", path);
+        return k;
+    }
     const char *files[2] = {"chat_template.json", "tokenizer_config.json"};
     for (int f = 0; f < 2; f++) {
         path_join(path, sizeof path, d->dir, files[f]);

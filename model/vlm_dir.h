@@ -79,8 +79,9 @@ const cJSON *vlm_dir_text_config(const cJSON *root, const char *path, int *tied,
 // weights under the layout's names (transformers 4's llava names too). Returns the count read.
 int vlm_dir_load_connector(const VlmDir *d, ParamSet *train);
 // The chat format the model ships with: config.json's "template" for InternVL's remote code
-// (Hermes-2 -> hermes2, internvl2_5 -> internvl2_5: what its chat() uses), else the chat_template
-// of chat_template.json or tokenizer_config.json recognised by its structure (template_recognize).
+// (Hermes-2 -> hermes2, internvl2_5 -> internvl2_5: what its chat() uses), else the chat template
+// of chat_template.jinja, chat_template.json or tokenizer_config.json (the first there) recognised
+// by its structure (template_recognize).
 // *system: the format's default system prompt as the model writes it (NULL: the kind's own, "":
 // none). fatal() in one line naming the file and key when there is none or it is no known format.
 TemplateKind vlm_dir_template(const VlmDir *d, const char **system);

@@ -222,6 +222,20 @@ static void test_train_config(void **state) {
     snprintf(mv, sizeof mv, "cp '%s/model.safetensors' '%s/llava_nofmt/'", fixture_path("vlm_llava_dir"), tmp);
     assert_int_equal(system(mv), 0);
     expect_fatal(load_conf, bad[2], "chat_template.json", "none of the formats svlm writes");
+    // chat_template.jinja (transformers 5 saves the raw text) is read first
+    char jin[700];
+    snprintf(jin, sizeof jin, "%s/llava_nofmt/chat_template.jinja", tmp);
+    test_write_file(jin, "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == "
+                         "'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == "
+                         "'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+                         "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}");
+    char nofmt[700];
+    snprintf(nofmt, sizeof nofmt, "%s/llava_nofmt", tmp);
+    VlmDir d;
+    vlm_dir_open(&d, nofmt);
+    const char *sys = "unset";
+    assert_int_equal(vlm_dir_template(&d, &sys), TEMPLATE_IDEFICS3);
+    assert_null(sys);
     snprintf(bad[3], sizeof bad[3], "model = %s\ndata = x.json\n", fixture_path("vlm_llava_dir"));
     expect_fatal(load_conf, bad[3], "no chat template", "set template");
 }

@@ -22,7 +22,8 @@
 const CfgKey train_keys[] = {
     K("stage", CFG_INT, stage, "1", "1: train the connector; 2: connector + LoRA"),
     K("model", CFG_STR, model, "", "whole-VLM directory as it ships (InternVL / Vintern, transformers' InternVL, SmolVLM / "
-      "Idefics3, llava-hf) instead of vision + llm; connector, pixel_shuffle, vision_layer, template from it; starts from its projector"),
+      "Idefics3, llava-hf) instead of vision + llm; connector, pixel_shuffle, vision_layer, template from it; stage 1 re-aligns "
+      "its own projector, stage 2 starts from it"),
     K("vision", CFG_STR, vision, "", "Hugging Face vision model directory (CLIP, SigLIP, Idefics3 vision)"),
     K("vision_layer", CFG_INT, vision_layer, "-2", "hidden_states index whose features feed the connector"),
     K("llm", CFG_STR, llm, "", "Hugging Face language model directory (config.json, safetensors, tokenizer.json)"),
