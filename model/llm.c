@@ -77,8 +77,13 @@ void llm_config_load(LlmConfig *c, const char *dir) {
         if (!cJSON_IsObject(o)) fatal("%s: \"%s\" must be an object", path, i ? "rope_scaling" : "rope_parameters");
         theta = json_get_num_opt(o, "rope_theta", theta, path);
         const char *type = json_get_str_opt(o, "rope_type", json_get_str_opt(o, "type", "default", path), path);
-        if (strcmp(type, "default") != 0)
-            fatal("%s: RoPE type \"%s\" is not supported (only the default rotary embedding)", path, type);
+        // dynamic NTK scaling changes the frequencies only past max_position_embeddings
+        // (transformers' _compute_dynamic_ntk_parameters takes max(seq_len, max_pos)): within it,
+        // the default embedding; llm_setup and the KV cache refuse anything longer
+        if (!strcmp(type, "dynamic")) c->rope_dynamic = 1;
+        else if (strcmp(type, "default") != 0)
+            fatal("%s: RoPE type \"%s\" is not supported (only the default rotary embedding, and \"dynamic\" within "
+                  "max_position_embeddings)", path, type);
     }
     if (!(theta > 0 && theta < 1e30)) fatal("%s: key \"rope_theta\" must be in (0, 1e30), got %g", path, theta);
     c->rope_theta = (float)theta;
@@ -198,6 +203,10 @@ void llm_load(Llm *m, const Kernels *k, const char *dir, const LoraConfig *lora,
 void llm_setup(Llm *m, int max_B, int max_T) {
     const Kernels *k = m->k;
     const LlmConfig *c = &m->cfg;
+    if (c->rope_dynamic && max_T > c->max_pos)
+        fatal("max_seq_len %d is longer than max_position_embeddings %d, past which this model's dynamic RoPE "
+              "rescales its frequencies (svlm runs the default rotary embedding: set max_seq_len <= %d)", max_T,
+              c->max_pos, c->max_pos);
     m->max_B = max_B;
     m->max_T = max_T;
     size_t N = (size_t)max_B * max_T, ab = k->act_bytes;

@@ -67,7 +67,7 @@ LORA_RE = r".*(language_model|text_model)\.layers\.\d+\.(self_attn\.(q|k|v|o)_pr
 def qwen2_text(vocab):
     return Qwen2Config(vocab_size=vocab, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e6,
-                       max_position_embeddings=256, initializer_range=0.1, tie_word_embeddings=True)
+                       max_position_embeddings=512, initializer_range=0.1, tie_word_embeddings=True)
 
 
 def llama_text(vocab):
@@ -195,6 +195,9 @@ def make_internvl(out, tok_json):
     vc = internvl_vision_config()
     llm = qwen2_text(V).to_dict()
     llm["architectures"] = ["Qwen2ForCausalLM"]
+    # as InternVL2.5-1B's llm_config (Qwen2.5) states it: dynamic NTK scaling, which transformers
+    # applies only past max_position_embeddings (512 here): the native model's numbers hold
+    llm["rope_scaling"] = {"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}
     rcfg = {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "downsample_ratio": 0.5,
             "ps_version": "v2", "select_layer": -1, "template": "Hermes-2", "force_image_size": 30,
             "dynamic_image_size": False, "use_thumbnail": False, "max_dynamic_patch": 1, "min_dynamic_patch": 1,

@@ -149,7 +149,20 @@ static void load_llm_config(void *arg) {
     llm_config_load(&c, arg);
 }
 
+// InternVL2.5's Qwen2.5 llm_config says rope_type "dynamic" (the fixture too): the default
+// embedding within max_position_embeddings (512 here), refused past it
+static void plan_too_long(void *arg) {
+    VlmDir d;
+    vlm_dir_open(&d, arg);
+    VlmSpec spec = {.vision_dir = arg, .vision_layer = d.vision_layer, .llm_dir = arg, .connector = d.connector,
+                    .connector_scale = d.connector_scale, .max_B = 1, .max_T = 600, .max_images = 1};
+    Vlm m;
+    vlm_init(&m, kernels_cpu(), &spec);
+}
+
 static void test_refusals(void **state) {
+    expect_fatal(plan_too_long, (void *)fixture_path("vlm_internvl_chat"), "max_seq_len 600",
+                 "max_position_embeddings 512", "dynamic RoPE");
     expect_fatal(open_dir, (void *)edited("vlm_internvl_chat", "arch", "\"InternVLChatModel\"", "\"Qwen2VLForConditionalGeneration\""),
                  "config.json", "Qwen2VLForConditionalGeneration", "not a whole vision-language model");
     expect_fatal(open_dir, (void *)edited("vlm_internvl_chat", "ps", "\"ps_version\": \"v2\"", "\"ps_version\": \"v1\""),
