@@ -39,7 +39,7 @@ PROGS    := $(basename $(wildcard train.c export.c generate.c prepare.c synth.c 
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
 # tests that parse untrusted files also run under AddressSanitizer + UBSan
-ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c tests/test_synth.c tests/test_eval_metrics.c))
+ASAN_TESTS := $(patsubst tests/%.c,build/tests/asan_%,$(wildcard tests/test_safetensors.c tests/test_hf_load.c tests/test_json.c tests/test_image.c tests/test_shards.c tests/test_tokenizer.c tests/test_template.c tests/test_synth.c tests/test_eval_metrics.c tests/test_chat_formats.c tests/test_vlm_dir.c))
 
 # the CUDA emulator's build (tests/gpu/emu): plain, ASan (EMU_SAN=1) and TSan (EMU_TSAN=1) side by side
 EMU_DIR := build/emu$(if $(EMU_SAN),-asan)$(if $(EMU_TSAN),-tsan)

@@ -29,6 +29,30 @@
 //                the model, prompted with "...ASSISTANT:", generates it. A trailing human turn is
 //                "USER: {q} " as in LLaVA. The prompt ends with "ASSISTANT:"; stop token eos.
 //                An empty system prompt drops the system text and its space.
+//   hermes2      S(<|im_start|>)system\n{system}S(<|im_end|>)                   (always, "" too)
+//                S(<|im_start|>)user\n{text}S(<|im_end|>)                      per human turn
+//                S(<|im_start|>)assistant\n{text S(<|im_end|>)}                 per gpt turn
+//                InternVL's conversation.py get_prompt() for its "Hermes-2" template (sep_style
+//                MPT, sep "<|im_end|>": nothing between turns; the system block is written even
+//                for an empty system message), default system "你是由上海人工智能实验室联合商汤科技
+//                开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"; the prompt
+//                ends with S(<|im_start|>)assistant\n; stop token <|im_end|>. The image opens its turn
+//                as "<image>\n" (InternVL's chat() puts it so), which the slot replaces.
+//   internvl2_5  as hermes2 with "\n" (no loss) after every S(<|im_end|>) (sep "<|im_end|>\n"),
+//                default system "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及
+//                多家合作单位联合开发的多模态大语言模型。"
+//   idefics3     [bos]"User:"[image]{text}S(<end_of_utterance>)"\n"    human turn with the image
+//                [bos]"User: "{text}S(<end_of_utterance>)"\n"          human turn without
+//                "Assistant:"{" "text S(<end_of_utterance>)}"\n"        per gpt turn
+//                "System: "{system}S(<end_of_utterance>)"\n"          first, when a system prompt is given
+//                Idefics3's / SmolVLM's chat_template rendered on [image, text] content: the role
+//                capitalised, ":" before an image, ": " before text, <end_of_utterance>\n after each
+//                message; no default system; [bos] is the template's leading literal, <|im_start|>
+//                (SmolVLM) or else <|begin_of_text|> (Idefics3), whichever the tokenizer holds as a
+//                special token (written once, before the first message). The image's turn is the
+//                slot then the rest of its text stripped, without LLaVA's "\n" (the content list
+//                [image, text] renders so). The space after "Assistant:" is labelled with the answer,
+//                as vicuna_v1's. The prompt ends with "Assistant:"; stop token <end_of_utterance>.
 //   [bos]        plain and vicuna_v1 only (LLaVA's tokenizer_image_token keeps the tokenizer's
 //                bos): the token "<s>" when the tokenizer has it as a special token (Llama,
 //                Vicuna); nothing otherwise (Qwen2, HyperCLOVAX and other byte-level BPE
@@ -84,6 +108,10 @@ static const char *CHATML_SYSTEM = "You are a helpful assistant.";
 static const char *VICUNA_SYSTEM =
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions.";
+static const char *HERMES2_SYSTEM =
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。";
+static const char *INTERNVL2_5_SYSTEM =
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。";
 // the end token taken when template_new gets eos_id = -1: the first of these the tokenizer has
 static const char *EOS_CANDIDATES[] = {"</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>"};
 
@@ -93,25 +121,35 @@ struct Template {
     char *system;  // NULL: the template's default
     int eos, bos;  // bos -1: none
     int im_start, im_end, endofturn;
+    int eou;  // idefics3: <end_of_utterance>
     int stop;
 };
 
+static const char *const template_names[N_TEMPLATE_KINDS] = {
+    [TEMPLATE_PLAIN] = "plain",     [TEMPLATE_CHATML] = "chatml",           [TEMPLATE_HYPERCLOVAX] = "hyperclovax",
+    [TEMPLATE_VICUNA_V1] = "vicuna_v1", [TEMPLATE_HERMES2] = "hermes2", [TEMPLATE_INTERNVL2_5] = "internvl2_5",
+    [TEMPLATE_IDEFICS3] = "idefics3"};
+
+// the system prompt a kind writes when none is given ("" for none)
+static const char *default_system(TemplateKind kind) {
+    switch (kind) {
+    case TEMPLATE_CHATML: return CHATML_SYSTEM;
+    case TEMPLATE_VICUNA_V1: return VICUNA_SYSTEM;
+    case TEMPLATE_HERMES2: return HERMES2_SYSTEM;
+    case TEMPLATE_INTERNVL2_5: return INTERNVL2_5_SYSTEM;
+    default: return "";
+    }
+}
+
 TemplateKind template_parse(const char *name) {
-    if (name && strcmp(name, "plain") == 0) return TEMPLATE_PLAIN;
-    if (name && strcmp(name, "chatml") == 0) return TEMPLATE_CHATML;
-    if (name && strcmp(name, "hyperclovax") == 0) return TEMPLATE_HYPERCLOVAX;
-    if (name && strcmp(name, "vicuna_v1") == 0) return TEMPLATE_VICUNA_V1;
-    fatal("unknown chat template \"%s\" (want plain, chatml, hyperclovax or vicuna_v1)", name ? name : "(null)");
+    for (int k = 0; name && k < N_TEMPLATE_KINDS; k++)
+        if (strcmp(name, template_names[k]) == 0) return (TemplateKind)k;
+    fatal("unknown chat template \"%s\" (want plain, chatml, hyperclovax, vicuna_v1, hermes2, internvl2_5 or idefics3)",
+          name ? name : "(null)");
 }
 
 const char *template_name(TemplateKind kind) {
-    switch (kind) {
-    case TEMPLATE_PLAIN: return "plain";
-    case TEMPLATE_CHATML: return "chatml";
-    case TEMPLATE_HYPERCLOVAX: return "hyperclovax";
-    case TEMPLATE_VICUNA_V1: return "vicuna_v1";
-    }
-    return "?";
+    return kind >= 0 && kind < N_TEMPLATE_KINDS ? template_names[kind] : "?";
 }
 
 static int need_token(const Tokenizer *tok, TemplateKind kind, const char *s) {
@@ -122,7 +160,7 @@ static int need_token(const Tokenizer *tok, TemplateKind kind, const char *s) {
 
 Template *template_new(TemplateKind kind, const Tokenizer *tok, const char *system, int eos_id) {
     CHECK(tok != NULL, "template_new needs a tokenizer");
-    if ((unsigned)kind > TEMPLATE_VICUNA_V1) fatal("unknown chat template kind %d", (int)kind);
+    if ((unsigned)kind >= N_TEMPLATE_KINDS) fatal("unknown chat template kind %d", (int)kind);
     if (system && strstr(system, IMAGE_TAG))
         fatal("chat template %s: the system prompt holds \"<image>\" (the image slot goes in a human turn)",
               template_name(kind));
@@ -130,7 +168,7 @@ Template *template_new(TemplateKind kind, const Tokenizer *tok, const char *syst
     t->kind = kind;
     t->tok = tok;
     t->system = system ? xstrdup(system) : NULL;
-    t->eos = t->bos = t->im_start = t->im_end = t->endofturn = -1;
+    t->eos = t->bos = t->im_start = t->im_end = t->endofturn = t->eou = -1;
     if (kind == TEMPLATE_PLAIN || kind == TEMPLATE_VICUNA_V1) {
         if (eos_id >= 0) {
             if (eos_id >= tokenizer_vocab_size(tok))
@@ -147,6 +185,16 @@ Template *template_new(TemplateKind kind, const Tokenizer *tok, const char *syst
         int bos = tokenizer_token_id(tok, "<s>");
         if (bos >= 0 && tokenizer_is_special(tok, bos)) t->bos = bos;
         t->stop = t->eos;
+    } else if (kind == TEMPLATE_IDEFICS3) {
+        t->stop = t->eou = need_token(tok, kind, "<end_of_utterance>");
+        const char *lead[2] = {"<|im_start|>", "<|begin_of_text|>"};  // SmolVLM's, Idefics3's
+        for (int i = 0; i < 2 && t->bos < 0; i++) {
+            int id = tokenizer_token_id(tok, lead[i]);
+            if (id >= 0 && tokenizer_is_special(tok, id)) t->bos = id;
+        }
+        if (t->bos < 0)
+            fatal("chat template idefics3 needs the leading token <|im_start|> (SmolVLM) or <|begin_of_text|> "
+                  "(Idefics3) as a special token, which the tokenizer lacks");
     } else {
         t->im_start = need_token(tok, kind, "<|im_start|>");
         t->im_end = need_token(tok, kind, "<|im_end|>");
@@ -165,7 +213,7 @@ void template_free(Template *t) {
 const char *template_system_text(const Template *t) {
     if (t->kind == TEMPLATE_PLAIN) return "";
     if (t->system) return t->system;
-    return t->kind == TEMPLATE_CHATML ? CHATML_SYSTEM : t->kind == TEMPLATE_VICUNA_V1 ? VICUNA_SYSTEM : "";
+    return default_system(t->kind);
 }
 
 int template_has_bos(const Template *t) { return t->bos >= 0; }
@@ -272,6 +320,22 @@ static void content(Pieces *ps, const char *s, int label) {
     push(ps, (Piece){P_TEXT, label, -1, b, nb});
 }
 
+// idefics3's turn text: as content(), but the slot is followed by the stripped rest directly (its
+// chat template renders the content list [image, text] with nothing between them)
+static void content_tight(Pieces *ps, const char *s, int label) {
+    const char *img = strstr(s, IMAGE_TAG);
+    if (!img) {
+        text(ps, s, label);
+        return;
+    }
+    const char *a, *b;
+    size_t na, nb;
+    strip_around_image(s, img, &a, &na, &b, &nb);
+    push(ps, (Piece){P_IMAGE, 0, -1, NULL, 0});
+    push(ps, (Piece){P_TEXT, label, -1, a, na});
+    push(ps, (Piece){P_TEXT, label, -1, b, nb});
+}
+
 static int count_images(const char *s) {
     int n = 0;
     for (const char *p = s; (p = strstr(p, IMAGE_TAG)) != NULL; p += IMAGE_TAG_LEN) n++;
@@ -345,7 +409,7 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
                       prompt ? "" : " and one gpt turn (the caption)", n_conv);
     // the system prompt the template writes: plain writes none
     if (t->kind == TEMPLATE_PLAIN) system = NULL;
-    else if (!system) system = t->kind == TEMPLATE_CHATML ? CHATML_SYSTEM : t->kind == TEMPLATE_VICUNA_V1 ? VICUNA_SYSTEM : "";
+    else if (!system) system = default_system(t->kind);
 
 #define TXT(i) (turns[i].text ? turns[i].text : "")
     switch (t->kind) {
@@ -385,6 +449,49 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
             text(ps, "assistant\n", 0);
         }
         break;
+    case TEMPLATE_HERMES2:
+    case TEMPLATE_INTERNVL2_5: {
+        const char *sep = t->kind == TEMPLATE_INTERNVL2_5 ? "\n" : "";  // after each <|im_end|>, no loss
+        special(ps, t->im_start, 0);  // MPT writes the system block even for an empty message
+        text(ps, "system\n", 0);
+        text(ps, system, 0);
+        special(ps, t->im_end, 0);
+        text(ps, sep, 0);
+        for (int i = first; i < n_turns; i++) {
+            special(ps, t->im_start, 0);
+            int human = role_of(turns[i].role) == R_HUMAN;
+            text(ps, human ? "user\n" : "assistant\n", 0);
+            content(ps, TXT(i), !human);
+            special(ps, t->im_end, !human);
+            text(ps, sep, 0);
+        }
+        if (prompt) {
+            special(ps, t->im_start, 0);
+            text(ps, "assistant\n", 0);
+        }
+        break;
+    }
+    case TEMPLATE_IDEFICS3:
+        special(ps, t->bos, 0);
+        if (system[0]) {
+            text(ps, "System: ", 0);
+            text(ps, system, 0);
+            special(ps, t->eou, 0);
+            text(ps, "\n", 0);
+        }
+        for (int i = first; i < n_turns; i++) {
+            int human = role_of(turns[i].role) == R_HUMAN;
+            // the role, then ":" before an image (the turn's first content) or ": " before text;
+            // an answer's space is labelled with it (the prompt ends with "Assistant:")
+            int img_first = strstr(TXT(i), IMAGE_TAG) != NULL;
+            text(ps, human ? "User:" : "Assistant:", 0);
+            if (!img_first) text(ps, " ", !human);
+            content_tight(ps, TXT(i), !human);
+            special(ps, t->eou, !human);
+            text(ps, "\n", 0);
+        }
+        if (prompt) text(ps, "Assistant:", 0);
+        break;
     case TEMPLATE_VICUNA_V1:
         if (t->bos >= 0) special(ps, t->bos, 0);
         if (system[0]) {
@@ -405,6 +512,7 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
         }
         if (prompt) text(ps, "ASSISTANT:", 0);
         break;
+    case N_TEMPLATE_KINDS: break;
     }
 #undef TXT
     return 0;
@@ -611,4 +719,113 @@ int template_encode_prompt(const Template *t, const Turn *turns, int n_turns, in
     }
     *ids = o.ids ? o.ids : xmalloc(sizeof(int));
     return o.n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// recognising a model's own chat template
+
+// The Jinja text with its tags made comparable: inside {{ }} and {% %} whitespace outside string
+// literals and the whitespace-control dashes are dropped and double quotes become single ones;
+// a newline inside a literal is written as its escape; comments {# #} are dropped; text outside
+// tags is kept as it is (it is output). malloc'd.
+static char *jinja_normalize(const char *s) {
+    size_t n = strlen(s);
+    char *out = xmalloc(2 * n + 1), *o = out;  // a newline in a literal becomes the two characters \n
+    while (*s) {
+        if (s[0] == '{' && s[1] == '#') {
+            const char *e = strstr(s + 2, "#}");
+            s = e ? e + 2 : s + strlen(s);
+            continue;
+        }
+        if (s[0] == '{' && (s[1] == '{' || s[1] == '%')) {
+            char close = s[1] == '{' ? '}' : '%';
+            *o++ = *s++;
+            *o++ = *s++;
+            char quote = 0;
+            while (*s) {
+                if (!quote && s[0] == close && s[1] == '}') break;
+                if (!quote && s[0] == '-' && ((s[1] == close && s[2] == '}') || (o[-1] == '{' || o[-1] == '%'))) {
+                    s++;  // whitespace control
+                    continue;
+                }
+                char c = *s++;
+                if (quote) {
+                    if (c == '\\' && *s) {
+                        *o++ = c;
+                        c = *s++;
+                    } else if (c == quote) {
+                        quote = 0;
+                        c = '\'';
+                    } else if (c == '\n') {  // the same string as the escape \n
+                        *o++ = '\\';
+                        c = 'n';
+                    }
+                    *o++ = c;
+                    continue;
+                }
+                if (c == '"' || c == '\'') {
+                    quote = c;
+                    *o++ = '\'';
+                    continue;
+                }
+                if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
+                *o++ = c;
+            }
+            if (*s) {
+                *o++ = *s++;
+                *o++ = *s++;
+            }
+            continue;
+        }
+        *o++ = *s++;
+    }
+    *o = 0;
+    return out;
+}
+
+// a format by its structure: every piece of `all` in the normalised text and none of `none`
+typedef struct {
+    TemplateKind kind;
+    const char *system;  // NULL: the kind's default; "": none
+    const char *all[8];
+    const char *none[6];
+} TemplateShape;
+
+static const TemplateShape shapes[] = {
+    // Qwen2-Instruct's ChatML with its default system prompt
+    {TEMPLATE_CHATML, NULL,
+     {"{{'<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n'}}", "{{'<|im_start|>'+message['role']+'\\n'",
+      "'<|im_end|>'", "{{'<|im_start|>assistant\\n'}}", NULL},
+     {"tool", "<image>", "<IMG_CONTEXT>", NULL}},
+    // transformers' native InternVL (InternVLProcessor's chat_template): ChatML without a default
+    // system prompt, the image as "<IMG_CONTEXT>\n" before the text
+    {TEMPLATE_CHATML, "",
+     {"{{'<|im_start|>'+message['role']+'\\n'}}", "{{'<IMG_CONTEXT>\\n'}}", "{{'<|im_end|>\\n'}}",
+      "{{'<|im_start|>assistant\\n'}}", NULL},
+     {"tool", "system\\n", NULL}},
+    // Idefics3 / SmolVLM: role capitalised, ":" before an image, ": " before text
+    {TEMPLATE_IDEFICS3, NULL,
+     {"{%formessageinmessages%}", "capitalize", "{{':'}}", "{{':'}}", "{{': '}}", "{{'<image>'}}",
+      "<end_of_utterance>\n{%endfor%}", "{{'Assistant:'}}"},
+     {"tool", "<|im_end|>", "system", NULL}},
+};
+
+int template_recognize(const char *jinja, TemplateKind *kind, const char **system) {
+    if (!jinja) return 0;
+    char *n = jinja_normalize(jinja);
+    int found = -1;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && found < 0; i++) {
+        int ok = 1;
+        for (int j = 0; ok && j < 8 && shapes[i].all[j]; j++) ok = strstr(n, shapes[i].all[j]) != NULL;
+        for (int j = 0; ok && j < 6 && shapes[i].none[j]; j++) ok = strstr(n, shapes[i].none[j]) == NULL;
+        // idefics3: the leading literal is one the kind writes
+        if (ok && shapes[i].kind == TEMPLATE_IDEFICS3)
+            ok = !strncmp(n, "<|im_start|>{%for", 17) || !strncmp(n, "<|begin_of_text|>{%for", 22);
+        if (ok) found = (int)i;
+    }
+    free(n);
+    if (found < 0) return 0;
+    *kind = shapes[found].kind;
+    *system = shapes[found].system;
+    return 1;
 }

@@ -7,6 +7,13 @@
 //                <|im_start|>{user|assistant}\n{text}<|im_end|>\n; loss on assistant text and its <|im_end|>
 //   hyperclovax  ChatML whose assistant turns end <|im_end|><|endofturn|>; loss on the text and both
 //   vicuna_v1    LLaVA-1.5: "{system} USER: {q} ASSISTANT: {a}<eos>USER: ..."; loss on the answer and <eos>
+//   hermes2      InternVL's conversation template "Hermes-2" (MPT style): <|im_start|>system\n{system}<|im_end|>
+//                then <|im_start|>user\n{q}<|im_end|><|im_start|>assistant\n{a}<|im_end|>, nothing between
+//                turns; its default system prompt; loss on the answer and its <|im_end|>
+//   internvl2_5  InternVL's "internvl2_5": as hermes2 with "\n" after every <|im_end|> (ChatML with
+//                InternVL's system prompt, always written)
+//   idefics3     Idefics3 / SmolVLM: [bos]User: {q}<end_of_utterance>\nAssistant: {a}<end_of_utterance>\n;
+//                an image opens its turn right after "User:"; loss on " {a}<end_of_utterance>"
 // Turns are taken as LLaVA's preprocess_* take them (rules, in order, in template.c): a first
 // system turn is the system prompt (svlm's convention); then a first gpt turn is dropped, once
 // (LLaVA: "Skip the first one if it is not from human"); the rest alternates human, gpt.
@@ -30,7 +37,16 @@
 
 #include "data/tokenizer.h"
 
-typedef enum { TEMPLATE_PLAIN, TEMPLATE_CHATML, TEMPLATE_HYPERCLOVAX, TEMPLATE_VICUNA_V1 } TemplateKind;
+typedef enum {
+    TEMPLATE_PLAIN,
+    TEMPLATE_CHATML,
+    TEMPLATE_HYPERCLOVAX,
+    TEMPLATE_VICUNA_V1,
+    TEMPLATE_HERMES2,      // InternVL's "Hermes-2" (InternVL2, Vintern-1B-v2)
+    TEMPLATE_INTERNVL2_5,  // InternVL's "internvl2_5" (InternVL2.5 / 3, Vintern-1B-v3.5)
+    TEMPLATE_IDEFICS3,     // Idefics3 / SmolVLM: User: / Assistant: / <end_of_utterance>
+    N_TEMPLATE_KINDS
+} TemplateKind;
 
 // why template_encode refused a sample (the caller counts these by reason)
 enum {
@@ -51,8 +67,15 @@ typedef struct {
 
 typedef struct Template Template;
 
-// "plain", "chatml", "hyperclovax" or "vicuna_v1"; fatal() naming the value otherwise
+// "plain", "chatml", "hyperclovax", "vicuna_v1", "hermes2", "internvl2_5" or "idefics3"; fatal()
+// naming the value otherwise
 TemplateKind template_parse(const char *name);
+// Recognises a model's own chat template (a Jinja text: tokenizer_config.json's or
+// chat_template.json's chat_template) as one of the formats above by its structure: the literal
+// pieces each format writes and its default system prompt. Returns 1 and sets *kind and *system
+// (the format's default system prompt as that template writes it: NULL for the kind's default, ""
+// for none), or 0 when the text is none of them: the caller refuses, never guesses.
+int template_recognize(const char *jinja, TemplateKind *kind, const char **system);
 const char *template_name(TemplateKind kind);
 // system: NULL for the template's default system prompt. eos_id: the LLM's end-of-sequence
 // token (used by plain and vicuna_v1; -1 to take the tokenizer's). fatal() when the tokenizer

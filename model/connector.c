@@ -18,6 +18,7 @@ static const ConnectorFamily *const connector_families[N_CONNECTOR_TYPES] = {
     [CONNECTOR_INTERNVL] = &connector_family_internvl,
     [CONNECTOR_INTERNVL_HF] = &connector_family_internvl_hf,
     [CONNECTOR_NANOVLM] = &connector_family_nanovlm,
+    [CONNECTOR_LLAVA_HF] = &connector_family_llava_hf,
 };
 
 const ConnectorFamily *connector_family(ConnectorType t) {

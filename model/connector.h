@@ -12,6 +12,7 @@
 //              the same under transformers' native names (model.multi_modal_projector.*)
 //   nanovlm    (nanoVLM's ModalityProjector) idefics3's math, its weight named MP.proj.weight;
 //              pixel shuffle default 4 (VLMConfig's mp_pixel_shuffle_factor)
+//   llava_hf   (llava-hf LlavaForConditionalGeneration): mlp2x_gelu under model.multi_modal_projector.linear_{1,2}
 // Tensor names follow the checkpoints of those projects (model.mm_projector.*,
 // model.connector.modality_projection.proj.weight, mlp1.*). The connector states its own facts (name,
 // tokens per image for a patch grid, its tensors, declared in PARAM_GROUP_CONNECTOR: trainable
@@ -31,6 +32,7 @@ typedef enum {
     CONNECTOR_INTERNVL,
     CONNECTOR_INTERNVL_HF,
     CONNECTOR_NANOVLM,
+    CONNECTOR_LLAVA_HF,
     N_CONNECTOR_TYPES
 } ConnectorType;
 
@@ -84,7 +86,7 @@ struct Connector {
 };
 
 extern const ConnectorFamily connector_family_ldp, connector_family_mlp2x_gelu, connector_family_idefics3,
-    connector_family_internvl, connector_family_internvl_hf, connector_family_nanovlm;
+    connector_family_internvl, connector_family_internvl_hf, connector_family_nanovlm, connector_family_llava_hf;
 const ConnectorFamily *connector_family(ConnectorType t);
 
 // "ldp", "mlp2x_gelu", "idefics3"; fatal() naming the value and the known names otherwise

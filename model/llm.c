@@ -9,6 +9,7 @@
 #include "common/json.h"
 #include "common/rng.h"
 #include "common/util.h"
+#include "model/vlm_dir.h"
 
 const char *const proj_names[N_PROJ] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 
@@ -23,12 +24,22 @@ static int first_id(const cJSON *root, const char *key, const char *path) {
 
 void llm_config_load(LlmConfig *c, const char *dir) {
     memset(c, 0, sizeof *c);
-    char path[2048];
+    char file_path[2048];
     if (!dir_exists(dir)) fatal("%s: language model directory not found", dir);
-    path_join(path, sizeof path, dir, "config.json");
+    path_join(file_path, sizeof file_path, dir, "config.json");
+    const char *path = file_path;
     if (!file_exists(path)) fatal("%s: missing (language model directory needs a config.json)", path);
-    cJSON *root = json_load_file(path);
-    const char *mt = json_get_str(root, "model_type", path);
+    cJSON *file = json_load_file(path);
+    // a whole vision-language model (model/vlm_dir.h): its text sub-config, and the tying its
+    // model class applies; the keys below are read from that object
+    int vlm_tied = -1;
+    const char *def_type = NULL;
+    const cJSON *sub = vlm_dir_text_config(file, path, &vlm_tied, &def_type);
+    const cJSON *root = sub ? sub : file;
+    char where[2100];
+    snprintf(where, sizeof where, "%s%s", path, sub ? " (the language model's sub-config)" : "");
+    path = where;
+    const char *mt = def_type ? json_get_str_opt(root, "model_type", def_type, path) : json_get_str(root, "model_type", path);
     snprintf(c->model_type, sizeof c->model_type, "%s", mt);
     int is_qwen2 = strcmp(mt, "qwen2") == 0, is_llama = strcmp(mt, "llama") == 0, is_mistral = strcmp(mt, "mistral") == 0;
     if (!is_qwen2 && !is_llama && !is_mistral)
@@ -66,8 +77,13 @@ void llm_config_load(LlmConfig *c, const char *dir) {
         if (!cJSON_IsObject(o)) fatal("%s: \"%s\" must be an object", path, i ? "rope_scaling" : "rope_parameters");
         theta = json_get_num_opt(o, "rope_theta", theta, path);
         const char *type = json_get_str_opt(o, "rope_type", json_get_str_opt(o, "type", "default", path), path);
-        if (strcmp(type, "default") != 0)
-            fatal("%s: RoPE type \"%s\" is not supported (only the default rotary embedding)", path, type);
+        // dynamic NTK scaling changes the frequencies only past max_position_embeddings
+        // (transformers' _compute_dynamic_ntk_parameters takes max(seq_len, max_pos)): within it,
+        // the default embedding; llm_setup and the KV cache refuse anything longer
+        if (!strcmp(type, "dynamic")) c->rope_dynamic = 1;
+        else if (strcmp(type, "default") != 0)
+            fatal("%s: RoPE type \"%s\" is not supported (only the default rotary embedding, and \"dynamic\" within "
+                  "max_position_embeddings)", path, type);
     }
     if (!(theta > 0 && theta < 1e30)) fatal("%s: key \"rope_theta\" must be in (0, 1e30), got %g", path, theta);
     c->rope_theta = (float)theta;
@@ -87,10 +103,11 @@ void llm_config_load(LlmConfig *c, const char *dir) {
         c->qkv_bias = c->o_bias = json_get_bool_opt(root, "attention_bias", 0, path);
         c->mlp_bias = json_get_bool_opt(root, "mlp_bias", 0, path);
     }
-    c->tied = json_get_bool_opt(root, "tie_word_embeddings", -1, path);  // -1: decided by the files
+    c->tied = sub ? vlm_tied : json_get_bool_opt(root, "tie_word_embeddings", -1, path);  // -1: decided by the files
     c->bos_id = first_id(root, "bos_token_id", path);
     c->eos_id = first_id(root, "eos_token_id", path);
-    cJSON_Delete(root);
+    if (sub && c->eos_id < 0) c->eos_id = first_id(file, "eos_token_id", path);  // some keep it at the top
+    cJSON_Delete(file);
 }
 
 int llm_declare(ParamSet *w, const LlmConfig *c, int *idx) {
@@ -125,9 +142,21 @@ void llm_load(Llm *m, const Kernels *k, const char *dir, const LoraConfig *lora,
     }
     HfWeights hw;
     hf_weights_open(&hw, dir);
+    // the decoder's names: "model." + rest in an LLM directory; a whole-VLM directory keeps them
+    // under its own prefix (language_model.model., model.language_model., model.text_model.),
+    // found by the embedding's name, and its head as (language_model.)lm_head.weight
+    const char *emb = hf_weights_find_suffix(&hw, "embed_tokens.weight");
+    if (!emb) fatal("%s: no tensor ending in embed_tokens.weight: not a language model", dir);
+    char body[256], head[256] = "lm_head.weight";
+    size_t blen = strlen(emb) - strlen("embed_tokens.weight");
+    if (blen >= sizeof body) fatal("%s: tensor name prefix too long", dir);
+    memcpy(body, emb, blen);
+    body[blen] = 0;
+    const char *head_name = hf_weights_find(&hw, head, NULL) ? head : hf_weights_find_suffix(&hw, ".lm_head.weight");
+    if (head_name && head_name != head) snprintf(head, sizeof head, "%s", head_name);
     // tied when config.json says so (transformers then ignores any lm_head.weight), and when it
     // is silent and the files hold no lm_head
-    int has_head = hf_weights_find(&hw, "lm_head.weight", NULL) != NULL;
+    int has_head = head_name != NULL;
     if (c->tied < 0) c->tied = !has_head;
     if (!c->tied && !has_head) fatal("%s: tie_word_embeddings is false but the weights have no lm_head.weight", dir);
 
@@ -136,7 +165,8 @@ void llm_load(Llm *m, const Kernels *k, const char *dir, const LoraConfig *lora,
     int *idx = xmalloc((size_t)c->layers * LLM_LAYER_TENSORS * sizeof(int));
     int i_head = llm_declare(w, c, idx);
     params_alloc(w);
-    params_load_hf(w, &hw, "");
+    const ParamRename names[2] = {{"model.", body}, {"lm_head.weight", head}};
+    params_load_hf_renamed(w, &hw, names, 2);
     hf_weights_close(&hw);
 
     int C = c->hidden, I = c->mlp, QD = c->heads * c->head_dim, KD = c->kv_heads * c->head_dim;
@@ -173,6 +203,10 @@ void llm_load(Llm *m, const Kernels *k, const char *dir, const LoraConfig *lora,
 void llm_setup(Llm *m, int max_B, int max_T) {
     const Kernels *k = m->k;
     const LlmConfig *c = &m->cfg;
+    if (c->rope_dynamic && max_T > c->max_pos)
+        fatal("max_seq_len %d is longer than max_position_embeddings %d, past which this model's dynamic RoPE "
+              "rescales its frequencies (svlm runs the default rotary embedding: set max_seq_len <= %d)", max_T,
+              c->max_pos, c->max_pos);
     m->max_B = max_B;
     m->max_T = max_T;
     size_t N = (size_t)max_B * max_T, ab = k->act_bytes;

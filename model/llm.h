@@ -19,6 +19,8 @@ typedef struct {
     int tied;  // lm_head shares embed_tokens (-1 after llm_config_load when config.json is silent)
     int bos_id, eos_id;  // -1 when config.json has none (eos: the first when it is a list)
     int sliding_window;  // Mistral: attention window; 0 when none (svlm attends to everything)
+    int rope_dynamic;    // rope_type "dynamic" (NTK, InternVL2.5's Qwen2.5): the default rotary embedding
+                         // up to max_pos positions, so sequences and caches are held to max_pos
 } LlmConfig;
 
 typedef struct {

@@ -37,6 +37,9 @@ void llm_rows_free(const Llm *m, LlmActs *a) {
 }
 
 void llm_kv_cache_alloc(const Llm *m, LlmKvCache *c, int slots, int cap) {
+    if (m->cfg.rope_dynamic && cap > m->cfg.max_pos)  // see llm_setup
+        fatal("a %d-position cache is longer than max_position_embeddings %d, past which this model's dynamic RoPE "
+              "rescales its frequencies: generate shorter", cap, m->cfg.max_pos);
     const Kernels *k = m->k;
     const LlmConfig *cf = &m->cfg;
     memset(c, 0, sizeof *c);

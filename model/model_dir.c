@@ -10,6 +10,7 @@
 #include "common/safetensors.h"
 #include "common/util.h"
 #include "data/image_prep.h"
+#include "model/vlm_dir.h"
 #include "trainer/export.h"
 #include "trainer/train_config.h"
 
@@ -106,10 +107,49 @@ static void resolve_run(ModelDirSpec *s, const char *dir) {
     if (!file_exists(s->weights)) fatal("%s: missing (a checkpoint holds the connector and LoRA weights there)", s->weights);
 }
 
+// a whole VLM: everything from its own files (and svlm_export.json's chat format, when ./export wrote it)
+static void resolve_whole(ModelDirSpec *s, const char *dir) {
+    VlmDir d;
+    vlm_dir_open(&d, dir);
+    s->is_whole = 1;
+    copy_str(s->vision_dir, sizeof s->vision_dir, dir, dir);
+    copy_str(s->llm_dir, sizeof s->llm_dir, dir, dir);
+    s->vision_layer = d.vision_layer;
+    s->connector = d.connector;
+    s->connector_scale = d.connector_scale;
+    s->pad_to_square = d.pad_to_square;  // InternVL's pad2square; the others' processors resize
+    snprintf(s->weights, sizeof s->weights, "whole %s model", vlm_layout_name(d.layout));  // no file: said in messages
+    char path[2 * MODEL_DIR_PATH];
+    path_join(path, sizeof path, dir, "svlm_export.json");
+    const char *system = NULL;
+    cJSON *root = NULL;
+    if (file_exists(path)) {
+        root = json_load_file(path);
+        s->template_kind = template_parse(json_get_str(root, "template", path));
+        s->pad_to_square = json_get_bool_opt(root, "pad_to_square", s->pad_to_square, path);
+        const cJSON *sys = cJSON_GetObjectItemCaseSensitive(root, "system");
+        if (sys && !cJSON_IsNull(sys)) {
+            if (!cJSON_IsString(sys)) fatal("%s: \"system\" must be a string or null", path);
+            system = sys->valuestring;
+        }
+    } else {
+        s->template_kind = vlm_dir_template(&d, &system);
+    }
+    if (system) {
+        copy_str(s->system, sizeof s->system, system, dir);
+        s->has_system = 1;
+    }
+    if (root) cJSON_Delete(root);
+}
+
 void model_dir_resolve(ModelDirSpec *s, const char *dir) {
     memset(s, 0, sizeof *s);
     if (!dir_exists(dir)) fatal("%s: model directory not found", dir);
     copy_str(s->dir, sizeof s->dir, dir, dir);
+    if (vlm_dir_is(dir)) {
+        resolve_whole(s, dir);
+        return;
+    }
     char p[2 * MODEL_DIR_PATH], q[2 * MODEL_DIR_PATH];
     path_join(p, sizeof p, dir, "svlm.json");
     if (file_exists(p)) {
@@ -119,7 +159,8 @@ void model_dir_resolve(ModelDirSpec *s, const char *dir) {
     path_join(p, sizeof p, dir, "config.conf");
     path_join(q, sizeof q, dir, "state.json");
     if (!file_exists(p) && !file_exists(q))
-        fatal("%s: not a model directory (an export has svlm.json, a run directory config.conf and step_NNNNNNNN/)", dir);
+        fatal("%s: not a model directory (an export has svlm.json, a run directory config.conf and step_NNNNNNNN/, a whole "
+              "model a config.json of a vision-language model)", dir);
     resolve_run(s, dir);
 }
 
@@ -180,8 +221,14 @@ void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *
                   .max_T = 1, .max_images = 1};
     vlm_init(&g->vlm, k, &vs);
     g->m = &g->vlm;
-    check_weights_file(&g->vlm.train, s->weights);
-    params_load_file(&g->vlm.train, s->weights, "", NULL);
+    if (s->is_whole) {
+        VlmDir d;
+        vlm_dir_open(&d, s->dir);
+        vlm_dir_load_connector(&d, &g->vlm.train);  // its own projector; LoRA, if any, is merged
+    } else {
+        check_weights_file(&g->vlm.train, s->weights);
+        params_load_file(&g->vlm.train, s->weights, "", NULL);
+    }
     if (s->image_tokens && s->image_tokens != g->vlm.n_img_tokens)
         fatal("%s/svlm.json: image_tokens is %d but the %s connector on this vision model gives %d", s->dir,
               s->image_tokens, connector_type_name(s->connector), g->vlm.n_img_tokens);

@@ -13,6 +13,11 @@
 //                                      picks it (export_resolve). MODEL_DIR may also name one
 //                                      step directory of a run.
 //
+//   whole model  a Hugging Face directory holding a whole VLM (model/vlm_dir.h: InternVL remote code
+//               or native, Idefics3 / SmolVLM, llava-hf) as it ships, or as ./export writes a run
+//               trained from one (LoRA merged, svlm_export.json naming the chat format it trained with);
+//               the shipped projector, no LoRA; the chat format from svlm_export.json, else the model's own
+//
 // Relative paths inside svlm.json / config.conf (vision, llm) are looked up relative to the
 // model directory first, then to the current directory. Image settings absent from svlm.json (and
 // always for a run dir) come from the vision dir's preprocessor_config.json, else the tower's
@@ -28,6 +33,7 @@
 // what a model directory says to load (model_dir_resolve): the one place that knows the formats
 typedef struct {
     int is_export;                     // 1: export dir, 0: run dir
+    int is_whole;                      // a whole-VLM directory: vision_dir = llm_dir = dir (weights: a description)
     char dir[MODEL_DIR_PATH];
     char vision_dir[MODEL_DIR_PATH];
     char llm_dir[MODEL_DIR_PATH];

@@ -145,7 +145,7 @@ float *params_master(const ParamSet *ps, int i) {
 }
 float *params_grad(const ParamSet *ps, int i) { return ps->grad + ps->p[i].offset; }
 
-void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix) {
+void params_load_hf_renamed(ParamSet *ps, const HfWeights *w, const ParamRename *rules, int n_rules) {
     size_t biggest = 1;
     for (int i = 0; i < ps->n; i++)
         if (ps->p[i].numel > biggest) biggest = ps->p[i].numel;
@@ -153,11 +153,20 @@ void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix) {
     float *host = ps->k->dry_run ? NULL : xmalloc(biggest * sizeof(float));
     char name[PARAM_NAME_MAX + 256];
     for (int i = 0; i < ps->n; i++) {
-        snprintf(name, sizeof name, "%s%s", prefix, ps->p[i].name);
+        const char *own = ps->p[i].name;
+        int r = 0;
+        while (r < n_rules && strncmp(own, rules[r].from, strlen(rules[r].from)) != 0) r++;
+        if (r < n_rules) snprintf(name, sizeof name, "%s%s", rules[r].to, own + strlen(rules[r].from));
+        else snprintf(name, sizeof name, "%s", own);
         hf_weights_read(w, name, ps->p[i].ndim, ps->p[i].shape, host);
         if (host) params_upload(ps, i, host);
     }
     free(host);
+}
+
+void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix) {
+    ParamRename all = {"", prefix};
+    params_load_hf_renamed(ps, w, &all, 1);
 }
 
 void params_sync(ParamSet *ps) {

@@ -84,6 +84,14 @@ float *params_grad(const ParamSet *ps, int i);
 
 // frozen sets: reads every tensor from w under prefix + name, checking shapes
 void params_load_hf(ParamSet *ps, const HfWeights *w, const char *prefix);
+// one renaming of params_load_hf_renamed: a name starting with `from` is read as `to` + the rest
+typedef struct {
+    const char *from, *to;
+} ParamRename;
+// frozen sets: reads every tensor from w under its name renamed by the first rule whose `from`
+// starts it (a name no rule matches is read as it is), checking shapes; params_load_hf is the
+// single rule {"", prefix}. A whole-VLM directory's LLM is read this way (model/llm.c).
+void params_load_hf_renamed(ParamSet *ps, const HfWeights *w, const ParamRename *rules, int n_rules);
 // trainable sets: refreshes the compute copy after the masters changed (where sharded: the
 // masters' slice of it only)
 void params_sync(ParamSet *ps);

@@ -190,7 +190,8 @@ static void test_vlm_trainable_groups(void **state) {
             n_conn += !lora;
             n_lora += lora;
         }
-        assert_int_equal(n_conn, t == CONNECTOR_MLP2X_GELU ? 4 : 6);  // ldp and internvl: 6
+        // mlp2x_gelu and llava_hf: two Linears; ldp and internvl: 6
+        assert_int_equal(n_conn, t == CONNECTOR_MLP2X_GELU || t == CONNECTOR_LLAVA_HF ? 4 : 6);
         assert_true(n_lora > 0);
         assert_int_equal(m.n_img_tokens, connector_tokens((ConnectorType)t, 0, m.vit.cfg.grid));
         vlm_free(&m);

@@ -110,6 +110,7 @@ static char *labelled_text(const Template *t, TemplateKind kind, const char *ans
     case TEMPLATE_CHATML: snprintf(s, cap, "%s<|im_end|>", answer); break;
     case TEMPLATE_HYPERCLOVAX: snprintf(s, cap, "%s<|im_end|><|endofturn|>", answer); break;
     case TEMPLATE_VICUNA_V1: snprintf(s, cap, " %s%s", answer, eos); break;
+    default: fail_msg("labelled_text: kind %s is tested by test_chat_formats", template_name(kind));
     }
     return s;
 }
@@ -499,6 +500,7 @@ static void test_system_prompts(void **state) {
         case TEMPLATE_CHATML: assert_true(strncmp(d, "<|im_start|>user\n", 17) == 0); break;
         case TEMPLATE_HYPERCLOVAX: assert_true(strncmp(d, "<|im_start|>user\n", 17) == 0); break;
         case TEMPLATE_VICUNA_V1: assert_true(strncmp(d, "USER: ", 6) == 0); break;
+        default: break;  // the whole-model formats: tests/test_chat_formats.c
         }
         // and the defaults: chatml writes Qwen2's, hyperclovax none, vicuna LLaVA's
         free(d);
@@ -515,6 +517,7 @@ static void test_system_prompts(void **state) {
             break;
         case TEMPLATE_HYPERCLOVAX: snprintf(want, sizeof want, "<|im_start|>user\n"); break;
         case TEMPLATE_VICUNA_V1: snprintf(want, sizeof want, "%s USER: ", fixture_item(g_expected, "vicuna_system")->valuestring); break;
+        default: want[0] = 0; break;
         }
         assert_string_equal(d, want);
         assert_true(ne > 0);

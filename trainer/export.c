@@ -119,12 +119,17 @@ void export_run_with(const char *src, const char *out_arg, const ExportOptions *
     snprintf(out_dir, sizeof out_dir, "%s", out_arg);
     for (size_t n = strlen(out_dir); n > 1 && out_dir[n - 1] == '/'; n--) out_dir[n - 1] = 0;
     snprintf(path, sizeof path, "%s/svlm.json", out_dir);
-    if (dir_exists(out_dir) && !file_exists(path))
+    snprintf(old, sizeof old, "%s/svlm_export.json", out_dir);
+    if (dir_exists(out_dir) && !file_exists(path) && !file_exists(old))
         fatal("%s exists and is not an svlm export: choose another output directory", out_dir);
     export_resolve(src, step_dir, run_dir, sizeof step_dir);
     snprintf(path, sizeof path, "%s/config.conf", run_dir);
     TrainConfig c;
     train_config_load(&c, path, 0, NULL);
+    if (c.model[0]) {  // back in the whole model's own layout
+        export_whole(&c, step_dir, out_dir);
+        return;
+    }
 
     // the trainable tensors, named as in the checkpoint
     StFile ck;

@@ -10,6 +10,12 @@
 //   llava/                  mlp2x_gelu only: the Hugging Face LlavaForConditionalGeneration
 //                           checkpoint (trainer/export_llava.c)
 //   svlm.json               vision tower, connector, image settings, template: what ./generate needs
+// A run trained from `model = DIR` (a whole VLM) is written back in DIR's own layout instead
+// (trainer/export_whole.c): OUT holds the model's files, every tensor under its own name and dtype
+// with the LoRA targets merged and the trained projector, the other files of DIR copied as they
+// are (config.json, remote-code .py files, tokenizer and processor files), adapter/ (peft, the
+// model class's module names) and svlm_export.json (chat format, checkpoint): the same class
+// loads OUT, and ./generate reads it as a whole model.
 // Written to OUT.tmp and renamed when complete.
 #pragma once
 #include "data/template.h"
@@ -23,6 +29,9 @@ typedef struct {
 // src: a run directory (its newest checkpoint) or a step_NNNNNNNN directory of one
 void export_run(const char *src, const char *out_dir);
 void export_run_with(const char *src, const char *out_dir, const ExportOptions *o);
+// the whole-model export of a run whose config names model = DIR (c: its config.conf)
+#include "trainer/train_config.h"
+void export_whole(const TrainConfig *c, const char *step_dir, const char *out_dir);
 // copies a file's bytes (streamed), fatal() naming the file on failure
 void export_copy_file(const char *from, const char *to);
 

@@ -8,6 +8,7 @@
 double optimizer_lr(const TrainConfig *c, const Param *p, int64_t step, int64_t total, int warmup) {
     // the group, tagged where the connector declares its tensors, decides; the name does not
     double peak = p->group == PARAM_GROUP_CONNECTOR && c->connector_lr > 0 ? c->connector_lr : c->lr;
+    if (p->group == PARAM_GROUP_CONNECTOR && c->freeze_connector) peak = 0;  // kept as loaded (stage 2)
     return peak * schedule_factor((int)step, (int)total, warmup, c->min_lr / c->lr);
 }
 

@@ -16,6 +16,7 @@
 #include "data/prepare.h"
 #include "kernels/cpu/blas_core.h"
 #include "model/memplan.h"
+#include "model/vlm_dir.h"
 #include "trainer/run.h"
 #include "trainer/schedule.h"
 
@@ -398,6 +399,11 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
             char used[CFG_PATH + 64];
             checkpoint_load_connector(c->init_from, &m->train, used, sizeof used);
             printf("init: connector from %s\n", used);
+        } else if (c->model[0]) {  // stage 1 re-aligns the shipped projector, stage 2 starts from it
+            VlmDir vd;
+            vlm_dir_open(&vd, c->model);
+            int n = vlm_dir_load_connector(&vd, &m->train);
+            printf("init: connector from %s's own projector (%d tensors, %s)\n", c->model, n, vlm_layout_name(vd.layout));
         } else if (c->stage == 2 && r->rank == 0) {
             warn("stage 2 without init_from: the connector starts from random weights");
         }

@@ -152,6 +152,10 @@ void run_step(Run *r, StepResult *out) {
     out->stop = s[3] > 0;
     if (mine) gather_samples(r, mine, n_mine, out);
     free(mine);
+    if (r->c->freeze_connector && r->m.conn_n > 0) {  // a frozen connector: no gradient, in the norm either
+        const Param *first = &P->p[r->m.conn_first], *last = &P->p[r->m.conn_first + r->m.conn_n - 1];
+        P->k->zero(P->grad + first->offset, (last->offset + last->numel - first->offset) * sizeof(float));
+    }
     // every micro-batch contributed its summed loss: dividing by the step's labelled count
     // makes the update the gradient of the mean, however the batch was split
     scale_gradients(r, P, n_lab ? 1.0 / n_lab : 1.0, stats + VLM_STAT_SUMSQ);

@@ -14,18 +14,24 @@
 #include "data/template.h"
 #include "model/connector.h"
 #include "model/llm.h"
+#include "model/vlm_dir.h"
 #include "trainer/dist.h"
 
 #define K(name, type, field, def, help) {name, type, offsetof(TrainConfig, field), sizeof(((TrainConfig *)0)->field), def, help}
 
 const CfgKey train_keys[] = {
     K("stage", CFG_INT, stage, "1", "1: train the connector; 2: connector + LoRA"),
+    K("model", CFG_STR, model, "", "whole-VLM directory as it ships (InternVL / Vintern, transformers' InternVL, SmolVLM / "
+      "Idefics3, llava-hf) instead of vision + llm; connector, pixel_shuffle, vision_layer, template from it; stage 1 re-aligns "
+      "its own projector, stage 2 starts from it"),
     K("vision", CFG_STR, vision, "", "Hugging Face vision model directory (CLIP, SigLIP, Idefics3 vision)"),
     K("vision_layer", CFG_INT, vision_layer, "-2", "hidden_states index whose features feed the connector"),
     K("llm", CFG_STR, llm, "", "Hugging Face language model directory (config.json, safetensors, tokenizer.json)"),
-    K("connector", CFG_STR, connector, "ldp", "ldp | mlp2x_gelu | idefics3 | internvl | internvl_hf | nanovlm"),
+    K("connector", CFG_STR, connector, "ldp", "ldp | mlp2x_gelu | idefics3 | internvl | internvl_hf | nanovlm | llava_hf"),
     K("pixel_shuffle", CFG_INT, pixel_shuffle, "0", "idefics3, nanovlm: the pixel-shuffle factor (0: 2, 4); others: 0"),
-    K("template", CFG_STR, template_, "", "plain | chatml | hyperclovax | vicuna_v1 (empty: plain for stage 1, chatml for stage 2)"),
+    K("freeze_connector", CFG_BOOL, freeze_connector, "false", "stage 2: keep the connector as loaded (the model's own projector, or init_from's): no gradient, lr 0"),
+    K("template", CFG_STR, template_, "", "plain | chatml | hyperclovax | vicuna_v1 | hermes2 | internvl2_5 | idefics3 | auto "
+      "(empty: with model, auto = the model's own format; else plain for stage 1, chatml for stage 2)"),
     K("system", CFG_STR, system, "default", "system prompt; \"default\" for the template's own, \"\" for none"),
     K("data", CFG_STR, data, "", "LLaVA JSON / JSONL file (prepared once into shards) or a shard directory"),
     K("image_folder", CFG_STR, image_folder, "", "directory the data's image paths are relative to"),
@@ -33,7 +39,8 @@ const CfgKey train_keys[] = {
     K("val_data", CFG_STR, val_data, "", "validation data (JSON / JSONL or shards); empty: no validation"),
     K("val_image_folder", CFG_STR, val_image_folder, "", "image folder of val_data (empty: image_folder)"),
     K("data_cache", CFG_STR, data_cache, "", "where JSON data is prepared into shards (empty: out_dir/data)"),
-    K("image_aspect", CFG_STR, image_aspect, "pad", "pad (LLaVA-1.5: pad to a square with the mean colour) | crop (CLIP centre crop)"),
+    K("image_aspect", CFG_STR, image_aspect, "", "pad (LLaVA-1.5: pad to a square with the mean colour) | crop (CLIP centre crop; "
+      "other towers: their processor's resize); empty: pad, or with model what the model does (InternVL's pad2square, else its resize)"),
     K("max_seq_len", CFG_INT, max_seq_len, "2048", "tokens per sample, image tokens included"),
     K("packing", CFG_BOOL, packing, "false", "pack several samples per row (attention kept inside each)"),
     K("batch_size", CFG_INT, batch_size, "16", "micro-batch per device"),
@@ -99,17 +106,58 @@ static void absolute(char *p, size_t cap) {
     if (p[0] && realpath(p, buf) && strlen(buf) < cap) strcpy(p, buf);
 }
 
+// model = DIR: the tower, connector and LLM settings its config.json states (model/vlm_dir.h).
+// vision and llm become DIR (the resolved config reads back the same); a vision or llm naming
+// anything else, or a connector, pixel_shuffle or vision_layer other than the model's (beyond
+// the keys' defaults), is refused.
+static void resolve_model(TrainConfig *c) {
+    absolute(c->model, CFG_PATH);
+    if ((c->vision[0] && strcmp(c->vision, c->model)) || (c->llm[0] && strcmp(c->llm, c->model)))
+        fatal("config: model = %s is a whole model: leave vision and llm out (they are read from it)", c->model);
+    VlmDir d;
+    vlm_dir_open(&d, c->model);
+    const char *ct = connector_type_name(d.connector);
+    if (strcmp(c->connector, "ldp") && strcmp(c->connector, ct))
+        fatal("config: connector = %s, but model = %s ships the %s projector (leave connector out)", c->connector, c->model, ct);
+    if (c->pixel_shuffle && c->pixel_shuffle != d.connector_scale)
+        fatal("config: pixel_shuffle = %d, but model = %s's config.json says %d (leave it out)", c->pixel_shuffle, c->model,
+              d.connector_scale);
+    if (c->vision_layer != -2 && c->vision_layer != d.vision_layer)
+        fatal("config: vision_layer = %d, but model = %s feeds its projector layer %d (leave it out)", c->vision_layer,
+              c->model, d.vision_layer);
+    snprintf(c->connector, sizeof c->connector, "%s", ct);
+    c->pixel_shuffle = d.connector_scale;
+    c->vision_layer = d.vision_layer;
+    if (!c->image_aspect[0]) snprintf(c->image_aspect, sizeof c->image_aspect, "%s", d.pad_to_square ? "pad" : "crop");
+    snprintf(c->vision, CFG_PATH, "%s", c->model);
+    snprintf(c->llm, CFG_PATH, "%s", c->model);
+    if (!c->template_[0] || !strcmp(c->template_, "auto")) {
+        const char *system;
+        TemplateKind k = vlm_dir_template(&d, &system);
+        snprintf(c->template_, sizeof c->template_, "%s", template_name(k));
+        // the model's own default system prompt where it differs from the kind's (none, for
+        // transformers' InternVL), unless the config names one
+        if (system && !strcmp(c->system, "default")) {
+            if (strlen(system) >= sizeof c->system) fatal("config: the model's system prompt is too long");
+            snprintf(c->system, sizeof c->system, "%s", system);
+        }
+    }
+}
+
 void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) {
     memset(c, 0, sizeof *c);
     if (path && !file_exists(path)) fatal("%s: config file not found", path);
     config_parse(train_keys, n_train_keys, c, path, argc, argv);
     need(c->stage == 1 || c->stage == 2, "stage", "must be 1 or 2");
+    if (c->model[0]) resolve_model(c);
     need(c->vision[0], "vision", "is required (a CLIP vision model directory)");
     need(c->llm[0], "llm", "is required (a language model directory)");
     need(c->data[0], "data", "is required (LLaVA JSON / JSONL or a shard directory)");
     connector_scale(connector_type_parse(c->connector), c->pixel_shuffle);  // fatal() on a bad pair
+    if (!strcmp(c->template_, "auto")) fatal("config: template = auto reads the format of model = DIR; without model, name one");
     if (!c->template_[0]) strcpy(c->template_, c->stage == 1 ? "plain" : "chatml");
     template_parse(c->template_);
+    if (!c->image_aspect[0]) strcpy(c->image_aspect, "pad");
     need(!strcmp(c->image_aspect, "pad") || !strcmp(c->image_aspect, "crop"), "image_aspect", "must be pad or crop");
     need(c->max_seq_len >= 8, "max_seq_len", "must be at least 8");
     need(c->batch_size >= 1, "batch_size", "must be at least 1");
@@ -131,6 +179,7 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
         lora_targets_parse(c->lora_targets);
     }
     need(c->lora_dropout >= 0 && c->lora_dropout < 1, "lora_dropout", "must be in [0, 1)");
+    need(c->stage == 2 || !c->freeze_connector, "freeze_connector", "must be false in stage 1 (the connector is what it trains)");
     need(c->out_dir[0], "out_dir", "must not be empty");
     need(c->save_every >= 0 && c->eval_every >= 0, "save_every/eval_every", "must be 0 or more");
     need(c->keep_last >= 1, "keep_last", "must be at least 1");
@@ -160,7 +209,7 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     if (c->global_batch % (c->batch_size * world))
         fatal("config: global_batch %d is not a multiple of batch_size x processes (%d x %d)", c->global_batch,
               c->batch_size, world);
-    char *paths[] = {c->vision, c->llm, c->data, c->image_folder, c->val_data, c->val_image_folder, c->init_from, c->out_dir,
+    char *paths[] = {c->model, c->vision, c->llm, c->data, c->image_folder, c->val_data, c->val_image_folder, c->init_from, c->out_dir,
                      c->dist_init_dir, c->eval_data, c->eval_image_folder};
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) absolute(paths[i], CFG_PATH);
     if (!c->val_image_folder[0]) strcpy(c->val_image_folder, c->image_folder);

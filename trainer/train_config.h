@@ -9,11 +9,13 @@
 
 typedef struct {
     int stage;
+    char model[CFG_PATH];  // a whole-VLM directory (model/vlm_dir.h); vision and llm then name it too
     char vision[CFG_PATH];
     int vision_layer;
     char llm[CFG_PATH];
     char connector[32];
     int pixel_shuffle;  // the connector's scale (0: its default)
+    int freeze_connector;  // stage 2: the connector is kept as loaded (no gradient, lr 0)
     char template_[32];
     char system[2048];
     char data[CFG_PATH];

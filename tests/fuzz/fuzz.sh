@@ -57,8 +57,8 @@ corpus)
     printf 'R' > "$S/shards/record"
     # config: the shipped configs
     for f in configs/*.conf; do cp "$f" "$S/config/"; done
-    # hf_config: every config.json and preprocessor/adapter config of the fixtures
-    for f in $F/*/config.json $F/*/adapter_config.json $F/*/preprocessor_config.json; do
+    # hf_config: every config.json, preprocessor/adapter config and chat_template.json of the fixtures
+    for f in $F/*/config.json $F/*/adapter_config.json $F/*/preprocessor_config.json $F/*/chat_template.json; do
         [ -f "$f" ] && cp "$f" "$S/hf_config/$(echo "$f" | tr / _)"
     done
     # inputs that once found a bug (tests/fuzz/regressions/<target>/): rerun by every run

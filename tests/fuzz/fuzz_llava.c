@@ -1,7 +1,8 @@
 // fuzz_llava.c: libFuzzer harness for LLaVA data (data/llava_json.c) and the chat templates
-// (data/template.c). The first byte chooses JSONL (even) or a JSON list (odd) and the template;
-// the rest is the data file. Every sample read is rendered with the template on the fixtures'
-// template tokenizer, as ./prepare would.
+// (data/template.c). The first byte chooses JSONL (even) or a JSON list (odd) and the template
+// (every kind); the rest is the data file. Every sample read is rendered with the template on the
+// chat-format fixtures' tokenizer (the template fixtures' with the whole-model formats' special
+// tokens), as ./prepare would.
 #include <stdlib.h>
 
 #include "data/llava_json.h"
@@ -12,15 +13,15 @@
 #define MAX_SAMPLES 64
 
 static Tokenizer *g_tok;
-static Template *g_tmpl[4];
+static Template *g_tmpl[N_TEMPLATE_KINDS];
 static const char *g_path;
 static LlavaSample g_s[MAX_SAMPLES];
 static int g_n;
 
 static void init(void *arg) {
     (void)arg;
-    g_tok = tokenizer_load(fuzz_fixture("templates/tokenizer.json"));
-    for (int k = 0; k < 4; k++) g_tmpl[k] = template_new((TemplateKind)k, g_tok, NULL, -1);
+    g_tok = tokenizer_load(fuzz_fixture("chat_formats/tokenizer.json"));
+    for (int k = 0; k < N_TEMPLATE_KINDS; k++) g_tmpl[k] = template_new((TemplateKind)k, g_tok, NULL, -1);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
@@ -62,7 +63,7 @@ static void render(void *arg) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
     if (n == 0) return 0;
     g_path = fuzz_file((data[0] & 1) ? "data.json" : "data.jsonl", data + 1, n - 1);
-    g_kind = (data[0] >> 1) & 3;
+    g_kind = (data[0] >> 1) % N_TEMPLATE_KINDS;
     g_n = 0;
     if (fuzz_guard(read_all, NULL)) return 0;  // refused: everything it held is released
     fuzz_guard(render, NULL);

@@ -1,0 +1,266 @@
+// test_vlm_dir.c: whole-VLM directories (`model = DIR`, model/vlm_dir.h) against transformers +
+// peft (scripts/make_vlm_dir_fixtures.py): InternVLForConditionalGeneration, the same weights in
+// InternVL's remote-code layout (InternVLChatModel), Idefics3ForConditionalGeneration and
+// LlavaForConditionalGeneration, each loaded from its one directory with its shipped projector:
+// logits and loss to 1e-5, LoRA and projector gradients to 1e-3 (fp32, CPU, one tile per image);
+// and the config.json problems that stop with one line naming the file and the key.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "model/vlm.h"
+#include "model/vlm_dir.h"
+#include "trainer/train_config.h"
+#include "tests/testlib.h"
+
+static char tmp[512];
+
+// the directory's model planned for the fixture's batch, with the fixture's LoRA (r 4, alpha 8)
+static void open_dir_model(Vlm *m, const VlmFixture *fx, const char *dir, VlmDir *d) {
+    static char path[1024];
+    snprintf(path, sizeof path, "%s", fixture_path(dir));
+    vlm_dir_open(d, path);
+    VlmSpec spec = {.vision_dir = path, .vision_layer = d->vision_layer, .llm_dir = path, .connector = d->connector,
+                    .connector_scale = d->connector_scale,
+                    .lora = {.r = 4, .alpha = 8.0f, .targets = lora_targets_parse("all")}, .max_B = fx->B,
+                    .max_T = fx->T, .max_images = fx->n_img};
+    vlm_init(m, kernels_cpu(), &spec);
+    int n_conn = vlm_dir_load_connector(d, &m->train);
+    assert_int_equal(n_conn, m->conn_n);
+    assert_true(n_conn > 0);
+    int n_lora = 0;
+    for (int i = 0; i < m->train.n; i++) {
+        if (m->train.p[i].group != PARAM_GROUP_LORA) continue;
+        char name[PARAM_NAME_MAX + 8];
+        snprintf(name, sizeof name, "lora.%s", m->train.p[i].name);
+        size_t n;
+        float *w = fixture_f32(&fx->f, name, &n);
+        assert_int_equal(n, m->train.p[i].numel);
+        params_upload(&m->train, i, w);
+        free(w);
+        n_lora++;
+    }
+    assert_int_equal(n_lora, 28);
+}
+
+static void check_dir(const char *dir, const char *fixture, VlmLayout layout, int image_tokens) {
+    VlmFixture fx;
+    vlm_fixture_open(&fx, fixture);
+    Vlm m;
+    VlmDir d;
+    open_dir_model(&m, &fx, dir, &d);
+    assert_int_equal(d.layout, layout);
+    assert_int_equal(m.n_img_tokens, image_tokens);
+    const Kernels *k = m.k;
+    char what[256];
+    size_t n;
+    float *want = fixture_f32(&fx.f, "logits", &n);
+    assert_int_equal(n, (size_t)fx.B * fx.T * fx.V);
+    float *got = xmalloc(n * sizeof(float));
+    vlm_logits(&m, &fx.batch, got);
+    snprintf(what, sizeof what, "%s logits", dir);
+    test_expect_close(what, got, want, n, 1e-5);
+    free(want);
+    free(got);
+
+    k->zero(m.train.grad, m.train.numel * sizeof(float));
+    int M = 0, counted;
+    for (int i = 0; i < fx.B * fx.T; i++) M += fx.targets[i] >= 0;
+    double sum = vlm_forward_backward(&m, &fx.batch, 1.0f / M, &counted);
+    assert_int_equal(counted, M);
+    float loss = (float)(sum / M), *want_loss = fixture_f32(&fx.f, "loss", NULL);
+    snprintf(what, sizeof what, "%s loss (%.6f vs %.6f)", dir, loss, want_loss[0]);
+    test_expect_close(what, &loss, want_loss, 1, 1e-5);
+    free(want_loss);
+    // every trainable tensor (LoRA and the projector under this layout's names) has its gradient
+    for (int i = 0; i < m.train.n; i++) {
+        char name[PARAM_NAME_MAX + 8];
+        snprintf(name, sizeof name, "grad.%s", m.train.p[i].name);
+        want = fixture_f32(&fx.f, name, &n);
+        assert_int_equal(n, m.train.p[i].numel);
+        got = xmalloc(n * sizeof(float));
+        k->download(got, params_grad(&m.train, i), n * sizeof(float));
+        double e = rel_err(got, want, n);
+        if (!(e < 1e-3)) fail_msg("%s: gradient %s relative error %.3e above 1e-3", dir, m.train.p[i].name, e);
+        free(want);
+        free(got);
+    }
+    printf("    %-58s all %d within 1e-3\n", "gradients", m.train.n);
+    vlm_free(&m);
+    vlm_fixture_close(&fx);
+}
+
+static void test_internvl_hf(void **state) { check_dir("vlm_internvl_hf", "vlm_internvl.safetensors", VLM_LAYOUT_INTERNVL_HF, 25); }
+static void test_internvl_chat(void **state) {
+    check_dir("vlm_internvl_chat", "vlm_internvl.safetensors", VLM_LAYOUT_INTERNVL_CHAT, 25);
+    VlmDir d;
+    vlm_dir_open(&d, fixture_path("vlm_internvl_chat"));
+    assert_string_equal(d.template_name, "Hermes-2");
+    assert_string_equal(d.image_token, "<IMG_CONTEXT>");
+    assert_int_equal(d.connector, CONNECTOR_INTERNVL);
+}
+static void test_idefics3(void **state) { check_dir("vlm_idefics3_dir", "vlm_idefics3.safetensors", VLM_LAYOUT_IDEFICS3, 4); }
+static void test_llava(void **state) { check_dir("vlm_llava_dir", "vlm_llava.safetensors", VLM_LAYOUT_LLAVA, 9); }
+
+// the plain LLM and vision directories are not whole models; the whole ones are
+static void test_detect(void **state) {
+    assert_true(vlm_dir_is(fixture_path("vlm_internvl_chat")));
+    assert_true(vlm_dir_is(fixture_path("vlm_internvl_hf")));
+    assert_true(vlm_dir_is(fixture_path("vlm_idefics3_dir")));
+    assert_true(vlm_dir_is(fixture_path("vlm_llava_dir")));
+    assert_false(vlm_dir_is(fixture_path("qwen2")));
+    assert_false(vlm_dir_is(fixture_path("clip")));
+    assert_false(vlm_dir_is(fixture_path("internvit")));  // a tower's internvl_chat-style config without llm_config
+}
+
+// a copy of fixture `name`'s config.json with `from` replaced by `to` (once) in tmp/<as>
+static const char *edited(const char *name, const char *as, const char *from, const char *to) {
+    static char dir[8][1024];
+    static int slot;
+    slot = (slot + 1) % 8;
+    snprintf(dir[slot], sizeof dir[slot], "%s/%s", tmp, as);
+    make_dirs(dir[slot]);
+    char src[1100], dst[1100];
+    snprintf(src, sizeof src, "%s/config.json", fixture_path(name));
+    snprintf(dst, sizeof dst, "%s/config.json", dir[slot]);
+    size_t n;
+    char *text = test_slurp(src, &n);
+    char *at = strstr(text, from);
+    if (!at) fail_msg("%s: no \"%s\" to edit", src, from);
+    char *out = xmalloc(n + strlen(to) + 1);
+    size_t pre = (size_t)(at - text);
+    memcpy(out, text, pre);
+    strcpy(out + pre, to);
+    strcat(out, at + strlen(from));
+    test_write_file(dst, out);
+    free(text);
+    free(out);
+    return dir[slot];
+}
+
+static void open_dir(void *arg) {
+    VlmDir d;
+    vlm_dir_open(&d, arg);
+}
+
+static void load_llm_config(void *arg) {
+    LlmConfig c;
+    llm_config_load(&c, arg);
+}
+
+// InternVL2.5's Qwen2.5 llm_config says rope_type "dynamic" (the fixture too): the default
+// embedding within max_position_embeddings (512 here), refused past it
+static void plan_too_long(void *arg) {
+    VlmDir d;
+    vlm_dir_open(&d, arg);
+    VlmSpec spec = {.vision_dir = arg, .vision_layer = d.vision_layer, .llm_dir = arg, .connector = d.connector,
+                    .connector_scale = d.connector_scale, .max_B = 1, .max_T = 600, .max_images = 1};
+    Vlm m;
+    vlm_init(&m, kernels_cpu(), &spec);
+}
+
+static void test_refusals(void **state) {
+    expect_fatal(plan_too_long, (void *)fixture_path("vlm_internvl_chat"), "max_seq_len 600",
+                 "max_position_embeddings 512", "dynamic RoPE");
+    expect_fatal(open_dir, (void *)edited("vlm_internvl_chat", "arch", "\"InternVLChatModel\"", "\"Qwen2VLForConditionalGeneration\""),
+                 "config.json", "Qwen2VLForConditionalGeneration", "not a whole vision-language model");
+    expect_fatal(open_dir, (void *)edited("vlm_internvl_chat", "ps", "\"ps_version\": \"v2\"", "\"ps_version\": \"v1\""),
+                 "config.json", "ps_version \"v1\"");
+    expect_fatal(open_dir, (void *)edited("vlm_internvl_chat", "ratio", "\"downsample_ratio\": 0.5", "\"downsample_ratio\": 0.4"),
+                 "config.json", "downsample_ratio 0.4");
+    expect_fatal(open_dir, (void *)edited("vlm_internvl_chat", "nollm", "\"llm_config\"", "\"llm_cfg\""),
+                 "config.json", "\"llm_config\"", "missing");
+    expect_fatal(load_llm_config, (void *)edited("vlm_internvl_chat", "nollm2", "\"llm_config\"", "\"llm_cfg\""),
+                 "config.json", "\"llm_config\"", "missing");
+    expect_fatal(open_dir, (void *)edited("vlm_internvl_hf", "novis", "\"vision_config\"", "\"vision_cfg\""),
+                 "config.json", "\"vision_config\"", "missing");
+    expect_fatal(open_dir, (void *)edited("vlm_internvl_hf", "full", "\"vision_feature_select_strategy\": \"default\"",
+                                          "\"vision_feature_select_strategy\": \"full\""),
+                 "config.json", "vision_feature_select_strategy \"full\"");
+    expect_fatal(open_dir, (void *)edited("vlm_llava_dir", "layers", "\"vision_feature_layer\": -2", "\"vision_feature_layer\": [-2, -1]"),
+                 "config.json", "vision_feature_layer is a list");
+}
+
+// model = DIR in ./train's config: the keys it implies, and the ones it refuses
+static void load_conf(void *arg) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/t.conf", tmp);
+    test_write_file(path, arg);
+    TrainConfig *c = xcalloc(1, sizeof *c);
+    train_config_load(c, path, 0, NULL);
+    free(c);
+}
+
+static void test_train_config(void **state) {
+    char text[2048], path[700];
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_internvl_chat"));
+    snprintf(path, sizeof path, "%s/t.conf", tmp);
+    test_write_file(path, text);
+    TrainConfig *c = xcalloc(1, sizeof *c);
+    train_config_load(c, path, 0, NULL);
+    assert_string_equal(c->connector, "internvl");
+    assert_int_equal(c->pixel_shuffle, 2);
+    assert_int_equal(c->vision_layer, -1);
+    assert_string_equal(c->template_, "hermes2");  // config.json's "template": "Hermes-2"
+    assert_string_equal(c->image_aspect, "crop");  // no pad2square: InternVL's resize
+    assert_string_equal(c->vision, c->model);
+    assert_string_equal(c->llm, c->model);
+    // transformers' InternVL: its chat_template is ChatML without a system prompt
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_internvl_hf"));
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_string_equal(c->template_, "chatml");
+    assert_string_equal(c->system, "");
+    assert_string_equal(c->connector, "internvl_hf");
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_idefics3_dir"));
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_string_equal(c->template_, "idefics3");
+    assert_int_equal(c->pixel_shuffle, 3);
+    free(c);
+
+    static char bad[4][2048];
+    snprintf(bad[0], sizeof bad[0], "model = %s\nvision = %s\ndata = x.json\n", fixture_path("vlm_internvl_chat"),
+             fixture_path("clip"));
+    expect_fatal(load_conf, bad[0], "model", "leave vision and llm out");
+    snprintf(bad[1], sizeof bad[1], "model = %s\nconnector = mlp2x_gelu\ndata = x.json\n", fixture_path("vlm_internvl_chat"));
+    expect_fatal(load_conf, bad[1], "connector = mlp2x_gelu", "the internvl projector");
+    // llava-hf's chat template is none of svlm's formats: refused, never guessed
+    snprintf(bad[2], sizeof bad[2], "model = %s\ndata = x.json\n", edited("vlm_llava_dir", "llava_nofmt", "\"llava\"", "\"llava\""));
+    char ct[700];
+    snprintf(ct, sizeof ct, "%s/llava_nofmt/chat_template.json", tmp);
+    test_write_file(ct, "{\"chat_template\": \"{% for message in messages %}{{ message['role'].upper() + ': ' }}{% endfor %}\"}");
+    char mv[1400];
+    snprintf(mv, sizeof mv, "cp '%s/model.safetensors' '%s/llava_nofmt/'", fixture_path("vlm_llava_dir"), tmp);
+    assert_int_equal(system(mv), 0);
+    expect_fatal(load_conf, bad[2], "chat_template.json", "none of the formats svlm writes");
+    // chat_template.jinja (transformers 5 saves the raw text) is read first
+    char jin[700];
+    snprintf(jin, sizeof jin, "%s/llava_nofmt/chat_template.jinja", tmp);
+    test_write_file(jin, "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == "
+                         "'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == "
+                         "'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+                         "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}");
+    char nofmt[700];
+    snprintf(nofmt, sizeof nofmt, "%s/llava_nofmt", tmp);
+    VlmDir d;
+    vlm_dir_open(&d, nofmt);
+    const char *sys = "unset";
+    assert_int_equal(vlm_dir_template(&d, &sys), TEMPLATE_IDEFICS3);
+    assert_null(sys);
+    snprintf(bad[3], sizeof bad[3], "model = %s\ndata = x.json\n", fixture_path("vlm_llava_dir"));
+    expect_fatal(load_conf, bad[3], "no chat template", "set template");
+}
+
+int main(void) {
+    make_temp_dir(tmp, sizeof tmp, "vlm_dir");
+    const struct CMUnitTest tests[] = {
+        // the refusals first: their forked children must not inherit the CPU kernels' per-thread
+        // scratch, which LeakSanitizer (asan_test_vlm_dir) would report at the child's exit
+        cmocka_unit_test(test_detect),      cmocka_unit_test(test_refusals),      cmocka_unit_test(test_train_config),
+        cmocka_unit_test(test_internvl_hf), cmocka_unit_test(test_internvl_chat), cmocka_unit_test(test_idefics3),
+        cmocka_unit_test(test_llava),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,235 @@
+// test_vlm_export.c: the whole-model round trip: `model = DIR` (the InternVL remote-code fixture,
+// Vintern's layout, transformers' native InternVL, and Idefics3 / SmolVLM), ./train stage 2 for 3 steps from the
+// shipped projector with the model's own chat format, ./export back to the model's layout
+// (trainer/export_whole.c), then:
+//   - the export holds every tensor of DIR under its name, shape and dtype; the tower's and every
+//     other untrained tensor's bytes are DIR's; the projector is the checkpoint's; the LoRA targets
+//     changed (merged); config.json, tokenizer and remote-code files are DIR's, byte for byte;
+//   - svlm reads the export as a whole model: its logits equal those of DIR + the checkpoint's
+//     projector and (unmerged) LoRA to 1e-5 on the parity fixture's batch;
+//   - adapter/ holds every LoRA tensor under the class's module names.
+// scripts/check_export.py loads the native export in transformers and compares its logits.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/json.h"
+#include "common/safetensors.h"
+#include "common/util.h"
+#include "model/hf.h"
+#include "model/vlm.h"
+#include "model/vlm_dir.h"
+#include "tests/testlib.h"
+
+static char root[512], synth_dir[600];
+
+static int setup(void **state) {
+    make_temp_dir(root, sizeof root, "vlm_export");
+    snprintf(synth_dir, sizeof synth_dir, "%s/synth", root);
+    return test_synth(root, synth_dir, 0);
+}
+
+// ./train (stage 2, 3 steps, template auto) on model = the fixture dir, then ./export; the run
+// and export directories go to run / out
+static void train_and_export_with(const char *model, const char *tag, const char *extra, char *run, char *out,
+                                  size_t cap) {
+    char conf[700], o[700], e[700], kv[1200];
+    snprintf(conf, sizeof conf, "%s/%s.conf", root, tag);
+    FILE *f = fopen(conf, "w");
+    if (!f) fail_msg("%s: cannot write", conf);
+    fprintf(f,
+            "stage = 2\nmodel = %s\ndata = %s/data/stage2_train.json\nimage_folder = %s/data/images\n"
+            "data_cache = %s/cache_%s\nmax_seq_len = 320\nbatch_size = 4\nglobal_batch = 4\nmax_steps = 3\nlr = 3e-2\n"
+            "lora_r = 4\nlora_alpha = 8\nsave_every = 0\nseed = 7\ndevice = cpu\nthreads = 2\n%s",
+            fixture_path(model), synth_dir, synth_dir, root, model, extra);
+    fclose(f);
+    snprintf(run, cap, "%s/run_%s", root, tag);
+    snprintf(out, cap, "%s/out_%s", root, tag);
+    snprintf(kv, sizeof kv, "out_dir=%s", run);
+    snprintf(o, sizeof o, "%s/train_%s.log", root, tag);
+    snprintf(e, sizeof e, "%s/train_%s.err", root, tag);
+    char *targv[] = {"./train", conf, kv, NULL};
+    if (test_spawn(targv, o, e) != 0) fail_msg("./train on %s failed, see %s", model, e);
+    char *log = test_slurp(o, NULL);
+    if (!strstr(log, "own projector")) fail_msg("%s: the run did not start from the shipped projector", o);
+    free(log);
+    snprintf(o, sizeof o, "%s/export_%s.log", root, tag);
+    snprintf(e, sizeof e, "%s/export_%s.err", root, tag);
+    char *eargv[] = {"./export", run, out, NULL};
+    if (test_spawn(eargv, o, e) != 0) fail_msg("./export of %s failed, see %s", run, e);
+}
+
+static void train_and_export(const char *model, char *run, char *out, size_t cap) {
+    train_and_export_with(model, model, "", run, out, cap);
+}
+
+// a model of dir (whole) for the fixture batch: its own projector, or trainable's tensors
+static void open_model(Vlm *m, const VlmFixture *fx, const char *dir, const char *trainable) {
+    VlmDir d;
+    vlm_dir_open(&d, dir);
+    VlmSpec spec = {.vision_dir = dir, .vision_layer = d.vision_layer, .llm_dir = dir, .connector = d.connector,
+                    .connector_scale = d.connector_scale, .max_B = fx->B, .max_T = fx->T, .max_images = fx->n_img};
+    if (trainable) spec.lora = (LoraConfig){.r = 4, .alpha = 8.0f, .targets = lora_targets_parse("all")};
+    vlm_init(m, kernels_cpu(), &spec);
+    if (trainable) {
+        int unmatched, n = params_load_file(&m->train, trainable, "", &unmatched);
+        assert_int_equal(n, m->train.n);
+        assert_int_equal(unmatched, 0);
+    } else {
+        assert_int_equal(vlm_dir_load_connector(&d, &m->train), m->train.n);
+    }
+}
+
+// model: the fixture directory; batch: its parity fixture (the logits' batch); n_conn: the
+// projector's tensors; peft_prefix: the class's module names of the LLM
+static void check_round_trip(const char *model, const char *batch, int n_conn, const char *peft_prefix) {
+    char run[800], out[800], path[1000], orig[1000];
+    train_and_export(model, run, out, sizeof run);
+    const char *src = fixture_path(model);
+    char ck_path[1000];
+    snprintf(ck_path, sizeof ck_path, "%s/step_00000003/trainable.safetensors", run);
+    StFile ck, a, b;
+    st_open_or_die(&ck, ck_path);
+    snprintf(orig, sizeof orig, "%s/model.safetensors", src);
+    snprintf(path, sizeof path, "%s/model.safetensors", out);
+    st_open_or_die(&a, orig);
+    st_open_or_die(&b, path);
+    assert_int_equal(a.n, b.n);
+    int same = 0, conn = 0, merged = 0;
+    for (int i = 0; i < a.n; i++) {
+        const StTensor *t = &a.tensors[i], *u = st_find(&b, t->name);
+        if (!u) fail_msg("%s: tensor %s missing", path, t->name);
+        assert_int_equal(u->dtype, t->dtype);
+        assert_int_equal(u->ndim, t->ndim);
+        for (int d = 0; d < t->ndim; d++) assert_true(u->shape[d] == t->shape[d]);
+        size_t bytes = (size_t)st_numel(t) * st_dtype_size(t->dtype);
+        int equal = !memcmp(st_data(&a, t), st_data(&b, u), bytes);
+        char mname[700];
+        snprintf(mname, sizeof mname, "model.%s", t->name);
+        const StTensor *c = st_find(&ck, t->name) ? st_find(&ck, t->name) : st_find(&ck, mname);
+        if (c && !strstr(c->name, ".lora_")) {  // the projector: the checkpoint's values
+            float *x = xmalloc(bytes), *y = xmalloc(bytes);
+            st_read_f32(&ck, c, x);
+            st_read_f32(&b, u, y);
+            assert_memory_equal(x, y, bytes);
+            free(x);
+            free(y);
+            conn++;
+        } else if ((strstr(t->name, "language_model") || strstr(t->name, "text_model")) && strstr(t->name, "_proj.weight")) {
+            if (equal) fail_msg("%s: %s unchanged by the merge", path, t->name);
+            merged++;
+        } else {
+            if (!equal) fail_msg("%s: %s differs from %s's", path, t->name, orig);
+            same++;
+        }
+    }
+    printf("    %-58s %d same, %d merged, %d projector\n", model, same, merged, conn);
+    assert_int_equal(merged, 14);  // 2 layers x 7 projections
+    assert_int_equal(conn, n_conn);
+    st_close(&a);
+    st_close(&b);
+    // the other files as they are
+    const char *files[] = {"config.json", "tokenizer.json", "modeling_internvl_chat.py", "chat_template.json"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(orig, sizeof orig, "%s/%s", src, files[i]);
+        snprintf(path, sizeof path, "%s/%s", out, files[i]);
+        if (!file_exists(orig)) continue;
+        if (!test_same_file(orig, path)) fail_msg("%s differs from %s", path, orig);
+    }
+    // the adapter: every LoRA tensor under the class's names
+    snprintf(path, sizeof path, "%s/adapter/adapter_model.safetensors", out);
+    st_open_or_die(&a, path);
+    int n_lora = 0;
+    for (int i = 0; i < ck.n; i++) {
+        const char *n = ck.tensors[i].name;
+        if (!strstr(n, ".lora_")) continue;
+        char want[700];
+        snprintf(want, sizeof want, "base_model.model.%s%s", peft_prefix, n + strlen("model."));
+        if (!st_find(&a, want)) fail_msg("%s: %s missing", path, want);
+        n_lora++;
+    }
+    assert_int_equal(n_lora, a.n);
+    st_close(&a);
+    st_close(&ck);
+
+    // svlm's merged export = the original with the checkpoint, on the parity batch
+    VlmFixture fx;
+    vlm_fixture_open(&fx, batch);
+    size_t n = (size_t)fx.B * fx.T * fx.V;
+    float *want = xmalloc(n * sizeof(float)), *got = xmalloc(n * sizeof(float));
+    Vlm m;
+    open_model(&m, &fx, src, ck_path);
+    vlm_logits(&m, &fx.batch, want);
+    vlm_free(&m);
+    open_model(&m, &fx, out, NULL);
+    vlm_logits(&m, &fx.batch, got);
+    vlm_free(&m);
+    char what[200];
+    snprintf(what, sizeof what, "%s export logits vs the run's model", model);
+    test_expect_close(what, got, want, n, 1e-5);
+    free(want);
+    free(got);
+    vlm_fixture_close(&fx);
+
+    // the export is a model directory of its own: trained with the chat format it records
+    snprintf(path, sizeof path, "%s/svlm_export.json", out);
+    cJSON *j = json_load_file(path);
+    snprintf(orig, sizeof orig, "%s/config.conf", run);
+    char *conf = test_slurp(orig, NULL);
+    char line[200];
+    snprintf(line, sizeof line, "template       = %s ", json_get_str(j, "template", path));
+    if (!strstr(conf, line)) fail_msg("%s: template %s is not the run's", path, json_get_str(j, "template", path));
+    free(conf);
+    cJSON_Delete(j);
+}
+
+// InternVL: mlp1's LayerNorm and two Linears; Idefics3: one Linear
+static void test_internvl_chat(void **state) {
+    check_round_trip("vlm_internvl_chat", "vlm_internvl.safetensors", 6, "language_model.model.");
+}
+static void test_internvl_hf(void **state) {
+    check_round_trip("vlm_internvl_hf", "vlm_internvl.safetensors", 6, "model.language_model.");
+}
+static void test_idefics3(void **state) { check_round_trip("vlm_idefics3_dir", "vlm_idefics3.safetensors", 1, "model.text_model."); }
+
+// freeze_connector = true: the shipped projector stays as it is, bit for bit, while LoRA trains
+static void test_frozen_connector(void **state) {
+    char run[800], out[800], path[1000];
+    train_and_export_with("vlm_internvl_chat", "frozen", "freeze_connector = true\n", run, out, sizeof run);
+    snprintf(path, sizeof path, "%s/step_00000003/trainable.safetensors", run);
+    StFile ck;
+    st_open_or_die(&ck, path);
+    HfWeights w;
+    hf_weights_open(&w, fixture_path("vlm_internvl_chat"));
+    int n_conn = 0, moved = 0;
+    for (int i = 0; i < ck.n; i++) {
+        const StTensor *t = &ck.tensors[i];
+        size_t n = (size_t)st_numel(t);
+        float *x = xmalloc(n * sizeof(float));
+        st_read_f32(&ck, t, x);
+        if (strstr(t->name, ".lora_B.")) {
+            for (size_t j = 0; j < n; j++) moved |= x[j] != 0;  // B starts at zero
+        } else if (!strstr(t->name, ".lora_")) {
+            float *y = xmalloc(n * sizeof(float));
+            hf_weights_read(&w, t->name, t->ndim, t->shape, y);
+            assert_memory_equal(x, y, n * sizeof(float));
+            free(y);
+            n_conn++;
+        }
+        free(x);
+    }
+    assert_int_equal(n_conn, 6);
+    assert_true(moved);
+    hf_weights_close(&w);
+    st_close(&ck);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_internvl_chat),
+        cmocka_unit_test(test_internvl_hf),
+        cmocka_unit_test(test_idefics3),
+        cmocka_unit_test(test_frozen_connector),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
