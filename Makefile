@@ -76,7 +76,7 @@ build/asan/%.o: %.c
 	$(CC) $(SVLM_CFLAGS) $(ASAN) -MMD -MP -c $< -o $@
 build/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -c $< -o $@
+	$(NVCC) $(NVFLAGS) $(CUDNN_NVFLAGS) -c $< -o $@
 build/obj/kernels/cuda/cuda_stub.o: kernels/cuda/cuda_stub.c
 	@mkdir -p $(dir $@)
 	$(CC) $(SVLM_CFLAGS) -c $< -o $@

@@ -20,3 +20,16 @@ void dist_cuda_select_device(int local_rank, char *name, size_t cap) { snprintf(
 int cuda_counters_read(CudaCounters *c) { return 0; }
 void cuda_counters_reset(void) {}
 int cuda_count_only(void) { return 0; }
+
+// nor the cuDNN attention (kernels/cuda/attention_cudnn.h)
+#include "kernels/cuda/attention_cudnn.h"
+
+int cuda_attention_cudnn_available(char *why, size_t cap) {
+    if (why && cap) snprintf(why, cap, "not built: no CUDA in this build");
+    return 0;
+}
+void cuda_attention_cudnn_counts(long *ran, long *declined) {
+    if (ran) *ran = 0;
+    if (declined) *declined = 0;
+}
+void cuda_attention_segment_starts(int *start, const int *seg, int B, int T) {}

@@ -1,0 +1,26 @@
+// attention_cudnn.h: what the rest of svlm may ask of the cuDNN attention path
+// (kernels/cuda/attention_cudnn.cu), from C. Builds without CUDA link kernels/cuda/cuda_stub.c's
+// versions ("no CUDA in this build").
+#pragma once
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// 1 when SVLM_ATTN=cudnn can run here (svlm was built with cuDNN, the library loads, the device is
+// sm_80+); else 0 and `why` (may be NULL) says what is missing: "not built ...", "no device", ...
+int cuda_attention_cudnn_available(char *why, size_t cap);
+
+// calls cuDNN ran and calls it declined (then run by the WMMA or FMA kernels) since the start:
+// the tests check that SVLM_ATTN=cudnn really ran cuDNN
+void cuda_attention_cudnn_counts(long *ran, long *declined);
+
+// Device helper of the packed-rows mask, exported for the tests: start (B,T) int32 = the first
+// position of the segment that position t of row b belongs to (seg (B,T) holds contiguous runs of
+// equal ids, as the loader packs them). Both pointers are device memory; runs on the stream.
+void cuda_attention_segment_starts(int *start, const int *seg, int B, int T);
+
+#ifdef __cplusplus
+}
+#endif
