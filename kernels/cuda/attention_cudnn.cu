@@ -21,20 +21,24 @@
 //
 // Masks. Causal: key j visible to query i when j <= i (GEN_INDEX along axis 2 >= GEN_INDEX along
 // axis 3). Packed rows (seg != NULL): the loader's segments are contiguous runs of one id (the
-// padding tail one more run of -1), so "same segment and j <= i" is "start(i) <= j <= i" with
-// start(i) the first position of i's run: a per-query lower bound, compared with GEN_INDEX along
-// axis 3 as a (B, 1, T, 1) int32 tensor broadcast over heads and keys, the padding mask's form
-// with a per-row instead of a per-batch bound. start comes from seg by a small kernel here
-// (attn_seg_start_kernel, one block per row: a max-scan). Non-causal packed rows are not
-// expressible with one bound and go to the WMMA kernels.
+// padding tail one more run of -1), so "same segment and j <= i" is "j <= i <= end(j)" with end(j)
+// the last position of j's run: a per-key upper bound on the query, compared with GEN_INDEX along
+// axis 2 as a (B, 1, 1, T) int32 tensor broadcast over heads and queries (the padding mask's form,
+// with a per-key instead of a per-batch bound). Per key rather than the equivalent per-query
+// lower bound (start(i) <= j) because cuDNN's sm_80 backward takes at most two per-query
+// vectors, and lse and rowsum(dO * O) are those two (tests/gpu/cudnn_graphs.c found it). end comes
+// from seg by a small kernel here (attn_seg_end_kernel, one block per row: a min-scan). Non-causal
+// packed rows are not expressible with one bound and go to the WMMA kernels.
 //
-// Determinism. cuDNN's fused backward accumulates dQ with fp32 atomics into a workspace unless the
-// graph writes dQ straight from the dS K matmul, which makes the engine use its "dP workspace"
-// algorithm: dS materialised in the workspace (B * NH * T_64 * T_64 * 2 bytes, T_64 = T rounded up
-// to 64), no atomics. That is what the frontend does for is_deterministic_algorithm on Hopper, and
-// cuDNN's support matrix lists deterministic bprop for sm_80 and sm_90; the plan here takes it, and
-// besides skips every engine whose numerical notes say CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC.
-// test_gpu checks two runs give the same bytes.
+// Determinism. cuDNN's fused backward accumulates dQ with fp32 atomics into a workspace tensor
+// when the graph has one (the frontend's default graph: dS K -> fp32 dQ_accum -> identity -> dQ);
+// a graph that writes dQ straight from the dS K matmul makes the engine use its "dP workspace"
+// algorithm instead: dS materialised in the workspace (B * NH * T_64 * T_64 * 2 bytes, T_64 = T
+// rounded up to 64), no atomics. That is what the frontend does for is_deterministic_algorithm on
+// Hopper, and cuDNN's support matrix lists deterministic bprop for sm_80 and sm_90; the graph here
+// is that one. The engines' numerical notes do not tell the two apart (both report only
+// TENSOR_CORE for an sm_90 description, checked without a GPU), so skipping engines noted
+// NONDETERMINISTIC is only a guard; test_gpu checks that two runs give the same bytes.
 //
 // Plans: one per (direction, B, T, NH, NKV, HD, causal, segments, lse or not), built on first use
 // (heuristics mode A, then the fallback list; the first deterministic engine config that
@@ -43,12 +47,12 @@
 // The runtime fusion engine compiles a kernel per plan, and padded batches bring a new T most
 // steps: graphs are marked dynamic-shape and share a kernel cache per topology, so a new T reuses
 // the compiled kernel (see KernelCache below).
-// Workspace: the plan's, plus the fp32 Dsum of the backward and the int32 segment starts, in
+// Workspace: the plan's, plus the fp32 Dsum of the backward and the int32 segment ends, in
 // scratch slot SCRATCH_CUDNN; cuda_attention_cudnn_scratch gives the memory plan the largest.
 //
 // Without cuDNN at build time (no -DSVLM_HAVE_CUDNN from scripts/install_deps.sh) or in the CPU
 // emulator, the path is compiled out: attn_cudnn_* decline and cuda_attention_cudnn_available says
-// "not built". The segment-start kernel is built everywhere, so the emulator tests it.
+// "not built". The segment-end kernel is built everywhere, so the emulator tests it.
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -56,40 +60,40 @@
 #include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/common.cuh"
 
-// ---------------------------------------------------------------- segment starts (every build)
+// ---------------------------------------------------------------- segment ends (every build)
 
 #define SEG_THREADS 1024
 
-// one block per row: each thread takes a run of ceil(T / 1024) positions, marks the positions
-// where a segment begins (t == 0 or seg[t] != seg[t-1]) and carries the last begin forward; a
-// Hillis-Steele max-scan over the threads' last begins gives each run its carry-in
-__global__ void __launch_bounds__(SEG_THREADS) attn_seg_start_kernel(int *start, const int *seg, int T) {
+// one block per row: each thread takes a run of ceil(T / 1024) positions and finds the first
+// segment end in it (t == T-1 or seg[t] != seg[t+1]); a Hillis-Steele min-scan from the right over
+// the threads gives each run the first end after it, and the run is then filled right to left
+__global__ void __launch_bounds__(SEG_THREADS) attn_seg_end_kernel(int *end, const int *seg, int T) {
     __shared__ int carry[SEG_THREADS];
     const int *s = seg + (size_t)blockIdx.x * T;
-    int *o = start + (size_t)blockIdx.x * T;
+    int *o = end + (size_t)blockIdx.x * T;
     int per = (T + SEG_THREADS - 1) / SEG_THREADS, me = (int)threadIdx.x;
     int t0 = me * per, t1 = min(T, t0 + per);
-    int last = -1;
-    for (int t = t0; t < t1; t++)
-        if (t == 0 || s[t] != s[t - 1]) last = t;
-    carry[me] = last;
+    int first = T;  // none in this run
+    for (int t = t1 - 1; t >= t0; t--)
+        if (t == T - 1 || s[t] != s[t + 1]) first = t;
+    carry[me] = first;
     __syncthreads();
     for (int off = 1; off < SEG_THREADS; off <<= 1) {
-        int v = me >= off ? carry[me - off] : -1;
+        int v = me + off < SEG_THREADS ? carry[me + off] : T;
         __syncthreads();
-        if (v > carry[me]) carry[me] = v;
+        if (v < carry[me]) carry[me] = v;
         __syncthreads();
     }
-    int cur = me > 0 ? carry[me - 1] : -1;  // the last begin before t0
-    for (int t = t0; t < t1; t++) {
-        if (t == 0 || s[t] != s[t - 1]) cur = t;
+    int cur = me + 1 < SEG_THREADS ? carry[me + 1] : T;  // the first end after t1 - 1
+    for (int t = t1 - 1; t >= t0; t--) {
+        if (t == T - 1 || s[t] != s[t + 1]) cur = t;
         o[t] = cur;
     }
 }
 
-extern "C" void cuda_attention_segment_starts(int *start, const int *seg, int B, int T) {
+extern "C" void cuda_attention_segment_ends(int *end, const int *seg, int B, int T) {
     if (B <= 0 || T <= 0) return;
-    LAUNCH(B, SEG_THREADS, attn_seg_start_kernel)(start, seg, T);
+    LAUNCH(B, SEG_THREADS, attn_seg_end_kernel)(end, seg, T);
     cudaCheckLaunch();
 }
 
@@ -124,7 +128,7 @@ typedef struct {
 } Build;
 
 // variant-pack ids of the non-virtual tensors
-enum { U_Q = 1, U_K, U_V, U_O, U_STATS, U_START, U_SCALE, U_NEG, U_ONE, U_DO, U_DQ, U_DK, U_DV, U_DSUM };
+enum { U_Q = 1, U_K, U_V, U_O, U_STATS, U_END, U_SCALE, U_NEG, U_ONE, U_DO, U_DQ, U_DK, U_DV, U_DSUM };
 
 #define BTRY(b, call)                                            \
     do {                                                         \
@@ -252,19 +256,19 @@ static cudnnBackendDescriptor_t scores(Build *b, const AttnKey *k) {
     return tensor(b, CUDNN_DATA_FLOAT, k->B, k->NH, T, T, (int64_t)k->NH * T * T, T * T, T, 1, 0, 0);
 }
 
-// the masks on a score tensor s: packed rows first (start(i) <= j), then causal (j <= i); both
+// the masks on a score tensor s: packed rows first (i <= end(j)), then causal (j <= i); both
 // select the lowest float where a key is hidden (exp of it minus a finite max is 0)
 static cudnnBackendDescriptor_t masks(Build *b, const AttnKey *k, cudnnBackendDescriptor_t s,
                                       cudnnBackendDescriptor_t neg) {
     int64_t B = k->B, NH = k->NH, T = k->T;
     int64_t d[4] = {B, NH, T, T}, st[4] = {NH * T * T, T * T, T, 1};
     if (k->seg) {
-        cudnnBackendDescriptor_t col = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
-        pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, col, 3);
-        // start (B, 1, T, 1): one bound per query row, broadcast over heads and keys
-        cudnnBackendDescriptor_t start = tensor(b, CUDNN_DATA_INT32, B, 1, T, 1, T, T, 1, 1, U_START, 0);
+        cudnnBackendDescriptor_t row = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, row, 2);
+        // end (B, 1, 1, T): one bound per key, broadcast over heads and queries
+        cudnnBackendDescriptor_t end = tensor(b, CUDNN_DATA_INT32, B, 1, 1, T, T, T, T, 1, U_END, 0);
         cudnnBackendDescriptor_t keep = tensor(b, CUDNN_DATA_BOOLEAN, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
-        pw(b, CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, col, start, NULL, keep, -1);
+        pw(b, CUDNN_POINTWISE_CMP_LE, CUDNN_DATA_BOOLEAN, row, end, NULL, keep, -1);
         cudnnBackendDescriptor_t out = scores(b, k);
         pw(b, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s, neg, keep, out, -1);
         s = out;
@@ -646,7 +650,7 @@ static Plan *plan_get(const AttnKey *k) {
     return p->ok ? p : NULL;
 }
 
-// the scratch of a call: the plan's workspace, then Dsum (backward), then the segment starts
+// the scratch of a call: the plan's workspace, then Dsum (backward), then the segment ends
 static size_t call_scratch(const Plan *p, const AttnKey *k) {
     size_t n = align256((size_t)p->ws);
     if (k->dir == DIR_BWD) n += align256((size_t)k->B * k->NH * k->T * sizeof(float));
@@ -695,14 +699,14 @@ int attn_cudnn_forward(act_t *out, float *lse, const act_t *q, const act_t *k, c
     }
     g_ran++;
     char *ws = (char *)cuda_scratch(SCRATCH_CUDNN, call_scratch(p, &key));
-    int *start = (int *)(ws + align256((size_t)p->ws));
-    if (seg) cuda_attention_segment_starts(start, seg, B, T);
+    int *end = (int *)(ws + align256((size_t)p->ws));
+    if (seg) cuda_attention_segment_ends(end, seg, B, T);
     float scale = 1.0f / sqrtf((float)HD), neg = -3.402823466e38f;  // the lowest float
     int64_t uids[8] = {U_Q, U_K, U_V, U_O, U_SCALE, U_NEG};
     void *ptrs[8] = {(void *)q, (void *)k, (void *)v, out, &scale, &neg};
     int n = 6;
     if (lse) { uids[n] = U_STATS; ptrs[n++] = lse; }
-    if (seg) { uids[n] = U_START; ptrs[n++] = start; }
+    if (seg) { uids[n] = U_END; ptrs[n++] = end; }
     execute(p, uids, ptrs, n, ws);
     return 1;
 }
@@ -721,14 +725,14 @@ int attn_cudnn_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, cons
     g_ran++;
     char *ws = (char *)cuda_scratch(SCRATCH_CUDNN, call_scratch(p, &key));
     float *dsum = (float *)(ws + align256((size_t)p->ws));
-    int *start = (int *)((char *)dsum + align256((size_t)B * NH * T * sizeof(float)));
-    if (seg) cuda_attention_segment_starts(start, seg, B, T);
+    int *end = (int *)((char *)dsum + align256((size_t)B * NH * T * sizeof(float)));
+    if (seg) cuda_attention_segment_ends(end, seg, B, T);
     float scale = 1.0f / sqrtf((float)HD), neg = -3.402823466e38f, one = 1.0f;
     int64_t uids[16] = {U_Q, U_K, U_V, U_O, U_DO, U_STATS, U_DQ, U_DK, U_DV, U_DSUM, U_SCALE, U_NEG, U_ONE};
     void *ptrs[16] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, (void *)lse, dq, dk, dv, dsum,
                       &scale, &neg, &one};
     int n = 13;
-    if (seg) { uids[n] = U_START; ptrs[n++] = start; }
+    if (seg) { uids[n] = U_END; ptrs[n++] = end; }
     execute(p, uids, ptrs, n, ws);
     return 1;
 }
@@ -756,6 +760,78 @@ extern "C" int cuda_attention_cudnn_available(char *why, size_t cap) {
     return ok;
 }
 
+// ---------------------------------------------------------------- deviceless check
+
+// How many deterministic engine configs cuDNN's heuristics (mode A, then the fallback list) offer
+// for the graph of this call on the device that `device_json` describes (cuDNN's device-property
+// JSON, CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION), with no GPU and no handle: the graph is built
+// and judged, no kernel compiled. -1 with `why` when the graph itself is refused. Used by
+// tests/gpu/cudnn_graphs.c, which checks svlm's graphs on machines without a GPU; cuDNN's engine
+// libraries need libcuda to load, for which the toolkit's stub library is enough.
+extern "C" int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD,
+                                            int causal, int seg, int dynamic, char *why, size_t cap) {
+    AttnKey k = {dir ? DIR_BWD : DIR_FWD, B, T, NH, NKV, HD, causal != 0, seg != 0, 1};
+    if (why && cap) *why = 0;
+    cudnnBackendDescriptor_t dp = NULL;
+    cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &dp);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnBackendSetAttribute(dp, CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
+                                      (int64_t)strlen(device_json) + 1, device_json);
+    if (st == CUDNN_STATUS_SUCCESS) st = cudnnBackendFinalize(dp);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        char last[256] = "";
+        cudnnGetLastErrorString(last, sizeof last);
+        if (why) snprintf(why, cap, "device description refused: %s %s", cudnnGetErrorString(st), last);
+        if (dp) cudnnBackendDestroyDescriptor(dp);
+        return -1;
+    }
+    Build *b = (Build *)xcalloc(1, sizeof(Build));
+    b->next_uid = 1000;
+    if (k.dir == DIR_FWD) build_forward(b, &k);
+    else build_backward(b, &k);
+    cudnnBackendDescriptor_t graph = make(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+    set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, b->nops, b->ops);
+    bool dyn = true;
+    if (dynamic) set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_IS_DYNAMIC_SHAPE_ENABLED, CUDNN_TYPE_BOOLEAN, 1, &dyn);
+    fin(b, graph);
+    int found = -1;
+    if (b->status != CUDNN_STATUS_SUCCESS) {
+        char last[256] = "";
+        cudnnGetLastErrorString(last, sizeof last);
+        if (why) snprintf(why, cap, "graph refused: %s at attention_cudnn.cu:%d %s", cudnnGetErrorString(b->status), b->line, last);
+    } else {
+        found = 0;
+        cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
+        for (int m = 0; m < 2 && !found; m++) {
+            cudnnBackendDescriptor_t heur = NULL, cfg[8];
+            int ncfg = 0;
+            int64_t n = 0;
+            if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur) != CUDNN_STATUS_SUCCESS) break;
+            if (cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                         &graph) == CUDNN_STATUS_SUCCESS &&
+                cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &modes[m]) ==
+                    CUDNN_STATUS_SUCCESS &&
+                cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &dp) ==
+                    CUDNN_STATUS_SUCCESS &&
+                cudnnBackendFinalize(heur) == CUDNN_STATUS_SUCCESS) {
+                for (; ncfg < 8; ncfg++)
+                    if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfg[ncfg]) != CUDNN_STATUS_SUCCESS)
+                        break;
+                if (cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, ncfg, &n,
+                                             cfg) != CUDNN_STATUS_SUCCESS)
+                    n = 0;
+                for (int64_t i = 0; i < n && i < ncfg; i++) found += engine_deterministic(cfg[i]);
+                for (int i = 0; i < ncfg; i++) cudnnBackendDestroyDescriptor(cfg[i]);
+            }
+            cudnnBackendDestroyDescriptor(heur);
+        }
+        if (!found && why) snprintf(why, cap, "no deterministic engine offered");
+    }
+    build_free(b);
+    cudnnBackendDestroyDescriptor(dp);
+    return found;
+}
+
 #else  // no cuDNN in this build (or the CPU emulator): the path declines every call
 
 static long g_ran, g_declined;
@@ -774,6 +850,12 @@ int attn_cudnn_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, cons
 }
 
 size_t cuda_attention_cudnn_scratch(int B, int T, int NH, int NKV, int HD) { return 0; }
+
+extern "C" int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD,
+                                            int causal, int seg, int dynamic, char *why, size_t cap) {
+    cuda_attention_cudnn_available(why, cap);
+    return -1;
+}
 
 extern "C" int cuda_attention_cudnn_available(char *why, size_t cap) {
     if (why && cap)

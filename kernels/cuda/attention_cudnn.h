@@ -16,10 +16,17 @@ int cuda_attention_cudnn_available(char *why, size_t cap);
 // the tests check that SVLM_ATTN=cudnn really ran cuDNN
 void cuda_attention_cudnn_counts(long *ran, long *declined);
 
-// Device helper of the packed-rows mask, exported for the tests: start (B,T) int32 = the first
+// Without a GPU: the number of deterministic engine configs cuDNN offers for the graph of this
+// attention call (dir 0 forward, 1 backward; dynamic: marked dynamic-shape) on the device that
+// device_json describes (cuDNN's device-property JSON); -1 with `why` when the graph is refused or
+// cuDNN is not built. For tests/gpu/cudnn_graphs.c.
+int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD, int causal,
+                                 int seg, int dynamic, char *why, size_t cap);
+
+// Device helper of the packed-rows mask, exported for the tests: end (B,T) int32 = the last
 // position of the segment that position t of row b belongs to (seg (B,T) holds contiguous runs of
 // equal ids, as the loader packs them). Both pointers are device memory; runs on the stream.
-void cuda_attention_segment_starts(int *start, const int *seg, int B, int T);
+void cuda_attention_segment_ends(int *end, const int *seg, int B, int T);
 
 #ifdef __cplusplus
 }

@@ -32,4 +32,9 @@ void cuda_attention_cudnn_counts(long *ran, long *declined) {
     if (ran) *ran = 0;
     if (declined) *declined = 0;
 }
-void cuda_attention_segment_starts(int *start, const int *seg, int B, int T) {}
+void cuda_attention_segment_ends(int *end, const int *seg, int B, int T) {}
+int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD, int causal,
+                                 int seg, int dynamic, char *why, size_t cap) {
+    cuda_attention_cudnn_available(why, cap);
+    return -1;
+}

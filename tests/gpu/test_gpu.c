@@ -700,8 +700,8 @@ static int *packed_segments(int B, int T) {
     return seg;
 }
 
-// attention_cudnn.cu's segment starts (the packed-rows bound of the cuDNN masks), on the emulator too
-static void test_attention_segment_starts(void **state) {
+// attention_cudnn.cu's segment ends (the packed-rows bound of the cuDNN masks), on the emulator too
+static void test_attention_segment_ends(void **state) {
     (void)state;
     const int shapes[][2] = {{1, 1}, {3, 5}, {2, 1023}, {2, 1024}, {3, 1025}, {2, 2500}, {16, 768}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
@@ -711,17 +711,17 @@ static void test_attention_segment_starts(void **state) {
         if (s == 2)  // a segment per position
             for (int i = 0; i < B * T; i++) seg[i] = i % T;
         for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) {
+            for (int t = T - 1; t >= 0; t--) {
                 int i = b * T + t;
-                want[i] = t == 0 || seg[i] != seg[i - 1] ? t : want[i - 1];
+                want[i] = t == T - 1 || seg[i] != seg[i + 1] ? t : want[i + 1];
             }
-        int *gs = up_int(seg, (size_t)B * T), *gst = G->alloc((size_t)B * T * sizeof(int));
-        cuda_attention_segment_starts(gst, gs, B, T);
-        int *got = down_raw(gst, (size_t)B * T * sizeof(int));
+        int *gs = up_int(seg, (size_t)B * T), *ge = G->alloc((size_t)B * T * sizeof(int));
+        cuda_attention_segment_ends(ge, gs, B, T);
+        int *got = down_raw(ge, (size_t)B * T * sizeof(int));
         for (int i = 0; i < B * T; i++)
-            if (got[i] != want[i]) fail_msg("segment starts B%d T%d: position %d: %d, expected %d", B, T, i, got[i], want[i]);
+            if (got[i] != want[i]) fail_msg("segment ends B%d T%d: position %d: %d, expected %d", B, T, i, got[i], want[i]);
         free(seg); free(want); free(got);
-        G->free(gs); G->free(gst);
+        G->free(gs); G->free(ge);
     }
 }
 
@@ -1903,7 +1903,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_cached),
-        cmocka_unit_test(test_attention_segment_starts),
+        cmocka_unit_test(test_attention_segment_ends),
         cmocka_unit_test(test_attention_cudnn),
         cmocka_unit_test(test_pointwise),
         cmocka_unit_test(test_grid_ops),
