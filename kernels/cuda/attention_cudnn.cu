@@ -42,7 +42,7 @@
 //
 // Plans: one per (direction, B, T, NH, NKV, HD, causal, segments, lse or not), built on first use
 // (heuristics mode A, then the fallback list; the first deterministic engine config that
-// finalizes) and kept in a table of CUDNN_CACHE entries, the oldest replaced when it is full. A
+// finalizes) and kept in a table of CUDNN_CACHE (512) entries, the oldest replaced when full. A
 // shape cuDNN cannot do is remembered as such, said once on stderr, and runs on the WMMA kernels.
 // The runtime fusion engine compiles a kernel per plan, and padded batches bring a new T most
 // steps: graphs are marked dynamic-shape and share a kernel cache per topology, so a new T reuses
@@ -426,10 +426,14 @@ typedef struct {
 static KernelCache g_kc[N_KCACHE];
 static int g_dynamic = -1;
 
-#define CUDNN_CACHE 64
+// padded batches bring a new T most steps and the backward has no kernel cache: room for every T
+// of a run (a plan holds its descriptors and compiled kernel, some hundred KB)
+#define CUDNN_CACHE 512
 static Plan g_plans[CUDNN_CACHE];
 static int g_next_evict;
 static int g_said_fallback;
+static long g_plans_built;
+static double g_build_seconds;
 
 static int setup(void) {
     if (g_state) return g_state > 0;
@@ -633,6 +637,7 @@ static Plan *plan_get(const AttnKey *k) {
     p->used = 1;
     p->key = *k;
     char why[200] = "", sh[96];
+    double t0 = time_now();
     KernelCache *kc = kcache_of(k);
     int ok = plan_build(p, k, kc, why, sizeof why);
     if (!ok && kc) {  // refused as a dynamic graph: static from now on
@@ -642,6 +647,8 @@ static Plan *plan_get(const AttnKey *k) {
         ok = plan_build(p, k, NULL, why, sizeof why);
     }
     p->ok = ok;
+    g_plans_built++;
+    g_build_seconds += time_now() - t0;
     if (!p->ok && !g_said_fallback) {
         g_said_fallback = 1;
         fprintf(stderr, "svlm: SVLM_ATTN=cudnn: attention %s: %s; such shapes run on the WMMA kernels "
@@ -678,7 +685,8 @@ static void execute(Plan *p, const int64_t *uids, void **ptrs, int n, void *ws) 
     }
 }
 
-// which shapes go to cuDNN at all: bf16 rows 16-byte aligned, head dims the fused kernels take
+// which shapes go to cuDNN at all: every buffer 16-byte aligned (the tensors' declared alignment;
+// a layer's lse inside a larger buffer may not be), head dims the fused kernels take
 // (multiples of 8 up to 128 for the backward on sm_80, 256 on sm_90; svlm's other kernels stop at
 // 128 anyway), packed rows only under the causal mask (see the top of the file)
 static int shape_ok(const AttnKey *k, const void *const *ptrs, int n) {
@@ -691,8 +699,8 @@ static int shape_ok(const AttnKey *k, const void *const *ptrs, int n) {
 int attn_cudnn_forward(act_t *out, float *lse, const act_t *q, const act_t *k, const act_t *v, const int *seg, int B,
                        int T, int NH, int NKV, int HD, int causal) {
     AttnKey key = {DIR_FWD, B, T, NH, NKV, HD, causal != 0, seg != NULL, lse != NULL};
-    const void *al[] = {out, q, k, v};
-    Plan *p = setup() && shape_ok(&key, al, 4) ? plan_get(&key) : NULL;
+    const void *al[] = {out, q, k, v, lse};
+    Plan *p = setup() && shape_ok(&key, al, 5) ? plan_get(&key) : NULL;
     if (!p) {
         g_declined++;
         return 0;
@@ -715,9 +723,9 @@ int attn_cudnn_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, cons
                         const act_t *v, const act_t *out, const float *lse, const int *seg, int B, int T, int NH,
                         int NKV, int HD, int causal) {
     AttnKey key = {DIR_BWD, B, T, NH, NKV, HD, causal != 0, seg != NULL, 1};
-    const void *al[] = {dq, dk, dv, dout, q, k, v, out};
+    const void *al[] = {dq, dk, dv, dout, q, k, v, out, lse};
     // every gradient is written by the graph: a NULL one (not needed) goes the WMMA way
-    Plan *p = dq && dk && dv && lse && setup() && shape_ok(&key, al, 8) ? plan_get(&key) : NULL;
+    Plan *p = dq && dk && dv && lse && setup() && shape_ok(&key, al, 9) ? plan_get(&key) : NULL;
     if (!p) {
         g_declined++;
         return 0;
@@ -834,7 +842,8 @@ extern "C" int cuda_attention_cudnn_engines(const char *device_json, int dir, in
 
 #else  // no cuDNN in this build (or the CPU emulator): the path declines every call
 
-static long g_ran, g_declined;
+static long g_ran, g_declined, g_plans_built;
+static double g_build_seconds;
 
 int attn_cudnn_forward(act_t *out, float *lse, const act_t *q, const act_t *k, const act_t *v, const int *seg, int B,
                        int T, int NH, int NKV, int HD, int causal) {
@@ -874,4 +883,9 @@ extern "C" int cuda_attention_cudnn_available(char *why, size_t cap) {
 extern "C" void cuda_attention_cudnn_counts(long *ran, long *declined) {
     if (ran) *ran = g_ran;
     if (declined) *declined = g_declined;
+}
+
+extern "C" void cuda_attention_cudnn_build_stats(long *plans, double *seconds) {
+    if (plans) *plans = g_plans_built;
+    if (seconds) *seconds = g_build_seconds;
 }

@@ -15,6 +15,8 @@ int cuda_attention_cudnn_available(char *why, size_t cap);
 // calls cuDNN ran and calls it declined (then run by the WMMA or FMA kernels) since the start:
 // the tests check that SVLM_ATTN=cudnn really ran cuDNN
 void cuda_attention_cudnn_counts(long *ran, long *declined);
+// plans built so far (graph, heuristics, kernel compilation) and the seconds that took
+void cuda_attention_cudnn_build_stats(long *plans, double *seconds);
 
 // Without a GPU: the number of deterministic engine configs cuDNN offers for the graph of this
 // attention call (dir 0 forward, 1 backward; dynamic: marked dynamic-shape) on the device that

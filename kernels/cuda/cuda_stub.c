@@ -33,6 +33,10 @@ void cuda_attention_cudnn_counts(long *ran, long *declined) {
     if (declined) *declined = 0;
 }
 void cuda_attention_segment_ends(int *end, const int *seg, int B, int T) {}
+void cuda_attention_cudnn_build_stats(long *plans, double *seconds) {
+    if (plans) *plans = 0;
+    if (seconds) *seconds = 0;
+}
 int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD, int causal,
                                  int seg, int dynamic, char *why, size_t cap) {
     cuda_attention_cudnn_available(why, cap);
