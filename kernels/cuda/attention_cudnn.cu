@@ -38,17 +38,23 @@
 // Hopper, and cuDNN's support matrix lists deterministic bprop for sm_80 and sm_90; the graph here
 // is that one. The engines' numerical notes do not tell the two apart (both report only
 // TENSOR_CORE for an sm_90 description, checked without a GPU), so skipping engines noted
-// NONDETERMINISTIC is only a guard; test_gpu checks that two runs give the same bytes.
+// NONDETERMINISTIC is only a guard; the workspace tells them apart (tests/gpu/cudnn_graphs.c
+// requires every backward engine offered to plan at least dS's bytes), and test_gpu checks that two
+// runs give the same bytes.
 //
 // Plans: one per (direction, B, T, NH, NKV, HD, causal, segments, lse or not), built on first use
 // (heuristics mode A, then the fallback list; the first deterministic engine config that
 // finalizes) and kept in a table of CUDNN_CACHE (512) entries, the oldest replaced when full. A
 // shape cuDNN cannot do is remembered as such, said once on stderr, and runs on the WMMA kernels.
 // The runtime fusion engine compiles a kernel per plan, and padded batches bring a new T most
-// steps: graphs are marked dynamic-shape and share a kernel cache per topology, so a new T reuses
-// the compiled kernel (see KernelCache below).
+// steps: forward graphs are marked dynamic-shape and share a kernel cache per topology, so a new T
+// reuses the compiled kernel (see KernelCache below; cuDNN 9.19 has no dynamic-shape backward).
 // Workspace: the plan's, plus the fp32 Dsum of the backward and the int32 segment ends, in
-// scratch slot SCRATCH_CUDNN; cuda_attention_cudnn_scratch gives the memory plan the largest.
+// scratch slot SCRATCH_CUDNN; cuda_attention_cudnn_scratch gives the memory plan the largest any
+// engine config would take, from the heuristics alone. At the reference stage-2 shape (B 16, T 752,
+// NH 14, NKV 2, HD 64) cuDNN plans 307,364,096 bytes for the deterministic backward (dS in bf16 at
+// T 768, 264 MB, plus an fp32 (B, NH, T, HD) buffer) where the atomic one takes 43-86 MB, and
+// 0-256 bytes for the forward (tests/gpu/cudnn_graphs.c prints these for an H200 description).
 //
 // Without cuDNN at build time (no -DSVLM_HAVE_CUDNN from scripts/install_deps.sh) or in the CPU
 // emulator, the path is compiled out: attn_cudnn_* decline and cuda_attention_cudnn_available says
@@ -745,22 +751,6 @@ int attn_cudnn_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, cons
     return 1;
 }
 
-// the memory plan: the most scratch the cuDNN path takes for a model whose largest attention
-// backward is this shape (causal; with and without packed rows, forward and backward), building
-// those plans now (they are the first step's, and stay cached)
-size_t cuda_attention_cudnn_scratch(int B, int T, int NH, int NKV, int HD) {
-    if (!setup()) return 0;
-    size_t most = 0;
-    for (int dir = DIR_FWD; dir <= DIR_BWD; dir++)
-        for (int seg = 0; seg < 2; seg++) {
-            AttnKey key = {dir, B, T, NH, NKV, HD, 1, seg, 1};
-            if (HD % 8 != 0 || HD > 128) continue;
-            Plan *p = plan_get(&key);
-            if (p && call_scratch(p, &key) > most) most = call_scratch(p, &key);
-        }
-    return most;
-}
-
 extern "C" int cuda_attention_cudnn_available(char *why, size_t cap) {
     int ok = setup();
     if (!ok && why && cap) snprintf(why, cap, "%s", g_why);
@@ -768,18 +758,102 @@ extern "C" int cuda_attention_cudnn_available(char *why, size_t cap) {
     return ok;
 }
 
-// ---------------------------------------------------------------- deviceless check
+// ---------------------------------------------------------------- judging a graph, no plan
 
-// How many deterministic engine configs cuDNN's heuristics (mode A, then the fallback list) offer
-// for the graph of this call on the device that `device_json` describes (cuDNN's device-property
-// JSON, CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION), with no GPU and no handle: the graph is built
-// and judged, no kernel compiled. -1 with `why` when the graph itself is refused. Used by
-// tests/gpu/cudnn_graphs.c, which checks svlm's graphs on machines without a GPU; cuDNN's engine
-// libraries need libcuda to load, for which the toolkit's stub library is enough.
-extern "C" int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD,
-                                            int causal, int seg, int dynamic, char *why, size_t cap) {
-    AttnKey k = {dir ? DIR_BWD : DIR_FWD, B, T, NH, NKV, HD, causal != 0, seg != 0, 1};
+// Builds the graph of k (dynamic-shape or not) and asks the heuristics (mode A and the fallback
+// list) for engine configs, compiling nothing: the number of deterministic ones and the least and
+// most workspace among them (CUDNN_ATTR_ENGINECFG_WORKSPACE_SIZE), or -1 with `why` when the graph
+// is refused. For the device of the handle (dp NULL) or the one dp describes (no GPU needed).
+static int judge(const AttnKey *k, int dynamic, cudnnBackendDescriptor_t dp, int64_t *min_ws, int64_t *max_ws,
+                 char *why, size_t cap) {
     if (why && cap) *why = 0;
+    *min_ws = *max_ws = 0;
+    Build *b = (Build *)xcalloc(1, sizeof(Build));
+    b->next_uid = 1000;
+    if (k->dir == DIR_FWD) build_forward(b, k);
+    else build_backward(b, k);
+    cudnnBackendDescriptor_t graph = make(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+    if (!dp) set(b, graph, ATTR_GRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_handle);
+    set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, b->nops, b->ops);
+    bool dyn = true;
+    if (dynamic) set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_IS_DYNAMIC_SHAPE_ENABLED, CUDNN_TYPE_BOOLEAN, 1, &dyn);
+    fin(b, graph);
+    int found = -1;
+    if (b->status != CUDNN_STATUS_SUCCESS) {
+        char last[256] = "";
+        cudnnGetLastErrorString(last, sizeof last);
+        if (why) snprintf(why, cap, "graph refused: %s at attention_cudnn.cu:%d %s", cudnnGetErrorString(b->status), b->line, last);
+    } else {
+        found = 0;
+        cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
+        for (int m = 0; m < 2; m++) {  // both lists: a plan may come from either
+            cudnnBackendDescriptor_t heur = NULL, cfg[16];
+            int ncfg = 0;
+            int64_t n = 0;
+            if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur) != CUDNN_STATUS_SUCCESS) break;
+            if (cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                         &graph) == CUDNN_STATUS_SUCCESS &&
+                cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &modes[m]) ==
+                    CUDNN_STATUS_SUCCESS &&
+                (!dp || cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                                 1, &dp) == CUDNN_STATUS_SUCCESS) &&
+                cudnnBackendFinalize(heur) == CUDNN_STATUS_SUCCESS) {
+                for (; ncfg < 16; ncfg++)
+                    if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfg[ncfg]) != CUDNN_STATUS_SUCCESS)
+                        break;
+                if (cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, ncfg, &n,
+                                             cfg) != CUDNN_STATUS_SUCCESS)
+                    n = 0;
+                for (int64_t i = 0; i < n && i < ncfg; i++) {  // the configs plan_from_heuristics may take
+                    int64_t ws = 0, got = 0;
+                    if (!engine_deterministic(cfg[i]) ||
+                        cudnnBackendGetAttribute(cfg[i], CUDNN_ATTR_ENGINECFG_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
+                                                 &ws) != CUDNN_STATUS_SUCCESS)
+                        continue;
+                    if (!found || ws < *min_ws) *min_ws = ws;
+                    if (!found || ws > *max_ws) *max_ws = ws;
+                    found++;
+                }
+                for (int i = 0; i < ncfg; i++) cudnnBackendDestroyDescriptor(cfg[i]);
+            }
+            cudnnBackendDestroyDescriptor(heur);
+        }
+        if (!found && why) snprintf(why, cap, "no deterministic engine offered");
+    }
+    build_free(b);
+    return found;
+}
+
+// the memory plan: the most scratch the cuDNN path takes for a model whose largest attention
+// backward is this shape (causal; with and without packed rows, forward and backward): the largest
+// workspace among the engine configs a plan may pick, plus the rowsum and the segment ends, asked
+// of the heuristics without building a plan (no kernel compiled: the planner's bisection over
+// batch sizes asks for many shapes). A plan's own workspace is one of those, so it never grows
+// the buffer this reserves.
+size_t cuda_attention_cudnn_scratch(int B, int T, int NH, int NKV, int HD) {
+    if (!setup() || HD % 8 != 0 || HD > 128) return 0;
+    size_t most = 0;
+    for (int dir = DIR_FWD; dir <= DIR_BWD; dir++)
+        for (int seg = 0; seg < 2; seg++)
+            for (int dyn = 0; dyn <= (dir == DIR_FWD); dyn++) {
+                AttnKey key = {dir, B, T, NH, NKV, HD, 1, seg, 1};
+                int64_t lo, hi;
+                if (judge(&key, dyn, NULL, &lo, &hi, NULL, 0) <= 0) continue;
+                size_t n = align256((size_t)hi);
+                if (dir == DIR_BWD) n += align256((size_t)B * NH * T * sizeof(float));
+                if (seg) n += align256((size_t)B * T * sizeof(int));
+                if (n > most) most = n;
+            }
+    return most;
+}
+
+// Without a GPU (tests/gpu/cudnn_graphs.c): judge() for the device that `device_json` describes
+// (cuDNN's device-property JSON, CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION), no handle. cuDNN's
+// engine libraries need libcuda to load, for which the toolkit's stub library is enough.
+extern "C" int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD,
+                                            int causal, int seg, int dynamic, long long *min_ws, long long *max_ws,
+                                            char *why, size_t cap) {
+    AttnKey k = {dir ? DIR_BWD : DIR_FWD, B, T, NH, NKV, HD, causal != 0, seg != 0, 1};
     cudnnBackendDescriptor_t dp = NULL;
     cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &dp);
     if (st == CUDNN_STATUS_SUCCESS)
@@ -793,51 +867,12 @@ extern "C" int cuda_attention_cudnn_engines(const char *device_json, int dir, in
         if (dp) cudnnBackendDestroyDescriptor(dp);
         return -1;
     }
-    Build *b = (Build *)xcalloc(1, sizeof(Build));
-    b->next_uid = 1000;
-    if (k.dir == DIR_FWD) build_forward(b, &k);
-    else build_backward(b, &k);
-    cudnnBackendDescriptor_t graph = make(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
-    set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, b->nops, b->ops);
-    bool dyn = true;
-    if (dynamic) set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_IS_DYNAMIC_SHAPE_ENABLED, CUDNN_TYPE_BOOLEAN, 1, &dyn);
-    fin(b, graph);
-    int found = -1;
-    if (b->status != CUDNN_STATUS_SUCCESS) {
-        char last[256] = "";
-        cudnnGetLastErrorString(last, sizeof last);
-        if (why) snprintf(why, cap, "graph refused: %s at attention_cudnn.cu:%d %s", cudnnGetErrorString(b->status), b->line, last);
-    } else {
-        found = 0;
-        cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
-        for (int m = 0; m < 2 && !found; m++) {
-            cudnnBackendDescriptor_t heur = NULL, cfg[8];
-            int ncfg = 0;
-            int64_t n = 0;
-            if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur) != CUDNN_STATUS_SUCCESS) break;
-            if (cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
-                                         &graph) == CUDNN_STATUS_SUCCESS &&
-                cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &modes[m]) ==
-                    CUDNN_STATUS_SUCCESS &&
-                cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &dp) ==
-                    CUDNN_STATUS_SUCCESS &&
-                cudnnBackendFinalize(heur) == CUDNN_STATUS_SUCCESS) {
-                for (; ncfg < 8; ncfg++)
-                    if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfg[ncfg]) != CUDNN_STATUS_SUCCESS)
-                        break;
-                if (cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, ncfg, &n,
-                                             cfg) != CUDNN_STATUS_SUCCESS)
-                    n = 0;
-                for (int64_t i = 0; i < n && i < ncfg; i++) found += engine_deterministic(cfg[i]);
-                for (int i = 0; i < ncfg; i++) cudnnBackendDestroyDescriptor(cfg[i]);
-            }
-            cudnnBackendDestroyDescriptor(heur);
-        }
-        if (!found && why) snprintf(why, cap, "no deterministic engine offered");
-    }
-    build_free(b);
+    int64_t lo = 0, hi = 0;
+    int n = judge(&k, dynamic, dp, &lo, &hi, why, cap);
+    if (min_ws) *min_ws = lo;
+    if (max_ws) *max_ws = hi;
     cudnnBackendDestroyDescriptor(dp);
-    return found;
+    return n;
 }
 
 #else  // no cuDNN in this build (or the CPU emulator): the path declines every call
@@ -861,7 +896,8 @@ int attn_cudnn_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, cons
 size_t cuda_attention_cudnn_scratch(int B, int T, int NH, int NKV, int HD) { return 0; }
 
 extern "C" int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD,
-                                            int causal, int seg, int dynamic, char *why, size_t cap) {
+                                            int causal, int seg, int dynamic, long long *min_ws, long long *max_ws,
+                                            char *why, size_t cap) {
     cuda_attention_cudnn_available(why, cap);
     return -1;
 }

@@ -20,10 +20,10 @@ void cuda_attention_cudnn_build_stats(long *plans, double *seconds);
 
 // Without a GPU: the number of deterministic engine configs cuDNN offers for the graph of this
 // attention call (dir 0 forward, 1 backward; dynamic: marked dynamic-shape) on the device that
-// device_json describes (cuDNN's device-property JSON); -1 with `why` when the graph is refused or
-// cuDNN is not built. For tests/gpu/cudnn_graphs.c.
+// device_json describes (cuDNN's device-property JSON), and the least and most workspace bytes among
+// them; -1 with `why` when the graph is refused or cuDNN is not built. For tests/gpu/cudnn_graphs.c.
 int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD, int causal,
-                                 int seg, int dynamic, char *why, size_t cap);
+                                 int seg, int dynamic, long long *min_ws, long long *max_ws, char *why, size_t cap);
 
 // Device helper of the packed-rows mask, exported for the tests: end (B,T) int32 = the last
 // position of the segment that position t of row b belongs to (seg (B,T) holds contiguous runs of

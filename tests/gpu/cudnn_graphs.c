@@ -2,9 +2,11 @@
 // itself without a GPU: each graph is built for a described device (an H200, sm_90, and an A100,
 // sm_80: cuDNN's device-property JSON with their published limits) and cuDNN's heuristics must
 // offer at least one deterministic engine for it, forward and backward, causal, with packed rows,
-// GQA and MHA, head dims 64 and 128, T off the tile sizes. Nothing is compiled or run: this catches
-// a graph the fused-attention engines do not recognise (a wrong op, attribute, layout or mask
-// pattern), not wrong numbers, which test_gpu's test_attention_cudnn checks on a GPU.
+// GQA and MHA, head dims 64 and 128, T off the tile sizes; and every backward engine offered must
+// plan the workspace of cuDNN's deterministic algorithm (dS stored, no atomics). Nothing is
+// compiled or run: this catches a graph the fused-attention engines do not recognise (a wrong op,
+// attribute, layout or mask pattern), not wrong numbers, which test_gpu's test_attention_cudnn
+// checks on a GPU.
 // cuDNN's engine libraries load libcuda; without a driver `make test-cudnn-graphs` points them at
 // the CUDA toolkit's stub library. Skipped (said once) when svlm was built without cuDNN.
 #include <stdio.h>
@@ -54,28 +56,36 @@ static void check_device(const char *name, const char *json) {
     // the control: the plain causal forward. No engine for it means cuDNN's engines did not load
     // (no libcuda: see the top of the file), not a wrong graph
     char why[300];
-    int n = cuda_attention_cudnn_engines(json, 0, 2, 128, 4, 4, 64, 1, 0, 0, why, sizeof why);
+    long long lo, hi;
+    int n = cuda_attention_cudnn_engines(json, 0, 2, 128, 4, 4, 64, 1, 0, 0, &lo, &hi, why, sizeof why);
     if (n == 0) fail_msg("%s: no engine even for the plain causal forward: cuDNN's engine libraries did not load "
-                         "(without a driver, run through `make test-cudnn-graphs`, which gives them the toolkit's "
+                         "(without a driver, run through tests/gpu/cudnn_graphs.sh, which gives them the toolkit's "
                          "stub libcuda)", name);
     if (n < 0) fail_msg("%s: %s", name, why);
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
         const Shape *s = &shapes[i];
         for (int dir = 0; dir <= s->backward; dir++) {
-            n = cuda_attention_cudnn_engines(json, dir, s->B, s->T, s->NH, s->NKV, s->HD, s->causal, s->seg, 0, why,
-                                             sizeof why);
-            printf("    %s %s B%d T%d NH%d NKV%d HD%d%s%s: %d deterministic engine configs%s%s\n", name,
-                   dir ? "backward" : "forward", s->B, s->T, s->NH, s->NKV, s->HD, s->causal ? " causal" : "",
-                   s->seg ? " packed" : "", n, n > 0 ? "" : ": ", n > 0 ? "" : why);
+            n = cuda_attention_cudnn_engines(json, dir, s->B, s->T, s->NH, s->NKV, s->HD, s->causal, s->seg, 0, &lo,
+                                             &hi, why, sizeof why);
+            printf("    %s %s B%d T%d NH%d NKV%d HD%d%s%s: %d deterministic engine configs, workspace %lld..%lld "
+                   "bytes%s%s\n", name, dir ? "backward" : "forward", s->B, s->T, s->NH, s->NKV, s->HD,
+                   s->causal ? " causal" : "", s->seg ? " packed" : "", n, lo, hi, n > 0 ? "" : ": ", n > 0 ? "" : why);
             if (n <= 0) fail_msg("%s: cuDNN offers no engine for svlm's %s graph (shape %zu): %s", name,
                                  dir ? "backward" : "forward", i, why);
+            // the deterministic backward (dQ written by the dS K product, no fp32 accumulator) is
+            // cuDNN's "dP workspace" algorithm: dS (B, NH, T, T) in bf16 in the workspace, T rounded up
+            // to 64. Every engine offered must plan that much, or it is the atomic one after all.
+            long long t64 = (s->T + 63) / 64 * 64, dp = (long long)s->B * s->NH * t64 * t64 * 2;
+            if (dir && lo < dp)
+                fail_msg("%s: a backward engine plans %lld bytes of workspace, less than dS's %lld: not the "
+                         "deterministic algorithm", name, lo, dp);
         }
     }
     // the forward's dynamic-shape graphs (their kernel cache spares a compile per new T) must be
     // accepted too; the backward's are not in cuDNN 9.19 (attention_cudnn.cu builds them static)
-    n = cuda_attention_cudnn_engines(json, 0, 2, 100, 14, 2, 64, 1, 1, 1, why, sizeof why);
+    n = cuda_attention_cudnn_engines(json, 0, 2, 100, 14, 2, 64, 1, 1, 1, &lo, &hi, why, sizeof why);
     printf("    %s forward, dynamic shape: %d; backward, dynamic shape: %d (static is used)\n", name, n,
-           cuda_attention_cudnn_engines(json, 1, 2, 100, 14, 2, 64, 1, 1, 1, why, sizeof why));
+           cuda_attention_cudnn_engines(json, 1, 2, 100, 14, 2, 64, 1, 1, 1, &lo, &hi, why, sizeof why));
     if (n <= 0) fail_msg("%s: no engine for the dynamic-shape forward: %s", name, why);
 }
 
