@@ -49,8 +49,13 @@
 // The runtime fusion engine compiles a kernel per plan, and padded batches bring a new T most
 // steps: forward graphs are marked dynamic-shape and share a kernel cache per topology, so a new T
 // reuses the compiled kernel (see KernelCache below; cuDNN 9.19 has no dynamic-shape backward).
-// Workspace: the plan's, plus the fp32 Dsum of the backward and the int32 segment ends, in
-// scratch slot SCRATCH_CUDNN; cuda_attention_cudnn_scratch gives the memory plan the largest any
+// SVLM_CUDNN_BUCKET=64 (opt-in until a GPU session compares it) bounds the backward's compiles
+// too: a call runs on the graph of T rounded up to the bucket with ragged tensors (each batch
+// entry located by an offset, so the rows stay the call's) and a padding mask at T; the stats go
+// through a scratch copy in the graph's (B, NH, T_bucket) layout. cuDNN 9.19 offers it on sm_90;
+// on sm_80 its deterministic ragged backward does not exist, and the backward then runs on WMMA.
+// Workspace: the plan's, plus the fp32 Dsum of the backward, the int32 segment ends and, when
+// bucketing, the stats copy, offsets and lengths (scratch_layout), in scratch slot SCRATCH_CUDNN; cuda_attention_cudnn_scratch gives the memory plan the largest any
 // engine config would take, from the heuristics alone. At the reference stage-2 shape (B 16, T 752,
 // NH 14, NKV 2, HD 64) cuDNN plans 307,364,096 bytes for the deterministic backward (dS in bf16 at
 // T 768, 264 MB, plus an fp32 (B, NH, T, HD) buffer) where the atomic one takes 43-86 MB, and
@@ -73,10 +78,10 @@
 // one block per row: each thread takes a run of ceil(T / 1024) positions and finds the first
 // segment end in it (t == T-1 or seg[t] != seg[t+1]); a Hillis-Steele min-scan from the right over
 // the threads gives each run the first end after it, and the run is then filled right to left
-__global__ void __launch_bounds__(SEG_THREADS) attn_seg_end_kernel(int *end, const int *seg, int T) {
+__global__ void __launch_bounds__(SEG_THREADS) attn_seg_end_kernel(int *end, const int *seg, int T, int out_stride) {
     __shared__ int carry[SEG_THREADS];
     const int *s = seg + (size_t)blockIdx.x * T;
-    int *o = end + (size_t)blockIdx.x * T;
+    int *o = end + (size_t)blockIdx.x * out_stride;
     int per = (T + SEG_THREADS - 1) / SEG_THREADS, me = (int)threadIdx.x;
     int t0 = me * per, t1 = min(T, t0 + per);
     int first = T;  // none in this run
@@ -97,11 +102,14 @@ __global__ void __launch_bounds__(SEG_THREADS) attn_seg_end_kernel(int *end, con
     }
 }
 
-extern "C" void cuda_attention_segment_ends(int *end, const int *seg, int B, int T) {
+// rows of out_stride >= T positions (the bucketed graphs' padded rows; the rest is not written)
+static void segment_ends(int *end, const int *seg, int B, int T, int out_stride) {
     if (B <= 0 || T <= 0) return;
-    LAUNCH(B, SEG_THREADS, attn_seg_end_kernel)(end, seg, T);
+    LAUNCH(B, SEG_THREADS, attn_seg_end_kernel)(end, seg, T, out_stride);
     cudaCheckLaunch();
 }
+
+extern "C" void cuda_attention_segment_ends(int *end, const int *seg, int B, int T) { segment_ends(end, seg, B, T, T); }
 
 #if defined(SVLM_HAVE_CUDNN) && !defined(SVLM_CUDA_EMU)
 
@@ -115,8 +123,9 @@ static long g_ran, g_declined;
 
 enum { DIR_FWD, DIR_BWD };
 
+// T is the graph's: the call's T, or with bucketing (ragged) T rounded up to the bucket
 typedef struct {
-    int dir, B, T, NH, NKV, HD, causal, seg, lse;
+    int dir, B, T, NH, NKV, HD, causal, seg, lse, ragged;
 } AttnKey;
 
 #define MAX_DESC 160  // descriptors of one graph (the backward with both masks uses ~110)
@@ -129,12 +138,14 @@ typedef struct {
     cudnnBackendDescriptor_t ops[MAX_OPS];
     int nops;
     int64_t next_uid;       // virtual tensors' ids
+    cudnnBackendDescriptor_t offq, offk, seqlen;  // ragged graphs: row offsets, sequence lengths
     cudnnStatus_t status;   // first failure
     int line;               // where
 } Build;
 
 // variant-pack ids of the non-virtual tensors
-enum { U_Q = 1, U_K, U_V, U_O, U_STATS, U_END, U_SCALE, U_NEG, U_ONE, U_DO, U_DQ, U_DK, U_DV, U_DSUM };
+enum { U_Q = 1, U_K, U_V, U_O, U_STATS, U_END, U_SCALE, U_NEG, U_ONE, U_DO, U_DQ, U_DK, U_DV, U_DSUM, U_OFFQ, U_OFFK,
+       U_SEQ };
 
 #define BTRY(b, call)                                            \
     do {                                                         \
@@ -169,9 +180,10 @@ static void fin(Build *b, cudnnBackendDescriptor_t d) {
     if (d) BTRY(b, cudnnBackendFinalize(d));
 }
 
-// a 4-d tensor; uid 0 = a new virtual tensor
-static cudnnBackendDescriptor_t tensor(Build *b, cudnnDataType_t type, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
-                                       int64_t s0, int64_t s1, int64_t s2, int64_t s3, int64_t uid, int by_value) {
+// a 4-d tensor; uid 0 = a new virtual tensor; ragged: the tensor of its batch entries' offsets
+static cudnnBackendDescriptor_t tensor_r(Build *b, cudnnDataType_t type, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                                         int64_t s0, int64_t s1, int64_t s2, int64_t s3, int64_t uid, int by_value,
+                                         cudnnBackendDescriptor_t ragged) {
     cudnnBackendDescriptor_t t = make(b, CUDNN_BACKEND_TENSOR_DESCRIPTOR);
     int64_t dims[4] = {d0, d1, d2, d3}, strides[4] = {s0, s1, s2, s3}, align = 16;
     bool virt = uid == 0, byv = by_value != 0;
@@ -183,8 +195,14 @@ static cudnnBackendDescriptor_t tensor(Build *b, cudnnDataType_t type, int64_t d
     set(b, t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align);
     set(b, t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &virt);
     if (byv) set(b, t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &byv);
+    if (ragged) set(b, t, CUDNN_ATTR_TENSOR_RAGGED_OFFSET_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &ragged);
     fin(b, t);
     return t;
+}
+
+static cudnnBackendDescriptor_t tensor(Build *b, cudnnDataType_t type, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                                       int64_t s0, int64_t s1, int64_t s2, int64_t s3, int64_t uid, int by_value) {
+    return tensor_r(b, type, d0, d1, d2, d3, s0, s1, s2, s3, uid, by_value, NULL);
 }
 
 // a scalar passed by value in the variant pack (host memory)
@@ -220,8 +238,11 @@ static void pw(Build *b, cudnnPointwiseMode_t mode, cudnnDataType_t prec, cudnnB
     add_op(b, op);
 }
 
-// c = a @ b (batched over the first two dims, a head dim of 1... broadcast for GQA), fp32 compute
-static void mm(Build *b, cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t bb, cudnnBackendDescriptor_t c) {
+enum { OV_M = 1, OV_N = 2, OV_K = 4 };
+
+// c = a @ b batched over the first two dims (GQA: b's fewer heads each serve a group of a's),
+// fp32 compute; in a ragged graph the GEMM sizes named in `ov` are the sequence lengths, per batch
+static void mm(Build *b, cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t bb, cudnnBackendDescriptor_t c, int ov) {
     cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
     cudnnBackendDescriptor_t desc = make(b, CUDNN_BACKEND_MATMUL_DESCRIPTOR);
     set(b, desc, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32);
@@ -231,6 +252,12 @@ static void mm(Build *b, cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t bb
     set(b, op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &bb);
     set(b, op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c);
     set(b, op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &desc);
+    if (b->seqlen && (ov & OV_M))
+        set(b, op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b->seqlen);
+    if (b->seqlen && (ov & OV_N))
+        set(b, op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b->seqlen);
+    if (b->seqlen && (ov & OV_K))
+        set(b, op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b->seqlen);
     add_op(b, op);
 }
 
@@ -268,6 +295,21 @@ static cudnnBackendDescriptor_t masks(Build *b, const AttnKey *k, cudnnBackendDe
                                       cudnnBackendDescriptor_t neg) {
     int64_t B = k->B, NH = k->NH, T = k->T;
     int64_t d[4] = {B, NH, T, T}, st[4] = {NH * T * T, T * T, T, 1};
+    if (k->ragged) {  // the padding mask: row and column below the batch entry's length
+        cudnnBackendDescriptor_t row = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        cudnnBackendDescriptor_t col = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, row, 2);
+        pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, col, 3);
+        cudnnBackendDescriptor_t rk = tensor(b, CUDNN_DATA_BOOLEAN, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        cudnnBackendDescriptor_t ck = tensor(b, CUDNN_DATA_BOOLEAN, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        cudnnBackendDescriptor_t keep = tensor(b, CUDNN_DATA_BOOLEAN, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        pw(b, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, row, b->seqlen, NULL, rk, -1);
+        pw(b, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, col, b->seqlen, NULL, ck, -1);
+        pw(b, CUDNN_POINTWISE_LOGICAL_AND, CUDNN_DATA_BOOLEAN, rk, ck, NULL, keep, -1);
+        cudnnBackendDescriptor_t out = scores(b, k);
+        pw(b, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s, neg, keep, out, -1);
+        s = out;
+    }
     if (k->seg) {
         cudnnBackendDescriptor_t row = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
         pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, row, 2);
@@ -294,10 +336,21 @@ static cudnnBackendDescriptor_t masks(Build *b, const AttnKey *k, cudnnBackendDe
 }
 
 // Q-like (B, T, heads*HD) rows as (B, heads, T, HD); transposed: (B, heads, HD, T)
+// (ragged: the batch stride is the graph's, but each batch entry starts where its offset says:
+// b * T_call * heads * HD elements, so the rows are the call's, unpadded)
 static cudnnBackendDescriptor_t rows4(Build *b, const AttnKey *k, int heads, int64_t uid, int transposed) {
     int64_t T = k->T, HD = k->HD, H = heads;
-    if (transposed) return tensor(b, CUDNN_DATA_BFLOAT16, k->B, H, HD, T, T * H * HD, HD, 1, H * HD, uid, 0);
-    return tensor(b, CUDNN_DATA_BFLOAT16, k->B, H, T, HD, T * H * HD, HD, H * HD, 1, uid, 0);
+    cudnnBackendDescriptor_t off = !k->ragged ? NULL : heads == k->NH ? b->offq : b->offk;
+    if (transposed) return tensor_r(b, CUDNN_DATA_BFLOAT16, k->B, H, HD, T, T * H * HD, HD, 1, H * HD, uid, 0, off);
+    return tensor_r(b, CUDNN_DATA_BFLOAT16, k->B, H, T, HD, T * H * HD, HD, H * HD, 1, uid, 0, off);
+}
+
+// a ragged graph's row offsets (B+1) of Q-like and K-like tensors and sequence lengths (B), int32
+static void ragged_inputs(Build *b, const AttnKey *k) {
+    if (!k->ragged) return;
+    b->offq = tensor(b, CUDNN_DATA_INT32, k->B + 1, 1, 1, 1, 1, 1, 1, 1, U_OFFQ, 0);
+    b->offk = tensor(b, CUDNN_DATA_INT32, k->B + 1, 1, 1, 1, 1, 1, 1, 1, U_OFFK, 0);
+    b->seqlen = tensor(b, CUDNN_DATA_INT32, k->B, 1, 1, 1, 1, 1, 1, 1, U_SEQ, 0);
 }
 
 // per-row statistics (B, NH, T, 1) fp32
@@ -307,11 +360,12 @@ static cudnnBackendDescriptor_t rowstat(Build *b, const AttnKey *k, int64_t uid)
 }
 
 static void build_forward(Build *b, const AttnKey *k) {
+    ragged_inputs(b, k);
     cudnnBackendDescriptor_t q = rows4(b, k, k->NH, U_Q, 0), kt = rows4(b, k, k->NKV, U_K, 1);
     cudnnBackendDescriptor_t v = rows4(b, k, k->NKV, U_V, 0), o = rows4(b, k, k->NH, U_O, 0);
     cudnnBackendDescriptor_t scale = scalar(b, U_SCALE), neg = scalar(b, U_NEG);
     cudnnBackendDescriptor_t s = scores(b, k), ss = scores(b, k);
-    mm(b, q, kt, s);
+    mm(b, q, kt, s, OV_M | OV_N);
     pw(b, CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, s, scale, NULL, ss, -1);
     s = masks(b, k, ss, neg);
     // softmax, with lse = max + log(sum exp(s - max)) as the stats output
@@ -328,11 +382,12 @@ static void build_forward(Build *b, const AttnKey *k) {
     int64_t NH = k->NH, T = k->T;
     cudnnBackendDescriptor_t p = tensor(b, CUDNN_DATA_BFLOAT16, k->B, NH, T, T, NH * T * T, T * T, T, 1, 0, 0);
     pw(b, CUDNN_POINTWISE_DIV, CUDNN_DATA_FLOAT, e, sum, NULL, p, -1);
-    mm(b, p, v, o);
+    mm(b, p, v, o, OV_M | OV_K);
 }
 
 static void build_backward(Build *b, const AttnKey *k) {
     int64_t B = k->B, NH = k->NH, NKV = k->NKV, T = k->T, HD = k->HD;
+    ragged_inputs(b, k);
     cudnnBackendDescriptor_t q = rows4(b, k, NH, U_Q, 0), kt = rows4(b, k, NKV, U_K, 1);
     cudnnBackendDescriptor_t vt = rows4(b, k, NKV, U_V, 1), o = rows4(b, k, NH, U_O, 0);
     cudnnBackendDescriptor_t dO = rows4(b, k, NH, U_DO, 0), dq = rows4(b, k, NH, U_DQ, 0);
@@ -349,7 +404,7 @@ static void build_backward(Build *b, const AttnKey *k) {
 
     // P = exp(S * scale - lse) under the masks
     cudnnBackendDescriptor_t s = scores(b, k), ss = scores(b, k), sm = scores(b, k), e = scores(b, k);
-    mm(b, q, kt, s);
+    mm(b, q, kt, s, OV_M | OV_N);
     pw(b, CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, s, scale, NULL, ss, -1);
     pw(b, CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, ss, stats, NULL, sm, -1);
     cudnnBackendDescriptor_t masked = masks(b, k, sm, neg);
@@ -359,16 +414,16 @@ static void build_backward(Build *b, const AttnKey *k) {
     cudnnBackendDescriptor_t pt = tensor(b, CUDNN_DATA_BFLOAT16, B, NH, T, T, NH * T * T, T * T, 1, T, 0, 0);
     reshape(b, e, pt);
     if (NH == NKV) {
-        mm(b, pt, dO, dv);
+        mm(b, pt, dO, dv, OV_M | OV_K);
     } else {
         cudnnBackendDescriptor_t full = tensor(b, CUDNN_DATA_BFLOAT16, B, NH, T, HD, NH * T * HD, T * HD, HD, 1, 0, 0);
-        mm(b, pt, dO, full);
+        mm(b, pt, dO, full, OV_M | OV_K);
         red(b, CUDNN_REDUCE_TENSOR_ADD, full, dv);
     }
 
     // dS = P * (dO V^T - Dsum) * scale
     cudnnBackendDescriptor_t dp = scores(b, k), dp2 = scores(b, k), dp3 = scores(b, k), ds = scores(b, k);
-    mm(b, dO, vt, dp);
+    mm(b, dO, vt, dp, OV_M | OV_N);
     pw(b, CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, dp, dsum, NULL, dp2, -1);
     pw(b, CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, dp2, e, NULL, dp3, -1);
     pw(b, CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, dp3, scale, NULL, ds, -1);
@@ -377,24 +432,26 @@ static void build_backward(Build *b, const AttnKey *k) {
     cudnnBackendDescriptor_t dst = tensor(b, CUDNN_DATA_BFLOAT16, B, NH, T, T, NH * T * T, T * T, 1, T, 0, 0);
     reshape(b, ds, dst);
     if (NH == NKV) {
-        mm(b, dst, q, dk);
+        mm(b, dst, q, dk, OV_M | OV_K);
     } else {
         cudnnBackendDescriptor_t full = tensor(b, CUDNN_DATA_BFLOAT16, B, NH, T, HD, NH * T * HD, T * HD, HD, 1, 0, 0);
-        mm(b, dst, q, full);
+        mm(b, dst, q, full, OV_M | OV_K);
         red(b, CUDNN_REDUCE_TENSOR_ADD, full, dk);
     }
 
     // dQ = dS K, written straight to dq: the deterministic (dP workspace) algorithm, no fp32
     // dQ accumulator updated by atomics
-    cudnnBackendDescriptor_t kk = tensor(b, CUDNN_DATA_BFLOAT16, B, NKV, T, HD, T * NKV * HD, HD, NKV * HD, 1, 0, 0);
+    cudnnBackendDescriptor_t kk = tensor_r(b, CUDNN_DATA_BFLOAT16, B, NKV, T, HD, T * NKV * HD, HD, NKV * HD, 1, 0, 0,
+                                           k->ragged ? b->offk : NULL);
     reshape(b, kt, kk);
-    mm(b, ds, kk, dq);
+    mm(b, ds, kk, dq, OV_M | OV_K);
 }
 
 // ---------------------------------------------------------------- plans
 
 static cudnnHandle_t g_handle;
 static int g_state;  // 0 not tried, 1 ready, -1 unavailable (g_why)
+static int g_sm;     // the device's compute capability, 10 * major + minor
 static char g_why[256];
 
 // CUDNN_ATTR_OPERATIONGRAPH_HANDLE and CUDNN_ATTR_EXECUTION_PLAN_HANDLE are marked deprecated in
@@ -424,7 +481,7 @@ typedef struct {
 // gets two; each new T then compiles a backward kernel (1-2.5 s of NVRTC on this project's CI
 // machine).
 typedef struct {
-    int used, dir, causal, seg, lse, gqa, HD;
+    int used, dir, causal, seg, lse, gqa, HD, ragged;
     cudnnBackendDescriptor_t cache;
     int failed;  // dynamic plans refused: static ones for this topology
 } KernelCache;
@@ -437,7 +494,7 @@ static int g_dynamic = -1;
 #define CUDNN_CACHE 512
 static Plan g_plans[CUDNN_CACHE];
 static int g_next_evict;
-static int g_said_fallback;
+static int g_said_fallback;  // bit per kind of call already reported
 static long g_plans_built;
 static double g_build_seconds;
 
@@ -456,6 +513,7 @@ static int setup(void) {
         snprintf(g_why, sizeof g_why, "no CUDA device");
         return 0;
     }
+    g_sm = 10 * prop.major + prop.minor;
     if (prop.major < 8) {
         snprintf(g_why, sizeof g_why, "cuDNN fused attention needs sm_80 or newer, device is sm_%d%d", prop.major, prop.minor);
         return 0;
@@ -545,8 +603,8 @@ done:
 static int key_eq(const AttnKey *a, const AttnKey *b) { return memcmp(a, b, sizeof *a) == 0; }
 
 static const char *shape_str(const AttnKey *k, char *buf, size_t cap) {
-    snprintf(buf, cap, "%s B%d T%d NH%d NKV%d HD%d%s%s", k->dir == DIR_FWD ? "forward" : "backward", k->B, k->T, k->NH,
-             k->NKV, k->HD, k->causal ? " causal" : "", k->seg ? " packed" : "");
+    snprintf(buf, cap, "%s B%d T%d%s NH%d NKV%d HD%d%s%s", k->dir == DIR_FWD ? "forward" : "backward", k->B, k->T,
+             k->ragged ? " (bucket)" : "", k->NH, k->NKV, k->HD, k->causal ? " causal" : "", k->seg ? " packed" : "");
     return buf;
 }
 
@@ -556,11 +614,11 @@ static KernelCache *kcache_of(const AttnKey *k) {
         g_dynamic = !(e && strcmp(e, "0") == 0);
     }
     if (!g_dynamic || k->dir != DIR_FWD) return NULL;
-    KernelCache want = {1, k->dir, k->causal, k->seg, k->lse, k->NH != k->NKV, k->HD, NULL, 0};
+    KernelCache want = {1, k->dir, k->causal, k->seg, k->lse, k->NH != k->NKV, k->HD, k->ragged, NULL, 0};
     for (int i = 0; i < N_KCACHE; i++) {
         KernelCache *c = &g_kc[i];
         if (c->used && c->dir == want.dir && c->causal == want.causal && c->seg == want.seg && c->lse == want.lse &&
-            c->gqa == want.gqa && c->HD == want.HD)
+            c->gqa == want.gqa && c->HD == want.HD && c->ragged == want.ragged)
             return c->failed ? NULL : c;
     }
     for (int i = 0; i < N_KCACHE; i++)
@@ -655,21 +713,52 @@ static Plan *plan_get(const AttnKey *k) {
     p->ok = ok;
     g_plans_built++;
     g_build_seconds += time_now() - t0;
-    if (!p->ok && !g_said_fallback) {
-        g_said_fallback = 1;
-        fprintf(stderr, "svlm: SVLM_ATTN=cudnn: attention %s: %s; such shapes run on the WMMA kernels "
+    // said once per kind of call (direction, masks, lse), not per shape: padded batches bring many
+    int kind = k->dir * 8 + k->causal * 4 + k->seg * 2 + k->lse;
+    if (!p->ok && !(g_said_fallback & (1 << kind))) {
+        g_said_fallback |= 1 << kind;
+        fprintf(stderr, "svlm: SVLM_ATTN=cudnn: attention %s: %s; calls like it run on the WMMA kernels "
                 "(said once)\n", shape_str(k, sh, sizeof sh), why);
     }
     return p->ok ? p : NULL;
 }
 
-// the scratch of a call: the plan's workspace, then Dsum (backward), then the segment ends
-static size_t call_scratch(const Plan *p, const AttnKey *k) {
-    size_t n = align256((size_t)p->ws);
-    if (k->dir == DIR_BWD) n += align256((size_t)k->B * k->NH * k->T * sizeof(float));
-    if (k->seg) n += align256((size_t)k->B * k->T * sizeof(int));
-    return n;
+// The scratch of a call, in this order: the plan's workspace; the backward's Dsum (B, NH, Tg); the
+// segment ends (B, Tg); with bucketing, the stats (B, NH, Tg) in the graph's layout (lse is
+// (B, NH, T)), the row offsets of Q-like and K-like tensors (B+1 each) and the lengths (B).
+typedef struct {
+    float *dsum, *stats;
+    int *end, *offq, *offk, *seqlen;
+    size_t bytes;
+} CallScratch;
+
+static CallScratch scratch_layout(char *base, size_t ws, const AttnKey *k) {
+    CallScratch c;
+    memset(&c, 0, sizeof c);
+    size_t at = align256(ws), rows = (size_t)k->B * k->NH * k->T;
+    if (k->dir == DIR_BWD) {
+        c.dsum = (float *)(base + at);
+        at += align256(rows * sizeof(float));
+    }
+    if (k->seg) {
+        c.end = (int *)(base + at);
+        at += align256((size_t)k->B * k->T * sizeof(int));
+    }
+    if (k->ragged) {
+        c.stats = (float *)(base + at);
+        at += align256(rows * sizeof(float));
+        c.offq = (int *)(base + at);
+        at += align256((size_t)(k->B + 1) * sizeof(int));
+        c.offk = (int *)(base + at);
+        at += align256((size_t)(k->B + 1) * sizeof(int));
+        c.seqlen = (int *)(base + at);
+        at += align256((size_t)k->B * sizeof(int));
+    }
+    c.bytes = at;
+    return c;
 }
+
+static size_t call_scratch(const Plan *p, const AttnKey *k) { return scratch_layout(NULL, (size_t)p->ws, k).bytes; }
 
 static void execute(Plan *p, const int64_t *uids, void **ptrs, int n, void *ws) {
     cudnnBackendDescriptor_t vp = NULL;
@@ -691,62 +780,139 @@ static void execute(Plan *p, const int64_t *uids, void **ptrs, int n, void *ws) 
     }
 }
 
+// a bucketed call's offsets and lengths: entry b of a Q-like tensor starts at element b * T * qrow
+__global__ void attn_ragged_setup_kernel(int *offq, int *offk, int *seqlen, int B, int T, int qrow, int krow) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= B) {
+        offq[i] = i * T * qrow;
+        offk[i] = i * T * krow;
+    }
+    if (i < B) seqlen[i] = T;
+}
+
+// rows of n floats from src (row stride ss) to dst (row stride ds): lse <-> the graph's stats
+__global__ void attn_copy_rows_kernel(float *dst, int ds, const float *src, int ss, int rows, int n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)rows * n) return;
+    size_t r = i / n, c = i % n;
+    dst[r * ds + c] = src[r * ss + c];
+}
+
+static void copy_rows(float *dst, int ds, const float *src, int ss, int rows, int n) {
+    size_t total = (size_t)rows * n;
+    LAUNCH(ceil_div_u(total, 256), 256, attn_copy_rows_kernel)(dst, ds, src, ss, rows, n);
+    cudaCheckLaunch();
+}
+
+// Bucketing (SVLM_CUDNN_BUCKET=64, or cuda_attention_cudnn_set_bucket): a call of T rows runs on
+// the graph of T rounded up to a multiple of the bucket, its tensors ragged (each batch entry's
+// rows located by an offset, b * T * heads * HD elements) with a padding mask at the sequence
+// length T, so every T of a bucket shares one plan: padded batches then compile a kernel per
+// bucket instead of per T (the backward has no kernel cache). 0: graphs of the exact shape.
+static int g_bucket = -1;
+
+static int bucket(void) {
+    if (g_bucket < 0) {
+        const char *e = getenv("SVLM_CUDNN_BUCKET");
+        g_bucket = e && *e ? atoi(e) : 0;
+        CHECK(g_bucket >= 0 && g_bucket <= 4096, "SVLM_CUDNN_BUCKET=%s: expected 0 (exact shapes) or a bucket of rows "
+              "such as 64", e);
+    }
+    return g_bucket;
+}
+
+extern "C" int cuda_attention_cudnn_set_bucket(int rows) {
+    int old = bucket();
+    g_bucket = rows > 0 ? rows : 0;
+    return old;
+}
+
+// the key of a call: the graph's T, ragged when bucketing
+static AttnKey call_key(int dir, int B, int T, int NH, int NKV, int HD, int causal, int seg, int lse) {
+    int bk = bucket();
+    AttnKey k = {dir, B, bk ? (T + bk - 1) / bk * bk : T, NH, NKV, HD, causal != 0, seg != 0, lse != 0, bk != 0};
+    return k;
+}
+
 // which shapes go to cuDNN at all: every buffer 16-byte aligned (the tensors' declared alignment;
 // a layer's lse inside a larger buffer may not be), head dims the fused kernels take
 // (multiples of 8 up to 128 for the backward on sm_80, 256 on sm_90; svlm's other kernels stop at
-// 128 anyway), packed rows only under the causal mask (see the top of the file)
-static int shape_ok(const AttnKey *k, const void *const *ptrs, int n) {
+// 128 anyway), packed rows only under the causal mask (see the top of the file), int32 offsets
+static int shape_ok(const AttnKey *k, int T, const void *const *ptrs, int n) {
     if (k->HD % 8 != 0 || k->HD > 128 || (k->seg && !k->causal)) return 0;
+    if (k->ragged && (double)k->B * T * k->NH * k->HD >= 2147483647.0) return 0;
     for (int i = 0; i < n; i++)
         if (ptrs[i] && !aligned16(ptrs[i])) return 0;
     return 1;
 }
 
+// what both directions do before the graph runs: segment ends, and with bucketing the offsets
+static void prepare(const AttnKey *k, const CallScratch *c, const int *seg, int T) {
+    if (k->seg) segment_ends(c->end, seg, k->B, T, k->T);
+    if (k->ragged) {
+        LAUNCH(ceil_div_u(k->B + 1, 128), 128, attn_ragged_setup_kernel)(c->offq, c->offk, c->seqlen, k->B, T,
+                                                                          k->NH * k->HD, k->NKV * k->HD);
+        cudaCheckLaunch();
+    }
+}
+
+// the variant-pack entries of the ragged inputs
+static int ragged_pack(const AttnKey *k, const CallScratch *c, int64_t *uids, void **ptrs, int n) {
+    if (!k->ragged) return n;
+    uids[n] = U_OFFQ; ptrs[n++] = c->offq;
+    uids[n] = U_OFFK; ptrs[n++] = c->offk;
+    uids[n] = U_SEQ; ptrs[n++] = c->seqlen;
+    return n;
+}
+
 int attn_cudnn_forward(act_t *out, float *lse, const act_t *q, const act_t *k, const act_t *v, const int *seg, int B,
                        int T, int NH, int NKV, int HD, int causal) {
-    AttnKey key = {DIR_FWD, B, T, NH, NKV, HD, causal != 0, seg != NULL, lse != NULL};
+    AttnKey key = call_key(DIR_FWD, B, T, NH, NKV, HD, causal, seg != NULL, lse != NULL);
     const void *al[] = {out, q, k, v, lse};
-    Plan *p = setup() && shape_ok(&key, al, 5) ? plan_get(&key) : NULL;
+    Plan *p = setup() && shape_ok(&key, T, al, 5) ? plan_get(&key) : NULL;
     if (!p) {
         g_declined++;
         return 0;
     }
     g_ran++;
     char *ws = (char *)cuda_scratch(SCRATCH_CUDNN, call_scratch(p, &key));
-    int *end = (int *)(ws + align256((size_t)p->ws));
-    if (seg) cuda_attention_segment_ends(end, seg, B, T);
+    CallScratch c = scratch_layout(ws, (size_t)p->ws, &key);
+    prepare(&key, &c, seg, T);
     float scale = 1.0f / sqrtf((float)HD), neg = -3.402823466e38f;  // the lowest float
-    int64_t uids[8] = {U_Q, U_K, U_V, U_O, U_SCALE, U_NEG};
-    void *ptrs[8] = {(void *)q, (void *)k, (void *)v, out, &scale, &neg};
+    int64_t uids[16] = {U_Q, U_K, U_V, U_O, U_SCALE, U_NEG};
+    void *ptrs[16] = {(void *)q, (void *)k, (void *)v, out, &scale, &neg};
     int n = 6;
-    if (lse) { uids[n] = U_STATS; ptrs[n++] = lse; }
-    if (seg) { uids[n] = U_END; ptrs[n++] = end; }
+    if (lse) { uids[n] = U_STATS; ptrs[n++] = key.ragged ? (void *)c.stats : (void *)lse; }
+    if (seg) { uids[n] = U_END; ptrs[n++] = c.end; }
+    n = ragged_pack(&key, &c, uids, ptrs, n);
     execute(p, uids, ptrs, n, ws);
+    if (lse && key.ragged) copy_rows(lse, T, c.stats, key.T, B * NH, T);
     return 1;
 }
 
 int attn_cudnn_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, const act_t *q, const act_t *k,
                         const act_t *v, const act_t *out, const float *lse, const int *seg, int B, int T, int NH,
                         int NKV, int HD, int causal) {
-    AttnKey key = {DIR_BWD, B, T, NH, NKV, HD, causal != 0, seg != NULL, 1};
+    AttnKey key = call_key(DIR_BWD, B, T, NH, NKV, HD, causal, seg != NULL, 1);
     const void *al[] = {dq, dk, dv, dout, q, k, v, out, lse};
     // every gradient is written by the graph: a NULL one (not needed) goes the WMMA way
-    Plan *p = dq && dk && dv && lse && setup() && shape_ok(&key, al, 9) ? plan_get(&key) : NULL;
+    Plan *p = dq && dk && dv && lse && setup() && shape_ok(&key, T, al, 9) ? plan_get(&key) : NULL;
     if (!p) {
         g_declined++;
         return 0;
     }
     g_ran++;
     char *ws = (char *)cuda_scratch(SCRATCH_CUDNN, call_scratch(p, &key));
-    float *dsum = (float *)(ws + align256((size_t)p->ws));
-    int *end = (int *)((char *)dsum + align256((size_t)B * NH * T * sizeof(float)));
-    if (seg) cuda_attention_segment_ends(end, seg, B, T);
+    CallScratch c = scratch_layout(ws, (size_t)p->ws, &key);
+    prepare(&key, &c, seg, T);
+    if (key.ragged) copy_rows(c.stats, key.T, lse, T, B * NH, T);
     float scale = 1.0f / sqrtf((float)HD), neg = -3.402823466e38f, one = 1.0f;
-    int64_t uids[16] = {U_Q, U_K, U_V, U_O, U_DO, U_STATS, U_DQ, U_DK, U_DV, U_DSUM, U_SCALE, U_NEG, U_ONE};
-    void *ptrs[16] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, (void *)lse, dq, dk, dv, dsum,
-                      &scale, &neg, &one};
+    int64_t uids[20] = {U_Q, U_K, U_V, U_O, U_DO, U_STATS, U_DQ, U_DK, U_DV, U_DSUM, U_SCALE, U_NEG, U_ONE};
+    void *ptrs[20] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout,
+                      key.ragged ? (void *)c.stats : (void *)lse, dq, dk, dv, c.dsum, &scale, &neg, &one};
     int n = 13;
-    if (seg) { uids[n] = U_END; ptrs[n++] = end; }
+    if (seg) { uids[n] = U_END; ptrs[n++] = c.end; }
+    n = ragged_pack(&key, &c, uids, ptrs, n);
     execute(p, uids, ptrs, n, ws);
     return 1;
 }
@@ -754,8 +920,8 @@ int attn_cudnn_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, cons
 extern "C" int cuda_attention_cudnn_available(char *why, size_t cap) {
     int ok = setup();
     if (!ok && why && cap) snprintf(why, cap, "%s", g_why);
-    if (ok && why && cap) snprintf(why, cap, "cuDNN %zu", cudnnGetVersion());
-    return ok;
+    if (ok && why && cap) snprintf(why, cap, "cuDNN %zu on sm_%d", cudnnGetVersion(), g_sm);
+    return ok ? g_sm : 0;
 }
 
 // ---------------------------------------------------------------- judging a graph, no plan
@@ -836,12 +1002,10 @@ size_t cuda_attention_cudnn_scratch(int B, int T, int NH, int NKV, int HD) {
     for (int dir = DIR_FWD; dir <= DIR_BWD; dir++)
         for (int seg = 0; seg < 2; seg++)
             for (int dyn = 0; dyn <= (dir == DIR_FWD); dyn++) {
-                AttnKey key = {dir, B, T, NH, NKV, HD, 1, seg, 1};
+                AttnKey key = call_key(dir, B, T, NH, NKV, HD, 1, seg, 1);
                 int64_t lo, hi;
                 if (judge(&key, dyn, NULL, &lo, &hi, NULL, 0) <= 0) continue;
-                size_t n = align256((size_t)hi);
-                if (dir == DIR_BWD) n += align256((size_t)B * NH * T * sizeof(float));
-                if (seg) n += align256((size_t)B * T * sizeof(int));
+                size_t n = scratch_layout(NULL, (size_t)hi, &key).bytes;
                 if (n > most) most = n;
             }
     return most;
@@ -851,9 +1015,10 @@ size_t cuda_attention_cudnn_scratch(int B, int T, int NH, int NKV, int HD) {
 // (cuDNN's device-property JSON, CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION), no handle. cuDNN's
 // engine libraries need libcuda to load, for which the toolkit's stub library is enough.
 extern "C" int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD,
-                                            int causal, int seg, int dynamic, long long *min_ws, long long *max_ws,
-                                            char *why, size_t cap) {
-    AttnKey k = {dir ? DIR_BWD : DIR_FWD, B, T, NH, NKV, HD, causal != 0, seg != 0, 1};
+                                            int causal, int seg, int dynamic, int bucket_rows, long long *min_ws,
+                                            long long *max_ws, char *why, size_t cap) {
+    int Tg = bucket_rows > 0 ? (T + bucket_rows - 1) / bucket_rows * bucket_rows : T;
+    AttnKey k = {dir ? DIR_BWD : DIR_FWD, B, Tg, NH, NKV, HD, causal != 0, seg != 0, 1, bucket_rows > 0};
     cudnnBackendDescriptor_t dp = NULL;
     cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &dp);
     if (st == CUDNN_STATUS_SUCCESS)
@@ -896,11 +1061,13 @@ int attn_cudnn_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, cons
 size_t cuda_attention_cudnn_scratch(int B, int T, int NH, int NKV, int HD) { return 0; }
 
 extern "C" int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD,
-                                            int causal, int seg, int dynamic, long long *min_ws, long long *max_ws,
-                                            char *why, size_t cap) {
+                                            int causal, int seg, int dynamic, int bucket_rows, long long *min_ws,
+                                            long long *max_ws, char *why, size_t cap) {
     cuda_attention_cudnn_available(why, cap);
     return -1;
 }
+
+extern "C" int cuda_attention_cudnn_set_bucket(int rows) { return 0; }
 
 extern "C" int cuda_attention_cudnn_available(char *why, size_t cap) {
     if (why && cap)

@@ -8,8 +8,9 @@
 extern "C" {
 #endif
 
-// 1 when SVLM_ATTN=cudnn can run here (svlm was built with cuDNN, the library loads, the device is
-// sm_80+); else 0 and `why` (may be NULL) says what is missing: "not built ...", "no device", ...
+// The device's compute capability (10 * major + minor, e.g. 90) when SVLM_ATTN=cudnn can run here
+// (svlm was built with cuDNN, the library loads, the device is sm_80+); else 0 and `why` (may be
+// NULL) says what is missing: "not built ...", "no device", ...
 int cuda_attention_cudnn_available(char *why, size_t cap);
 
 // calls cuDNN ran and calls it declined (then run by the WMMA or FMA kernels) since the start:
@@ -23,7 +24,12 @@ void cuda_attention_cudnn_build_stats(long *plans, double *seconds);
 // device_json describes (cuDNN's device-property JSON), and the least and most workspace bytes among
 // them; -1 with `why` when the graph is refused or cuDNN is not built. For tests/gpu/cudnn_graphs.c.
 int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD, int causal,
-                                 int seg, int dynamic, long long *min_ws, long long *max_ws, char *why, size_t cap);
+                                 int seg, int dynamic, int bucket_rows, long long *min_ws, long long *max_ws, char *why,
+                                 size_t cap);
+
+// SVLM_CUDNN_BUCKET for the tests: graphs of T rounded up to a multiple of `rows`, ragged with a
+// padding mask (0: the exact shape); returns the previous setting
+int cuda_attention_cudnn_set_bucket(int rows);
 
 // Device helper of the packed-rows mask, exported for the tests: end (B,T) int32 = the last
 // position of the segment that position t of row b belongs to (seg (B,T) holds contiguous runs of

@@ -38,7 +38,9 @@ void cuda_attention_cudnn_build_stats(long *plans, double *seconds) {
     if (seconds) *seconds = 0;
 }
 int cuda_attention_cudnn_engines(const char *device_json, int dir, int B, int T, int NH, int NKV, int HD, int causal,
-                                 int seg, int dynamic, long long *min_ws, long long *max_ws, char *why, size_t cap) {
+                                 int seg, int dynamic, int bucket_rows, long long *min_ws, long long *max_ws, char *why,
+                                 size_t cap) {
     cuda_attention_cudnn_available(why, cap);
     return -1;
 }
+int cuda_attention_cudnn_set_bucket(int rows) { return 0; }

@@ -2,7 +2,8 @@
 // itself without a GPU: each graph is built for a described device (an H200, sm_90, and an A100,
 // sm_80: cuDNN's device-property JSON with their published limits) and cuDNN's heuristics must
 // offer at least one deterministic engine for it, forward and backward, causal, with packed rows,
-// GQA and MHA, head dims 64 and 128, T off the tile sizes; and every backward engine offered must
+// GQA and MHA, head dims 64 and 128, T off the tile sizes, exact-shape and bucketed (ragged, T
+// rounded up to 64, SVLM_CUDNN_BUCKET); and every backward engine offered must
 // plan the workspace of cuDNN's deterministic algorithm (dS stored, no atomics). Nothing is
 // compiled or run: this catches a graph the fused-attention engines do not recognise (a wrong op,
 // attribute, layout or mask pattern), not wrong numbers, which test_gpu's test_attention_cudnn
@@ -52,51 +53,57 @@ static int skipped(void) {
     return 1;
 }
 
-static void check_device(const char *name, const char *json) {
+// ragged_bwd: whether the device has a deterministic bucketed (ragged) backward; cuDNN 9.19 has
+// none on sm_80 ("non-atomic bprop thd is not supported with SM80 style bprop kernel"), so there
+// SVLM_CUDNN_BUCKET runs the backward on the WMMA kernels
+static void check_device(const char *name, const char *json, int ragged_bwd) {
     // the control: the plain causal forward. No engine for it means cuDNN's engines did not load
     // (no libcuda: see the top of the file), not a wrong graph
     char why[300];
     long long lo, hi;
-    int n = cuda_attention_cudnn_engines(json, 0, 2, 128, 4, 4, 64, 1, 0, 0, &lo, &hi, why, sizeof why);
+    int n = cuda_attention_cudnn_engines(json, 0, 2, 128, 4, 4, 64, 1, 0, 0, 0, &lo, &hi, why, sizeof why);
     if (n == 0) fail_msg("%s: no engine even for the plain causal forward: cuDNN's engine libraries did not load "
                          "(without a driver, run through tests/gpu/cudnn_graphs.sh, which gives them the toolkit's "
                          "stub libcuda)", name);
     if (n < 0) fail_msg("%s: %s", name, why);
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
         const Shape *s = &shapes[i];
-        for (int dir = 0; dir <= s->backward; dir++) {
-            n = cuda_attention_cudnn_engines(json, dir, s->B, s->T, s->NH, s->NKV, s->HD, s->causal, s->seg, 0, &lo,
-                                             &hi, why, sizeof why);
-            printf("    %s %s B%d T%d NH%d NKV%d HD%d%s%s: %d deterministic engine configs, workspace %lld..%lld "
-                   "bytes%s%s\n", name, dir ? "backward" : "forward", s->B, s->T, s->NH, s->NKV, s->HD,
-                   s->causal ? " causal" : "", s->seg ? " packed" : "", n, lo, hi, n > 0 ? "" : ": ", n > 0 ? "" : why);
-            if (n <= 0) fail_msg("%s: cuDNN offers no engine for svlm's %s graph (shape %zu): %s", name,
-                                 dir ? "backward" : "forward", i, why);
-            // the deterministic backward (dQ written by the dS K product, no fp32 accumulator) is
-            // cuDNN's "dP workspace" algorithm: dS (B, NH, T, T) in bf16 in the workspace, T rounded up
-            // to 64. Every engine offered must plan that much, or it is the atomic one after all.
-            long long t64 = (s->T + 63) / 64 * 64, dp = (long long)s->B * s->NH * t64 * t64 * 2;
-            if (dir && lo < dp)
-                fail_msg("%s: a backward engine plans %lld bytes of workspace, less than dS's %lld: not the "
-                         "deterministic algorithm", name, lo, dp);
-        }
+        for (int bucket = 0; bucket <= 64; bucket += 64)  // exact shape; ragged, T rounded up to 64
+            for (int dir = 0; dir <= s->backward; dir++) {
+                n = cuda_attention_cudnn_engines(json, dir, s->B, s->T, s->NH, s->NKV, s->HD, s->causal, s->seg, 0,
+                                                 bucket, &lo, &hi, why, sizeof why);
+                printf("    %s %s%s B%d T%d NH%d NKV%d HD%d%s%s: %d deterministic engine configs, workspace "
+                       "%lld..%lld bytes%s%s\n", name, dir ? "backward" : "forward", bucket ? " bucketed" : "", s->B,
+                       s->T, s->NH, s->NKV, s->HD, s->causal ? " causal" : "", s->seg ? " packed" : "", n, lo, hi,
+                       n > 0 ? "" : ": ", n > 0 ? "" : why);
+                if (bucket && dir && !ragged_bwd) continue;  // none expected (printed above)
+                if (n <= 0) fail_msg("%s: cuDNN offers no engine for svlm's %s%s graph (shape %zu): %s", name,
+                                     dir ? "backward" : "forward", bucket ? " bucketed" : "", i, why);
+                // the deterministic backward (dQ written by the dS K product, no fp32 accumulator) is
+                // cuDNN's "dP workspace" algorithm: dS (B, NH, T, T) in bf16 in the workspace, T rounded
+                // up to 64. Every engine offered must plan that much, or it is the atomic one after all.
+                long long t64 = (s->T + 63) / 64 * 64, dp = (long long)s->B * s->NH * t64 * t64 * 2;
+                if (dir && lo < dp)
+                    fail_msg("%s: a backward engine plans %lld bytes of workspace, less than dS's %lld: not the "
+                             "deterministic algorithm", name, lo, dp);
+            }
     }
     // the forward's dynamic-shape graphs (their kernel cache spares a compile per new T) must be
     // accepted too; the backward's are not in cuDNN 9.19 (attention_cudnn.cu builds them static)
-    n = cuda_attention_cudnn_engines(json, 0, 2, 100, 14, 2, 64, 1, 1, 1, &lo, &hi, why, sizeof why);
+    n = cuda_attention_cudnn_engines(json, 0, 2, 100, 14, 2, 64, 1, 1, 1, 0, &lo, &hi, why, sizeof why);
     printf("    %s forward, dynamic shape: %d; backward, dynamic shape: %d (static is used)\n", name, n,
-           cuda_attention_cudnn_engines(json, 1, 2, 100, 14, 2, 64, 1, 1, 1, &lo, &hi, why, sizeof why));
+           cuda_attention_cudnn_engines(json, 1, 2, 100, 14, 2, 64, 1, 1, 1, 0, &lo, &hi, why, sizeof why));
     if (n <= 0) fail_msg("%s: no engine for the dynamic-shape forward: %s", name, why);
 }
 
 static void test_graphs_sm90(void **state) {
     (void)state;
-    if (!skipped()) check_device("sm_90 (H200)", H200);
+    if (!skipped()) check_device("sm_90 (H200)", H200, 1);
 }
 
 static void test_graphs_sm80(void **state) {
     (void)state;
-    if (!skipped()) check_device("sm_80 (A100)", A100);
+    if (!skipped()) check_device("sm_80 (A100)", A100, 0);
 }
 
 int main(void) {

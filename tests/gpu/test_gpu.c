@@ -726,14 +726,145 @@ static void test_attention_segment_ends(void **state) {
 }
 
 // attention_forward/backward with SVLM_ATTN=cudnn against the CPU reference (the bf16 tolerances
-// of test_attention), twice with the same bytes, and against the WMMA kernels; every call must
+// of test_attention), twice with the same bytes, and against the WMMA kernels, on the graphs of the
+// exact shape and bucketed ones (SVLM_CUDNN_BUCKET=64: ragged, T rounded up); every call must
 // have run on cuDNN (cuda_attention_cudnn_counts), not fallen back. Without cuDNN in the build
 // (always on the emulator) it says why and passes, unless SVLM_REQUIRE_CUDNN=1
 // (scripts/gpu_session.sh check sets it).
+// one shape on cuDNN (bucket 0: the graph of the exact shape; else bucketed, ragged): see below
+// a bucketed graph covers T rounded up to 64 rows per batch entry and must write only the call's
+// rows: outputs get 64 rows more than the op writes, filled with a pattern that must survive
+#define CANARY_ROWS 64
+static void canary_set(void *d, size_t used, size_t extra) {
+    unsigned char *h = xmalloc(extra);
+    memset(h, 0xa5, extra);
+    G->upload((char *)d + used, h, extra);
+    free(h);
+}
+static void canary_check(const char *what, const void *d, size_t used, size_t extra) {
+    unsigned char *h = down_raw((const char *)d + used, extra);
+    for (size_t i = 0; i < extra; i++)
+        if (h[i] != 0xa5) fail_msg("%s: byte %zu past the output was written", what, i);
+    free(h);
+}
+
+static void cudnn_case(const AttShape *a, int bucket, int sm) {
+    int prev_bucket = cuda_attention_cudnn_set_bucket(bucket);
+    int B = a->B, T = a->T, NH = a->NH, NKV = a->NKV, HD = a->HD;
+    size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
+    float *q = rnd(nq, -1.5f, 1.5f), *k = rnd(nk, -1.5f, 1.5f), *v = rnd(nk, -1, 1);
+    int *seg = a->seg ? packed_segments(B, T) : NULL;
+    float *out = zeros(nq), *lse = zeros(nl);
+    C->attention_forward(out, lse, q, k, v, seg, B, T, NH, NKV, HD, a->causal);
+    char what[200], shape[120];
+    snprintf(shape, sizeof shape, "B%d T%d NH%d NKV%d HD%d%s%s%s", B, T, NH, NKV, HD, a->causal ? " causal" : "",
+             seg ? " packed" : "", bucket ? " bucketed" : "");
+    size_t xq = (size_t)CANARY_ROWS * NH * HD * 2, xk = (size_t)CANARY_ROWS * NKV * HD * 2;
+    void *gq = up_act(q, nq), *gk = up_act(k, nk), *gv = up_act(v, nk), *go = G->alloc(nq * 2 + xq);
+    canary_set(go, nq * 2, xq);
+    float *gl = G->alloc(nl * 4);
+    int *gs = seg ? up_int(seg, (size_t)B * T) : NULL;
+    long ran0, ran1, dec0, dec1;
+
+    // forward: cuDNN, twice, against the CPU, then the WMMA kernels on the same inputs
+    int prev = cuda_attention_set_path(2);
+    cuda_attention_cudnn_counts(&ran0, &dec0);
+    G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
+    void *f1 = down_raw(go, nq * 2);
+    G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
+    void *f2 = down_raw(go, nq * 2);
+    cuda_attention_cudnn_counts(&ran1, &dec1);
+    if (ran1 - ran0 != 2) fail_msg("attention_forward cudnn %s: cuDNN declined the call (see the message above)", shape);
+    snprintf(what, sizeof what, "attention_forward cudnn %s out", shape);
+    expect_act(what, go, out, nq, TOL_BF16);
+    snprintf(what, sizeof what, "attention_forward cudnn %s lse", shape);
+    expect_f32(what, gl, lse, nl, TOL_F32_FROM_BF16);
+    snprintf(what, sizeof what, "attention_forward cudnn %s twice", shape);
+    expect_same_bytes(what, f1, f2, nq * 2);
+    snprintf(what, sizeof what, "attention_forward cudnn %s out", shape);
+    canary_check(what, go, nq * 2, xq);
+    cuda_attention_set_path(0);
+    G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
+    float *wmma = down_act(go, nq), *f1f = xmalloc(nq * sizeof(float));
+    for (size_t i = 0; i < nq; i++) f1f[i] = bf16_to_f32(((uint16_t *)f1)[i]);
+    void *gf1 = up_act(f1f, nq);
+    snprintf(what, sizeof what, "attention_forward cudnn vs wmma %s", shape);
+    expect_act(what, gf1, wmma, nq, TOL_BF16);
+    G->free(gf1); free(wmma); free(f1f); free(f1); free(f2);
+
+    if (a->backward) {
+        float *outr = xmalloc(nq * sizeof(float)), *dout = rnd(nq, -1, 1);
+        for (size_t i = 0; i < nq; i++) outr[i] = bfr(out[i]);
+        float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
+        C->attention_backward(dq, dk, dv, dout, q, k, v, outr, lse, seg, B, T, NH, NKV, HD, a->causal);
+        void *gdo = up_act(dout, nq), *gout = up_act(outr, nq);
+        void *gdq = G->alloc(nq * 2 + xq), *gdk = G->alloc(nk * 2 + xk), *gdv = G->alloc(nk * 2 + xk);
+        canary_set(gdq, nq * 2, xq);
+        canary_set(gdk, nk * 2, xk);
+        canary_set(gdv, nk * 2, xk);
+        G->upload(gl, lse, nl * 4);
+        void *r[3][3];
+        for (int rep = 0; rep < 3; rep++) {  // cuDNN twice, then the WMMA kernels
+            cuda_attention_set_path(rep < 2 ? 2 : 0);
+            G->zero(gdq, nq * 2);
+            G->zero(gdk, nk * 2);
+            cuda_attention_cudnn_counts(&ran0, NULL);
+            G->attention_backward(gdq, gdk, gdv, gdo, gq, gk, gv, gout, gl, gs, B, T, NH, NKV, HD, a->causal);
+            cuda_attention_cudnn_counts(&ran1, NULL);
+            // cuDNN 9.19 has no deterministic bucketed (ragged) backward on sm_80: WMMA runs it there
+            if (rep < 2 && ran1 - ran0 != 1 && !(bucket && sm < 90))
+                fail_msg("attention_backward cudnn %s: cuDNN declined the call (see the message above)", shape);
+            r[rep][0] = down_raw(gdq, nq * 2);
+            r[rep][1] = down_raw(gdk, nk * 2);
+            r[rep][2] = down_raw(gdv, nk * 2);
+            if (rep == 0) {
+                snprintf(what, sizeof what, "attention_backward cudnn %s dq", shape);
+                expect_act(what, gdq, dq, nq, TOL_BF16);
+                snprintf(what, sizeof what, "attention_backward cudnn %s dk", shape);
+                expect_act(what, gdk, dk, nk, TOL_BF16);
+                snprintf(what, sizeof what, "attention_backward cudnn %s dv", shape);
+                expect_act(what, gdv, dv, nk, TOL_BF16);
+            }
+        }
+        snprintf(what, sizeof what, "attention_backward %s: dq, dk, dv", shape);
+        canary_check(what, gdq, nq * 2, xq);
+        canary_check(what, gdk, nk * 2, xk);
+        canary_check(what, gdv, nk * 2, xk);
+        snprintf(what, sizeof what, "attention_backward cudnn %s twice", shape);
+        expect_same_bytes(what, r[0][0], r[1][0], nq * 2);
+        expect_same_bytes(what, r[0][1], r[1][1], nk * 2);
+        expect_same_bytes(what, r[0][2], r[1][2], nk * 2);
+        // cuDNN against the WMMA kernels, gradient by gradient
+        size_t ns[3] = {nq, nk, nk};
+        const char *names[3] = {"dq", "dk", "dv"};
+        for (int j = 0; j < 3; j++) {
+            float *ref = xmalloc(ns[j] * sizeof(float)), *got = xmalloc(ns[j] * sizeof(float));
+            for (size_t i = 0; i < ns[j]; i++) {
+                ref[i] = bf16_to_f32(((uint16_t *)r[2][j])[i]);
+                got[i] = bf16_to_f32(((uint16_t *)r[0][j])[i]);
+            }
+            void *gg = up_act(got, ns[j]);
+            snprintf(what, sizeof what, "attention_backward cudnn vs wmma %s %s", shape, names[j]);
+            expect_act(what, gg, ref, ns[j], TOL_BF16);
+            G->free(gg); free(ref); free(got);
+        }
+        for (int rep = 0; rep < 3; rep++)
+            for (int j = 0; j < 3; j++) free(r[rep][j]);
+        free(outr); free(dout); free(dq); free(dk); free(dv);
+        G->free(gdo); G->free(gout); G->free(gdq); G->free(gdk); G->free(gdv);
+    }
+    cuda_attention_set_path(prev);
+    free(q); free(k); free(v); free(seg); free(out); free(lse);
+    G->free(gq); G->free(gk); G->free(gv); G->free(go); G->free(gl);
+    if (gs) G->free(gs);
+    cuda_attention_cudnn_set_bucket(prev_bucket);
+}
+
 static void test_attention_cudnn(void **state) {
     (void)state;
     char why[256];
-    if (!cuda_attention_cudnn_available(why, sizeof why)) {
+    int sm = cuda_attention_cudnn_available(why, sizeof why);
+    if (!sm) {
         const char *req = getenv("SVLM_REQUIRE_CUDNN");
         if (req && strcmp(req, "1") == 0) fail_msg("SVLM_REQUIRE_CUDNN=1 but the cuDNN attention is unavailable: %s", why);
         printf("    cuDNN attention: %s: skipped\n", why);
@@ -749,104 +880,8 @@ static void test_attention_cudnn(void **state) {
         {1, 64, 2, 1, 64, 1, 1, 0, 1},   {2, 577, 16, 16, 64, 0, 0, 1, 0}, {16, 768, 14, 2, 64, 1, 0, 1, 1},
         {4, 752, 14, 2, 64, 1, 1, 1, 1}, {2, 768, 14, 2, 128, 1, 1, 1, 1},
     };
-    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
-        const AttShape *a = &shapes[s];
-        int B = a->B, T = a->T, NH = a->NH, NKV = a->NKV, HD = a->HD;
-        size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
-        float *q = rnd(nq, -1.5f, 1.5f), *k = rnd(nk, -1.5f, 1.5f), *v = rnd(nk, -1, 1);
-        int *seg = a->seg ? packed_segments(B, T) : NULL;
-        float *out = zeros(nq), *lse = zeros(nl);
-        C->attention_forward(out, lse, q, k, v, seg, B, T, NH, NKV, HD, a->causal);
-        char what[200], shape[120];
-        snprintf(shape, sizeof shape, "B%d T%d NH%d NKV%d HD%d%s%s", B, T, NH, NKV, HD, a->causal ? " causal" : "",
-                 seg ? " packed" : "");
-        void *gq = up_act(q, nq), *gk = up_act(k, nk), *gv = up_act(v, nk), *go = G->alloc(nq * 2);
-        float *gl = G->alloc(nl * 4);
-        int *gs = seg ? up_int(seg, (size_t)B * T) : NULL;
-        long ran0, ran1, dec0, dec1;
-
-        // forward: cuDNN, twice, against the CPU, then the WMMA kernels on the same inputs
-        int prev = cuda_attention_set_path(2);
-        cuda_attention_cudnn_counts(&ran0, &dec0);
-        G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
-        void *f1 = down_raw(go, nq * 2);
-        G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
-        void *f2 = down_raw(go, nq * 2);
-        cuda_attention_cudnn_counts(&ran1, &dec1);
-        if (ran1 - ran0 != 2) fail_msg("attention_forward cudnn %s: cuDNN declined the call (see the message above)", shape);
-        snprintf(what, sizeof what, "attention_forward cudnn %s out", shape);
-        expect_act(what, go, out, nq, TOL_BF16);
-        snprintf(what, sizeof what, "attention_forward cudnn %s lse", shape);
-        expect_f32(what, gl, lse, nl, TOL_F32_FROM_BF16);
-        snprintf(what, sizeof what, "attention_forward cudnn %s twice", shape);
-        expect_same_bytes(what, f1, f2, nq * 2);
-        cuda_attention_set_path(0);
-        G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
-        float *wmma = down_act(go, nq), *f1f = xmalloc(nq * sizeof(float));
-        for (size_t i = 0; i < nq; i++) f1f[i] = bf16_to_f32(((uint16_t *)f1)[i]);
-        void *gf1 = up_act(f1f, nq);
-        snprintf(what, sizeof what, "attention_forward cudnn vs wmma %s", shape);
-        expect_act(what, gf1, wmma, nq, TOL_BF16);
-        G->free(gf1); free(wmma); free(f1f); free(f1); free(f2);
-
-        if (a->backward) {
-            float *outr = xmalloc(nq * sizeof(float)), *dout = rnd(nq, -1, 1);
-            for (size_t i = 0; i < nq; i++) outr[i] = bfr(out[i]);
-            float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
-            C->attention_backward(dq, dk, dv, dout, q, k, v, outr, lse, seg, B, T, NH, NKV, HD, a->causal);
-            void *gdo = up_act(dout, nq), *gout = up_act(outr, nq);
-            void *gdq = G->alloc(nq * 2), *gdk = G->alloc(nk * 2), *gdv = G->alloc(nk * 2);
-            G->upload(gl, lse, nl * 4);
-            void *r[3][3];
-            for (int rep = 0; rep < 3; rep++) {  // cuDNN twice, then the WMMA kernels
-                cuda_attention_set_path(rep < 2 ? 2 : 0);
-                G->zero(gdq, nq * 2);
-                G->zero(gdk, nk * 2);
-                cuda_attention_cudnn_counts(&ran0, NULL);
-                G->attention_backward(gdq, gdk, gdv, gdo, gq, gk, gv, gout, gl, gs, B, T, NH, NKV, HD, a->causal);
-                cuda_attention_cudnn_counts(&ran1, NULL);
-                if (rep < 2 && ran1 - ran0 != 1)
-                    fail_msg("attention_backward cudnn %s: cuDNN declined the call (see the message above)", shape);
-                r[rep][0] = down_raw(gdq, nq * 2);
-                r[rep][1] = down_raw(gdk, nk * 2);
-                r[rep][2] = down_raw(gdv, nk * 2);
-                if (rep == 0) {
-                    snprintf(what, sizeof what, "attention_backward cudnn %s dq", shape);
-                    expect_act(what, gdq, dq, nq, TOL_BF16);
-                    snprintf(what, sizeof what, "attention_backward cudnn %s dk", shape);
-                    expect_act(what, gdk, dk, nk, TOL_BF16);
-                    snprintf(what, sizeof what, "attention_backward cudnn %s dv", shape);
-                    expect_act(what, gdv, dv, nk, TOL_BF16);
-                }
-            }
-            snprintf(what, sizeof what, "attention_backward cudnn %s twice", shape);
-            expect_same_bytes(what, r[0][0], r[1][0], nq * 2);
-            expect_same_bytes(what, r[0][1], r[1][1], nk * 2);
-            expect_same_bytes(what, r[0][2], r[1][2], nk * 2);
-            // cuDNN against the WMMA kernels, gradient by gradient
-            size_t ns[3] = {nq, nk, nk};
-            const char *names[3] = {"dq", "dk", "dv"};
-            for (int j = 0; j < 3; j++) {
-                float *ref = xmalloc(ns[j] * sizeof(float)), *got = xmalloc(ns[j] * sizeof(float));
-                for (size_t i = 0; i < ns[j]; i++) {
-                    ref[i] = bf16_to_f32(((uint16_t *)r[2][j])[i]);
-                    got[i] = bf16_to_f32(((uint16_t *)r[0][j])[i]);
-                }
-                void *gg = up_act(got, ns[j]);
-                snprintf(what, sizeof what, "attention_backward cudnn vs wmma %s %s", shape, names[j]);
-                expect_act(what, gg, ref, ns[j], TOL_BF16);
-                G->free(gg); free(ref); free(got);
-            }
-            for (int rep = 0; rep < 3; rep++)
-                for (int j = 0; j < 3; j++) free(r[rep][j]);
-            free(outr); free(dout); free(dq); free(dk); free(dv);
-            G->free(gdo); G->free(gout); G->free(gdq); G->free(gdk); G->free(gdv);
-        }
-        cuda_attention_set_path(prev);
-        free(q); free(k); free(v); free(seg); free(out); free(lse);
-        G->free(gq); G->free(gk); G->free(gv); G->free(go); G->free(gl);
-        if (gs) G->free(gs);
-    }
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int bucket = 0; bucket <= 64; bucket += 64) cudnn_case(&shapes[s], bucket, sm);
 }
 
 // ---------------------------------------------------------------- pointwise
@@ -1689,11 +1724,13 @@ static void bench(void) {
         G->copy(v, q, nk * 2);
         float *lse = G->alloc((size_t)a->B * a->NH * a->T * 4);
         double flop = 4.0 * a->B * a->NH * (double)a->T * a->T * a->HD * (a->causal ? 0.5 : 1.0);
-        int npath = cuda_attention_cudnn_available(NULL, 0) ? 3 : 2;
+        // 3: cuDNN with bucketed graphs (SVLM_CUDNN_BUCKET=64)
+        int npath = cuda_attention_cudnn_available(NULL, 0) ? 4 : 2;
         for (int path = 0; path < npath; path++) {
-            int prev = cuda_attention_set_path(path);
-            const char *pn = path == 2 ? "cudnn" : path ? "fma  " : "tc   ";
-            if (path == 2) {  // the plans' build time (graph, heuristics, kernel compilation), first calls
+            int prev = cuda_attention_set_path(path < 3 ? path : 2);
+            int prev_bucket = cuda_attention_cudnn_set_bucket(path == 3 ? 64 : 0);
+            const char *pn = path == 3 ? "cudnn64" : path == 2 ? "cudnn  " : path ? "fma    " : "tc     ";
+            if (path >= 2) {  // the plans' build time (graph, heuristics, kernel compilation), first calls
                 long p0, p1;
                 double s0, s1;
                 cuda_attention_cudnn_build_stats(&p0, &s0);
@@ -1703,7 +1740,7 @@ static void bench(void) {
                                           a->causal);
                 G->synchronize();
                 cuda_attention_cudnn_build_stats(&p1, &s1);
-                printf("  attention cudnn B%-2d T%-5d: %ld plans built in %.2f s\n", a->B, a->T, p1 - p0, s1 - s0);
+                printf("  attention %s B%-2d T%-5d: %ld plans built in %.2f s\n", pn, a->B, a->T, p1 - p0, s1 - s0);
             }
             TIME_MS(ms, G->attention_forward(o, lse, q, k, v, NULL, a->B, a->T, a->NH, a->NKV, a->HD, a->causal));
             printf("  attention fwd %s B%-2d T%-5d NH%-2d NKV%-2d HD%d%s  %8.3f ms  %6.1f TFLOP/s\n", pn, a->B, a->T,
@@ -1714,6 +1751,7 @@ static void bench(void) {
                 printf("  attention bwd %s B%-2d T%-5d NH%-2d NKV%-2d HD%d%s  %8.3f ms  %6.1f TFLOP/s\n", pn, a->B, a->T,
                        a->NH, a->NKV, a->HD, a->causal ? " causal" : "", ms, 2.5 * flop / ms / 1e9);
             }
+            cuda_attention_cudnn_set_bucket(prev_bucket);
             cuda_attention_set_path(prev);
         }
         free(qh);
