@@ -580,6 +580,7 @@ static cudnnBackendDescriptor_t plan_from_heuristics(cudnnBackendDescriptor_t gr
     for (int64_t i = 0; i < n && i < ncfg && !found; i++) {
         if (!engine_deterministic(cfg[i])) continue;
         cudnnBackendDescriptor_t plan = NULL;
+        int64_t got = 0;
         if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) != CUDNN_STATUS_SUCCESS) continue;
         if (cudnnBackendSetAttribute(plan, ATTR_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_handle) == CUDNN_STATUS_SUCCESS &&
             cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
@@ -587,7 +588,7 @@ static cudnnBackendDescriptor_t plan_from_heuristics(cudnnBackendDescriptor_t gr
             (!kcache || cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_KERNEL_CACHE,
                                                  CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &kcache) == CUDNN_STATUS_SUCCESS) &&
             cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS &&
-            cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, ws) ==
+            cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got, ws) ==
                 CUDNN_STATUS_SUCCESS) {
             found = plan;
         } else {
@@ -688,10 +689,12 @@ static Plan *plan_get(const AttnKey *k) {
     for (int i = 0; i < CUDNN_CACHE && slot < 0; i++)
         if (!g_plans[i].used) slot = i;
     for (int tries = 0; slot < 0 && tries < CUDNN_CACHE; tries++) {
-        // full: replace the oldest unpinned one (queued work holds no reference to a plan's descriptors)
+        // full: replace the oldest unpinned one, after the work queued with it (its kernels live
+        // with the plan)
         int i = g_next_evict;
         g_next_evict = (g_next_evict + 1) % CUDNN_CACHE;
         if (!g_plans[i].pinned) {
+            cudaCheck(cudaStreamSynchronize(cuda_stream()));
             plan_clear(&g_plans[i]);
             slot = i;
         }
