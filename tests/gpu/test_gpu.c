@@ -748,14 +748,43 @@ static void canary_check(const char *what, const void *d, size_t used, size_t ex
     free(h);
 }
 
-static void cudnn_case(const AttShape *a, int bucket, int sm) {
+// the CPU reference of one shape (inputs rounded to bf16; the backward's from the CPU forward's
+// out, rounded, and lse, as test_attention does)
+typedef struct {
+    float *q, *k, *v, *out, *lse, *outr, *dout, *dq, *dk, *dv;
+    int *seg;
+} AttRef;
+
+static AttRef att_ref(const AttShape *a) {
+    int B = a->B, T = a->T, NH = a->NH, NKV = a->NKV, HD = a->HD;
+    size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
+    AttRef r;
+    memset(&r, 0, sizeof r);
+    r.q = rnd(nq, -1.5f, 1.5f), r.k = rnd(nk, -1.5f, 1.5f), r.v = rnd(nk, -1, 1);
+    r.seg = a->seg ? packed_segments(B, T) : NULL;
+    r.out = zeros(nq), r.lse = zeros(nl);
+    C->attention_forward(r.out, r.lse, r.q, r.k, r.v, r.seg, B, T, NH, NKV, HD, a->causal);
+    if (a->backward) {
+        r.outr = xmalloc(nq * sizeof(float)), r.dout = rnd(nq, -1, 1);
+        for (size_t i = 0; i < nq; i++) r.outr[i] = bfr(r.out[i]);
+        r.dq = zeros(nq), r.dk = zeros(nk), r.dv = zeros(nk);
+        C->attention_backward(r.dq, r.dk, r.dv, r.dout, r.q, r.k, r.v, r.outr, r.lse, r.seg, B, T, NH, NKV, HD, a->causal);
+    }
+    return r;
+}
+
+static void att_ref_free(AttRef *r) {
+    free(r->q); free(r->k); free(r->v); free(r->out); free(r->lse); free(r->outr); free(r->dout);
+    free(r->dq); free(r->dk); free(r->dv); free(r->seg);
+}
+
+// one shape on cuDNN (bucket 0: the graph of the exact shape; else bucketed, ragged): see below
+static void cudnn_case(const AttShape *a, const AttRef *ref, int bucket, int sm) {
     int prev_bucket = cuda_attention_cudnn_set_bucket(bucket);
     int B = a->B, T = a->T, NH = a->NH, NKV = a->NKV, HD = a->HD;
     size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
-    float *q = rnd(nq, -1.5f, 1.5f), *k = rnd(nk, -1.5f, 1.5f), *v = rnd(nk, -1, 1);
-    int *seg = a->seg ? packed_segments(B, T) : NULL;
-    float *out = zeros(nq), *lse = zeros(nl);
-    C->attention_forward(out, lse, q, k, v, seg, B, T, NH, NKV, HD, a->causal);
+    const float *q = ref->q, *k = ref->k, *v = ref->v, *out = ref->out, *lse = ref->lse;
+    const int *seg = ref->seg;
     char what[200], shape[120];
     snprintf(shape, sizeof shape, "B%d T%d NH%d NKV%d HD%d%s%s%s", B, T, NH, NKV, HD, a->causal ? " causal" : "",
              seg ? " packed" : "", bucket ? " bucketed" : "");
@@ -793,10 +822,7 @@ static void cudnn_case(const AttShape *a, int bucket, int sm) {
     G->free(gf1); free(wmma); free(f1f); free(f1); free(f2);
 
     if (a->backward) {
-        float *outr = xmalloc(nq * sizeof(float)), *dout = rnd(nq, -1, 1);
-        for (size_t i = 0; i < nq; i++) outr[i] = bfr(out[i]);
-        float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
-        C->attention_backward(dq, dk, dv, dout, q, k, v, outr, lse, seg, B, T, NH, NKV, HD, a->causal);
+        const float *outr = ref->outr, *dout = ref->dout, *dq = ref->dq, *dk = ref->dk, *dv = ref->dv;
         void *gdo = up_act(dout, nq), *gout = up_act(outr, nq);
         void *gdq = G->alloc(nq * 2 + xq), *gdk = G->alloc(nk * 2 + xk), *gdv = G->alloc(nk * 2 + xk);
         canary_set(gdq, nq * 2, xq);
@@ -850,11 +876,9 @@ static void cudnn_case(const AttShape *a, int bucket, int sm) {
         }
         for (int rep = 0; rep < 3; rep++)
             for (int j = 0; j < 3; j++) free(r[rep][j]);
-        free(outr); free(dout); free(dq); free(dk); free(dv);
         G->free(gdo); G->free(gout); G->free(gdq); G->free(gdk); G->free(gdv);
     }
     cuda_attention_set_path(prev);
-    free(q); free(k); free(v); free(seg); free(out); free(lse);
     G->free(gq); G->free(gk); G->free(gv); G->free(go); G->free(gl);
     if (gs) G->free(gs);
     cuda_attention_cudnn_set_bucket(prev_bucket);
@@ -880,8 +904,11 @@ static void test_attention_cudnn(void **state) {
         {1, 64, 2, 1, 64, 1, 1, 0, 1},   {2, 577, 16, 16, 64, 0, 0, 1, 0}, {16, 768, 14, 2, 64, 1, 0, 1, 1},
         {4, 752, 14, 2, 64, 1, 1, 1, 1}, {2, 768, 14, 2, 128, 1, 1, 1, 1},
     };
-    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
-        for (int bucket = 0; bucket <= 64; bucket += 64) cudnn_case(&shapes[s], bucket, sm);
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        AttRef ref = att_ref(&shapes[s]);
+        for (int bucket = 0; bucket <= 64; bucket += 64) cudnn_case(&shapes[s], &ref, bucket, sm);
+        att_ref_free(&ref);
+    }
 }
 
 // ---------------------------------------------------------------- pointwise
