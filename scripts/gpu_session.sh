@@ -44,7 +44,7 @@ check)
     # cuDNN fused attention (kernels/cuda/attention_cudnn.cu): forward and backward against the CPU
     # and the WMMA kernels, determinism; must run on cuDNN (no silent fallback), so it fails when
     # cuDNN was not built or declined a shape (its stderr line says why)
-    step test-gpu-cudnn 150 "SVLM_REQUIRE_CUDNN=1 ./build/tests/gpu/test_gpu ops test_attention_cudnn"
+    step test-gpu-cudnn 240 "SVLM_REQUIRE_CUDNN=1 ./build/tests/gpu/test_gpu ops test_attention_cudnn"
     step op-timings 90 "./build/tests/gpu/test_gpu bench"
     # NCCL with one rank (torchrun-style launch, no mpirun needed) equals the run without Dist
     step test-dist-cuda 120 "SVLM_TEST_DEVICE=cuda ./build/tests/test_dist"
