@@ -76,7 +76,7 @@ build/asan/%.o: %.c
 	$(CC) $(SVLM_CFLAGS) $(ASAN) -MMD -MP -c $< -o $@
 build/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -c $< -o $@
+	$(NVCC) $(NVFLAGS) $(CUDNN_NVFLAGS) -c $< -o $@
 build/obj/kernels/cuda/cuda_stub.o: kernels/cuda/cuda_stub.c
 	@mkdir -p $(dir $@)
 	$(CC) $(SVLM_CFLAGS) -c $< -o $@
@@ -113,9 +113,9 @@ ASAN_TESTS += build/tests/asan_test_fs_safe
 # test_gpu_emu: the CUDA kernels' source on the CPU emulator against the CPU backend (tests/gpu/emu);
 # train_emu: ./train on them (tests/test_dist.c runs it data-parallel: ZeRO-1 with sharded masters);
 # tsan_ops.sh: its op tests again under ThreadSanitizer (race detection)
-test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu $(EMU_DIR)/train_emu
+test: cuda-compile $(TESTS) $(ASAN_TESTS) $(PROGS) $(EMU_DIR)/test_gpu_emu $(EMU_DIR)/train_emu $(if $(HAVE_NVCC),build/tests/gpu/cudnn_graphs)
 	@$(MAKE) --no-print-directory EMU_TSAN=1 build/emu-tsan/test_gpu_emu
-	@sh tests/run.sh tests/test_deps.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu tests/gpu/tsan_ops.sh
+	@sh tests/run.sh tests/test_deps.sh $(TESTS) $(ASAN_TESTS) $(EMU_DIR)/test_gpu_emu tests/gpu/tsan_ops.sh tests/gpu/cudnn_graphs.sh
 	@$(MAKE) --no-print-directory fuzz-smoke
 
 # ---- fuzzing (tests/fuzz/): libFuzzer harnesses for every parser of untrusted files, built with
@@ -244,6 +244,11 @@ fixtures:
 # (tests/gpu/emu, small shapes only), which needs no GPU and no nvcc.
 $(CU_OBJ): kernels/cuda/common.cuh
 build/tests/gpu/test_gpu: build/obj/tests/gpu/test_gpu.o build/obj/tests/testlib.o $(CU_OBJ) build/libsvlm.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS) $(PROG_LIBS)
+# cuDNN's verdict on svlm's attention graphs, without a GPU (tests/gpu/cudnn_graphs.c; run by
+# tests/gpu/cudnn_graphs.sh, which gives cuDNN the toolkit's stub libcuda where no driver is installed)
+build/tests/gpu/cudnn_graphs: build/obj/tests/gpu/cudnn_graphs.o build/obj/tests/testlib.o $(CU_OBJ) build/libsvlm.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS) $(PROG_LIBS)
 # then ./train on the GPU: learning, kill-and-resume bit-identical, the memory plan (tests/test_train.c),

@@ -8,7 +8,8 @@
 #   options: --config FILE (default build/config.mk)
 #   environment: CC, CXX, CFLAGS, LDFLAGS (added to every probe as the Makefile adds them), NVCC,
 #     CUDA=auto|0|1 (auto: the CUDA backend when nvcc and its libraries work, else CPU only with a
-#     warning; 1: an error instead), SKIP_DEPS=1 (no check: write config.mk from pkg-config alone,
+#     warning; 1: an error instead), CUDNN=auto|0 (auto: cuDNN's fused attention, SVLM_ATTN=cudnn,
+#     when cuDNN 9 links next to CUDA; never required), SKIP_DEPS=1 (no check: write config.mk from pkg-config alone,
 #     for machines prepared by hand, e.g. scripts/gpu_deps.sh), DEPS_TABLE (extra rows, for tests).
 #
 # A probe is a tiny C program that includes the header and takes the address of the library's
@@ -179,6 +180,36 @@ EOF
     return 0
 }
 
+# ---- cuDNN (optional: SVLM_ATTN=cudnn, kernels/cuda/attention_cudnn.cu): its header and library
+# next to the CUDA ones, version 9 or newer (the backend graph API). Found: -lcudnn joins
+# CUDA_LIBS and the .cu files compile with -DSVLM_HAVE_CUDNN; not found (or CUDNN=0): the cuDNN
+# path is compiled out and SVLM_ATTN=cudnn says "not built" and runs the WMMA kernels. Not installed
+# from here (NVIDIA's repository names it per CUDA release: libcudnn9-dev-cuda-12 ...).
+cudnn_probe() {
+    cat > "$work/cudnn.cu" <<'EOF2'
+#include <cudnn.h>
+#if CUDNN_MAJOR < 9
+#error "cuDNN 9 or newer needed (the backend graph API of fused attention)"
+#endif
+int main() {
+    cudnnBackendDescriptor_t d = 0;
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_TENSOR_DESCRIPTOR, &d);  // needs no GPU
+    return cudnnGetVersion() == 0;
+}
+EOF2
+    if ! "$NVCC" -std=c++17 -c "$work/cudnn.cu" -o "$work/cudnn.o" 2>"$work/cudnn.err"; then
+        CUDNN_WHY="no usable cudnn.h: $(grep -m1 -i error "$work/cudnn.err")"; return 1
+    fi
+    # shellcheck disable=SC2086
+    if ! $CC "$work/cudnn.o" -o "$work/cudnn.bin" $USER_LDFLAGS $CUDA_LIBS -lcudnn 2>"$work/cudnn.err"; then
+        CUDNN_WHY="libcudnn does not link: $(grep -m1 -E 'cannot find|undefined' "$work/cudnn.err" | sed 's/^.*ld: //')"; return 1
+    fi
+    if ! "$work/cudnn.bin" 2>"$work/cudnn.err" && grep -q "shared librar" "$work/cudnn.err"; then
+        CUDNN_WHY="libcudnn does not load: $(head -1 "$work/cudnn.err")"; return 1
+    fi
+    return 0
+}
+
 # the NVIDIA packages for the libraries, named after nvcc's release (13.0 -> 13-0)
 cuda_packages() {
     v=$("$NVCC" --version 2>/dev/null | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1-\2/p')
@@ -216,17 +247,27 @@ HAVE_CUDA := $HAVE_CUDA
 CUDA_HOME := $CUDA_HOME
 CUDA_LIBS := $CUDA_LIBS
 CUDA_WHY := $CUDA_WHY
+HAVE_CUDNN := $HAVE_CUDNN
+CUDNN_NVFLAGS := $CUDNN_NVFLAGS
+CUDNN_WHY := $CUDNN_WHY
 EOF
     mv "$config.tmp" "$config"
 }
 
 CONFIG_KEY_IN=${CONFIG_KEY:-}
 HAVE_CUDA=0; CUDA_HOME=; CUDA_LIBS=; CUDA_WHY=
+HAVE_CUDNN=0; CUDNN_NVFLAGS=; CUDNN_WHY="not probed"; CUDNN=${CUDNN:-auto}
 
 if [ "${SKIP_DEPS:-0}" = 1 ]; then
     collect_flags
     if [ "$CUDA" != 0 ] && command -v "$NVCC" >/dev/null 2>&1; then
         HAVE_CUDA=1; cuda_flags
+        # cuDNN is optional, so its probe (a second's compile) runs even here
+        if [ "$CUDNN" = 0 ]; then
+            CUDNN_WHY="CUDNN=0"
+        elif cudnn_probe; then
+            HAVE_CUDNN=1; CUDNN_NVFLAGS=-DSVLM_HAVE_CUDNN; CUDNN_WHY=; CUDA_LIBS="$CUDA_LIBS -lcudnn"
+        fi
     fi
     write_config "SKIP_DEPS=1: not checked"
     exit 0
@@ -274,6 +315,16 @@ if [ "$CUDA" != 0 ]; then
         fi
     fi
     [ $mode = check ] && [ "$HAVE_CUDA" = 1 ] && say "CUDA: $CUDA_HOME links and loads"
+    if [ "$HAVE_CUDA" = 1 ]; then
+        if [ "$CUDNN" = 0 ]; then
+            CUDNN_WHY="CUDNN=0"
+        elif cudnn_probe; then
+            HAVE_CUDNN=1; CUDNN_NVFLAGS=-DSVLM_HAVE_CUDNN; CUDNN_WHY=; CUDA_LIBS="$CUDA_LIBS -lcudnn"
+            [ $mode = check ] && say "cuDNN: links and loads (SVLM_ATTN=cudnn available)"
+        else
+            say "note: $CUDNN_WHY: SVLM_ATTN=cudnn is not built (the WMMA attention is the default anyway)"
+        fi
+    fi
 else
     CUDA_WHY="CUDA=0"
 fi

@@ -3,6 +3,8 @@
 // attention_forward and attention_backward run on tensor cores instead (attention_tc.cu) when
 // HD % 16 == 0 and HD <= 128 and the buffers are 16-byte aligned, unless the environment variable
 // SVLM_ATTN=fma (read once) or cuda_attention_set_path (for the tests) asks for these kernels.
+// SVLM_ATTN=cudnn tries cuDNN's fused attention first (attention_cudnn.cu), which declines shapes
+// it cannot do; those then run as without it.
 // Other head dims and attention_cached (decoding, memory-bound) always run here. The backward's
 // row dots D and its group sum of the dk/dv partials are shared by both paths, as is the scratch.
 //
@@ -394,24 +396,37 @@ void attn_tc_backward(act_t *dq, float *pk, float *pv, const act_t *dout, const 
                       const act_t *v, const float *lse, const float *D, const int *seg, int B, int T, int NH,
                       int NKV, int HD, int causal);
 
-// 1: every attention on the FMA kernels; -1: not read from SVLM_ATTN yet
-static int g_fma_only = -1;
+// attention_cudnn.cu: 1 when cuDNN ran the call, 0 when it declines (not built, shape, engine)
+int attn_cudnn_forward(act_t *out, float *lse, const act_t *q, const act_t *k, const act_t *v, const int *seg, int B,
+                       int T, int NH, int NKV, int HD, int causal);
+int attn_cudnn_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout, const act_t *q, const act_t *k,
+                        const act_t *v, const act_t *out, const float *lse, const int *seg, int B, int T, int NH,
+                        int NKV, int HD, int causal);
+size_t cuda_attention_cudnn_scratch(int B, int T, int NH, int NKV, int HD);
 
-static int fma_only(void) {
-    if (g_fma_only < 0) {
+// which kernels run attention_forward/backward: 0 tensor cores where they apply (the default), 1
+// the FMA kernels only, 2 cuDNN first; -1: not read from SVLM_ATTN yet
+enum { PATH_TC, PATH_FMA, PATH_CUDNN };
+static int g_path = -1;
+
+static int attn_path(void) {
+    if (g_path < 0) {
         const char *e = getenv("SVLM_ATTN");
-        CHECK(!e || !*e || strcmp(e, "fma") == 0 || strcmp(e, "tc") == 0,
-              "SVLM_ATTN=%s: expected fma (the FMA kernels only) or tc (tensor cores where they apply, the default)", e);
-        g_fma_only = e && strcmp(e, "fma") == 0;
+        CHECK(!e || !*e || strcmp(e, "fma") == 0 || strcmp(e, "tc") == 0 || strcmp(e, "cudnn") == 0,
+              "SVLM_ATTN=%s: expected tc (tensor cores where they apply, the default), fma (the FMA kernels only) "
+              "or cudnn (cuDNN's fused attention where it applies, else tc)", e);
+        g_path = !e || !*e || strcmp(e, "tc") == 0 ? PATH_TC : strcmp(e, "fma") == 0 ? PATH_FMA : PATH_CUDNN;
     }
-    return g_fma_only;
+    return g_path;
 }
+static int fma_only(void) { return attn_path() == PATH_FMA; }
 
-// the tests' switch between the paths (SVLM_ATTN=fma for a whole run): 1 = FMA kernels only,
-// 0 = tensor cores where they apply; returns the previous setting
-extern "C" int cuda_attention_set_path(int fma) {
-    int old = fma_only();
-    g_fma_only = fma != 0;
+// the tests' switch between the paths (SVLM_ATTN for a whole run): 0 = tensor cores where they
+// apply, 1 = FMA kernels only, 2 = cuDNN first; returns the previous setting
+extern "C" int cuda_attention_set_path(int path) {
+    int old = attn_path();
+    CHECK(path >= PATH_TC && path <= PATH_CUDNN, "cuda_attention_set_path(%d)", path);
+    g_path = path;
     return old;
 }
 
@@ -450,6 +465,7 @@ void cuda_attention_forward(act_t *out, float *lse, const act_t *q, const act_t 
                             const int *seg, int B, int T, int NH, int NKV, int HD, int causal) {
     if (B <= 0 || T <= 0 || NH <= 0) return;
     check_shape(B, T, NH, NKV);
+    if (attn_path() == PATH_CUDNN && attn_cudnn_forward(out, lse, q, k, v, seg, B, T, NH, NKV, HD, causal)) return;
     if (use_tc(HD, out, q, k, v)) attn_tc_forward(out, lse, q, k, v, seg, B, T, NH, NKV, HD, causal);
     else forward(out, lse, q, k, v, seg, B, T, T, T, NH, NKV, HD, causal);
 }
@@ -464,6 +480,7 @@ void cuda_attention_cached(act_t *out, const act_t *q, const act_t *kc, const ac
 
 size_t cuda_attention_backward_scratch(int slot, int B, int T, int NH, int NKV, int HD) {
     size_t rows = (size_t)B * T * NH;
+    if (slot == SCRATCH_CUDNN) return attn_path() == PATH_CUDNN ? cuda_attention_cudnn_scratch(B, T, NH, NKV, HD) : 0;
     if (slot == SCRATCH_ATTN) return rows * sizeof(float);
     if (slot == SCRATCH_REDUCE) return 2 * rows * HD * sizeof(float);
     return 0;
@@ -474,6 +491,9 @@ void cuda_attention_backward(act_t *dq, act_t *dk, act_t *dv, const act_t *dout,
                              const int *seg, int B, int T, int NH, int NKV, int HD, int causal) {
     if (B <= 0 || T <= 0 || NH <= 0) return;
     check_shape(B, T, NH, NKV);
+    if (attn_path() == PATH_CUDNN &&
+        attn_cudnn_backward(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, NH, NKV, HD, causal))
+        return;
     int ndl = dims_per_lane(HD);
     float scale = 1.0f / sqrtf((float)HD);
     size_t rows = (size_t)B * T * NH;

@@ -50,7 +50,7 @@ cudaStream_t cuda_stream(void);
 int cuda_num_sms(void);
 // a device scratch buffer of at least `bytes`, one per slot, grown on demand and kept; the
 // contents are undefined. Ops use it within one call only (stream order keeps users apart).
-enum { SCRATCH_REDUCE, SCRATCH_REDUCE2, SCRATCH_ATTN, SCRATCH_SUMSQ, SCRATCH_SPLITK, N_SCRATCH };
+enum { SCRATCH_REDUCE, SCRATCH_REDUCE2, SCRATCH_ATTN, SCRATCH_SUMSQ, SCRATCH_SPLITK, SCRATCH_CUDNN, N_SCRATCH };
 void *cuda_scratch(int slot, size_t bytes);
 // counts a block allocated outside cuda_alloc (cuBLASLt's workspace) in memory()
 void cuda_track(void *p, size_t bytes);

@@ -29,6 +29,7 @@
 
 #include "common/safetensors.h"
 #include "common/util.h"
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/kernels.h"
 #include "model/gen_batch.h"
 #include "model/memplan.h"
@@ -540,7 +541,7 @@ static void test_rope(void **state) {
 
 // kernels/cuda/attention.cu: which kernels attention_forward/backward run on. 1 = the FMA kernels
 // only (what SVLM_ATTN=fma does for a whole run), 0 = tensor cores where the head dim allows
-// (HD % 16 == 0, HD <= 128); returns the previous setting
+// (HD % 16 == 0, HD <= 128), 2 = cuDNN first (SVLM_ATTN=cudnn); returns the previous setting
 int cuda_attention_set_path(int fma);
 
 typedef struct {
@@ -674,6 +675,239 @@ static void test_attention_cached(void **state) {
         expect_act(what, go, out, nq, TOL_BF16);
         free(q); free(kc); free(vc); free(out);
         G->free(gq); G->free(gk); G->free(gv); G->free(go);
+    }
+}
+
+// ---------------------------------------------------------------- attention on cuDNN (SVLM_ATTN=cudnn)
+
+// contiguous runs of segment ids as the loader packs rows: 1 to 4 samples at random cut points,
+// then (half the rows) a padding tail of -1
+static int *packed_segments(int B, int T) {
+    int *seg = xmalloc((size_t)B * T * sizeof(int));
+    for (int b = 0; b < B; b++) {
+        int tail = b % 2 && T > 2 ? T - 1 - (int)(test_rand_u64(&seed) % (uint64_t)(T / 2)) : T;
+        int n = 1 + (int)(test_rand_u64(&seed) % 4), id = 0;
+        int step = 2 * tail / n > 1 ? 2 * tail / n : 1;
+        int next = n > 1 ? 1 + (int)(test_rand_u64(&seed) % (uint64_t)step) : T;
+        for (int t = 0; t < T; t++) {
+            if (t == next && id < n - 1) {
+                id++;
+                next = t + 1 + (int)(test_rand_u64(&seed) % (uint64_t)step);
+            }
+            seg[b * T + t] = t < tail ? id : -1;
+        }
+    }
+    return seg;
+}
+
+// attention_cudnn.cu's segment ends (the packed-rows bound of the cuDNN masks), on the emulator too
+static void test_attention_segment_ends(void **state) {
+    (void)state;
+    const int shapes[][2] = {{1, 1}, {3, 5}, {2, 1023}, {2, 1024}, {3, 1025}, {2, 2500}, {16, 768}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int B = shapes[s][0], T = shapes[s][1];
+        if (emu && (size_t)B * T > 8000) continue;
+        int *seg = packed_segments(B, T), *want = xmalloc((size_t)B * T * sizeof(int));
+        if (s == 2)  // a segment per position
+            for (int i = 0; i < B * T; i++) seg[i] = i % T;
+        for (int b = 0; b < B; b++)
+            for (int t = T - 1; t >= 0; t--) {
+                int i = b * T + t;
+                want[i] = t == T - 1 || seg[i] != seg[i + 1] ? t : want[i + 1];
+            }
+        int *gs = up_int(seg, (size_t)B * T), *ge = G->alloc((size_t)B * T * sizeof(int));
+        cuda_attention_segment_ends(ge, gs, B, T);
+        int *got = down_raw(ge, (size_t)B * T * sizeof(int));
+        for (int i = 0; i < B * T; i++)
+            if (got[i] != want[i]) fail_msg("segment ends B%d T%d: position %d: %d, expected %d", B, T, i, got[i], want[i]);
+        free(seg); free(want); free(got);
+        G->free(gs); G->free(ge);
+    }
+}
+
+// attention_forward/backward with SVLM_ATTN=cudnn against the CPU reference (the bf16 tolerances
+// of test_attention), twice with the same bytes, and against the WMMA kernels, on the graphs of the
+// exact shape and bucketed ones (SVLM_CUDNN_BUCKET=64: ragged, T rounded up); every call must
+// have run on cuDNN (cuda_attention_cudnn_counts), not fallen back. Without cuDNN in the build
+// (always on the emulator) it says why and passes, unless SVLM_REQUIRE_CUDNN=1
+// (scripts/gpu_session.sh check sets it).
+// one shape on cuDNN (bucket 0: the graph of the exact shape; else bucketed, ragged): see below
+// a bucketed graph covers T rounded up to 64 rows per batch entry and must write only the call's
+// rows: outputs get 64 rows more than the op writes, filled with a pattern that must survive
+#define CANARY_ROWS 64
+static void canary_set(void *d, size_t used, size_t extra) {
+    unsigned char *h = xmalloc(extra);
+    memset(h, 0xa5, extra);
+    G->upload((char *)d + used, h, extra);
+    free(h);
+}
+static void canary_check(const char *what, const void *d, size_t used, size_t extra) {
+    unsigned char *h = down_raw((const char *)d + used, extra);
+    for (size_t i = 0; i < extra; i++)
+        if (h[i] != 0xa5) fail_msg("%s: byte %zu past the output was written", what, i);
+    free(h);
+}
+
+// the CPU reference of one shape (inputs rounded to bf16; the backward's from the CPU forward's
+// out, rounded, and lse, as test_attention does)
+typedef struct {
+    float *q, *k, *v, *out, *lse, *outr, *dout, *dq, *dk, *dv;
+    int *seg;
+} AttRef;
+
+static AttRef att_ref(const AttShape *a) {
+    int B = a->B, T = a->T, NH = a->NH, NKV = a->NKV, HD = a->HD;
+    size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
+    AttRef r;
+    memset(&r, 0, sizeof r);
+    r.q = rnd(nq, -1.5f, 1.5f), r.k = rnd(nk, -1.5f, 1.5f), r.v = rnd(nk, -1, 1);
+    r.seg = a->seg ? packed_segments(B, T) : NULL;
+    r.out = zeros(nq), r.lse = zeros(nl);
+    C->attention_forward(r.out, r.lse, r.q, r.k, r.v, r.seg, B, T, NH, NKV, HD, a->causal);
+    if (a->backward) {
+        r.outr = xmalloc(nq * sizeof(float)), r.dout = rnd(nq, -1, 1);
+        for (size_t i = 0; i < nq; i++) r.outr[i] = bfr(r.out[i]);
+        r.dq = zeros(nq), r.dk = zeros(nk), r.dv = zeros(nk);
+        C->attention_backward(r.dq, r.dk, r.dv, r.dout, r.q, r.k, r.v, r.outr, r.lse, r.seg, B, T, NH, NKV, HD, a->causal);
+    }
+    return r;
+}
+
+static void att_ref_free(AttRef *r) {
+    free(r->q); free(r->k); free(r->v); free(r->out); free(r->lse); free(r->outr); free(r->dout);
+    free(r->dq); free(r->dk); free(r->dv); free(r->seg);
+}
+
+// one shape on cuDNN (bucket 0: the graph of the exact shape; else bucketed, ragged): see below
+static void cudnn_case(const AttShape *a, const AttRef *ref, int bucket, int sm) {
+    int prev_bucket = cuda_attention_cudnn_set_bucket(bucket);
+    int B = a->B, T = a->T, NH = a->NH, NKV = a->NKV, HD = a->HD;
+    size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, nl = (size_t)B * NH * T;
+    const float *q = ref->q, *k = ref->k, *v = ref->v, *out = ref->out, *lse = ref->lse;
+    const int *seg = ref->seg;
+    char what[200], shape[120];
+    snprintf(shape, sizeof shape, "B%d T%d NH%d NKV%d HD%d%s%s%s", B, T, NH, NKV, HD, a->causal ? " causal" : "",
+             seg ? " packed" : "", bucket ? " bucketed" : "");
+    size_t xq = (size_t)CANARY_ROWS * NH * HD * 2, xk = (size_t)CANARY_ROWS * NKV * HD * 2;
+    void *gq = up_act(q, nq), *gk = up_act(k, nk), *gv = up_act(v, nk), *go = G->alloc(nq * 2 + xq);
+    canary_set(go, nq * 2, xq);
+    float *gl = G->alloc(nl * 4);
+    int *gs = seg ? up_int(seg, (size_t)B * T) : NULL;
+    long ran0, ran1, dec0, dec1;
+
+    // forward: cuDNN, twice, against the CPU, then the WMMA kernels on the same inputs
+    int prev = cuda_attention_set_path(2);
+    cuda_attention_cudnn_counts(&ran0, &dec0);
+    G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
+    void *f1 = down_raw(go, nq * 2);
+    G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
+    void *f2 = down_raw(go, nq * 2);
+    cuda_attention_cudnn_counts(&ran1, &dec1);
+    if (ran1 - ran0 != 2) fail_msg("attention_forward cudnn %s: cuDNN declined the call (see the message above)", shape);
+    snprintf(what, sizeof what, "attention_forward cudnn %s out", shape);
+    expect_act(what, go, out, nq, TOL_BF16);
+    snprintf(what, sizeof what, "attention_forward cudnn %s lse", shape);
+    expect_f32(what, gl, lse, nl, TOL_F32_FROM_BF16);
+    snprintf(what, sizeof what, "attention_forward cudnn %s twice", shape);
+    expect_same_bytes(what, f1, f2, nq * 2);
+    snprintf(what, sizeof what, "attention_forward cudnn %s out", shape);
+    canary_check(what, go, nq * 2, xq);
+    cuda_attention_set_path(0);
+    G->attention_forward(go, gl, gq, gk, gv, gs, B, T, NH, NKV, HD, a->causal);
+    float *wmma = down_act(go, nq), *f1f = xmalloc(nq * sizeof(float));
+    for (size_t i = 0; i < nq; i++) f1f[i] = bf16_to_f32(((uint16_t *)f1)[i]);
+    void *gf1 = up_act(f1f, nq);
+    snprintf(what, sizeof what, "attention_forward cudnn vs wmma %s", shape);
+    expect_act(what, gf1, wmma, nq, TOL_BF16);
+    G->free(gf1); free(wmma); free(f1f); free(f1); free(f2);
+
+    if (a->backward) {
+        const float *outr = ref->outr, *dout = ref->dout, *dq = ref->dq, *dk = ref->dk, *dv = ref->dv;
+        void *gdo = up_act(dout, nq), *gout = up_act(outr, nq);
+        void *gdq = G->alloc(nq * 2 + xq), *gdk = G->alloc(nk * 2 + xk), *gdv = G->alloc(nk * 2 + xk);
+        canary_set(gdq, nq * 2, xq);
+        canary_set(gdk, nk * 2, xk);
+        canary_set(gdv, nk * 2, xk);
+        G->upload(gl, lse, nl * 4);
+        void *r[3][3];
+        for (int rep = 0; rep < 3; rep++) {  // cuDNN twice, then the WMMA kernels
+            cuda_attention_set_path(rep < 2 ? 2 : 0);
+            G->zero(gdq, nq * 2);
+            G->zero(gdk, nk * 2);
+            cuda_attention_cudnn_counts(&ran0, NULL);
+            G->attention_backward(gdq, gdk, gdv, gdo, gq, gk, gv, gout, gl, gs, B, T, NH, NKV, HD, a->causal);
+            cuda_attention_cudnn_counts(&ran1, NULL);
+            // cuDNN 9.19 has no deterministic bucketed (ragged) backward on sm_80: WMMA runs it there
+            if (rep < 2 && ran1 - ran0 != 1 && !(bucket && sm < 90))
+                fail_msg("attention_backward cudnn %s: cuDNN declined the call (see the message above)", shape);
+            r[rep][0] = down_raw(gdq, nq * 2);
+            r[rep][1] = down_raw(gdk, nk * 2);
+            r[rep][2] = down_raw(gdv, nk * 2);
+            if (rep == 0) {
+                snprintf(what, sizeof what, "attention_backward cudnn %s dq", shape);
+                expect_act(what, gdq, dq, nq, TOL_BF16);
+                snprintf(what, sizeof what, "attention_backward cudnn %s dk", shape);
+                expect_act(what, gdk, dk, nk, TOL_BF16);
+                snprintf(what, sizeof what, "attention_backward cudnn %s dv", shape);
+                expect_act(what, gdv, dv, nk, TOL_BF16);
+            }
+        }
+        snprintf(what, sizeof what, "attention_backward %s: dq, dk, dv", shape);
+        canary_check(what, gdq, nq * 2, xq);
+        canary_check(what, gdk, nk * 2, xk);
+        canary_check(what, gdv, nk * 2, xk);
+        snprintf(what, sizeof what, "attention_backward cudnn %s twice", shape);
+        expect_same_bytes(what, r[0][0], r[1][0], nq * 2);
+        expect_same_bytes(what, r[0][1], r[1][1], nk * 2);
+        expect_same_bytes(what, r[0][2], r[1][2], nk * 2);
+        // cuDNN against the WMMA kernels, gradient by gradient
+        size_t ns[3] = {nq, nk, nk};
+        const char *names[3] = {"dq", "dk", "dv"};
+        for (int j = 0; j < 3; j++) {
+            float *ref = xmalloc(ns[j] * sizeof(float)), *got = xmalloc(ns[j] * sizeof(float));
+            for (size_t i = 0; i < ns[j]; i++) {
+                ref[i] = bf16_to_f32(((uint16_t *)r[2][j])[i]);
+                got[i] = bf16_to_f32(((uint16_t *)r[0][j])[i]);
+            }
+            void *gg = up_act(got, ns[j]);
+            snprintf(what, sizeof what, "attention_backward cudnn vs wmma %s %s", shape, names[j]);
+            expect_act(what, gg, ref, ns[j], TOL_BF16);
+            G->free(gg); free(ref); free(got);
+        }
+        for (int rep = 0; rep < 3; rep++)
+            for (int j = 0; j < 3; j++) free(r[rep][j]);
+        G->free(gdo); G->free(gout); G->free(gdq); G->free(gdk); G->free(gdv);
+    }
+    cuda_attention_set_path(prev);
+    G->free(gq); G->free(gk); G->free(gv); G->free(go); G->free(gl);
+    if (gs) G->free(gs);
+    cuda_attention_cudnn_set_bucket(prev_bucket);
+}
+
+static void test_attention_cudnn(void **state) {
+    (void)state;
+    char why[256];
+    int sm = cuda_attention_cudnn_available(why, sizeof why);
+    if (!sm) {
+        const char *req = getenv("SVLM_REQUIRE_CUDNN");
+        if (req && strcmp(req, "1") == 0) fail_msg("SVLM_REQUIRE_CUDNN=1 but the cuDNN attention is unavailable: %s", why);
+        printf("    cuDNN attention: %s: skipped\n", why);
+        return;
+    }
+    printf("    cuDNN attention: %s\n", why);
+    // GQA and MHA, HD 64 and 128 (and 32), padded (seg NULL: the padding rows are causal rows like
+    // the others) and packed rows, T not a multiple of 64, the ViT's full attention (forward only),
+    // and the reference stage-2 shapes
+    static const AttShape shapes[] = {
+        {2, 100, 4, 2, 64, 1, 0, 0, 1},  {2, 100, 4, 2, 64, 1, 1, 0, 1},  {1, 130, 14, 2, 64, 1, 1, 0, 1},
+        {2, 77, 4, 4, 128, 1, 0, 0, 1},  {1, 200, 8, 2, 128, 1, 1, 0, 1}, {2, 37, 4, 1, 32, 1, 0, 0, 1},
+        {1, 64, 2, 1, 64, 1, 1, 0, 1},   {2, 577, 16, 16, 64, 0, 0, 1, 0}, {16, 768, 14, 2, 64, 1, 0, 1, 1},
+        {4, 752, 14, 2, 64, 1, 1, 1, 1}, {2, 768, 14, 2, 128, 1, 1, 1, 1},
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        AttRef ref = att_ref(&shapes[s]);
+        for (int bucket = 0; bucket <= 64; bucket += 64) cudnn_case(&shapes[s], &ref, bucket, sm);
+        att_ref_free(&ref);
     }
 }
 
@@ -1541,8 +1775,8 @@ static void bench(void) {
         G->free(inp); G->free(w); G->free(out); G->free(dinp); G->free(dw);
     }
     // attention: the LLM (Qwen2-0.5B: causal, GQA 14/2; micro-batch 16 x 768 and longer rows) and
-    // the ViT (CLIP-L/14-336: 577 tokens, full, forward only), on tensor cores ("tc") and on the
-    // FMA kernels ("fma", as SVLM_ATTN=fma). FLOPs count the 4 T^2 HD per head of the forward's two
+    // the ViT (CLIP-L/14-336: 577 tokens, full, forward only), on tensor cores ("tc"), on the
+    // FMA kernels ("fma", as SVLM_ATTN=fma) and on cuDNN ("cudnn", as SVLM_ATTN=cudnn) when built. FLOPs count the 4 T^2 HD per head of the forward's two
     // products (half of it under a causal mask) and 2.5x that for the backward's five.
     const AttShape at[] = {{16, 768, 14, 2, 64, 1, 0, 1, 1},
                            {2, 1024, 14, 2, 64, 1, 0, 1, 1},
@@ -1558,9 +1792,24 @@ static void bench(void) {
         G->copy(v, q, nk * 2);
         float *lse = G->alloc((size_t)a->B * a->NH * a->T * 4);
         double flop = 4.0 * a->B * a->NH * (double)a->T * a->T * a->HD * (a->causal ? 0.5 : 1.0);
-        for (int path = 0; path < 2; path++) {
-            int prev = cuda_attention_set_path(path);
-            const char *pn = path ? "fma" : "tc ";
+        // 3: cuDNN with bucketed graphs (SVLM_CUDNN_BUCKET=64)
+        int npath = cuda_attention_cudnn_available(NULL, 0) ? 4 : 2;
+        for (int path = 0; path < npath; path++) {
+            int prev = cuda_attention_set_path(path < 3 ? path : 2);
+            int prev_bucket = cuda_attention_cudnn_set_bucket(path == 3 ? 64 : 0);
+            const char *pn = path == 3 ? "cudnn64" : path == 2 ? "cudnn  " : path ? "fma    " : "tc     ";
+            if (path >= 2) {  // the plans' build time (graph, heuristics, kernel compilation), first calls
+                long p0, p1;
+                double s0, s1;
+                cuda_attention_cudnn_build_stats(&p0, &s0);
+                G->attention_forward(o, lse, q, k, v, NULL, a->B, a->T, a->NH, a->NKV, a->HD, a->causal);
+                if (a->backward)
+                    G->attention_backward(dq, dk, dv, o, q, k, v, o, lse, NULL, a->B, a->T, a->NH, a->NKV, a->HD,
+                                          a->causal);
+                G->synchronize();
+                cuda_attention_cudnn_build_stats(&p1, &s1);
+                printf("  attention %s B%-2d T%-5d: %ld plans built in %.2f s\n", pn, a->B, a->T, p1 - p0, s1 - s0);
+            }
             TIME_MS(ms, G->attention_forward(o, lse, q, k, v, NULL, a->B, a->T, a->NH, a->NKV, a->HD, a->causal));
             printf("  attention fwd %s B%-2d T%-5d NH%-2d NKV%-2d HD%d%s  %8.3f ms  %6.1f TFLOP/s\n", pn, a->B, a->T,
                    a->NH, a->NKV, a->HD, a->causal ? " causal" : "", ms, flop / ms / 1e9);
@@ -1570,6 +1819,7 @@ static void bench(void) {
                 printf("  attention bwd %s B%-2d T%-5d NH%-2d NKV%-2d HD%d%s  %8.3f ms  %6.1f TFLOP/s\n", pn, a->B, a->T,
                        a->NH, a->NKV, a->HD, a->causal ? " causal" : "", ms, 2.5 * flop / ms / 1e9);
             }
+            cuda_attention_cudnn_set_bucket(prev_bucket);
             cuda_attention_set_path(prev);
         }
         free(qh);
@@ -1772,6 +2022,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_cached),
+        cmocka_unit_test(test_attention_segment_ends),
+        cmocka_unit_test(test_attention_cudnn),
         cmocka_unit_test(test_pointwise),
         cmocka_unit_test(test_grid_ops),
         cmocka_unit_test(test_rows),
