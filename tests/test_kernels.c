@@ -24,7 +24,13 @@ static uint64_t seed = 0x5eed1234abcdULL;
 
 static int setup(void **state) {
     (void)state;
+    int threads = omp_get_max_threads();
     K = kernels_cpu();
+    // making the BLAS single-threaded must not change OpenMP's count (OpenBLAS's OpenMP build)
+    if (omp_get_max_threads() != threads) {
+        print_error("kernels_cpu changed the OpenMP thread count from %d to %d\n", threads, omp_get_max_threads());
+        return -1;
+    }
     return K ? 0 : -1;
 }
 
