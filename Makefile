@@ -219,6 +219,9 @@ build/bench_data: build/obj/bench/bench_data.o build/libsvlm.a build/obj/kernels
 	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(LDLIBS)
 bench-data: build/bench_data
 	./build/bench_data
+# the step's GEMMs under svlm's thread split and under the BLAS's own threads (bench/bench_sgemm.c)
+build/bench_sgemm: build/obj/bench/bench_sgemm.o build/libsvlm.a build/obj/kernels/cuda/cuda_stub.o
+	$(CC) $(SVLM_CFLAGS) $^ -o $@ $(LDLIBS)
 
 # the built-in default: synthetic data and tiny random models, both stages, export, generation,
 # then ./evaluate on the held-out benchmarks (multiple choice by likelihood: the demo model answers

@@ -107,6 +107,15 @@ typedef struct Kernels {
     // before it (CUDA: beta = 0); dw and dbias still accumulate
     void (*matmul_backward_set)(act_t *dinp, float *dw, float *dbias, const act_t *dout,
                                 const act_t *inp, const act_t *w, int N, int C, int OC, float alpha);
+    // The two with row strides, so that a product reads or writes a column slice of a wider
+    // buffer (the parts of a fused projection, LoRA hiddens side by side): rows of out and dout lie
+    // ld_out elements apart (>= OC), rows of inp and dinp ld_inp apart (>= C); the weight stays
+    // dense. With ld_out = OC and ld_inp = C they are the ops above (set: matmul_backward_set).
+    void (*matmul_forward_ld)(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N,
+                              int C, int OC, float alpha, int accumulate, int ld_out, int ld_inp);
+    void (*matmul_backward_ld)(act_t *dinp, float *dw, float *dbias, const act_t *dout,
+                               const act_t *inp, const act_t *w, int N, int C, int OC, float alpha,
+                               int set, int ld_out, int ld_inp);
 
     // ---- normalisation ----
     // out (N,C) = (inp - mean) * rstd * w + b; mean, rstd (N) saved when not NULL
@@ -128,14 +137,15 @@ typedef struct Kernels {
                              const act_t *w, const float *rstd, int N, int C);
 
     // ---- rotary position embedding, rotate-half form (Llama/Qwen2) ----
-    // inp, out (N, n_heads*head_dim); pos (N) int; out may alias inp.
-    // For i < head_dim/2: angle = pos * theta^(-2i/head_dim) in fp32 as transformers computes it,
-    // out[i] = x[i] cos - x[i+h/2] sin, out[i+h/2] = x[i+h/2] cos + x[i] sin
+    // inp, out (N, n_heads*head_dim), rows ld_inp and ld_out elements apart (>= n_heads*head_dim:
+    // q and k are read out of the rows of the fused q/k/v projection); pos (N) int; out may alias
+    // inp (with the same ld). For i < head_dim/2: angle = pos * theta^(-2i/head_dim) in fp32 as
+    // transformers computes it, out[i] = x[i] cos - x[i+h/2] sin, out[i+h/2] = x[i+h/2] cos + x[i] sin
     void (*rope_forward)(act_t *out, const act_t *inp, const int *pos, int N, int n_heads,
-                         int head_dim, float theta);
-    // dinp = rotation by -angle of dout; dinp may alias dout
+                         int head_dim, float theta, int ld_out, int ld_inp);
+    // dinp = rotation by -angle of dout (rows ld_out apart), dinp rows ld_inp apart; may alias dout
     void (*rope_backward)(act_t *dinp, const act_t *dout, const int *pos, int N, int n_heads,
-                          int head_dim, float theta);
+                          int head_dim, float theta, int ld_out, int ld_inp);
 
     // ---- attention, softmax(q k^T / sqrt(HD)) v ----
     // q, out (B,T,NH*HD); k, v (B,T,NKV*HD); query head h reads kv head h / (NH/NKV).
@@ -166,10 +176,13 @@ typedef struct Kernels {
     // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     void (*gelu_tanh_forward)(act_t *out, const act_t *inp, size_t n);
     void (*gelu_tanh_backward)(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
-    // out = silu(gate) * up
-    void (*swiglu_forward)(act_t *out, const act_t *gate, const act_t *up, size_t n);
+    // out (N, W) = silu(gate) * up; gate and up (N, W) with rows ld apart (>= W): the two halves
+    // of the fused gate/up projection's rows (ld = 2W, up = gate + W), or dense (ld = W)
+    void (*swiglu_forward)(act_t *out, const act_t *gate, const act_t *up, int N, int W, int ld);
+    // dgate, dup (rows ld apart, like gate and up; either may be NULL) from dout (N, W) dense;
+    // dgate may alias gate and dup up (an element is read before it is written)
     void (*swiglu_backward)(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate,
-                            const act_t *up, size_t n);
+                            const act_t *up, int N, int W, int ld);
     // out = a + b; out may alias a or b
     void (*add)(act_t *out, const act_t *a, const act_t *b, size_t n);
     // inverted dropout: out[i] = inp[i] / (1 - p) where dropout_uniform(seed, i) >= p, else 0.
@@ -203,6 +216,9 @@ typedef struct Kernels {
     void (*gather_rows)(act_t *out, const act_t *inp, const int *idx, int M, int C);
     // out row idx[i] = inp (M,C) row i; idx distinct
     void (*scatter_rows)(act_t *out, const act_t *inp, const int *idx, int M, int C);
+    // out (N, C) = inp (N, C), rows ld_out and ld_inp elements apart (column slices of wider
+    // buffers: v out of the fused q/k/v rows, dv into their gradient); the two must not overlap
+    void (*copy_rows)(act_t *out, const act_t *inp, int N, int C, int ld_out, int ld_inp);
 
     // ---- loss ----
     // logits (M,V), targets (M) all in [0,V): losses (M) fp32 = logsumexp(row) - row[target];

@@ -12,6 +12,9 @@
 #include "model/vlm_dir.h"
 
 const char *const proj_names[N_PROJ] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+// the groups of llm.h: first member and count
+static const int group_first[N_GROUPS] = {PROJ_Q, PROJ_O, PROJ_GATE, PROJ_DOWN};
+static const int group_n[N_GROUPS] = {3, 1, 2, 1};
 
 static int first_id(const cJSON *root, const char *key, const char *path) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
@@ -121,10 +124,22 @@ int llm_declare(ParamSet *w, const LlmConfig *c, int *idx) {
         int *li = idx + l * LLM_LAYER_TENSORS;
         li[0] = params_add(w, 1, (int64_t[]){C}, "model.layers.%d.input_layernorm.weight", l);
         li[1] = params_add(w, 1, (int64_t[]){C}, "model.layers.%d.post_attention_layernorm.weight", l);
-        for (int p = 0; p < N_PROJ; p++) {
-            const char *grp = p <= PROJ_O ? "self_attn" : "mlp";
-            li[2 + 2 * p] = params_add(w, 2, (int64_t[]){outs[p], ins[p]}, "model.layers.%d.%s.%s.weight", l, grp, proj_names[p]);
-            li[3 + 2 * p] = bias[p] ? params_add(w, 1, (int64_t[]){outs[p]}, "model.layers.%d.%s.%s.bias", l, grp, proj_names[p]) : -1;
+        // a group's weights one after another, then its biases: each run is one matrix (llm.h)
+        for (int g = 0; g < N_GROUPS; g++) {
+            for (int p = group_first[g]; p < group_first[g] + group_n[g]; p++) {
+                const char *grp = p <= PROJ_O ? "self_attn" : "mlp";
+                if (p > group_first[g]) params_join_next(w);
+                li[2 + 2 * p] = params_add(w, 2, (int64_t[]){outs[p], ins[p]}, "model.layers.%d.%s.%s.weight", l, grp, proj_names[p]);
+            }
+            for (int p = group_first[g]; p < group_first[g] + group_n[g]; p++) {
+                const char *grp = p <= PROJ_O ? "self_attn" : "mlp";
+                if (!bias[p]) {
+                    li[3 + 2 * p] = -1;
+                    continue;
+                }
+                if (p > group_first[g]) params_join_next(w);
+                li[3 + 2 * p] = params_add(w, 1, (int64_t[]){outs[p]}, "model.layers.%d.%s.%s.bias", l, grp, proj_names[p]);
+            }
         }
     }
     return i_head;
@@ -181,17 +196,46 @@ void llm_load(Llm *m, const Kernels *k, const char *dir, const LoraConfig *lora,
         LlmLayer *L = &m->layer[l];
         L->ln1 = params_act(w, li[0]);
         L->ln2 = params_act(w, li[1]);
-        for (int p = 0; p < N_PROJ; p++) {
-            LlmProj *pr = &L->p[p];
-            pr->w = params_act(w, li[2 + 2 * p]);
-            pr->b = li[3 + 2 * p] >= 0 ? params_act(w, li[3 + 2 * p]) : NULL;
-            pr->out = outs[p];
-            pr->in = ins[p];
-            pr->a = pr->bb = -1;
-            if (m->lora.r > 0 && (m->lora.targets & (1u << p))) {
+        for (int g = 0; g < N_GROUPS; g++) {
+            LlmGroup *G = &L->g[g];
+            G->first = group_first[g];
+            G->n = group_n[g];
+            G->in = ins[G->first];
+            G->w = params_act(w, li[2 + 2 * G->first]);
+            G->b = li[3 + 2 * G->first] >= 0 ? params_act(w, li[3 + 2 * G->first]) : NULL;
+            G->a_first = -1;
+            for (int p = G->first; p < G->first + G->n; p++) {
+                LlmProj *pr = &L->p[p];
+                pr->w = params_act(w, li[2 + 2 * p]);
+                pr->b = li[3 + 2 * p] >= 0 ? params_act(w, li[3 + 2 * p]) : NULL;
+                pr->out = outs[p];
+                pr->in = ins[p];
+                pr->col = G->out;
+                pr->a = pr->bb = pr->hcol = -1;
+                G->out += outs[p];
+                // llm_declare stacked the group's weights and biases (a bias for all or none)
+                CHECK(p == G->first || (params_consecutive(w, li[2 + 2 * (p - 1)], li[2 + 2 * p]) &&
+                                        (pr->b != NULL) == (G->b != NULL) &&
+                                        (!pr->b || params_consecutive(w, li[3 + 2 * (p - 1)], li[3 + 2 * p]))),
+                      "llm: %s is not stacked after %s", proj_names[p], proj_names[p - 1]);
+            }
+            if (!(m->lora.r > 0)) continue;
+            // LoRA: the group's A's one after another (x @ [A_1; A_2]^T is one GEMM), then its B's
+            int r = m->lora.r;
+            for (int p = G->first; p < G->first + G->n; p++) {
+                LlmProj *pr = &L->p[p];
+                if (!(m->lora.targets & (1u << p))) continue;
                 const char *grp = p <= PROJ_O ? "self_attn" : "mlp";
-                int r = m->lora.r;
+                if (G->lora_n) params_join_next(train);
                 pr->a = params_add(train, 2, (int64_t[]){r, ins[p]}, "model.layers.%d.%s.%s.lora_A.weight", l, grp, proj_names[p]);
+                pr->hcol = G->lora_n * r;
+                if (!G->lora_n) G->a_first = pr->a;
+                G->lora_n++;
+            }
+            for (int p = G->first; p < G->first + G->n; p++) {
+                LlmProj *pr = &L->p[p];
+                if (pr->a < 0) continue;
+                const char *grp = p <= PROJ_O ? "self_attn" : "mlp";
                 pr->bb = params_add(train, 2, (int64_t[]){outs[p], r}, "model.layers.%d.%s.%s.lora_B.weight", l, grp, proj_names[p]);
             }
         }
@@ -218,6 +262,7 @@ void llm_setup(Llm *m, int max_B, int max_T) {
         a->x = k->alloc(N * C * ab);
         a->ln1 = k->alloc(N * C * ab);
         a->rstd1 = k->alloc(N * sizeof(float));
+        a->qkv = NULL;  // the shared scratch, set below
         a->q = k->alloc(N * QD * ab);
         a->k = k->alloc(N * KD * ab);
         a->v = k->alloc(N * KD * ab);
@@ -226,15 +271,17 @@ void llm_setup(Llm *m, int max_B, int max_T) {
         a->xmid = k->alloc(N * C * ab);
         a->ln2 = k->alloc(N * C * ab);
         a->rstd2 = k->alloc(N * sizeof(float));
-        a->gate = k->alloc(N * I * ab);
-        a->up = k->alloc(N * I * ab);
+        a->gu = k->alloc(N * 2 * I * ab);
         // the SwiGLU product, kept for the backward instead of recomputed there: N x mlp per
         // layer in the plan (Qwen2-0.5B at 16 x 752 rows: 117 MB a layer, 2.8 GB in all) for a
         // launch and three passes over that size per layer less
         a->act = k->alloc(N * I * ab);
-        for (int p = 0; p < N_PROJ; p++)
-            if (m->layer[l].p[p].a >= 0) a->lora_h[p] = k->alloc(N * r * ab);
+        for (int g = 0; g < N_GROUPS; g++)
+            if (m->layer[l].g[g].lora_n) a->lora_h[g] = k->alloc(N * m->layer[l].g[g].lora_n * r * ab);
     }
+    size_t QKV = QD + 2 * KD;
+    m->qkv = m->dact = k->alloc(N * (QKV > I ? QKV : I) * ab);
+    for (int l = 0; l < c->layers; l++) m->acts[l].qkv = m->qkv;
     m->x_out = k->alloc(N * C * ab);
     m->lnf = k->alloc(N * C * ab);
     m->rstdf = k->alloc(N * sizeof(float));
@@ -244,9 +291,7 @@ void llm_setup(Llm *m, int max_B, int max_T) {
     m->dk = k->alloc(N * KD * ab);
     m->dv = k->alloc(N * KD * ab);
     m->datt = k->alloc(N * QD * ab);
-    m->dgate = k->alloc(N * I * ab);
-    m->dup = k->alloc(N * I * ab);
-    m->dh = k->alloc(N * (r ? r : 1) * ab);
+    m->dh = k->alloc(N * (r ? 3 * r : 1) * ab);
     if (m->lora.dropout > 0) {  // the dropped LoRA input and its gradient, for the widest input
         size_t widest = C > QD ? C : QD;
         if (I > widest) widest = I;
@@ -264,13 +309,13 @@ void llm_free(Llm *m) {
     if (m->acts) {
         for (int l = 0; l < m->cfg.layers; l++) {
             LlmActs *a = &m->acts[l];
-            void *bufs[] = {a->x, a->ln1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->xmid, a->ln2, a->rstd2, a->gate, a->up, a->act};
+            void *bufs[] = {a->x, a->ln1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->xmid, a->ln2, a->rstd2, a->gu, a->act};
             for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
-            for (int p = 0; p < N_PROJ; p++)
-                if (a->lora_h[p]) k->free(a->lora_h[p]);
+            for (int g = 0; g < N_GROUPS; g++)
+                if (a->lora_h[g]) k->free(a->lora_h[g]);
         }
-        void *bufs[] = {m->x_out, m->lnf, m->rstdf, m->dx, m->dln, m->dq, m->dk, m->dv, m->datt, m->dgate,
-                        m->dup, m->dh, m->hid, m->dhid, m->logits, m->losses, m->xdrop, m->dxdrop};
+        void *bufs[] = {m->x_out, m->lnf, m->rstdf, m->dx, m->dln, m->dq, m->dk, m->dv, m->datt, m->qkv,
+                        m->dh, m->hid, m->dhid, m->logits, m->losses, m->xdrop, m->dxdrop};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) k->free(bufs[i]);
         free(m->acts);
@@ -310,41 +355,60 @@ static uint64_t lora_seed(const Llm *m, int layer, int proj) {
 
 static int dropout_on(const Llm *m) { return m->training && m->lora.dropout > 0.0f; }
 
-void llm_proj_forward(const Llm *m, const LlmProj *p, act_t *out, const act_t *inp, act_t *h, int N, uint64_t seed) {
+// A group's projections (llm.h) in one GEMM: out (N, g->out) = inp @ [W_1; W_2; ..]^T + b, then
+// each LoRA member's scale * (dropout(inp) @ A^T) @ B^T added into its columns. h (N, lora_n * r)
+// keeps the LoRA hiddens side by side for dB: x @ [A_1; A_2; ..]^T is one GEMM too, except with
+// dropout, where each member has its own mask (peft: one nn.Dropout per adapted Linear).
+static void group_forward(const Llm *m, int l, const LlmGroup *g, act_t *out, const act_t *inp, act_t *h, int N) {
     const Kernels *k = m->k;
-    k->matmul_forward(out, inp, p->w, p->b, N, p->in, p->out, 1.0f, 0);
-    if (p->a >= 0) {
-        int r = m->lora.r;
-        const act_t *x = inp;
-        if (dropout_on(m)) {  // peft: lora_B(lora_A(dropout(x))) * scaling
-            k->dropout(m->xdrop, inp, (size_t)N * p->in, m->lora.dropout, seed);
-            x = m->xdrop;
+    const LlmProj *P = m->layer[l].p;
+    k->matmul_forward(out, inp, g->w, g->b, N, g->in, g->out, 1.0f, 0);
+    if (!g->lora_n) return;
+    int r = m->lora.r, R = g->lora_n * r;
+    if (!dropout_on(m)) {
+        k->matmul_forward(h, inp, params_act(m->train, g->a_first), NULL, N, g->in, R, 1.0f, 0);
+    } else {
+        for (int p = g->first; p < g->first + g->n; p++) {
+            if (P[p].a < 0) continue;  // peft: lora_B(lora_A(dropout(x))) * scaling
+            k->dropout(m->xdrop, inp, (size_t)N * g->in, m->lora.dropout, lora_seed(m, l, p));
+            k->matmul_forward_ld(act_at(k, h, P[p].hcol), m->xdrop, params_act(m->train, P[p].a), NULL, N, g->in, r,
+                                 1.0f, 0, R, g->in);
         }
-        k->matmul_forward(h, x, params_act(m->train, p->a), NULL, N, p->in, r, 1.0f, 0);
-        k->matmul_forward(out, h, params_act(m->train, p->bb), NULL, N, r, p->out, m->lora_scale, 1);
     }
+    for (int p = g->first; p < g->first + g->n; p++)
+        if (P[p].a >= 0)
+            k->matmul_forward_ld(act_at(k, out, P[p].col), act_at(k, h, P[p].hcol), params_act(m->train, P[p].bb), NULL,
+                                 N, r, P[p].out, m->lora_scale, 1, g->out, R);
 }
 
-// dinp (+=, or = when `first`: the buffer's first writer, so nobody clears it before) from dout
-// through the frozen weight and the LoRA path; LoRA grads (+=). With dropout the mask is
-// regenerated from its seed rather than stored.
-static void proj_backward(const Llm *m, const LlmProj *p, act_t *dinp, int first, const act_t *dout,
-                          const act_t *inp, const act_t *h, int N, uint64_t seed) {
+// dinp (N, g->in) (+=, or = when `first`: the buffer's first writer, so nobody clears it before)
+// from dout (N, g->out) through the stacked frozen weights (one GEMM, K = g->out) and the LoRA
+// path; LoRA grads (+=). With dropout the masks are regenerated from their seeds, not stored.
+static void group_backward(const Llm *m, int l, const LlmGroup *g, act_t *dinp, int first, const act_t *dout,
+                           const act_t *inp, const act_t *h, int N) {
     const Kernels *k = m->k;
-    (first ? k->matmul_backward_set : k->matmul_backward)(dinp, NULL, NULL, dout, inp, p->w, N, p->in, p->out, 1.0f);
-    if (p->a >= 0) {
-        int r = m->lora.r;
-        size_t nx = (size_t)N * p->in;
-        k->matmul_backward_set(m->dh, params_grad(m->train, p->bb), NULL, dout, h, params_act(m->train, p->bb), N, r,
-                               p->out, m->lora_scale);
-        if (!dropout_on(m)) {
-            k->matmul_backward(dinp, params_grad(m->train, p->a), NULL, m->dh, inp, params_act(m->train, p->a), N,
-                               p->in, r, 1.0f);
-            return;
-        }
+    const LlmProj *P = m->layer[l].p;
+    (first ? k->matmul_backward_set : k->matmul_backward)(dinp, NULL, NULL, dout, inp, g->w, N, g->in, g->out, 1.0f);
+    if (!g->lora_n) return;
+    int r = m->lora.r, R = g->lora_n * r;
+    // each member: its columns of dh = scale * dout[:, cols] @ B, and dB += scale * dout[:, cols]^T @ h[:, its cols]
+    for (int p = g->first; p < g->first + g->n; p++)
+        if (P[p].a >= 0)
+            k->matmul_backward_ld(act_at(k, m->dh, P[p].hcol), params_grad(m->train, P[p].bb), NULL,
+                                  act_at(k, dout, P[p].col), act_at(k, h, P[p].hcol), params_act(m->train, P[p].bb), N, r,
+                                  P[p].out, m->lora_scale, 1, g->out, R);
+    if (!dropout_on(m)) {  // the A's stacked: dA and dinp one GEMM each
+        k->matmul_backward(dinp, params_grad(m->train, g->a_first), NULL, m->dh, inp, params_act(m->train, g->a_first),
+                           N, g->in, R, 1.0f);
+        return;
+    }
+    size_t nx = (size_t)N * g->in;
+    for (int p = g->first; p < g->first + g->n; p++) {
+        if (P[p].a < 0) continue;
+        uint64_t seed = lora_seed(m, l, p);
         k->dropout(m->xdrop, inp, nx, m->lora.dropout, seed);
-        k->matmul_backward_set(m->dxdrop, params_grad(m->train, p->a), NULL, m->dh, m->xdrop,
-                               params_act(m->train, p->a), N, p->in, r, 1.0f);
+        k->matmul_backward_ld(m->dxdrop, params_grad(m->train, P[p].a), NULL, act_at(k, m->dh, P[p].hcol), m->xdrop,
+                              params_act(m->train, P[p].a), N, g->in, r, 1.0f, 1, R, g->in);
         k->dropout(m->dxdrop, m->dxdrop, nx, m->lora.dropout, seed);
         k->add(dinp, dinp, m->dxdrop, nx);
     }
@@ -381,20 +445,19 @@ void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const
     const LlmConfig *c = &m->cfg;
     const LlmLayer *L = &m->layer[l];
     int C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
+    int QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD;
     k->rmsnorm_forward(a->ln1, a->rstd1, a->x, L->ln1, N, C, c->eps);
-    llm_proj_forward(m, &L->p[PROJ_Q], a->q, a->ln1, a->lora_h[PROJ_Q], N, lora_seed(m, l, PROJ_Q));
-    llm_proj_forward(m, &L->p[PROJ_K], a->k, a->ln1, a->lora_h[PROJ_K], N, lora_seed(m, l, PROJ_K));
-    llm_proj_forward(m, &L->p[PROJ_V], a->v, a->ln1, a->lora_h[PROJ_V], N, lora_seed(m, l, PROJ_V));
-    k->rope_forward(a->q, a->q, pos, N, NH, HD, c->rope_theta);
-    k->rope_forward(a->k, a->k, pos, N, NKV, HD, c->rope_theta);
+    group_forward(m, l, &L->g[GRP_QKV], a->qkv, a->ln1, a->lora_h[GRP_QKV], N);  // (N, QD | KD | KD)
+    k->rope_forward(a->q, a->qkv, pos, N, NH, HD, c->rope_theta, QD, QKV);
+    k->rope_forward(a->k, act_at(k, a->qkv, QD), pos, N, NKV, HD, c->rope_theta, KD, QKV);
+    k->copy_rows(a->v, act_at(k, a->qkv, QD + KD), N, KD, KD, QKV);
     attend(m, l, a, at);
-    llm_proj_forward(m, &L->p[PROJ_O], a->xmid, a->att, a->lora_h[PROJ_O], N, lora_seed(m, l, PROJ_O));
+    group_forward(m, l, &L->g[GRP_O], a->xmid, a->att, a->lora_h[GRP_O], N);
     k->add_rmsnorm_forward(a->xmid, a->ln2, a->rstd2, a->xmid, a->x, L->ln2, N, C, c->eps);  // residual, norm
-    llm_proj_forward(m, &L->p[PROJ_GATE], a->gate, a->ln2, a->lora_h[PROJ_GATE], N, lora_seed(m, l, PROJ_GATE));
-    llm_proj_forward(m, &L->p[PROJ_UP], a->up, a->ln2, a->lora_h[PROJ_UP], N, lora_seed(m, l, PROJ_UP));
-    k->swiglu_forward(a->act, a->gate, a->up, (size_t)N * I);
+    group_forward(m, l, &L->g[GRP_GU], a->gu, a->ln2, a->lora_h[GRP_GU], N);  // (N, I | I)
+    k->swiglu_forward(a->act, a->gu, act_at(k, a->gu, I), N, I, 2 * I);
     // out may be a->x: x is no longer read once xmid holds the residual
-    llm_proj_forward(m, &L->p[PROJ_DOWN], out, a->act, a->lora_h[PROJ_DOWN], N, lora_seed(m, l, PROJ_DOWN));
+    group_forward(m, l, &L->g[GRP_DOWN], out, a->act, a->lora_h[GRP_DOWN], N);
     k->add(out, out, a->xmid, (size_t)N * C);
 }
 
@@ -433,23 +496,24 @@ void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg) {
     const Kernels *k = m->k;
     const LlmConfig *c = &m->cfg;
     int N = B * T, C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
+    int QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD;
     for (int l = c->layers - 1; l >= 0; l--) {
         const LlmLayer *L = &m->layer[l];
         LlmActs *a = &m->acts[l];
         // MLP block; dx = d(layer output) = d(xmid) through the residual
-        proj_backward(m, &L->p[PROJ_DOWN], m->dgate, 1, m->dx, a->act, a->lora_h[PROJ_DOWN], N, lora_seed(m, l, PROJ_DOWN));
-        k->swiglu_backward(m->dgate, m->dup, m->dgate, a->gate, a->up, (size_t)N * I);
-        proj_backward(m, &L->p[PROJ_GATE], m->dln, 1, m->dgate, a->ln2, a->lora_h[PROJ_GATE], N, lora_seed(m, l, PROJ_GATE));
-        proj_backward(m, &L->p[PROJ_UP], m->dln, 0, m->dup, a->ln2, a->lora_h[PROJ_UP], N, lora_seed(m, l, PROJ_UP));
+        group_backward(m, l, &L->g[GRP_DOWN], m->dact, 1, m->dx, a->act, a->lora_h[GRP_DOWN], N);
+        // d(gate | up) over the layer's gate | up rows, which nothing reads after this
+        k->swiglu_backward(a->gu, act_at(k, a->gu, I), m->dact, a->gu, act_at(k, a->gu, I), N, I, 2 * I);
+        group_backward(m, l, &L->g[GRP_GU], m->dln, 1, a->gu, a->ln2, a->lora_h[GRP_GU], N);
         k->rmsnorm_backward(m->dx, NULL, m->dln, a->xmid, L->ln2, a->rstd2, N, C);
         // attention block; dx = d(xmid) = d(layer input) through the residual
-        proj_backward(m, &L->p[PROJ_O], m->datt, 1, m->dx, a->att, a->lora_h[PROJ_O], N, lora_seed(m, l, PROJ_O));
+        group_backward(m, l, &L->g[GRP_O], m->datt, 1, m->dx, a->att, a->lora_h[GRP_O], N);
         k->attention_backward(m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, seg, B, T, NH, NKV, HD, 1);
-        k->rope_backward(m->dq, m->dq, pos, N, NH, HD, c->rope_theta);
-        k->rope_backward(m->dk, m->dk, pos, N, NKV, HD, c->rope_theta);
-        proj_backward(m, &L->p[PROJ_Q], m->dln, 1, m->dq, a->ln1, a->lora_h[PROJ_Q], N, lora_seed(m, l, PROJ_Q));
-        proj_backward(m, &L->p[PROJ_K], m->dln, 0, m->dk, a->ln1, a->lora_h[PROJ_K], N, lora_seed(m, l, PROJ_K));
-        proj_backward(m, &L->p[PROJ_V], m->dln, 0, m->dv, a->ln1, a->lora_h[PROJ_V], N, lora_seed(m, l, PROJ_V));
+        // d(q | k | v) rows for the fused projection: dq and dk rotated back into their columns, dv copied
+        k->rope_backward(m->qkv, m->dq, pos, N, NH, HD, c->rope_theta, QD, QKV);
+        k->rope_backward(act_at(k, m->qkv, QD), m->dk, pos, N, NKV, HD, c->rope_theta, KD, QKV);
+        k->copy_rows(act_at(k, m->qkv, QD + KD), m->dv, N, KD, QKV, KD);
+        group_backward(m, l, &L->g[GRP_QKV], m->dln, 1, m->qkv, a->ln1, a->lora_h[GRP_QKV], N);
         k->rmsnorm_backward(m->dx, NULL, m->dln, a->x, L->ln1, a->rstd1, N, C);
         int first, n = llm_lora_range(m, l, &first);
         if (n && m->grads_ready.fn) m->grads_ready.fn(m->grads_ready.ctx, first, n);

@@ -37,30 +37,50 @@ unsigned lora_targets_parse(const char *list);
 // reads r, lora_alpha, use_rslora, lora_dropout and target_modules of a peft adapter directory
 void lora_config_load_peft(LoraConfig *l, const char *dir);
 
+// Projections that read the same input run as one GEMM over their weights stacked: q/k/v (the
+// input norm's rows) and gate/up (the post-attention norm's rows); o and down alone. The group's
+// output rows hold its members' outputs side by side: q | k | v, gate | up.
+enum { GRP_QKV, GRP_O, GRP_GU, GRP_DOWN, N_GROUPS };
+
 typedef struct {
     act_t *w, *b;   // frozen (out, in) weight and (out) bias or NULL
     int out, in;
+    int col;        // its first column in the rows of its group's output
     int a, bb;      // LoRA A (r, in) and B (out, r) in the trainable set; -1 without LoRA
+    int hcol;       // with LoRA: its first column in the rows of the group's LoRA hidden
 } LlmProj;
+
+typedef struct {
+    act_t *w, *b;   // the members' weights stacked (out, in) (consecutive in the frozen set), and
+                    // their biases (out) likewise, or NULL
+    int first, n;   // members: projections first .. first + n - 1 (PROJ_*)
+    int out, in;    // out: the members' outs summed, the width of the group's output rows
+    int lora_n;     // members with LoRA; their A's lie consecutively in the trainable set from
+    int a_first;    // a_first (-1 without LoRA), so x @ [A_1; A_2; ..]^T is one GEMM
+} LlmGroup;
 
 typedef struct {
     act_t *ln1, *ln2;
     LlmProj p[N_PROJ];
+    LlmGroup g[N_GROUPS];
 } LlmLayer;
 
 typedef struct {  // what one layer keeps for the backward, planned for max_B x max_T rows
     act_t *x;           // (N, C) residual stream entering the layer
     act_t *ln1;         // (N, C)
     float *rstd1;       // (N)
+    act_t *qkv;         // (N, NH*HD + 2*NKV*HD) the fused q/k/v rows before RoPE: scratch (training
+                        // shares one buffer among the layers)
     act_t *q, *k, *v;   // (N, NH*HD), (N, NKV*HD) x2, after RoPE
     act_t *att;         // (N, NH*HD)
     float *lse;         // (B, NH, T)
     act_t *xmid;        // (N, C) residual after attention
     act_t *ln2;         // (N, C)
     float *rstd2;       // (N)
-    act_t *gate, *up;   // (N, I)
+    act_t *gu;          // (N, 2I) gate | up, the fused projection's rows; the backward overwrites it
+                        // with their gradient
     act_t *act;         // (N, I) silu(gate) * up, the down projection's input (kept per layer for the backward)
-    act_t *lora_h[N_PROJ];  // (N, r): input @ A^T, kept for dB
+    act_t *lora_h[N_GROUPS];  // (N, lora_n * r): input @ [A_1; A_2; ..]^T of the group, kept for dB
 } LlmActs;
 
 // Keys (after RoPE) and values of earlier positions, for generation: per layer (slots, cap,
@@ -104,7 +124,10 @@ typedef struct {
     act_t *lnf;         // (N, C) final norm output
     float *rstdf;       // (N)
     // backward and loss scratch
-    act_t *dx, *dln, *dq, *dk, *dv, *datt, *dgate, *dup, *dh;
+    act_t *dx, *dln, *dq, *dk, *dv, *datt, *dh;  // dh (N, 3r): a group's LoRA hidden gradient
+    // one scratch buffer (N, max(QD + 2KD, I)) under two names: qkv, every layer's fused q/k/v rows
+    // in the forward and their gradient in the backward; dact, the gradient at the SwiGLU product
+    act_t *qkv, *dact;
     act_t *hid, *dhid, *logits;  // (N, C), (N, C), (xent_chunk_rows, V)
     float *losses;               // (N)
     // LoRA dropout: on only while training; masks come from dropout_seed (kernels.h dropout)
@@ -130,9 +153,6 @@ void llm_free(Llm *m);
 // peft's init: A kaiming-uniform (bound 1/sqrt(in)), B zero
 void llm_lora_init(Llm *m, uint64_t seed);
 
-// out (N, p->out) = inp @ W^T + b + scale * (dropout(inp) @ A^T) @ B^T; h (N, r) keeps the
-// LoRA hidden for dB. Dropout applies only while m->training (seed: that input's mask).
-void llm_proj_forward(const Llm *m, const LlmProj *p, act_t *out, const act_t *inp, act_t *h, int N, uint64_t seed);
 // x0 (N, C) row i = embedding of ids[i]; rows with ids[i] < 0 untouched (image slots)
 void llm_embed(Llm *m, act_t *x0, const int *ids, int N);
 // THE decoder layer l, the only place its math is written: out (N, C) = layer(a->x (N, C)),
@@ -144,8 +164,8 @@ void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const
 void llm_forward(Llm *m, int B, int T, const int *pos, const int *seg);
 
 // ---- generation: the same layers over a KV cache ----
-// Scratch for blocks of up to N rows, one set shared by every layer (ln2 = ln1, act = gate,
-// one LoRA hidden for all projections, no norm statistics kept).
+// Scratch for blocks of up to N rows, one set shared by every layer (ln2 = ln1, act = qkv,
+// one LoRA hidden for all groups, no norm statistics kept).
 void llm_rows_alloc(const Llm *m, LlmActs *a, int N);
 void llm_rows_free(const Llm *m, LlmActs *a);
 void llm_kv_cache_alloc(const Llm *m, LlmKvCache *c, int slots, int cap);

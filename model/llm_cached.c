@@ -16,21 +16,22 @@ void llm_rows_alloc(const Llm *m, LlmActs *a, int N) {
     a->x = k->alloc(n * C * ab);
     a->ln1 = k->alloc(n * C * ab);
     a->ln2 = a->ln1;  // ln1 is dead once q, k, v are computed
+    size_t QKV = QD + 2 * KD;
+    a->qkv = k->alloc(n * (QKV > I ? QKV : I) * ab);
     a->q = k->alloc(n * QD * ab);
     a->k = k->alloc(n * KD * ab);
     a->v = k->alloc(n * KD * ab);
     a->att = k->alloc(n * QD * ab);
     a->xmid = k->alloc(n * C * ab);
-    a->gate = k->alloc(n * I * ab);
-    a->up = k->alloc(n * I * ab);
-    a->act = a->gate;  // swiglu may write over its input
-    act_t *h = k->alloc(n * r * ab);  // the LoRA hidden, dead after each projection
-    for (int p = 0; p < N_PROJ; p++) a->lora_h[p] = h;
+    a->gu = k->alloc(n * 2 * I * ab);
+    a->act = a->qkv;  // the fused q/k/v rows are dead once k and v are in the cache
+    act_t *h = k->alloc(n * 3 * r * ab);  // the LoRA hiddens of a group, dead after it
+    for (int g = 0; g < N_GROUPS; g++) a->lora_h[g] = h;
 }
 
 void llm_rows_free(const Llm *m, LlmActs *a) {
     const Kernels *k = m->k;
-    void *bufs[] = {a->x, a->ln1, a->q, a->k, a->v, a->att, a->xmid, a->gate, a->up, a->lora_h[0]};
+    void *bufs[] = {a->x, a->ln1, a->qkv, a->q, a->k, a->v, a->att, a->xmid, a->gu, a->lora_h[0]};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) k->free(bufs[i]);
     memset(a, 0, sizeof *a);

@@ -40,9 +40,20 @@ int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ..
     p->decay = !(nl >= 5 && strcmp(p->name + nl - 5, ".bias") == 0);
     // every tensor starts 16-byte aligned (8 elements of bf16), which cuBLASLt's fast kernels
     // require; the few padding elements are zero and stay zero (no gradient reaches them)
-    p->offset = (ps->numel + 7) & ~(size_t)7;
+    // (unless joined to the tensor before it: params_join_next)
+    p->offset = ps->join_next ? ps->numel : (ps->numel + 7) & ~(size_t)7;
+    ps->join_next = 0;
     ps->numel = p->offset + p->numel;
     return ps->n++;
+}
+
+void params_join_next(ParamSet *ps) {
+    CHECK(ps->n > 0, "params_join_next before any tensor");
+    ps->join_next = 1;
+}
+
+int params_consecutive(const ParamSet *ps, int i, int j) {
+    return i >= 0 && j >= 0 && ps->p[i].offset + ps->p[i].numel == ps->p[j].offset;
 }
 
 void params_declare_group(ParamSet *ps, ParamGroup g) {

@@ -37,6 +37,7 @@ typedef struct {
     size_t numel;
     int trainable;
     ParamGroup group;  // the group params_add gives the tensors it declares
+    int join_next;     // params_join_next: the next tensor starts where the last one ends
     act_t *data;    // frozen: the weights. trainable: the compute copy (== master when act is fp32)
     float *master;  // trainable only: fp32 weights of elements [master_begin, master_begin + master_len)
     float *grad;    // trainable only: span long (numel, padded)
@@ -65,6 +66,12 @@ void params_init(ParamSet *ps, const Kernels *k, int trainable);
 // declares a tensor; returns its index. Shapes are as Hugging Face / PyTorch store them.
 int params_add(ParamSet *ps, int ndim, const int64_t *shape, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+// The next params_add places its tensor right after the last one declared, without the alignment
+// padding, so that a run of tensors reads as one matrix (the LLM's q/k/v and gate/up weights
+// stacked for one GEMM; their LoRA A's). The joined tensor may start unaligned.
+void params_join_next(ParamSet *ps);
+// tensor j starts where tensor i ends
+int params_consecutive(const ParamSet *ps, int i, int j);
 // tensors declared from now on carry group g (a set starts with PARAM_GROUP_FROZEN)
 void params_declare_group(ParamSet *ps, ParamGroup g);
 const char *param_group_name(ParamGroup g);

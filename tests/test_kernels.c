@@ -24,7 +24,13 @@ static uint64_t seed = 0x5eed1234abcdULL;
 
 static int setup(void **state) {
     (void)state;
+    int threads = omp_get_max_threads();
     K = kernels_cpu();
+    // making the BLAS single-threaded must not change OpenMP's count (OpenBLAS's OpenMP build)
+    if (omp_get_max_threads() != threads) {
+        print_error("kernels_cpu changed the OpenMP thread count from %d to %d\n", threads, omp_get_max_threads());
+        return -1;
+    }
     return K ? 0 : -1;
 }
 
@@ -48,7 +54,7 @@ static void test_table_and_memory(void **state) {
     SLOT(dwconv3x3_backward); SLOT(im2col_patches); SLOT(vit_embed); SLOT(embedding_forward);
     SLOT(gather_rows); SLOT(scatter_rows); SLOT(cross_entropy); SLOT(adamw_update);
     SLOT(sum_squares); SLOT(scale_f32); SLOT(dropout); SLOT(attention_cached); SLOT(sum_f64); SLOT(adamw_span); SLOT(matmul_backward_set);
-    SLOT(add_rmsnorm_forward);
+    SLOT(add_rmsnorm_forward); SLOT(matmul_forward_ld); SLOT(matmul_backward_ld); SLOT(copy_rows);
 #undef SLOT
 
     size_t used0, peak0, used1, peak1;
@@ -146,6 +152,113 @@ static void test_matmul_forward(void **state) {
     }
 }
 
+// ---------------------------------------------------------------- strided rows (fused projections)
+
+// (N, C) block at column off of rows ld wide <-> dense
+static float *slice_of(const float *wide, int N, int C, int ld, int off) {
+    float *d = xmalloc((size_t)N * C * sizeof(float));
+    for (int n = 0; n < N; n++) memcpy(d + (size_t)n * C, wide + (size_t)n * ld + off, (size_t)C * sizeof(float));
+    return d;
+}
+
+// the columns of wide outside [off, off + C) have the bits of before
+static void expect_outside_same(const char *what, const float *wide, const float *before, int N, int C, int ld, int off) {
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < ld; c++) {
+            size_t i = (size_t)n * ld + c;
+            if ((c < off || c >= off + C) && memcmp(&wide[i], &before[i], sizeof(float)))
+                fail_msg("%s: wrote outside its columns at row %d column %d", what, n, c);
+        }
+}
+
+// matmul_forward_ld / matmul_backward_ld on column slices against the double reference and the
+// dense ops, at sizes that take the threaded split (SPLIT_MIN_MACS) and at small ones
+static void test_matmul_ld(void **state) {
+    (void)state;
+    int shapes[][3] = {{37, 29, 23}, {300, 70, 130}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int N = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
+        int li = C + 11, oi = 5, lo = 2 * OC + 3, oo = OC;  // input at column 5, output in the second half
+        float *inpw = randv((size_t)N * li, -1, 1), *w = randv((size_t)OC * C, -1, 1), *bias = randv(OC, -1, 1);
+        float *outw = randv((size_t)N * lo, -1, 1), *outw0 = test_copyv(outw, (size_t)N * lo);
+        float *inp = slice_of(inpw, N, C, li, oi), *out0 = slice_of(outw, N, OC, lo, oo);
+        float *ref = test_zerov((size_t)N * OC);
+        K->matmul_forward_ld(outw + oo, inpw + oi, w, bias, N, C, OC, 0.7f, 1, lo, li);
+        ref_matmul(ref, inp, w, bias, out0, N, C, OC, 0.7f);
+        float *got = slice_of(outw, N, OC, lo, oo);
+        test_expect_close("matmul_forward_ld accumulate", got, ref, (size_t)N * OC, TOL);
+        expect_outside_same("matmul_forward_ld", outw, outw0, N, OC, lo, oo);
+        free(got);
+        K->matmul_forward_ld(outw + oo, inpw + oi, w, NULL, N, C, OC, 1.0f, 0, lo, li);
+        ref_matmul(ref, inp, w, NULL, NULL, N, C, OC, 1.0f);
+        got = slice_of(outw, N, OC, lo, oo);
+        test_expect_close("matmul_forward_ld", got, ref, (size_t)N * OC, TOL);
+        free(got);
+
+        // backward: the dense op on the slices' copies is the reference (test_kernels_grad checks it)
+        float *doutw = randv((size_t)N * lo, -1, 1), *dout = slice_of(doutw, N, OC, lo, oo);
+        float *dinpw = randv((size_t)N * li, -1, 1), *dinpw0 = test_copyv(dinpw, (size_t)N * li);
+        float *dinp = slice_of(dinpw, N, C, li, oi);
+        float *dw = test_zerov((size_t)OC * C), *dw_ref = test_zerov((size_t)OC * C);
+        float *db = test_zerov(OC), *db_ref = test_zerov(OC);
+        for (int set = 0; set < 2; set++) {
+            memcpy(dinpw, dinpw0, (size_t)N * li * sizeof(float));
+            free(dinp);
+            dinp = slice_of(dinpw, N, C, li, oi);
+            K->matmul_backward_ld(dinpw + oi, dw, db, doutw + oo, inpw + oi, w, N, C, OC, 0.5f, set, lo, li);
+            (set ? K->matmul_backward_set : K->matmul_backward)(dinp, dw_ref, db_ref, dout, inp, w, N, C, OC, 0.5f);
+            got = slice_of(dinpw, N, C, li, oi);
+            test_expect_close(set ? "matmul_backward_ld set dinp" : "matmul_backward_ld dinp", got, dinp, (size_t)N * C,
+                              TOL);
+            expect_outside_same("matmul_backward_ld", dinpw, dinpw0, N, C, li, oi);
+            free(got);
+        }
+        test_expect_close("matmul_backward_ld dw", dw, dw_ref, (size_t)OC * C, TOL);
+        test_expect_close("matmul_backward_ld dbias", db, db_ref, OC, TOL);
+        free(inpw); free(w); free(bias); free(outw); free(outw0); free(inp); free(out0); free(ref);
+        free(doutw); free(dout); free(dinpw); free(dinpw0); free(dinp); free(dw); free(dw_ref); free(db); free(db_ref);
+    }
+}
+
+// swiglu over gate | up rows, rope out of and into column slices, copy_rows: the dense ops' values
+// and nothing written outside the slices
+static void test_rows_strided(void **state) {
+    (void)state;
+    int N = 13, W = 21;
+    float *gu = randv((size_t)N * 2 * W, -4, 4), *gate = slice_of(gu, N, W, 2 * W, 0), *up = slice_of(gu, N, W, 2 * W, W);
+    float *out = test_nanv((size_t)N * W), *ref = test_nanv((size_t)N * W), *d = randv((size_t)N * W, -1, 1);
+    K->swiglu_forward(out, gu, gu + W, N, W, 2 * W);
+    K->swiglu_forward(ref, gate, up, N, W, W);
+    test_expect_close("swiglu_forward rows", out, ref, (size_t)N * W, TOL);
+    float *dg = test_nanv((size_t)N * W), *du = test_nanv((size_t)N * W);
+    K->swiglu_backward(dg, du, d, gate, up, N, W, W);
+    K->swiglu_backward(gu, gu + W, d, gu, gu + W, N, W, 2 * W);  // in place, as the LLM's backward runs it
+    float *dg2 = slice_of(gu, N, W, 2 * W, 0), *du2 = slice_of(gu, N, W, 2 * W, W);
+    test_expect_close("swiglu_backward rows dgate", dg2, dg, (size_t)N * W, TOL);
+    test_expect_close("swiglu_backward rows dup", du2, du, (size_t)N * W, TOL);
+    free(gu); free(gate); free(up); free(out); free(ref); free(d); free(dg); free(du); free(dg2); free(du2);
+
+    int NH = 3, HD = 8, w = NH * HD, ld = 2 * w + 6, off = w;
+    int pos[13] = {0, 1, 2, 3, 9, 40, 41, 500, 7, 7, 8, 1000, 4095};
+    float *wide = randv((size_t)N * ld, -1, 1), *wide0 = test_copyv(wide, (size_t)N * ld);
+    float *x = slice_of(wide, N, w, ld, off), *y = test_nanv((size_t)N * w), *yref = test_nanv((size_t)N * w);
+    K->rope_forward(y, wide + off, pos, N, NH, HD, 10000.0f, w, ld);
+    K->rope_forward(yref, x, pos, N, NH, HD, 10000.0f, w, w);
+    test_expect_close("rope_forward strided input", y, yref, (size_t)N * w, TOL);
+    K->rope_backward(wide + off, y, pos, N, NH, HD, 10000.0f, w, ld);  // back into the slice: x again
+    float *back = slice_of(wide, N, w, ld, off);
+    test_expect_close("rope_backward into strided rows", back, x, (size_t)N * w, TOL);
+    expect_outside_same("rope_backward", wide, wide0, N, w, ld, off);
+    memcpy(wide, wide0, (size_t)N * ld * sizeof(float));
+    K->copy_rows(wide + 2, yref, N, w, ld, w);
+    float *cp = slice_of(wide, N, w, ld, 2);
+    test_expect_same_bits("copy_rows", cp, yref, (size_t)N * w);
+    expect_outside_same("copy_rows", wide, wide0, N, w, ld, 2);
+    K->copy_rows(y, wide + 2, N, w, w, ld);
+    test_expect_same_bits("copy_rows out of rows", y, yref, (size_t)N * w);
+    free(wide); free(wide0); free(x); free(y); free(yref); free(back); free(cp);
+}
+
 // ---------------------------------------------------------------- norms
 
 static void test_layernorm_forward(void **state) {
@@ -226,19 +339,19 @@ static void test_rope_forward(void **state) {
     float *inp = randv(n, -1, 1), *out = test_nanv(n), *ref = test_zerov(n);
     for (int t = 0; t < 2; t++) {
         ref_rope(ref, inp, pos, N, NH, HD, thetas[t]);
-        K->rope_forward(out, inp, pos, N, NH, HD, thetas[t]);
+        K->rope_forward(out, inp, pos, N, NH, HD, thetas[t], NH * HD, NH * HD);
         test_expect_close("rope_forward", out, ref, n, TOL);
         float *io = test_copyv(inp, n);
-        K->rope_forward(io, io, pos, N, NH, HD, thetas[t]);
+        K->rope_forward(io, io, pos, N, NH, HD, thetas[t], NH * HD, NH * HD);
         test_expect_same_bits("rope_forward in place", io, out, n);
         // backward is the inverse rotation: it brings out back to inp
-        K->rope_backward(io, io, pos, N, NH, HD, thetas[t]);
+        K->rope_backward(io, io, pos, N, NH, HD, thetas[t], NH * HD, NH * HD);
         test_expect_close("rope_backward inverts rope_forward", io, inp, n, TOL);
         free(io);
     }
     // position 0 is the identity
     int zeros[9] = {0};
-    K->rope_forward(out, inp, zeros, N, NH, HD, 10000.0f);
+    K->rope_forward(out, inp, zeros, N, NH, HD, 10000.0f, NH * HD, NH * HD);
     test_expect_same_bits("rope_forward at position 0", out, inp, n);
     free(inp); free(out); free(ref);
 }
@@ -332,7 +445,7 @@ static void test_pointwise_forward(void **state) {
     test_expect_close("gelu_tanh_forward", out, ref, n, TOL);
 
     for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] / (1.0 + exp(-(double)x[i])) * y[i]);
-    K->swiglu_forward(out, x, y, n);
+    K->swiglu_forward(out, x, y, 1, (int)n, (int)n);
     test_expect_close("swiglu_forward", out, ref, n, TOL);
     for (size_t i = 0; i < n; i++) assert_false(isnan(out[i]));
 
@@ -350,8 +463,8 @@ static void test_pointwise_forward(void **state) {
     K->gelu_tanh_forward(io, io, n);
     test_expect_same_bits("gelu_tanh_forward in place", io, out, n);
     memcpy(io, x, n * sizeof(float));
-    K->swiglu_forward(out, x, y, n);
-    K->swiglu_forward(io, io, y, n);
+    K->swiglu_forward(out, x, y, 1, (int)n, (int)n);
+    K->swiglu_forward(io, io, y, 1, (int)n, (int)n);
     test_expect_same_bits("swiglu_forward in place", io, out, n);
     K->gelu_backward(dref, d, x, n);
     memcpy(io, d, n * sizeof(float));
@@ -367,8 +480,8 @@ static void test_pointwise_forward(void **state) {
     test_expect_same_bits("gelu_tanh_backward in place", io, dref, n);
     // swiglu_backward with dgate over gate and dup over up, as a model reusing buffers would
     float *gate = test_copyv(x, n), *up = test_copyv(y, n);
-    K->swiglu_backward(dref, d2, d, x, y, n);
-    K->swiglu_backward(gate, up, d, gate, up, n);
+    K->swiglu_backward(dref, d2, d, x, y, 1, (int)n, (int)n);
+    K->swiglu_backward(gate, up, d, gate, up, 1, (int)n, (int)n);
     test_expect_same_bits("swiglu_backward in place dgate", gate, dref, n);
     test_expect_same_bits("swiglu_backward in place dup", up, d2, n);
     free(io); free(d); free(dref); free(d2); free(gate); free(up);
@@ -763,7 +876,7 @@ static void test_determinism(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table_and_memory),
-        cmocka_unit_test(test_matmul_forward),
+        cmocka_unit_test(test_matmul_forward), cmocka_unit_test(test_matmul_ld), cmocka_unit_test(test_rows_strided),
         cmocka_unit_test(test_matmul_backward_set),
         cmocka_unit_test(test_layernorm_forward),
         cmocka_unit_test(test_rmsnorm_forward),

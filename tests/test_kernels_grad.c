@@ -47,6 +47,7 @@ struct Problem {
     size_t out_n;
     // op arguments
     int B, T, NH, NKV, HD, N, C, OC, H, W, causal, accumulate;
+    int ld_out, ld_inp, off_out, off_inp;  // the _ld ops: row strides and the slices' first columns
     float alpha, eps, theta, dscale;
     const int *ints;  // positions, segments or targets
     float *aux;       // scratch the forward may use (statistics, lse)
@@ -153,6 +154,58 @@ static void test_grad_matmul(void **state) {
     }
 }
 
+// matmul_forward_ld: the input a column slice of rows ld_inp wide, the output written into a
+// column slice of rows ld_out wide whose other columns hold fixed values (aux); accumulate on
+static void fwd_matmul_ld(Problem *p) {
+    memcpy(p->out, p->aux, p->out_n * sizeof(float));
+    K->matmul_forward_ld(p->out + p->off_out, p->in[0] + p->off_inp, p->in[1], p->in[2], p->N, p->C, p->OC, p->alpha,
+                         1, p->ld_out, p->ld_inp);
+}
+
+// the strided ops the fused projections use: gradients by finite differences over the whole wide
+// input (zero outside its slice), dinp overwritten (set) or accumulated only in its slice
+static void test_grad_matmul_ld(void **state) {
+    (void)state;
+    Problem p = {.forward = fwd_matmul_ld, .N = 5, .C = 7, .OC = 3, .n_in = 3, .alpha = 0.6f};
+    p.off_inp = 2, p.ld_inp = p.C + 4, p.off_out = 3, p.ld_out = p.OC + 5;
+    size_t sz[3] = {(size_t)p.N * p.ld_inp, (size_t)p.OC * p.C, (size_t)p.OC};
+    const char *names[3] = {"inp", "w", "bias"};
+    for (int i = 0; i < 3; i++) { p.in[i] = randv(sz[i], -1, 1); p.in_n[i] = sz[i]; p.in_name[i] = names[i]; }
+    p.out_n = (size_t)p.N * p.ld_out;
+    p.out = test_zerov(p.out_n);
+    p.R = randv(p.out_n, -1, 1);
+    p.aux = randv(p.out_n, -1, 1);
+    float *g[3];
+    g[0] = randv(sz[0], -1, 1);  // set: the slice overwritten; the columns outside must stay as they were
+    float *g0 = test_copyv(g[0], sz[0]);
+    g[1] = test_zerov(sz[1]);
+    g[2] = test_zerov(sz[2]);
+    K->matmul_backward_ld(g[0] + p.off_inp, g[1], g[2], p.R + p.off_out, p.in[0] + p.off_inp, p.in[1], p.N, p.C, p.OC,
+                          p.alpha, 1, p.ld_out, p.ld_inp);
+    for (int n = 0; n < p.N; n++)
+        for (int c = 0; c < p.ld_inp; c++)
+            if (c < p.off_inp || c >= p.off_inp + p.C) {
+                size_t i = (size_t)n * p.ld_inp + c;
+                if (memcmp(&g[0][i], &g0[i], sizeof(float))) fail_msg("matmul_backward_ld wrote outside its slice at %zu", i);
+                g[0][i] = 0.0f;  // the true gradient there, for the check below
+            }
+    for (int i = 0; i < 3; i++) check_grad("matmul_ld", &p, i, g[i]);
+    // without set dinp accumulates: twice from g0's slice
+    float *acc = test_copyv(g0, sz[0]);
+    for (int r = 0; r < 2; r++)
+        K->matmul_backward_ld(acc + p.off_inp, NULL, NULL, p.R + p.off_out, p.in[0] + p.off_inp, p.in[1], p.N, p.C, p.OC,
+                              p.alpha, 0, p.ld_out, p.ld_inp);
+    for (int n = 0; n < p.N; n++)
+        for (int c = 0; c < p.ld_inp; c++) {
+            size_t i = (size_t)n * p.ld_inp + c;
+            int in_slice = c >= p.off_inp && c < p.off_inp + p.C;
+            double want = in_slice ? (double)g0[i] + 2.0 * g[0][i] : g0[i];
+            if (fabs(acc[i] - want) > 1e-5) fail_msg("matmul_backward_ld += at %zu: %g, want %g", i, acc[i], want);
+        }
+    for (int i = 0; i < 3; i++) { free(p.in[i]); free(g[i]); }
+    free(g0); free(acc); free(p.out); free(p.R); free(p.aux);
+}
+
 // ---------------------------------------------------------------- norms
 
 static void fwd_layernorm(Problem *p) {
@@ -214,7 +267,15 @@ static void test_grad_rmsnorm(void **state) {
 
 // ---------------------------------------------------------------- rope
 
-static void fwd_rope(Problem *p) { K->rope_forward(p->out, p->in[0], p->ints, p->N, p->NH, p->HD, p->theta); }
+static void fwd_rope(Problem *p) {
+    int w = p->NH * p->HD;
+    K->rope_forward(p->out, p->in[0], p->ints, p->N, p->NH, p->HD, p->theta, w, w);
+}
+// strided: the heads are a column slice (from column off_inp) of input rows ld_inp wide, into
+// dense rows, as the LLM reads q and k out of the fused q/k/v rows
+static void fwd_rope_ld(Problem *p) {
+    K->rope_forward(p->out, p->in[0] + p->off_inp, p->ints, p->N, p->NH, p->HD, p->theta, p->NH * p->HD, p->ld_inp);
+}
 
 static void test_grad_rope(void **state) {
     (void)state;
@@ -226,12 +287,23 @@ static void test_grad_rope(void **state) {
     p.out = test_zerov(p.out_n);
     p.R = randv(p.out_n, -1, 1);
     float *g = test_nanv(p.out_n);  // overwritten
-    K->rope_backward(g, p.R, pos, p.N, p.NH, p.HD, p.theta);
+    int w = p.NH * p.HD;
+    K->rope_backward(g, p.R, pos, p.N, p.NH, p.HD, p.theta, w, w);
     check_grad("rope", &p, 0, g);
     float *inplace = test_copyv(p.R, p.out_n);
-    K->rope_backward(inplace, inplace, pos, p.N, p.NH, p.HD, p.theta);
+    K->rope_backward(inplace, inplace, pos, p.N, p.NH, p.HD, p.theta, w, w);
     test_expect_same_bits("rope_backward in place", inplace, g, p.out_n);
-    free(p.in[0]); free(p.out); free(p.R); free(g); free(inplace);
+    // row strides: dinp written into its column slice of wider rows, the other columns untouched
+    Problem s = p;
+    s.forward = fwd_rope_ld;
+    s.off_inp = 4;
+    s.ld_inp = w + 9;
+    s.in_n[0] = (size_t)s.N * s.ld_inp;
+    s.in[0] = randv(s.in_n[0], -1, 1);
+    float *gs = test_zerov(s.in_n[0]);
+    K->rope_backward(gs + s.off_inp, s.R, pos, s.N, s.NH, s.HD, s.theta, w, s.ld_inp);
+    check_grad("rope strided", &s, 0, gs);
+    free(p.in[0]); free(s.in[0]); free(p.out); free(p.R); free(g); free(gs); free(inplace);
 }
 
 // ---------------------------------------------------------------- attention
@@ -307,7 +379,9 @@ static void test_grad_attention_tiles(void **state) {
 static void fwd_gelu(Problem *p) { K->gelu_forward(p->out, p->in[0], p->out_n); }
 static void fwd_quick_gelu(Problem *p) { K->quick_gelu_forward(p->out, p->in[0], p->out_n); }
 static void fwd_gelu_tanh(Problem *p) { K->gelu_tanh_forward(p->out, p->in[0], p->out_n); }
-static void fwd_swiglu(Problem *p) { K->swiglu_forward(p->out, p->in[0], p->in[1], p->out_n); }
+static void fwd_swiglu(Problem *p) { K->swiglu_forward(p->out, p->in[0], p->in[1], 1, (int)p->out_n, (int)p->out_n); }
+// the fused layout: each row of in[0] (N, 2C) holds gate | up
+static void fwd_swiglu_rows(Problem *p) { K->swiglu_forward(p->out, p->in[0], p->in[0] + p->C, p->N, p->C, 2 * p->C); }
 
 static void test_grad_pointwise(void **state) {
     (void)state;
@@ -334,13 +408,26 @@ static void test_grad_pointwise(void **state) {
     p.out = test_zerov(n);
     p.R = randv(n, -1, 1);
     float *g[2] = {test_nanv(n), test_nanv(n)};
-    K->swiglu_backward(g[0], g[1], p.R, p.in[0], p.in[1], n);
+    K->swiglu_backward(g[0], g[1], p.R, p.in[0], p.in[1], 1, (int)n, (int)n);
     for (int i = 0; i < 2; i++) check_grad("swiglu", &p, i, g[i]);
     float *dup_only = test_nanv(n);
-    K->swiglu_backward(NULL, dup_only, p.R, p.in[0], p.in[1], n);
+    K->swiglu_backward(NULL, dup_only, p.R, p.in[0], p.in[1], 1, (int)n, (int)n);
     test_expect_same_bits("swiglu dup alone", dup_only, g[1], n);
     for (int i = 0; i < 2; i++) { free(p.in[i]); free(g[i]); }
     free(p.out); free(p.R); free(dup_only);
+
+    // rows of gate | up (the fused gate/up projection's output): d(gate | up) in the same layout
+    Problem r = {.forward = fwd_swiglu_rows, .n_in = 1, .N = 7, .C = 19};
+    r.out_n = (size_t)r.N * r.C;
+    r.in_n[0] = 2 * r.out_n;
+    r.in[0] = randv(r.in_n[0], -5, 5);
+    r.in_name[0] = "gate|up";
+    r.out = test_zerov(r.out_n);
+    r.R = randv(r.out_n, -1, 1);
+    float *gr = test_nanv(r.in_n[0]);  // both halves overwritten
+    K->swiglu_backward(gr, gr + r.C, r.R, r.in[0], r.in[0] + r.C, r.N, r.C, 2 * r.C);
+    check_grad("swiglu rows", &r, 0, gr);
+    free(r.in[0]); free(r.out); free(r.R); free(gr);
 }
 
 // ---------------------------------------------------------------- grids
@@ -424,7 +511,8 @@ static void test_grad_cross_entropy(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_grad_matmul),      cmocka_unit_test(test_grad_layernorm),
+        cmocka_unit_test(test_grad_matmul),      cmocka_unit_test(test_grad_matmul_ld),
+        cmocka_unit_test(test_grad_layernorm),
         cmocka_unit_test(test_grad_rmsnorm),     cmocka_unit_test(test_grad_rope),
         cmocka_unit_test(test_grad_attention), cmocka_unit_test(test_grad_attention_tiles),   cmocka_unit_test(test_grad_pointwise),
         cmocka_unit_test(test_grad_avgpool),     cmocka_unit_test(test_grad_dwconv),

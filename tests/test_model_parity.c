@@ -429,6 +429,60 @@ static void gradcheck_model(Vlm *m, VlmFixture *fx, float dropout, const char *w
     vlm_fixture_close(fx);
 }
 
+// LoRA on some projections only: q and v (a part of the fused q/k/v group, their A's side by
+// side), up (a part of gate/up), none on o and down. The same model as the fixture's full adapter
+// with the other projections' B set to zero, which runs every projection's LoRA path: the losses
+// and the shared tensors' gradients must agree (with and without dropout, whose masks are per
+// layer and projection in both). Catches a LoRA product added into another member's columns,
+// which a finite-difference check alone would not (forward and backward would agree on it).
+static void lora_subset(float dropout) {
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_qwen2_ldp.safetensors");
+    Vlm full, part;
+    model_open(&full, &fx, "qwen2", CONNECTOR_LDP, "ldp_qwen2.safetensors", "qwen2_lora", dropout);
+    VlmSpec spec = fixture_vlm_spec("qwen2", CONNECTOR_LDP, "qwen2_lora", fx.B, fx.T, fx.n_img, dropout);
+    spec.lora.targets = (1u << PROJ_Q) | (1u << PROJ_V) | (1u << PROJ_UP);
+    vlm_init(&part, kernels_cpu(), &spec);
+    int unmatched;
+    params_load_file(&part.train, fixture_path("ldp_qwen2.safetensors"), "", &unmatched);
+    char path[512];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", fixture_path("qwen2_lora"));
+    int n = params_load_file(&part.train, path, "base_model.model.", &unmatched);
+    assert_int_equal(n, part.llm.cfg.layers * 3 * 2);
+    for (int i = 0; i < full.train.n; i++) {  // the projections without LoRA in `part`: B = 0 in `full`
+        const char *name = full.train.p[i].name;
+        if (!strstr(name, ".lora_B.") || params_find(&part.train, name) >= 0) continue;
+        float *z = xcalloc(full.train.p[i].numel, sizeof(float));
+        params_upload(&full.train, i, z);
+        free(z);
+    }
+    Vlm *ms[2] = {&full, &part};
+    double loss[2];
+    for (int j = 0; j < 2; j++) {
+        if (dropout > 0) vlm_set_training(ms[j], 1, 77);
+        ms[j]->k->zero(ms[j]->train.grad, ms[j]->train.numel * sizeof(float));
+        loss[j] = vlm_forward_backward(ms[j], &fx.batch, 1.0f, NULL);
+    }
+    printf("    LoRA on q, v, up only%s: loss %.9g, full adapter with the others' B = 0: %.9g\n",
+           dropout > 0 ? " (dropout 0.3)" : "", loss[1], loss[0]);
+    if (!(fabs(loss[0] - loss[1]) <= 1e-5 * fabs(loss[0]))) fail_msg("losses differ: %.9g vs %.9g", loss[1], loss[0]);
+    for (int i = 0; i < part.train.n; i++) {
+        int j = params_find(&full.train, part.train.p[i].name);
+        assert_true(j >= 0);
+        char what[PARAM_NAME_MAX + 16];
+        snprintf(what, sizeof what, "grad %s", part.train.p[i].name);
+        double e = rel_err(params_grad(&part.train, i), params_grad(&full.train, j), part.train.p[i].numel);
+        if (!(e < 1e-4)) fail_msg("%s: relative error %.3e", what, e);
+    }
+    vlm_free(&full);
+    vlm_free(&part);
+    vlm_fixture_close(&fx);
+}
+static void test_lora_subset(void **state) {
+    lora_subset(0.0f);
+    lora_subset(0.3f);
+}
+
 static void test_model_gradcheck(void **state) { gradcheck(0.0f); }
 static void test_model_gradcheck_lora_dropout(void **state) { gradcheck(0.3f); }
 
@@ -441,6 +495,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sharded_and_half_weights),
         cmocka_unit_test(test_model_gradcheck),
         cmocka_unit_test(test_model_gradcheck_lora_dropout),
+        cmocka_unit_test(test_lora_subset),
         cmocka_unit_test(test_siglip_features),
         cmocka_unit_test(test_post_norm_refused),
         cmocka_unit_test(test_llama_idefics3_lora),

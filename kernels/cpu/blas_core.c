@@ -96,7 +96,13 @@ void cpu_blas_init(void) {
     static int done;
     if (done) return;
     done = 1;
+    // OpenBLAS's OpenMP build (libopenblas0-openmp, when it is the system's libopenblas.so.0)
+    // implements this as omp_set_num_threads(1) too, which would leave svlm's own parallel
+    // regions on one thread: give OpenMP its count back. The BLAS stays single-threaded (its
+    // thread count is its own variable; inside svlm's parallel regions it runs sequentially anyway).
+    int n = omp_get_max_threads();
     openblas_set_num_threads(1);
+    omp_set_num_threads(n);
 }
 
 void cpu_blas_describe(char *buf, size_t cap) {

@@ -32,6 +32,10 @@ void cpu_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act_
                         int C, int OC, float alpha, int accumulate);
 void cpu_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout,
                          const act_t *inp, const act_t *w, int N, int C, int OC, float alpha);
+void cpu_matmul_forward_ld(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N, int C, int OC,
+                           float alpha, int accumulate, int ld_out, int ld_inp);
+void cpu_matmul_backward_ld(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                            const act_t *w, int N, int C, int OC, float alpha, int set, int ld_out, int ld_inp);
 
 // norm.c
 void cpu_layernorm_forward(act_t *out, float *mean, float *rstd, const act_t *inp,
@@ -46,9 +50,9 @@ void cpu_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_t
 
 // rope.c
 void cpu_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int n_heads,
-                      int head_dim, float theta);
+                      int head_dim, float theta, int ld_out, int ld_inp);
 void cpu_rope_backward(act_t *dinp, const act_t *dout, const int *pos, int N, int n_heads,
-                       int head_dim, float theta);
+                       int head_dim, float theta, int ld_out, int ld_inp);
 
 // tile.c: C (M, N) += A (M, K) . B (K, N) (acc 1) or C = A . B (acc 0), row-major with leading
 // dimensions; each element summed over k in order, so a row's result does not depend on M or on
@@ -106,9 +110,9 @@ void cpu_quick_gelu_forward(act_t *out, const act_t *inp, size_t n);
 void cpu_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
 void cpu_gelu_tanh_forward(act_t *out, const act_t *inp, size_t n);
 void cpu_gelu_tanh_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
-void cpu_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n);
+void cpu_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, int N, int W, int ld);
 void cpu_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate,
-                         const act_t *up, size_t n);
+                         const act_t *up, int N, int W, int ld);
 void cpu_add(act_t *out, const act_t *a, const act_t *b, size_t n);
 void cpu_dropout(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed);
 
@@ -127,6 +131,7 @@ void cpu_vit_embed(act_t *out, const act_t *patches, const act_t *cls, const act
 void cpu_embedding_forward(act_t *out, const int *ids, const act_t *table, int N, int C, int V);
 void cpu_gather_rows(act_t *out, const act_t *inp, const int *idx, int M, int C);
 void cpu_scatter_rows(act_t *out, const act_t *inp, const int *idx, int M, int C);
+void cpu_copy_rows(act_t *out, const act_t *inp, int N, int C, int ld_out, int ld_inp);
 
 // loss.c
 void cpu_cross_entropy(float *losses, act_t *dlogits, const act_t *logits, const int *targets,

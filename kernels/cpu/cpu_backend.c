@@ -107,8 +107,7 @@ static void cpu_synchronize(void) {}
 // zero + matmul_backward)
 static void cpu_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
                                     const act_t *w, int N, int C, int OC, float alpha) {
-    if (dinp && N > 0 && C > 0) memset(dinp, 0, (size_t)N * C * sizeof(float));
-    cpu_matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha);
+    cpu_matmul_backward_ld(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 1, OC, C);
 }
 
 // add then RMSNorm: on the CPU the fused op is the two (each already one pass of its own)
@@ -144,6 +143,8 @@ static const Kernels cpu_kernels = {
     .matmul_forward = cpu_matmul_forward,
     .matmul_backward = cpu_matmul_backward,
     .matmul_backward_set = cpu_matmul_backward_set,
+    .matmul_forward_ld = cpu_matmul_forward_ld,
+    .matmul_backward_ld = cpu_matmul_backward_ld,
     .layernorm_forward = cpu_layernorm_forward,
     .layernorm_backward = cpu_layernorm_backward,
     .rmsnorm_forward = cpu_rmsnorm_forward,
@@ -173,6 +174,7 @@ static const Kernels cpu_kernels = {
     .embedding_forward = cpu_embedding_forward,
     .gather_rows = cpu_gather_rows,
     .scatter_rows = cpu_scatter_rows,
+    .copy_rows = cpu_copy_rows,
     .cross_entropy = cpu_cross_entropy,
     .adamw_update = cpu_adamw_update,
     .sum_squares = cpu_sum_squares,

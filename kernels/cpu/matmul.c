@@ -6,6 +6,7 @@
 // the thread count: the same bits run after run. The bias gradient is summed here per column in
 // row order, so it is independent of the thread count.
 #include <omp.h>
+#include <string.h>
 
 #include "kernels/cpu/blas.h"
 
@@ -57,29 +58,40 @@ static void sgemm_split(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, in
     }
 }
 
-void cpu_matmul_forward(act_t *out_, const act_t *inp_, const act_t *w_, const act_t *bias_, int N,
-                        int C, int OC, float alpha, int accumulate) {
-    float *out = out_;                // (N, OC)
-    const float *inp = inp_;          // (N, C)
+void cpu_matmul_forward_ld(act_t *out_, const act_t *inp_, const act_t *w_, const act_t *bias_, int N, int C, int OC,
+                           float alpha, int accumulate, int ld_out, int ld_inp) {
+    float *out = out_;                // (N, OC), rows ld_out apart
+    const float *inp = inp_;          // (N, C), rows ld_inp apart
     const float *w = w_;              // (OC, C)
     const float *bias = bias_;        // (OC) or NULL
     if (N <= 0 || OC <= 0) return;
     // beta = 0 makes BLAS ignore whatever out held, NaN included
-    sgemm_split(CblasNoTrans, CblasTrans, N, OC, C, alpha, inp, ld(C), w, ld(C), accumulate ? 1.0f : 0.0f, out, OC,
-                bias);
+    sgemm_split(CblasNoTrans, CblasTrans, N, OC, C, alpha, inp, ld(ld_inp), w, ld(C), accumulate ? 1.0f : 0.0f, out,
+                ld_out, bias);
 }
 
-void cpu_matmul_backward(act_t *dinp_, float *dw, float *dbias, const act_t *dout_,
-                         const act_t *inp_, const act_t *w_, int N, int C, int OC, float alpha) {
-    float *dinp = dinp_;              // (N, C) +=
-    const float *dout = dout_;        // (N, OC)
-    const float *inp = inp_;          // (N, C)
+void cpu_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N, int C, int OC,
+                        float alpha, int accumulate) {
+    cpu_matmul_forward_ld(out, inp, w, bias, N, C, OC, alpha, accumulate, OC, C);
+}
+
+void cpu_matmul_backward_ld(act_t *dinp_, float *dw, float *dbias, const act_t *dout_, const act_t *inp_,
+                            const act_t *w_, int N, int C, int OC, float alpha, int set, int ld_out, int ld_inp) {
+    float *dinp = dinp_;              // (N, C) +=, or = with set; rows ld_inp apart
+    const float *dout = dout_;        // (N, OC), rows ld_out apart
+    const float *inp = inp_;          // (N, C), rows ld_inp apart
     const float *w = w_;              // (OC, C)
+    // set: cleared, then accumulated: the same bits as the model's zero + matmul_backward
+    if (set && dinp && N > 0 && C > 0) {
+        if (ld_inp == C) memset(dinp, 0, (size_t)N * C * sizeof(float));
+        else
+            for (int n = 0; n < N; n++) memset(dinp + (size_t)n * ld_inp, 0, (size_t)C * sizeof(float));
+    }
     if (N <= 0 || OC <= 0) return;
     if (dinp && C > 0)
-        sgemm_split(CblasNoTrans, CblasNoTrans, N, C, OC, alpha, dout, OC, w, ld(C), 1.0f, dinp, ld(C), NULL);
+        sgemm_split(CblasNoTrans, CblasNoTrans, N, C, OC, alpha, dout, ld_out, w, ld(C), 1.0f, dinp, ld(ld_inp), NULL);
     if (dw && C > 0)
-        sgemm_split(CblasTrans, CblasNoTrans, OC, C, N, alpha, dout, OC, inp, ld(C), 1.0f, dw, ld(C), NULL);
+        sgemm_split(CblasTrans, CblasNoTrans, OC, C, N, alpha, dout, ld_out, inp, ld(ld_inp), 1.0f, dw, ld(C), NULL);
     if (dbias) {
         int nblocks = (OC + CPU_COL_BLOCK - 1) / CPU_COL_BLOCK;
         // one task per block of columns walks the rows in order: contiguous reads, a fixed
@@ -90,10 +102,15 @@ void cpu_matmul_backward(act_t *dinp_, float *dw, float *dbias, const act_t *dou
             int o1 = o0 + CPU_COL_BLOCK < OC ? o0 + CPU_COL_BLOCK : OC;
             double acc[CPU_COL_BLOCK] = {0};
             for (int n = 0; n < N; n++) {
-                const float *row = dout + (size_t)n * OC;
+                const float *row = dout + (size_t)n * ld_out;
                 for (int o = o0; o < o1; o++) acc[o - o0] += row[o];
             }
             for (int o = o0; o < o1; o++) dbias[o] += (float)acc[o - o0];
         }
     }
+}
+
+void cpu_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp, const act_t *w,
+                         int N, int C, int OC, float alpha) {
+    cpu_matmul_backward_ld(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 0, OC, C);
 }

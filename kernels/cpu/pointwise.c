@@ -115,12 +115,33 @@ CPU_HOT static void swiglu_span(float *out, const float *gate, const float *up, 
     }
 }
 
-void cpu_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
+// this thread's rows of N: consecutive, as even as can be
+static void thread_rows(int N, int *r0, int *r1) {
+    long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    *r0 = (int)(N * t / nt);
+    *r1 = (int)(N * (t + 1) / nt);
+}
+
+void cpu_swiglu_forward(act_t *out_, const act_t *gate_, const act_t *up_, int N, int W, int ld) {
+    float *out = out_;                      // (N, W)
+    const float *gate = gate_, *up = up_;   // (N, W), rows ld apart
+    if (N <= 0 || W <= 0) return;
+    if (ld == W) {  // dense: one span of N*W elements
+        size_t n = (size_t)N * W;
+#pragma omp parallel
+        {
+            size_t i0, i1;
+            thread_span(n, &i0, &i1);
+            swiglu_span(out, gate, up, i0, i1);
+        }
+        return;
+    }
 #pragma omp parallel
     {
-        size_t i0, i1;
-        thread_span(n, &i0, &i1);
-        swiglu_span(out, gate, up, i0, i1);
+        int r0, r1;
+        thread_rows(N, &r0, &r1);
+        for (int r = r0; r < r1; r++)
+            swiglu_span(out + (size_t)r * W, gate + (size_t)r * ld, up + (size_t)r * ld, 0, (size_t)W);
     }
 }
 
@@ -144,12 +165,31 @@ CPU_HOT static void swiglu_grad_span(float *dgate, float *dup, const float *dout
     }
 }
 
-void cpu_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up, size_t n) {
+void cpu_swiglu_backward(act_t *dgate_, act_t *dup_, const act_t *dout_, const act_t *gate_, const act_t *up_, int N,
+                         int W, int ld) {
+    float *dgate = dgate_, *dup = dup_;     // (N, W), rows ld apart, or NULL
+    const float *dout = dout_;              // (N, W)
+    const float *gate = gate_, *up = up_;   // (N, W), rows ld apart
+    if (N <= 0 || W <= 0) return;
+    if (ld == W) {
+        size_t n = (size_t)N * W;
+#pragma omp parallel
+        {
+            size_t i0, i1;
+            thread_span(n, &i0, &i1);
+            swiglu_grad_span(dgate, dup, dout, gate, up, i0, i1);
+        }
+        return;
+    }
 #pragma omp parallel
     {
-        size_t i0, i1;
-        thread_span(n, &i0, &i1);
-        swiglu_grad_span(dgate, dup, dout, gate, up, i0, i1);
+        int r0, r1;
+        thread_rows(N, &r0, &r1);
+        for (int r = r0; r < r1; r++) {
+            size_t o = (size_t)r * ld;
+            swiglu_grad_span(dgate ? dgate + o : NULL, dup ? dup + o : NULL, dout + (size_t)r * W, gate + o, up + o, 0,
+                             (size_t)W);
+        }
     }
 }
 

@@ -11,10 +11,11 @@
 // (and transposed) rotation that the backward needs. out may alias inp: a pair is read before
 // it is written.
 static void rope_rotate(float *out, const float *inp, const int *pos, int N, int n_heads,
-                        int head_dim, float theta, float sign) {
+                        int head_dim, float theta, float sign, int ld_out, int ld_inp) {
     CHECK(head_dim % 2 == 0, "rope needs an even head_dim, got %d", head_dim);
     int half = head_dim / 2;
-    int C = n_heads * head_dim;
+    CHECK(ld_out >= n_heads * head_dim && ld_inp >= n_heads * head_dim, "rope: row strides %d, %d below the row's %d",
+          ld_out, ld_inp, n_heads * head_dim);
     float *inv_freq = xmalloc((size_t)(half > 0 ? half : 1) * sizeof(float));
     // torch: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), every step in float32
     for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
@@ -25,11 +26,11 @@ static void rope_rotate(float *out, const float *inp, const int *pos, int N, int
             float angle = p * inv_freq[i];
             float c = cosf(angle), s = sign * sinf(angle);
             for (int h = 0; h < n_heads; h++) {
-                size_t o = (size_t)n * C + (size_t)h * head_dim + i;
-                float x1 = inp[o], x2 = inp[o + half];
+                size_t oi = (size_t)n * ld_inp + (size_t)h * head_dim + i, oo = (size_t)n * ld_out + (size_t)h * head_dim + i;
+                float x1 = inp[oi], x2 = inp[oi + half];
                 // transformers: x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1)
-                out[o] = x1 * c - x2 * s;
-                out[o + half] = x2 * c + x1 * s;
+                out[oo] = x1 * c - x2 * s;
+                out[oo + half] = x2 * c + x1 * s;
             }
         }
     }
@@ -37,13 +38,13 @@ static void rope_rotate(float *out, const float *inp, const int *pos, int N, int
 }
 
 void cpu_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int n_heads,
-                      int head_dim, float theta) {
-    // out, inp (N, n_heads * head_dim)
-    rope_rotate(out, inp, pos, N, n_heads, head_dim, theta, 1.0f);
+                      int head_dim, float theta, int ld_out, int ld_inp) {
+    // out, inp (N, n_heads * head_dim), rows ld_out, ld_inp apart
+    rope_rotate(out, inp, pos, N, n_heads, head_dim, theta, 1.0f, ld_out, ld_inp);
 }
 
 void cpu_rope_backward(act_t *dinp, const act_t *dout, const int *pos, int N, int n_heads,
-                       int head_dim, float theta) {
+                       int head_dim, float theta, int ld_out, int ld_inp) {
     // the rotation is orthogonal: its transpose is the rotation by -angle
-    rope_rotate(dinp, dout, pos, N, n_heads, head_dim, theta, -1.0f);
+    rope_rotate(dinp, dout, pos, N, n_heads, head_dim, theta, -1.0f, ld_inp, ld_out);
 }

@@ -1,5 +1,6 @@
-// rows.c: whole-row copies: token embedding lookup, and gathering or scattering rows by index
-// (image features into the token sequence, loss positions out of it).
+// rows.c: whole-row copies: token embedding lookup, gathering or scattering rows by index
+// (image features into the token sequence, loss positions out of it), and strided row copies
+// (column slices of the fused q/k/v rows).
 #include <string.h>
 
 #include "common/util.h"
@@ -32,4 +33,13 @@ void cpu_scatter_rows(act_t *out_, const act_t *inp_, const int *idx, int M, int
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < M; i++)
         memcpy(out + (size_t)idx[i] * C, inp + (size_t)i * C, (size_t)C * sizeof(float));
+}
+
+void cpu_copy_rows(act_t *out_, const act_t *inp_, int N, int C, int ld_out, int ld_inp) {
+    float *out = out_;          // (N, C), rows ld_out apart
+    const float *inp = inp_;    // (N, C), rows ld_inp apart
+    if (C <= 0) return;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++)
+        memcpy(out + (size_t)i * ld_out, inp + (size_t)i * ld_inp, (size_t)C * sizeof(float));
 }

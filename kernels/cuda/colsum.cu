@@ -1,4 +1,4 @@
-// colsum.cu: deterministic sums over the rows of an (N, C) matrix into fp32 per-column gradients
+// colsum.cu: deterministic sums over the rows of an (N, C) matrix (rows ld apart) into fp32 per-column gradients
 // (+=): the matmul bias gradient and the LayerNorm / RMSNorm weight and bias gradients.
 // Pass 1: the rows are cut into chunks whose size depends only on N; block (column tile, chunk)
 // sums its rows per column (8 row lanes, then the 8 lane sums in order) into a scratch buffer.
@@ -19,7 +19,7 @@ static int chunk_rows_for(int N) {
 template <int MODE>
 __global__ void __launch_bounds__(256) colsum_partial_kernel(float *partial, const bf16 *dout, const bf16 *inp,
                                                              const float *mean, const float *rstd, int N, int C,
-                                                             int chunk_rows) {
+                                                             int ld, int chunk_rows) {
     __shared__ float s0[8][33], s1[8][33];
     int tx = threadIdx.x, ty = threadIdx.y;
     int c = blockIdx.x * 32 + tx, chunk = blockIdx.y, nchunks = gridDim.y;
@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(256) colsum_partial_kernel(float *partial, con
     float a0 = 0.0f, a1 = 0.0f;
     if (c < C) {
         for (int r = r0 + ty; r < r1; r += 8) {
-            size_t o = (size_t)r * C + c;
+            size_t o = (size_t)r * ld + c;
             float g = bf2f(dout[o]);
             if (MODE == CS_BIAS) {
                 a0 += g;
@@ -71,14 +71,14 @@ __global__ void colsum_final_kernel(float *dst0, float *dst1, const float *parti
 
 template <int MODE>
 static void colsum(float *dst0, float *dst1, const bf16 *dout, const bf16 *inp, const float *mean,
-                   const float *rstd, int N, int C) {
+                   const float *rstd, int N, int C, int ld) {
     if (N <= 0 || C <= 0 || (!dst0 && !dst1)) return;
     int chunk_rows = chunk_rows_for(N);
     int nchunks = (N + chunk_rows - 1) / chunk_rows;
     int nacc = MODE == CS_LAYERNORM ? 2 : 1;
     float *partial = (float *)cuda_scratch(SCRATCH_REDUCE, (size_t)nacc * nchunks * C * sizeof(float));
     dim3 grid(ceil_div_u(C, 32), nchunks), block(32, 8);
-    LAUNCH(grid, block, colsum_partial_kernel<MODE>)(partial, dout, inp, mean, rstd, N, C, chunk_rows);
+    LAUNCH(grid, block, colsum_partial_kernel<MODE>)(partial, dout, inp, mean, rstd, N, C, ld, chunk_rows);
     cudaCheckLaunch();
     LAUNCH(ceil_div_u(C, 256), 256, colsum_final_kernel)(dst0, dst1, partial, nchunks, C);
     cudaCheckLaunch();
@@ -91,15 +91,15 @@ size_t cuda_colsum_scratch_max(size_t rows, int width) {
     return 2 * nchunks * (size_t)width * sizeof(float);
 }
 
-void cuda_colsum_bias(float *dbias, const bf16 *dout, int N, int C) {
-    colsum<CS_BIAS>(dbias, NULL, dout, NULL, NULL, NULL, N, C);
+void cuda_colsum_bias(float *dbias, const bf16 *dout, int N, int C, int ld) {
+    colsum<CS_BIAS>(dbias, NULL, dout, NULL, NULL, NULL, N, C, ld);
 }
 
 void cuda_colsum_layernorm(float *dw, float *db, const bf16 *dout, const bf16 *inp, const float *mean,
                            const float *rstd, int N, int C) {
-    colsum<CS_LAYERNORM>(dw, db, dout, inp, mean, rstd, N, C);
+    colsum<CS_LAYERNORM>(dw, db, dout, inp, mean, rstd, N, C, C);
 }
 
 void cuda_colsum_rmsnorm(float *dw, const bf16 *dout, const bf16 *inp, const float *rstd, int N, int C) {
-    colsum<CS_RMSNORM>(dw, NULL, dout, inp, NULL, rstd, N, C);
+    colsum<CS_RMSNORM>(dw, NULL, dout, inp, NULL, rstd, N, C, C);
 }

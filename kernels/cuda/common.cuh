@@ -165,6 +165,10 @@ void cuda_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dou
                           const act_t *w, int N, int C, int OC, float alpha);
 void cuda_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
                               const act_t *w, int N, int C, int OC, float alpha);
+void cuda_matmul_forward_ld(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N, int C, int OC,
+                            float alpha, int accumulate, int ld_out, int ld_inp);
+void cuda_matmul_backward_ld(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                             const act_t *w, int N, int C, int OC, float alpha, int set, int ld_out, int ld_inp);
 // norm.cu
 void cuda_layernorm_forward(act_t *out, float *mean, float *rstd, const act_t *inp, const act_t *w,
                             const act_t *b, int N, int C, float eps);
@@ -177,9 +181,9 @@ void cuda_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_
                            const float *rstd, int N, int C);
 // rope.cu
 void cuda_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int n_heads, int head_dim,
-                       float theta);
+                       float theta, int ld_out, int ld_inp);
 void cuda_rope_backward(act_t *dinp, const act_t *dout, const int *pos, int N, int n_heads, int head_dim,
-                        float theta);
+                        float theta, int ld_out, int ld_inp);
 // attention.cu
 void cuda_attention_forward(act_t *out, float *lse, const act_t *q, const act_t *k, const act_t *v,
                             const int *seg, int B, int T, int NH, int NKV, int HD, int causal);
@@ -195,9 +199,9 @@ void cuda_quick_gelu_forward(act_t *out, const act_t *inp, size_t n);
 void cuda_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
 void cuda_gelu_tanh_forward(act_t *out, const act_t *inp, size_t n);
 void cuda_gelu_tanh_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n);
-void cuda_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n);
-void cuda_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up,
-                          size_t n);
+void cuda_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, int N, int W, int ld);
+void cuda_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up, int N,
+                          int W, int ld);
 void cuda_add(act_t *out, const act_t *a, const act_t *b, size_t n);
 void cuda_dropout(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed);
 void cuda_cast_to_act(act_t *dst, const float *src, size_t n);
@@ -215,6 +219,7 @@ void cuda_vit_embed(act_t *out, const act_t *patches, const act_t *cls, const ac
 void cuda_embedding_forward(act_t *out, const int *ids, const act_t *table, int N, int C, int V);
 void cuda_gather_rows(act_t *out, const act_t *inp, const int *idx, int M, int C);
 void cuda_scatter_rows(act_t *out, const act_t *inp, const int *idx, int M, int C);
+void cuda_copy_rows(act_t *out, const act_t *inp, int N, int C, int ld_out, int ld_inp);
 // loss.cu
 void cuda_cross_entropy(float *losses, act_t *dlogits, const act_t *logits, const int *targets, int M,
                         int V, float dscale);
@@ -227,7 +232,7 @@ void cuda_sum_f64(double *out, const float *x, size_t n, int squares, int accumu
 void cuda_adamw_span(float *p, const float *g, float *m, float *v, const AdamwSpan *a, const double *sumsq,
                      const double *loss);
 // colsum.cu: deterministic sums over rows, shared by the bias, norm and conv gradients
-void cuda_colsum_bias(float *dbias, const bf16 *dout, int N, int C);
+void cuda_colsum_bias(float *dbias, const bf16 *dout, int N, int C, int ld);  // dout rows ld apart
 void cuda_colsum_layernorm(float *dw, float *db, const bf16 *dout, const bf16 *inp, const float *mean,
                            const float *rstd, int N, int C);
 void cuda_colsum_rmsnorm(float *dw, const bf16 *dout, const bf16 *inp, const float *rstd, int N, int C);

@@ -102,11 +102,12 @@ static void gemm_fallback(const Gemm *g) {
     cudaCheckLaunch();
 }
 
-// out (rows, cols) += bias (cols), for a bias the epilogue could not take
-__global__ void add_bias_kernel(bf16 *out, const bf16 *bias, int rows, int cols) {
+// out (rows, cols), rows ld apart, += bias (cols), for a bias the epilogue could not take
+__global__ void add_bias_kernel(bf16 *out, const bf16 *bias, int rows, int cols, int ld) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)rows * cols) return;
-    out[i] = f2bf(bf2f(out[i]) + bf2f(bias[i % cols]));
+    size_t o = i / cols * ld + i % cols;
+    out[o] = f2bf(bf2f(out[o]) + bf2f(bias[i % cols]));
 }
 
 // ---------------------------------------------------------------- cuBLASLt
@@ -423,46 +424,62 @@ static void gemm(const Gemm *g) {
     g_n_cublaslt++;
     if (late_bias) {
         size_t total = (size_t)gg.m * gg.n;
-        LAUNCH(ceil_div_u(total, 256), 256, add_bias_kernel)((bf16 *)gg.D, late_bias, gg.n, gg.m);
+        LAUNCH(ceil_div_u(total, 256), 256, add_bias_kernel)((bf16 *)gg.D, late_bias, gg.n, gg.m, gg.ldd);
         cudaCheckLaunch();
     }
 }
 
-void cuda_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N, int C,
-                         int OC, float alpha, int accumulate) {
+// Row strides (the _ld ops): in cuBLAS terms a row-major matrix with rows ld apart is a
+// column-major one with leading dimension ld, so a column slice of a wider buffer is just a
+// pointer and an ld; the plan table keys on the lds.
+void cuda_matmul_forward_ld(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N, int C, int OC,
+                            float alpha, int accumulate, int ld_out, int ld_inp) {
     if (N <= 0 || OC <= 0) return;
-    Gemm g = {1, 0, OC, N, C, (const bf16 *)w, C, (const bf16 *)inp, C, out, OC, 0, (const bf16 *)bias,
+    CHECK(ld_out >= OC && ld_inp >= C, "matmul_forward_ld: row strides %d, %d below %d, %d", ld_out, ld_inp, OC, C);
+    Gemm g = {1, 0, OC, N, C, (const bf16 *)w, C, (const bf16 *)inp, ld_inp, out, ld_out, 0, (const bf16 *)bias,
               alpha, accumulate ? 1.0f : 0.0f, 1, 0, 0, 0};
     if (C <= 0) g.lda = g.ldb = 1;
     gemm(&g);
 }
 
+void cuda_matmul_forward(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N, int C,
+                         int OC, float alpha, int accumulate) {
+    cuda_matmul_forward_ld(out, inp, w, bias, N, C, OC, alpha, accumulate, OC, C);
+}
+
 // dinp accumulates (beta 1) or, for the first writer of a gradient buffer, is overwritten (beta 0:
 // no memset before it, one read of dinp less)
-static void matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
-                            const act_t *w, int N, int C, int OC, float alpha, float beta) {
+void cuda_matmul_backward_ld(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                             const act_t *w, int N, int C, int OC, float alpha, int set, int ld_out, int ld_inp) {
     if (N <= 0) return;
+    CHECK(ld_out >= OC && ld_inp >= C, "matmul_backward_ld: row strides %d, %d below %d, %d", ld_out, ld_inp, OC, C);
+    float beta = set ? 0.0f : 1.0f;
     if (OC <= 0) {  // an empty product: dinp = 0 when overwritten
-        if (dinp && C > 0 && beta == 0.0f) cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)N * C * sizeof(bf16), cuda_stream()));
+        if (dinp && C > 0 && set) {
+            CHECK(ld_inp == C, "matmul_backward_ld: an empty product into strided rows");
+            cudaCheck(cudaMemsetAsync(dinp, 0, (size_t)N * C * sizeof(bf16), cuda_stream()));
+        }
         return;
     }
     if (dinp && C > 0) {
-        Gemm g = {0, 0, C, N, OC, (const bf16 *)w, C, (const bf16 *)dout, OC, dinp, C, 0, NULL, alpha, beta, 1, 0, 0, 0};
+        Gemm g = {0, 0, C, N, OC, (const bf16 *)w, C, (const bf16 *)dout, ld_out, dinp, ld_inp, 0, NULL, alpha, beta,
+                  1, 0, 0, 0};
         gemm(&g);
     }
     if (dw && C > 0) {
-        Gemm g = {0, 1, C, OC, N, (const bf16 *)inp, C, (const bf16 *)dout, OC, dw, C, 1, NULL, alpha, 1.0f, 1, 0, 0, 0};
+        Gemm g = {0, 1, C, OC, N, (const bf16 *)inp, ld_inp, (const bf16 *)dout, ld_out, dw, C, 1, NULL, alpha, 1.0f,
+                  1, 0, 0, 0};
         gemm(&g);
     }
-    if (dbias) cuda_colsum_bias(dbias, (const bf16 *)dout, N, OC);
+    if (dbias) cuda_colsum_bias(dbias, (const bf16 *)dout, N, OC, ld_out);
 }
 
 void cuda_matmul_backward(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
                           const act_t *w, int N, int C, int OC, float alpha) {
-    matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 1.0f);
+    cuda_matmul_backward_ld(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 0, OC, C);
 }
 
 void cuda_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
                               const act_t *w, int N, int C, int OC, float alpha) {
-    matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 0.0f);
+    cuda_matmul_backward_ld(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 1, OC, C);
 }

@@ -93,12 +93,60 @@ void cuda_gelu_tanh_forward(act_t *out, const act_t *inp, size_t n) {
 void cuda_gelu_tanh_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
     pointwise<OP_TGELU_B>(dinp, NULL, dout, inp, NULL, n);
 }
-void cuda_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
-    pointwise<OP_SWIGLU_F>(out, NULL, gate, up, NULL, n);
+
+// SwiGLU over rows whose gate and up lie ld apart (the halves of the fused gate/up projection's
+// rows): each thread 8 consecutive columns of one row, 16-byte loads when W, ld and the pointers
+// allow. Forward: out (N, W) dense; backward: dout (N, W) dense, dgate / dup rows ld apart.
+template <int OP>
+__global__ void swiglu_rows_kernel(bf16 *out0, bf16 *out1, const bf16 *dout, const bf16 *gate, const bf16 *up, int N,
+                                   int W, int ld, bool vec) {
+    size_t per_row = ((size_t)W + 7) / 8, t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (size_t)N * per_row) return;
+    size_t r = t / per_row, c = (t % per_row) * 8, o = r * ld, d = r * W;
+    bool v8 = vec && c + 8 <= (size_t)W;
+    float a[8], b[8], cc[8], o0[8], o1[8];
+    if (OP == OP_SWIGLU_F) {
+        load8(a, gate + o, c, W, v8);
+        load8(b, up + o, c, W, v8);
+        for (int k = 0; k < 8; k++) cc[k] = 0.0f;
+    } else {
+        load8(a, dout + d, c, W, v8);
+        load8(b, gate + o, c, W, v8);
+        load8(cc, up + o, c, W, v8);
+    }
+    for (int k = 0; k < 8; k++) {
+        o1[k] = 0.0f;
+        apply<OP>(a[k], b[k], cc[k], &o0[k], &o1[k]);
+    }
+    if (OP == OP_SWIGLU_F) {
+        store8(out0 + d, c, W, v8, o0);
+    } else {
+        if (out0) store8(out0 + o, c, W, v8, o0);
+        if (out1) store8(out1 + o, c, W, v8, o1);
+    }
 }
-void cuda_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up,
-                          size_t n) {
-    pointwise<OP_SWIGLU_B>(dgate, dup, dout, gate, up, n);
+
+template <int OP>
+static void swiglu_rows(act_t *out0, act_t *out1, const act_t *dout, const act_t *gate, const act_t *up, int N, int W,
+                        int ld) {
+    if (N <= 0 || W <= 0 || (!out0 && !out1)) return;
+    CHECK(ld >= W, "swiglu: row stride %d below the row's %d", ld, W);
+    bool vec = W % 8 == 0 && ld % 8 == 0 && aligned16(out0) && aligned16(out1) && aligned16(dout) && aligned16(gate) &&
+               aligned16(up);
+    size_t threads = (size_t)N * (((size_t)W + 7) / 8);
+    LAUNCH(ceil_div_u(threads, 256), 256, swiglu_rows_kernel<OP>)((bf16 *)out0, (bf16 *)out1, (const bf16 *)dout,
+                                                                 (const bf16 *)gate, (const bf16 *)up, N, W, ld, vec);
+    cudaCheckLaunch();
+}
+
+void cuda_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, int N, int W, int ld) {
+    if (ld == W) pointwise<OP_SWIGLU_F>(out, NULL, gate, up, NULL, (size_t)N * W);  // dense: one flat pass
+    else swiglu_rows<OP_SWIGLU_F>(out, NULL, NULL, gate, up, N, W, ld);
+}
+void cuda_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up, int N,
+                          int W, int ld) {
+    if (ld == W) pointwise<OP_SWIGLU_B>(dgate, dup, dout, gate, up, (size_t)N * W);
+    else swiglu_rows<OP_SWIGLU_B>(dgate, dup, dout, gate, up, N, W, ld);
 }
 void cuda_add(act_t *out, const act_t *a, const act_t *b, size_t n) { pointwise<OP_ADD>(out, NULL, a, b, NULL, n); }
 

@@ -515,20 +515,39 @@ static void test_rope(void **state) {
         int *gp = up_int(pos, N);
         for (int t = 0; t < 2; t++) {
             float *ref = zeros(n), *back = zeros(n);
-            C->rope_forward(ref, inp, pos, N, NH, HD, thetas[t]);
-            C->rope_backward(back, inp, pos, N, NH, HD, thetas[t]);
+            C->rope_forward(ref, inp, pos, N, NH, HD, thetas[t], NH * HD, NH * HD);
+            C->rope_backward(back, inp, pos, N, NH, HD, thetas[t], NH * HD, NH * HD);
             char what[128];
             snprintf(what, sizeof what, "rope_forward %dx%dx%d theta %g", N, NH, HD, thetas[t]);
-            G->rope_forward(go, gi, gp, N, NH, HD, thetas[t]);
+            G->rope_forward(go, gi, gp, N, NH, HD, thetas[t], NH * HD, NH * HD);
             expect_act(what, go, ref, n, TOL_BF16);
             snprintf(what, sizeof what, "rope_backward %dx%dx%d theta %g", N, NH, HD, thetas[t]);
-            G->rope_backward(go, gi, gp, N, NH, HD, thetas[t]);
+            G->rope_backward(go, gi, gp, N, NH, HD, thetas[t], NH * HD, NH * HD);
             expect_act(what, go, back, n, TOL_BF16);
             // in place
             G->upload_act(go, inp, n);
-            G->rope_forward(go, go, gp, N, NH, HD, thetas[t]);
+            G->rope_forward(go, go, gp, N, NH, HD, thetas[t], NH * HD, NH * HD);
             snprintf(what, sizeof what, "rope_forward %dx%dx%d in place", N, NH, HD);
             expect_act(what, go, ref, n, TOL_BF16);
+            // row strides, as the fused q/k/v rows are read and their gradient written: the heads
+            // at column off of rows ld wide, forward into dense rows, backward back into the slice
+            {
+                int w = NH * HD, ld = 2 * w + 8 * (t + 1) + t, off = w + t;
+                size_t nw = (size_t)N * ld;
+                float *wide = rnd(nw, -1, 1), *rs = zeros(n), *rb = dup(wide, nw);
+                C->rope_forward(rs, wide + off, pos, N, NH, HD, thetas[t], w, ld);
+                C->rope_backward(rb + off, rs, pos, N, NH, HD, thetas[t], w, ld);
+                void *gw = up_act(wide, nw), *gs = G->alloc(n * 2);
+                G->rope_forward(gs, act_at(G, gw, off), gp, N, NH, HD, thetas[t], w, ld);
+                snprintf(what, sizeof what, "rope_forward %dx%dx%d strided input ld %d", N, NH, HD, ld);
+                expect_act(what, gs, rs, n, TOL_BF16);
+                G->upload_act(gs, rs, n);
+                G->rope_backward(act_at(G, gw, off), gs, gp, N, NH, HD, thetas[t], w, ld);
+                snprintf(what, sizeof what, "rope_backward %dx%dx%d into strided rows (whole rows)", N, NH, HD);
+                expect_act(what, gw, rb, nw, TOL_BF16);
+                free(wide); free(rs); free(rb);
+                G->free(gw); G->free(gs);
+            }
             free(ref);
             free(back);
         }
@@ -945,9 +964,9 @@ static void test_pointwise(void **state) {
             ONE("gelu_tanh_backward", C->gelu_tanh_backward(r0, b, a, n), G->gelu_tanh_backward(p0, pb, pa, n), r0, p0);
             ONE("gelu_tanh_forward in place", C->gelu_tanh_forward(r0, a, n),
                 (G->upload_act(p0, a, n), G->gelu_tanh_forward(p0, p0, n)), r0, p0);
-            ONE("swiglu_forward", C->swiglu_forward(r0, a, b, n), G->swiglu_forward(p0, pa, pb, n), r0, p0);
-            ONE("swiglu_backward dgate", C->swiglu_backward(r0, r1, c, a, b, n),
-                G->swiglu_backward(p0, p1, pc, pa, pb, n), r0, p0);
+            ONE("swiglu_forward", C->swiglu_forward(r0, a, b, 1, (int)n, (int)n), G->swiglu_forward(p0, pa, pb, 1, (int)n, (int)n), r0, p0);
+            ONE("swiglu_backward dgate", C->swiglu_backward(r0, r1, c, a, b, 1, (int)n, (int)n),
+                G->swiglu_backward(p0, p1, pc, pa, pb, 1, (int)n, (int)n), r0, p0);
             snprintf(what, sizeof what, "swiglu_backward dup n=%zu", n);
             expect_act(what, p1, r1, n, TOL_BF16);
             ONE("add", C->add(r0, a, b, n), G->add(p0, pa, pb, n), r0, p0);
@@ -956,15 +975,83 @@ static void test_pointwise(void **state) {
             // aliasing, as the model uses it: out = first input
             ONE("gelu_forward in place", C->gelu_forward(r0, a, n), (G->upload_act(p0, a, n), G->gelu_forward(p0, p0, n)), r0, p0);
             ONE("add in place", C->add(r0, a, b, n), (G->upload_act(p0, a, n), G->add(p0, p0, pb, n)), r0, p0);
-            ONE("swiglu_backward in place", C->swiglu_backward(r0, r1, c, a, b, n),
-                (G->upload_act(p0, c, n), G->swiglu_backward(p0, p1, p0, pa, pb, n)), r0, p0);
+            ONE("swiglu_backward in place", C->swiglu_backward(r0, r1, c, a, b, 1, (int)n, (int)n),
+                (G->upload_act(p0, c, n), G->swiglu_backward(p0, p1, p0, pa, pb, 1, (int)n, (int)n)), r0, p0);
             expect_act("swiglu_backward in place dup", p1, r1, n, TOL_BF16);
-            ONE("swiglu_backward dgate only", C->swiglu_backward(r0, NULL, c, a, b, n),
-                G->swiglu_backward(p0, NULL, pc, pa, pb, n), r0, p0);
+            ONE("swiglu_backward dgate only", C->swiglu_backward(r0, NULL, c, a, b, 1, (int)n, (int)n),
+                G->swiglu_backward(p0, NULL, pc, pa, pb, 1, (int)n, (int)n), r0, p0);
 #undef ONE
             free(a); free(b); free(c); free(r0); free(r1);
             G->free(ga); G->free(gb); G->free(gc); G->free(g0); G->free(g1);
         }
+    }
+}
+
+// SwiGLU over gate | up rows (the fused gate/up projection's output, ld = 2W): W a multiple of 8
+// (16-byte loads) or not, forward and the in-place backward the LLM runs, against the CPU
+static void test_swiglu_rows(void **state) {
+    (void)state;
+    const int shapes[][2] = {{5, 8}, {7, 19}, {33, 64}, {3, 1000}, {64, 4864}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int N = shapes[s][0], W = shapes[s][1];
+        if (W > 1000 && emu) continue;
+        size_t nw = (size_t)N * 2 * W, n = (size_t)N * W;
+        float *gu = rnd(nw, -4, 4), *d = rnd(n, -1, 1), *out = zeros(n), *dgu = dup(gu, nw);
+        C->swiglu_forward(out, gu, gu + W, N, W, 2 * W);
+        C->swiglu_backward(dgu, dgu + W, d, dgu, dgu + W, N, W, 2 * W);
+        void *ggu = up_act(gu, nw), *gd = up_act(d, n), *go = G->alloc(n * 2);
+        char what[128];
+        G->swiglu_forward(go, ggu, act_at(G, ggu, W), N, W, 2 * W);
+        snprintf(what, sizeof what, "swiglu_forward rows %dx%d ld %d", N, W, 2 * W);
+        expect_act(what, go, out, n, TOL_BF16);
+        G->swiglu_backward(ggu, act_at(G, ggu, W), gd, ggu, act_at(G, ggu, W), N, W, 2 * W);
+        snprintf(what, sizeof what, "swiglu_backward rows %dx%d in place", N, W);
+        expect_act(what, ggu, dgu, nw, TOL_BF16);
+        free(gu); free(d); free(out); free(dgu);
+        G->free(ggu); G->free(gd); G->free(go);
+    }
+}
+
+// matmul_forward_ld / matmul_backward_ld on column slices of wider rows, as the fused projections
+// and their LoRA use them (an output slice written with beta 1, dh slices overwritten), against
+// the CPU's _ld ops over the whole wide buffers (so a write outside the slice shows too)
+static void test_matmul_ld(void **state) {
+    (void)state;
+    // N, C, OC, ld_inp, off_inp, ld_out, off_out
+    const int shapes[][7] = {{37, 40, 24, 40, 0, 56, 32}, {37, 8, 40, 24, 8, 56, 16}, {21, 16, 8, 48, 16, 24, 8},
+                             {19, 13, 5, 20, 3, 11, 5}, {300, 64, 128, 192, 64, 192, 0}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int N = shapes[s][0], Cc = shapes[s][1], OC = shapes[s][2], li = shapes[s][3], oi = shapes[s][4];
+        int lo = shapes[s][5], oo = shapes[s][6];
+        size_t nI = (size_t)N * li, nO = (size_t)N * lo, nw = (size_t)OC * Cc;
+        float *inp = rnd(nI, -1, 1), *w = rnd(nw, -1, 1), *bias = rnd(OC, -1, 1), *out0 = rnd(nO, -2, 2);
+        float *ref = dup(out0, nO);
+        C->matmul_forward_ld(ref + oo, inp + oi, w, bias, N, Cc, OC, 0.5f, 1, lo, li);
+        void *gi = up_act(inp, nI), *gw = up_act(w, nw), *gb = up_act(bias, OC), *go = up_act(out0, nO);
+        G->matmul_forward_ld(act_at(G, go, oo), act_at(G, gi, oi), gw, gb, N, Cc, OC, 0.5f, 1, lo, li);
+        char what[128];
+        snprintf(what, sizeof what, "matmul_forward_ld %dx%dx%d ld %d/%d (whole rows)", N, Cc, OC, lo, li);
+        expect_act(what, go, ref, nO, TOL_BF16);
+        // backward: dout from the wide rows, dinp (set, then +=) into the wide input rows
+        float *dinp0 = rnd(nI, -1, 1), *rdi = dup(dinp0, nI), *dw0 = rnd32(nw, -1, 1), *rdw = dup(dw0, nw);
+        float *db0 = rnd32(OC, -1, 1), *rdb = dup(db0, OC);
+        C->matmul_backward_ld(rdi + oi, rdw, rdb, out0 + oo, inp + oi, w, N, Cc, OC, 0.75f, 1, lo, li);
+        C->matmul_backward_ld(rdi + oi, NULL, NULL, out0 + oo, inp + oi, w, N, Cc, OC, 0.25f, 0, lo, li);
+        void *gdi = up_act(dinp0, nI), *gdo = up_act(out0, nO);
+        float *gdw = up_f32(dw0, nw), *gdb = up_f32(db0, OC);
+        G->matmul_backward_ld(act_at(G, gdi, oi), gdw, gdb, act_at(G, gdo, oo), act_at(G, gi, oi), gw, N, Cc, OC, 0.75f,
+                              1, lo, li);
+        G->matmul_backward_ld(act_at(G, gdi, oi), NULL, NULL, act_at(G, gdo, oo), act_at(G, gi, oi), gw, N, Cc, OC,
+                              0.25f, 0, lo, li);
+        snprintf(what, sizeof what, "matmul_backward_ld %dx%dx%d dinp set then += (whole rows)", N, Cc, OC);
+        expect_act(what, gdi, rdi, nI, TOL_BF16);
+        snprintf(what, sizeof what, "matmul_backward_ld %dx%dx%d dw (fp32 +=)", N, Cc, OC);
+        expect_f32(what, gdw, rdw, nw, TOL_F32_FROM_BF16);
+        snprintf(what, sizeof what, "matmul_backward_ld %dx%dx%d dbias (fp32 +=)", N, Cc, OC);
+        expect_f32(what, gdb, rdb, OC, TOL_F32_FROM_BF16);
+        free(inp); free(w); free(bias); free(out0); free(ref); free(dinp0); free(rdi); free(dw0); free(rdw); free(db0);
+        free(rdb);
+        G->free(gi); G->free(gw); G->free(gb); G->free(go); G->free(gdi); G->free(gdo); G->free(gdw); G->free(gdb);
     }
 }
 
@@ -1109,6 +1196,26 @@ static void test_rows(void **state) {
         expect_act(what, gsc, rs, no, 0.0);
         free(table); free(out0); free(ref); free(ids); free(idx); free(rg); free(rs);
         G->free(gt); G->free(go); G->free(gid); G->free(gin); G->free(gg); G->free(gsc); G->free(gidx);
+    }
+    // copy_rows between column slices (v out of the fused q/k/v rows and dv back): exact, nothing
+    // written outside the slice; aligned for 16-byte copies and not
+    const int cs[][5] = {{9, 16, 48, 32, 0}, {7, 5, 13, 3, 8}, {40, 128, 1152, 1024, 0}};  // N, C, ld, off, vec-breaker
+    for (size_t s = 0; s < sizeof cs / sizeof *cs; s++) {
+        int N = cs[s][0], Cc = cs[s][1], ld = cs[s][2], off = cs[s][3];
+        size_t nw = (size_t)N * ld, n = (size_t)N * Cc;
+        float *wide = rnd(nw, -1, 1), *x = rnd(n, -1, 1), *rw = dup(wide, nw), *rx = zeros(n);
+        C->copy_rows(rw + off, x, N, Cc, ld, Cc);
+        C->copy_rows(rx, wide + off, N, Cc, Cc, ld);
+        void *gwd = up_act(wide, nw), *gx = up_act(x, n), *gy = G->alloc(n * 2);
+        G->copy_rows(gy, act_at(G, gwd, off), N, Cc, Cc, ld);
+        char what[128];
+        snprintf(what, sizeof what, "copy_rows out of rows %dx%d ld %d (exact)", N, Cc, ld);
+        expect_act(what, gy, rx, n, 0.0);
+        G->copy_rows(act_at(G, gwd, off), gx, N, Cc, ld, Cc);
+        snprintf(what, sizeof what, "copy_rows into rows %dx%d ld %d (exact, whole rows)", N, Cc, ld);
+        expect_act(what, gwd, rw, nw, 0.0);
+        free(wide); free(x); free(rw); free(rx);
+        G->free(gwd); G->free(gx); G->free(gy);
     }
 }
 
@@ -1346,13 +1453,33 @@ static void sim_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, cons
     C->rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, Cc);
     if (dinp) round_bf16(dinp, (size_t)N * Cc);
 }
-static void sim_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int NH, int HD, float theta) {
-    C->rope_forward(out, inp, pos, N, NH, HD, theta);
-    round_bf16(out, (size_t)N * NH * HD);
+// N rows of n elements, ld apart
+static void round_bf16_rows(const void *p, int N, int n, int ld) {
+    for (int r = 0; r < N; r++) round_bf16((const float *)p + (size_t)r * ld, (size_t)n);
 }
-static void sim_rope_backward(act_t *dinp, const act_t *dout, const int *pos, int N, int NH, int HD, float theta) {
-    C->rope_backward(dinp, dout, pos, N, NH, HD, theta);
-    round_bf16(dinp, (size_t)N * NH * HD);
+static void sim_matmul_forward_ld(act_t *out, const act_t *inp, const act_t *w, const act_t *bias, int N, int Cc, int OC,
+                                  float alpha, int accumulate, int ld_out, int ld_inp) {
+    C->matmul_forward_ld(out, inp, w, bias, N, Cc, OC, alpha, accumulate, ld_out, ld_inp);
+    round_bf16_rows(out, N, OC, ld_out);
+}
+static void sim_matmul_backward_ld(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
+                                   const act_t *w, int N, int Cc, int OC, float alpha, int set, int ld_out, int ld_inp) {
+    C->matmul_backward_ld(dinp, dw, dbias, dout, inp, w, N, Cc, OC, alpha, set, ld_out, ld_inp);
+    if (dinp) round_bf16_rows(dinp, N, Cc, ld_inp);
+}
+static void sim_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int NH, int HD, float theta,
+                             int ld_out, int ld_inp) {
+    C->rope_forward(out, inp, pos, N, NH, HD, theta, ld_out, ld_inp);
+    round_bf16_rows(out, N, NH * HD, ld_out);
+}
+static void sim_rope_backward(act_t *dinp, const act_t *dout, const int *pos, int N, int NH, int HD, float theta,
+                              int ld_out, int ld_inp) {
+    C->rope_backward(dinp, dout, pos, N, NH, HD, theta, ld_out, ld_inp);
+    round_bf16_rows(dinp, N, NH * HD, ld_inp);
+}
+static void sim_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, int N, int W, int ld) {
+    C->swiglu_forward(out, gate, up, N, W, ld);
+    round_bf16(out, (size_t)N * W);
 }
 static void sim_attention_forward(act_t *out, float *lse, const act_t *q, const act_t *k, const act_t *v,
                                   const int *seg, int B, int T, int NH, int NKV, int HD, int causal) {
@@ -1383,17 +1510,16 @@ SIM_BINARY(gelu_backward)
 SIM_BINARY(quick_gelu_backward)
 SIM_UNARY(gelu_tanh_forward)
 SIM_BINARY(gelu_tanh_backward)
-SIM_BINARY(swiglu_forward)
 SIM_BINARY(add)
 static void sim_dropout(act_t *out, const act_t *inp, size_t n, float p, uint64_t seed) {
     C->dropout(out, inp, n, p, seed);
     round_bf16(out, n);
 }
-static void sim_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up,
-                                size_t n) {
-    C->swiglu_backward(dgate, dup, dout, gate, up, n);
-    if (dgate) round_bf16(dgate, n);
-    if (dup) round_bf16(dup, n);
+static void sim_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout, const act_t *gate, const act_t *up, int N,
+                                int W, int ld) {
+    C->swiglu_backward(dgate, dup, dout, gate, up, N, W, ld);
+    if (dgate) round_bf16_rows(dgate, N, W, ld);
+    if (dup) round_bf16_rows(dup, N, W, ld);
 }
 static void sim_avgpool2x2_forward(act_t *out, const act_t *inp, int B, int H, int W, int Cc) {
     C->avgpool2x2_forward(out, inp, B, H, W, Cc);
@@ -1432,6 +1558,8 @@ static const Kernels *bf16_sim(void) {
     sim.matmul_forward = sim_matmul_forward;
     sim.matmul_backward = sim_matmul_backward;
     sim.matmul_backward_set = sim_matmul_backward_set;
+    sim.matmul_forward_ld = sim_matmul_forward_ld;
+    sim.matmul_backward_ld = sim_matmul_backward_ld;
     sim.add_rmsnorm_forward = sim_add_rmsnorm_forward;
     sim.layernorm_forward = sim_layernorm_forward;
     sim.layernorm_backward = sim_layernorm_backward;
@@ -1836,10 +1964,15 @@ static void bench(void) {
         printf("  rmsnorm_forward 2048x896           %8.3f ms\n", ms);
         TIME_MS(ms, G->rmsnorm_backward(z, dw, y, x, w, rs, N, Cc));
         printf("  rmsnorm_backward 2048x896 (+dw)    %8.3f ms\n", ms);
-        TIME_MS(ms, G->swiglu_forward(z, x, y, (size_t)N * I));
+        TIME_MS(ms, G->swiglu_forward(z, x, y, N, I, I));
         printf("  swiglu_forward 2048x4864           %8.3f ms  %6.0f GB/s\n", ms, 3.0 * N * I * 2 / ms / 1e6);
-        TIME_MS(ms, G->swiglu_backward(x, y, z, x, y, (size_t)N * I));
+        TIME_MS(ms, G->swiglu_backward(x, y, z, x, y, N, I, I));
         printf("  swiglu_backward 2048x4864          %8.3f ms  %6.0f GB/s\n", ms, 5.0 * N * I * 2 / ms / 1e6);
+        // the fused layout: gate | up halves of rows I wide
+        TIME_MS(ms, G->swiglu_forward(z, x, act_at(G, x, I / 2), N, I / 2, I));
+        printf("  swiglu_forward rows 2048x2432 ld 4864 %5.3f ms  %6.0f GB/s\n", ms, 1.5 * N * I * 2 / ms / 1e6);
+        TIME_MS(ms, G->swiglu_backward(x, act_at(G, x, I / 2), z, x, act_at(G, x, I / 2), N, I / 2, I));
+        printf("  swiglu_backward rows 2048x2432 ld 4864 %4.3f ms  %6.0f GB/s\n", ms, 2.5 * N * I * 2 / ms / 1e6);
         TIME_MS(ms, G->cross_entropy(loss, lg, lg, tg, M, V, 1.0f));
         printf("  cross_entropy 1024x151936          %8.3f ms  %6.0f GB/s\n", ms, 2.0 * M * V * 2 / ms / 1e6);
         size_t np = 500u * 1000 * 1000 / 4;
@@ -2015,6 +2148,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_table_and_memory),
         cmocka_unit_test(test_matmul_forward),
         cmocka_unit_test(test_matmul_backward),
+        cmocka_unit_test(test_matmul_ld),
+        cmocka_unit_test(test_swiglu_rows),
         cmocka_unit_test(test_matmul_splitk),
         cmocka_unit_test(test_matmul_many_shapes),
         cmocka_unit_test(test_layernorm),
