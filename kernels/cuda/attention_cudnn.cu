@@ -501,9 +501,18 @@ static int g_said_fallback;  // bit per kind of call already reported
 static long g_plans_built;
 static double g_build_seconds;
 
+// at exit, when SVLM_ATTN=cudnn was used: what ran where and what the plans cost (a GPU session's
+// logs then say whether cuDNN did the work)
+static void report_at_exit(void) {
+    if (g_ran + g_declined == 0) return;
+    fprintf(stderr, "svlm: cuDNN attention: %ld calls ran on cuDNN, %ld declined (run on WMMA); %ld plans built in "
+            "%.1f s\n", g_ran, g_declined, g_plans_built, g_build_seconds);
+}
+
 static int setup(void) {
     if (g_state) return g_state > 0;
     g_state = -1;
+    atexit(report_at_exit);
     size_t v = cudnnGetVersion();
     if (v < 90000) {
         snprintf(g_why, sizeof g_why, "cuDNN %zu loaded, 9.0 or newer needed", v);
