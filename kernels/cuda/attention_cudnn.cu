@@ -55,8 +55,9 @@
 // through a scratch copy in the graph's (B, NH, T_bucket) layout. cuDNN 9.19 offers it on sm_90;
 // on sm_80 its deterministic ragged backward does not exist, and the backward then runs on WMMA.
 // Workspace: the plan's, plus the fp32 Dsum of the backward, the int32 segment ends and, when
-// bucketing, the stats copy, offsets and lengths (scratch_layout), in scratch slot SCRATCH_CUDNN; cuda_attention_cudnn_scratch gives the memory plan the largest any
-// engine config would take, from the heuristics alone. At the reference stage-2 shape (B 16, T 752,
+// bucketing, the stats copy, offsets and lengths (scratch_layout), in scratch slot SCRATCH_CUDNN;
+// cuda_attention_cudnn_scratch gives the memory plan the largest any engine config would take,
+// from the heuristics alone. At the reference stage-2 shape (B 16, T 752,
 // NH 14, NKV 2, HD 64) cuDNN plans 307,364,096 bytes for the deterministic backward (dS in bf16 at
 // T 768, 264 MB, plus an fp32 (B, NH, T, HD) buffer) where the atomic one takes 43-86 MB, and
 // 0-256 bytes for the forward (tests/gpu/cudnn_graphs.c prints these for an H200 description).
@@ -283,26 +284,28 @@ static void reshape(Build *b, cudnnBackendDescriptor_t x, cudnnBackendDescriptor
     add_op(b, op);
 }
 
-// the score tensor (B, NH, T, T) fp32, row-major per head
-static cudnnBackendDescriptor_t scores(Build *b, const AttnKey *k) {
+// a virtual tensor shaped like the scores (B, NH, T, T), row-major per head
+static cudnnBackendDescriptor_t full(Build *b, const AttnKey *k, cudnnDataType_t type) {
     int64_t T = k->T;
-    return tensor(b, CUDNN_DATA_FLOAT, k->B, k->NH, T, T, (int64_t)k->NH * T * T, T * T, T, 1, 0, 0);
+    return tensor(b, type, k->B, k->NH, T, T, (int64_t)k->NH * T * T, T * T, T, 1, 0, 0);
 }
+
+// the score tensor (B, NH, T, T) fp32
+static cudnnBackendDescriptor_t scores(Build *b, const AttnKey *k) { return full(b, k, CUDNN_DATA_FLOAT); }
 
 // the masks on a score tensor s: packed rows first (i <= end(j)), then causal (j <= i); both
 // select the lowest float where a key is hidden (exp of it minus a finite max is 0)
 static cudnnBackendDescriptor_t masks(Build *b, const AttnKey *k, cudnnBackendDescriptor_t s,
                                       cudnnBackendDescriptor_t neg) {
-    int64_t B = k->B, NH = k->NH, T = k->T;
-    int64_t d[4] = {B, NH, T, T}, st[4] = {NH * T * T, T * T, T, 1};
+    int64_t B = k->B, T = k->T;
     if (k->ragged) {  // the padding mask: row and column below the batch entry's length
-        cudnnBackendDescriptor_t row = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
-        cudnnBackendDescriptor_t col = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        cudnnBackendDescriptor_t row = full(b, k, CUDNN_DATA_INT32);
+        cudnnBackendDescriptor_t col = full(b, k, CUDNN_DATA_INT32);
         pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, row, 2);
         pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, col, 3);
-        cudnnBackendDescriptor_t rk = tensor(b, CUDNN_DATA_BOOLEAN, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
-        cudnnBackendDescriptor_t ck = tensor(b, CUDNN_DATA_BOOLEAN, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
-        cudnnBackendDescriptor_t keep = tensor(b, CUDNN_DATA_BOOLEAN, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        cudnnBackendDescriptor_t rk = full(b, k, CUDNN_DATA_BOOLEAN);
+        cudnnBackendDescriptor_t ck = full(b, k, CUDNN_DATA_BOOLEAN);
+        cudnnBackendDescriptor_t keep = full(b, k, CUDNN_DATA_BOOLEAN);
         pw(b, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, row, b->seqlen, NULL, rk, -1);
         pw(b, CUDNN_POINTWISE_CMP_LT, CUDNN_DATA_BOOLEAN, col, b->seqlen, NULL, ck, -1);
         pw(b, CUDNN_POINTWISE_LOGICAL_AND, CUDNN_DATA_BOOLEAN, rk, ck, NULL, keep, -1);
@@ -311,22 +314,22 @@ static cudnnBackendDescriptor_t masks(Build *b, const AttnKey *k, cudnnBackendDe
         s = out;
     }
     if (k->seg) {
-        cudnnBackendDescriptor_t row = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        cudnnBackendDescriptor_t row = full(b, k, CUDNN_DATA_INT32);
         pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, row, 2);
         // end (B, 1, 1, T): one bound per key, broadcast over heads and queries
         cudnnBackendDescriptor_t end = tensor(b, CUDNN_DATA_INT32, B, 1, 1, T, T, T, T, 1, U_END, 0);
-        cudnnBackendDescriptor_t keep = tensor(b, CUDNN_DATA_BOOLEAN, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        cudnnBackendDescriptor_t keep = full(b, k, CUDNN_DATA_BOOLEAN);
         pw(b, CUDNN_POINTWISE_CMP_LE, CUDNN_DATA_BOOLEAN, row, end, NULL, keep, -1);
         cudnnBackendDescriptor_t out = scores(b, k);
         pw(b, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s, neg, keep, out, -1);
         s = out;
     }
     if (k->causal) {
-        cudnnBackendDescriptor_t row = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
-        cudnnBackendDescriptor_t col = tensor(b, CUDNN_DATA_INT32, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        cudnnBackendDescriptor_t row = full(b, k, CUDNN_DATA_INT32);
+        cudnnBackendDescriptor_t col = full(b, k, CUDNN_DATA_INT32);
         pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, NULL, NULL, row, 2);
         pw(b, CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, NULL, NULL, col, 3);
-        cudnnBackendDescriptor_t keep = tensor(b, CUDNN_DATA_BOOLEAN, d[0], d[1], d[2], d[3], st[0], st[1], st[2], st[3], 0, 0);
+        cudnnBackendDescriptor_t keep = full(b, k, CUDNN_DATA_BOOLEAN);
         pw(b, CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, NULL, keep, -1);
         cudnnBackendDescriptor_t out = scores(b, k);
         pw(b, CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s, neg, keep, out, -1);
@@ -498,9 +501,18 @@ static int g_said_fallback;  // bit per kind of call already reported
 static long g_plans_built;
 static double g_build_seconds;
 
+// at exit, when SVLM_ATTN=cudnn was used: what ran where and what the plans cost (a GPU session's
+// logs then say whether cuDNN did the work)
+static void report_at_exit(void) {
+    if (g_ran + g_declined == 0) return;
+    fprintf(stderr, "svlm: cuDNN attention: %ld calls ran on cuDNN, %ld declined (run on WMMA); %ld plans built in "
+            "%.1f s\n", g_ran, g_declined, g_plans_built, g_build_seconds);
+}
+
 static int setup(void) {
     if (g_state) return g_state > 0;
     g_state = -1;
+    atexit(report_at_exit);
     size_t v = cudnnGetVersion();
     if (v < 90000) {
         snprintf(g_why, sizeof g_why, "cuDNN %zu loaded, 9.0 or newer needed", v);
