@@ -71,6 +71,13 @@ ImageGrid image_grid(const ImagePrep *p, int w, int h) {
     return g;
 }
 
+int image_grid_max_side(const ImagePrep *p) {
+    if (!image_prep_tiles(p)) return 1;
+    if (p->family == IMAGE_PREP_INTERNVL) return p->max_tiles;
+    int L = p->longest_edge < 4096 ? p->longest_edge : 4096;
+    return (L + p->size - 1) / p->size;
+}
+
 int image_tiles_max(const ImagePrep *p) {
     if (!image_prep_tiles(p)) return 1;
     if (p->family == IMAGE_PREP_INTERNVL) return p->max_tiles + 1;

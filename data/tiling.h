@@ -47,6 +47,10 @@ ImageGrid image_grid(const ImagePrep *p, int w, int h);
 // Idefics3 ceil(L / M)^2 + 1 with L = longest_edge, M = S. 1 when not tiling.
 int image_tiles_max(const ImagePrep *p);
 
+// The most rows (or columns) a grid can have under p: InternVL max_tiles, Idefics3 ceil(L / M); 1
+// when not tiling
+int image_grid_max_side(const ImagePrep *p);
+
 // InternVL's grid choice (exposed for tests): *cols x *rows of max_tiles at tile size S
 void image_internvl_grid(int w, int h, int S, int max_tiles, int *cols, int *rows);
 // Idefics3's resize_for_vision_encoder size (exposed for tests): w1 x h1 -> *W x *H, multiples of M

@@ -455,7 +455,7 @@ static void test_prepare_records_match_template(void **state) {
         uint8_t *mask;
         int nn = template_encode(g_tmpl, turns, nt, &ids, &mask, &ipos, err, sizeof err);
         assert_int_equal(nn, r.n_tokens);
-        assert_int_equal(ipos, r.image_pos);
+        assert_int_equal(ipos, r.n_images ? r.images[0].pos : -1);
         assert_memory_equal(ids, r.ids, (size_t)nn * 4);
         assert_memory_equal(mask, r.mask, (size_t)nn);
         free(ids);
@@ -467,13 +467,15 @@ static void test_prepare_records_match_template(void **state) {
             snprintf(p, sizeof p, FIX "/images/%s", img->valuestring);
             size_t in;
             uint8_t *bytes = read_bytes(p, &in);
-            assert_int_equal(in, r.image_len);
-            assert_memory_equal(bytes, r.image, in);
+            assert_int_equal(r.n_images, 1);
+            assert_int_equal(in, r.images[0].len);
+            assert_memory_equal(bytes, r.images[0].bytes, in);
             free(bytes);
-            assert_int_equal(strlen(img->valuestring), r.image_name_len);
-            assert_memory_equal(img->valuestring, r.image_name, r.image_name_len);
+            assert_int_equal(strlen(img->valuestring), r.images[0].name_len);
+            assert_memory_equal(img->valuestring, r.images[0].name, r.images[0].name_len);
+            assert_true(r.images[0].rows == 1 && r.images[0].cols == 1 && !r.images[0].thumb);  // no tiling
         } else {
-            assert_int_equal(r.image_len, 0);
+            assert_int_equal(r.n_images, 0);
         }
         matched++;
     }
@@ -667,8 +669,8 @@ static void test_skip_placeholder_mismatch(void **state) {
                                     256, 0, out, sizeof out);
     assert_int_equal(s.samples, 1);
     assert_int_equal(s.skipped[PREPARE_SKIP_IMAGE_NO_PLACEHOLDER], 1);
-    assert_int_equal(s.skipped[PREPARE_SKIP_PLACEHOLDER_NO_IMAGE], 1);
-    assert_int_equal(s.skipped[PREPARE_SKIP_MULTIPLE_IMAGES], 1);
+    // y (a placeholder, no image) and z (two placeholders, one image): each image needs its own
+    assert_int_equal(s.skipped[PREPARE_SKIP_PLACEHOLDER_NO_IMAGE], 2);
     assert_int_equal(s.skipped[PREPARE_SKIP_BAD_ROLE], 1);
 }
 
@@ -694,7 +696,7 @@ static void test_overlong(void **state) {
     Shards *sh = shards_open(out);
     const ShardEntry *e = shards_entry(sh, 0);
     assert_int_equal(e->n_tokens + IT, msl);
-    assert_true(e->image_pos >= 0 && e->image_pos + IT <= msl);
+    assert_true(SHARDS_ENTRY_IMAGES(e) == 1 && e->n_slot == IT);
     assert_true(e->n_labelled > 0);
     ShardReadBuf rb = {0};
     ShardRecord r;
@@ -813,8 +815,9 @@ static void test_prepare_id_limit(void **state) {
     for (int which = 0; which < 2; which++)
         for (uint32_t extra = 0; extra < 2; extra++) {
             uint32_t len = (which ? SHARDS_MAX_NAME_BYTES : SHARDS_MAX_ID_BYTES) + extra;
-            ShardRecord w = {.n_tokens = 1, .image_pos = -1, .ids = (const int32_t *)ids, .mask = mask, .id = big,
-                             .id_len = which ? 1 : len, .image_name = big, .image_name_len = which ? len : 0};
+            ShardRecord w = {.n_tokens = 1, .n_images = which, .ids = (const int32_t *)ids, .mask = mask, .id = big,
+                             .id_len = which ? 1 : len};
+            w.images[0] = (ShardImage){.pos = 0, .rows = 1, .cols = 1, .name = big, .name_len = len, .bytes = mask, .len = 1};
             size_t n;
             uint8_t *raw = shards_record_pack(&w, &n);
             assert_int_equal(shards_record_parse(raw, n, &r, err, sizeof err), extra ? -1 : 0);
@@ -1105,13 +1108,16 @@ static void write_hand_shards(const char *dir, const HandRec *recs, int n, int i
         }
         char id[32];
         snprintf(id, sizeof id, "h%d", i);
-        ShardRecord r = {.n_tokens = h->n, .image_pos = h->image_pos, .ids = (const int32_t *)h->ids, .mask = h->mask,
-                         .id = id, .id_len = (uint32_t)strlen(id), .image_name = h->image ? h->image : "",
-                         .image_name_len = h->image ? (uint32_t)strlen(h->image) : 0, .image = img, .image_len = (uint32_t)img_len};
+        ShardRecord r = {.n_tokens = h->n, .n_images = h->image != NULL, .ids = (const int32_t *)h->ids, .mask = h->mask,
+                         .id = id, .id_len = (uint32_t)strlen(id)};
+        if (h->image)
+            r.images[0] = (ShardImage){.pos = h->image_pos, .rows = 1, .cols = 1, .name = h->image,
+                                       .name_len = (uint32_t)strlen(h->image), .bytes = img, .len = (uint32_t)img_len};
         size_t rl, fl;
         uint8_t *raw = shards_record_pack(&r, &rl);
         uint8_t *frame = shards_compress(cctx, raw, rl, &fl);
-        ShardEntry e = {.flags = h->image ? SHARDS_FLAG_IMAGE : 0, .n_tokens = (uint32_t)h->n, .image_pos = h->image_pos};
+        ShardEntry e = {.flags = h->image ? SHARDS_FLAG_IMAGE | 1u << 8 : 0, .n_tokens = (uint32_t)h->n,
+                        .n_slot = h->image ? (uint32_t)image_tokens : 0};
         int lab = 0;
         for (int t = 0; t < h->n; t++) lab += h->mask[t] && (t > 0 || h->image_pos == 0);
         e.n_labelled = (uint32_t)lab;

@@ -11,6 +11,7 @@
 
 #include "common/fs_safe.h"
 #include "common/util.h"
+#include "data/image_slot.h"
 #include "data/template.h"
 #include "model/connector.h"
 #include "model/llm.h"
@@ -34,6 +35,9 @@ const CfgKey train_keys[] = {
     K("val_image_folder", CFG_STR, val_image_folder, "", "image folder of val_data (empty: image_folder)"),
     K("data_cache", CFG_STR, data_cache, "", "where JSON data is prepared into shards (empty: out_dir/data)"),
     K("image_aspect", CFG_STR, image_aspect, "pad", "pad (LLaVA-1.5: pad to a square with the mean colour) | crop (CLIP centre crop)"),
+    K("image_format", CFG_STR, image_format, "", "llava | internvl | idefics3: the image slot's marker tokens (empty: the connector's)"),
+    K("max_tiles", CFG_INT, max_tiles, "1", "tiles per image at most (InternVL dynamic_preprocess, 6 or 12 typical; Idefics3 splitting: at least (longest_edge / max_image_size)^2); 1: one tile"),
+    K("max_images", CFG_INT, max_images, "1", "images per sample at most (1..16); samples with more are skipped"),
     K("max_seq_len", CFG_INT, max_seq_len, "2048", "tokens per sample, image tokens included"),
     K("packing", CFG_BOOL, packing, "false", "pack several samples per row (attention kept inside each)"),
     K("batch_size", CFG_INT, batch_size, "16", "micro-batch per device"),
@@ -111,6 +115,11 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     if (!c->template_[0]) strcpy(c->template_, c->stage == 1 ? "plain" : "chatml");
     template_parse(c->template_);
     need(!strcmp(c->image_aspect, "pad") || !strcmp(c->image_aspect, "crop"), "image_aspect", "must be pad or crop");
+    need(!c->image_format[0] || image_format_parse(c->image_format) >= 0, "image_format", "must be llava, internvl, idefics3 or empty");
+    need(c->max_tiles >= 1 && c->max_tiles <= 64, "max_tiles", "must be in 1..64");
+    need(c->max_images >= 1 && c->max_images <= 16, "max_images", "must be in 1..16");
+    need(c->max_tiles == 1 || strcmp(c->image_aspect, "pad"), "max_tiles",
+         "> 1 tiles the image at its own aspect ratio: set image_aspect = crop (pad would pad only one-tile images)");
     need(c->max_seq_len >= 8, "max_seq_len", "must be at least 8");
     need(c->batch_size >= 1, "batch_size", "must be at least 1");
     need(c->global_batch >= c->batch_size, "global_batch", "must be at least batch_size");
