@@ -24,7 +24,9 @@
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/shards.h"
+#include "data/synth.h"
 #include "data/template.h"
+#include "data/tiling.h"
 #include "data/tokenizer.h"
 #include "tests/testlib.h"
 
@@ -672,6 +674,116 @@ static void test_skip_placeholder_mismatch(void **state) {
     // y (a placeholder, no image) and z (two placeholders, one image): each image needs its own
     assert_int_equal(s.skipped[PREPARE_SKIP_PLACEHOLDER_NO_IMAGE], 2);
     assert_int_equal(s.skipped[PREPARE_SKIP_BAD_ROLE], 1);
+}
+
+
+// Tiles and several images per sample through prepare and the loader: a sample with two images
+// (a 2x1 grid + thumbnail, then one tile) and one with a single tiled image, InternVL's slots.
+// Each tile's pixels equal image_preprocess_tiles of its image, each tile's start points at its
+// <IMG_CONTEXT> run between <img> and </img>, and no slot position carries loss.
+static void test_tiled_multi_image(void **state) {
+    (void)state;
+    char dir[600], p[800], llm[700], imgs[700], out[700];
+    make_temp_dir(dir, sizeof dir, "tiled");
+    snprintf(llm, sizeof llm, "%s/llm", dir);
+    snprintf(imgs, sizeof imgs, "%s/images", dir);
+    mkdir(llm, 0755);
+    mkdir(imgs, 0755);
+    snprintf(p, sizeof p, "%s/tokenizer.json", llm);
+    synth_write_tokenizer(p);  // has the markers, ChatML's tokens and <|endoftext|>
+    Tokenizer *tok = tokenizer_load(p);
+    const int S = 28, sizes[2][2] = {{56, 28}, {28, 28}};
+    for (int i = 0; i < 2; i++) {
+        int w = sizes[i][0], h = sizes[i][1];
+        uint8_t *rgb = xmalloc((size_t)w * h * 3);
+        for (int k = 0; k < w * h * 3; k++) rgb[k] = (uint8_t)(k * 7 + i * 50);
+        snprintf(p, sizeof p, "%s/im%d.jpg", imgs, i);
+        image_write_jpeg(p, rgb, w, h, 90, 1);
+        free(rgb);
+    }
+    snprintf(p, sizeof p, "%s/data.json", dir);
+    test_write_file(p, "[{\"id\": \"two\", \"image\": [\"im0.jpg\", \"im1.jpg\"], \"conversations\": [{\"from\": \"human\", "
+                       "\"value\": \"First <image> then <image> now?\"}, {\"from\": \"gpt\", \"value\": \"Both.\"}]},"
+                       " {\"id\": \"one\", \"image\": \"im0.jpg\", \"conversations\": [{\"from\": \"human\", \"value\": \"<image>\\nWhat?\"},"
+                       " {\"from\": \"gpt\", \"value\": \"Wide.\"}]},"
+                       " {\"id\": \"three\", \"image\": [\"im0.jpg\", \"im1.jpg\", \"im1.jpg\"], \"conversations\": [{\"from\": \"human\", "
+                       "\"value\": \"<image><image><image>\"}, {\"from\": \"gpt\", \"value\": \"Too many.\"}]}]");
+    ImagePrep prep;
+    image_prep_preset(&prep, IMAGE_PREP_INTERNVL, S);
+    prep.max_tiles = 4;
+    ImageGrid g0 = image_grid(&prep, 56, 28);
+    assert_true(g0.rows == 1 && g0.cols == 2 && g0.thumb == 1);
+    PrepareSpec ps;
+    prepare_spec_defaults(&ps);
+    ps.data = p;
+    ps.image_folder = imgs;
+    ps.llm_dir = llm;
+    ps.template_name = "chatml";
+    snprintf(out, sizeof out, "%s/shards", dir);
+    ps.out_dir = out;
+    ps.max_seq_len = 64;
+    ps.image_tokens = 3;
+    ps.image_format = "internvl";
+    ps.max_images = 2;
+    ps.prep = &prep;
+    ps.quiet = 1;
+    PrepareSummary sum;
+    prepare_run(&ps, &sum);
+    assert_int_equal(sum.samples, 2);
+    assert_int_equal(sum.images, 3);
+    assert_int_equal(sum.skipped[PREPARE_SKIP_MULTIPLE_IMAGES], 1);  // three images, max_images 2
+    char why[256];
+    assert_int_equal(prepare_is_current(out, &ps, why, sizeof why), 1);
+    prep.max_tiles = 6;
+    assert_int_equal(prepare_is_current(out, &ps, why, sizeof why), 0);  // other tiling: prepared again
+    prep.max_tiles = 4;
+
+    ImageSlot slot;
+    image_slot_init(&slot, IMAGE_FORMAT_INTERNVL, 3, 4, tok, "tokenizer.json");
+    LoaderSpec ls = {.shard_dir = out, .batch_size = 2, .max_seq_len = 64, .image_tokens = 3, .slot = &slot, .prep = prep,
+                     .seed = 1, .world = 1, .threads = 2, .prefetch = 1, .shuffle = 0};
+    Loader *l = loader_open(&ls);
+    LoaderBatch b;
+    loader_next(l, &b);
+    assert_int_equal(b.n_samples, 2);
+    assert_int_equal(b.n_img, 3 + 1 + 3);
+    const int img_s = tokenizer_token_id(tok, "<img>"), img_e = tokenizer_token_id(tok, "</img>"),
+              ctx = tokenizer_token_id(tok, "<IMG_CONTEXT>");
+    // the tiles in order: sample 0 image 0 (3 tiles), image 1 (1), sample 1 image 0 (3)
+    const int img_of[7] = {0, 0, 0, 1, 0, 0, 0}, first[7] = {1, 0, 0, 1, 1, 0, 0}, last[7] = {0, 0, 1, 1, 0, 0, 1};
+    const int row_of[7] = {0, 0, 0, 0, 1, 1, 1};
+    size_t per = (size_t)3 * S * S;
+    float *want = xmalloc(3 * per * sizeof(float));
+    for (int t = 0; t < 7; t++) {
+        int r = b.img_row[t], st = b.img_start[t];
+        assert_int_equal(r, row_of[t]);
+        const int *ids = b.ids + (size_t)r * b.T;
+        if (first[t]) assert_int_equal(ids[st - 1], img_s);
+        if (last[t]) assert_int_equal(ids[st + 3], img_e);
+        for (int j = 0; j < 3; j++) {
+            assert_int_equal(ids[st + j], ctx);
+            assert_int_equal(b.targets[(size_t)r * b.T + st + j - 1], -1);  // no loss inside the slot
+        }
+        if (t > 0 && !first[t]) assert_int_equal(st, b.img_start[t - 1] + 3);  // tiles back to back
+        // pixels: the image's tiles as image_preprocess_tiles cuts them
+        snprintf(p, sizeof p, "%s/im%d.jpg", imgs, img_of[t]);
+        size_t n;
+        uint8_t *bytes = (uint8_t *)file_read_all(p, &n);
+        Image im;
+        char err[200];
+        assert_int_equal(image_prep_decode(&prep, bytes, n, &im, err, sizeof err), 0);
+        ImageGrid g = image_grid(&prep, im.w, im.h);
+        image_preprocess_tiles(&im, &prep, g, want);
+        int k = t < 3 ? t : t == 3 ? 0 : t - 4;
+        test_expect_same_bits("tile", b.pixels + (size_t)t * per, want + (size_t)k * per, per);
+        image_free(&im);
+        free(bytes);
+    }
+    free(want);
+    loader_close(l);
+    image_slot_free(&slot);
+    // the shards refuse a loader of another format
+    tokenizer_free(tok);
 }
 
 #define LONG_ANSWER "The sea is wide and deep. It changes colour with the sky, from grey to blue to green. " \
@@ -1756,6 +1868,7 @@ int main(void) {
         cmocka_unit_test(test_skip_missing_image),
         cmocka_unit_test(test_skip_corrupt_image),
         cmocka_unit_test(test_skip_placeholder_mismatch),
+        cmocka_unit_test(test_tiled_multi_image),
         cmocka_unit_test(test_overlong),
         cmocka_unit_test(test_prepare_bad_inputs_fatal),
         cmocka_unit_test(test_prepare_images_without_folder_fatal),
