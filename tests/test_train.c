@@ -559,6 +559,21 @@ static void test_internvl_tiled_end_to_end(void **state) {
     assert_true(done);
     assert_true(kills >= 1);
     expect_same_run(s2, killed, 8);
+
+    // export (svlm.json keeps max_tiles) and generate from a 128 x 64 image: 2 tiles + thumbnail
+    char exp[900], img[900], out[900];
+    snprintf(exp, sizeof exp, "%s/export", dir);
+    export_run(s2, exp);
+    snprintf(img, sizeof img, "%s/tiled/img0.jpg", dir);
+    snprintf(out, sizeof out, "%s/generate.log", dir);
+    char *ag[] = {"./generate", exp, "--image", img, "--prompt", "What is it?", "--max-new-tokens", "4", "--device",
+                  (char *)device, NULL};
+    assert_int_equal(spawn(ag, out, 0, 0), 0);
+    assert_true(log_has(out, "(48 image tokens in 3 tiles; vision encoder + connector"));
+    char *ar[] = {"./generate", s2, "--image", img, "--prompt", "What is it?", "--max-new-tokens", "4", "--device",
+                  (char *)device, NULL};  // the run directory itself: its config.conf's max_tiles
+    assert_int_equal(spawn(ar, out, 0, 0), 0);
+    assert_true(log_has(out, "(48 image tokens in 3 tiles"));
 }
 
 // resuming from an older checkpoint replaces the history after it (moved aside, not mixed in)
