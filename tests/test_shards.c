@@ -782,7 +782,90 @@ static void test_tiled_multi_image(void **state) {
     free(want);
     loader_close(l);
     image_slot_free(&slot);
-    // the shards refuse a loader of another format
+    tokenizer_free(tok);
+}
+
+// Idefics3's splitting and slots through prepare and the loader: a 56 x 28 image at tile 28 and
+// longest edge 56 is 1 x 2 tiles + the global image, each tile after its
+// <fake_token_around_image><row_1_col_j>, the global one after <global-img>
+static void test_tiled_idefics3(void **state) {
+    (void)state;
+    char dir[600], p[800], llm[700], imgs[700], out[700];
+    make_temp_dir(dir, sizeof dir, "tiled3");
+    snprintf(llm, sizeof llm, "%s/llm", dir);
+    snprintf(imgs, sizeof imgs, "%s/images", dir);
+    mkdir(llm, 0755);
+    mkdir(imgs, 0755);
+    snprintf(p, sizeof p, "%s/tokenizer.json", llm);
+    synth_write_tokenizer(p);
+    Tokenizer *tok = tokenizer_load(p);
+    uint8_t *rgb = xmalloc(56 * 28 * 3);
+    for (int k = 0; k < 56 * 28 * 3; k++) rgb[k] = (uint8_t)(k * 13);
+    snprintf(p, sizeof p, "%s/wide.jpg", imgs);
+    image_write_jpeg(p, rgb, 56, 28, 90, 1);
+    free(rgb);
+    snprintf(p, sizeof p, "%s/data.json", dir);
+    test_write_file(p, "[{\"id\": \"a\", \"image\": \"wide.jpg\", \"conversations\": [{\"from\": \"human\", "
+                       "\"value\": \"<image>\\nWhat?\"}, {\"from\": \"gpt\", \"value\": \"Wide.\"}]}]");
+    ImagePrep prep;
+    image_prep_preset(&prep, IMAGE_PREP_IDEFICS3, 28);
+    prep.longest_edge = 56;
+    prep.max_tiles = 2;  // splitting on
+    assert_int_equal(image_tiles_max(&prep), 5);
+    PrepareSpec ps;
+    prepare_spec_defaults(&ps);
+    ps.data = p;
+    ps.image_folder = imgs;
+    ps.llm_dir = llm;
+    ps.template_name = "chatml";
+    snprintf(out, sizeof out, "%s/shards", dir);
+    ps.out_dir = out;
+    ps.max_seq_len = 64;
+    ps.image_tokens = 2;
+    ps.image_format = "idefics3";
+    ps.prep = &prep;
+    ps.quiet = 1;
+    PrepareSummary sum;
+    prepare_run(&ps, &sum);
+    assert_int_equal(sum.samples, 1);
+    ImageSlot slot;
+    image_slot_init(&slot, IMAGE_FORMAT_IDEFICS3, 2, image_grid_max_side(&prep), tok, "tokenizer.json");
+    LoaderSpec ls = {.shard_dir = out, .batch_size = 1, .max_seq_len = 64, .image_tokens = 2, .slot = &slot, .prep = prep,
+                     .seed = 1, .world = 1, .threads = 1, .prefetch = 1, .shuffle = 0};
+    Loader *l = loader_open(&ls);
+    LoaderBatch b;
+    loader_next(l, &b);
+    assert_int_equal(b.n_img, 3);
+    const int fake = tokenizer_token_id(tok, "<fake_token_around_image>"), glob = tokenizer_token_id(tok, "<global-img>"),
+              image = tokenizer_token_id(tok, "<image>");
+    for (int t = 0; t < 3; t++) {
+        int st = b.img_start[t];
+        assert_int_equal(b.ids[st], image);
+        assert_int_equal(b.ids[st + 1], image);
+        if (t < 2) {
+            char rc[32];
+            snprintf(rc, sizeof rc, "<row_1_col_%d>", t + 1);
+            assert_int_equal(b.ids[st - 1], tokenizer_token_id(tok, rc));
+            assert_int_equal(b.ids[st - 2], fake);
+        } else {
+            assert_int_equal(b.ids[st - 1], glob);
+            assert_int_equal(b.ids[st + 2], fake);
+        }
+    }
+    // the tiles' pixels: image_preprocess_tiles of the image
+    size_t n, per = (size_t)3 * 28 * 28;
+    snprintf(p, sizeof p, "%s/wide.jpg", imgs);
+    uint8_t *bytes = (uint8_t *)file_read_all(p, &n);
+    Image im;
+    char err[200];
+    assert_int_equal(image_prep_decode(&prep, bytes, n, &im, err, sizeof err), 0);
+    float *want = xmalloc(3 * per * sizeof(float));
+    image_preprocess_tiles(&im, &prep, image_grid(&prep, im.w, im.h), want);
+    test_expect_same_bits("idefics3 tiles", b.pixels, want, 3 * per);
+    free(want), free(bytes);
+    image_free(&im);
+    loader_close(l);
+    image_slot_free(&slot);
     tokenizer_free(tok);
 }
 
@@ -1869,6 +1952,7 @@ int main(void) {
         cmocka_unit_test(test_skip_corrupt_image),
         cmocka_unit_test(test_skip_placeholder_mismatch),
         cmocka_unit_test(test_tiled_multi_image),
+        cmocka_unit_test(test_tiled_idefics3),
         cmocka_unit_test(test_overlong),
         cmocka_unit_test(test_prepare_bad_inputs_fatal),
         cmocka_unit_test(test_prepare_images_without_folder_fatal),
