@@ -22,6 +22,7 @@
 #include "common/rng.h"
 #include "common/util.h"
 #include "data/image_prep.h"
+#include "data/prepare.h"
 #include "data/shards.h"
 #include "data/tiling.h"
 
@@ -459,6 +460,12 @@ Loader *loader_open(const LoaderSpec *spec) {
         if (strcmp(fm, image_format_name(l->slot->fmt)))
             fatal("%s: the shards were prepared for the %s image format, the model uses %s; re-run ./prepare", sp->shard_dir,
                   fm, image_format_name(l->slot->fmt));
+        char want[160];
+        prepare_tiling_text(&sp->prep, want, sizeof want);
+        const char *tl = json_get_str_opt(shards_meta(sh), "tiling", "none", p);
+        if (strcmp(tl, want))
+            fatal("%s: the shards were prepared with tiling \"%s\", this run's is \"%s\"; re-run ./prepare with the same "
+                  "vision model and max_tiles", sp->shard_dir, tl, want);
     }
     l->max_tiles = sp->max_tiles > 0 ? sp->max_tiles
                                      : loader_max_tiles(sp->batch_size, sp->max_seq_len, sp->image_tokens, sp->packing,

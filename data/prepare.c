@@ -497,12 +497,13 @@ static void add_num(cJSON *o, const char *k, double v) { cJSON_AddItemToObject(o
 
 static const char *format_of(const PrepareSpec *s) { return s->image_format && s->image_format[0] ? s->image_format : "llava"; }
 
-// what decides the images' grids: "none", or the family, tile size, longest edge and max_tiles
-static void tiling_text(const PrepareSpec *s, char *dst, size_t cap) {
-    if (!s->prep || !image_prep_tiles(s->prep)) snprintf(dst, cap, "none");
-    else snprintf(dst, cap, "%s size %d longest_edge %d max_tiles %d", image_prep_family_name(s->prep->family), s->prep->size,
-                  s->prep->family == IMAGE_PREP_IDEFICS3 ? s->prep->longest_edge : 0, s->prep->max_tiles);
+void prepare_tiling_text(const ImagePrep *p, char *dst, size_t cap) {
+    if (!p || !image_prep_tiles(p)) snprintf(dst, cap, "none");
+    else snprintf(dst, cap, "%s size %d longest_edge %d max_tiles %d", image_prep_family_name(p->family), p->size,
+                  p->family == IMAGE_PREP_IDEFICS3 ? p->longest_edge : 0, p->max_tiles);
 }
+
+static void tiling_text(const PrepareSpec *s, char *dst, size_t cap) { prepare_tiling_text(s->prep, dst, cap); }
 
 static char *meta_text(const PrepareSpec *spec, const Inputs *in, const char *tmpl_name, int jsonl,
                        const PrepareSummary *s, uint64_t index_hash) {

@@ -105,6 +105,10 @@ void prepare_print_summary(const PrepareSpec *spec, const PrepareSummary *s, FIL
 // --overlong mode and image folder; else 0 with the first difference in why (may be NULL).
 int prepare_is_current(const char *out_dir, const PrepareSpec *spec, char *why, size_t whylen);
 
+// What decides the images' grids, as meta.json's "tiling" records it: "none" (p NULL or not
+// tiling), or the family, tile size, longest edge and max_tiles. The loader compares it.
+void prepare_tiling_text(const ImagePrep *p, char *dst, size_t cap);
+
 // The LLM's end-of-sequence id: config.json eos_token_id (first if a list), else
 // generation_config.json's, else the tokenizer's <|endoftext|> (tok may be NULL: then -1).
 struct Tokenizer;
