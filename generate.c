@@ -86,6 +86,10 @@ static void run_batch(const Kernels *k, const char *dir, const char *system, Bat
     int *img_pos = xmalloc((size_t)n * sizeof(int));
     for (int i = 0; i < n; i++) {
         const PromptItem *it = &pf.items[i];
+        if (gm.slotted && it->image)
+            fatal("%s:%d: --batch runs images as one unmarked tile; this model's images are tiled or marked (%s slot, "
+                  "max_tiles %d): run its prompts one at a time", a->file, it->line, image_format_name(gm.slot.fmt),
+                  gm.prep.max_tiles);
         n_ids[i] = gen_model_prompt(&gm, it->prompt, it->image != NULL, &ids[i], &img_pos[i]);
         int np = n_ids[i] + (it->image ? m->n_img_tokens : 0);
         int limit = a->max_len ? a->max_len : max_pos;
@@ -216,13 +220,18 @@ int main(int argc, char **argv) {
     gen_model_load(&gm, k, dir, system);
     const Vlm *m = &gm.vlm;
     float *pixels = NULL;
-    if (image) {
-        pixels = xmalloc((size_t)3 * gm.image_size * gm.image_size * sizeof(float));
-        gen_model_image(&gm, image, pixels);
+    int *ids, image_pos = -1, n_ids, n_prompt, *tile_start = NULL, n_tiles = 0;
+    if (gm.slotted) {  // tiled or marked images (data/image_slot.h): the slot is in the ids
+        n_ids = n_prompt = gen_model_prompt_tiles(&gm, prompt, image, &ids, &pixels, &tile_start, &n_tiles);
+        n_ids -= n_tiles * m->n_img_tokens;  // for the messages: text and marker tokens
+    } else {
+        if (image) {
+            pixels = xmalloc((size_t)3 * gm.image_size * gm.image_size * sizeof(float));
+            gen_model_image(&gm, image, pixels);
+        }
+        n_ids = gen_model_prompt(&gm, prompt, image != NULL, &ids, &image_pos);
+        n_prompt = n_ids + (image ? m->n_img_tokens : 0);
     }
-    int *ids, image_pos;
-    int n_ids = gen_model_prompt(&gm, prompt, image != NULL, &ids, &image_pos);
-    int n_prompt = n_ids + (image ? m->n_img_tokens : 0);
     int max_pos = m->llm.cfg.max_pos;
     if (!max_len) {
         if (n_prompt > max_pos)
@@ -244,19 +253,25 @@ int main(int argc, char **argv) {
                     .stop_ids = gm.stop_ids, .n_stop = gm.n_stop, .on_token = on_token, .ctx = &stream};
     int *out = xmalloc((size_t)max_new * sizeof(int));
     GenStats st;
-    int n = gen_generate(&g, ids, n_ids, pixels, image_pos, &o, out, &st);
+    int n = gm.slotted ? gen_generate_tiles(&g, ids, n_prompt, pixels, n_tiles, tile_start, &o, out, &st)
+                       : gen_generate(&g, ids, n_ids, pixels, image_pos, &o, out, &st);
     stream_flush(&stream, out, n, 1);
     printf("\n");
     fflush(stdout);
     const char *why = st.stop == GEN_STOP_ID ? "stop token" : st.stop == GEN_STOP_MAX_NEW ? "max-new-tokens" : "cache full";
     char img[96] = "";
-    if (image) snprintf(img, sizeof img, " (%d image tokens; vision encoder + connector %.3f s)", m->n_img_tokens, st.t_image);
+    if (image && n_tiles > 1)
+        snprintf(img, sizeof img, " (%d image tokens in %d tiles; vision encoder + connector %.3f s)", n_tiles * m->n_img_tokens,
+                 n_tiles, st.t_image);
+    else if (image)
+        snprintf(img, sizeof img, " (%d image tokens; vision encoder + connector %.3f s)", m->n_img_tokens, st.t_image);
     fprintf(stderr, "prefill: %d tokens%s in %.3f s, %.1f tok/s | decode: %d new tokens, %d steps in %.3f s, %.1f tok/s | stopped by %s\n",
             st.n_prompt, img, st.t_prefill, st.t_prefill > 0 ? st.n_prompt / st.t_prefill : 0.0, st.n_new, st.n_decode,
             st.t_decode, st.t_decode > 0 ? st.n_decode / st.t_decode : 0.0, why);
     free(out);
     free(ids);
     free(pixels);
+    free(tile_start);
     gen_free(&g);
     gen_model_free(&gm);
     return 0;

@@ -34,6 +34,7 @@ void image_prep_preset(ImagePrep *p, ImagePrepFamily f, int size) {
     p->family = f;
     p->size = size;
     p->filter = IMAGE_FILTER_BICUBIC;
+    p->max_tiles = 1;
     const float half[3] = {0.5f, 0.5f, 0.5f};  // IMAGENET_STANDARD_MEAN / _STD
     switch (f) {
     case IMAGE_PREP_CLIP:
@@ -187,9 +188,8 @@ void image_prep_load(ImagePrep *p, const char *dir, ImagePrepFamily f, int model
         fatal("%s: image size %d differs from the vision model's image_size %d", path, s, model_image_size);
     if (native_internvl) p->composite_alpha = 1;  // the native processor's convert_to_rgb sees the opened image
     if (f == IMAGE_PREP_IDEFICS3) p->longest_edge = longest ? longest : 4 * p->size;
-    if (tiles)
-        warn("%s: %s is true: svlm preprocesses one tile, the whole image at %d x %d", path,
-             f == IMAGE_PREP_IDEFICS3 ? "do_image_splitting" : "crop_to_patches", p->size, p->size);
+    // tiling is max_tiles' choice (data/tiling.h), made by the caller after this
+    p->proc_tiles = tiles;
 }
 
 // ---------------------------------------------------------------- sizes

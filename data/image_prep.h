@@ -56,6 +56,10 @@ typedef struct {
     int composite_alpha;   // 1: transparency composited on white (transformers' convert_to_rgb);
                            // 0: dropped (Pillow's convert("RGB") before the processor)
     int pad_to_square;     // LLaVA's expand2square first, background int(mean * 255)
+    int max_tiles;         // data/tiling.h: tiles per image at most (the internvl and idefics3
+                           // families; 1, the preset: one tile, this file's pipelines)
+    int proc_tiles;        // the processor config asks for tiling (crop_to_patches /
+                           // do_image_splitting true): a note when max_tiles stays 1
     float mean[3], std[3];
 } ImagePrep;
 

@@ -178,15 +178,25 @@ static void extract(LlavaSample *s) {
         s->id = s->idbuf;
     }
     const cJSON *img = get(o, "image");
-    if (img) {
-        if (cJSON_IsArray(img) && cJSON_GetArraySize(img) == 1 && cJSON_IsString(cJSON_GetArrayItem(img, 0)))
-            img = cJSON_GetArrayItem(img, 0);
-        if (!cJSON_IsString(img) || !img->valuestring[0]) {
+    if (img && !cJSON_IsNull(img)) {
+        // a file name, or a list of them (several images: one <image> placeholder each, in order)
+        int list = cJSON_IsArray(img), n = list ? cJSON_GetArraySize(img) : 1;
+        if (list && (n < 1 || n > LLAVA_MAX_IMAGES)) {
             s->skip = LLAVA_SKIP_BAD_IMAGE;
-            snprintf(s->why, sizeof s->why, "\"image\" is %s, not a file name", cJSON_IsString(img) ? "empty" : json_type_name(img));
+            snprintf(s->why, sizeof s->why, "\"image\" is a list of %d names (1 to %d)", n, LLAVA_MAX_IMAGES);
             return;
         }
-        s->image = img->valuestring;
+        for (int i = 0; i < n; i++) {
+            const cJSON *e = list ? cJSON_GetArrayItem(img, i) : img;
+            if (!cJSON_IsString(e) || !e->valuestring[0]) {
+                s->skip = LLAVA_SKIP_BAD_IMAGE;
+                snprintf(s->why, sizeof s->why, "\"image\"%s is %s, not a file name", list ? "'s element" : "",
+                         cJSON_IsString(e) ? "empty" : json_type_name(e));
+                return;
+            }
+            s->images[s->n_images++] = e->valuestring;
+        }
+        s->image = s->images[0];
     }
     const cJSON *conv = get(o, "conversations");
     if (!conv || !cJSON_IsArray(conv)) {
@@ -318,7 +328,9 @@ static void check_nuls(LlavaSample *s, const char *text, size_t n) {
     if (t.skip != s->skip || t.n_turns != s->n_turns) snprintf(what, sizeof what, "a field it uses");
     else if (!s->skip) {
         if (strcmp(t.id, s->id)) snprintf(what, sizeof what, "its id");
-        else if (!t.image != !s->image || (t.image && strcmp(t.image, s->image))) snprintf(what, sizeof what, "its image");
+        else if (t.n_images != s->n_images) snprintf(what, sizeof what, "its image");
+        for (int k = 0; !what[0] && k < s->n_images; k++)
+            if (strcmp(t.images[k], s->images[k])) snprintf(what, sizeof what, "its image");
         for (int k = 0; !what[0] && k < s->n_turns; k++) {
             if (strcmp(t.turns[k].role, s->turns[k].role)) snprintf(what, sizeof what, "turn %d's role", k + 1);
             else if (strcmp(t.turns[k].text, s->turns[k].text)) snprintf(what, sizeof what, "turn %d's text", k + 1);

@@ -14,8 +14,8 @@
 // both formats, with the escape's byte offset. So is a "\u0000" escape in a string the sample
 // uses (id, image, a turn's role or text, or the keys naming them): a C string would end there.
 // A NUL in a field svlm ignores does not matter.
-// A sample: {"id": string|number, "image": string (or a list of one string; absent/null: text
-// only), "conversations": [{"from": "human"|"gpt"|"system", "value": string}, ...]}. "role" and
+// A sample: {"id": string|number, "image": string, or a list of 1 to LLAVA_MAX_IMAGES strings
+// (several images, one "<image>" placeholder each, in order; absent/null: text only), "conversations": [{"from": "human"|"gpt"|"system", "value": string}, ...]}. "role" and
 // "content" are accepted in place of "from" and "value". Unknown fields are ignored; wrong types
 // are counted skips with reasons (LLAVA_SKIP_*).
 //
@@ -35,12 +35,13 @@ enum {
     LLAVA_SKIP_MALFORMED_LINE = 1,  // JSONL only
     LLAVA_SKIP_NOT_OBJECT,          // the list element or line is not a JSON object
     LLAVA_SKIP_BAD_CONVERSATIONS,   // conversations missing, not a list, or a turn of wrong types
-    LLAVA_SKIP_BAD_IMAGE,           // image of the wrong type (not a string / list of one string)
+    LLAVA_SKIP_BAD_IMAGE,           // image of the wrong type (not a string / list of 1..LLAVA_MAX_IMAGES strings)
     LLAVA_SKIP_BAD_STRING,          // valid JSON that C strings cannot hold (see below)
     LLAVA_SKIP_TOO_LONG,            // over LLAVA_MAX_SAMPLE_BYTES: read past, not parsed
 };
 
 #define LLAVA_MAX_SAMPLE_BYTES (64u << 20)  // the per-line (per-element) cap, in bytes
+#define LLAVA_MAX_IMAGES 16                 // images per sample (data/shards.h SHARDS_MAX_IMAGES)
 
 typedef struct {
     int64_t index;   // 0-based element (or non-blank line) number in the file
@@ -52,7 +53,9 @@ typedef struct {
     cJSON *root;     // parsed element (owned), NULL when it did not parse
     const char *id;  // "" when absent; points into root or idbuf
     char idbuf[40];
-    const char *image;  // NULL: text-only sample
+    const char *image;  // NULL: text-only sample; else images[0]
+    const char *images[LLAVA_MAX_IMAGES];  // every image, in order (point into root)
+    int n_images;
     Turn *turns;        // malloc'd; role/text point into root
     int n_turns;
 } LlavaSample;

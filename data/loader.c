@@ -22,16 +22,22 @@
 #include "common/rng.h"
 #include "common/util.h"
 #include "data/image_prep.h"
+#include "data/prepare.h"
 #include "data/shards.h"
+#include "data/tiling.h"
 
 enum { SLOT_FREE, SLOT_FILLING, SLOT_READY, SLOT_HELD };
 
 typedef struct {
     int64_t sample;  // index in the dataset
     int ok;
-    int n_tokens, image_pos;
-    int *ids;        // max_seq_len entries (slot storage)
-    uint8_t *mask;
+    int len;         // positions, the image slots expanded
+    int *ids;        // max_seq_len entries (slot storage): the expanded sample
+    uint8_t *mask;   // 1: the position carries loss
+    int n_tiles;     // every image's tiles, in order
+    int *tile_start; // (n_tiles) the first feature position of each
+    float *pix;      // (n_tiles, 3, S, S), malloc'd by the worker, freed by assemble
+    uint16_t *pix16; // the same in bf16 (spec.pixels_bf16)
 } SampleOut;
 
 typedef struct {
@@ -40,7 +46,7 @@ typedef struct {
     LoaderPos end;  // where the batch after this one starts
     int n, pending;
     SampleOut *smp;
-    float *pix;  // batch_size images of 3*S*S
+    float *pix;  // max_tiles tiles of 3*S*S
     uint16_t *pix16;  // the same in bf16 (spec.pixels_bf16), else NULL
     int *ids, *targets, *pos, *seg, *img_row, *img_start;
     int *scratch;  // 4 x batch_size ints for assemble
@@ -74,6 +80,9 @@ struct Loader {
     int busy, stop;
     uint8_t *warned;  // one bit per sample: already warned about
     size_t img_floats;
+    int max_tiles;  // per micro-batch
+    ImageSlot own_slot;  // spec.slot when the caller gave none (llava)
+    const ImageSlot *slot;
 };
 
 static void warn_once(Loader *l, int64_t sample, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -93,34 +102,97 @@ static void warn_once(Loader *l, int64_t sample, const char *fmt, ...) {
 
 // ---------------------------------------------------------------- per-sample work (workers)
 
+static void sample_release(SampleOut *o) {
+    free(o->pix);
+    free(o->pix16);
+    free(o->tile_start);
+    o->pix = NULL, o->pix16 = NULL, o->tile_start = NULL;
+    o->n_tiles = 0;
+}
+
 static void do_sample(Loader *l, Slot *s, int k, ShardReadBuf *rb) {
     SampleOut *o = &s->smp[k];
+    const LoaderSpec *sp = &l->spec;
     o->ok = 0;
+    sample_release(o);
     ShardRecord rec;
     char err[512];
     if (shards_read(l->sh, o->sample, rb, &rec, err, sizeof err) != 0) {
         warn_once(l, o->sample, "%s: %s; sample skipped", shards_dir(l->sh), err);
         return;
     }
-    memcpy(o->ids, rec.ids, (size_t)rec.n_tokens * sizeof(int));
-    memcpy(o->mask, rec.mask, (size_t)rec.n_tokens);
-    o->n_tokens = rec.n_tokens;
-    o->image_pos = rec.image_pos;
-    if (rec.image_pos >= 0) {
-        Image img;
-        char ierr[256];
-        const LoaderSpec *sp = &l->spec;
-        if (image_prep_decode(&sp->prep, rec.image, rec.image_len, &img, ierr, sizeof ierr) != 0) {
-            warn_once(l, o->sample, "%s/shard-%05u.zst: sample %" PRId64 " (id \"%.*s\", image %.*s): %s; sample skipped",
-                      shards_dir(l->sh), shards_entry(l->sh, o->sample)->shard, o->sample, (int)rec.id_len, rec.id,
-                      (int)rec.image_name_len, rec.image_name, ierr);
+    // the expanded sample: text up to each image's position, then its slot (data/image_slot.h)
+    int n_tiles = 0, len = rec.n_tokens;
+    for (int i = 0; i < rec.n_images; i++) {
+        const ShardImage *im = &rec.images[i];
+        ImageGrid g = {im->rows, im->cols, im->thumb};
+        const int max_side = l->slot->fmt == IMAGE_FORMAT_IDEFICS3 ? l->slot->max_side : 1 << 20;
+        if (image_grid_tiles(g) > image_tiles_max(&sp->prep) || (image_grid_tiles(g) > 1 && (g.rows > max_side || g.cols > max_side))) {
+            warn_once(l, o->sample, "%s: sample %" PRId64 ": image %d has a grid of %dx%d tiles, more than max_tiles allows; "
+                      "sample skipped (re-run ./prepare with this max_tiles)", shards_dir(l->sh), o->sample, i, g.rows, g.cols);
             return;
         }
-        float *px = s->pix + (size_t)k * l->img_floats;
-        image_preprocess(&img, &sp->prep, px);
+        n_tiles += image_grid_tiles(g);
+        len += image_slot_len(l->slot, g);
+    }
+    if (len > sp->max_seq_len || (uint32_t)(len - rec.n_tokens) != shards_entry(l->sh, o->sample)->n_slot) {
+        warn_once(l, o->sample, "%s: sample %" PRId64 ": its image slots take %d positions (%d in all), the index says %u; "
+                  "sample skipped (prepared for another image format? re-run ./prepare)", shards_dir(l->sh), o->sample,
+                  len - rec.n_tokens, len, shards_entry(l->sh, o->sample)->n_slot);
+        return;
+    }
+    o->tile_start = xmalloc((size_t)(n_tiles ? n_tiles : 1) * sizeof(int));
+    o->n_tiles = n_tiles;
+    int at = 0, from = 0, tile = 0;
+    for (int i = 0; i <= rec.n_images; i++) {
+        int upto = i < rec.n_images ? rec.images[i].pos : rec.n_tokens;
+        memcpy(o->ids + at, rec.ids + from, (size_t)(upto - from) * sizeof(int));
+        memcpy(o->mask + at, rec.mask + from, (size_t)(upto - from));
+        at += upto - from;
+        from = upto;
+        if (i == rec.n_images) break;
+        const ShardImage *im = &rec.images[i];
+        ImageGrid g = {im->rows, im->cols, im->thumb};
+        int n = image_slot_expand(l->slot, g, o->ids + at, o->mask + at, o->tile_start + tile);
+        for (int j = 0; j < image_grid_tiles(g); j++) o->tile_start[tile + j] += at;
+        memset(o->mask + at, 0, (size_t)n);  // expand wrote the feature flags there: no loss in a slot
+        at += n;
+        tile += image_grid_tiles(g);
+    }
+    o->len = at;
+    if (n_tiles) {
+        o->pix = xmalloc((size_t)n_tiles * l->img_floats * sizeof(float));
+        if (sp->pixels_bf16) o->pix16 = xmalloc((size_t)n_tiles * l->img_floats * sizeof(uint16_t));
+    }
+    tile = 0;
+    for (int i = 0; i < rec.n_images; i++) {
+        const ShardImage *im = &rec.images[i];
+        ImageGrid g = {im->rows, im->cols, im->thumb};
+        Image img;
+        char ierr[256];
+        if (image_prep_decode(&sp->prep, im->bytes, im->len, &img, ierr, sizeof ierr) != 0) {
+            warn_once(l, o->sample, "%s/shard-%05u.zst: sample %" PRId64 " (id \"%.*s\", image %.*s): %s; sample skipped",
+                      shards_dir(l->sh), shards_entry(l->sh, o->sample)->shard, o->sample, (int)rec.id_len, rec.id,
+                      (int)im->name_len, im->name, ierr);
+            sample_release(o);
+            return;
+        }
+        ImageGrid want = image_grid(&sp->prep, img.w, img.h);
+        if (want.rows != g.rows || want.cols != g.cols || want.thumb != g.thumb) {
+            warn_once(l, o->sample, "%s: sample %" PRId64 " (image %.*s, %dx%d): prepared as %dx%d tiles, this run's tiling "
+                      "gives %dx%d; sample skipped (re-run ./prepare)", shards_dir(l->sh), o->sample, (int)im->name_len,
+                      im->name, img.w, img.h, g.rows, g.cols, want.rows, want.cols);
+            image_free(&img);
+            sample_release(o);
+            return;
+        }
+        float *px = o->pix + (size_t)tile * l->img_floats;
+        image_preprocess_tiles(&img, &sp->prep, g, px);
         image_free(&img);
-        if (s->pix16)  // here, on an image thread, rather than on the training thread while the GPU waits
-            for (size_t i = 0; i < l->img_floats; i++) s->pix16[(size_t)k * l->img_floats + i] = f32_to_bf16(px[i]);
+        size_t nf = (size_t)image_grid_tiles(g) * l->img_floats;
+        if (o->pix16)  // here, on an image thread, rather than on the training thread while the GPU waits
+            for (size_t j = 0; j < nf; j++) o->pix16[(size_t)tile * l->img_floats + j] = f32_to_bf16(px[j]);
+        tile += image_grid_tiles(g);
     }
     o->ok = 1;
 }
@@ -128,7 +200,6 @@ static void do_sample(Loader *l, Slot *s, int k, ShardReadBuf *rb) {
 // lays the finished samples of a slot out into its batch
 static void assemble(Loader *l, Slot *s) {
     const LoaderSpec *sp = &l->spec;
-    const int IT = sp->image_tokens;
     int *len = s->scratch, *row_of = len + sp->batch_size, *off_of = row_of + sp->batch_size;
     int *last_off = off_of + sp->batch_size;  // per row: offset of its last sample
     int B = 0, T = 0, cur = 0, kept = 0;
@@ -136,7 +207,7 @@ static void assemble(Loader *l, Slot *s) {
         SampleOut *o = &s->smp[k];
         if (!o->ok) continue;
         kept++;
-        len[k] = o->n_tokens + (o->image_pos >= 0 ? IT : 0);
+        len[k] = o->len;
         if (!sp->packing || B == 0 || cur + len[k] > sp->max_seq_len) {  // next-fit, in permutation order
             B++;
             cur = 0;
@@ -174,17 +245,15 @@ static void assemble(Loader *l, Slot *s) {
     for (int k = 0; k < s->n; k++) {
         SampleOut *o = &s->smp[k];
         if (!o->ok) continue;
-        int r = row_of[k], off = off_of[k], L = len[k], ip = o->image_pos;
+        int r = row_of[k], off = off_of[k], L = len[k];
         seg_in_row = r == last_row ? seg_in_row + 1 : 0;
         last_row = r;
         size_t base = (size_t)r * T + off;
         int *ids = s->ids + base, *tg = s->targets + base, *ps = s->pos + base, *sg = s->seg + base;
-        // expanded token t: the image slot occupies [ip, ip + IT) when the sample has an image;
+        // the expanded sample (slots hold their marker and image token ids, no loss);
         // targets[t] = ids[t + 1] when token t + 1 carries loss, inside the sample only
         for (int t = 0; t < L; t++) {
-            int id = 0, m = 0;
-            if (ip < 0 || t < ip) id = o->ids[t], m = o->mask[t];
-            else if (t >= ip + IT) id = o->ids[t - IT], m = o->mask[t - IT];
+            int id = o->ids[t], m = o->mask[t];
             ids[t] = id;
             ps[t] = t;
             sg[t] = seg_in_row;
@@ -193,17 +262,19 @@ static void assemble(Loader *l, Slot *s) {
                 labelled++;
             }
         }
-        if (ip >= 0) {
-            if (nimg != k)
-                memmove(s->pix + (size_t)nimg * l->img_floats, s->pix + (size_t)k * l->img_floats,
-                        l->img_floats * sizeof(float));
-            if (nimg != k && s->pix16)
-                memmove(s->pix16 + (size_t)nimg * l->img_floats, s->pix16 + (size_t)k * l->img_floats,
-                        l->img_floats * sizeof(uint16_t));
+        // the plan holds these many tiles (loader_max_tiles): a CHECK, not a data error
+        CHECK(nimg + o->n_tiles <= l->max_tiles, "loader: %d tiles in a micro-batch planned for %d", nimg + o->n_tiles, l->max_tiles);
+        if (o->n_tiles) {
+            size_t nf = (size_t)o->n_tiles * l->img_floats;
+            memcpy(s->pix + (size_t)nimg * l->img_floats, o->pix, nf * sizeof(float));
+            if (s->pix16) memcpy(s->pix16 + (size_t)nimg * l->img_floats, o->pix16, nf * sizeof(uint16_t));
+        }
+        for (int j = 0; j < o->n_tiles; j++) {
             s->img_row[nimg] = r;
-            s->img_start[nimg] = off + ip;
+            s->img_start[nimg] = off + o->tile_start[j];
             nimg++;
         }
+        sample_release(o);
     }
     b->n_img = nimg;
     b->n_labelled = labelled;
@@ -350,7 +421,7 @@ Loader *loader_open(const LoaderSpec *spec) {
     l->N = shards_count(sh);
     for (int64_t i = 0; i < l->N; i++) {
         const ShardEntry *e = shards_entry(sh, i);
-        int64_t L = (int64_t)e->n_tokens + (e->flags & SHARDS_FLAG_IMAGE ? sp->image_tokens : 0);
+        int64_t L = (int64_t)e->n_tokens + e->n_slot;
         if (L > msl) fatal("%s: sample %" PRId64 " has %" PRId64 " tokens, over the prepared max_seq_len %d; re-run ./prepare",
                            sp->shard_dir, i, L, msl);
     }
@@ -374,6 +445,31 @@ Loader *loader_open(const LoaderSpec *spec) {
     l->perm_epoch = -1;
     l->warned = xcalloc((size_t)(l->N + 7) / 8, 1);
     l->img_floats = (size_t)3 * sp->prep.size * sp->prep.size;
+    if (sp->slot) {
+        l->slot = sp->slot;
+        if (sp->slot->tokens != sp->image_tokens)
+            fatal("loader: the image slot has %d tokens per tile, image_tokens is %d", sp->slot->tokens, sp->image_tokens);
+    } else {
+        image_slot_init(&l->own_slot, IMAGE_FORMAT_LLAVA, sp->image_tokens, 1, NULL, NULL);
+        l->slot = &l->own_slot;
+    }
+    {
+        char p[4096];
+        path_join(p, sizeof p, shards_dir(sh), "meta.json");
+        const char *fm = json_get_str_opt(shards_meta(sh), "image_format", "llava", p);
+        if (strcmp(fm, image_format_name(l->slot->fmt)))
+            fatal("%s: the shards were prepared for the %s image format, the model uses %s; re-run ./prepare", sp->shard_dir,
+                  fm, image_format_name(l->slot->fmt));
+        char want[160];
+        prepare_tiling_text(&sp->prep, want, sizeof want);
+        const char *tl = json_get_str_opt(shards_meta(sh), "tiling", "none", p);
+        if (strcmp(tl, want))
+            fatal("%s: the shards were prepared with tiling \"%s\", this run's is \"%s\"; re-run ./prepare with the same "
+                  "vision model and max_tiles", sp->shard_dir, tl, want);
+    }
+    l->max_tiles = sp->max_tiles > 0 ? sp->max_tiles
+                                     : loader_max_tiles(sp->batch_size, sp->max_seq_len, sp->image_tokens, sp->packing,
+                                                        SHARDS_MAX_IMAGES, &sp->prep);
     l->nslots = l->spec.prefetch + 1;
     l->slots = xcalloc((size_t)l->nslots, sizeof *l->slots);
     size_t bt = (size_t)sp->batch_size * sp->max_seq_len;
@@ -384,14 +480,14 @@ Loader *loader_open(const LoaderSpec *spec) {
             s->smp[k].ids = xmalloc((size_t)sp->max_seq_len * sizeof(int));
             s->smp[k].mask = xmalloc((size_t)sp->max_seq_len);
         }
-        s->pix = xmalloc((size_t)sp->batch_size * l->img_floats * sizeof(float));
-        s->pix16 = sp->pixels_bf16 ? xmalloc((size_t)sp->batch_size * l->img_floats * sizeof(uint16_t)) : NULL;
+        s->pix = xmalloc((size_t)l->max_tiles * l->img_floats * sizeof(float));
+        s->pix16 = sp->pixels_bf16 ? xmalloc((size_t)l->max_tiles * l->img_floats * sizeof(uint16_t)) : NULL;
         s->ids = xmalloc(bt * sizeof(int));
         s->targets = xmalloc(bt * sizeof(int));
         s->pos = xmalloc(bt * sizeof(int));
         s->seg = xmalloc(bt * sizeof(int));
-        s->img_row = xmalloc((size_t)sp->batch_size * sizeof(int));
-        s->img_start = xmalloc((size_t)sp->batch_size * sizeof(int));
+        s->img_row = xmalloc((size_t)l->max_tiles * sizeof(int));
+        s->img_start = xmalloc((size_t)l->max_tiles * sizeof(int));
         s->scratch = xmalloc((size_t)4 * sp->batch_size * sizeof(int));
         s->planned = xmalloc((size_t)sp->batch_size * sizeof(int64_t));
     }
@@ -425,6 +521,7 @@ void loader_close(Loader *l) {
         for (int k = 0; k < l->spec.batch_size; k++) {
             free(s->smp[k].ids);
             free(s->smp[k].mask);
+            sample_release(&s->smp[k]);
         }
         free(s->smp);
         free(s->pix);
@@ -443,8 +540,20 @@ void loader_close(Loader *l) {
     free(l->thr);
     free(l->perm);
     free(l->warned);
+    image_slot_free(&l->own_slot);
     shards_close(l->sh);
     free(l);
+}
+
+int loader_max_tiles(int batch_size, int max_seq_len, int image_tokens, int packing, int images_per_sample,
+                     const ImagePrep *prep) {
+    int per_image = image_tiles_max(prep);
+    // a one-tile sample also has a text token; tiles of one image follow each other
+    int fit = max_seq_len / (image_tokens + (per_image == 1 ? 1 : 0));
+    if (fit < 1) fit = 1;
+    int64_t cap = (int64_t)images_per_sample * per_image;
+    int per_row = packing || fit < cap ? fit : (int)cap;
+    return batch_size * per_row;
 }
 
 int64_t loader_samples(const Loader *l) { return l->N; }

@@ -6,14 +6,20 @@
 #include <stdint.h>
 
 #include "data/image_prep.h"
+#include "data/image_slot.h"
 
 typedef struct {
     const char *shard_dir;  // written by ./prepare (data/prepare.h)
     int batch_size;         // samples per micro-batch (rows when not packing)
     int max_seq_len;        // tokens per row after expanding the image slot
-    int image_tokens;       // slot length per image (the connector's output tokens)
+    int image_tokens;       // feature rows per tile (the connector's output tokens)
+    const ImageSlot *slot;  // the image slot's format (data/image_slot.h; its tokens = image_tokens);
+                            // NULL: llava, image_tokens rows per tile
     ImagePrep prep;         // the vision tower's preprocessing (image_prep_load; pad_to_square:
-                            // LLaVA's image_aspect_ratio = pad); images are (3, prep.size, prep.size)
+                            // LLaVA's image_aspect_ratio = pad; max_tiles: tiling, data/tiling.h);
+                            // tiles are (3, prep.size, prep.size)
+    int max_tiles;          // tiles per micro-batch at most (the model's VlmSpec.max_images); 0:
+                            // batch_size x what a sample can hold (loader_max_tiles)
     uint64_t seed;          // shuffling: the permutation of epoch e depends on (seed, e) only
     int rank, world;        // this process's slice of the order (below)
     // How the ranks share an epoch's order:
@@ -43,10 +49,10 @@ typedef struct {
     int *targets;  // (B, T): the next token where it carries loss, else -1
     int *pos;      // (B, T) position ids (restart at 0 for each packed sample)
     int *seg;      // (B, T) sample index within the row; NULL unless packing
-    int n_img;
+    int n_img;                    // tiles (every image's, row-major, its thumbnail last; samples in order)
     float *pixels;                // (n_img, 3, S, S)
     uint16_t *pixels_bf16;        // the same rounded to bf16 (nearest even) when spec.pixels_bf16, else NULL
-    int *img_row, *img_start;     // (n_img)
+    int *img_row, *img_start;     // (n_img) each tile's row and first feature position
     int n_samples;                // samples in this micro-batch
     int n_labelled;               // positions with targets >= 0
     int n_skipped;                // samples dropped while building it (bad image: counted, warned)
@@ -61,6 +67,12 @@ typedef struct {
 } LoaderPos;
 
 typedef struct Loader Loader;
+
+// The tiles a micro-batch can hold at most: per row, every tile takes image_tokens positions of
+// max_seq_len (one more for the text each packed one-tile sample has), and without packing a row
+// is one sample of at most images_per_sample images of image_tiles_max(prep) tiles each.
+int loader_max_tiles(int batch_size, int max_seq_len, int image_tokens, int packing, int images_per_sample,
+                     const ImagePrep *prep);
 
 Loader *loader_open(const LoaderSpec *spec);  // fatal() naming the shard dir when unusable
 void loader_close(Loader *l);

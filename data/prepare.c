@@ -20,6 +20,7 @@
 #include "common/json.h"
 #include "common/util.h"
 #include "data/image.h"
+#include "data/image_slot.h"
 #include "data/llava_json.h"
 #include "data/shards.h"
 #include "data/template.h"
@@ -204,6 +205,13 @@ static void check_spec(const PrepareSpec *s) {
     if (!s->out_dir || !s->out_dir[0]) fatal("prepare: no output directory given (--out DIR)");
     if (s->image_tokens < 1 || s->image_tokens > 65536)
         fatal("prepare: image_tokens must be in 1..65536, got %d", s->image_tokens);
+    if (s->max_images < 0 || s->max_images > SHARDS_MAX_IMAGES)
+        fatal("prepare: max_images must be in 1..%d, got %d", SHARDS_MAX_IMAGES, s->max_images);
+    if (s->image_format && s->image_format[0] && image_format_parse(s->image_format) < 0)
+        fatal("prepare: image format \"%s\" is not one of llava, internvl, idefics3", s->image_format);
+    if (s->prep && image_prep_tiles(s->prep) && (!s->image_format || !s->image_format[0] || !strcmp(s->image_format, "llava")))
+        fatal("prepare: max_tiles %d cuts images into tiles, which the llava image format cannot mark; use image_format "
+              "internvl or idefics3", s->prep->max_tiles);
     if (s->max_seq_len < 2 || s->max_seq_len > SHARDS_MAX_TOKENS)
         fatal("prepare: max_seq_len must be in 2..%d, got %d", SHARDS_MAX_TOKENS, s->max_seq_len);
     if (s->threads < 0 || s->threads > 1024) fatal("prepare: threads must be in 0..1024, got %d", s->threads);
@@ -221,6 +229,7 @@ typedef struct {
     size_t frame_len;
     ShardEntry e;
     int64_t image_bytes;
+    int n_images;
     int truncated;
     int64_t index, line;  // of the sample in the data file (for warnings)
 } Result;
@@ -237,6 +246,8 @@ typedef struct Chunk {
 typedef struct {
     const PrepareSpec *spec;
     const Template *tmpl;
+    const ImageSlot *slot;     // the image slot's format
+    const ImagePrep *prep;     // tiling (NULL: one tile)
     const char *image_folder;  // may be NULL
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
@@ -298,7 +309,7 @@ static int image_name_inside(const char *name) {
 static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
     const PrepareSpec *spec = p->spec;
     int *ids = NULL;
-    uint8_t *mask = NULL, *img = NULL;
+    uint8_t *mask = NULL, *imgs[SHARDS_MAX_IMAGES] = {0};
     memset(r, 0, sizeof *r);
     r->skip = -1;
     r->index = s->index;
@@ -313,29 +324,37 @@ static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
     if (id_len > SHARDS_MAX_ID_BYTES)  // shards_record_parse would refuse the record
         SKIP(PREPARE_SKIP_ID_TOO_LONG, "its id has %zu bytes (at most %u)", id_len, SHARDS_MAX_ID_BYTES);
     int nph = count_placeholders(s);
-    if (s->image && nph == 0) SKIP(PREPARE_SKIP_IMAGE_NO_PLACEHOLDER, "has image \"%s\" but no <image> in its text", s->image);
-    if (!s->image && nph > 0) SKIP(PREPARE_SKIP_PLACEHOLDER_NO_IMAGE, "has <image> in its text but no \"image\"");
-    int image_pos = -1;
+    if (s->n_images > nph)
+        SKIP(PREPARE_SKIP_IMAGE_NO_PLACEHOLDER, "has %d image%s (\"%s\"...) but %d <image> in its text", s->n_images,
+             s->n_images > 1 ? "s" : "", s->image, nph);
+    if (nph > s->n_images)
+        SKIP(PREPARE_SKIP_PLACEHOLDER_NO_IMAGE, "has %d <image> in its text but %d image%s", nph, s->n_images,
+             s->n_images == 1 ? "" : "s");
+    int image_pos[SHARDS_MAX_IMAGES], n_pos = 0;
     char err[200];
-    int n = template_encode(p->tmpl, s->turns, s->n_turns, &ids, &mask, &image_pos, err, sizeof err);
+    int n = template_encode_images(p->tmpl, s->turns, s->n_turns, &ids, &mask, image_pos,
+                                   spec->max_images > 0 ? spec->max_images : SHARDS_MAX_IMAGES, &n_pos, err, sizeof err);
     if (n < 0) {
         ids = NULL, mask = NULL;
         SKIP(template_reason(n), "%s", err);
     }
-    size_t img_len = 0;
-    if (s->image) {
-        if (image_pos < 0) SKIP(PREPARE_SKIP_IMAGE_NO_PLACEHOLDER, "the template placed no image slot");
+    if (n_pos != s->n_images) SKIP(PREPARE_SKIP_IMAGE_NO_PLACEHOLDER, "the template placed %d image slots for %d images", n_pos,
+                                   s->n_images);
+    ShardRecord rec = {.n_images = s->n_images};
+    int slot = 0;  // positions of all the expanded slots
+    for (int k = 0; k < s->n_images; k++) {
+        const char *name = s->images[k];
         // prepare_run checks this on its thread before handing the sample out (a worker never
         // calls fatal()); counted here only in case that check is ever bypassed
-        if (!p->image_folder) SKIP(PREPARE_SKIP_IMAGE_MISSING, "no image folder given for image %.200s", s->image);
-        if (!spec->allow_outside_images && !image_name_inside(s->image))
+        if (!p->image_folder) SKIP(PREPARE_SKIP_IMAGE_MISSING, "no image folder given for image %.200s", name);
+        if (!spec->allow_outside_images && !image_name_inside(name))
             SKIP(PREPARE_SKIP_IMAGE_OUTSIDE, "image \"%.200s\" leaves the image folder (an absolute path or ../); "
-                 "allow_outside_images = true (./prepare --allow-outside-images) reads such paths", s->image);
+                 "allow_outside_images = true (./prepare --allow-outside-images) reads such paths", name);
         char path[PATH_MAX];
         // as os.path.join: an absolute image path is taken as it is
-        if ((size_t)(s->image[0] == '/' ? snprintf(path, sizeof path, "%s", s->image)
-                                        : snprintf(path, sizeof path, "%s/%s", p->image_folder, s->image)) >= sizeof path)
-            SKIP(PREPARE_SKIP_IMAGE_MISSING, "image path too long: %s", s->image);
+        if ((size_t)(name[0] == '/' ? snprintf(path, sizeof path, "%s", name)
+                                    : snprintf(path, sizeof path, "%s/%s", p->image_folder, name)) >= sizeof path)
+            SKIP(PREPARE_SKIP_IMAGE_MISSING, "image path too long: %s", name);
         struct stat st;
         if (stat(path, &st) != 0) {
             if (errno == ENOENT || errno == ENOTDIR) SKIP(PREPARE_SKIP_IMAGE_MISSING, "image %.200s not found", path);
@@ -344,51 +363,57 @@ static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
         if (!S_ISREG(st.st_mode)) SKIP(PREPARE_SKIP_IMAGE_UNREADABLE, "image %.200s is not a regular file", path);
         if (st.st_size > MAX_IMAGE_FILE)
             SKIP(PREPARE_SKIP_IMAGE_TOO_LARGE, "image %.200s has %lld bytes (limit %lld)", path, (long long)st.st_size, MAX_IMAGE_FILE);
-        img = (uint8_t *)file_read_all(path, &img_len);
-        if (!img) SKIP(PREPARE_SKIP_IMAGE_UNREADABLE, "image %.200s: %s", path, strerror(errno));
+        size_t img_len = 0;
+        uint8_t *bytes = (uint8_t *)file_read_all(path, &img_len);
+        if (!bytes) SKIP(PREPARE_SKIP_IMAGE_UNREADABLE, "image %.200s: %s", path, strerror(errno));
+        imgs[k] = bytes;
         Image im;
         char ierr[200];
-        int rc = image_decode(img, img_len, &im, ierr, sizeof ierr);
+        int rc = image_decode(bytes, img_len, &im, ierr, sizeof ierr);
         if (rc != 0) SKIP(image_reason(rc), "image %.200s: %s", path, ierr);
+        // the grid comes from the size alone (data/tiling.h)
+        ImageGrid g = p->prep ? image_grid(p->prep, im.w, im.h) : (ImageGrid){1, 1, 0};
         image_free(&im);
+        rec.images[k] = (ShardImage){.pos = image_pos[k], .rows = g.rows, .cols = g.cols, .thumb = g.thumb, .name = name,
+                                     .name_len = (uint32_t)strlen(name), .bytes = bytes, .len = (uint32_t)img_len};
+        slot += image_slot_len(p->slot, g);
+        r->image_bytes += (int64_t)img_len;
     }
-    int slot = s->image ? spec->image_tokens : 0;
     if (n + slot > spec->max_seq_len) {
         if (spec->overlong_skip)
-            SKIP(PREPARE_SKIP_OVERLONG, "%d tokens%s over max_seq_len %d", n + slot, slot ? " with the image slot" : "",
+            SKIP(PREPARE_SKIP_OVERLONG, "%d tokens%s over max_seq_len %d", n + slot, slot ? " with the image slots" : "",
                  spec->max_seq_len);
         int keep = spec->max_seq_len - slot;
-        if (keep < 1 || (image_pos >= 0 && keep < image_pos))
-            SKIP(PREPARE_SKIP_OVERLONG, "%d tokens: the image slot does not fit in max_seq_len %d", n + slot, spec->max_seq_len);
+        if (keep < 1 || (s->n_images && keep < image_pos[s->n_images - 1]))
+            SKIP(PREPARE_SKIP_OVERLONG, "%d tokens: the image slots do not fit in max_seq_len %d", n + slot, spec->max_seq_len);
         n = keep;
         r->truncated = 1;
     }
     int labelled = 0;
     for (int i = 0; i < n; i++)
-        if (mask[i] && (i > 0 || image_pos == 0)) labelled++;
+        if (mask[i] && (i > 0 || (s->n_images && image_pos[0] == 0))) labelled++;
     if (labelled == 0) {
         if (r->truncated) SKIP(PREPARE_SKIP_OVERLONG, "no labelled token left after cutting to max_seq_len %d", spec->max_seq_len);
         SKIP(PREPARE_SKIP_EMPTY, "no token carries loss");
     }
-    ShardRecord rec = {
-        .n_tokens = n, .image_pos = image_pos, .ids = (const int32_t *)ids, .mask = mask,
-        .id = s->id, .id_len = (uint32_t)id_len,
-        .image_name = s->image, .image_name_len = s->image ? (uint32_t)strlen(s->image) : 0,
-        .image = img, .image_len = (uint32_t)img_len,
-    };
+    rec.n_tokens = n;
+    rec.ids = (const int32_t *)ids;
+    rec.mask = mask;
+    rec.id = s->id;
+    rec.id_len = (uint32_t)id_len;
     size_t raw_len;
     uint8_t *raw = shards_record_pack(&rec, &raw_len);
     r->frame = shards_compress(cctx, raw, raw_len, &r->frame_len);
     free(raw);
-    r->e.flags = s->image ? SHARDS_FLAG_IMAGE : 0;
+    r->e.flags = s->n_images ? SHARDS_FLAG_IMAGE | (uint32_t)s->n_images << 8 : 0;
     r->e.n_tokens = (uint32_t)n;
     r->e.n_labelled = (uint32_t)labelled;
-    r->e.image_pos = image_pos;
-    r->image_bytes = (int64_t)img_len;
+    r->e.n_slot = (uint32_t)slot;
+    r->n_images = s->n_images;
 out:
     free(ids);
     free(mask);
-    free(img);
+    for (int k = 0; k < SHARDS_MAX_IMAGES; k++) free(imgs[k]);
 }
 
 static void *worker(void *arg) {
@@ -470,6 +495,16 @@ static void progress(Progress *pg, const LlavaReader *rd, int64_t done, int fina
 
 static void add_num(cJSON *o, const char *k, double v) { cJSON_AddItemToObject(o, k, cJSON_CreateNumber(v)); }
 
+static const char *format_of(const PrepareSpec *s) { return s->image_format && s->image_format[0] ? s->image_format : "llava"; }
+
+void prepare_tiling_text(const ImagePrep *p, char *dst, size_t cap) {
+    if (!p || !image_prep_tiles(p)) snprintf(dst, cap, "none");
+    else snprintf(dst, cap, "%s size %d longest_edge %d max_tiles %d", image_prep_family_name(p->family), p->size,
+                  p->family == IMAGE_PREP_IDEFICS3 ? p->longest_edge : 0, p->max_tiles);
+}
+
+static void tiling_text(const PrepareSpec *s, char *dst, size_t cap) { prepare_tiling_text(s->prep, dst, cap); }
+
 static char *meta_text(const PrepareSpec *spec, const Inputs *in, const char *tmpl_name, int jsonl,
                        const PrepareSummary *s, uint64_t index_hash) {
     cJSON *m = cJSON_CreateObject();
@@ -504,6 +539,11 @@ static char *meta_text(const PrepareSpec *spec, const Inputs *in, const char *tm
     add_num(m, "eos_id", s->eos_id);
     add_num(m, "max_seq_len", spec->max_seq_len);
     add_num(m, "image_tokens", spec->image_tokens);
+    cJSON_AddStringToObject(m, "image_format", format_of(spec));
+    add_num(m, "max_images", spec->max_images > 0 ? spec->max_images : SHARDS_MAX_IMAGES);
+    char tiling[160];
+    tiling_text(spec, tiling, sizeof tiling);
+    cJSON_AddStringToObject(m, "tiling", tiling);
     cJSON_AddStringToObject(m, "overlong", spec->overlong_skip ? "skip" : "truncate");
     cJSON *sk = cJSON_AddObjectToObject(m, "skipped");
     for (int i = 0; i < PREPARE_SKIP_COUNT; i++) add_num(sk, skip_names[i], (double)s->skipped[i]);
@@ -564,6 +604,10 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
     memset(&S, 0, sizeof S);
     S.eos_id = prepare_eos_id(spec.llm_dir, tok);
     Template *tmpl = template_new(kind, tok, spec.system, S.eos_id);
+    ImageSlot slot;
+    const ImagePrep *tp = spec.prep && image_prep_tiles(spec.prep) ? spec.prep : NULL;
+    image_slot_init(&slot, (ImageFormat)image_format_parse(spec.image_format && spec.image_format[0] ? spec.image_format : "llava"),
+                    spec.image_tokens, tp ? image_grid_max_side(tp) : 1, tok, in.tok_path);
 
     LlavaReader *rd = llava_open(spec.data);
     int jsonl = llava_is_jsonl(rd);
@@ -586,7 +630,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
         long c = sysconf(_SC_NPROCESSORS_ONLN);
         nthreads = c > 0 ? (int)c : 1;
     }
-    Pool pool = {.spec = &spec, .tmpl = tmpl, .image_folder = in.image_real[0] ? in.image_real : NULL};
+    Pool pool = {.spec = &spec, .tmpl = tmpl, .slot = &slot, .prep = tp, .image_folder = in.image_real[0] ? in.image_real : NULL};
     pthread_mutex_init(&pool.mu, NULL);
     pthread_cond_init(&pool.cv_work, NULL);
     pthread_cond_init(&pool.cv_done, NULL);
@@ -654,7 +698,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
             S.samples++;
             S.tokens += r->e.n_tokens;
             S.labelled += r->e.n_labelled;
-            S.images += (r->e.flags & SHARDS_FLAG_IMAGE) != 0;
+            S.images += r->n_images;
             S.image_bytes += r->image_bytes;
             S.truncated += r->truncated;
         }
@@ -698,6 +742,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
     }
     g_tmp_dir[0] = 0;
     template_free(tmpl);
+    image_slot_free(&slot);
     tokenizer_free(tok);
     S.seconds = time_now() - t0;
     *out = S;
@@ -769,6 +814,13 @@ int prepare_is_current(const char *out_dir, const PrepareSpec *spec, char *why, 
         NOT_CURRENT("prepared with another system prompt");
     if (NUM(m, "max_seq_len") != spec->max_seq_len) NOT_CURRENT("prepared with max_seq_len %g", NUM(m, "max_seq_len"));
     if (NUM(m, "image_tokens") != spec->image_tokens) NOT_CURRENT("prepared with image_tokens %g", NUM(m, "image_tokens"));
+    const cJSON *fm = cJSON_GetObjectItemCaseSensitive(m, "image_format"), *tl = cJSON_GetObjectItemCaseSensitive(m, "tiling");
+    if (!cJSON_IsString(fm) || strcmp(fm->valuestring, format_of(spec))) NOT_CURRENT("prepared with another image_format");
+    if (NUM(m, "max_images") != (spec->max_images > 0 ? spec->max_images : SHARDS_MAX_IMAGES))
+        NOT_CURRENT("prepared with max_images %g", NUM(m, "max_images"));
+    char tiling[160];
+    tiling_text(spec, tiling, sizeof tiling);
+    if (!cJSON_IsString(tl) || strcmp(tl->valuestring, tiling)) NOT_CURRENT("prepared with other tiling (%s)", cJSON_IsString(tl) ? tl->valuestring : "?");
     const cJSON *ol = cJSON_GetObjectItemCaseSensitive(m, "overlong");
     if (!cJSON_IsString(ol) || strcmp(ol->valuestring, spec->overlong_skip ? "skip" : "truncate"))
         NOT_CURRENT("prepared with another --overlong mode");

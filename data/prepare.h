@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "data/image_prep.h"
+
 // why a sample was skipped (counted per reason in the summary and in meta.json)
 enum {
     PREPARE_SKIP_MALFORMED_LINE,      // JSONL: a line that is not valid JSON
@@ -31,12 +33,12 @@ enum {
     PREPARE_SKIP_NO_GPT,              // template: no assistant turn
     PREPARE_SKIP_BAD_ROLE,            // template: unknown role
     PREPARE_SKIP_BAD_ORDER,           // template: turns do not alternate
-    PREPARE_SKIP_MULTIPLE_IMAGES,     // template: more than one <image>
+    PREPARE_SKIP_MULTIPLE_IMAGES,     // template: more <image> than SHARDS_MAX_IMAGES (or one re-formed)
     PREPARE_SKIP_RETOKENIZE,          // template: per-piece ids differ from the whole text's
     PREPARE_SKIP_SPECIAL,             // template: a special token is missing
     PREPARE_SKIP_EMPTY,               // template: no token carries loss
-    PREPARE_SKIP_IMAGE_NO_PLACEHOLDER,  // "image" given but no <image> in the text
-    PREPARE_SKIP_PLACEHOLDER_NO_IMAGE,  // <image> in the text but no "image"
+    PREPARE_SKIP_IMAGE_NO_PLACEHOLDER,  // more images in "image" than <image> in the text
+    PREPARE_SKIP_PLACEHOLDER_NO_IMAGE,  // more <image> in the text than images in "image"
     PREPARE_SKIP_IMAGE_MISSING,       // the image file does not exist
     PREPARE_SKIP_IMAGE_UNREADABLE,    // exists but cannot be read (permissions, a directory...)
     PREPARE_SKIP_IMAGE_CORRUPT,       // not a PNG/JPEG, or libpng/libjpeg rejected it, or truncated
@@ -63,7 +65,11 @@ typedef struct {
     const char *out_dir;
     const char *system;        // NULL: the template's default system prompt
     int max_seq_len;           // tokens per sample with the image slot expanded (default 2048)
-    int image_tokens;          // image slot length (default 144: CLIP-L/14-336 + ldp; 576 for mlp2x_gelu)
+    int image_tokens;          // feature rows per tile (default 144: CLIP-L/14-336 + ldp; 576 for mlp2x_gelu)
+    const char *image_format;  // the image slot's format (data/image_slot.h): NULL or "" for llava
+    int max_images;            // images per sample at most (more: a counted multiple_images skip); 0: SHARDS_MAX_IMAGES
+    const ImagePrep *prep;     // the tower's preprocessing, whose max_tiles / family / sizes give each
+                               // image's grid (data/tiling.h); NULL: one tile per image
     int threads;               // 0: one per core
     int overlong_skip;         // 0: cut text at the end (default), 1: skip over-long samples
     int64_t shard_bytes;       // 0: 512 MiB per shard file
@@ -95,8 +101,13 @@ void prepare_print_summary(const PrepareSpec *spec, const PrepareSummary *s, FIL
 
 // 1 when out_dir holds complete shards made from the same data file (path, size and mtime), the
 // same tokenizer.json bytes (hash), template, system prompt, eos id, max_seq_len, image_tokens,
+// image_format, tiling (max_tiles and the sizes that decide grids),
 // --overlong mode and image folder; else 0 with the first difference in why (may be NULL).
 int prepare_is_current(const char *out_dir, const PrepareSpec *spec, char *why, size_t whylen);
+
+// What decides the images' grids, as meta.json's "tiling" records it: "none" (p NULL or not
+// tiling), or the family, tile size, longest edge and max_tiles. The loader compares it.
+void prepare_tiling_text(const ImagePrep *p, char *dst, size_t cap);
 
 // The LLM's end-of-sequence id: config.json eos_token_id (first if a list), else
 // generation_config.json's, else the tokenizer's <|endoftext|> (tok may be NULL: then -1).

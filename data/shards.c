@@ -55,22 +55,37 @@ void shards_shard_name(char *dst, size_t cap, const char *dir, uint32_t shard) {
 
 // ---------------------------------------------------------------- records
 
+static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static uint16_t get16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
 uint8_t *shards_record_pack(const ShardRecord *r, size_t *len) {
-    size_t n = (size_t)r->n_tokens;
-    size_t total = SHARDS_RECORD_HEADER_BYTES + n * 5 + r->id_len + r->image_name_len + r->image_len;
+    CHECK(r->n_images >= 0 && r->n_images <= SHARDS_MAX_IMAGES, "record with %d images", r->n_images);
+    size_t n = (size_t)r->n_tokens, head = SHARDS_RECORD_HEADER_BYTES + (size_t)r->n_images * SHARDS_IMAGE_HEADER_BYTES;
+    size_t total = head + n * 5 + r->id_len;
+    for (int i = 0; i < r->n_images; i++) total += r->images[i].name_len + (size_t)r->images[i].len;
     uint8_t *b = xmalloc(total), *p = b;
     put32(p, RECORD_MAGIC);
     put32(p + 4, (uint32_t)r->n_tokens);
-    put32(p + 8, (uint32_t)r->image_pos);
+    put32(p + 8, (uint32_t)r->n_images);
     put32(p + 12, r->id_len);
-    put32(p + 16, r->image_name_len);
-    put32(p + 20, r->image_len);
     p += SHARDS_RECORD_HEADER_BYTES;
+    for (int i = 0; i < r->n_images; i++, p += SHARDS_IMAGE_HEADER_BYTES) {
+        const ShardImage *im = &r->images[i];
+        put32(p, (uint32_t)im->pos);
+        put16(p + 4, (uint16_t)im->rows);
+        put16(p + 6, (uint16_t)im->cols);
+        put32(p + 8, (uint32_t)im->thumb);
+        put32(p + 12, im->name_len);
+        put32(p + 16, im->len);
+    }
     memcpy(p, r->ids, n * 4), p += n * 4;
     memcpy(p, r->mask, n), p += n;
     if (r->id_len) memcpy(p, r->id, r->id_len), p += r->id_len;
-    if (r->image_name_len) memcpy(p, r->image_name, r->image_name_len), p += r->image_name_len;
-    if (r->image_len) memcpy(p, r->image, r->image_len), p += r->image_len;
+    for (int i = 0; i < r->n_images; i++) {
+        const ShardImage *im = &r->images[i];
+        if (im->name_len) memcpy(p, im->name, im->name_len), p += im->name_len;
+        if (im->len) memcpy(p, im->bytes, im->len), p += im->len;
+    }
     *len = total;
     return b;
 }
@@ -81,27 +96,44 @@ int shards_record_parse(const uint8_t *buf, size_t len, ShardRecord *r, char *er
         snprintf(err, errlen, "not a record (bad magic or %zu bytes)", len);
         return -1;
     }
-    uint32_t n = get32(buf + 4);
-    int32_t ipos = (int32_t)get32(buf + 8);
-    uint32_t id_len = get32(buf + 12), name_len = get32(buf + 16), img_len = get32(buf + 20);
-    if (n == 0 || n > SHARDS_MAX_TOKENS || ipos < -1 || ipos > (int64_t)n || img_len > SHARDS_MAX_IMAGE_BYTES ||
-        id_len > SHARDS_MAX_ID_BYTES || name_len > SHARDS_MAX_NAME_BYTES) {
-        snprintf(err, errlen, "record header out of range (tokens %u, image_pos %d, id %u bytes, image name %u bytes, image %u bytes)",
-                 n, ipos, id_len, name_len, img_len);
+    uint32_t n = get32(buf + 4), ni = get32(buf + 8), id_len = get32(buf + 12);
+    if (n == 0 || n > SHARDS_MAX_TOKENS || ni > SHARDS_MAX_IMAGES || id_len > SHARDS_MAX_ID_BYTES) {
+        snprintf(err, errlen, "record header out of range (tokens %u, images %u, id %u bytes)", n, ni, id_len);
         return -1;
     }
-    uint64_t want = (uint64_t)SHARDS_RECORD_HEADER_BYTES + (uint64_t)n * 5 + id_len + name_len + img_len;
+    uint64_t want = (uint64_t)SHARDS_RECORD_HEADER_BYTES + (uint64_t)ni * SHARDS_IMAGE_HEADER_BYTES;
+    if (len < want) {
+        snprintf(err, errlen, "record of %zu bytes is shorter than its %u image headers", len, ni);
+        return -1;
+    }
+    const uint8_t *h = buf + SHARDS_RECORD_HEADER_BYTES;
+    int last = 0;
+    for (uint32_t i = 0; i < ni; i++, h += SHARDS_IMAGE_HEADER_BYTES) {
+        ShardImage *im = &r->images[i];
+        int32_t pos = (int32_t)get32(h);
+        uint32_t thumb = get32(h + 8);
+        im->rows = get16(h + 4);
+        im->cols = get16(h + 6);
+        im->name_len = get32(h + 12);
+        im->len = get32(h + 16);
+        if (pos < last || pos > (int64_t)n || im->rows < 1 || im->cols < 1 || thumb > 1 || (thumb != (im->rows * im->cols > 1)) ||
+            im->name_len > SHARDS_MAX_NAME_BYTES || im->len == 0 || im->len > SHARDS_MAX_IMAGE_BYTES) {
+            snprintf(err, errlen, "record image %u out of range (position %d of %u tokens, grid %dx%d+%u, name %u bytes, "
+                     "image %u bytes)", i, pos, n, im->rows, im->cols, thumb, im->name_len, im->len);
+            return -1;
+        }
+        im->pos = last = pos;
+        im->thumb = (int)thumb;
+        want += im->name_len + (uint64_t)im->len;
+    }
+    want += (uint64_t)n * 5 + id_len;
     if (want != len) {
         snprintf(err, errlen, "record length %zu differs from its header's %" PRIu64, len, want);
         return -1;
     }
-    if ((ipos >= 0) != (img_len > 0)) {
-        snprintf(err, errlen, "record image_pos %d disagrees with its %u image bytes", ipos, img_len);
-        return -1;
-    }
-    const uint8_t *p = buf + SHARDS_RECORD_HEADER_BYTES;
+    const uint8_t *p = h;
     r->n_tokens = (int)n;
-    r->image_pos = ipos;
+    r->n_images = (int)ni;
     r->ids = (const int32_t *)p;
     p += (size_t)n * 4;
     r->mask = p;
@@ -112,8 +144,11 @@ int shards_record_parse(const uint8_t *buf, size_t len, ShardRecord *r, char *er
         }
     p += n;
     r->id = (const char *)p, r->id_len = id_len, p += id_len;
-    r->image_name = (const char *)p, r->image_name_len = name_len, p += name_len;
-    r->image = p, r->image_len = img_len;
+    for (uint32_t i = 0; i < ni; i++) {
+        ShardImage *im = &r->images[i];
+        im->name = (const char *)p, p += im->name_len;
+        im->bytes = p, p += im->len;
+    }
     return 0;
 }
 
@@ -239,7 +274,7 @@ uint32_t shard_writer_finish(ShardWriter *w, uint64_t *index_hash) {
         put32(p + 16, e->csize);
         put32(p + 20, e->n_tokens);
         put32(p + 24, e->n_labelled);
-        put32(p + 28, (uint32_t)e->image_pos);
+        put32(p + 28, e->n_slot);
     }
     uint64_t h = shards_fnv1a64(b, len - 8, SHARDS_FNV_INIT);
     put64(p, h);
@@ -358,18 +393,18 @@ Shards *shards_open(const char *dir) {
         e->csize = get32(p + 16);
         e->n_tokens = get32(p + 20);
         e->n_labelled = get32(p + 24);
-        e->image_pos = (int32_t)get32(p + 28);
+        e->n_slot = get32(p + 28);
         if (e->shard >= ns)
             fatal("%s: entry %" PRIu64 " names shard %u of %u; " RERUN, path, i, e->shard, ns);
         if (e->offset < SHARDS_HEADER_BYTES || e->csize == 0 || e->offset + e->csize > sizes[e->shard])
             fatal("%s: entry %" PRIu64 " (offset %" PRIu64 ", %u bytes) lies beyond the end of %s (%" PRIu64
                   " bytes); " RERUN,
                   path, i, e->offset, e->csize, s->names[e->shard], sizes[e->shard]);
-        int has_img = (e->flags & SHARDS_FLAG_IMAGE) != 0;
-        if (e->n_tokens == 0 || e->n_tokens > SHARDS_MAX_TOKENS || (e->flags & ~SHARDS_FLAG_IMAGE) ||
-            has_img != (e->image_pos >= 0) || e->image_pos < -1 || e->image_pos > (int32_t)e->n_tokens)
-            fatal("%s: entry %" PRIu64 " is inconsistent (%u tokens, image_pos %d, flags %u); " RERUN, path, i,
-                  e->n_tokens, e->image_pos, e->flags);
+        int has_img = (e->flags & SHARDS_FLAG_IMAGE) != 0, ni = SHARDS_ENTRY_IMAGES(e);
+        if (e->n_tokens == 0 || e->n_tokens > SHARDS_MAX_TOKENS || (e->flags & ~(SHARDS_FLAG_IMAGE | 0xff00u)) ||
+            has_img != (ni > 0) || ni > SHARDS_MAX_IMAGES || has_img != (e->n_slot > 0) || e->n_slot > SHARDS_MAX_TOKENS)
+            fatal("%s: entry %" PRIu64 " is inconsistent (%u tokens, %d images, slots of %u, flags %u); " RERUN, path, i,
+                  e->n_tokens, ni, e->n_slot, e->flags);
     }
     free(ix);
     return s;
@@ -458,9 +493,9 @@ int shards_read(const Shards *s, int64_t i, ShardReadBuf *b, ShardRecord *rec, c
         snprintf(err, errlen, "%s: sample %lld: %s", sn, (long long)i, why);
         return -1;
     }
-    if ((uint32_t)rec->n_tokens != e->n_tokens || rec->image_pos != e->image_pos) {
-        snprintf(err, errlen, "%s: sample %lld: record (%d tokens, image_pos %d) disagrees with the index (%u, %d)", sn,
-                 (long long)i, rec->n_tokens, rec->image_pos, e->n_tokens, e->image_pos);
+    if ((uint32_t)rec->n_tokens != e->n_tokens || rec->n_images != SHARDS_ENTRY_IMAGES(e)) {
+        snprintf(err, errlen, "%s: sample %lld: record (%d tokens, %d images) disagrees with the index (%u, %d)", sn,
+                 (long long)i, rec->n_tokens, rec->n_images, e->n_tokens, SHARDS_ENTRY_IMAGES(e));
         return -1;
     }
     return 0;

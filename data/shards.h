@@ -12,15 +12,19 @@
 //   header  32 bytes: "SVLMIDX1", u32 version, u32 n_shards, u64 n_samples, u32 entry_size (32),
 //           u32 reserved (0)
 //   u64 size of each shard file, n_shards of them
-//   entries n_samples x 32 bytes: u32 shard, u32 flags (bit 0: has an image), u64 offset,
-//           u32 compressed size, u32 n_tokens (text tokens, slot not counted), u32 n_labelled
-//           (positions with a target once the slot is expanded), i32 image_pos
+//   entries n_samples x 32 bytes: u32 shard, u32 flags (bit 0: has images; bits 8-15: their
+//           number), u64 offset, u32 compressed size, u32 n_tokens (text tokens, slots not
+//           counted), u32 n_labelled (positions with a target once the slots are expanded),
+//           u32 n_slot (the positions the expanded image slots take, all images together)
 //   trailer u64 FNV-1a 64 of every byte before it
 // Record (the decompressed content of one frame, little-endian):
-//   "SVRC", u32 n_tokens, i32 image_pos, u32 id_len, u32 image_name_len, u32 image_len,
-//   i32 ids[n_tokens], u8 mask[n_tokens], id bytes, image name bytes, image bytes
-// The ids never hold a token for the image slot: image_pos is the index in ids before which the
-// loader inserts the slot (-1 when the sample has no image).
+//   "SVRC", u32 n_tokens, u32 n_images, u32 id_len, then per image 20 bytes: i32 pos, u16 rows,
+//   u16 cols, u32 thumb (0 or 1), u32 name_len, u32 image_len; then i32 ids[n_tokens],
+//   u8 mask[n_tokens], id bytes, then per image its name bytes and its file's bytes
+// The ids never hold a token for an image slot: an image's pos is the index in ids before which
+// the loader inserts its slot (data/image_slot.h), for the grid (rows x cols tiles + thumbnail,
+// data/tiling.h) ./prepare computed from the image's size; positions never decrease.
+// Version 1 (one image_pos per record) is refused with a line saying to re-run ./prepare.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -28,11 +32,13 @@
 
 #include <cjson/cJSON.h>
 
-#define SHARDS_VERSION 1
+#define SHARDS_VERSION 2
 #define SHARDS_HEADER_BYTES 24         // shard file header (skippable frame)
 #define SHARDS_INDEX_HEADER_BYTES 32
 #define SHARDS_ENTRY_BYTES 32
-#define SHARDS_RECORD_HEADER_BYTES 24
+#define SHARDS_RECORD_HEADER_BYTES 16  // then 20 bytes per image
+#define SHARDS_IMAGE_HEADER_BYTES 20
+#define SHARDS_MAX_IMAGES 16            // per sample
 // Bounds on one record, shared by the writer (./prepare skips a sample over them) and the reader
 // (shards_record_parse refuses a record over them)
 #define SHARDS_MAX_TOKENS (1 << 24)
@@ -47,23 +53,31 @@ typedef struct {
     uint32_t csize;
     uint32_t n_tokens;
     uint32_t n_labelled;
-    int32_t image_pos;
+    uint32_t n_slot;
 } ShardEntry;
 
 #define SHARDS_FLAG_IMAGE 1u
+#define SHARDS_ENTRY_IMAGES(e) ((int)(((e)->flags >> 8) & 0xffu))  // the sample's images
+
+// one image of a record
+typedef struct {
+    int pos;              // index in ids before which its slot goes
+    int rows, cols, thumb;  // its grid (data/tiling.h ImageGrid)
+    const char *name;     // not NUL-terminated: name_len bytes
+    uint32_t name_len;
+    const uint8_t *bytes; // the image file
+    uint32_t len;
+} ShardImage;
 
 // one decoded record; pointers refer to the buffer it was decoded from
 typedef struct {
     int n_tokens;
-    int image_pos;  // -1: no image
+    int n_images;
+    ShardImage images[SHARDS_MAX_IMAGES];
     const int32_t *ids;  // 4-byte aligned when the record buffer is (shards_read's is)
     const uint8_t *mask;
     const char *id;  // not NUL-terminated: id_len bytes
     uint32_t id_len;
-    const char *image_name;
-    uint32_t image_name_len;
-    const uint8_t *image;
-    uint32_t image_len;
 } ShardRecord;
 
 uint64_t shards_fnv1a64(const void *data, size_t n, uint64_t h);  // h: SHARDS_FNV_INIT to start

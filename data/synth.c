@@ -400,8 +400,16 @@ static void close_w(FILE *f, const char *path) {
     if (fclose(f) != 0 || bad) fatal("%s: write failed: %s", path, strerror(errno));
 }
 
-static const char *const SPECIALS[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
-#define N_SPECIALS 3
+// the image slots' markers (data/image_slot.h: InternVL's, Idefics3's with its <row_i_col_j> up to
+// 6 x 6, as SmolVLM's tokenizer has them), so that every image format runs, then ChatML's last
+static const char *const SPECIALS[] = {
+    "<img>", "</img>", "<IMG_CONTEXT>", "<fake_token_around_image>", "<global-img>", "<image>",
+#define RC(i) "<row_" #i "_col_1>", "<row_" #i "_col_2>", "<row_" #i "_col_3>", "<row_" #i "_col_4>", "<row_" #i "_col_5>", "<row_" #i "_col_6>"
+    RC(1), RC(2), RC(3), RC(4), RC(5), RC(6),
+#undef RC
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+};
+#define N_SPECIALS ((int)(sizeof SPECIALS / sizeof *SPECIALS))
 
 int synth_write_tokenizer(const char *path) {
     Bpe b;
@@ -499,8 +507,8 @@ void synth_model_configs(VitConfig *v, LlmConfig *l, int vocab) {
     l->rope_theta = 10000.0f;
     l->qkv_bias = 1;
     l->tied = 1;
-    l->bos_id = vocab - N_SPECIALS;      // <|endoftext|>, as Qwen2 (the templates add no bos)
-    l->eos_id = vocab - N_SPECIALS + 2;  // <|im_end|>: ends captions (plain) and turns (chatml)
+    l->bos_id = vocab - 3;  // <|endoftext|>, as Qwen2 (the templates add no bos)
+    l->eos_id = vocab - 1;  // <|im_end|>: ends captions (plain) and turns (chatml)
 }
 
 void synth_vision_family(VitConfig *v, VitType type) {

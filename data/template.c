@@ -236,6 +236,7 @@ typedef struct {
 typedef struct {
     Piece *p;
     int n, cap;
+    int multi;  // the sample has several images: each <image> stays where it is (content())
 } Pieces;
 
 static void push(Pieces *ps, Piece pc) {
@@ -310,6 +311,14 @@ static void content(Pieces *ps, const char *s, int label) {
         text(ps, s, label);
         return;
     }
+    if (ps->multi) {  // several images: each slot where its placeholder is, the text kept exactly
+        for (; img; s = img + IMAGE_TAG_LEN, img = strstr(s, IMAGE_TAG)) {
+            push(ps, (Piece){P_TEXT, label, -1, s, (size_t)(img - s)});
+            push(ps, (Piece){P_IMAGE, 0, -1, NULL, 0});
+        }
+        text(ps, s, label);
+        return;
+    }
     const char *a, *b;
     size_t na, nb;
     strip_around_image(s, img, &a, &na, &b, &nb);
@@ -365,7 +374,8 @@ static int refuse(int code, char *err, size_t errlen, const char *fmt, ...) {
 
 // Checks the turns and builds the pieces. prompt: the turns end with a human turn and the
 // assistant's opening follows. Returns 0 or a TEMPLATE_ERR_* code.
-static int build(const Template *t, const Turn *turns, int n_turns, int prompt, Pieces *ps, char *err, size_t errlen) {
+static int build(const Template *t, const Turn *turns, int n_turns, int prompt, int max_images, Pieces *ps, char *err,
+                 size_t errlen) {
     if (n_turns < 0 || (n_turns > 0 && !turns)) return refuse(TEMPLATE_ERR_NO_GPT, err, errlen, "no turns");
     const char *system = t->system;
     int first = 0;
@@ -397,8 +407,10 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
         return refuse(TEMPLATE_ERR_IMAGES, err, errlen, "the system turn holds <image>");
     int images = 0;
     for (int i = first; i < n_turns; i++) images += turns[i].text ? count_images(turns[i].text) : 0;
-    if (images > 1) return refuse(TEMPLATE_ERR_IMAGES, err, errlen, "%d <image> placeholders (at most 1)", images);
-    for (int i = first; i < n_turns && images; i++) {
+    if (images > max_images)
+        return refuse(TEMPLATE_ERR_IMAGES, err, errlen, "%d <image> placeholders (at most %d)", images, max_images);
+    ps->multi = images > 1;
+    for (int i = first; i < n_turns && images == 1; i++) {
         const char *img = turns[i].text ? strstr(turns[i].text, IMAGE_TAG) : NULL;
         if (img && !(t->kind == TEMPLATE_PLAIN && i == first) && image_rejoined(turns[i].text, img))
             return refuse(TEMPLATE_ERR_IMAGES, err, errlen,
@@ -415,7 +427,7 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
     switch (t->kind) {
     case TEMPLATE_PLAIN:
         if (t->bos >= 0) special(ps, t->bos, 0);
-        if (strstr(TXT(first), IMAGE_TAG)) push(ps, (Piece){P_IMAGE, 0, -1, NULL, 0});
+        for (int k = count_images(TXT(first)); k > 0; k--) push(ps, (Piece){P_IMAGE, 0, -1, NULL, 0});
         if (!prompt) {
             content(ps, TXT(first + 1), 1);
             special(ps, t->eos, 1);
@@ -647,15 +659,16 @@ static int encode_run(const Tokenizer *tok, const Piece *p, int n, Out *o, char 
     return rc;
 }
 
-static int encode_pieces(const Template *t, const Pieces *ps, Out *o, int *image_pos, char *err, size_t errlen) {
-    *image_pos = -1;
+static int encode_pieces(const Template *t, const Pieces *ps, Out *o, int *image_pos, int *n_images, char *err,
+                         size_t errlen) {
+    *n_images = 0;
     for (int i = 0; i < ps->n;) {
         const Piece *p = &ps->p[i];
         if (p->kind == P_SPECIAL) {
             out_push(o, p->id, p->label);
             i++;
         } else if (p->kind == P_IMAGE) {
-            *image_pos = o->n;
+            image_pos[(*n_images)++] = o->n;  // build() refused more than the caller's room
             i++;
         } else {
             int j = i;
@@ -668,16 +681,16 @@ static int encode_pieces(const Template *t, const Pieces *ps, Out *o, int *image
     return 0;
 }
 
-int template_encode(const Template *t, const Turn *turns, int n_turns, int **ids, uint8_t **mask, int *image_pos,
-                    char *err, size_t errlen) {
+int template_encode_images(const Template *t, const Turn *turns, int n_turns, int **ids, uint8_t **mask, int *image_pos,
+                           int max_images, int *n_images, char *err, size_t errlen) {
     *ids = NULL;
     *mask = NULL;
-    *image_pos = -1;
+    *n_images = 0;
     if (err && errlen) err[0] = 0;
     Pieces ps = {0};
     Out o = {0};
-    int rc = build(t, turns, n_turns, 0, &ps, err, errlen);
-    if (rc == 0) rc = encode_pieces(t, &ps, &o, image_pos, err, errlen);
+    int rc = build(t, turns, n_turns, 0, max_images, &ps, err, errlen);
+    if (rc == 0) rc = encode_pieces(t, &ps, &o, image_pos, n_images, err, errlen);
     if (rc == 0) {
         int labelled = 0;
         for (int i = 0; i < o.n; i++) labelled += o.mask[i];
@@ -687,7 +700,7 @@ int template_encode(const Template *t, const Turn *turns, int n_turns, int **ids
     if (rc) {
         free(o.ids);
         free(o.mask);
-        *image_pos = -1;
+        *n_images = 0;
         return rc;
     }
     *ids = o.ids;
@@ -695,26 +708,33 @@ int template_encode(const Template *t, const Turn *turns, int n_turns, int **ids
     return o.n;
 }
 
-int template_encode_prompt(const Template *t, const Turn *turns, int n_turns, int **ids, int *image_pos, char *err,
-                           size_t errlen) {
+int template_encode(const Template *t, const Turn *turns, int n_turns, int **ids, uint8_t **mask, int *image_pos,
+                    char *err, size_t errlen) {
+    int n_images, n = template_encode_images(t, turns, n_turns, ids, mask, image_pos, 1, &n_images, err, errlen);
+    if (n_images == 0) *image_pos = -1;
+    return n;
+}
+
+int template_encode_prompt_images(const Template *t, const Turn *turns, int n_turns, int **ids, int *image_pos,
+                                  int max_images, int *n_images, char *err, size_t errlen) {
     *ids = NULL;
-    *image_pos = -1;
+    *n_images = 0;
     if (err && errlen) err[0] = 0;
     Pieces ps = {0};
     Out o = {0};
-    int rc = build(t, turns, n_turns, 1, &ps, err, errlen);
+    int rc = build(t, turns, n_turns, 1, max_images, &ps, err, errlen);
     if (rc == 0) {
         // a prompt carries no loss: every run is encoded whole
         for (int i = 0; i < ps.n; i++) ps.p[i].label = 0;
-        rc = encode_pieces(t, &ps, &o, image_pos, err, errlen);
+        rc = encode_pieces(t, &ps, &o, image_pos, n_images, err, errlen);
     }
-    if (rc == 0 && o.n == 0 && *image_pos < 0)
+    if (rc == 0 && o.n == 0 && *n_images == 0)
         rc = refuse(TEMPLATE_ERR_EMPTY, err, errlen, "the prompt is empty (the plain template needs an <image>)");
     free(ps.p);
     free(o.mask);
     if (rc) {
         free(o.ids);
-        *image_pos = -1;
+        *n_images = 0;
         return rc;
     }
     *ids = o.ids ? o.ids : xmalloc(sizeof(int));
@@ -828,4 +848,11 @@ int template_recognize(const char *jinja, TemplateKind *kind, const char **syste
     *kind = shapes[found].kind;
     *system = shapes[found].system;
     return 1;
+}
+
+int template_encode_prompt(const Template *t, const Turn *turns, int n_turns, int **ids, int *image_pos, char *err,
+                           size_t errlen) {
+    int n_images, n = template_encode_prompt_images(t, turns, n_turns, ids, image_pos, 1, &n_images, err, errlen);
+    if (n_images == 0) *image_pos = -1;
+    return n;
 }

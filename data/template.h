@@ -53,7 +53,7 @@ enum {
     TEMPLATE_ERR_NO_GPT = -1,       // no assistant turn, so nothing to learn
     TEMPLATE_ERR_BAD_ROLE = -2,     // a role other than human/user, gpt/assistant, system
     TEMPLATE_ERR_ORDER = -3,        // turns do not alternate human, gpt (system only first)
-    TEMPLATE_ERR_IMAGES = -4,       // two <image> (one re-formed by removing it counts), or one in a system turn
+    TEMPLATE_ERR_IMAGES = -4,       // more <image> than allowed (template_encode: 1; one re-formed by removing it counts), or one in a system turn
     TEMPLATE_ERR_RETOKENIZE = -5,   // per-piece ids differ from the whole text's ids
     TEMPLATE_ERR_SPECIAL = -6,      // reserved: a missing special token is a fatal() in template_new
     TEMPLATE_ERR_EMPTY = -7,        // no token carries loss (a prompt: no token and no image)
@@ -95,6 +95,15 @@ int template_encode(const Template *t, const Turn *turns, int n_turns, int **ids
 // start of the training sample of the same turns followed by a gpt turn.
 int template_encode_prompt(const Template *t, const Turn *turns, int n_turns, int **ids, int *image_pos,
                            char *err, size_t errlen);
+// The same for samples with several images (at most max_images): image_pos[0 .. *n_images) get
+// the slots' positions in order. One image is placed as above (LLaVA's normalisation); with
+// several, each "<image>" stays where it is in its turn's text (kept exactly, as the multi-image
+// formats of InternVL and Idefics3 write them), and plain's human turn is the slots alone.
+// TEMPLATE_ERR_IMAGES for more than max_images.
+int template_encode_images(const Template *t, const Turn *turns, int n_turns, int **ids, uint8_t **mask, int *image_pos,
+                           int max_images, int *n_images, char *err, size_t errlen);
+int template_encode_prompt_images(const Template *t, const Turn *turns, int n_turns, int **ids, int *image_pos,
+                                  int max_images, int *n_images, char *err, size_t errlen);
 // the token that ends an assistant turn (generation stops there)
 int template_stop_id(const Template *t);
 // the system prompt the template writes before the first turn (its default when template_new

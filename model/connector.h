@@ -49,6 +49,8 @@ typedef struct {
                             // default of a configurable pixel shuffle
     int scale_configurable; // pixel_shuffle in the training config may set it
     int vision_post_norm;   // takes the tower's last layer through its final norm
+    const char *image_format;  // the image slot its models use (data/image_slot.h): "llava" (NULL),
+                               // "internvl", "idefics3"; the config's image_format overrides it
     // declares the tensors (HF shapes and names) for in_dim vision features into an out_dim LLM
     void (*declare)(ParamSet *ps, int in_dim, int out_dim, int scale, ConnectorParams *idx);
     void (*setup)(Connector *c);               // after params_alloc: its activations

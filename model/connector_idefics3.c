@@ -49,6 +49,7 @@ const ConnectorFamily connector_family_idefics3 = {
     .scale = 2,  // Idefics3Config's scale_factor default; SmolVLM uses 3 or 4
     .scale_configurable = 1,
     .vision_post_norm = 1,
+    .image_format = "idefics3",
     .declare = idefics3_declare,
     .setup = idefics3_setup,
     .init = idefics3_init,

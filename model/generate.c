@@ -130,6 +130,43 @@ const float *gen_prefill(Generator *g, const int *ids, int n_ids, const float *p
     return g->h_logits;
 }
 
+const float *gen_prefill_tiles(Generator *g, const int *ids, int n, const float *pixels, int n_tiles, const int *tile_start,
+                               float *all_logits) {
+    Vlm *m = g->m;
+    const Kernels *k = g->k;
+    int C = m->llm.cfg.hidden, V = m->llm.cfg.vocab, nt = m->n_img_tokens;
+    if (n < 1) fatal("empty prompt: no token and no image");
+    if (n > g->max_len) fatal("prompt of %d positions (image slots included) does not fit the generation cache of %d positions", n, g->max_len);
+    if (n_tiles > m->max_images) fatal("prompt with %d image tiles: the model was loaded for %d", n_tiles, m->max_images);
+    for (int t = 0; t < n_tiles; t++)
+        if (tile_start[t] < 0 || tile_start[t] + nt > n) fatal("image tile %d at position %d is outside the %d-position prompt", t, tile_start[t], n);
+    check_ids(m, ids, n);
+    gen_reset(g);
+    g->t_image = 0;
+    if (n_tiles) {
+        double t0 = time_now();
+        const VitConfig *vc = &m->vit.cfg;
+        k->upload_act(m->pixels, pixels, (size_t)n_tiles * 3 * vc->image_size * vc->image_size);
+        vit_forward(&m->vit, m->feats, m->pixels, n_tiles);
+        connector_forward(&m->conn, m->img_emb, m->feats, n_tiles);
+        k->synchronize();
+        g->t_image = time_now() - t0;
+    }
+    for (int s = 0; s < n; s += g->chunk) {
+        int c = n - s < g->chunk ? n - s : g->chunk;
+        k->upload(g->ids, ids + s, (size_t)c * sizeof(int));
+        k->embedding_forward(g->rows.x, g->ids, m->llm.embed, c, C, V);
+        for (int t = 0; t < n_tiles; t++) {  // the tile's rows that fall in this chunk
+            int lo = tile_start[t] > s ? tile_start[t] : s, hi = tile_start[t] + nt < s + c ? tile_start[t] + nt : s + c;
+            if (lo < hi)
+                k->copy(act_at(k, g->rows.x, (size_t)(lo - s) * C),
+                        act_at(k, m->img_emb, ((size_t)t * nt + (size_t)(lo - tile_start[t])) * C), (size_t)(hi - lo) * C * k->act_bytes);
+        }
+        forward_chunk(g, c, all_logits ? all_logits + (size_t)s * V : NULL);
+    }
+    return g->h_logits;
+}
+
 const float *gen_extend(Generator *g, const int *ids, int n, float *all_logits) {
     const Vlm *m = g->m;
     int C = m->llm.cfg.hidden, V = m->llm.cfg.vocab;
@@ -205,15 +242,13 @@ int gen_sample(const float *logits, int V, float temperature, float top_p, Rng *
     return pick;
 }
 
-int gen_generate(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
-                 const GenOptions *o, int *out, GenStats *st) {
+// the sampling loop after a prefill that began at t0 and left logits
+static int generate_after(Generator *g, const float *logits, double t0, const GenOptions *o, int *out, GenStats *st) {
     const Kernels *k = g->k;
     int V = g->m->llm.cfg.vocab;
     GenStats s = {0};
     Rng rng;
     rng_init(&rng, o->seed);
-    double t0 = time_now();
-    const float *logits = gen_prefill(g, ids, n_ids, pixels, image_pos, NULL);
     s.n_prompt = g->len;
     s.t_image = g->t_image;
     int cap = o->max_new_tokens > 0 ? o->max_new_tokens : g->max_len;
@@ -249,4 +284,18 @@ int gen_generate(Generator *g, const int *ids, int n_ids, const float *pixels, i
     s.n_new = n;
     if (st) *st = s;
     return n;
+}
+
+int gen_generate(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
+                 const GenOptions *o, int *out, GenStats *st) {
+    double t0 = time_now();
+    const float *logits = gen_prefill(g, ids, n_ids, pixels, image_pos, NULL);
+    return generate_after(g, logits, t0, o, out, st);
+}
+
+int gen_generate_tiles(Generator *g, const int *ids, int n, const float *pixels, int n_tiles, const int *tile_start,
+                       const GenOptions *o, int *out, GenStats *st) {
+    double t0 = time_now();
+    const float *logits = gen_prefill_tiles(g, ids, n, pixels, n_tiles, tile_start, NULL);
+    return generate_after(g, logits, t0, o, out, st);
 }

@@ -54,6 +54,12 @@ double gen_image_features(Vlm *m, const float *pixels);
 // A prompt longer than max_len, or empty, is fatal().
 const float *gen_prefill(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
                          float *all_logits);
+// The same for a prompt whose image slots are already expanded (data/image_slot.h: markers,
+// several tiles and images): ids (n) is the whole prompt, and tile t's n_img_tokens feature rows
+// replace the embeddings of positions tile_start[t] .. + n_img_tokens; pixels (n_tiles, 3, S, S),
+// n_tiles <= the Vlm's max_images. fatal() as gen_prefill.
+const float *gen_prefill_tiles(Generator *g, const int *ids, int n, const float *pixels, int n_tiles, const int *tile_start,
+                               float *all_logits);
 // Appends n tokens (positions len .. len+n-1) after a prefill; same outputs as gen_prefill for
 // those positions. fatal() when the cache cannot hold them.
 const float *gen_extend(Generator *g, const int *ids, int n, float *all_logits);
@@ -94,3 +100,6 @@ typedef struct {
 // (capacity max_new_tokens, or max_len when max_new_tokens <= 0). Returns the count.
 int gen_generate(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
                  const GenOptions *o, int *out, GenStats *st);
+// gen_generate after gen_prefill_tiles
+int gen_generate_tiles(Generator *g, const int *ids, int n, const float *pixels, int n_tiles, const int *tile_start,
+                       const GenOptions *o, int *out, GenStats *st);

@@ -63,6 +63,10 @@ static void resolve_export(ModelDirSpec *s, const char *dir) {
         if (!(s->image_std[i] > 0)) fatal("%s: image_std must be positive", path);
     s->pad_to_square = json_get_bool_opt(root, "pad_to_square", 1, path);
     s->image_tokens = json_get_int_opt(root, "image_tokens", 0, path);
+    s->max_tiles = json_get_int_opt(root, "max_tiles", 1, path);
+    if (s->max_tiles < 1 || s->max_tiles > 64) fatal("%s: max_tiles must be in 1..64", path);
+    copy_str(s->image_format, sizeof s->image_format, json_get_str_opt(root, "image_format", "", path), path);
+    if (s->image_format[0] && image_format_parse(s->image_format) < 0) fatal("%s: image_format must be llava, internvl or idefics3", path);
     const char *llm = json_get_str_opt(root, "llm", "llm", path);
     char llm_path[2 * MODEL_DIR_PATH];
     path_join(llm_path, sizeof llm_path, dir, llm);
@@ -86,6 +90,8 @@ void model_dir_spec_from_config(ModelDirSpec *s, const TrainConfig *tc, const ch
         s->has_system = 1;
     }
     s->pad_to_square = strcmp(tc->image_aspect, "pad") == 0;
+    s->max_tiles = tc->max_tiles;
+    copy_str(s->image_format, sizeof s->image_format, tc->image_format, conf);
     if (tc->stage == 2) {
         s->lora.r = tc->lora_r;
         s->lora.alpha = (float)tc->lora_alpha;
@@ -198,8 +204,14 @@ static void gen_model_text(GenModel *g, const char *system) {
         memcpy(g->prep.std, s->image_std, sizeof g->prep.std);
     }
     g->prep.pad_to_square = s->pad_to_square;
+    g->prep.max_tiles = s->max_tiles > 0 ? s->max_tiles : 1;
 
     g->tok = tokenizer_load(tok_path);
+    const char *fmt = s->image_format[0] ? s->image_format
+                      : connector_family(s->connector)->image_format ? connector_family(s->connector)->image_format : "llava";
+    image_slot_init(&g->slot, (ImageFormat)image_format_parse(fmt), g->m->n_img_tokens, image_grid_max_side(&g->prep), g->tok,
+                    tok_path);
+    g->slotted = g->slot.fmt != IMAGE_FORMAT_LLAVA || image_prep_tiles(&g->prep);
     const LlmConfig *lc = &g->m->llm.cfg;
     if (tokenizer_vocab_size(g->tok) > lc->vocab)
         fatal("%s: %d tokens but the language model has only %d embeddings", tok_path, tokenizer_vocab_size(g->tok), lc->vocab);
@@ -216,9 +228,14 @@ void gen_model_load(GenModel *g, const Kernels *k, const char *dir, const char *
     char tok_path[2 * MODEL_DIR_PATH];
     tokenizer_path(s, tok_path, sizeof tok_path);  // before the weights: a quick failure
 
+    VitConfig vc;  // the tiles of one image at most: the tower runs them together
+    vit_config_load(&vc, s->vision_dir);
+    ImagePrep prep;
+    vit_image_prep(&vc, s->vision_dir, &prep);
+    prep.max_tiles = s->max_tiles > 0 ? s->max_tiles : 1;
     VlmSpec vs = {.vision_dir = s->vision_dir, .vision_layer = s->vision_layer, .llm_dir = s->llm_dir,
                   .connector = s->connector, .connector_scale = s->connector_scale, .lora = s->lora, .max_B = 1,
-                  .max_T = 1, .max_images = 1};
+                  .max_T = 1, .max_images = image_tiles_max(&prep)};
     vlm_init(&g->vlm, k, &vs);
     g->m = &g->vlm;
     if (s->is_whole) {
@@ -243,13 +260,54 @@ void gen_model_borrow(GenModel *g, Vlm *m, const ModelDirSpec *spec, const char 
 }
 
 void gen_model_free(GenModel *g) {
+    image_slot_free(&g->slot);
     if (g->tpl) template_free(g->tpl);
     if (g->tok) tokenizer_free(g->tok);
     if (g->m == &g->vlm) vlm_free(&g->vlm);
     memset(g, 0, sizeof *g);
 }
 
+static void read_image(const GenModel *g, const char *path, Image *out);
+
 void gen_model_image(const GenModel *g, const char *path, float *pixels) {
+    Image img;
+    read_image(g, path, &img);
+    image_preprocess(&img, &g->prep, pixels);
+    image_free(&img);
+}
+
+int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *image, int **ids, float **pixels,
+                           int **tile_start, int *n_tiles) {
+    int *raw, pos, n = gen_model_prompt(g, text, image != NULL, &raw, &pos);
+    *pixels = NULL;
+    *tile_start = NULL;
+    *n_tiles = 0;
+    if (!image) {
+        *ids = raw;
+        return n;
+    }
+    Image img;
+    read_image(g, image, &img);
+    ImageGrid grid = image_grid(&g->prep, img.w, img.h);
+    int nt = image_grid_tiles(grid), S = g->prep.size, len = image_slot_len(&g->slot, grid);
+    *pixels = xmalloc((size_t)nt * 3 * S * S * sizeof(float));
+    image_preprocess_tiles(&img, &g->prep, grid, *pixels);
+    image_free(&img);
+    int *out = xmalloc((size_t)(n + len) * sizeof(int));
+    uint8_t *feat = xmalloc((size_t)len);
+    *tile_start = xmalloc((size_t)nt * sizeof(int));
+    memcpy(out, raw, (size_t)pos * sizeof(int));
+    image_slot_expand(&g->slot, grid, out + pos, feat, *tile_start);
+    memcpy(out + pos + len, raw + pos, (size_t)(n - pos) * sizeof(int));
+    for (int t = 0; t < nt; t++) (*tile_start)[t] += pos;
+    free(feat);
+    free(raw);
+    *ids = out;
+    *n_tiles = nt;
+    return n + len;
+}
+
+static void read_image(const GenModel *g, const char *path, Image *out) {
     if (dir_exists(path)) fatal("%s: is a directory, not an image", path);
     size_t len;
     char *bytes = file_read_all(path, &len);
@@ -266,8 +324,7 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels) {
     case IMAGE_ERR_TOO_LARGE: fatal("%s: image too large: %s", path, err);
     default: fatal("%s: cannot decode image: %s", path, err);
     }
-    image_preprocess(&img, &g->prep, pixels);
-    image_free(&img);
+    *out = img;
 }
 
 int gen_model_prompt(const GenModel *g, const char *text, int with_image, int **ids, int *image_pos) {

@@ -23,6 +23,7 @@
 // always for a run dir) come from the vision dir's preprocessor_config.json, else the tower's
 // processor defaults (CLIP: OpenAI CLIP's mean/std) and the vision config's image_size. Every problem is a one-line fatal() naming the file.
 #pragma once
+#include "data/image_slot.h"
 #include "data/template.h"
 #include "data/tokenizer.h"
 #include "model/vlm.h"
@@ -50,6 +51,8 @@ typedef struct {
     float image_mean[3], image_std[3];
     int pad_to_square;
     int image_tokens;                  // 0: not stated; else checked against the connector
+    int max_tiles;                     // svlm.json / config max_tiles (data/tiling.h; 1: one tile)
+    char image_format[16];             // svlm.json / config image_format ("": the connector's)
 } ModelDirSpec;
 
 void model_dir_resolve(ModelDirSpec *s, const char *dir);
@@ -67,6 +70,8 @@ typedef struct {
     ImagePrep prep;       // the tower's preprocessing, mean / std and pad_to_square from svlm.json
     int stop_ids[2];      // the template's stop token, and the LLM's eos when it differs
     int n_stop;
+    ImageSlot slot;       // the image slot's format (data/image_slot.h)
+    int slotted;          // 1: images are tiled or marked: gen_model_prompt_tiles + gen_prefill_tiles
 } GenModel;
 
 // Resolves dir and loads everything: vision encoder, connector, LLM (+ LoRA), tokenizer,
@@ -84,4 +89,9 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels);
 // unless text already holds "<image>"; *image_pos gets the slot (-1 without image). Returns the
 // token count; *ids is malloc'd.
 int gen_model_prompt(const GenModel *g, const char *text, int with_image, int **ids, int *image_pos);
+// The same with the image's slot expanded in the ids (its tiles, marker tokens: data/image_slot.h):
+// image (a file, or NULL) is read and cut into *n_tiles tiles, *pixels (n_tiles, 3, S, S) and
+// *tile_start (each tile's first feature position) malloc'd; the prompt for gen_prefill_tiles.
+int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *image, int **ids, float **pixels,
+                           int **tile_start, int *n_tiles);
 

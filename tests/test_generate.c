@@ -138,6 +138,49 @@ static void check_fixture(const FixtureModel *fm) {
     vlm_fixture_close(&fx);
 }
 
+// A tiled prompt with two images (gen_prefill_tiles): row 0 of the InternVL tiled fixture, its
+// 4 tiles' rows at their starts, prefilled whole and in chunks that cut through the tiles: the
+// logits equal vlm_logits' and transformers' InternVLForConditionalGeneration's
+static void test_prefill_tiles(void **state) {
+    (void)state;
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_qwen2_internvl_tiled.safetensors");
+    VlmSpec spec = fixture_vlm_spec("qwen2", CONNECTOR_INTERNVL_HF, "qwen2_lora", 1, fx.T, 4, 0.0f);
+    static char vdir[1024];
+    snprintf(vdir, sizeof vdir, "%s", fixture_path("internvl_vision"));
+    spec.vision_dir = vdir;
+    spec.vision_layer = -1;
+    Vlm m;
+    fixture_model_load(&m, kernels_cpu(), &spec, "internvl_hf_qwen2.safetensors", "qwen2_lora");
+    int T = fx.T, V = fx.V, n_tiles = 0, starts[8];
+    for (int i = 0; i < fx.n_img; i++)
+        if (fx.img_row[i] == 0) starts[n_tiles++] = fx.img_start[i];
+    assert_int_equal(n_tiles, 4);  // row 0: 3 tiles, then 1
+    int *targets = xmalloc(T * sizeof(int)), row[4] = {0, 0, 0, 0};
+    for (int i = 0; i < T; i++) targets[i] = -1;
+    VlmBatch b = {.B = 1, .T = T, .ids = fx.ids, .targets = targets, .n_img = n_tiles, .pixels = fx.pixels, .img_row = row,
+                  .img_start = starts};
+    float *full = xmalloc((size_t)T * V * sizeof(float)), *got = xmalloc((size_t)T * V * sizeof(float));
+    vlm_logits(&m, &b, full);
+    float *hf = fixture_f32(&fx.f, "logits", NULL);
+    const int chunks[] = {0, 7, 1000};
+    for (int c = 0; c < 3; c++) {
+        Generator g;
+        gen_init(&g, &m, T, chunks[c]);
+        gen_prefill_tiles(&g, fx.ids, T, fx.pixels, n_tiles, starts, got);
+        assert_int_equal(g.len, T);
+        char what[160];
+        snprintf(what, sizeof what, "tiled prompt, chunk %d: prefill vs full forward", chunks[c]);
+        expect_close(what, got, full, (size_t)T * V, TOL);
+        snprintf(what, sizeof what, "tiled prompt, chunk %d: prefill vs transformers", chunks[c]);
+        expect_close(what, got, hf, (size_t)T * V, 1e-4);
+        gen_free(&g);
+    }
+    free(hf), free(full), free(got), free(targets);
+    vlm_free(&m);
+    vlm_fixture_close(&fx);
+}
+
 static void test_cached_logits_qwen2_lora(void **state) { check_fixture(&QWEN2_LORA); }
 static void test_cached_logits_qwen2_stage1(void **state) { check_fixture(&QWEN2_STAGE1); }
 static void test_cached_logits_llama_rslora(void **state) { check_fixture(&LLAMA_RSLORA); }
@@ -657,6 +700,7 @@ static void test_bad_token(void **state) { expect_fatal(bad_token, NULL, "token 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cached_logits_qwen2_lora),
+        cmocka_unit_test(test_prefill_tiles),
         cmocka_unit_test(test_cached_logits_qwen2_stage1),
         cmocka_unit_test(test_cached_logits_llama_rslora),
         cmocka_unit_test(test_greedy_equals_full_recompute),

@@ -144,6 +144,23 @@ static void check_internvl(const char *fixture, const char *lora_dir) {
     check_vlm_model(&m, &fx, fixture, 1e-5);
 }
 
+// transformers' own InternVLForConditionalGeneration on tiles (scripts/make_tiled_fixtures.py):
+// two images in one row (3 tiles, then 1) and 3 tiles in the other, <img> <IMG_CONTEXT>... </img>
+// slots; svlm runs the tower over the 7 tiles and scatters each tile's rows at its start, the
+// loader's layout: logits, loss and connector output to 1e-5, LoRA and projector gradients to 1e-3
+static void test_qwen2_internvl_tiled(void **state) {
+    (void)state;
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_qwen2_internvl_tiled.safetensors");
+    assert_int_equal(fx.n_img, 7);
+    for (int t = 1; t < 3; t++) assert_int_equal(fx.img_start[t], fx.img_start[t - 1] + 25);  // one image's tiles back to back
+    VlmSpec spec = internvl_spec(&fx, "internvl_vision", CONNECTOR_INTERNVL_HF, "qwen2_lora");
+    Vlm m;
+    fixture_model_load(&m, kernels_cpu(), &spec, "internvl_hf_qwen2.safetensors", "qwen2_lora");
+    assert_int_equal(m.n_img_tokens, 25);
+    check_vlm_model(&m, &fx, "vlm_qwen2_internvl_tiled.safetensors", 1e-5);
+}
+
 static void test_qwen2_internvl_lora(void **state) { check_internvl("vlm_qwen2_internvl.safetensors", "qwen2_lora"); }
 static void test_qwen2_internvl_stage1(void **state) { check_internvl("vlm_qwen2_internvl_stage1.safetensors", NULL); }
 
@@ -503,6 +520,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_idefics3_gradcheck),
         cmocka_unit_test(test_nanovlm_names),
         cmocka_unit_test(test_qwen2_internvl_lora),
+        cmocka_unit_test(test_qwen2_internvl_tiled),
         cmocka_unit_test(test_qwen2_internvl_stage1),
         cmocka_unit_test(test_internvl_native_names),
         cmocka_unit_test(test_internvl_gradcheck),

@@ -24,7 +24,9 @@
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/shards.h"
+#include "data/synth.h"
 #include "data/template.h"
+#include "data/tiling.h"
 #include "data/tokenizer.h"
 #include "tests/testlib.h"
 
@@ -455,7 +457,7 @@ static void test_prepare_records_match_template(void **state) {
         uint8_t *mask;
         int nn = template_encode(g_tmpl, turns, nt, &ids, &mask, &ipos, err, sizeof err);
         assert_int_equal(nn, r.n_tokens);
-        assert_int_equal(ipos, r.image_pos);
+        assert_int_equal(ipos, r.n_images ? r.images[0].pos : -1);
         assert_memory_equal(ids, r.ids, (size_t)nn * 4);
         assert_memory_equal(mask, r.mask, (size_t)nn);
         free(ids);
@@ -467,13 +469,15 @@ static void test_prepare_records_match_template(void **state) {
             snprintf(p, sizeof p, FIX "/images/%s", img->valuestring);
             size_t in;
             uint8_t *bytes = read_bytes(p, &in);
-            assert_int_equal(in, r.image_len);
-            assert_memory_equal(bytes, r.image, in);
+            assert_int_equal(r.n_images, 1);
+            assert_int_equal(in, r.images[0].len);
+            assert_memory_equal(bytes, r.images[0].bytes, in);
             free(bytes);
-            assert_int_equal(strlen(img->valuestring), r.image_name_len);
-            assert_memory_equal(img->valuestring, r.image_name, r.image_name_len);
+            assert_int_equal(strlen(img->valuestring), r.images[0].name_len);
+            assert_memory_equal(img->valuestring, r.images[0].name, r.images[0].name_len);
+            assert_true(r.images[0].rows == 1 && r.images[0].cols == 1 && !r.images[0].thumb);  // no tiling
         } else {
-            assert_int_equal(r.image_len, 0);
+            assert_int_equal(r.n_images, 0);
         }
         matched++;
     }
@@ -667,9 +671,202 @@ static void test_skip_placeholder_mismatch(void **state) {
                                     256, 0, out, sizeof out);
     assert_int_equal(s.samples, 1);
     assert_int_equal(s.skipped[PREPARE_SKIP_IMAGE_NO_PLACEHOLDER], 1);
-    assert_int_equal(s.skipped[PREPARE_SKIP_PLACEHOLDER_NO_IMAGE], 1);
-    assert_int_equal(s.skipped[PREPARE_SKIP_MULTIPLE_IMAGES], 1);
+    // y (a placeholder, no image) and z (two placeholders, one image): each image needs its own
+    assert_int_equal(s.skipped[PREPARE_SKIP_PLACEHOLDER_NO_IMAGE], 2);
     assert_int_equal(s.skipped[PREPARE_SKIP_BAD_ROLE], 1);
+}
+
+
+// Tiles and several images per sample through prepare and the loader: a sample with two images
+// (a 2x1 grid + thumbnail, then one tile) and one with a single tiled image, InternVL's slots.
+// Each tile's pixels equal image_preprocess_tiles of its image, each tile's start points at its
+// <IMG_CONTEXT> run between <img> and </img>, and no slot position carries loss.
+static void test_tiled_multi_image(void **state) {
+    (void)state;
+    char dir[600], p[800], llm[700], imgs[700], out[700];
+    make_temp_dir(dir, sizeof dir, "tiled");
+    snprintf(llm, sizeof llm, "%s/llm", dir);
+    snprintf(imgs, sizeof imgs, "%s/images", dir);
+    mkdir(llm, 0755);
+    mkdir(imgs, 0755);
+    snprintf(p, sizeof p, "%s/tokenizer.json", llm);
+    synth_write_tokenizer(p);  // has the markers, ChatML's tokens and <|endoftext|>
+    Tokenizer *tok = tokenizer_load(p);
+    const int S = 28, sizes[2][2] = {{56, 28}, {28, 28}};
+    for (int i = 0; i < 2; i++) {
+        int w = sizes[i][0], h = sizes[i][1];
+        uint8_t *rgb = xmalloc((size_t)w * h * 3);
+        for (int k = 0; k < w * h * 3; k++) rgb[k] = (uint8_t)(k * 7 + i * 50);
+        snprintf(p, sizeof p, "%s/im%d.jpg", imgs, i);
+        image_write_jpeg(p, rgb, w, h, 90, 1);
+        free(rgb);
+    }
+    snprintf(p, sizeof p, "%s/data.json", dir);
+    test_write_file(p, "[{\"id\": \"two\", \"image\": [\"im0.jpg\", \"im1.jpg\"], \"conversations\": [{\"from\": \"human\", "
+                       "\"value\": \"First <image> then <image> now?\"}, {\"from\": \"gpt\", \"value\": \"Both.\"}]},"
+                       " {\"id\": \"one\", \"image\": \"im0.jpg\", \"conversations\": [{\"from\": \"human\", \"value\": \"<image>\\nWhat?\"},"
+                       " {\"from\": \"gpt\", \"value\": \"Wide.\"}]},"
+                       " {\"id\": \"three\", \"image\": [\"im0.jpg\", \"im1.jpg\", \"im1.jpg\"], \"conversations\": [{\"from\": \"human\", "
+                       "\"value\": \"<image><image><image>\"}, {\"from\": \"gpt\", \"value\": \"Too many.\"}]}]");
+    ImagePrep prep;
+    image_prep_preset(&prep, IMAGE_PREP_INTERNVL, S);
+    prep.max_tiles = 4;
+    ImageGrid g0 = image_grid(&prep, 56, 28);
+    assert_true(g0.rows == 1 && g0.cols == 2 && g0.thumb == 1);
+    PrepareSpec ps;
+    prepare_spec_defaults(&ps);
+    ps.data = p;
+    ps.image_folder = imgs;
+    ps.llm_dir = llm;
+    ps.template_name = "chatml";
+    snprintf(out, sizeof out, "%s/shards", dir);
+    ps.out_dir = out;
+    ps.max_seq_len = 64;
+    ps.image_tokens = 3;
+    ps.image_format = "internvl";
+    ps.max_images = 2;
+    ps.prep = &prep;
+    ps.quiet = 1;
+    PrepareSummary sum;
+    prepare_run(&ps, &sum);
+    assert_int_equal(sum.samples, 2);
+    assert_int_equal(sum.images, 3);
+    assert_int_equal(sum.skipped[PREPARE_SKIP_MULTIPLE_IMAGES], 1);  // three images, max_images 2
+    char why[256];
+    assert_int_equal(prepare_is_current(out, &ps, why, sizeof why), 1);
+    prep.max_tiles = 6;
+    assert_int_equal(prepare_is_current(out, &ps, why, sizeof why), 0);  // other tiling: prepared again
+    prep.max_tiles = 4;
+
+    ImageSlot slot;
+    image_slot_init(&slot, IMAGE_FORMAT_INTERNVL, 3, 4, tok, "tokenizer.json");
+    LoaderSpec ls = {.shard_dir = out, .batch_size = 2, .max_seq_len = 64, .image_tokens = 3, .slot = &slot, .prep = prep,
+                     .seed = 1, .world = 1, .threads = 2, .prefetch = 1, .shuffle = 0};
+    Loader *l = loader_open(&ls);
+    LoaderBatch b;
+    loader_next(l, &b);
+    assert_int_equal(b.n_samples, 2);
+    assert_int_equal(b.n_img, 3 + 1 + 3);
+    const int img_s = tokenizer_token_id(tok, "<img>"), img_e = tokenizer_token_id(tok, "</img>"),
+              ctx = tokenizer_token_id(tok, "<IMG_CONTEXT>");
+    // the tiles in order: sample 0 image 0 (3 tiles), image 1 (1), sample 1 image 0 (3)
+    const int img_of[7] = {0, 0, 0, 1, 0, 0, 0}, first[7] = {1, 0, 0, 1, 1, 0, 0}, last[7] = {0, 0, 1, 1, 0, 0, 1};
+    const int row_of[7] = {0, 0, 0, 0, 1, 1, 1};
+    size_t per = (size_t)3 * S * S;
+    float *want = xmalloc(3 * per * sizeof(float));
+    for (int t = 0; t < 7; t++) {
+        int r = b.img_row[t], st = b.img_start[t];
+        assert_int_equal(r, row_of[t]);
+        const int *ids = b.ids + (size_t)r * b.T;
+        if (first[t]) assert_int_equal(ids[st - 1], img_s);
+        if (last[t]) assert_int_equal(ids[st + 3], img_e);
+        for (int j = 0; j < 3; j++) {
+            assert_int_equal(ids[st + j], ctx);
+            assert_int_equal(b.targets[(size_t)r * b.T + st + j - 1], -1);  // no loss inside the slot
+        }
+        if (t > 0 && !first[t]) assert_int_equal(st, b.img_start[t - 1] + 3);  // tiles back to back
+        // pixels: the image's tiles as image_preprocess_tiles cuts them
+        snprintf(p, sizeof p, "%s/im%d.jpg", imgs, img_of[t]);
+        size_t n;
+        uint8_t *bytes = (uint8_t *)file_read_all(p, &n);
+        Image im;
+        char err[200];
+        assert_int_equal(image_prep_decode(&prep, bytes, n, &im, err, sizeof err), 0);
+        ImageGrid g = image_grid(&prep, im.w, im.h);
+        image_preprocess_tiles(&im, &prep, g, want);
+        int k = t < 3 ? t : t == 3 ? 0 : t - 4;
+        test_expect_same_bits("tile", b.pixels + (size_t)t * per, want + (size_t)k * per, per);
+        image_free(&im);
+        free(bytes);
+    }
+    free(want);
+    loader_close(l);
+    image_slot_free(&slot);
+    tokenizer_free(tok);
+}
+
+// Idefics3's splitting and slots through prepare and the loader: a 56 x 28 image at tile 28 and
+// longest edge 56 is 1 x 2 tiles + the global image, each tile after its
+// <fake_token_around_image><row_1_col_j>, the global one after <global-img>
+static void test_tiled_idefics3(void **state) {
+    (void)state;
+    char dir[600], p[800], llm[700], imgs[700], out[700];
+    make_temp_dir(dir, sizeof dir, "tiled3");
+    snprintf(llm, sizeof llm, "%s/llm", dir);
+    snprintf(imgs, sizeof imgs, "%s/images", dir);
+    mkdir(llm, 0755);
+    mkdir(imgs, 0755);
+    snprintf(p, sizeof p, "%s/tokenizer.json", llm);
+    synth_write_tokenizer(p);
+    Tokenizer *tok = tokenizer_load(p);
+    uint8_t *rgb = xmalloc(56 * 28 * 3);
+    for (int k = 0; k < 56 * 28 * 3; k++) rgb[k] = (uint8_t)(k * 13);
+    snprintf(p, sizeof p, "%s/wide.jpg", imgs);
+    image_write_jpeg(p, rgb, 56, 28, 90, 1);
+    free(rgb);
+    snprintf(p, sizeof p, "%s/data.json", dir);
+    test_write_file(p, "[{\"id\": \"a\", \"image\": \"wide.jpg\", \"conversations\": [{\"from\": \"human\", "
+                       "\"value\": \"<image>\\nWhat?\"}, {\"from\": \"gpt\", \"value\": \"Wide.\"}]}]");
+    ImagePrep prep;
+    image_prep_preset(&prep, IMAGE_PREP_IDEFICS3, 28);
+    prep.longest_edge = 56;
+    prep.max_tiles = 2;  // splitting on
+    assert_int_equal(image_tiles_max(&prep), 5);
+    PrepareSpec ps;
+    prepare_spec_defaults(&ps);
+    ps.data = p;
+    ps.image_folder = imgs;
+    ps.llm_dir = llm;
+    ps.template_name = "chatml";
+    snprintf(out, sizeof out, "%s/shards", dir);
+    ps.out_dir = out;
+    ps.max_seq_len = 64;
+    ps.image_tokens = 2;
+    ps.image_format = "idefics3";
+    ps.prep = &prep;
+    ps.quiet = 1;
+    PrepareSummary sum;
+    prepare_run(&ps, &sum);
+    assert_int_equal(sum.samples, 1);
+    ImageSlot slot;
+    image_slot_init(&slot, IMAGE_FORMAT_IDEFICS3, 2, image_grid_max_side(&prep), tok, "tokenizer.json");
+    LoaderSpec ls = {.shard_dir = out, .batch_size = 1, .max_seq_len = 64, .image_tokens = 2, .slot = &slot, .prep = prep,
+                     .seed = 1, .world = 1, .threads = 1, .prefetch = 1, .shuffle = 0};
+    Loader *l = loader_open(&ls);
+    LoaderBatch b;
+    loader_next(l, &b);
+    assert_int_equal(b.n_img, 3);
+    const int fake = tokenizer_token_id(tok, "<fake_token_around_image>"), glob = tokenizer_token_id(tok, "<global-img>"),
+              image = tokenizer_token_id(tok, "<image>");
+    for (int t = 0; t < 3; t++) {
+        int st = b.img_start[t];
+        assert_int_equal(b.ids[st], image);
+        assert_int_equal(b.ids[st + 1], image);
+        if (t < 2) {
+            char rc[32];
+            snprintf(rc, sizeof rc, "<row_1_col_%d>", t + 1);
+            assert_int_equal(b.ids[st - 1], tokenizer_token_id(tok, rc));
+            assert_int_equal(b.ids[st - 2], fake);
+        } else {
+            assert_int_equal(b.ids[st - 1], glob);
+            assert_int_equal(b.ids[st + 2], fake);
+        }
+    }
+    // the tiles' pixels: image_preprocess_tiles of the image
+    size_t n, per = (size_t)3 * 28 * 28;
+    snprintf(p, sizeof p, "%s/wide.jpg", imgs);
+    uint8_t *bytes = (uint8_t *)file_read_all(p, &n);
+    Image im;
+    char err[200];
+    assert_int_equal(image_prep_decode(&prep, bytes, n, &im, err, sizeof err), 0);
+    float *want = xmalloc(3 * per * sizeof(float));
+    image_preprocess_tiles(&im, &prep, image_grid(&prep, im.w, im.h), want);
+    test_expect_same_bits("idefics3 tiles", b.pixels, want, 3 * per);
+    free(want), free(bytes);
+    image_free(&im);
+    loader_close(l);
+    image_slot_free(&slot);
+    tokenizer_free(tok);
 }
 
 #define LONG_ANSWER "The sea is wide and deep. It changes colour with the sky, from grey to blue to green. " \
@@ -694,7 +891,7 @@ static void test_overlong(void **state) {
     Shards *sh = shards_open(out);
     const ShardEntry *e = shards_entry(sh, 0);
     assert_int_equal(e->n_tokens + IT, msl);
-    assert_true(e->image_pos >= 0 && e->image_pos + IT <= msl);
+    assert_true(SHARDS_ENTRY_IMAGES(e) == 1 && e->n_slot == IT);
     assert_true(e->n_labelled > 0);
     ShardReadBuf rb = {0};
     ShardRecord r;
@@ -813,8 +1010,9 @@ static void test_prepare_id_limit(void **state) {
     for (int which = 0; which < 2; which++)
         for (uint32_t extra = 0; extra < 2; extra++) {
             uint32_t len = (which ? SHARDS_MAX_NAME_BYTES : SHARDS_MAX_ID_BYTES) + extra;
-            ShardRecord w = {.n_tokens = 1, .image_pos = -1, .ids = (const int32_t *)ids, .mask = mask, .id = big,
-                             .id_len = which ? 1 : len, .image_name = big, .image_name_len = which ? len : 0};
+            ShardRecord w = {.n_tokens = 1, .n_images = which, .ids = (const int32_t *)ids, .mask = mask, .id = big,
+                             .id_len = which ? 1 : len};
+            w.images[0] = (ShardImage){.pos = 0, .rows = 1, .cols = 1, .name = big, .name_len = len, .bytes = mask, .len = 1};
             size_t n;
             uint8_t *raw = shards_record_pack(&w, &n);
             assert_int_equal(shards_record_parse(raw, n, &r, err, sizeof err), extra ? -1 : 0);
@@ -1105,13 +1303,16 @@ static void write_hand_shards(const char *dir, const HandRec *recs, int n, int i
         }
         char id[32];
         snprintf(id, sizeof id, "h%d", i);
-        ShardRecord r = {.n_tokens = h->n, .image_pos = h->image_pos, .ids = (const int32_t *)h->ids, .mask = h->mask,
-                         .id = id, .id_len = (uint32_t)strlen(id), .image_name = h->image ? h->image : "",
-                         .image_name_len = h->image ? (uint32_t)strlen(h->image) : 0, .image = img, .image_len = (uint32_t)img_len};
+        ShardRecord r = {.n_tokens = h->n, .n_images = h->image != NULL, .ids = (const int32_t *)h->ids, .mask = h->mask,
+                         .id = id, .id_len = (uint32_t)strlen(id)};
+        if (h->image)
+            r.images[0] = (ShardImage){.pos = h->image_pos, .rows = 1, .cols = 1, .name = h->image,
+                                       .name_len = (uint32_t)strlen(h->image), .bytes = img, .len = (uint32_t)img_len};
         size_t rl, fl;
         uint8_t *raw = shards_record_pack(&r, &rl);
         uint8_t *frame = shards_compress(cctx, raw, rl, &fl);
-        ShardEntry e = {.flags = h->image ? SHARDS_FLAG_IMAGE : 0, .n_tokens = (uint32_t)h->n, .image_pos = h->image_pos};
+        ShardEntry e = {.flags = h->image ? SHARDS_FLAG_IMAGE | 1u << 8 : 0, .n_tokens = (uint32_t)h->n,
+                        .n_slot = h->image ? (uint32_t)image_tokens : 0};
         int lab = 0;
         for (int t = 0; t < h->n; t++) lab += h->mask[t] && (t > 0 || h->image_pos == 0);
         e.n_labelled = (uint32_t)lab;
@@ -1750,6 +1951,8 @@ int main(void) {
         cmocka_unit_test(test_skip_missing_image),
         cmocka_unit_test(test_skip_corrupt_image),
         cmocka_unit_test(test_skip_placeholder_mismatch),
+        cmocka_unit_test(test_tiled_multi_image),
+        cmocka_unit_test(test_tiled_idefics3),
         cmocka_unit_test(test_overlong),
         cmocka_unit_test(test_prepare_bad_inputs_fatal),
         cmocka_unit_test(test_prepare_images_without_folder_fatal),

@@ -20,6 +20,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/util.h"
+#include "data/image.h"
 #include "data/loader.h"
 #include "model/model_dir.h"
 #include "model/vlm.h"
@@ -481,6 +482,116 @@ static void test_internvl_native_end_to_end(void **state) { family_end_to_end("i
 // nanoVLM's names and flat config (vit_*), MP.proj.weight; its default pixel shuffle is 4
 static void test_nanovlm_end_to_end(void **state) { family_end_to_end("nanovlm", "nanovlm", "pixel_shuffle = 2\n"); }
 
+// InternVL's dynamic tiling through the whole run: images of several aspect ratios cut into up to
+// 4 tiles + thumbnail, samples with two images, the <img> <IMG_CONTEXT> ... </img> slots; stage 2
+// learns, and a run killed and resumed is the same run to the bit
+static void write_tiled_data(const char *dir) {
+    static const int sizes[][2] = {{128, 64}, {64, 192}, {130, 130}, {64, 64}, {100, 37}};
+    char p[800];
+    for (int i = 0; i < 5; i++) {
+        int w = sizes[i][0], h = sizes[i][1];
+        uint8_t *rgb = xmalloc((size_t)w * h * 3);
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                for (int c = 0; c < 3; c++) rgb[((size_t)y * w + x) * 3 + c] = (uint8_t)((x * (c + 1) * 7 + y * (3 - c) * 5 + i * 40) & 255);
+        snprintf(p, sizeof p, "%s/tiled/img%d.jpg", dir, i);
+        image_write_jpeg(p, rgb, w, h, 90, 1);
+        free(rgb);
+    }
+    static const char *words[] = {"red", "blue", "green", "wide", "tall", "square", "small", "large"};
+    for (int split = 0; split < 2; split++) {
+        snprintf(p, sizeof p, "%s/tiled/%s.json", dir, split ? "val" : "train");
+        FILE *f = fopen(p, "w");
+        assert_non_null(f);
+        fprintf(f, "[");
+        int n = split ? 8 : 32;
+        for (int k = 0; k < n; k++) {
+            int a = (k + split) % 5, b = (k * 3 + 1 + split) % 5;
+            if (k % 3 == 0)  // two images, one placeholder each, in order
+                fprintf(f, "%s{\"id\": \"t%d\", \"image\": [\"img%d.jpg\", \"img%d.jpg\"], \"conversations\": [{\"from\": \"human\", "
+                        "\"value\": \"<image>\\n<image>\\nCompare them.\"}, {\"from\": \"gpt\", \"value\": \"%s and %s\"}]}",
+                        k ? ", " : "", k, a, b, words[a], words[b + 3 > 7 ? 7 : b + 3]);
+            else
+                fprintf(f, "%s{\"id\": \"t%d\", \"image\": \"img%d.jpg\", \"conversations\": [{\"from\": \"human\", "
+                        "\"value\": \"<image>\\nWhat is it?\"}, {\"from\": \"gpt\", \"value\": \"%s\"}]}",
+                        k ? ", " : "", k, a, words[a]);
+        }
+        fprintf(f, "]\n");
+        fclose(f);
+    }
+}
+
+static void test_internvl_tiled_end_to_end(void **state) {
+    (void)state;
+    char dir[600], log[600], conf[700], p[800], s2[800], killed[800];
+    snprintf(dir, sizeof dir, "%s/tiled", root);
+    snprintf(log, sizeof log, "%s/tiled.log", root);
+    char *sargv[] = {"./synth", dir, "--train", "8", "--val", "4", "--heldout", "1", "--bench", "0", "--vision", "internvit",
+                     "--quiet", NULL};
+    assert_int_equal(spawn(sargv, log, 0, 0), 0);
+    snprintf(p, sizeof p, "%s/tiled", dir);
+    mkdir(p, 0755);
+    write_tiled_data(dir);
+    snprintf(conf, sizeof conf, "%s/tiled.conf", dir);
+    FILE *f = fopen(conf, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "stage = 2\nvision = %s/models/vision\nllm = %s/models/llm\nconnector = internvl\nvision_layer = -1\n"
+            "max_tiles = 4\nmax_images = 2\nimage_aspect = crop\nlora_r = 4\nlora_alpha = 8\n"
+            "data = %s/tiled/train.json\nimage_folder = %s/tiled\nval_data = %s/tiled/val.json\n"
+            "data_cache = %s/cache\nmax_seq_len = 256\nbatch_size = 4\nglobal_batch = 8\nmax_steps = 8\nlr = 3e-3\n"
+            "warmup_ratio = 0.1\nsave_every = 2\nkeep_last = 2\neval_every = 4\nseed = 7\ndevice = %s\nthreads = 2\n",
+            dir, dir, dir, dir, dir, dir, device);
+    fclose(f);
+    snprintf(s2, sizeof s2, "%s/run", dir);
+    snprintf(killed, sizeof killed, "%s/run_killed", dir);
+    char o2[900], ok[900];
+    snprintf(o2, sizeof o2, "out_dir=%s", s2);
+    snprintf(ok, sizeof ok, "out_dir=%s", killed);
+    char *a2[] = {(char *)train_bin, conf, o2, NULL};
+    assert_int_equal(spawn(a2, log, 0, 0), 0);
+    // every sample prepared: 32 of them, 11 with two images (grids 2x1, 1x3, 2x2 + thumbnails)
+    assert_true(log_has(log, "wrote 32 of 32 samples"));
+    assert_true(log_has(log, "images: 43 "));
+    double f2, l2;
+    val_losses(s2, &f2, &l2);
+    printf("    internvl tiled: validation loss %.4f -> %.4f\n", f2, l2);
+    assert_true(l2 < f2);
+    char *ak[] = {(char *)train_bin, conf, ok, NULL};
+    int kills = 0, done = 0;
+    for (int attempt = 0; attempt < 10 && !done; attempt++) {
+        int before = count_steps(log), st;
+        pid_t pid = spawn(ak, log, 0, 1);
+        if (kills < 1 && wait_progress(pid, log, before, 3, &st) == 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            kills++;
+        } else if (!WIFEXITED(st) && waitpid(pid, &st, 0) != pid) {
+            fail_msg("lost the run's process");
+        }
+        path_join(p, sizeof p, killed, "step_00000008/state.json");
+        done = file_exists(p);
+    }
+    assert_true(done);
+    assert_true(kills >= 1);
+    expect_same_run(s2, killed, 8);
+
+    // export (svlm.json keeps max_tiles) and generate from a 128 x 64 image: 2 tiles + thumbnail
+    char exp[900], img[900], out[900];
+    snprintf(exp, sizeof exp, "%s/export", dir);
+    export_run(s2, exp);
+    snprintf(img, sizeof img, "%s/tiled/img0.jpg", dir);
+    snprintf(out, sizeof out, "%s/generate.log", dir);
+    char *ag[] = {"./generate", exp, "--image", img, "--prompt", "What is it?", "--max-new-tokens", "4", "--device",
+                  (char *)device, NULL};
+    assert_int_equal(spawn(ag, out, 0, 0), 0);
+    assert_true(log_has(out, "(48 image tokens in 3 tiles; vision encoder + connector"));
+    char *ar[] = {"./generate", s2, "--image", img, "--prompt", "What is it?", "--max-new-tokens", "4", "--device",
+                  (char *)device, NULL};  // the run directory itself: its config.conf's max_tiles
+    assert_int_equal(spawn(ar, out, 0, 0), 0);
+    assert_true(log_has(out, "(48 image tokens in 3 tiles"));
+}
+
 // resuming from an older checkpoint replaces the history after it (moved aside, not mixed in)
 static void test_resume_from_older_checkpoint(void **state) {
     char dir[600], log[600], p[700], ref[700], ck[700];
@@ -864,6 +975,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_internvit_internvl_end_to_end),
         cmocka_unit_test(test_internvl_native_end_to_end),
         cmocka_unit_test(test_nanovlm_end_to_end),
+        cmocka_unit_test(test_internvl_tiled_end_to_end),
     };
     struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];
     size_t n = test_select(chosen, tests, sizeof tests / sizeof tests[0], pattern);

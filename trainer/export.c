@@ -319,6 +319,8 @@ void export_run_with(const char *src, const char *out_arg, const ExportOptions *
     if (strcmp(c.system, "default")) cJSON_AddStringToObject(j, "system", c.system);
     else cJSON_AddNullToObject(j, "system");
     cJSON_AddNumberToObject(j, "image_tokens", image_tokens);
+    cJSON_AddNumberToObject(j, "max_tiles", c.max_tiles);  // data/tiling.h, data/image_slot.h
+    if (c.image_format[0]) cJSON_AddStringToObject(j, "image_format", c.image_format);
     cJSON_AddStringToObject(j, "llm", "llm");
     cJSON_AddStringToObject(j, "checkpoint", step_dir);
     snprintf(path, sizeof path, "%s/svlm.json", tmp);

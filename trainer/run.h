@@ -27,6 +27,7 @@ typedef struct {
     Vlm m;
     GradBuckets buckets;    // the step's gradient reduction (ZeRO-0: all-reduce; ZeRO-1: to each slice's rank)
     Loader *train, *val;
+    ImageSlot slot;         // the image slot's format, which the loaders expand
     RunBench *bench;        // eval_data; NULL: none
     int accum;              // micro-batches per rank per step
     int warmup;

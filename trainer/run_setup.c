@@ -14,6 +14,8 @@
 
 #include "common/util.h"
 #include "data/prepare.h"
+#include "data/tiling.h"
+#include "data/tokenizer.h"
 #include "kernels/cpu/blas_core.h"
 #include "model/memplan.h"
 #include "model/vlm_dir.h"
@@ -34,7 +36,7 @@ static int ends_with(const char *s, const char *suffix) {
 
 // data may be a prepared shard directory, or LLaVA JSON/JSONL prepared once into cache/<name>
 static void resolve_data(const TrainConfig *c, const char *data, const char *image_folder, const char *name,
-                         int image_tokens, char *shards, size_t cap) {
+                         int image_tokens, const char *image_format, const ImagePrep *prep, char *shards, size_t cap) {
     if (dir_exists(data)) {
         snprintf(shards, cap, "%s", data);
         return;
@@ -55,6 +57,9 @@ static void resolve_data(const TrainConfig *c, const char *data, const char *ima
     ps.system = strcmp(c->system, "default") ? c->system : NULL;
     ps.max_seq_len = c->max_seq_len;
     ps.image_tokens = image_tokens;
+    ps.image_format = image_format;
+    ps.max_images = c->max_images;
+    ps.prep = prep;
     ps.threads = c->threads;
     char why[512];
     if (prepare_is_current(shards, &ps, why, sizeof why)) {
@@ -274,10 +279,35 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     vit_config_load(&vcfg, c->vision);
     ConnectorType ct = connector_type_parse(c->connector);
     int image_tokens = connector_tokens(ct, c->pixel_shuffle, vcfg.grid);
+    // the images: the tower's preprocessing with the run's tiling, and the slot format that marks
+    // them in the tokens (the connector's, or the config's image_format)
+    ImagePrep prep;
+    vit_image_prep(&vcfg, c->vision, &prep);
+    prep.pad_to_square = !strcmp(c->image_aspect, "pad");
+    prep.max_tiles = c->max_tiles;
+    if (c->max_tiles > 1 && !image_prep_tiles(&prep))
+        fatal("config: max_tiles = %d, but the %s image preprocessing has no tiling (internvl and idefics3 do)", c->max_tiles,
+              image_prep_family_name(prep.family));
+    if (prep.proc_tiles && c->max_tiles == 1)
+        printf("note: %s/preprocessor_config.json tiles images; with max_tiles = 1 svlm gives each image one tile\n", c->vision);
+    const char *fmt_name = c->image_format[0] ? c->image_format : connector_family(ct)->image_format ? connector_family(ct)->image_format : "llava";
+    ImageFormat fmt = (ImageFormat)image_format_parse(fmt_name);
+    if (fmt == IMAGE_FORMAT_LLAVA && image_prep_tiles(&prep))
+        fatal("config: max_tiles = %d with image_format llava: the llava slot cannot mark tiles (set image_format = internvl "
+              "or idefics3)", c->max_tiles);
+    {
+        char tp[CFG_PATH + 32];
+        path_join(tp, sizeof tp, c->llm, "tokenizer.json");
+        Tokenizer *tok = tokenizer_load(tp);
+        image_slot_init(&r->slot, fmt, image_tokens, image_grid_max_side(&prep), tok, tp);
+        tokenizer_free(tok);
+    }
+    // tiles per micro-batch at most (loader_max_tiles): the vision tower, the connector and the
+    // pixel upload are planned for them
+    int max_tiles = loader_max_tiles(c->batch_size, c->max_seq_len, image_tokens, c->packing, c->max_images, &prep);
     VlmSpec spec = {.vision_dir = c->vision, .vision_layer = c->vision_layer, .llm_dir = c->llm, .connector = ct,
                     .connector_scale = c->pixel_shuffle,
-                    .max_B = c->batch_size, .max_T = c->max_seq_len, .max_images = c->batch_size};
-    if (c->packing) spec.max_images = c->batch_size * (c->max_seq_len / (image_tokens + 1) > 1 ? c->max_seq_len / (image_tokens + 1) : 1);
+                    .max_B = c->batch_size, .max_T = c->max_seq_len, .max_images = max_tiles};
     if (c->stage == 2)
         spec.lora = (LoraConfig){.r = c->lora_r, .alpha = (float)c->lora_alpha, .rslora = c->rslora,
                                  .targets = lora_targets_parse(c->lora_targets), .dropout = (float)c->lora_dropout};
@@ -288,8 +318,9 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     char train_shards[CFG_PATH + 64], val_shards[CFG_PATH + 64] = "";
     for (int pass = 0; pass < 2; pass++) {
         if ((pass == 0) == (r->rank == 0)) {
-            resolve_data(c, c->data, c->image_folder, "train", image_tokens, train_shards, sizeof train_shards);
-            if (c->val_data[0]) resolve_data(c, c->val_data, c->val_image_folder, "val", image_tokens, val_shards, sizeof val_shards);
+            resolve_data(c, c->data, c->image_folder, "train", image_tokens, fmt_name, &prep, train_shards, sizeof train_shards);
+            if (c->val_data[0])
+                resolve_data(c, c->val_data, c->val_image_folder, "val", image_tokens, fmt_name, &prep, val_shards, sizeof val_shards);
         }
         if (pass == 0) dist_barrier(d, 0);
     }
@@ -317,12 +348,11 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
     int per_step = c->batch_size * world;  // global_batch is a multiple (train_config_load)
     r->accum = c->global_batch / per_step;
     LoaderSpec ls = {.shard_dir = train_shards, .batch_size = c->batch_size, .max_seq_len = c->max_seq_len,
-                     .image_tokens = image_tokens, .seed = c->seed, .rank = r->rank, .world = world,
+                     .image_tokens = image_tokens, .slot = &r->slot, .max_tiles = max_tiles, .seed = c->seed, .rank = r->rank, .world = world,
                      .step_block = c->batch_size * r->accum, .packing = c->packing,
                      .threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .prefetch = c->prefetch,
                      .shuffle = 1, .pixels_bf16 = k->act_bytes == 2};
-    vit_image_prep(&vcfg, c->vision, &ls.prep);
-    ls.prep.pad_to_square = !strcmp(c->image_aspect, "pad");
+    ls.prep = prep;
     r->train = loader_open(&ls);
     if (val_shards[0]) {
         LoaderSpec vs = ls;
@@ -426,6 +456,7 @@ void run_teardown(Run *r) {
     free(r->signature);
     loader_close(r->train);
     if (r->val) loader_close(r->val);
+    image_slot_free(&r->slot);
     grad_buckets_free(&r->buckets);
     run_bench_close(r);
     vlm_free(&r->m);

@@ -11,6 +11,7 @@
 
 #include "common/fs_safe.h"
 #include "common/util.h"
+#include "data/image_slot.h"
 #include "data/template.h"
 #include "model/connector.h"
 #include "model/llm.h"
@@ -41,6 +42,9 @@ const CfgKey train_keys[] = {
     K("data_cache", CFG_STR, data_cache, "", "where JSON data is prepared into shards (empty: out_dir/data)"),
     K("image_aspect", CFG_STR, image_aspect, "", "pad (LLaVA-1.5: pad to a square with the mean colour) | crop (CLIP centre crop; "
       "other towers: their processor's resize); empty: pad, or with model what the model does (InternVL's pad2square, else its resize)"),
+    K("image_format", CFG_STR, image_format, "", "llava | internvl | idefics3: the image slot's marker tokens (empty: the connector's)"),
+    K("max_tiles", CFG_INT, max_tiles, "1", "tiles per image at most (InternVL dynamic_preprocess, 6 or 12 typical; Idefics3 splitting: at least (longest_edge / max_image_size)^2); 1: one tile"),
+    K("max_images", CFG_INT, max_images, "1", "images per sample at most (1..16); samples with more are skipped"),
     K("max_seq_len", CFG_INT, max_seq_len, "2048", "tokens per sample, image tokens included"),
     K("packing", CFG_BOOL, packing, "false", "pack several samples per row (attention kept inside each)"),
     K("batch_size", CFG_INT, batch_size, "16", "micro-batch per device"),
@@ -159,6 +163,11 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     template_parse(c->template_);
     if (!c->image_aspect[0]) strcpy(c->image_aspect, "pad");
     need(!strcmp(c->image_aspect, "pad") || !strcmp(c->image_aspect, "crop"), "image_aspect", "must be pad or crop");
+    need(!c->image_format[0] || image_format_parse(c->image_format) >= 0, "image_format", "must be llava, internvl, idefics3 or empty");
+    need(c->max_tiles >= 1 && c->max_tiles <= 64, "max_tiles", "must be in 1..64");
+    need(c->max_images >= 1 && c->max_images <= 16, "max_images", "must be in 1..16");
+    need(c->max_tiles == 1 || strcmp(c->image_aspect, "pad"), "max_tiles",
+         "> 1 tiles the image at its own aspect ratio: set image_aspect = crop (pad would pad only one-tile images)");
     need(c->max_seq_len >= 8, "max_seq_len", "must be at least 8");
     need(c->batch_size >= 1, "batch_size", "must be at least 1");
     need(c->global_batch >= c->batch_size, "global_batch", "must be at least batch_size");

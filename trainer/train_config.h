@@ -25,6 +25,9 @@ typedef struct {
     char val_image_folder[CFG_PATH];
     char data_cache[CFG_PATH];
     char image_aspect[16];
+    char image_format[16];  // the image slot's format (data/image_slot.h); "": the connector's
+    int max_tiles;          // tiles per image at most (data/tiling.h); 1: no tiling
+    int max_images;         // images per sample at most
     int max_seq_len;
     int packing;
     int batch_size;
