@@ -48,8 +48,8 @@ CPU_HOT_EXPLICIT static void tile_gemm_vf16(float *C, size_t ldc, const float *A
 // AVX2: GCC lowers a 64-byte vector through the stack when the target's registers are 32 bytes
 // (the v3 clone of the kernel above ran at a few GFLOP/s, 35% of a mid-preset step on an AVX2
 // EPYC), so this one holds the 6 x 16 block as 12 explicit 8-float vectors (BLIS's Haswell shape:
-// 12 accumulators, 2 for B, 1 broadcast of 16 ymm). The same arithmetic per element (c = fma(a, b,
-// c) in k order), so its results equal the other clones' bit for bit.
+// 12 accumulators, 2 for B, 1 broadcast of 16 ymm). The same arithmetic per element as the other
+// clones (c = fma(a, b, c) in k order, whichever block computes it).
 typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
 
 #define ROWS_BLOCK8(R)                                                                        \
