@@ -88,24 +88,108 @@ static void export_vision(const char *vision_dir, const char *out, int link) {
     if (!n) fatal("%s: no vision tower files in it", abs);
 }
 
-static void write_json(const char *path, cJSON *j) {
-    char *text = cJSON_Print(j);
+void export_write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     if (!f) fatal("%s: cannot create: %s", path, strerror(errno));
-    int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF && fflush(f) == 0;
+    int ok = fputs(text, f) >= 0 && fflush(f) == 0;
     if (fclose(f) != 0 || !ok) fatal("%s: write failed: %s", path, strerror(errno));
+}
+
+void export_write_json(const char *path, const cJSON *j, int formatted) {
+    char *text = formatted ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
+    if (!text) fatal("%s: out of memory", path);
+    size_t n = strlen(text);
+    text = xrealloc(text, n + 2);
+    text[n] = '\n';
+    text[n + 1] = 0;
+    export_write_text(path, text);
     free(text);
 }
 
-static void save_or_die(StWriter *w, const char *path) {
+void export_save_st(StWriter *w, const char *path) {
     char err[2300];
     if (st_writer_save(w, path, err, sizeof err) != 0) fatal("%s", err);
 }
 
-// removes a directory tree made by a previous export attempt
+void *export_f32_as(float *x, size_t n, StDtype dt, const char *file, const char *name) {
+    if (dt == ST_F32) return x;
+    if (dt != ST_BF16 && dt != ST_F16)
+        fatal("%s: tensor %s has dtype %s: export writes F32, BF16 and F16", file, name, st_dtype_name(dt));
+    uint16_t *h = xmalloc(n * sizeof(uint16_t));
+    for (size_t j = 0; j < n; j++) h[j] = dt == ST_BF16 ? f32_to_bf16(x[j]) : f32_to_f16(x[j]);
+    free(x);
+    return h;
+}
+
+void *export_merge_lora(const StFile *f, const StTensor *t, const StFile *ck, const StTensor *A, const StTensor *B,
+                        int lora_r, float scale) {
+    int out = (int)t->shape[0], in = (int)t->shape[1], r = (int)A->shape[0];
+    if (t->ndim != 2 || A->shape[1] != in || B->shape[0] != out || B->shape[1] != r || r != lora_r)
+        fatal("%s: LoRA tensors for %s do not match its shape", ck->path, t->name);
+    float *W = xmalloc((size_t)out * in * sizeof(float)), *a = xmalloc((size_t)r * in * sizeof(float));
+    float *b = xmalloc((size_t)out * r * sizeof(float));
+    st_read_f32(f, t, W);
+    st_read_f32(ck, A, a);
+    st_read_f32(ck, B, b);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r, scale, b, r, a, in, 1.0f, W, in);
+    free(a);
+    free(b);
+    return export_f32_as(W, (size_t)out * in, t->dtype, f->path, t->name);
+}
+
+void export_adapter_tensors(const StFile *ck, const char *path, const char *strip, const char *add) {
+    StWriter *aw = st_writer_new();
+    char **names = xcalloc(ck->n + 1, sizeof(char *));
+    size_t ns = strlen(strip);
+    for (int i = 0; i < ck->n; i++) {
+        const StTensor *t = &ck->tensors[i];
+        if (!strstr(t->name, ".lora_") || strncmp(t->name, strip, ns)) continue;
+        names[i] = xmalloc(strlen(t->name) + strlen(add) + 32);
+        sprintf(names[i], "base_model.model.%s%s", add, t->name + ns);
+        st_writer_add(aw, names[i], t->dtype, t->ndim, t->shape, st_data(ck, t));
+    }
+    st_writer_meta(aw, "format", "pt");
+    export_save_st(aw, path);
+    st_writer_free(aw);
+    for (int i = 0; i < ck->n; i++) free(names[i]);
+    free(names);
+}
+
+cJSON *export_adapter_config(const TrainConfig *c, const char *base_model, cJSON *target_modules, int causal_lm) {
+    cJSON *j = cJSON_CreateObject();
+    char abs[PATH_MAX];
+    cJSON_AddStringToObject(j, "base_model_name_or_path", realpath(base_model, abs) ? abs : base_model);
+    cJSON_AddStringToObject(j, "bias", "none");
+    cJSON_AddBoolToObject(j, "fan_in_fan_out", 0);
+    cJSON_AddBoolToObject(j, "inference_mode", 1);
+    cJSON_AddBoolToObject(j, "init_lora_weights", 1);
+    cJSON_AddNumberToObject(j, "lora_alpha", c->lora_alpha);
+    cJSON_AddNumberToObject(j, "lora_dropout", c->lora_dropout);
+    cJSON_AddNullToObject(j, "modules_to_save");
+    cJSON_AddStringToObject(j, "peft_type", "LORA");
+    cJSON_AddNumberToObject(j, "r", c->lora_r);
+    cJSON_AddItemToObject(j, "target_modules", target_modules);
+    if (causal_lm) cJSON_AddStringToObject(j, "task_type", "CAUSAL_LM");
+    cJSON_AddBoolToObject(j, "use_rslora", c->rslora);
+    cJSON_AddBoolToObject(j, "use_dora", 0);
+    return j;
+}
+
 // an export directory svlm wrote, removed without following links (common/fs_safe.h)
 static void remove_tree(const char *dir) {
     if (fs_remove(dir) != 0) fatal("%s: cannot remove: %s", dir, strerror(errno));
+}
+
+void export_replace_dir(const char *tmp, const char *out_dir) {
+    char old[PATH_MAX + 16];
+    snprintf(old, sizeof old, "%s.old", out_dir);
+    int had_old = dir_exists(out_dir);
+    if (had_old) {
+        if (dir_exists(old)) remove_tree(old);
+        if (rename(out_dir, old) != 0) fatal("%s: cannot rename to %s: %s", out_dir, old, strerror(errno));
+    }
+    if (rename(tmp, out_dir) != 0) fatal("%s: cannot rename to %s: %s", tmp, out_dir, strerror(errno));
+    if (had_old) remove_tree(old);
 }
 
 void export_run(const char *src, const char *out_arg) {
@@ -171,29 +255,8 @@ void export_run_with(const char *src, const char *out_arg, const ExportOptions *
             st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, st_data(f, t));
             continue;
         }
-        int out = (int)t->shape[0], in = (int)t->shape[1], r = (int)A->shape[0];
-        if (t->ndim != 2 || A->shape[1] != in || Bt->shape[0] != out || Bt->shape[1] != r || r != lora.r)
-            fatal("%s: LoRA tensors for %s do not match its shape", ck.path, t->name);
-        float *W = xmalloc((size_t)out * in * sizeof(float)), *a = xmalloc((size_t)r * in * sizeof(float));
-        float *b = xmalloc((size_t)out * r * sizeof(float));
-        st_read_f32(f, t, W);
-        st_read_f32(&ck, A, a);
-        st_read_f32(&ck, Bt, b);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r, scale, b, r, a, in, 1.0f, W, in);
-        size_t n = (size_t)out * in;
-        void *dst = W;
-        if (t->dtype == ST_BF16 || t->dtype == ST_F16) {
-            uint16_t *h = xmalloc(n * sizeof(uint16_t));
-            for (size_t j = 0; j < n; j++) h[j] = t->dtype == ST_BF16 ? f32_to_bf16(W[j]) : f32_to_f16(W[j]);
-            free(W);
-            dst = h;
-        } else if (t->dtype != ST_F32) {
-            fatal("%s: tensor %s has dtype %s: merging supports F32, BF16 and F16", f->path, t->name, st_dtype_name(t->dtype));
-        }
-        owned[i] = dst;
-        st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, dst);
-        free(a);
-        free(b);
+        owned[i] = export_merge_lora(f, t, &ck, A, Bt, lora.r, scale);
+        st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, owned[i]);
         merged++;
     }
     int expect = 0;
@@ -201,7 +264,7 @@ void export_run_with(const char *src, const char *out_arg, const ExportOptions *
     if (merged != expect) fatal("%s: %d LoRA pairs in the checkpoint but %d base weights found to merge them into", ck.path, expect, merged);
     st_writer_meta(w, "format", "pt");
     snprintf(path, sizeof path, "%s/model.safetensors", llm_out);
-    save_or_die(w, path);
+    export_save_st(w, path);
     st_writer_free(w);
     for (int i = 0; i < hw.n; i++) free(owned[i]);
     free(owned);
@@ -219,41 +282,14 @@ void export_run_with(const char *src, const char *out_arg, const ExportOptions *
     if (lora.r > 0) {
         snprintf(path, sizeof path, "%s/adapter", tmp);
         if (mkdir(path, 0755) != 0) fatal("%s: cannot create: %s", path, strerror(errno));
-        StWriter *aw = st_writer_new();
-        char **names = xcalloc(ck.n + 1, sizeof(char *));
-        for (int i = 0; i < ck.n; i++) {
-            const StTensor *t = &ck.tensors[i];
-            if (!strstr(t->name, ".lora_")) continue;
-            names[i] = xmalloc(strlen(t->name) + 32);
-            sprintf(names[i], "base_model.model.%s", t->name);
-            st_writer_add(aw, names[i], t->dtype, t->ndim, t->shape, st_data(&ck, t));
-        }
-        st_writer_meta(aw, "format", "pt");
         snprintf(path, sizeof path, "%s/adapter/adapter_model.safetensors", tmp);
-        save_or_die(aw, path);
-        st_writer_free(aw);
-        for (int i = 0; i < ck.n; i++) free(names[i]);
-        free(names);
-        cJSON *j = cJSON_CreateObject();
-        char absllm[PATH_MAX];
-        cJSON_AddStringToObject(j, "base_model_name_or_path", realpath(c.llm, absllm) ? absllm : c.llm);
-        cJSON_AddStringToObject(j, "bias", "none");
-        cJSON_AddBoolToObject(j, "fan_in_fan_out", 0);
-        cJSON_AddBoolToObject(j, "inference_mode", 1);
-        cJSON_AddBoolToObject(j, "init_lora_weights", 1);
-        cJSON_AddNumberToObject(j, "lora_alpha", c.lora_alpha);
-        cJSON_AddNumberToObject(j, "lora_dropout", c.lora_dropout);
-        cJSON_AddNullToObject(j, "modules_to_save");
-        cJSON_AddStringToObject(j, "peft_type", "LORA");
-        cJSON_AddNumberToObject(j, "r", c.lora_r);
-        cJSON *tm = cJSON_AddArrayToObject(j, "target_modules");
+        export_adapter_tensors(&ck, path, "", "");
+        cJSON *tm = cJSON_CreateArray();
         for (int p = 0; p < N_PROJ; p++)
             if (lora.targets & (1u << p)) cJSON_AddItemToArray(tm, cJSON_CreateString(proj_names[p]));
-        cJSON_AddStringToObject(j, "task_type", "CAUSAL_LM");
-        cJSON_AddBoolToObject(j, "use_rslora", c.rslora);
-        cJSON_AddBoolToObject(j, "use_dora", 0);
+        cJSON *j = export_adapter_config(&c, c.llm, tm, 1);
         snprintf(path, sizeof path, "%s/adapter/adapter_config.json", tmp);
-        write_json(path, j);
+        export_write_json(path, j, 1);
         cJSON_Delete(j);
     }
 
@@ -281,7 +317,7 @@ void export_run_with(const char *src, const char *out_arg, const ExportOptions *
     st_writer_meta(cw, "format", "pt");
     st_writer_meta(cw, "connector", c.connector);
     snprintf(path, sizeof path, "%s/connector.safetensors", tmp);
-    save_or_die(cw, path);
+    export_save_st(cw, path);
     st_writer_free(cw);
 
     // vision/, and llava/ for the connector LLaVA has
@@ -324,19 +360,12 @@ void export_run_with(const char *src, const char *out_arg, const ExportOptions *
     cJSON_AddStringToObject(j, "llm", "llm");
     cJSON_AddStringToObject(j, "checkpoint", step_dir);
     snprintf(path, sizeof path, "%s/svlm.json", tmp);
-    write_json(path, j);
+    export_write_json(path, j, 1);
     cJSON_Delete(j);
     st_close(&ck);
 
     // the old export is replaced only once the new one is complete, and kept until it is in place
-    snprintf(old, sizeof old, "%s.old", out_dir);
-    int had_old = dir_exists(out_dir);
-    if (had_old) {
-        if (dir_exists(old)) remove_tree(old);
-        if (rename(out_dir, old) != 0) fatal("%s: cannot rename to %s: %s", out_dir, old, strerror(errno));
-    }
-    if (rename(tmp, out_dir) != 0) fatal("%s: cannot rename to %s: %s", tmp, out_dir, strerror(errno));
-    if (had_old) remove_tree(old);
+    export_replace_dir(tmp, out_dir);
     printf("export: %s -> %s (llm/ with %d LoRA-merged weights%s, connector.safetensors, vision/ (%s)%s, svlm.json)\n",
            step_dir, out_dir, merged, lora.r > 0 ? ", adapter/" : "", o->link_vision ? "a link" : "a copy",
            has_llava ? ", llava/ (LlavaForConditionalGeneration)" : "");

@@ -47,3 +47,27 @@ typedef struct {
 void export_llava(const ExportLlava *e);
 // the step directory and run directory src names; fatal() when it is neither
 void export_resolve(const char *src, char *step_dir, char *run_dir, int cap);
+
+// What the three export layouts (export.c, export_whole.c, export_llava.c) share; each fatal()s
+// naming the file on failure.
+#include <cjson/cJSON.h>
+#include "common/safetensors.h"
+void export_write_text(const char *path, const char *text);
+// the JSON text (cJSON_Print when formatted, else unformatted) and a newline
+void export_write_json(const char *path, const cJSON *j, int formatted);
+void export_save_st(StWriter *w, const char *path);
+// n floats as dtype dt: x itself for F32, else a malloc'd BF16 / F16 copy (round to nearest
+// even) and x freed; other dtypes fatal() naming file and tensor
+void *export_f32_as(float *x, size_t n, StDtype dt, const char *file, const char *name);
+// base weight t of f with its LoRA pair A, B of the checkpoint ck merged, W + scale * B @ A in
+// fp32, in t's own dtype (malloc'd); shapes checked against t and the run's rank r
+void *export_merge_lora(const StFile *f, const StTensor *t, const StFile *ck, const StTensor *A, const StTensor *B,
+                        int r, float scale);
+// adapter/adapter_model.safetensors: the checkpoint's LoRA tensors whose names start with strip,
+// renamed base_model.model.<add><name without strip> (peft's layout)
+void export_adapter_tensors(const StFile *ck, const char *path, const char *strip, const char *add);
+// adapter_config.json's fields for a run (c), target_modules as given (owned by the result),
+// task_type CAUSAL_LM when causal_lm
+cJSON *export_adapter_config(const TrainConfig *c, const char *base_model, cJSON *target_modules, int causal_lm);
+// tmp (complete) becomes out_dir; a previous out_dir is kept as out_dir.old until tmp is in place
+void export_replace_dir(const char *tmp, const char *out_dir);

@@ -33,24 +33,6 @@
 
 #define IMAGE_TOKEN "<image>"
 
-static void write_text_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) fatal("%s: cannot create: %s", path, strerror(errno));
-    int ok = fputs(text, f) >= 0 && fflush(f) == 0;
-    if (fclose(f) != 0 || !ok) fatal("%s: write failed: %s", path, strerror(errno));
-}
-
-static void write_json_file(const char *path, const cJSON *j, int formatted) {
-    char *text = formatted ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
-    if (!text) fatal("%s: out of memory", path);
-    size_t n = strlen(text);
-    text = xrealloc(text, n + 2);
-    text[n] = '\n';
-    text[n + 1] = 0;
-    write_text_file(path, text);
-    free(text);
-}
-
 // tokenizer.json with "<image>" as an added special token; returns its id (an existing
 // "<image>" keeps its id)
 static int tokenizer_add_image(const char *from, const char *to) {
@@ -80,7 +62,7 @@ static int tokenizer_add_image(const char *from, const char *to) {
         cJSON_AddBoolToObject(tok, "special", 1);
         cJSON_AddItemToArray(added, tok);
     }
-    write_json_file(to, t, 0);
+    export_write_json(to, t, 0);
     cJSON_Delete(t);
     return id;
 }
@@ -104,7 +86,7 @@ static void tokenizer_config_add_image(const char *from, const char *to, int id)
     // the chat template is the processor's (chat_template.jinja): the LLM's own one would not put
     // the image in its turn
     cJSON_DeleteItemFromObjectCaseSensitive(t, "chat_template");
-    write_json_file(to, t, 1);
+    export_write_json(to, t, 1);
     cJSON_Delete(t);
 }
 
@@ -274,7 +256,7 @@ void export_llava(const ExportLlava *e) {
     cJSON_AddItemToObject(cfg, "text_config", text_cfg);
     cJSON_AddItemToObject(cfg, "vision_config", vision_cfg);
     snprintf(path, sizeof path, "%s/config.json", e->out);
-    write_json_file(path, cfg, 1);
+    export_write_json(path, cfg, 1);
     cJSON_Delete(cfg);
 
     // generation_config.json: the LLM's, stopping where svlm stops, never generating <image>
@@ -286,7 +268,7 @@ void export_llava(const ExportLlava *e) {
     cJSON_DeleteItemFromObjectCaseSensitive(gen, "suppress_tokens");
     cJSON_AddItemToObject(gen, "suppress_tokens", cJSON_CreateIntArray(&image_id, 1));
     snprintf(path, sizeof path, "%s/generation_config.json", e->out);
-    write_json_file(path, gen, 1);
+    export_write_json(path, gen, 1);
     cJSON_Delete(gen);
 
     // processor files
@@ -309,7 +291,7 @@ void export_llava(const ExportLlava *e) {
     cJSON_AddItemToObject(pp, "image_std", cJSON_CreateFloatArray(e->std, 3));
     cJSON_AddBoolToObject(pp, "do_convert_rgb", 1);
     snprintf(path, sizeof path, "%s/preprocessor_config.json", e->out);
-    write_json_file(path, pp, 1);
+    export_write_json(path, pp, 1);
     cJSON_Delete(pp);
     char *jinja = chat_template_jinja(e->template_kind, tpl);
     cJSON *pc = cJSON_CreateObject();
@@ -319,14 +301,14 @@ void export_llava(const ExportLlava *e) {
     cJSON_AddStringToObject(pc, "vision_feature_select_strategy", e->has_cls ? "default" : "full");
     cJSON_AddNumberToObject(pc, "num_additional_image_tokens", e->has_cls ? 1 : 0);
     snprintf(path, sizeof path, "%s/processor_config.json", e->out);
-    write_json_file(path, pc, 1);
+    export_write_json(path, pc, 1);
     cJSON_Delete(pc);
     snprintf(path, sizeof path, "%s/chat_template.jinja", e->out);
-    write_text_file(path, jinja);
+    export_write_text(path, jinja);
     cJSON *ct = cJSON_CreateObject();  // the same, in the file older transformers read
     cJSON_AddStringToObject(ct, "chat_template", jinja);
     snprintf(path, sizeof path, "%s/chat_template.json", e->out);
-    write_json_file(path, ct, 1);
+    export_write_json(path, ct, 1);
     cJSON_Delete(ct);
     free(jinja);
     template_free(tpl);

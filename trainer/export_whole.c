@@ -16,41 +16,15 @@
 #include "common/fs_safe.h"
 #include "common/safetensors.h"
 #include "common/util.h"
-#include "kernels/cpu/blas.h"
 #include "model/hf.h"
 #include "model/llm.h"
 #include "model/vlm_dir.h"
 #include "trainer/export.h"
 #include "trainer/train_config.h"
 
-static void write_json(const char *path, cJSON *j) {
-    char *text = cJSON_Print(j);
-    FILE *f = fopen(path, "w");
-    if (!f) fatal("%s: cannot create: %s", path, strerror(errno));
-    int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF && fflush(f) == 0;
-    if (fclose(f) != 0 || !ok) fatal("%s: write failed: %s", path, strerror(errno));
-    free(text);
-}
-
-static void save_or_die(StWriter *w, const char *path) {
-    char err[2300];
-    if (st_writer_save(w, path, err, sizeof err) != 0) fatal("%s", err);
-}
-
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), m = strlen(suffix);
     return n >= m && !strcmp(s + n - m, suffix);
-}
-
-// n floats as dtype dt (F32 as they are, BF16 / F16 rounded to nearest even); malloc'd
-static void *as_dtype(float *x, size_t n, StDtype dt, const char *file, const char *name) {
-    if (dt == ST_F32) return x;
-    if (dt != ST_BF16 && dt != ST_F16)
-        fatal("%s: tensor %s has dtype %s: export writes F32, BF16 and F16", file, name, st_dtype_name(dt));
-    uint16_t *h = xmalloc(n * sizeof(uint16_t));
-    for (size_t j = 0; j < n; j++) h[j] = dt == ST_BF16 ? f32_to_bf16(x[j]) : f32_to_f16(x[j]);
-    free(x);
-    return h;
 }
 
 // every regular file of dir but its weights (*.safetensors and their index), copied into out
@@ -76,7 +50,7 @@ static int copy_other_files(const char *dir, const char *out) {
 }
 
 void export_whole(const TrainConfig *c, const char *step_dir, const char *out_dir) {
-    char path[PATH_MAX + 64], tmp[PATH_MAX + 16], old[PATH_MAX + 16], name[600];
+    char path[PATH_MAX + 64], tmp[PATH_MAX + 16], name[600];
     VlmDir vd;
     vlm_dir_open(&vd, c->model);
     StFile ck;
@@ -118,7 +92,7 @@ void export_whole(const TrainConfig *c, const char *step_dir, const char *out_di
             size_t n = (size_t)st_numel(t);
             float *x = xmalloc(n * sizeof(float));
             st_read_f32(&ck, conn, x);
-            owned[i] = as_dtype(x, n, t->dtype, f->path, t->name);
+            owned[i] = export_f32_as(x, n, t->dtype, f->path, t->name);
             st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, owned[i]);
             replaced++;
             continue;
@@ -140,19 +114,8 @@ void export_whole(const TrainConfig *c, const char *step_dir, const char *out_di
             st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, st_data(f, t));
             continue;
         }
-        int out = (int)t->shape[0], in = (int)t->shape[1], r = (int)A->shape[0];
-        if (t->ndim != 2 || A->shape[1] != in || B->shape[0] != out || B->shape[1] != r || r != lora.r)
-            fatal("%s: LoRA tensors for %s do not match its shape", ck.path, t->name);
-        float *W = xmalloc((size_t)out * in * sizeof(float)), *a = xmalloc((size_t)r * in * sizeof(float));
-        float *b = xmalloc((size_t)out * r * sizeof(float));
-        st_read_f32(f, t, W);
-        st_read_f32(&ck, A, a);
-        st_read_f32(&ck, B, b);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r, scale, b, r, a, in, 1.0f, W, in);
-        owned[i] = as_dtype(W, (size_t)out * in, t->dtype, f->path, t->name);
+        owned[i] = export_merge_lora(f, t, &ck, A, B, lora.r, scale);
         st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, owned[i]);
-        free(a);
-        free(b);
         merged++;
     }
     int want_pairs = 0, want_conn = 0;
@@ -167,7 +130,7 @@ void export_whole(const TrainConfig *c, const char *step_dir, const char *out_di
         fatal("%s: %d projector tensors in the checkpoint but %d found in %s", ck.path, want_conn, replaced, c->model);
     st_writer_meta(w, "format", "pt");
     snprintf(path, sizeof path, "%s/model.safetensors", tmp);
-    save_or_die(w, path);
+    export_save_st(w, path);
     st_writer_free(w);
     for (int i = 0; i < hw.n; i++) free(owned[i]);
     free(owned);
@@ -179,21 +142,8 @@ void export_whole(const TrainConfig *c, const char *step_dir, const char *out_di
         snprintf(path, sizeof path, "%s/adapter", tmp);
         if (mkdir(path, 0755) != 0) fatal("%s: cannot create: %s", path, strerror(errno));
         const char *pre = vlm_dir_peft_prefix(&vd);
-        StWriter *aw = st_writer_new();
-        char **names = xcalloc(ck.n + 1, sizeof(char *));
-        for (int i = 0; i < ck.n; i++) {
-            const StTensor *t = &ck.tensors[i];
-            if (!strstr(t->name, ".lora_") || strncmp(t->name, "model.", 6)) continue;
-            names[i] = xmalloc(strlen(t->name) + strlen(pre) + 32);
-            sprintf(names[i], "base_model.model.%s%s", pre, t->name + 6);
-            st_writer_add(aw, names[i], t->dtype, t->ndim, t->shape, st_data(&ck, t));
-        }
-        st_writer_meta(aw, "format", "pt");
         snprintf(path, sizeof path, "%s/adapter/adapter_model.safetensors", tmp);
-        save_or_die(aw, path);
-        st_writer_free(aw);
-        for (int i = 0; i < ck.n; i++) free(names[i]);
-        free(names);
+        export_adapter_tensors(&ck, path, "model.", pre);
         // the targets as a regular expression over the class's module names: a list of names
         // would also catch the vision tower's q_proj / k_proj
         char re[1024], alt[256] = "";
@@ -206,23 +156,9 @@ void export_whole(const TrainConfig *c, const char *step_dir, const char *out_di
             strncat(epre, q, 1);
         }
         snprintf(re, sizeof re, "%slayers\\.\\d+\\.(self_attn|mlp)\\.(%s)", epre, alt);
-        cJSON *j = cJSON_CreateObject();
-        char absm[PATH_MAX];
-        cJSON_AddStringToObject(j, "base_model_name_or_path", realpath(c->model, absm) ? absm : c->model);
-        cJSON_AddStringToObject(j, "bias", "none");
-        cJSON_AddBoolToObject(j, "fan_in_fan_out", 0);
-        cJSON_AddBoolToObject(j, "inference_mode", 1);
-        cJSON_AddBoolToObject(j, "init_lora_weights", 1);
-        cJSON_AddNumberToObject(j, "lora_alpha", c->lora_alpha);
-        cJSON_AddNumberToObject(j, "lora_dropout", c->lora_dropout);
-        cJSON_AddNullToObject(j, "modules_to_save");
-        cJSON_AddStringToObject(j, "peft_type", "LORA");
-        cJSON_AddNumberToObject(j, "r", c->lora_r);
-        cJSON_AddStringToObject(j, "target_modules", re);
-        cJSON_AddBoolToObject(j, "use_rslora", c->rslora);
-        cJSON_AddBoolToObject(j, "use_dora", 0);
+        cJSON *j = export_adapter_config(c, c->model, cJSON_CreateString(re), 0);
         snprintf(path, sizeof path, "%s/adapter/adapter_config.json", tmp);
-        write_json(path, j);
+        export_write_json(path, j, 1);
         cJSON_Delete(j);
     }
 
@@ -235,18 +171,11 @@ void export_whole(const TrainConfig *c, const char *step_dir, const char *out_di
     cJSON_AddBoolToObject(j, "pad_to_square", !strcmp(c->image_aspect, "pad"));
     cJSON_AddStringToObject(j, "checkpoint", step_dir);
     snprintf(path, sizeof path, "%s/svlm_export.json", tmp);
-    write_json(path, j);
+    export_write_json(path, j, 1);
     cJSON_Delete(j);
     st_close(&ck);
 
-    snprintf(old, sizeof old, "%s.old", out_dir);
-    int had_old = dir_exists(out_dir);
-    if (had_old) {
-        if (dir_exists(old) && fs_remove(old) != 0) fatal("%s: cannot remove: %s", old, strerror(errno));
-        if (rename(out_dir, old) != 0) fatal("%s: cannot rename to %s: %s", out_dir, old, strerror(errno));
-    }
-    if (rename(tmp, out_dir) != 0) fatal("%s: cannot rename to %s: %s", tmp, out_dir, strerror(errno));
-    if (had_old && fs_remove(old) != 0) fatal("%s: cannot remove: %s", old, strerror(errno));
+    export_replace_dir(tmp, out_dir);
     printf("export: %s -> %s (%s in %s's layout: %d LoRA-merged weights, the trained projector (%d tensors), %d "
            "files copied%s, svlm_export.json)\n", step_dir, out_dir, vd.arch, c->model, merged, replaced, copied,
            lora.r > 0 ? ", adapter/" : "");
