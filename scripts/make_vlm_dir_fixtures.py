@@ -9,7 +9,7 @@ Run after scripts/make_chat_format_fixtures.py (its tokenizer.json goes into the
 Writes (each directory is a real Hugging Face model directory):
 
   vlm_internvl_hf/           InternVLForConditionalGeneration (save_pretrained): InternViT 30 px,
-                             patch 3 (10x10 grid, CLS), pixel shuffle 0.5 -> 25 tokens per image,
+                             patch 3 (10x10 grid, CLS), pixel shuffle 0.5 -> 25 tokens per tile,
                              the native projector, Qwen2 (vocab 1024, tied embeddings as the class
                              default), image_token_id 1006 (<IMG_CONTEXT> in its tokenizer.json,
                              the chat-format fixtures' 1011 tokens) and transformers' InternVL
@@ -21,22 +21,31 @@ Writes (each directory is a real Hugging Face model directory):
                              same tokenizer.json (<|im_start|> <|im_end|>, <IMG_CONTEXT> 1006):
                              the remote code is not installed, so this copy is checked against
                              the native model's numbers (the mapping of names is the fact under test)
-  vlm_internvl.safetensors   input_ids with the image token over each slot, labels, pixel_values
-                             (2, 3, 30, 30), img_row / img_start, logits, loss, lora.<svlm name>
+  vlm_internvl.safetensors   the batch (below): input_ids, labels, pixel_values (12 tiles, 3, 30,
+                             30), img_row / img_start (each tile's row and first position),
+                             image_tiles (tiles per image), logits of 128 random vocabulary
+                             columns (logit_cols; metadata vocab_size), loss, lora.<svlm name>
                              (the adapter's weights, random A and B), grad.<svlm name> for every
                              LoRA tensor and for the projector under both namings
   vlm_idefics3_dir/          Idefics3ForConditionalGeneration: Idefics3 vision 12 px, patch 2
                              (6x6 grid), scale_factor 3 -> 4 tokens of 9*C, Llama (vocab 1024,
                              tie_word_embeddings true), image_token_id 1005 (<image>), the chat
                              formats' tokenizer.json and SmolVLM's chat_template.json
-  vlm_idefics3.safetensors   as above (pixel_values (2, 3, 12, 12): one image per row)
+  vlm_idefics3.safetensors   as above (14 tiles of 12 px; transformers got them as (2, 8, 3, 12,
+                             12) with two all-zero padding tiles in row 0)
   vlm_llava_dir/             LlavaForConditionalGeneration: CLIP vision 12 px, patch 4 (3x3 grid,
                              CLS dropped), vision_feature_layer -2, the projector linear_1/2,
                              Llama, image_token_index 159 (V - 1; no tokenizer.json)
-  vlm_llava.safetensors      as above
+  vlm_llava.safetensors      as above (4 images, all 160 logit columns)
 
-The batch: 2 rows of T tokens, one image per row (one tile), random text ids, labels on about
-half of the positions after each slot; every position attended. LoRA r 4 (alpha 8) on the seven
+The batch: 2 rows, two images in each: InternVL 3 + 3 tiles a row (1x2 or 2x1 grid + thumbnail,
+<img> <IMG_CONTEXT> x 25 per tile </img>), Idefics3 3 + 3 and 5 + 3 tiles (grid + global image,
+Idefics3Processor's <fake_token_around_image> <row_i_col_j> <image>... layout, a text id standing
+for each <row_i_col_j>), Llava one tile per image; random text ids below the tokenizer's added
+tokens, labels on about half of the text positions after the first image (never on an image
+token or a marker); every position attended. The logits of all 1024 columns over these rows would
+be 1.4 MB (InternVL): 128 random columns, more than the hidden size, pin the final hidden state
+at every position, and the loss covers the whole vocabulary. LoRA r 4 (alpha 8) on the seven
 projections of the language model only; the projector trainable (stage 2). float32, one thread,
 deterministic, eager attention: a rerun rewrites the same bytes.
 """
@@ -106,25 +115,72 @@ def text_id_limit(tok_json):
         return min(a["id"] for a in json.load(fh)["added_tokens"])
 
 
-def make_batch(seed, text_hi, T, n_tok, image_id, starts):
+TILE = "tile"  # a slot item: one tile's n_tok image tokens
+
+
+def make_batch(seed, text_hi, rows, slot, n_tok, image_id):
+    """rows[r]: the images of row r; slot(image) -> its items in order (a marker id, or TILE for one
+    tile's n_tok image tokens). Each row: 2 text tokens, then each image's slot followed by 3 text
+    tokens, then text up to the longest row + 6 (the answer); labels on about half of the text
+    positions after the first slot (the first after each slot always), never on an image token or
+    a marker. Returns ids, labels (2, T), each tile's row and first position, each image's tiles."""
     g = gen(seed)
-    ids = torch.randint(0, text_hi, (2, T), generator=g, dtype=torch.int64)
-    labels = torch.full((2, T), -100, dtype=torch.int64)
-    coin = torch.rand((2, T), generator=g)
-    for r in range(2):
-        s = starts[r]
-        ids[r, s:s + n_tok] = image_id
-        for p in range(s + n_tok, T):
-            if p == s + n_tok or coin[r, p] < 0.5:
+    items, tile_row, tile_start, image_tiles = [], [], [], []
+    for r, images in enumerate(rows):
+        row = ["text"] * 2
+        for im in images:
+            its = slot(im)
+            image_tiles.append(sum(x == TILE for x in its))
+            row += its + ["answer", "text", "text"]
+        items.append(row)
+    n = [sum(n_tok if x == TILE else 1 for x in row) for row in items]
+    T = max(n) + 6
+    ids = torch.randint(0, text_hi, (len(rows), T), generator=g, dtype=torch.int64)
+    labels = torch.full((len(rows), T), -100, dtype=torch.int64)
+    coin = torch.rand((len(rows), T), generator=g)
+    for r, row in enumerate(items):
+        row += ["answer"] * (T - n[r])
+        p, seen = 0, False
+        for x in row:
+            if x == TILE:
+                tile_row.append(r)
+                tile_start.append(p)
+                ids[r, p:p + n_tok] = image_id
+                p += n_tok
+                seen = True
+                continue
+            if isinstance(x, int):
+                ids[r, p] = x  # a marker: ordinary text to the model
+            elif seen and (x == "answer" or coin[r, p] < 0.5):
                 labels[r, p] = ids[r, p]
-    return ids, labels
+            p += 1
+        assert p == T
+    return ids, labels, tile_row, tile_start, image_tiles
 
 
-def run(model_dir, cls, pixels, T, n_tok, image_id, text_hi, starts, seed, conn_prefix, out_file,
-        extra_conn_names=None):
-    """loads model_dir, adds random LoRA, runs forward + backward; writes out_file"""
+def run(model_dir, cls, rows, slot, n_tok, image_id, text_hi, seed, conn_prefix, out_file,
+        extra_conn_names=None, per_row_pixels=False, logit_cols=0):
+    """loads model_dir, adds random LoRA, runs forward + backward on the batch of make_batch(rows =
+    rows) with random tiles; writes out_file. per_row_pixels: pixel_values (B, max tiles, 3, S, S)
+    with all-zero padding tiles (Idefics3's processor), else (tiles, 3, S, S). logit_cols > 0: the
+    logits of that many random vocabulary columns only (logit_cols; more columns than the hidden
+    size pin the final hidden state at every position), so that the fixture stays small"""
     model = cls.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=ATTN).eval()
-    ids, labels = make_batch(seed, text_hi, T, n_tok, image_id, starts)
+    V = model.config.get_text_config().vocab_size
+    S = model.config.vision_config.image_size
+    S = S if isinstance(S, int) else S[0]
+    ids, labels, tile_row, tile_start, image_tiles = make_batch(seed, text_hi, rows, slot, n_tok, image_id)
+    assert int((ids == image_id).sum()) == n_tok * len(tile_row)
+    flat = torch.randn((len(tile_row), 3, S, S), generator=gen(seed + 2))
+    if per_row_pixels:
+        per = [tile_row.count(r) for r in range(len(rows))]
+        pixels = torch.zeros((len(rows), max(per), 3, S, S))
+        i = 0
+        for r in range(len(rows)):
+            pixels[r, :per[r]] = flat[i:i + per[r]]
+            i += per[r]
+    else:
+        pixels = flat
     lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_RE, bias="none")
     pm = get_peft_model(model, lcfg)
     g = gen(seed + 1)
@@ -140,11 +196,19 @@ def run(model_dir, cls, pixels, T, n_tok, image_id, text_hi, starts, seed, conn_
     assert conn, conn_prefix
     res = pm(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids), labels=labels)
     res.loss.backward()
-    tensors = {"pixel_values": pixels.reshape(-1, *pixels.shape[-3:]).contiguous(),
+    logits = res.logits.detach()
+    tensors = {"pixel_values": flat.contiguous(),
                "input_ids": ids.to(torch.int32).contiguous(), "labels": labels.to(torch.int32).contiguous(),
-               "img_row": torch.tensor([0, 1], dtype=torch.int32),
-               "img_start": torch.tensor(starts, dtype=torch.int32),
-               "logits": res.logits.detach().contiguous(), "loss": res.loss.detach().reshape(1).contiguous()}
+               "img_row": torch.tensor(tile_row, dtype=torch.int32),
+               "img_start": torch.tensor(tile_start, dtype=torch.int32),
+               "image_tiles": torch.tensor(image_tiles, dtype=torch.int32),
+               "loss": res.loss.detach().reshape(1).contiguous()}
+    if logit_cols:
+        assert logit_cols > model.config.get_text_config().hidden_size
+        cols = torch.sort(torch.randperm(V, generator=gen(seed + 3))[:logit_cols]).values
+        tensors["logit_cols"] = cols.to(torch.int32)
+        logits = logits[:, :, cols]
+    tensors["logits"] = logits.contiguous()
     nlora = 0
     for name, p in pm.named_parameters():
         if "lora_" in name:
@@ -156,8 +220,9 @@ def run(model_dir, cls, pixels, T, n_tok, image_id, text_hi, starts, seed, conn_
         if extra_conn_names:
             tensors["grad." + extra_conn_names(name)] = p.grad.detach().clone().contiguous()
     assert nlora == 2 * 7 * 2, nlora
-    save_file(tensors, out_file)
-    return dict(file=os.path.basename(out_file), loss=res.loss.item(), lora_tensors=nlora)
+    save_file(tensors, out_file, metadata={"vocab_size": str(V)})
+    return dict(file=os.path.basename(out_file), loss=res.loss.item(), lora_tensors=nlora, T=ids.shape[1],
+                tiles=len(tile_row), image_tiles=image_tiles)
 
 
 # ---------------------------------------------------------------------------------------- InternVL
@@ -238,9 +303,14 @@ def make_internvl(out, tok_json):
         json.dump({"chat_template": INTERNVL_HF_TEMPLATE}, fh, indent=2)
         fh.write("\n")
 
-    pix = torch.randn((2, 3, 30, 30), generator=gen(31003))
-    return run(d, InternVLForConditionalGeneration, pix, T=32, n_tok=25, image_id=image_id,
-               text_hi=text_id_limit(tok_json), starts=[1, 3], seed=31004,
+    # <img> <IMG_CONTEXT> x 25 per tile </img>; each image a 1x2 or 2x1 grid + its thumbnail
+    img, end = token_id(tok_json, "<img>"), token_id(tok_json, "</img>")
+
+    def slot(tiles):
+        return [img] + [TILE] * tiles + [end]
+
+    return run(d, InternVLForConditionalGeneration, [[3, 3], [3, 3]], slot, n_tok=25, image_id=image_id,
+               text_hi=text_id_limit(tok_json), seed=31004, logit_cols=128,
                conn_prefix="model.multi_modal_projector.", out_file=os.path.join(out, "vlm_internvl.safetensors"),
                extra_conn_names=remote_conn_name)
 
@@ -277,8 +347,22 @@ def make_idefics3(out, tok_json):
         emb(pix[:, 0], torch.ones((2, 6, 6), dtype=torch.bool))
     h.remove()
     assert torch.equal(seen["ids"][0], torch.arange(36)), seen["ids"][0]
-    return run(d, Idefics3ForConditionalGeneration, pix, T=16, n_tok=4, image_id=image_id,
-               text_hi=text_id_limit(tok_json), starts=[1, 3], seed=32004,
+    # Idefics3Processor's layout: per grid tile <fake_token_around_image> <row_i_col_j> <image> x 4,
+    # a newline after each grid row, then <fake_token_around_image> <global-img> <image> x 4
+    # <fake_token_around_image>; the tokenizer has no <row_i_col_j>: plain text ids stand for them
+    fake, glob = token_id(tok_json, "<fake_token_around_image>"), token_id(tok_json, "<global-img>")
+
+    def slot(grid):
+        items = []
+        for i in range(grid[0]):
+            for j in range(grid[1]):
+                items += [fake, 900 + 10 * i + j, TILE]
+            items.append(10)  # "\n"
+        return items + [10, fake, glob, TILE, fake]
+
+    # rows of 3 + 3 and 5 + 3 tiles: row 0's pixel_values end in two all-zero padding tiles
+    return run(d, Idefics3ForConditionalGeneration, [[(1, 2), (2, 1)], [(2, 2), (1, 2)]], slot, n_tok=4,
+               image_id=image_id, text_hi=text_id_limit(tok_json), seed=32004, per_row_pixels=True, logit_cols=128,
                conn_prefix="model.connector.", out_file=os.path.join(out, "vlm_idefics3.safetensors"))
 
 
@@ -301,8 +385,9 @@ def make_llava(out):
     sd = load_file(os.path.join(d, "model.safetensors"))
     assert "multi_modal_projector.linear_1.weight" in sd and "language_model.lm_head.weight" in sd, sorted(sd)[:6]
     assert "vision_tower.embeddings.class_embedding" in sd, sorted(sd)[:6]  # hub files: vision_tower.vision_model.*
-    pix = torch.randn((2, 3, 12, 12), generator=gen(33003))
-    return run(d, LlavaForConditionalGeneration, pix, T=24, n_tok=9, image_id=V - 1, text_hi=V - 2, starts=[2, 5], seed=33004,
+    # two images a row, one tile each (llava-hf does not tile), <image> x 9 each
+    return run(d, LlavaForConditionalGeneration, [[1, 1], [1, 1]], lambda im: [TILE], n_tok=9, image_id=V - 1,
+               text_hi=V - 1, seed=33004,
                conn_prefix="model.multi_modal_projector.", out_file=os.path.join(out, "vlm_llava.safetensors"))
 
 

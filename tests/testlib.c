@@ -187,6 +187,17 @@ void vlm_fixture_open(VlmFixture *fx, const char *name) {
     fx->B = (int)ids->shape[0];
     fx->T = (int)ids->shape[1];
     fx->V = (int)lg->shape[2];
+    const StTensor *cols = st_find(&fx->f, "logit_cols");
+    if (cols) {  // a subset of the columns: the vocabulary's size is in the metadata
+        const char *v = st_meta(&fx->f, "vocab_size");
+        if (!v || atoi(v) <= 0) fail_msg("%s: logit_cols without a vocab_size in the metadata", fx->f.path);
+        fx->n_cols = (int)st_numel(cols);
+        if (fx->n_cols != fx->V) fail_msg("%s: %d logit_cols for logits of %d columns", fx->f.path, fx->n_cols, fx->V);
+        fx->V = atoi(v);
+        fx->cols = fixture_i32(&fx->f, "logit_cols");
+        for (int i = 0; i < fx->n_cols; i++)
+            if (fx->cols[i] < 0 || fx->cols[i] >= fx->V) fail_msg("%s: logit_cols[%d] out of range", fx->f.path, i);
+    }
     fx->S = (int)px->shape[2];
     fx->n_img = (int)rows->shape[0];
     fx->ids = fixture_i32(&fx->f, "input_ids");
@@ -205,7 +216,21 @@ void vlm_fixture_open(VlmFixture *fx, const char *name) {
                            .pixels = fx->pixels, .img_row = fx->img_row, .img_start = fx->img_start};
 }
 
+void vlm_fixture_expect_logits(const VlmFixture *fx, const float *got, const char *what, double tol) {
+    size_t n;
+    float *want = fixture_f32(&fx->f, "logits", &n);
+    int C = fx->n_cols ? fx->n_cols : fx->V;
+    assert_int_equal(n, (size_t)fx->B * fx->T * C);
+    float *sel = xmalloc(n * sizeof(float));  // got's columns that the fixture holds
+    for (size_t i = 0; i < (size_t)fx->B * fx->T; i++)
+        for (int c = 0; c < C; c++) sel[i * C + c] = got[i * fx->V + (fx->cols ? fx->cols[c] : c)];
+    test_expect_close(what, sel, want, n, tol);
+    free(sel);
+    free(want);
+}
+
 void vlm_fixture_close(VlmFixture *fx) {
+    free(fx->cols);
     free(fx->ids);
     free(fx->labels);
     free(fx->targets);

@@ -74,8 +74,10 @@ double test_step_seconds(const char *run_dir, double fallback);
 
 typedef struct {
     StFile f;
-    int B, T, V, S, n_img;
+    int B, T, V, S, n_img;  // n_img: tiles (each tile is one of VlmBatch's images)
     int *ids, *labels, *img_row, *img_start;
+    int n_cols, *cols;  // logits (B, T, n_cols) of these vocabulary columns (logit_cols, and V from the
+                        // file's vocab_size metadata), so that a long batch stays small; 0, NULL: all V
     int *targets;   // labels shifted as HF scores them: targets[t] = labels[t+1], -1 for none
     float *pixels;  // (n_img, 3, S, S)
     VlmBatch batch;
@@ -92,6 +94,9 @@ float *fixture_f32(const StFile *f, const char *name, size_t *n);
 int *fixture_i32(const StFile *f, const char *name);
 void vlm_fixture_open(VlmFixture *fx, const char *name);
 void vlm_fixture_close(VlmFixture *fx);
+// got (B, T, V), svlm's logits on fx's batch, within tol (rel_err) of the fixture's logits: over
+// the stored columns only where the fixture keeps a subset (n_cols)
+void vlm_fixture_expect_logits(const VlmFixture *fx, const float *got, const char *what, double tol);
 // The spec of the fixtures' VLM: clip + llm + connector [+ peft adapter lora_dir's LoRA config],
 // for batches up to max_B x max_T with max_images. Its paths stay valid until the next call.
 VlmSpec fixture_vlm_spec(const char *llm, ConnectorType ct, const char *lora_dir, int max_B, int max_T,
