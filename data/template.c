@@ -330,11 +330,13 @@ static void content(Pieces *ps, const char *s, int label) {
 }
 
 // idefics3's turn text: as content(), but the slot is followed by the stripped rest directly (its
-// chat template renders the content list [image, text] with nothing between them)
+// chat template renders the content list [image, text] with nothing between them); with several
+// images each slot where its placeholder is, the text kept exactly (the content list [text, image,
+// image, text, ...] renders each image as "<image>" between its texts)
 static void content_tight(Pieces *ps, const char *s, int label) {
     const char *img = strstr(s, IMAGE_TAG);
-    if (!img) {
-        text(ps, s, label);
+    if (!img || ps->multi) {
+        content(ps, s, label);
         return;
     }
     const char *a, *b;
@@ -494,8 +496,9 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
         for (int i = first; i < n_turns; i++) {
             int human = role_of(turns[i].role) == R_HUMAN;
             // the role, then ":" before an image (the turn's first content) or ": " before text;
-            // an answer's space is labelled with it (the prompt ends with "Assistant:")
-            int img_first = strstr(TXT(i), IMAGE_TAG) != NULL;
+            // an answer's space is labelled with it (the prompt ends with "Assistant:"). One image
+            // opens its turn (LLaVA's normal form); several stay where they are
+            int img_first = ps->multi ? !strncmp(TXT(i), IMAGE_TAG, IMAGE_TAG_LEN) : strstr(TXT(i), IMAGE_TAG) != NULL;
             text(ps, human ? "User:" : "Assistant:", 0);
             if (!img_first) text(ps, " ", !human);
             content_tight(ps, TXT(i), !human);

@@ -9,7 +9,7 @@ Needs transformers (5.x) and tokenizers. Writes:
   tokenizer.json  the template fixtures' byte-level BPE (tests/fixtures/templates/tokenizer.json,
                   <|endoftext|> <|im_start|> <|im_end|> <|endofturn|>) with the formats' special
                   tokens added: <end_of_utterance> <image> <IMG_CONTEXT> <img> </img>
-                  <fake_token_around_image> <global-img>
+                  <fake_token_around_image> <global-img> <row_1_col_1> .. <row_6_col_6>
   expected.json   per (format, conversation): the ids and loss mask (a string of 0/1) of the
                   training sample and of the generation prompt (the conversation up to its first
                   human turn), the index of the image slot, and the template kind + system prompt
@@ -45,6 +45,8 @@ from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ["<end_of_utterance>", "<image>", "<IMG_CONTEXT>", "<img>", "</img>", "<fake_token_around_image>",
             "<global-img>"]
+# SmolVLM's tokenizer has Idefics3's tile markers as added tokens (its processor writes them as text)
+SPECIALS += [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
 
 HERMES2_SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
 INTERNVL2_5_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"

@@ -4,13 +4,20 @@
 // transformers' apply_chat_template with SmolVLM's and InternVL's chat templates) on English,
 // Vietnamese and Korean conversations: token ids, loss mask and image slot of every training
 // sample and generation prompt; and template_recognize on the models' chat_template texts.
+// test_tiled: whole samples with tiled images (scripts/make_tiled_format_fixtures.py: transformers'
+// InternVLProcessor and Idefics3Processor on the rendered chat template and real images) against
+// the chain ./prepare and the loader run: template_encode_images -> image_grid (data/tiling.c) ->
+// image_slots_insert (data/image_slot.c): ids, loss mask and each image's grid.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/json.h"
 #include "common/util.h"
+#include "data/image_slot.h"
+#include "data/shards.h"
 #include "data/template.h"
+#include "data/tiling.h"
 #include "data/tokenizer.h"
 #include "tests/testlib.h"
 
@@ -105,11 +112,103 @@ static void test_recognize(void **state) {
     cJSON_Delete(root);
 }
 
+static void test_tiled(void **state) {
+    cJSON *root = fixture_json("chat_formats/tiled.json");
+    const char *tok_path = fixture_path("chat_formats/tokenizer.json");
+    Tokenizer *tok = tokenizer_load(tok_path);
+    int n_cases = 0, n_internvl = 0, n_idefics3 = 0, n_multi = 0, n_tiled = 0;
+    for (const cJSON *c = fixture_item(root, "cases")->child; c; c = c->next) {
+        const char *fmt = fixture_item(c, "format")->valuestring, *lang = fixture_item(c, "lang")->valuestring;
+        const int prompt = cJSON_IsTrue(fixture_item(c, "prompt"));
+        const cJSON *jp = fixture_item(c, "prep"), *sys = fixture_item(c, "system");
+        const int idefics3 = !strcmp(fixture_item(jp, "family")->valuestring, "idefics3");
+        ImagePrep prep;
+        image_prep_preset(&prep, idefics3 ? IMAGE_PREP_IDEFICS3 : IMAGE_PREP_INTERNVL, fixture_item(jp, "size")->valueint);
+        prep.max_tiles = fixture_item(jp, "max_tiles")->valueint;
+        if (idefics3) prep.longest_edge = fixture_item(jp, "longest_edge")->valueint;
+        ImageSlot slot;
+        image_slot_init(&slot, idefics3 ? IMAGE_FORMAT_IDEFICS3 : IMAGE_FORMAT_INTERNVL, fixture_item(jp, "tokens")->valueint,
+                        image_grid_max_side(&prep), tok, tok_path);
+        Template *t = template_new(template_parse(fixture_item(c, "kind")->valuestring), tok,
+                                   cJSON_IsString(sys) ? sys->valuestring : NULL, -1);
+        const cJSON *jt = fixture_item(c, "turns");
+        int nt = cJSON_GetArraySize(jt);
+        Turn *turns = xcalloc(nt, sizeof *turns);
+        for (int i = 0; i < nt; i++) {
+            const cJSON *e = cJSON_GetArrayItem(jt, i);
+            turns[i] = (Turn){cJSON_GetArrayItem(e, 0)->valuestring, cJSON_GetArrayItem(e, 1)->valuestring};
+        }
+        int *ids = NULL, pos[SHARDS_MAX_IMAGES], n_images = -1;
+        uint8_t *mask = NULL;
+        char err[256] = "";
+        int n = prompt ? template_encode_prompt_images(t, turns, nt, &ids, pos, SHARDS_MAX_IMAGES, &n_images, err, sizeof err)
+                       : template_encode_images(t, turns, nt, &ids, &mask, pos, SHARDS_MAX_IMAGES, &n_images, err, sizeof err);
+        if (n < 0) fail_msg("%s/%s%s: refused (%d): %s", fmt, lang, prompt ? " prompt" : "", n, err);
+        const cJSON *jimg = fixture_item(c, "images"), *jgrid = fixture_item(c, "grids");
+        if (n_images != cJSON_GetArraySize(jimg))
+            fail_msg("%s/%s%s: %d image slots for %d images", fmt, lang, prompt ? " prompt" : "", n_images,
+                     cJSON_GetArraySize(jimg));
+        // each image's grid from its size alone, as ./prepare computes it
+        ImageGrid grids[SHARDS_MAX_IMAGES];
+        int n_tiles = 0;
+        for (int k = 0; k < n_images; k++) {
+            const cJSON *wh = cJSON_GetArrayItem(jimg, k), *g = cJSON_GetArrayItem(jgrid, k);
+            const int w = cJSON_GetArrayItem(wh, 0)->valueint, h = cJSON_GetArrayItem(wh, 1)->valueint;
+            grids[k] = image_grid(&prep, w, h);
+            ImageGrid want = {cJSON_GetArrayItem(g, 0)->valueint, cJSON_GetArrayItem(g, 1)->valueint,
+                              cJSON_GetArrayItem(g, 2)->valueint};
+            if (grids[k].rows != want.rows || grids[k].cols != want.cols || grids[k].thumb != want.thumb)
+                fail_msg("%s/%s: image %d (%dx%d): grid %dx%d+%d, the processor's %dx%d+%d", fmt, lang, k, w, h,
+                         grids[k].rows, grids[k].cols, grids[k].thumb, want.rows, want.cols, want.thumb);
+            n_tiles += image_grid_tiles(grids[k]);
+            n_tiled += image_grid_tiles(grids[k]) > 1;
+        }
+        // the expanded sample, through the loader's own composition
+        int len = n;
+        for (int k = 0; k < n_images; k++) len += image_slot_len(&slot, grids[k]);
+        int *full = xmalloc((size_t)len * sizeof(int)), *tile_start = xmalloc((size_t)(n_tiles + 1) * sizeof(int));
+        uint8_t *full_mask = xmalloc((size_t)len);
+        assert_int_equal(image_slots_insert(&slot, ids, mask, n, pos, grids, n_images, full, full_mask, tile_start), len);
+        const cJSON *want = fixture_item(c, "ids");
+        const char *want_mask = fixture_item(c, "mask")->valuestring;
+        if (len != cJSON_GetArraySize(want))
+            fail_msg("%s/%s%s: %d ids, the processor gives %d", fmt, lang, prompt ? " prompt" : "", len,
+                     cJSON_GetArraySize(want));
+        for (int i = 0; i < len; i++) {
+            if (full[i] != cJSON_GetArrayItem(want, i)->valueint)
+                fail_msg("%s/%s%s: id %d is %d, the processor's %d", fmt, lang, prompt ? " prompt" : "", i, full[i],
+                         cJSON_GetArrayItem(want, i)->valueint);
+            if (full_mask[i] != (uint8_t)(want_mask[i] - '0'))
+                fail_msg("%s/%s%s: mask %d is %d, want %c", fmt, lang, prompt ? " prompt" : "", i, full_mask[i], want_mask[i]);
+        }
+        // the tiles' feature rows: the processor's image tokens, each once, in order
+        const int image_id = idefics3 ? slot.image : slot.img_ctx;
+        int n_image_tokens = 0;
+        for (int i = 0; i < len; i++) n_image_tokens += full[i] == image_id;
+        assert_int_equal(n_image_tokens, n_tiles * slot.tokens);
+        for (int k = 0; k < n_tiles; k++) {
+            assert_true(k == 0 || tile_start[k] >= tile_start[k - 1] + slot.tokens);
+            for (int j = 0; j < slot.tokens; j++) assert_int_equal(full[tile_start[k] + j], image_id);
+        }
+        n_cases++;
+        n_internvl += !idefics3, n_idefics3 += idefics3, n_multi += n_images > 1;
+        free(full), free(full_mask), free(tile_start), free(ids), free(mask), free(turns);
+        template_free(t);
+        image_slot_free(&slot);
+    }
+    printf("    %d tiled samples (%d internvl_hf, %d smolvlm; %d with 2 images, %d tiled images) equal to the processors'\n",
+           n_cases, n_internvl, n_idefics3, n_multi, n_tiled);
+    assert_int_equal(n_cases, 34);
+    tokenizer_free(tok);
+    cJSON_Delete(root);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_formats),
         cmocka_unit_test(test_kind_facts),
         cmocka_unit_test(test_recognize),
+        cmocka_unit_test(test_tiled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
