@@ -1,9 +1,10 @@
 // test_chat_formats.c: the whole-model chat formats of data/template.c (hermes2, internvl2_5,
-// idefics3, and chatml without a system prompt as transformers' InternVL writes it) against the
-// models' own renderers (scripts/make_chat_format_fixtures.py: InternVL's conversation templates,
-// transformers' apply_chat_template with SmolVLM's and InternVL's chat templates) on English,
-// Vietnamese and Korean conversations: token ids, loss mask and image slot of every training
-// sample and generation prompt; and template_recognize on the models' chat_template texts.
+// idefics3, llava_hf, and chatml without a system prompt as transformers' InternVL writes it)
+// against the models' own renderers (scripts/make_chat_format_fixtures.py: InternVL's conversation
+// templates, transformers' apply_chat_template with SmolVLM's, InternVL's and llava-hf's chat
+// templates) on English, Vietnamese and Korean conversations: token ids, loss mask and image slot
+// of every training sample and generation prompt; and template_recognize on the models'
+// chat_template texts.
 // test_tiled: whole samples with tiled images (scripts/make_tiled_format_fixtures.py: transformers'
 // InternVLProcessor and Idefics3Processor on the rendered chat template and real images) against
 // the chain ./prepare and the loader run: template_encode_images -> image_grid (data/tiling.c) ->
@@ -25,8 +26,9 @@ static void test_formats(void **state) {
     cJSON *root = fixture_json("chat_formats/expected.json");
     Tokenizer *tok = tokenizer_load(fixture_path("chat_formats/tokenizer.json"));
     const cJSON *cases = fixture_item(root, "cases");
-    int n_cases = 0, per_format[4] = {0};
-    const char *formats[4] = {"hermes2", "internvl2_5", "internvl_hf", "smolvlm"};
+    enum { N_FORMATS = 5 };
+    int n_cases = 0, per_format[N_FORMATS] = {0};
+    const char *formats[N_FORMATS] = {"hermes2", "internvl2_5", "internvl_hf", "smolvlm", "llava_hf"};
     for (const cJSON *c = cases->child; c; c = c->next) {
         const char *fmt = fixture_item(c, "format")->valuestring, *lang = fixture_item(c, "lang")->valuestring;
         const cJSON *sys = fixture_item(c, "system");
@@ -59,7 +61,7 @@ static void test_formats(void **state) {
                 fail_msg("%s/%s: mask %d is %d, want %c", fmt, lang, i, mask[i], want_mask[i]);
         }
         assert_int_equal(image_pos, fixture_item(c, "image_pos")->valueint);
-        for (int f = 0; f < 4; f++) per_format[f] += !strcmp(fmt, formats[f]);
+        for (int f = 0; f < N_FORMATS; f++) per_format[f] += !strcmp(fmt, formats[f]);
         free(ids);
         free(mask);
         free(turns);
@@ -67,7 +69,7 @@ static void test_formats(void **state) {
         n_cases++;
     }
     printf("    %d conversations (ids, mask, image slot) equal to the models' own renderers\n", n_cases);
-    for (int f = 0; f < 4; f++) assert_int_equal(per_format[f], 8);  // en, vi, ko, text-only; sample and prompt
+    for (int f = 0; f < N_FORMATS; f++) assert_int_equal(per_format[f], 8);  // en, vi, ko, text-only; sample and prompt
     tokenizer_free(tok);
     cJSON_Delete(root);
 }
@@ -79,6 +81,11 @@ static void test_kind_facts(void **state) {
     assert_int_equal(template_stop_id(t), tokenizer_token_id(tok, "<end_of_utterance>"));
     assert_string_equal(template_system_text(t), "");
     template_free(t);
+    t = template_new(TEMPLATE_LLAVA_HF, tok, NULL, -1);  // no end token in its template: the tokenizer's eos
+    assert_int_equal(template_stop_id(t), tokenizer_token_id(tok, "<|endoftext|>"));
+    assert_string_equal(template_system_text(t), "");
+    template_free(t);
+    assert_int_equal(template_parse("llava_hf"), TEMPLATE_LLAVA_HF);
     t = template_new(TEMPLATE_HERMES2, tok, NULL, -1);
     assert_int_equal(template_stop_id(t), tokenizer_token_id(tok, "<|im_end|>"));
     assert_non_null(strstr(template_system_text(t), "InternVL"));
@@ -107,7 +114,7 @@ static void test_recognize(void **state) {
         if (cJSON_IsNull(sys)) assert_null(system);
         else assert_string_equal(system, sys->valuestring);
     }
-    assert_int_equal(n, 6);
+    assert_int_equal(n, 7);
     assert_false(template_recognize("", &(TemplateKind){0}, &(const char *){NULL}));
     cJSON_Delete(root);
 }
