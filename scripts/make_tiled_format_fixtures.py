@@ -21,13 +21,16 @@ generation prompt (the conversation up to its first human turn, add_generation_p
   smolvlm      SmolVLM's chat template, then Idefics3Processor with Idefics3ImageProcessorPil
                (do_image_splitting, max_image_size 28, longest_edge 112, or 28 for one tile;
                image_seq_len 2); the grid is the rows / cols it returns (return_row_col_info)
+  llava_hf     llava-hf's chat template, then LlavaProcessor with CLIPImageProcessorPil (12 px,
+               patch 4, CLS dropped: <image> x 9); one tile per image (labelled: " " + answer)
 
 Conversations are content lists; svlm's LLaVA text of a turn: with one image in the whole
 conversation, "<image>\\n" + text (LLaVA's normal form, the image first); with several, kept
-where it is: internvl_hf's image renders "<IMG_CONTEXT>\\n", so "<image>\\n", smolvlm's renders
-"<image>", so "<image>". Loss mask: the processor's ids are re-encoded from the expanded text
-(ids decoded, then encoded with offsets; asserted equal to the processor's) and a token carries
-loss iff it lies inside an answer span (answer + its end token; smolvlm: the space before too).
+where it is: internvl_hf's and llava_hf's image renders "<IMG_CONTEXT>\\n" / "<image>\\n", so
+"<image>\\n", smolvlm's renders "<image>", so "<image>". Loss mask: the processor's ids are
+re-encoded from the expanded text (ids decoded, then encoded with offsets; asserted equal to the
+processor's) and a token carries loss iff it lies inside an answer span (internvl_hf: answer +
+<|im_end|>; smolvlm: " " + answer + <end_of_utterance>; llava_hf: " " + answer).
 """
 import argparse
 import json
@@ -41,18 +44,21 @@ require("tokenizers", "transformers", "PIL", "numpy")
 
 import numpy as np
 from PIL import Image
-from transformers import Idefics3Processor, InternVLProcessor, PreTrainedTokenizerFast
+from transformers import Idefics3Processor, InternVLProcessor, LlavaProcessor, PreTrainedTokenizerFast
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (GotOcr2ImageProcessorPil,
                                                                        get_optimal_tiled_canvas)
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
 
-from make_chat_format_fixtures import INTERNVL_HF_TEMPLATE, SMOLVLM_TEMPLATE  # noqa: E402
+from make_chat_format_fixtures import INTERNVL_HF_TEMPLATE, LLAVA_HF_TEMPLATE_SHIPPED, SMOLVLM_TEMPLATE  # noqa: E402
 
 TILE = 28
 INTERNVL = {"family": "internvl", "size": TILE, "max_tiles": 6, "tokens": 2, "longest_edge": 0}
 IDEFICS3 = {"family": "idefics3", "size": TILE, "max_tiles": 17, "tokens": 2, "longest_edge": 4 * TILE}
 IDEFICS3_ONE = {"family": "idefics3", "size": TILE, "max_tiles": 2, "tokens": 2, "longest_edge": TILE}
+# llava-hf: CLIP 12 px, patch 4, CLS dropped ("default"): 9 image tokens, one tile
+CLIP = {"family": "clip", "size": 12, "max_tiles": 1, "tokens": 9, "longest_edge": 0}
 
 IMG = {"type": "image"}
 
@@ -97,7 +103,14 @@ CASES = [
     ("smolvlm", IDEFICS3, "en_2turns", [(200, 40), (70, 50)]),
     ("smolvlm", IDEFICS3, "vi_2in1", [(40, 200), (90, 60)]),
     ("smolvlm", IDEFICS3, "ko_2in1", [(60, 90), (200, 40)]),
+    ("llava_hf", CLIP, "en", [(50, 40)]),
+    ("llava_hf", CLIP, "vi", [(20, 90)]),
+    ("llava_hf", CLIP, "ko", [(30, 30)]),
+    ("llava_hf", CLIP, "en_2turns", [(50, 40), (90, 60)]),
+    ("llava_hf", CLIP, "vi_2in1", [(40, 200), (90, 60)]),  # (its template writes a turn's images first)
 ]
+TEMPLATES = {"internvl_hf": INTERNVL_HF_TEMPLATE, "smolvlm": SMOLVLM_TEMPLATE, "llava_hf": LLAVA_HF_TEMPLATE_SHIPPED}
+KINDS = {"internvl_hf": ("chatml", ""), "smolvlm": ("idefics3", None), "llava_hf": ("llava_hf", None)}
 
 ROLE = {"user": "human", "assistant": "gpt", "system": "system"}
 
@@ -111,7 +124,7 @@ def llava_text(content, fmt, several):
             assert content[0]["type"] == "image", content
             return "<image>\n" + text
         return text
-    img = "<image>\n" if fmt == "internvl_hf" else "<image>"
+    img = "<image>" if fmt == "smolvlm" else "<image>\n"
     return "".join(img if c["type"] == "image" else c["text"] for c in content)
 
 
@@ -120,6 +133,11 @@ def image(w, h, seed):
 
 
 def processor(fmt, prep, hf):
+    if fmt == "llava_hf":
+        ip = CLIPImageProcessorPil(size={"shortest_edge": prep["size"]}, crop_size={"height": prep["size"],
+                                                                                  "width": prep["size"]})
+        return LlavaProcessor(image_processor=ip, tokenizer=hf, patch_size=4, vision_feature_select_strategy="default",
+                              num_additional_image_tokens=1, image_token="<image>")
     if fmt == "internvl_hf":
         ip = GotOcr2ImageProcessorPil(crop_to_patches=True, size={"height": TILE, "width": TILE},
                                       max_patches=prep["max_tiles"], min_patches=1)
@@ -132,6 +150,8 @@ def processor(fmt, prep, hf):
 
 def grids_of(fmt, proc, prep, imgs):
     out = []
+    if fmt == "llava_hf":  # one tile: the processor's 9 tokens per image are checked by the ids
+        return [[1, 1, 0] for _ in imgs]
     if fmt == "internvl_hf":
         patches = proc.image_processor(images=imgs)["num_patches"]
         for im, n in zip(imgs, patches):
@@ -160,7 +180,7 @@ def main():
     for fmt, prep, lang, sizes in CASES:
         conv = CONVERSATIONS[lang]
         proc = processor(fmt, prep, hf)
-        template = INTERNVL_HF_TEMPLATE if fmt == "internvl_hf" else SMOLVLM_TEMPLATE
+        template = TEMPLATES[fmt]
         for prompt in (False, True):
             msgs = conv
             if prompt:  # up to the first human turn
@@ -181,7 +201,8 @@ def main():
                 if r != "assistant":
                     continue
                 ans = "".join(c["text"] for c in cl)
-                lab = ans + "<|im_end|>" if fmt == "internvl_hf" else " " + ans + "<end_of_utterance>"
+                lab = {"internvl_hf": ans + "<|im_end|>", "smolvlm": " " + ans + "<end_of_utterance>",
+                       "llava_hf": " " + ans}[fmt]
                 i = full.index(lab, at)
                 spans.append((i, i + len(lab)))
                 at = i + len(lab)
@@ -192,8 +213,7 @@ def main():
             assert ("1" in mask) != prompt
             cases.append({
                 "format": fmt, "lang": lang, "prompt": prompt,
-                "kind": "chatml" if fmt == "internvl_hf" else "idefics3",
-                "system": "" if fmt == "internvl_hf" else None,
+                "kind": KINDS[fmt][0], "system": KINDS[fmt][1],
                 "prep": prep,
                 "turns": [[ROLE[r], llava_text(cl, fmt, several)] for r, cl in msgs],
                 "images": [list(sz) for sz in sizes[:n_img]],

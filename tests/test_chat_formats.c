@@ -6,9 +6,10 @@
 // of every training sample and generation prompt; and template_recognize on the models'
 // chat_template texts.
 // test_tiled: whole samples with tiled images (scripts/make_tiled_format_fixtures.py: transformers'
-// InternVLProcessor and Idefics3Processor on the rendered chat template and real images) against
-// the chain ./prepare and the loader run: template_encode_images -> image_grid (data/tiling.c) ->
-// image_slots_insert (data/image_slot.c): ids, loss mask and each image's grid.
+// InternVLProcessor, Idefics3Processor and LlavaProcessor on the rendered chat template and real
+// images: 1 tile, several, 1x4 / 4x1, two images per sample) against the chain ./prepare and the
+// loader run: template_encode_images -> image_grid (data/tiling.c) -> image_slots_insert
+// (data/image_slot.c): ids, loss mask, feature rows and each image's grid.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,19 +124,21 @@ static void test_tiled(void **state) {
     cJSON *root = fixture_json("chat_formats/tiled.json");
     const char *tok_path = fixture_path("chat_formats/tokenizer.json");
     Tokenizer *tok = tokenizer_load(tok_path);
-    int n_cases = 0, n_internvl = 0, n_idefics3 = 0, n_multi = 0, n_tiled = 0;
+    int n_cases = 0, per_format[3] = {0}, n_multi = 0, n_tiled = 0;
+    const char *formats[3] = {"internvl_hf", "smolvlm", "llava_hf"};
     for (const cJSON *c = fixture_item(root, "cases")->child; c; c = c->next) {
         const char *fmt = fixture_item(c, "format")->valuestring, *lang = fixture_item(c, "lang")->valuestring;
         const int prompt = cJSON_IsTrue(fixture_item(c, "prompt"));
         const cJSON *jp = fixture_item(c, "prep"), *sys = fixture_item(c, "system");
-        const int idefics3 = !strcmp(fixture_item(jp, "family")->valuestring, "idefics3");
+        const char *family = fixture_item(jp, "family")->valuestring;
+        const int idefics3 = !strcmp(family, "idefics3"), llava = !strcmp(family, "clip");
         ImagePrep prep;
-        image_prep_preset(&prep, idefics3 ? IMAGE_PREP_IDEFICS3 : IMAGE_PREP_INTERNVL, fixture_item(jp, "size")->valueint);
+        image_prep_preset(&prep, image_prep_family_parse(family), fixture_item(jp, "size")->valueint);
         prep.max_tiles = fixture_item(jp, "max_tiles")->valueint;
         if (idefics3) prep.longest_edge = fixture_item(jp, "longest_edge")->valueint;
         ImageSlot slot;
-        image_slot_init(&slot, idefics3 ? IMAGE_FORMAT_IDEFICS3 : IMAGE_FORMAT_INTERNVL, fixture_item(jp, "tokens")->valueint,
-                        image_grid_max_side(&prep), tok, tok_path);
+        image_slot_init(&slot, idefics3 ? IMAGE_FORMAT_IDEFICS3 : llava ? IMAGE_FORMAT_LLAVA : IMAGE_FORMAT_INTERNVL,
+                        fixture_item(jp, "tokens")->valueint, image_grid_max_side(&prep), tok, tok_path);
         Template *t = template_new(template_parse(fixture_item(c, "kind")->valuestring), tok,
                                    cJSON_IsString(sys) ? sys->valuestring : NULL, -1);
         const cJSON *jt = fixture_item(c, "turns");
@@ -176,36 +179,43 @@ static void test_tiled(void **state) {
         int *full = xmalloc((size_t)len * sizeof(int)), *tile_start = xmalloc((size_t)(n_tiles + 1) * sizeof(int));
         uint8_t *full_mask = xmalloc((size_t)len);
         assert_int_equal(image_slots_insert(&slot, ids, mask, n, pos, grids, n_images, full, full_mask, tile_start), len);
+        // feature rows: each tile's tokens from its tile_start, in order, never overlapping
+        uint8_t *feat = xcalloc((size_t)len, 1);
+        for (int k = 0; k < n_tiles; k++) {
+            assert_true(k == 0 || tile_start[k] >= tile_start[k - 1] + slot.tokens);
+            for (int j = 0; j < slot.tokens; j++) feat[tile_start[k] + j] = 1;
+        }
+        // the processor's ids: its image token exactly at svlm's feature rows (llava writes 0 there,
+        // the model never looks them up), every other id and the mask equal
+        const int image_id = tokenizer_token_id(tok, idefics3 || llava ? "<image>" : "<IMG_CONTEXT>");
         const cJSON *want = fixture_item(c, "ids");
         const char *want_mask = fixture_item(c, "mask")->valuestring;
         if (len != cJSON_GetArraySize(want))
             fail_msg("%s/%s%s: %d ids, the processor gives %d", fmt, lang, prompt ? " prompt" : "", len,
                      cJSON_GetArraySize(want));
         for (int i = 0; i < len; i++) {
-            if (full[i] != cJSON_GetArrayItem(want, i)->valueint)
-                fail_msg("%s/%s%s: id %d is %d, the processor's %d", fmt, lang, prompt ? " prompt" : "", i, full[i],
-                         cJSON_GetArrayItem(want, i)->valueint);
+            const int w = cJSON_GetArrayItem(want, i)->valueint;
+            if ((w == image_id) != feat[i])
+                fail_msg("%s/%s%s: position %d: the processor's id %d, svlm's feature row flag %d", fmt, lang,
+                         prompt ? " prompt" : "", i, w, feat[i]);
+            if (!(llava && feat[i]) && full[i] != w)
+                fail_msg("%s/%s%s: id %d is %d, the processor's %d", fmt, lang, prompt ? " prompt" : "", i, full[i], w);
             if (full_mask[i] != (uint8_t)(want_mask[i] - '0'))
                 fail_msg("%s/%s%s: mask %d is %d, want %c", fmt, lang, prompt ? " prompt" : "", i, full_mask[i], want_mask[i]);
         }
-        // the tiles' feature rows: the processor's image tokens, each once, in order
-        const int image_id = idefics3 ? slot.image : slot.img_ctx;
-        int n_image_tokens = 0;
-        for (int i = 0; i < len; i++) n_image_tokens += full[i] == image_id;
-        assert_int_equal(n_image_tokens, n_tiles * slot.tokens);
-        for (int k = 0; k < n_tiles; k++) {
-            assert_true(k == 0 || tile_start[k] >= tile_start[k - 1] + slot.tokens);
-            for (int j = 0; j < slot.tokens; j++) assert_int_equal(full[tile_start[k] + j], image_id);
-        }
+        free(feat);
         n_cases++;
-        n_internvl += !idefics3, n_idefics3 += idefics3, n_multi += n_images > 1;
+        for (int f = 0; f < 3; f++) per_format[f] += !strcmp(fmt, formats[f]);
+        n_multi += n_images > 1;
         free(full), free(full_mask), free(tile_start), free(ids), free(mask), free(turns);
         template_free(t);
         image_slot_free(&slot);
     }
-    printf("    %d tiled samples (%d internvl_hf, %d smolvlm; %d with 2 images, %d tiled images) equal to the processors'\n",
-           n_cases, n_internvl, n_idefics3, n_multi, n_tiled);
-    assert_int_equal(n_cases, 34);
+    printf("    %d samples (%d internvl_hf, %d smolvlm, %d llava_hf; %d with 2 images, %d tiled images) equal to the "
+           "processors'\n", n_cases, per_format[0], per_format[1], per_format[2], n_multi, n_tiled);
+    assert_int_equal(n_cases, 44);
+    assert_int_equal(n_multi, 13);
+    assert_true(n_tiled >= 30);
     tokenizer_free(tok);
     cJSON_Delete(root);
 }
