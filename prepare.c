@@ -24,7 +24,7 @@ static void usage(FILE *f) {
             "                       does; without it such a sample is skipped (image_outside_folder)\n"
             "  --llm DIR            the LLM's Hugging Face directory: tokenizer.json, config.json (eos id)\n"
             "  --template NAME      plain (stage 1), chatml (Qwen2), hyperclovax, vicuna_v1, hermes2, internvl2_5,\n"
-            "                       idefics3, llava_hf\n"
+            "                       idefics3, llava_hf, internvl_hf\n"
             "  --out DIR            output directory (written to DIR.tmp-HOST-PID, renamed when complete)\n"
             "  --max-seq-len N      tokens per sample with the image slot expanded (default 2048)\n"
             "  --image-tokens N     feature rows per tile: 144 for CLIP-L/14-336 + ldp (default), 576 for mlp2x_gelu\n"

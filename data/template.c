@@ -128,7 +128,7 @@ struct Template {
 static const char *const template_names[N_TEMPLATE_KINDS] = {
     [TEMPLATE_PLAIN] = "plain",     [TEMPLATE_CHATML] = "chatml",           [TEMPLATE_HYPERCLOVAX] = "hyperclovax",
     [TEMPLATE_VICUNA_V1] = "vicuna_v1", [TEMPLATE_HERMES2] = "hermes2", [TEMPLATE_INTERNVL2_5] = "internvl2_5",
-    [TEMPLATE_IDEFICS3] = "idefics3", [TEMPLATE_LLAVA_HF] = "llava_hf"};
+    [TEMPLATE_IDEFICS3] = "idefics3", [TEMPLATE_LLAVA_HF] = "llava_hf", [TEMPLATE_INTERNVL_HF] = "internvl_hf"};
 
 // the system prompt a kind writes when none is given ("" for none)
 static const char *default_system(TemplateKind kind) {
@@ -144,8 +144,8 @@ static const char *default_system(TemplateKind kind) {
 TemplateKind template_parse(const char *name) {
     for (int k = 0; name && k < N_TEMPLATE_KINDS; k++)
         if (strcmp(name, template_names[k]) == 0) return (TemplateKind)k;
-    fatal("unknown chat template \"%s\" (want plain, chatml, hyperclovax, vicuna_v1, hermes2, internvl2_5, idefics3 or "
-          "llava_hf)",
+    fatal("unknown chat template \"%s\" (want plain, chatml, hyperclovax, vicuna_v1, hermes2, internvl2_5, idefics3, "
+          "llava_hf or internvl_hf)",
           name ? name : "(null)");
 }
 
@@ -451,6 +451,7 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
         break;
     case TEMPLATE_CHATML:
     case TEMPLATE_HYPERCLOVAX:
+    case TEMPLATE_INTERNVL_HF:
         if (system[0]) {
             special(ps, t->im_start, 0);
             text(ps, "system\n", 0);
@@ -463,6 +464,8 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
             if (role_of(turns[i].role) == R_HUMAN) {
                 text(ps, "user\n", 0);
                 content(ps, TXT(i), 0);
+                // internvl_hf writes "<IMG_CONTEXT>\n" for an image, also when no text follows
+                if (t->kind == TEMPLATE_INTERNVL_HF && !ps->multi && images_only(TXT(i))) text(ps, "\n", 0);
                 special(ps, t->im_end, 0);
             } else {
                 text(ps, "assistant\n", 0);
@@ -857,7 +860,7 @@ static const TemplateShape shapes[] = {
      {"tool", "<image>", "<IMG_CONTEXT>", NULL}},
     // transformers' native InternVL (InternVLProcessor's chat_template): ChatML without a default
     // system prompt, the image as "<IMG_CONTEXT>\n" before the text
-    {TEMPLATE_CHATML, "",
+    {TEMPLATE_INTERNVL_HF, "",
      {"{{'<|im_start|>'+message['role']+'\\n'}}", "{{'<IMG_CONTEXT>\\n'}}", "{{'<|im_end|>\\n'}}",
       "{{'<|im_start|>assistant\\n'}}", NULL},
      {"tool", "system\\n", NULL}},

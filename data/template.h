@@ -20,6 +20,10 @@
 //                after "ASSISTANT:" with it, as vicuna_v1; the " " after an answer is the start of
 //                the next token, " USER" or the last one, so it stays unlabelled); a turn's image
 //                opens it as "<image>\n"; generation stops at the tokenizer's eos
+//   internvl_hf  transformers' InternVL (InternVLProcessor's chat_template): chatml without a default
+//                system prompt, whose image always renders "<IMG_CONTEXT>\n": a turn that is the
+//                image alone gets "\n" after the slot (LLaVA's normal form strips it; chatml keeps
+//                LLaVA's)
 // Turns are taken as LLaVA's preprocess_* take them (rules, in order, in template.c): a first
 // system turn is the system prompt (svlm's convention); then a first gpt turn is dropped, once
 // (LLaVA: "Skip the first one if it is not from human"); the rest alternates human, gpt.
@@ -52,6 +56,7 @@ typedef enum {
     TEMPLATE_INTERNVL2_5,  // InternVL's "internvl2_5" (InternVL2.5 / 3, Vintern-1B-v3.5)
     TEMPLATE_IDEFICS3,     // Idefics3 / SmolVLM: User: / Assistant: / <end_of_utterance>
     TEMPLATE_LLAVA_HF,     // llava-hf's chat_template: USER: / ASSISTANT: / " " between turns
+    TEMPLATE_INTERNVL_HF,  // transformers' InternVL chat_template: ChatML, "<IMG_CONTEXT>\n" per image
     N_TEMPLATE_KINDS
 } TemplateKind;
 
@@ -74,7 +79,8 @@ typedef struct {
 
 typedef struct Template Template;
 
-// "plain", "chatml", "hyperclovax", "vicuna_v1", "hermes2", "internvl2_5", "idefics3" or "llava_hf"; fatal()
+// "plain", "chatml", "hyperclovax", "vicuna_v1", "hermes2", "internvl2_5", "idefics3", "llava_hf" or
+// "internvl_hf"; fatal()
 // naming the value otherwise
 TemplateKind template_parse(const char *name);
 // Recognises a model's own chat template (a Jinja text: tokenizer_config.json's or

@@ -226,7 +226,7 @@ def main():
                     kind, system = fmt, None
                 elif fmt == "internvl_hf":
                     s, spans = hf_render(hf, INTERNVL_HF_TEMPLATE, tt, prompt, lambda t: t + "<|im_end|>")
-                    marker, kind, system = "<IMG_CONTEXT>\n", "chatml", ""
+                    marker, kind, system = "<IMG_CONTEXT>\n", "internvl_hf", ""
                 elif fmt == "smolvlm":
                     s, spans = hf_render(hf, SMOLVLM_TEMPLATE, tt, prompt, lambda t: " " + t + "<end_of_utterance>")
                     marker, kind, system = "<image>", "idefics3", None
@@ -246,7 +246,7 @@ def main():
     recognize = [
         {"name": "smolvlm", "jinja": SMOLVLM_TEMPLATE, "kind": "idefics3", "system": None},
         {"name": "idefics3", "jinja": IDEFICS3_TEMPLATE, "kind": "idefics3", "system": None},
-        {"name": "internvl_hf", "jinja": INTERNVL_HF_TEMPLATE, "kind": "chatml", "system": ""},
+        {"name": "internvl_hf", "jinja": INTERNVL_HF_TEMPLATE, "kind": "internvl_hf", "system": ""},
         {"name": "qwen2", "jinja": QWEN2_TEMPLATE, "kind": "chatml", "system": None},
         {"name": "llava_hf", "jinja": LLAVA_HF_TEMPLATE, "kind": "llava_hf", "system": None},
         {"name": "llava_hf_shipped", "jinja": LLAVA_HF_TEMPLATE_SHIPPED, "kind": "llava_hf", "system": None},

@@ -80,6 +80,8 @@ CONVERSATIONS = {
                   ("user", [IMG, T("And on this one?")]), ("assistant", [T("A hand-drawn map.")])],
     "vi_2in1": [("user", [IMG, IMG, T("Hai ảnh này khác nhau thế nào?")]),
                 ("assistant", [T("Ảnh đầu là bản đồ, ảnh sau là hoá đơn.")])],
+    # a turn that is the image alone
+    "en_imgonly": [("user", [IMG]), ("assistant", [T("A hand-drawn map of a park.")])],
     "ko_2in1": [("user", [T("비교해 주세요: "), IMG, T(" 그리고 "), IMG]),
                 ("assistant", [T("첫 번째는 지도이고 두 번째는 영수증입니다.")])],
 }
@@ -103,6 +105,9 @@ CASES = [
     ("smolvlm", IDEFICS3, "en_2turns", [(200, 40), (70, 50)]),
     ("smolvlm", IDEFICS3, "vi_2in1", [(40, 200), (90, 60)]),
     ("smolvlm", IDEFICS3, "ko_2in1", [(60, 90), (200, 40)]),
+    ("internvl_hf", INTERNVL, "en_imgonly", [(60, 30)]),
+    ("smolvlm", IDEFICS3, "en_imgonly", [(60, 30)]),
+    ("llava_hf", CLIP, "en_imgonly", [(60, 30)]),
     ("llava_hf", CLIP, "en", [(50, 40)]),
     ("llava_hf", CLIP, "vi", [(20, 90)]),
     ("llava_hf", CLIP, "ko", [(30, 30)]),
@@ -110,7 +115,7 @@ CASES = [
     ("llava_hf", CLIP, "vi_2in1", [(40, 200), (90, 60)]),  # (its template writes a turn's images first)
 ]
 TEMPLATES = {"internvl_hf": INTERNVL_HF_TEMPLATE, "smolvlm": SMOLVLM_TEMPLATE, "llava_hf": LLAVA_HF_TEMPLATE_SHIPPED}
-KINDS = {"internvl_hf": ("chatml", ""), "smolvlm": ("idefics3", None), "llava_hf": ("llava_hf", None)}
+KINDS = {"internvl_hf": ("internvl_hf", ""), "smolvlm": ("idefics3", None), "llava_hf": ("llava_hf", None)}
 
 ROLE = {"user": "human", "assistant": "gpt", "system": "system"}
 

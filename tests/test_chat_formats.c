@@ -1,5 +1,5 @@
 // test_chat_formats.c: the whole-model chat formats of data/template.c (hermes2, internvl2_5,
-// idefics3, llava_hf, and chatml without a system prompt as transformers' InternVL writes it)
+// idefics3, llava_hf, internvl_hf: ChatML as transformers' InternVL writes it)
 // against the models' own renderers (scripts/make_chat_format_fixtures.py: InternVL's conversation
 // templates, transformers' apply_chat_template with SmolVLM's, InternVL's and llava-hf's chat
 // templates) on English, Vietnamese and Korean conversations: token ids, loss mask and image slot
@@ -87,6 +87,11 @@ static void test_kind_facts(void **state) {
     assert_string_equal(template_system_text(t), "");
     template_free(t);
     assert_int_equal(template_parse("llava_hf"), TEMPLATE_LLAVA_HF);
+    t = template_new(TEMPLATE_INTERNVL_HF, tok, NULL, -1);  // ChatML's end token, no default system prompt
+    assert_int_equal(template_stop_id(t), tokenizer_token_id(tok, "<|im_end|>"));
+    assert_string_equal(template_system_text(t), "");
+    template_free(t);
+    assert_string_equal(template_name(template_parse("internvl_hf")), "internvl_hf");
     t = template_new(TEMPLATE_HERMES2, tok, NULL, -1);
     assert_int_equal(template_stop_id(t), tokenizer_token_id(tok, "<|im_end|>"));
     assert_non_null(strstr(template_system_text(t), "InternVL"));
@@ -213,7 +218,7 @@ static void test_tiled(void **state) {
     }
     printf("    %d samples (%d internvl_hf, %d smolvlm, %d llava_hf; %d with 2 images, %d tiled images) equal to the "
            "processors'\n", n_cases, per_format[0], per_format[1], per_format[2], n_multi, n_tiled);
-    assert_int_equal(n_cases, 44);
+    assert_int_equal(n_cases, 50);
     assert_int_equal(n_multi, 13);
     assert_true(n_tiled >= 30);
     tokenizer_free(tok);
