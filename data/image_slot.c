@@ -127,6 +127,30 @@ int image_slot_expand(const ImageSlot *s, ImageGrid g, int *ids, uint8_t *feat, 
     return expand(s, g, ids, feat, tile_start);
 }
 
+int image_slots_insert(const ImageSlot *s, const int *ids, const uint8_t *mask, int n, const int *pos,
+                       const ImageGrid *grids, int n_images, int *out_ids, uint8_t *out_mask, int *tile_start) {
+    int at = 0, from = 0, tile = 0;
+    for (int i = 0; i <= n_images; i++) {
+        const int upto = i < n_images ? pos[i] : n;
+        CHECK(upto >= from && upto <= n, "image_slots_insert: image %d at %d (after %d, of %d)", i, upto, from, n);
+        memcpy(out_ids + at, ids + from, (size_t)(upto - from) * sizeof(int));
+        if (out_mask) {
+            if (mask) memcpy(out_mask + at, mask + from, (size_t)(upto - from));
+            else memset(out_mask + at, 0, (size_t)(upto - from));
+        }
+        at += upto - from;
+        from = upto;
+        if (i == n_images) break;
+        const int nt = image_grid_tiles(grids[i]);
+        const int len = expand(s, grids[i], out_ids + at, NULL, tile_start + tile);
+        for (int j = 0; j < nt; j++) tile_start[tile + j] += at;
+        if (out_mask) memset(out_mask + at, 0, (size_t)len);
+        at += len;
+        tile += nt;
+    }
+    return at;
+}
+
 int image_slot_max_len(const ImageSlot *s, int max_tiles) {
     int best = image_slot_len(s, (ImageGrid){1, 1, 0});
     // every grid of rows x cols <= max_tiles - 1 plus a thumbnail (the markers grow with the rows)

@@ -50,6 +50,15 @@ int image_slot_len(const ImageSlot *s, ImageGrid g);
 // consecutive). Returns len. fatal() for a grid over max_side (a caller's bug: CHECK).
 int image_slot_expand(const ImageSlot *s, ImageGrid g, int *ids, uint8_t *feat, int *tile_start);
 
+// A sample's text with its images' slots put in: the one composition ./prepare's records (text
+// ids + mask, per image its position and grid), the loader and generate's prompts go through.
+// ids/mask (n tokens; mask NULL for a prompt) hold no slot; image k's slot goes before ids[pos[k]]
+// (pos ascending, each in 0..n) for grid grids[k]. Writes out_ids / out_mask (out_mask may be
+// NULL; 0 over every slot: no loss there) of n + the slots' lengths and tile_start (every image's
+// tiles in order: the position of each tile's first feature row in out_ids). Returns the length.
+int image_slots_insert(const ImageSlot *s, const int *ids, const uint8_t *mask, int n, const int *pos,
+                       const ImageGrid *grids, int n_images, int *out_ids, uint8_t *out_mask, int *tile_start);
+
 // The largest image_slot_len over the grids of at most max_tiles tiles (thumbnail included) that
 // a tiled image can get: for sizing (max_seq_len checks, plans).
 int image_slot_max_len(const ImageSlot *s, int max_tiles);

@@ -143,28 +143,20 @@ static void do_sample(Loader *l, Slot *s, int k, ShardReadBuf *rb) {
     }
     o->tile_start = xmalloc((size_t)(n_tiles ? n_tiles : 1) * sizeof(int));
     o->n_tiles = n_tiles;
-    int at = 0, from = 0, tile = 0;
-    for (int i = 0; i <= rec.n_images; i++) {
-        int upto = i < rec.n_images ? rec.images[i].pos : rec.n_tokens;
-        memcpy(o->ids + at, rec.ids + from, (size_t)(upto - from) * sizeof(int));
-        memcpy(o->mask + at, rec.mask + from, (size_t)(upto - from));
-        at += upto - from;
-        from = upto;
-        if (i == rec.n_images) break;
-        const ShardImage *im = &rec.images[i];
-        ImageGrid g = {im->rows, im->cols, im->thumb};
-        int n = image_slot_expand(l->slot, g, o->ids + at, o->mask + at, o->tile_start + tile);
-        for (int j = 0; j < image_grid_tiles(g); j++) o->tile_start[tile + j] += at;
-        memset(o->mask + at, 0, (size_t)n);  // expand wrote the feature flags there: no loss in a slot
-        at += n;
-        tile += image_grid_tiles(g);
+    int pos[SHARDS_MAX_IMAGES];
+    ImageGrid grids[SHARDS_MAX_IMAGES];
+    for (int i = 0; i < rec.n_images; i++) {
+        pos[i] = rec.images[i].pos;
+        grids[i] = (ImageGrid){rec.images[i].rows, rec.images[i].cols, rec.images[i].thumb};
     }
-    o->len = at;
+    _Static_assert(sizeof(int32_t) == sizeof(int), "record ids are read as int");
+    o->len = image_slots_insert(l->slot, (const int *)rec.ids, rec.mask, rec.n_tokens, pos, grids, rec.n_images, o->ids,
+                                o->mask, o->tile_start);
     if (n_tiles) {
         o->pix = xmalloc((size_t)n_tiles * l->img_floats * sizeof(float));
         if (sp->pixels_bf16) o->pix16 = xmalloc((size_t)n_tiles * l->img_floats * sizeof(uint16_t));
     }
-    tile = 0;
+    int tile = 0;
     for (int i = 0; i < rec.n_images; i++) {
         const ShardImage *im = &rec.images[i];
         ImageGrid g = {im->rows, im->cols, im->thumb};

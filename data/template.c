@@ -128,7 +128,7 @@ struct Template {
 static const char *const template_names[N_TEMPLATE_KINDS] = {
     [TEMPLATE_PLAIN] = "plain",     [TEMPLATE_CHATML] = "chatml",           [TEMPLATE_HYPERCLOVAX] = "hyperclovax",
     [TEMPLATE_VICUNA_V1] = "vicuna_v1", [TEMPLATE_HERMES2] = "hermes2", [TEMPLATE_INTERNVL2_5] = "internvl2_5",
-    [TEMPLATE_IDEFICS3] = "idefics3"};
+    [TEMPLATE_IDEFICS3] = "idefics3", [TEMPLATE_LLAVA_HF] = "llava_hf", [TEMPLATE_INTERNVL_HF] = "internvl_hf"};
 
 // the system prompt a kind writes when none is given ("" for none)
 static const char *default_system(TemplateKind kind) {
@@ -144,7 +144,8 @@ static const char *default_system(TemplateKind kind) {
 TemplateKind template_parse(const char *name) {
     for (int k = 0; name && k < N_TEMPLATE_KINDS; k++)
         if (strcmp(name, template_names[k]) == 0) return (TemplateKind)k;
-    fatal("unknown chat template \"%s\" (want plain, chatml, hyperclovax, vicuna_v1, hermes2, internvl2_5 or idefics3)",
+    fatal("unknown chat template \"%s\" (want plain, chatml, hyperclovax, vicuna_v1, hermes2, internvl2_5, idefics3, "
+          "llava_hf or internvl_hf)",
           name ? name : "(null)");
 }
 
@@ -169,7 +170,7 @@ Template *template_new(TemplateKind kind, const Tokenizer *tok, const char *syst
     t->tok = tok;
     t->system = system ? xstrdup(system) : NULL;
     t->eos = t->bos = t->im_start = t->im_end = t->endofturn = t->eou = -1;
-    if (kind == TEMPLATE_PLAIN || kind == TEMPLATE_VICUNA_V1) {
+    if (kind == TEMPLATE_PLAIN || kind == TEMPLATE_VICUNA_V1 || kind == TEMPLATE_LLAVA_HF) {
         if (eos_id >= 0) {
             if (eos_id >= tokenizer_vocab_size(tok))
                 fatal("chat template %s: eos token id %d is not in the tokenizer (%d ids)", template_name(kind), eos_id,
@@ -329,12 +330,27 @@ static void content(Pieces *ps, const char *s, int label) {
     push(ps, (Piece){P_TEXT, label, -1, b, nb});
 }
 
+// 1 when s is "<image>" placeholders (one at least) and whitespace: llava_hf renders no text for it
+static int images_only(const char *s) {
+    if (!strstr(s, IMAGE_TAG)) return 0;
+    const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s), k;
+    while (len) {
+        if (len >= IMAGE_TAG_LEN && !memcmp(p, IMAGE_TAG, IMAGE_TAG_LEN)) k = IMAGE_TAG_LEN;
+        else if ((k = space_at(p, len)) == 0) return 0;
+        p += k, len -= k;
+    }
+    return 1;
+}
+
 // idefics3's turn text: as content(), but the slot is followed by the stripped rest directly (its
-// chat template renders the content list [image, text] with nothing between them)
+// chat template renders the content list [image, text] with nothing between them); with several
+// images each slot where its placeholder is, the text kept exactly (the content list [text, image,
+// image, text, ...] renders each image as "<image>" between its texts)
 static void content_tight(Pieces *ps, const char *s, int label) {
     const char *img = strstr(s, IMAGE_TAG);
-    if (!img) {
-        text(ps, s, label);
+    if (!img || ps->multi) {
+        content(ps, s, label);
         return;
     }
     const char *a, *b;
@@ -435,6 +451,7 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
         break;
     case TEMPLATE_CHATML:
     case TEMPLATE_HYPERCLOVAX:
+    case TEMPLATE_INTERNVL_HF:
         if (system[0]) {
             special(ps, t->im_start, 0);
             text(ps, "system\n", 0);
@@ -447,6 +464,8 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
             if (role_of(turns[i].role) == R_HUMAN) {
                 text(ps, "user\n", 0);
                 content(ps, TXT(i), 0);
+                // internvl_hf writes "<IMG_CONTEXT>\n" for an image, also when no text follows
+                if (t->kind == TEMPLATE_INTERNVL_HF && !ps->multi && images_only(TXT(i))) text(ps, "\n", 0);
                 special(ps, t->im_end, 0);
             } else {
                 text(ps, "assistant\n", 0);
@@ -494,8 +513,9 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
         for (int i = first; i < n_turns; i++) {
             int human = role_of(turns[i].role) == R_HUMAN;
             // the role, then ":" before an image (the turn's first content) or ": " before text;
-            // an answer's space is labelled with it (the prompt ends with "Assistant:")
-            int img_first = strstr(TXT(i), IMAGE_TAG) != NULL;
+            // an answer's space is labelled with it (the prompt ends with "Assistant:"). One image
+            // opens its turn (LLaVA's normal form); several stay where they are
+            int img_first = ps->multi ? !strncmp(TXT(i), IMAGE_TAG, IMAGE_TAG_LEN) : strstr(TXT(i), IMAGE_TAG) != NULL;
             text(ps, human ? "User:" : "Assistant:", 0);
             if (!img_first) text(ps, " ", !human);
             content_tight(ps, TXT(i), !human);
@@ -520,6 +540,27 @@ static int build(const Template *t, const Turn *turns, int n_turns, int prompt, 
                 text(ps, " ", 1);
                 content(ps, TXT(i), 1);
                 special(ps, t->eos, 1);
+            }
+        }
+        if (prompt) text(ps, "ASSISTANT:", 0);
+        break;
+    case TEMPLATE_LLAVA_HF:
+        // the chat template: a system message's text + " " (no role), then per turn the role
+        // upper-cased + ": ", the images ("<image>\n" each), the text + " " (none without text)
+        if (t->bos >= 0) special(ps, t->bos, 0);
+        if (system[0]) {
+            text(ps, system, 0);
+            text(ps, " ", 0);
+        }
+        for (int i = first; i < n_turns; i++) {
+            int human = role_of(turns[i].role) == R_HUMAN;
+            text(ps, human ? "USER:" : "ASSISTANT:", 0);
+            text(ps, " ", !human);
+            content(ps, TXT(i), !human);
+            if (images_only(TXT(i))) {
+                if (!ps->multi) text(ps, "\n", 0);  // content() wrote the slot alone; several are kept as written
+            } else {
+                text(ps, " ", 0);
             }
         }
         if (prompt) text(ps, "ASSISTANT:", 0);
@@ -819,7 +860,7 @@ static const TemplateShape shapes[] = {
      {"tool", "<image>", "<IMG_CONTEXT>", NULL}},
     // transformers' native InternVL (InternVLProcessor's chat_template): ChatML without a default
     // system prompt, the image as "<IMG_CONTEXT>\n" before the text
-    {TEMPLATE_CHATML, "",
+    {TEMPLATE_INTERNVL_HF, "",
      {"{{'<|im_start|>'+message['role']+'\\n'}}", "{{'<IMG_CONTEXT>\\n'}}", "{{'<|im_end|>\\n'}}",
       "{{'<|im_start|>assistant\\n'}}", NULL},
      {"tool", "system\\n", NULL}},
@@ -828,6 +869,11 @@ static const TemplateShape shapes[] = {
      {"{%formessageinmessages%}", "capitalize", "{{':'}}", "{{':'}}", "{{': '}}", "{{'<image>'}}",
       "<end_of_utterance>\n{%endfor%}", "{{'Assistant:'}}"},
      {"tool", "<|im_end|>", "system", NULL}},
+    // llava-hf (LlavaForConditionalGeneration): role upper-cased + ": ", images first, each text + " "
+    {TEMPLATE_LLAVA_HF, NULL,
+     {"{%formessageinmessages%}", "{{message['role'].upper()+': '}}", "{{'<image>\\n'}}", "{{content['text']+' '}}",
+      "{{'ASSISTANT:'}}", NULL},
+     {"tool", "<|im_start|>", "<|im_end|>", "eos_token", NULL}},
 };
 
 int template_recognize(const char *jinja, TemplateKind *kind, const char **system) {

@@ -14,6 +14,16 @@
 //                InternVL's system prompt, always written)
 //   idefics3     Idefics3 / SmolVLM: [bos]User: {q}<end_of_utterance>\nAssistant: {a}<end_of_utterance>\n;
 //                an image opens its turn right after "User:"; loss on " {a}<end_of_utterance>"
+//   llava_hf     llava-hf's chat_template (LlavaForConditionalGeneration repositories):
+//                [bos]{system} USER: {q} ASSISTANT: {a} USER: ...; no default system prompt and no
+//                end token after an answer (the template writes none); loss on " {a}" (the space
+//                after "ASSISTANT:" with it, as vicuna_v1; the " " after an answer is the start of
+//                the next token, " USER" or the last one, so it stays unlabelled); a turn's image
+//                opens it as "<image>\n"; generation stops at the tokenizer's eos
+//   internvl_hf  transformers' InternVL (InternVLProcessor's chat_template): chatml without a default
+//                system prompt, whose image always renders "<IMG_CONTEXT>\n": a turn that is the
+//                image alone gets "\n" after the slot (LLaVA's normal form strips it; chatml keeps
+//                LLaVA's)
 // Turns are taken as LLaVA's preprocess_* take them (rules, in order, in template.c): a first
 // system turn is the system prompt (svlm's convention); then a first gpt turn is dropped, once
 // (LLaVA: "Skip the first one if it is not from human"); the rest alternates human, gpt.
@@ -45,6 +55,8 @@ typedef enum {
     TEMPLATE_HERMES2,      // InternVL's "Hermes-2" (InternVL2, Vintern-1B-v2)
     TEMPLATE_INTERNVL2_5,  // InternVL's "internvl2_5" (InternVL2.5 / 3, Vintern-1B-v3.5)
     TEMPLATE_IDEFICS3,     // Idefics3 / SmolVLM: User: / Assistant: / <end_of_utterance>
+    TEMPLATE_LLAVA_HF,     // llava-hf's chat_template: USER: / ASSISTANT: / " " between turns
+    TEMPLATE_INTERNVL_HF,  // transformers' InternVL chat_template: ChatML, "<IMG_CONTEXT>\n" per image
     N_TEMPLATE_KINDS
 } TemplateKind;
 
@@ -67,7 +79,8 @@ typedef struct {
 
 typedef struct Template Template;
 
-// "plain", "chatml", "hyperclovax", "vicuna_v1", "hermes2", "internvl2_5" or "idefics3"; fatal()
+// "plain", "chatml", "hyperclovax", "vicuna_v1", "hermes2", "internvl2_5", "idefics3", "llava_hf" or
+// "internvl_hf"; fatal()
 // naming the value otherwise
 TemplateKind template_parse(const char *name);
 // Recognises a model's own chat template (a Jinja text: tokenizer_config.json's or
@@ -78,7 +91,7 @@ TemplateKind template_parse(const char *name);
 int template_recognize(const char *jinja, TemplateKind *kind, const char **system);
 const char *template_name(TemplateKind kind);
 // system: NULL for the template's default system prompt. eos_id: the LLM's end-of-sequence
-// token (used by plain and vicuna_v1; -1 to take the tokenizer's). fatal() when the tokenizer
+// token (used by plain, vicuna_v1 and llava_hf; -1 to take the tokenizer's). fatal() when the tokenizer
 // lacks a token the template needs, or when system holds "<image>".
 Template *template_new(TemplateKind kind, const Tokenizer *tok, const char *system, int eos_id);
 void template_free(Template *t);

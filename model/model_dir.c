@@ -294,13 +294,8 @@ int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *imag
     image_preprocess_tiles(&img, &g->prep, grid, *pixels);
     image_free(&img);
     int *out = xmalloc((size_t)(n + len) * sizeof(int));
-    uint8_t *feat = xmalloc((size_t)len);
     *tile_start = xmalloc((size_t)nt * sizeof(int));
-    memcpy(out, raw, (size_t)pos * sizeof(int));
-    image_slot_expand(&g->slot, grid, out + pos, feat, *tile_start);
-    memcpy(out + pos + len, raw + pos, (size_t)(n - pos) * sizeof(int));
-    for (int t = 0; t < nt; t++) (*tile_start)[t] += pos;
-    free(feat);
+    image_slots_insert(&g->slot, raw, NULL, n, &pos, &grid, 1, out, NULL, *tile_start);
     free(raw);
     *ids = out;
     *n_tiles = nt;

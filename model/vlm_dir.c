@@ -257,7 +257,7 @@ TemplateKind vlm_dir_template(const VlmDir *d, const char **system) {
         int ok = template_recognize(text, &k, system);
         free(text);
         if (!ok)
-            fatal("%s: this chat template is none of the formats svlm writes (chatml, hermes2, internvl2_5, idefics3): "
+            fatal("%s: this chat template is none of the formats svlm writes (chatml, hermes2, internvl2_5, idefics3, llava_hf, internvl_hf): "
                   "set template = explicitly", path);
         return k;
     }
@@ -280,7 +280,7 @@ TemplateKind vlm_dir_template(const VlmDir *d, const char **system) {
         if (!cJSON_IsString(ct)) fatal("%s: chat_template is not a string (or a list holding a \"default\" one)", path);
         TemplateKind k;
         if (!template_recognize(ct->valuestring, &k, system))
-            fatal("%s: its chat_template is none of the formats svlm writes (chatml, hermes2, internvl2_5, idefics3): "
+            fatal("%s: its chat_template is none of the formats svlm writes (chatml, hermes2, internvl2_5, idefics3, llava_hf, internvl_hf): "
                   "set template = explicitly", path);
         cJSON_Delete(root);
         return k;

@@ -9,7 +9,7 @@ Needs transformers (5.x) and tokenizers. Writes:
   tokenizer.json  the template fixtures' byte-level BPE (tests/fixtures/templates/tokenizer.json,
                   <|endoftext|> <|im_start|> <|im_end|> <|endofturn|>) with the formats' special
                   tokens added: <end_of_utterance> <image> <IMG_CONTEXT> <img> </img>
-                  <fake_token_around_image> <global-img>
+                  <fake_token_around_image> <global-img> <row_1_col_1> .. <row_6_col_6>
   expected.json   per (format, conversation): the ids and loss mask (a string of 0/1) of the
                   training sample and of the generation prompt (the conversation up to its first
                   human turn), the index of the image slot, and the template kind + system prompt
@@ -27,6 +27,12 @@ Each format is rendered by the model's own code, never by svlm's piece lists:
                          PreTrainedTokenizerFast.apply_chat_template, image content first
   smolvlm                SmolVLM's chat_template (Idefics3 / SmolVLM chat_template.json) through
                          apply_chat_template, content lists [image, text]
+  llava_hf               llava-hf's chat_template (llava-1.5-7b-hf's chat_template.json) through
+                         apply_chat_template, content lists [image, text]; labelled: " " + answer
+                         (the space after "ASSISTANT:"); its {% generation %} span is the answer +
+                         " ", and that " " starts the next token (" USER" or a lone " "), so the
+                         assistant mask transformers derives from it (return_assistant_tokens_mask)
+                         is asserted equal to this one but for those tokens
 The rendered string is split at the image ("<image>" / "<IMG_CONTEXT>") and each side encoded by
 `tokenizers` (add_special_tokens False); a token carries loss iff its characters lie inside a
 labelled span: each answer and its end token (idefics3: the space before the answer too). A token
@@ -45,6 +51,8 @@ from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ["<end_of_utterance>", "<image>", "<IMG_CONTEXT>", "<img>", "</img>", "<fake_token_around_image>",
             "<global-img>"]
+# SmolVLM's tokenizer has Idefics3's tile markers as added tokens (its processor writes them as text)
+SPECIALS += [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
 
 HERMES2_SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
 INTERNVL2_5_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
@@ -74,7 +82,8 @@ QWEN2_TEMPLATE = (
     "You are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
     "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% endif %}")
-# templates that are none of svlm's formats: refused
+# llava-hf's (chat_template.json of llava-hf/llava-1.5-7b-hf, with its {% generation %} tags):
+# without its comments, and as shipped
 LLAVA_HF_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
@@ -82,6 +91,15 @@ LLAVA_HF_TEMPLATE = (
     "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', "
     "'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+LLAVA_HF_TEMPLATE_SHIPPED = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+# templates that are none of svlm's formats: refused
 QWEN25_TEMPLATE = (
     "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- endif %}{%- for message in messages %}{{'<|im_start|>' + "
     "message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{%- endfor %}{%- if add_generation_prompt %}"
@@ -144,6 +162,21 @@ def hf_render(tok, template, turns, prompt, answer_label):
     return s, spans
 
 
+def check_generation_mask(hf, tk, turns, s, spans):
+    """transformers' assistant mask from llava-hf's {% generation %} tags, on the whole text: the
+    tokens of our spans, plus those holding an answer's trailing " " (and nothing else)"""
+    role = {"human": "user", "gpt": "assistant", "system": "system"}
+    msgs = [{"role": role[r], "content": content_list(t)} for r, t in turns]
+    out = hf.apply_chat_template(msgs, chat_template=LLAVA_HF_TEMPLATE_SHIPPED, tokenize=True, return_dict=True,
+                                 return_assistant_tokens_mask=True)
+    enc = tk.encode(s, add_special_tokens=False)
+    assert enc.ids == list(out["input_ids"]), s
+    for (a, b), m in zip(enc.offsets, out["assistant_masks"]):
+        ours = any(x <= a and b <= y for x, y in spans)
+        trailing = any(a <= y < b and s[y] == " " for x, y in spans)  # the answer's " " starts this token
+        assert bool(m) == (ours or trailing), (s, a, b, m)
+
+
 def encode(tk, s, spans, marker):
     """ids, mask and image_pos of s split at marker (each side encoded alone)"""
     parts = s.split(marker)
@@ -180,7 +213,7 @@ def main():
     hf = PreTrainedTokenizerFast(tokenizer_file=tok_path)
 
     cases = []
-    for fmt in ("hermes2", "internvl2_5", "internvl_hf", "smolvlm"):
+    for fmt in ("hermes2", "internvl2_5", "internvl_hf", "smolvlm", "llava_hf"):
         for lang, turns in CONVERSATIONS:
             for prompt in (False, True):
                 tt = turns
@@ -193,10 +226,15 @@ def main():
                     kind, system = fmt, None
                 elif fmt == "internvl_hf":
                     s, spans = hf_render(hf, INTERNVL_HF_TEMPLATE, tt, prompt, lambda t: t + "<|im_end|>")
-                    marker, kind, system = "<IMG_CONTEXT>\n", "chatml", ""
-                else:
+                    marker, kind, system = "<IMG_CONTEXT>\n", "internvl_hf", ""
+                elif fmt == "smolvlm":
                     s, spans = hf_render(hf, SMOLVLM_TEMPLATE, tt, prompt, lambda t: " " + t + "<end_of_utterance>")
                     marker, kind, system = "<image>", "idefics3", None
+                else:
+                    s, spans = hf_render(hf, LLAVA_HF_TEMPLATE_SHIPPED, tt, prompt, lambda t: " " + t)
+                    marker, kind, system = "<image>", "llava_hf", None
+                    if not prompt:
+                        check_generation_mask(hf, tk, tt, s, spans)
                 if marker == "<IMG_CONTEXT>\n":  # the chat template writes the image then "\n": svlm's
                     marker = "<IMG_CONTEXT>"     # slot is the token, the "\n" is text after it
                 ids, mask, image_pos = encode(tk, s, spans, marker)
@@ -208,9 +246,10 @@ def main():
     recognize = [
         {"name": "smolvlm", "jinja": SMOLVLM_TEMPLATE, "kind": "idefics3", "system": None},
         {"name": "idefics3", "jinja": IDEFICS3_TEMPLATE, "kind": "idefics3", "system": None},
-        {"name": "internvl_hf", "jinja": INTERNVL_HF_TEMPLATE, "kind": "chatml", "system": ""},
+        {"name": "internvl_hf", "jinja": INTERNVL_HF_TEMPLATE, "kind": "internvl_hf", "system": ""},
         {"name": "qwen2", "jinja": QWEN2_TEMPLATE, "kind": "chatml", "system": None},
-        {"name": "llava_hf", "jinja": LLAVA_HF_TEMPLATE, "kind": None, "system": None},
+        {"name": "llava_hf", "jinja": LLAVA_HF_TEMPLATE, "kind": "llava_hf", "system": None},
+        {"name": "llava_hf_shipped", "jinja": LLAVA_HF_TEMPLATE_SHIPPED, "kind": "llava_hf", "system": None},
         {"name": "qwen2.5_tools", "jinja": QWEN25_TEMPLATE, "kind": None, "system": None},
     ]
     with open(os.path.join(args.out, "expected.json"), "w") as fh:

@@ -259,11 +259,11 @@ static void test_train_config(void **state) {
     assert_string_equal(c->image_aspect, "crop");  // no pad2square: InternVL's resize
     assert_string_equal(c->vision, c->model);
     assert_string_equal(c->llm, c->model);
-    // transformers' InternVL: its chat_template is ChatML without a system prompt
+    // transformers' InternVL: its chat_template is ChatML without a system prompt, the image "<IMG_CONTEXT>\n"
     snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_internvl_hf"));
     test_write_file(path, text);
     train_config_load(c, path, 0, NULL);
-    assert_string_equal(c->template_, "chatml");
+    assert_string_equal(c->template_, "internvl_hf");
     assert_string_equal(c->system, "");
     assert_string_equal(c->connector, "internvl_hf");
     snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_idefics3_dir"));

@@ -31,7 +31,7 @@ const CfgKey train_keys[] = {
     K("connector", CFG_STR, connector, "ldp", "ldp | mlp2x_gelu | idefics3 | internvl | internvl_hf | nanovlm | llava_hf"),
     K("pixel_shuffle", CFG_INT, pixel_shuffle, "0", "idefics3, nanovlm: the pixel-shuffle factor (0: 2, 4); others: 0"),
     K("freeze_connector", CFG_BOOL, freeze_connector, "false", "stage 2: keep the connector as loaded (the model's own projector, or init_from's): no gradient, lr 0"),
-    K("template", CFG_STR, template_, "", "plain | chatml | hyperclovax | vicuna_v1 | hermes2 | internvl2_5 | idefics3 | auto "
+    K("template", CFG_STR, template_, "", "plain | chatml | hyperclovax | vicuna_v1 | hermes2 | internvl2_5 | idefics3 | llava_hf | internvl_hf | auto "
       "(empty: with model, auto = the model's own format; else plain for stage 1, chatml for stage 2)"),
     K("system", CFG_STR, system, "default", "system prompt; \"default\" for the template's own, \"\" for none"),
     K("data", CFG_STR, data, "", "LLaVA JSON / JSONL file (prepared once into shards) or a shard directory"),
