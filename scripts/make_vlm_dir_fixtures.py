@@ -56,10 +56,11 @@ import shutil
 
 from pyreq import require  # noqa: E402
 
-require("numpy", "torch", "safetensors", "transformers", "peft")
+require("numpy", "torch", "safetensors", "tokenizers", "transformers", "peft")
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 from transformers import (CLIPVisionConfig, Idefics3Config, Idefics3ForConditionalGeneration, InternVLConfig,
                           InternVLForConditionalGeneration, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
@@ -69,7 +70,11 @@ from peft import LoraConfig, get_peft_model
 
 from make_fixtures import ATTN, clean_dir, gen, perturb_layernorms, perturb_llm, setup_torch, versions
 from make_family_fixtures import internvl_vision_config, perturb_vision, remote_internvit_names
-from make_chat_format_fixtures import INTERNVL_HF_TEMPLATE, SMOLVLM_TEMPLATE
+from make_chat_format_fixtures import INTERNVL_HF_TEMPLATE, LLAVA_HF_TEMPLATE_SHIPPED, SMOLVLM_TEMPLATE
+
+# the text vocabulary of every directory: the chat formats' tokenizer (1047 tokens: ids below 1000 text,
+# 1000..1010 the formats' specials, 1011..1046 SmolVLM's <row_i_col_j>) fits, rounded up to 1056
+VOCAB = 1056
 
 LORA_RE = r".*(language_model|text_model)\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -107,6 +112,19 @@ def token_id(tok_json, token):
             if a["content"] == token:
                 return a["id"]
     raise SystemExit(f"{tok_json}: no added token {token}")
+
+
+def copy_tokenizer(tok_json, d, template):
+    """the chat formats' tokenizer.json and the class's shipped chat_template.json into d: ./train reads the
+    format from them (template auto) and the round trip trains on the directory as it is"""
+    with open(tok_json) as fh:
+        t = json.load(fh)
+    n = max(max(t["model"]["vocab"].values()), max(a["id"] for a in t["added_tokens"])) + 1
+    assert n <= VOCAB, f"{tok_json}: {n} tokens, the directories' vocabulary is {VOCAB}"
+    shutil.copy(tok_json, os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "chat_template.json"), "w") as fh:
+        json.dump({"chat_template": template}, fh, indent=2)
+        fh.write("\n")
 
 
 def text_id_limit(tok_json):
@@ -184,10 +202,13 @@ def run(model_dir, cls, rows, slot, n_tok, image_id, text_hi, seed, conn_prefix,
     lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_RE, bias="none")
     pm = get_peft_model(model, lcfg)
     g = gen(seed + 1)
+    # LoRA at 0.2: scale * B @ A about the base weights' size. At 0.3 it was twice that, the attention
+    # sharp enough that fp32 rounding reached 1e-5 of the logits in any implementation (transformers'
+    # own fp32 1.9e-5 from float64 on InternVL at vocabulary 1056); at 0.2 1.4e-6
     with torch.no_grad():
         for name, p in sorted(pm.named_parameters()):
             if "lora_" in name:
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
     conn = {}
     for name, p in pm.named_parameters():
         if conn_prefix in name:
@@ -240,9 +261,8 @@ def remote_conn_name(native):
 def make_internvl(out, tok_json):
     d = os.path.join(out, "vlm_internvl_hf")
     clean_dir(d)
-    V = 1024
     image_id = token_id(tok_json, "<IMG_CONTEXT>")  # as the directory's tokenizer.json says
-    cfg = InternVLConfig(vision_config=internvl_vision_config().to_dict(), text_config=qwen2_text(V).to_dict(),
+    cfg = InternVLConfig(vision_config=internvl_vision_config().to_dict(), text_config=qwen2_text(VOCAB).to_dict(),
                          downsample_ratio=0.5, projector_hidden_act="gelu", image_token_id=image_id,
                          vision_feature_layer=-1, vision_feature_select_strategy="default", image_seq_length=25)
     torch.manual_seed(31001)
@@ -275,7 +295,7 @@ def make_internvl(out, tok_json):
             assert k.startswith("vision_tower."), k
     save_file(remote, os.path.join(rd, "model.safetensors"), metadata={"format": "pt"})
     vc = internvl_vision_config()
-    llm = qwen2_text(V).to_dict()
+    llm = qwen2_text(VOCAB).to_dict()
     llm["architectures"] = ["Qwen2ForCausalLM"]
     # as InternVL2.5-1B's llm_config (Qwen2.5) states it: dynamic NTK scaling, which transformers
     # applies only past max_position_embeddings (512 here): the native model's numbers hold
@@ -298,10 +318,7 @@ def make_internvl(out, tok_json):
         fh.write("# remote code placeholder: ./export copies the directory's .py files as they are\n")
 
     # tokenizer and transformers' InternVL chat template, so that ./train reads its format (auto)
-    shutil.copy(tok_json, os.path.join(d, "tokenizer.json"))
-    with open(os.path.join(d, "chat_template.json"), "w") as fh:
-        json.dump({"chat_template": INTERNVL_HF_TEMPLATE}, fh, indent=2)
-        fh.write("\n")
+    copy_tokenizer(tok_json, d, INTERNVL_HF_TEMPLATE)
 
     # <img> <IMG_CONTEXT> x 25 per tile </img>; each image a 1x2 or 2x1 grid + its thumbnail
     img, end = token_id(tok_json, "<img>"), token_id(tok_json, "</img>")
@@ -320,7 +337,7 @@ def make_internvl(out, tok_json):
 def make_idefics3(out, tok_json):
     d = os.path.join(out, "vlm_idefics3_dir")
     clean_dir(d)
-    V = 1024  # the chat formats' tokenizer fits: the round trip trains on it
+    V = VOCAB  # the chat formats' tokenizer fits: the round trip trains on it
     image_id = token_id(tok_json, "<image>")
     vis = Idefics3VisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
                                image_size=12, patch_size=2, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
@@ -333,10 +350,7 @@ def make_idefics3(out, tok_json):
     m.save_pretrained(d)
     sd = load_file(os.path.join(d, "model.safetensors"))
     assert "model.connector.modality_projection.proj.weight" in sd and "lm_head.weight" not in sd, sorted(sd)[:6]
-    shutil.copy(tok_json, os.path.join(d, "tokenizer.json"))
-    with open(os.path.join(d, "chat_template.json"), "w") as fh:
-        json.dump({"chat_template": SMOLVLM_TEMPLATE}, fh, indent=2)
-        fh.write("\n")
+    copy_tokenizer(tok_json, d, SMOLVLM_TEMPLATE)
     assert "model.text_model.embed_tokens.weight" in sd and "model.vision_model.post_layernorm.weight" in sd
     # the bucketized position ids are 0..n-1 at this grid (svlm assumes it; vit_siglip.c)
     emb = m.model.vision_model.embeddings
@@ -347,18 +361,33 @@ def make_idefics3(out, tok_json):
         emb(pix[:, 0], torch.ones((2, 6, 6), dtype=torch.bool))
     h.remove()
     assert torch.equal(seen["ids"][0], torch.arange(36)), seen["ids"][0]
-    # Idefics3Processor's layout: per grid tile <fake_token_around_image> <row_i_col_j> <image> x 4,
-    # a newline after each grid row, then <fake_token_around_image> <global-img> <image> x 4
-    # <fake_token_around_image>; the tokenizer has no <row_i_col_j>: plain text ids stand for them
-    fake, glob = token_id(tok_json, "<fake_token_around_image>"), token_id(tok_json, "<global-img>")
+    # Idefics3Processor's text for a grid image: per grid tile <fake_token_around_image> <row_i_col_j>
+    # <image> x 4, "\n" after each grid row, then "\n" <fake_token_around_image> <global-img> <image> x 4
+    # <fake_token_around_image> (transformers' _prompt_split_image), tokenized by the directory's
+    # tokenizer as the processor does: the real marker ids (<row_i_col_j> 1011..1046, "\n\n" one token)
+    tok = Tokenizer.from_file(tok_json)
 
     def slot(grid):
-        items = []
+        text = ""
         for i in range(grid[0]):
             for j in range(grid[1]):
-                items += [fake, 900 + 10 * i + j, TILE]
-            items.append(10)  # "\n"
-        return items + [10, fake, glob, TILE, fake]
+                text += f"<fake_token_around_image><row_{i + 1}_col_{j + 1}>" + "<image>" * 4
+            text += "\n"
+        text += "\n<fake_token_around_image><global-img>" + "<image>" * 4 + "<fake_token_around_image>"
+        ids = tok.encode(text, add_special_tokens=False).ids
+        items, k = [], 0
+        while k < len(ids):
+            if ids[k] == image_id:
+                assert ids[k:k + 4] == [image_id] * 4, ids
+                items.append(TILE)
+                k += 4
+            else:
+                items.append(ids[k])
+                k += 1
+        assert sum(x == TILE for x in items) == grid[0] * grid[1] + 1, items
+        assert sum(x == token_id(tok_json, f"<row_{i + 1}_col_{j + 1}>") for i in range(grid[0])
+                   for j in range(grid[1]) for x in items) == grid[0] * grid[1], items
+        return items
 
     # rows of 3 + 3 and 5 + 3 tiles: row 0's pixel_values end in two all-zero padding tiles
     return run(d, Idefics3ForConditionalGeneration, [[(1, 2), (2, 1)], [(2, 2), (1, 2)]], slot, n_tok=4,
@@ -368,14 +397,15 @@ def make_idefics3(out, tok_json):
 
 # ---------------------------------------------------------------------------------------- Llava
 
-def make_llava(out):
+def make_llava(out, tok_json):
     d = os.path.join(out, "vlm_llava_dir")
     clean_dir(d)
-    V = 160
+    V = VOCAB
+    image_id = token_id(tok_json, "<image>")  # image_token_index: the directory's tokenizer's <image>, as llava-hf ships
     vis = CLIPVisionConfig(hidden_size=20, intermediate_size=28, num_hidden_layers=3, num_attention_heads=2,
                            image_size=12, patch_size=4, hidden_act="quick_gelu", layer_norm_eps=1e-5,
                            projection_dim=8)
-    cfg = LlavaConfig(vision_config=vis.to_dict(), text_config=llama_text(V).to_dict(), image_token_index=V - 1,
+    cfg = LlavaConfig(vision_config=vis.to_dict(), text_config=llama_text(V).to_dict(), image_token_index=image_id,
                       vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
                       image_seq_length=9, tie_word_embeddings=False)
     torch.manual_seed(33001)
@@ -385,9 +415,12 @@ def make_llava(out):
     sd = load_file(os.path.join(d, "model.safetensors"))
     assert "multi_modal_projector.linear_1.weight" in sd and "language_model.lm_head.weight" in sd, sorted(sd)[:6]
     assert "vision_tower.embeddings.class_embedding" in sd, sorted(sd)[:6]  # hub files: vision_tower.vision_model.*
+    # llava-hf's chat_template.json as llava-1.5-7b-hf ships it (svlm's llava_hf format): the round trip
+    # trains on the directory with its own format
+    copy_tokenizer(tok_json, d, LLAVA_HF_TEMPLATE_SHIPPED)
     # two images a row, one tile each (llava-hf does not tile), <image> x 9 each
-    return run(d, LlavaForConditionalGeneration, [[1, 1], [1, 1]], lambda im: [TILE], n_tok=9, image_id=V - 1,
-               text_hi=V - 1, seed=33004,
+    return run(d, LlavaForConditionalGeneration, [[1, 1], [1, 1]], lambda im: [TILE], n_tok=9, image_id=image_id,
+               text_hi=text_id_limit(tok_json), seed=33004, logit_cols=128,
                conn_prefix="model.multi_modal_projector.", out_file=os.path.join(out, "vlm_llava.safetensors"))
 
 
@@ -397,9 +430,10 @@ def main():
     args = ap.parse_args()
     setup_torch()
     out = args.out
-    # the chat formats' tokenizer (make_chat_format_fixtures.py: 1011 tokens, ChatML's and InternVL's specials)
+    # the chat formats' tokenizer (make_chat_format_fixtures.py: 1047 tokens, the formats' specials and
+    # SmolVLM's <row_i_col_j>), in every directory
     tok = os.path.join(out, "chat_formats", "tokenizer.json")
-    log = {"internvl": make_internvl(out, tok), "idefics3": make_idefics3(out, tok), "llava": make_llava(out)}
+    log = {"internvl": make_internvl(out, tok), "idefics3": make_idefics3(out, tok), "llava": make_llava(out, tok)}
     total = 0
     for name in ("vlm_internvl_hf", "vlm_internvl_chat", "vlm_idefics3_dir", "vlm_llava_dir"):
         for root, _, names in os.walk(os.path.join(out, name)):

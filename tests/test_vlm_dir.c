@@ -271,6 +271,12 @@ static void test_train_config(void **state) {
     train_config_load(c, path, 0, NULL);
     assert_string_equal(c->template_, "idefics3");
     assert_int_equal(c->pixel_shuffle, 3);
+    // llava-hf: its shipped chat_template.json is the llava_hf format
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_llava_dir"));
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_string_equal(c->template_, "llava_hf");
+    assert_string_equal(c->connector, "llava_hf");
     free(c);
 
     static char bad[4][2048];
@@ -279,7 +285,7 @@ static void test_train_config(void **state) {
     expect_fatal(load_conf, bad[0], "model", "leave vision and llm out");
     snprintf(bad[1], sizeof bad[1], "model = %s\nconnector = mlp2x_gelu\ndata = x.json\n", fixture_path("vlm_internvl_chat"));
     expect_fatal(load_conf, bad[1], "connector = mlp2x_gelu", "the internvl projector");
-    // llava-hf's chat template is none of svlm's formats: refused, never guessed
+    // a chat template that is none of svlm's formats: refused, never guessed
     snprintf(bad[2], sizeof bad[2], "model = %s\ndata = x.json\n", edited("vlm_llava_dir", "llava_nofmt", "\"llava\"", "\"llava\""));
     char ct[700];
     snprintf(ct, sizeof ct, "%s/llava_nofmt/chat_template.json", tmp);
@@ -302,7 +308,10 @@ static void test_train_config(void **state) {
     const char *sys = "unset";
     assert_int_equal(vlm_dir_template(&d, &sys), TEMPLATE_IDEFICS3);
     assert_null(sys);
-    snprintf(bad[3], sizeof bad[3], "model = %s\ndata = x.json\n", fixture_path("vlm_llava_dir"));
+    // no chat template at all (the llava directory without its chat_template.json and tokenizer.json)
+    snprintf(bad[3], sizeof bad[3], "model = %s\ndata = x.json\n", edited("vlm_llava_dir", "llava_notmpl", "\"llava\"", "\"llava\""));
+    snprintf(mv, sizeof mv, "cp '%s/model.safetensors' '%s/llava_notmpl/'", fixture_path("vlm_llava_dir"), tmp);
+    assert_int_equal(system(mv), 0);
     expect_fatal(load_conf, bad[3], "no chat template", "set template");
 }
 
