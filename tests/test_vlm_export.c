@@ -1,6 +1,6 @@
 // test_vlm_export.c: the whole-model round trip: `model = DIR` (the InternVL remote-code fixture,
 // Vintern's layout, transformers' native InternVL, and Idefics3 / SmolVLM), ./train stage 2 for 3 steps from the
-// shipped projector with the model's own chat format, ./export back to the model's layout
+// shipped projector with the model's own chat format (llava-hf too, with its chat_template.json), ./export back to the model's layout
 // (trainer/export_whole.c), then:
 //   - the export holds every tensor of DIR under its name, shape and dtype; the tower's and every
 //     other untrained tensor's bytes are DIR's; the projector is the checkpoint's; the LoRA targets
@@ -191,6 +191,8 @@ static void test_internvl_hf(void **state) {
     check_round_trip("vlm_internvl_hf", "vlm_internvl.safetensors", 6, "model.language_model.");
 }
 static void test_idefics3(void **state) { check_round_trip("vlm_idefics3_dir", "vlm_idefics3.safetensors", 1, "model.text_model."); }
+// llava-hf: linear_1 and linear_2 with their biases; trained with its shipped chat template (llava_hf)
+static void test_llava(void **state) { check_round_trip("vlm_llava_dir", "vlm_llava.safetensors", 4, "model.language_model."); }
 
 // freeze_connector = true: the shipped projector stays as it is, bit for bit, while LoRA trains
 static void test_frozen_connector(void **state) {
@@ -229,6 +231,7 @@ int main(void) {
         cmocka_unit_test(test_internvl_chat),
         cmocka_unit_test(test_internvl_hf),
         cmocka_unit_test(test_idefics3),
+        cmocka_unit_test(test_llava),
         cmocka_unit_test(test_frozen_connector),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
