@@ -11,13 +11,14 @@ Writes (each directory is a real Hugging Face model directory):
   vlm_internvl_hf/           InternVLForConditionalGeneration (save_pretrained): InternViT 30 px,
                              patch 3 (10x10 grid, CLS), pixel shuffle 0.5 -> 25 tokens per image,
                              the native projector, Qwen2 (vocab 1024, tied embeddings as the class
-                             default), image_token_id 1023, the chat-format fixtures' tokenizer.json
-                             and transformers' InternVL chat_template.json
+                             default), image_token_id 1006 (<IMG_CONTEXT> in its tokenizer.json,
+                             the chat-format fixtures' 1011 tokens) and transformers' InternVL
+                             chat_template.json
   vlm_internvl_chat/         the same weights under InternVL's remote-code names (vision_model.*,
                              fused attn.qkv, mlp1.{0,1,3}, language_model.model.*) with an
                              InternVLChatModel config.json (llm_config, select_layer -1,
                              downsample_ratio 0.5, ps_version v2, template Hermes-2) and the
-                             template fixtures' tokenizer.json (1004 tokens, <|im_start|> <|im_end|>):
+                             same tokenizer.json (<|im_start|> <|im_end|>, <IMG_CONTEXT> 1006):
                              the remote code is not installed, so this copy is checked against
                              the native model's numbers (the mapping of names is the fact under test)
   vlm_internvl.safetensors   input_ids with the image token over each slot, labels, pixel_values
@@ -26,12 +27,12 @@ Writes (each directory is a real Hugging Face model directory):
                              LoRA tensor and for the projector under both namings
   vlm_idefics3_dir/          Idefics3ForConditionalGeneration: Idefics3 vision 12 px, patch 2
                              (6x6 grid), scale_factor 3 -> 4 tokens of 9*C, Llama (vocab 1024,
-                             tie_word_embeddings true), image_token_id 1023, the chat formats'
-                             tokenizer.json and SmolVLM's chat_template.json
+                             tie_word_embeddings true), image_token_id 1005 (<image>), the chat
+                             formats' tokenizer.json and SmolVLM's chat_template.json
   vlm_idefics3.safetensors   as above (pixel_values (2, 3, 12, 12): one image per row)
   vlm_llava_dir/             LlavaForConditionalGeneration: CLIP vision 12 px, patch 4 (3x3 grid,
                              CLS dropped), vision_feature_layer -2, the projector linear_1/2,
-                             Llama, image_token_index 159
+                             Llama, image_token_index 159 (V - 1; no tokenizer.json)
   vlm_llava.safetensors      as above
 
 The batch: 2 rows of T tokens, one image per row (one tile), random text ids, labels on about
@@ -90,9 +91,24 @@ def perturb_all(model, seed):
     perturb_vision(model, seed + 2)
 
 
-def make_batch(seed, V, T, n_tok, image_id, starts):
+def token_id(tok_json, token):
+    """the id tokenizer.json gives `token` (an added token): the config's image_token_id must match it"""
+    with open(tok_json) as fh:
+        for a in json.load(fh)["added_tokens"]:
+            if a["content"] == token:
+                return a["id"]
+    raise SystemExit(f"{tok_json}: no added token {token}")
+
+
+def text_id_limit(tok_json):
+    """ordinary text ids lie below the first added (special) token: no random id is an image token"""
+    with open(tok_json) as fh:
+        return min(a["id"] for a in json.load(fh)["added_tokens"])
+
+
+def make_batch(seed, text_hi, T, n_tok, image_id, starts):
     g = gen(seed)
-    ids = torch.randint(0, V - 2, (2, T), generator=g, dtype=torch.int64)
+    ids = torch.randint(0, text_hi, (2, T), generator=g, dtype=torch.int64)
     labels = torch.full((2, T), -100, dtype=torch.int64)
     coin = torch.rand((2, T), generator=g)
     for r in range(2):
@@ -104,11 +120,11 @@ def make_batch(seed, V, T, n_tok, image_id, starts):
     return ids, labels
 
 
-def run(model_dir, cls, pixels, T, n_tok, image_id, starts, seed, conn_prefix, out_file, extra_conn_names=None):
+def run(model_dir, cls, pixels, T, n_tok, image_id, text_hi, starts, seed, conn_prefix, out_file,
+        extra_conn_names=None):
     """loads model_dir, adds random LoRA, runs forward + backward; writes out_file"""
     model = cls.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=ATTN).eval()
-    V = model.config.get_text_config().vocab_size
-    ids, labels = make_batch(seed, V, T, n_tok, image_id, starts)
+    ids, labels = make_batch(seed, text_hi, T, n_tok, image_id, starts)
     lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_RE, bias="none")
     pm = get_peft_model(model, lcfg)
     g = gen(seed + 1)
@@ -160,8 +176,9 @@ def make_internvl(out, tok_json):
     d = os.path.join(out, "vlm_internvl_hf")
     clean_dir(d)
     V = 1024
+    image_id = token_id(tok_json, "<IMG_CONTEXT>")  # as the directory's tokenizer.json says
     cfg = InternVLConfig(vision_config=internvl_vision_config().to_dict(), text_config=qwen2_text(V).to_dict(),
-                         downsample_ratio=0.5, projector_hidden_act="gelu", image_token_id=V - 1,
+                         downsample_ratio=0.5, projector_hidden_act="gelu", image_token_id=image_id,
                          vision_feature_layer=-1, vision_feature_select_strategy="default", image_seq_length=25)
     torch.manual_seed(31001)
     m = InternVLForConditionalGeneration(cfg).eval()
@@ -222,7 +239,8 @@ def make_internvl(out, tok_json):
         fh.write("\n")
 
     pix = torch.randn((2, 3, 30, 30), generator=gen(31003))
-    return run(d, InternVLForConditionalGeneration, pix, T=32, n_tok=25, image_id=V - 1, starts=[1, 3], seed=31004,
+    return run(d, InternVLForConditionalGeneration, pix, T=32, n_tok=25, image_id=image_id,
+               text_hi=text_id_limit(tok_json), starts=[1, 3], seed=31004,
                conn_prefix="model.multi_modal_projector.", out_file=os.path.join(out, "vlm_internvl.safetensors"),
                extra_conn_names=remote_conn_name)
 
@@ -233,11 +251,12 @@ def make_idefics3(out, tok_json):
     d = os.path.join(out, "vlm_idefics3_dir")
     clean_dir(d)
     V = 1024  # the chat formats' tokenizer fits: the round trip trains on it
+    image_id = token_id(tok_json, "<image>")
     vis = Idefics3VisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
                                image_size=12, patch_size=2, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
     # tied (Idefics3Config's default is untied: the top-level key decides, as transformers reads it)
     cfg = Idefics3Config(vision_config=vis.to_dict(), text_config=llama_text(V).to_dict(), scale_factor=3,
-                         image_token_id=V - 1, tie_word_embeddings=True)
+                         image_token_id=image_id, tie_word_embeddings=True)
     torch.manual_seed(32001)
     m = Idefics3ForConditionalGeneration(cfg).eval()
     perturb_all(m, 32002)
@@ -258,7 +277,8 @@ def make_idefics3(out, tok_json):
         emb(pix[:, 0], torch.ones((2, 6, 6), dtype=torch.bool))
     h.remove()
     assert torch.equal(seen["ids"][0], torch.arange(36)), seen["ids"][0]
-    return run(d, Idefics3ForConditionalGeneration, pix, T=16, n_tok=4, image_id=V - 1, starts=[1, 3], seed=32004,
+    return run(d, Idefics3ForConditionalGeneration, pix, T=16, n_tok=4, image_id=image_id,
+               text_hi=text_id_limit(tok_json), starts=[1, 3], seed=32004,
                conn_prefix="model.connector.", out_file=os.path.join(out, "vlm_idefics3.safetensors"))
 
 
@@ -282,7 +302,7 @@ def make_llava(out):
     assert "multi_modal_projector.linear_1.weight" in sd and "language_model.lm_head.weight" in sd, sorted(sd)[:6]
     assert "vision_tower.embeddings.class_embedding" in sd, sorted(sd)[:6]  # hub files: vision_tower.vision_model.*
     pix = torch.randn((2, 3, 12, 12), generator=gen(33003))
-    return run(d, LlavaForConditionalGeneration, pix, T=24, n_tok=9, image_id=V - 1, starts=[2, 5], seed=33004,
+    return run(d, LlavaForConditionalGeneration, pix, T=24, n_tok=9, image_id=V - 1, text_hi=V - 2, starts=[2, 5], seed=33004,
                conn_prefix="model.multi_modal_projector.", out_file=os.path.join(out, "vlm_llava.safetensors"))
 
 
