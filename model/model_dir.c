@@ -124,6 +124,8 @@ static void resolve_whole(ModelDirSpec *s, const char *dir) {
     s->connector = d.connector;
     s->connector_scale = d.connector_scale;
     s->pad_to_square = d.pad_to_square;  // InternVL's pad2square; the others' processors resize
+    s->max_tiles = d.max_tiles;          // the model's own tiling and slot (model/vlm_dir.h)
+    copy_str(s->image_format, sizeof s->image_format, d.image_format, dir);
     snprintf(s->weights, sizeof s->weights, "whole %s model", vlm_layout_name(d.layout));  // no file: said in messages
     char path[2 * MODEL_DIR_PATH];
     path_join(path, sizeof path, dir, "svlm_export.json");
@@ -133,6 +135,8 @@ static void resolve_whole(ModelDirSpec *s, const char *dir) {
         root = json_load_file(path);
         s->template_kind = template_parse(json_get_str(root, "template", path));
         s->pad_to_square = json_get_bool_opt(root, "pad_to_square", s->pad_to_square, path);
+        s->max_tiles = json_get_int_opt(root, "max_tiles", s->max_tiles, path);  // what the run trained with
+        if (s->max_tiles < 1 || s->max_tiles > 64) fatal("%s: max_tiles must be in 1..64", path);
         const cJSON *sys = cJSON_GetObjectItemCaseSensitive(root, "system");
         if (sys && !cJSON_IsNull(sys)) {
             if (!cJSON_IsString(sys)) fatal("%s: \"system\" must be a string or null", path);
@@ -207,6 +211,11 @@ static void gen_model_text(GenModel *g, const char *system) {
     g->prep.max_tiles = s->max_tiles > 0 ? s->max_tiles : 1;
 
     g->tok = tokenizer_load(tok_path);
+    if (vlm_dir_is(s->llm_dir)) {  // a whole model (or a run of one): its image token is its tokenizer's
+        VlmDir d;
+        vlm_dir_open(&d, s->llm_dir);
+        vlm_dir_check_image_token(&d, g->tok);
+    }
     const char *fmt = s->image_format[0] ? s->image_format
                       : connector_family(s->connector)->image_format ? connector_family(s->connector)->image_format : "llava";
     image_slot_init(&g->slot, (ImageFormat)image_format_parse(fmt), g->m->n_img_tokens, image_grid_max_side(&g->prep), g->tok,
