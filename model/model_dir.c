@@ -220,7 +220,6 @@ static void gen_model_text(GenModel *g, const char *system) {
                       : connector_family(s->connector)->image_format ? connector_family(s->connector)->image_format : "llava";
     image_slot_init(&g->slot, (ImageFormat)image_format_parse(fmt), g->m->n_img_tokens, image_grid_max_side(&g->prep), g->tok,
                     tok_path);
-    g->slotted = g->slot.fmt != IMAGE_FORMAT_LLAVA || image_prep_tiles(&g->prep);
     const LlmConfig *lc = &g->m->llm.cfg;
     if (tokenizer_vocab_size(g->tok) > lc->vocab)
         fatal("%s: %d tokens but the language model has only %d embeddings", tok_path, tokenizer_vocab_size(g->tok), lc->vocab);
@@ -278,6 +277,14 @@ void gen_model_free(GenModel *g) {
 
 static void read_image(const GenModel *g, const char *path, Image *out);
 
+// the tiles of grid g of img, preprocessed: (image_grid_tiles(g), 3, S, S) malloc'd
+static float *tiles_of(const GenModel *g, const Image *img, ImageGrid grid) {
+    int S = g->prep.size;
+    float *px = xmalloc((size_t)image_grid_tiles(grid) * 3 * S * S * sizeof(float));
+    image_preprocess_tiles(img, &g->prep, grid, px);
+    return px;
+}
+
 void gen_model_image(const GenModel *g, const char *path, float *pixels) {
     Image img;
     read_image(g, path, &img);
@@ -288,7 +295,7 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels) {
 int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *image, int **ids, float **pixels,
                            int **tile_start, int *n_tiles) {
     int *raw, pos, n = gen_model_prompt(g, text, image != NULL, &raw, &pos);
-    *pixels = NULL;
+    if (pixels) *pixels = NULL;
     *tile_start = NULL;
     *n_tiles = 0;
     if (!image) {
@@ -298,9 +305,8 @@ int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *imag
     Image img;
     read_image(g, image, &img);
     ImageGrid grid = image_grid(&g->prep, img.w, img.h);
-    int nt = image_grid_tiles(grid), S = g->prep.size, len = image_slot_len(&g->slot, grid);
-    *pixels = xmalloc((size_t)nt * 3 * S * S * sizeof(float));
-    image_preprocess_tiles(&img, &g->prep, grid, *pixels);
+    int nt = image_grid_tiles(grid), len = image_slot_len(&g->slot, grid);
+    if (pixels) *pixels = tiles_of(g, &img, grid);
     image_free(&img);
     int *out = xmalloc((size_t)(n + len) * sizeof(int));
     uint8_t *feat = xmalloc((size_t)len);
@@ -314,6 +320,16 @@ int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *imag
     *ids = out;
     *n_tiles = nt;
     return n + len;
+}
+
+float *gen_model_image_tiles(const GenModel *g, const char *path, int *n_tiles) {
+    Image img;
+    read_image(g, path, &img);
+    ImageGrid grid = image_grid(&g->prep, img.w, img.h);
+    float *px = tiles_of(g, &img, grid);
+    image_free(&img);
+    *n_tiles = image_grid_tiles(grid);
+    return px;
 }
 
 static void read_image(const GenModel *g, const char *path, Image *out) {

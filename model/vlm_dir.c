@@ -121,6 +121,10 @@ static int downsample_side(const cJSON *root, const char *path) {
 
 // ---------------------------------------------------------------- the model's own tiling
 
+// the config.json and preprocessor_config.json trees vlm_dir_open is reading: reachable from here
+// while a fatal() exits midway, so that LeakSanitizer does not report them (as image_prep_load's)
+static cJSON *volatile g_reading, *volatile g_reading_pre;  // volatile: stored though never read
+
 // InternVL's remote code (InternVLChatConfig: dynamic_image_size false, use_thumbnail false,
 // min_dynamic_patch 1, max_dynamic_patch 6, pad2square false): its dataset and chat code tile with
 // dynamic_preprocess(min_num, max_num, use_thumbnail) when dynamic_image_size is true, else resize
@@ -149,10 +153,11 @@ static void internvl_hf_tiling(VlmDir *d) {
     path_join(path, sizeof path, d->dir, "preprocessor_config.json");
     int lo = 1, hi = 12;
     if (file_exists(path)) {
-        cJSON *root = json_load_file(path);
+        cJSON *root = g_reading_pre = json_load_file(path);
         lo = json_get_int_opt(root, "min_patches", 1, path);
         hi = json_get_int_opt(root, "max_patches", 12, path);
         cJSON_Delete(root);
+        g_reading_pre = NULL;
     }
     if (lo != 1) fatal("%s: min_patches %d is not supported (1: svlm's grids start at one tile)", path, lo);
     if (hi < 1 || hi > 64) fatal("%s: max_patches %d must be in 1..64", path, hi);
@@ -176,11 +181,12 @@ static void idefics3_tiling(VlmDir *d, const cJSON *vc, const char *cfg_path) {
     path_join(path, sizeof path, d->dir, "preprocessor_config.json");
     int M = json_get_int_opt(vc, "image_size", 224, cfg_path), L = 4 * M, split = 1;
     if (file_exists(path)) {
-        cJSON *root = json_load_file(path);
+        cJSON *root = g_reading_pre = json_load_file(path);
         split = json_get_bool_opt(root, "do_image_splitting", 1, path);
         M = longest_edge(root, "max_image_size", M, path);
         L = longest_edge(root, "size", 4 * M, path);
         cJSON_Delete(root);
+        g_reading_pre = NULL;
     }
     if (M < 1) fatal("%s: vision_config.image_size must be positive", cfg_path);
     int n = ((L < 4096 ? L : 4096) + M - 1) / M;
@@ -198,7 +204,7 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
     snprintf(d->dir, sizeof d->dir, "%s", dir);
     path_join(path, sizeof path, dir, "config.json");
     if (!file_exists(path)) fatal("%s: missing (a whole-model directory needs its config.json)", path);
-    cJSON *root = json_load_file(path);
+    cJSON *root = g_reading = json_load_file(path);
     int l = layout_of(root);
     if (l < 0) {
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, "architectures");
@@ -275,6 +281,7 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
     default: CHECK(0, "layout %d", l);
     }
     cJSON_Delete(root);
+    g_reading = NULL;
 }
 
 void vlm_dir_check_image_token(const VlmDir *d, const Tokenizer *tok) {

@@ -10,7 +10,9 @@
 //   - adapter/ holds every LoRA tensor under the class's module names;
 //   - the run saw images as the model does: its own tiling (max_tiles 0 = the model's: transformers'
 //     InternVL tiles up to 12 + thumbnail, the remote-code fixture says dynamic_image_size false),
-//     svlm_export.json records it and ./generate on the export tiles a wide image the same way.
+//     svlm_export.json records it and ./generate on the export tiles a wide image the same way;
+//     ./generate --batch (rows of different grids together) answers as one at a time, and
+//     ./evaluate runs on the tiled export with the same predictions batched and not.
 // scripts/check_export.py loads the native export in transformers and compares its logits.
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,6 +122,60 @@ static void check_tiling(const char *model, const char *run, const char *out, in
         fail_msg("%s: ./generate did not tile the 90 x 30 image into 3 x 1 + thumbnail", e);
     if (tiles == 1 && strstr(text, " tiles;")) fail_msg("%s: ./generate tiled a one-tile model's image", e);
     free(text);
+    char *alone = test_slurp(o, NULL);
+    alone[strcspn(alone, "\n")] = 0;  // the streamed answer
+
+    // --batch: rows of other grids (the wide image, a synth square, none) together answer as alone
+    char file[1000], sq[1000];
+    snprintf(file, sizeof file, "%s/requests_%s.jsonl", root, model);
+    snprintf(sq, sizeof sq, "%s/data/images/img_00000.png", synth_dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"image\": \"%s\", \"prompt\": \"What is it?\"}\n{\"prompt\": \"Hi\"}\n"
+               "{\"image\": \"%s\", \"prompt\": \"Where is the circle?\"}\n", img, sq);
+    fclose(f);
+    snprintf(o, sizeof o, "%s/generate_batch_%s.log", root, model);
+    snprintf(e, sizeof e, "%s/generate_batch_%s.err", root, model);
+    char *bargv[] = {"./generate", (char *)out, "--batch", file, "--batch-size", "3", "--max-new-tokens", "3", "--device",
+                     "cpu", NULL};
+    if (test_spawn(bargv, o, e) != 0) fail_msg("./generate --batch on %s failed, see %s", out, e);
+    text = test_slurp(o, NULL);
+    cJSON *first = cJSON_Parse(strtok(text, "\n"));
+    assert_non_null(first);
+    assert_string_equal(json_get_str(first, "answer", o), alone);
+    cJSON_Delete(first);
+    free(text);
+    free(alone);
+
+    // ./evaluate: VQA items on the tiled images, batched and one at a time, the same predictions
+    char data[1000], ev[2][1000];
+    snprintf(data, sizeof data, "%s/vqa_%s.jsonl", root, model);
+    f = fopen(data, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"id\": \"w\", \"image\": \"wide_%s.jpg\", \"question\": \"What is it?\", \"answers\": [\"x\"]}\n"
+               "{\"id\": \"s\", \"image\": \"synth/data/images/img_00000.png\", \"question\": \"Where?\", \"answers\": [\"y\"]}\n"
+               "{\"id\": \"t\", \"image\": \"wide_%s.jpg\", \"question\": \"Which?\", \"answers\": [\"z\"]}\n", model, model);
+    fclose(f);
+    static const char *const bs[2] = {"1", "3"};
+    for (int b = 0; b < 2; b++) {
+        snprintf(ev[b], sizeof ev[b], "%s/eval_%s_%s", root, model, bs[b]);
+        snprintf(o, sizeof o, "%s/evaluate_%s_%s.log", root, model, bs[b]);
+        snprintf(e, sizeof e, "%s/evaluate_%s_%s.err", root, model, bs[b]);
+        char *eargv[] = {"./evaluate", (char *)out, data, "--image-folder", root, "--batch-size", (char *)bs[b],
+                         "--max-new-tokens", "3", "--out", ev[b], "--device", "cpu", NULL};
+        if (test_spawn(eargv, o, e) != 0) fail_msg("./evaluate on %s failed, see %s", out, e);
+    }
+    char pa[1100], pb[1100];
+    snprintf(pa, sizeof pa, "%s/predictions.jsonl", ev[0]);
+    snprintf(pb, sizeof pb, "%s/predictions.jsonl", ev[1]);
+    char *ta = test_slurp(pa, NULL), *tb = test_slurp(pb, NULL);
+    assert_string_equal(ta, tb);
+    int answered = 0;  // every item answered (none skipped)
+    for (const char *q = ta; (q = strstr(q, "\"prediction\"")); q++) answered++;
+    assert_int_equal(answered, 3);
+    assert_null(strstr(ta, "skipped"));
+    free(ta);
+    free(tb);
 }
 
 // model: the fixture directory; batch: its parity fixture (the logits' batch); n_conn: the
