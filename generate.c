@@ -80,23 +80,19 @@ static void run_batch(const Kernels *k, const char *dir, const char *system, Bat
     GenModel gm;
     gen_model_load(&gm, k, dir, system);
     Vlm *m = &gm.vlm;
-    // every prompt tokenised first: the cache slots are sized for the longest
+    // every prompt tokenised first, its image slot expanded as the model marks and tiles it (the
+    // image read for its grid): the cache slots are sized for the longest
     int n = pf.n, max_pos = m->llm.cfg.max_pos, longest = 0;
     int **ids = xmalloc((size_t)n * sizeof(int *)), *n_ids = xmalloc((size_t)n * sizeof(int));
-    int *img_pos = xmalloc((size_t)n * sizeof(int));
+    int **tile_start = xmalloc((size_t)n * sizeof(int *)), *n_tiles = xmalloc((size_t)n * sizeof(int));
     for (int i = 0; i < n; i++) {
         const PromptItem *it = &pf.items[i];
-        if (gm.slotted && it->image)
-            fatal("%s:%d: --batch runs images as one unmarked tile; this model's images are tiled or marked (%s slot, "
-                  "max_tiles %d): run its prompts one at a time", a->file, it->line, image_format_name(gm.slot.fmt),
-                  gm.prep.max_tiles);
-        n_ids[i] = gen_model_prompt(&gm, it->prompt, it->image != NULL, &ids[i], &img_pos[i]);
-        int np = n_ids[i] + (it->image ? m->n_img_tokens : 0);
+        n_ids[i] = gen_model_prompt_tiles(&gm, it->prompt, it->image, &ids[i], NULL, &tile_start[i], &n_tiles[i]);
+        int np = n_ids[i], ni = n_tiles[i] * m->n_img_tokens;
         int limit = a->max_len ? a->max_len : max_pos;
         if (np > limit)
             fatal("%s:%d: prompt of %d positions (%d tokens + %d image tokens) is longer than %s %d", a->file, it->line,
-                  np, n_ids[i], np - n_ids[i], a->max_len ? "--max-len" : "the model's context (max_position_embeddings)",
-                  limit);
+                  np, np - ni, ni, a->max_len ? "--max-len" : "the model's context (max_position_embeddings)", limit);
         if (np > longest) longest = np;
     }
     int max_len = a->max_len ? a->max_len : (longest + a->max_new < max_pos ? longest + a->max_new : max_pos);
@@ -110,9 +106,8 @@ static void run_batch(const Kernels *k, const char *dir, const char *system, Bat
     if (a->out && !(out = fopen(a->out, "w"))) fatal("%s: cannot create", a->out);
     a->o.stop_ids = gm.stop_ids;
     a->o.n_stop = gm.n_stop;
-    size_t px = (size_t)3 * gm.image_size * gm.image_size;
-    float *pixels = xmalloc((size_t)nb * px * sizeof(float));
-    const float **b_px = xmalloc((size_t)nb * sizeof(float *));
+    GenPrompt *bp = xcalloc((size_t)nb, sizeof(GenPrompt));
+    float **b_px = xcalloc((size_t)nb, sizeof(float *));
     int **b_out = xmalloc((size_t)nb * sizeof(int *)), *b_n = xmalloc((size_t)nb * sizeof(int));
     GenStats *st = xmalloc((size_t)nb * sizeof(GenStats));
     for (int j = 0; j < nb; j++) b_out[j] = xmalloc((size_t)a->max_new * sizeof(int));
@@ -120,15 +115,19 @@ static void run_batch(const Kernels *k, const char *dir, const char *system, Bat
     double t_prefill = 0, t_decode = 0, t_run = time_now();
     for (int i0 = 0; i0 < n; i0 += nb) {
         int c = n - i0 < nb ? n - i0 : nb;
-        for (int j = 0; j < c; j++) {
+        for (int j = 0; j < c; j++) {  // the block's tiles: every row its own grid and slot
             const PromptItem *it = &pf.items[i0 + j];
-            b_px[j] = NULL;
-            if (it->image) {
-                gen_model_image(&gm, it->image, pixels + (size_t)j * px);
-                b_px[j] = pixels + (size_t)j * px;
-            }
+            int nt = 0;
+            b_px[j] = it->image ? gen_model_image_tiles(&gm, it->image, &nt) : NULL;
+            CHECK(nt == n_tiles[i0 + j], "%s: %d tiles, %d when tokenised", it->image, nt, n_tiles[i0 + j]);
+            bp[j] = (GenPrompt){.ids = ids[i0 + j], .n = n_ids[i0 + j], .pixels = b_px[j], .n_tiles = nt,
+                                .tile_start = tile_start[i0 + j]};
         }
-        gen_batch_generate(&gb, c, (const int *const *)ids + i0, n_ids + i0, b_px, img_pos + i0, &a->o, b_out, b_n, st);
+        gen_batch_generate(&gb, c, bp, &a->o, b_out, b_n, st);
+        for (int j = 0; j < c; j++) {
+            free(b_px[j]);
+            b_px[j] = NULL;
+        }
         double t_dec = 0;  // the batch's decode steps, shared: the longest conversation took part in all
         for (int j = 0; j < c; j++) {
             const PromptItem *it = &pf.items[i0 + j];
@@ -156,15 +155,16 @@ static void run_batch(const Kernels *k, const char *dir, const char *system, Bat
             "%lld decoded in %.3f s, %.1f tok/s\n", n, time_now() - t_run, n_prompt, t_prefill,
             t_prefill > 0 ? n_prompt / t_prefill : 0.0, n_new, n_dec, t_decode, t_decode > 0 ? n_dec / t_decode : 0.0);
     for (int j = 0; j < nb; j++) free(b_out[j]);
-    for (int i = 0; i < n; i++) free(ids[i]);
+    for (int i = 0; i < n; i++) free(ids[i]), free(tile_start[i]);
     free(b_out);
     free(b_n);
     free(st);
     free(b_px);
-    free(pixels);
+    free(bp);
     free(ids);
     free(n_ids);
-    free(img_pos);
+    free(tile_start);
+    free(n_tiles);
     gen_batch_free(&gb);
     gen_model_free(&gm);
     prompt_file_free(&pf);
@@ -219,19 +219,12 @@ int main(int argc, char **argv) {
     GenModel gm;
     gen_model_load(&gm, k, dir, system);
     const Vlm *m = &gm.vlm;
+    // the image slot expanded in the ids as the model marks and tiles it (data/image_slot.h; llava:
+    // one unmarked tile), the same prompt --batch and ./evaluate run
     float *pixels = NULL;
-    int *ids, image_pos = -1, n_ids, n_prompt, *tile_start = NULL, n_tiles = 0;
-    if (gm.slotted) {  // tiled or marked images (data/image_slot.h): the slot is in the ids
-        n_ids = n_prompt = gen_model_prompt_tiles(&gm, prompt, image, &ids, &pixels, &tile_start, &n_tiles);
-        n_ids -= n_tiles * m->n_img_tokens;  // for the messages: text and marker tokens
-    } else {
-        if (image) {
-            pixels = xmalloc((size_t)3 * gm.image_size * gm.image_size * sizeof(float));
-            gen_model_image(&gm, image, pixels);
-        }
-        n_ids = gen_model_prompt(&gm, prompt, image != NULL, &ids, &image_pos);
-        n_prompt = n_ids + (image ? m->n_img_tokens : 0);
-    }
+    int *ids, *tile_start = NULL, n_tiles = 0;
+    int n_prompt = gen_model_prompt_tiles(&gm, prompt, image, &ids, &pixels, &tile_start, &n_tiles);
+    int n_ids = n_prompt - n_tiles * m->n_img_tokens;  // for the messages: text and marker tokens
     int max_pos = m->llm.cfg.max_pos;
     if (!max_len) {
         if (n_prompt > max_pos)
@@ -253,8 +246,8 @@ int main(int argc, char **argv) {
                     .stop_ids = gm.stop_ids, .n_stop = gm.n_stop, .on_token = on_token, .ctx = &stream};
     int *out = xmalloc((size_t)max_new * sizeof(int));
     GenStats st;
-    int n = gm.slotted ? gen_generate_tiles(&g, ids, n_prompt, pixels, n_tiles, tile_start, &o, out, &st)
-                       : gen_generate(&g, ids, n_ids, pixels, image_pos, &o, out, &st);
+    GenPrompt gp = {.ids = ids, .n = n_prompt, .pixels = pixels, .n_tiles = n_tiles, .tile_start = tile_start};
+    int n = gen_generate_prompt(&g, &gp, &o, out, &st);
     stream_flush(&stream, out, n, 1);
     printf("\n");
     fflush(stdout);

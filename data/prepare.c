@@ -230,6 +230,7 @@ typedef struct {
     ShardEntry e;
     int64_t image_bytes;
     int n_images;
+    int n_tiles;  // the images' tiles (thumbnails included)
     int truncated;
     int64_t index, line;  // of the sample in the data file (for warnings)
 } Result;
@@ -377,6 +378,7 @@ static void process(const Pool *p, void *cctx, LlavaSample *s, Result *r) {
         rec.images[k] = (ShardImage){.pos = image_pos[k], .rows = g.rows, .cols = g.cols, .thumb = g.thumb, .name = name,
                                      .name_len = (uint32_t)strlen(name), .bytes = bytes, .len = (uint32_t)img_len};
         slot += image_slot_len(p->slot, g);
+        r->n_tiles += image_grid_tiles(g);
         r->image_bytes += (int64_t)img_len;
     }
     if (n + slot > spec->max_seq_len) {
@@ -699,6 +701,7 @@ void prepare_run(const PrepareSpec *spec_in, PrepareSummary *out) {
             S.tokens += r->e.n_tokens;
             S.labelled += r->e.n_labelled;
             S.images += r->n_images;
+            S.tiles += r->n_tiles;
             S.image_bytes += r->image_bytes;
             S.truncated += r->truncated;
         }
@@ -763,7 +766,8 @@ void prepare_print_summary(const PrepareSpec *spec, const PrepareSummary *s, FIL
             spec->out_dir, s->shards, s->shards == 1 ? "" : "s", b1);
     fprintf(f, "  tokens: %" PRId64 " (labelled %" PRId64 "), truncated samples: %" PRId64 "\n", s->tokens, s->labelled,
             s->truncated);
-    fprintf(f, "  images: %" PRId64 " (%s of image data)\n", s->images, b2);
+    fprintf(f, "  images: %" PRId64 " (%" PRId64 " tiles, %.2f per image; %s of image data)\n", s->images, s->tiles,
+            s->images ? (double)s->tiles / s->images : 0.0, b2);
     fprintf(f, "  skipped: %" PRId64, s->skipped_total);
     int first = 1;
     for (int i = 0; i < PREPARE_SKIP_COUNT; i++)

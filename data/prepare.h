@@ -85,6 +85,7 @@ typedef struct {
     int64_t tokens;        // text tokens written (the image slots not counted)
     int64_t labelled;      // positions that carry loss (slots expanded)
     int64_t images;
+    int64_t tiles;         // the images' tiles, thumbnails included (data/tiling.h)
     int64_t image_bytes;   // original image file bytes stored
     int64_t truncated;     // samples cut to max_seq_len
     int64_t skipped[PREPARE_SKIP_COUNT];

@@ -64,7 +64,8 @@ void bench_run_init(BenchRun *r, GenModel *gm, const BenchSet *b, const BenchOpt
     r->req = xcalloc((size_t)n + 1, sizeof(BenchRequest));
     r->ids = xcalloc((size_t)n + 1, sizeof(int *));
     r->n_ids = xcalloc((size_t)n + 1, sizeof(int));
-    r->img_pos = xcalloc((size_t)n + 1, sizeof(int));
+    r->tile_start = xcalloc((size_t)n + 1, sizeof(int *));
+    r->n_tiles = xcalloc((size_t)n + 1, sizeof(int));
     r->opt_ids = xcalloc((size_t)n + 1, sizeof(int **));
     r->n_opt_ids = xcalloc((size_t)n + 1, sizeof(int *));
     int longest = 1, q_i = 0;
@@ -79,12 +80,14 @@ void bench_run_init(BenchRun *r, GenModel *gm, const BenchSet *b, const BenchOpt
             if (b->task == TASK_MC) mc_rotation(q->order, it->n_options, rot);
             q->prompt = request_prompt(r, it, q);
             if (it->skip) continue;
-            r->n_ids[q_i] = gen_model_prompt(gm, q->prompt, it->image != NULL, &r->ids[q_i], &r->img_pos[q_i]);
-            int need = r->n_ids[q_i] + (it->image ? m->n_img_tokens : 0);
+            // the image's slot as the model marks and tiles it (read here for its grid)
+            r->n_ids[q_i] = gen_model_prompt_tiles(gm, q->prompt, it->image, &r->ids[q_i], NULL, &r->tile_start[q_i],
+                                                   &r->n_tiles[q_i]);
+            int need = r->n_ids[q_i], ni = r->n_tiles[q_i] * m->n_img_tokens;
             if (need >= max_pos)
                 fatal("%s:%lld: item %d (id \"%s\"): the prompt takes %d positions (%d tokens%s), the model's context "
                       "holds %d (max_position_embeddings)", b->path, (long long)it->line, i + 1, it->id, need,
-                      r->n_ids[q_i], it->image ? " + the image" : "", max_pos);
+                      need - ni, it->image ? " + the image" : "", max_pos);
             if (b->task == TASK_MC && o->likelihood) {
                 r->opt_ids[q_i] = xcalloc((size_t)it->n_options, sizeof(int *));
                 r->n_opt_ids[q_i] = xcalloc((size_t)it->n_options, sizeof(int));
@@ -120,6 +123,7 @@ void bench_run_free(BenchRun *r) {
         free(r->req[i].prompt);
         free(r->req[i].prediction);
         free(r->ids[i]);
+        free(r->tile_start[i]);
         if (r->opt_ids[i]) {
             for (int j = 0; j < r->b->items[r->req[i].item].n_options; j++) free(r->opt_ids[i][j]);
             free(r->opt_ids[i]);
@@ -129,7 +133,8 @@ void bench_run_free(BenchRun *r) {
     free(r->req);
     free(r->ids);
     free(r->n_ids);
-    free(r->img_pos);
+    free(r->tile_start);
+    free(r->n_tiles);
     free(r->opt_ids);
     free(r->n_opt_ids);
     if (r->use_batch) gen_batch_free(&r->gb);
@@ -166,12 +171,11 @@ static void progress(int done, int total, double t0, const char *score_name, dou
     fflush(stderr);
 }
 
-int bench_option_logprobs(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
-                           const int *const *opt, const int *n_opt, int n_options, float *all, float *base, double *logp,
-                           double *ttft) {
+int bench_option_logprobs(Generator *g, const GenPrompt *p, const int *const *opt, const int *n_opt, int n_options,
+                          float *all, float *base, double *logp, double *ttft) {
     int V = g->m->llm.cfg.vocab;
     double t0 = time_now();
-    const float *lg = gen_prefill(g, ids, n_ids, pixels, image_pos, NULL);
+    const float *lg = gen_prefill_prompt(g, p, NULL);
     memcpy(base, lg, (size_t)V * sizeof(float));
     int P = g->len;
     if (ttft) *ttft = time_now() - t0;  // the prompt's logits: what a first token would need
@@ -189,13 +193,13 @@ int bench_option_logprobs(Generator *g, const int *ids, int n_ids, const float *
 }
 
 // every option's log-likelihood (bench_option_logprobs); the likeliest is the answer
-static void likelihood_request(BenchRun *r, int qi, const float *px, float *all, float *base) {
+static void likelihood_request(BenchRun *r, int qi, const GenPrompt *p, float *all, float *base) {
     Generator *g = &r->g;
     BenchRequest *q = &r->req[qi];
     const BenchItem *it = &r->b->items[q->item];
     double t0 = time_now(), ttft;
-    int P = bench_option_logprobs(g, r->ids[qi], r->n_ids[qi], px, r->img_pos[qi], (const int *const *)r->opt_ids[qi],
-                          r->n_opt_ids[qi], it->n_options, all, base, q->logp, &ttft);
+    int P = bench_option_logprobs(g, p, (const int *const *)r->opt_ids[qi], r->n_opt_ids[qi], it->n_options, all, base,
+                                  q->logp, &ttft);
     int64_t extra = 0;
     int best = -1;
     for (int j = 0; j < it->n_options; j++) {
@@ -227,13 +231,12 @@ void bench_run_go(BenchRun *r, int show) {
         q->vqa = q->anls = q->em = q->cider = q->rouge = 0;
     }
     int nb = r->use_batch ? o->batch : 1;
-    int *bm = xcalloc((size_t)nb, sizeof(int)), *b_n = xcalloc((size_t)nb, sizeof(int)), *b_pos = xcalloc((size_t)nb, sizeof(int));
-    int *b_nout = xcalloc((size_t)nb, sizeof(int)), **b_ids = xcalloc((size_t)nb, sizeof(int *)), **b_out = xcalloc((size_t)nb, sizeof(int *));
+    int *bm = xcalloc((size_t)nb, sizeof(int)), *b_nout = xcalloc((size_t)nb, sizeof(int));
+    int **b_out = xcalloc((size_t)nb, sizeof(int *));
     float **b_px = xcalloc((size_t)nb, sizeof(float *));
+    GenPrompt *bp = xcalloc((size_t)nb, sizeof(GenPrompt));
     GenStats *b_st = xcalloc((size_t)nb, sizeof(GenStats));
     for (int j = 0; j < nb; j++) b_out[j] = xmalloc((size_t)o->max_new * sizeof(int));
-    size_t px_size = (size_t)3 * gm->image_size * gm->image_size;
-    float *pixels = xmalloc((size_t)nb * px_size * sizeof(float));
     int max_opt = 1;
     for (int i = 0; i < n_req; i++)
         for (int j = 0; r->n_opt_ids[i] && j < b->items[r->req[i].item].n_options; j++)
@@ -254,34 +257,30 @@ void bench_run_go(BenchRun *r, int show) {
             const BenchItem *it = &b->items[r->req[end].item];
             if (!it->skip) {
                 bm[nm] = end;
-                b_px[nm] = NULL;
-                if (it->image) {
-                    float *p = pixels + (size_t)nm * px_size;
-                    // circular requests of one item follow each other: decoded once at batch 1
-                    if (nb > 1 || last_item_pixels != r->req[end].item) gen_model_image(gm, it->image, p);
-                    last_item_pixels = r->req[end].item;
-                    b_px[nm] = p;
+                // circular requests of one item follow each other: its tiles cut once at batch 1
+                if (!(nb == 1 && last_item_pixels == r->req[end].item && b_px[0])) {
+                    free(b_px[nm]);
+                    int nt = 0;
+                    b_px[nm] = it->image ? gen_model_image_tiles(gm, it->image, &nt) : NULL;
+                    CHECK(nt == r->n_tiles[end], "%s: %d tiles, %d when tokenised", it->image, nt, r->n_tiles[end]);
                 }
+                last_item_pixels = r->req[end].item;
+                bp[nm] = (GenPrompt){.ids = r->ids[end], .n = r->n_ids[end], .pixels = b_px[nm], .n_tiles = r->n_tiles[end],
+                                     .tile_start = r->tile_start[end]};
                 nm++;
             }
             end++;
         }
         if (nm > 0 && o->likelihood) {
-            likelihood_request(r, bm[0], b_px[0], all, base);
+            likelihood_request(r, bm[0], &bp[0], all, base);
         } else if (nm > 0 && !r->use_batch) {
             BenchRequest *q = &r->req[bm[0]];
             GenStats st;
-            int n = gen_generate(&r->g, r->ids[bm[0]], r->n_ids[bm[0]], b_px[0], r->img_pos[bm[0]], &go, b_out[0], &st);
+            int n = gen_generate_prompt(&r->g, &bp[0], &go, b_out[0], &st);
             speed_add(&r->sp, st.n_prompt, st.t_prefill, st.t_image, st.t_prefill, st.n_decode, st.t_decode, b_px[0] != NULL);
             q->prediction = tokenizer_decode(gm->tok, b_out[0], n, 1, NULL);
         } else if (nm > 0) {
-            for (int j = 0; j < nm; j++) {
-                b_ids[j] = r->ids[bm[j]];
-                b_n[j] = r->n_ids[bm[j]];
-                b_pos[j] = r->img_pos[bm[j]];
-            }
-            gen_batch_generate(&r->gb, nm, (const int *const *)b_ids, b_n, (const float *const *)b_px, b_pos, &go, b_out,
-                               b_nout, b_st);
+            gen_batch_generate(&r->gb, nm, bp, &go, b_out, b_nout, b_st);
             double before = 0, t_dec = 0;  // prefills run one after another, then the decode steps
             for (int j = 0; j < nm; j++) {
                 before += b_st[j].t_prefill;
@@ -308,13 +307,11 @@ void bench_run_go(BenchRun *r, int show) {
     for (int j = 0; j < nb; j++) free(b_out[j]);
     free(b_out);
     free(bm);
-    free(b_n);
-    free(b_pos);
     free(b_nout);
-    free(b_ids);
+    for (int j = 0; j < nb; j++) free(b_px[j]);
     free(b_px);
+    free(bp);
     free(b_st);
-    free(pixels);
     free(all);
     free(base);
 }

@@ -62,7 +62,8 @@ typedef struct {
     GenModel *gm;                  // borrowed
     int n_req;
     BenchRequest *req;             // (n_req)
-    int **ids, *n_ids, *img_pos;   // (n_req) prompt tokens
+    int **ids, *n_ids;             // (n_req) prompt positions, the image's slot expanded (gen_model_prompt_tiles)
+    int **tile_start, *n_tiles;    // (n_req) its tiles' places
     int ***opt_ids, **n_opt_ids;   // likelihood: each option's tokens
     int max_len;                   // cache positions per conversation
     int use_batch;
@@ -84,14 +85,12 @@ void bench_run_go(BenchRun *r, int progress);
 void bench_run_scores(BenchRun *r, BenchScores *s);
 void bench_scores_free(BenchScores *s);
 // The log-likelihood of each of n_options token sequences opt[j] (n_opt[j] >= 1 tokens)
-// continuing a prompt, as likelihood scoring computes it: one prefill of the prompt (ids, with
-// the image's features before ids[image_pos] when pixels is not NULL, as gen_prefill), then per
-// option gen_truncate back to the prompt and gen_extend over its tokens but the last; logp[j]
-// the sum over the option's tokens of log-softmax(logits)[token], in double. all: room for
-// (longest option - 1) x V floats, base: V floats; *ttft (when not NULL) the prefill's seconds.
-// Returns the prompt's positions (image tokens included).
-int bench_option_logprobs(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
-                           const int *const *opt, const int *n_opt, int n_options, float *all, float *base, double *logp,
-                           double *ttft);
+// continuing a prompt, as likelihood scoring computes it: one prefill of the prompt p (model/
+// generate.h: its image slots expanded, tiles at their places), then per option gen_truncate back
+// to the prompt and gen_extend over its tokens but the last; logp[j] the sum over the option's
+// tokens of log-softmax(logits)[token], in double. all: room for (longest option - 1) x V floats,
+// base: V floats; *ttft (when not NULL) the prefill's seconds. Returns the prompt's positions.
+int bench_option_logprobs(Generator *g, const GenPrompt *p, const int *const *opt, const int *n_opt, int n_options,
+                          float *all, float *base, double *logp, double *ttft);
 // the headline score: mc accuracy, VQA accuracy, CIDEr-D
 double bench_scores_main(const BenchScores *s, EvalTask task, const char **name);

@@ -1,5 +1,6 @@
 // gen_batch.c: batched prefill and decoding over the slots of one KV cache (model/gen_batch.h).
-// The layers run through llm_forward_cached (model/llm.h); this file only packs rows into blocks.
+// The prefill is gen_prefill_run (model/gen_prefill.c), the one Generator uses; this file samples
+// as prompts end and packs the decode steps' rows.
 #include "model/gen_batch.h"
 
 #include <stdlib.h>
@@ -52,18 +53,10 @@ void gen_batch_free(GenBatch *b) {
     memset(b, 0, sizeof *b);
 }
 
-// The decoder over the block's rows (b->rows.x, embedded) as the n_spans spans in b->spans, at
-// the positions in h_pos: each span's keys and values go into its slot
-static void run_block(GenBatch *b, int rows, int n_spans) {
-    b->k->upload(b->pos, b->h_pos, (size_t)rows * sizeof(int));
-    llm_forward_cached(&b->m->llm, &b->rows, &b->cache, b->spans, n_spans, b->pos);
-}
-
 // the embeddings of the block's rows from h_ids
 static void embed_rows(GenBatch *b, int rows) {
     const Llm *llm = &b->m->llm;
     b->k->upload(b->ids, b->h_ids, (size_t)rows * sizeof(int));
-    // rows with id -1 (image slots) are left untouched, for the image features
     b->k->embedding_forward(b->rows.x, b->ids, llm->embed, rows, llm->cfg.hidden, llm->cfg.vocab);
 }
 
@@ -81,7 +74,6 @@ typedef struct {
     Rng rng;
     GenStats s;
     int total;         // prompt positions
-    int slot0, slot1;  // image rows [slot0, slot1) of the prompt
     int tok;           // the token to decode next
 } Conv;
 
@@ -102,88 +94,69 @@ static int take_token(GenBatch *b, Conv *cv, int i, int t, const GenOptions *o, 
     return 0;
 }
 
-void gen_batch_generate(GenBatch *b, int n, const int *const *ids, const int *n_ids, const float *const *pixels,
-                        const int *image_pos, const GenOptions *o, int *const *out, int *n_out, GenStats *st) {
+// what the prefill's blocks report to
+typedef struct {
+    GenBatch *b;
+    Conv *cv;
+    const GenOptions *o;
+    int cap, *const *out, *n_out;
+    int *active, n_active;
+} Prefill;
+
+// a prefill block ran: the first token of each prompt that ends in it, and the block's time
+// (its tower time aside) shared by its spans by rows
+static void prefill_block(void *ctx, const LlmSpan *spans, int ns, int rows, double t0, double t_img) {
+    Prefill *f = ctx;
+    GenBatch *b = f->b;
+    Conv *cv = f->cv;
+    int V = b->m->llm.cfg.vocab, nl = 0, row = 0;
+    for (int s = 0; s < ns; s++) {
+        const LlmSpan *sp = &spans[s];
+        b->len[sp->slot] = sp->start + sp->n;
+        if (sp->start + sp->n == cv[sp->slot].total) b->h_idx[nl++] = row + sp->n - 1;
+        row += sp->n;
+    }
+    if (nl > 0) logits_of_rows(b, nl);
+    int li = 0;
+    for (int s = 0; s < ns; s++) {
+        int i = spans[s].slot;
+        if (spans[s].start + spans[s].n != cv[i].total) continue;
+        int t = gen_sample(b->h_logits + (size_t)li++ * V, V, f->o->temperature, f->o->top_p, &cv[i].rng);
+        if (take_token(b, &cv[i], i, t, f->o, f->cap, f->out, f->n_out)) f->active[f->n_active++] = i;
+    }
+    b->k->synchronize();
+    double dt = time_now() - t0 - t_img;
+    for (int s = 0; s < ns; s++) cv[spans[s].slot].s.t_prefill += dt * spans[s].n / rows;
+}
+
+void gen_batch_generate(GenBatch *b, int n, const GenPrompt *p, const GenOptions *o, int *const *out, int *n_out,
+                        GenStats *st) {
     const Kernels *k = b->k;
     Vlm *m = b->m;
-    int V = m->llm.cfg.vocab, C = m->llm.cfg.hidden, nt = m->n_img_tokens;
+    int V = m->llm.cfg.vocab;
     int cap = o->max_new_tokens > 0 ? o->max_new_tokens : b->max_len;
-    size_t ab = k->act_bytes;
     if (n < 1 || n > b->max_batch) fatal("batched generation of %d conversations: room for 1 to %d", n, b->max_batch);
     Conv *cv = xcalloc((size_t)n, sizeof(Conv));
+    double *t_image = xcalloc((size_t)n, sizeof(double));
     for (int i = 0; i < n; i++) {
-        cv[i].total = gen_prompt_check(m, b->max_len, ids[i], n_ids[i], pixels[i], image_pos[i]);
-        cv[i].slot0 = pixels[i] ? image_pos[i] : cv[i].total;
-        cv[i].slot1 = cv[i].slot0 + (pixels[i] ? nt : 0);
+        cv[i].total = gen_prompt_validate(m, b->max_len, &p[i]);
         cv[i].s.n_prompt = cv[i].total;
         rng_init(&cv[i].rng, o->seed);
         b->len[i] = 0;
         n_out[i] = 0;
     }
-    int *active = xmalloc((size_t)n * sizeof(int)), n_active = 0;
+    int *active = xmalloc((size_t)n * sizeof(int));
 
-    // ---- prefill: the prompts' positions packed in order into blocks of up to rows_cap rows
-    int conv = 0, p = 0, img_conv = -1;  // next position to place; whose image m->img_emb holds
-    while (conv < n) {
-        double t0 = time_now(), t_img = 0;
-        int rows = 0, ns = 0;
-        while (conv < n && rows < b->rows_cap) {
-            Conv *c = &cv[conv];
-            int take = c->total - p < b->rows_cap - rows ? c->total - p : b->rows_cap - rows;
-            b->spans[ns++] = (LlmSpan){.slot = conv, .start = p, .n = take};
-            for (int j = 0; j < take; j++) {
-                int q = p + j;  // -1: left for the image
-                b->h_ids[rows + j] = q < c->slot0 ? ids[conv][q] : q < c->slot1 ? -1 : ids[conv][q - (c->slot1 - c->slot0)];
-                b->h_pos[rows + j] = q;
-            }
-            rows += take;
-            p += take;
-            if (p == c->total) {
-                conv++;
-                p = 0;
-            }
-        }
-        embed_rows(b, rows);
-        int row = 0;
-        for (int s = 0; s < ns; s++) {  // image rows of each span
-            const LlmSpan *sp = &b->spans[s];
-            Conv *c = &cv[sp->slot];
-            int lo = c->slot0 > sp->start ? c->slot0 : sp->start, hi = c->slot1 < sp->start + sp->n ? c->slot1 : sp->start + sp->n;
-            if (lo < hi) {
-                if (img_conv != sp->slot) {  // spans come in conversation order: computed once each
-                    double ti = gen_image_features(m, pixels[sp->slot]);
-                    c->s.t_image += ti;
-                    t_img += ti;
-                    img_conv = sp->slot;
-                }
-                k->copy(act_at(k, b->rows.x, (size_t)(row + lo - sp->start) * C),
-                        act_at(k, m->img_emb, (size_t)(lo - c->slot0) * C), (size_t)(hi - lo) * C * ab);
-            }
-            row += sp->n;
-        }
-        run_block(b, rows, ns);
-        // the first token of each prompt that ends in this block
-        int nl = 0;
-        row = 0;
-        for (int s = 0; s < ns; s++) {
-            const LlmSpan *sp = &b->spans[s];
-            b->len[sp->slot] = sp->start + sp->n;
-            if (sp->start + sp->n == cv[sp->slot].total) b->h_idx[nl++] = row + sp->n - 1;
-            row += sp->n;
-        }
-        if (nl > 0) logits_of_rows(b, nl);
-        int li = 0;
-        for (int s = 0; s < ns; s++) {
-            int i = b->spans[s].slot;
-            if (b->spans[s].start + b->spans[s].n != cv[i].total) continue;
-            int t = gen_sample(b->h_logits + (size_t)li++ * V, V, o->temperature, o->top_p, &cv[i].rng);
-            if (take_token(b, &cv[i], i, t, o, cap, out, n_out)) active[n_active++] = i;
-        }
-        k->synchronize();
-        double dt = time_now() - t0 - t_img;  // the block's own time, shared by its spans by rows
-        for (int s = 0; s < ns; s++) cv[b->spans[s].slot].s.t_prefill += dt * b->spans[s].n / rows;
+    // ---- prefill (gen_prefill_run), sampling each prompt's first token as its block ends
+    GenRows r = {.m = m, .cache = &b->cache, .rows = &b->rows, .cap = b->rows_cap, .spans = b->spans, .ids = b->ids,
+                 .pos = b->pos, .h_ids = b->h_ids, .h_pos = b->h_pos};
+    Prefill f = {b, cv, o, cap, out, n_out, active, 0};
+    gen_prefill_run(&r, p, n, prefill_block, &f, t_image);
+    for (int i = 0; i < n; i++) {
+        cv[i].s.t_image = t_image[i];
+        cv[i].s.t_prefill += t_image[i];
     }
-    for (int i = 0; i < n; i++) cv[i].s.t_prefill += cv[i].s.t_image;
+    int n_active = f.n_active;
 
     // ---- decode the unfinished ones together until each stops: one row per conversation
     int *part = xmalloc((size_t)n * sizeof(int));
@@ -197,7 +170,8 @@ void gen_batch_generate(GenBatch *b, int n, const int *const *ids, const int *n_
             b->h_pos[a] = b->len[i];
         }
         embed_rows(b, n_active);
-        run_block(b, n_active, n_active);
+        k->upload(b->pos, b->h_pos, (size_t)n_active * sizeof(int));
+        llm_forward_cached(&m->llm, &b->rows, &b->cache, b->spans, n_active, b->pos);
         for (int a = 0; a < n_active; a++) b->len[active[a]]++;
         llm_logits_rows(&m->llm, b->h_logits, b->rows.ln1, b->rows.x, n_active);
         memcpy(part, active, (size_t)n_active * sizeof(int));
@@ -219,5 +193,6 @@ void gen_batch_generate(GenBatch *b, int n, const int *const *ids, const int *n_
     }
     free(part);
     free(active);
+    free(t_image);
     free(cv);
 }

@@ -1,4 +1,5 @@
-// generate.c: KV-cached LLM forward, prefill with an image, sampling (see generate.h).
+// generate.c: KV-cached LLM forward over one conversation (its prefill is gen_prefill.c's), sampling
+// (see generate.h).
 #include "model/generate.h"
 
 #include <math.h>
@@ -51,20 +52,12 @@ void gen_truncate(Generator *g, int len) {
     g->len = len;  // rows from len on are overwritten by the next forward
 }
 
-// Runs the n rows of g->rows.x (embeddings of positions len .. len+n-1) through the decoder,
-// appending their keys and values to the cache. Logits of the last row go to g->h_logits; of every
-// row to all_logits (host, (n, V)) when it is not NULL.
-static void forward_chunk(Generator *g, int n, float *all_logits) {
+// Logits of rows (g->rows.x, positions start .. start+n-1, just run): of the last to g->h_logits;
+// of every row to all_logits (host, (n, V)) when it is not NULL
+static void chunk_logits(Generator *g, int n, float *all_logits) {
     const Kernels *k = g->k;
     const Llm *llm = &g->m->llm;
     int C = llm->cfg.hidden, V = llm->cfg.vocab;
-    CHECK(n >= 1 && n <= g->chunk && g->len + n <= g->max_len, "forward_chunk: %d rows at %d (chunk %d, cache %d)", n,
-          g->len, g->chunk, g->max_len);
-    for (int i = 0; i < n; i++) g->h_pos[i] = g->len + i;
-    k->upload(g->pos, g->h_pos, (size_t)n * sizeof(int));
-    LlmSpan span = {.slot = 0, .start = g->len, .n = n};
-    llm_forward_cached(llm, &g->rows, &g->cache, &span, 1, g->pos);
-    g->len += n;
     if (all_logits) {
         llm_logits_rows(llm, all_logits, g->rows.ln1, g->rows.x, n);
         memcpy(g->h_logits, all_logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
@@ -73,10 +66,18 @@ static void forward_chunk(Generator *g, int n, float *all_logits) {
     }
 }
 
-static void check_ids(const Vlm *m, const int *ids, int n) {
-    int V = m->llm.cfg.vocab;
-    for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= V) fatal("token id %d at prompt position %d is outside the vocabulary (%d)", ids[i], i, V);
+// Runs the n rows of g->rows.x (embeddings of positions len .. len+n-1) through the decoder,
+// appending their keys and values to the cache, then chunk_logits
+static void forward_chunk(Generator *g, int n, float *all_logits) {
+    const Kernels *k = g->k;
+    CHECK(n >= 1 && n <= g->chunk && g->len + n <= g->max_len, "forward_chunk: %d rows at %d (chunk %d, cache %d)", n,
+          g->len, g->chunk, g->max_len);
+    for (int i = 0; i < n; i++) g->h_pos[i] = g->len + i;
+    k->upload(g->pos, g->h_pos, (size_t)n * sizeof(int));
+    LlmSpan span = {.slot = 0, .start = g->len, .n = n};
+    llm_forward_cached(&g->m->llm, &g->rows, &g->cache, &span, 1, g->pos);
+    g->len += n;
+    chunk_logits(g, n, all_logits);
 }
 
 int gen_prompt_check(const Vlm *m, int max_len, const int *ids, int n_ids, const float *pixels, int image_pos) {
@@ -87,84 +88,53 @@ int gen_prompt_check(const Vlm *m, int max_len, const int *ids, int n_ids, const
     if (total > max_len)
         fatal("prompt of %d positions (%d tokens + %d image tokens) does not fit the generation cache of %d positions",
               total, n_ids, nt, max_len);
-    check_ids(m, ids, n_ids);
+    int V = m->llm.cfg.vocab;
+    for (int i = 0; i < n_ids; i++)
+        if (ids[i] < 0 || ids[i] >= V) fatal("token id %d at prompt position %d is outside the vocabulary (%d)", ids[i], i, V);
     CHECK(!pixels || m->max_images >= 1, "a prompt with an image: the Vlm was loaded with max_images = 0");
     return total;
 }
 
-double gen_image_features(Vlm *m, const float *pixels) {
-    const Kernels *k = m->k;
-    double t0 = time_now();
-    const VitConfig *vc = &m->vit.cfg;
-    k->upload_act(m->pixels, pixels, (size_t)3 * vc->image_size * vc->image_size);
-    vit_forward(&m->vit, m->feats, m->pixels, 1);
-    connector_forward(&m->conn, m->img_emb, m->feats, 1);
-    k->synchronize();
-    return time_now() - t0;
+typedef struct {
+    Generator *g;
+    float *all_logits;
+} PrefillOut;
+
+// a prefill block of the one prompt ran: its logits
+static void prefill_block(void *ctx, const LlmSpan *spans, int ns, int rows, double t0, double t_img) {
+    PrefillOut *o = ctx;
+    Generator *g = o->g;
+    CHECK(ns == 1 && spans[0].start == g->len, "prefill_block: %d spans at %d", ns, spans[0].start);
+    g->len += rows;
+    chunk_logits(g, rows, o->all_logits ? o->all_logits + (size_t)spans[0].start * g->m->llm.cfg.vocab : NULL);
+}
+
+const float *gen_prefill_prompt(Generator *g, const GenPrompt *p, float *all_logits) {
+    gen_prompt_validate(g->m, g->max_len, p);
+    gen_reset(g);
+    g->t_image = 0;
+    LlmSpan span;
+    GenRows r = {.m = g->m, .cache = &g->cache, .rows = &g->rows, .cap = g->chunk, .spans = &span, .ids = g->ids,
+                 .pos = g->pos, .h_ids = g->h_ids, .h_pos = g->h_pos};
+    PrefillOut o = {g, all_logits};
+    gen_prefill_run(&r, p, 1, prefill_block, &o, &g->t_image);
+    return g->h_logits;
 }
 
 const float *gen_prefill(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
                          float *all_logits) {
-    Vlm *m = g->m;
-    const Kernels *k = g->k;
-    int C = m->llm.cfg.hidden, V = m->llm.cfg.vocab;
-    int nt = pixels ? m->n_img_tokens : 0;
-    int total = gen_prompt_check(m, g->max_len, ids, n_ids, pixels, image_pos);
-    gen_reset(g);
-    g->t_image = pixels ? gen_image_features(m, pixels) : 0;
-    int slot0 = pixels ? image_pos : total, slot1 = slot0 + nt;  // image rows [slot0, slot1)
-    for (int s = 0; s < total; s += g->chunk) {
-        int n = total - s < g->chunk ? total - s : g->chunk;
-        for (int i = 0; i < n; i++) {
-            int p = s + i;
-            g->h_ids[i] = p < slot0 ? ids[p] : p < slot1 ? -1 : ids[p - nt];  // -1: left for the image
-        }
-        k->upload(g->ids, g->h_ids, (size_t)n * sizeof(int));
-        k->embedding_forward(g->rows.x, g->ids, m->llm.embed, n, C, V);
-        int lo = slot0 > s ? slot0 : s, hi = slot1 < s + n ? slot1 : s + n;
-        if (lo < hi)
-            k->copy(act_at(k, g->rows.x, (size_t)(lo - s) * C), act_at(k, m->img_emb, (size_t)(lo - slot0) * C),
-                    (size_t)(hi - lo) * C * k->act_bytes);
-        forward_chunk(g, n, all_logits ? all_logits + (size_t)s * V : NULL);
-    }
+    gen_prompt_check(g->m, g->max_len, ids, n_ids, pixels, image_pos);  // its messages name the image tokens
+    GenPrompt p;
+    int *buf = gen_prompt_one_image(g->m, ids, n_ids, pixels, image_pos, &p);
+    gen_prefill_prompt(g, &p, all_logits);
+    free(buf);
     return g->h_logits;
 }
 
 const float *gen_prefill_tiles(Generator *g, const int *ids, int n, const float *pixels, int n_tiles, const int *tile_start,
                                float *all_logits) {
-    Vlm *m = g->m;
-    const Kernels *k = g->k;
-    int C = m->llm.cfg.hidden, V = m->llm.cfg.vocab, nt = m->n_img_tokens;
-    if (n < 1) fatal("empty prompt: no token and no image");
-    if (n > g->max_len) fatal("prompt of %d positions (image slots included) does not fit the generation cache of %d positions", n, g->max_len);
-    if (n_tiles > m->max_images) fatal("prompt with %d image tiles: the model was loaded for %d", n_tiles, m->max_images);
-    for (int t = 0; t < n_tiles; t++)
-        if (tile_start[t] < 0 || tile_start[t] + nt > n) fatal("image tile %d at position %d is outside the %d-position prompt", t, tile_start[t], n);
-    check_ids(m, ids, n);
-    gen_reset(g);
-    g->t_image = 0;
-    if (n_tiles) {
-        double t0 = time_now();
-        const VitConfig *vc = &m->vit.cfg;
-        k->upload_act(m->pixels, pixels, (size_t)n_tiles * 3 * vc->image_size * vc->image_size);
-        vit_forward(&m->vit, m->feats, m->pixels, n_tiles);
-        connector_forward(&m->conn, m->img_emb, m->feats, n_tiles);
-        k->synchronize();
-        g->t_image = time_now() - t0;
-    }
-    for (int s = 0; s < n; s += g->chunk) {
-        int c = n - s < g->chunk ? n - s : g->chunk;
-        k->upload(g->ids, ids + s, (size_t)c * sizeof(int));
-        k->embedding_forward(g->rows.x, g->ids, m->llm.embed, c, C, V);
-        for (int t = 0; t < n_tiles; t++) {  // the tile's rows that fall in this chunk
-            int lo = tile_start[t] > s ? tile_start[t] : s, hi = tile_start[t] + nt < s + c ? tile_start[t] + nt : s + c;
-            if (lo < hi)
-                k->copy(act_at(k, g->rows.x, (size_t)(lo - s) * C),
-                        act_at(k, m->img_emb, ((size_t)t * nt + (size_t)(lo - tile_start[t])) * C), (size_t)(hi - lo) * C * k->act_bytes);
-        }
-        forward_chunk(g, c, all_logits ? all_logits + (size_t)s * V : NULL);
-    }
-    return g->h_logits;
+    GenPrompt p = {.ids = ids, .n = n, .pixels = pixels, .n_tiles = n_tiles, .tile_start = tile_start};
+    return gen_prefill_prompt(g, &p, all_logits);
 }
 
 const float *gen_extend(Generator *g, const int *ids, int n, float *all_logits) {
@@ -174,7 +144,9 @@ const float *gen_extend(Generator *g, const int *ids, int n, float *all_logits) 
     if (n < 1) return g->h_logits;
     if (g->len + n > g->max_len)
         fatal("generation cache of %d positions is full (%d used, %d more asked)", g->max_len, g->len, n);
-    check_ids(g->m, ids, n);
+    int V_ = g->m->llm.cfg.vocab;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V_) fatal("token id %d at prompt position %d is outside the vocabulary (%d)", ids[i], i, V_);
     for (int s = 0; s < n; s += g->chunk) {
         int c = n - s < g->chunk ? n - s : g->chunk;
         g->k->upload(g->ids, ids + s, (size_t)c * sizeof(int));
@@ -295,7 +267,12 @@ int gen_generate(Generator *g, const int *ids, int n_ids, const float *pixels, i
 
 int gen_generate_tiles(Generator *g, const int *ids, int n, const float *pixels, int n_tiles, const int *tile_start,
                        const GenOptions *o, int *out, GenStats *st) {
+    GenPrompt p = {.ids = ids, .n = n, .pixels = pixels, .n_tiles = n_tiles, .tile_start = tile_start};
+    return gen_generate_prompt(g, &p, o, out, st);
+}
+
+int gen_generate_prompt(Generator *g, const GenPrompt *p, const GenOptions *o, int *out, GenStats *st) {
     double t0 = time_now();
-    const float *logits = gen_prefill_tiles(g, ids, n, pixels, n_tiles, tile_start, NULL);
+    const float *logits = gen_prefill_prompt(g, p, NULL);
     return generate_after(g, logits, t0, o, out, st);
 }

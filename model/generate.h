@@ -1,18 +1,64 @@
 // generate.h: inference for a loaded Vlm: the LLM run over a KV cache (prefill of the prompt,
-// with one image's features spliced into its slot, then one token at a time), and sampling.
+// with its images' tiles' features over their slots, then one token at a time), and sampling.
 //
 // Every layer runs through llm_layer_forward (model/llm.h), the one the training forward uses,
 // in its KV-cache mode (llm_forward_cached), on the model's own weights: the frozen ones and the
 // LoRA tensors of the trainable set, unmerged. Each layer's keys (after RoPE) and values are kept
 // in a cache allocated once for max_len positions, so a new token costs one row of work. The prompt runs in chunks of up to `chunk` positions (attention_cached covers
 // every chunk size), and the vocabulary projection is computed only where logits are asked for.
-// Batch size 1: one conversation per Generator.
+// Batch size 1: one conversation per Generator. Its prefill is gen_prefill_run (gen_prefill.c), the
+// one batched generation (model/gen_batch.h) uses too.
 #pragma once
 #include <stdint.h>
 
 #include "common/rng.h"
 #include "kernels/kernels.h"
 #include "model/vlm.h"
+
+// A prompt as the decoder takes it: ids (n) the whole prompt with its image slots expanded
+// (data/image_slot.h: markers, several tiles and images), and n_tiles tiles (pixels (n_tiles, 3, S,
+// S) host, normalised) whose n_img_tokens feature rows each replace the embeddings of positions
+// tile_start[t] .. + n_img_tokens. LLaVA's unmarked single image is one tile at its position.
+typedef struct {
+    const int *ids;
+    int n;
+    const float *pixels;
+    int n_tiles;
+    const int *tile_start;
+} GenPrompt;
+
+// fatal() naming the problem (empty, longer than max_len, more tiles than the Vlm holds, a tile
+// outside the prompt, a token outside the vocabulary); returns p->n
+int gen_prompt_validate(const Vlm *m, int max_len, const GenPrompt *p);
+// The prompt ids (n_ids) with one unmarked image's n_img_tokens rows before ids[image_pos] (pixels
+// NULL: text only) as a GenPrompt; returns the buffer p's ids and tile start live in (free it)
+int *gen_prompt_one_image(const Vlm *m, const int *ids, int n_ids, const float *pixels, int image_pos, GenPrompt *p);
+
+// What one prefill runs with, borrowed from a Generator or a GenBatch: the cache whose slots
+// 0 .. n-1 the n prompts fill from position 0, rows for blocks of up to cap positions, and host /
+// backend scratch for cap ids and positions and min(cap, n) spans
+typedef struct {
+    Vlm *m;
+    LlmKvCache *cache;
+    LlmActs *rows;
+    int cap;
+    LlmSpan *spans;
+    int *ids, *pos;      // (cap) backend
+    int *h_ids, *h_pos;  // (cap) host
+} GenRows;
+
+// Called after each block ran through the decoder: rows->x holds its rows' last hidden states,
+// span s covering rows (sum of the earlier spans' n) ..; t0 when the block began, t_img the
+// seconds it spent in the tower
+typedef void (*GenBlockFn)(void *ctx, const LlmSpan *spans, int ns, int rows, double t0, double t_img);
+
+// The prefill of prompts p[0..n) (checked by the caller): their positions packed in order into
+// blocks of up to r->cap rows (a long prompt continues in the next block), each embedded, its
+// tiles' feature rows placed over their positions, and run once through the decoder
+// (llm_forward_cached), span s of a block into slot spans[s].slot = its prompt. The tower runs
+// the tiles of as many whole prompts as the Vlm's max_images holds at once, when the first of
+// them is reached; t_image[i] (NULL: not kept) gets prompt i's tiles' share of it.
+void gen_prefill_run(const GenRows *r, const GenPrompt *p, int n, GenBlockFn done, void *ctx, double *t_image);
 
 typedef struct {
     Vlm *m;            // borrowed: vit, connector, LLM weights and the trainable set (LoRA)
@@ -43,9 +89,6 @@ void gen_truncate(Generator *g, int len);
 // empty, longer than max_len, a token outside the vocabulary, an image the Vlm has no room for)
 // and returns its positions, image tokens included.
 int gen_prompt_check(const Vlm *m, int max_len, const int *ids, int n_ids, const float *pixels, int image_pos);
-// The connector's features of one image (host, (3, S, S) normalised) into m->img_emb (rows 0 ..
-// n_img_tokens-1); returns the seconds it took (synchronised).
-double gen_image_features(Vlm *m, const float *pixels);
 
 // Runs the prompt from an empty cache: ids (n_ids) and, when pixels (host, (3, S, S) normalised)
 // is not NULL, the image's n_img_tokens features inserted before ids[image_pos] (0 <= image_pos
@@ -60,6 +103,8 @@ const float *gen_prefill(Generator *g, const int *ids, int n_ids, const float *p
 // n_tiles <= the Vlm's max_images. fatal() as gen_prefill.
 const float *gen_prefill_tiles(Generator *g, const int *ids, int n, const float *pixels, int n_tiles, const int *tile_start,
                                float *all_logits);
+// gen_prefill_tiles of a GenPrompt (the form both take to gen_prefill_run)
+const float *gen_prefill_prompt(Generator *g, const GenPrompt *p, float *all_logits);
 // Appends n tokens (positions len .. len+n-1) after a prefill; same outputs as gen_prefill for
 // those positions. fatal() when the cache cannot hold them.
 const float *gen_extend(Generator *g, const int *ids, int n, float *all_logits);
@@ -100,6 +145,7 @@ typedef struct {
 // (capacity max_new_tokens, or max_len when max_new_tokens <= 0). Returns the count.
 int gen_generate(Generator *g, const int *ids, int n_ids, const float *pixels, int image_pos,
                  const GenOptions *o, int *out, GenStats *st);
-// gen_generate after gen_prefill_tiles
+// gen_generate after gen_prefill_tiles / gen_prefill_prompt
+int gen_generate_prompt(Generator *g, const GenPrompt *p, const GenOptions *o, int *out, GenStats *st);
 int gen_generate_tiles(Generator *g, const int *ids, int n, const float *pixels, int n_tiles, const int *tile_start,
                        const GenOptions *o, int *out, GenStats *st);

@@ -124,6 +124,8 @@ static void resolve_whole(ModelDirSpec *s, const char *dir) {
     s->connector = d.connector;
     s->connector_scale = d.connector_scale;
     s->pad_to_square = d.pad_to_square;  // InternVL's pad2square; the others' processors resize
+    s->max_tiles = d.max_tiles;          // the model's own tiling and slot (model/vlm_dir.h)
+    copy_str(s->image_format, sizeof s->image_format, d.image_format, dir);
     snprintf(s->weights, sizeof s->weights, "whole %s model", vlm_layout_name(d.layout));  // no file: said in messages
     char path[2 * MODEL_DIR_PATH];
     path_join(path, sizeof path, dir, "svlm_export.json");
@@ -133,6 +135,8 @@ static void resolve_whole(ModelDirSpec *s, const char *dir) {
         root = json_load_file(path);
         s->template_kind = template_parse(json_get_str(root, "template", path));
         s->pad_to_square = json_get_bool_opt(root, "pad_to_square", s->pad_to_square, path);
+        s->max_tiles = json_get_int_opt(root, "max_tiles", s->max_tiles, path);  // what the run trained with
+        if (s->max_tiles < 1 || s->max_tiles > 64) fatal("%s: max_tiles must be in 1..64", path);
         const cJSON *sys = cJSON_GetObjectItemCaseSensitive(root, "system");
         if (sys && !cJSON_IsNull(sys)) {
             if (!cJSON_IsString(sys)) fatal("%s: \"system\" must be a string or null", path);
@@ -207,11 +211,15 @@ static void gen_model_text(GenModel *g, const char *system) {
     g->prep.max_tiles = s->max_tiles > 0 ? s->max_tiles : 1;
 
     g->tok = tokenizer_load(tok_path);
+    if (vlm_dir_is(s->llm_dir)) {  // a whole model (or a run of one): its image token is its tokenizer's
+        VlmDir d;
+        vlm_dir_open(&d, s->llm_dir);
+        vlm_dir_check_image_token(&d, g->tok);
+    }
     const char *fmt = s->image_format[0] ? s->image_format
                       : connector_family(s->connector)->image_format ? connector_family(s->connector)->image_format : "llava";
     image_slot_init(&g->slot, (ImageFormat)image_format_parse(fmt), g->m->n_img_tokens, image_grid_max_side(&g->prep), g->tok,
                     tok_path);
-    g->slotted = g->slot.fmt != IMAGE_FORMAT_LLAVA || image_prep_tiles(&g->prep);
     const LlmConfig *lc = &g->m->llm.cfg;
     if (tokenizer_vocab_size(g->tok) > lc->vocab)
         fatal("%s: %d tokens but the language model has only %d embeddings", tok_path, tokenizer_vocab_size(g->tok), lc->vocab);
@@ -269,6 +277,14 @@ void gen_model_free(GenModel *g) {
 
 static void read_image(const GenModel *g, const char *path, Image *out);
 
+// the tiles of grid g of img, preprocessed: (image_grid_tiles(g), 3, S, S) malloc'd
+static float *tiles_of(const GenModel *g, const Image *img, ImageGrid grid) {
+    int S = g->prep.size;
+    float *px = xmalloc((size_t)image_grid_tiles(grid) * 3 * S * S * sizeof(float));
+    image_preprocess_tiles(img, &g->prep, grid, px);
+    return px;
+}
+
 void gen_model_image(const GenModel *g, const char *path, float *pixels) {
     Image img;
     read_image(g, path, &img);
@@ -279,7 +295,7 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels) {
 int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *image, int **ids, float **pixels,
                            int **tile_start, int *n_tiles) {
     int *raw, pos, n = gen_model_prompt(g, text, image != NULL, &raw, &pos);
-    *pixels = NULL;
+    if (pixels) *pixels = NULL;
     *tile_start = NULL;
     *n_tiles = 0;
     if (!image) {
@@ -289,9 +305,8 @@ int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *imag
     Image img;
     read_image(g, image, &img);
     ImageGrid grid = image_grid(&g->prep, img.w, img.h);
-    int nt = image_grid_tiles(grid), S = g->prep.size, len = image_slot_len(&g->slot, grid);
-    *pixels = xmalloc((size_t)nt * 3 * S * S * sizeof(float));
-    image_preprocess_tiles(&img, &g->prep, grid, *pixels);
+    int nt = image_grid_tiles(grid), len = image_slot_len(&g->slot, grid);
+    if (pixels) *pixels = tiles_of(g, &img, grid);
     image_free(&img);
     int *out = xmalloc((size_t)(n + len) * sizeof(int));
     *tile_start = xmalloc((size_t)nt * sizeof(int));
@@ -300,6 +315,16 @@ int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *imag
     *ids = out;
     *n_tiles = nt;
     return n + len;
+}
+
+float *gen_model_image_tiles(const GenModel *g, const char *path, int *n_tiles) {
+    Image img;
+    read_image(g, path, &img);
+    ImageGrid grid = image_grid(&g->prep, img.w, img.h);
+    float *px = tiles_of(g, &img, grid);
+    image_free(&img);
+    *n_tiles = image_grid_tiles(grid);
+    return px;
 }
 
 static void read_image(const GenModel *g, const char *path, Image *out) {

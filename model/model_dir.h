@@ -71,7 +71,6 @@ typedef struct {
     int stop_ids[2];      // the template's stop token, and the LLM's eos when it differs
     int n_stop;
     ImageSlot slot;       // the image slot's format (data/image_slot.h)
-    int slotted;          // 1: images are tiled or marked: gen_model_prompt_tiles + gen_prefill_tiles
 } GenModel;
 
 // Resolves dir and loads everything: vision encoder, connector, LLM (+ LoRA), tokenizer,
@@ -91,7 +90,11 @@ void gen_model_image(const GenModel *g, const char *path, float *pixels);
 int gen_model_prompt(const GenModel *g, const char *text, int with_image, int **ids, int *image_pos);
 // The same with the image's slot expanded in the ids (its tiles, marker tokens: data/image_slot.h):
 // image (a file, or NULL) is read and cut into *n_tiles tiles, *pixels (n_tiles, 3, S, S) and
-// *tile_start (each tile's first feature position) malloc'd; the prompt for gen_prefill_tiles.
+// *tile_start (each tile's first feature position) malloc'd; the prompt for gen_prefill_tiles
+// (a GenPrompt). pixels NULL: the image is read for its grid only. Every slot format works here
+// (llava: one unmarked tile at the image's place), so batched generation and ./evaluate take this.
 int gen_model_prompt_tiles(const GenModel *g, const char *text, const char *image, int **ids, float **pixels,
                            int **tile_start, int *n_tiles);
+// The image file's tiles as gen_model_prompt_tiles cuts them: (*n_tiles, 3, S, S) malloc'd
+float *gen_model_image_tiles(const GenModel *g, const char *path, int *n_tiles);
 

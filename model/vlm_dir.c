@@ -18,14 +18,15 @@ typedef struct {
     const char *types[3];    // model_type values
     const char *text_key;    // the LLM's sub-config
     const char *text_type;   // the model_type its config class assumes when the sub-config has none
+    const char *image_format;  // the image slot its processor writes (data/image_slot.h)
 } LayoutRow;
 
 static const LayoutRow layouts[N_VLM_LAYOUTS] = {
-    [VLM_LAYOUT_INTERNVL_CHAT] = {"internvl_chat", {"InternVLChatModel", NULL}, {"internvl_chat", NULL}, "llm_config", NULL},
-    [VLM_LAYOUT_INTERNVL_HF] = {"internvl_hf", {"InternVLForConditionalGeneration", NULL}, {"internvl", NULL}, "text_config", "qwen2"},
+    [VLM_LAYOUT_INTERNVL_CHAT] = {"internvl_chat", {"InternVLChatModel", NULL}, {"internvl_chat", NULL}, "llm_config", NULL, "internvl"},
+    [VLM_LAYOUT_INTERNVL_HF] = {"internvl_hf", {"InternVLForConditionalGeneration", NULL}, {"internvl", NULL}, "text_config", "qwen2", "internvl"},
     [VLM_LAYOUT_IDEFICS3] = {"idefics3", {"Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration", NULL},
-                             {"idefics3", "smolvlm", NULL}, "text_config", "llama"},
-    [VLM_LAYOUT_LLAVA] = {"llava", {"LlavaForConditionalGeneration", NULL}, {"llava", NULL}, "text_config", "llama"},
+                             {"idefics3", "smolvlm", NULL}, "text_config", "llama", "idefics3"},
+    [VLM_LAYOUT_LLAVA] = {"llava", {"LlavaForConditionalGeneration", NULL}, {"llava", NULL}, "text_config", "llama", "llava"},
 };
 
 const char *vlm_layout_name(VlmLayout l) {
@@ -118,6 +119,83 @@ static int downsample_side(const cJSON *root, const char *path) {
     return (int)floor(side + 0.5);
 }
 
+// ---------------------------------------------------------------- the model's own tiling
+
+// the config.json and preprocessor_config.json trees vlm_dir_open is reading: reachable from here
+// while a fatal() exits midway, so that LeakSanitizer does not report them (as image_prep_load's)
+static cJSON *volatile g_reading, *volatile g_reading_pre;  // volatile: stored though never read
+
+// InternVL's remote code (InternVLChatConfig: dynamic_image_size false, use_thumbnail false,
+// min_dynamic_patch 1, max_dynamic_patch 6, pad2square false): its dataset and chat code tile with
+// dynamic_preprocess(min_num, max_num, use_thumbnail) when dynamic_image_size is true, else resize
+// (or pad2square, then resize) to one tile. dynamic_preprocess resizes to the grid, so pad2square
+// pads only one-tile models.
+static void internvl_chat_tiling(VlmDir *d, const cJSON *root, const char *path) {
+    int dynamic = json_get_bool_opt(root, "dynamic_image_size", 0, path);
+    int lo = json_get_int_opt(root, "min_dynamic_patch", 1, path);
+    int hi = json_get_int_opt(root, "max_dynamic_patch", 6, path);
+    int thumb = json_get_bool_opt(root, "use_thumbnail", 0, path);
+    d->pad_to_square = !dynamic && json_get_bool_opt(root, "pad2square", 0, path);
+    if (!dynamic) return;
+    if (lo != 1) fatal("%s: min_dynamic_patch %d is not supported (1: svlm's grids start at one tile)", path, lo);
+    if (hi < 1 || hi > 64) fatal("%s: max_dynamic_patch %d must be in 1..64", path, hi);
+    if (!thumb && hi > 1)
+        fatal("%s: use_thumbnail = false is not supported with dynamic_image_size (svlm's tiling adds InternVL's thumbnail)", path);
+    d->max_tiles = d->split_tiles = hi;
+}
+
+// transformers' native InternVL: InternVLProcessor calls its GotOcr2ImageProcessor with
+// crop_to_patches=True (its images_kwargs, over the file's crop_to_patches, which it ignores), so
+// the model tiles up to preprocessor_config.json's max_patches (12) from min_patches (1), with the
+// thumbnail (crop_image_to_patches' use_thumbnail default)
+static void internvl_hf_tiling(VlmDir *d) {
+    char path[2048];
+    path_join(path, sizeof path, d->dir, "preprocessor_config.json");
+    int lo = 1, hi = 12;
+    if (file_exists(path)) {
+        cJSON *root = g_reading_pre = json_load_file(path);
+        lo = json_get_int_opt(root, "min_patches", 1, path);
+        hi = json_get_int_opt(root, "max_patches", 12, path);
+        cJSON_Delete(root);
+        g_reading_pre = NULL;
+    }
+    if (lo != 1) fatal("%s: min_patches %d is not supported (1: svlm's grids start at one tile)", path, lo);
+    if (hi < 1 || hi > 64) fatal("%s: max_patches %d must be in 1..64", path, hi);
+    d->max_tiles = d->split_tiles = hi;
+}
+
+// {"longest_edge": N} under key (def when absent)
+static int longest_edge(const cJSON *root, const char *key, int def, const char *path) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j || cJSON_IsNull(j)) return def;
+    if (!cJSON_IsObject(j)) fatal("%s: \"%s\" must be {\"longest_edge\": N}", path, key);
+    return (int)json_get_i64_opt(j, "longest_edge", def, 1, 65536, path);
+}
+
+// Idefics3 / SmolVLM: preprocessor_config.json's do_image_splitting (true) cuts the image, its
+// longest edge resized to size.longest_edge (4 x 364), into tiles of max_image_size.longest_edge
+// (364) plus the global image: n = ceil(min(longest, 4096) / max) tiles a side at most
+// (data/tiling.h), so n x n tiles
+static void idefics3_tiling(VlmDir *d, const cJSON *vc, const char *cfg_path) {
+    char path[2048];
+    path_join(path, sizeof path, d->dir, "preprocessor_config.json");
+    int M = json_get_int_opt(vc, "image_size", 224, cfg_path), L = 4 * M, split = 1;
+    if (file_exists(path)) {
+        cJSON *root = g_reading_pre = json_load_file(path);
+        split = json_get_bool_opt(root, "do_image_splitting", 1, path);
+        M = longest_edge(root, "max_image_size", M, path);
+        L = longest_edge(root, "size", 4 * M, path);
+        cJSON_Delete(root);
+        g_reading_pre = NULL;
+    }
+    if (M < 1) fatal("%s: vision_config.image_size must be positive", cfg_path);
+    int n = ((L < 4096 ? L : 4096) + M - 1) / M;
+    if (n * n > 64)
+        fatal("%s: size.longest_edge %d over max_image_size %d splits images into %d x %d tiles, more than svlm's 64", path, L, M, n, n);
+    d->split_tiles = n * n;
+    d->max_tiles = split ? n * n : 1;
+}
+
 void vlm_dir_open(VlmDir *d, const char *dir) {
     memset(d, 0, sizeof *d);
     char path[2048];
@@ -126,7 +204,7 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
     snprintf(d->dir, sizeof d->dir, "%s", dir);
     path_join(path, sizeof path, dir, "config.json");
     if (!file_exists(path)) fatal("%s: missing (a whole-model directory needs its config.json)", path);
-    cJSON *root = json_load_file(path);
+    cJSON *root = g_reading = json_load_file(path);
     int l = layout_of(root);
     if (l < 0) {
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, "architectures");
@@ -146,6 +224,8 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
     const char *def_type;
     vlm_dir_text_config(root, path, &tied, &def_type);  // fatal() when the LLM's sub-config is missing
     d->image_token_id = -1;
+    d->max_tiles = d->split_tiles = 1;
+    snprintf(d->image_format, sizeof d->image_format, "%s", layouts[l].image_format);
     switch (d->layout) {
     case VLM_LAYOUT_INTERNVL_CHAT: {
         d->connector = CONNECTOR_INTERNVL;
@@ -163,7 +243,7 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
                 fatal("%s: force_image_size must equal vision_config.image_size (svlm runs the tower at its own size)", path);
         }
         snprintf(d->template_name, sizeof d->template_name, "%s", json_get_str_opt(root, "template", "", path));
-        d->pad_to_square = json_get_bool_opt(root, "pad2square", 0, path);
+        internvl_chat_tiling(d, root, path);
         snprintf(d->image_token, sizeof d->image_token, "<IMG_CONTEXT>");
         break;
     }
@@ -175,6 +255,7 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
         need_gelu(root, path);
         d->image_token_id = (int)json_get_i64_opt(root, "image_token_id", 151667, 0, INT32_MAX, path);
         snprintf(d->image_token, sizeof d->image_token, "<IMG_CONTEXT>");
+        internvl_hf_tiling(d);
         break;
     case VLM_LAYOUT_IDEFICS3:
         d->connector = CONNECTOR_IDEFICS3;
@@ -183,6 +264,7 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
         d->vision_layer = -1;  // last_hidden_state (the connector asks for the final norm)
         d->image_token_id = (int)json_get_i64_opt(root, "image_token_id", 128257, 0, INT32_MAX, path);
         snprintf(d->image_token, sizeof d->image_token, "<image>");
+        idefics3_tiling(d, cJSON_GetObjectItemCaseSensitive(root, "vision_config"), path);
         break;
     case VLM_LAYOUT_LLAVA: {
         d->connector = CONNECTOR_LLAVA_HF;
@@ -199,6 +281,20 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
     default: CHECK(0, "layout %d", l);
     }
     cJSON_Delete(root);
+    g_reading = NULL;
+}
+
+void vlm_dir_check_image_token(const VlmDir *d, const Tokenizer *tok) {
+    if (d->image_token_id < 0) return;  // InternVL's remote code looks <IMG_CONTEXT> up by name
+    int id = tokenizer_token_id(tok, d->image_token);
+    if (id != d->image_token_id) {
+        char path[2048];
+        path_join(path, sizeof path, d->dir, "config.json");
+        if (id < 0)
+            fatal("%s: image_token_id is %d, but the directory's tokenizer.json has no %s token", path, d->image_token_id, d->image_token);
+        fatal("%s: image_token_id is %d, but the directory's tokenizer.json gives %s the id %d", path, d->image_token_id,
+              d->image_token, id);
+    }
 }
 
 // The name the directory stores connector tensor `name` under: as declared, or without its

@@ -43,6 +43,7 @@
 #include <cjson/cJSON.h>
 
 #include "data/template.h"
+#include "data/tokenizer.h"
 #include "model/connector.h"
 #include "model/params.h"
 
@@ -60,16 +61,36 @@ typedef struct {
     int image_token_id;         // the id of the image slot's token (-1: looked up by name)
     char image_token[32];       // its text: <IMG_CONTEXT>, <image>
     char template_name[64];     // config.json's "template" (InternVL remote code), else ""
-    int pad_to_square;          // the model pads images to a square (InternVL's pad2square); else its
-                                // processor's own resize
+    int pad_to_square;          // the model pads images to a square (InternVL's pad2square at one tile:
+                                // dynamic_image_size false); else its processor's own resize
+    int max_tiles;              // the model's own tiles per image at most, the thumbnail / global image
+                                // not counted (svlm's max_tiles, data/tiling.h); 1: one tile
+    int split_tiles;            // idefics3: the tiles its splitting gives (ceil(longest / max)^2) even
+                                // when do_image_splitting is false; else max_tiles
+    char image_format[16];      // the image slot its processor writes: internvl, idefics3, llava
 } VlmDir;
 
 const char *vlm_layout_name(VlmLayout l);
 // 1 when dir/config.json describes a whole vision-language model of a layout svlm reads (by its
 // architectures or model_type), 0 otherwise (a plain LLM, a vision model, no config.json)
 int vlm_dir_is(const char *dir);
-// reads dir/config.json; fatal() in one line naming the file and the key on anything svlm cannot run
+// reads dir/config.json (and preprocessor_config.json for the tiling); fatal() in one line naming
+// the file and the key on anything svlm cannot run
+//
+// The model's own tiling (max_tiles), as its processor runs:
+//   internvl_chat  config.json: dynamic_image_size (false: one tile), max_dynamic_patch (6),
+//                  min_dynamic_patch (1; else refused), use_thumbnail (false: refused when tiling),
+//                  pad2square (false; pads only when not tiling)
+//   internvl_hf    preprocessor_config.json: max_patches (12), min_patches (1; else refused);
+//                  InternVLProcessor always passes crop_to_patches=True, so the file's flag is not read
+//   idefics3       preprocessor_config.json: do_image_splitting (true), size.longest_edge
+//                  (4 x max), max_image_size.longest_edge (vision_config.image_size): ceil(longest / max)^2
+//   llava          one tile (CLIP's resize and crop)
 void vlm_dir_open(VlmDir *d, const char *dir);
+// The config's image_token_id (where the layout has one) is the tokenizer's id of the layout's
+// image token: fatal() naming config.json when not (an export would mark its images with
+// another token than the ones svlm trained on)
+void vlm_dir_check_image_token(const VlmDir *d, const Tokenizer *tok);
 // For llm_config_load: when root (the config.json at path) is a whole VLM, its text sub-config
 // (llm_config / text_config), with *tied set to the tie_word_embeddings its model class applies
 // (-1: the files decide) and *def_type to the model_type its class assumes when the sub-config

@@ -54,8 +54,10 @@ static void test_likelihood_matches_transformers(void **state) {
                 want[j] = cJSON_GetArrayItem(fixture_item(cj, "logp"), j)->valuedouble;
                 j++;
             }
-            int P = bench_option_logprobs(&g, ids, n_ids, px, image_pos, (const int *const *)opt, n_o, n_opt, all, base, logp,
-                                          NULL);
+            GenPrompt gp;
+            int *gbuf = gen_prompt_one_image(&m, ids, n_ids, px, image_pos, &gp);
+            int P = bench_option_logprobs(&g, &gp, (const int *const *)opt, n_o, n_opt, all, base, logp, NULL);
+            free(gbuf);
             assert_int_equal(P, n_ids + (px ? m.n_img_tokens : 0));
             int best = 0, best_want = 0;
             for (j = 0; j < n_opt; j++) {

@@ -5,7 +5,8 @@
 // identical, and the same stop reasons and counts, when every conversation runs to
 // max_new_tokens, when one stops on its own stop id while the others go on, when the longest
 // fills its cache slot first, and with prefill blocks of 512, 16, 9 and 7 rows (prompts and
-// image slots cut across blocks).
+// image slots cut across blocks); and tiled, marked prompts (InternVL's slots, several tiles and
+// images a prompt) batched as they are one at a time.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +58,10 @@ static int compare(Vlm *m, const Prompts *p, const GenOptions *o, int max_len, i
     gen_free(&g);
     GenBatch b;
     gen_batch_init(&b, m, NB + 2, max_len, chunk);  // room for more than are run
-    gen_batch_generate(&b, NB, (const int *const *)p->ids, p->n_ids, p->pixels, p->image_pos, o, got, n_got, sg);
+    GenPrompt gp[NB];
+    int *gbuf[NB];
+    for (int i = 0; i < NB; i++) gbuf[i] = gen_prompt_one_image(m, p->ids[i], p->n_ids[i], p->pixels[i], p->image_pos[i], &gp[i]);
+    gen_batch_generate(&b, NB, gp, o, got, n_got, sg);
     printf("    %-44s", what);
     for (int i = 0; i < NB; i++) {
         printf(" [%d: %d tok, stop %d]", p->n_ids[i], n_got[i], sg[i].stop);
@@ -69,7 +73,8 @@ static int compare(Vlm *m, const Prompts *p, const GenOptions *o, int max_len, i
     }
     printf("\n");
     // the same GenBatch again, fewer conversations: the slots are reused
-    gen_batch_generate(&b, 2, (const int *const *)p->ids + 3, p->n_ids + 3, p->pixels + 3, p->image_pos + 3, o, got, n_got, sg);
+    gen_batch_generate(&b, 2, gp + 3, o, got, n_got, sg);
+    for (int i = 0; i < NB; i++) free(gbuf[i]);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(n_got[i], n_want[i + 3]);
         assert_memory_equal(got[i], want[i + 3], (size_t)n_want[i + 3] * sizeof(int));
@@ -126,6 +131,83 @@ static void check_model(const FixtureModel *fm) {
     vlm_fixture_close(&fx);
 }
 
+// Tiled prompts (issue 17): the InternVL tiled fixture's rows, each with its own grid and slot
+// (<img> <IMG_CONTEXT> x tiles </img>, one or two images, 1 to 4 tiles), plus a text-only one,
+// through batched generation and one at a time (gen_generate_prompt): the same greedy tokens,
+// with the tower run per prompt (a Vlm holding one prompt's tiles) and over the tiles of the whole
+// batch at once (one holding them all), and with prefill blocks cutting through the tiles
+static void test_tiled_batch_equals_batch1(void **state) {
+    (void)state;
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_qwen2_internvl_tiled.safetensors");
+    static char vdir[1024];
+    snprintf(vdir, sizeof vdir, "%s", fixture_path("internvl_vision"));
+    const int T = fx.T, S = fx.S, np = fx.B + 1;
+    GenPrompt p[8];
+    int starts[8][16], most = 0, all_tiles = 0;
+    CHECK(np <= 8, "fixture rows %d", fx.B);
+    for (int r = 0; r < fx.B; r++) {
+        int n = 0, first = -1;
+        for (int i = 0; i < fx.n_img; i++)
+            if (fx.img_row[i] == r) {
+                if (first < 0) first = i;
+                CHECK(i == first + n && n < 16, "row %d's tiles are not consecutive", r);
+                starts[r][n++] = fx.img_start[i];
+            }
+        p[r] = (GenPrompt){.ids = fx.ids + (size_t)r * T, .n = T, .pixels = n ? fx.pixels + (size_t)first * 3 * S * S : NULL,
+                           .n_tiles = n, .tile_start = starts[r]};
+        if (n > most) most = n;
+        all_tiles += n;
+    }
+    p[fx.B] = (GenPrompt){.ids = fx.ids + 5, .n = 9};  // text only
+    printf("    %d prompts of %d positions, %d tiles in all, at most %d in one\n", np, T, all_tiles, most);
+    assert_true(most >= 2);
+    const int new_tokens = 12, max_len = T + new_tokens;
+    GenOptions o = {.max_new_tokens = new_tokens};
+    int *want[8], n_want[8], *got[8], n_got[8];
+    GenStats sw[8], sg[8];
+    const int holds[2] = {most, all_tiles};  // the tower per prompt, over the whole batch
+    for (int h = 0; h < 2; h++) {
+        VlmSpec spec = fixture_vlm_spec("qwen2", CONNECTOR_INTERNVL_HF, "qwen2_lora", 1, T, holds[h], 0.0f);
+        spec.vision_dir = vdir;
+        spec.vision_layer = -1;
+        Vlm m;
+        fixture_model_load(&m, kernels_cpu(), &spec, "internvl_hf_qwen2.safetensors", "qwen2_lora");
+        if (h == 0) {
+            Generator g;
+            gen_init(&g, &m, max_len, 0);
+            for (int i = 0; i < np; i++) {
+                want[i] = xmalloc((size_t)new_tokens * sizeof(int));
+                got[i] = xmalloc((size_t)new_tokens * sizeof(int));
+                n_want[i] = gen_generate_prompt(&g, &p[i], &o, want[i], &sw[i]);
+            }
+            gen_free(&g);
+        }
+        const int chunks[3] = {0, 7, 40};
+        for (int c = 0; c < 3; c++) {
+            GenBatch b;
+            gen_batch_init(&b, &m, np, max_len, chunks[c]);
+            gen_batch_generate(&b, np, p, &o, got, n_got, sg);
+            printf("    tower over %2d tiles at most, prefill blocks of %3d rows:", holds[h], b.rows_cap);
+            for (int i = 0; i < np; i++) {
+                printf(" [%d tiles: %d tok]", p[i].n_tiles, n_got[i]);
+                assert_int_equal(n_got[i], n_want[i]);
+                assert_int_equal(sg[i].n_prompt, sw[i].n_prompt);
+                assert_int_equal(sg[i].stop, sw[i].stop);
+                assert_memory_equal(got[i], want[i], (size_t)n_want[i] * sizeof(int));
+            }
+            printf(" tokens equal batch 1's\n");
+            gen_batch_free(&b);
+        }
+        vlm_free(&m);
+    }
+    for (int i = 0; i < np; i++) {
+        free(want[i]);
+        free(got[i]);
+    }
+    vlm_fixture_close(&fx);
+}
+
 static void test_batch_equals_batch1_qwen2(void **state) { check_model(&QWEN2_LORA); }
 static void test_batch_equals_batch1_llama(void **state) { check_model(&LLAMA_RSLORA); }
 
@@ -133,6 +215,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_equals_batch1_qwen2),
         cmocka_unit_test(test_batch_equals_batch1_llama),
+        cmocka_unit_test(test_tiled_batch_equals_batch1),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -167,7 +167,7 @@ static void test_detect(void **state) {
     assert_false(vlm_dir_is(fixture_path("internvit")));  // a tower's internvl_chat-style config without llm_config
 }
 
-// a copy of fixture `name`'s config.json with `from` replaced by `to` (once) in tmp/<as>
+// a copy of fixture `name`'s (or, given a path, that directory's) config.json with `from` replaced by `to` (once) in tmp/<as>
 static const char *edited(const char *name, const char *as, const char *from, const char *to) {
     static char dir[8][1024];
     static int slot;
@@ -175,7 +175,7 @@ static const char *edited(const char *name, const char *as, const char *from, co
     snprintf(dir[slot], sizeof dir[slot], "%s/%s", tmp, as);
     make_dirs(dir[slot]);
     char src[1100], dst[1100];
-    snprintf(src, sizeof src, "%s/config.json", fixture_path(name));
+    snprintf(src, sizeof src, "%s/config.json", strchr(name, '/') ? name : fixture_path(name));  // a fixture, or an edited copy
     snprintf(dst, sizeof dst, "%s/config.json", dir[slot]);
     size_t n;
     char *text = test_slurp(src, &n);
@@ -190,6 +190,14 @@ static const char *edited(const char *name, const char *as, const char *from, co
     free(text);
     free(out);
     return dir[slot];
+}
+
+// writes text as file `name` into directory dir (an edited() copy)
+static const char *with_file(const char *dir, const char *name, const char *text) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    test_write_file(p, text);
+    return dir;
 }
 
 static void open_dir(void *arg) {
@@ -315,12 +323,129 @@ static void test_train_config(void **state) {
     expect_fatal(load_conf, bad[3], "no chat template", "set template");
 }
 
+// the image token check: config.json's image_token_id against the directory's tokenizer
+static void check_token(void *arg) {
+    VlmDir d;
+    vlm_dir_open(&d, arg);
+    char tp[1024];
+    snprintf(tp, sizeof tp, "%s/tokenizer.json", fixture_path("vlm_internvl_hf"));
+    Tokenizer *tok = tokenizer_load(tp);
+    vlm_dir_check_image_token(&d, tok);
+    tokenizer_free(tok);
+}
+
+// The way each model sees images, from its own files (model/vlm_dir.h): the slot format, the
+// tiling (max_tiles 0 = the model's own) and the aspect, as ./train resolves them; an explicit
+// value that contradicts the model, and the settings svlm cannot reproduce, stop in one line
+static void test_tiling(void **state) {
+    VlmDir d;
+    vlm_dir_open(&d, fixture_path("vlm_internvl_chat"));  // dynamic_image_size false
+    assert_int_equal(d.max_tiles, 1);
+    assert_string_equal(d.image_format, "internvl");
+    vlm_dir_open(&d, fixture_path("vlm_internvl_hf"));  // InternVLProcessor crops, max_patches 12 (default)
+    assert_int_equal(d.max_tiles, 12);
+    assert_string_equal(d.image_format, "internvl");
+    vlm_dir_open(&d, fixture_path("vlm_idefics3_dir"));  // splitting on: 4 * 12 / 12 = 4 tiles a side
+    assert_int_equal(d.max_tiles, 16);
+    assert_string_equal(d.image_format, "idefics3");
+    vlm_dir_open(&d, fixture_path("vlm_llava_dir"));
+    assert_int_equal(d.max_tiles, 1);
+    assert_string_equal(d.image_format, "llava");
+    // Vintern / InternVL2's shipped settings: dynamic, 12 tiles + thumbnail
+    const char *dyn = edited("vlm_internvl_chat", "dyn", "\"dynamic_image_size\": false,",
+                             "\"dynamic_image_size\": true, \"use_thumbnail\": true, \"pad2square\": true,");
+    dyn = edited(dyn, "dyn12", "\"max_dynamic_patch\": 1", "\"max_dynamic_patch\": 12");
+    vlm_dir_open(&d, dyn);
+    assert_int_equal(d.max_tiles, 12);
+    assert_int_equal(d.pad_to_square, 0);  // dynamic_preprocess resizes: pad2square never pads a tile
+    const char *pad = edited("vlm_internvl_chat", "pad", "\"dynamic_image_size\": false,",
+                             "\"dynamic_image_size\": false, \"pad2square\": true,");
+    vlm_dir_open(&d, pad);
+    assert_int_equal(d.pad_to_square, 1);
+    assert_int_equal(d.max_tiles, 1);
+    // transformers' InternVL with its preprocessor_config.json
+    const char *hf6 = with_file(edited("vlm_internvl_hf", "hf6", "\"internvl\"", "\"internvl\""), "preprocessor_config.json",
+                                "{\"image_processor_type\": \"GotOcr2ImageProcessor\", \"crop_to_patches\": false, "
+                                "\"max_patches\": 6, \"min_patches\": 1}");
+    vlm_dir_open(&d, hf6);
+    assert_int_equal(d.max_tiles, 6);
+    // SmolVLM with splitting off: one tile (its splitting would still give 16)
+    const char *nosplit = with_file(edited("vlm_idefics3_dir", "nosplit", "\"idefics3\"", "\"idefics3\""),
+                                    "preprocessor_config.json",
+                                    "{\"image_processor_type\": \"Idefics3ImageProcessor\", \"do_image_splitting\": false, "
+                                    "\"size\": {\"longest_edge\": 36}, \"max_image_size\": {\"longest_edge\": 12}}");
+    vlm_dir_open(&d, nosplit);
+    assert_int_equal(d.max_tiles, 1);
+    assert_int_equal(d.split_tiles, 9);
+
+    // ./train's resolution: max_tiles 0 (the default) is the model's, another value stands
+    char text[2048], path[700];
+    snprintf(path, sizeof path, "%s/t.conf", tmp);
+    TrainConfig *c = xcalloc(1, sizeof *c);
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", dyn);
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_int_equal(c->max_tiles, 12);
+    assert_string_equal(c->image_format, "internvl");
+    assert_string_equal(c->image_aspect, "crop");
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\nmax_tiles = 4\n", dyn);
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_int_equal(c->max_tiles, 4);  // fewer tiles to save memory
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", pad);
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_int_equal(c->max_tiles, 1);
+    assert_string_equal(c->image_aspect, "pad");  // pad2square at one tile
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_internvl_hf"));
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_int_equal(c->max_tiles, 12);
+    snprintf(text, sizeof text, "stage = 2\nmodel = %s\ndata = x.json\n", fixture_path("vlm_idefics3_dir"));
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_int_equal(c->max_tiles, 16);
+    assert_string_equal(c->image_format, "idefics3");
+    // the separate vision / llm form: 0 means one tile
+    snprintf(text, sizeof text, "vision = %s\nllm = %s\ndata = x.json\n", fixture_path("clip"), fixture_path("qwen2"));
+    test_write_file(path, text);
+    train_config_load(c, path, 0, NULL);
+    assert_int_equal(c->max_tiles, 1);
+    free(c);
+
+    static char bad[6][2048];
+    snprintf(bad[0], sizeof bad[0], "model = %s\ndata = x.json\nimage_format = llava\n", fixture_path("vlm_internvl_hf"));
+    expect_fatal(load_conf, bad[0], "image_format = llava", "the internvl slot");
+    snprintf(bad[1], sizeof bad[1], "model = %s\ndata = x.json\nimage_aspect = pad\n", fixture_path("vlm_internvl_hf"));
+    expect_fatal(load_conf, bad[1], "image_aspect = pad", "does not pad its images");
+    snprintf(bad[2], sizeof bad[2], "model = %s\ndata = x.json\nimage_aspect = pad\nmax_tiles = 4\n", pad);
+    expect_fatal(load_conf, bad[2], "image_aspect = pad", "pads only one-tile images");
+    snprintf(bad[3], sizeof bad[3], "model = %s\ndata = x.json\nmax_tiles = 4\n", fixture_path("vlm_idefics3_dir"));
+    expect_fatal(load_conf, bad[3], "max_tiles = 4", "image splitting cuts up to 16 tiles", "at least 16");
+    snprintf(bad[4], sizeof bad[4], "model = %s\ndata = x.json\nmax_tiles = -1\n", fixture_path("vlm_internvl_hf"));
+    expect_fatal(load_conf, bad[4], "max_tiles", "0..64");
+    // what svlm's tiling cannot reproduce
+    expect_fatal(open_dir, (void *)edited(dyn, "nothumb", "\"use_thumbnail\": true", "\"use_thumbnail\": false"),
+                 "config.json", "use_thumbnail = false");
+    expect_fatal(open_dir, (void *)edited(dyn, "min2", "\"min_dynamic_patch\": 1", "\"min_dynamic_patch\": 2"),
+                 "config.json", "min_dynamic_patch 2");
+    expect_fatal(open_dir,
+                 (void *)with_file(edited("vlm_internvl_hf", "hfmin", "\"internvl\"", "\"internvl\""), "preprocessor_config.json",
+                                   "{\"image_processor_type\": \"GotOcr2ImageProcessor\", \"min_patches\": 2}"),
+                 "preprocessor_config.json", "min_patches 2");
+    // image_token_id must be the tokenizer's id of <IMG_CONTEXT> (1006 in the fixture's tokenizer)
+    check_token((void *)fixture_path("vlm_internvl_hf"));
+    expect_fatal(check_token, (void *)edited("vlm_internvl_hf", "tok", "\"image_token_id\": 1006", "\"image_token_id\": 1023"),
+                 "config.json", "image_token_id is 1023", "<IMG_CONTEXT> the id 1006");
+}
+
 int main(void) {
     make_temp_dir(tmp, sizeof tmp, "vlm_dir");
     const struct CMUnitTest tests[] = {
         // the refusals first: their forked children must not inherit the CPU kernels' per-thread
         // scratch, which LeakSanitizer (asan_test_vlm_dir) would report at the child's exit
         cmocka_unit_test(test_detect),      cmocka_unit_test(test_refusals),      cmocka_unit_test(test_train_config),
+        cmocka_unit_test(test_tiling),
         cmocka_unit_test(test_internvl_hf), cmocka_unit_test(test_internvl_chat), cmocka_unit_test(test_idefics3),
         cmocka_unit_test(test_llava),
     };

@@ -7,7 +7,12 @@
 //     changed (merged); config.json, tokenizer and remote-code files are DIR's, byte for byte;
 //   - svlm reads the export as a whole model: its logits equal those of DIR + the checkpoint's
 //     projector and (unmerged) LoRA to 1e-5 on the parity fixture's batch;
-//   - adapter/ holds every LoRA tensor under the class's module names.
+//   - adapter/ holds every LoRA tensor under the class's module names;
+//   - the run saw images as the model does: its own tiling (max_tiles 0 = the model's: transformers'
+//     InternVL tiles up to 12 + thumbnail, the remote-code fixture says dynamic_image_size false),
+//     svlm_export.json records it and ./generate on the export tiles a wide image the same way;
+//     ./generate --batch (rows of different grids together) answers as one at a time, and
+//     ./evaluate runs on the tiled export with the same predictions batched and not.
 // scripts/check_export.py loads the native export in transformers and compares its logits.
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +21,7 @@
 #include "common/json.h"
 #include "common/safetensors.h"
 #include "common/util.h"
+#include "data/image.h"
 #include "model/hf.h"
 #include "model/vlm.h"
 #include "model/vlm_dir.h"
@@ -59,10 +65,6 @@ static void train_and_export_with(const char *model, const char *tag, const char
     if (test_spawn(eargv, o, e) != 0) fail_msg("./export of %s failed, see %s", run, e);
 }
 
-static void train_and_export(const char *model, char *run, char *out, size_t cap) {
-    train_and_export_with(model, model, "", run, out, cap);
-}
-
 // a model of dir (whole) for the fixture batch: its own projector, or trainable's tensors
 static void open_model(Vlm *m, const VlmFixture *fx, const char *dir, const char *trainable) {
     VlmDir d;
@@ -80,11 +82,110 @@ static void open_model(Vlm *m, const VlmFixture *fx, const char *dir, const char
     }
 }
 
+// the number after `key` in file path's text (-1 when absent)
+static double number_after(const char *path, const char *key) {
+    char *text = test_slurp(path, NULL), *at = strstr(text, key);
+    double v = at ? atof(at + strlen(key)) : -1;
+    free(text);
+    return v;
+}
+
+// The run took max_tiles from the model (tiles): its config, the tiles the data got per image
+// (more than one for a tiling model: the synth images are 64 x 64, InternVL's grid at 30-pixel
+// tiles is 3 x 3 + thumbnail), svlm_export.json, and ./generate on the export, which cuts a 90 x 30
+// image into 3 x 1 tiles + thumbnail (4 x 25 image tokens) when the model tiles
+static void check_tiling(const char *model, const char *run, const char *out, int tiles) {
+    char path[1000], log[1000], img[1000];
+    snprintf(path, sizeof path, "%s/config.conf", run);
+    assert_int_equal((int)number_after(path, "max_tiles      = "), tiles);
+    snprintf(log, sizeof log, "%s/train_%s.log", root, model);
+    double per = number_after(log, " tiles, ");
+    printf("    %-58s max_tiles %d, %.2f tiles per image\n", model, tiles, per);
+    if (tiles > 1) assert_true(per > 1.0);
+    else assert_true(per == 1.0);
+    snprintf(path, sizeof path, "%s/svlm_export.json", out);
+    cJSON *j = json_load_file(path);
+    assert_int_equal(json_get_int(j, "max_tiles", path), tiles);
+    cJSON_Delete(j);
+    snprintf(img, sizeof img, "%s/wide_%s.jpg", root, model);
+    uint8_t rgb[90 * 30 * 3];
+    for (int i = 0; i < 90 * 30 * 3; i++) rgb[i] = (uint8_t)(i * 7 + i / 270);
+    image_write_jpeg(img, rgb, 90, 30, 90, 1);
+    char o[1000], e[1000];
+    snprintf(o, sizeof o, "%s/generate_%s.log", root, model);
+    snprintf(e, sizeof e, "%s/generate_%s.err", root, model);
+    char *gargv[] = {"./generate", (char *)out, "--image", img, "--prompt", "What is it?", "--max-new-tokens", "3",
+                     "--device", "cpu", NULL};
+    if (test_spawn(gargv, o, e) != 0) fail_msg("./generate on %s failed, see %s", out, e);
+    char *text = test_slurp(e, NULL);
+    if (tiles > 1 && !strstr(text, "(100 image tokens in 4 tiles"))
+        fail_msg("%s: ./generate did not tile the 90 x 30 image into 3 x 1 + thumbnail", e);
+    if (tiles == 1 && strstr(text, " tiles;")) fail_msg("%s: ./generate tiled a one-tile model's image", e);
+    free(text);
+    char *alone = test_slurp(o, NULL);
+    alone[strcspn(alone, "\n")] = 0;  // the streamed answer
+
+    // --batch: rows of other grids (the wide image, a synth square, none) together answer as alone
+    char file[1000], sq[1000];
+    snprintf(file, sizeof file, "%s/requests_%s.jsonl", root, model);
+    snprintf(sq, sizeof sq, "%s/data/images/img_00000.png", synth_dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"image\": \"%s\", \"prompt\": \"What is it?\"}\n{\"prompt\": \"Hi\"}\n"
+               "{\"image\": \"%s\", \"prompt\": \"Where is the circle?\"}\n", img, sq);
+    fclose(f);
+    snprintf(o, sizeof o, "%s/generate_batch_%s.log", root, model);
+    snprintf(e, sizeof e, "%s/generate_batch_%s.err", root, model);
+    char *bargv[] = {"./generate", (char *)out, "--batch", file, "--batch-size", "3", "--max-new-tokens", "3", "--device",
+                     "cpu", NULL};
+    if (test_spawn(bargv, o, e) != 0) fail_msg("./generate --batch on %s failed, see %s", out, e);
+    text = test_slurp(o, NULL);
+    cJSON *first = cJSON_Parse(strtok(text, "\n"));
+    assert_non_null(first);
+    assert_string_equal(json_get_str(first, "answer", o), alone);
+    cJSON_Delete(first);
+    free(text);
+    free(alone);
+
+    // ./evaluate: VQA items on the tiled images, batched and one at a time, the same predictions
+    char data[1000], ev[2][1000];
+    snprintf(data, sizeof data, "%s/vqa_%s.jsonl", root, model);
+    f = fopen(data, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"id\": \"w\", \"image\": \"wide_%s.jpg\", \"question\": \"What is it?\", \"answers\": [\"x\"]}\n"
+               "{\"id\": \"s\", \"image\": \"synth/data/images/img_00000.png\", \"question\": \"Where?\", \"answers\": [\"y\"]}\n"
+               "{\"id\": \"t\", \"image\": \"wide_%s.jpg\", \"question\": \"Which?\", \"answers\": [\"z\"]}\n", model, model);
+    fclose(f);
+    static const char *const bs[2] = {"1", "3"};
+    for (int b = 0; b < 2; b++) {
+        snprintf(ev[b], sizeof ev[b], "%s/eval_%s_%s", root, model, bs[b]);
+        snprintf(o, sizeof o, "%s/evaluate_%s_%s.log", root, model, bs[b]);
+        snprintf(e, sizeof e, "%s/evaluate_%s_%s.err", root, model, bs[b]);
+        char *eargv[] = {"./evaluate", (char *)out, data, "--image-folder", root, "--batch-size", (char *)bs[b],
+                         "--max-new-tokens", "3", "--out", ev[b], "--device", "cpu", NULL};
+        if (test_spawn(eargv, o, e) != 0) fail_msg("./evaluate on %s failed, see %s", out, e);
+    }
+    char pa[1100], pb[1100];
+    snprintf(pa, sizeof pa, "%s/predictions.jsonl", ev[0]);
+    snprintf(pb, sizeof pb, "%s/predictions.jsonl", ev[1]);
+    char *ta = test_slurp(pa, NULL), *tb = test_slurp(pb, NULL);
+    assert_string_equal(ta, tb);
+    int answered = 0;  // every item answered (none skipped)
+    for (const char *q = ta; (q = strstr(q, "\"prediction\"")); q++) answered++;
+    assert_int_equal(answered, 3);
+    assert_null(strstr(ta, "skipped"));
+    free(ta);
+    free(tb);
+}
+
 // model: the fixture directory; batch: its parity fixture (the logits' batch); n_conn: the
 // projector's tensors; peft_prefix: the class's module names of the LLM
-static void check_round_trip(const char *model, const char *batch, int n_conn, const char *peft_prefix) {
+// tiles: the tiles per image (max_tiles) the run should take from the model; extra: config lines
+static void check_round_trip(const char *model, const char *batch, int n_conn, const char *peft_prefix, const char *extra,
+                             int tiles) {
     char run[800], out[800], path[1000], orig[1000];
-    train_and_export(model, run, out, sizeof run);
+    train_and_export_with(model, model, extra, run, out, sizeof run);
+    check_tiling(model, run, out, tiles);
     const char *src = fixture_path(model);
     char ck_path[1000];
     snprintf(ck_path, sizeof ck_path, "%s/step_00000003/trainable.safetensors", run);
@@ -185,14 +286,21 @@ static void check_round_trip(const char *model, const char *batch, int n_conn, c
 
 // InternVL: mlp1's LayerNorm and two Linears; Idefics3: one Linear
 static void test_internvl_chat(void **state) {
-    check_round_trip("vlm_internvl_chat", "vlm_internvl.safetensors", 6, "language_model.model.");
+    check_round_trip("vlm_internvl_chat", "vlm_internvl.safetensors", 6, "language_model.model.", "", 1);
 }
 static void test_internvl_hf(void **state) {
-    check_round_trip("vlm_internvl_hf", "vlm_internvl.safetensors", 6, "model.language_model.");
+    check_round_trip("vlm_internvl_hf", "vlm_internvl.safetensors", 6, "model.language_model.", "", 12);
 }
-static void test_idefics3(void **state) { check_round_trip("vlm_idefics3_dir", "vlm_idefics3.safetensors", 1, "model.text_model."); }
+// max_tiles = 1 keeps this round trip small: the model's own splitting (no preprocessor_config.json:
+// the class defaults) gives these 12-pixel images 16 tiles + the global one; check_tiling's
+// ./generate expectation is InternVL's grid
+static void test_idefics3(void **state) {
+    check_round_trip("vlm_idefics3_dir", "vlm_idefics3.safetensors", 1, "model.text_model.", "max_tiles = 1\n", 1);
+}
 // llava-hf: linear_1 and linear_2 with their biases; trained with its shipped chat template (llava_hf)
-static void test_llava(void **state) { check_round_trip("vlm_llava_dir", "vlm_llava.safetensors", 4, "model.language_model."); }
+static void test_llava(void **state) {
+    check_round_trip("vlm_llava_dir", "vlm_llava.safetensors", 4, "model.language_model.", "", 1);
+}
 
 // freeze_connector = true: the shipped projector stays as it is, bit for bit, while LoRA trains
 static void test_frozen_connector(void **state) {

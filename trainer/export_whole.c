@@ -169,6 +169,7 @@ void export_whole(const TrainConfig *c, const char *step_dir, const char *out_di
     if (strcmp(c->system, "default")) cJSON_AddStringToObject(j, "system", c->system);
     else cJSON_AddNullToObject(j, "system");
     cJSON_AddBoolToObject(j, "pad_to_square", !strcmp(c->image_aspect, "pad"));
+    cJSON_AddNumberToObject(j, "max_tiles", c->max_tiles);  // the tiling trained with: ./generate tiles the same
     cJSON_AddStringToObject(j, "checkpoint", step_dir);
     snprintf(path, sizeof path, "%s/svlm_export.json", tmp);
     export_write_json(path, j, 1);

@@ -299,6 +299,11 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
         char tp[CFG_PATH + 32];
         path_join(tp, sizeof tp, c->llm, "tokenizer.json");
         Tokenizer *tok = tokenizer_load(tp);
+        if (c->model[0]) {  // the model's config names its image token by the tokenizer's id
+            VlmDir vd;
+            vlm_dir_open(&vd, c->model);
+            vlm_dir_check_image_token(&vd, tok);
+        }
         image_slot_init(&r->slot, fmt, image_tokens, image_grid_max_side(&prep), tok, tp);
         tokenizer_free(tok);
     }

@@ -41,9 +41,12 @@ const CfgKey train_keys[] = {
     K("val_image_folder", CFG_STR, val_image_folder, "", "image folder of val_data (empty: image_folder)"),
     K("data_cache", CFG_STR, data_cache, "", "where JSON data is prepared into shards (empty: out_dir/data)"),
     K("image_aspect", CFG_STR, image_aspect, "", "pad (LLaVA-1.5: pad to a square with the mean colour) | crop (CLIP centre crop; "
-      "other towers: their processor's resize); empty: pad, or with model what the model does (InternVL's pad2square, else its resize)"),
-    K("image_format", CFG_STR, image_format, "", "llava | internvl | idefics3: the image slot's marker tokens (empty: the connector's)"),
-    K("max_tiles", CFG_INT, max_tiles, "1", "tiles per image at most (InternVL dynamic_preprocess, 6 or 12 typical; Idefics3 splitting: at least (longest_edge / max_image_size)^2); 1: one tile"),
+      "other towers: their processor's resize); empty: pad, or with model what the model does (InternVL's pad2square at one tile, "
+      "else its resize; pad where the model does not is refused)"),
+    K("image_format", CFG_STR, image_format, "", "llava | internvl | idefics3: the image slot's marker tokens (empty: the connector's; "
+      "with model the model's own)"),
+    K("max_tiles", CFG_INT, max_tiles, "0", "tiles per image at most (InternVL dynamic_preprocess, 6 or 12 typical; Idefics3 splitting: 1 or at least "
+      "ceil(longest_edge / max_image_size)^2); 0: with model the model's own (a smaller value saves memory), else 1: one tile"),
     K("max_images", CFG_INT, max_images, "1", "images per sample at most (1..16); samples with more are skipped"),
     K("max_seq_len", CFG_INT, max_seq_len, "2048", "tokens per sample, image tokens included"),
     K("packing", CFG_BOOL, packing, "false", "pack several samples per row (attention kept inside each)"),
@@ -110,10 +113,13 @@ static void absolute(char *p, size_t cap) {
     if (p[0] && realpath(p, buf) && strlen(buf) < cap) strcpy(p, buf);
 }
 
-// model = DIR: the tower, connector and LLM settings its config.json states (model/vlm_dir.h).
-// vision and llm become DIR (the resolved config reads back the same); a vision or llm naming
-// anything else, or a connector, pixel_shuffle or vision_layer other than the model's (beyond
-// the keys' defaults), is refused.
+// model = DIR: the tower, connector and LLM settings its config.json states, and the way it sees
+// images: its slot format, tiling and aspect (model/vlm_dir.h). vision and llm become DIR (the
+// resolved config reads back the same); a vision or llm naming anything else, or a connector,
+// pixel_shuffle, vision_layer or image_format other than the model's (beyond the keys' defaults),
+// is refused. max_tiles 0 becomes the model's own; another value stands (fewer tiles save memory),
+// except an Idefics3 limit below what its splitting gives. image_aspect = pad only where the
+// model pads (InternVL's pad2square, one tile).
 static void resolve_model(TrainConfig *c) {
     absolute(c->model, CFG_PATH);
     if ((c->vision[0] && strcmp(c->vision, c->model)) || (c->llm[0] && strcmp(c->llm, c->model)))
@@ -132,7 +138,23 @@ static void resolve_model(TrainConfig *c) {
     snprintf(c->connector, sizeof c->connector, "%s", ct);
     c->pixel_shuffle = d.connector_scale;
     c->vision_layer = d.vision_layer;
-    if (!c->image_aspect[0]) snprintf(c->image_aspect, sizeof c->image_aspect, "%s", d.pad_to_square ? "pad" : "crop");
+    if (c->image_format[0] && strcmp(c->image_format, d.image_format))
+        fatal("config: image_format = %s, but model = %s marks its images with the %s slot (leave image_format out)",
+              c->image_format, c->model, d.image_format);
+    snprintf(c->image_format, sizeof c->image_format, "%s", d.image_format);
+    if (c->max_tiles == 0) {
+        c->max_tiles = d.max_tiles;
+    } else if (d.layout == VLM_LAYOUT_IDEFICS3 && c->max_tiles > 1 && c->max_tiles < d.split_tiles) {
+        fatal("config: max_tiles = %d, but model = %s's image splitting cuts up to %d tiles (+ the global image) whatever "
+              "the limit: set 1 (no splitting) or at least %d", c->max_tiles, c->model, d.split_tiles, d.split_tiles);
+    }
+    int pads = d.pad_to_square && c->max_tiles == 1;
+    if (!c->image_aspect[0]) {
+        snprintf(c->image_aspect, sizeof c->image_aspect, "%s", pads ? "pad" : "crop");
+    } else if (!strcmp(c->image_aspect, "pad") && !pads) {
+        fatal("config: image_aspect = pad, but model = %s %s", c->model,
+              d.pad_to_square ? "pads only one-tile images (max_tiles = 1)" : "does not pad its images (leave image_aspect out)");
+    }
     snprintf(c->vision, CFG_PATH, "%s", c->model);
     snprintf(c->llm, CFG_PATH, "%s", c->model);
     if (!c->template_[0] || !strcmp(c->template_, "auto")) {
@@ -153,7 +175,9 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     if (path && !file_exists(path)) fatal("%s: config file not found", path);
     config_parse(train_keys, n_train_keys, c, path, argc, argv);
     need(c->stage == 1 || c->stage == 2, "stage", "must be 1 or 2");
+    need(c->max_tiles >= 0 && c->max_tiles <= 64, "max_tiles", "must be in 0..64 (0: the model's own, or 1)");
     if (c->model[0]) resolve_model(c);
+    if (c->max_tiles == 0) c->max_tiles = 1;
     need(c->vision[0], "vision", "is required (a CLIP vision model directory)");
     need(c->llm[0], "llm", "is required (a language model directory)");
     need(c->data[0], "data", "is required (LLaVA JSON / JSONL or a shard directory)");
@@ -164,7 +188,6 @@ void train_config_load(TrainConfig *c, const char *path, int argc, char **argv) 
     if (!c->image_aspect[0]) strcpy(c->image_aspect, "pad");
     need(!strcmp(c->image_aspect, "pad") || !strcmp(c->image_aspect, "crop"), "image_aspect", "must be pad or crop");
     need(!c->image_format[0] || image_format_parse(c->image_format) >= 0, "image_format", "must be llava, internvl, idefics3 or empty");
-    need(c->max_tiles >= 1 && c->max_tiles <= 64, "max_tiles", "must be in 1..64");
     need(c->max_images >= 1 && c->max_images <= 16, "max_images", "must be in 1..16");
     need(c->max_tiles == 1 || strcmp(c->image_aspect, "pad"), "max_tiles",
          "> 1 tiles the image at its own aspect ratio: set image_aspect = crop (pad would pad only one-tile images)");

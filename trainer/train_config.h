@@ -26,7 +26,8 @@ typedef struct {
     char data_cache[CFG_PATH];
     char image_aspect[16];
     char image_format[16];  // the image slot's format (data/image_slot.h); "": the connector's
-    int max_tiles;          // tiles per image at most (data/tiling.h); 1: no tiling
+    int max_tiles;          // tiles per image at most (data/tiling.h); 1: no tiling (0 in a file: the
+                            // model's own with model, else 1; resolved by train_config_load)
     int max_images;         // images per sample at most
     int max_seq_len;
     int packing;

@@ -1833,7 +1833,11 @@ static void check_gen_batch(const char *llm, ConnectorType ct, const char *conn_
     for (int c = 0; c < 2; c++) {
         GenBatch b;
         gen_batch_init(&b, &m, GB_N, max_len, chunks[c]);
-        gen_batch_generate(&b, GB_N, (const int *const *)ids, lens, pixels, image_pos, &o, got, n_got, sg);
+        GenPrompt gp[GB_N];
+        int *gbuf[GB_N];
+        for (int i = 0; i < GB_N; i++) gbuf[i] = gen_prompt_one_image(&m, ids[i], lens[i], pixels[i], image_pos[i], &gp[i]);
+        gen_batch_generate(&b, GB_N, gp, &o, got, n_got, sg);
+        for (int i = 0; i < GB_N; i++) free(gbuf[i]);
         printf("    %-6s on %s, prefill blocks of %d rows:", llm, G->name, b.rows_cap);
         for (int i = 0; i < GB_N; i++) {
             printf(" [%d: %d tok]", sg[i].n_prompt, n_got[i]);
