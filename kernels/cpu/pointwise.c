@@ -26,15 +26,6 @@ static void thread_span(size_t n, size_t *i0, size_t *i1) {
 
 static inline vf16 sigmoid16(vf16 x) { return 1.0f / (1.0f + exp_vf16(-x)); }
 
-// the last partial block of a span, through zero-padded copies (inputs may alias outputs)
-static inline vf16 load16(const float *p, size_t i, size_t n) {
-    vf16 v = {0};
-    memcpy(&v, p + i, n * sizeof(float));
-    return v;
-}
-
-static inline void store16(float *p, size_t i, size_t n, vf16 v) { memcpy(p + i, &v, n * sizeof(float)); }
-
 // CLIP's quick_gelu: x * sigmoid(1.702 x)
 static inline vf16 quick_gelu16(vf16 x) { return x * sigmoid16(QUICK_GELU_K * x); }
 static inline vf16 quick_gelu_grad16(vf16 x, vf16 d) {
