@@ -20,7 +20,7 @@ __global__ void copy_rows_kernel(bf16 *dst, const bf16 *src, const int *idx, int
         si = idx[i];
         if (si < 0) {
             bf16 *d = dst + (size_t)di * ldd;
-            for (int c = threadIdx.x; c < C; c += blockDim.x) d[c] = __float2bfloat16(0.0f);
+            for (int c = threadIdx.x; c < C; c += blockDim.x) d[c] = f2bf(0.0f);
             return;
         }
     } else if (mode == 2) {
