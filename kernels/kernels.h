@@ -212,7 +212,7 @@ typedef struct Kernels {
     // ---- rows ----
     // out (N,C) row i = table (V,C) row ids[i]; rows with ids[i] < 0 are left untouched
     void (*embedding_forward)(act_t *out, const int *ids, const act_t *table, int N, int C, int V);
-    // out (M,C) row i = inp row idx[i]
+    // out (M,C) row i = inp row idx[i], or zeros where idx[i] < 0
     void (*gather_rows)(act_t *out, const act_t *inp, const int *idx, int M, int C);
     // out row idx[i] = inp (M,C) row i; idx distinct
     void (*scatter_rows)(act_t *out, const act_t *inp, const int *idx, int M, int C);

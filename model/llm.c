@@ -281,6 +281,8 @@ void llm_setup(Llm *m, int max_B, int max_T) {
     }
     size_t QKV = QD + 2 * KD;
     m->qkv = m->dact = k->alloc(N * (QKV > I ? QKV : I) * ab);
+    m->qkv_pad = k->alloc(N * QKV * ab);
+    m->att_rows = k->alloc(N * QD * ab);
     for (int l = 0; l < c->layers; l++) m->acts[l].qkv = m->qkv;
     m->x_out = k->alloc(N * C * ab);
     m->lnf = k->alloc(N * C * ab);
@@ -315,7 +317,7 @@ void llm_free(Llm *m) {
                 if (a->lora_h[g]) k->free(a->lora_h[g]);
         }
         void *bufs[] = {m->x_out, m->lnf, m->rstdf, m->dx, m->dln, m->dq, m->dk, m->dv, m->datt, m->qkv,
-                        m->dh, m->hid, m->dhid, m->logits, m->losses, m->xdrop, m->dxdrop};
+                        m->qkv_pad, m->att_rows, m->dh, m->hid, m->dhid, m->logits, m->losses, m->xdrop, m->dxdrop};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) k->free(bufs[i]);
         free(m->acts);
@@ -448,11 +450,22 @@ void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const
     int QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD;
     k->rmsnorm_forward(a->ln1, a->rstd1, a->x, L->ln1, N, C, c->eps);
     group_forward(m, l, &L->g[GRP_QKV], a->qkv, a->ln1, a->lora_h[GRP_QKV], N);  // (N, QD | KD | KD)
-    k->rope_forward(a->q, a->qkv, pos, N, NH, HD, c->rope_theta, QD, QKV);
-    k->rope_forward(a->k, act_at(k, a->qkv, QD), pos, N, NKV, HD, c->rope_theta, KD, QKV);
-    k->copy_rows(a->v, act_at(k, a->qkv, QD + KD), N, KD, KD, QKV);
+    const act_t *qkv = a->qkv, *att = a->att;
+    int NA = N;  // rows in the attention's layout
+    if (at->pad) {  // compact rows: q/k/v to the B x T positions (zero rows past each sequence)
+        NA = at->B * at->T;
+        k->gather_rows(m->qkv_pad, a->qkv, at->pad, NA, QKV);
+        qkv = m->qkv_pad;
+    }
+    k->rope_forward(a->q, qkv, pos, NA, NH, HD, c->rope_theta, QD, QKV);
+    k->rope_forward(a->k, act_at(k, qkv, QD), pos, NA, NKV, HD, c->rope_theta, KD, QKV);
+    k->copy_rows(a->v, act_at(k, qkv, QD + KD), NA, KD, KD, QKV);
     attend(m, l, a, at);
-    group_forward(m, l, &L->g[GRP_O], a->xmid, a->att, a->lora_h[GRP_O], N);
+    if (at->pad) {
+        k->gather_rows(m->att_rows, a->att, at->rows, N, QD);
+        att = m->att_rows;
+    }
+    group_forward(m, l, &L->g[GRP_O], a->xmid, att, a->lora_h[GRP_O], N);
     k->add_rmsnorm_forward(a->xmid, a->ln2, a->rstd2, a->xmid, a->x, L->ln2, N, C, c->eps);  // residual, norm
     group_forward(m, l, &L->g[GRP_GU], a->gu, a->ln2, a->lora_h[GRP_GU], N);  // (N, I | I)
     k->swiglu_forward(a->act, a->gu, act_at(k, a->gu, I), N, I, 2 * I);
@@ -461,13 +474,18 @@ void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const
     k->add(out, out, a->xmid, (size_t)N * C);
 }
 
-void llm_forward(Llm *m, int B, int T, const int *pos, const int *seg) {
+static void check_rows(const Llm *m, const LlmAttend *at, int N) {
+    CHECK(at->B <= m->max_B && at->T <= m->max_T && !at->cache, "llm_forward with %dx%d, planned for %dx%d", at->B,
+          at->T, m->max_B, m->max_T);
+    CHECK(at->pad ? N <= at->B * at->T && at->rows : N == at->B * at->T, "llm_forward: %d rows for %d x %d positions%s",
+          N, at->B, at->T, at->pad ? "" : " without a compaction");
+}
+
+void llm_forward(Llm *m, const LlmAttend *at, int N, const int *pos) {
     const LlmConfig *c = &m->cfg;
-    CHECK(B <= m->max_B && T <= m->max_T, "llm_forward with %dx%d, planned for %dx%d", B, T, m->max_B, m->max_T);
-    int N = B * T;
-    LlmAttend at = {.B = B, .T = T, .seg = seg};
+    check_rows(m, at, N);
     for (int l = 0; l < c->layers; l++)
-        llm_layer_forward(m, l, &m->acts[l], l + 1 < c->layers ? m->acts[l + 1].x : m->x_out, N, pos, &at);
+        llm_layer_forward(m, l, &m->acts[l], l + 1 < c->layers ? m->acts[l + 1].x : m->x_out, N, pos, at);
     m->k->rmsnorm_forward(m->lnf, m->rstdf, m->x_out, m->norm, N, c->hidden, c->eps);
 }
 
@@ -492,11 +510,12 @@ void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float gr
     k->rmsnorm_backward(m->dx, NULL, m->dln, m->x_out, m->norm, m->rstdf, N, C);
 }
 
-void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg) {
+void llm_backward(Llm *m, const LlmAttend *at, int N, const int *pos) {
     const Kernels *k = m->k;
     const LlmConfig *c = &m->cfg;
-    int N = B * T, C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
-    int QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD;
+    check_rows(m, at, N);
+    int C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
+    int QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD, NA = at->B * at->T;
     for (int l = c->layers - 1; l >= 0; l--) {
         const LlmLayer *L = &m->layer[l];
         LlmActs *a = &m->acts[l];
@@ -507,12 +526,25 @@ void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg) {
         group_backward(m, l, &L->g[GRP_GU], m->dln, 1, a->gu, a->ln2, a->lora_h[GRP_GU], N);
         k->rmsnorm_backward(m->dx, NULL, m->dln, a->xmid, L->ln2, a->rstd2, N, C);
         // attention block; dx = d(xmid) = d(layer input) through the residual
-        group_backward(m, l, &L->g[GRP_O], m->datt, 1, m->dx, a->att, a->lora_h[GRP_O], N);
-        k->attention_backward(m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, seg, B, T, NH, NKV, HD, 1);
-        // d(q | k | v) rows for the fused projection: dq and dk rotated back into their columns, dv copied
-        k->rope_backward(m->qkv, m->dq, pos, N, NH, HD, c->rope_theta, QD, QKV);
-        k->rope_backward(act_at(k, m->qkv, QD), m->dk, pos, N, NKV, HD, c->rope_theta, KD, QKV);
-        k->copy_rows(act_at(k, m->qkv, QD + KD), m->dv, N, KD, QKV, KD);
+        const act_t *att = a->att, *datt = m->datt;
+        if (at->pad) {  // o_proj's input, compact again
+            k->gather_rows(m->att_rows, a->att, at->rows, N, QD);
+            att = m->att_rows;
+        }
+        group_backward(m, l, &L->g[GRP_O], m->datt, 1, m->dx, att, a->lora_h[GRP_O], N);
+        if (at->pad) {  // d(attention output) at the B x T positions: zero past each sequence
+            k->gather_rows(m->att_rows, m->datt, at->pad, NA, QD);
+            datt = m->att_rows;
+        }
+        k->attention_backward(m->dq, m->dk, m->dv, datt, a->q, a->k, a->v, a->att, a->lse, at->seg, at->B, at->T, NH,
+                              NKV, HD, 1);
+        // d(q | k | v) rows for the fused projection: dq and dk rotated back into their columns, dv
+        // copied; at the B x T positions first when the rows are compact
+        act_t *dqkv = at->pad ? m->qkv_pad : m->qkv;
+        k->rope_backward(dqkv, m->dq, pos, NA, NH, HD, c->rope_theta, QD, QKV);
+        k->rope_backward(act_at(k, dqkv, QD), m->dk, pos, NA, NKV, HD, c->rope_theta, KD, QKV);
+        k->copy_rows(act_at(k, dqkv, QD + KD), m->dv, NA, KD, QKV, KD);
+        if (at->pad) k->gather_rows(m->qkv, m->qkv_pad, at->rows, N, QKV);
         group_backward(m, l, &L->g[GRP_QKV], m->dln, 1, m->qkv, a->ln1, a->lora_h[GRP_QKV], N);
         k->rmsnorm_backward(m->dx, NULL, m->dln, a->x, L->ln1, a->rstd1, N, C);
         int first, n = llm_lora_range(m, l, &first);

@@ -100,9 +100,14 @@ typedef struct {
 // Where a layer's attention finds its keys: cache NULL, the block's own rows, B sequences of T
 // rows (training, validation) with seg (B, T) or NULL; otherwise the KV cache, the block's rows
 // being the spans (n_spans, host), whose keys and values the layer writes into it first.
+// Training may run fewer rows than B x T (the positions past each sequence's last labelled one
+// change no loss: causal attention): then the layer's N rows are compact, pad (B*T) gives the
+// compact row of each attention position (-1: none, a zero row there) and rows (N) the attention
+// position of each compact row; only q/k/v, attention and its output live in the B x T layout.
 typedef struct {
     int B, T;
     const int *seg;
+    const int *pad, *rows;  // backend ints, both NULL when the N rows are the B x T positions
     const LlmKvCache *cache;
     const LlmSpan *spans;
     int n_spans;
@@ -128,6 +133,10 @@ typedef struct {
     // one scratch buffer (N, max(QD + 2KD, I)) under two names: qkv, every layer's fused q/k/v rows
     // in the forward and their gradient in the backward; dact, the gradient at the SwiGLU product
     act_t *qkv, *dact;
+    // with compact rows (LlmAttend.pad): the fused q/k/v rows (forward) or their gradient
+    // (backward) at the attention's B x T positions, and the attention output gathered into compact
+    // rows (o_proj's input) or, in the backward, d(attention output) at the B x T positions
+    act_t *qkv_pad, *att_rows;  // (N, QD + 2KD), (N, QD)
     act_t *hid, *dhid, *logits;  // (N, C), (N, C), (xent_chunk_rows, V)
     float *losses;               // (N)
     // LoRA dropout: on only while training; masks come from dropout_seed (kernels.h dropout)
@@ -160,8 +169,10 @@ void llm_embed(Llm *m, act_t *x0, const int *ids, int N);
 // o_proj -> residual -> norm -> SwiGLU MLP -> residual). out may alias a->x (generation reuses
 // one scratch block for every layer); a->rstd1/rstd2/lse may be NULL when nothing is kept.
 void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const int *pos, const LlmAttend *at);
-// runs the decoder on m->acts[0].x (B, T, C), filled by the caller; pos, seg (B, T) backend ints
-void llm_forward(Llm *m, int B, int T, const int *pos, const int *seg);
+// runs the decoder on m->acts[0].x (N, C), filled by the caller: N = at->B * at->T rows, or
+// compact rows as at->pad says; pos (at->B * at->T) backend ints, the attention positions' RoPE
+// positions (pad rows: any)
+void llm_forward(Llm *m, const LlmAttend *at, int N, const int *pos);
 
 // ---- generation: the same layers over a KV cache ----
 // Scratch for blocks of up to N rows, one set shared by every layer (ln2 = ln1, act = qkv,
@@ -179,13 +190,13 @@ void llm_forward_cached(const Llm *m, LlmActs *a, const LlmKvCache *c, const Llm
 // logits_host (n, V) = lm_head(final norm(x (n, C))), n any count: the vocabulary projection
 // runs in blocks of the LLM's logits buffer (xent_chunk_rows); ln (n, C) is scratch
 void llm_logits_rows(const Llm *m, float *logits_host, act_t *ln, const act_t *x, int n);
-// Loss at M labelled rows idx (into the N = B*T rows) with targets: per-row losses into
+// Loss at M labelled rows idx (into the N rows of llm_forward) with targets: per-row losses into
 // m->losses (fp32, backend; callers download them). With backward, d(sum of losses)*grad_scale
 // with respect to the last layer's output is left in m->dx, where llm_backward starts.
 void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float grad_scale, int backward);
 // from m->dx = d(final residual): LoRA gradients (+=) into train->grad, and d(x0) left in m->dx;
 // as each layer is done, m->grads_ready hears that its LoRA gradients are final
-void llm_backward(Llm *m, int B, int T, const int *pos, const int *seg);
+void llm_backward(Llm *m, const LlmAttend *at, int N, const int *pos);
 // layer l's LoRA tensors, declared together: returns their count (0 without LoRA there), *first
 // the index of the first in the trainable set
 int llm_lora_range(const Llm *m, int l, int *first);

@@ -54,6 +54,8 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     m->lab_idx = k->alloc(N * sizeof(int));
     m->lab_tgt = k->alloc(N * sizeof(int));
     m->img_idx = k->alloc(I * m->n_img_tokens * sizeof(int));
+    m->pad_idx = k->alloc(N * sizeof(int));
+    m->row_idx = k->alloc(N * sizeof(int));
     m->stats = k->alloc(VLM_N_STATS * sizeof(double));
     m->h_ids = xmalloc(N * sizeof(int));
     m->h_pos = xmalloc(N * sizeof(int));
@@ -61,11 +63,16 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     m->h_tgt = xmalloc(N * sizeof(int));
     m->h_img_idx = xmalloc(I * m->n_img_tokens * sizeof(int));
     m->h_slot = xmalloc(N);
+    m->h_seg = xmalloc(N * sizeof(int));
+    m->h_pad = xmalloc(N * sizeof(int));
+    m->h_row = xmalloc(N * sizeof(int));
+    m->h_len = xmalloc((size_t)spec->max_B * sizeof(int));
 }
 
 void vlm_free(Vlm *m) {
     const Kernels *k = m->k;
-    void *bufs[] = {m->pixels, m->feats, m->img_emb, m->dimg, m->ids, m->pos, m->seg, m->lab_idx, m->lab_tgt, m->img_idx, m->stats};
+    void *bufs[] = {m->pixels, m->feats, m->img_emb, m->dimg, m->ids, m->pos, m->seg, m->lab_idx, m->lab_tgt, m->img_idx,
+                    m->pad_idx, m->row_idx, m->stats};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
     free(m->h_ids);
     free(m->h_pos);
@@ -73,6 +80,10 @@ void vlm_free(Vlm *m) {
     free(m->h_tgt);
     free(m->h_img_idx);
     free(m->h_slot);
+    free(m->h_seg);
+    free(m->h_pad);
+    free(m->h_row);
+    free(m->h_len);
     connector_free(&m->conn);
     llm_free(&m->llm);
     vit_free(&m->vit);
@@ -90,9 +101,29 @@ void vlm_set_training(Vlm *m, int training, uint64_t seed) {
     m->llm.dropout_seed = seed;
 }
 
-// checks the batch against the plan and uploads tokens, positions, segments and images;
-// leaves the labelled rows in h_idx/h_tgt and returns their count
-static int upload_batch(Vlm *m, const VlmBatch *b) {
+// How many positions of each row the step runs (h_len): with `trim`, up to the row's last
+// labelled position and the end of its last image slot (what comes after changes no loss: the
+// attention is causal), else all T. Returns the longest.
+static int row_lengths(Vlm *m, const VlmBatch *b, int trim) {
+    int B = b->B, T = b->T, nt = m->n_img_tokens, T_run = 0;
+    for (int r = 0; r < B; r++) {
+        int len = trim ? 0 : T;
+        for (int t = len; t < T; t++)
+            if (b->targets[r * T + t] >= 0) len = t + 1;
+        m->h_len[r] = len;
+    }
+    for (int i = 0; trim && i < b->n_img; i++)
+        if (m->h_len[b->img_row[i]] < b->img_start[i] + nt) m->h_len[b->img_row[i]] = b->img_start[i] + nt;
+    for (int r = 0; r < B; r++)
+        if (m->h_len[r] > T_run) T_run = m->h_len[r];
+    return T_run;
+}
+
+// checks the batch against the plan and uploads tokens, positions, segments and images: the
+// LLM's rows are the B x T_run positions (m->at), or, when rows end at different lengths, only
+// each row's first h_len positions back to back (compact, m->n_rows of them; LlmAttend.pad).
+// Leaves the labelled rows in h_idx/h_tgt and returns their count.
+static int upload_batch(Vlm *m, const VlmBatch *b, int trim) {
     const Kernels *k = m->k;
     int B = b->B, T = b->T, N = B * T, V = m->llm.cfg.vocab, nt = m->n_img_tokens;
     if (B < 1 || T < 1 || B > m->max_B || T > m->max_T)
@@ -107,26 +138,50 @@ static int upload_batch(Vlm *m, const VlmBatch *b) {
         for (int j = 0; j < nt; j++) {
             if (m->h_slot[r * T + s + j]) fatal("image %d: its slot overlaps another image's", i);
             m->h_slot[r * T + s + j] = 1;
-            m->h_img_idx[i * nt + j] = r * T + s + j;
         }
     }
-    int M = 0;
     for (int i = 0; i < N; i++) {
-        m->h_ids[i] = m->h_slot[i] ? -1 : b->ids[i];  // -1: embedding row left for image features
         if (!m->h_slot[i] && (b->ids[i] < 0 || b->ids[i] >= V))
             fatal("token id %d at row %d position %d is outside the vocabulary (%d)", b->ids[i], i / T, i % T, V);
         int t = b->targets[i];
         if (t < -1 || t >= V) fatal("target id %d at row %d position %d is outside the vocabulary (%d)", t, i / T, i % T, V);
-        if (t >= 0) {
-            m->h_idx[M] = i;
-            m->h_tgt[M] = t;
-            M++;
-        }
-        m->h_pos[i] = b->pos ? b->pos[i] : i % T;
     }
-    k->upload(m->ids, m->h_ids, (size_t)N * sizeof(int));
-    k->upload(m->pos, m->h_pos, (size_t)N * sizeof(int));
-    if (b->seg) k->upload(m->seg, b->seg, (size_t)N * sizeof(int));
+    int TR = row_lengths(m, b, trim), n = 0, M = 0, compact = 0;
+    for (int r = 0; r < B; r++) compact |= m->h_len[r] != TR;
+    // the attention's positions (B, TR) and the compact rows: h_pad[r * TR + t] = compact row or
+    // -1, h_row[c] = r * TR + t
+    for (int r = 0; r < B; r++)
+        for (int t = 0; t < TR; t++) {
+            int i = r * T + t, a = r * TR + t, in = t < m->h_len[r] || !compact;
+            m->h_pos[a] = b->pos ? b->pos[i] : t;
+            if (b->seg) m->h_seg[a] = b->seg[i];
+            m->h_pad[a] = in ? n : -1;
+            if (!in) continue;
+            m->h_row[n] = a;
+            m->h_ids[n] = m->h_slot[i] ? -1 : b->ids[i];  // -1: embedding row left for image features
+            if (b->targets[i] >= 0) {
+                m->h_idx[M] = n;
+                m->h_tgt[M] = b->targets[i];
+                M++;
+            }
+            n++;
+        }
+    for (int i = 0; i < b->n_img; i++) {
+        int r = b->img_row[i], s = b->img_start[i];
+        for (int j = 0; j < nt; j++) m->h_img_idx[i * nt + j] = m->h_pad[r * TR + s + j];  // inside h_len: >= 0
+    }
+    m->n_rows = n;
+    m->at = (LlmAttend){.B = B, .T = TR, .seg = b->seg ? m->seg : NULL, .pad = compact ? m->pad_idx : NULL,
+                        .rows = compact ? m->row_idx : NULL};
+    if (n == 0) return 0;
+    int NA = B * TR;
+    k->upload(m->ids, m->h_ids, (size_t)n * sizeof(int));
+    k->upload(m->pos, m->h_pos, (size_t)NA * sizeof(int));
+    if (b->seg) k->upload(m->seg, m->h_seg, (size_t)NA * sizeof(int));
+    if (compact) {
+        k->upload(m->pad_idx, m->h_pad, (size_t)NA * sizeof(int));
+        k->upload(m->row_idx, m->h_row, (size_t)n * sizeof(int));
+    }
     k->upload(m->lab_idx, m->h_idx, (size_t)M * sizeof(int));
     k->upload(m->lab_tgt, m->h_tgt, (size_t)M * sizeof(int));
     if (b->n_img) {
@@ -141,7 +196,7 @@ static int upload_batch(Vlm *m, const VlmBatch *b) {
 
 static void forward(Vlm *m, const VlmBatch *b) {
     const Kernels *k = m->k;
-    int N = b->B * b->T, H = m->llm.cfg.hidden;
+    int N = m->n_rows, H = m->llm.cfg.hidden;
     act_t *x0 = m->llm.acts[0].x;
     llm_embed(&m->llm, x0, m->ids, N);
     stage_done(m, VLM_STAGE_EMBED);
@@ -152,7 +207,7 @@ static void forward(Vlm *m, const VlmBatch *b) {
         k->scatter_rows(x0, m->img_emb, m->img_idx, b->n_img * m->n_img_tokens, H);
         stage_done(m, VLM_STAGE_CONNECTOR_F);
     }
-    llm_forward(&m->llm, b->B, b->T, m->pos, b->seg ? m->seg : NULL);
+    llm_forward(&m->llm, &m->at, N, m->pos);
     stage_done(m, VLM_STAGE_LLM_F);
 }
 
@@ -161,7 +216,7 @@ void vlm_forward_backward_acc(Vlm *m, const VlmBatch *b, float grad_scale, doubl
     const Kernels *k = m->k;
     int M = 0;
     if (b->B > 0) {  // B 0: every sample of the batch was dropped by the loader
-        M = upload_batch(m, b);
+        M = upload_batch(m, b, 1);
         stage_done(m, VLM_STAGE_UPLOAD);
     }
     if (n_labelled) *n_labelled = M;
@@ -171,14 +226,12 @@ void vlm_forward_backward_acc(Vlm *m, const VlmBatch *b, float grad_scale, doubl
     }
     forward(m, b);
     int backward = grad_scale != 0.0f;
-    int N = b->B * b->T;
-    llm_loss(&m->llm, N, m->lab_idx, m->lab_tgt, M, grad_scale, backward);
+    llm_loss(&m->llm, m->n_rows, m->lab_idx, m->lab_tgt, M, grad_scale, backward);
     k->sum_f64(loss_sum, m->llm.losses, (size_t)M, 0, accumulate);
     stage_done(m, VLM_STAGE_LOSS);
     if (backward) {
-        int *seg = b->seg ? m->seg : NULL;
         m->llm.grads_ready = m->grads_ready;
-        llm_backward(&m->llm, b->B, b->T, m->pos, seg);
+        llm_backward(&m->llm, &m->at, m->n_rows, m->pos);
         m->llm.grads_ready = (GradsReady){0};
         stage_done(m, VLM_STAGE_LLM_B);
         if (b->n_img) {
@@ -214,7 +267,7 @@ int vlm_grad_groups(const Vlm *m, int *first, int *n, int cap) {
 
 void vlm_logits(Vlm *m, const VlmBatch *b, float *logits) {
     const Kernels *k = m->k;
-    upload_batch(m, b);
+    upload_batch(m, b, 0);  // every position: logits (B, T, V)
     forward(m, b);
     size_t N = (size_t)b->B * b->T, V = m->llm.cfg.vocab;
     act_t *out = k->alloc(N * V * k->act_bytes);

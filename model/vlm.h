@@ -56,10 +56,14 @@ typedef struct {
     // backend buffers
     act_t *pixels, *feats, *img_emb, *dimg;
     int *ids, *pos, *seg, *lab_idx, *lab_tgt, *img_idx;
+    int *pad_idx, *row_idx;  // LlmAttend.pad, .rows of the compact rows
+    LlmAttend at;            // the micro-batch's attention layout (upload_batch)
+    int n_rows;              // the LLM rows it runs: at.B * at.T, or fewer when compact
     double *stats;  // (VLM_N_STATS) the step's sums kept on the backend until the step ends
     // host scratch
     int *h_ids, *h_pos, *h_idx, *h_tgt, *h_img_idx;
     char *h_slot;  // (N) 1 where a position belongs to an image slot
+    int *h_seg, *h_pad, *h_row, *h_len;
     // called with VLM_STAGE_* as each stage of vlm_forward_backward ends (NULL: not called)
     void (*stage_hook)(void *ctx, int stage);
     void *stage_ctx;

@@ -634,6 +634,13 @@ static void test_rows(void **state) {
     float *g = test_nanv(4 * (size_t)C);
     K->gather_rows(g, out, idx, 4, C);
     for (int i = 0; i < 4; i++) test_expect_same_bits("gather_rows row", g + (size_t)i * C, out + (size_t)idx[i] * C, C);
+    int idx_pad[3] = {3, -1, 1};  // a negative index gives a zero row (the LLM's padded layout)
+    float *gp = test_nanv(3 * (size_t)C);
+    K->gather_rows(gp, out, idx_pad, 3, C);
+    test_expect_same_bits("gather_rows row 0", gp, out + 3 * (size_t)C, C);
+    test_expect_same_bits("gather_rows row 2", gp + 2 * (size_t)C, out + (size_t)C, C);
+    for (int c = 0; c < C; c++) assert_true(gp[C + c] == 0.0f && !signbit(gp[C + c]));
+    free(gp);
     float *dst = randv((size_t)N * C, 5, 6), *dst_before = test_copyv(dst, (size_t)N * C);
     K->scatter_rows(dst, g, idx, 4, C);
     for (int r = 0; r < N; r++) {

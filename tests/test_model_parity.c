@@ -500,6 +500,61 @@ static void test_lora_subset(void **state) {
     lora_subset(0.3f);
 }
 
+// The LLM runs each row only up to its last labelled position (vlm.c upload_batch): rows of
+// different lengths become compact rows, attention in the B x T layout (LlmAttend.pad). A batch
+// whose rows end at different places must give the loss and gradients of its rows run one at a
+// time (each alone: no compaction), summed.
+static void test_compact_rows(void **state) {
+    VlmFixture fx;
+    vlm_fixture_open(&fx, "vlm_qwen2_ldp.safetensors");
+    assert_true(fx.B >= 2);
+    int B = fx.B, T = fx.T, S = fx.S, cut = 0;
+    int *targets = xmalloc((size_t)B * T * sizeof(int));
+    memcpy(targets, fx.targets, (size_t)B * T * sizeof(int));
+    for (int t = T - 1; t >= 0 && cut < T / 3; t--) {  // row 0 ends a third earlier: its last labels dropped
+        cut++;
+        targets[t] = -1;
+    }
+    VlmBatch all = fx.batch;
+    all.targets = targets;
+    Vlm m;
+    model_open(&m, &fx, "qwen2", CONNECTOR_LDP, "ldp_qwen2.safetensors", "qwen2_lora", 0.0f);
+    size_t np = m.train.numel;
+    m.k->zero(m.train.grad, np * sizeof(float));
+    int n_all = 0, n_rows = 0;
+    double loss = vlm_forward_backward(&m, &all, 1.0f, &n_all);
+    int rows_all = m.n_rows;
+    assert_true(m.at.pad != NULL && rows_all < B * T);  // compact rows did run
+    float *g_all = test_copyv(m.train.grad, np);
+    m.k->zero(m.train.grad, np * sizeof(float));
+    double sum = 0;
+    for (int r = 0; r < B; r++) {
+        int img[8], start[8], n = 0;
+        float *px = xmalloc((size_t)fx.n_img * 3 * S * S * sizeof(float));
+        for (int i = 0; i < fx.n_img; i++)
+            if (fx.img_row[i] == r) {
+                memcpy(px + (size_t)n * 3 * S * S, fx.pixels + (size_t)i * 3 * S * S, (size_t)3 * S * S * sizeof(float));
+                img[n] = 0, start[n] = fx.img_start[i], n++;
+            }
+        VlmBatch one = {.B = 1, .T = T, .ids = fx.ids + (size_t)r * T, .targets = targets + (size_t)r * T, .n_img = n,
+                        .pixels = px, .img_row = img, .img_start = start};
+        int cnt = 0;
+        sum += vlm_forward_backward(&m, &one, 1.0f, &cnt);
+        assert_true(m.at.pad == NULL);
+        n_rows += cnt;
+        free(px);
+    }
+    printf("    rows cut at %d / %d positions: %d compact rows of %d; loss %.9g, rows alone %.9g\n", T - cut, T,
+           rows_all, B * T, loss, sum);
+    assert_int_equal(n_all, n_rows);
+    if (!(fabs(loss - sum) <= 1e-6 * fabs(sum))) fail_msg("loss %.9g, rows alone %.9g", loss, sum);
+    expect_close("gradients, compact batch vs rows alone", g_all, m.train.grad, np, 1e-5);
+    free(g_all);
+    free(targets);
+    vlm_free(&m);
+    vlm_fixture_close(&fx);
+}
+
 static void test_model_gradcheck(void **state) { gradcheck(0.0f); }
 static void test_model_gradcheck_lora_dropout(void **state) { gradcheck(0.3f); }
 
@@ -524,6 +579,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_qwen2_internvl_stage1),
         cmocka_unit_test(test_internvl_native_names),
         cmocka_unit_test(test_internvl_gradcheck),
+        cmocka_unit_test(test_compact_rows),
     };
     // a pattern (fnmatch, "!" to exclude) runs some of them
     struct CMUnitTest sel[sizeof tests / sizeof tests[0]];

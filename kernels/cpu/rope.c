@@ -19,20 +19,30 @@ static void rope_rotate(float *out, const float *inp, const int *pos, int N, int
     float *inv_freq = xmalloc((size_t)(half > 0 ? half : 1) * sizeof(float));
     // torch: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), every step in float32
     for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        float p = (float)pos[n];
-        for (int i = 0; i < half; i++) {
-            float angle = p * inv_freq[i];
-            float c = cosf(angle), s = sign * sinf(angle);
+#pragma omp parallel
+    {
+        // this row's cos and sin, then every head's pairs over contiguous columns (vectorises)
+        float *cs = xmalloc((size_t)(half > 0 ? 2 * half : 1) * sizeof(float)), *sn = cs + half;
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float p = (float)pos[n];
+            for (int i = 0; i < half; i++) {
+                float angle = p * inv_freq[i];
+                cs[i] = cosf(angle);
+                sn[i] = sign * sinf(angle);
+            }
             for (int h = 0; h < n_heads; h++) {
-                size_t oi = (size_t)n * ld_inp + (size_t)h * head_dim + i, oo = (size_t)n * ld_out + (size_t)h * head_dim + i;
-                float x1 = inp[oi], x2 = inp[oi + half];
-                // transformers: x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1)
-                out[oo] = x1 * c - x2 * s;
-                out[oo + half] = x2 * c + x1 * s;
+                const float *x = inp + (size_t)n * ld_inp + (size_t)h * head_dim;
+                float *o = out + (size_t)n * ld_out + (size_t)h * head_dim;
+                for (int i = 0; i < half; i++) {
+                    float x1 = x[i], x2 = x[i + half];
+                    // transformers: x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1)
+                    o[i] = x1 * cs[i] - x2 * sn[i];
+                    o[i + half] = x2 * cs[i] + x1 * sn[i];
+                }
             }
         }
+        free(cs);
     }
     free(inv_freq);
 }

@@ -22,8 +22,10 @@ void cpu_gather_rows(act_t *out_, const act_t *inp_, const int *idx, int M, int 
     float *out = out_;          // (M, C)
     const float *inp = inp_;    // (?, C)
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < M; i++)
-        memcpy(out + (size_t)i * C, inp + (size_t)idx[i] * C, (size_t)C * sizeof(float));
+    for (int i = 0; i < M; i++) {
+        if (idx[i] < 0) memset(out + (size_t)i * C, 0, (size_t)C * sizeof(float));
+        else memcpy(out + (size_t)i * C, inp + (size_t)idx[i] * C, (size_t)C * sizeof(float));
+    }
 }
 
 void cpu_scatter_rows(act_t *out_, const act_t *inp_, const int *idx, int M, int C) {

@@ -5,7 +5,8 @@
 #include "kernels/cuda/common.cuh"
 
 // dst row di = src row si for each i with si >= 0; rows of C bf16. mode 0: embedding (si =
-// ids[i], skipped when < 0 or >= V), 1: gather (si = idx[i], di = i), 2: scatter (si = i, di = idx[i]),
+// ids[i], skipped when < 0 or >= V), 1: gather (si = idx[i], di = i; a zero row when si < 0), 2:
+// scatter (si = i, di = idx[i]),
 // 3: strided (si = di = i); rows lds and ldd elements apart in src and dst
 __global__ void copy_rows_kernel(bf16 *dst, const bf16 *src, const int *idx, int M, int C, int V, int mode,
                                  int lds, int ldd, bool vec) {
@@ -17,6 +18,11 @@ __global__ void copy_rows_kernel(bf16 *dst, const bf16 *src, const int *idx, int
         if (si < 0 || si >= V) return;  // the host checks ids against V before they get here
     } else if (mode == 1) {
         si = idx[i];
+        if (si < 0) {
+            bf16 *d = dst + (size_t)di * ldd;
+            for (int c = threadIdx.x; c < C; c += blockDim.x) d[c] = f2bf(0.0f);
+            return;
+        }
     } else if (mode == 2) {
         di = idx[i];
     }

@@ -1194,6 +1194,12 @@ static void test_rows(void **state) {
         G->scatter_rows(gsc, gg, gidx, M, Cc);
         snprintf(what, sizeof what, "scatter_rows M%d C%d (exact)", M, Cc);
         expect_act(what, gsc, rs, no, 0.0);
+        idx[0] = idx[M - 1] = -1;  // negative indices: zero rows (the LLM's padded attention layout)
+        C->gather_rows(rg, out0, idx, M, Cc);
+        G->upload(gidx, idx, (size_t)M * sizeof(int));
+        G->gather_rows(gg, gin, gidx, M, Cc);
+        snprintf(what, sizeof what, "gather_rows M%d C%d with zero rows (exact)", M, Cc);
+        expect_act(what, gg, rg, (size_t)M * Cc, 0.0);
         free(table); free(out0); free(ref); free(ids); free(idx); free(rg); free(rs);
         G->free(gt); G->free(go); G->free(gid); G->free(gin); G->free(gg); G->free(gsc); G->free(gidx);
     }
