@@ -10,9 +10,9 @@ Writes (each directory is a real Hugging Face model directory):
 
   vlm_internvl_hf/           InternVLForConditionalGeneration (save_pretrained): InternViT 30 px,
                              patch 3 (10x10 grid, CLS), pixel shuffle 0.5 -> 25 tokens per tile,
-                             the native projector, Qwen2 (vocab 1024, tied embeddings as the class
+                             the native projector, Qwen2 (vocab 1056, tied embeddings as the class
                              default), image_token_id 1006 (<IMG_CONTEXT> in its tokenizer.json,
-                             the chat-format fixtures' 1011 tokens) and transformers' InternVL
+                             the chat-format fixtures' 1047 tokens) and transformers' InternVL
                              chat_template.json
   vlm_internvl_chat/         the same weights under InternVL's remote-code names (vision_model.*,
                              fused attn.qkv, mlp1.{0,1,3}, language_model.model.*) with an
@@ -28,24 +28,26 @@ Writes (each directory is a real Hugging Face model directory):
                              (the adapter's weights, random A and B), grad.<svlm name> for every
                              LoRA tensor and for the projector under both namings
   vlm_idefics3_dir/          Idefics3ForConditionalGeneration: Idefics3 vision 12 px, patch 2
-                             (6x6 grid), scale_factor 3 -> 4 tokens of 9*C, Llama (vocab 1024,
+                             (6x6 grid), scale_factor 3 -> 4 tokens of 9*C, Llama (vocab 1056,
                              tie_word_embeddings true), image_token_id 1005 (<image>), the chat
                              formats' tokenizer.json and SmolVLM's chat_template.json
   vlm_idefics3.safetensors   as above (14 tiles of 12 px; transformers got them as (2, 8, 3, 12,
                              12) with two all-zero padding tiles in row 0)
   vlm_llava_dir/             LlavaForConditionalGeneration: CLIP vision 12 px, patch 4 (3x3 grid,
                              CLS dropped), vision_feature_layer -2, the projector linear_1/2,
-                             Llama, image_token_index 159 (V - 1; no tokenizer.json)
-  vlm_llava.safetensors      as above (4 images, all 160 logit columns)
+                             Llama (vocab 1056), image_token_index 1005 (<image>), the chat
+                             formats' tokenizer.json and llava-hf's chat_template.json as shipped
+  vlm_llava.safetensors      as above (4 images)
 
 The batch: 2 rows, two images in each: InternVL 3 + 3 tiles a row (1x2 or 2x1 grid + thumbnail,
 <img> <IMG_CONTEXT> x 25 per tile </img>), Idefics3 3 + 3 and 5 + 3 tiles (grid + global image,
-Idefics3Processor's <fake_token_around_image> <row_i_col_j> <image>... layout, a text id standing
-for each <row_i_col_j>), Llava one tile per image; random text ids below the tokenizer's added
+Idefics3Processor's text for each image tokenized by the tokenizer: <fake_token_around_image>
+<row_i_col_j> <image>..., <global-img>), Llava one tile per image; random text ids below the tokenizer's added
 tokens, labels on about half of the text positions after the first image (never on an image
-token or a marker); every position attended. The logits of all 1024 columns over these rows would
+token or a marker); every position attended. The logits of all 1056 columns over these rows would
 be 1.4 MB (InternVL): 128 random columns, more than the hidden size, pin the final hidden state
-at every position, and the loss covers the whole vocabulary. LoRA r 4 (alpha 8) on the seven
+at every position, and the loss covers the whole vocabulary. LoRA r 4 (alpha 8; random A and B at
+0.2) on the seven
 projections of the language model only; the projector trainable (stage 2). float32, one thread,
 deterministic, eager attention: a rerun rewrites the same bytes.
 """

@@ -78,15 +78,12 @@ static void check_layout(const VlmFixture *fx, int image_id, int n_tok, int min_
 }
 
 // the id of the directory's image token: its tokenizer.json's, which the config's image_token_id
-// (where the layout has one) must equal, as in the models that ship; the config's where the
-// directory has no tokenizer (the llava fixture)
+// (image_token_index for llava; InternVL's remote-code config has none) must equal, as in the
+// models that ship
 static int dir_image_token_id(const char *dir, const VlmDir *d) {
     char path[1100];
     snprintf(path, sizeof path, "%s/tokenizer.json", fixture_path(dir));
-    if (!file_exists(path)) {
-        assert_true(d->image_token_id >= 0);
-        return d->image_token_id;
-    }
+    if (!file_exists(path)) fail_msg("%s: no tokenizer.json", dir);
     Tokenizer *tok = tokenizer_load(path);
     int id = tokenizer_token_id(tok, d->image_token);
     tokenizer_free(tok);
@@ -94,6 +91,54 @@ static int dir_image_token_id(const char *dir, const VlmDir *d) {
     if (d->image_token_id >= 0 && d->image_token_id != id)
         fail_msg("%s: config.json's image_token_id %d, tokenizer.json's %s %d", dir, d->image_token_id, d->image_token, id);
     return id;
+}
+
+// The markers around each image's tiles are the directory's tokenizer's own tokens, where its
+// processor writes them: Idefics3 <fake_token_around_image> <row_i_col_j> before each grid tile (row
+// major from <row_1_col_1>), <fake_token_around_image> <global-img> before the last (global) tile and
+// <fake_token_around_image> after it; InternVL <img> before the first tile, </img> after the last.
+// Every directory has a tokenizer, all of whose ids are inside the model's vocabulary.
+static void check_markers(const VlmFixture *fx, const char *dir, VlmLayout layout, int n_tok) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/tokenizer.json", fixture_path(dir));
+    Tokenizer *tok = tokenizer_load(path);
+    // every id the tokenizer writes has an embedding row (the row/col tokens end at 1046)
+    if (tokenizer_vocab_size(tok) > fx->V)
+        fail_msg("%s: %d tokens, the model's vocabulary %d", path, tokenizer_vocab_size(tok), fx->V);
+    int *tiles = fixture_i32(&fx->f, "image_tiles"), n_images = (int)st_numel(st_find(&fx->f, "image_tiles")), t = 0;
+    int fake = tokenizer_token_id(tok, "<fake_token_around_image>"), glob = tokenizer_token_id(tok, "<global-img>");
+    int img = tokenizer_token_id(tok, "<img>"), end = tokenizer_token_id(tok, "</img>"), n_marked = 0;
+    for (int i = 0; i < n_images; t += tiles[i], i++) {
+        const int *row = fx->ids + fx->img_row[t] * fx->T;
+        int first = fx->img_start[t], last = fx->img_start[t + tiles[i] - 1];
+        if (layout == VLM_LAYOUT_IDEFICS3) {
+            int r = 1, c = 0;
+            for (int k = 0; k < tiles[i] - 1; k++) {
+                int p = fx->img_start[t + k], ri, ci;
+                assert_int_equal(row[p - 2], fake);
+                const char *name = tokenizer_id_to_token(tok, row[p - 1]);
+                if (!name || sscanf(name, "<row_%d_col_%d>", &ri, &ci) != 2)
+                    fail_msg("%s: image %d tile %d: id %d before it is not a <row_i_col_j>", fx->f.path, i, k, row[p - 1]);
+                if (ri == r && ci == c + 1) c++;
+                else if (ri == r + 1 && ci == 1) r++, c = 1;
+                else fail_msg("%s: image %d: <row_%d_col_%d> after <row_%d_col_%d>", fx->f.path, i, ri, ci, r, c);
+                n_marked++;
+            }
+            assert_int_equal(row[last - 2], fake);
+            assert_int_equal(row[last - 1], glob);
+            assert_int_equal(row[last + n_tok], fake);
+        } else if (layout == VLM_LAYOUT_INTERNVL_HF || layout == VLM_LAYOUT_INTERNVL_CHAT) {
+            assert_int_equal(row[first - 1], img);
+            assert_int_equal(row[last + n_tok], end);
+        }
+    }
+    if (layout == VLM_LAYOUT_IDEFICS3) {
+        assert_true(n_marked >= 2 * n_images);
+        printf("    %-58s %d <row_i_col_j> (ids %d..%d), %d <global-img>\n", "markers", n_marked,
+               tokenizer_token_id(tok, "<row_1_col_1>"), tokenizer_token_id(tok, "<row_6_col_6>"), n_images);
+    }
+    free(tiles);
+    tokenizer_free(tok);
 }
 
 static void check_dir(const char *dir, const char *fixture, VlmLayout layout, int image_tokens, int min_tiles) {
@@ -105,6 +150,7 @@ static void check_dir(const char *dir, const char *fixture, VlmLayout layout, in
     assert_int_equal(d.layout, layout);
     assert_int_equal(m.n_img_tokens, image_tokens);
     check_layout(&fx, dir_image_token_id(dir, &d), image_tokens, min_tiles);
+    check_markers(&fx, dir, layout, image_tokens);
     const Kernels *k = m.k;
     char what[256];
     size_t n = (size_t)fx.B * fx.T * fx.V;
