@@ -74,22 +74,34 @@ static void transpose_tile(float *dst, const float *src, int n) {
 }
 
 // scores of one query row against a key tile: scaled where visible, -inf elsewhere; returns the max
-CPU_HOT static float mask_scale_row(float *si, const int *segt, int segi, int nkt, int jlimit, float scale) {
-    float mx = -INFINITY;
-    for (int jj = 0; jj < ATT_BK; jj++) {
-        int vis = (jj < nkt) & (jj <= jlimit) & (segt[jj] == segi);
-        si[jj] = vis ? si[jj] * scale : -INFINITY;
-        mx = si[jj] > mx ? si[jj] : mx;
+CPU_HOT_EXPLICIT static float mask_scale_row(float *si, const int *segt, int segi, int nkt, int jlimit, float scale) {
+    const vi8 iota = {0, 1, 2, 3, 4, 5, 6, 7};
+    const vf8 ninf = (vf8){0} - INFINITY;
+    vf8 mx = ninf;
+    for (int j = 0; j < ATT_BK; j += 8) {
+        vi8 jj = iota + j;
+        vi8 vis = (jj < nkt) & (jj <= jlimit) & (*(const vi8 *)(segt + j) == segi);
+        vf8 v = vf8_select(vis, *(vf8 *)(si + j) * scale, ninf);
+        *(vf8 *)(si + j) = v;
+        mx = vf8_select(v > mx, v, mx);
     }
-    return mx;
+    float m = mx[0];
+    for (int l = 1; l < 8; l++) m = mx[l] > m ? mx[l] : m;
+    return m;
 }
 
-// si = exp(si - m) (masked entries -inf give 0); returns their sum in key order
-CPU_HOT static float exp_row(float *si, float m) {
-    for (int jj = 0; jj < ATT_BK; jj++) si[jj] = exp_vec(si[jj] - m);
-    float sum = 0.0f;
-    for (int jj = 0; jj < ATT_BK; jj++) sum += si[jj];
-    return sum;
+// si = exp(si - m) (masked entries -inf give 0); returns their sum: per lane of 8, then the
+// lanes in order (exp_vf8: GCC's v3 clone of the exp_vec loop came out scalar)
+CPU_HOT_EXPLICIT static float exp_row(float *si, float m) {
+    vf8 sum = {0};
+    for (int j = 0; j < ATT_BK; j += 8) {
+        vf8 e = exp_vf8(*(vf8 *)(si + j) - m);
+        *(vf8 *)(si + j) = e;
+        sum += e;
+    }
+    float s = 0.0f;
+    for (int l = 0; l < 8; l++) s += sum[l];
+    return s;
 }
 
 CPU_HOT static void scale_row(float *x, float s, int n) {
@@ -200,20 +212,29 @@ void cpu_attention_forward(act_t *out_, float *lse, const act_t *q_, const act_t
 }
 
 // P = exp(S - lse) of one query tile against the key tile in sc (kt, segt); returns the visible count
-CPU_HOT static int probabilities(Scratch *sc, const float *L, const int *seg, int i0, int nq, int j0, int nkt,
-                                 int causal, float scale) {
-    int count = 0;
+CPU_HOT_EXPLICIT static int probabilities(Scratch *sc, const float *L, const int *seg, int i0, int nq, int j0, int nkt,
+                                          int causal, float scale) {
+    const vi8 iota = {0, 1, 2, 3, 4, 5, 6, 7};
+    vi8 count = {0};
     for (int ii = 0; ii < nq; ii++) {
         float *si = sc->s + (size_t)ii * ATT_BK;
         int i = i0 + ii, segi = seg ? seg[i] : 0, jlimit = causal ? i - j0 : ATT_BK;
         float Li = L[i];
-        for (int jj = 0; jj < ATT_BK; jj++) {
-            int vis = (jj < nkt) & (jj <= jlimit) & (sc->segt[jj] == segi) & (Li > -INFINITY);
-            si[jj] = vis ? exp_vec(si[jj] * scale - Li) : 0.0f;
-            count += vis;
+        if (!(Li > -INFINITY)) {  // a row that saw no key in the forward: P's row is zero
+            memset(si, 0, ATT_BK * sizeof(float));
+            continue;
+        }
+        for (int j = 0; j < ATT_BK; j += 8) {
+            vi8 jj = iota + j;
+            vi8 vis = (jj < nkt) & (jj <= jlimit) & (*(const vi8 *)(sc->segt + j) == segi);
+            vf8 p = exp_vf8(*(vf8 *)(si + j) * scale - Li);
+            *(vf8 *)(si + j) = vf8_select(vis, p, (vf8){0});
+            count -= vis;
         }
     }
-    return count;
+    int c = 0;
+    for (int l = 0; l < 8; l++) c += count[l];
+    return c;
 }
 
 // dS = P (dP - D) scale, into dp

@@ -5,11 +5,11 @@
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/simd.h"
 
-// d = exp(x - mx) (d may be x), 16 at a time
+// d = exp(x - mx) (d may be x), 8 at a time
 CPU_HOT_EXPLICIT static void exp_shifted(float *d, const float *x, float mx, int V) {
     int j = 0;
-    for (; j + 16 <= V; j += 16) *(vf16 *)(d + j) = exp_vf16(*(const vf16 *)(x + j) - mx);
-    if (j < V) store16(d, (size_t)j, (size_t)(V - j), exp_vf16(load16(x, (size_t)j, (size_t)(V - j)) - mx));
+    for (; j + 8 <= V; j += 8) *(vf8 *)(d + j) = exp_vf8(*(const vf8 *)(x + j) - mx);
+    if (j < V) store8(d, (size_t)j, (size_t)(V - j), exp_vf8(load8(x, (size_t)j, (size_t)(V - j)) - mx));
 }
 
 void cpu_cross_entropy(float *losses, act_t *dlogits_, const act_t *logits_, const int *targets,

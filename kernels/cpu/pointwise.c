@@ -1,7 +1,7 @@
 // pointwise.c: elementwise activations (GELU erf and tanh forms, CLIP's quick_gelu, SwiGLU) and
 // addition.
 // Each element is read before it is written, so an output may alias an input of the same op.
-// The sigmoids run on exp_vf16 (simd.h) over 16 elements at a time, the tail of a span through a
+// The sigmoids run on exp_vf8 (simd.h) over 8 elements at a time, the tail of a span through a
 // zero-padded block: every element gets the same arithmetic wherever it falls.
 #include <math.h>
 #include <omp.h>
@@ -24,12 +24,12 @@ static void thread_span(size_t n, size_t *i0, size_t *i1) {
 #define GELU_TANH_K 0.79788456080286535588f  // sqrt(2 / pi)
 #define GELU_TANH_C 0.044715f
 
-static inline vf16 sigmoid16(vf16 x) { return 1.0f / (1.0f + exp_vf16(-x)); }
+static inline vf8 sigmoid8(vf8 x) { return 1.0f / (1.0f + exp_vf8(-x)); }
 
 // CLIP's quick_gelu: x * sigmoid(1.702 x)
-static inline vf16 quick_gelu16(vf16 x) { return x * sigmoid16(QUICK_GELU_K * x); }
-static inline vf16 quick_gelu_grad16(vf16 x, vf16 d) {
-    vf16 s = sigmoid16(QUICK_GELU_K * x);
+static inline vf8 quick_gelu8(vf8 x) { return x * sigmoid8(QUICK_GELU_K * x); }
+static inline vf8 quick_gelu_grad8(vf8 x, vf8 d) {
+    vf8 s = sigmoid8(QUICK_GELU_K * x);
     return d * (s + x * QUICK_GELU_K * s * (1.0f - s));
 }
 
@@ -59,8 +59,8 @@ void cpu_gelu_backward(act_t *dinp_, const act_t *dout_, const act_t *inp_, size
 
 CPU_HOT_EXPLICIT static void quick_gelu_span(float *out, const float *inp, size_t i0, size_t i1) {
     size_t i = i0;
-    for (; i + 16 <= i1; i += 16) *(vf16 *)(out + i) = quick_gelu16(*(const vf16 *)(inp + i));
-    if (i < i1) store16(out, i, i1 - i, quick_gelu16(load16(inp, i, i1 - i)));
+    for (; i + 8 <= i1; i += 8) *(vf8 *)(out + i) = quick_gelu8(*(const vf8 *)(inp + i));
+    if (i < i1) store8(out, i, i1 - i, quick_gelu8(load8(inp, i, i1 - i)));
 }
 
 void cpu_quick_gelu_forward(act_t *out, const act_t *inp, size_t n) {
@@ -74,8 +74,8 @@ void cpu_quick_gelu_forward(act_t *out, const act_t *inp, size_t n) {
 
 CPU_HOT_EXPLICIT static void quick_gelu_grad_span(float *dinp, const float *dout, const float *inp, size_t i0, size_t i1) {
     size_t i = i0;
-    for (; i + 16 <= i1; i += 16) *(vf16 *)(dinp + i) = quick_gelu_grad16(*(const vf16 *)(inp + i), *(const vf16 *)(dout + i));
-    if (i < i1) store16(dinp, i, i1 - i, quick_gelu_grad16(load16(inp, i, i1 - i), load16(dout, i, i1 - i)));
+    for (; i + 8 <= i1; i += 8) *(vf8 *)(dinp + i) = quick_gelu_grad8(*(const vf8 *)(inp + i), *(const vf8 *)(dout + i));
+    if (i < i1) store8(dinp, i, i1 - i, quick_gelu_grad8(load8(inp, i, i1 - i), load8(dout, i, i1 - i)));
 }
 
 void cpu_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
@@ -112,12 +112,12 @@ void cpu_gelu_tanh_backward(act_t *dinp_, const act_t *dout_, const act_t *inp_,
 }
 
 // out = silu(gate) * up, silu(x) = x / (1 + exp(-x)) as torch computes it
-static inline vf16 swiglu16(vf16 g, vf16 u) { return g / (1.0f + exp_vf16(-g)) * u; }
+static inline vf8 swiglu8(vf8 g, vf8 u) { return g / (1.0f + exp_vf8(-g)) * u; }
 
 CPU_HOT_EXPLICIT static void swiglu_span(float *out, const float *gate, const float *up, size_t i0, size_t i1) {
     size_t i = i0;
-    for (; i + 16 <= i1; i += 16) *(vf16 *)(out + i) = swiglu16(*(const vf16 *)(gate + i), *(const vf16 *)(up + i));
-    if (i < i1) store16(out, i, i1 - i, swiglu16(load16(gate, i, i1 - i), load16(up, i, i1 - i)));
+    for (; i + 8 <= i1; i += 8) *(vf8 *)(out + i) = swiglu8(*(const vf8 *)(gate + i), *(const vf8 *)(up + i));
+    if (i < i1) store8(out, i, i1 - i, swiglu8(load8(gate, i, i1 - i), load8(up, i, i1 - i)));
 }
 
 // this thread's rows of N: consecutive, as even as can be
@@ -151,8 +151,8 @@ void cpu_swiglu_forward(act_t *out_, const act_t *gate_, const act_t *up_, int N
 }
 
 // dgate = dout * up * silu'(gate) with silu'(x) = s (1 + x (1 - s)); dup = dout * silu(gate)
-static inline void swiglu_grad16(vf16 g, vf16 u, vf16 d, vf16 *dg, vf16 *du) {
-    vf16 s = sigmoid16(g);
+static inline void swiglu_grad8(vf8 g, vf8 u, vf8 d, vf8 *dg, vf8 *du) {
+    vf8 s = sigmoid8(g);
     *dg = d * u * (s * (1.0f + g * (1.0f - s)));
     *du = d * (g * s);
 }
@@ -160,17 +160,17 @@ static inline void swiglu_grad16(vf16 g, vf16 u, vf16 d, vf16 *dg, vf16 *du) {
 CPU_HOT_EXPLICIT static void swiglu_grad_span(float *dgate, float *dup, const float *dout, const float *gate,
                                               const float *up, size_t i0, size_t i1) {
     size_t i = i0;
-    vf16 dg, du;
-    for (; i + 16 <= i1; i += 16) {
-        swiglu_grad16(*(const vf16 *)(gate + i), *(const vf16 *)(up + i), *(const vf16 *)(dout + i), &dg, &du);
-        if (dgate) *(vf16 *)(dgate + i) = dg;
-        if (dup) *(vf16 *)(dup + i) = du;
+    vf8 dg, du;
+    for (; i + 8 <= i1; i += 8) {
+        swiglu_grad8(*(const vf8 *)(gate + i), *(const vf8 *)(up + i), *(const vf8 *)(dout + i), &dg, &du);
+        if (dgate) *(vf8 *)(dgate + i) = dg;
+        if (dup) *(vf8 *)(dup + i) = du;
     }
     if (i < i1) {
         size_t n = i1 - i;
-        swiglu_grad16(load16(gate, i, n), load16(up, i, n), load16(dout, i, n), &dg, &du);
-        if (dgate) store16(dgate, i, n, dg);
-        if (dup) store16(dup, i, n, du);
+        swiglu_grad8(load8(gate, i, n), load8(up, i, n), load8(dout, i, n), &dg, &du);
+        if (dgate) store8(dgate, i, n, dg);
+        if (dup) store8(dup, i, n, du);
     }
 }
 

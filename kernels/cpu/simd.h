@@ -9,7 +9,7 @@
 // then differ in the last bits between CPUs with and without FMA, but never between runs or
 // thread counts on one machine, which is what resume relies on.
 #pragma once
-// GCC warns that passing a 64-byte vector changes the ABI without AVX-512: the vf16 helpers
+// GCC warns that passing a 32-byte vector changes the ABI without AVX: the vf8 helpers
 // below are static inline in the clones that use them, so no call crosses an ABI boundary
 #pragma GCC diagnostic ignored "-Wpsabi"
 #include <stdint.h>
@@ -60,40 +60,43 @@ static inline float exp_vec(float x) {
     return x < -87.33654f ? 0.0f : y;
 }
 
-// exp_vec on 16 lanes, the same operations lane by lane, written on vector types: GCC's
+// exp_vec on 8 lanes, the same operations lane by lane, written on vector types: GCC's
 // auto-vectoriser leaves loops over exp_vec scalar whenever it cannot prove the output apart from
-// the inputs (an activation computed in place), so the activations use this instead
-typedef int32_t vi16 __attribute__((vector_size(64), aligned(4), may_alias));
+// the inputs (an activation computed in place), so the activations use this instead. 8 lanes, one
+// AVX2 register: GCC lowers 16-float vectors of integer masks and conversions through the stack
+// on AVX2 (as tile.c says of its kernel).
+typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int32_t vi8 __attribute__((vector_size(32), aligned(4), may_alias));
 
-static inline vf16 vf16_select(vi16 mask, vf16 a, vf16 b) { return (vf16)((mask & (vi16)a) | (~mask & (vi16)b)); }
+static inline vf8 vf8_select(vi8 mask, vf8 a, vf8 b) { return (vf8)((mask & (vi8)a) | (~mask & (vi8)b)); }
 
-__attribute__((always_inline)) static inline vf16 exp_vf16(vf16 x) {
-    const vf16 lo = (vf16){0} - 87.33654f, hi = (vf16){0} + 88.0f;
-    vi16 under = x < lo;
-    vf16 xc = vf16_select(under, lo, x);
-    xc = vf16_select(xc > hi, hi, xc);
-    vf16 n = xc * 1.44269504088896341f + 12582912.0f;
+__attribute__((always_inline)) static inline vf8 exp_vf8(vf8 x) {
+    const vf8 lo = (vf8){0} - 87.33654f, hi = (vf8){0} + 88.0f;
+    vi8 under = x < lo;
+    vf8 xc = vf8_select(under, lo, x);
+    xc = vf8_select(xc > hi, hi, xc);
+    vf8 n = xc * 1.44269504088896341f + 12582912.0f;
     n = n - 12582912.0f;
-    vf16 r = xc - n * 0.693359375f;
+    vf8 r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
-    vf16 p = (vf16){0} + 1.9875691500e-4f;
+    vf8 p = (vf8){0} + 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;
-    vf16 y = p * (vf16)bits;
-    return vf16_select(under, (vf16){0}, y);
+    vi8 bits = (__builtin_convertvector(n, vi8) + 127) << 23;
+    vf8 y = p * (vf8)bits;
+    return vf8_select(under, (vf8){0}, y);
 }
 
-// the last partial block of a span (n < 16 floats at p + i), zero-padded, and back; through
+// the last partial block of a span (n < 8 floats at p + i), zero-padded, and back; through
 // copies, so an output may alias an input
-static inline vf16 load16(const float *p, size_t i, size_t n) {
-    vf16 v = {0};
+static inline vf8 load8(const float *p, size_t i, size_t n) {
+    vf8 v = {0};
     memcpy(&v, p + i, n * sizeof(float));
     return v;
 }
 
-static inline void store16(float *p, size_t i, size_t n, vf16 v) { memcpy(p + i, &v, n * sizeof(float)); }
+static inline void store8(float *p, size_t i, size_t n, vf8 v) { memcpy(p + i, &v, n * sizeof(float)); }

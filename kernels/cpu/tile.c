@@ -5,8 +5,8 @@
 // costs as much as the product.
 //
 // Register blocking: 6 rows x 16 columns of C stay in registers (6 AVX-512 registers, 12 AVX2:
-// tile_gemm_avx2) while k runs; the columns past the last multiple of 16 and the rows past the last multiple of
-// 6 take the same per-element path. Every element of C is C + sum over k in increasing order,
+// tile_gemm_avx2) while k runs, then blocks of 4, 2 and 1 rows for the rest (64 = 10 x 6 + 4); the
+// columns past the last multiple of 16 take the same per-element path. Every element of C is C + sum over k in increasing order,
 // one (fused, where the clone has FMA) multiply-add per k, so a row's result does not depend on
 // which block computed it nor on M: attention_cached's rows equal attention_forward's bit for bit.
 #include "kernels/cpu/blas_core.h"
@@ -41,6 +41,8 @@ CPU_HOT_EXPLICIT static void tile_gemm_vf16(float *C, size_t ldc, const float *A
     int n16 = N / 16 * 16;
     int m = 0;
     for (; m + MR <= M; m += MR) ROWS_BLOCK(MR);
+    for (; m + 4 <= M; m += 4) ROWS_BLOCK(4);  // 64 rows = 10 x 6 + 4
+    for (; m + 2 <= M; m += 2) ROWS_BLOCK(2);
     for (; m < M; m++) ROWS_BLOCK(1);
 }
 
@@ -50,7 +52,6 @@ CPU_HOT_EXPLICIT static void tile_gemm_vf16(float *C, size_t ldc, const float *A
 // EPYC), so this one holds the 6 x 16 block as 12 explicit 8-float vectors (BLIS's Haswell shape:
 // 12 accumulators, 2 for B, 1 broadcast of 16 ymm). The same arithmetic per element as the other
 // clones (c = fma(a, b, c) in k order, whichever block computes it).
-typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
 
 #define ROWS_BLOCK8(R)                                                                        \
     do {                                                                                      \
@@ -87,6 +88,8 @@ tile_gemm_avx2(float *C, size_t ldc, const float *A, size_t lda, const float *B,
     int n16 = N / 16 * 16;
     int m = 0;
     for (; m + MR <= M; m += MR) ROWS_BLOCK8(MR);
+    for (; m + 4 <= M; m += 4) ROWS_BLOCK8(4);
+    for (; m + 2 <= M; m += 2) ROWS_BLOCK8(2);
     for (; m < M; m++) ROWS_BLOCK8(1);
 }
 
