@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 
-// CPU_HOT_EXPLICIT: the same clones with the auto-vectoriser off, for code written on vf16: its
+// CPU_HOT_EXPLICIT: the same clones with the auto-vectoriser off, for code written on vector types: its
 // scalar loops then stay scalar in every copy, so an element gets the same arithmetic whichever
 // block of the loop nest computes it (tile_gemm's rows must not depend on their neighbours).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
@@ -35,36 +35,14 @@
 // through it may be unaligned
 typedef float vf16 __attribute__((vector_size(64), aligned(4), may_alias));
 
-// e^x to about 1 ulp, branch-free so that loops over it vectorise: x = n ln2 + r with |r| <= ln2/2,
-// e^r by Cephes' degree-6 polynomial, 2^n put into the exponent bits. x below -87.3 (and -inf)
-// gives exactly 0, which masks; x above 88 is clamped (attention and the activations never
-// get there: their arguments are <= 0 or bounded by the caller).
-static inline float exp_vec(float x) {
-    float xc = x < -87.33654f ? -87.33654f : x;
-    xc = xc > 88.0f ? 88.0f : xc;
-    float n = xc * 1.44269504088896341f + 12582912.0f;  // + 1.5 * 2^23: rounds to an integer
-    n = n - 12582912.0f;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    float y = p * two_n;
-    return x < -87.33654f ? 0.0f : y;
-}
-
-// exp_vec on 8 lanes, the same operations lane by lane, written on vector types: GCC's
-// auto-vectoriser leaves loops over exp_vec scalar whenever it cannot prove the output apart from
-// the inputs (an activation computed in place), so the activations use this instead. 8 lanes, one
-// AVX2 register: GCC lowers 16-float vectors of integer masks and conversions through the stack
-// on AVX2 (as tile.c says of its kernel).
+// e^x on 8 lanes to about 1 ulp, branch-free: x = n ln2 + r with |r| <= ln2/2, e^r by Cephes'
+// degree-6 polynomial, 2^n put into the exponent bits. x below -87.3 (and -inf) gives exactly 0,
+// which masks; x above 88 is clamped (attention and the activations never get there: their
+// arguments are <= 0 or bounded by the caller). Written on vector types because GCC's
+// auto-vectoriser left loops over a scalar exp scalar (whenever it could not prove the output
+// apart from the inputs, and in its AVX2 clones); 8 lanes, one AVX2 register, because it lowers
+// 16-float vectors of integer masks and conversions through the stack on AVX2 (as tile.c says
+// of its kernel).
 typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
 typedef int32_t vi8 __attribute__((vector_size(32), aligned(4), may_alias));
 
@@ -75,7 +53,7 @@ __attribute__((always_inline)) static inline vf8 exp_vf8(vf8 x) {
     vi8 under = x < lo;
     vf8 xc = vf8_select(under, lo, x);
     xc = vf8_select(xc > hi, hi, xc);
-    vf8 n = xc * 1.44269504088896341f + 12582912.0f;
+    vf8 n = xc * 1.44269504088896341f + 12582912.0f;  // + 1.5 * 2^23: rounds to an integer
     n = n - 12582912.0f;
     vf8 r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
@@ -90,6 +68,9 @@ __attribute__((always_inline)) static inline vf8 exp_vf8(vf8 x) {
     vf8 y = p * (vf8)bits;
     return vf8_select(under, (vf8){0}, y);
 }
+
+// one value: lane 0 of exp_vf8
+static inline float exp_vec(float x) { return exp_vf8((vf8){0} + x)[0]; }
 
 // the last partial block of a span (n < 8 floats at p + i), zero-padded, and back; through
 // copies, so an output may alias an input
