@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "common/json.h"
 #include "common/safetensors.h"
@@ -383,27 +382,13 @@ static void test_idefics3(void **state) {
     check_round_trip("vlm_idefics3_dir", "vlm_idefics3.safetensors", 1, "model.text_model.", "max_tiles = 1\n", t);
 }
 // Idefics3 / SmolVLM trained on its own splitting: the fixture directory with a
-// preprocessor_config.json of its own (the test's copy: the fixture's files linked, this file
-// written): longest edge to 36, tiles of the tower's 12 pixels, so the synth set's 64 x 64 images
-// are 3 x 3 tiles + the global image and the 90 x 30 one 3 x 1 + global (36 x 12); 4 rows a tile
-// (6 x 6 patches, scale_factor 3)
+// preprocessor_config.json of its own (test_idefics3_tiled_dir: longest edge 36, 12-pixel tiles),
+// so the synth set's 64 x 64 images are 3 x 3 tiles + the global image and the 90 x 30 one 3 x 1
+// + global; 4 rows a tile (6 x 6 patches of 2, scale_factor 3)
 static void test_idefics3_tiled(void **state) {
-    char src[800], dir[800], from[1000], to[1000];
-    if (!realpath(fixture_path("vlm_idefics3_dir"), src)) fail_msg("%s: cannot resolve", fixture_path("vlm_idefics3_dir"));
+    char dir[800];
     snprintf(dir, sizeof dir, "%s/vlm_idefics3_tiled", root);
-    if (mkdir(dir, 0755) != 0) fail_msg("%s: cannot create", dir);
-    const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "chat_template.json"};
-    for (int i = 0; i < 5; i++) {
-        snprintf(from, sizeof from, "%s/%s", src, files[i]);
-        snprintf(to, sizeof to, "%s/%s", dir, files[i]);
-        if (symlink(from, to) != 0) fail_msg("%s: cannot link to %s", to, from);
-    }
-    snprintf(to, sizeof to, "%s/preprocessor_config.json", dir);
-    FILE *f = fopen(to, "w");
-    if (!f) fail_msg("%s: cannot write", to);
-    fprintf(f, "{\"image_processor_type\": \"Idefics3ImageProcessor\", \"do_image_splitting\": true,\n"
-               " \"size\": {\"longest_edge\": 36}, \"max_image_size\": {\"longest_edge\": 12}}\n");
-    fclose(f);
+    test_idefics3_tiled_dir(dir);
     check_round_trip("vlm_idefics3_tiled", "vlm_idefics3.safetensors", 1, "model.text_model.", "",
                      (Tiling){.max_tiles = 9, .square_rows = 3, .square_cols = 3, .wide_rows = 1, .wide_cols = 3, .tokens = 4});
 }
