@@ -400,13 +400,40 @@ static void val_losses(const char *run, double *first, double *last) {
     free(s);
 }
 
+// Runs argv (a ./train run into dir) killed with SIGKILL after 3 more progress lines, up to
+// max_kills times, then restarted until it finishes step `last` (dir/step_<last>/state.json);
+// fails unless it finished and was killed at least once
+static void run_killed(char *const argv[], const char *log, const char *dir, int last, int max_kills) {
+    char p[900], step[64];
+    snprintf(step, sizeof step, "step_%08d/state.json", last);
+    path_join(p, sizeof p, dir, step);
+    int kills = 0, done = 0;
+    for (int attempt = 0; attempt < 10 && !done; attempt++) {
+        int before = count_steps(log), st = 0;
+        pid_t pid = spawn(argv, log, 0, 1);
+        // exited: wait_progress reaped it; else it runs on, to be killed or (kills spent) waited
+        // for, so that no two runs ever share dir
+        int exited = kills < max_kills && wait_progress(pid, log, before, 3, &st) != 0;
+        if (!exited && kills < max_kills) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            kills++;
+        } else if (!exited && waitpid(pid, &st, 0) != pid) {
+            fail_msg("lost the run's process");
+        }
+        done = file_exists(p);
+    }
+    assert_true(done);
+    assert_true(kills >= 1);
+}
+
 // The other vision tower families end to end on ./synth's data with a tiny random tower of the
 // family (--vision): stage 1 and stage 2 (from the stage-1 connector) learn, a stage-2 run
 // killed with SIGKILL and restarted ends bit-identical to an uninterrupted one, and the export
 // generates text from an image. extra: more config lines (the synth tower's 8x8 grid needs a
 // pixel shuffle of 2 where the connector's default is another).
 static void family_end_to_end(const char *family, const char *connector, const char *extra) {
-    char dir[600], log[600], conf[700], s1[700], s2[700], killed[700], exp[700], p[800];
+    char dir[600], log[600], conf[700], s1[700], s2[700], killed[700], exp[700];
     snprintf(dir, sizeof dir, "%s/family_%s", root, family);
     snprintf(log, sizeof log, "%s/family_%s.log", root, family);
     char *sargv[] = {"./synth", dir, "--train", "32", "--val", "8", "--heldout", "1", "--bench", "0", "--vision",
@@ -445,22 +472,7 @@ static void family_end_to_end(const char *family, const char *connector, const c
 
     // SIGKILL after a checkpoint, then restarts until done: the same run to the bit
     char *ak[] = {(char *)train_bin, conf, ok, "stage=2", init, d2, v2, "lora_r=4", "lora_alpha=8", NULL};
-    int kills = 0, done = 0;
-    for (int attempt = 0; attempt < 10 && !done; attempt++) {
-        int before = count_steps(log), st;
-        pid_t pid = spawn(ak, log, 0, 1);
-        if (kills < 2 && wait_progress(pid, log, before, 3, &st) == 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            kills++;
-        } else if (!WIFEXITED(st) && waitpid(pid, &st, 0) != pid) {
-            fail_msg("lost the run's process");
-        }
-        path_join(p, sizeof p, killed, "step_00000008/state.json");
-        done = file_exists(p);
-    }
-    assert_true(done);
-    assert_true(kills >= 1);
+    run_killed(ak, log, killed, 8, 2);
     expect_same_run(s2, killed, 8);
 
     snprintf(exp, sizeof exp, "%s/export", dir);
@@ -558,22 +570,7 @@ static void test_internvl_tiled_end_to_end(void **state) {
     printf("    internvl tiled: validation loss %.4f -> %.4f\n", f2, l2);
     assert_true(l2 < f2);
     char *ak[] = {(char *)train_bin, conf, ok, NULL};
-    int kills = 0, done = 0;
-    for (int attempt = 0; attempt < 10 && !done; attempt++) {
-        int before = count_steps(log), st;
-        pid_t pid = spawn(ak, log, 0, 1);
-        if (kills < 1 && wait_progress(pid, log, before, 3, &st) == 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            kills++;
-        } else if (!WIFEXITED(st) && waitpid(pid, &st, 0) != pid) {
-            fail_msg("lost the run's process");
-        }
-        path_join(p, sizeof p, killed, "step_00000008/state.json");
-        done = file_exists(p);
-    }
-    assert_true(done);
-    assert_true(kills >= 1);
+    run_killed(ak, log, killed, 8, 1);
     expect_same_run(s2, killed, 8);
 
     // export (svlm.json keeps max_tiles) and generate from a 128 x 64 image: 2 tiles + thumbnail
@@ -590,6 +587,46 @@ static void test_internvl_tiled_end_to_end(void **state) {
                   (char *)device, NULL};  // the run directory itself: its config.conf's max_tiles
     assert_int_equal(spawn(ar, out, 0, 0), 0);
     assert_true(log_has(out, "(48 image tokens in 3 tiles"));
+}
+
+// Idefics3 / SmolVLM as it ships (model = DIR, test_idefics3_tiled_dir) on its own splitting: the
+// synth set's 64 x 64 images are 3 x 3 tiles + the global image each, 10 tiles an image; stage 2
+// from the shipped projector, and a run killed and resumed is the same run to the bit
+static void test_idefics3_whole_tiled_resume(void **state) {
+    char dir[600], log[700], conf[700], model[700], synth[700], ref[800], killed[800];
+    snprintf(dir, sizeof dir, "%s/idefics3_tiled", root);
+    mkdir(dir, 0755);
+    snprintf(model, sizeof model, "%s/model", dir);
+    test_idefics3_tiled_dir(model);
+    snprintf(log, sizeof log, "%s/run.log", dir);
+    snprintf(synth, sizeof synth, "%s/synth", root);
+    snprintf(conf, sizeof conf, "%s/run.conf", dir);
+    FILE *f = fopen(conf, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "stage = 2\nmodel = %s\ndata = %s/data/stage2_train.json\nimage_folder = %s/data/images\n"
+            "val_data = %s/data/stage2_val.json\ndata_cache = %s/cache\nmax_seq_len = 320\nbatch_size = 4\n"
+            "global_batch = 8\nmax_steps = 8\nlr = 3e-2\nwarmup_ratio = 0.1\nlora_r = 4\nlora_alpha = 8\n"
+            "save_every = 2\nkeep_last = 2\neval_every = 4\nseed = 7\ndevice = %s\nthreads = 2\n",
+            model, synth, synth, synth, dir, device);
+    fclose(f);
+    snprintf(ref, sizeof ref, "%s/run", dir);
+    snprintf(killed, sizeof killed, "%s/run_killed", dir);
+    char o[900], ok[900];
+    snprintf(o, sizeof o, "out_dir=%s", ref);
+    snprintf(ok, sizeof ok, "out_dir=%s", killed);
+    char *a[] = {(char *)train_bin, conf, o, NULL};
+    assert_int_equal(spawn(a, log, 0, 0), 0);
+    assert_true(log_has(log, "own projector"));
+    snprintf(o, sizeof o, "%s/config.conf", ref);  // max_tiles 0 (auto) resolved to the model's 9
+    assert_true(log_has(o, "max_tiles      = 9 "));
+    assert_true(log_has(log, " tiles, 10.00 per image"));
+    char *ak[] = {(char *)train_bin, conf, ok, NULL};
+    run_killed(ak, log, killed, 8, 2);
+    expect_same_run(ref, killed, 8);
+    double first, last;
+    val_losses(ref, &first, &last);
+    printf("    idefics3 whole model, 3 x 3 + global tiles: validation loss %.4f -> %.4f, resumed run identical\n", first, last);
 }
 
 // resuming from an older checkpoint replaces the history after it (moved aside, not mixed in)
@@ -976,6 +1013,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_internvl_native_end_to_end),
         cmocka_unit_test(test_nanovlm_end_to_end),
         cmocka_unit_test(test_internvl_tiled_end_to_end),
+        cmocka_unit_test(test_idefics3_whole_tiled_resume),
     };
     struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];
     size_t n = test_select(chosen, tests, sizeof tests / sizeof tests[0], pattern);

@@ -9,25 +9,40 @@
 //     projector and (unmerged) LoRA to 1e-5 on the parity fixture's batch;
 //   - adapter/ holds every LoRA tensor under the class's module names;
 //   - the run saw images as the model does: its own tiling (max_tiles 0 = the model's: transformers'
-//     InternVL tiles up to 12 + thumbnail, the remote-code fixture says dynamic_image_size false),
-//     svlm_export.json records it and ./generate on the export tiles a wide image the same way;
+//     InternVL tiles up to 12 + thumbnail, the remote-code fixture says dynamic_image_size false,
+//     Idefics3 with a preprocessor_config.json splits into 3 x 3 + global), the tiles per image the
+//     run saw are the grid's, svlm_export.json records it and ./generate on the export tiles a wide
+//     image the same way, its prompt laid out in the model's format (token counts from the grid);
 //     ./generate --batch (rows of different grids together) answers as one at a time, and
 //     ./evaluate runs on the tiled export with the same predictions batched and not.
 // scripts/check_export.py loads the native export in transformers and compares its logits.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/json.h"
 #include "common/safetensors.h"
 #include "common/util.h"
 #include "data/image.h"
+#include "data/tokenizer.h"
 #include "model/hf.h"
 #include "model/vlm.h"
 #include "model/vlm_dir.h"
 #include "tests/testlib.h"
 
 static char root[512], synth_dir[600];
+
+// the directory of model: one the test made under root (a fixture directory with a file of its
+// own, e.g. preprocessor_config.json) when there is one, else the fixture
+static const char *model_dir(const char *model) {
+    static char made[4][800];
+    static int next;
+    char *p = made[next++ % 4];
+    snprintf(p, sizeof made[0], "%s/%s", root, model);
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode) ? p : fixture_path(model);
+}
 
 static int setup(void **state) {
     make_temp_dir(root, sizeof root, "vlm_export");
@@ -47,7 +62,7 @@ static void train_and_export_with(const char *model, const char *tag, const char
             "stage = 2\nmodel = %s\ndata = %s/data/stage2_train.json\nimage_folder = %s/data/images\n"
             "data_cache = %s/cache_%s\nmax_seq_len = 320\nbatch_size = 4\nglobal_batch = 4\nmax_steps = 3\nlr = 3e-2\n"
             "lora_r = 4\nlora_alpha = 8\nsave_every = 0\nseed = 7\ndevice = cpu\nthreads = 2\n%s",
-            fixture_path(model), synth_dir, synth_dir, root, model, extra);
+            model_dir(model), synth_dir, synth_dir, root, model, extra);
     fclose(f);
     snprintf(run, cap, "%s/run_%s", root, tag);
     snprintf(out, cap, "%s/out_%s", root, tag);
@@ -90,19 +105,62 @@ static double number_after(const char *path, const char *key) {
     return v;
 }
 
-// The run took max_tiles from the model (tiles): its config, the tiles the data got per image
-// (more than one for a tiling model: the synth images are 64 x 64, InternVL's grid at 30-pixel
-// tiles is 3 x 3 + thumbnail), svlm_export.json, and ./generate on the export, which cuts a 90 x 30
-// image into 3 x 1 tiles + thumbnail (4 x 25 image tokens) when the model tiles
-static void check_tiling(const char *model, const char *run, const char *out, int tiles) {
+// The tiling a round trip expects from the model: its max_tiles, the grid (rows x cols, plus the
+// thumbnail / global image when more than one) it gives the synth set's 64 x 64 images and the
+// 90 x 30 test image, and the feature rows of one tile (all grids 1 x 1 for a one-tile model)
+typedef struct {
+    int max_tiles;
+    int square_rows, square_cols, wide_rows, wide_cols;
+    int tokens;  // per tile
+} Tiling;
+
+static int grid_tiles(int rows, int cols) { return rows * cols + (rows * cols > 1); }
+
+// the tokens an image of rows x cols tiles becomes in the prompt, in the model's layout
+// (data/image_slot.h), counted from the grid: InternVL <img> + rows of every tile + </img>;
+// Idefics3 per tile <fake_token_around_image><row_i_col_j> + rows, "\n" after each row but the
+// last, "\n\n" after it, then <fake_token_around_image><global-img> + rows +
+// <fake_token_around_image> (one tile: the global image's alone); llava the rows alone
+static int slot_tokens(const char *dir, const char *format, int rows, int cols, int k) {
+    int tiles = grid_tiles(rows, cols);
+    if (!strcmp(format, "internvl")) return 2 + tiles * k;
+    if (!strcmp(format, "llava")) return tiles * k;
+    assert_string_equal(format, "idefics3");
+    if (tiles == 1) return 3 + k;
+    char path[1000];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    Tokenizer *tok = tokenizer_load(path);
+    int *ids, nl = tokenizer_encode(tok, "\n", 1, 0, &ids);
+    free(ids);
+    int nlnl = tokenizer_encode(tok, "\n\n", 2, 0, &ids);
+    free(ids);
+    tokenizer_free(tok);
+    return rows * cols * (2 + k) + (rows - 1) * nl + nlnl + 3 + k;
+}
+
+// the prompt tokens ./generate reports in err ("prefill: N tokens")
+static int prefill_tokens(const char *err) {
+    int n = (int)number_after(err, "prefill: ");
+    if (n <= 0) fail_msg("%s: no prefill line", err);
+    return n;
+}
+
+// The run took max_tiles from the model (t): its config, the tiles the data got per image (every
+// synth image is 64 x 64: t's square grid), svlm_export.json, and ./generate on the export, which
+// cuts the 90 x 30 image into t's wide grid (its image tokens counted from the grid) and lays the
+// tiles out as the model does: a 64 x 64 image's prompt is longer than the 90 x 30 one's by the
+// difference of their slots in the model's layout (the text around them is the same)
+static void check_tiling(const char *model, const char *run, const char *out, Tiling t) {
     char path[1000], log[1000], img[1000];
+    const int tiles = t.max_tiles;
     snprintf(path, sizeof path, "%s/config.conf", run);
     assert_int_equal((int)number_after(path, "max_tiles      = "), tiles);
     snprintf(log, sizeof log, "%s/train_%s.log", root, model);
     double per = number_after(log, " tiles, ");
+    const int sq = grid_tiles(t.square_rows, t.square_cols), wide = grid_tiles(t.wide_rows, t.wide_cols);
     printf("    %-58s max_tiles %d, %.2f tiles per image\n", model, tiles, per);
+    assert_true(per == sq);
     if (tiles > 1) assert_true(per > 1.0);
-    else assert_true(per == 1.0);
     snprintf(path, sizeof path, "%s/svlm_export.json", out);
     cJSON *j = json_load_file(path);
     assert_int_equal(json_get_int(j, "max_tiles", path), tiles);
@@ -111,28 +169,45 @@ static void check_tiling(const char *model, const char *run, const char *out, in
     uint8_t rgb[90 * 30 * 3];
     for (int i = 0; i < 90 * 30 * 3; i++) rgb[i] = (uint8_t)(i * 7 + i / 270);
     image_write_jpeg(img, rgb, 90, 30, 90, 1);
-    char o[1000], e[1000];
-    snprintf(o, sizeof o, "%s/generate_%s.log", root, model);
-    snprintf(e, sizeof e, "%s/generate_%s.err", root, model);
-    char *gargv[] = {"./generate", (char *)out, "--image", img, "--prompt", "What is it?", "--max-new-tokens", "3",
-                     "--device", "cpu", NULL};
-    if (test_spawn(gargv, o, e) != 0) fail_msg("./generate on %s failed, see %s", out, e);
-    char *text = test_slurp(e, NULL);
-    if (tiles > 1 && !strstr(text, "(100 image tokens in 4 tiles"))
-        fail_msg("%s: ./generate did not tile the 90 x 30 image into 3 x 1 + thumbnail", e);
-    if (tiles == 1 && strstr(text, " tiles;")) fail_msg("%s: ./generate tiled a one-tile model's image", e);
+    char o[1000], e[1000], sq_img[1000];
+    snprintf(sq_img, sizeof sq_img, "%s/data/images/img_00000.png", synth_dir);
+    int prefill[2];
+    for (int i = 0; i < 2; i++) {  // the square image first, then the wide one (its answer is compared below)
+        snprintf(o, sizeof o, "%s/generate_%s.log", root, model);
+        snprintf(e, sizeof e, "%s/generate_%s.err", root, model);
+        char *gargv[] = {"./generate", (char *)out, "--image", i ? img : sq_img, "--prompt", "What is it?",
+                         "--max-new-tokens", "3", "--device", "cpu", NULL};
+        if (test_spawn(gargv, o, e) != 0) fail_msg("./generate on %s failed, see %s", out, e);
+        prefill[i] = prefill_tokens(e);
+    }
+    char *text = test_slurp(e, NULL), want[100];
+    snprintf(want, sizeof want, "(%d image tokens in %d tiles;", wide * t.tokens, wide);
+    if (wide > 1 && !strstr(text, want))
+        fail_msg("%s: ./generate did not tile the 90 x 30 image into %d row(s) x %d + thumbnail: no \"%s\"", e, t.wide_rows,
+                 t.wide_cols, want);
+    if (wide == 1) {
+        if (strstr(text, " tiles;")) fail_msg("%s: ./generate tiled a one-tile model's image", e);
+        snprintf(want, sizeof want, "(%d image tokens;", t.tokens);
+        if (!strstr(text, want)) fail_msg("%s: ./generate did not give the image one tile: no \"%s\"", e, want);
+    }
     free(text);
+    VlmDir d;
+    vlm_dir_open(&d, out);
+    const int slot_sq = slot_tokens(out, d.image_format, t.square_rows, t.square_cols, t.tokens);
+    const int slot_wide = slot_tokens(out, d.image_format, t.wide_rows, t.wide_cols, t.tokens);
+    printf("    %-58s ./generate: 64 x 64 %d tiles, %d prompt tokens; 90 x 30 %d tiles, %d (%s layout: %d - %d)\n", model,
+           sq, prefill[0], wide, prefill[1], d.image_format, slot_sq, slot_wide);
+    assert_int_equal(prefill[0] - prefill[1], slot_sq - slot_wide);
     char *alone = test_slurp(o, NULL);
     alone[strcspn(alone, "\n")] = 0;  // the streamed answer
 
     // --batch: rows of other grids (the wide image, a synth square, none) together answer as alone
-    char file[1000], sq[1000];
+    char file[1000];
     snprintf(file, sizeof file, "%s/requests_%s.jsonl", root, model);
-    snprintf(sq, sizeof sq, "%s/data/images/img_00000.png", synth_dir);
     FILE *f = fopen(file, "w");
     assert_non_null(f);
     fprintf(f, "{\"image\": \"%s\", \"prompt\": \"What is it?\"}\n{\"prompt\": \"Hi\"}\n"
-               "{\"image\": \"%s\", \"prompt\": \"Where is the circle?\"}\n", img, sq);
+               "{\"image\": \"%s\", \"prompt\": \"Where is the circle?\"}\n", img, sq_img);
     fclose(f);
     snprintf(o, sizeof o, "%s/generate_batch_%s.log", root, model);
     snprintf(e, sizeof e, "%s/generate_batch_%s.err", root, model);
@@ -180,13 +255,13 @@ static void check_tiling(const char *model, const char *run, const char *out, in
 
 // model: the fixture directory; batch: its parity fixture (the logits' batch); n_conn: the
 // projector's tensors; peft_prefix: the class's module names of the LLM
-// tiles: the tiles per image (max_tiles) the run should take from the model; extra: config lines
+// t: the tiling the run should take from the model; extra: config lines
 static void check_round_trip(const char *model, const char *batch, int n_conn, const char *peft_prefix, const char *extra,
-                             int tiles) {
+                             Tiling t) {
     char run[800], out[800], path[1000], orig[1000];
     train_and_export_with(model, model, extra, run, out, sizeof run);
-    check_tiling(model, run, out, tiles);
-    const char *src = fixture_path(model);
+    check_tiling(model, run, out, t);
+    const char *src = model_dir(model);
     char ck_path[1000];
     snprintf(ck_path, sizeof ck_path, "%s/step_00000003/trainable.safetensors", run);
     StFile ck, a, b;
@@ -230,8 +305,9 @@ static void check_round_trip(const char *model, const char *batch, int n_conn, c
     st_close(&a);
     st_close(&b);
     // the other files as they are
-    const char *files[] = {"config.json", "tokenizer.json", "modeling_internvl_chat.py", "chat_template.json"};
-    for (int i = 0; i < 4; i++) {
+    const char *files[] = {"config.json", "tokenizer.json", "modeling_internvl_chat.py", "chat_template.json",
+                           "preprocessor_config.json"};
+    for (int i = 0; i < 5; i++) {
         snprintf(orig, sizeof orig, "%s/%s", src, files[i]);
         snprintf(path, sizeof path, "%s/%s", out, files[i]);
         if (!file_exists(orig)) continue;
@@ -284,22 +360,44 @@ static void check_round_trip(const char *model, const char *batch, int n_conn, c
     cJSON_Delete(j);
 }
 
-// InternVL: mlp1's LayerNorm and two Linears; Idefics3: one Linear
+// InternVL: mlp1's LayerNorm and two Linears; Idefics3: one Linear. One-tile models: every grid
+// 1 x 1. The InternVL fixtures' tiles are 30 pixels, 10 x 10 patches of 3, 25 rows after
+// pixel shuffle 2
+static const Tiling one_tile = {1, 1, 1, 1, 1, 0};
 static void test_internvl_chat(void **state) {
-    check_round_trip("vlm_internvl_chat", "vlm_internvl.safetensors", 6, "language_model.model.", "", 1);
+    Tiling t = one_tile;
+    t.tokens = 25;
+    check_round_trip("vlm_internvl_chat", "vlm_internvl.safetensors", 6, "language_model.model.", "", t);
 }
+// transformers' native InternVL: up to 12 tiles + thumbnail (its processor's max_patches default)
 static void test_internvl_hf(void **state) {
-    check_round_trip("vlm_internvl_hf", "vlm_internvl.safetensors", 6, "model.language_model.", "", 12);
+    check_round_trip("vlm_internvl_hf", "vlm_internvl.safetensors", 6, "model.language_model.", "",
+                     (Tiling){.max_tiles = 12, .square_rows = 3, .square_cols = 3, .wide_rows = 1, .wide_cols = 3, .tokens = 25});
 }
-// max_tiles = 1 keeps this round trip small: the model's own splitting (no preprocessor_config.json:
-// the class defaults) gives these 12-pixel images 16 tiles + the global one; check_tiling's
-// ./generate expectation is InternVL's grid
+// max_tiles = 1 over the model's own splitting (no preprocessor_config.json: the class defaults,
+// which give these 12-pixel images 16 tiles + the global one): one tile an image
 static void test_idefics3(void **state) {
-    check_round_trip("vlm_idefics3_dir", "vlm_idefics3.safetensors", 1, "model.text_model.", "max_tiles = 1\n", 1);
+    Tiling t = one_tile;
+    t.tokens = 4;
+    check_round_trip("vlm_idefics3_dir", "vlm_idefics3.safetensors", 1, "model.text_model.", "max_tiles = 1\n", t);
 }
-// llava-hf: linear_1 and linear_2 with their biases; trained with its shipped chat template (llava_hf)
+// Idefics3 / SmolVLM trained on its own splitting: the fixture directory with a
+// preprocessor_config.json of its own (test_idefics3_tiled_dir: longest edge 36, 12-pixel tiles),
+// so the synth set's 64 x 64 images are 3 x 3 tiles + the global image and the 90 x 30 one 3 x 1
+// + global; 4 rows a tile (6 x 6 patches of 2, scale_factor 3)
+static void test_idefics3_tiled(void **state) {
+    char dir[800];
+    snprintf(dir, sizeof dir, "%s/vlm_idefics3_tiled", root);
+    test_idefics3_tiled_dir(dir);
+    check_round_trip("vlm_idefics3_tiled", "vlm_idefics3.safetensors", 1, "model.text_model.", "",
+                     (Tiling){.max_tiles = 9, .square_rows = 3, .square_cols = 3, .wide_rows = 1, .wide_cols = 3, .tokens = 4});
+}
+// llava-hf: linear_1 and linear_2 with their biases; trained with its shipped chat template
+// (llava_hf); 12-pixel images, 3 x 3 patches of 4: 9 rows
 static void test_llava(void **state) {
-    check_round_trip("vlm_llava_dir", "vlm_llava.safetensors", 4, "model.language_model.", "", 1);
+    Tiling t = one_tile;
+    t.tokens = 9;
+    check_round_trip("vlm_llava_dir", "vlm_llava.safetensors", 4, "model.language_model.", "", t);
 }
 
 // freeze_connector = true: the shipped projector stays as it is, bit for bit, while LoRA trains
@@ -339,6 +437,7 @@ int main(void) {
         cmocka_unit_test(test_internvl_chat),
         cmocka_unit_test(test_internvl_hf),
         cmocka_unit_test(test_idefics3),
+        cmocka_unit_test(test_idefics3_tiled),
         cmocka_unit_test(test_llava),
         cmocka_unit_test(test_frozen_connector),
     };

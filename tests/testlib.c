@@ -1,6 +1,7 @@
 // testlib.c: implementations of the shared test helpers (see testlib.h).
 #include "tests/testlib.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fnmatch.h>
 #include <math.h>
@@ -292,6 +293,29 @@ char *test_slurp(const char *path, size_t *n) {
 void test_write_file(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     if (!f || fputs(text, f) < 0 || fclose(f) != 0) fail_msg("%s: cannot write", path);
+}
+
+void test_idefics3_tiled_dir(const char *dir) {
+    const char *fixture = fixture_path("vlm_idefics3_dir");
+    char src[1024], from[1400], to[1400];
+    if (!realpath(fixture, src)) fail_msg("%s: cannot resolve: %s", fixture, strerror(errno));
+    if (mkdir(dir, 0755) != 0) fail_msg("%s: cannot create: %s", dir, strerror(errno));
+    DIR *d = opendir(src);
+    if (!d) fail_msg("%s: cannot list: %s", src, strerror(errno));
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        if (de->d_name[0] == '.') continue;
+        snprintf(from, sizeof from, "%s/%s", src, de->d_name);
+        snprintf(to, sizeof to, "%s/%s", dir, de->d_name);
+        if (symlink(from, to) != 0) fail_msg("%s: cannot link to %s: %s", to, from, strerror(errno));
+        n++;
+    }
+    closedir(d);
+    if (n == 0) fail_msg("%s: empty", src);
+    snprintf(to, sizeof to, "%s/preprocessor_config.json", dir);
+    if (access(to, F_OK) == 0) fail_msg("%s: the fixture has a preprocessor_config.json of its own", src);
+    test_write_file(to, "{\"image_processor_type\": \"Idefics3ImageProcessor\", \"do_image_splitting\": true,\n"
+                        " \"size\": {\"longest_edge\": 36}, \"max_image_size\": {\"longest_edge\": 12}}\n");
 }
 
 int test_spawn(char *const argv[], const char *out_log, const char *err_log) {

@@ -43,6 +43,11 @@ size_t test_select(struct CMUnitTest *out, const struct CMUnitTest *in, size_t n
 
 // tests run from the repository root; this prefixes tests/fixtures/
 const char *fixture_path(const char *name);
+// dir (new): the Idefics3 whole-model fixture (vlm_idefics3_dir) splitting images as SmolVLM does:
+// its files linked by absolute path, plus a preprocessor_config.json of its own (longest edge to
+// 36, tiles of the tower's 12 pixels), so a 64 x 64 image is 3 x 3 tiles + the global image and a
+// 90 x 30 one 3 x 1 + global (36 x 12); the model's max_tiles is 9
+void test_idefics3_tiled_dir(const char *dir);
 // a fresh empty directory under build/tmp for this test; returns its path (static buffer per call site not kept)
 void make_temp_dir(char *out, size_t cap, const char *tag);
 // the whole file (NUL-terminated; *n its length when n is given), failing the test when unreadable
