@@ -28,6 +28,7 @@ static void dry_upload_act(act_t *dst, const float *src, size_t n) { (void)dst, 
 static void dry_download_act(float *dst, const act_t *src, size_t n) { (void)dst, (void)src, (void)n; }
 static void dry_cast(act_t *dst, const float *src, size_t n) { (void)dst, (void)src, (void)n; }
 static void dry_sync(void) {}
+static void dry_grad(float *g, size_t n) { (void)g, (void)n; }
 
 static void dry_memory(size_t *in_use, size_t *peak) {
     if (in_use) *in_use = g_bytes;
@@ -51,6 +52,11 @@ const Kernels *kernels_dry_run(const Kernels *target) {
     g_dry.download_act = dry_download_act;
     g_dry.cast_to_act = dry_cast;
     g_dry.synchronize = dry_sync;
+    g_dry.grad_begin = dry_grad;
+    g_dry.grad_settle = dry_grad;
+    g_dry.host_alloc = target->host_alloc;  // host memory is not the plan's: the target's own
+    g_dry.host_free = target->host_free;
+    g_dry.host_ready = target->host_ready;
     g_dry.memory = dry_memory;
     g_dry.available = target->available;
     g_dry.workspace_bytes = target->workspace_bytes;

@@ -102,6 +102,13 @@ static void cpu_download_act(float *host_dst, const act_t *src, size_t n) {
 }
 static void cpu_cast_to_act(act_t *dst, const float *src, size_t n) { cpu_copy(dst, src, n * sizeof(float)); }
 static void cpu_synchronize(void) {}
+// the CPU zeroes the span up front (its ops add into fp32 gradients through BLAS either way)
+static void cpu_grad_begin(float *g, size_t n) { cpu_zero(g, n * sizeof(float)); }
+static void cpu_grad_settle(float *g, size_t n) { (void)g, (void)n; }
+// uploads are memcpy on the CPU: nothing is ever pending on a host block
+static void *cpu_host_alloc(size_t bytes) { return xmalloc(bytes ? bytes : 1); }
+static void cpu_host_free(void *p) { free(p); }
+static void cpu_host_ready(const void *p) { (void)p; }
 
 // the CPU's matmul_backward_set: clear dinp, then accumulate (the same bits as the model's
 // zero + matmul_backward)
@@ -135,6 +142,11 @@ static const Kernels cpu_kernels = {
     .download_act = cpu_download_act,
     .cast_to_act = cpu_cast_to_act,
     .synchronize = cpu_synchronize,
+    .grad_begin = cpu_grad_begin,
+    .grad_settle = cpu_grad_settle,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .host_ready = cpu_host_ready,
     .memory = cpu_memory,
     .available = cpu_available,
     .workspace_bytes = cpu_workspace_bytes,

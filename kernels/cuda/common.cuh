@@ -72,6 +72,12 @@ size_t cuda_attention_backward_scratch(int slot, int B, int T, int NH, int NKV, 
 
 static inline unsigned ceil_div_u(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 
+// grad_first.cu: whether the gradient dst[0, n) is written for the first time since grad_begin
+// (1: the caller overwrites it; 0: it adds, any unwritten part of it having been zeroed)
+int cuda_grad_first(float *dst, size_t n);
+void cuda_grad_begin(float *g, size_t n);
+void cuda_grad_settle(float *g, size_t n);
+
 // ---------------------------------------------------------------- bf16
 
 #ifdef SVLM_CUDA_EMU
