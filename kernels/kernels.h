@@ -151,6 +151,10 @@ typedef struct Kernels {
     // dinp (+=), dw may be NULL
     void (*rmsnorm_backward)(act_t *dinp, float *dw, const act_t *dout, const act_t *inp,
                              const act_t *w, const float *rstd, int N, int C);
+    // the same with dinp overwritten (=), for the first writer of a gradient buffer: no memset
+    // before it (the values of zero + rmsnorm_backward)
+    void (*rmsnorm_backward_set)(act_t *dinp, float *dw, const act_t *dout, const act_t *inp,
+                                 const act_t *w, const float *rstd, int N, int C);
 
     // ---- rotary position embedding, rotate-half form (Llama/Qwen2) ----
     // inp, out (N, n_heads*head_dim), rows ld_inp and ld_out elements apart (>= n_heads*head_dim:

@@ -57,8 +57,12 @@ typedef struct {
     act_t *pixels, *feats, *img_emb, *dimg;
     int *ids, *pos, *seg, *lab_idx, *lab_tgt, *img_idx;
     double *stats;  // (VLM_N_STATS) the step's sums kept on the backend until the step ends
-    // host scratch
-    int *h_ids, *h_pos, *h_idx, *h_tgt, *h_img_idx;
+    // host scratch: the ids, positions, labels and image rows as uploaded, in two sets of the
+    // backend's host memory (k->host_alloc: uploaded in place), used in turn, so that a
+    // micro-batch is written while the one before may still be copied
+    int *h_ids, *h_pos, *h_idx, *h_tgt, *h_img_idx;  // the set in use
+    int *h_set[2];
+    int h_cur;
     char *h_slot;  // (N) 1 where a position belongs to an image slot
     // called with VLM_STAGE_* as each stage of vlm_forward_backward ends (NULL: not called)
     void (*stage_hook)(void *ctx, int stage);

@@ -183,6 +183,8 @@ void cuda_layernorm_backward(act_t *dinp, float *dw, float *db, const act_t *dou
 void cuda_rmsnorm_forward(act_t *out, float *rstd, const act_t *inp, const act_t *w, int N, int C, float eps);
 void cuda_add_rmsnorm_forward(act_t *sum, act_t *out, float *rstd, const act_t *a, const act_t *b, const act_t *w,
                               int N, int C, float eps);
+void cuda_rmsnorm_backward_set(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
+                               const float *rstd, int N, int C);
 void cuda_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
                            const float *rstd, int N, int C);
 // rope.cu

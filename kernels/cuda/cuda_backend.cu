@@ -393,6 +393,7 @@ static Kernels g_kernels = {
     .rmsnorm_forward = cuda_rmsnorm_forward,
     .add_rmsnorm_forward = cuda_add_rmsnorm_forward,
     .rmsnorm_backward = cuda_rmsnorm_backward,
+    .rmsnorm_backward_set = cuda_rmsnorm_backward_set,
     .rope_forward = cuda_rope_forward,
     .rope_backward = cuda_rope_backward,
     .attention_forward = cuda_attention_forward,

@@ -493,6 +493,21 @@ static void test_rmsnorm(void **state) {
         expect_same_bytes(what, r[0][0], r[1][0], n * 2);
         expect_same_bytes(what, r[0][1], r[1][1], Cc * 4);
         for (int k = 0; k < 2; k++) free(r[k][0]), free(r[k][1]);
+        // set: dinp overwritten (its old contents ignored), the values of zero + rmsnorm_backward
+        G->zero(gdi, n * 2);
+        G->rmsnorm_backward(gdi, NULL, gdo, gi, gw, gr, N, Cc);
+        void *want_set = down_raw(gdi, n * 2);
+        G->upload_act(gdi, dinp0, n);
+        G->upload(gdw, dw0, Cc * 4);
+        G->rmsnorm_backward_set(gdi, gdw, gdo, gi, gw, gr, N, Cc);
+        void *got_set = down_raw(gdi, n * 2);
+        for (size_t i = 0; i < n; i++) {  // bf16 values equal (a zero's sign aside: 0 + -0 is +0)
+            float a = bf16_to_f32(((uint16_t *)got_set)[i]), b = bf16_to_f32(((uint16_t *)want_set)[i]);
+            if (!(a == b)) fail_msg("rmsnorm_backward_set %dx%d: element %zu is %g, zero + rmsnorm_backward gives %g", N, Cc, i, a, b);
+        }
+        snprintf(what, sizeof what, "rmsnorm_backward_set %dx%d dw (+=)", N, Cc);
+        expect_f32(what, gdw, rdw, Cc, TOL_F32_FROM_BF16);
+        free(want_set); free(got_set);
         free(inp); free(w); free(out); free(rstd); free(dout); free(dinp0); free(dw0); free(rdi); free(rdw);
         G->free(gi); G->free(gw); G->free(go); G->free(gr); G->free(gdo); G->free(gdi); G->free(gdw);
     }
@@ -1453,6 +1468,11 @@ static void sim_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, cons
     C->rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, Cc);
     if (dinp) round_bf16(dinp, (size_t)N * Cc);
 }
+static void sim_rmsnorm_backward_set(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
+                                     const float *rstd, int N, int Cc) {
+    C->rmsnorm_backward_set(dinp, dw, dout, inp, w, rstd, N, Cc);
+    if (dinp) round_bf16(dinp, (size_t)N * Cc);
+}
 // N rows of n elements, ld apart
 static void round_bf16_rows(const void *p, int N, int n, int ld) {
     for (int r = 0; r < N; r++) round_bf16((const float *)p + (size_t)r * ld, (size_t)n);
@@ -1565,6 +1585,7 @@ static const Kernels *bf16_sim(void) {
     sim.layernorm_backward = sim_layernorm_backward;
     sim.rmsnorm_forward = sim_rmsnorm_forward;
     sim.rmsnorm_backward = sim_rmsnorm_backward;
+    sim.rmsnorm_backward_set = sim_rmsnorm_backward_set;
     sim.rope_forward = sim_rope_forward;
     sim.rope_backward = sim_rope_backward;
     sim.attention_forward = sim_attention_forward;
