@@ -230,20 +230,26 @@ static void *cuda_host_alloc(size_t bytes) {
     return b.p;
 }
 
-// waits for the device's reads of block b (g_host_mu held); counts a wait only when there is one
-static void host_block_ready(HostBlock *b) {
-    if (!b->pending) return;
-    cudaError_t q = cudaEventQuery(b->read);
-    if (q == cudaErrorNotReady) cudaCheck(cudaEventSynchronize(b->read));
+// waits for the device's reads of a block, from its event; a wait (counted) only when there is one
+static void host_event_wait(cudaEvent_t e) {
+    cudaError_t q = cudaEventQuery(e);
+    if (q == cudaErrorNotReady) cudaCheck(cudaEventSynchronize(e));
     else cudaCheck(q);
-    b->pending = 0;
 }
 
+// The wait happens outside the lock, so the training thread's uploads from other blocks go on
+// meanwhile; nothing re-records this block's event then (its owner is about to write it).
 static void cuda_host_ready(const void *p) {
     if (!p) return;
-    std::lock_guard<std::mutex> lk(g_host_mu);
-    HostBlock *b = host_block(p, 1);
-    if (b) host_block_ready(b);
+    cudaEvent_t e = NULL;
+    {
+        std::lock_guard<std::mutex> lk(g_host_mu);
+        HostBlock *b = host_block(p, 1);
+        if (!b || !b->pending) return;
+        b->pending = 0;
+        e = b->read;
+    }
+    host_event_wait(e);
 }
 
 static void cuda_host_free(void *p) {
@@ -253,7 +259,7 @@ static void cuda_host_free(void *p) {
     CHECK(it != g_host.end(), "host_free of memory host_alloc did not give");
     HostBlock *b = &it->second;
     if (b->pinned) {
-        host_block_ready(b);
+        if (b->pending) host_event_wait(b->read);
         cudaCheck(cudaEventDestroy(b->read));
         cudaCheck(cudaFreeHost(b->p));
     } else {
