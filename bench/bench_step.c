@@ -345,7 +345,7 @@ static void phase_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int t,
     for (int i = 0; i < N_PH; i++) ms[i] = 0;
     k->synchronize();
     clock.t0 = time_now();
-    k->zero(P->grad, P->numel * sizeof(float));
+    k->grad_begin(P->grad, P->numel);
     m->stage_hook = phase_mark;
     m->stage_ctx = &clock;
     int M;
@@ -366,6 +366,7 @@ static double bench_update(Vlm *m, const TrainConfig *tc, int s, int lab, double
     const Kernels *k = m->k;
     ParamSet *P = &m->train;
     double *stats = m->stats;
+    k->grad_settle(P->grad, P->numel);
     k->scale_f32(P->grad, (float)(1.0 / lab), P->numel);
     k->sum_f64(stats + VLM_STAT_SUMSQ, P->grad, P->numel, 1, 0);
     optimizer_update_span(P, tc, s, SCHEDULE_STEPS, 0, s + 1, 0, P->numel, stats + VLM_STAT_SUMSQ,
@@ -384,7 +385,7 @@ static double bench_update(Vlm *m, const TrainConfig *tc, int s, int lab, double
 static double bench_one_step(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, int s, uint64_t seed,
                              int64_t labelled, double *norm) {
     const Kernels *k = m->k;
-    k->zero(m->train.grad, m->train.numel * sizeof(float));
+    k->grad_begin(m->train.grad, m->train.numel);  // as run_step: no memset of the gradients
     vlm_set_training(m, 1, seed * 0x9e3779b97f4a7c15ULL + (uint64_t)s * 4096);
     int lab;
     vlm_forward_backward_acc(m, vb, 1.0f, m->stats + VLM_STAT_LOSS, 0, &lab);
@@ -404,9 +405,9 @@ static void print_counts(Vlm *m, const VlmBatch *vb, const TrainConfig *tc, uint
     CHECK(cuda_counters_read(&c), "counters not available");
     printf("bench: counts per step (preset %s, stage %d, B=%d, T=%d, %s, not executed): kernel launches %ld, "
            "GEMMs %ld, host synchronisations %ld, memset %zu bytes, host->device %zu bytes, device->host %zu bytes, "
-           "device->device %zu bytes\n",
+           "device->device %zu bytes; of host->device, %zu bytes staged (memcpy'd by the host into the pinned ring)\n",
            preset, stage, vb->B, vb->T, m->k->name, c.launches, c.gemms, c.syncs, c.memset_bytes, c.h2d_bytes,
-           c.d2h_bytes, c.d2d_bytes);
+           c.d2h_bytes, c.d2d_bytes, c.staged_bytes);
 }
 
 // ---------------------------------------------------------------- main
@@ -666,18 +667,19 @@ int main(int argc, char **argv) {
     }
 
     // bf16 pixels where the backend computes in bf16, rounded once here as the trainer's loader
-    // threads round them (data/loader.h), not in the step
+    // threads round them (data/loader.h), not in the step, into the backend's host memory as the
+    // loader's batches are (pinned on CUDA: uploaded in place, not through the staging ring)
     uint16_t *pixels16 = NULL;
     if (k->act_bytes == 2) {
         size_t np = (size_t)bt.n_img * 3 * bt.S * bt.S;
-        pixels16 = xmalloc(np * sizeof(uint16_t));
+        pixels16 = k->host_alloc(np * sizeof(uint16_t));
         for (size_t i = 0; i < np; i++) pixels16[i] = f32_to_bf16(bt.pixels[i]);
     }
     VlmBatch vb = {.B = B, .T = bt.T, .ids = bt.ids, .targets = bt.targets, .n_img = bt.n_img, .pixels = bt.pixels,
                    .pixels_bf16 = pixels16, .img_row = bt.img_row, .img_start = bt.img_start};
     if (counts) {
         print_counts(&m, &vb, &tc, seed, bt.labelled, p->name, stage);
-        free(pixels16);
+        if (pixels16) k->host_free(pixels16);
         vlm_free(&m);
         batch_free(&bt);
         return 0;
@@ -758,7 +760,7 @@ int main(int argc, char **argv) {
         if (fclose(f) != 0) fatal("%s: write failed: %s", result, strerror(errno));
     }
     free(losses);
-    free(pixels16);
+    if (pixels16) k->host_free(pixels16);
     vlm_free(&m);
     batch_free(&bt);
     return 0;

@@ -210,6 +210,10 @@ static void assemble(Loader *l, Slot *s) {
         cur += len[k];
         if (cur > T) T = cur;
     }
+    if (sp->host_ready) {  // the device may still be copying this slot's previous batch
+        sp->host_ready(sp->pixels_bf16 ? (const void *)s->pix16 : (const void *)s->pix);
+        sp->host_ready(s->seg);
+    }
     LoaderBatch *b = &s->b;
     memset(b, 0, sizeof *b);
     b->B = B;
@@ -298,6 +302,15 @@ static void *worker(void *arg) {
     pthread_mutex_unlock(&l->mu);
     shard_readbuf_free(&rb);
     return NULL;
+}
+
+// the caller's host memory (LoaderSpec.host_alloc), else malloc
+static void *host_alloc(Loader *l, size_t bytes) {
+    return l->spec.host_alloc ? l->spec.host_alloc(bytes) : xmalloc(bytes);
+}
+static void host_free(Loader *l, void *p) {
+    if (l->spec.host_free) l->spec.host_free(p);
+    else free(p);
 }
 
 // ---------------------------------------------------------------- planning (caller's thread)
@@ -472,12 +485,15 @@ Loader *loader_open(const LoaderSpec *spec) {
             s->smp[k].ids = xmalloc((size_t)sp->max_seq_len * sizeof(int));
             s->smp[k].mask = xmalloc((size_t)sp->max_seq_len);
         }
-        s->pix = xmalloc((size_t)l->max_tiles * l->img_floats * sizeof(float));
-        s->pix16 = sp->pixels_bf16 ? xmalloc((size_t)l->max_tiles * l->img_floats * sizeof(uint16_t)) : NULL;
+        // the arrays the backend uploads from in place: its host memory (double buffered at
+        // least: prefetch + 1 slots, one held by the step, the others filled meanwhile)
+        size_t pf = (size_t)l->max_tiles * l->img_floats;
+        s->pix = sp->pixels_bf16 ? xmalloc(pf * sizeof(float)) : host_alloc(l, pf * sizeof(float));
+        s->pix16 = sp->pixels_bf16 ? host_alloc(l, pf * sizeof(uint16_t)) : NULL;
         s->ids = xmalloc(bt * sizeof(int));
         s->targets = xmalloc(bt * sizeof(int));
         s->pos = xmalloc(bt * sizeof(int));
-        s->seg = xmalloc(bt * sizeof(int));
+        s->seg = host_alloc(l, bt * sizeof(int));
         s->img_row = xmalloc((size_t)l->max_tiles * sizeof(int));
         s->img_start = xmalloc((size_t)l->max_tiles * sizeof(int));
         s->scratch = xmalloc((size_t)4 * sp->batch_size * sizeof(int));
@@ -516,12 +532,16 @@ void loader_close(Loader *l) {
             sample_release(&s->smp[k]);
         }
         free(s->smp);
-        free(s->pix);
-        free(s->pix16);
+        if (l->spec.pixels_bf16) {
+            free(s->pix);
+            host_free(l, s->pix16);
+        } else {
+            host_free(l, s->pix);
+        }
         free(s->ids);
         free(s->targets);
         free(s->pos);
-        free(s->seg);
+        host_free(l, s->seg);
         free(s->img_row);
         free(s->img_start);
         free(s->scratch);

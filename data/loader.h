@@ -37,6 +37,14 @@ typedef struct {
     int shuffle;            // 0 for validation sets: file order
     int pixels_bf16;        // 1: the image threads also round each image to bf16 (LoaderBatch.pixels_bf16)
                             // for a backend with bf16 activations, off the training thread
+    // Host memory for what a backend uploads straight from the batch (the pixels it reads: bf16
+    // when pixels_bf16, else fp32; the segments): Kernels.host_alloc / host_free / host_ready,
+    // pinned on CUDA, so the copies read it in place, asynchronously. The image thread that
+    // refills a slot calls host_ready on its arrays first: a batch is never overwritten while the
+    // device may still be copying it. NULL: malloc, and no wait.
+    void *(*host_alloc)(size_t bytes);
+    void (*host_free)(void *p);
+    void (*host_ready)(const void *p);
 } LoaderSpec;
 
 // One micro-batch, in the layout model/vlm.h's VlmBatch takes. Arrays stay valid until the

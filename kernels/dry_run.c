@@ -2,8 +2,10 @@
 // the bytes it would allocate on the real backend are counted, so the memory plan is computed by
 // the same code that later allocates, and cannot drift from it.
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "kernels/kernels.h"
 
 static Kernels g_dry;
@@ -28,6 +30,9 @@ static void dry_upload_act(act_t *dst, const float *src, size_t n) { (void)dst, 
 static void dry_download_act(float *dst, const act_t *src, size_t n) { (void)dst, (void)src, (void)n; }
 static void dry_cast(act_t *dst, const float *src, size_t n) { (void)dst, (void)src, (void)n; }
 static void dry_sync(void) {}
+static void dry_grad(float *g, size_t n) { (void)g, (void)n; }
+static void *dry_host_alloc(size_t bytes) { return xmalloc(bytes ? bytes : 1); }
+static void dry_host_ready(const void *p) { (void)p; }
 
 static void dry_memory(size_t *in_use, size_t *peak) {
     if (in_use) *in_use = g_bytes;
@@ -51,6 +56,11 @@ const Kernels *kernels_dry_run(const Kernels *target) {
     g_dry.download_act = dry_download_act;
     g_dry.cast_to_act = dry_cast;
     g_dry.synchronize = dry_sync;
+    g_dry.grad_begin = dry_grad;
+    g_dry.grad_settle = dry_grad;
+    g_dry.host_alloc = dry_host_alloc;  // host memory is not the plan's, and nothing reads it
+    g_dry.host_free = free;
+    g_dry.host_ready = dry_host_ready;
     g_dry.memory = dry_memory;
     g_dry.available = target->available;
     g_dry.workspace_bytes = target->workspace_bytes;

@@ -10,7 +10,8 @@
 // All pointers are backend memory except where a comment says "host".
 //
 // Gradients. Parameter gradients (float *dw, *db) always accumulate (+=), so micro-batches add
-// up. Activation gradients are overwritten, except where an op is marked "(+=)": the matmul,
+// up; between grad_begin and grad_settle the backend may turn the first += into each element of
+// the span into = (CUDA: beta 0 instead of a memset), which gives the same values. Activation gradients are overwritten, except where an op is marked "(+=)": the matmul,
 // the norms and the depthwise conv accumulate into dinp because their input feeds several
 // consumers (q/k/v projections, residual stream). A NULL gradient pointer means "not needed".
 // Pointwise ops (gelu, quick_gelu, gelu_tanh, swiglu, add and their backwards) allow out to alias an input.
@@ -85,6 +86,21 @@ typedef struct Kernels {
     void (*download_act)(float *host_dst, const act_t *src, size_t n);
     void (*cast_to_act)(act_t *dst, const float *src, size_t n);  // fp32 -> act_t, on the backend
     void (*synchronize)(void);
+    // The trainable gradient span of a step: grad_begin(g, n) makes [g, g + n) zero as far as
+    // the ops that add into parameter gradients go (the CPU zeroes it; CUDA does not touch it:
+    // the first op that writes each part overwrites it, and parts written by an op only in part
+    // are zeroed then). grad_settle(g, n) zeroes whatever in [g, g + n) no op has written since;
+    // call it on a range before reading it (reductions over ranks, the norm, AdamW) or writing it
+    // any other way. A new grad_begin forgets the previous span.
+    void (*grad_begin)(float *g, size_t n);
+    void (*grad_settle)(float *g, size_t n);
+    // Host memory that uploads read in place (CUDA: pinned, no copy into the staging ring; the
+    // CPU: malloc): upload and upload_act from it are asynchronous, so before the host writes a
+    // block again it calls host_ready(block), which returns once the device has read everything
+    // uploaded from it so far (at once where nothing is pending). Callable from any thread.
+    void *(*host_alloc)(size_t bytes);  // fatal() when out of memory
+    void (*host_free)(void *p);         // waits for the block's reads first
+    void (*host_ready)(const void *p);  // p: a block host_alloc gave (its start or inside it)
     // bytes held now and at most so far through alloc and the backend's own scratch buffers
     void (*memory)(size_t *in_use, size_t *peak);
     // bytes this process may still allocate: free device memory on CUDA, MemAvailable on the CPU
@@ -135,6 +151,10 @@ typedef struct Kernels {
     // dinp (+=), dw may be NULL
     void (*rmsnorm_backward)(act_t *dinp, float *dw, const act_t *dout, const act_t *inp,
                              const act_t *w, const float *rstd, int N, int C);
+    // the same with dinp overwritten (=), for the first writer of a gradient buffer: no memset
+    // before it (the values of zero + rmsnorm_backward)
+    void (*rmsnorm_backward_set)(act_t *dinp, float *dw, const act_t *dout, const act_t *inp,
+                                 const act_t *w, const float *rstd, int N, int C);
 
     // ---- rotary position embedding, rotate-half form (Llama/Qwen2) ----
     // inp, out (N, n_heads*head_dim), rows ld_inp and ld_out elements apart (>= n_heads*head_dim:

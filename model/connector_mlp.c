@@ -45,10 +45,9 @@ void connector_mlp2_backward(Connector *c, act_t *dx, const act_t *dout, const a
     const Kernels *k = c->k;
     const ParamSet *ps = c->ps;
     int H = c->out_dim;
-    // second linear: weight grads, and d(g) into d1 (zeroed: matmul_backward accumulates)
-    k->zero(c->d1, (size_t)N * H * k->act_bytes);
-    k->matmul_backward(c->d1, params_grad(ps, c->i.w2), params_grad(ps, c->i.b2), dout, c->g,
-                       params_act(ps, c->i.w2), N, H, H, 1.0f);
+    // second linear: weight grads, and d(g) into d1, its first writer (overwritten: no memset)
+    k->matmul_backward_set(c->d1, params_grad(ps, c->i.w2), params_grad(ps, c->i.b2), dout, c->g,
+                           params_act(ps, c->i.w2), N, H, H, 1.0f);
     k->gelu_backward(c->d1, c->d1, c->h1, (size_t)N * H);
     // first linear: d(x) only when something trainable comes before it (the tower is frozen)
     k->matmul_backward(dx, params_grad(ps, c->i.w1), params_grad(ps, c->i.b1), c->d1, x,

@@ -506,8 +506,7 @@ void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float gr
     if (!backward) return;
     k->zero(m->dln, (size_t)N * C * k->act_bytes);
     k->scatter_rows(m->dln, m->dhid, idx, M, C);
-    k->zero(m->dx, (size_t)N * C * k->act_bytes);
-    k->rmsnorm_backward(m->dx, NULL, m->dln, m->x_out, m->norm, m->rstdf, N, C);
+    k->rmsnorm_backward_set(m->dx, NULL, m->dln, m->x_out, m->norm, m->rstdf, N, C);  // dx's first writer
 }
 
 void llm_backward(Llm *m, const LlmAttend *at, int N, const int *pos) {

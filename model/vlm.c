@@ -57,11 +57,8 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     m->pad_idx = k->alloc(N * sizeof(int));
     m->row_idx = k->alloc(N * sizeof(int));
     m->stats = k->alloc(VLM_N_STATS * sizeof(double));
-    m->h_ids = xmalloc(N * sizeof(int));
-    m->h_pos = xmalloc(N * sizeof(int));
-    m->h_idx = xmalloc(N * sizeof(int));
-    m->h_tgt = xmalloc(N * sizeof(int));
-    m->h_img_idx = xmalloc(I * m->n_img_tokens * sizeof(int));
+    for (int s = 0; s < 2; s++) m->h_set[s] = k->host_alloc((4 * N + I * m->n_img_tokens) * sizeof(int));
+    m->h_cur = 1;
     m->h_slot = xmalloc(N);
     m->h_seg = xmalloc(N * sizeof(int));
     m->h_pad = xmalloc(N * sizeof(int));
@@ -74,11 +71,7 @@ void vlm_free(Vlm *m) {
     void *bufs[] = {m->pixels, m->feats, m->img_emb, m->dimg, m->ids, m->pos, m->seg, m->lab_idx, m->lab_tgt, m->img_idx,
                     m->pad_idx, m->row_idx, m->stats};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
-    free(m->h_ids);
-    free(m->h_pos);
-    free(m->h_idx);
-    free(m->h_tgt);
-    free(m->h_img_idx);
+    for (int s = 0; s < 2; s++) k->host_free(m->h_set[s]);
     free(m->h_slot);
     free(m->h_seg);
     free(m->h_pad);
@@ -130,6 +123,15 @@ static int upload_batch(Vlm *m, const VlmBatch *b, int trim) {
         fatal("batch of %d x %d tokens exceeds the planned %d x %d (batch_size x max_seq_len)", B, T, m->max_B, m->max_T);
     if (b->n_img < 0 || b->n_img > m->max_images)
         fatal("batch has %d images, more than the planned %d", b->n_img, m->max_images);
+    // the other set of host arrays, once the device has read what was uploaded from it
+    m->h_cur ^= 1;
+    k->host_ready(m->h_set[m->h_cur]);
+    size_t NN = (size_t)m->max_B * m->max_T;
+    m->h_ids = m->h_set[m->h_cur];
+    m->h_pos = m->h_ids + NN;
+    m->h_idx = m->h_pos + NN;
+    m->h_tgt = m->h_idx + NN;
+    m->h_img_idx = m->h_tgt + NN;
     memset(m->h_slot, 0, (size_t)N);
     for (int i = 0; i < b->n_img; i++) {
         int r = b->img_row[i], s = b->img_start[i];

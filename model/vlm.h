@@ -60,8 +60,12 @@ typedef struct {
     LlmAttend at;            // the micro-batch's attention layout (upload_batch)
     int n_rows;              // the LLM rows it runs: at.B * at.T, or fewer when compact
     double *stats;  // (VLM_N_STATS) the step's sums kept on the backend until the step ends
-    // host scratch
-    int *h_ids, *h_pos, *h_idx, *h_tgt, *h_img_idx;
+    // host scratch: the ids, positions, labels and image rows as uploaded, in two sets of the
+    // backend's host memory (k->host_alloc: uploaded in place), used in turn, so that a
+    // micro-batch is written while the one before may still be copied
+    int *h_ids, *h_pos, *h_idx, *h_tgt, *h_img_idx;  // the set in use
+    int *h_set[2];
+    int h_cur;
     char *h_slot;  // (N) 1 where a position belongs to an image slot
     int *h_seg, *h_pad, *h_row, *h_len;
     // called with VLM_STAGE_* as each stage of vlm_forward_backward ends (NULL: not called)

@@ -54,7 +54,8 @@ static void test_table_and_memory(void **state) {
     SLOT(dwconv3x3_backward); SLOT(im2col_patches); SLOT(vit_embed); SLOT(embedding_forward);
     SLOT(gather_rows); SLOT(scatter_rows); SLOT(cross_entropy); SLOT(adamw_update);
     SLOT(sum_squares); SLOT(scale_f32); SLOT(dropout); SLOT(attention_cached); SLOT(sum_f64); SLOT(adamw_span); SLOT(matmul_backward_set);
-    SLOT(add_rmsnorm_forward); SLOT(matmul_forward_ld); SLOT(matmul_backward_ld); SLOT(copy_rows);
+    SLOT(add_rmsnorm_forward); SLOT(matmul_forward_ld); SLOT(matmul_backward_ld); SLOT(copy_rows); SLOT(rmsnorm_backward_set);
+    SLOT(grad_begin); SLOT(grad_settle); SLOT(host_alloc); SLOT(host_free); SLOT(host_ready);
 #undef SLOT
 
     size_t used0, peak0, used1, peak1;

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1418,6 +1419,112 @@ static void test_loader_layout_by_hand(void **state) {
     free(bytes);
 }
 
+// ---- LoaderSpec.host_alloc: a backend's host memory, uploaded from in place (issue 19)
+
+// a stand-in for Kernels.host_alloc / host_ready: each block is "being read" (pending) from the
+// test's upload of the batch until host_ready says the device is done with it
+#define HOST_BLOCKS 32
+static struct {
+    pthread_mutex_t mu;
+    char *p[HOST_BLOCKS];
+    size_t bytes[HOST_BLOCKS];
+    int pending[HOST_BLOCKS], n, readies;
+} hb = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int hb_find(const void *p) {  // with hb.mu held
+    for (int i = 0; i < hb.n; i++)
+        if (hb.p[i] && (const char *)p >= hb.p[i] && (const char *)p < hb.p[i] + hb.bytes[i]) return i;
+    return -1;
+}
+static void *hb_alloc(size_t bytes) {
+    pthread_mutex_lock(&hb.mu);
+    CHECK(hb.n < HOST_BLOCKS, "test: too many host blocks");
+    int i = hb.n++;
+    hb.p[i] = xmalloc(bytes ? bytes : 1);
+    hb.bytes[i] = bytes ? bytes : 1;
+    hb.pending[i] = 0;
+    pthread_mutex_unlock(&hb.mu);
+    return hb.p[i];
+}
+static void hb_ready(const void *p) {
+    pthread_mutex_lock(&hb.mu);
+    int i = hb_find(p);
+    CHECK(i >= 0, "test: host_ready of memory host_alloc did not give");
+    hb.pending[i] = 0;
+    hb.readies++;
+    pthread_mutex_unlock(&hb.mu);
+}
+static void hb_free(void *p) {
+    pthread_mutex_lock(&hb.mu);
+    int i = hb_find(p);
+    CHECK(i >= 0 && hb.p[i] == p, "test: host_free of memory host_alloc did not give");
+    free(hb.p[i]);
+    hb.p[i] = NULL;
+    pthread_mutex_unlock(&hb.mu);
+}
+// the batch's array p lies in a block, which is not being read any more; it is from now on
+static void hb_upload(const void *p, size_t bytes) {
+    pthread_mutex_lock(&hb.mu);
+    int i = hb_find(p);
+    if (i < 0) fail_msg("a batch array uploaded in place is not in the backend's host memory");
+    assert_true((const char *)p + bytes <= hb.p[i] + hb.bytes[i]);
+    if (hb.pending[i]) fail_msg("a slot was refilled without host_ready: the device may still be copying it");
+    hb.pending[i] = 1;
+    pthread_mutex_unlock(&hb.mu);
+}
+
+// bf16 pixels and segments in the caller's host memory: host_ready on a slot's arrays before
+// every refill, the same batches as with malloc, every block given back at close
+static void test_loader_host_memory(void **state) {
+    char d[512], dir[600];
+    make_temp_dir(d, sizeof d, "hostmem");
+    snprintf(dir, sizeof dir, "%s/s", d);
+    write_hand_shards(dir, HAND3, 3, 3, 8, 0);
+    LoaderSpec s = loader_spec(dir);
+    s.image_tokens = 3;
+    s.max_seq_len = 12;
+    s.batch_size = 1;
+    s.packing = 1;
+    s.prep.size = 10;
+    s.pixels_bf16 = 1;
+    Loader *plain = loader_open(&s);
+    s.host_alloc = hb_alloc;
+    s.host_free = hb_free;
+    s.host_ready = hb_ready;
+    Loader *l = loader_open(&s);
+    int with_image = 0;
+    for (int step = 0; step < 12; step++) {  // 4 epochs of 3 batches through prefetch + 1 = 3 slots
+        LoaderBatch a, b;
+        assert_int_equal(loader_next(plain, &a), loader_next(l, &b));
+        assert_int_equal(a.B * a.T, b.B * b.T);
+        assert_memory_equal(a.ids, b.ids, (size_t)a.B * a.T * sizeof(int));
+        assert_memory_equal(a.seg, b.seg, (size_t)a.B * a.T * sizeof(int));
+        hb_upload(b.seg, (size_t)b.B * b.T * sizeof(int));
+        assert_int_equal(a.n_img, b.n_img);
+        if (b.n_img) {
+            size_t np = (size_t)b.n_img * 3 * 10 * 10;
+            assert_memory_equal(a.pixels_bf16, b.pixels_bf16, np * sizeof(uint16_t));
+            hb_upload(b.pixels_bf16, np * sizeof(uint16_t));
+            with_image++;
+        }
+    }
+    assert_int_equal(with_image, 4);
+    loader_seek(l, (LoaderPos){0, 1});  // the drained slots are refilled after host_ready too
+    for (int step = 0; step < 4; step++) {
+        LoaderBatch b;
+        loader_next(l, &b);
+        hb_upload(b.seg, (size_t)b.B * b.T * sizeof(int));
+    }
+    pthread_mutex_lock(&hb.mu);
+    int n = hb.n, readies = hb.readies;
+    pthread_mutex_unlock(&hb.mu);
+    assert_int_equal(n, 2 * 3);  // pixels and segments of each slot
+    assert_true(readies >= 2 * 16);
+    loader_close(l);
+    loader_close(plain);
+    for (int i = 0; i < n; i++) assert_null(hb.p[i]);
+}
+
 // a record whose image does not decode is dropped from its batch, the rest laid out as usual
 static void test_loader_bad_image_dropped(void **state) {
     char d[512], dir[600];
@@ -1964,6 +2071,7 @@ int main(void) {
         cmocka_unit_test(test_index_damage_fatal),
         cmocka_unit_test(test_corrupt_record_skipped),
         cmocka_unit_test(test_loader_layout_by_hand),
+        cmocka_unit_test(test_loader_host_memory),
         cmocka_unit_test(test_loader_bad_image_dropped),
         cmocka_unit_test(test_loader_thin_image),
         cmocka_unit_test(test_loader_permutation_and_ranks),

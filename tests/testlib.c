@@ -444,13 +444,16 @@ void check_grad_buckets(const Kernels *k) {
             grad_buckets_init(&gb, &d, P, first, count, ng, sizes[s], slice);
             twin.started = 0;
             twin.covered = 0;
-            k->zero(P->grad, span * sizeof(float));
+            // as run_step: no memset (the first writer of each gradient overwrites it), each
+            // bucket settled as it starts, the rest before the last ones start
+            k->grad_begin(P->grad, span);
             grad_buckets_begin(&gb);
             vlm_forward_backward(&m, &fx.batch, 0.5f, NULL);
             m.grads_ready = grad_buckets_hook(&gb);
             vlm_forward_backward(&m, &fx.batch, 0.5f, NULL);
             m.grads_ready = (GradsReady){0};
             int during = twin.started;
+            k->grad_settle(P->grad, span);
             grad_buckets_finish(&gb);
             k->download(got, P->grad, check * sizeof(float));
             printf("    ZeRO-%d, buckets of %g MiB: %d bucket(s), %d started during the backward; %s\n", zero, sizes[s],

@@ -23,6 +23,7 @@ void grad_buckets_init(GradBuckets *g, Dist *d, const ParamSet *P, const int *fi
     memset(g, 0, sizeof *g);
     g->d = d;
     g->grad = P->grad;
+    g->k = P->k;
     g->slice = slice;
     g->n_groups = n_groups;
     g->bucket_of = xmalloc((size_t)(P->n ? P->n : 1) * sizeof(int));
@@ -81,6 +82,7 @@ void grad_buckets_begin(GradBuckets *g) {
 static void start_ready(GradBuckets *g) {
     while (g->next < g->n && g->b[g->next].pending == 0) {
         const GradBucket *b = &g->b[g->next++];
+        g->k->grad_settle(g->grad + b->begin, b->end - b->begin);  // a tensor of it the batch did not reach
         dist_reduce_start(g->d, g->grad, b->begin, b->end, g->slice);
     }
 }

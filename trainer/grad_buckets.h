@@ -21,6 +21,7 @@ typedef struct {
 typedef struct {
     Dist *d;
     float *grad;
+    const Kernels *k;  // the span's backend: a bucket's unwritten gradients are zeroed before its sum
     size_t slice;      // ZeRO-1: elements per rank's slice; 0: every rank gets every sum
     GradBucket *b;
     int n, next;       // the buckets, and the next one to start (they start in order)

@@ -356,7 +356,8 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
                      .image_tokens = image_tokens, .slot = &r->slot, .max_tiles = max_tiles, .seed = c->seed, .rank = r->rank, .world = world,
                      .step_block = c->batch_size * r->accum, .packing = c->packing,
                      .threads = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .prefetch = c->prefetch,
-                     .shuffle = 1, .pixels_bf16 = k->act_bytes == 2};
+                     .shuffle = 1, .pixels_bf16 = k->act_bytes == 2,
+                     .host_alloc = k->host_alloc, .host_free = k->host_free, .host_ready = k->host_ready};
     ls.prep = prep;
     r->train = loader_open(&ls);
     if (val_shards[0]) {

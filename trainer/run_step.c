@@ -114,7 +114,9 @@ void run_step(Run *r, StepResult *out) {
     ParamSet *P = &m->train;
     const Kernels *k = m->k;
     int64_t step = r->st.step;
-    k->zero(P->grad, P->span * sizeof(float));
+    // no memset: the first op writing each gradient this step overwrites it (grad_settle below
+    // zeroes what none wrote)
+    k->grad_begin(P->grad, P->span);
     grad_buckets_begin(&r->buckets);
     double loss_sum = 0;
     int64_t n_lab = 0, n_tok = 0, epoch = 0;
@@ -138,6 +140,7 @@ void run_step(Run *r, StepResult *out) {
         n_lab += lab;
         n_tok += (int64_t)lb.B * lb.T;
     }
+    k->grad_settle(P->grad, P->span);  // tensors no micro-batch reached, the span's padding
     grad_buckets_finish(&r->buckets);  // every bucket started, in the same order on every rank, and summed
     // one exchange of the step's scalars; the stop flags ride along, so every rank sees the same
     // decision at the same step boundary. With one rank the loss sum stays on the backend until

@@ -102,12 +102,26 @@ static void cpu_download_act(float *host_dst, const act_t *src, size_t n) {
 }
 static void cpu_cast_to_act(act_t *dst, const float *src, size_t n) { cpu_copy(dst, src, n * sizeof(float)); }
 static void cpu_synchronize(void) {}
+// the CPU zeroes the span up front (its ops add into fp32 gradients through BLAS either way)
+static void cpu_grad_begin(float *g, size_t n) { cpu_zero(g, n * sizeof(float)); }
+static void cpu_grad_settle(float *g, size_t n) { (void)g, (void)n; }
+// uploads are memcpy on the CPU: nothing is ever pending on a host block
+static void *cpu_host_alloc(size_t bytes) { return xmalloc(bytes ? bytes : 1); }
+static void cpu_host_free(void *p) { free(p); }
+static void cpu_host_ready(const void *p) { (void)p; }
 
 // the CPU's matmul_backward_set: clear dinp, then accumulate (the same bits as the model's
 // zero + matmul_backward)
 static void cpu_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const act_t *dout, const act_t *inp,
                                     const act_t *w, int N, int C, int OC, float alpha) {
     cpu_matmul_backward_ld(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 1, OC, C);
+}
+
+// the CPU's rmsnorm_backward_set: clear dinp, then accumulate (the same bits as zero + rmsnorm_backward)
+static void cpu_rmsnorm_backward_set(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
+                                     const float *rstd, int N, int C) {
+    if (dinp && N > 0 && C > 0) memset(dinp, 0, (size_t)N * C * sizeof(float));
+    cpu_rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
 }
 
 // add then RMSNorm: on the CPU the fused op is the two (each already one pass of its own)
@@ -135,6 +149,11 @@ static const Kernels cpu_kernels = {
     .download_act = cpu_download_act,
     .cast_to_act = cpu_cast_to_act,
     .synchronize = cpu_synchronize,
+    .grad_begin = cpu_grad_begin,
+    .grad_settle = cpu_grad_settle,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .host_ready = cpu_host_ready,
     .memory = cpu_memory,
     .available = cpu_available,
     .workspace_bytes = cpu_workspace_bytes,
@@ -149,6 +168,7 @@ static const Kernels cpu_kernels = {
     .layernorm_backward = cpu_layernorm_backward,
     .rmsnorm_forward = cpu_rmsnorm_forward,
     .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rmsnorm_backward_set = cpu_rmsnorm_backward_set,
     .add_rmsnorm_forward = cpu_add_rmsnorm_forward,
     .rope_forward = cpu_rope_forward,
     .rope_backward = cpu_rope_backward,

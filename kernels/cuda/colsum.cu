@@ -1,9 +1,10 @@
 // colsum.cu: deterministic sums over the rows of an (N, C) matrix (rows ld apart) into fp32 per-column gradients
-// (+=): the matmul bias gradient and the LayerNorm / RMSNorm weight and bias gradients.
+// (+=; = for the first writer of a gradient, grad_first.cu): the matmul bias gradient and the
+// LayerNorm / RMSNorm weight and bias gradients.
 // Pass 1: the rows are cut into chunks whose size depends only on N; block (column tile, chunk)
 // sums its rows per column (8 row lanes, then the 8 lane sums in order) into a scratch buffer.
 // Pass 2: one thread per column adds the chunk sums in chunk order (in double) and adds the
-// result to the gradient. No atomics, so the same inputs always give the same bits.
+// result to the gradient (or stores it there). No atomics, so the same inputs always give the same bits.
 #include "kernels/cuda/common.cuh"
 
 enum { CS_BIAS, CS_LAYERNORM, CS_RMSNORM };
@@ -54,18 +55,19 @@ __global__ void __launch_bounds__(256) colsum_partial_kernel(float *partial, con
     }
 }
 
-__global__ void colsum_final_kernel(float *dst0, float *dst1, const float *partial, int nchunks, int C) {
+__global__ void colsum_final_kernel(float *dst0, float *dst1, const float *partial, int nchunks, int C, int set0,
+                                    int set1) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     if (dst0) {
         double t = 0.0;
         for (int ch = 0; ch < nchunks; ch++) t += partial[(size_t)ch * C + c];
-        dst0[c] += (float)t;
+        dst0[c] = set0 ? (float)t : dst0[c] + (float)t;
     }
     if (dst1) {
         double t = 0.0;
         for (int ch = 0; ch < nchunks; ch++) t += partial[((size_t)nchunks + ch) * C + c];
-        dst1[c] += (float)t;
+        dst1[c] = set1 ? (float)t : dst1[c] + (float)t;
     }
 }
 
@@ -80,7 +82,8 @@ static void colsum(float *dst0, float *dst1, const bf16 *dout, const bf16 *inp, 
     dim3 grid(ceil_div_u(C, 32), nchunks), block(32, 8);
     LAUNCH(grid, block, colsum_partial_kernel<MODE>)(partial, dout, inp, mean, rstd, N, C, ld, chunk_rows);
     cudaCheckLaunch();
-    LAUNCH(ceil_div_u(C, 256), 256, colsum_final_kernel)(dst0, dst1, partial, nchunks, C);
+    int set0 = cuda_grad_first(dst0, (size_t)C), set1 = cuda_grad_first(dst1, (size_t)C);
+    LAUNCH(ceil_div_u(C, 256), 256, colsum_final_kernel)(dst0, dst1, partial, nchunks, C, set0, set1);
     cudaCheckLaunch();
 }
 

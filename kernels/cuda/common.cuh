@@ -72,6 +72,12 @@ size_t cuda_attention_backward_scratch(int slot, int B, int T, int NH, int NKV, 
 
 static inline unsigned ceil_div_u(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 
+// grad_first.cu: whether the gradient dst[0, n) is written for the first time since grad_begin
+// (1: the caller overwrites it; 0: it adds, any unwritten part of it having been zeroed)
+int cuda_grad_first(float *dst, size_t n);
+void cuda_grad_begin(float *g, size_t n);
+void cuda_grad_settle(float *g, size_t n);
+
 // ---------------------------------------------------------------- bf16
 
 #ifdef SVLM_CUDA_EMU
@@ -177,6 +183,8 @@ void cuda_layernorm_backward(act_t *dinp, float *dw, float *db, const act_t *dou
 void cuda_rmsnorm_forward(act_t *out, float *rstd, const act_t *inp, const act_t *w, int N, int C, float eps);
 void cuda_add_rmsnorm_forward(act_t *sum, act_t *out, float *rstd, const act_t *a, const act_t *b, const act_t *w,
                               int N, int C, float eps);
+void cuda_rmsnorm_backward_set(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
+                               const float *rstd, int N, int C);
 void cuda_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
                            const float *rstd, int N, int C);
 // rope.cu

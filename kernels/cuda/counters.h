@@ -15,6 +15,8 @@ typedef struct {
     long syncs;           // the host waiting for the device (stream or event synchronisation)
     size_t memset_bytes;  // bytes cleared with cudaMemsetAsync
     size_t h2d_bytes, d2h_bytes, d2d_bytes;  // bytes copied by direction
+    size_t staged_bytes;  // of h2d, bytes the host first copied into the pinned staging ring (the
+                          // rest was read from the caller's own pinned memory: Kernels.host_alloc)
 } CudaCounters;
 
 // 1 and the counts since the last reset where they are counted (the emulator), else 0

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <map>
+#include <mutex>
 #include <unordered_map>
 
 #include "kernels/cuda/common.cuh"
@@ -189,8 +191,104 @@ static char *ring_take(size_t bytes) {
 // after the work that reads what ring_take gave
 static void ring_read_enqueued(void) { cudaCheck(cudaEventRecord(g_ring_read[g_ring_half], g_stream)); }
 
+// ---- the caller's own pinned buffers (host_alloc): read by the copies in place, no staging
+
+// Each block has an event recorded after the last work enqueued that reads it; host_ready waits
+// for it. The loader's image threads call host_ready while the training thread uploads from other
+// blocks, so the table takes a lock (the CUDA calls themselves are thread-safe).
+typedef struct {
+    char *p;
+    size_t bytes;
+    int pinned;       // cudaMallocHost; 0: pageable (pinning failed), uploads of it take the ring
+    int pending;      // an upload read it since the last host_ready
+    cudaEvent_t read;
+} HostBlock;
+static std::map<uintptr_t, HostBlock> g_host;  // by address
+static std::mutex g_host_mu;
+
+// the pinned block holding [p, p + bytes), else NULL; with g_host_mu held
+static HostBlock *host_block(const void *p, size_t bytes) {
+    uintptr_t a = (uintptr_t)p;
+    auto it = g_host.upper_bound(a);
+    if (it == g_host.begin()) return NULL;
+    --it;
+    HostBlock *b = &it->second;
+    return b->pinned && a + bytes <= (uintptr_t)b->p + b->bytes ? b : NULL;
+}
+
+static void *cuda_host_alloc(size_t bytes) {
+    HostBlock b = {NULL, bytes ? bytes : 1, 1, 0, NULL};
+    if (cudaMallocHost((void **)&b.p, b.bytes) != cudaSuccess) {
+        cudaGetLastError();
+        b.p = (char *)xmalloc(b.bytes);  // works, through the staging ring
+        b.pinned = 0;
+    } else {
+        cudaCheck(cudaEventCreateWithFlags(&b.read, cudaEventDisableTiming));
+    }
+    std::lock_guard<std::mutex> lk(g_host_mu);
+    g_host[(uintptr_t)b.p] = b;
+    return b.p;
+}
+
+// waits for the device's reads of a block, from its event; a wait (counted) only when there is one
+static void host_event_wait(cudaEvent_t e) {
+    cudaError_t q = cudaEventQuery(e);
+    if (q == cudaErrorNotReady) cudaCheck(cudaEventSynchronize(e));
+    else cudaCheck(q);
+}
+
+// The wait happens outside the lock, so the training thread's uploads from other blocks go on
+// meanwhile; nothing re-records this block's event then (its owner is about to write it).
+static void cuda_host_ready(const void *p) {
+    if (!p) return;
+    cudaEvent_t e = NULL;
+    {
+        std::lock_guard<std::mutex> lk(g_host_mu);
+        HostBlock *b = host_block(p, 1);
+        if (!b || !b->pending) return;
+        b->pending = 0;
+        e = b->read;
+    }
+    host_event_wait(e);
+}
+
+static void cuda_host_free(void *p) {
+    if (!p) return;
+    std::lock_guard<std::mutex> lk(g_host_mu);
+    auto it = g_host.find((uintptr_t)p);
+    CHECK(it != g_host.end(), "host_free of memory host_alloc did not give");
+    HostBlock *b = &it->second;
+    if (b->pinned) {
+        if (b->pending) host_event_wait(b->read);
+        cudaCheck(cudaEventDestroy(b->read));
+        cudaCheck(cudaFreeHost(b->p));
+    } else {
+        free(b->p);
+    }
+    g_host.erase(it);
+}
+
+// an upload from a pinned block: 1 and its reads enqueued, the block marked as being read
+static int upload_pinned(void *dst, const void *host_src, size_t bytes, int cast) {
+    std::lock_guard<std::mutex> lk(g_host_mu);
+    HostBlock *b = host_block(host_src, bytes);
+    if (!b) return 0;
+    if (cast) {
+        cuda_cast_to_act(dst, (const float *)host_src, bytes / sizeof(float));  // reads the mapped pinned fp32
+#ifdef SVLM_CUDA_EMU
+        emu_counters.h2d_bytes += bytes;
+#endif
+    } else {
+        cudaCheck(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, g_stream));
+    }
+    cudaCheck(cudaEventRecord(b->read, g_stream));
+    b->pending = 1;
+    return 1;
+}
+
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     if (!bytes) return;
+    if (g_ring && upload_pinned(dst, host_src, bytes, 0)) return;
     if (!g_ring) {
         cudaCheck(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, g_stream));
         cudaCheck(cudaStreamSynchronize(g_stream));  // the host buffer may change once we return
@@ -200,6 +298,9 @@ static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
         size_t m = bytes - o < RING_HALF ? bytes - o : RING_HALF;
         char *p = ring_take(m);
         memcpy(p, (const char *)host_src + o, m);
+#ifdef SVLM_CUDA_EMU
+        emu_counters.staged_bytes += m;
+#endif
         cudaCheck(cudaMemcpyAsync((char *)dst + o, p, m, cudaMemcpyHostToDevice, g_stream));
         ring_read_enqueued();
     }
@@ -218,6 +319,7 @@ static uint16_t *g_stage;
 
 static void cuda_upload_act(act_t *dst, const float *host_src, size_t n) {
     uint16_t *d = (uint16_t *)dst;
+    if (g_ring && n && upload_pinned(dst, host_src, n * sizeof(float), 1)) return;
     if (g_ring) {
         const size_t chunk = RING_HALF / sizeof(float);
         for (size_t i0 = 0; i0 < n; i0 += chunk) {
@@ -228,6 +330,7 @@ static void cuda_upload_act(act_t *dst, const float *host_src, size_t n) {
             ring_read_enqueued();
 #ifdef SVLM_CUDA_EMU
             emu_counters.h2d_bytes += m * sizeof(float);  // a kernel's reads: no copy for the emulator to see
+            emu_counters.staged_bytes += m * sizeof(float);
 #endif
         }
         return;
@@ -276,6 +379,11 @@ static Kernels g_kernels = {
     .download_act = cuda_download_act,
     .cast_to_act = cuda_cast_to_act,
     .synchronize = cuda_synchronize,
+    .grad_begin = cuda_grad_begin,
+    .grad_settle = cuda_grad_settle,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .host_ready = cuda_host_ready,
     .memory = cuda_memory,
     .available = cuda_available,
     .workspace_bytes = cuda_workspace_bytes,
@@ -291,6 +399,7 @@ static Kernels g_kernels = {
     .rmsnorm_forward = cuda_rmsnorm_forward,
     .add_rmsnorm_forward = cuda_add_rmsnorm_forward,
     .rmsnorm_backward = cuda_rmsnorm_backward,
+    .rmsnorm_backward_set = cuda_rmsnorm_backward_set,
     .rope_forward = cuda_rope_forward,
     .rope_backward = cuda_rope_backward,
     .attention_forward = cuda_attention_forward,
@@ -388,6 +497,7 @@ extern "C" int cuda_counters_read(CudaCounters *c) {
     c->h2d_bytes = emu_counters.h2d_bytes;
     c->d2h_bytes = emu_counters.d2h_bytes;
     c->d2d_bytes = emu_counters.d2d_bytes;
+    c->staged_bytes = emu_counters.staged_bytes;
     c->gemms = gemms_so_far() - g_gemms_at_reset;
     return 1;
 #else

@@ -126,7 +126,9 @@ __global__ void __launch_bounds__(256) dwconv_dw_partial_kernel(float *partial, 
     }
 }
 
-__global__ void dwconv_dw_final_kernel(float *dw, float *dbias, const float *partial, int nchunks, int C) {
+// dw, dbias += the chunks' sums (=: set_w, set_b, their first writer this step)
+__global__ void dwconv_dw_final_kernel(float *dw, float *dbias, const float *partial, int nchunks, int C, int set_w,
+                                       int set_b) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     for (int k = 0; k < 10; k++) {
@@ -134,8 +136,8 @@ __global__ void dwconv_dw_final_kernel(float *dw, float *dbias, const float *par
         if (k == 9 && !dbias) continue;
         double v = 0.0;
         for (int ch = 0; ch < nchunks; ch++) v += partial[((size_t)k * nchunks + ch) * C + c];
-        if (k < 9) dw[(size_t)c * 9 + k] += (float)v;
-        else dbias[c] += (float)v;
+        float *d = k < 9 ? &dw[(size_t)c * 9 + k] : &dbias[c];
+        *d = (k < 9 ? set_w : set_b) ? (float)v : *d + (float)v;
     }
 }
 
@@ -174,7 +176,8 @@ void cuda_dwconv3x3_backward(act_t *dinp, float *dw, float *dbias, const act_t *
         LAUNCH(grid, block, dwconv_dw_partial_kernel)(partial, (const bf16 *)dout, (const bf16 *)inp, B, H, W, C,
                                                       chunk_tokens);
         cudaCheckLaunch();
-        LAUNCH(ceil_div_u(C, 256), 256, dwconv_dw_final_kernel)(dw, dbias, partial, nchunks, C);
+        int set_w = cuda_grad_first(dw, (size_t)C * 9), set_b = cuda_grad_first(dbias, (size_t)C);
+        LAUNCH(ceil_div_u(C, 256), 256, dwconv_dw_final_kernel)(dw, dbias, partial, nchunks, C, set_w, set_b);
         cudaCheckLaunch();
     }
 }

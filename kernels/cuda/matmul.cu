@@ -1,5 +1,6 @@
 // matmul.cu: the linear layer on cuBLASLt: bf16 inputs, fp32 accumulation (CUBLAS_COMPUTE_32F),
-// bf16 output for activations and fp32 output for weight gradients (+=, beta = 1).
+// bf16 output for activations and fp32 output for weight gradients (+=, beta = 1; beta = 0 for the
+// first writer of a gradient in the step, grad_first.cu).
 //
 // Row-major <-> column-major: cuBLAS sees a row-major (R, C) matrix as a column-major (C, R) one,
 // so each product is written for the transposes (llm.c's trick):
@@ -467,7 +468,8 @@ void cuda_matmul_backward_ld(act_t *dinp, float *dw, float *dbias, const act_t *
         gemm(&g);
     }
     if (dw && C > 0) {
-        Gemm g = {0, 1, C, OC, N, (const bf16 *)inp, ld_inp, (const bf16 *)dout, ld_out, dw, C, 1, NULL, alpha, 1.0f,
+        float wbeta = cuda_grad_first(dw, (size_t)OC * C) ? 0.0f : 1.0f;
+        Gemm g = {0, 1, C, OC, N, (const bf16 *)inp, ld_inp, (const bf16 *)dout, ld_out, dw, C, 1, NULL, alpha, wbeta,
                   1, 0, 0, 0};
         gemm(&g);
     }

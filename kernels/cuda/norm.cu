@@ -112,10 +112,11 @@ __global__ void __launch_bounds__(256) rmsnorm_forward_kernel(bf16 *sum, bf16 *o
     if (lane == 0 && rstd) rstd[row] = r;
 }
 
-// dinp += r (w g - x r^2 mean(w g x)); VEC as in the forward
+// dinp += r (w g - x r^2 mean(w g x)), or = when set (dinp not read); VEC as in the forward
 template <bool VEC>
 __global__ void __launch_bounds__(256) rmsnorm_backward_kernel(bf16 *dinp, const bf16 *dout, const bf16 *inp,
-                                                               const bf16 *w, const float *rstd, int N, int C) {
+                                                               const bf16 *w, const float *rstd, int N, int C,
+                                                               int set) {
     int row = blockIdx.x * NORM_ROWS + threadIdx.x / WARP, lane = threadIdx.x % WARP;
     if (row >= N) return;
     const bf16 *x = inp + (size_t)row * C, *g = dout + (size_t)row * C;
@@ -140,14 +141,18 @@ __global__ void __launch_bounds__(256) rmsnorm_backward_kernel(bf16 *dinp, const
             load8(xv, x, c, C, true);
             load8(gv, g, c, C, true);
             load8(wv, w, c, C, true);
-            load8(dv, dx, c, C, true);
-            for (int j = 0; j < 8; j++) dv[j] = dv[j] + r * (wv[j] * gv[j] - xv[j] * k);
+            if (set)
+                for (int j = 0; j < 8; j++) dv[j] = r * (wv[j] * gv[j] - xv[j] * k);
+            else {
+                load8(dv, dx, c, C, true);
+                for (int j = 0; j < 8; j++) dv[j] = dv[j] + r * (wv[j] * gv[j] - xv[j] * k);
+            }
             store8(dx, c, C, true, dv);
         }
     } else {
         for (int c = lane; c < C; c += WARP) {
             float d = r * (bf2f(w[c]) * bf2f(g[c]) - bf2f(x[c]) * k);
-            dx[c] = f2bf(bf2f(dx[c]) + d);
+            dx[c] = f2bf(set ? d : bf2f(dx[c]) + d);
         }
     }
 }
@@ -205,17 +210,28 @@ void cuda_add_rmsnorm_forward(act_t *sum, act_t *out, float *rstd, const act_t *
     cudaCheckLaunch();
 }
 
-void cuda_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
-                           const float *rstd, int N, int C) {
+static void rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
+                             const float *rstd, int N, int C, int set) {
     if (N <= 0 || C <= 0) return;
     if (dinp) {
         if (rows_vec(dinp, dout, inp, w, C))
             LAUNCH(ceil_div_u(N, NORM_ROWS), 256, rmsnorm_backward_kernel<true>)(
-                (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, (const bf16 *)w, rstd, N, C);
+                (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, (const bf16 *)w, rstd, N, C, set);
         else
             LAUNCH(ceil_div_u(N, NORM_ROWS), 256, rmsnorm_backward_kernel<false>)(
-                (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, (const bf16 *)w, rstd, N, C);
+                (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, (const bf16 *)w, rstd, N, C, set);
         cudaCheckLaunch();
     }
     if (dw) cuda_colsum_rmsnorm(dw, (const bf16 *)dout, (const bf16 *)inp, rstd, N, C);
+}
+
+void cuda_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
+                           const float *rstd, int N, int C) {
+    rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C, 0);
+}
+
+// dinp overwritten, for its first writer: one read of dinp and its memset less
+void cuda_rmsnorm_backward_set(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
+                               const float *rstd, int N, int C) {
+    rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C, 1);
 }

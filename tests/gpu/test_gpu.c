@@ -493,6 +493,21 @@ static void test_rmsnorm(void **state) {
         expect_same_bytes(what, r[0][0], r[1][0], n * 2);
         expect_same_bytes(what, r[0][1], r[1][1], Cc * 4);
         for (int k = 0; k < 2; k++) free(r[k][0]), free(r[k][1]);
+        // set: dinp overwritten (its old contents ignored), the values of zero + rmsnorm_backward
+        G->zero(gdi, n * 2);
+        G->rmsnorm_backward(gdi, NULL, gdo, gi, gw, gr, N, Cc);
+        void *want_set = down_raw(gdi, n * 2);
+        G->upload_act(gdi, dinp0, n);
+        G->upload(gdw, dw0, Cc * 4);
+        G->rmsnorm_backward_set(gdi, gdw, gdo, gi, gw, gr, N, Cc);
+        void *got_set = down_raw(gdi, n * 2);
+        for (size_t i = 0; i < n; i++) {  // bf16 values equal (a zero's sign aside: 0 + -0 is +0)
+            float a = bf16_to_f32(((uint16_t *)got_set)[i]), b = bf16_to_f32(((uint16_t *)want_set)[i]);
+            if (!(a == b)) fail_msg("rmsnorm_backward_set %dx%d: element %zu is %g, zero + rmsnorm_backward gives %g", N, Cc, i, a, b);
+        }
+        snprintf(what, sizeof what, "rmsnorm_backward_set %dx%d dw (+=)", N, Cc);
+        expect_f32(what, gdw, rdw, Cc, TOL_F32_FROM_BF16);
+        free(want_set); free(got_set);
         free(inp); free(w); free(out); free(rstd); free(dout); free(dinp0); free(dw0); free(rdi); free(rdw);
         G->free(gi); G->free(gw); G->free(go); G->free(gr); G->free(gdo); G->free(gdi); G->free(gdw);
     }
@@ -1459,6 +1474,11 @@ static void sim_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, cons
     C->rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, Cc);
     if (dinp) round_bf16(dinp, (size_t)N * Cc);
 }
+static void sim_rmsnorm_backward_set(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
+                                     const float *rstd, int N, int Cc) {
+    C->rmsnorm_backward_set(dinp, dw, dout, inp, w, rstd, N, Cc);
+    if (dinp) round_bf16(dinp, (size_t)N * Cc);
+}
 // N rows of n elements, ld apart
 static void round_bf16_rows(const void *p, int N, int n, int ld) {
     for (int r = 0; r < N; r++) round_bf16((const float *)p + (size_t)r * ld, (size_t)n);
@@ -1571,6 +1591,7 @@ static const Kernels *bf16_sim(void) {
     sim.layernorm_backward = sim_layernorm_backward;
     sim.rmsnorm_forward = sim_rmsnorm_forward;
     sim.rmsnorm_backward = sim_rmsnorm_backward;
+    sim.rmsnorm_backward_set = sim_rmsnorm_backward_set;
     sim.rope_forward = sim_rope_forward;
     sim.rope_backward = sim_rope_backward;
     sim.attention_forward = sim_attention_forward;
@@ -1662,17 +1683,24 @@ static void run_vlm(ModelErr *e, const Kernels *k, VlmFixture *fx, const char *l
     int M = 0;
     for (int i = 0; i < fx->B * fx->T; i++) M += fx->targets[i] >= 0;
     size_t ng = m.train.numel;
-    float *grads[2];
-    double sums[2];
-    for (int rep = 0; rep < 2; rep++) {  // twice: the same bytes
-        k->zero(m.train.grad, ng * sizeof(float));
+    float *grads[3];
+    double sums[3];
+    // three times: after a memset of the gradients, then twice as run_step does it (grad_begin:
+    // on CUDA the first writer of each gradient overwrites it, no memset); the two the same
+    // bytes, and the same values as the first (x + 0 may differ from x only in a zero's sign)
+    for (int rep = 0; rep < 3; rep++) {
+        if (rep == 0) k->zero(m.train.grad, ng * sizeof(float));
+        else k->grad_begin(m.train.grad, ng);
         int counted;
         sums[rep] = vlm_forward_backward(&m, &fx->batch, 1.0f / M, &counted);
         assert_int_equal(counted, M);
+        if (rep > 0) k->grad_settle(m.train.grad, ng);
         grads[rep] = xmalloc(ng * sizeof(float));
         k->download(grads[rep], m.train.grad, ng * sizeof(float));
     }
-    e->deterministic = memcmp(&sums[0], &sums[1], sizeof(double)) == 0 && memcmp(grads[0], grads[1], ng * sizeof(float)) == 0;
+    e->deterministic = memcmp(&sums[1], &sums[2], sizeof(double)) == 0 && memcmp(grads[1], grads[2], ng * sizeof(float)) == 0;
+    e->deterministic &= memcmp(&sums[0], &sums[1], sizeof(double)) == 0;
+    for (size_t i = 0; i < ng; i++) e->deterministic &= grads[0][i] == grads[1][i];
     e->loss_value = (float)(sums[0] / M);
     float *want_loss = fixture_f32(&fx->f, "loss", NULL);
     e->loss = rel_err(&e->loss_value, want_loss, 1);
@@ -1691,8 +1719,7 @@ static void run_vlm(ModelErr *e, const Kernels *k, VlmFixture *fx, const char *l
         free(want);
     }
     assert_int_equal(e->n_grads, m.train.n);
-    free(grads[0]);
-    free(grads[1]);
+    for (int rep = 0; rep < 3; rep++) free(grads[rep]);
     vlm_free(&m);
 }
 
@@ -1724,7 +1751,7 @@ static void check_vlm(const char *fixture, const char *llm, ConnectorType ct, co
         if (len > 34) memmove(what + 5, what + len - 29, 30);  // keep the informative tail
         ok &= model_check(fixture, what, eg.grad[i], es.grad[i], TOL_MODEL_GRAD);
     }
-    printf("    %-34s %-34s %s\n", fixture, "forward+backward twice", eg.deterministic ? "bit-identical" : "DIFFERENT FAIL");
+    printf("    %-34s %-34s %s\n", fixture, "forward+backward 3x (memset, not)", eg.deterministic ? "bit-identical" : "DIFFERENT FAIL");
     ok &= eg.deterministic;
     vlm_fixture_close(&fx);
     if (!ok) fail_msg("%s: the CUDA model is outside its tolerances (see the lines marked FAIL)", fixture);

@@ -319,6 +319,7 @@ cudaError_t cudaEventQuery(cudaEvent_t e);
 struct EmuCounters {
     long launches, syncs;
     size_t memset_bytes, h2d_bytes, d2h_bytes, d2d_bytes;
+    size_t staged_bytes;  // counted by the backend (cuda_backend.cu): host bytes memcpy'd into its staging ring
 };
 extern EmuCounters emu_counters;
 extern int emu_count_only;
