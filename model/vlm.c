@@ -57,12 +57,9 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     m->pad_idx = k->alloc(N * sizeof(int));
     m->row_idx = k->alloc(N * sizeof(int));
     m->stats = k->alloc(VLM_N_STATS * sizeof(double));
-    for (int s = 0; s < 2; s++) m->h_set[s] = k->host_alloc((4 * N + I * m->n_img_tokens) * sizeof(int));
+    for (int s = 0; s < 2; s++) m->h_set[s] = k->host_alloc((7 * N + I * m->n_img_tokens) * sizeof(int));
     m->h_cur = 1;
     m->h_slot = xmalloc(N);
-    m->h_seg = xmalloc(N * sizeof(int));
-    m->h_pad = xmalloc(N * sizeof(int));
-    m->h_row = xmalloc(N * sizeof(int));
     m->h_len = xmalloc((size_t)spec->max_B * sizeof(int));
 }
 
@@ -73,9 +70,6 @@ void vlm_free(Vlm *m) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
     for (int s = 0; s < 2; s++) k->host_free(m->h_set[s]);
     free(m->h_slot);
-    free(m->h_seg);
-    free(m->h_pad);
-    free(m->h_row);
     free(m->h_len);
     connector_free(&m->conn);
     llm_free(&m->llm);
@@ -131,7 +125,10 @@ static int upload_batch(Vlm *m, const VlmBatch *b, int trim) {
     m->h_pos = m->h_ids + NN;
     m->h_idx = m->h_pos + NN;
     m->h_tgt = m->h_idx + NN;
-    m->h_img_idx = m->h_tgt + NN;
+    m->h_seg = m->h_tgt + NN;
+    m->h_pad = m->h_seg + NN;
+    m->h_row = m->h_pad + NN;
+    m->h_img_idx = m->h_row + NN;
     memset(m->h_slot, 0, (size_t)N);
     for (int i = 0; i < b->n_img; i++) {
         int r = b->img_row[i], s = b->img_start[i];

@@ -63,11 +63,11 @@ typedef struct {
     // host scratch: the ids, positions, labels and image rows as uploaded, in two sets of the
     // backend's host memory (k->host_alloc: uploaded in place), used in turn, so that a
     // micro-batch is written while the one before may still be copied
-    int *h_ids, *h_pos, *h_idx, *h_tgt, *h_img_idx;  // the set in use
+    int *h_ids, *h_pos, *h_idx, *h_tgt, *h_seg, *h_pad, *h_row, *h_img_idx;  // the set in use
     int *h_set[2];
     int h_cur;
     char *h_slot;  // (N) 1 where a position belongs to an image slot
-    int *h_seg, *h_pad, *h_row, *h_len;
+    int *h_len;    // (max_B) the positions each row runs (upload_batch)
     // called with VLM_STAGE_* as each stage of vlm_forward_backward ends (NULL: not called)
     void (*stage_hook)(void *ctx, int stage);
     void *stage_ctx;
