@@ -1348,18 +1348,26 @@ static void expect_row(const LoaderBatch *b, int r, const int *ids, const int *t
     }
 }
 
-// the layout by hand: padding, targets, positions, the image slot, pixels
-static void test_loader_layout_by_hand(void **state) {
-    char d[512], dir[600];
-    make_temp_dir(d, sizeof d, "hand");
-    snprintf(dir, sizeof dir, "%s/s", d);
+// HAND3's shards in a new temp dir (its path in dir) and a loader spec over them: 3-token image
+// slots of 10-pixel images, rows up to 12 tokens
+static LoaderSpec hand3_spec(char *dir, size_t cap, const char *tag) {
+    char d[512];
+    make_temp_dir(d, sizeof d, tag);
+    snprintf(dir, cap, "%s/s", d);
     write_hand_shards(dir, HAND3, 3, 3, 8, 0);
     LoaderSpec s = loader_spec(dir);
     s.image_tokens = 3;
     s.max_seq_len = 12;
+    s.prep.size = 10;
+    return s;
+}
+
+// the layout by hand: padding, targets, positions, the image slot, pixels
+static void test_loader_layout_by_hand(void **state) {
+    char dir[600];
+    LoaderSpec s = hand3_spec(dir, sizeof dir, "hand");
     s.batch_size = 3;
     s.shuffle = 0;
-    s.prep.size = 10;
     Loader *l = loader_open(&s);
     assert_int_equal(loader_samples(l), 3);
     LoaderBatch b;
@@ -1476,16 +1484,10 @@ static void hb_upload(const void *p, size_t bytes) {
 // bf16 pixels and segments in the caller's host memory: host_ready on a slot's arrays before
 // every refill, the same batches as with malloc, every block given back at close
 static void test_loader_host_memory(void **state) {
-    char d[512], dir[600];
-    make_temp_dir(d, sizeof d, "hostmem");
-    snprintf(dir, sizeof dir, "%s/s", d);
-    write_hand_shards(dir, HAND3, 3, 3, 8, 0);
-    LoaderSpec s = loader_spec(dir);
-    s.image_tokens = 3;
-    s.max_seq_len = 12;
+    char dir[600];
+    LoaderSpec s = hand3_spec(dir, sizeof dir, "hostmem");
     s.batch_size = 1;
     s.packing = 1;
-    s.prep.size = 10;
     s.pixels_bf16 = 1;
     Loader *plain = loader_open(&s);
     s.host_alloc = hb_alloc;
