@@ -283,6 +283,7 @@ void llm_setup(Llm *m, int max_B, int max_T) {
     m->qkv = m->dact = k->alloc(N * (QKV > I ? QKV : I) * ab);
     m->qkv_pad = k->alloc(N * QKV * ab);
     m->att_rows = k->alloc(N * QD * ab);
+    m->x_keep = k->alloc(N * C * ab);
     for (int l = 0; l < c->layers; l++) m->acts[l].qkv = m->qkv;
     m->x_out = k->alloc(N * C * ab);
     m->lnf = k->alloc(N * C * ab);
@@ -317,7 +318,7 @@ void llm_free(Llm *m) {
                 if (a->lora_h[g]) k->free(a->lora_h[g]);
         }
         void *bufs[] = {m->x_out, m->lnf, m->rstdf, m->dx, m->dln, m->dq, m->dk, m->dv, m->datt, m->qkv,
-                        m->qkv_pad, m->att_rows, m->dh, m->hid, m->dhid, m->logits, m->losses, m->xdrop, m->dxdrop};
+                        m->qkv_pad, m->att_rows, m->x_keep, m->dh, m->hid, m->dhid, m->logits, m->losses, m->xdrop, m->dxdrop};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) k->free(bufs[i]);
         free(m->acts);
@@ -461,12 +462,19 @@ void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const
     k->rope_forward(a->k, act_at(k, qkv, QD), pos, NA, NKV, HD, c->rope_theta, KD, QKV);
     k->copy_rows(a->v, act_at(k, qkv, QD + KD), NA, KD, KD, QKV);
     attend(m, l, a, at);
-    if (at->pad) {
+    const act_t *x = a->x;
+    if (at->keep) {  // only the kept rows continue: N of them from here on
+        k->gather_rows(m->att_rows, a->att, at->keep_pos, at->n_keep, QD);
+        k->gather_rows(m->x_keep, a->x, at->keep, at->n_keep, C);
+        att = m->att_rows;
+        x = m->x_keep;
+        N = at->n_keep;
+    } else if (at->pad) {
         k->gather_rows(m->att_rows, a->att, at->rows, N, QD);
         att = m->att_rows;
     }
     group_forward(m, l, &L->g[GRP_O], a->xmid, att, a->lora_h[GRP_O], N);
-    k->add_rmsnorm_forward(a->xmid, a->ln2, a->rstd2, a->xmid, a->x, L->ln2, N, C, c->eps);  // residual, norm
+    k->add_rmsnorm_forward(a->xmid, a->ln2, a->rstd2, a->xmid, x, L->ln2, N, C, c->eps);  // residual, norm
     group_forward(m, l, &L->g[GRP_GU], a->gu, a->ln2, a->lora_h[GRP_GU], N);  // (N, I | I)
     k->swiglu_forward(a->act, a->gu, act_at(k, a->gu, I), N, I, 2 * I);
     // out may be a->x: x is no longer read once xmid holds the residual
@@ -484,19 +492,26 @@ static void check_rows(const Llm *m, const LlmAttend *at, int N) {
 void llm_forward(Llm *m, const LlmAttend *at, int N, const int *pos) {
     const LlmConfig *c = &m->cfg;
     check_rows(m, at, N);
+    LlmAttend inner = *at;  // the kept rows apply to the last layer only
+    inner.keep = NULL;
     for (int l = 0; l < c->layers; l++)
-        llm_layer_forward(m, l, &m->acts[l], l + 1 < c->layers ? m->acts[l + 1].x : m->x_out, N, pos, at);
-    m->k->rmsnorm_forward(m->lnf, m->rstdf, m->x_out, m->norm, N, c->hidden, c->eps);
+        llm_layer_forward(m, l, &m->acts[l], l + 1 < c->layers ? m->acts[l + 1].x : m->x_out, N, pos,
+                          l + 1 < c->layers ? &inner : at);
+    m->kept = at->keep ? at->n_keep : 0;
+    m->k->rmsnorm_forward(m->lnf, m->rstdf, m->x_out, m->norm, m->kept ? m->kept : N, c->hidden, c->eps);
 }
 
 void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float grad_scale, int backward) {
     const Kernels *k = m->k;
     const LlmConfig *c = &m->cfg;
     int C = c->hidden, V = c->vocab, R = k->xent_chunk_rows;
-    k->gather_rows(m->hid, m->lnf, idx, M, C);  // (M, C): only labelled rows meet the vocabulary
+    // (M, C): only labelled rows meet the vocabulary; with kept rows the final norm's rows are those
+    CHECK(!m->kept || m->kept == M, "llm_loss: %d labelled rows, the last layer kept %d", M, m->kept);
+    const act_t *hid = m->kept ? m->lnf : m->hid;
+    if (!m->kept) k->gather_rows(m->hid, m->lnf, idx, M, C);
     for (int r0 = 0; r0 < M; r0 += R) {
         int n = M - r0 < R ? M - r0 : R;
-        const act_t *h = act_at(k, m->hid, (size_t)r0 * C);
+        const act_t *h = act_at(k, hid, (size_t)r0 * C);
         k->matmul_forward(m->logits, h, m->lm_head, NULL, n, C, V, 1.0f, 0);
         k->cross_entropy(m->losses + r0, backward ? m->logits : NULL, m->logits, targets + r0, n, V, grad_scale);
         if (backward)
@@ -504,6 +519,10 @@ void llm_loss(Llm *m, int N, const int *idx, const int *targets, int M, float gr
                                    1.0f);  // each chunk the first writer of its rows
     }
     if (!backward) return;
+    if (m->kept) {  // the last layer's rows are the labelled ones
+        k->rmsnorm_backward_set(m->dx, NULL, m->dhid, m->x_out, m->norm, m->rstdf, M, C);
+        return;
+    }
     k->zero(m->dln, (size_t)N * C * k->act_bytes);
     k->scatter_rows(m->dln, m->dhid, idx, M, C);
     k->rmsnorm_backward_set(m->dx, NULL, m->dln, m->x_out, m->norm, m->rstdf, N, C);  // dx's first writer
@@ -515,25 +534,31 @@ void llm_backward(Llm *m, const LlmAttend *at, int N, const int *pos) {
     check_rows(m, at, N);
     int C = c->hidden, I = c->mlp, NH = c->heads, NKV = c->kv_heads, HD = c->head_dim;
     int QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD, NA = at->B * at->T;
+    CHECK(!m->kept || (at->keep && at->n_keep == m->kept), "llm_backward: the forward kept %d rows", m->kept);
     for (int l = c->layers - 1; l >= 0; l--) {
         const LlmLayer *L = &m->layer[l];
         LlmActs *a = &m->acts[l];
+        int kept = l == c->layers - 1 && m->kept, NO = kept ? m->kept : N;  // rows after the attention
         // MLP block; dx = d(layer output) = d(xmid) through the residual
-        group_backward(m, l, &L->g[GRP_DOWN], m->dact, 1, m->dx, a->act, a->lora_h[GRP_DOWN], N);
+        group_backward(m, l, &L->g[GRP_DOWN], m->dact, 1, m->dx, a->act, a->lora_h[GRP_DOWN], NO);
         // d(gate | up) over the layer's gate | up rows, which nothing reads after this
-        k->swiglu_backward(a->gu, act_at(k, a->gu, I), m->dact, a->gu, act_at(k, a->gu, I), N, I, 2 * I);
-        group_backward(m, l, &L->g[GRP_GU], m->dln, 1, a->gu, a->ln2, a->lora_h[GRP_GU], N);
-        k->rmsnorm_backward(m->dx, NULL, m->dln, a->xmid, L->ln2, a->rstd2, N, C);
+        k->swiglu_backward(a->gu, act_at(k, a->gu, I), m->dact, a->gu, act_at(k, a->gu, I), NO, I, 2 * I);
+        group_backward(m, l, &L->g[GRP_GU], m->dln, 1, a->gu, a->ln2, a->lora_h[GRP_GU], NO);
+        k->rmsnorm_backward(m->dx, NULL, m->dln, a->xmid, L->ln2, a->rstd2, NO, C);
         // attention block; dx = d(xmid) = d(layer input) through the residual
         const act_t *att = a->att, *datt = m->datt;
-        if (at->pad) {  // o_proj's input, compact again
-            k->gather_rows(m->att_rows, a->att, at->rows, N, QD);
+        if (kept || at->pad) {  // o_proj's input, compact (or kept) rows again
+            k->gather_rows(m->att_rows, a->att, kept ? at->keep_pos : at->rows, NO, QD);
             att = m->att_rows;
         }
-        group_backward(m, l, &L->g[GRP_O], m->datt, 1, m->dx, att, a->lora_h[GRP_O], N);
-        if (at->pad) {  // d(attention output) at the B x T positions: zero past each sequence
-            k->gather_rows(m->att_rows, m->datt, at->pad, NA, QD);
+        group_backward(m, l, &L->g[GRP_O], m->datt, 1, m->dx, att, a->lora_h[GRP_O], NO);
+        if (kept || at->pad) {  // d(attention output) at the B x T positions: zero where no row ran on
+            k->gather_rows(m->att_rows, m->datt, kept ? at->pad_keep : at->pad, NA, QD);
             datt = m->att_rows;
+        }
+        if (kept) {  // the residual's d(x) at every row: the kept rows', zero elsewhere
+            k->gather_rows(m->x_keep, m->dx, at->row_keep, N, C);
+            k->copy(m->dx, m->x_keep, (size_t)N * C * k->act_bytes);
         }
         k->attention_backward(m->dq, m->dk, m->dv, datt, a->q, a->k, a->v, a->att, a->lse, at->seg, at->B, at->T, NH,
                               NKV, HD, 1);

@@ -108,6 +108,12 @@ typedef struct {
     int B, T;
     const int *seg;
     const int *pad, *rows;  // backend ints, both NULL when the N rows are the B x T positions
+    // Training, the last layer only: after its attention only the n_keep rows `keep` (of the N)
+    // continue, the labelled ones (no other row reaches the loss); keep_pos their attention
+    // positions, pad_keep (B*T) the kept row of each attention position and row_keep (N) of each
+    // row (-1: none). Backend ints; keep NULL: every row continues.
+    const int *keep, *keep_pos, *pad_keep, *row_keep;
+    int n_keep;
     const LlmKvCache *cache;
     const LlmSpan *spans;
     int n_spans;
@@ -137,6 +143,10 @@ typedef struct {
     // (backward) at the attention's B x T positions, and the attention output gathered into compact
     // rows (o_proj's input) or, in the backward, d(attention output) at the B x T positions
     act_t *qkv_pad, *att_rows;  // (N, QD + 2KD), (N, QD)
+    // with kept rows (LlmAttend.keep): their residual entering the last layer (forward), then
+    // d(last layer input) at every row (backward)
+    act_t *x_keep;  // (N, C)
+    int kept;       // rows the last layer ran after its attention (0: all N): llm_loss's rows
     act_t *hid, *dhid, *logits;  // (N, C), (N, C), (xent_chunk_rows, V)
     float *losses;               // (N)
     // LoRA dropout: on only while training; masks come from dropout_seed (kernels.h dropout)

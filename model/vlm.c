@@ -56,8 +56,11 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
     m->img_idx = k->alloc(I * m->n_img_tokens * sizeof(int));
     m->pad_idx = k->alloc(N * sizeof(int));
     m->row_idx = k->alloc(N * sizeof(int));
+    m->keep_pos = k->alloc(N * sizeof(int));
+    m->pad_keep = k->alloc(N * sizeof(int));
+    m->row_keep = k->alloc(N * sizeof(int));
     m->stats = k->alloc(VLM_N_STATS * sizeof(double));
-    for (int s = 0; s < 2; s++) m->h_set[s] = k->host_alloc((7 * N + I * m->n_img_tokens) * sizeof(int));
+    for (int s = 0; s < 2; s++) m->h_set[s] = k->host_alloc((10 * N + I * m->n_img_tokens) * sizeof(int));
     m->h_cur = 1;
     m->h_slot = xmalloc(N);
     m->h_len = xmalloc((size_t)spec->max_B * sizeof(int));
@@ -66,7 +69,7 @@ void vlm_init(Vlm *m, const Kernels *k, const VlmSpec *spec) {
 void vlm_free(Vlm *m) {
     const Kernels *k = m->k;
     void *bufs[] = {m->pixels, m->feats, m->img_emb, m->dimg, m->ids, m->pos, m->seg, m->lab_idx, m->lab_tgt, m->img_idx,
-                    m->pad_idx, m->row_idx, m->stats};
+                    m->pad_idx, m->row_idx, m->keep_pos, m->pad_keep, m->row_keep, m->stats};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) k->free(bufs[i]);
     for (int s = 0; s < 2; s++) k->host_free(m->h_set[s]);
     free(m->h_slot);
@@ -128,7 +131,10 @@ static int upload_batch(Vlm *m, const VlmBatch *b, int trim) {
     m->h_seg = m->h_tgt + NN;
     m->h_pad = m->h_seg + NN;
     m->h_row = m->h_pad + NN;
-    m->h_img_idx = m->h_row + NN;
+    m->h_keep_pos = m->h_row + NN;
+    m->h_pad_keep = m->h_keep_pos + NN;
+    m->h_row_keep = m->h_pad_keep + NN;
+    m->h_img_idx = m->h_row_keep + NN;
     memset(m->h_slot, 0, (size_t)N);
     for (int i = 0; i < b->n_img; i++) {
         int r = b->img_row[i], s = b->img_start[i];
@@ -174,6 +180,24 @@ static int upload_batch(Vlm *m, const VlmBatch *b, int trim) {
                         .rows = compact ? m->row_idx : NULL};
     if (n == 0) return 0;
     int NA = B * TR;
+    // the step's loss reads the labelled rows only: the last layer runs them alone after its
+    // attention (LlmAttend.keep), unless every row is labelled
+    int keep = trim && M > 0 && M < n;
+    if (keep) {
+        for (int a = 0; a < NA; a++) m->h_pad_keep[a] = -1;
+        for (int c = 0; c < n; c++) m->h_row_keep[c] = -1;
+        for (int j = 0; j < M; j++) {
+            int c = m->h_idx[j], a = compact ? m->h_row[c] : c;
+            m->h_keep_pos[j] = a;
+            m->h_pad_keep[a] = j;
+            m->h_row_keep[c] = j;
+        }
+        m->at.keep = m->lab_idx;
+        m->at.keep_pos = m->keep_pos;
+        m->at.pad_keep = m->pad_keep;
+        m->at.row_keep = m->row_keep;
+        m->at.n_keep = M;
+    }
     k->upload(m->ids, m->h_ids, (size_t)n * sizeof(int));
     k->upload(m->pos, m->h_pos, (size_t)NA * sizeof(int));
     if (b->seg) k->upload(m->seg, m->h_seg, (size_t)NA * sizeof(int));
@@ -183,6 +207,11 @@ static int upload_batch(Vlm *m, const VlmBatch *b, int trim) {
     }
     k->upload(m->lab_idx, m->h_idx, (size_t)M * sizeof(int));
     k->upload(m->lab_tgt, m->h_tgt, (size_t)M * sizeof(int));
+    if (keep) {
+        k->upload(m->keep_pos, m->h_keep_pos, (size_t)M * sizeof(int));
+        k->upload(m->pad_keep, m->h_pad_keep, (size_t)NA * sizeof(int));
+        k->upload(m->row_keep, m->h_row_keep, (size_t)n * sizeof(int));
+    }
     if (b->n_img) {
         const VitConfig *vc = &m->vit.cfg;
         size_t np = (size_t)b->n_img * 3 * vc->image_size * vc->image_size;

@@ -57,13 +57,15 @@ typedef struct {
     act_t *pixels, *feats, *img_emb, *dimg;
     int *ids, *pos, *seg, *lab_idx, *lab_tgt, *img_idx;
     int *pad_idx, *row_idx;  // LlmAttend.pad, .rows of the compact rows
+    int *keep_pos, *pad_keep, *row_keep;  // LlmAttend's kept rows (the labelled ones; keep = lab_idx)
     LlmAttend at;            // the micro-batch's attention layout (upload_batch)
     int n_rows;              // the LLM rows it runs: at.B * at.T, or fewer when compact
     double *stats;  // (VLM_N_STATS) the step's sums kept on the backend until the step ends
     // host scratch: the ids, positions, labels and image rows as uploaded, in two sets of the
     // backend's host memory (k->host_alloc: uploaded in place), used in turn, so that a
     // micro-batch is written while the one before may still be copied
-    int *h_ids, *h_pos, *h_idx, *h_tgt, *h_seg, *h_pad, *h_row, *h_img_idx;  // the set in use
+    int *h_ids, *h_pos, *h_idx, *h_tgt, *h_seg, *h_pad, *h_row, *h_keep_pos, *h_pad_keep, *h_row_keep,
+        *h_img_idx;  // the set in use
     int *h_set[2];
     int h_cur;
     char *h_slot;  // (N) 1 where a position belongs to an image slot
