@@ -556,9 +556,12 @@ void llm_backward(Llm *m, const LlmAttend *at, int N, const int *pos) {
             k->gather_rows(m->att_rows, m->datt, kept ? at->pad_keep : at->pad, NA, QD);
             datt = m->att_rows;
         }
-        if (kept) {  // the residual's d(x) at every row: the kept rows', zero elsewhere
+        if (kept) {  // the residual's d(x) at every row: the kept rows', zero elsewhere; the
+                     // two (N, C) buffers trade places rather than copy
             k->gather_rows(m->x_keep, m->dx, at->row_keep, N, C);
-            k->copy(m->dx, m->x_keep, (size_t)N * C * k->act_bytes);
+            act_t *t = m->dx;
+            m->dx = m->x_keep;
+            m->x_keep = t;
         }
         k->attention_backward(m->dq, m->dk, m->dv, datt, a->q, a->k, a->v, a->att, a->lse, at->seg, at->B, at->T, NH,
                               NKV, HD, 1);

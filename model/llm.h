@@ -144,7 +144,7 @@ typedef struct {
     // rows (o_proj's input) or, in the backward, d(attention output) at the B x T positions
     act_t *qkv_pad, *att_rows;  // (N, QD + 2KD), (N, QD)
     // with kept rows (LlmAttend.keep): their residual entering the last layer (forward), then
-    // d(last layer input) at every row (backward)
+    // d(last layer input) at every row (backward), when it trades places with dx
     act_t *x_keep;  // (N, C)
     int kept;       // rows the last layer ran after its attention (0: all N): llm_loss's rows
     act_t *hid, *dhid, *logits;  // (N, C), (N, C), (xent_chunk_rows, V)
