@@ -37,6 +37,11 @@ ConnectorType connector_type_parse(const char *name) {
 
 const char *connector_type_name(ConnectorType t) { return connector_family(t)->name; }
 
+const char *connector_image_format(ConnectorType t) {
+    const char *f = connector_family(t)->image_format;
+    return f ? f : "llava";
+}
+
 int connector_scale(ConnectorType type, int scale) {
     const ConnectorFamily *f = connector_family(type);
     if (scale == 0 || scale == f->scale) return f->scale;

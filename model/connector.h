@@ -90,6 +90,8 @@ struct Connector {
 extern const ConnectorFamily connector_family_ldp, connector_family_mlp2x_gelu, connector_family_idefics3,
     connector_family_internvl, connector_family_internvl_hf, connector_family_nanovlm, connector_family_llava_hf;
 const ConnectorFamily *connector_family(ConnectorType t);
+// the image slot format its models use: the family's image_format, "llava" when it names none
+const char *connector_image_format(ConnectorType t);
 
 // "ldp", "mlp2x_gelu", "idefics3"; fatal() naming the value and the known names otherwise
 ConnectorType connector_type_parse(const char *name);

@@ -216,8 +216,7 @@ static void gen_model_text(GenModel *g, const char *system) {
         vlm_dir_open(&d, s->llm_dir);
         vlm_dir_check_image_token(&d, g->tok);
     }
-    const char *fmt = s->image_format[0] ? s->image_format
-                      : connector_family(s->connector)->image_format ? connector_family(s->connector)->image_format : "llava";
+    const char *fmt = s->image_format[0] ? s->image_format : connector_image_format(s->connector);
     image_slot_init(&g->slot, (ImageFormat)image_format_parse(fmt), g->m->n_img_tokens, image_grid_max_side(&g->prep), g->tok,
                     tok_path);
     const LlmConfig *lc = &g->m->llm.cfg;

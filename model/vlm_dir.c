@@ -18,15 +18,14 @@ typedef struct {
     const char *types[3];    // model_type values
     const char *text_key;    // the LLM's sub-config
     const char *text_type;   // the model_type its config class assumes when the sub-config has none
-    const char *image_format;  // the image slot its processor writes (data/image_slot.h)
 } LayoutRow;
 
 static const LayoutRow layouts[N_VLM_LAYOUTS] = {
-    [VLM_LAYOUT_INTERNVL_CHAT] = {"internvl_chat", {"InternVLChatModel", NULL}, {"internvl_chat", NULL}, "llm_config", NULL, "internvl"},
-    [VLM_LAYOUT_INTERNVL_HF] = {"internvl_hf", {"InternVLForConditionalGeneration", NULL}, {"internvl", NULL}, "text_config", "qwen2", "internvl"},
+    [VLM_LAYOUT_INTERNVL_CHAT] = {"internvl_chat", {"InternVLChatModel", NULL}, {"internvl_chat", NULL}, "llm_config", NULL},
+    [VLM_LAYOUT_INTERNVL_HF] = {"internvl_hf", {"InternVLForConditionalGeneration", NULL}, {"internvl", NULL}, "text_config", "qwen2"},
     [VLM_LAYOUT_IDEFICS3] = {"idefics3", {"Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration", NULL},
-                             {"idefics3", "smolvlm", NULL}, "text_config", "llama", "idefics3"},
-    [VLM_LAYOUT_LLAVA] = {"llava", {"LlavaForConditionalGeneration", NULL}, {"llava", NULL}, "text_config", "llama", "llava"},
+                             {"idefics3", "smolvlm", NULL}, "text_config", "llama"},
+    [VLM_LAYOUT_LLAVA] = {"llava", {"LlavaForConditionalGeneration", NULL}, {"llava", NULL}, "text_config", "llama"},
 };
 
 const char *vlm_layout_name(VlmLayout l) {
@@ -225,7 +224,6 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
     vlm_dir_text_config(root, path, &tied, &def_type);  // fatal() when the LLM's sub-config is missing
     d->image_token_id = -1;
     d->max_tiles = d->split_tiles = 1;
-    snprintf(d->image_format, sizeof d->image_format, "%s", layouts[l].image_format);
     switch (d->layout) {
     case VLM_LAYOUT_INTERNVL_CHAT: {
         d->connector = CONNECTOR_INTERNVL;
@@ -280,6 +278,8 @@ void vlm_dir_open(VlmDir *d, const char *dir) {
     }
     default: CHECK(0, "layout %d", l);
     }
+    // the slot its processor writes is its projector family's (model/connector.h)
+    snprintf(d->image_format, sizeof d->image_format, "%s", connector_image_format(d->connector));
     cJSON_Delete(root);
     g_reading = NULL;
 }

@@ -290,7 +290,7 @@ void run_setup(Run *r, const TrainConfig *c, double t_start) {
               image_prep_family_name(prep.family));
     if (prep.proc_tiles && c->max_tiles == 1)
         printf("note: %s/preprocessor_config.json tiles images; with max_tiles = 1 svlm gives each image one tile\n", c->vision);
-    const char *fmt_name = c->image_format[0] ? c->image_format : connector_family(ct)->image_format ? connector_family(ct)->image_format : "llava";
+    const char *fmt_name = c->image_format[0] ? c->image_format : connector_image_format(ct);
     ImageFormat fmt = (ImageFormat)image_format_parse(fmt_name);
     if (fmt == IMAGE_FORMAT_LLAVA && image_prep_tiles(&prep))
         fatal("config: max_tiles = %d with image_format llava: the llava slot cannot mark tiles (set image_format = internvl "
