@@ -462,15 +462,17 @@ void llm_layer_forward(const Llm *m, int l, LlmActs *a, act_t *out, int N, const
     k->rope_forward(a->k, act_at(k, qkv, QD), pos, NA, NKV, HD, c->rope_theta, KD, QKV);
     k->copy_rows(a->v, act_at(k, qkv, QD + KD), NA, KD, KD, QKV);
     attend(m, l, a, at);
+    // the rows that go on past the attention: every row (compact: gathered from the B x T
+    // layout), or only the kept ones
     const act_t *x = a->x;
-    if (at->keep) {  // only the kept rows continue: N of them from here on
-        k->gather_rows(m->att_rows, a->att, at->keep_pos, at->n_keep, QD);
+    const int *go_on = at->keep ? at->keep_pos : at->rows;  // their attention positions
+    if (at->keep) {
         k->gather_rows(m->x_keep, a->x, at->keep, at->n_keep, C);
-        att = m->att_rows;
         x = m->x_keep;
         N = at->n_keep;
-    } else if (at->pad) {
-        k->gather_rows(m->att_rows, a->att, at->rows, N, QD);
+    }
+    if (go_on) {
+        k->gather_rows(m->att_rows, a->att, go_on, N, QD);
         att = m->att_rows;
     }
     group_forward(m, l, &L->g[GRP_O], a->xmid, att, a->lora_h[GRP_O], N);

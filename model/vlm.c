@@ -187,7 +187,7 @@ static int upload_batch(Vlm *m, const VlmBatch *b, int trim) {
         for (int a = 0; a < NA; a++) m->h_pad_keep[a] = -1;
         for (int c = 0; c < n; c++) m->h_row_keep[c] = -1;
         for (int j = 0; j < M; j++) {
-            int c = m->h_idx[j], a = compact ? m->h_row[c] : c;
+            int c = m->h_idx[j], a = m->h_row[c];  // h_row[c] == c when not compact
             m->h_keep_pos[j] = a;
             m->h_pad_keep[a] = j;
             m->h_row_keep[c] = j;

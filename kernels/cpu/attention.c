@@ -73,14 +73,19 @@ static void transpose_tile(float *dst, const float *src, int n) {
         for (int ii = 0; ii < n; ii++) dst[(size_t)jj * ATT_BQ + ii] = src[(size_t)ii * ATT_BK + jj];
 }
 
+// which of keys j .. j+7 of a key tile one query row sees (lanes all ones): inside the tile's nkt
+// keys, not after the query (jlimit: its position in the tile), in its segment
+__attribute__((always_inline)) static inline vi8 visible8(int j, int nkt, int jlimit, const int *segt, int segi) {
+    const vi8 jj = (vi8){0, 1, 2, 3, 4, 5, 6, 7} + j;
+    return (jj < nkt) & (jj <= jlimit) & (*(const vi8 *)(segt + j) == segi);
+}
+
 // scores of one query row against a key tile: scaled where visible, -inf elsewhere; returns the max
 CPU_HOT_EXPLICIT static float mask_scale_row(float *si, const int *segt, int segi, int nkt, int jlimit, float scale) {
-    const vi8 iota = {0, 1, 2, 3, 4, 5, 6, 7};
     const vf8 ninf = (vf8){0} - INFINITY;
     vf8 mx = ninf;
     for (int j = 0; j < ATT_BK; j += 8) {
-        vi8 jj = iota + j;
-        vi8 vis = (jj < nkt) & (jj <= jlimit) & (*(const vi8 *)(segt + j) == segi);
+        vi8 vis = visible8(j, nkt, jlimit, segt, segi);
         vf8 v = vf8_select(vis, *(vf8 *)(si + j) * scale, ninf);
         *(vf8 *)(si + j) = v;
         mx = vf8_select(v > mx, v, mx);
@@ -214,7 +219,6 @@ void cpu_attention_forward(act_t *out_, float *lse, const act_t *q_, const act_t
 // P = exp(S - lse) of one query tile against the key tile in sc (kt, segt); returns the visible count
 CPU_HOT_EXPLICIT static int probabilities(Scratch *sc, const float *L, const int *seg, int i0, int nq, int j0, int nkt,
                                           int causal, float scale) {
-    const vi8 iota = {0, 1, 2, 3, 4, 5, 6, 7};
     vi8 count = {0};
     for (int ii = 0; ii < nq; ii++) {
         float *si = sc->s + (size_t)ii * ATT_BK;
@@ -225,8 +229,7 @@ CPU_HOT_EXPLICIT static int probabilities(Scratch *sc, const float *L, const int
             continue;
         }
         for (int j = 0; j < ATT_BK; j += 8) {
-            vi8 jj = iota + j;
-            vi8 vis = (jj < nkt) & (jj <= jlimit) & (*(const vi8 *)(sc->segt + j) == segi);
+            vi8 vis = visible8(j, nkt, jlimit, sc->segt, segi);
             vf8 p = exp_vf8(*(vf8 *)(si + j) * scale - Li);
             *(vf8 *)(si + j) = vf8_select(vis, p, (vf8){0});
             count -= vis;
