@@ -22,6 +22,12 @@
 
 static int imin(int a, int b) { return a < b ? a : b; }
 
+// the columns of a key tile of nkt keys that are computed: nkt up to a multiple of 16 (tile_gemm's
+// vectors) or of 8 (the row loops); the rest of the tile's row is never read (a partial last tile,
+// 1 of 64 keys for CLIP's 257 rows, costs a quarter of a full one instead of a whole)
+static int cols16(int nkt) { return (nkt + 15) & ~15; }
+static int cols8(int nkt) { return (nkt + 7) & ~7; }
+
 // per-thread scratch, in one block; sized for head_dim HD and `group` heads over T rows
 typedef struct {
     float *kt, *vt;     // (HD, ATT_BK) key / value tile transposed, columns past the tile zero
@@ -67,9 +73,9 @@ static void pack_segments(int *segt, const int *seg, int j0, int n) {
     for (int jj = 0; jj < ATT_BK; jj++) segt[jj] = seg && jj < n ? seg[j0 + jj] : 0;
 }
 
-// (n, ATT_BK) -> (ATT_BK, ATT_BQ)
-static void transpose_tile(float *dst, const float *src, int n) {
-    for (int jj = 0; jj < ATT_BK; jj++)
+// (n, ATT_BK) -> (ATT_BK, ATT_BQ), the first nkt rows of the result
+static void transpose_tile(float *dst, const float *src, int n, int nkt) {
+    for (int jj = 0; jj < nkt; jj++)
         for (int ii = 0; ii < n; ii++) dst[(size_t)jj * ATT_BQ + ii] = src[(size_t)ii * ATT_BK + jj];
 }
 
@@ -84,7 +90,7 @@ __attribute__((always_inline)) static inline vi8 visible8(int j, int nkt, int jl
 CPU_HOT_EXPLICIT static float mask_scale_row(float *si, const int *segt, int segi, int nkt, int jlimit, float scale) {
     const vf8 ninf = (vf8){0} - INFINITY;
     vf8 mx = ninf;
-    for (int j = 0; j < ATT_BK; j += 8) {
+    for (int j = 0; j < cols8(nkt); j += 8) {
         vi8 vis = visible8(j, nkt, jlimit, segt, segi);
         vf8 v = vf8_select(vis, *(vf8 *)(si + j) * scale, ninf);
         *(vf8 *)(si + j) = v;
@@ -97,9 +103,9 @@ CPU_HOT_EXPLICIT static float mask_scale_row(float *si, const int *segt, int seg
 
 // si = exp(si - m) (masked entries -inf give 0); returns their sum: per lane of 8, then the
 // lanes in order (exp_vf8: GCC's v3 clone of the exp_vec loop came out scalar)
-CPU_HOT_EXPLICIT static float exp_row(float *si, float m) {
+CPU_HOT_EXPLICIT static float exp_row(float *si, float m, int nkt) {
     vf8 sum = {0};
-    for (int j = 0; j < ATT_BK; j += 8) {
+    for (int j = 0; j < cols8(nkt); j += 8) {
         vf8 e = exp_vf8(*(vf8 *)(si + j) - m);
         *(vf8 *)(si + j) = e;
         sum += e;
@@ -126,7 +132,7 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
         int nkt = imin(ATT_BK, a->nk - j0);
         pack_transposed(sc->kt, a->k + (size_t)j0 * a->ks, a->ks, nkt, HD);
         pack_segments(sc->segt, a->seg, j0, nkt);
-        tile_gemm(sc->s, ATT_BK, a->q + (size_t)i0 * a->qs, a->qs, sc->kt, ATT_BK, nq, ATT_BK, HD, 0);  // S = Q K^T
+        tile_gemm(sc->s, ATT_BK, a->q + (size_t)i0 * a->qs, a->qs, sc->kt, ATT_BK, nq, cols16(nkt), HD, 0);  // S = Q K^T
         for (int ii = 0; ii < nq; ii++) {
             int i = i0 + ii;
             float *si = sc->s + (size_t)ii * ATT_BK;
@@ -143,7 +149,7 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
                 sc->l[ii] *= corr;
                 sc->m[ii] = m_new;
             }
-            sc->l[ii] += exp_row(si, m_new);
+            sc->l[ii] += exp_row(si, m_new, nkt);
         }
         tile_gemm(sc->o, HD, sc->s, ATT_BK, a->v + (size_t)j0 * a->ks, a->ks, nq, HD, nkt, 1);  // O += P V
     }
@@ -228,7 +234,7 @@ CPU_HOT_EXPLICIT static int probabilities(Scratch *sc, const float *L, const int
             memset(si, 0, ATT_BK * sizeof(float));
             continue;
         }
-        for (int j = 0; j < ATT_BK; j += 8) {
+        for (int j = 0; j < cols8(nkt); j += 8) {
             vi8 vis = visible8(j, nkt, jlimit, sc->segt, segi);
             vf8 p = exp_vf8(*(vf8 *)(si + j) * scale - Li);
             *(vf8 *)(si + j) = vf8_select(vis, p, (vf8){0});
@@ -241,11 +247,11 @@ CPU_HOT_EXPLICIT static int probabilities(Scratch *sc, const float *L, const int
 }
 
 // dS = P (dP - D) scale, into dp
-CPU_HOT static void score_grads(Scratch *sc, const float *D, int i0, int nq, float scale) {
+CPU_HOT static void score_grads(Scratch *sc, const float *D, int i0, int nq, int nkt, float scale) {
     for (int ii = 0; ii < nq; ii++) {
         const float *pi = sc->s + (size_t)ii * ATT_BK;
         float *di = sc->dp + (size_t)ii * ATT_BK, Di = D[i0 + ii];
-        for (int jj = 0; jj < ATT_BK; jj++) di[jj] = pi[jj] * (di[jj] - Di) * scale;
+        for (int jj = 0; jj < cols8(nkt); jj++) di[jj] = pi[jj] * (di[jj] - Di) * scale;
     }
 }
 
@@ -286,17 +292,17 @@ static void backward_task(const Bwd *w, int b, int g, int c, Scratch *sc) {
             for (int i0 = w->causal ? j0 / ATT_BQ * ATT_BQ : 0; i0 < T; i0 += ATT_BQ) {
                 int nq = imin(ATT_BQ, T - i0);
                 size_t qo = ((size_t)b * T + i0) * qs + (size_t)h * HD;
-                tile_gemm(sc->s, ATT_BK, w->q + qo, qs, sc->kt, ATT_BK, nq, ATT_BK, HD, 0);  // S = Q K^T
+                tile_gemm(sc->s, ATT_BK, w->q + qo, qs, sc->kt, ATT_BK, nq, cols16(nkt), HD, 0);  // S = Q K^T
                 if (!probabilities(sc, L, seg, i0, nq, j0, nkt, w->causal, w->scale)) continue;
                 if (w->dv) {  // dV += P^T dO
-                    transpose_tile(sc->tt, sc->s, nq);
+                    transpose_tile(sc->tt, sc->s, nq, nkt);
                     tile_gemm(sc->dv, HD, sc->tt, ATT_BQ, w->dout + qo, qs, nkt, HD, nq, 1);
                 }
                 if (!w->dk && !w->dq) continue;
-                tile_gemm(sc->dp, ATT_BK, w->dout + qo, qs, sc->vt, ATT_BK, nq, ATT_BK, HD, 0);  // dP = dO V^T
-                score_grads(sc, sc->D + (size_t)hh * T, i0, nq, w->scale);
+                tile_gemm(sc->dp, ATT_BK, w->dout + qo, qs, sc->vt, ATT_BK, nq, cols16(nkt), HD, 0);  // dP = dO V^T
+                score_grads(sc, sc->D + (size_t)hh * T, i0, nq, nkt, w->scale);
                 if (w->dk) {  // dK += dS^T Q
-                    transpose_tile(sc->tt, sc->dp, nq);
+                    transpose_tile(sc->tt, sc->dp, nq, nkt);
                     tile_gemm(sc->dk, HD, sc->tt, ATT_BQ, w->q + qo, qs, nkt, HD, nq, 1);
                 }
                 if (w->dq) tile_gemm(w->dq + qo, qs, sc->dp, ATT_BK, kj, ks, nq, HD, nkt, 1);  // dQ += dS K

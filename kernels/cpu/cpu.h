@@ -47,6 +47,10 @@ void cpu_rmsnorm_forward(act_t *out, float *rstd, const act_t *inp, const act_t 
                          int C, float eps);
 void cpu_rmsnorm_backward(act_t *dinp, float *dw, const act_t *dout, const act_t *inp,
                           const act_t *w, const float *rstd, int N, int C);
+void cpu_rmsnorm_backward_set(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
+                              const float *rstd, int N, int C);
+void cpu_add_rmsnorm_forward(act_t *sum, act_t *out, float *rstd, const act_t *a, const act_t *b, const act_t *w,
+                             int N, int C, float eps);
 
 // rope.c
 void cpu_rope_forward(act_t *out, const act_t *inp, const int *pos, int N, int n_heads,

@@ -117,20 +117,6 @@ static void cpu_matmul_backward_set(act_t *dinp, float *dw, float *dbias, const 
     cpu_matmul_backward_ld(dinp, dw, dbias, dout, inp, w, N, C, OC, alpha, 1, OC, C);
 }
 
-// the CPU's rmsnorm_backward_set: clear dinp, then accumulate (the same bits as zero + rmsnorm_backward)
-static void cpu_rmsnorm_backward_set(act_t *dinp, float *dw, const act_t *dout, const act_t *inp, const act_t *w,
-                                     const float *rstd, int N, int C) {
-    if (dinp && N > 0 && C > 0) memset(dinp, 0, (size_t)N * C * sizeof(float));
-    cpu_rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
-}
-
-// add then RMSNorm: on the CPU the fused op is the two (each already one pass of its own)
-static void cpu_add_rmsnorm_forward(act_t *sum, act_t *out, float *rstd, const act_t *a, const act_t *b,
-                                    const act_t *w, int N, int C, float eps) {
-    cpu_add(sum, a, b, (size_t)N * C);
-    cpu_rmsnorm_forward(out, rstd, sum, w, N, C, eps);
-}
-
 static const Kernels cpu_kernels = {
     .name = "cpu",
     .act_bytes = sizeof(float),

@@ -5,11 +5,36 @@
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/simd.h"
 
-// d = exp(x - mx) (d may be x), 8 at a time
-CPU_HOT_EXPLICIT static void exp_shifted(float *d, const float *x, float mx, int V) {
+// the largest of x[0..V), 8 lanes at a time (the maximum does not depend on the order)
+CPU_HOT_EXPLICIT static float row_max(const float *x, int V) {
+    const vf8 ninf = (vf8){0} - INFINITY;
+    vf8 m8 = ninf;
     int j = 0;
-    for (; j + 8 <= V; j += 8) *(vf8 *)(d + j) = exp_vf8(*(const vf8 *)(x + j) - mx);
+    for (; j + 8 <= V; j += 8) {
+        vf8 v = *(const vf8 *)(x + j);
+        m8 = vf8_select(v > m8, v, m8);
+    }
+    float mx = -INFINITY;
+    for (int l = 0; l < 8; l++) mx = m8[l] > mx ? m8[l] : mx;
+    for (; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+// d = exp(x - mx) (d may be x), 8 at a time; returns their sum in double, by lane (the lanes and
+// the tail in a fixed order: not a chain of V dependent adds)
+CPU_HOT_EXPLICIT static double exp_shifted(float *d, const float *x, float mx, int V) {
+    vd4 s0 = {0}, s1 = {0};
+    int j = 0;
+    for (; j + 8 <= V; j += 8) {
+        vf8 e = exp_vf8(*(const vf8 *)(x + j) - mx);
+        *(vf8 *)(d + j) = e;
+        s0 += vd4_load(d + j);
+        s1 += vd4_load(d + j + 4);
+    }
+    double sum = vd4_total(s0 + s1);
     if (j < V) store8(d, (size_t)j, (size_t)(V - j), exp_vf8(load8(x, (size_t)j, (size_t)(V - j)) - mx));
+    for (; j < V; j++) sum += d[j];
+    return sum;
 }
 
 void cpu_cross_entropy(float *losses, act_t *dlogits_, const act_t *logits_, const int *targets,
@@ -21,16 +46,14 @@ void cpu_cross_entropy(float *losses, act_t *dlogits_, const act_t *logits_, con
         const float *x = logits + (size_t)i * V;
         int t = targets[i];
         CHECK(t >= 0 && t < V, "cross_entropy target %d at row %d is outside [0, %d)", t, i, V);
-        float mx = -INFINITY;
-        for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        float mx = row_max(x, V);
         float xt = x[t];  // read before the gradient overwrites the row when dlogits aliases logits
         // exp of max-shifted logits (each <= 1) summed in double: no overflow, no loss of the small
         // terms; kept in dlogits (each x[j] is read before d[j] is written) so exp runs once
         double sum = 0.0;
         float *d = dlogits ? dlogits + (size_t)i * V : NULL;
         if (d) {
-            exp_shifted(d, x, mx, V);
-            for (int j = 0; j < V; j++) sum += d[j];
+            sum = exp_shifted(d, x, mx, V);
         } else {
             for (int j = 0; j < V; j++) sum += expf(x[j] - mx);
         }

@@ -28,14 +28,30 @@ static void add_bias(float *C, int ldc, const float *bias, int r0, int r1, int c
     }
 }
 
+// rows r0..r1, columns c0..c1 of C (rows ldc apart) = alpha op(A) op(B) + beta C (+ bias (its
+// columns c0..c1) on every row when not NULL), op(A) and op(B) already at that block. Without
+// accumulation the bias is written first and the product added onto it (beta 1): the BLAS then
+// skips its pass that clears C, and no second pass adds the bias.
+static void sgemm_bias(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float *A,
+                       int lda, const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int r0,
+                       int r1, int c0, int c1) {
+    float *Cb = C + (size_t)r0 * ldc + c0;
+    if (bias && beta == 0.0f) {
+        for (int r = r0; r < r1; r++) memcpy(C + (size_t)r * ldc + c0, bias + c0, (size_t)(c1 - c0) * sizeof(float));
+        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, 1.0f, Cb, ldc);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, Cb, ldc);
+    if (bias) add_bias(C, ldc, bias, r0, r1, c0, c1);
+}
+
 // C (M, N) = alpha op(A) op(B) + beta C (+ bias (N) on every row when not NULL), row-major, the
 // output split among the threads along its longer side; each thread adds the bias to its block
 static void sgemm_split(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
                         const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
                         const float *bias) {
     if ((double)M * N * K < SPLIT_MIN_MACS || omp_get_max_threads() == 1 || omp_in_parallel()) {
-        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        if (bias) add_bias(C, ldc, bias, 0, M, 0, N);
+        sgemm_bias(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, 0, M, 0, N);
         return;
     }
     int by_rows = M >= N, len = by_rows ? M : N, units = (len + SPLIT_ALIGN - 1) / SPLIT_ALIGN;
@@ -46,13 +62,11 @@ static void sgemm_split(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, in
         if (e > len) e = len;
         if (e > s) {
             if (by_rows) {  // rows s..e of op(A) and of C
-                cblas_sgemm(CblasRowMajor, ta, tb, e - s, N, K, alpha, A + (ta == CblasNoTrans ? (size_t)s * lda : (size_t)s),
-                            lda, B, ldb, beta, C + (size_t)s * ldc, ldc);
-                if (bias) add_bias(C, ldc, bias, s, e, 0, N);
+                sgemm_bias(ta, tb, e - s, N, K, alpha, A + (ta == CblasNoTrans ? (size_t)s * lda : (size_t)s), lda, B, ldb,
+                           beta, C, ldc, bias, s, e, 0, N);
             } else {  // columns s..e of op(B) and of C
-                cblas_sgemm(CblasRowMajor, ta, tb, M, e - s, K, alpha, A, lda,
-                            B + (tb == CblasNoTrans ? (size_t)s : (size_t)s * ldb), ldb, beta, C + s, ldc);
-                if (bias) add_bias(C, ldc, bias, 0, M, s, e);
+                sgemm_bias(ta, tb, M, e - s, K, alpha, A, lda, B + (tb == CblasNoTrans ? (size_t)s : (size_t)s * ldb), ldb,
+                           beta, C, ldc, bias, 0, M, s, e);
             }
         }
     }

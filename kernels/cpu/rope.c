@@ -6,6 +6,19 @@
 
 #include "common/util.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/simd.h"
+
+// every head's pairs of one row by the row's cos and sin (over contiguous columns: vectorises)
+CPU_HOT static void rotate_row(float *o, const float *x, const float *cs, const float *sn, int n_heads, int head_dim) {
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++, x += head_dim, o += head_dim)
+        for (int i = 0; i < half; i++) {
+            float x1 = x[i], x2 = x[i + half];
+            // transformers: x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1)
+            o[i] = x1 * cs[i] - x2 * sn[i];
+            o[i + half] = x2 * cs[i] + x1 * sn[i];
+        }
+}
 
 // rotates each pair (x[i], x[i+half]) of every head by angle * sign; sign -1 is the inverse
 // (and transposed) rotation that the backward needs. out may alias inp: a pair is read before
@@ -21,7 +34,7 @@ static void rope_rotate(float *out, const float *inp, const int *pos, int N, int
     for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
 #pragma omp parallel
     {
-        // this row's cos and sin, then every head's pairs over contiguous columns (vectorises)
+        // this row's cos and sin, then every head's pairs
         float *cs = xmalloc((size_t)(half > 0 ? 2 * half : 1) * sizeof(float)), *sn = cs + half;
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
@@ -31,16 +44,7 @@ static void rope_rotate(float *out, const float *inp, const int *pos, int N, int
                 cs[i] = cosf(angle);
                 sn[i] = sign * sinf(angle);
             }
-            for (int h = 0; h < n_heads; h++) {
-                const float *x = inp + (size_t)n * ld_inp + (size_t)h * head_dim;
-                float *o = out + (size_t)n * ld_out + (size_t)h * head_dim;
-                for (int i = 0; i < half; i++) {
-                    float x1 = x[i], x2 = x[i + half];
-                    // transformers: x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1)
-                    o[i] = x1 * cs[i] - x2 * sn[i];
-                    o[i + half] = x2 * cs[i] + x1 * sn[i];
-                }
-            }
+            rotate_row(out + (size_t)n * ld_out, inp + (size_t)n * ld_inp, cs, sn, n_heads, head_dim);
         }
         free(cs);
     }

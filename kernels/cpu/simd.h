@@ -46,6 +46,15 @@ typedef float vf16 __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
 typedef int32_t vi8 __attribute__((vector_size(32), aligned(4), may_alias));
 
+// 4 floats and 4 doubles: row statistics summed in double, 4 lanes at a time (an AVX2 register)
+typedef float vf4 __attribute__((vector_size(16), aligned(4), may_alias));
+typedef double vd4 __attribute__((vector_size(32), aligned(8), may_alias));
+
+// floats p[0..3] widened
+static inline vd4 vd4_load(const float *p) { return __builtin_convertvector(*(const vf4 *)p, vd4); }
+// the lanes summed in a fixed order
+static inline double vd4_total(vd4 a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+
 static inline vf8 vf8_select(vi8 mask, vf8 a, vf8 b) { return (vf8)((mask & (vi8)a) | (~mask & (vi8)b)); }
 
 __attribute__((always_inline)) static inline vf8 exp_vf8(vf8 x) {
