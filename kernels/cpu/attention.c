@@ -30,6 +30,9 @@ static int cols8(int nkt) { return (nkt + 7) & ~7; }
 
 // per-thread scratch, in one block; sized for head_dim HD and `group` heads over T rows
 typedef struct {
+    float *kts;         // (tiles of T, HD, ATT_BK) the forward's key tiles transposed, packed once per
+    const float *kts_of;  // (batch, kv head) a thread meets in a call: the keys they are of, and
+    int kts_n;          // how many of their tiles are packed
     float *kt, *vt;     // (HD, ATT_BK) key / value tile transposed, columns past the tile zero
     float *s, *dp;      // (ATT_BQ, ATT_BK) scores, then P; dP, then dS
     float *tt;          // (ATT_BK, ATT_BQ) P or dS transposed
@@ -43,14 +46,17 @@ typedef struct {
 
 static Scratch scratch_alloc(int HD, int group, int T) {
     size_t hd = (size_t)(HD > 0 ? HD : 1), t = (size_t)(T > 0 ? T : 1);
-    size_t sizes[] = {hd * ATT_BK, hd * ATT_BK, ATT_BQ * ATT_BK, ATT_BQ * ATT_BK, ATT_BK * ATT_BQ,
+    size_t tiles = (t + ATT_BK - 1) / ATT_BK;
+    size_t sizes[] = {tiles * hd * ATT_BK, hd * ATT_BK, hd * ATT_BK, ATT_BQ * ATT_BK, ATT_BQ * ATT_BK, ATT_BK * ATT_BQ,
                       ATT_BQ * hd, ATT_BK * hd, ATT_BK * hd, ATT_BQ, ATT_BQ, (size_t)group * t, ATT_BK};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) / 16 * 16;
     Scratch s;
     s.block = xmalloc(total * sizeof(float));
     float *p = s.block;
-    float **slots[] = {&s.kt, &s.vt, &s.s, &s.dp, &s.tt, &s.o, &s.dk, &s.dv, &s.m, &s.l, &s.D};
+    s.kts_of = NULL;
+    s.kts_n = 0;
+    float **slots[] = {&s.kts, &s.kt, &s.vt, &s.s, &s.dp, &s.tt, &s.o, &s.dk, &s.dv, &s.m, &s.l, &s.D};
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
         *slots[i] = p;
         p += (sizes[i] + 15) / 16 * 16;
@@ -119,6 +125,22 @@ CPU_HOT static void scale_row(float *x, float s, int n) {
     for (int d = 0; d < n; d++) x[d] *= s;
 }
 
+// key tile t (nkt keys) of a's kv head, transposed: packed the first time one of this thread's
+// tasks in this call needs it (a task walks the tiles from 0), then shared by the thread's other
+// query tiles and heads of those keys
+static const float *key_tile(Scratch *sc, const AttnRows *a, int t) {
+    if (sc->kts_of != a->k) {
+        sc->kts_of = a->k;
+        sc->kts_n = 0;
+    }
+    for (; sc->kts_n <= t; sc->kts_n++) {
+        int j0 = sc->kts_n * ATT_BK;
+        pack_transposed(sc->kts + (size_t)sc->kts_n * a->HD * ATT_BK, a->k + (size_t)j0 * a->ks, a->ks,
+                        imin(ATT_BK, a->nk - j0), a->HD);
+    }
+    return sc->kts + (size_t)t * a->HD * ATT_BK;
+}
+
 void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *lse, void *scratch) {
     Scratch *sc = scratch;
     int HD = a->HD;
@@ -130,9 +152,9 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
     int kend = a->causal ? imin(a->nk, a->qpos0 + i0 + nq) : a->nk;
     for (int j0 = 0; j0 < kend; j0 += ATT_BK) {
         int nkt = imin(ATT_BK, a->nk - j0);
-        pack_transposed(sc->kt, a->k + (size_t)j0 * a->ks, a->ks, nkt, HD);
+        const float *kt = key_tile(sc, a, j0 / ATT_BK);
         pack_segments(sc->segt, a->seg, j0, nkt);
-        tile_gemm(sc->s, ATT_BK, a->q + (size_t)i0 * a->qs, a->qs, sc->kt, ATT_BK, nq, cols16(nkt), HD, 0);  // S = Q K^T
+        tile_gemm(sc->s, ATT_BK, a->q + (size_t)i0 * a->qs, a->qs, kt, ATT_BK, nq, cols16(nkt), HD, 0);  // S = Q K^T
         for (int ii = 0; ii < nq; ii++) {
             int i = i0 + ii;
             float *si = sc->s + (size_t)ii * ATT_BK;
@@ -169,17 +191,18 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
 // per thread, kept from call to call (OpenMP's threads persist): no allocation, and so no page
 // faults, per call; grown when a call needs more
 static __thread Scratch tl_scratch;
-static __thread size_t tl_hd, tl_gt;
+static __thread int tl_hd, tl_group, tl_t;
 
 void *cpu_attention_scratch(int HD, int group, int T) {
-    size_t hd = (size_t)(HD > 0 ? HD : 1), gt = (size_t)(group > 0 ? group : 1) * (size_t)(T > 0 ? T : 1);
-    if (!tl_scratch.block || hd > tl_hd || gt > tl_gt) {
+    if (HD < 1) HD = 1;
+    if (group < 1) group = 1;
+    if (T < 1) T = 1;
+    if (!tl_scratch.block || HD > tl_hd || group > tl_group || T > tl_t) {
         free(tl_scratch.block);
-        if (hd < tl_hd) hd = tl_hd;
-        if (gt < tl_gt) gt = tl_gt;
-        tl_scratch = scratch_alloc((int)hd, 1, (int)gt);
-        tl_hd = hd;
-        tl_gt = gt;
+        tl_hd = HD > tl_hd ? HD : tl_hd;
+        tl_group = group > tl_group ? group : tl_group;
+        tl_t = T > tl_t ? T : tl_t;
+        tl_scratch = scratch_alloc(tl_hd, tl_group, tl_t);
     }
     return &tl_scratch;
 }
@@ -193,7 +216,8 @@ void cpu_attention_tasks(float *out, float *lse, const float *q, const float *k,
     float scale = 1.0f / sqrtf((float)HD);
 #pragma omp parallel
     {
-        void *sc = cpu_attention_scratch(HD, 1, 1);
+        Scratch *sc = cpu_attention_scratch(HD, 1, Tk);
+        sc->kts_of = NULL;  // the buffers' contents changed since the last call
         // tasks have different sizes under the causal mask: dynamic, which changes no result
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < B * NH * nqt; task++) {
