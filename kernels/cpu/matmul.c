@@ -32,9 +32,10 @@ static void add_bias(float *C, int ldc, const float *bias, int r0, int r1, int c
 // columns c0..c1) on every row when not NULL), op(A) and op(B) already at that block. Without
 // accumulation the bias is written first and the product added onto it (beta 1): the BLAS then
 // skips its pass that clears C, and no second pass adds the bias.
-static void sgemm_bias(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float *A,
-                       int lda, const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int r0,
-                       int r1, int c0, int c1) {
+static void sgemm_bias(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int K, float alpha, const float *A, int lda,
+                       const float *B, int ldb, float beta, float *C, int ldc, const float *bias, int r0, int r1, int c0,
+                       int c1) {
+    int M = r1 - r0, N = c1 - c0;
     float *Cb = C + (size_t)r0 * ldc + c0;
     if (bias && beta == 0.0f) {
         for (int r = r0; r < r1; r++) memcpy(C + (size_t)r * ldc + c0, bias + c0, (size_t)(c1 - c0) * sizeof(float));
@@ -46,12 +47,12 @@ static void sgemm_bias(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int
 }
 
 // C (M, N) = alpha op(A) op(B) + beta C (+ bias (N) on every row when not NULL), row-major, the
-// output split among the threads along its longer side; each thread adds the bias to its block
+// output split among the threads along its longer side; each thread does the bias of its block
 static void sgemm_split(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
                         const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
                         const float *bias) {
     if ((double)M * N * K < SPLIT_MIN_MACS || omp_get_max_threads() == 1 || omp_in_parallel()) {
-        sgemm_bias(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, 0, M, 0, N);
+        sgemm_bias(ta, tb, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, 0, M, 0, N);
         return;
     }
     int by_rows = M >= N, len = by_rows ? M : N, units = (len + SPLIT_ALIGN - 1) / SPLIT_ALIGN;
@@ -62,11 +63,11 @@ static void sgemm_split(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, in
         if (e > len) e = len;
         if (e > s) {
             if (by_rows) {  // rows s..e of op(A) and of C
-                sgemm_bias(ta, tb, e - s, N, K, alpha, A + (ta == CblasNoTrans ? (size_t)s * lda : (size_t)s), lda, B, ldb,
-                           beta, C, ldc, bias, s, e, 0, N);
+                sgemm_bias(ta, tb, K, alpha, A + (ta == CblasNoTrans ? (size_t)s * lda : (size_t)s), lda, B, ldb, beta, C,
+                           ldc, bias, s, e, 0, N);
             } else {  // columns s..e of op(B) and of C
-                sgemm_bias(ta, tb, M, e - s, K, alpha, A, lda, B + (tb == CblasNoTrans ? (size_t)s : (size_t)s * ldb), ldb,
-                           beta, C, ldc, bias, 0, M, s, e);
+                sgemm_bias(ta, tb, K, alpha, A, lda, B + (tb == CblasNoTrans ? (size_t)s : (size_t)s * ldb), ldb, beta, C,
+                           ldc, bias, 0, M, s, e);
             }
         }
     }

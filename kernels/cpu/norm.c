@@ -6,21 +6,20 @@
 // bias gradients sum over rows, so they are parallel over blocks of channels, each walking the
 // rows in order.
 #include <math.h>
-#include <string.h>
 
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/simd.h"
 
-// sum_c x_c - mu (mu = 0: the plain sum) and sum_c (x_c - mu)^2, in double
-static inline double row_sum(const float *x, int C, double mu) {
+// sum_c x_c and sum_c (x_c - mu)^2, in double
+static inline double row_sum(const float *x, int C) {
     int c8 = C & ~7;
     vd4 a0 = {0}, a1 = {0};
     for (int c = 0; c < c8; c += 8) {
-        a0 += vd4_load(x + c) - mu;
-        a1 += vd4_load(x + c + 4) - mu;
+        a0 += vd4_load(x + c);
+        a1 += vd4_load(x + c + 4);
     }
     double s = vd4_total(a0 + a1);
-    for (int c = c8; c < C; c++) s += x[c] - mu;
+    for (int c = c8; c < C; c++) s += x[c];
     return s;
 }
 
@@ -40,28 +39,22 @@ static inline double row_sum_sq(const float *x, int C, double mu) {
     return s;
 }
 
-// sum_c float(a_c b_c) c_c (c NULL: sum_c float(a_c b_c)), in double
+// sum_c float(a_c b_c) c_c, in double
 static inline double row_dot3(const float *a, const float *b, const float *c, int C) {
     int c8 = C & ~7;
     vd4 a0 = {0}, a1 = {0};
     for (int j = 0; j < c8; j += 8) {
-        vd4 p0 = __builtin_convertvector(*(const vf4 *)(a + j) * *(const vf4 *)(b + j), vd4);
-        vd4 p1 = __builtin_convertvector(*(const vf4 *)(a + j + 4) * *(const vf4 *)(b + j + 4), vd4);
-        if (c) {
-            p0 *= vd4_load(c + j);
-            p1 *= vd4_load(c + j + 4);
-        }
-        a0 += p0;
-        a1 += p1;
+        a0 += __builtin_convertvector(*(const vf4 *)(a + j) * *(const vf4 *)(b + j), vd4) * vd4_load(c + j);
+        a1 += __builtin_convertvector(*(const vf4 *)(a + j + 4) * *(const vf4 *)(b + j + 4), vd4) * vd4_load(c + j + 4);
     }
     double s = vd4_total(a0 + a1);
-    for (int j = c8; j < C; j++) s += c ? (double)(a[j] * b[j]) * c[j] : (double)(a[j] * b[j]);
+    for (int j = c8; j < C; j++) s += (double)(a[j] * b[j]) * c[j];
     return s;
 }
 
 CPU_HOT static void layernorm_row(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b,
                                   int C, float eps) {
-    double mu = row_sum(x, C, 0.0) / C;
+    double mu = row_sum(x, C) / C;
     // two passes: the variance of activations with a large mean stays accurate
     double ss = row_sum_sq(x, C, mu);
     float m = (float)mu;
