@@ -25,11 +25,11 @@ static void thread_span(size_t n, size_t *i0, size_t *i1) {
 #define GELU_TANH_K 0.79788456080286535588f  // sqrt(2 / pi)
 #define GELU_TANH_C 0.044715f
 
-static inline vf8 sigmoid8(vf8 x) { return 1.0f / (1.0f + exp_vf8(-x)); }
+__attribute__((always_inline)) static inline vf8 sigmoid8(vf8 x) { return 1.0f / (1.0f + exp_vf8(-x)); }
 
 // CLIP's quick_gelu: x * sigmoid(1.702 x)
-static inline vf8 quick_gelu8(vf8 x) { return x * sigmoid8(QUICK_GELU_K * x); }
-static inline vf8 quick_gelu_grad8(vf8 x, vf8 d) {
+__attribute__((always_inline)) static inline vf8 quick_gelu8(vf8 x) { return x * sigmoid8(QUICK_GELU_K * x); }
+__attribute__((always_inline)) static inline vf8 quick_gelu_grad8(vf8 x, vf8 d) {
     vf8 s = sigmoid8(QUICK_GELU_K * x);
     return d * (s + x * QUICK_GELU_K * s * (1.0f - s));
 }
@@ -38,7 +38,7 @@ static inline vf8 quick_gelu_grad8(vf8 x, vf8 d) {
 // P(t)), t = 1 / (1 + z/2), a Chebyshev fit with fractional error below 1.2e-7 for every z >= 0):
 // relative to Phi itself for x < 0 (where GELU's 1 + erf(x) is small), 1 - erfc/2 for x >= 0.
 // Not libm's erff, which left the GELU loops scalar; the same arithmetic for every element.
-static inline vf8 normal_cdf8(vf8 x) {
+__attribute__((always_inline)) static inline vf8 normal_cdf8(vf8 x) {
     vf8 z = x * -SQRT1_2;
     z = vf8_select(z < 0.0f, -z, z);  // |x| / sqrt 2
     vf8 t = 1.0f / (1.0f + 0.5f * z);
@@ -56,80 +56,20 @@ static inline vf8 normal_cdf8(vf8 x) {
 }
 
 // torch.nn.GELU(): x * 0.5 * (1 + erf(x / sqrt(2))) = x Phi(x)
-static inline vf8 gelu8(vf8 x) { return x * normal_cdf8(x); }
+__attribute__((always_inline)) static inline vf8 gelu8(vf8 x) { return x * normal_cdf8(x); }
 // d/dx = Phi(x) + x phi(x), with phi the normal density
-static inline vf8 gelu_grad8(vf8 x, vf8 d) { return d * (normal_cdf8(x) + x * (exp_vf8(-0.5f * x * x) * INV_SQRT_2PI)); }
-
-CPU_HOT_EXPLICIT static void gelu_span(float *out, const float *inp, size_t i0, size_t i1) {
-    size_t i = i0;
-    for (; i + 8 <= i1; i += 8) *(vf8 *)(out + i) = gelu8(*(const vf8 *)(inp + i));
-    if (i < i1) store8(out, i, i1 - i, gelu8(load8(inp, i, i1 - i)));
-}
-
-void cpu_gelu_forward(act_t *out, const act_t *inp, size_t n) {
-#pragma omp parallel
-    {
-        size_t i0, i1;
-        thread_span(n, &i0, &i1);
-        gelu_span(out, inp, i0, i1);
-    }
-}
-
-CPU_HOT_EXPLICIT static void gelu_grad_span(float *dinp, const float *dout, const float *inp, size_t i0, size_t i1) {
-    size_t i = i0;
-    for (; i + 8 <= i1; i += 8) *(vf8 *)(dinp + i) = gelu_grad8(*(const vf8 *)(inp + i), *(const vf8 *)(dout + i));
-    if (i < i1) store8(dinp, i, i1 - i, gelu_grad8(load8(inp, i, i1 - i), load8(dout, i, i1 - i)));
-}
-
-void cpu_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
-#pragma omp parallel
-    {
-        size_t i0, i1;
-        thread_span(n, &i0, &i1);
-        gelu_grad_span(dinp, dout, inp, i0, i1);
-    }
-}
-
-CPU_HOT_EXPLICIT static void quick_gelu_span(float *out, const float *inp, size_t i0, size_t i1) {
-    size_t i = i0;
-    for (; i + 8 <= i1; i += 8) *(vf8 *)(out + i) = quick_gelu8(*(const vf8 *)(inp + i));
-    if (i < i1) store8(out, i, i1 - i, quick_gelu8(load8(inp, i, i1 - i)));
-}
-
-void cpu_quick_gelu_forward(act_t *out, const act_t *inp, size_t n) {
-#pragma omp parallel
-    {
-        size_t i0, i1;
-        thread_span(n, &i0, &i1);
-        quick_gelu_span(out, inp, i0, i1);
-    }
-}
-
-CPU_HOT_EXPLICIT static void quick_gelu_grad_span(float *dinp, const float *dout, const float *inp, size_t i0, size_t i1) {
-    size_t i = i0;
-    for (; i + 8 <= i1; i += 8) *(vf8 *)(dinp + i) = quick_gelu_grad8(*(const vf8 *)(inp + i), *(const vf8 *)(dout + i));
-    if (i < i1) store8(dinp, i, i1 - i, quick_gelu_grad8(load8(inp, i, i1 - i), load8(dout, i, i1 - i)));
-}
-
-void cpu_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
-#pragma omp parallel
-    {
-        size_t i0, i1;
-        thread_span(n, &i0, &i1);
-        quick_gelu_grad_span(dinp, dout, inp, i0, i1);
-    }
-}
+__attribute__((always_inline)) static inline vf8 gelu_grad8(vf8 x, vf8 d) { return d * (normal_cdf8(x) + x * (exp_vf8(-0.5f * x * x) * INV_SQRT_2PI)); }
 
 // tanh(u) = 1 - 2 / (1 + e^(2u)) (exp_vf8 clamps: +-1 at the ends), to about an ulp of 1: what
 // GELU's 1 + tanh and 1 - tanh^2 need
-static inline vf8 tanh8(vf8 u) { return 1.0f - 2.0f / (1.0f + exp_vf8(2.0f * u)); }
+__attribute__((always_inline)) static inline vf8 tanh8(vf8 u) { return 1.0f - 2.0f / (1.0f + exp_vf8(2.0f * u)); }
 
 // torch's gelu(approximate="tanh"): 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2/pi)
-static inline vf8 gelu_tanh8(vf8 x) { return 0.5f * x * (1.0f + tanh8(GELU_TANH_K * (x + GELU_TANH_C * x * x * x))); }
+__attribute__((always_inline)) static inline vf8 gelu_tanh8(vf8 x) { return 0.5f * x * (1.0f + tanh8(GELU_TANH_K * (x + GELU_TANH_C * x * x * x))); }
 
 // d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(k (x + c x^3)), as torch writes it
 // (1 - t^2 as 4 e / (1 + e)^2, e = e^(2u): no cancellation where t is near +-1)
-static inline vf8 gelu_tanh_grad8(vf8 x, vf8 d) {
+__attribute__((always_inline)) static inline vf8 gelu_tanh_grad8(vf8 x, vf8 d) {
     vf8 x2 = x * x;
     vf8 e = exp_vf8(2.0f * GELU_TANH_K * (x + GELU_TANH_C * x2 * x)), r = 1.0f / (1.0f + e);
     vf8 t = 1.0f - 2.0f * r, sech2 = (4.0f * r) * (e * r);
@@ -137,38 +77,58 @@ static inline vf8 gelu_tanh_grad8(vf8 x, vf8 d) {
     return d * (0.5f * (1.0f + t) + dt);
 }
 
-CPU_HOT_EXPLICIT static void gelu_tanh_span(float *out, const float *inp, size_t i0, size_t i1) {
-    size_t i = i0;
-    for (; i + 8 <= i1; i += 8) *(vf8 *)(out + i) = gelu_tanh8(*(const vf8 *)(inp + i));
-    if (i < i1) store8(out, i, i1 - i, gelu_tanh8(load8(inp, i, i1 - i)));
+// the elementwise activations of a vision tower or connector, one span walker and one parallel
+// region for all of them (the kind is the same for every element: a branch that always goes one way)
+typedef enum { ACT_GELU, ACT_GELU_TANH, ACT_QUICK_GELU } Act;
+
+__attribute__((always_inline)) static inline vf8 act8(Act a, vf8 x) {
+    if (a == ACT_GELU) return gelu8(x);
+    if (a == ACT_GELU_TANH) return gelu_tanh8(x);
+    return quick_gelu8(x);
 }
 
-void cpu_gelu_tanh_forward(act_t *out, const act_t *inp, size_t n) {
+__attribute__((always_inline)) static inline vf8 act_grad8(Act a, vf8 x, vf8 d) {
+    if (a == ACT_GELU) return gelu_grad8(x, d);
+    if (a == ACT_GELU_TANH) return gelu_tanh_grad8(x, d);
+    return quick_gelu_grad8(x, d);
+}
+
+// out = act(inp) (dout NULL) or dinp = act'(inp) dout, elements i0 .. i1-1
+CPU_HOT_EXPLICIT static void act_span(Act a, float *out, const float *dout, const float *inp, size_t i0, size_t i1) {
+    size_t i = i0;
+    if (!dout) {
+        for (; i + 8 <= i1; i += 8) *(vf8 *)(out + i) = act8(a, *(const vf8 *)(inp + i));
+        if (i < i1) store8(out, i, i1 - i, act8(a, load8(inp, i, i1 - i)));
+    } else {
+        for (; i + 8 <= i1; i += 8) *(vf8 *)(out + i) = act_grad8(a, *(const vf8 *)(inp + i), *(const vf8 *)(dout + i));
+        if (i < i1) store8(out, i, i1 - i, act_grad8(a, load8(inp, i, i1 - i), load8(dout, i, i1 - i)));
+    }
+}
+
+static void act_run(Act a, float *out, const float *dout, const float *inp, size_t n) {
 #pragma omp parallel
     {
         size_t i0, i1;
         thread_span(n, &i0, &i1);
-        gelu_tanh_span(out, inp, i0, i1);
+        act_span(a, out, dout, inp, i0, i1);
     }
 }
 
-CPU_HOT_EXPLICIT static void gelu_tanh_grad_span(float *dinp, const float *dout, const float *inp, size_t i0, size_t i1) {
-    size_t i = i0;
-    for (; i + 8 <= i1; i += 8) *(vf8 *)(dinp + i) = gelu_tanh_grad8(*(const vf8 *)(inp + i), *(const vf8 *)(dout + i));
-    if (i < i1) store8(dinp, i, i1 - i, gelu_tanh_grad8(load8(inp, i, i1 - i), load8(dout, i, i1 - i)));
+void cpu_gelu_forward(act_t *out, const act_t *inp, size_t n) { act_run(ACT_GELU, out, NULL, inp, n); }
+void cpu_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
+    act_run(ACT_GELU, dinp, dout, inp, n);
 }
-
+void cpu_gelu_tanh_forward(act_t *out, const act_t *inp, size_t n) { act_run(ACT_GELU_TANH, out, NULL, inp, n); }
 void cpu_gelu_tanh_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
-#pragma omp parallel
-    {
-        size_t i0, i1;
-        thread_span(n, &i0, &i1);
-        gelu_tanh_grad_span(dinp, dout, inp, i0, i1);
-    }
+    act_run(ACT_GELU_TANH, dinp, dout, inp, n);
+}
+void cpu_quick_gelu_forward(act_t *out, const act_t *inp, size_t n) { act_run(ACT_QUICK_GELU, out, NULL, inp, n); }
+void cpu_quick_gelu_backward(act_t *dinp, const act_t *dout, const act_t *inp, size_t n) {
+    act_run(ACT_QUICK_GELU, dinp, dout, inp, n);
 }
 
 // out = silu(gate) * up, silu(x) = x / (1 + exp(-x)) as torch computes it
-static inline vf8 swiglu8(vf8 g, vf8 u) { return g / (1.0f + exp_vf8(-g)) * u; }
+__attribute__((always_inline)) static inline vf8 swiglu8(vf8 g, vf8 u) { return g / (1.0f + exp_vf8(-g)) * u; }
 
 CPU_HOT_EXPLICIT static void swiglu_span(float *out, const float *gate, const float *up, size_t i0, size_t i1) {
     size_t i = i0;

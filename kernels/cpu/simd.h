@@ -9,8 +9,10 @@
 // then differ in the last bits between CPUs with and without FMA, but never between runs or
 // thread counts on one machine, which is what resume relies on.
 #pragma once
-// GCC warns that passing a 32-byte vector changes the ABI without AVX: the vf8 helpers
-// below are static inline in the clones that use them, so no call crosses an ABI boundary
+// GCC warns that passing a 32-byte vector changes the ABI without AVX: every helper that takes or
+// returns a vector is always_inline (here and in the files that use them), so no such call
+// exists, least of all one from a v3 clone into a helper compiled for the baseline (which passes
+// vectors differently: wrong values, silently; a GELU gradient did that once)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #include <stdint.h>
 #include <string.h>
@@ -51,11 +53,11 @@ typedef float vf4 __attribute__((vector_size(16), aligned(4), may_alias));
 typedef double vd4 __attribute__((vector_size(32), aligned(8), may_alias));
 
 // floats p[0..3] widened
-static inline vd4 vd4_load(const float *p) { return __builtin_convertvector(*(const vf4 *)p, vd4); }
+__attribute__((always_inline)) static inline vd4 vd4_load(const float *p) { return __builtin_convertvector(*(const vf4 *)p, vd4); }
 // the lanes summed in a fixed order
-static inline double vd4_total(vd4 a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+__attribute__((always_inline)) static inline double vd4_total(vd4 a) { return (a[0] + a[1]) + (a[2] + a[3]); }
 
-static inline vf8 vf8_select(vi8 mask, vf8 a, vf8 b) { return (vf8)((mask & (vi8)a) | (~mask & (vi8)b)); }
+__attribute__((always_inline)) static inline vf8 vf8_select(vi8 mask, vf8 a, vf8 b) { return (vf8)((mask & (vi8)a) | (~mask & (vi8)b)); }
 
 __attribute__((always_inline)) static inline vf8 exp_vf8(vf8 x) {
     const vf8 lo = (vf8){0} - 87.33654f, hi = (vf8){0} + 88.0f;
@@ -79,14 +81,14 @@ __attribute__((always_inline)) static inline vf8 exp_vf8(vf8 x) {
 }
 
 // one value: lane 0 of exp_vf8
-static inline float exp_vec(float x) { return exp_vf8((vf8){0} + x)[0]; }
+__attribute__((always_inline)) static inline float exp_vec(float x) { return exp_vf8((vf8){0} + x)[0]; }
 
 // the last partial block of a span (n < 8 floats at p + i), zero-padded, and back; through
 // copies, so an output may alias an input
-static inline vf8 load8(const float *p, size_t i, size_t n) {
+__attribute__((always_inline)) static inline vf8 load8(const float *p, size_t i, size_t n) {
     vf8 v = {0};
     memcpy(&v, p + i, n * sizeof(float));
     return v;
 }
 
-static inline void store8(float *p, size_t i, size_t n, vf8 v) { memcpy(p + i, &v, n * sizeof(float)); }
+__attribute__((always_inline)) static inline void store8(float *p, size_t i, size_t n, vf8 v) { memcpy(p + i, &v, n * sizeof(float)); }
