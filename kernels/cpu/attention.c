@@ -1,5 +1,6 @@
 // attention.c: scaled dot-product attention with grouped-query heads, causal and segment masks,
-// flash-attention style on tiles of 64 queries x 64 keys (nothing T x T is stored):
+// flash-attention style on tiles of 32 queries x 64 keys (nothing T x T is stored; under the causal
+// mask a query tile computes only the key columns its last row sees):
 //   forward: per (batch, head, query tile), S = Q K^T one key tile at a time (tile_gemm), online
 //     softmax (running max m and sum l per row, O rescaled when m grows), O += P V; lse saved.
 //   backward: per (batch, kv head, chunk of key tiles): for each key tile, each head of the group
@@ -151,15 +152,17 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
     }
     int kend = a->causal ? imin(a->nk, a->qpos0 + i0 + nq) : a->nk;
     for (int j0 = 0; j0 < kend; j0 += ATT_BK) {
-        int nkt = imin(ATT_BK, a->nk - j0);
+        // the tile's keys, and those the tile's last query may see (causal: on the diagonal, the
+        // first half of the query rows needs half the columns)
+        int nkt = imin(ATT_BK, a->nk - j0), nkv = a->causal ? imin(nkt, a->qpos0 + i0 + nq - j0) : nkt;
         const float *kt = key_tile(sc, a, j0 / ATT_BK);
         pack_segments(sc->segt, a->seg, j0, nkt);
-        tile_gemm(sc->s, ATT_BK, a->q + (size_t)i0 * a->qs, a->qs, kt, ATT_BK, nq, cols16(nkt), HD, 0);  // S = Q K^T
+        tile_gemm(sc->s, ATT_BK, a->q + (size_t)i0 * a->qs, a->qs, kt, ATT_BK, nq, cols16(nkv), HD, 0);  // S = Q K^T
         for (int ii = 0; ii < nq; ii++) {
             int i = i0 + ii;
             float *si = sc->s + (size_t)ii * ATT_BK;
             int jlimit = a->causal ? a->qpos0 + i - j0 : ATT_BK;
-            float mx = mask_scale_row(si, sc->segt, a->seg ? a->seg[i] : 0, nkt, jlimit, a->scale);
+            float mx = mask_scale_row(si, sc->segt, a->seg ? a->seg[i] : 0, nkv, jlimit, a->scale);
             float m_new = mx > sc->m[ii] ? mx : sc->m[ii];
             if (m_new == -INFINITY) {  // nothing visible yet: P's row is zero
                 memset(si, 0, ATT_BK * sizeof(float));
@@ -171,9 +174,9 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
                 sc->l[ii] *= corr;
                 sc->m[ii] = m_new;
             }
-            sc->l[ii] += exp_row(si, m_new, nkt);
+            sc->l[ii] += exp_row(si, m_new, nkv);
         }
-        tile_gemm(sc->o, HD, sc->s, ATT_BK, a->v + (size_t)j0 * a->ks, a->ks, nq, HD, nkt, 1);  // O += P V
+        tile_gemm(sc->o, HD, sc->s, ATT_BK, a->v + (size_t)j0 * a->ks, a->ks, nq, HD, nkv, 1);  // O += P V
     }
     for (int ii = 0; ii < nq; ii++) {
         float *oi = out + (size_t)ii * a->qs;
@@ -314,22 +317,23 @@ static void backward_task(const Bwd *w, int b, int g, int c, Scratch *sc) {
             int h = g * group + hh;
             const float *L = w->lse + ((size_t)b * NH + h) * T;
             for (int i0 = w->causal ? j0 / ATT_BQ * ATT_BQ : 0; i0 < T; i0 += ATT_BQ) {
-                int nq = imin(ATT_BQ, T - i0);
+                // the keys this query tile may see (causal: fewer on the diagonal), as in the forward
+                int nq = imin(ATT_BQ, T - i0), nkv = w->causal ? imin(nkt, i0 + nq - j0) : nkt;
                 size_t qo = ((size_t)b * T + i0) * qs + (size_t)h * HD;
-                tile_gemm(sc->s, ATT_BK, w->q + qo, qs, sc->kt, ATT_BK, nq, cols16(nkt), HD, 0);  // S = Q K^T
-                if (!probabilities(sc, L, seg, i0, nq, j0, nkt, w->causal, w->scale)) continue;
+                tile_gemm(sc->s, ATT_BK, w->q + qo, qs, sc->kt, ATT_BK, nq, cols16(nkv), HD, 0);  // S = Q K^T
+                if (!probabilities(sc, L, seg, i0, nq, j0, nkv, w->causal, w->scale)) continue;
                 if (w->dv) {  // dV += P^T dO
-                    transpose_tile(sc->tt, sc->s, nq, nkt);
-                    tile_gemm(sc->dv, HD, sc->tt, ATT_BQ, w->dout + qo, qs, nkt, HD, nq, 1);
+                    transpose_tile(sc->tt, sc->s, nq, nkv);
+                    tile_gemm(sc->dv, HD, sc->tt, ATT_BQ, w->dout + qo, qs, nkv, HD, nq, 1);
                 }
                 if (!w->dk && !w->dq) continue;
-                tile_gemm(sc->dp, ATT_BK, w->dout + qo, qs, sc->vt, ATT_BK, nq, cols16(nkt), HD, 0);  // dP = dO V^T
-                score_grads(sc, sc->D + (size_t)hh * T, i0, nq, nkt, w->scale);
+                tile_gemm(sc->dp, ATT_BK, w->dout + qo, qs, sc->vt, ATT_BK, nq, cols16(nkv), HD, 0);  // dP = dO V^T
+                score_grads(sc, sc->D + (size_t)hh * T, i0, nq, nkv, w->scale);
                 if (w->dk) {  // dK += dS^T Q
-                    transpose_tile(sc->tt, sc->dp, nq, nkt);
-                    tile_gemm(sc->dk, HD, sc->tt, ATT_BQ, w->q + qo, qs, nkt, HD, nq, 1);
+                    transpose_tile(sc->tt, sc->dp, nq, nkv);
+                    tile_gemm(sc->dk, HD, sc->tt, ATT_BQ, w->q + qo, qs, nkv, HD, nq, 1);
                 }
-                if (w->dq) tile_gemm(w->dq + qo, qs, sc->dp, ATT_BK, kj, ks, nq, HD, nkt, 1);  // dQ += dS K
+                if (w->dq) tile_gemm(w->dq + qo, qs, sc->dp, ATT_BK, kj, ks, nq, HD, nkv, 1);  // dQ += dS K
             }
         }
         for (int jj = 0; jj < nkt; jj++) {

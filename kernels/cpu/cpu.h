@@ -66,7 +66,7 @@ void tile_gemm(float *C, size_t ldc, const float *A, size_t lda, const float *B,
 
 // attention.c
 // the tiles of the flash-style attention: queries x keys
-#define ATT_BQ 64
+#define ATT_BQ 32  // 32: on the causal diagonal half the tile's rows need half its keys
 #define ATT_BK 64
 // one (batch, head)'s rows for the forward tile, which attention_forward and attention_cached share
 typedef struct {
