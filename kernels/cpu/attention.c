@@ -29,6 +29,19 @@ static int imin(int a, int b) { return a < b ? a : b; }
 static int cols16(int nkt) { return (nkt + 15) & ~15; }
 static int cols8(int nkt) { return (nkt + 7) & ~7; }
 
+// one (batch, head)'s rows for the forward tile (cpu_attention_tasks: attention_forward and attention_cached)
+typedef struct {
+    const float *q;         // query row 0; rows qs apart
+    const float *k, *v;     // key / value row 0 of the head's kv head; rows ks apart
+    size_t qs, ks;
+    int nk;                 // keys 0 .. nk-1 exist
+    int qpos0;              // position of query row 0: under the causal mask row i sees keys <= qpos0 + i
+    int causal;
+    const int *seg;         // segment id per row (queries and keys alike), or NULL
+    int HD;
+    float scale;
+} AttnRows;
+
 // per-thread scratch, in one block; sized for head_dim HD and `group` heads over T rows
 typedef struct {
     float *kts;         // (tiles of T, HD, ATT_BK) the forward's key tiles transposed, packed once per
@@ -142,8 +155,9 @@ static const float *key_tile(Scratch *sc, const AttnRows *a, int t) {
     return sc->kts + (size_t)t * a->HD * ATT_BK;
 }
 
-void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *lse, void *scratch) {
-    Scratch *sc = scratch;
+// query rows i0 .. i0+nq-1 (nq <= ATT_BQ): out rows (qs apart), lse (consecutive) when not NULL.
+// Only from cpu_attention_tasks' region, which marks the thread's packed key tiles stale first.
+static void attention_rows(const AttnRows *a, int i0, int nq, float *out, float *lse, Scratch *sc) {
     int HD = a->HD;
     memset(sc->o, 0, (size_t)nq * HD * sizeof(float));
     for (int ii = 0; ii < nq; ii++) {
@@ -196,7 +210,9 @@ void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *ls
 static __thread Scratch tl_scratch;
 static __thread int tl_hd, tl_group, tl_t;
 
-void *cpu_attention_scratch(int HD, int group, int T) {
+// this thread's scratch for head_dim HD and D of `group` heads over T rows (the forward: key tiles
+// of T keys), kept for the thread's later calls
+static Scratch *attention_scratch(int HD, int group, int T) {
     if (HD < 1) HD = 1;
     if (group < 1) group = 1;
     if (T < 1) T = 1;
@@ -219,7 +235,7 @@ void cpu_attention_tasks(float *out, float *lse, const float *q, const float *k,
     float scale = 1.0f / sqrtf((float)HD);
 #pragma omp parallel
     {
-        Scratch *sc = cpu_attention_scratch(HD, 1, Tk);
+        Scratch *sc = attention_scratch(HD, 1, Tk);
         sc->kts_of = NULL;  // the buffers' contents changed since the last call
         // tasks have different sizes under the causal mask: dynamic, which changes no result
 #pragma omp for schedule(dynamic, 1)
@@ -230,7 +246,7 @@ void cpu_attention_tasks(float *out, float *lse, const float *q, const float *k,
                           .k = k + (size_t)b * Tc * ks + (size_t)g * HD, .v = v + (size_t)b * Tc * ks + (size_t)g * HD,
                           .ks = ks, .nk = Tk, .qpos0 = Tk - Tq, .causal = causal,
                           .seg = seg ? seg + (size_t)b * Tq : NULL, .HD = HD, .scale = scale};
-            cpu_attention_rows(&a, i0, imin(ATT_BQ, Tq - i0), out + ((size_t)b * Tq + i0) * qs + (size_t)h * HD,
+            attention_rows(&a, i0, imin(ATT_BQ, Tq - i0), out + ((size_t)b * Tq + i0) * qs + (size_t)h * HD,
                                lse ? lse + ((size_t)b * NH + h) * Tq + i0 : NULL, sc);
         }
     }
@@ -383,7 +399,7 @@ void cpu_attention_backward(act_t *dq_, act_t *dk_, act_t *dv_, const act_t *dou
              .scale = 1.0f / sqrtf((float)HD)};
 #pragma omp parallel
     {
-        Scratch *sc = cpu_attention_scratch(HD, NH / NKV, T);
+        Scratch *sc = attention_scratch(HD, NH / NKV, T);
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < pairs * chunks; task++) {
             int c = task / pairs, b = task % pairs / NKV, g = task % NKV;

@@ -68,23 +68,6 @@ void tile_gemm(float *C, size_t ldc, const float *A, size_t lda, const float *B,
 // the tiles of the flash-style attention: queries x keys
 #define ATT_BQ 32  // 32: on the causal diagonal half the tile's rows need half its keys
 #define ATT_BK 64
-// one (batch, head)'s rows for the forward tile, which attention_forward and attention_cached share
-typedef struct {
-    const float *q;         // query row 0; rows qs apart
-    const float *k, *v;     // key / value row 0 of the head's kv head; rows ks apart
-    size_t qs, ks;
-    int nk;                 // keys 0 .. nk-1 exist
-    int qpos0;              // position of query row 0: under the causal mask row i sees keys <= qpos0 + i
-    int causal;
-    const int *seg;         // segment id per row (queries and keys alike), or NULL
-    int HD;
-    float scale;
-} AttnRows;
-// query rows i0 .. i0+nq-1 (nq <= ATT_BQ): out rows (qs apart), lse (consecutive) when not NULL
-void cpu_attention_rows(const AttnRows *a, int i0, int nq, float *out, float *lse, void *scratch);
-// this thread's scratch for head_dim HD and D of `group` heads over T rows (a forward: (HD, 1, 1)),
-// kept for the thread's later calls
-void *cpu_attention_scratch(int HD, int group, int T);
 // every (batch, head, query tile) task of a forward: queries (B, Tq) at positions Tk-Tq.. over the
 // first Tk of Tc rows of k and v; attention_forward (Tq = Tk = Tc) and attention_cached share it
 void cpu_attention_tasks(float *out, float *lse, const float *q, const float *k, const float *v, const int *seg,

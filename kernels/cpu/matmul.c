@@ -38,7 +38,7 @@ static void sgemm_bias(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int K, float alph
     int M = r1 - r0, N = c1 - c0;
     float *Cb = C + (size_t)r0 * ldc + c0;
     if (bias && beta == 0.0f) {
-        for (int r = r0; r < r1; r++) memcpy(C + (size_t)r * ldc + c0, bias + c0, (size_t)(c1 - c0) * sizeof(float));
+        for (int r = r0; r < r1; r++) memcpy(C + (size_t)r * ldc + c0, bias + c0, (size_t)N * sizeof(float));
         cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, 1.0f, Cb, ldc);
         return;
     }
